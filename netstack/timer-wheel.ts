@@ -1,0 +1,153 @@
+import type { Clock } from './clock.js';
+
+/**
+ * One timer wheel for every timer in a Stack (TCP retransmission, persist,
+ * keepalive, TIME-WAIT, fragment reassembly, held SYNs...).
+ *
+ * A hashed wheel: a timer lives in slot `floor(deadline / tick) % slots`, in
+ * an intrusive doubly linked list, so arming, re-arming and cancelling are
+ * O(1) and allocate nothing (the Timer object is made once, by its owner, and
+ * re-armed for its whole life). `advance()` visits each slot whose tick has
+ * passed; timers due in a later rotation stay where they are.
+ *
+ * Nothing here reads a real clock or sets a real timeout: the owner calls
+ * `advance()` when `nextDeadline()` says so (src/ does that with one
+ * setTimeout; tests move a ManualClock).
+ */
+/** Timer.slot while collected by advance() and not yet fired. */
+const PENDING_FIRE = -2;
+
+export class Timer {
+  /** Absolute deadline in clock milliseconds; Infinity while not armed. */
+  deadline = Infinity;
+  /** @internal */ next: Timer | null = null;
+  /** @internal */ prev: Timer | null = null;
+  /** @internal */ slot = -1;
+
+  constructor(readonly fire: () => void) {}
+
+  get armed(): boolean {
+    return this.slot !== -1;
+  }
+}
+
+export class TimerWheel {
+  private readonly heads: (Timer | null)[];
+  /** The last tick whose slot has been processed. */
+  private currentTick: number;
+  private count = 0;
+  /** Scratch list for advance(), kept to avoid an allocation per call. */
+  private readonly due: Timer[] = [];
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly tickMs = 1,
+    private readonly slotCount = 4096,
+  ) {
+    if (!(tickMs > 0) || !Number.isInteger(slotCount) || slotCount < 1) {
+      throw new RangeError('TimerWheel: tickMs must be > 0 and slotCount a positive integer');
+    }
+    this.heads = new Array<Timer | null>(slotCount).fill(null);
+    this.currentTick = Math.floor(clock.now() / tickMs);
+  }
+
+  /** Number of armed timers. */
+  get size(): number {
+    return this.count;
+  }
+
+  /** Arms (or re-arms) `timer` to fire `delayMs` from now. */
+  arm(timer: Timer, delayMs: number): void {
+    this.armAt(timer, this.clock.now() + Math.max(0, delayMs));
+  }
+
+  /** Arms (or re-arms) `timer` to fire at absolute time `deadline`. */
+  armAt(timer: Timer, deadline: number): void {
+    if (timer.slot >= 0) this.unlink(timer);
+    timer.deadline = deadline;
+    // Never file a timer into a slot already passed: it would wait a whole rotation.
+    const tick = Math.max(Math.floor(deadline / this.tickMs), this.currentTick + 1);
+    const slot = tick % this.slotCount;
+    timer.slot = slot;
+    timer.prev = null;
+    timer.next = this.heads[slot]!;
+    if (timer.next !== null) timer.next.prev = timer;
+    this.heads[slot] = timer;
+    this.count++;
+  }
+
+  cancel(timer: Timer): void {
+    if (timer.slot >= 0) this.unlink(timer);
+    timer.slot = -1;
+    timer.deadline = Infinity;
+  }
+
+  /**
+   * Fires every timer whose deadline is <= now, in no guaranteed order within
+   * one tick. Returns how many fired. A timer callback may arm or cancel any
+   * timer, itself included.
+   */
+  advance(now = this.clock.now()): number {
+    const nowTick = Math.floor(now / this.tickMs);
+    if (nowTick <= this.currentTick) return 0;
+    let fired = 0;
+    // Beyond one full rotation every slot has been visited once: no need to loop more.
+    const steps = Math.min(nowTick - this.currentTick, this.slotCount);
+    const firstTick = nowTick - steps + 1;
+    this.currentTick = nowTick;
+    // Collect first, fire after: callbacks may arm or cancel any timer, and
+    // must not disturb the list being walked.
+    const due = this.due;
+    for (let t = firstTick; t <= nowTick; t++) {
+      const slot = t % this.slotCount;
+      for (let timer: Timer | null = this.heads[slot]!; timer !== null; ) {
+        const next: Timer | null = timer.next;
+        if (timer.deadline <= now) {
+          this.unlink(timer);
+          timer.slot = PENDING_FIRE;
+          due.push(timer);
+        }
+        timer = next;
+      }
+    }
+    for (let i = 0; i < due.length; i++) {
+      const timer = due[i]!;
+      // Skip a timer that an earlier callback cancelled or re-armed.
+      if (timer.slot !== PENDING_FIRE) continue;
+      timer.slot = -1;
+      timer.deadline = Infinity;
+      fired++;
+      timer.fire();
+    }
+    due.length = 0;
+    return fired;
+  }
+
+  /**
+   * The earliest deadline of any armed timer, or undefined if none is armed.
+   * O(slots + timers) in the worst case: meant for once per batch, to set the
+   * one real timeout, not for per-packet use.
+   */
+  nextDeadline(): number | undefined {
+    if (this.count === 0) return undefined;
+    let best = Infinity;
+    for (let i = 1; i <= this.slotCount; i++) {
+      const tick = this.currentTick + i;
+      for (let t: Timer | null = this.heads[tick % this.slotCount]!; t !== null; t = t.next) {
+        if (t.deadline < best) best = t.deadline;
+      }
+      // Timers filed in the next rotation of this slot can't beat a deadline inside this tick.
+      if (best < (tick + 1) * this.tickMs) return best;
+    }
+    return best === Infinity ? undefined : best;
+  }
+
+  private unlink(timer: Timer): void {
+    if (timer.prev !== null) timer.prev.next = timer.next;
+    else this.heads[timer.slot] = timer.next;
+    if (timer.next !== null) timer.next.prev = timer.prev;
+    timer.next = timer.prev = null;
+    timer.slot = -1;
+    this.count--;
+  }
+}
