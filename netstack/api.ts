@@ -1,0 +1,173 @@
+/**
+ * The contract between netstack/ and whoever drives it (src/ in the service,
+ * test links and benchmarks elsewhere). Types only: implementations live in
+ * stack.ts and tcp/.
+ *
+ * Addresses are numbers (see addr.ts). Byte views handed to callbacks are only
+ * valid during the call: copy what you keep.
+ */
+import type { IPv4 } from './addr.js';
+
+/** A TCP or UDP flow as seen from the guest: `src` is the guest side. */
+export interface FourTuple {
+  readonly src: IPv4;
+  readonly srcPort: number;
+  readonly dst: IPv4;
+  readonly dstPort: number;
+}
+
+/** What a guest's SYN asked for, raised before anything is answered. */
+export interface SynInfo extends FourTuple {
+  /** Maximum segment size the guest announced (536 if it sent none). */
+  readonly mss: number;
+  /** Window scale shift the guest offered, or null if it sent no option. */
+  readonly windowScale: number | null;
+  readonly sackPermitted: boolean;
+  readonly timestamps: boolean;
+}
+
+/** Why a TCP connection ended. */
+export type TcpCloseReason =
+  | 'closed' // both sides finished (FIN exchanged)
+  | 'reset' // the peer sent an acceptable RST
+  | 'refused' // an active open was answered with RST
+  | 'timeout' // retransmissions or keepalives exhausted, or a connect timed out
+  | 'aborted'; // this side called abort() or the stack was shut down
+
+/** Callbacks a TCP connection's owner supplies. All are called synchronously from stack input or timers. */
+export interface TcpHandlers {
+  /**
+   * In-order bytes from the peer. The view is only valid during the call.
+   * Not called while the socket is paused: bytes wait in the receive buffer
+   * and the advertised window shrinks instead.
+   */
+  onData(data: Uint8Array): void;
+  /** The peer sent FIN: no more data will come (it may still read ours). */
+  onEnd(): void;
+  /** The send buffer has room again after write() took less than it was given. */
+  onDrain(): void;
+  /** The connection is gone; no callback follows. */
+  onClose(reason: TcpCloseReason): void;
+  /** An active open (Stack.connectTcp) completed its handshake. */
+  onConnect?(): void;
+}
+
+/** A TCP connection, as its owner uses it. */
+export interface TcpSocket {
+  readonly tuple: FourTuple;
+  /** RFC 9293 state name, e.g. 'ESTABLISHED', 'CLOSE-WAIT'. For logs and tests. */
+  readonly state: string;
+  /**
+   * Copies as much of `data` into the send buffer as fits and returns how many
+   * bytes it took. Less than `data.length` means "full": keep the rest, stop
+   * reading your source, and wait for onDrain.
+   */
+  write(data: Uint8Array): number;
+  /** Bytes written but not yet acknowledged by the peer. */
+  readonly bufferedAmount: number;
+  /** Room left in the send buffer. */
+  readonly writableSpace: number;
+  /** Half-close: send FIN once everything written has been sent. */
+  end(): void;
+  /** Send RST and drop everything now. onClose('aborted') follows. */
+  abort(): void;
+  /** Stop onData delivery; incoming bytes fill the receive buffer and the window closes. */
+  pause(): void;
+  /** Resume onData delivery (buffered bytes are delivered first) and reopen the window. */
+  resume(): void;
+}
+
+/**
+ * A guest SYN waiting for its owner's decision. Call exactly one of accept()
+ * or refuse(), now or later; until then the guest's retransmitted SYNs for the
+ * same four-tuple are absorbed. A SYN held longer than the stack's
+ * `synHoldTimeoutMs` is dropped silently and `onExpire` is not needed: the
+ * guest sees what it would see on a lossy path.
+ */
+export interface PendingTcp {
+  readonly syn: SynInfo;
+  /** Answer SYN-ACK and return the socket. */
+  accept(handlers: TcpHandlers): TcpSocket;
+  /** Answer RST: "connection refused", at once. */
+  refuse(): void;
+  /** Drop the SYN without an answer (the guest will time out). */
+  ignore(): void;
+}
+
+/** A UDP datagram from the guest that the stack did not consume itself. */
+export interface UdpDatagram extends FourTuple {
+  /** Payload view, valid during the callback. */
+  readonly payload: Uint8Array;
+}
+
+/** Frames the stack wants sent, batched so that a transport writes them with one syscall. */
+export interface OutputBatch {
+  /**
+   * The frames as QEMU stream framing (each preceded by its length as a u32
+   * big-endian), ready to write as-is. Usually one chunk; more when a batch
+   * outgrows the arena. The chunks are not reused by the stack afterwards.
+   */
+  readonly framed: readonly Uint8Array[];
+  /** Number of frames. */
+  readonly frameCount: number;
+  /** Calls fn once per frame (Ethernet header first, no length prefix). */
+  forEachFrame(fn: (frame: Uint8Array) => void): void;
+}
+
+/** How netstack/ tells its owner about things it did not handle itself. */
+export interface StackEvents {
+  /** A guest SYN for a new four-tuple, not to the gateway's own services. */
+  onTcpSyn(pending: PendingTcp): void;
+  /** A UDP datagram from the guest not consumed by the stack (DHCP is). */
+  onUdp(datagram: UdpDatagram): void;
+  /**
+   * An ICMP message from the guest that the stack does not answer itself
+   * (echo to an address that is not virtual, errors, ...). Raw ICMP bytes.
+   */
+  onIcmp?(src: IPv4, dst: IPv4, icmp: Uint8Array): void;
+  /** Frames to send to the guest. Called at the end of input(), advance() and deferred flushes. */
+  onOutput(batch: OutputBatch): void;
+  /** A frame was dropped; reason as counted in stats. Optional, for logs. */
+  onDrop?(reason: string): void;
+}
+
+/** Counters the stack keeps; the service exposes them on GET /stats. */
+export interface StackStats {
+  framesIn: number;
+  bytesIn: number;
+  framesOut: number;
+  bytesOut: number;
+  /** Frames dropped, by DropReason ("ipv4:bad-checksum": 3). */
+  drops: Record<string, number>;
+  tcpConnections: number;
+  tcpHeldSyns: number;
+}
+
+/** The stack as its owner drives it. Implemented by `Stack` in stack.ts. */
+export interface NetStack {
+  /**
+   * Processes a batch of Ethernet frames from the guest (no length prefix).
+   * Never throws on bad input: malformed frames are dropped and counted.
+   * ACKs are coalesced over the batch; output leaves in one onOutput call.
+   */
+  input(frames: readonly Uint8Array[]): void;
+  /** Fires due timers (retransmissions, TIME-WAIT, reassembly...) and flushes output. */
+  advance(now?: number): void;
+  /** When advance() should next be called, or undefined if no timer is armed. */
+  nextDeadline(): number | undefined;
+  /**
+   * Opens a connection into the guest (port forwarding): Moat plays `from`,
+   * the guest is `to`. Handlers get onConnect, or onClose('refused'/'timeout').
+   */
+  connectTcp(
+    endpoints: { from: IPv4; fromPort: number; to: IPv4; toPort: number },
+    handlers: TcpHandlers,
+  ): TcpSocket;
+  /** Sends a UDP datagram to the guest from any address (fragmented if larger than the MTU). */
+  sendUdp(from: IPv4, fromPort: number, to: IPv4, toPort: number, payload: Uint8Array): void;
+  /** Sends raw ICMP bytes (checksum filled in by the stack) from `from` to the guest. */
+  sendIcmp(from: IPv4, to: IPv4, icmp: Uint8Array): void;
+  /** The guest went away (VM reboot, shim restart): abort every connection, forget its MAC. DHCP leases stay. */
+  resetGuest(): void;
+  readonly stats: StackStats;
+}
