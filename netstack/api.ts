@@ -6,7 +6,7 @@
  * Addresses are numbers (see addr.ts). Byte views handed to callbacks are only
  * valid during the call: copy what you keep.
  */
-import type { IPv4 } from './addr.js';
+import type { IPv4, Mac } from './addr.js';
 
 /** A TCP or UDP flow as seen from the guest: `src` is the guest side. */
 export interface FourTuple {
@@ -169,5 +169,45 @@ export interface NetStack {
   sendIcmp(from: IPv4, to: IPv4, icmp: Uint8Array): void;
   /** The guest went away (VM reboot, shim restart): abort every connection, forget its MAC. DHCP leases stay. */
   resetGuest(): void;
+  /** Current DHCP leases, for GET /services/dhcp/leases. */
+  dhcpLeases(): { mac: Mac; ip: IPv4; expiresAt: number }[];
+  readonly config: Readonly<StackConfig>;
   readonly stats: StackStats;
+}
+
+/** Everything a Stack is configured with. Defaults (stack.ts DEFAULT_STACK_CONFIG) are gvproxy's. */
+export interface StackConfig {
+  /** Link MTU, 576..65520 (1500 default). Sets our MSS and the DHCP MTU option. */
+  mtu: number;
+  /** The virtual subnet (192.168.127.0/24). */
+  network: IPv4;
+  prefix: number;
+  /** The gateway: answers ARP, ICMP echo, DHCP, and is the guest's router (192.168.127.1, 5a:94:ef:e4:0c:dd). */
+  gatewayIp: IPv4;
+  gatewayMac: Mac;
+  /** The address DHCP gives the first guest (192.168.127.2). */
+  guestIp: IPv4;
+  /** The host alias (192.168.127.254): a virtual IP the service maps to the host's loopback. */
+  hostIp: IPv4;
+  /** More virtual IPs the stack answers ARP and ICMP echo for. */
+  extraVirtualIps: IPv4[];
+  /** DNS servers handed out by DHCP (default: the gateway). */
+  dnsServers: IPv4[];
+  domainName: string | undefined;
+  searchDomains: string[];
+  staticLeases: { mac: Mac; ip: IPv4 }[];
+  dhcpLeaseTimeSec: number;
+  tcp: {
+    sendBufferBytes: number;
+    recvBufferBytes: number;
+    /** Bound on out-of-order bytes queued per connection. */
+    oooBytes: number;
+    /** How long a guest SYN may wait for its owner's decision. */
+    synHoldTimeoutMs: number;
+    /** Concurrent connections (established or closing); SYNs beyond it are refused with RST. */
+    maxConnections: number;
+    /** SYNs waiting for a decision; beyond it new SYNs are dropped. */
+    maxHeldSyns: number;
+  };
+  fragments: { maxBytes: number; maxDatagrams: number; timeoutMs: number };
 }
