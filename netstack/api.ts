@@ -129,6 +129,11 @@ export interface StackEvents {
   onOutput(batch: OutputBatch): void;
   /** A frame was dropped; reason as counted in stats. Optional, for logs. */
   onDrop?(reason: string): void;
+  /**
+   * A frame's processing threw (a bug in the stack or in an owner callback).
+   * The frame is dropped and counted as 'stack:internal-error'; the stack goes on.
+   */
+  onError?(err: unknown): void;
 }
 
 /** Counters the stack keeps; the service exposes them on GET /stats. */
