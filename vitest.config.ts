@@ -9,5 +9,7 @@ export default defineConfig({
     hookTimeout: 120_000,
     fileParallelism: true,
     pool: 'forks',
+    // The JSON report is how .ci/run counts passes and failures.
+    reporters: ['default', ['json', { outputFile: 'dist/test-results.json' }]],
   },
 });
