@@ -1,0 +1,199 @@
+/**
+ * The NAT of `moat serve`: guest flows raised by the netstack become real
+ * host sockets, and their bytes and datagrams flow back into the stack.
+ *
+ *   TCP   SYN -> classify destination -> dial on the host -> SYN-ACK (or RST)
+ *         gateway:53 -> DNS over TCP, forwarded (src/dns-forward.ts)
+ *   UDP   datagram -> per-four-tuple host socket (idle timeout, LRU bound)
+ *         gateway:53 -> DNS forwarder; gateway:<claimed port> -> port forwarder
+ *   ICMP  not forwarded: echo to a non-virtual address needs an ICMP socket,
+ *         which Node cannot open (no SOCK_DGRAM/IPPROTO_ICMP in node:dgram),
+ *         and faking replies would lie about reachability. Dropped and
+ *         counted. (The stack itself answers echo for its virtual addresses.)
+ *
+ * What is refused (RST for TCP, silent drop for UDP): see destination.ts.
+ * Allowlist policy is not decided here; a caller that wants one filters SYNs
+ * and datagrams before handing them to the NAT.
+ */
+import type { IPv4 } from '../../netstack/addr.js';
+import type { NetStack, PendingTcp, UdpDatagram } from '../../netstack/api.js';
+import { DnsForwarder, systemUpstreams, type DnsForwarderStats } from '../dns-forward.js';
+import type { Logger } from '../log.js';
+import { classifyDestination } from './destination.js';
+import { natOptions, type NatOptions } from './options.js';
+import { TcpFlowTable, type TcpFlowStats } from './tcp-flows.js';
+import { describe, UdpFlowTable, type UdpFlowStats } from './udp-flows.js';
+
+export { DEFAULT_NAT_OPTIONS, natOptions, type NatOptions, type DnsUpstream } from './options.js';
+export { classifyDestination, type Destination, type DestinationRefusal } from './destination.js';
+export { TcpPipe, type TcpPipeOptions } from './tcp-pipe.js';
+
+const DNS_PORT = 53;
+
+/** Receives guest datagrams sent to a gateway UDP port someone claimed (port forwarding replies). */
+export type GatewayUdpHandler = (datagram: UdpDatagram) => void;
+
+/** The hook the port forwarder uses to receive guest UDP replies addressed to the gateway. */
+export interface GatewayUdpClaims {
+  /** Routes guest datagrams to gatewayIp:port to `handler`; returns a function that releases the claim. Throws if taken. */
+  claimGatewayUdp(port: number, handler: GatewayUdpHandler): () => void;
+}
+
+export interface NatStats {
+  tcpFlows: number;
+  udpFlows: number;
+  tcp: TcpFlowStats;
+  udp: UdpFlowStats;
+  dns: DnsForwarderStats;
+  udpRefused: number;
+  icmpDropped: number;
+}
+
+export class Nat implements GatewayUdpClaims {
+  readonly options: NatOptions;
+  private stack: NetStack | undefined;
+  private readonly tcp: TcpFlowTable;
+  private readonly udp: UdpFlowTable;
+  private readonly dns: DnsForwarder;
+  private readonly gatewayUdp = new Map<number, GatewayUdpHandler>();
+  private udpRefused = 0;
+  private icmpDropped = 0;
+  private closed = false;
+
+  constructor(opts: Partial<NatOptions>, private readonly log: Logger) {
+    this.options = natOptions(opts);
+    if (this.options.dnsUpstreams.length === 0) this.options.dnsUpstreams = systemUpstreams();
+    this.tcp = new TcpFlowTable(
+      {
+        maxFlows: this.options.maxTcpFlows,
+        connectTimeoutMs: this.options.connectTimeoutMs,
+        perFlowBufferBytes: this.options.perFlowBufferBytes,
+      },
+      log,
+    );
+    this.udp = new UdpFlowTable(
+      {
+        idleTimeoutMs: this.options.udpIdleTimeoutMs,
+        maxFlows: this.options.maxUdpFlows,
+        pendingDatagrams: this.options.udpPendingDatagrams,
+      },
+      (from, fromPort, to, toPort, payload) => this.stack?.sendUdp(from, fromPort, to, toPort, payload),
+      log,
+    );
+    this.dns = new DnsForwarder(
+      {
+        upstreams: this.options.dnsUpstreams,
+        timeoutMs: this.options.dnsTimeoutMs,
+        maxInFlight: this.options.dnsMaxInFlight,
+      },
+      log,
+    );
+  }
+
+  /** The stack whose flows this NAT serves (replies are sent through it). */
+  attach(stack: NetStack): void {
+    this.stack = stack;
+  }
+
+  onTcpSyn(pending: PendingTcp): void {
+    if (this.closed || this.stack === undefined) {
+      pending.refuse();
+      return;
+    }
+    const syn = pending.syn;
+    const dest = classifyDestination(syn.dst, this.options);
+    switch (dest.kind) {
+      case 'refused':
+        this.tcp.refuse(pending, dest.reason);
+        return;
+      case 'gateway':
+        if (syn.dstPort !== DNS_PORT) {
+          this.tcp.refuse(pending, 'gateway-port-closed');
+          return;
+        }
+        this.acceptDnsTcp(pending);
+        return;
+      case 'host':
+        this.tcp.dial(pending, dest.address);
+        return;
+    }
+  }
+
+  onUdp(d: UdpDatagram): void {
+    if (this.closed || this.stack === undefined) return;
+    const dest = classifyDestination(d.dst, this.options);
+    switch (dest.kind) {
+      case 'refused':
+        this.udpRefused++;
+        this.log.debug('udp datagram refused', { ...describe(d), reason: dest.reason });
+        return;
+      case 'gateway': {
+        if (d.dstPort === DNS_PORT) {
+          this.forwardDnsUdp(d);
+          return;
+        }
+        const claimed = this.gatewayUdp.get(d.dstPort);
+        if (claimed !== undefined) {
+          claimed(d);
+          return;
+        }
+        this.udpRefused++;
+        this.log.debug('udp datagram refused', { ...describe(d), reason: 'gateway-port-closed' });
+        return;
+      }
+      case 'host':
+        this.udp.send(d, dest.address, d.payload);
+        return;
+    }
+  }
+
+  onIcmp(_src: IPv4, _dst: IPv4, _icmp: Uint8Array): void {
+    this.icmpDropped++;
+  }
+
+  claimGatewayUdp(port: number, handler: GatewayUdpHandler): () => void {
+    if (port === DNS_PORT || this.gatewayUdp.has(port)) throw new Error(`gateway UDP port ${port} is already claimed`);
+    this.gatewayUdp.set(port, handler);
+    return () => {
+      if (this.gatewayUdp.get(port) === handler) this.gatewayUdp.delete(port);
+    };
+  }
+
+  /** The guest went away: every host socket closes (TCP guest sides are reset), UDP flows end, SYNs being dialed are dropped. */
+  resetGuest(): void {
+    this.tcp.closeAll();
+    this.udp.closeAll();
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    this.resetGuest();
+    await this.dns.close();
+  }
+
+  stats(): NatStats {
+    return {
+      tcpFlows: this.tcp.size,
+      udpFlows: this.udp.size,
+      tcp: this.tcp.stats(),
+      udp: this.udp.stats(),
+      dns: this.dns.stats(),
+      udpRefused: this.udpRefused,
+      icmpDropped: this.icmpDropped,
+    };
+  }
+
+  private acceptDnsTcp(pending: PendingTcp): void {
+    const session = this.dns.openTcpSession();
+    this.log.debug('dns tcp open', describe(pending.syn));
+    session.bind(pending.accept(session.handlers));
+  }
+
+  private forwardDnsUdp(d: UdpDatagram): void {
+    const { src, srcPort, dst } = d;
+    void this.dns.resolve(d.payload, 'udp').then((answer) => {
+      if (answer !== undefined && !this.closed) this.stack?.sendUdp(dst, DNS_PORT, src, srcPort, answer);
+    });
+  }
+}

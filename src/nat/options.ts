@@ -1,0 +1,64 @@
+import { ipv4, type IPv4 } from '../../netstack/addr.js';
+
+/** An upstream DNS resolver on the host side. */
+export interface DnsUpstream {
+  host: string;
+  port: number;
+}
+
+/** How the NAT behaves. Every field has a default in DEFAULT_NAT_OPTIONS. */
+export interface NatOptions {
+  /** The virtual gateway (192.168.127.1). Only :53 (DNS, UDP and TCP) is served on it here. */
+  gatewayIp: IPv4;
+  /** The host alias (192.168.127.254): connections to it are dialed to 127.0.0.1. */
+  hostIp: IPv4;
+  /** The virtual subnet: addresses in it other than the gateway and host alias have no host-side counterpart. */
+  network: IPv4;
+  prefix: number;
+  /** Link-local 169.254.0.0/16 (cloud metadata lives there) is refused unless this is true. */
+  allowLinkLocal: boolean;
+  /** A UDP flow with no datagram either way for this long is closed. */
+  udpIdleTimeoutMs: number;
+  /** UDP flows kept at once; a new flow beyond it evicts the least recently used one. */
+  maxUdpFlows: number;
+  /** Datagrams queued per UDP flow while its host socket is still connecting. */
+  udpPendingDatagrams: number;
+  /** TCP flows (dialing or open) at once; SYNs beyond it are refused with RST. */
+  maxTcpFlows: number;
+  /** Host resolvers DNS to the gateway is forwarded to (default: /etc/resolv.conf). */
+  dnsUpstreams: DnsUpstream[];
+  /** A DNS query without an upstream answer for this long is answered SERVFAIL. */
+  dnsTimeoutMs: number;
+  /** DNS queries in flight at once; beyond it queries are answered SERVFAIL at once. */
+  dnsMaxInFlight: number;
+  /** How long a host dial may take before the guest's SYN is dropped unanswered. */
+  connectTimeoutMs: number;
+  /**
+   * Bytes a host socket may buffer towards the host before the guest side is
+   * paused (the host socket's writableHighWaterMark). Towards the guest at most
+   * one host read chunk is held while the guest's send buffer is full.
+   */
+  perFlowBufferBytes: number;
+}
+
+export const DEFAULT_NAT_OPTIONS: Readonly<NatOptions> = Object.freeze({
+  gatewayIp: ipv4(192, 168, 127, 1),
+  hostIp: ipv4(192, 168, 127, 254),
+  network: ipv4(192, 168, 127, 0),
+  prefix: 24,
+  allowLinkLocal: false,
+  udpIdleTimeoutMs: 90_000,
+  maxUdpFlows: 1024,
+  udpPendingDatagrams: 16,
+  maxTcpFlows: 4096,
+  dnsUpstreams: [],
+  dnsTimeoutMs: 5_000,
+  dnsMaxInFlight: 256,
+  connectTimeoutMs: 10_000,
+  perFlowBufferBytes: 256 * 1024,
+});
+
+/** Fills the gaps of a partial options object with the defaults (dnsUpstreams empty = read /etc/resolv.conf). */
+export function natOptions(partial: Partial<NatOptions> = {}): NatOptions {
+  return { ...DEFAULT_NAT_OPTIONS, ...partial };
+}

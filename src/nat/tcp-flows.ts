@@ -1,0 +1,169 @@
+/**
+ * Guest TCP connections to host sockets. "Dial first, answer after": the
+ * guest's SYN is held (PendingTcp) while Moat connects to the destination on
+ * the host, and only a successful connect is answered with SYN-ACK, so the
+ * guest sees what a real network would show:
+ *  - ECONNREFUSED, and any other immediate dial error (EHOSTUNREACH,
+ *    ENETUNREACH...): pending.refuse() -> RST, "connection refused" at once
+ *    (an ICMP unreachable would be more faithful for the routing errors, but
+ *    the stack holds the SYN, not its IP header, and RST fails just as fast);
+ *  - no answer within connectTimeoutMs: pending.ignore() -> the guest's own
+ *    SYN retries time out, as behind a filtering firewall.
+ * Once connected, a TcpPipe joins the two sockets until both are closed; the
+ * flow leaves the table at that moment.
+ */
+import { connect as netConnect, type NetConnectOpts, type Socket } from 'node:net';
+import type { PendingTcp } from '../../netstack/api.js';
+import type { Logger } from '../log.js';
+import { TcpPipe } from './tcp-pipe.js';
+import { describe } from './udp-flows.js';
+
+export interface TcpFlowTableOptions {
+  maxFlows: number;
+  connectTimeoutMs: number;
+  perFlowBufferBytes: number;
+}
+
+export interface TcpFlowStats {
+  /** Flows dialing or open. */
+  flows: number;
+  dialing: number;
+  opened: number;
+  refused: number;
+  timedOut: number;
+  bytesToHost: number;
+  bytesToGuest: number;
+}
+
+interface Dial {
+  readonly pending: PendingTcp;
+  readonly socket: Socket;
+  readonly timer: NodeJS.Timeout;
+}
+
+export class TcpFlowTable {
+  private readonly dials = new Set<Dial>();
+  private readonly pipes = new Set<TcpPipe>();
+  private readonly counters = { opened: 0, refused: 0, timedOut: 0, bytesToHost: 0, bytesToGuest: 0 };
+
+  constructor(
+    private readonly opts: TcpFlowTableOptions,
+    private readonly log: Logger,
+  ) {}
+
+  get size(): number {
+    return this.dials.size + this.pipes.size;
+  }
+
+  stats(): TcpFlowStats {
+    let toHost = this.counters.bytesToHost;
+    let toGuest = this.counters.bytesToGuest;
+    for (const p of this.pipes) {
+      toHost += p.bytesToHost;
+      toGuest += p.bytesToGuest;
+    }
+    return {
+      flows: this.size,
+      dialing: this.dials.size,
+      opened: this.counters.opened,
+      refused: this.counters.refused,
+      timedOut: this.counters.timedOut,
+      bytesToHost: toHost,
+      bytesToGuest: toGuest,
+    };
+  }
+
+  /** Refuses `pending` with RST, logging why (one line per refusal). */
+  refuse(pending: PendingTcp, reason: string, extra?: Record<string, unknown>): void {
+    this.counters.refused++;
+    this.log.info('tcp flow refused', { ...describe(pending.syn), reason, ...extra });
+    pending.refuse();
+  }
+
+  /** Dials `hostAddress:dstPort` for the guest's SYN; answers the SYN when the dial settles. */
+  dial(pending: PendingTcp, hostAddress: string): void {
+    if (this.size >= this.opts.maxFlows) {
+      this.refuse(pending, 'too-many-flows');
+      return;
+    }
+    const syn = pending.syn;
+    const socket = netConnect({
+      host: hostAddress,
+      port: syn.dstPort,
+      allowHalfOpen: true,
+      noDelay: true, // the guest already sized its segments; do not delay them again
+      writableHighWaterMark: this.opts.perFlowBufferBytes,
+    } as NetConnectOpts); // Socket passes stream options on to its Duplex
+    const dial: Dial = {
+      pending,
+      socket,
+      timer: setTimeout(() => {
+        if (!this.dials.delete(dial)) return;
+        this.counters.timedOut++;
+        this.log.info('tcp flow refused', { ...describe(syn), reason: 'connect-timeout' });
+        socket.destroy();
+        pending.ignore();
+      }, this.opts.connectTimeoutMs),
+    };
+    this.dials.add(dial);
+    const onError = (err: NodeJS.ErrnoException): void => {
+      if (!this.dials.delete(dial)) return;
+      clearTimeout(dial.timer);
+      socket.destroy();
+      this.refuse(pending, 'dial-failed', { error: err.code ?? err.message });
+    };
+    socket.once('error', onError);
+    socket.once('connect', () => {
+      if (!this.dials.delete(dial)) {
+        socket.destroy();
+        return;
+      }
+      clearTimeout(dial.timer);
+      socket.off('error', onError);
+      this.connected(dial);
+    });
+  }
+
+  /** Closes every flow now: host sockets destroyed, guest sides reset, pending SYNs dropped. */
+  closeAll(): void {
+    for (const dial of [...this.dials]) {
+      this.dials.delete(dial);
+      clearTimeout(dial.timer);
+      dial.socket.destroy();
+      dial.pending.ignore();
+    }
+    for (const pipe of [...this.pipes]) pipe.destroy();
+  }
+
+  private connected(dial: Dial): void {
+    const pipe = new TcpPipe(dial.socket, {
+      waitForConnect: false,
+      onFinished: (p, reason) => {
+        this.pipes.delete(p);
+        this.counters.bytesToHost += p.bytesToHost;
+        this.counters.bytesToGuest += p.bytesToGuest;
+        this.log.debug('tcp flow close', {
+          ...describe(dial.pending.syn),
+          reason,
+          error: p.error?.message,
+          bytesToHost: p.bytesToHost,
+          bytesToGuest: p.bytesToGuest,
+        });
+      },
+    });
+    this.pipes.add(pipe);
+    let tcp;
+    try {
+      tcp = dial.pending.accept(pipe.handlers);
+    } catch (err) {
+      // The stack gave up on this SYN meanwhile (held too long, guest reset).
+      this.pipes.delete(pipe);
+      dial.socket.destroy();
+      this.log.debug('tcp flow dropped', { ...describe(dial.pending.syn), reason: 'accept-failed', error: String(err) });
+      return;
+    }
+    this.counters.opened++;
+    this.log.debug('tcp flow open', describe(dial.pending.syn));
+    pipe.bind(tcp);
+  }
+}

@@ -1,0 +1,225 @@
+/**
+ * Joins one host socket (node:net) to one guest TCP connection (netstack
+ * TcpSocket), both ways, with backpressure and half-close. Used by the NAT
+ * (guest dials out) and by the port forwarder (host dials in), so the two
+ * cannot drift apart.
+ *
+ * Memory per pipe is bounded on both sides:
+ *  - guest -> host: bytes go to host.write(); when it returns false (the
+ *    socket's buffer passed its high-water mark) the guest side is paused, so
+ *    the stack shrinks the advertised window instead of queueing here, and is
+ *    resumed on 'drain'.
+ *  - host -> guest: a host chunk goes to tcp.write(), which takes what fits in
+ *    the send buffer. The rest (at most one chunk) is kept and the host socket
+ *    is paused, so the kernel's receive window closes towards the server; on
+ *    onDrain the rest is written and reading resumes.
+ *
+ * Closing: a guest FIN ends the host socket's writing side and a host FIN
+ * ends the guest side (both sockets are half-open capable). An error or reset
+ * on one side resets the other: host error -> tcp.abort() (RST to the guest),
+ * guest RST/abort/timeout -> host.destroy(). The pipe reports `onFinished`
+ * exactly once, when both sides are gone.
+ */
+import type { Socket } from 'node:net';
+import type { TcpCloseReason, TcpHandlers, TcpSocket } from '../../netstack/api.js';
+
+export interface TcpPipeOptions {
+  /**
+   * The guest side is an active open (port forwarding): host bytes are held
+   * (host socket paused) until the handshake completes (onConnect).
+   */
+  waitForConnect: boolean;
+  /** Called once when both sides are closed; `reason` says how the guest side ended. */
+  onFinished(pipe: TcpPipe, reason: TcpCloseReason | 'host-error'): void;
+  /** Called when the guest side connected (active opens only). */
+  onConnected?(pipe: TcpPipe): void;
+}
+
+export class TcpPipe {
+  readonly handlers: TcpHandlers;
+  bytesToHost = 0;
+  bytesToGuest = 0;
+
+  private tcp: TcpSocket | undefined;
+  private guestConnected: boolean;
+  /** Host bytes the guest's send buffer did not take yet (at most one chunk). */
+  private held: Uint8Array | undefined;
+  private hostEnded = false; // host sent FIN
+  private guestEndSent = false;
+  private tcpClosed = false;
+  private tcpCloseReason: TcpCloseReason | undefined;
+  private hostClosed = false;
+  private hostError: Error | undefined;
+  private guestPausedForHost = false;
+  private finished = false;
+
+  constructor(
+    readonly host: Socket,
+    private readonly opts: TcpPipeOptions,
+  ) {
+    this.guestConnected = !opts.waitForConnect;
+    this.handlers = {
+      onData: (data) => this.guestData(data),
+      onEnd: () => this.guestEnd(),
+      onDrain: () => this.guestDrain(),
+      onClose: (reason) => this.guestClosed(reason),
+      onConnect: () => this.guestConnect(),
+    };
+    if (!this.guestConnected) host.pause();
+    host.on('data', (chunk: Buffer) => this.hostData(chunk));
+    host.on('end', () => this.hostEnd());
+    host.on('drain', () => this.hostDrain());
+    host.on('error', (err) => {
+      this.hostError = err;
+    });
+    host.on('close', () => this.hostClose());
+  }
+
+  /** Gives the pipe its guest socket (returned by accept() or connectTcp()). */
+  bind(tcp: TcpSocket): void {
+    this.tcp = tcp;
+    if (this.tcpClosed) return; // closed during accept/connect: nothing to start
+    if (this.hostClosed) {
+      this.abortGuest();
+      return;
+    }
+    if (this.guestConnected) this.flushHeld();
+  }
+
+  /** Why the host socket failed, if it did. */
+  get error(): Error | undefined {
+    return this.hostError;
+  }
+
+  /** Ends everything now: RST to the guest, host socket destroyed. */
+  destroy(): void {
+    this.abortGuest();
+    if (!this.host.destroyed) this.host.destroy();
+  }
+
+  // --- guest -> host -------------------------------------------------------
+
+  private guestData(data: Uint8Array): void {
+    if (this.host.destroyed || this.host.writableEnded) return;
+    this.bytesToHost += data.length;
+    // The view is only valid during the call; Buffer.from copies.
+    const ok = this.host.write(Buffer.from(data));
+    if (!ok && !this.guestPausedForHost) {
+      this.guestPausedForHost = true;
+      this.tcp?.pause();
+    }
+  }
+
+  private hostDrain(): void {
+    if (!this.guestPausedForHost) return;
+    this.guestPausedForHost = false;
+    if (!this.tcpClosed) this.tcp?.resume();
+  }
+
+  private guestEnd(): void {
+    if (!this.host.destroyed) this.host.end();
+  }
+
+  private guestConnect(): void {
+    if (this.guestConnected) return;
+    this.guestConnected = true;
+    this.opts.onConnected?.(this);
+    if (this.tcp !== undefined) this.flushHeld();
+  }
+
+  private guestClosed(reason: TcpCloseReason): void {
+    if (this.tcpClosed) return;
+    this.tcpClosed = true;
+    this.tcpCloseReason = reason;
+    this.held = undefined;
+    if (reason === 'closed') {
+      // Both FINs were exchanged (so the host already sent its FIN): let the
+      // host socket flush what it still buffers towards the server; it closes
+      // by itself once its writing side has finished.
+      if (!this.host.destroyed) this.host.end();
+    } else if (!this.host.destroyed) {
+      this.host.destroy();
+    }
+    this.maybeFinished();
+  }
+
+  // --- host -> guest -------------------------------------------------------
+
+  private hostData(chunk: Buffer): void {
+    if (this.tcpClosed) return;
+    if (this.tcp === undefined || !this.guestConnected || this.held !== undefined) {
+      // Not writable yet: keep this one chunk and stop reading.
+      this.held = this.held === undefined ? chunk : concat(this.held, chunk);
+      this.host.pause();
+      return;
+    }
+    const taken = this.tcp.write(chunk);
+    this.bytesToGuest += taken;
+    if (taken < chunk.length) {
+      this.held = chunk.subarray(taken);
+      this.host.pause();
+    }
+  }
+
+  private guestDrain(): void {
+    this.flushHeld();
+  }
+
+  /** Writes held bytes to the guest; resumes the host (or sends FIN) once nothing is held. */
+  private flushHeld(): void {
+    const tcp = this.tcp;
+    if (tcp === undefined || this.tcpClosed || !this.guestConnected) return;
+    if (this.held !== undefined) {
+      const taken = tcp.write(this.held);
+      this.bytesToGuest += taken;
+      if (taken < this.held.length) {
+        this.held = this.held.subarray(taken);
+        return;
+      }
+      this.held = undefined;
+    }
+    if (this.hostEnded) this.endGuest();
+    else if (!this.host.destroyed) this.host.resume();
+  }
+
+  private hostEnd(): void {
+    this.hostEnded = true;
+    if (this.held === undefined && this.guestConnected) this.endGuest();
+  }
+
+  private endGuest(): void {
+    if (this.guestEndSent || this.tcpClosed || this.tcp === undefined) return;
+    this.guestEndSent = true;
+    this.tcp.end();
+  }
+
+  private hostClose(): void {
+    this.hostClosed = true;
+    // A host socket that closes without having ended cleanly (error, reset,
+    // destroyed while data was pending) resets the guest side.
+    if (!this.tcpClosed) {
+      const clean = this.hostError === undefined && this.hostEnded;
+      if (!clean) this.abortGuest();
+      else if (this.held === undefined) this.endGuest();
+    }
+    this.maybeFinished();
+  }
+
+  private abortGuest(): void {
+    if (this.tcpClosed || this.tcp === undefined) return;
+    this.tcp.abort();
+    // abort() is followed by onClose('aborted'); in case the stack does not
+    // call back synchronously, treat the guest side as gone now.
+    this.guestClosed('aborted');
+  }
+
+  private maybeFinished(): void {
+    if (this.finished || !this.tcpClosed || !this.hostClosed) return;
+    this.finished = true;
+    this.opts.onFinished(this, this.hostError !== undefined ? 'host-error' : (this.tcpCloseReason ?? 'aborted'));
+  }
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Buffer {
+  return Buffer.concat([a, b]);
+}

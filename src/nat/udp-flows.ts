@@ -1,0 +1,179 @@
+/**
+ * Guest UDP flows to host sockets. A flow is the guest's four-tuple
+ * (src, srcPort, dst, dstPort); each gets one node:dgram socket bound to an
+ * ephemeral port and connected to the destination, so the kernel only hands
+ * us datagrams from that destination. Replies go back to the guest from the
+ * address it wrote to.
+ *
+ * Bounds: a flow closes after `idleTimeoutMs` without a datagram either way
+ * (gvproxy uses 90 s); at most `maxFlows` flows exist, and a new flow beyond
+ * it evicts the least recently used one (a busy flow survives, a forgotten one
+ * goes: better than refusing new flows forever when a guest leaks them).
+ * Datagrams that arrive while a flow's socket is still connecting wait in a
+ * small bounded queue; beyond it they are dropped, as UDP allows.
+ */
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import { formatIPv4, type IPv4 } from '../../netstack/addr.js';
+import type { FourTuple } from '../../netstack/api.js';
+import type { Logger } from '../log.js';
+
+export type SendToGuest = (from: IPv4, fromPort: number, to: IPv4, toPort: number, payload: Uint8Array) => void;
+
+export interface UdpFlowTableOptions {
+  idleTimeoutMs: number;
+  maxFlows: number;
+  pendingDatagrams: number;
+}
+
+export interface UdpFlowStats {
+  flows: number;
+  opened: number;
+  evicted: number;
+  expired: number;
+  datagramsToHost: number;
+  datagramsToGuest: number;
+  dropped: number;
+}
+
+interface UdpFlow {
+  readonly key: string;
+  readonly tuple: FourTuple;
+  readonly socket: UdpSocket;
+  connected: boolean;
+  pending: Buffer[];
+  idleTimer: NodeJS.Timeout;
+  closed: boolean;
+}
+
+export function udpFlowKey(src: IPv4, srcPort: number, dst: IPv4, dstPort: number): string {
+  return `${src}:${srcPort}>${dst}:${dstPort}`;
+}
+
+export class UdpFlowTable {
+  /** Insertion order = recency order: a used flow is moved to the end. */
+  private readonly flows = new Map<string, UdpFlow>();
+  private readonly counters = { opened: 0, evicted: 0, expired: 0, datagramsToHost: 0, datagramsToGuest: 0, dropped: 0 };
+
+  constructor(
+    private readonly opts: UdpFlowTableOptions,
+    private readonly sendToGuest: SendToGuest,
+    private readonly log: Logger,
+  ) {}
+
+  get size(): number {
+    return this.flows.size;
+  }
+
+  stats(): UdpFlowStats {
+    return { flows: this.flows.size, ...this.counters };
+  }
+
+  /** Sends one guest datagram to `hostAddress:dstPort`, opening the flow if needed. */
+  send(tuple: FourTuple, hostAddress: string, payload: Uint8Array): void {
+    const key = udpFlowKey(tuple.src, tuple.srcPort, tuple.dst, tuple.dstPort);
+    let flow = this.flows.get(key);
+    if (flow === undefined) {
+      flow = this.open(key, tuple, hostAddress);
+    } else {
+      this.flows.delete(key);
+      this.flows.set(key, flow);
+      flow.idleTimer.refresh();
+    }
+    this.counters.datagramsToHost++;
+    const copy = Buffer.from(payload); // the view dies with the callback
+    if (!flow.connected) {
+      if (flow.pending.length >= this.opts.pendingDatagrams) {
+        this.counters.dropped++;
+        return;
+      }
+      flow.pending.push(copy);
+      return;
+    }
+    this.write(flow, copy);
+  }
+
+  /** Closes every flow (guest gone, or shutdown). */
+  closeAll(): void {
+    for (const flow of [...this.flows.values()]) this.close(flow, 'reset');
+  }
+
+  private open(key: string, tuple: FourTuple, hostAddress: string): UdpFlow {
+    while (this.flows.size >= this.opts.maxFlows) {
+      const oldest = this.flows.values().next().value as UdpFlow;
+      this.counters.evicted++;
+      this.close(oldest, 'evicted');
+    }
+    const socket = createSocket('udp4');
+    const flow: UdpFlow = {
+      key,
+      tuple,
+      socket,
+      connected: false,
+      pending: [],
+      idleTimer: setTimeout(() => {
+        this.counters.expired++;
+        this.close(flow, 'idle');
+      }, this.opts.idleTimeoutMs),
+      closed: false,
+    };
+    flow.idleTimer.unref();
+    this.flows.set(key, flow);
+    this.counters.opened++;
+    socket.on('message', (msg) => {
+      if (flow.closed) return;
+      flow.idleTimer.refresh();
+      if (this.flows.get(key) === flow) {
+        this.flows.delete(key);
+        this.flows.set(key, flow);
+      }
+      this.counters.datagramsToGuest++;
+      this.sendToGuest(tuple.dst, tuple.dstPort, tuple.src, tuple.srcPort, msg);
+    });
+    socket.on('error', (err) => {
+      if (!flow.connected) {
+        this.log.info('udp flow refused', { ...describe(tuple), reason: 'connect-failed', error: err.message });
+        this.close(flow, 'connect-failed');
+        return;
+      }
+      // ECONNREFUSED (ICMP port unreachable) and friends: UDP is lossy, the
+      // guest's application sees a timeout as it would on a filtered path.
+      this.log.debug('udp flow error', { ...describe(tuple), error: err.message });
+    });
+    socket.bind(0, () => {
+      if (flow.closed) return;
+      // connect() reports failure through 'error' (flow still unconnected there).
+      socket.connect(tuple.dstPort, hostAddress, () => {
+        if (flow.closed) return;
+        flow.connected = true;
+        const queued = flow.pending;
+        flow.pending = [];
+        for (const p of queued) this.write(flow, p);
+      });
+    });
+    this.log.debug('udp flow open', describe(tuple));
+    return flow;
+  }
+
+  private write(flow: UdpFlow, payload: Buffer): void {
+    flow.socket.send(payload, (err) => {
+      if (err) this.counters.dropped++;
+    });
+  }
+
+  private close(flow: UdpFlow, why: string): void {
+    if (flow.closed) return;
+    flow.closed = true;
+    clearTimeout(flow.idleTimer);
+    if (this.flows.get(flow.key) === flow) this.flows.delete(flow.key);
+    try {
+      flow.socket.close();
+    } catch {
+      // already closed
+    }
+    this.log.debug('udp flow close', { ...describe(flow.tuple), reason: why });
+  }
+}
+
+export function describe(t: FourTuple): Record<string, unknown> {
+  return { src: `${formatIPv4(t.src)}:${t.srcPort}`, dst: `${formatIPv4(t.dst)}:${t.dstPort}` };
+}
