@@ -1,0 +1,499 @@
+/**
+ * `moat serve` configuration: command-line flags plus an optional JSON file
+ * (`--config FILE`), validated into one ServeConfig. Flags override the file;
+ * a repeatable flag given on the command line replaces the file's list rather
+ * than adding to it, so the command line always shows the whole truth for
+ * what it names.
+ *
+ * Every flag is described once, in SERVE_FLAGS: the parser, the help text and
+ * the config-file keys are all derived from that table, so they cannot drift.
+ * Every error names the flag (or the file and key) and the bad value, and is a
+ * ConfigError (exit code 2).
+ */
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { parseArgs } from 'node:util';
+import { formatIPv4, formatMac, inSubnet, parseCidr, parseIPv4, parseMac, prefixMask, type IPv4, type Mac } from '../netstack/addr.js';
+import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js';
+import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
+
+/** A usage or configuration mistake: the CLI prints the message and exits with 2. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+export type ListenAddress =
+  | { readonly kind: 'unix'; readonly path: string; readonly url: string }
+  | { readonly kind: 'tcp'; readonly host: string; readonly port: number; readonly url: string };
+
+export interface DnsUpstream {
+  host: string;
+  port: number;
+}
+
+export interface ServeConfig {
+  /** Where guests (QEMU `-netdev stream`, moat-shim) connect. At least one. */
+  listen: ListenAddress[];
+  mtu: number;
+  network: IPv4;
+  prefix: number;
+  gatewayIp: IPv4;
+  gatewayMac: Mac;
+  guestIp: IPv4;
+  hostIp: IPv4;
+  /** Unix socket path of the control API, or undefined for no API. */
+  apiSocket: string | undefined;
+  forwards: ForwardSpec[];
+  pcapFile: string | undefined;
+  logLevel: LogLevel;
+  logFormat: LogFormat;
+  allowLinkLocal: boolean;
+  /** Host resolvers the gateway's DNS forwards to; empty if none was given and /etc/resolv.conf names none. */
+  dnsUpstreams: DnsUpstream[];
+}
+
+export const MTU_MIN = 576; // RFC 791: every host must accept 576-byte datagrams
+export const MTU_MAX = 65520; // the largest MTU Linux virtio-net and QEMU stream accept, as gvproxy
+export const DEFAULT_MTU = 1500;
+export const DEFAULT_SUBNET = '192.168.127.0/24';
+export const DEFAULT_GATEWAY_MAC = '5a:94:ef:e4:0c:dd';
+/** sun_path is 108 bytes on Linux, including the terminating NUL. */
+const UNIX_PATH_MAX = 107;
+
+interface FlagDoc {
+  name: string;
+  type: 'string' | 'boolean';
+  multiple?: boolean;
+  /** Placeholder for the value in help ("N", "CIDR"). */
+  value?: string;
+  /** The default, as shown in help. */
+  default?: string;
+  help: string;
+  example?: string;
+}
+
+/** The one description of every `moat serve` flag (gvproxy's names where gvproxy has one). */
+export const SERVE_FLAGS: readonly FlagDoc[] = [
+  {
+    name: 'listen-qemu',
+    type: 'string',
+    multiple: true,
+    value: 'URL',
+    default: 'none (required)',
+    help: 'Listen for a guest speaking QEMU stream framing (u32 big-endian length + Ethernet frame): QEMU -netdev stream or moat-shim. unix:///PATH or tcp://HOST:PORT. Repeatable; one guest is served at a time and a new connection replaces the old one.',
+    example: 'unix:///tmp/moat.sock',
+  },
+  { name: 'mtu', type: 'string', value: 'N', default: String(DEFAULT_MTU), help: `Link MTU, ${MTU_MIN}..${MTU_MAX}. Handed to the guest by DHCP.` },
+  { name: 'subnet', type: 'string', value: 'CIDR', default: DEFAULT_SUBNET, help: 'The virtual network (prefix /0../30).' },
+  { name: 'gateway-ip', type: 'string', value: 'IP', default: 'first address of --subnet (192.168.127.1)', help: "The gateway's address: router, DHCP and DNS server." },
+  { name: 'gateway-mac', type: 'string', value: 'MAC', default: DEFAULT_GATEWAY_MAC, help: "The gateway's MAC address." },
+  { name: 'guest-ip', type: 'string', value: 'IP', default: 'second address of --subnet (192.168.127.2)', help: 'The address DHCP gives the guest.' },
+  { name: 'host-ip', type: 'string', value: 'IP', default: 'last usable address of --subnet (192.168.127.254)', help: "A virtual address that reaches the host's loopback (127.0.0.1)." },
+  { name: 'api', type: 'string', value: 'unix:///PATH', default: 'none (no API)', help: 'Serve the HTTP control API (gvproxy-compatible /services/forwarder/*, /services/dhcp/leases, /stats, /healthz) on a unix socket.', example: 'unix:///tmp/moat-api.sock' },
+  {
+    name: 'forward',
+    type: 'string',
+    multiple: true,
+    value: 'LOCAL=GUEST_IP:PORT[/tcp|/udp]',
+    default: 'none',
+    help: 'Forward a host address into the guest (tcp unless /udp is given). An empty LOCAL host (":2222") listens on every interface. Repeatable.',
+    example: '127.0.0.1:2222=192.168.127.2:22',
+  },
+  { name: 'pcap', type: 'string', value: 'FILE', default: 'none', help: 'Write every frame to and from the guest to FILE in libpcap format (read it with tcpdump -r FILE).' },
+  { name: 'config', type: 'string', value: 'FILE', default: 'none', help: 'Read settings from a JSON file whose keys are these flag names ({"mtu": 9000, "forward": ["127.0.0.1:2222=192.168.127.2:22"]}). Flags given on the command line override it; a repeatable flag on the command line replaces the list from the file.' },
+  { name: 'log-level', type: 'string', value: 'LEVEL', default: 'info', help: 'debug, info, warn or error.' },
+  { name: 'log-format', type: 'string', value: 'FORMAT', default: 'pretty', help: 'json (one object per line) or pretty.' },
+  { name: 'allow-link-local', type: 'boolean', default: 'off', help: 'Let the guest reach 169.254.0.0/16 (cloud metadata services live there). Refused unless given.' },
+  {
+    name: 'dns-upstream',
+    type: 'string',
+    multiple: true,
+    value: 'IP[:PORT]',
+    default: 'the nameservers in /etc/resolv.conf',
+    help: "Resolver that DNS queries to the gateway are forwarded to (port 53 unless given; IPv6 as [ADDR]:PORT). Repeatable.",
+    example: '1.1.1.1',
+  },
+  { name: 'help', type: 'boolean', help: 'Show this help.' },
+];
+
+const FILE_KEYS = new Set(SERVE_FLAGS.map((f) => f.name).filter((n) => n !== 'help' && n !== 'config'));
+
+export type ParsedServeArgs = { kind: 'help' } | { kind: 'config'; config: ServeConfig };
+
+/** Where the outside world comes in; tests replace both. */
+export interface ConfigIo {
+  readFile(path: string): string;
+  /** The text of /etc/resolv.conf, or undefined when there is none. */
+  readResolvConf(): string | undefined;
+}
+
+export const NODE_CONFIG_IO: ConfigIo = {
+  readFile: (path) => readFileSync(path, 'utf8'),
+  readResolvConf: () => {
+    try {
+      return readFileSync('/etc/resolv.conf', 'utf8');
+    } catch {
+      return undefined;
+    }
+  },
+};
+
+type RawValue = string | boolean | string[];
+
+/** A raw setting and how to name it in an error: "--mtu" or 'moat.json: "mtu"'. */
+interface Raw {
+  value: RawValue;
+  label: string;
+}
+
+/** Parses `moat serve` arguments (without "serve" itself). Throws ConfigError. */
+export function parseServeArgs(args: readonly string[], io: ConfigIo = NODE_CONFIG_IO): ParsedServeArgs {
+  const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }> = {};
+  for (const f of SERVE_FLAGS) options[f.name] = { type: f.type, ...(f.multiple === true ? { multiple: true } : {}) };
+  options.help!.short = 'h';
+
+  let values: Record<string, RawValue | undefined>;
+  try {
+    ({ values } = parseArgs({ args: [...args], options, strict: true, allowPositionals: false }) as { values: Record<string, RawValue | undefined> });
+  } catch (e) {
+    throw new ConfigError(describeParseArgsError(e));
+  }
+  if (values.help === true) return { kind: 'help' };
+
+  const raw = new Map<string, Raw>();
+  const configFile = values.config;
+  if (typeof configFile === 'string') {
+    for (const [key, value] of readConfigFile(configFile, io)) raw.set(key, { value, label: `${configFile}: "${key}"` });
+  }
+  for (const [key, value] of Object.entries(values)) {
+    if (key === 'config' || key === 'help' || value === undefined) continue;
+    raw.set(key, { value, label: `--${key}` });
+  }
+  return { kind: 'config', config: buildConfig(raw, io) };
+}
+
+function describeParseArgsError(e: unknown): string {
+  const err = e as { code?: string; message?: string };
+  const msg = err.message ?? String(e);
+  if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+    const m = /'([^']+)'/.exec(msg);
+    return `unknown flag ${m ? m[1] : ''} (see moat serve --help)`.replace('  ', ' ');
+  }
+  if (err.code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') {
+    const m = /'([^']+)'/.exec(msg);
+    return `unexpected argument ${m ? `"${m[1]}"` : ''} (every setting is a --flag; see moat serve --help)`;
+  }
+  // ERR_PARSE_ARGS_INVALID_OPTION_VALUE: Node's message names the flag ("Option '--mtu <value>' argument missing").
+  return msg;
+}
+
+/** Reads the JSON config file into flag-name → raw value, checking its shape. */
+function readConfigFile(path: string, io: ConfigIo): Map<string, RawValue> {
+  let text: string;
+  try {
+    text = io.readFile(path);
+  } catch (e) {
+    throw new ConfigError(`--config: cannot read "${path}": ${(e as Error).message}`);
+  }
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(text);
+  } catch (e) {
+    throw new ConfigError(`--config: "${path}" is not valid JSON: ${(e as Error).message}`);
+  }
+  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
+    throw new ConfigError(`--config: "${path}" must hold a JSON object whose keys are flag names`);
+  }
+  const out = new Map<string, RawValue>();
+  for (const [key, value] of Object.entries(parsed as Record<string, unknown>)) {
+    if (!FILE_KEYS.has(key)) throw new ConfigError(`${path}: unknown key "${key}" (keys are the flag names of moat serve --help, without --)`);
+    const doc = SERVE_FLAGS.find((f) => f.name === key)!;
+    const label = `${path}: "${key}"`;
+    if (doc.type === 'boolean') {
+      if (typeof value !== 'boolean') throw new ConfigError(`${label}: must be true or false, got ${JSON.stringify(value)}`);
+      out.set(key, value);
+    } else if (doc.multiple === true) {
+      const list = Array.isArray(value) ? value : [value];
+      out.set(key, list.map((item) => fileItemToText(key, item, label)));
+    } else {
+      out.set(key, fileScalarToText(value, label));
+    }
+  }
+  return out;
+}
+
+function fileScalarToText(value: unknown, label: string): string {
+  if (typeof value === 'string') return value;
+  if (typeof value === 'number' && Number.isFinite(value)) return String(value);
+  throw new ConfigError(`${label}: must be a string or number, got ${JSON.stringify(value)}`);
+}
+
+/** Forwards may be written in the file as the flag text or as gvproxy's {"local","remote","protocol"} object. */
+function fileItemToText(key: string, item: unknown, label: string): string {
+  if (key === 'forward' && typeof item === 'object' && item !== null && !Array.isArray(item)) {
+    const spec = parseForwardSpec(item);
+    if (typeof spec === 'string') throw new ConfigError(`${label}: ${spec}`);
+    return `${spec.local}=${spec.remote}/${spec.protocol}`;
+  }
+  return fileScalarToText(item, label);
+}
+
+function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
+  const str = (name: string): { text: string; label: string } | undefined => {
+    const r = raw.get(name);
+    return r === undefined ? undefined : { text: r.value as string, label: r.label };
+  };
+  const list = (name: string): { items: string[]; label: string } => {
+    const r = raw.get(name);
+    return r === undefined ? { items: [], label: `--${name}` } : { items: r.value as string[], label: r.label };
+  };
+
+  // --listen-qemu
+  const listenRaw = list('listen-qemu');
+  if (listenRaw.items.length === 0) {
+    throw new ConfigError('--listen-qemu: at least one listen address is required (e.g. --listen-qemu unix:///tmp/moat.sock)');
+  }
+  const listen = listenRaw.items.map((url) => parseListenUrl(url, listenRaw.label));
+  const seen = new Set<string>();
+  for (const l of listen) {
+    const key = l.kind === 'unix' ? `unix:${l.path}` : `tcp:${l.host}:${l.port}`;
+    if (seen.has(key) && !(l.kind === 'tcp' && l.port === 0)) throw new ConfigError(`${listenRaw.label}: "${l.url}" is given twice`);
+    seen.add(key);
+  }
+
+  // --mtu
+  let mtu = DEFAULT_MTU;
+  const mtuRaw = str('mtu');
+  if (mtuRaw !== undefined) {
+    const n = /^\d+$/.test(mtuRaw.text) ? Number(mtuRaw.text) : NaN;
+    if (!(n >= MTU_MIN && n <= MTU_MAX)) throw new ConfigError(`${mtuRaw.label}: must be an integer ${MTU_MIN}..${MTU_MAX}, got ${mtuRaw.text}`);
+    mtu = n;
+  }
+
+  // --subnet and the addresses inside it
+  const subnetRaw = str('subnet') ?? { text: DEFAULT_SUBNET, label: '--subnet' };
+  const cidr = parseCidr(subnetRaw.text);
+  if (cidr === undefined) throw new ConfigError(`${subnetRaw.label}: must be an IPv4 CIDR like ${DEFAULT_SUBNET}, got "${subnetRaw.text}"`);
+  if (cidr.prefix > 30) throw new ConfigError(`${subnetRaw.label}: prefix must be /30 or shorter (room for gateway, guest and host), got "${subnetRaw.text}"`);
+  const { network, prefix } = cidr;
+  const broadcast = (network | ~prefixMask(prefix)) >>> 0;
+  const gatewayIp = parseAddressIn('gateway-ip', str('gateway-ip'), network + 1, network, prefix, broadcast, subnetRaw.text);
+  const guestIp = parseAddressIn('guest-ip', str('guest-ip'), network + 2, network, prefix, broadcast, subnetRaw.text);
+  const hostIp = parseAddressIn('host-ip', str('host-ip'), broadcast - 1, network, prefix, broadcast, subnetRaw.text);
+  const named: [string, IPv4][] = [
+    ['--gateway-ip', gatewayIp],
+    ['--guest-ip', guestIp],
+    ['--host-ip', hostIp],
+  ];
+  for (let i = 0; i < named.length; i++) {
+    for (let j = i + 1; j < named.length; j++) {
+      if (named[i]![1] === named[j]![1]) {
+        throw new ConfigError(`${named[i]![0]} and ${named[j]![0]}: must be distinct, both are ${formatIPv4(named[i]![1])}`);
+      }
+    }
+  }
+
+  // --gateway-mac
+  const macRaw = str('gateway-mac') ?? { text: DEFAULT_GATEWAY_MAC, label: '--gateway-mac' };
+  const gatewayMac = parseMac(macRaw.text);
+  if (gatewayMac === undefined) throw new ConfigError(`${macRaw.label}: must be a MAC address like ${DEFAULT_GATEWAY_MAC}, got "${macRaw.text}"`);
+  // Bit 0 of the first octet marks a group address: a unicast router must not have one (IEEE 802, 9.2).
+  if (Math.floor(gatewayMac / 2 ** 40) & 1) throw new ConfigError(`${macRaw.label}: must be a unicast MAC (first octet even), got "${macRaw.text}"`);
+
+  // --api
+  let apiSocket: string | undefined;
+  const apiRaw = str('api');
+  if (apiRaw !== undefined) {
+    const l = parseListenUrl(apiRaw.text, apiRaw.label);
+    if (l.kind !== 'unix') throw new ConfigError(`${apiRaw.label}: the API listens on a unix socket only (unix:///PATH), got "${apiRaw.text}"`);
+    if (listen.some((q) => q.kind === 'unix' && q.path === l.path)) throw new ConfigError(`${apiRaw.label}: "${apiRaw.text}" is also a --listen-qemu address`);
+    apiSocket = l.path;
+  }
+
+  // --forward
+  const fwdRaw = list('forward');
+  const forwards: ForwardSpec[] = [];
+  for (const text of fwdRaw.items) {
+    const spec = parseForwardFlag(text);
+    if (typeof spec === 'string') throw new ConfigError(`${fwdRaw.label}: ${spec}`);
+    const guest = parseIPv4(spec.remote.slice(0, spec.remote.lastIndexOf(':')))!;
+    if (!inSubnet(guest, network, prefix)) {
+      throw new ConfigError(`${fwdRaw.label}: guest address ${formatIPv4(guest)} is outside --subnet ${subnetRaw.text} in "${text}"`);
+    }
+    if (forwards.some((f) => f.local === spec.local && f.protocol === spec.protocol)) {
+      throw new ConfigError(`${fwdRaw.label}: ${spec.local}/${spec.protocol} is forwarded twice ("${text}")`);
+    }
+    forwards.push(spec);
+  }
+
+  // --pcap
+  const pcapRaw = str('pcap');
+  if (pcapRaw !== undefined && pcapRaw.text === '') throw new ConfigError(`${pcapRaw.label}: needs a file name, got ""`);
+
+  // --log-level, --log-format
+  const levelRaw = str('log-level');
+  if (levelRaw !== undefined && !isLogLevel(levelRaw.text)) throw new ConfigError(`${levelRaw.label}: must be debug, info, warn or error, got "${levelRaw.text}"`);
+  const formatRaw = str('log-format');
+  if (formatRaw !== undefined && !isLogFormat(formatRaw.text)) throw new ConfigError(`${formatRaw.label}: must be json or pretty, got "${formatRaw.text}"`);
+
+  // --dns-upstream
+  const dnsRaw = list('dns-upstream');
+  const dnsUpstreams =
+    dnsRaw.items.length > 0
+      ? dnsRaw.items.map((t) => parseDnsUpstream(t, dnsRaw.label))
+      : nameserversFromResolvConf(io.readResolvConf() ?? '');
+
+  const allow = raw.get('allow-link-local');
+  return {
+    listen,
+    mtu,
+    network,
+    prefix,
+    gatewayIp,
+    gatewayMac,
+    guestIp,
+    hostIp,
+    apiSocket,
+    forwards,
+    pcapFile: pcapRaw?.text,
+    logLevel: (levelRaw?.text as LogLevel | undefined) ?? 'info',
+    logFormat: (formatRaw?.text as LogFormat | undefined) ?? 'pretty',
+    allowLinkLocal: allow?.value === true,
+    dnsUpstreams,
+  };
+}
+
+function parseAddressIn(
+  name: string,
+  given: { text: string; label: string } | undefined,
+  fallback: IPv4,
+  network: IPv4,
+  prefix: number,
+  broadcast: IPv4,
+  subnetText: string,
+): IPv4 {
+  if (given === undefined) return fallback >>> 0;
+  const ip = parseIPv4(given.text);
+  if (ip === undefined) throw new ConfigError(`${given.label}: must be an IPv4 address, got "${given.text}"`);
+  if (!inSubnet(ip, network, prefix)) throw new ConfigError(`${given.label}: ${given.text} is outside --subnet ${subnetText}`);
+  if (ip === network) throw new ConfigError(`${given.label}: ${given.text} is the network address of ${subnetText}`);
+  if (ip === broadcast) throw new ConfigError(`${given.label}: ${given.text} is the broadcast address of ${subnetText}`);
+  void name;
+  return ip;
+}
+
+/** Parses unix:///PATH or tcp://HOST:PORT. */
+export function parseListenUrl(url: string, label: string): ListenAddress {
+  if (url.startsWith('unix://')) {
+    const path = url.slice('unix://'.length);
+    if (!path.startsWith('/')) throw new ConfigError(`${label}: a unix socket needs an absolute path (unix:///tmp/moat.sock), got "${url}"`);
+    if (Buffer.byteLength(path) > UNIX_PATH_MAX) throw new ConfigError(`${label}: unix socket path is longer than ${UNIX_PATH_MAX} bytes: "${url}"`);
+    return { kind: 'unix', path, url };
+  }
+  if (url.startsWith('tcp://')) {
+    // Port 0 asks the kernel for a free port (tests); the ready line reports the real one.
+    const hp = parseHostPort(url.slice('tcp://'.length), { allowEmptyHost: false, allowPortZero: true });
+    if (typeof hp === 'string') throw new ConfigError(`${label}: ${hp} in "${url}"`);
+    return { kind: 'tcp', host: hp.host, port: hp.port, url };
+  }
+  throw new ConfigError(`${label}: must be unix:///PATH or tcp://HOST:PORT, got "${url}"`);
+}
+
+/** Parses IP[:PORT] for a resolver; IPv6 as a bare address or [ADDR]:PORT. */
+export function parseDnsUpstream(text: string, label: string): DnsUpstream {
+  if (isIP(text) !== 0) return { host: text, port: 53 };
+  const hp = parseHostPort(text, { allowEmptyHost: false });
+  if (typeof hp === 'string') throw new ConfigError(`${label}: ${hp}`);
+  if (isIP(hp.host) === 0) throw new ConfigError(`${label}: must be an IP address (not a name), got "${text}"`);
+  return hp;
+}
+
+/** The `nameserver` lines of a resolv.conf (resolv.conf(5)), in order; zone ids ("%eth0") are kept. */
+export function nameserversFromResolvConf(text: string): DnsUpstream[] {
+  const out: DnsUpstream[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^\s*nameserver\s+(\S+)/.exec(line);
+    if (m === null) continue;
+    const host = m[1]!;
+    if (isIP(host.split('%')[0]!) === 0) continue;
+    out.push({ host, port: 53 });
+  }
+  return out;
+}
+
+/** ServeConfig as plain JSON-able text, for the start-up log line. */
+export function describeConfig(c: ServeConfig): Record<string, unknown> {
+  return {
+    listen: c.listen.map((l) => l.url),
+    mtu: c.mtu,
+    subnet: `${formatIPv4(c.network)}/${c.prefix}`,
+    gatewayIp: formatIPv4(c.gatewayIp),
+    gatewayMac: formatMac(c.gatewayMac),
+    guestIp: formatIPv4(c.guestIp),
+    hostIp: formatIPv4(c.hostIp),
+    api: c.apiSocket,
+    forwards: c.forwards.map((f) => `${f.local}=${f.remote}/${f.protocol}`),
+    pcap: c.pcapFile,
+    allowLinkLocal: c.allowLinkLocal,
+    dnsUpstreams: c.dnsUpstreams.map((u) => (u.host.includes(':') ? `[${u.host}]:${u.port}` : `${u.host}:${u.port}`)),
+  };
+}
+
+// ---------------------------------------------------------------- help text
+
+const QEMU_EXAMPLE = `  moat serve --listen-qemu unix:///tmp/moat.sock
+  qemu-system-x86_64 ... \\
+    -netdev stream,id=n0,server=off,addr.type=unix,addr.path=/tmp/moat.sock \\
+    -device virtio-net-pci,netdev=n0`;
+
+const SHIM_EXAMPLE = `  moat serve --listen-qemu unix:///tmp/moat.sock
+  moat-shim --tap tap0 --connect /tmp/moat.sock   # bridges a TAP device (e.g. in a network namespace) to Moat`;
+
+export function serveHelp(): string {
+  const lines: string[] = [
+    'Usage: moat serve --listen-qemu URL [flags]',
+    '',
+    'Runs the user-space network for one guest: DHCP, DNS, NAT to the host and port forwards.',
+    '',
+    'Flags:',
+  ];
+  for (const f of SERVE_FLAGS) {
+    const head = `  --${f.name}${f.value !== undefined ? ` ${f.value}` : ''}${f.name === 'help' ? ', -h' : ''}`;
+    lines.push(head);
+    lines.push(`      ${f.help}`);
+    if (f.default !== undefined) lines.push(`      Default: ${f.default}.`);
+    if (f.example !== undefined) lines.push(`      Example: --${f.name} ${f.example}`);
+  }
+  lines.push(
+    '',
+    'Attach a QEMU guest (QEMU 7.2+):',
+    QEMU_EXAMPLE,
+    '',
+    'Attach a TAP device with moat-shim:',
+    SHIM_EXAMPLE,
+    '',
+    'Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for a usage or configuration error, 1 for a runtime error.',
+    '',
+  );
+  return lines.join('\n');
+}
+
+export function mainHelp(): string {
+  return [
+    'Usage: moat <command> [flags]',
+    '',
+    'Moat: a user-space network stack and egress allowlist for micro-VM guests.',
+    '',
+    'Commands:',
+    '  serve    Serve the network to a guest over a QEMU stream socket (moat serve --help).',
+    '  help     Show this help, or a command\'s help (moat help serve).',
+    '',
+    'Example:',
+    QEMU_EXAMPLE,
+    '',
+    serveHelp(),
+  ].join('\n');
+}
