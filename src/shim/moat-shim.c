@@ -1,0 +1,313 @@
+/* moat-shim: bridge a TAP device, a unix datagram socket or an AF_VSOCK
+ * stream to Moat's unix stream socket (QEMU stream framing: u32 big-endian
+ * length, then the Ethernet frame). Node cannot open those three; this can.
+ *
+ * What it does not do: no IFF_VNET_HDR/GSO offloads, no multiqueue, no
+ * reconnecting to Moat (Moat closing ends the shim), one guest at a time. */
+#define _GNU_SOURCE
+#include "shim.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static const char usage_text[] =
+    "usage:\n"
+    "  moat-shim tap --dev NAME [--netns NAME|PATH] [--mtu N] --connect URL\n"
+    "  moat-shim unixgram --listen PATH --connect URL\n"
+    "  moat-shim vsock --port N --connect URL\n"
+    "  moat-shim --help\n"
+    "\n"
+    "Moves Ethernet frames between a guest-side device and Moat's stream socket.\n"
+    "On Moat's socket every frame is preceded by its length as a 4-byte\n"
+    "big-endian integer (QEMU -netdev stream framing).\n"
+    "\n"
+    "modes:\n"
+    "  tap       Create (or attach to) TAP device NAME via /dev/net/tun\n"
+    "            (IFF_TAP|IFF_NO_PI), bring it up and pump its frames.\n"
+    "              --netns NAME|PATH  create the device inside network namespace\n"
+    "                                 /run/netns/NAME (or the namespace file PATH);\n"
+    "                                 Moat is connected first, from the namespace\n"
+    "                                 moat-shim was started in\n"
+    "              --mtu N            set the device MTU (68..65535)\n"
+    "  unixgram  Bind a unix datagram socket at PATH (a stale socket file is\n"
+    "            replaced): one frame per datagram, as vfkit, libkrun and QEMU\n"
+    "            -netdev dgram use. Frames from Moat go to the first sender; a\n"
+    "            4-byte \"VFKT\" hello datagram is accepted and discarded.\n"
+    "  vsock     Listen on AF_VSOCK port N (any CID) and serve one connection at\n"
+    "            a time with the same 4-byte framing on both sides.\n"
+    "\n"
+    "URL: unix:///path/to/socket or tcp://HOST:PORT\n"
+    "\n"
+    "Frames must be 14..65553 bytes (Ethernet header .. MTU 65535 + header + VLAN\n"
+    "tag); any other length on a framed stream is a protocol error.\n"
+    "\n"
+    "exit status: 0 when either side closes cleanly (or on SIGINT/SIGTERM),\n"
+    "             1 on an I/O or protocol error, 2 on a usage error\n";
+
+/* ---------------------------------------------------------------- logging */
+
+static void vlog(const char *fmt, va_list ap, const char *suffix)
+{
+    /* One fprintf per line keeps lines whole when stderr is shared. */
+    char line[1024];
+    int n = vsnprintf(line, sizeof(line), fmt, ap);
+    if (n < 0)
+        return;
+    fprintf(stderr, "moat-shim: %s%s\n", line, suffix);
+}
+
+void shim_log(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(fmt, ap, "");
+    va_end(ap);
+}
+
+void shim_log_errno(const char *fmt, ...)
+{
+    char suffix[256];
+    snprintf(suffix, sizeof(suffix), ": %s", strerror(errno));
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(fmt, ap, suffix);
+    va_end(ap);
+}
+
+void shim_die(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(fmt, ap, "");
+    va_end(ap);
+    exit(code);
+}
+
+static _Noreturn void usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vlog(fmt, ap, "");
+    va_end(ap);
+    fputs("run 'moat-shim --help' for usage\n", stderr);
+    exit(EXIT_USAGE);
+}
+
+/* ---------------------------------------------------------------- arguments */
+
+struct args {
+    const char *mode;
+    const char *dev, *netns, *connect, *listen;
+    long mtu;  /* 0: leave as is */
+    long port; /* -1: not given */
+};
+
+static long parse_number(const char *opt, const char *s, long lo, long hi)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0' || v < lo || v > hi)
+        usage_error("%s %s: expected a number in %ld..%ld", opt, s, lo, hi);
+    return v;
+}
+
+static void parse_args(int argc, char **argv, struct args *a)
+{
+    memset(a, 0, sizeof(*a));
+    a->port = -1;
+    if (argc < 2)
+        usage_error("missing mode (tap, unixgram or vsock)");
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        fputs(usage_text, stdout);
+        exit(EXIT_CLEAN);
+    }
+    a->mode = argv[1];
+    if (strcmp(a->mode, "tap") != 0 && strcmp(a->mode, "unixgram") != 0 &&
+        strcmp(a->mode, "vsock") != 0)
+        usage_error("unknown mode '%s' (expected tap, unixgram or vsock)", a->mode);
+
+    for (int i = 2; i < argc; i++) {
+        const char *opt = argv[i];
+        if (strcmp(opt, "--help") == 0 || strcmp(opt, "-h") == 0) {
+            fputs(usage_text, stdout);
+            exit(EXIT_CLEAN);
+        }
+        /* Accept both "--opt value" and "--opt=value". */
+        char name[32];
+        const char *val = NULL;
+        const char *eq = strchr(opt, '=');
+        if (eq && (size_t)(eq - opt) < sizeof(name)) {
+            memcpy(name, opt, (size_t)(eq - opt));
+            name[eq - opt] = '\0';
+            val = eq + 1;
+        } else {
+            if (strlen(opt) >= sizeof(name))
+                usage_error("unknown option '%s'", opt);
+            memcpy(name, opt, strlen(opt) + 1);
+            if (i + 1 >= argc)
+                usage_error("option %s needs a value", opt);
+            val = argv[++i];
+        }
+        if (strcmp(name, "--dev") == 0)
+            a->dev = val;
+        else if (strcmp(name, "--netns") == 0)
+            a->netns = val;
+        else if (strcmp(name, "--connect") == 0)
+            a->connect = val;
+        else if (strcmp(name, "--listen") == 0)
+            a->listen = val;
+        else if (strcmp(name, "--mtu") == 0)
+            a->mtu = parse_number(name, val, 68, 65535);
+        else if (strcmp(name, "--port") == 0)
+            a->port = parse_number(name, val, 0, 0xFFFFFFFEL);
+        else
+            usage_error("unknown option '%s'", name);
+    }
+
+    if (!a->connect)
+        usage_error("%s: --connect URL is required", a->mode);
+    bool is_tap = strcmp(a->mode, "tap") == 0;
+    bool is_ug = strcmp(a->mode, "unixgram") == 0;
+    bool is_vsock = strcmp(a->mode, "vsock") == 0;
+    if (is_tap && !a->dev)
+        usage_error("tap: --dev NAME is required");
+    if (is_ug && !a->listen)
+        usage_error("unixgram: --listen PATH is required");
+    if (is_vsock && a->port < 0)
+        usage_error("vsock: --port N is required");
+    if (!is_tap && (a->dev || a->netns || a->mtu))
+        usage_error("%s: --dev, --netns and --mtu belong to tap mode", a->mode);
+    if (!is_ug && a->listen)
+        usage_error("%s: --listen belongs to unixgram mode", a->mode);
+    if (!is_vsock && a->port >= 0)
+        usage_error("%s: --port belongs to vsock mode", a->mode);
+}
+
+/* ---------------------------------------------------------------- signals */
+
+static void on_stop(int sig) { shim_stop_signal = sig; }
+
+static void install_signals(void)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = SIG_IGN;
+    if (sigaction(SIGPIPE, &sa, NULL) < 0)
+        shim_die(EXIT_ERR, "sigaction(SIGPIPE) failed");
+    /* No SA_RESTART: poll() must return EINTR so the loop sees the flag. */
+    sa.sa_handler = on_stop;
+    if (sigemptyset(&sa.sa_mask) < 0 || sigaction(SIGINT, &sa, NULL) < 0 ||
+        sigaction(SIGTERM, &sa, NULL) < 0)
+        shim_die(EXIT_ERR, "sigaction(SIGINT/SIGTERM) failed");
+}
+
+static int report_end(enum pump_end end, const char *guest_name)
+{
+    switch (end) {
+    case END_MOAT_EOF:
+        shim_log("moat socket closed by peer (EOF); exiting");
+        return EXIT_CLEAN;
+    case END_GUEST_EOF:
+        shim_log("%s closed (EOF); exiting", guest_name);
+        return EXIT_CLEAN;
+    case END_SIGNAL:
+        shim_log("stopped by signal %d", (int)shim_stop_signal);
+        return EXIT_CLEAN;
+    }
+    return EXIT_ERR;
+}
+
+/* ---------------------------------------------------------------- modes */
+
+static int run_tap(const struct args *a)
+{
+    /* Connect first, from the namespace we were started in: a tcp:// URL then
+     * means the host's view of the address (unix paths work either way). */
+    int moat_fd = net_connect_url(a->connect);
+    if (a->netns)
+        net_enter_netns(a->netns);
+    int tap_fd = net_open_tap(a->dev, (int)a->mtu);
+    shim_log("ready: tap %s (netns %s, mtu %s%ld) <-> %s", a->dev, a->netns ? a->netns : "-",
+             a->mtu ? "" : "unchanged", a->mtu ? a->mtu : 0L, a->connect);
+
+    struct port guest, moat;
+    port_init_packet(&guest, "tap device", tap_fd, &tap_ops);
+    port_init_stream(&moat, "moat socket", moat_fd);
+    int code = report_end(pump_run(&guest, &moat), guest.name);
+    port_free(&moat);
+    return code;
+}
+
+static int run_unixgram(const struct args *a)
+{
+    int moat_fd = net_connect_url(a->connect);
+    int dg_fd = net_bind_unixgram(a->listen);
+    shim_log("ready: unixgram %s <-> %s", a->listen, a->connect);
+
+    struct port guest, moat;
+    port_init_packet(&guest, "unixgram socket", dg_fd, &unixgram_ops);
+    port_init_stream(&moat, "moat socket", moat_fd);
+    int code = report_end(pump_run(&guest, &moat), guest.name);
+    port_free(&moat);
+    /* Leave no socket file behind on a clean exit. */
+    if (unlink(a->listen) < 0 && errno != ENOENT)
+        shim_log_errno("cannot remove %s", a->listen);
+    return code;
+}
+
+static int run_vsock(const struct args *a)
+{
+    int moat_fd = net_connect_url(a->connect);
+    int listen_fd = net_listen_vsock((unsigned)a->port);
+    shim_log("ready: vsock port %ld <-> %s", a->port, a->connect);
+
+    struct port moat;
+    port_init_stream(&moat, "moat socket", moat_fd);
+    for (;;) {
+        if (!pump_wait_for_guest(&moat, listen_fd)) {
+            enum pump_end end = shim_stop_signal ? END_SIGNAL : END_MOAT_EOF;
+            port_free(&moat);
+            return report_end(end, "vsock peer");
+        }
+        int cfd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (cfd < 0) {
+            if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED)
+                continue;
+            shim_log_errno("vsock: accept");
+            return EXIT_ERR;
+        }
+        shim_log("vsock: guest connected");
+        struct port guest;
+        port_init_stream(&guest, "vsock peer", cfd);
+        enum pump_end end = pump_run(&guest, &moat);
+        port_free(&guest);
+        if (close(cfd) < 0)
+            shim_log_errno("close vsock connection");
+        if (end != END_GUEST_EOF) {
+            port_free(&moat);
+            return report_end(end, "vsock peer");
+        }
+        /* The guest went away; a partial frame it left is gone with it, and
+         * Moat's stream stays in step because only whole frames were moved. */
+        shim_log("vsock: guest disconnected; waiting for the next connection");
+    }
+}
+
+int main(int argc, char **argv)
+{
+    struct args a;
+    parse_args(argc, argv, &a);
+    install_signals();
+    if (strcmp(a.mode, "tap") == 0)
+        return run_tap(&a);
+    if (strcmp(a.mode, "unixgram") == 0)
+        return run_unixgram(&a);
+    return run_vsock(&a);
+}
