@@ -22,9 +22,15 @@
  *  - Relayed messages (giaddr ≠ 0) and BOOTREPLYs are ignored: Moat's link is
  *    a point-to-point virtual wire, no relay can exist on it. Plain BOOTP
  *    (no option 53) is ignored too.
- *  - Expired and released-then-reused leases: RELEASE deletes the record; an
- *    expired lease stays remembered so its client gets the same address back,
- *    and is reclaimed (oldest first) only when the pool has no untouched address.
+ *  - RELEASE deletes the record. An expired lease (or an offer never taken
+ *    up) stays remembered so its client gets the same address back, and is
+ *    reclaimed (earliest expiry first) only when the pool has no untouched address.
+ *  - A static address its client DECLINEs is withheld for declineHoldSec like
+ *    any other: that client gets no OFFER meanwhile (counted as poolExhausted).
+ *  - REQUEST in SELECTING state for an address other than the one offered is
+ *    ACKed if that address is free for the client (else NAK); RENEWING and
+ *    REBINDING cannot be told apart without the IP destination and are
+ *    treated alike.
  *  - The lease table holds at most one record per pool/static address, so it is
  *    bounded by the pool size; DECLINEd addresses are held in a table bounded
  *    the same way.
