@@ -1,0 +1,103 @@
+import type { OutputBatch } from './api.js';
+
+/**
+ * Where the stack builds the frames of one output batch.
+ *
+ * Frames are written straight into a staging buffer, each preceded by four
+ * bytes of headroom that hold its length (u32 big-endian): the QEMU stream
+ * framing that moat-shim speaks too. A transport can then send the whole
+ * batch with one write and no copy.
+ *
+ * The staging buffer is handed over, not reused, when a batch is large (the
+ * transport may still be writing it); a small batch is copied out into an
+ * exact-size buffer so that one ACK does not pin a large staging buffer.
+ */
+const PREFIX = 4;
+const DEFAULT_CHUNK = 256 * 1024;
+/** Batches up to this size are copied out and the staging buffer kept. */
+const COPY_OUT_LIMIT = 16 * 1024;
+
+export class FrameArena {
+  /** The buffer the current frame is written into; valid after begin(). */
+  buf: Uint8Array;
+  private pos = 0;
+  private frameStart = -1;
+  private readonly done: Uint8Array[] = [];
+  private count = 0;
+
+  constructor(private readonly chunkSize = DEFAULT_CHUNK) {
+    this.buf = new Uint8Array(chunkSize);
+  }
+
+  /** Frames queued since the last take(). */
+  get frameCount(): number {
+    return this.count;
+  }
+
+  /**
+   * Reserves room for a frame of exactly `length` bytes and returns the
+   * offset in `this.buf` where the frame (its Ethernet header) starts.
+   * Follow with commit() once written, or abandon() to drop it.
+   */
+  begin(length: number): number {
+    if (this.pos + PREFIX + length > this.buf.length) {
+      if (this.pos > 0) this.done.push(this.buf.subarray(0, this.pos));
+      this.buf = new Uint8Array(Math.max(this.chunkSize, PREFIX + length));
+      this.pos = 0;
+    }
+    const b = this.buf;
+    const p = this.pos;
+    b[p] = length >>> 24;
+    b[p + 1] = (length >>> 16) & 0xff;
+    b[p + 2] = (length >>> 8) & 0xff;
+    b[p + 3] = length & 0xff;
+    this.frameStart = p + PREFIX;
+    return this.frameStart;
+  }
+
+  commit(length: number): void {
+    this.pos = this.frameStart + length;
+    this.frameStart = -1;
+    this.count++;
+  }
+
+  abandon(): void {
+    this.frameStart = -1;
+  }
+
+  /** Takes everything queued as one batch, or null when nothing is. */
+  take(): OutputBatch | null {
+    if (this.count === 0) return null;
+    let chunks: Uint8Array[];
+    if (this.done.length === 0 && this.pos <= COPY_OUT_LIMIT) {
+      chunks = [this.buf.slice(0, this.pos)];
+    } else {
+      this.done.push(this.buf.subarray(0, this.pos));
+      chunks = this.done.splice(0);
+      this.buf = new Uint8Array(this.chunkSize);
+    }
+    this.pos = 0;
+    const batch = new FramedBatch(chunks, this.count);
+    this.count = 0;
+    return batch;
+  }
+}
+
+/** An OutputBatch over length-prefixed chunks. */
+export class FramedBatch implements OutputBatch {
+  constructor(
+    readonly framed: readonly Uint8Array[],
+    readonly frameCount: number,
+  ) {}
+
+  forEachFrame(fn: (frame: Uint8Array) => void): void {
+    for (const chunk of this.framed) {
+      let p = 0;
+      while (p + PREFIX <= chunk.length) {
+        const len = ((chunk[p]! << 24) | (chunk[p + 1]! << 16) | (chunk[p + 2]! << 8) | chunk[p + 3]!) >>> 0;
+        fn(chunk.subarray(p + PREFIX, p + PREFIX + len));
+        p += PREFIX + len;
+      }
+    }
+  }
+}

@@ -1,0 +1,731 @@
+/**
+ * The Stack: frames in, socket events out, frames back.
+ *
+ * It plays every address that is not the guest: the gateway (ARP, ICMP echo,
+ * DHCP), the host alias and any other virtual IP (ARP, ICMP echo), and, for
+ * TCP and UDP, whatever remote address the guest talks to. It decides nothing
+ * about policy: new TCP connections are raised as PendingTcp, datagrams as
+ * onUdp, and the owner (src/ in the service) decides and does the I/O.
+ *
+ * Batching: input() takes every frame one read produced; connections ask for
+ * their coalesced ACK with scheduleFlush(), and all frames of the batch leave
+ * in one onOutput call at the end. Work started outside input() (an owner's
+ * write(), a timer) is flushed through the injected `defer`, once per turn.
+ */
+import type {
+  FourTuple,
+  NetStack,
+  PendingTcp,
+  StackConfig,
+  StackEvents,
+  StackStats,
+  SynInfo,
+  TcpHandlers,
+  TcpSocket,
+} from './api.js';
+import { inSubnet, IPV4_BROADCAST, ipv4, MAC_BROADCAST, prefixMask, type IPv4, type Mac } from './addr.js';
+import { ARP_LEN, ARP_REPLY, ARP_REQUEST, emitArp, parseArp } from './arp.js';
+import type { Clock } from './clock.js';
+import { DhcpServer } from './dhcp-server.js';
+import { ParseError } from './errors.js';
+import {
+  emitEthernetHeader,
+  ETH_HEADER_LEN,
+  ETHERTYPE_ARP,
+  ETHERTYPE_IPV4,
+  ETHERTYPE_IPV6,
+  parseEthernet,
+  type EthernetRepr,
+} from './ethernet.js';
+import { FlowTable } from './flow-table.js';
+import { FrameArena } from './frame-arena.js';
+import { emitIcmp, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, parseIcmp } from './icmp.js';
+import {
+  emitIpv4Header,
+  fragmentPlan,
+  IPPROTO_ICMP,
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  IPV4_HEADER_LEN,
+  parseIpv4,
+  type Ipv4Repr,
+} from './ipv4.js';
+import { NeighborTable } from './neighbors.js';
+import { Reassembler } from './reassembly.js';
+import { TcpConnection, rstForUnknown, type TcpConfig, type TcpHost } from './tcp/connection.js';
+import {
+  emitTcpHeader,
+  parseTcp,
+  TCP_ACK,
+  TCP_FIN,
+  TCP_RST,
+  TCP_SYN,
+  tcpHeaderLength,
+  type TcpRepr,
+  type TcpSegmentFields,
+} from './tcp/header.js';
+import { Timer, TimerWheel } from './timer-wheel.js';
+import { emitUdpHeader, parseUdp, UDP_HEADER_LEN } from './udp.js';
+
+export const MIN_MTU = 576;
+export const MAX_MTU = 65520;
+
+/** gvproxy's defaults, so that guests configured for gvproxy work unchanged. */
+export const DEFAULT_STACK_CONFIG: StackConfig = Object.freeze({
+  mtu: 1500,
+  network: ipv4(192, 168, 127, 0),
+  prefix: 24,
+  gatewayIp: ipv4(192, 168, 127, 1),
+  gatewayMac: 0x5a94efe40cdd,
+  guestIp: ipv4(192, 168, 127, 2),
+  hostIp: ipv4(192, 168, 127, 254),
+  extraVirtualIps: [],
+  dnsServers: [ipv4(192, 168, 127, 1)],
+  domainName: undefined,
+  searchDomains: [],
+  staticLeases: [],
+  dhcpLeaseTimeSec: 3600,
+  tcp: Object.freeze({
+    sendBufferBytes: 1024 * 1024,
+    recvBufferBytes: 1024 * 1024,
+    oooBytes: 1024 * 1024,
+    synHoldTimeoutMs: 30_000,
+    maxConnections: 16_384,
+    maxHeldSyns: 1024,
+  }),
+  fragments: Object.freeze({ maxBytes: 4 * 1024 * 1024, maxDatagrams: 256, timeoutMs: 30_000 }),
+}) as StackConfig;
+
+export function createStack(
+  config: StackConfig,
+  events: StackEvents,
+  clock: Clock,
+  defer: (fn: () => void) => void,
+): Stack {
+  return new Stack(config, events, clock, defer);
+}
+
+/** DHCP runs on these ports (RFC 2131 §4.1). */
+const DHCP_SERVER_PORT = 67;
+
+const IPV4_AND_TCP = ETH_HEADER_LEN + IPV4_HEADER_LEN;
+
+export class Stack implements NetStack, TcpHost {
+  readonly config: Readonly<StackConfig>;
+  readonly stats: StackStats = {
+    framesIn: 0,
+    bytesIn: 0,
+    framesOut: 0,
+    bytesOut: 0,
+    drops: {},
+    tcpConnections: 0,
+    tcpHeldSyns: 0,
+  };
+  readonly timers: TimerWheel;
+  readonly localMss: number;
+
+  private readonly arena = new FrameArena();
+  private readonly neighbors = new NeighborTable();
+  private readonly connections = new FlowTable<TcpConnection>();
+  private readonly held = new FlowTable<HeldSyn>();
+  private readonly dhcp: DhcpServer;
+  private readonly reassembler: Reassembler;
+  private readonly tcpConfig: TcpConfig;
+  private readonly broadcastIp: IPv4;
+  /** Connections owed a flushAck() at the end of this batch, each once. */
+  private readonly flushQueue: TcpConnection[] = [];
+  private readonly flushQueued = new Set<TcpConnection>();
+  private inBatch = false;
+  private deferredFlush = false;
+  private ipId = 0;
+
+  constructor(
+    config: StackConfig,
+    private readonly events: StackEvents,
+    readonly clock: Clock,
+    private readonly defer: (fn: () => void) => void,
+  ) {
+    validateConfig(config);
+    this.config = config;
+    this.timers = new TimerWheel(clock);
+    // Largest TCP payload the guest may send us: the MTU less IPv4 and TCP headers.
+    this.localMss = config.mtu - 40;
+    this.broadcastIp = (config.network | ~prefixMask(config.prefix)) >>> 0;
+    this.dhcp = new DhcpServer(
+      {
+        serverIp: config.gatewayIp,
+        network: config.network,
+        prefix: config.prefix,
+        router: config.gatewayIp,
+        dnsServers: config.dnsServers,
+        domainName: config.domainName,
+        searchDomains: config.searchDomains,
+        mtu: config.mtu,
+        leaseTimeSec: config.dhcpLeaseTimeSec,
+        reserved: [config.gatewayIp, config.hostIp, ...config.extraVirtualIps],
+        staticLeases: config.staticLeases,
+        preferredFirst: config.guestIp,
+      },
+      clock,
+    );
+    this.reassembler = new Reassembler(config.fragments, this.timers);
+    this.tcpConfig = {
+      sendBufferBytes: config.tcp.sendBufferBytes,
+      recvBufferBytes: config.tcp.recvBufferBytes,
+      oooBytes: config.tcp.oooBytes,
+    };
+  }
+
+  // ---------------------------------------------------------------- input
+
+  input(frames: readonly Uint8Array[]): void {
+    this.inBatch = true;
+    for (let i = 0; i < frames.length; i++) {
+      const frame = frames[i]!;
+      this.stats.framesIn++;
+      this.stats.bytesIn += frame.length;
+      try {
+        this.inputFrame(frame);
+      } catch (err) {
+        // A bug here or in an owner's callback must cost one frame, not the service.
+        this.drop('stack:internal-error');
+        this.events.onError?.(err);
+      }
+    }
+    this.inBatch = false;
+    this.flush();
+  }
+
+  advance(now = this.clock.now()): void {
+    this.timers.advance(now);
+    this.flush();
+  }
+
+  nextDeadline(): number | undefined {
+    return this.timers.nextDeadline();
+  }
+
+  private inputFrame(frame: Uint8Array): void {
+    if (frame.length > MAX_MTU + ETH_HEADER_LEN) return this.drop('eth:oversized');
+    const eth = parseEthernet(frame);
+    if (eth instanceof ParseError) return this.drop(eth.reason);
+    // Unicast to anyone but us is not ours (a bridge would flood it; we are not one).
+    if (eth.dst !== this.config.gatewayMac && eth.dst !== MAC_BROADCAST) {
+      return this.drop(isMulticastMac(eth.dst) ? 'eth:multicast' : 'eth:not-for-us');
+    }
+    switch (eth.etherType) {
+      case ETHERTYPE_ARP:
+        return this.inputArp(eth);
+      case ETHERTYPE_IPV4:
+        return this.inputIpv4(eth);
+      case ETHERTYPE_IPV6:
+        return this.drop('ipv6:unsupported');
+      default:
+        return this.drop('eth:unsupported-ethertype');
+    }
+  }
+
+  private inputArp(eth: EthernetRepr): void {
+    const arp = parseArp(eth.payload);
+    if (arp instanceof ParseError) return this.drop(arp.reason);
+    if (arp.senderIp !== 0 && this.isGuestAddress(arp.senderIp)) this.neighbors.learn(arp.senderIp, arp.senderMac);
+    if (arp.op !== ARP_REQUEST) return;
+    // Answer only for addresses the stack plays; everything else on the subnet is the guest's business.
+    if (!this.isVirtualIp(arp.targetIp)) return this.drop('arp:not-ours');
+    const off = this.arena.begin(ETH_HEADER_LEN + ARP_LEN);
+    const buf = this.arena.buf;
+    emitEthernetHeader(buf, off, arp.senderMac, this.config.gatewayMac, ETHERTYPE_ARP);
+    emitArp(buf, off + ETH_HEADER_LEN, {
+      op: ARP_REPLY,
+      senderMac: this.config.gatewayMac,
+      senderIp: arp.targetIp,
+      targetMac: arp.senderMac,
+      targetIp: arp.senderIp,
+    });
+    this.commitFrame(ETH_HEADER_LEN + ARP_LEN);
+  }
+
+  private inputIpv4(eth: EthernetRepr): void {
+    let ip = parseIpv4(eth.payload);
+    if (ip instanceof ParseError) return this.drop(ip.reason);
+    if (this.isVirtualIp(ip.src) || ip.src === this.broadcastIp) return this.drop('ipv4:spoofed-source');
+    if (ip.src !== 0) {
+      if (!this.isGuestAddress(ip.src)) return this.drop('ipv4:source-outside-subnet');
+      this.neighbors.learn(ip.src, eth.src);
+    }
+    if (ip.moreFragments || ip.fragmentOffset !== 0) {
+      const whole = this.reassembler.push(ip);
+      if (whole === null) return;
+      if (whole instanceof ParseError) return this.drop(whole.reason);
+      ip = { ...ip, moreFragments: false, fragmentOffset: 0, payload: whole };
+    }
+    const dst = ip.dst;
+    const broadcast = dst === IPV4_BROADCAST || dst === this.broadcastIp;
+    if (dst >>> 28 === 0xe) return this.drop('ipv4:multicast');
+    switch (ip.protocol) {
+      case IPPROTO_TCP:
+        if (broadcast || ip.src === 0) return this.drop('tcp:broadcast');
+        return this.inputTcp(ip);
+      case IPPROTO_UDP:
+        return this.inputUdp(eth, ip, broadcast);
+      case IPPROTO_ICMP:
+        if (broadcast || ip.src === 0) return this.drop('icmp:broadcast');
+        return this.inputIcmp(ip);
+      default:
+        return this.drop('ipv4:unsupported-protocol');
+    }
+  }
+
+  private inputIcmp(ip: Ipv4Repr): void {
+    const icmp = parseIcmp(ip.payload);
+    if (icmp instanceof ParseError) return this.drop(icmp.reason);
+    if (icmp.type === ICMP_ECHO_REQUEST && icmp.code === 0 && this.isVirtualIp(ip.dst)) {
+      const len = IPV4_HEADER_LEN + 8 + icmp.payload.length;
+      const off = this.beginIpv4Frame(ip.src, len);
+      if (off < 0) return;
+      const buf = this.arena.buf;
+      emitIpv4Header(buf, off + ETH_HEADER_LEN, {
+        src: ip.dst,
+        dst: ip.src,
+        protocol: IPPROTO_ICMP,
+        id: this.nextIpId(),
+        payloadLength: 8 + icmp.payload.length,
+      });
+      emitIcmp(buf, off + IPV4_AND_TCP, ICMP_ECHO_REPLY, 0, icmp.rest, icmp.payload);
+      this.commitFrame(ETH_HEADER_LEN + len);
+      return;
+    }
+    if (this.events.onIcmp === undefined) return this.drop('icmp:unhandled');
+    this.events.onIcmp(ip.src, ip.dst, ip.payload);
+  }
+
+  private inputUdp(eth: EthernetRepr, ip: Ipv4Repr, broadcast: boolean): void {
+    const udp = parseUdp(ip.payload, ip.src, ip.dst);
+    if (udp instanceof ParseError) return this.drop(udp.reason);
+    if (udp.dstPort === DHCP_SERVER_PORT && (broadcast || ip.dst === this.config.gatewayIp)) {
+      const reply = this.dhcp.handle(udp.payload, eth.src);
+      if (reply === null) return;
+      this.sendUdpFrame(
+        this.config.gatewayIp,
+        DHCP_SERVER_PORT,
+        reply.dstIp,
+        reply.dstPort,
+        reply.message,
+        reply.dstMac,
+      );
+      return;
+    }
+    if (broadcast || ip.src === 0) return this.drop('udp:broadcast');
+    this.events.onUdp({
+      src: ip.src,
+      srcPort: udp.srcPort,
+      dst: ip.dst,
+      dstPort: udp.dstPort,
+      payload: udp.payload,
+    });
+  }
+
+  private inputTcp(ip: Ipv4Repr): void {
+    const seg = parseTcp(ip.payload, ip.src, ip.dst);
+    if (seg instanceof ParseError) return this.drop(seg.reason);
+    const conn = this.connections.get(ip.src, seg.srcPort, ip.dst, seg.dstPort);
+    if (conn !== undefined) {
+      // A new SYN on a tuple still in TIME-WAIT starts a new connection
+      // (RFC 9293 §3.10.7.4 allows it; RFC 6191): never stall a guest that reuses ports.
+      if (conn.state === 'TIME-WAIT' && (seg.flags & (TCP_SYN | TCP_ACK | TCP_RST)) === TCP_SYN) {
+        conn.abortSilently();
+      } else {
+        conn.input(seg);
+        return;
+      }
+    }
+    const held = this.held.get(ip.src, seg.srcPort, ip.dst, seg.dstPort);
+    if (held !== undefined) {
+      // The guest retransmitted its SYN while the owner decides: nothing new to say.
+      if (seg.flags & TCP_RST) held.discard();
+      else this.drop('tcp:syn-held');
+      return;
+    }
+    if ((seg.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) === TCP_SYN) {
+      return this.newSyn(ip, seg);
+    }
+    const rst = rstForUnknown(seg, seg.payload.length);
+    if (rst !== null) this.transmitRaw(ip.dst, ip.src, rst);
+  }
+
+  private newSyn(ip: Ipv4Repr, seg: TcpRepr): void {
+    const tuple: FourTuple = { src: ip.src, srcPort: seg.srcPort, dst: ip.dst, dstPort: seg.dstPort };
+    if (this.connections.size >= this.config.tcp.maxConnections) {
+      this.drop('tcp:connection-limit');
+      const rst = rstForUnknown(seg, seg.payload.length);
+      if (rst !== null) this.transmitRaw(ip.dst, ip.src, rst);
+      return;
+    }
+    if (this.held.size >= this.config.tcp.maxHeldSyns) return this.drop('tcp:syn-backlog-full');
+    const o = seg.options;
+    const syn: SynInfo = {
+      ...tuple,
+      mss: o.mss ?? 536,
+      windowScale: o.windowScale,
+      sackPermitted: o.sackPermitted,
+      timestamps: o.timestamp !== null,
+    };
+    // Keep the SYN (its options) for accept(); its bytes belong to the input frame, so copy the payload away.
+    const kept: TcpRepr = { ...seg, payload: EMPTY };
+    const pending = new HeldSyn(this, tuple, syn, kept);
+    this.held.set(tuple, pending);
+    this.stats.tcpHeldSyns = this.held.size;
+    this.events.onTcpSyn(pending);
+  }
+
+  /** @internal HeldSyn calls back here. */
+  acceptHeld(h: HeldSyn, handlers: TcpHandlers): TcpSocket {
+    this.forgetHeld(h);
+    const conn = TcpConnection.acceptSyn(this, this.tcpConfig, h.tuple, h.seg, handlers);
+    this.connections.set(h.tuple, conn);
+    this.stats.tcpConnections = this.connections.size;
+    this.kick();
+    return conn;
+  }
+
+  /** @internal */
+  refuseHeld(h: HeldSyn): void {
+    this.forgetHeld(h);
+    const rst = rstForUnknown(h.seg, 0);
+    if (rst !== null) this.transmitRaw(h.tuple.dst, h.tuple.src, rst);
+    this.kick();
+  }
+
+  /** @internal */
+  forgetHeld(h: HeldSyn): void {
+    this.timers.cancel(h.timer);
+    this.held.delete(h.tuple, h);
+    this.stats.tcpHeldSyns = this.held.size;
+  }
+
+  // ---------------------------------------------------------------- TcpHost
+
+  transmit(
+    conn: TcpConnection,
+    seg: TcpSegmentFields,
+    source: { copyOut(from: number, dst: Uint8Array, dstOff: number, len: number): void } | null,
+    from: number,
+    len: number,
+  ): void {
+    const t = conn.tuple;
+    const hl = tcpHeaderLength(seg);
+    const off = this.beginIpv4Frame(t.src, IPV4_HEADER_LEN + hl + len);
+    if (off < 0) return;
+    const buf = this.arena.buf;
+    emitIpv4Header(buf, off + ETH_HEADER_LEN, {
+      src: t.dst,
+      dst: t.src,
+      protocol: IPPROTO_TCP,
+      id: this.nextIpId(),
+      payloadLength: hl + len,
+    });
+    const tcpOff = off + IPV4_AND_TCP;
+    if (len > 0 && source !== null) source.copyOut(from, buf, tcpOff + hl, len);
+    emitTcpHeader(buf, tcpOff, seg, t.dst, t.src, len);
+    this.commitFrame(IPV4_AND_TCP + hl + len);
+    if (!this.inBatch) this.kick();
+  }
+
+  scheduleFlush(conn: TcpConnection): void {
+    if (!this.flushQueued.has(conn)) {
+      this.flushQueued.add(conn);
+      this.flushQueue.push(conn);
+    }
+    if (!this.inBatch) this.kick();
+  }
+
+  released(conn: TcpConnection): void {
+    this.connections.delete(conn.tuple, conn);
+    this.stats.tcpConnections = this.connections.size;
+  }
+
+  // ---------------------------------------------------------------- owner API
+
+  connectTcp(
+    endpoints: { from: IPv4; fromPort: number; to: IPv4; toPort: number },
+    handlers: TcpHandlers,
+  ): TcpSocket {
+    const tuple: FourTuple = {
+      src: endpoints.to,
+      srcPort: endpoints.toPort,
+      dst: endpoints.from,
+      dstPort: endpoints.fromPort,
+    };
+    if (this.connections.get(tuple.src, tuple.srcPort, tuple.dst, tuple.dstPort) !== undefined) {
+      throw new Error(`connectTcp: a connection on this four-tuple already exists`);
+    }
+    const conn = TcpConnection.connect(this, this.tcpConfig, tuple, handlers);
+    this.connections.set(tuple, conn);
+    this.stats.tcpConnections = this.connections.size;
+    this.kick();
+    return conn;
+  }
+
+  sendUdp(from: IPv4, fromPort: number, to: IPv4, toPort: number, payload: Uint8Array): void {
+    this.sendUdpFrame(from, fromPort, to, toPort, payload, undefined);
+    this.kick();
+  }
+
+  sendIcmp(from: IPv4, to: IPv4, icmp: Uint8Array): void {
+    if (icmp.length < 8) throw new RangeError('sendIcmp: an ICMP message has at least 8 bytes');
+    const len = IPV4_HEADER_LEN + icmp.length;
+    const off = this.beginIpv4Frame(to, len);
+    if (off < 0) return;
+    const buf = this.arena.buf;
+    emitIpv4Header(buf, off + ETH_HEADER_LEN, {
+      src: from,
+      dst: to,
+      protocol: IPPROTO_ICMP,
+      id: this.nextIpId(),
+      payloadLength: icmp.length,
+    });
+    const rest = ((icmp[4]! << 24) | (icmp[5]! << 16) | (icmp[6]! << 8) | icmp[7]!) >>> 0;
+    emitIcmp(buf, off + IPV4_AND_TCP, icmp[0]!, icmp[1]!, rest, icmp.subarray(8));
+    this.commitFrame(ETH_HEADER_LEN + len);
+    this.kick();
+  }
+
+  resetGuest(): void {
+    for (const h of this.held.values()) this.forgetHeld(h);
+    for (const c of this.connections.values()) c.abort();
+    this.neighbors.clear();
+    this.reassembler.clear();
+    this.flushQueue.length = 0;
+    this.flushQueued.clear();
+    // Whatever was queued for the old guest would reach the new one: drop it.
+    this.arena.take();
+  }
+
+  /** How full each table is: for /stats, and for tests that check nothing is left behind. */
+  tableSizes(): { connections: number; heldSyns: number; fragmentDatagrams: number; fragmentBytes: number; neighbors: number; timers: number } {
+    return {
+      connections: this.connections.size,
+      heldSyns: this.held.size,
+      fragmentDatagrams: this.reassembler.datagrams,
+      fragmentBytes: this.reassembler.bufferedBytes,
+      neighbors: this.neighbors.size,
+      timers: this.timers.size,
+    };
+  }
+
+  dhcpLeases(): { mac: Mac; ip: IPv4; expiresAt: number }[] {
+    return this.dhcp.leases().map((l) => ({ mac: l.mac, ip: l.ip, expiresAt: l.expiresAt }));
+  }
+
+  // ---------------------------------------------------------------- output
+
+  /** Sends the coalesced ACKs and everything queued, as one batch. */
+  flush(): void {
+    this.deferredFlush = false;
+    // flushAck() may transmit and even close connections: iterate over a stable list.
+    for (let i = 0; i < this.flushQueue.length; i++) this.flushQueue[i]!.flushAck();
+    this.flushQueue.length = 0;
+    this.flushQueued.clear();
+    const batch = this.arena.take();
+    if (batch !== null) this.events.onOutput(batch);
+  }
+
+  /** Output produced outside input(): flush it once this turn of the owner's loop ends. */
+  private kick(): void {
+    if (this.inBatch || this.deferredFlush) return;
+    this.deferredFlush = true;
+    this.defer(() => {
+      if (this.deferredFlush) this.flush();
+    });
+  }
+
+  /**
+   * Starts an IPv4 frame to `dstIp` on the guest side of `ipLength` bytes
+   * (IP header included) and writes its Ethernet header. Returns the frame's
+   * offset in the arena, or -1 if the guest's MAC is unknown (an ARP request
+   * goes out instead; the sender's retransmission will find it).
+   */
+  private beginIpv4Frame(dstIp: IPv4, ipLength: number, dstMac?: Mac): number {
+    const mac = dstMac ?? this.neighbors.lookup(dstIp);
+    if (mac === undefined) {
+      this.drop('ipv4:no-neighbor');
+      this.sendArpRequest(dstIp);
+      return -1;
+    }
+    const off = this.arena.begin(ETH_HEADER_LEN + ipLength);
+    emitEthernetHeader(this.arena.buf, off, mac, this.config.gatewayMac, ETHERTYPE_IPV4);
+    return off;
+  }
+
+  private commitFrame(length: number): void {
+    this.arena.commit(length);
+    this.stats.framesOut++;
+    this.stats.bytesOut += length;
+  }
+
+  private sendArpRequest(targetIp: IPv4): void {
+    if (!this.isGuestAddress(targetIp)) return;
+    const off = this.arena.begin(ETH_HEADER_LEN + ARP_LEN);
+    const buf = this.arena.buf;
+    emitEthernetHeader(buf, off, MAC_BROADCAST, this.config.gatewayMac, ETHERTYPE_ARP);
+    emitArp(buf, off + ETH_HEADER_LEN, {
+      op: ARP_REQUEST,
+      senderMac: this.config.gatewayMac,
+      senderIp: this.config.gatewayIp,
+      targetMac: 0,
+      targetIp,
+    });
+    this.commitFrame(ETH_HEADER_LEN + ARP_LEN);
+    this.kick();
+  }
+
+  /** A TCP segment with no connection behind it (RST replies). */
+  private transmitRaw(src: IPv4, dst: IPv4, seg: TcpSegmentFields): void {
+    const hl = tcpHeaderLength(seg);
+    const off = this.beginIpv4Frame(dst, IPV4_HEADER_LEN + hl);
+    if (off < 0) return;
+    const buf = this.arena.buf;
+    emitIpv4Header(buf, off + ETH_HEADER_LEN, {
+      src,
+      dst,
+      protocol: IPPROTO_TCP,
+      id: this.nextIpId(),
+      payloadLength: hl,
+    });
+    emitTcpHeader(buf, off + IPV4_AND_TCP, seg, src, dst, 0);
+    this.commitFrame(IPV4_AND_TCP + hl);
+  }
+
+  /**
+   * A UDP datagram to the guest, fragmented when it does not fit the MTU.
+   * The checksum covers the whole datagram, so it is built whole in a scratch
+   * buffer first and then cut (rare: DNS answers over 1472 bytes, big UDP).
+   */
+  private sendUdpFrame(
+    from: IPv4,
+    fromPort: number,
+    to: IPv4,
+    toPort: number,
+    payload: Uint8Array,
+    dstMac: Mac | undefined,
+  ): void {
+    const udpLength = UDP_HEADER_LEN + payload.length;
+    const id = this.nextIpId();
+    if (IPV4_HEADER_LEN + udpLength <= this.config.mtu) {
+      const off = this.beginIpv4Frame(to, IPV4_HEADER_LEN + udpLength, dstMac);
+      if (off < 0) return;
+      const buf = this.arena.buf;
+      emitIpv4Header(buf, off + ETH_HEADER_LEN, { src: from, dst: to, protocol: IPPROTO_UDP, id, payloadLength: udpLength });
+      buf.set(payload, off + IPV4_AND_TCP + UDP_HEADER_LEN);
+      emitUdpHeader(buf, off + IPV4_AND_TCP, from, to, fromPort, toPort, payload.length);
+      this.commitFrame(IPV4_AND_TCP + udpLength);
+      return;
+    }
+    const whole = new Uint8Array(udpLength);
+    whole.set(payload, UDP_HEADER_LEN);
+    emitUdpHeader(whole, 0, from, to, fromPort, toPort, payload.length);
+    for (const piece of fragmentPlan(udpLength, this.config.mtu)) {
+      const off = this.beginIpv4Frame(to, IPV4_HEADER_LEN + piece.length, dstMac);
+      if (off < 0) return;
+      const buf = this.arena.buf;
+      emitIpv4Header(buf, off + ETH_HEADER_LEN, {
+        src: from,
+        dst: to,
+        protocol: IPPROTO_UDP,
+        id,
+        fragmentOffset: piece.offset,
+        moreFragments: piece.more,
+        payloadLength: piece.length,
+      });
+      buf.set(whole.subarray(piece.offset, piece.offset + piece.length), off + IPV4_AND_TCP);
+      this.commitFrame(IPV4_AND_TCP + piece.length);
+    }
+  }
+
+  // ---------------------------------------------------------------- helpers
+
+  private drop(reason: string): void {
+    const drops = this.stats.drops;
+    drops[reason] = (drops[reason] ?? 0) + 1;
+    this.events.onDrop?.(reason);
+  }
+
+  private nextIpId(): number {
+    this.ipId = (this.ipId + 1) & 0xffff;
+    return this.ipId;
+  }
+
+  /** Addresses the stack itself answers for (ARP, ICMP echo). */
+  isVirtualIp(ip: IPv4): boolean {
+    const c = this.config;
+    return ip === c.gatewayIp || ip === c.hostIp || c.extraVirtualIps.includes(ip);
+  }
+
+  /** An address a guest may use: inside the subnet, not network, broadcast or virtual. */
+  private isGuestAddress(ip: IPv4): boolean {
+    const c = this.config;
+    return inSubnet(ip, c.network, c.prefix) && ip !== c.network && ip !== this.broadcastIp && !this.isVirtualIp(ip);
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+/** A guest SYN waiting for its owner's decision (PendingTcp). */
+class HeldSyn implements PendingTcp {
+  readonly timer: Timer;
+  private settled = false;
+
+  constructor(
+    private readonly stack: Stack,
+    readonly tuple: FourTuple,
+    readonly syn: SynInfo,
+    readonly seg: TcpRepr,
+  ) {
+    this.timer = new Timer(() => this.discard());
+    stack.timers.arm(this.timer, stack.config.tcp.synHoldTimeoutMs);
+  }
+
+  accept(handlers: TcpHandlers): TcpSocket {
+    this.settle('accept');
+    return this.stack.acceptHeld(this, handlers);
+  }
+
+  refuse(): void {
+    this.settle('refuse');
+    this.stack.refuseHeld(this);
+  }
+
+  ignore(): void {
+    this.settle('ignore');
+    this.stack.forgetHeld(this);
+  }
+
+  /** Timed out, or the guest gave up (RST) or went away: forget it; a late decision is a no-op. */
+  discard(): void {
+    if (this.settled) return;
+    this.settled = true;
+    this.stack.forgetHeld(this);
+  }
+
+  private settle(what: string): void {
+    if (this.settled) throw new Error(`PendingTcp.${what}(): this SYN was already decided or expired`);
+    this.settled = true;
+  }
+}
+
+function isMulticastMac(mac: Mac): boolean {
+  // The I/G bit: lowest bit of the first octet.
+  return Math.floor(mac / 0x10000000000) % 2 === 1;
+}
+
+function validateConfig(c: StackConfig): void {
+  const fail = (field: string, why: string) => {
+    throw new RangeError(`stack config: ${field}: ${why}`);
+  };
+  if (!Number.isInteger(c.mtu) || c.mtu < MIN_MTU || c.mtu > MAX_MTU) fail('mtu', `must be an integer ${MIN_MTU}..${MAX_MTU}, got ${c.mtu}`);
+  if (!Number.isInteger(c.prefix) || c.prefix < 8 || c.prefix > 30) fail('prefix', `must be 8..30, got ${c.prefix}`);
+  for (const [name, ip] of [['gatewayIp', c.gatewayIp], ['guestIp', c.guestIp], ['hostIp', c.hostIp]] as const) {
+    if (!inSubnet(ip, c.network, c.prefix)) fail(name, 'must be inside the subnet');
+  }
+  if (new Set([c.gatewayIp, c.guestIp, c.hostIp]).size !== 3) fail('gatewayIp/guestIp/hostIp', 'must be distinct');
+}
