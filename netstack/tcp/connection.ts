@@ -1,0 +1,1277 @@
+/**
+ * One TCP connection: the RFC 9293 state machine with RFC 7323 (window scale,
+ * timestamps, PAWS), RFC 5961 (challenge ACKs), RFC 6298 (RTO), RFC 5681 +
+ * RFC 6582 (NewReno), RFC 2018 (SACK blocks for our out-of-order queue) and
+ * RFC 1122's keepalive. It never sees a frame: the Stack (its host) demuxes
+ * segments to `input()` and builds Ethernet/IPv4 around what `transmit()`
+ * hands it.
+ *
+ * ## What the connection needs from its host (TcpHost)
+ *
+ * - `clock`, `timers`: the injected clock and the one timer wheel. Each
+ *   connection creates four Timer objects once (retransmission, persist,
+ *   keepalive, linger = TIME-WAIT/FIN-WAIT-2) and re-arms them.
+ * - `transmit(conn, seg, source, from, len)`: send one segment now. The
+ *   `seg` object (and its options) is reused by the connection for the next
+ *   segment: the host must use it before returning. If len > 0 the payload is
+ *   `source.copyOut(from, dst, dstOff, len)` (the send ring, `from` counted
+ *   from SND.UNA's byte): the host copies it straight into the frame.
+ * - `scheduleFlush(conn)`: call `conn.flushAck()` once at the end of the
+ *   current input batch (or soon, when called from an application write or a
+ *   timer). flushAck() sends everything the connection has to send: new data
+ *   (as full segments: writes made in one turn are coalesced) and, if an ACK
+ *   or window update is still owed, one pure ACK. ACKs are thereby coalesced
+ *   per batch; out-of-order and duplicate segments are answered at once
+ *   (immediate duplicate ACKs with SACK blocks, as Linux does, so that the
+ *   peer's fast retransmit works).
+ * - `released(conn)`: the connection reached CLOSED (after TIME-WAIT) or was
+ *   aborted: remove it from the tables. Called exactly once.
+ * - `localMss`: the largest segment we can receive, MTU - 40.
+ * - `isn?(tuple)`: optional initial sequence number source (tests pass a
+ *   fixed one; default Math.random, RFC 9293 §3.4.1 only asks for
+ *   unpredictability, and netstack/ has no crypto).
+ *
+ * ## Choices
+ *
+ * - No Nagle (RFC 1122 §4.2.3.4 allows disabling it): a NAT must not add
+ *   latency to the guest's or the host's writes. Small segments are still
+ *   avoided because output happens once per flush, after every write of the
+ *   turn has been buffered. Sender-side SWS avoidance (RFC 9293 §3.8.6.2.1):
+ *   a segment smaller than both the MSS and the data waiting is not sent
+ *   while data is in flight (the ACK clock will open the window further).
+ * - No delayed-ACK timer: ACKs leave at the end of the input batch, which
+ *   coalesces as well as Linux's delayed ACK under load and adds no latency.
+ * - Zero-window probes are Linux's (tcp_xmit_probe_skb): an ACK with
+ *   SEQ = SND.UNA - 1, which the peer must answer with its current window.
+ * - Loss recovery is NewReno; the peer's SACK blocks are parsed but not used
+ *   (RFC 6675 is not implemented). We do offer SACK-permitted, so that a
+ *   Linux sender recovers fast from our SACK blocks.
+ * - onClose('closed') is raised when the close completes from the
+ *   application's point of view (entering TIME-WAIT or CLOSED); the host is
+ *   told `released` only when TIME-WAIT ends, so the four-tuple keeps
+ *   answering retransmitted FINs for timeWaitMs.
+ * - The peer's window scale is capped at 14 (RFC 7323 §2.3).
+ */
+import type { FourTuple, TcpCloseReason, TcpHandlers, TcpSocket } from '../api.js';
+import type { Clock } from '../clock.js';
+import { Timer, type TimerWheel } from '../timer-wheel.js';
+import { NewReno } from './congestion.js';
+import {
+  TCP_ACK,
+  TCP_FIN,
+  TCP_PSH,
+  TCP_RST,
+  TCP_SYN,
+  maxSackBlocks,
+  type TcpOptions,
+  type TcpRepr,
+  type TcpSegmentFields,
+} from './header.js';
+import { OooRanges, RecvRing } from './recv-buffer.js';
+import { RttEstimator } from './rtt.js';
+import { SendBuffer } from './send-buffer.js';
+import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from './seq.js';
+
+export interface PayloadSource {
+  copyOut(from: number, dst: Uint8Array, dstOff: number, len: number): void;
+}
+
+export interface TcpHost {
+  readonly clock: Clock;
+  readonly timers: TimerWheel;
+  /** Send one segment now (see the header comment). */
+  transmit(conn: TcpConnection, seg: TcpSegmentFields, source: PayloadSource | null, from: number, len: number): void;
+  /** Call conn.flushAck() once at the end of the current batch, or soon. */
+  scheduleFlush(conn: TcpConnection): void;
+  /** The connection is finished: forget it. Called once. */
+  released(conn: TcpConnection): void;
+  /** Largest segment this side can receive: MTU - 40. */
+  readonly localMss: number;
+  /** Optional source of initial sequence numbers. */
+  isn?(tuple: FourTuple): number;
+}
+
+export interface TcpConfig {
+  sendBufferBytes: number;
+  recvBufferBytes: number;
+  /** Bound on out-of-order bytes held per connection. */
+  oooBytes: number;
+  /** Bound on separate out-of-order ranges (holes) per connection. Default 32. */
+  oooRanges?: number;
+  /** Default 200 (Linux TCP_RTO_MIN). */
+  minRtoMs?: number;
+  /** Default 120000 (Linux TCP_RTO_MAX). */
+  maxRtoMs?: number;
+  /** Default 1000 (RFC 6298 §2.1). */
+  initialRtoMs?: number;
+  /** Retransmissions of one segment (or unanswered zero-window probes) before giving up. Default 15 (Linux tcp_retries2). */
+  maxRetries?: number;
+  /** SYN retransmissions of an active open. Default 6 (Linux tcp_syn_retries). */
+  synRetries?: number;
+  /** SYN-ACK retransmissions of a passive open. Default 5 (Linux tcp_synack_retries). */
+  synAckRetries?: number;
+  /** Default 60000 (Linux TCP_TIMEWAIT_LEN). */
+  timeWaitMs?: number;
+  /** Idle time allowed in FIN-WAIT-2 before giving up. Default 60000 (Linux tcp_fin_timeout). */
+  finWait2TimeoutMs?: number;
+  /** Idle time before keepalive probes start; null or undefined = no keepalive (RFC 1122 §4.2.3.6: off by default). */
+  keepaliveMs?: number | null;
+  /** Default 75000 (Linux tcp_keepalive_intvl). */
+  keepaliveIntervalMs?: number;
+  /** Default 9 (Linux tcp_keepalive_probes). */
+  keepaliveProbes?: number;
+  /** Challenge ACKs allowed per second per connection (RFC 5961 §7). Default 10. */
+  challengeAckPerSecond?: number;
+}
+
+type ResolvedConfig = Required<Omit<TcpConfig, 'keepaliveMs'>> & { keepaliveMs: number | null };
+
+function resolveConfig(c: TcpConfig): ResolvedConfig {
+  return {
+    sendBufferBytes: c.sendBufferBytes,
+    recvBufferBytes: c.recvBufferBytes,
+    oooBytes: c.oooBytes,
+    oooRanges: c.oooRanges ?? 32,
+    minRtoMs: c.minRtoMs ?? 200,
+    maxRtoMs: c.maxRtoMs ?? 120_000,
+    initialRtoMs: c.initialRtoMs ?? 1000,
+    maxRetries: c.maxRetries ?? 15,
+    synRetries: c.synRetries ?? 6,
+    synAckRetries: c.synAckRetries ?? 5,
+    timeWaitMs: c.timeWaitMs ?? 60_000,
+    finWait2TimeoutMs: c.finWait2TimeoutMs ?? 60_000,
+    keepaliveMs: c.keepaliveMs ?? null,
+    keepaliveIntervalMs: c.keepaliveIntervalMs ?? 75_000,
+    keepaliveProbes: c.keepaliveProbes ?? 9,
+    challengeAckPerSecond: c.challengeAckPerSecond ?? 10,
+  };
+}
+
+const enum St {
+  CLOSED,
+  SYN_SENT,
+  SYN_RECEIVED,
+  ESTABLISHED,
+  FIN_WAIT_1,
+  FIN_WAIT_2,
+  CLOSE_WAIT,
+  CLOSING,
+  LAST_ACK,
+  TIME_WAIT,
+}
+
+const STATE_NAMES = [
+  'CLOSED',
+  'SYN-SENT',
+  'SYN-RECEIVED',
+  'ESTABLISHED',
+  'FIN-WAIT-1',
+  'FIN-WAIT-2',
+  'CLOSE-WAIT',
+  'CLOSING',
+  'LAST-ACK',
+  'TIME-WAIT',
+];
+
+/** Our window scale shift: the smallest that lets the whole buffer be advertised (RFC 7323 §2.2). */
+function chooseShift(bytes: number): number {
+  let s = 0;
+  while (s < 14 && bytes > 0xffff * 2 ** s) s++;
+  return s;
+}
+
+/** Linux ignores out-of-window pure ACKs answered less than this apart (tcp_invalid_ratelimit). */
+const OOW_ACK_INTERVAL_MS = 500;
+const TS_OPTION_BYTES = 12;
+const DEFAULT_MSS = 536; // RFC 9293 §3.7.1: when the peer sends no MSS option
+
+export class TcpConnection implements TcpSocket {
+  private st: St = St.CLOSED;
+  private readonly cfg: ResolvedConfig;
+
+  // Send sequence space (RFC 9293 §3.3.1).
+  private iss = 0;
+  private sndUna = 0;
+  private sndNxt = 0;
+  /** Highest sequence number sent (SND.NXT goes back after a timeout, this does not). */
+  private sndMax = 0;
+  private sndWnd = 0;
+  private maxSndWnd = 0;
+  private sndWl1 = 0;
+  private sndWl2 = 0;
+  private sndShift = 0;
+  /** end() was called: a FIN follows the data. */
+  private finQueued = false;
+  /** Sequence number of our FIN (valid when finQueued). */
+  private finSeq = 0;
+
+  // Receive sequence space.
+  private irs = 0;
+  private rcvNxt = 0;
+  /** Right edge of the window last advertised: never moves left (RFC 9293 §3.8.6.2.1). */
+  private rcvAdvRight = 0;
+  private rcvShift = 0;
+  /** Sequence number of the peer's FIN when it arrived out of order, or -1. */
+  private peerFinSeq = -1;
+  private finReceived = false;
+  private endDelivered = false;
+
+  // Options.
+  private tsOk = false;
+  /** Both sides sent the window scale option. */
+  private wsOk = false;
+  /** We sent the first SYN (Stack.connectTcp): onConnect is due. */
+  private activeOpen = false;
+  private sackOk = false;
+  private tsRecent = 0;
+  private lastAckSent = 0;
+  private readonly tsOffset: number;
+  private peerMss = DEFAULT_MSS;
+  /** Payload bytes per segment without SACK blocks: min(peer MSS, our MSS) less the timestamp option. */
+  private smss = DEFAULT_MSS;
+
+  // Buffers.
+  private readonly sendBuf: SendBuffer;
+  private readonly recv: RecvRing;
+  private readonly ooo: OooRanges;
+  /** Bytes of ring kept beyond recvBufferBytes so a window rounded up by the scale still fits. */
+  private readonly recvSlack: number;
+
+  // Loss recovery.
+  private readonly rtt: RttEstimator;
+  private readonly cc: NewReno;
+  private retries = 0;
+  private rttTiming = false;
+  private rttSeq = 0;
+  private rttStart = 0;
+  private persistBackoff = 0;
+  private probesOut = 0;
+
+  // Application side.
+  private paused = false;
+  private writeBlocked = false;
+  private delivering = false;
+  private closeNotified = false;
+  /** The close completed while bytes still waited in the paused receive ring: onClose after they are delivered. */
+  private closePendingDelivery = false;
+  private isReleased = false;
+
+  // Output bookkeeping.
+  private ackOwed = false;
+  private lastRecvAt = 0;
+  private keepaliveProbesSent = 0;
+  private challengeWindowStart = -Infinity;
+  private challengeCount = 0;
+  private lastOowAckAt = -Infinity;
+
+  // Timers, made once.
+  private readonly rtxTimer: Timer;
+  private readonly persistTimer: Timer;
+  private readonly keepaliveTimer: Timer;
+  private readonly lingerTimer: Timer;
+
+  // Reused outgoing segment.
+  private readonly out: TcpSegmentFields;
+  private readonly outOpts: TcpOptions;
+  private readonly outTs = { value: 0, echo: 0 };
+  private readonly outSack: number[] = [];
+
+  private constructor(
+    private readonly host: TcpHost,
+    config: TcpConfig,
+    readonly tuple: FourTuple,
+    private readonly handlers: TcpHandlers,
+  ) {
+    this.cfg = resolveConfig(config);
+    this.rcvShift = chooseShift(this.cfg.recvBufferBytes);
+    this.recvSlack = (1 << this.rcvShift) - 1;
+    this.sendBuf = new SendBuffer(this.cfg.sendBufferBytes);
+    this.recv = new RecvRing(this.cfg.recvBufferBytes + this.recvSlack);
+    this.ooo = new OooRanges(this.cfg.oooBytes, this.cfg.oooRanges);
+    this.rtt = new RttEstimator(this.cfg.minRtoMs, this.cfg.maxRtoMs, this.cfg.initialRtoMs);
+    this.iss = (host.isn !== undefined ? host.isn(tuple) : Math.floor(Math.random() * 0x100000000)) >>> 0;
+    this.tsOffset = Math.imul(this.iss, 2654435761) >>> 0;
+    this.sndUna = this.sndNxt = this.sndMax = this.iss;
+    this.cc = new NewReno(DEFAULT_MSS, this.iss);
+    this.rtxTimer = new Timer(() => this.onRetransmitTimer());
+    this.persistTimer = new Timer(() => this.onPersistTimer());
+    this.keepaliveTimer = new Timer(() => this.onKeepaliveTimer());
+    this.lingerTimer = new Timer(() => this.onLingerTimer());
+    this.outOpts = { mss: null, windowScale: null, sackPermitted: false, timestamp: null, sackBlocks: null };
+    this.out = {
+      srcPort: tuple.dstPort,
+      dstPort: tuple.srcPort,
+      seq: 0,
+      ack: 0,
+      flags: 0,
+      window: 0,
+      options: this.outOpts,
+    };
+    this.lastRecvAt = host.clock.now();
+  }
+
+  // ------------------------------------------------------------------ opens
+
+  /**
+   * Passive open: answers the guest's SYN (RFC 9293 §3.10.7.2) with a SYN-ACK
+   * carrying only the options the guest offered. State SYN-RECEIVED.
+   */
+  static acceptSyn(host: TcpHost, config: TcpConfig, tuple: FourTuple, syn: TcpRepr, handlers: TcpHandlers): TcpConnection {
+    const c = new TcpConnection(host, config, tuple, handlers);
+    const o = syn.options;
+    c.irs = syn.seq >>> 0;
+    c.rcvNxt = seqAdd(syn.seq, 1);
+    c.peerMss = o.mss ?? DEFAULT_MSS;
+    if (o.windowScale !== null) {
+      c.wsOk = true;
+      c.sndShift = Math.min(14, o.windowScale);
+    } else {
+      c.rcvShift = 0; // RFC 7323 §2.2: scaling only if both sides offered it
+    }
+    c.sackOk = o.sackPermitted;
+    if (o.timestamp !== null) {
+      c.tsOk = true;
+      c.tsRecent = o.timestamp.value;
+    }
+    // The SYN's window is never scaled (RFC 7323 §2.2).
+    c.sndWnd = c.maxSndWnd = syn.window;
+    c.sndWl1 = syn.seq;
+    c.sndWl2 = c.iss;
+    c.updateSmss();
+    c.st = St.SYN_RECEIVED;
+    c.sendSyn();
+    return c;
+  }
+
+  /** Active open: sends SYN with every option we support. State SYN-SENT. */
+  static connect(host: TcpHost, config: TcpConfig, tuple: FourTuple, handlers: TcpHandlers): TcpConnection {
+    const c = new TcpConnection(host, config, tuple, handlers);
+    c.st = St.SYN_SENT;
+    c.activeOpen = true;
+    c.sendSyn();
+    return c;
+  }
+
+  // ------------------------------------------------------------------ TcpSocket
+
+  get state(): string {
+    return STATE_NAMES[this.st]!;
+  }
+
+  get bufferedAmount(): number {
+    return this.sendBuf.length;
+  }
+
+  get writableSpace(): number {
+    return this.canWrite() ? this.sendBuf.free : 0;
+  }
+
+  write(data: Uint8Array): number {
+    if (!this.canWrite()) return 0;
+    const n = this.sendBuf.write(data);
+    if (n < data.length) this.writeBlocked = true;
+    if (n > 0 && this.isSynchronized()) this.host.scheduleFlush(this);
+    return n;
+  }
+
+  end(): void {
+    if (this.finQueued) return;
+    switch (this.st) {
+      case St.SYN_SENT:
+        // Nothing was synchronized: there is nobody to say goodbye to (RFC 9293 §3.10.4).
+        if (this.sendBuf.length === 0) {
+          this.finish('closed', false);
+          return;
+        }
+        break;
+      case St.SYN_RECEIVED:
+      case St.ESTABLISHED:
+        break;
+      case St.CLOSE_WAIT:
+        break;
+      default:
+        return;
+    }
+    this.finQueued = true;
+    this.finSeq = seqAdd(this.dataStartSeq(), this.sendBuf.length);
+    if (this.st === St.ESTABLISHED) this.st = St.FIN_WAIT_1;
+    else if (this.st === St.CLOSE_WAIT) this.st = St.LAST_ACK;
+    // SYN-SENT / SYN-RECEIVED: the FIN leaves after the handshake completes.
+    if (this.isSynchronized()) this.host.scheduleFlush(this);
+  }
+
+  abort(): void {
+    if (this.st === St.CLOSED) return;
+    // RFC 9293 §3.10.4: ABORT in a synchronized state sends RST; Linux sets ACK too.
+    if (this.st !== St.SYN_SENT && this.st !== St.TIME_WAIT) {
+      this.sendControl(TCP_RST | TCP_ACK, this.sndNxt);
+    }
+    this.finish('aborted', false);
+  }
+
+  /** Drop the connection without sending anything (a SYN reuses a TIME-WAIT four-tuple; the guest went away). */
+  abortSilently(): void {
+    if (this.st === St.CLOSED) return;
+    this.finish('aborted', false);
+  }
+
+  pause(): void {
+    this.paused = true;
+  }
+
+  resume(): void {
+    if (!this.paused) return;
+    this.paused = false;
+    const before = this.advertisedWindow();
+    this.deliver();
+    if (this.st === St.CLOSED && this.isReleased) return;
+    // RFC 9293 §3.8.6.2.2: announce the reopened window when it grew by enough, or from zero.
+    if (this.isSynchronized() && this.windowUpdateWorthSending(before)) {
+      this.ackOwed = true;
+      this.host.scheduleFlush(this);
+    }
+  }
+
+  // ------------------------------------------------------------------ introspection for tests and stats
+
+  /** Snapshot of internals (tests, logs). */
+  get debug(): {
+    sndUna: number; sndNxt: number; sndWnd: number; rcvNxt: number; rcvWnd: number; cwnd: number; ssthresh: number;
+    rto: number; smss: number; tsOk: boolean; sackOk: boolean; sndShift: number; rcvShift: number; oooBytes: number;
+    recvBuffered: number; inRecovery: boolean; iss: number; irs: number;
+  } {
+    return {
+      sndUna: this.sndUna, sndNxt: this.sndNxt, sndWnd: this.sndWnd, rcvNxt: this.rcvNxt,
+      rcvWnd: this.advertisedWindow(), cwnd: this.cc.cwnd, ssthresh: this.cc.ssthresh, rto: this.rtt.rto,
+      smss: this.smss, tsOk: this.tsOk, sackOk: this.sackOk, sndShift: this.sndShift, rcvShift: this.rcvShift,
+      oooBytes: this.ooo.bytes, recvBuffered: this.recv.length, inRecovery: this.cc.inRecovery, iss: this.iss, irs: this.irs,
+    };
+  }
+
+  // ------------------------------------------------------------------ input
+
+  /** A segment for this four-tuple, checksum already verified. */
+  input(seg: TcpRepr): void {
+    if (this.st === St.CLOSED) return;
+    this.lastRecvAt = this.host.clock.now();
+    this.keepaliveProbesSent = 0;
+    if (this.st === St.SYN_SENT) {
+      this.inputSynSent(seg);
+      return;
+    }
+    const flags = seg.flags;
+    const ts = seg.options.timestamp;
+
+    // RFC 7323 §5.3 R1 (PAWS): an old timestamp makes the segment unacceptable. Never applied to RST (§3.2).
+    if (this.tsOk && ts !== null && (flags & TCP_RST) === 0 && seqLt(ts.value, this.tsRecent)) {
+      this.sendOutOfWindowAck(seg.payload.length + (flags & TCP_FIN));
+      return;
+    }
+
+    let seq = seg.seq >>> 0;
+    let payload = seg.payload;
+    let syn = (flags & TCP_SYN) !== 0;
+    let fin = (flags & TCP_FIN) !== 0;
+
+    if (this.st === St.SYN_RECEIVED && syn && seq === this.irs) {
+      if ((flags & TCP_ACK) === 0) {
+        // The guest retransmitted its SYN: our SYN-ACK was lost.
+        if ((flags & TCP_RST) === 0) this.sendSyn();
+        return;
+      }
+      // Simultaneous open: the peer's SYN-ACK; its SYN is old news, its ACK is not.
+      syn = false;
+      seq = seqAdd(seq, 1);
+    }
+
+    // RFC 9293 §3.10.7.4 first: sequence number acceptability.
+    const rcvWnd = this.advertisedWindow();
+    const segLen = payload.length + (syn ? 1 : 0) + (fin ? 1 : 0);
+    let acceptable: boolean;
+    if (segLen === 0) {
+      acceptable = rcvWnd === 0 ? seq === this.rcvNxt : seqLe(this.rcvNxt, seq) && seqLt(seq, seqAdd(this.rcvNxt, rcvWnd));
+    } else if (rcvWnd === 0) {
+      acceptable = false;
+    } else {
+      const wndEnd = seqAdd(this.rcvNxt, rcvWnd);
+      const last = seqAdd(seq, segLen - 1);
+      acceptable =
+        (seqLe(this.rcvNxt, seq) && seqLt(seq, wndEnd)) || (seqLe(this.rcvNxt, last) && seqLt(last, wndEnd));
+    }
+    if (!acceptable) {
+      // §3.10.7.4: RFC 9293 lets ACK, RST and a bare FIN through a zero window at RCV.NXT.
+      if (rcvWnd === 0 && seq === this.rcvNxt) {
+        if (payload.length > 0) {
+          payload = payload.subarray(0, 0);
+          fin = false;
+          this.ackOwed = true;
+        }
+      } else {
+        if ((flags & TCP_RST) === 0) this.sendOutOfWindowAck(segLen);
+        if (this.st === St.TIME_WAIT && fin) this.restartTimeWait();
+        return;
+      }
+    }
+
+    // Trim to the window: what precedes RCV.NXT was received already, what passes the right edge is not ours to take.
+    if (seqLt(seq, this.rcvNxt)) {
+      let d = seqDiff(this.rcvNxt, seq);
+      if (syn) {
+        syn = false;
+        d--;
+      }
+      payload = payload.subarray(Math.min(d, payload.length));
+      seq = this.rcvNxt;
+      this.ackOwed = true; // part of it was a duplicate: tell the peer where we are
+    }
+    const wndEnd = seqAdd(this.rcvNxt, Math.max(rcvWnd, 0));
+    if (seqGt(seqAdd(seq, payload.length), wndEnd)) {
+      payload = payload.subarray(0, Math.max(0, seqDiff(wndEnd, seq)));
+      fin = false;
+    }
+
+    // Second: RST (RFC 5961 §3.2: only an exact match resets; in-window otherwise earns a challenge ACK).
+    if ((flags & TCP_RST) !== 0) {
+      if (seq === this.rcvNxt) {
+        if (this.st === St.TIME_WAIT) this.finish('closed', true);
+        else this.finish('reset', false);
+      } else {
+        this.sendChallengeAck();
+      }
+      return;
+    }
+
+    // Fourth: SYN in a synchronized state (RFC 5961 §4.2): challenge ACK, drop.
+    if (syn) {
+      this.sendChallengeAck();
+      return;
+    }
+
+    // Fifth: ACK.
+    if ((flags & TCP_ACK) === 0) return;
+    const ack = seg.ack >>> 0;
+    if (this.st === St.SYN_RECEIVED) {
+      if (seqGt(ack, this.sndUna) && seqLe(ack, this.sndMax)) {
+        this.sndWnd = seg.window * 2 ** this.sndShift;
+        this.maxSndWnd = Math.max(this.maxSndWnd, this.sndWnd);
+        this.sndWl1 = seq;
+        this.sndWl2 = ack;
+        this.enterEstablished();
+        if (this.isReleased) return;
+      } else {
+        this.sendControl(TCP_RST, ack);
+        return;
+      }
+    }
+    if (!this.processAck(seg, seq, ack, payload.length, fin)) return;
+    if (this.isReleased) return;
+
+    // RFC 7323 §4.3: remember the timestamp to echo, from the segment that covers Last.ACK.sent.
+    if (this.tsOk && ts !== null && seqLe(seq, this.lastAckSent) && seqGe(ts.value, this.tsRecent)) {
+      this.tsRecent = ts.value;
+    }
+
+    // Seventh: segment text (URG is ignored: the urgent pointer changes nothing here).
+    if (payload.length > 0) {
+      if (this.st === St.ESTABLISHED || this.st === St.FIN_WAIT_1 || this.st === St.FIN_WAIT_2) {
+        this.receiveText(seq, payload, fin);
+        if (this.isReleased) return;
+      } else {
+        fin = false; // the peer already finished: whatever follows is noise
+      }
+    } else if (fin) {
+      if (seq === this.rcvNxt) this.receiveFin();
+      else if (this.st === St.ESTABLISHED || this.st === St.FIN_WAIT_1 || this.st === St.FIN_WAIT_2) {
+        this.peerFinSeq = seq;
+        this.sendAckNow();
+      }
+    }
+    if (this.st === St.FIN_WAIT_2) this.host.timers.arm(this.lingerTimer, this.cfg.finWait2TimeoutMs);
+    if (this.ackOwed || this.hasOutput()) this.host.scheduleFlush(this);
+  }
+
+  /** RFC 9293 §3.10.7.3. */
+  private inputSynSent(seg: TcpRepr): void {
+    const flags = seg.flags;
+    const hasAck = (flags & TCP_ACK) !== 0;
+    const ack = seg.ack >>> 0;
+    if (hasAck && (seqLe(ack, this.iss) || seqGt(ack, this.sndMax))) {
+      if ((flags & TCP_RST) === 0) this.sendControl(TCP_RST, ack);
+      return;
+    }
+    if ((flags & TCP_RST) !== 0) {
+      if (hasAck) this.finish('refused', false);
+      return;
+    }
+    if ((flags & TCP_SYN) === 0) return;
+    const o = seg.options;
+    this.irs = seg.seq >>> 0;
+    this.rcvNxt = seqAdd(this.irs, 1);
+    this.peerMss = o.mss ?? DEFAULT_MSS;
+    if (o.windowScale !== null) {
+      this.wsOk = true;
+      this.sndShift = Math.min(14, o.windowScale);
+    } else {
+      this.rcvShift = 0;
+    }
+    this.sackOk = o.sackPermitted;
+    if (o.timestamp !== null) {
+      this.tsOk = true;
+      this.tsRecent = o.timestamp.value;
+    }
+    this.updateSmss();
+    this.sndWnd = this.maxSndWnd = seg.window; // unscaled in a SYN
+    this.sndWl1 = this.irs;
+    this.sndWl2 = ack;
+    if (hasAck) {
+      if (this.tsOk && o.timestamp !== null && o.timestamp.echo !== 0) this.rtt.sample(this.tsDiff(o.timestamp.echo));
+      else if (this.retries === 0) this.rtt.sample(this.host.clock.now() - this.rttStart);
+      this.sndUna = ack;
+      this.host.timers.cancel(this.rtxTimer);
+      this.retries = 0;
+      this.enterEstablished();
+      if (this.isReleased) return;
+      this.ackOwed = true;
+      this.host.scheduleFlush(this);
+      // Data on a SYN-ACK is rare (no TFO here): the peer will retransmit it.
+    } else {
+      // Simultaneous open (RFC 9293 §3.10.7.3 fourth): SYN-RECEIVED, answer SYN-ACK.
+      this.st = St.SYN_RECEIVED;
+      this.sndNxt = this.iss;
+      this.sendSyn();
+    }
+  }
+
+  /** Returns false if the segment must be dropped. */
+  private processAck(seg: TcpRepr, seq: number, ack: number, dataLen: number, fin: boolean): boolean {
+    // RFC 5961 §5.2: an ACK older than one maximum window ago is a blind guess.
+    if (seqLt(ack, seqAdd(this.sndUna, -this.maxSndWnd))) {
+      this.sendChallengeAck();
+      return false;
+    }
+    // RFC 9293: it acknowledges something not yet sent.
+    if (seqGt(ack, this.sndMax)) {
+      this.sendOutOfWindowAck(dataLen);
+      return false;
+    }
+    this.probesOut = 0;
+    const flightBefore = this.flightSize();
+    const wndRaw = seg.window * 2 ** this.sndShift;
+    if (seqGt(ack, this.sndUna)) {
+      this.onNewAck(seg, ack, flightBefore);
+      if (this.isReleased) return false;
+    } else if (
+      ack === this.sndUna && dataLen === 0 && !fin && wndRaw === this.sndWnd && flightBefore > 0 &&
+      (seg.flags & (TCP_SYN | TCP_FIN)) === 0
+    ) {
+      // RFC 5681 §2 duplicate ACK.
+      if (this.cc.onDupAck(ack, flightBefore, this.sndMax)) {
+        this.rttTiming = false;
+        this.retransmitFirst();
+        this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+      }
+    }
+    // Window update (RFC 9293 §3.10.7.4, SND.WL1/WL2 guard against old segments).
+    if (seqLt(this.sndWl1, seq) || (this.sndWl1 === seq && seqLe(this.sndWl2, ack))) {
+      const wasZero = this.sndWnd === 0;
+      this.sndWnd = wndRaw;
+      this.sndWl1 = seq;
+      this.sndWl2 = ack;
+      if (wndRaw > this.maxSndWnd) this.maxSndWnd = wndRaw;
+      if (wasZero && wndRaw > 0) {
+        this.host.timers.cancel(this.persistTimer);
+        this.persistBackoff = 0;
+      }
+    }
+    if (this.st === St.TIME_WAIT && fin) this.restartTimeWait();
+    return true;
+  }
+
+  private onNewAck(seg: TcpRepr, ack: number, flightBefore: number): void {
+    let acked = seqDiff(ack, this.sndUna);
+    // Our SYN (in SYN-RECEIVED it was acknowledged just now) takes no room in the send ring.
+    if (this.sndUna === this.iss) acked--;
+    const dataAcked = Math.min(acked, this.sendBuf.length);
+    this.sendBuf.consume(dataAcked);
+    const totalAcked = seqDiff(ack, this.sndUna);
+    this.sndUna = ack;
+    if (seqLt(this.sndNxt, ack)) this.sndNxt = ack; // after a go-back-N timeout
+    this.retries = 0;
+    this.rtt.resetBackoff();
+
+    // RTT: timestamps (RFC 7323 §4) when present, else one timed segment at a time with Karn's rule.
+    const ts = seg.options.timestamp;
+    if (this.tsOk && ts !== null && ts.echo !== 0) {
+      this.rtt.sample(this.tsDiff(ts.echo));
+    } else if (this.rttTiming && seqGt(ack, this.rttSeq)) {
+      this.rtt.sample(this.host.clock.now() - this.rttStart);
+    }
+    if (this.rttTiming && seqGt(ack, this.rttSeq)) this.rttTiming = false;
+
+    if (this.cc.onNewAck(ack, totalAcked, flightBefore) === 'partial') {
+      // RFC 6582 §3.2 step 4: retransmit the next hole at once.
+      this.retransmitFirst();
+    }
+    // RFC 6298 §5.2/5.3.
+    if (this.flightSize() === 0) this.host.timers.cancel(this.rtxTimer);
+    else this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+
+    const finAcked = this.finQueued && seqGt(ack, this.finSeq);
+    if (finAcked) {
+      switch (this.st) {
+        case St.FIN_WAIT_1:
+          this.st = St.FIN_WAIT_2;
+          this.host.timers.arm(this.lingerTimer, this.cfg.finWait2TimeoutMs);
+          break;
+        case St.CLOSING:
+          this.enterTimeWait();
+          break;
+        case St.LAST_ACK:
+          this.finish('closed', true);
+          return;
+        default:
+          break;
+      }
+    }
+    if (this.writeBlocked && this.sendBuf.free >= this.sendBuf.capacity / 2 && this.canWrite()) {
+      this.writeBlocked = false;
+      this.handlers.onDrain();
+    }
+  }
+
+  private receiveText(seq: number, payload: Uint8Array, fin: boolean): void {
+    const len = payload.length;
+    if (seq === this.rcvNxt) {
+      this.ackOwed = true;
+      if (!this.paused && this.recv.length === 0 && !this.delivering) {
+        // Fast path: hand the segment's own bytes to the application, no copy.
+        this.recv.skip(len);
+        this.rcvNxt = seqAdd(this.rcvNxt, len);
+        this.handlers.onData(payload);
+        if (this.isReleased) return;
+      } else {
+        this.recv.writeAt(0, payload);
+        this.recv.commit(len);
+        this.rcvNxt = seqAdd(this.rcvNxt, len);
+      }
+      if (this.ooo.count > 0) {
+        const next = this.ooo.advance(this.rcvNxt);
+        const extra = seqDiff(next, this.rcvNxt);
+        if (extra > 0) {
+          this.recv.commit(extra);
+          this.rcvNxt = next;
+        }
+        // Linux acknowledges at once while a hole is being filled (quick ACK).
+        this.sendAckNow();
+      }
+      if (fin) this.peerFinSeq = seqAdd(seq, len);
+      if (this.peerFinSeq !== -1 && this.peerFinSeq === this.rcvNxt) this.receiveFin();
+      else this.deliver();
+      return;
+    }
+    // Out of order: keep it in the ring at its place if the bounds allow, and say so at once.
+    const off = seqDiff(seq, this.rcvNxt);
+    const end = seqAdd(seq, len);
+    if (off + len <= this.recv.free && this.ooo.insert(seq, end)) {
+      this.recv.writeAt(off, payload);
+      if (fin) this.peerFinSeq = end;
+    }
+    this.sendAckNow();
+  }
+
+  private receiveFin(): void {
+    this.peerFinSeq = -1;
+    this.rcvNxt = seqAdd(this.rcvNxt, 1);
+    this.finReceived = true;
+    this.ackOwed = true;
+    switch (this.st) {
+      case St.SYN_RECEIVED:
+      case St.ESTABLISHED:
+        this.st = St.CLOSE_WAIT;
+        break;
+      case St.FIN_WAIT_1:
+        this.st = St.CLOSING;
+        break;
+      case St.FIN_WAIT_2:
+        this.host.timers.cancel(this.lingerTimer);
+        this.enterTimeWait();
+        break;
+      default:
+        break;
+    }
+    this.deliver();
+  }
+
+  /** Delivers buffered bytes (and then the end of stream, and a pending close) unless paused. */
+  private deliver(): void {
+    if (this.delivering) return;
+    this.delivering = true;
+    try {
+      while (!this.paused && this.recv.length > 0 && !this.isReleasedOrAborted()) {
+        const view = this.recv.peek();
+        const n = view.length;
+        this.handlers.onData(view);
+        if (this.isReleasedOrAborted()) return;
+        this.recv.consume(n);
+      }
+      if (this.paused || this.recv.length > 0 || this.isReleasedOrAborted()) return;
+      if (this.finReceived && !this.endDelivered) {
+        this.endDelivered = true;
+        this.handlers.onEnd();
+        if (this.isReleasedOrAborted()) return;
+      }
+      if (this.closePendingDelivery) {
+        this.closePendingDelivery = false;
+        this.notifyClose('closed');
+      }
+    } finally {
+      this.delivering = false;
+    }
+  }
+
+  private isReleasedOrAborted(): boolean {
+    return this.closeNotified;
+  }
+
+  // ------------------------------------------------------------------ output
+
+  /** End of batch (or soon after a write/timer): send what is owed. */
+  flushAck(): void {
+    if (!this.isSynchronized()) return;
+    this.output();
+    if (this.ackOwed && this.st !== St.CLOSED) this.sendControl(TCP_ACK, this.sndNxt);
+  }
+
+  private hasOutput(): boolean {
+    const offset = seqDiff(this.sndNxt, this.sndUna);
+    return this.sendBuf.length > offset || (this.finQueued && seqLe(this.sndNxt, this.finSeq));
+  }
+
+  /** Sends new data (and the FIN) as the windows allow. */
+  private output(): void {
+    const st = this.st;
+    if (st !== St.ESTABLISHED && st !== St.CLOSE_WAIT && st !== St.FIN_WAIT_1 && st !== St.LAST_ACK && st !== St.CLOSING) return;
+    for (;;) {
+      const offset = seqDiff(this.sndNxt, this.sndUna);
+      const unsent = this.sendBuf.length - offset;
+      const flight = offset;
+      if (unsent > 0) {
+        const wnd = Math.min(this.sndWnd, this.cc.cwnd);
+        const mss = this.dataMss();
+        let len = Math.min(unsent, mss, wnd - flight);
+        if (len <= 0) break;
+        // Sender SWS avoidance (RFC 9293 §3.8.6.2.1), without Nagle: hold a runt only while the ACK clock runs.
+        if (len < mss && len < unsent && flight > 0 && len < this.maxSndWnd / 2) break;
+        const last = len === unsent;
+        let flags = TCP_ACK;
+        if (last) flags |= TCP_PSH;
+        if (last && this.finQueued) flags |= TCP_FIN;
+        if (!this.rttTiming && !this.tsOk && this.sndNxt === this.sndMax) {
+          this.rttTiming = true;
+          this.rttSeq = this.sndNxt;
+          this.rttStart = this.host.clock.now();
+        }
+        this.sendData(flags, this.sndNxt, offset, len);
+        this.sndNxt = seqAdd(this.sndNxt, len + ((flags & TCP_FIN) !== 0 ? 1 : 0));
+        if (seqGt(this.sndNxt, this.sndMax)) this.sndMax = this.sndNxt;
+        if (!this.rtxTimer.armed) this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+        continue;
+      }
+      if (this.finQueued && this.sndNxt === this.finSeq) {
+        // A bare FIN needs no window (Linux accepts one even at a zero window).
+        this.sendControl(TCP_FIN | TCP_ACK, this.sndNxt);
+        this.sndNxt = seqAdd(this.sndNxt, 1);
+        if (seqGt(this.sndNxt, this.sndMax)) this.sndMax = this.sndNxt;
+        if (!this.rtxTimer.armed) this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+      }
+      break;
+    }
+    // Zero window with data waiting and nothing in flight: probe (RFC 9293 §3.8.6.1).
+    const waiting = this.sendBuf.length - seqDiff(this.sndNxt, this.sndUna) > 0;
+    if (waiting && this.flightSize() === 0 && this.sndWnd === 0) {
+      if (!this.persistTimer.armed) this.host.timers.arm(this.persistTimer, this.persistDelay());
+    }
+  }
+
+  /** Retransmits the first unacknowledged segment (fast retransmit, partial ACK, timeout). */
+  private retransmitFirst(): void {
+    const inFlightData = Math.min(this.sendBuf.length, seqDiff(this.sndMax, this.sndUna));
+    const len = Math.min(inFlightData, this.dataMss());
+    if (len > 0) {
+      let flags = TCP_ACK;
+      const finNext = this.finQueued && seqAdd(this.sndUna, len) === this.finSeq && seqGt(this.sndMax, this.finSeq);
+      if (len === this.sendBuf.length) flags |= TCP_PSH;
+      if (finNext) flags |= TCP_FIN;
+      this.sendData(flags, this.sndUna, 0, len);
+    } else if (this.finQueued && this.sndUna === this.finSeq && seqGt(this.sndMax, this.finSeq)) {
+      this.sendControl(TCP_FIN | TCP_ACK, this.finSeq);
+    }
+  }
+
+  private sendData(flags: number, seq: number, from: number, len: number): void {
+    this.fillSegment(flags, seq);
+    this.host.transmit(this, this.out, this.sendBuf, from, len);
+  }
+
+  /** A segment without payload (ACK, FIN, RST). */
+  private sendControl(flags: number, seq: number): void {
+    this.fillSegment(flags, seq);
+    if ((flags & TCP_RST) !== 0) {
+      this.out.options = null; // Linux's RSTs carry no SACK; keep them plain
+      if ((flags & TCP_ACK) === 0) this.out.ack = 0;
+    }
+    this.host.transmit(this, this.out, null, 0, 0);
+    this.out.options = this.outOpts;
+  }
+
+  private sendAckNow(): void {
+    this.sendControl(TCP_ACK, this.sndNxt);
+  }
+
+  private fillSegment(flags: number, seq: number): void {
+    const o = this.out;
+    const opts = this.outOpts;
+    o.seq = seq >>> 0;
+    o.flags = flags;
+    o.options = opts;
+    opts.mss = null;
+    opts.windowScale = null;
+    opts.sackPermitted = false;
+    if (this.tsOk) {
+      this.outTs.value = this.tsNow();
+      this.outTs.echo = this.tsRecent;
+      opts.timestamp = this.outTs;
+    } else {
+      opts.timestamp = null;
+    }
+    opts.sackBlocks = this.sackOk && this.ooo.count > 0 ? this.ooo.sackBlocks(this.outSack, maxSackBlocks(this.tsOk)) : null;
+    if ((flags & TCP_ACK) !== 0) {
+      o.ack = this.rcvNxt;
+      o.window = this.windowField();
+      this.lastAckSent = this.rcvNxt;
+      this.ackOwed = false;
+    } else {
+      o.ack = 0;
+      o.window = 0;
+    }
+  }
+
+  /** SYN or SYN-ACK with our options (RFC 7323, RFC 2018), Linux's layout. */
+  private sendSyn(): void {
+    const o = this.out;
+    const opts = this.outOpts;
+    const passive = this.st === St.SYN_RECEIVED;
+    o.seq = this.iss;
+    o.flags = passive ? TCP_SYN | TCP_ACK : TCP_SYN;
+    o.ack = passive ? this.rcvNxt : 0;
+    // The window of a SYN is never scaled (RFC 7323 §2.2).
+    const wnd = Math.min(0xffff, this.cfg.recvBufferBytes);
+    o.window = wnd;
+    this.rcvAdvRight = seqAdd(this.rcvNxt, wnd);
+    opts.mss = this.host.localMss;
+    // Active open offers everything; passive open echoes what the peer offered.
+    opts.windowScale = !passive || this.wsOk ? this.rcvShift : null;
+    opts.sackPermitted = !passive || this.sackOk;
+    if (!passive || this.tsOk) {
+      this.outTs.value = this.tsNow();
+      this.outTs.echo = passive ? this.tsRecent : 0;
+      opts.timestamp = this.outTs;
+    } else {
+      opts.timestamp = null;
+    }
+    opts.sackBlocks = null;
+    if (passive) this.lastAckSent = this.rcvNxt;
+    if (!this.rttTiming) {
+      this.rttStart = this.host.clock.now();
+    }
+    this.sndNxt = seqAdd(this.iss, 1);
+    if (seqGt(this.sndNxt, this.sndMax)) this.sndMax = this.sndNxt;
+    this.host.transmit(this, o, null, 0, 0);
+    if (!this.rtxTimer.armed) this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+  }
+
+  /** Out-of-window or old segment: ACK it, but rate-limit the answers to pure ACKs so that two confused ends can't ping-pong. */
+  private sendOutOfWindowAck(dataLen: number): void {
+    const now = this.host.clock.now();
+    if (dataLen === 0) {
+      if (now - this.lastOowAckAt < OOW_ACK_INTERVAL_MS) return;
+      this.lastOowAckAt = now;
+    }
+    this.sendAckNow();
+  }
+
+  /** RFC 5961 §7: bounded number of challenge ACKs per second. */
+  private sendChallengeAck(): void {
+    const now = this.host.clock.now();
+    if (now - this.challengeWindowStart >= 1000) {
+      this.challengeWindowStart = now;
+      this.challengeCount = 0;
+    }
+    if (this.challengeCount >= this.cfg.challengeAckPerSecond) return;
+    this.challengeCount++;
+    this.sendAckNow();
+  }
+
+  // ------------------------------------------------------------------ windows
+
+  /** The receive window currently offered: from RCV.NXT to the advertised right edge. */
+  private advertisedWindow(): number {
+    return Math.max(0, seqDiff(this.rcvAdvRight, this.rcvNxt));
+  }
+
+  /** Free space the window may offer (the ring's slack only absorbs rounding). */
+  private freeForWindow(): number {
+    return Math.max(0, this.recv.free - this.recvSlack);
+  }
+
+  private windowUpdateWorthSending(before: number): boolean {
+    const candidate = this.freeForWindow();
+    if (candidate <= before) return false;
+    return before === 0 || candidate - before >= Math.min(this.smss, this.cfg.recvBufferBytes / 2);
+  }
+
+  /**
+   * The raw window field for an outgoing segment, and the new right edge.
+   * The edge only moves right, and only by a worthwhile amount (receiver SWS
+   * avoidance, RFC 9293 §3.8.6.2.2); it never moves left (§3.8.6.2.1).
+   */
+  private windowField(): number {
+    const maxWnd = 0xffff * 2 ** this.rcvShift;
+    const candidateRight = seqAdd(this.rcvNxt, Math.min(this.freeForWindow(), maxWnd));
+    let right = this.rcvAdvRight;
+    if (seqGt(candidateRight, right)) {
+      const grow = seqDiff(candidateRight, right);
+      if (grow >= Math.min(this.smss, this.cfg.recvBufferBytes / 2)) right = candidateRight;
+    }
+    let wnd = Math.max(0, seqDiff(right, this.rcvNxt));
+    // Round up to the scale unit so the edge does not move left; the ring's slack holds the difference.
+    let raw = Math.ceil(wnd / 2 ** this.rcvShift);
+    if (raw > 0xffff) raw = 0xffff;
+    wnd = raw * 2 ** this.rcvShift;
+    if (wnd > this.recv.free) {
+      raw = Math.floor(this.recv.free / 2 ** this.rcvShift);
+      wnd = raw * 2 ** this.rcvShift;
+    }
+    this.rcvAdvRight = seqMaxEdge(this.rcvAdvRight, seqAdd(this.rcvNxt, wnd));
+    return raw;
+  }
+
+  // ------------------------------------------------------------------ timers
+
+  private onRetransmitTimer(): void {
+    switch (this.st) {
+      case St.SYN_SENT:
+      case St.SYN_RECEIVED: {
+        const limit = this.st === St.SYN_SENT ? this.cfg.synRetries : this.cfg.synAckRetries;
+        if (this.retries >= limit) {
+          this.finish('timeout', false);
+          return;
+        }
+        this.retries++;
+        this.rtt.backoff();
+        this.sendSyn();
+        this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+        return;
+      }
+      case St.CLOSED:
+      case St.TIME_WAIT:
+      case St.FIN_WAIT_2:
+        return;
+      default:
+        break;
+    }
+    const flight = seqDiff(this.sndMax, this.sndUna);
+    if (flight <= 0) return;
+    if (this.retries >= this.cfg.maxRetries) {
+      this.sendControl(TCP_RST | TCP_ACK, this.sndMax);
+      this.finish('timeout', false);
+      return;
+    }
+    this.retries++;
+    // RFC 5681 §3.1 eq. 4 and RFC 6298 §5.4-5.6: collapse to one segment, back off, go back to SND.UNA.
+    this.cc.onTimeout(flight, this.sndMax);
+    this.rtt.backoff();
+    this.rttTiming = false;
+    this.sndNxt = this.sndUna;
+    this.retransmitFirst();
+    const sent = Math.min(this.sendBuf.length, this.dataMss());
+    this.sndNxt = seqAdd(this.sndUna, sent);
+    if (this.finQueued && this.sndNxt === this.finSeq && seqGt(this.sndMax, this.finSeq)) this.sndNxt = seqAdd(this.sndNxt, 1);
+    this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+  }
+
+  private persistDelay(): number {
+    return Math.min(this.cfg.maxRtoMs, this.rtt.rto * 2 ** this.persistBackoff);
+  }
+
+  private onPersistTimer(): void {
+    if (!this.isSynchronized() || this.sndWnd > 0) return;
+    if (this.probesOut >= this.cfg.maxRetries) {
+      this.sendControl(TCP_RST | TCP_ACK, this.sndNxt);
+      this.finish('timeout', false);
+      return;
+    }
+    this.probesOut++;
+    // Linux's window probe: an old sequence number the peer must answer with an ACK.
+    this.sendControl(TCP_ACK, seqAdd(this.sndUna, -1));
+    if (this.persistDelay() < this.cfg.maxRtoMs) this.persistBackoff++;
+    this.host.timers.arm(this.persistTimer, this.persistDelay());
+  }
+
+  private onKeepaliveTimer(): void {
+    const ka = this.cfg.keepaliveMs;
+    if (ka === null || (this.st !== St.ESTABLISHED && this.st !== St.CLOSE_WAIT)) return;
+    const idle = this.host.clock.now() - this.lastRecvAt;
+    if (this.keepaliveProbesSent === 0 && idle < ka) {
+      this.host.timers.arm(this.keepaliveTimer, ka - idle);
+      return;
+    }
+    if (this.keepaliveProbesSent >= this.cfg.keepaliveProbes) {
+      this.sendControl(TCP_RST | TCP_ACK, this.sndNxt);
+      this.finish('timeout', false);
+      return;
+    }
+    this.keepaliveProbesSent++;
+    // RFC 1122 §4.2.3.6: SEG.SEQ = SND.NXT - 1, no data.
+    this.sendControl(TCP_ACK, seqAdd(this.sndNxt, -1));
+    this.host.timers.arm(this.keepaliveTimer, this.cfg.keepaliveIntervalMs);
+  }
+
+  private onLingerTimer(): void {
+    if (this.st === St.TIME_WAIT) {
+      this.finish('closed', true);
+    } else if (this.st === St.FIN_WAIT_2) {
+      this.sendControl(TCP_RST | TCP_ACK, this.sndNxt);
+      this.finish('timeout', false);
+    }
+  }
+
+  // ------------------------------------------------------------------ state changes
+
+  private enterEstablished(): void {
+    this.st = this.finQueued ? St.FIN_WAIT_1 : St.ESTABLISHED;
+    if (this.cfg.keepaliveMs !== null) this.host.timers.arm(this.keepaliveTimer, this.cfg.keepaliveMs);
+    this.cc.setMss(this.smss);
+    // onConnect only for active opens (passive ones were announced through PendingTcp).
+    if (this.activeOpen && this.handlers.onConnect !== undefined) this.handlers.onConnect();
+    if (this.sendBuf.length > 0 || this.finQueued) this.host.scheduleFlush(this);
+  }
+
+  private enterTimeWait(): void {
+    this.st = St.TIME_WAIT;
+    this.host.timers.cancel(this.rtxTimer);
+    this.host.timers.cancel(this.persistTimer);
+    this.host.timers.cancel(this.keepaliveTimer);
+    this.host.timers.arm(this.lingerTimer, this.cfg.timeWaitMs);
+    this.notifyCloseWhenDelivered();
+  }
+
+  private restartTimeWait(): void {
+    this.host.timers.arm(this.lingerTimer, this.cfg.timeWaitMs);
+  }
+
+  /** Graceful completion: onClose('closed') once the application has every byte. */
+  private notifyCloseWhenDelivered(): void {
+    if (this.closeNotified || this.closePendingDelivery) return;
+    if (this.recv.length > 0 || (this.finReceived && !this.endDelivered)) {
+      this.closePendingDelivery = true;
+      return;
+    }
+    this.notifyClose('closed');
+  }
+
+  private notifyClose(reason: TcpCloseReason): void {
+    this.closeNotified = true;
+    this.handlers.onClose(reason);
+  }
+
+  /**
+   * To CLOSED. `graceful` = the FIN exchange completed (onClose('closed') may
+   * wait for paused bytes); otherwise onClose(reason) now and buffered bytes are dropped.
+   */
+  private finish(reason: TcpCloseReason, graceful: boolean): void {
+    const t = this.host.timers;
+    t.cancel(this.rtxTimer);
+    t.cancel(this.persistTimer);
+    t.cancel(this.keepaliveTimer);
+    t.cancel(this.lingerTimer);
+    this.st = St.CLOSED;
+    this.ackOwed = false;
+    if (graceful) {
+      this.notifyCloseWhenDelivered();
+    } else {
+      this.closePendingDelivery = false;
+      if (!this.closeNotified) this.notifyClose(reason);
+    }
+    if (!this.isReleased) {
+      this.isReleased = true;
+      this.host.released(this);
+    }
+  }
+
+  // ------------------------------------------------------------------ helpers
+
+  private isSynchronized(): boolean {
+    return this.st >= St.ESTABLISHED;
+  }
+
+  private canWrite(): boolean {
+    return !this.finQueued && this.st !== St.CLOSED && this.st !== St.TIME_WAIT && this.st !== St.CLOSING && this.st !== St.LAST_ACK;
+  }
+
+  /** Sequence number of the first data byte: after our SYN. */
+  private dataStartSeq(): number {
+    return seqGt(this.sndUna, this.iss) ? this.sndUna : seqAdd(this.iss, 1);
+  }
+
+  private flightSize(): number {
+    return seqDiff(this.sndNxt, this.sndUna);
+  }
+
+  private updateSmss(): void {
+    this.smss = Math.max(1, Math.min(this.peerMss, this.host.localMss) - (this.tsOk ? TS_OPTION_BYTES : 0));
+  }
+
+  /** Payload bytes for the next data segment: SACK blocks take room from it (RFC 6691). */
+  private dataMss(): number {
+    if (this.sackOk && this.ooo.count > 0) {
+      const blocks = Math.min(this.ooo.count, maxSackBlocks(this.tsOk));
+      return Math.max(1, this.smss - 4 - 8 * blocks);
+    }
+    return this.smss;
+  }
+
+  private tsNow(): number {
+    return (Math.floor(this.host.clock.now()) + this.tsOffset) >>> 0;
+  }
+
+  /** Milliseconds since our timestamp `echo` was sent. */
+  private tsDiff(echo: number): number {
+    return Math.max(0, seqDiff(this.tsNow(), echo));
+  }
+}
+
+function seqMaxEdge(a: number, b: number): number {
+  return seqGt(b, a) ? b : a;
+}
+
+/**
+ * RFC 9293 §3.10.7.1: the reset for a segment that matches no connection,
+ * or null for an incoming RST (never answer a reset).
+ */
+export function rstForUnknown(seg: TcpRepr, payloadLength: number): TcpSegmentFields | null {
+  if ((seg.flags & TCP_RST) !== 0) return null;
+  if ((seg.flags & TCP_ACK) !== 0) {
+    return { srcPort: seg.dstPort, dstPort: seg.srcPort, seq: seg.ack >>> 0, ack: 0, flags: TCP_RST, window: 0, options: null };
+  }
+  const segLen = payloadLength + ((seg.flags & TCP_SYN) !== 0 ? 1 : 0) + ((seg.flags & TCP_FIN) !== 0 ? 1 : 0);
+  return {
+    srcPort: seg.dstPort,
+    dstPort: seg.srcPort,
+    seq: 0,
+    ack: seqAdd(seg.seq, segLen),
+    flags: TCP_RST | TCP_ACK,
+    window: 0,
+    options: null,
+  };
+}
