@@ -1,0 +1,210 @@
+import { describe, it, expect } from 'vitest';
+import fc from 'fast-check';
+import { Timer, TimerWheel } from '../../netstack/timer-wheel.js';
+import { ManualClock } from '../../netstack/clock.js';
+
+/** A brute-force model: the set of armed deadlines. */
+function earliest(deadlines: Map<number, number>): number | undefined {
+  let best: number | undefined;
+  for (const d of deadlines.values()) if (best === undefined || d < best) best = d;
+  return best;
+}
+
+describe('TimerWheel', () => {
+  // Integer times and tickMs = 1 here: see the known bug below for the rest.
+  it('fires each timer at the first advance at or after its deadline, never before', () => {
+    fc.assert(fc.property(
+      fc.array(fc.integer({ min: 0, max: 3000 }), { minLength: 1, maxLength: 40 }),
+      fc.constant(1), fc.constantFrom(8, 64, 4096),
+      fc.array(fc.integer({ min: 1, max: 50 }), { minLength: 1, maxLength: 200 }),
+      (delays, tickMs, slots, steps) => {
+        const clock = new ManualClock(1000);
+        const wheel = new TimerWheel(clock, tickMs, slots);
+        const firedAt = new Map<number, number>();
+        delays.forEach((delay, i) => wheel.arm(new Timer(() => firedAt.set(i, clock.now())), delay));
+        expect(wheel.size).toBe(delays.length);
+        let previous = clock.now();
+        for (let k = 0; firedAt.size < delays.length; k++) {
+          clock.advance(steps[k % steps.length]!);
+          wheel.advance();
+          for (const [i, t] of firedAt) {
+            if (t !== clock.now()) continue;
+            const deadline = 1000 + delays[i]!;
+            expect(t).toBeGreaterThanOrEqual(deadline);
+            // Not late either: the previous advance was before the deadline's tick ended.
+            expect(previous).toBeLessThan(Math.floor(deadline / tickMs) * tickMs + tickMs);
+          }
+          previous = clock.now();
+        }
+        expect(wheel.size).toBe(0);
+      },
+    ), { numRuns: 150 });
+  });
+
+  it('fires timers in deadline-tick order when advanced by less than a rotation', () => {
+    fc.assert(fc.property(fc.array(fc.integer({ min: 1, max: 500 }), { minLength: 2, maxLength: 50 }), fc.integer({ min: 1, max: 511 }), (delays, jump) => {
+      const clock = new ManualClock(0);
+      const wheel = new TimerWheel(clock, 1, 512);
+      const order: number[] = [];
+      for (const d of delays) wheel.arm(new Timer(() => order.push(d)), d);
+      while (wheel.size > 0) { clock.advance(jump); wheel.advance(); }
+      expect(order).toEqual([...delays].sort((a, b) => a - b));
+    }));
+  });
+
+  // KNOWN BUG in netstack/timer-wheel.ts (the lead's file; reported, not
+  // edited): a timer is filed in the slot of floor(deadline / tickMs). When
+  // advance() runs inside that tick but BEFORE the deadline (deadline not on
+  // a tick boundary: tickMs > 1, or fractional clock values such as
+  // performance.now()), the tick is marked processed, the timer is left in
+  // its slot, and it is next looked at one full rotation later
+  // (slotCount * tickMs: 4.096 s by default). Counterexample: clock 0.5,
+  // arm(3) -> deadline 3.5 in slot 3; advance at 3.2 (not due), then every
+  // ms: it fires at 19 on a 16-slot wheel instead of at 4.
+  // Possible fix: file by Math.ceil(deadline / tickMs) (the first tick at
+  // whose start the deadline has passed), so that every timer in a processed
+  // slot of the current rotation is due; nextDeadline's early exit must then
+  // compare against tick * tickMs. Remove `.fails` once fixed.
+  it.fails('fires a timer whose deadline lies inside an already processed tick on time (known bug, see comment)', () => {
+    const clock = new ManualClock(0.5);
+    const wheel = new TimerWheel(clock, 1, 16);
+    let firedAt = -1;
+    wheel.arm(new Timer(() => { firedAt = clock.now(); }), 3);
+    clock.set(3.2); wheel.advance();
+    for (let t = 4; t <= 40 && firedAt < 0; t++) { clock.set(t); wheel.advance(); }
+    expect(firedAt).toBe(4);
+  });
+
+  it.fails('with tickMs 10, a deadline at 1171 fires by 1180, not a rotation later (same bug)', () => {
+    const clock = new ManualClock(1000);
+    const wheel = new TimerWheel(clock, 10, 8);
+    let firedAt = -1;
+    wheel.arm(new Timer(() => { firedAt = clock.now(); }), 171);
+    while (firedAt < 0 && clock.now() < 2000) { clock.advance(1); wheel.advance(); }
+    expect(firedAt).toBeLessThanOrEqual(1180);
+  });
+
+  it('a timer cancelled by another callback of the same advance does not fire', () => {
+    const clock = new ManualClock();
+    const wheel = new TimerWheel(clock, 1, 16);
+    let fired = 0;
+    const a: Timer = new Timer(() => { fired++; wheel.cancel(b); });
+    const b: Timer = new Timer(() => { fired++; wheel.cancel(a); });
+    wheel.arm(a, 5); wheel.arm(b, 5);
+    clock.advance(5);
+    expect(wheel.advance()).toBe(1);
+    expect(fired).toBe(1);
+    expect(wheel.size).toBe(0);
+  });
+
+  it('cancel prevents firing; cancelling twice or an unarmed timer is harmless', () => {
+    const clock = new ManualClock();
+    const wheel = new TimerWheel(clock, 1, 16);
+    let a = 0; let b = 0;
+    const ta = new Timer(() => a++);
+    const tb = new Timer(() => b++);
+    wheel.arm(ta, 5); wheel.arm(tb, 5);
+    wheel.cancel(ta); wheel.cancel(ta);
+    wheel.cancel(new Timer(() => {}));
+    expect(ta.armed).toBe(false);
+    expect(wheel.size).toBe(1);
+    clock.advance(100);
+    expect(wheel.advance()).toBe(1);
+    expect([a, b]).toEqual([0, 1]);
+  });
+
+  it('re-arming moves the deadline instead of adding a second firing', () => {
+    const clock = new ManualClock();
+    const wheel = new TimerWheel(clock, 1, 16);
+    const fired: number[] = [];
+    const t = new Timer(() => fired.push(clock.now()));
+    wheel.arm(t, 5);
+    wheel.arm(t, 40); // crosses two rotations of a 16-slot wheel
+    expect(wheel.size).toBe(1);
+    for (let i = 0; i < 60; i++) { clock.advance(1); wheel.advance(); }
+    expect(fired).toEqual([40]);
+  });
+
+  it('a callback may re-arm itself (periodic) and cancel or arm others', () => {
+    const clock = new ManualClock();
+    const wheel = new TimerWheel(clock, 1, 8);
+    const ticks: number[] = [];
+    let victimFired = false;
+    const victim = new Timer(() => { victimFired = true; });
+    const late: number[] = [];
+    const lateTimer = new Timer(() => late.push(clock.now()));
+    const periodic = new Timer(() => {
+      ticks.push(clock.now());
+      if (ticks.length === 1) { wheel.cancel(victim); wheel.arm(lateTimer, 3); }
+      if (ticks.length < 5) wheel.arm(periodic, 7);
+    });
+    wheel.arm(periodic, 7);
+    wheel.arm(victim, 8); // cancelled by the first periodic firing, before it is due
+    for (let i = 0; i < 100; i++) { clock.advance(1); wheel.advance(); }
+    expect(ticks).toEqual([7, 14, 21, 28, 35]);
+    expect(late).toEqual([10]);
+    expect(victimFired).toBe(false);
+    expect(wheel.size).toBe(0);
+  });
+
+  it('a deadline already passed fires on the next tick, not a rotation later', () => {
+    const clock = new ManualClock(100);
+    const wheel = new TimerWheel(clock, 1, 16);
+    let fired = 0;
+    const t = new Timer(() => fired++);
+    wheel.armAt(t, 50);
+    expect(wheel.nextDeadline()).toBe(50);
+    clock.advance(1);
+    expect(wheel.advance()).toBe(1);
+    expect(fired).toBe(1);
+  });
+
+  it('handles long delays across many rotations and huge clock jumps', () => {
+    const clock = new ManualClock();
+    const wheel = new TimerWheel(clock, 1, 8);
+    const fired: number[] = [];
+    for (const d of [3, 8, 9, 1000, 1003, 123456]) wheel.arm(new Timer(() => fired.push(d)), d);
+    clock.set(1002); wheel.advance();
+    expect(fired.sort((a, b) => a - b)).toEqual([3, 8, 9, 1000]);
+    clock.set(1003); wheel.advance();
+    expect(fired).toContain(1003);
+    clock.set(123455); wheel.advance();
+    expect(fired).not.toContain(123456);
+    clock.set(123456); wheel.advance();
+    expect(fired).toContain(123456);
+    expect(wheel.size).toBe(0);
+  });
+
+  it('nextDeadline equals the brute-force minimum through random arm/cancel/advance', () => {
+    type Op = { kind: 'arm'; timer: number; delay: number } | { kind: 'cancel'; timer: number } | { kind: 'advance'; by: number };
+    const op: fc.Arbitrary<Op> = fc.oneof(
+      fc.record({ kind: fc.constant('arm' as const), timer: fc.nat({ max: 9 }), delay: fc.integer({ min: 0, max: 5000 }) }),
+      fc.record({ kind: fc.constant('cancel' as const), timer: fc.nat({ max: 9 }) }),
+      fc.record({ kind: fc.constant('advance' as const), by: fc.integer({ min: 0, max: 700 }) }),
+    );
+    fc.assert(fc.property(fc.array(op, { maxLength: 80 }), fc.constantFrom(1, 3, 10), fc.constantFrom(4, 32, 512), (ops, tickMs, slots) => {
+      const clock = new ManualClock(0);
+      const wheel = new TimerWheel(clock, tickMs, slots);
+      const model = new Map<number, number>(); // timer index -> deadline
+      const timers = Array.from({ length: 10 }, (_, i) => new Timer(() => {
+        const d = model.get(i);
+        expect(d).toBeDefined();
+        expect(d!).toBeLessThanOrEqual(clock.now());
+        model.delete(i);
+      }));
+      for (const o of ops) {
+        if (o.kind === 'arm') { wheel.arm(timers[o.timer]!, o.delay); model.set(o.timer, clock.now() + o.delay); }
+        else if (o.kind === 'cancel') { wheel.cancel(timers[o.timer]!); model.delete(o.timer); }
+        else {
+          clock.advance(o.by);
+          wheel.advance();
+          // With tickMs 1 and integer times everything due has fired (for
+          // tickMs > 1 see the known bug above: stranded timers stay in the model).
+          if (tickMs === 1) for (const d of model.values()) expect(d).toBeGreaterThan(clock.now());
+        }
+        expect(wheel.size).toBe(model.size);
+        expect(wheel.nextDeadline()).toBe(earliest(model));
+      }
+    }), { numRuns: 300 });
+  });
+});
