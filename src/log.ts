@@ -104,7 +104,7 @@ function formatJson(time: Date, level: LogLevel, msg: string, fields: Record<str
 
 function formatPretty(time: Date, level: LogLevel, msg: string, fields: Record<string, unknown>): string {
   let line = `${time.toISOString()} ${level.toUpperCase().padEnd(5)} ${msg}`;
-  for (const [k, v] of Object.entries(fields)) line += ` ${k}=${prettyValue(v)}`;
+  for (const [k, v] of Object.entries(fields)) if (v !== undefined) line += ` ${k}=${prettyValue(v)}`;
   return line + '\n';
 }
 

@@ -1,0 +1,189 @@
+/**
+ * The control API: HTTP/1.1 on a unix socket (node:http), with gvproxy's
+ * paths so that tools written for gvproxy (podman machine, scripts with
+ * `curl --unix-socket`) work unchanged:
+ *
+ *   POST /services/forwarder/expose    {"local":"127.0.0.1:8080","remote":"192.168.127.2:80","protocol":"tcp"}
+ *   POST /services/forwarder/unexpose  {"local":"127.0.0.1:8080","protocol":"tcp"}
+ *   GET  /services/forwarder/all       [{"local","remote","protocol"}, ...]
+ *   GET  /services/dhcp/leases         {"192.168.127.2": "5a:94:ef:00:00:01"}  (IP -> MAC, as gvproxy)
+ *   GET  /stats                        frames, bytes, drops by reason, flows
+ *   GET  /healthz                      {"status":"ok","guestConnected":bool}
+ *
+ * Errors are JSON {"error": "..."} naming the problem: 400 malformed request,
+ * 404 unknown path (or unknown forward), 405 wrong method, 409 conflict
+ * (duplicate forward, address in use), 413 body over MAX_BODY_BYTES, 500
+ * anything unexpected.
+ */
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { ListenAddress } from './config.js';
+import type { Logger } from './log.js';
+import { ForwardError, parseForwardKey, parseForwardSpec, type PortForwards } from './port-forwards.js';
+import { closeServer, listenOn } from './transport/listen.js';
+
+export const MAX_BODY_BYTES = 64 * 1024;
+
+/** What the API reads and drives; serve.ts supplies the real parts, tests fakes. */
+export interface ApiBackend {
+  forwards: PortForwards;
+  /** DHCP leases as text addresses. */
+  leases(): { ip: string; mac: string }[];
+  /** Everything /stats reports (a JSON-able object). */
+  stats(): Record<string, unknown>;
+  guestConnected(): boolean;
+}
+
+class HttpError extends Error {
+  constructor(
+    readonly status: number,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+type Handler = (req: IncomingMessage) => Promise<{ status: number; body: unknown }>;
+
+export class ApiServer {
+  private readonly server: Server;
+  private readonly routes: Map<string, Map<string, Handler>>;
+  private addr: ListenAddress | undefined;
+  private readonly log: Logger;
+
+  constructor(
+    private readonly backend: ApiBackend,
+    log: Logger,
+  ) {
+    this.log = log.child({ component: 'api' });
+    this.routes = new Map([
+      ['/services/forwarder/expose', new Map([['POST', (req) => this.expose(req)]])],
+      ['/services/forwarder/unexpose', new Map([['POST', (req) => this.unexpose(req)]])],
+      ['/services/forwarder/all', new Map([['GET', async () => ({ status: 200, body: this.backend.forwards.list() })]])],
+      ['/services/dhcp/leases', new Map([['GET', async () => ({ status: 200, body: this.leases() })]])],
+      ['/stats', new Map([['GET', async () => ({ status: 200, body: this.backend.stats() })]])],
+      [
+        '/healthz',
+        new Map([['GET', async () => ({ status: 200, body: { status: 'ok', guestConnected: this.backend.guestConnected() } })]]),
+      ],
+    ]);
+    this.server = createServer((req, res) => void this.handle(req, res));
+    // A client that opens a connection and sends nothing must not hold it forever.
+    this.server.requestTimeout = 10_000;
+    this.server.headersTimeout = 10_000;
+  }
+
+  /** Listens on a unix socket (stale files removed, live servers left alone). */
+  async listen(path: string): Promise<string> {
+    this.addr = { kind: 'unix', path, url: `unix://${path}` };
+    return listenOn(this.server, this.addr);
+  }
+
+  /** The underlying server, for tests that listen on a TCP port instead. */
+  get httpServer(): Server {
+    return this.server;
+  }
+
+  async close(): Promise<void> {
+    this.server.closeAllConnections();
+    if (this.addr !== undefined) await closeServer(this.server, this.addr);
+    else if (this.server.listening) await new Promise<void>((r) => this.server.close(() => r()));
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    let status: number;
+    let body: unknown;
+    try {
+      const path = new URL(req.url ?? '/', 'http://moat').pathname;
+      const methods = this.routes.get(path);
+      if (methods === undefined) throw new HttpError(404, `no such path: ${path}`);
+      const handler = methods.get(req.method ?? '');
+      if (handler === undefined) {
+        res.setHeader('Allow', [...methods.keys()].join(', '));
+        throw new HttpError(405, `${req.method} not allowed on ${path}; use ${[...methods.keys()].join(', ')}`);
+      }
+      ({ status, body } = await handler(req));
+    } catch (e) {
+      ({ status, body } = errorResponse(e));
+      if (status >= 500) this.log.error('api request failed', { method: req.method, url: req.url, error: e });
+      else this.log.debug('api request refused', { method: req.method, url: req.url, status, error: (body as { error: string }).error });
+    }
+    if (status === 413) {
+      // The rest of the body is not read: close the connection rather than drain an oversized upload.
+      res.setHeader('Connection', 'close');
+    }
+    const text = body === undefined ? '' : JSON.stringify(body);
+    res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
+    res.end(text);
+  }
+
+  private async expose(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
+    const spec = parseForwardSpec(await readJsonBody(req));
+    if (typeof spec === 'string') throw new HttpError(400, spec);
+    await this.backend.forwards.expose(spec);
+    this.log.debug('api: forward exposed', { ...spec });
+    return { status: 200, body: spec };
+  }
+
+  private async unexpose(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
+    const key = parseForwardKey(await readJsonBody(req));
+    if (typeof key === 'string') throw new HttpError(400, key);
+    await this.backend.forwards.unexpose(key);
+    this.log.debug('api: forward removed', { ...key });
+    return { status: 200, body: key };
+  }
+
+  private leases(): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const l of this.backend.leases()) out[l.ip] = l.mac;
+    return out;
+  }
+}
+
+function errorResponse(e: unknown): { status: number; body: { error: string } } {
+  if (e instanceof HttpError) return { status: e.status, body: { error: e.message } };
+  if (e instanceof ForwardError) {
+    const status = e.kind === 'invalid' ? 400 : e.kind === 'not-found' ? 404 : 409;
+    return { status, body: { error: e.message } };
+  }
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  const message = e instanceof Error ? e.message : String(e);
+  if (code === 'EADDRINUSE') return { status: 409, body: { error: `address in use: ${message}` } };
+  if (code === 'EACCES' || code === 'EADDRNOTAVAIL') return { status: 400, body: { error: message } };
+  return { status: 500, body: { error: `internal error: ${message}` } };
+}
+
+/** Reads a JSON body of at most MAX_BODY_BYTES. */
+async function readJsonBody(req: IncomingMessage): Promise<unknown> {
+  const declared = Number(req.headers['content-length']);
+  if (Number.isFinite(declared) && declared > MAX_BODY_BYTES) {
+    throw new HttpError(413, `request body of ${declared} bytes exceeds ${MAX_BODY_BYTES} bytes`);
+  }
+  // Read with listeners rather than `for await`: leaving an async iterator early destroys the
+  // request, and with it the socket the 413 answer must go out on.
+  const chunks = await new Promise<Buffer[]>((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer): void => {
+      size += chunk.length;
+      if (size > MAX_BODY_BYTES) {
+        req.off('data', onData);
+        req.off('end', onEnd);
+        req.resume(); // discard the rest; the response closes the connection
+        reject(new HttpError(413, `request body exceeds ${MAX_BODY_BYTES} bytes`));
+        return;
+      }
+      parts.push(chunk);
+    };
+    const onEnd = (): void => resolve(parts);
+    req.on('data', onData);
+    req.once('end', onEnd);
+    req.once('error', reject);
+  });
+  const text = Buffer.concat(chunks).toString('utf8');
+  if (text.trim() === '') throw new HttpError(400, 'request body is empty; expected JSON');
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new HttpError(400, `request body is not valid JSON: ${(e as Error).message}`);
+  }
+}

@@ -1,0 +1,103 @@
+/**
+ * The `moat` command line: picks the subcommand, prints help, turns errors
+ * into exit codes (0 ok, 2 usage/config error, 1 runtime error) and shuts the
+ * service down cleanly on SIGINT/SIGTERM.
+ */
+import { ConfigError, mainHelp, NODE_CONFIG_IO, parseServeArgs, serveHelp, type ConfigIo } from './config.js';
+import { createLogger, type Logger, type LogStream } from './log.js';
+import { serve, type RunningServer } from './serve.js';
+
+export const EXIT_OK = 0;
+export const EXIT_RUNTIME_ERROR = 1;
+export const EXIT_USAGE = 2;
+
+export interface CliIo {
+  stdout: LogStream;
+  stderr: LogStream;
+  config: ConfigIo;
+  /** Resolves when the process is asked to stop (SIGINT/SIGTERM). */
+  stopSignal(): Promise<string>;
+}
+
+/**
+ * Runs the CLI with `args` (without node and the script). For `serve`, the
+ * promise settles when the service has stopped. Never throws.
+ */
+export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): Promise<number> {
+  const [command, ...rest] = args;
+  if (command === undefined || command === '--help' || command === '-h') {
+    io.stdout.write(mainHelp());
+    return command === undefined ? EXIT_USAGE : EXIT_OK;
+  }
+  if (command === 'help') {
+    if (rest[0] === 'serve') io.stdout.write(serveHelp());
+    else io.stdout.write(mainHelp());
+    return EXIT_OK;
+  }
+  if (command !== 'serve') {
+    io.stderr.write(`moat: unknown command "${command}" (see moat --help)\n`);
+    return EXIT_USAGE;
+  }
+  return runServe(rest, io);
+}
+
+async function runServe(args: readonly string[], io: CliIo): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseServeArgs(args, io.config);
+  } catch (e) {
+    if (e instanceof ConfigError) {
+      io.stderr.write(`moat serve: ${e.message}\n`);
+      return EXIT_USAGE;
+    }
+    io.stderr.write(`moat serve: ${(e as Error).message}\n`);
+    return EXIT_RUNTIME_ERROR;
+  }
+  if (parsed.kind === 'help') {
+    io.stdout.write(serveHelp());
+    return EXIT_OK;
+  }
+  const config = parsed.config;
+  const log: Logger = createLogger({ level: config.logLevel, format: config.logFormat, stream: io.stderr });
+
+  let server: RunningServer;
+  try {
+    server = await serve(config, log);
+  } catch (e) {
+    log.error('moat failed to start', { error: e });
+    return EXIT_RUNTIME_ERROR;
+  }
+  const signal = await io.stopSignal();
+  log.info('shutting down', { signal });
+  await server.close();
+  return EXIT_OK;
+}
+
+function nodeCliIo(): CliIo {
+  return {
+    stdout: process.stdout,
+    stderr: process.stderr,
+    config: NODE_CONFIG_IO,
+    stopSignal: () =>
+      new Promise((resolve) => {
+        const onSignal = (signal: NodeJS.Signals): void => {
+          process.off('SIGINT', onSignal);
+          process.off('SIGTERM', onSignal);
+          // A second signal while closing means "now": leave without waiting.
+          process.once('SIGINT', () => process.exit(EXIT_RUNTIME_ERROR));
+          process.once('SIGTERM', () => process.exit(EXIT_RUNTIME_ERROR));
+          resolve(signal);
+        };
+        process.once('SIGINT', onSignal);
+        process.once('SIGTERM', onSignal);
+      }),
+  };
+}
+
+/** Entry point for bin/moat.mjs: runs the CLI and sets the exit code. */
+export async function main(): Promise<void> {
+  const code = await runCli(process.argv.slice(2));
+  process.exitCode = code;
+  // A clean shutdown closes every handle; anything left (a straggling host socket) must not keep us alive.
+  if (process.argv[2] === 'serve') setTimeout(() => process.exit(code), 2000).unref();
+}

@@ -1,0 +1,275 @@
+/**
+ * `moat serve`: wires the parts into one running service.
+ *
+ *   guest socket --frames--> QemuStreamServer --input()--> Stack --events--> Nat --> host sockets
+ *        ^                                                   |
+ *        +-------------------- onOutput(batch) --------------+
+ *
+ * The TimerDriver keeps the stack's single timeout armed; after every batch
+ * of input (and every deferred flush) it is re-armed for the stack's next
+ * deadline. Everything that opens a socket is opened before the ready line is
+ * logged, and closed again if any part fails to start.
+ */
+import type { IPv4 } from '../netstack/addr.js';
+import { formatIPv4, formatMac } from '../netstack/addr.js';
+import type { Clock } from '../netstack/clock.js';
+import type { NetStack, PendingTcp, StackConfig, StackEvents, UdpDatagram } from '../netstack/api.js';
+import { createStack, DEFAULT_STACK_CONFIG } from '../netstack/stack.js';
+import { ApiServer } from './api-server.js';
+import { MonotonicClock, TimerDriver } from './clock.js';
+import { describeConfig, type ServeConfig } from './config.js';
+import type { Logger } from './log.js';
+import { PortForwarder } from './forwarder.js';
+import { Nat, type GatewayUdpClaims, type NatOptions } from './nat/index.js';
+import { PcapWriter } from './pcap-writer.js';
+import { ForwardError, type ForwardKey, type ForwardSpec, type PortForwards } from './port-forwards.js';
+import { QemuStreamServer, type QemuStreamOptions } from './transport/qemu-stream.js';
+
+/** What serve() needs of the NAT (src/nat/index.ts `Nat` has this shape). */
+export interface NatLike extends GatewayUdpClaims {
+  attach(stack: NetStack): void;
+  onTcpSyn(pending: PendingTcp): void;
+  onUdp(datagram: UdpDatagram): void;
+  onIcmp(src: IPv4, dst: IPv4, icmp: Uint8Array): void;
+  resetGuest(): void;
+  close(): Promise<void>;
+  stats(): object;
+}
+
+/** What a port-forward implementation is built from. */
+export interface PortForwardsContext {
+  stack: NetStack;
+  nat: NatLike;
+  config: ServeConfig;
+  log: Logger;
+}
+
+export type PortForwardsFactory = (ctx: PortForwardsContext) => PortForwards | Promise<PortForwards>;
+
+/** The parts serve() builds; tests replace them with fakes. */
+export interface ServeDeps {
+  clock: Clock;
+  createStack(config: StackConfig, events: StackEvents, clock: Clock, defer: (fn: () => void) => void): NetStack;
+  createNat(options: Partial<NatOptions>, log: Logger): NatLike;
+  createPortForwards: PortForwardsFactory;
+  link: Partial<QemuStreamOptions>;
+}
+
+export interface RunningServer {
+  /** The guest listen addresses as bound (tcp with the real port). */
+  readonly listen: readonly string[];
+  readonly apiSocket: string | undefined;
+  readonly stack: NetStack;
+  stats(): Record<string, unknown>;
+  /** Closes everything; safe to call more than once. */
+  close(): Promise<void>;
+}
+
+export function stackConfigFor(config: ServeConfig): StackConfig {
+  return {
+    ...DEFAULT_STACK_CONFIG,
+    mtu: config.mtu,
+    network: config.network,
+    prefix: config.prefix,
+    gatewayIp: config.gatewayIp,
+    gatewayMac: config.gatewayMac,
+    guestIp: config.guestIp,
+    hostIp: config.hostIp,
+    // The gateway answers DNS (forwarded to --dns-upstream); a different --gateway-ip moves it too.
+    dnsServers: [config.gatewayIp],
+  };
+}
+
+export function natOptionsFor(config: ServeConfig): Partial<NatOptions> {
+  return {
+    gatewayIp: config.gatewayIp,
+    hostIp: config.hostIp,
+    network: config.network,
+    prefix: config.prefix,
+    allowLinkLocal: config.allowLinkLocal,
+    dnsUpstreams: config.dnsUpstreams,
+  };
+}
+
+export const DEFAULT_SERVE_DEPS: ServeDeps = {
+  clock: new MonotonicClock(),
+  createStack,
+  createNat: (options, log) => new Nat(options, log),
+  createPortForwards: createPortForwarder,
+  link: {},
+};
+
+export async function serve(config: ServeConfig, log: Logger, deps: Partial<ServeDeps> = {}): Promise<RunningServer> {
+  const d: ServeDeps = { ...DEFAULT_SERVE_DEPS, ...deps };
+  log.info('moat starting', describeConfig(config));
+  if (config.dnsUpstreams.length === 0) log.warn('no DNS upstream: none given and /etc/resolv.conf names none; guest DNS queries will fail');
+  for (const l of config.listen) {
+    if (l.kind === 'tcp' && l.host !== '127.0.0.1' && l.host !== '::1' && l.host !== 'localhost') {
+      log.warn('guest socket listens beyond loopback: anyone who can connect gets the guest network', { listen: l.url });
+    }
+  }
+
+  const closers: (() => Promise<void> | void)[] = [];
+  const closeAll = async (): Promise<void> => {
+    // Reverse order of opening: stop new input first, release host resources last.
+    while (closers.length > 0) {
+      const c = closers.pop()!;
+      try {
+        await c();
+      } catch (e) {
+        log.error('error while closing', { error: e });
+      }
+    }
+  };
+
+  try {
+    const driver = new TimerDriver(d.clock);
+    closers.push(() => driver.stop());
+
+    const nat = d.createNat(natOptionsFor(config), log.child({ component: 'nat' }));
+    closers.push(() => nat.close());
+
+    // The link is created before the stack (the stack's onOutput needs it) and listens after.
+    let stack: NetStack | undefined;
+    const link = new QemuStreamServer(
+      {
+        input(frames) {
+          stack!.input(frames);
+          driver.reschedule();
+        },
+        guestGone() {
+          stack!.resetGuest();
+          nat.resetGuest();
+          driver.reschedule();
+        },
+      },
+      log,
+      d.link,
+    );
+
+    const dropLog = log.child({ component: 'stack' });
+    const events: StackEvents = {
+      onTcpSyn: (pending) => nat.onTcpSyn(pending),
+      onUdp: (datagram) => nat.onUdp(datagram),
+      onIcmp: (src, dst, icmp) => nat.onIcmp(src, dst, icmp),
+      onOutput: (batch) => link.send(batch),
+      onDrop: (reason) => {
+        if (dropLog.enabled('debug')) dropLog.debug('frame dropped', { reason });
+      },
+    };
+    stack = d.createStack(stackConfigFor(config), events, d.clock, driver.defer);
+    driver.attach(stack);
+    nat.attach(stack);
+    const theStack = stack;
+
+    let pcap: PcapWriter | undefined;
+    if (config.pcapFile !== undefined) {
+      pcap = await PcapWriter.open(config.pcapFile, (e) => log.error('pcap write failed; capture stopped', { file: config.pcapFile, error: e }));
+      link.tap = pcap;
+      const p = pcap;
+      closers.push(() => {
+        link.tap = undefined;
+        return p.close();
+      });
+    }
+
+    const forwards = await d.createPortForwards({ stack: theStack, nat, config, log: log.child({ component: 'forwarder' }) });
+    closers.push(() => forwards.close());
+    for (const spec of config.forwards) {
+      try {
+        await forwards.expose(spec);
+      } catch (e) {
+        throw new Error(`--forward ${spec.local}=${spec.remote}/${spec.protocol}: ${(e as Error).message}`);
+      }
+    }
+
+    const stats = (): Record<string, unknown> => collectStats(theStack, link, nat, pcap, forwards);
+
+    let api: ApiServer | undefined;
+    if (config.apiSocket !== undefined) {
+      api = new ApiServer(
+        {
+          forwards,
+          leases: () => theStack.dhcpLeases().map((l) => ({ ip: formatIPv4(l.ip), mac: formatMac(l.mac) })),
+          stats,
+          guestConnected: () => link.guestConnected,
+        },
+        log,
+      );
+      const a = api;
+      closers.push(() => a.close());
+      await api.listen(config.apiSocket);
+    }
+
+    closers.push(() => link.close());
+    const urls = await link.listen(config.listen);
+
+    log.info('moat ready', {
+      listen: urls,
+      api: config.apiSocket === undefined ? undefined : `unix://${config.apiSocket}`,
+      forwards: forwards.list().map((f) => `${f.local}=${f.remote}/${f.protocol}`),
+      pcap: config.pcapFile,
+    });
+
+    let closing: Promise<void> | undefined;
+    return {
+      listen: urls,
+      apiSocket: config.apiSocket,
+      stack: theStack,
+      stats,
+      close: () => {
+        closing ??= closeAll().then(() => log.info('moat stopped'));
+        return closing;
+      },
+    };
+  } catch (e) {
+    await closeAll();
+    throw e;
+  }
+}
+
+function collectStats(
+  stack: NetStack,
+  link: QemuStreamServer,
+  nat: NatLike,
+  pcap: PcapWriter | undefined,
+  forwards: PortForwards,
+): Record<string, unknown> {
+  const s = stack.stats;
+  const l = link.stats;
+  const drops: Record<string, number> = { ...s.drops };
+  if (l.framingErrors > 0) drops['link:framing-error'] = l.framingErrors;
+  if (l.outputDroppedBackpressure > 0) drops['link:guest-queue-full'] = l.outputDroppedBackpressure;
+  if (l.outputDroppedNoGuest > 0) drops['link:no-guest'] = l.outputDroppedNoGuest;
+  return {
+    frames: { in: l.framesIn, out: l.framesOut },
+    bytes: { in: l.bytesIn, out: l.bytesOut },
+    drops,
+    flows: { tcpConnections: s.tcpConnections, tcpHeldSyns: s.tcpHeldSyns, forwards: forwards.list().length },
+    link: { ...l },
+    stack: { ...s, drops: { ...s.drops } },
+    nat: nat.stats(),
+    ...(pcap === undefined ? {} : { pcap: { file: pcap.path, ...pcap.stats } }),
+  };
+}
+
+/** The real forwarder (src/forwarder.ts); forwarded connections come from the gateway's address. */
+function createPortForwarder(ctx: PortForwardsContext): PortForwards {
+  const fwd = new PortForwarder({ gatewayIp: ctx.config.gatewayIp }, ctx.log, ctx.nat);
+  fwd.attach(ctx.stack);
+  return fwd;
+}
+
+/** Stands in where no forwarding is wanted (tests, embedders): lists nothing, refuses every expose. */
+export class UnavailablePortForwards implements PortForwards {
+  async expose(spec: ForwardSpec): Promise<void> {
+    throw new ForwardError('invalid', `port forwarding is not available in this build (${spec.local})`);
+  }
+  async unexpose(key: ForwardKey): Promise<void> {
+    throw new ForwardError('not-found', `no forward for ${key.local}/${key.protocol}`);
+  }
+  list(): ForwardSpec[] {
+    return [];
+  }
+  async close(): Promise<void> {}
+}
