@@ -157,19 +157,29 @@ export function maxSackBlocks(hasTimestamp: boolean): number {
   return hasTimestamp ? 3 : 4;
 }
 
-function optionsLength(o: Partial<TcpOptions> | null | undefined): number {
-  if (o == null) return 0;
+/** Bytes of every option except SACK blocks. */
+function baseOptionsLength(o: Partial<TcpOptions>): number {
   let n = 0;
-  const ts = o.timestamp != null;
   if (o.mss != null) n += 4;
-  if (ts) n += 12; // NOP NOP TS, or SACK_PERM TS
+  if (o.timestamp != null) n += 12; // NOP NOP TS, or SACK_PERM TS
   else if (o.sackPermitted === true) n += 4; // NOP NOP SACK_PERM
   if (o.windowScale != null) n += 4; // NOP WS
-  if (o.sackBlocks != null && o.sackBlocks.length >= 2) {
-    const blocks = Math.min(o.sackBlocks.length >>> 1, maxSackBlocks(ts));
-    n += 4 + 8 * blocks;
-  }
   return n;
+}
+
+/** SACK blocks that fit in the 40 bytes of option space left by the others (RFC 2018 §3). */
+function sackBlocksThatFit(o: Partial<TcpOptions>, base: number): number {
+  const sb = o.sackBlocks;
+  if (sb == null || sb.length < 2) return 0;
+  const room = Math.floor((TCP_MAX_HEADER_LEN - TCP_HEADER_LEN - base - 4) / 8);
+  return Math.max(0, Math.min(sb.length >>> 1, maxSackBlocks(o.timestamp != null), room));
+}
+
+function optionsLength(o: Partial<TcpOptions> | null | undefined): number {
+  if (o == null) return 0;
+  const base = baseOptionsLength(o);
+  const blocks = sackBlocksThatFit(o, base);
+  return base + (blocks > 0 ? 4 + 8 * blocks : 0);
 }
 
 /** 20 + options, padded to a multiple of 4 (Linux's layouts need no padding). */
@@ -227,8 +237,8 @@ export function emitTcpHeader(
       p += 4;
     }
     const sb = o.sackBlocks;
-    if (sb != null && sb.length >= 2) {
-      const blocks = Math.min(sb.length >>> 1, maxSackBlocks(ts != null));
+    const blocks = sackBlocksThatFit(o, p - off - TCP_HEADER_LEN);
+    if (sb != null && blocks > 0) {
       buf[p] = OPT_NOP; buf[p + 1] = OPT_NOP; buf[p + 2] = OPT_SACK; buf[p + 3] = 2 + 8 * blocks;
       p += 4;
       for (let b = 0; b < blocks * 2; b++) {
