@@ -3,7 +3,7 @@
 // Usage: node scripts/build-shim.mjs   (honours $CC, default `cc`; $CFLAGS is appended)
 // Exits non-zero with a message naming the compiler when it is missing or fails.
 import { spawnSync } from 'node:child_process';
-import { readdirSync } from 'node:fs';
+import { readdirSync, renameSync, rmSync } from 'node:fs';
 import { dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -23,7 +23,9 @@ if (sources.length === 0) {
 
 const flags = ['-std=c11', '-Wall', '-Wextra', '-O2'];
 const extra = (process.env.CFLAGS ?? '').split(/\s+/).filter((f) => f !== '');
-const args = [...flags, ...extra, '-o', output, ...sources];
+// Compile to a private name and rename: parallel builds never see a half-written binary.
+const tmpOutput = `${output}.tmp-${process.pid}`;
+const args = [...flags, ...extra, '-o', tmpOutput, ...sources];
 
 const result = spawnSync(cc, args, { stdio: 'inherit' });
 if (result.error) {
@@ -40,7 +42,9 @@ if (result.error) {
 }
 if (result.status !== 0) {
   const how = result.signal ? `signal ${result.signal}` : `exit code ${result.status}`;
+  rmSync(tmpOutput, { force: true });
   console.error(`build-shim: '${cc}' failed (${how}) building ${relative(root, output)}`);
   process.exit(1);
 }
+renameSync(tmpOutput, output);
 console.log(`build-shim: built ${relative(root, output)}`);

@@ -44,8 +44,8 @@ static const char usage_text[] =
     "\n"
     "URL: unix:///path/to/socket or tcp://HOST:PORT\n"
     "\n"
-    "Frames must be 14..65553 bytes (Ethernet header .. MTU 65535 + header + VLAN\n"
-    "tag); any other length on a framed stream is a protocol error.\n"
+    "Frames must be 14..65549 bytes (an Ethernet header .. MTU 65535 plus its\n"
+    "header); any other length on a framed stream is a protocol error.\n"
     "\n"
     "exit status: 0 when either side closes cleanly (or on SIGINT/SIGTERM),\n"
     "             1 on an I/O or protocol error, 2 on a usage error\n";

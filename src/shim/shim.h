@@ -16,8 +16,9 @@
 #include <stdint.h>
 
 /* Largest frame accepted on any side: the largest MTU Linux allows on a TAP
- * (ETH_MAX_MTU, 65535) plus the Ethernet header (14) and one 802.1Q tag (4). */
-#define SHIM_MAX_FRAME (65535 + 14 + 4)
+ * (ETH_MAX_MTU, 65535) plus the Ethernet header (14). The same limit as Moat's
+ * frame decoder (src/transport/frame-decoder.ts MAX_FRAME_LEN). */
+#define SHIM_MAX_FRAME (65535 + 14)
 /* Smallest: a frame must at least hold its Ethernet header. */
 #define SHIM_MIN_FRAME 14
 /* Length prefix of QEMU's stream framing. */
