@@ -13,8 +13,9 @@
  * caller is done with the batch.
  *
  * A length of 0 or above MAX_FRAME_LEN cannot be a frame: the stream is out
- * of step and nothing after it can be trusted, so push() reports a
- * FramingError and the caller drops the connection.
+ * of step and nothing after it can be trusted. push() still returns the good
+ * frames before it, and sets `error`; the caller delivers them and then drops
+ * the connection.
  */
 
 /** Ethernet II header: destination MAC, source MAC, EtherType. */
@@ -49,6 +50,11 @@ export class FrameDecoder {
   private readonly frames: Uint8Array[] = [];
   private failed: FramingError | undefined;
 
+  /** Set once the stream broke framing; every later push() returns no frames. */
+  get error(): FramingError | undefined {
+    return this.failed;
+  }
+
   /** Bytes held for a frame that is not complete yet. */
   get pendingBytes(): number {
     return this.asmLen;
@@ -56,13 +62,13 @@ export class FrameDecoder {
 
   /**
    * Cuts a chunk into frames. The returned array and the views in it are only
-   * valid until the next push(). After a FramingError every later push()
-   * returns the same error: the stream cannot be resynchronised.
+   * valid until the next push(). Check `error` afterwards: once set, the
+   * stream cannot be resynchronised and later pushes return nothing.
    */
-  push(chunk: Uint8Array): readonly Uint8Array[] | FramingError {
-    if (this.failed !== undefined) return this.failed;
+  push(chunk: Uint8Array): readonly Uint8Array[] {
     const frames = this.frames;
     frames.length = 0;
+    if (this.failed !== undefined) return frames;
     let off = 0;
 
     if (this.asmLen > 0) {
@@ -110,16 +116,12 @@ export class FrameDecoder {
     return frames;
   }
 
-  private fail(error: FramingError): FramingError {
+  /** Records the error; the frames found before it in this chunk are still returned. */
+  private fail(error: FramingError): readonly Uint8Array[] {
     this.failed = error;
     this.asmLen = 0;
-    this.frames.length = 0;
-    return error;
+    return this.frames;
   }
-}
-
-export function isFramingError(x: readonly Uint8Array[] | FramingError): x is FramingError {
-  return !Array.isArray(x);
 }
 
 function readLength(buf: Uint8Array, off: number): number {

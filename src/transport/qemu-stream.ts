@@ -18,7 +18,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import type { ListenAddress } from '../config.js';
 import type { Logger } from '../log.js';
 import type { OutputBatch } from '../../netstack/api.js';
-import { FrameDecoder, isFramingError } from './frame-decoder.js';
+import { FrameDecoder } from './frame-decoder.js';
 import { closeServer, listenOn } from './listen.js';
 
 /** Where the frames go, and who hears that the guest left. */
@@ -148,22 +148,23 @@ export class QemuStreamServer {
     if (this.guest !== conn) return; // replaced; its last bytes are not for the new guest's stack state
     this.stats.chunksIn++;
     const frames = conn.decoder.push(chunk);
-    if (isFramingError(frames)) {
+    if (frames.length > 0) {
+      this.stats.framesIn += frames.length;
+      for (let i = 0; i < frames.length; i++) this.stats.bytesIn += frames[i]!.length;
+      const tap = this.tap;
+      if (tap !== undefined) for (let i = 0; i < frames.length; i++) tap.frameIn(frames[i]!);
+      this.sink.input(frames);
+    }
+    const error = conn.decoder.error;
+    if (error !== undefined && this.guest === conn) {
       this.stats.framingErrors++;
       this.log.warn('guest broke QEMU stream framing; dropping the connection', {
         conn: conn.id,
-        reason: frames.reason,
-        length: frames.length,
+        reason: error.reason,
+        length: error.length,
       });
-      this.endGuest(conn, frames.reason);
-      return;
+      this.endGuest(conn, error.reason);
     }
-    if (frames.length === 0) return;
-    this.stats.framesIn += frames.length;
-    for (let i = 0; i < frames.length; i++) this.stats.bytesIn += frames[i]!.length;
-    const tap = this.tap;
-    if (tap !== undefined) for (let i = 0; i < frames.length; i++) tap.frameIn(frames[i]!);
-    this.sink.input(frames);
   }
 
   /** Forgets the connection, destroys its socket and tells the sink (once per connection). */
