@@ -50,7 +50,7 @@ export class FakeStack implements NetStack {
   }
   input(frames: readonly Uint8Array[]): void {
     // Copy: the views are only valid during the call.
-    this.inputs.push(frames.map((f) => f.slice()));
+    this.inputs.push(frames.map((f) => new Uint8Array(f)));
     this.stats.framesIn += frames.length;
     this.onInput?.(frames);
   }
