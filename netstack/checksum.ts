@@ -35,8 +35,9 @@ export function sumPseudoHeader(src: number, dst: number, protocol: number, leng
 /** Folds a partial sum to 16 bits and complements it: the value to put on the wire. */
 export function finishChecksum(sum: number): number {
   // Fold the high part down; a double may carry more than 32 bits.
-  let s = (sum % 0x10000) + Math.floor(sum / 0x10000);
-  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+  // Fold with division, not shifts: bit operators would cut the sum to 32 bits first.
+  let s = sum;
+  while (s > 0xffff) s = (s % 0x10000) + Math.floor(s / 0x10000);
   return ~s & 0xffff;
 }
 

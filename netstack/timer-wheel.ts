@@ -65,8 +65,10 @@ export class TimerWheel {
   armAt(timer: Timer, deadline: number): void {
     if (timer.slot >= 0) this.unlink(timer);
     timer.deadline = deadline;
-    // Never file a timer into a slot already passed: it would wait a whole rotation.
-    const tick = Math.max(Math.floor(deadline / this.tickMs), this.currentTick + 1);
+    // File by the first tick at or after the deadline, so that every timer of
+    // the current rotation in a processed slot is due; and never into a slot
+    // already passed, where it would wait a whole rotation.
+    const tick = Math.max(Math.ceil(deadline / this.tickMs), this.currentTick + 1);
     const slot = tick % this.slotCount;
     timer.slot = slot;
     timer.prev = null;
@@ -136,8 +138,9 @@ export class TimerWheel {
       for (let t: Timer | null = this.heads[tick % this.slotCount]!; t !== null; t = t.next) {
         if (t.deadline < best) best = t.deadline;
       }
-      // Timers filed in the next rotation of this slot can't beat a deadline inside this tick.
-      if (best < (tick + 1) * this.tickMs) return best;
+      // Slot `tick` holds this rotation's deadlines up to tick * tickMs; every
+      // later slot holds later ones, so a deadline within this tick is the earliest.
+      if (best <= tick * this.tickMs) return best;
     }
     return best === Infinity ? undefined : best;
   }

@@ -11,7 +11,6 @@ function earliest(deadlines: Map<number, number>): number | undefined {
 }
 
 describe('TimerWheel', () => {
-  // Integer times and tickMs = 1 here: see the known bug below for the rest.
   it('fires each timer at the first advance at or after its deadline, never before', () => {
     fc.assert(fc.property(
       fc.array(fc.integer({ min: 0, max: 3000 }), { minLength: 1, maxLength: 40 }),
@@ -52,20 +51,11 @@ describe('TimerWheel', () => {
     }));
   });
 
-  // KNOWN BUG in netstack/timer-wheel.ts (the lead's file; reported, not
-  // edited): a timer is filed in the slot of floor(deadline / tickMs). When
-  // advance() runs inside that tick but BEFORE the deadline (deadline not on
-  // a tick boundary: tickMs > 1, or fractional clock values such as
-  // performance.now()), the tick is marked processed, the timer is left in
-  // its slot, and it is next looked at one full rotation later
-  // (slotCount * tickMs: 4.096 s by default). Counterexample: clock 0.5,
-  // arm(3) -> deadline 3.5 in slot 3; advance at 3.2 (not due), then every
-  // ms: it fires at 19 on a 16-slot wheel instead of at 4.
-  // Possible fix: file by Math.ceil(deadline / tickMs) (the first tick at
-  // whose start the deadline has passed), so that every timer in a processed
-  // slot of the current rotation is due; nextDeadline's early exit must then
-  // compare against tick * tickMs. Remove `.fails` once fixed.
-  it.fails('fires a timer whose deadline lies inside an already processed tick on time (known bug, see comment)', () => {
+  // Regression: timers were once filed by floor(deadline / tickMs); an advance()
+  // inside that tick but before the deadline marked the slot processed and the
+  // timer waited a whole rotation (clock 0.5, arm(3), advance at 3.2: fired at 19
+  // on a 16-slot wheel instead of 4). They are now filed by ceil().
+  it('fires a timer whose deadline lies inside an already processed tick on time', () => {
     const clock = new ManualClock(0.5);
     const wheel = new TimerWheel(clock, 1, 16);
     let firedAt = -1;
@@ -75,7 +65,7 @@ describe('TimerWheel', () => {
     expect(firedAt).toBe(4);
   });
 
-  it.fails('with tickMs 10, a deadline at 1171 fires by 1180, not a rotation later (same bug)', () => {
+  it('with tickMs 10, a deadline at 1171 fires by 1180, not a rotation later', () => {
     const clock = new ManualClock(1000);
     const wheel = new TimerWheel(clock, 10, 8);
     let firedAt = -1;
@@ -198,9 +188,8 @@ describe('TimerWheel', () => {
         else {
           clock.advance(o.by);
           wheel.advance();
-          // With tickMs 1 and integer times everything due has fired (for
-          // tickMs > 1 see the known bug above: stranded timers stay in the model).
-          if (tickMs === 1) for (const d of model.values()) expect(d).toBeGreaterThan(clock.now());
+          // Everything due by the last whole tick has fired.
+          for (const d of model.values()) expect(d).toBeGreaterThan(Math.floor(clock.now() / tickMs) * tickMs);
         }
         expect(wheel.size).toBe(model.size);
         expect(wheel.nextDeadline()).toBe(earliest(model));
