@@ -450,7 +450,8 @@ const QEMU_EXAMPLE = `  moat serve --listen-qemu unix:///tmp/moat.sock
     -device virtio-net-pci,netdev=n0`;
 
 const SHIM_EXAMPLE = `  moat serve --listen-qemu unix:///tmp/moat.sock
-  moat-shim --tap tap0 --connect /tmp/moat.sock   # bridges a TAP device (e.g. in a network namespace) to Moat`;
+  moat-shim tap --dev tap0 --netns guest --connect unix:///tmp/moat.sock
+  # creates TAP device tap0 inside network namespace "guest" and bridges it to Moat`;
 
 export function serveHelp(): string {
   const lines: string[] = [
