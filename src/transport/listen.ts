@@ -62,8 +62,9 @@ export async function clearStaleUnixSocket(path: string, url: string): Promise<v
     throw new ListenError(`${url}: cannot inspect ${path}: ${(e as Error).message}`, url);
   }
   if (!isSocket) throw new ListenError(`${url}: ${path} exists and is not a socket; refusing to replace it`, url);
-  const alive = await probeUnixSocket(path);
-  if (alive) throw new ListenError(`${url}: another server is listening at ${path}`, url);
+  const probe = await probeUnixSocket(path);
+  if (probe === 'alive') throw new ListenError(`${url}: another server is listening at ${path}`, url);
+  if (probe !== 'stale') throw new ListenError(`${url}: cannot tell whether ${path} is in use (${probe}); refusing to replace it`, url);
   try {
     unlinkSync(path);
   } catch (e) {
@@ -73,19 +74,24 @@ export async function clearStaleUnixSocket(path: string, url: string): Promise<v
   }
 }
 
-/** True when something accepts a connection at `path`. ECONNREFUSED means a stale file. */
-function probeUnixSocket(path: string): Promise<boolean> {
+/**
+ * 'alive' when something accepts a connection at `path` (or holds it without
+ * answering in time), 'stale' when nobody listens (ECONNREFUSED), otherwise
+ * the error code (EACCES...): then we cannot know, and must not delete.
+ */
+function probeUnixSocket(path: string): Promise<'alive' | 'stale' | string> {
   return new Promise((resolve) => {
     const sock = connect(path);
-    const done = (alive: boolean): void => {
+    const done = (result: string): void => {
       clearTimeout(timer);
       sock.destroy();
-      resolve(alive);
+      resolve(result);
     };
-    // A server that accepts but is too busy to answer in time is still alive: treat a timeout as alive.
-    const timer = setTimeout(() => done(true), PROBE_TIMEOUT_MS);
-    sock.once('connect', () => done(true));
-    sock.once('error', (e: NodeJS.ErrnoException) => done(e.code !== 'ECONNREFUSED' && e.code !== 'ENOENT'));
+    const timer = setTimeout(() => done('alive'), PROBE_TIMEOUT_MS);
+    sock.once('connect', () => done('alive'));
+    sock.once('error', (e: NodeJS.ErrnoException) =>
+      done(e.code === 'ECONNREFUSED' || e.code === 'ENOENT' ? 'stale' : (e.code ?? e.message)),
+    );
   });
 }
 
