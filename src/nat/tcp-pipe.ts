@@ -94,7 +94,7 @@ export class TcpPipe {
   /** Ends everything now: RST to the guest, host socket destroyed. */
   destroy(): void {
     this.abortGuest();
-    if (!this.host.destroyed) this.host.destroy();
+    if (!this.host.destroyed) this.host.resetAndDestroy();
   }
 
   // --- guest -> host -------------------------------------------------------
@@ -138,7 +138,9 @@ export class TcpPipe {
       // by itself once its writing side has finished.
       if (!this.host.destroyed) this.host.end();
     } else if (!this.host.destroyed) {
-      this.host.destroy();
+      // The guest reset, timed out or refused: reset the host side too, so
+      // its peer sees ECONNRESET rather than a clean end of stream.
+      this.host.resetAndDestroy();
     }
     this.maybeFinished();
   }
