@@ -33,6 +33,8 @@ export interface TcpFlowStats {
   timedOut: number;
   bytesToHost: number;
   bytesToGuest: number;
+  /** Host bytes held in memory for guests whose send buffer is full (backpressure bound check). */
+  heldBytes: number;
 }
 
 interface Dial {
@@ -58,7 +60,9 @@ export class TcpFlowTable {
   stats(): TcpFlowStats {
     let toHost = this.counters.bytesToHost;
     let toGuest = this.counters.bytesToGuest;
+    let held = 0;
     for (const p of this.pipes) {
+      held += p.heldBytes;
       toHost += p.bytesToHost;
       toGuest += p.bytesToGuest;
     }
@@ -70,6 +74,7 @@ export class TcpFlowTable {
       timedOut: this.counters.timedOut,
       bytesToHost: toHost,
       bytesToGuest: toGuest,
+      heldBytes: held,
     };
   }
 

@@ -86,6 +86,11 @@ export class TcpPipe {
     if (this.guestConnected) this.flushHeld();
   }
 
+  /** Host bytes waiting for room in the guest's send buffer (bounded by about one read chunk). */
+  get heldBytes(): number {
+    return this.held?.length ?? 0;
+  }
+
   /** Why the host socket failed, if it did. */
   get error(): Error | undefined {
     return this.hostError;
