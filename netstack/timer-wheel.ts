@@ -126,7 +126,8 @@ export class TimerWheel {
   }
 
   /**
-   * The earliest deadline of any armed timer, or undefined if none is armed.
+   * When advance() will fire the earliest armed timer (its deadline rounded up
+   * to the wheel's tick), or undefined if none is armed.
    * O(slots + timers) in the worst case: meant for once per batch, to set the
    * one real timeout, not for per-packet use.
    */
@@ -140,9 +141,14 @@ export class TimerWheel {
       }
       // Slot `tick` holds this rotation's deadlines up to tick * tickMs; every
       // later slot holds later ones, so a deadline within this tick is the earliest.
-      if (best <= tick * this.tickMs) return best;
+      if (best <= tick * this.tickMs) return this.firingTime(best);
     }
-    return best === Infinity ? undefined : best;
+    return best === Infinity ? undefined : this.firingTime(best);
+  }
+
+  /** advance() fires a timer at the first tick boundary at or after its deadline. */
+  private firingTime(deadline: number): number {
+    return Math.max(Math.ceil(deadline / this.tickMs), this.currentTick + 1) * this.tickMs;
   }
 
   private unlink(timer: Timer): void {

@@ -1,0 +1,176 @@
+/**
+ * Two Stacks joined by an in-memory Ethernet link that can drop, duplicate,
+ * reorder and delay frames, on a ManualClock: the second rung of the testing
+ * ladder, and the harness of bench/netstack.ts.
+ *
+ * "moat" is a Stack with the default gateway config. "guest" is a Stack
+ * configured as the mirror image: it plays 192.168.127.2 (gatewayIp = the
+ * guest address, with the guest's MAC) and treats Moat's host alias
+ * 192.168.127.254 as its neighbour, so `guest.connectTcp({ from: .2, to: .254 })`
+ * is the guest's active open into Moat, which sees an ordinary guest SYN.
+ */
+import type { OutputBatch, StackConfig, StackEvents } from '../../netstack/api.js';
+import { ipv4 } from '../../netstack/addr.js';
+import { ManualClock } from '../../netstack/clock.js';
+import { createStack, DEFAULT_STACK_CONFIG, type Stack } from '../../netstack/stack.js';
+
+export const GUEST_IP = ipv4(192, 168, 127, 2);
+export const HOST_ALIAS = ipv4(192, 168, 127, 254);
+export const GUEST_MAC = 0x020000000002;
+
+export interface LinkFaults {
+  /** Probability that a frame is lost. */
+  drop: number;
+  /** Probability that a frame is delivered twice. */
+  duplicate: number;
+  /** Probability that a frame is held back behind later ones. */
+  reorder: number;
+  /** Base one-way delay and extra random jitter, ms. */
+  delayMs: number;
+  jitterMs: number;
+}
+
+export const PERFECT_LINK: LinkFaults = { drop: 0, duplicate: 0, reorder: 0, delayMs: 0, jitterMs: 0 };
+
+/** Small deterministic PRNG (mulberry32) so that a failing seed replays exactly. */
+export function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface InFlight {
+  at: number;
+  seq: number;
+  to: 'moat' | 'guest';
+  frame: Uint8Array;
+}
+
+export interface LinkOptions {
+  faults?: LinkFaults;
+  seed?: number;
+  mtu?: number;
+  moatConfig?: Partial<StackConfig>;
+  guestConfig?: Partial<StackConfig>;
+  moatEvents: Omit<StackEvents, 'onOutput'>;
+  guestEvents: Omit<StackEvents, 'onOutput'>;
+  /** Copy frames as they cross the link (needed when faults hold them; the bench may skip it). */
+  copyFrames?: boolean;
+}
+
+export class Link {
+  readonly clock = new ManualClock(1_000);
+  readonly moat: Stack;
+  readonly guest: Stack;
+  /** Frames handed to the link, frames lost on it. */
+  sent = 0;
+  lost = 0;
+  private readonly queue: InFlight[] = [];
+  private readonly deferred: (() => void)[] = [];
+  private readonly rng: () => number;
+  private readonly faults: LinkFaults;
+  private readonly copyFrames: boolean;
+  private seq = 0;
+
+  constructor(opts: LinkOptions) {
+    this.faults = opts.faults ?? PERFECT_LINK;
+    this.rng = prng(opts.seed ?? 1);
+    this.copyFrames = opts.copyFrames ?? true;
+    const mtu = opts.mtu ?? 1500;
+    const defer = (fn: () => void) => void this.deferred.push(fn);
+    this.moat = createStack(
+      { ...DEFAULT_STACK_CONFIG, mtu, ...opts.moatConfig },
+      { ...opts.moatEvents, onOutput: (b) => this.carry(b, 'guest') },
+      this.clock,
+      defer,
+    );
+    this.guest = createStack(
+      {
+        ...DEFAULT_STACK_CONFIG,
+        mtu,
+        gatewayIp: GUEST_IP,
+        gatewayMac: GUEST_MAC,
+        guestIp: HOST_ALIAS,
+        hostIp: ipv4(192, 168, 127, 253),
+        ...opts.guestConfig,
+      },
+      { ...opts.guestEvents, onOutput: (b) => this.carry(b, 'moat') },
+      this.clock,
+      defer,
+    );
+  }
+
+  private carry(batch: OutputBatch, to: 'moat' | 'guest'): void {
+    const f = this.faults;
+    batch.forEachFrame((frame) => {
+      this.sent++;
+      if (f.drop > 0 && this.rng() < f.drop) {
+        this.lost++;
+        return;
+      }
+      const copies = f.duplicate > 0 && this.rng() < f.duplicate ? 2 : 1;
+      for (let i = 0; i < copies; i++) {
+        let at = this.clock.now() + f.delayMs + (f.jitterMs > 0 ? this.rng() * f.jitterMs : 0);
+        if (f.reorder > 0 && this.rng() < f.reorder) at += 1 + this.rng() * 5;
+        this.queue.push({ at, seq: this.seq++, to, frame: this.copyFrames ? frame.slice() : frame });
+      }
+    });
+  }
+
+  /** Runs deferred flushes until none is left. */
+  private runDeferred(): boolean {
+    let ran = false;
+    while (this.deferred.length > 0) {
+      const fns = this.deferred.splice(0);
+      for (const fn of fns) fn();
+      ran = true;
+    }
+    return ran;
+  }
+
+  /**
+   * Moves time and frames until `done()` holds or `maxMs` of simulated time
+   * passed. Returns whether done() held. Bounded: never loops forever.
+   */
+  run(done: () => boolean, maxMs = 600_000, maxSteps = 2_000_000): boolean {
+    const end = this.clock.now() + maxMs;
+    for (let step = 0; ; step++) {
+      if (step >= maxSteps) throw new Error(`link: no progress after ${maxSteps} steps at t=${this.clock.now()} with ${this.queue.length} frames in flight`);
+      this.runDeferred();
+      if (done()) return true;
+      if (this.queue.length === 0) {
+        const next = Math.min(this.moat.nextDeadline() ?? Infinity, this.guest.nextDeadline() ?? Infinity);
+        if (next === Infinity || next > end) return done();
+        if (next > this.clock.now()) this.clock.set(next);
+        this.moat.advance();
+        this.guest.advance();
+        continue;
+      }
+      // Deliver everything due now, in arrival order, as one batch per side.
+      let t = Infinity;
+      for (const q of this.queue) if (q.at < t) t = q.at;
+      const deadline = Math.min(this.moat.nextDeadline() ?? Infinity, this.guest.nextDeadline() ?? Infinity);
+      if (deadline < t) t = deadline;
+      if (t > end) return done();
+      if (t > this.clock.now()) this.clock.set(t);
+      const now = this.clock.now();
+      const due = this.queue.filter((q) => q.at <= now).sort((a, b) => a.at - b.at || a.seq - b.seq);
+      if (due.length > 0) {
+        const rest = this.queue.filter((q) => q.at > now);
+        this.queue.length = 0;
+        this.queue.push(...rest);
+        const toMoat = due.filter((q) => q.to === 'moat').map((q) => q.frame);
+        const toGuest = due.filter((q) => q.to === 'guest').map((q) => q.frame);
+        if (toMoat.length > 0) this.moat.input(toMoat);
+        if (toGuest.length > 0) this.guest.input(toGuest);
+      }
+      this.moat.advance();
+      this.guest.advance();
+    }
+  }
+}
