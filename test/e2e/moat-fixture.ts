@@ -165,8 +165,14 @@ export interface MoatFixture {
   api(method: 'GET' | 'POST', path: string, body?: unknown): Promise<ApiResponse>;
   /** GET /stats. */
   stats(): Promise<MoatStats>;
-  /** SIGKILL the shim, start a new one (new TAP), and (unless dhcp=false) run udhcpc again. */
-  restartShim(opts?: { dhcp?: boolean }): Promise<void>;
+  /**
+   * SIGKILL the shim, start a new one (a new TAP), give the new TAP the old
+   * MAC (as a VM's NIC keeps its MAC across a reconnect; keepMac=false leaves
+   * the kernel's new random MAC), and (unless dhcp=false) run udhcpc again.
+   */
+  restartShim(opts?: { dhcp?: boolean; keepMac?: boolean }): Promise<void>;
+  /** The TAP's current MAC address ("aa:bb:..."). */
+  tapMac(): Promise<string>;
   /** Moat's log so far (JSON lines on stderr). */
   moatLog(): string;
   /** Moat's log lines parsed (lines that are not JSON are skipped). */
@@ -479,6 +485,12 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
     return lease;
   };
 
+  const tapMac = async (): Promise<string> => {
+    const r = await nsRunAsync(topo.guestNs, 'cat', [`/sys/class/net/${tap}/address`]);
+    if (r.status !== 0) throw new Error(`no TAP ${tap} in ${topo.guestNs}: ${r.stderr.trim()}`);
+    return r.stdout.trim();
+  };
+
   const startShimNow = async (): Promise<TrackedProcess> =>
     startShim(['tap', '--dev', tap, '--netns', topo.guestNs, '--connect', `unix://${moatSocket}`], 10_000);
 
@@ -575,7 +587,9 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
       if (r.status !== 200) throw new Error(`GET /stats: ${r.status} ${r.text}`);
       return r.body as MoatStats;
     },
+    tapMac,
     async restartShim(opts = {}) {
+      const oldMac = await tapMac();
       if (shim) await killTracked(shim, 'SIGKILL');
       // The TAP goes away with the shim's file descriptor.
       await waitFor(
@@ -584,6 +598,21 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
         { timeoutMs: 5_000, intervalMs: 50 },
       );
       shim = await startShimNow();
+      await waitFor(
+        `new TAP ${tap} in ${topo.guestNs}`,
+        async () => (await nsRunAsync(topo.guestNs, 'ip', ['link', 'show', 'dev', tap])).status === 0,
+        { timeoutMs: 5_000, intervalMs: 50 },
+      );
+      if (opts.keepMac ?? true) {
+        for (const args of [
+          ['link', 'set', 'dev', tap, 'down'],
+          ['link', 'set', 'dev', tap, 'address', oldMac],
+          ['link', 'set', 'dev', tap, 'up'],
+        ]) {
+          const r = await nsRunAsync(topo.guestNs, 'ip', args);
+          if (r.status !== 0) throw new Error(`ip ${args.join(' ')} in ${topo.guestNs}: ${r.stderr.trim()}`);
+        }
+      }
       if (opts.dhcp ?? true) await dhcp();
     },
     moatLog: () => theMoat.stderr(),
