@@ -61,6 +61,8 @@ export interface LinkOptions {
   guestEvents: Omit<StackEvents, 'onOutput'>;
   /** Copy frames as they cross the link (needed when faults hold them; the bench may skip it). */
   copyFrames?: boolean;
+  /** Sees every frame handed to the link, before faults: for traces and pcaps. */
+  onFrame?: (to: 'moat' | 'guest', frame: Uint8Array, lost: boolean) => void;
 }
 
 export class Link {
@@ -75,12 +77,14 @@ export class Link {
   private readonly rng: () => number;
   private readonly faults: LinkFaults;
   private readonly copyFrames: boolean;
+  private readonly onFrame: LinkOptions['onFrame'];
   private seq = 0;
 
   constructor(opts: LinkOptions) {
     this.faults = opts.faults ?? PERFECT_LINK;
     this.rng = prng(opts.seed ?? 1);
     this.copyFrames = opts.copyFrames ?? true;
+    this.onFrame = opts.onFrame;
     const mtu = opts.mtu ?? 1500;
     const defer = (fn: () => void) => void this.deferred.push(fn);
     this.moat = createStack(
@@ -109,7 +113,9 @@ export class Link {
     const f = this.faults;
     batch.forEachFrame((frame) => {
       this.sent++;
-      if (f.drop > 0 && this.rng() < f.drop) {
+      const lost = f.drop > 0 && this.rng() < f.drop;
+      this.onFrame?.(to, frame, lost);
+      if (lost) {
         this.lost++;
         return;
       }
