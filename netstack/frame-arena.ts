@@ -17,6 +17,16 @@ const DEFAULT_CHUNK = 256 * 1024;
 /** Batches up to this size are copied out and the staging buffer kept. */
 const COPY_OUT_LIMIT = 16 * 1024;
 
+/**
+ * Makes a staging buffer. Every byte of a frame is written before it is sent,
+ * so the buffer need not be zeroed: the service passes Node's
+ * Buffer.allocUnsafe, which skips the zero-fill that otherwise costs about a
+ * fifth of the CPU at MTU 65520. The default is the portable, zeroing one.
+ */
+export type Allocator = (size: number) => Uint8Array;
+
+const zeroedAllocator: Allocator = (size) => new Uint8Array(size);
+
 export class FrameArena {
   /** The buffer the current frame is written into; valid after begin(). */
   buf: Uint8Array;
@@ -25,8 +35,11 @@ export class FrameArena {
   private readonly done: Uint8Array[] = [];
   private count = 0;
 
-  constructor(private readonly chunkSize = DEFAULT_CHUNK) {
-    this.buf = new Uint8Array(chunkSize);
+  constructor(
+    private readonly allocate: Allocator = zeroedAllocator,
+    private readonly chunkSize = DEFAULT_CHUNK,
+  ) {
+    this.buf = allocate(chunkSize);
   }
 
   /** Frames queued since the last take(). */
@@ -42,7 +55,7 @@ export class FrameArena {
   begin(length: number): number {
     if (this.pos + PREFIX + length > this.buf.length) {
       if (this.pos > 0) this.done.push(this.buf.subarray(0, this.pos));
-      this.buf = new Uint8Array(Math.max(this.chunkSize, PREFIX + length));
+      this.buf = this.allocate(Math.max(this.chunkSize, PREFIX + length));
       this.pos = 0;
     }
     const b = this.buf;
@@ -74,7 +87,7 @@ export class FrameArena {
     } else {
       this.done.push(this.buf.subarray(0, this.pos));
       chunks = this.done.splice(0);
-      this.buf = new Uint8Array(this.chunkSize);
+      this.buf = this.allocate(this.chunkSize);
     }
     this.pos = 0;
     const batch = new FramedBatch(chunks, this.count);

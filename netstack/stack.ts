@@ -38,7 +38,7 @@ import {
   type EthernetRepr,
 } from './ethernet.js';
 import { FlowTable } from './flow-table.js';
-import { FrameArena } from './frame-arena.js';
+import { FrameArena, type Allocator } from './frame-arena.js';
 import { emitIcmp, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, parseIcmp } from './icmp.js';
 import {
   emitIpv4Header,
@@ -101,8 +101,9 @@ export function createStack(
   events: StackEvents,
   clock: Clock,
   defer: (fn: () => void) => void,
+  allocate?: Allocator,
 ): Stack {
-  return new Stack(config, events, clock, defer);
+  return new Stack(config, events, clock, defer, allocate);
 }
 
 /** DHCP runs on these ports (RFC 2131 §4.1). */
@@ -124,7 +125,7 @@ export class Stack implements NetStack, TcpHost {
   readonly timers: TimerWheel;
   readonly localMss: number;
 
-  private readonly arena = new FrameArena();
+  private readonly arena: FrameArena;
   private readonly neighbors = new NeighborTable();
   private readonly connections = new FlowTable<TcpConnection>();
   private readonly held = new FlowTable<HeldSyn>();
@@ -144,8 +145,10 @@ export class Stack implements NetStack, TcpHost {
     private readonly events: StackEvents,
     readonly clock: Clock,
     private readonly defer: (fn: () => void) => void,
+    allocate?: Allocator,
   ) {
     validateConfig(config);
+    this.arena = new FrameArena(allocate);
     this.config = config;
     this.timers = new TimerWheel(clock);
     // Largest TCP payload the guest may send us: the MTU less IPv4 and TCP headers.

@@ -49,7 +49,13 @@ export type PortForwardsFactory = (ctx: PortForwardsContext) => PortForwards | P
 /** The parts serve() builds; tests replace them with fakes. */
 export interface ServeDeps {
   clock: Clock;
-  createStack(config: StackConfig, events: StackEvents, clock: Clock, defer: (fn: () => void) => void): NetStack;
+  createStack(
+    config: StackConfig,
+    events: StackEvents,
+    clock: Clock,
+    defer: (fn: () => void) => void,
+    allocate?: (size: number) => Uint8Array,
+  ): NetStack;
   createNat(options: Partial<NatOptions>, log: Logger): NatLike;
   createPortForwards: PortForwardsFactory;
   link: Partial<QemuStreamOptions>;
@@ -157,7 +163,8 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
         if (dropLog.enabled('debug')) dropLog.debug('frame dropped', { reason });
       },
     };
-    stack = d.createStack(stackConfigFor(config), events, d.clock, driver.defer);
+    // Output staging buffers are written in full before they are sent: skip the zero-fill.
+    stack = d.createStack(stackConfigFor(config), events, d.clock, driver.defer, (n) => Buffer.allocUnsafe(n));
     driver.attach(stack);
     nat.attach(stack);
     const theStack = stack;

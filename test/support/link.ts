@@ -61,6 +61,8 @@ export interface LinkOptions {
   guestEvents: Omit<StackEvents, 'onOutput'>;
   /** Copy frames as they cross the link (needed when faults hold them; the bench may skip it). */
   copyFrames?: boolean;
+  /** Staging-buffer allocator for both stacks (the bench passes Buffer.allocUnsafe, as the service does). */
+  allocate?: (size: number) => Uint8Array;
   /** Sees every frame handed to the link, before faults: for traces and pcaps. */
   onFrame?: (to: 'moat' | 'guest', frame: Uint8Array, lost: boolean) => void;
 }
@@ -78,6 +80,9 @@ export class Link {
   private readonly faults: LinkFaults;
   private readonly copyFrames: boolean;
   private readonly onFrame: LinkOptions['onFrame'];
+  private readonly perfect: boolean;
+  private toMoat: Uint8Array[] = [];
+  private toGuest: Uint8Array[] = [];
   private seq = 0;
 
   constructor(opts: LinkOptions) {
@@ -85,6 +90,8 @@ export class Link {
     this.rng = prng(opts.seed ?? 1);
     this.copyFrames = opts.copyFrames ?? true;
     this.onFrame = opts.onFrame;
+    const f = this.faults;
+    this.perfect = f.drop === 0 && f.duplicate === 0 && f.reorder === 0 && f.delayMs === 0 && f.jitterMs === 0;
     const mtu = opts.mtu ?? 1500;
     const defer = (fn: () => void) => void this.deferred.push(fn);
     this.moat = createStack(
@@ -92,6 +99,7 @@ export class Link {
       { ...opts.moatEvents, onOutput: (b) => this.carry(b, 'guest') },
       this.clock,
       defer,
+      opts.allocate,
     );
     this.guest = createStack(
       {
@@ -106,11 +114,22 @@ export class Link {
       { ...opts.guestEvents, onOutput: (b) => this.carry(b, 'moat') },
       this.clock,
       defer,
+      opts.allocate,
     );
   }
 
   private carry(batch: OutputBatch, to: 'moat' | 'guest'): void {
     const f = this.faults;
+    if (this.perfect && this.onFrame === undefined) {
+      // No faults, no delay: hand the frames straight over (the bench's path,
+      // so that it measures the stacks rather than this harness).
+      const direct = to === 'moat' ? this.toMoat : this.toGuest;
+      batch.forEachFrame((frame) => {
+        this.sent++;
+        direct.push(this.copyFrames ? frame.slice() : frame);
+      });
+      return;
+    }
     batch.forEachFrame((frame) => {
       this.sent++;
       const lost = f.drop > 0 && this.rng() < f.drop;
@@ -149,6 +168,15 @@ export class Link {
       if (step >= maxSteps) throw new Error(`link: no progress after ${maxSteps} steps at t=${this.clock.now()} with ${this.queue.length} frames in flight`);
       this.runDeferred();
       if (done()) return true;
+      if (this.toMoat.length > 0 || this.toGuest.length > 0) {
+        const toMoat = this.toMoat;
+        const toGuest = this.toGuest;
+        this.toMoat = [];
+        this.toGuest = [];
+        if (toMoat.length > 0) this.moat.input(toMoat);
+        if (toGuest.length > 0) this.guest.input(toGuest);
+        continue;
+      }
       if (this.queue.length === 0) {
         const next = Math.min(this.moat.nextDeadline() ?? Infinity, this.guest.nextDeadline() ?? Infinity);
         if (next === Infinity || next > end) return done();
