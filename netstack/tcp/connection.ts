@@ -893,8 +893,11 @@ export class TcpConnection implements TcpSocket {
     }
   }
 
-  /** Retransmits the first unacknowledged segment (fast retransmit, partial ACK, timeout). */
-  private retransmitFirst(): void {
+  /**
+   * Retransmits the first unacknowledged segment (fast retransmit, partial
+   * ACK, timeout). Returns the sequence space it covered (data + FIN).
+   */
+  private retransmitFirst(): number {
     const inFlightData = Math.min(this.sendBuf.length, seqDiff(this.sndMax, this.sndUna));
     const len = Math.min(inFlightData, this.dataMss());
     if (len > 0) {
@@ -903,9 +906,13 @@ export class TcpConnection implements TcpSocket {
       if (len === this.sendBuf.length) flags |= TCP_PSH;
       if (finNext) flags |= TCP_FIN;
       this.sendData(flags, this.sndUna, 0, len);
-    } else if (this.finQueued && this.sndUna === this.finSeq && seqGt(this.sndMax, this.finSeq)) {
-      this.sendControl(TCP_FIN | TCP_ACK, this.finSeq);
+      return len + (finNext ? 1 : 0);
     }
+    if (this.finQueued && this.sndUna === this.finSeq && seqGt(this.sndMax, this.finSeq)) {
+      this.sendControl(TCP_FIN | TCP_ACK, this.finSeq);
+      return 1;
+    }
+    return 0;
   }
 
   private sendData(flags: number, seq: number, from: number, len: number): void {
@@ -1092,12 +1099,10 @@ export class TcpConnection implements TcpSocket {
     this.cc.onTimeout(flight, this.sndMax);
     this.rtt.backoff();
     this.rttTiming = false;
-    this.sndNxt = this.sndUna;
-    this.retransmitFirst();
-    const sent = Math.min(this.sendBuf.length, this.dataMss());
-    this.sndNxt = seqAdd(this.sndUna, sent);
-    if (this.finQueued && this.sndNxt === this.finSeq && seqGt(this.sndMax, this.finSeq)) this.sndNxt = seqAdd(this.sndNxt, 1);
+    this.sndNxt = seqAdd(this.sndUna, this.retransmitFirst());
     this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+    // The rest of the window follows from output() as ACKs return (go-back-N from SND.UNA).
+    this.host.scheduleFlush(this);
   }
 
   private persistDelay(): number {

@@ -20,7 +20,7 @@ import {
   type TcpRepr,
   type TcpSegmentFields,
 } from '../../netstack/tcp/header.js';
-import { TcpConnection, type PayloadSource, type TcpConfig, type TcpHost } from '../../netstack/tcp/connection.js';
+import { TcpConnection, rstForUnknown, type PayloadSource, type TcpConfig, type TcpHost } from '../../netstack/tcp/connection.js';
 
 export const GUEST_IP = 0xc0a87f02; // 192.168.127.2
 export const REMOTE_IP = 0x5db8d822; // 93.184.216.34
@@ -259,7 +259,14 @@ export class Network {
         if (this.listener !== null && d.seg.flags === TCP_SYN) this.a = TcpConnection.acceptSyn(this.hostA, this.listener.config, TUPLE, d.seg, this.listener.handlers);
         continue;
       }
-      (d.to === 'a' ? this.a! : this.b).input(d.seg);
+      const conn = d.to === 'a' ? this.a! : this.b;
+      if (conn.state === 'CLOSED') {
+        // What the Stack does for a four-tuple it no longer knows: answer with a reset.
+        const rst = rstForUnknown(d.seg, d.seg.payload.length);
+        if (rst !== null) (d.to === 'a' ? this.hostA : this.hostB).onTransmit?.(wireRoundTrip(conn.tuple, rst, null, 0, 0));
+        continue;
+      }
+      conn.input(d.seg);
     }
     this.hostA.flush();
     this.hostB.flush();

@@ -65,8 +65,10 @@ describe('TCP over a lossy link (property)', () => {
           expect(ra.data()).toEqual(dataBA);
           expect(rb.data()).toEqual(dataAB);
           expect(ra.ended && rb.ended).toBe(true);
-          expect(ra.closed).toBe('closed');
-          expect(rb.closed).toBe('closed');
+          // A side whose last FIN or ACK outlived the peer's TIME-WAIT is reset by the peer's stack
+          // (RFC 9293 §3.10.7.1), after every byte and the end of stream were delivered.
+          expect(ra.closed === 'closed' || (ra.closed === 'reset' && rb.closed === 'closed')).toBe(true);
+          expect(rb.closed === 'closed' || (rb.closed === 'reset' && ra.closed === 'closed')).toBe(true);
           expect(ra.closeCount + rb.closeCount).toBe(2);
           expect(net.hostA.releasedCount).toBe(1);
           expect(net.hostB.releasedCount).toBe(1);
