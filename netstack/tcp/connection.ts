@@ -404,7 +404,7 @@ export class TcpConnection implements TcpSocket {
     if (this.st === St.CLOSED) return;
     // RFC 9293 §3.10.4: ABORT in a synchronized state sends RST; Linux sets ACK too.
     if (this.st !== St.SYN_SENT && this.st !== St.TIME_WAIT) {
-      this.sendControl(TCP_RST | TCP_ACK, this.sndNxt);
+      this.sendControl(TCP_RST | TCP_ACK, this.sndMax);
     }
     this.finish('aborted', false);
   }
@@ -839,7 +839,8 @@ export class TcpConnection implements TcpSocket {
   flushAck(): void {
     if (!this.isSynchronized()) return;
     this.output();
-    if (this.ackOwed && this.st !== St.CLOSED) this.sendControl(TCP_ACK, this.sndNxt);
+    // Pure ACKs carry SND.MAX, not a rolled-back SND.NXT: the peer would find an old sequence number unacceptable and ignore the ACK (BSD does the same).
+    if (this.ackOwed && this.st !== St.CLOSED) this.sendControl(TCP_ACK, this.sndMax);
   }
 
   private hasOutput(): boolean {
@@ -932,7 +933,7 @@ export class TcpConnection implements TcpSocket {
   }
 
   private sendAckNow(): void {
-    this.sendControl(TCP_ACK, this.sndNxt);
+    this.sendControl(TCP_ACK, this.sndMax);
   }
 
   private fillSegment(flags: number, seq: number): void {
@@ -1112,7 +1113,7 @@ export class TcpConnection implements TcpSocket {
   private onPersistTimer(): void {
     if (!this.isSynchronized() || this.sndWnd > 0) return;
     if (this.probesOut >= this.cfg.maxRetries) {
-      this.sendControl(TCP_RST | TCP_ACK, this.sndNxt);
+      this.sendControl(TCP_RST | TCP_ACK, this.sndMax);
       this.finish('timeout', false);
       return;
     }
@@ -1132,13 +1133,13 @@ export class TcpConnection implements TcpSocket {
       return;
     }
     if (this.keepaliveProbesSent >= this.cfg.keepaliveProbes) {
-      this.sendControl(TCP_RST | TCP_ACK, this.sndNxt);
+      this.sendControl(TCP_RST | TCP_ACK, this.sndMax);
       this.finish('timeout', false);
       return;
     }
     this.keepaliveProbesSent++;
-    // RFC 1122 §4.2.3.6: SEG.SEQ = SND.NXT - 1, no data.
-    this.sendControl(TCP_ACK, seqAdd(this.sndNxt, -1));
+    // RFC 1122 §4.2.3.6: an already acknowledged sequence number (Linux: SND.UNA - 1), no data.
+    this.sendControl(TCP_ACK, seqAdd(this.sndUna, -1));
     this.host.timers.arm(this.keepaliveTimer, this.cfg.keepaliveIntervalMs);
   }
 
@@ -1146,7 +1147,7 @@ export class TcpConnection implements TcpSocket {
     if (this.st === St.TIME_WAIT) {
       this.finish('closed', true);
     } else if (this.st === St.FIN_WAIT_2) {
-      this.sendControl(TCP_RST | TCP_ACK, this.sndNxt);
+      this.sendControl(TCP_RST | TCP_ACK, this.sndMax);
       this.finish('timeout', false);
     }
   }
