@@ -77,6 +77,10 @@ export interface MoatFixtureOptions {
   logLevel?: 'debug' | 'info' | 'warn' | 'error';
   /** Extra `moat serve` flags. */
   extraMoatArgs?: string[];
+  /** Script to run instead of bin/moat.mjs (e.g. a patched build, for a differential diagnosis). */
+  moatBin?: string;
+  /** Extra node flags for Moat (e.g. ['--cpu-prof']). */
+  nodeArgs?: string[];
   /** Start a DNS server in remote (default true) and point --dns-upstream at it. */
   dns?: boolean;
   /** Records the remote DNS server answers (default: DEFAULT_ZONE(fixture)). */
@@ -505,7 +509,8 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
     }
 
     const args = [
-      MOAT_BIN,
+      ...(options.nodeArgs ?? []),
+      options.moatBin ?? MOAT_BIN,
       'serve',
       '--listen-qemu',
       `unix://${moatSocket}`,

@@ -52,7 +52,8 @@ async function evidence(fx: MoatFixture): Promise<string> {
   } catch (e) {
     drops = `(stats failed: ${(e as Error).message})`;
   }
-  return `drops=${drops}\nmoat log tail:\n${fx.moatLog().slice(-3000)}`;
+  const shim = fx.shim.child.exitCode === null ? 'running' : `exited ${fx.shim.child.exitCode}: ${fx.shim.stderr().trim()}`;
+  return `drops=${drops}\nshim: ${shim}\nmoat log tail:\n${fx.moatLog().slice(-3000)}`;
 }
 
 async function expectNoInternalErrors(fx: MoatFixture): Promise<void> {
@@ -307,6 +308,54 @@ describe.skipIf(gate.skip)('moat serve e2e: NAT, DNS forwarder, port forwards, s
       expect(refused.stderr).toMatch(/Connection refused/);
     } finally {
       await killTracked(guestServer);
+    }
+  });
+
+  it('parallel HTTP transfers through a guest that stalls (shim paused): every byte arrives, the link keeps its framing', async () => {
+    // Pausing moat-shim (SIGSTOP/SIGCONT, by PID) makes Moat's writes to the
+    // guest socket queue up in Node: a queued batch whose bytes were reused
+    // before the socket wrote them would reach the shim as a broken length
+    // prefix (the shim exits with "protocol error") and the transfers stall.
+    const addr = fx.topo.internetAddrs[0]!;
+    const server = await fx.startNodeServer(fx.remoteNs, HTTP_SERVER_JS, [addr, '0', 'remote']);
+    const shimPid = fx.shim.child.pid!;
+    /** Signal our shim by PID; false once it has exited (it is the thing under test). */
+    const signalShim = (sig: NodeJS.Signals): boolean => {
+      if (fx.shim.child.exitCode !== null || fx.shim.child.signalCode !== null) return false;
+      try {
+        process.kill(shimPid, sig);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    try {
+      const port = readyPort(server.stdout());
+      for (let round = 0; round < 3; round++) {
+        const args = ['-sS', '--max-time', '15', '-Z', '--parallel-max', '30'];
+        for (let i = 0; i < 30; i++) {
+          args.push('-o', '/dev/null', '-w', '%{http_code} %{size_download}\\n', `http://${addr}:${port}/bytes/${300_000 + i}`);
+        }
+        let done = false;
+        const transfer = fx.guestRun('curl', args, { timeoutMs: 20_000 }).finally(() => (done = true));
+        while (!done) {
+          await new Promise((r) => setTimeout(r, 30));
+          if (done || fx.shim.child.exitCode !== null) break;
+          if (!signalShim('SIGSTOP')) break;
+          await new Promise((r) => setTimeout(r, 120));
+          if (!signalShim('SIGCONT')) break;
+        }
+        const r = await transfer;
+        const lines = r.stdout.trim().split('\n').sort();
+        const want = Array.from({ length: 30 }, (_, i) => `200 ${300_000 + i}`).sort();
+        const shimState = fx.shim.child.exitCode === null ? 'running' : `exited ${fx.shim.child.exitCode}: ${fx.shim.stderr().trim()}`;
+        expect(shimState, `round ${round}: curl exit ${r.status}\n${await evidence(fx)}`).toBe('running');
+        expect(r.status, `round ${round}: curl exit ${r.status}\n${r.stderr.slice(0, 500)}\n${await evidence(fx)}`).toBe(0);
+        expect(lines).toEqual(want);
+      }
+    } finally {
+      signalShim('SIGCONT');
+      await killTracked(server);
     }
   });
 
