@@ -445,6 +445,8 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
   let shim: TrackedProcess | undefined;
   let dnsServer: TrackedProcess | undefined;
   let lease: Lease | undefined;
+  /** The TAP's MAC when the last lease was taken (restartShim restores it even if the TAP is already gone). */
+  let leasedMac: string | undefined;
 
   const stop = async (): Promise<void> => {
     if (stopped) return;
@@ -486,6 +488,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
       throw new Error(`udhcpc on ${tap} failed (exit ${r.status}): ${r.stderr.trim()} ${r.stdout.trim()}`);
     }
     lease = parseLeaseFile(readFileSync(leaseFile, 'utf8'));
+    leasedMac = await tapMac().catch(() => leasedMac);
     return lease;
   };
 
@@ -594,7 +597,8 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
     },
     tapMac,
     async restartShim(opts = {}) {
-      const oldMac = await tapMac();
+      // A shim that already died took its TAP with it: fall back to the MAC of the last lease.
+      const oldMac = await tapMac().catch(() => leasedMac);
       if (shim) await killTracked(shim, 'SIGKILL');
       // The TAP goes away with the shim's file descriptor.
       await waitFor(
@@ -608,7 +612,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
         async () => (await nsRunAsync(topo.guestNs, 'ip', ['link', 'show', 'dev', tap])).status === 0,
         { timeoutMs: 5_000, intervalMs: 50 },
       );
-      if (opts.keepMac ?? true) {
+      if ((opts.keepMac ?? true) && oldMac !== undefined) {
         for (const args of [
           ['link', 'set', 'dev', tap, 'down'],
           ['link', 'set', 'dev', tap, 'address', oldMac],
