@@ -101,9 +101,20 @@ export function createStack(
   events: StackEvents,
   clock: Clock,
   defer: (fn: () => void) => void,
-  allocate?: Allocator,
+  options: StackOptions = {},
 ): Stack {
-  return new Stack(config, events, clock, defer, allocate);
+  return new Stack(config, events, clock, defer, options);
+}
+
+/** Injected capabilities beyond the clock: all optional, with portable defaults. */
+export interface StackOptions {
+  /** Output staging buffers (see frame-arena.ts); the service passes Buffer.allocUnsafe. */
+  allocate?: Allocator;
+  /**
+   * Uniform random numbers in [0, 1), for initial sequence numbers. Default
+   * Math.random; tests pass a seeded generator so that a failing case replays.
+   */
+  random?: () => number;
 }
 
 /** DHCP runs on these ports (RFC 2131 §4.1). */
@@ -126,6 +137,7 @@ export class Stack implements NetStack, TcpHost {
   readonly localMss: number;
 
   private readonly arena: FrameArena;
+  private readonly random: () => number;
   private readonly neighbors = new NeighborTable();
   private readonly connections = new FlowTable<TcpConnection>();
   private readonly held = new FlowTable<HeldSyn>();
@@ -145,10 +157,11 @@ export class Stack implements NetStack, TcpHost {
     private readonly events: StackEvents,
     readonly clock: Clock,
     private readonly defer: (fn: () => void) => void,
-    allocate?: Allocator,
+    options: StackOptions = {},
   ) {
     validateConfig(config);
-    this.arena = new FrameArena(allocate);
+    this.arena = new FrameArena(options.allocate);
+    this.random = options.random ?? Math.random;
     this.config = config;
     this.timers = new TimerWheel(clock);
     // Largest TCP payload the guest may send us: the MTU less IPv4 and TCP headers.
@@ -432,6 +445,11 @@ export class Stack implements NetStack, TcpHost {
     emitTcpHeader(buf, tcpOff, seg, t.dst, t.src, len);
     this.commitFrame(IPV4_AND_TCP + hl + len);
     if (!this.inBatch) this.kick();
+  }
+
+  /** Initial sequence numbers: random, as RFC 6528 asks, from the injected source. */
+  isn(): number {
+    return Math.floor(this.random() * 0x100000000) >>> 0;
   }
 
   scheduleFlush(conn: TcpConnection): void {

@@ -14,7 +14,7 @@ import type { IPv4 } from '../netstack/addr.js';
 import { formatIPv4, formatMac } from '../netstack/addr.js';
 import type { Clock } from '../netstack/clock.js';
 import type { NetStack, PendingTcp, StackConfig, StackEvents, UdpDatagram } from '../netstack/api.js';
-import { createStack, DEFAULT_STACK_CONFIG } from '../netstack/stack.js';
+import { createStack, DEFAULT_STACK_CONFIG, type StackOptions } from '../netstack/stack.js';
 import { ApiServer } from './api-server.js';
 import { MonotonicClock, TimerDriver } from './clock.js';
 import { describeConfig, type ServeConfig } from './config.js';
@@ -54,7 +54,7 @@ export interface ServeDeps {
     events: StackEvents,
     clock: Clock,
     defer: (fn: () => void) => void,
-    allocate?: (size: number) => Uint8Array,
+    options?: StackOptions,
   ): NetStack;
   createNat(options: Partial<NatOptions>, log: Logger): NatLike;
   createPortForwards: PortForwardsFactory;
@@ -164,7 +164,9 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
       },
     };
     // Output staging buffers are written in full before they are sent: skip the zero-fill.
-    stack = d.createStack(stackConfigFor(config), events, d.clock, driver.defer, (n) => Buffer.allocUnsafe(n));
+    stack = d.createStack(stackConfigFor(config), events, d.clock, driver.defer, {
+      allocate: (n) => Buffer.allocUnsafe(n),
+    });
     driver.attach(stack);
     nat.attach(stack);
     const theStack = stack;

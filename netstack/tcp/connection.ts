@@ -1147,6 +1147,15 @@ export class TcpConnection implements TcpSocket {
     if (this.st === St.TIME_WAIT) {
       this.finish('closed', true);
     } else if (this.st === St.FIN_WAIT_2) {
+      // An idle timer, not a deadline: a peer that is still talking (data,
+      // zero-window probes) or bytes our paused owner has not taken yet keep
+      // the half-closed connection alive, as Linux does for a socket its
+      // application still holds.
+      const idleFor = this.host.clock.now() - this.lastRecvAt;
+      if (idleFor < this.cfg.finWait2TimeoutMs || this.recv.length > 0) {
+        this.host.timers.arm(this.lingerTimer, Math.max(1, this.cfg.finWait2TimeoutMs - idleFor));
+        return;
+      }
       this.sendControl(TCP_RST | TCP_ACK, this.sndMax);
       this.finish('timeout', false);
     }

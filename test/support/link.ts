@@ -99,7 +99,7 @@ export class Link {
       { ...opts.moatEvents, onOutput: (b) => this.carry(b, 'guest') },
       this.clock,
       defer,
-      opts.allocate,
+      { allocate: opts.allocate, random: prng((opts.seed ?? 1) * 7 + 1) },
     );
     this.guest = createStack(
       {
@@ -114,7 +114,7 @@ export class Link {
       { ...opts.guestEvents, onOutput: (b) => this.carry(b, 'moat') },
       this.clock,
       defer,
-      opts.allocate,
+      { allocate: opts.allocate, random: prng((opts.seed ?? 1) * 13 + 2) },
     );
   }
 
