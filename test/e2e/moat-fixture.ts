@@ -397,6 +397,18 @@ export function unixHttp(socketPath: string, method: string, path: string, body?
   });
 }
 
+/**
+ * Wait for `pattern` in a tracked process's output, but fail at once (not
+ * after the timeout) if the process exits first.
+ */
+async function waitForReady(p: TrackedProcess, pattern: RegExp, stream: 'stdout' | 'stderr', timeoutMs: number, what: string): Promise<void> {
+  const exited = p.exited.then(({ code, signal }) => {
+    throw new Error(`${what} exited (${code ?? signal}) before it was ready; stderr: ${p.stderr().slice(-2000)}`);
+  });
+  exited.catch(() => {}); // a later exit (after ready) is the caller's business, not an unhandled rejection
+  await Promise.race([waitForOutput(p, pattern, { stream, timeoutMs }), exited]);
+}
+
 // ------------------------------------------------------------------ the fixture
 
 /**
@@ -410,7 +422,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
   const mtu = options.mtu ?? 1500;
   const tap = options.tapName ?? 'moat0';
   const topo = createTopology({ prefix: options.prefix ?? 'me8-', internetAddresses: options.internetAddresses ?? 4 });
-  const dir = mkdtempSync(join(tmpdir(), 'me8-moat-'));
+  const dir = mkdtempSync(join(tmpdir(), `${options.prefix ?? 'me8-'}moat-`));
   let stopped = false;
   const procs: TrackedProcess[] = [];
   const removeDir = (): void => rmSync(dir, { recursive: true, force: true });
@@ -467,7 +479,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
     const p = nsSpawn(ns, process.execPath, ['-e', code, ...args]);
     procs.push(p);
     try {
-      await waitForOutput(p, ready, { stream: 'stdout', timeoutMs: 10_000 });
+      await waitForReady(p, ready, 'stdout', 10_000, `node server in ${ns}`);
     } catch (e) {
       await killTracked(p).catch(() => {});
       throw new Error(`node server in ${ns} did not start: ${(e as Error).message}; stderr: ${p.stderr()}`);
@@ -532,7 +544,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
       ...(options.extraMoatArgs ?? []),
     ];
     moat = spawnTracked(process.execPath, args);
-    await waitForOutput(moat, /"msg":"moat ready"/, { timeoutMs: 15_000 });
+    await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat serve');
 
     shim = await startShimNow();
     await waitFor(
@@ -569,7 +581,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
     },
     pcapFile,
     allowAddresses,
-    guestRun(cmd, args, opts = {}) {
+    async guestRun(cmd, args, opts = {}) {
       checkArgs(cmd, args);
       return nsRunAsync(topo.guestNs, cmd, args, opts);
     },

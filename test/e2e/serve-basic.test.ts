@@ -66,6 +66,54 @@ async function expectNoInternalErrors(fx: MoatFixture): Promise<void> {
   expect(errors, JSON.stringify(errors)).toEqual([]);
 }
 
+/**
+ * Remote UDP blaster: on any datagram from a peer, sends it COUNT datagrams of
+ * varying sizes (seq in the first 4 bytes, then the byte seq&0xff), a few per
+ * event-loop turn so that they reach Moat as many separate small batches.
+ */
+const UDP_BLASTER_JS = `
+const dgram = require('node:dgram');
+const [addr, count] = process.argv.slice(1);
+const s = dgram.createSocket('udp4');
+const size = (seq) => 64 + ((seq * 37) % 1300);
+s.on('message', (_m, rinfo) => {
+  let seq = 0;
+  const burst = () => {
+    for (let i = 0; i < 8 && seq < Number(count); i++, seq++) {
+      const b = Buffer.alloc(size(seq), seq & 0xff);
+      b.writeUInt32BE(seq, 0);
+      s.send(b, rinfo.port, rinfo.address);
+    }
+    if (seq < Number(count)) setImmediate(burst);
+  };
+  burst();
+});
+s.bind(0, addr, () => console.log('ready ' + s.address().port));
+`;
+
+/** Guest side: asks the blaster to start, checks every datagram, prints a JSON summary after 1.5 s of silence. */
+const UDP_SINK_JS = `
+const dgram = require('node:dgram');
+const [addr, port] = process.argv.slice(1);
+const s = dgram.createSocket('udp4');
+const size = (seq) => 64 + ((seq * 37) % 1300);
+const seen = new Set();
+let received = 0, dupes = 0, bad = 0, idle;
+const done = () => { console.log(JSON.stringify({ received, unique: seen.size, dupes, bad })); process.exit(0); };
+s.on('message', (m) => {
+  received++;
+  const seq = m.length >= 4 ? m.readUInt32BE(0) : -1;
+  let ok = seq >= 0 && m.length === size(seq);
+  for (let i = 4; ok && i < m.length; i++) if (m[i] !== (seq & 0xff)) ok = false;
+  if (!ok) bad++;
+  else if (seen.has(seq)) dupes++;
+  else seen.add(seq);
+  clearTimeout(idle);
+  idle = setTimeout(done, 1500);
+});
+s.bind(0, () => { s.send('go', Number(port), addr); idle = setTimeout(done, 5000); });
+`;
+
 // ------------------------------------------------------------------ DHCP + ICMP, per MTU
 
 for (const mtu of [1500, 9000, 65520]) {
@@ -316,6 +364,8 @@ describe.skipIf(gate.skip)('moat serve e2e: NAT, DNS forwarder, port forwards, s
     // guest socket queue up in Node: a queued batch whose bytes were reused
     // before the socket wrote them would reach the shim as a broken length
     // prefix (the shim exits with "protocol error") and the transfers stall.
+    // An earlier failure may have killed the shim: start from a working link.
+    if (fx.shim.child.exitCode !== null || fx.shim.child.signalCode !== null) await fx.restartShim();
     const addr = fx.topo.internetAddrs[0]!;
     const server = await fx.startNodeServer(fx.remoteNs, HTTP_SERVER_JS, [addr, '0', 'remote']);
     const shimPid = fx.shim.child.pid!;
@@ -356,6 +406,51 @@ describe.skipIf(gate.skip)('moat serve e2e: NAT, DNS forwarder, port forwards, s
     } finally {
       signalShim('SIGCONT');
       await killTracked(server);
+    }
+  });
+
+  it('a UDP burst to a guest that stalls (shim paused): no datagram corrupted or delivered twice, framing intact', async () => {
+    // Each datagram from the remote becomes its own small output batch. While
+    // the shim is paused those batches queue in Moat's socket; a batch whose
+    // bytes were reused before the socket wrote them shows up in the guest as
+    // a duplicate or a malformed datagram, or breaks the stream framing.
+    // An earlier failure may have killed the shim: start from a working link.
+    if (fx.shim.child.exitCode !== null || fx.shim.child.signalCode !== null) await fx.restartShim();
+    const addr = fx.topo.internetAddrs[3]!;
+    const blaster = await fx.startNodeServer(fx.remoteNs, UDP_BLASTER_JS, [addr, '6000']);
+    const shimPid = fx.shim.child.pid!;
+    const signalShim = (sig: NodeJS.Signals): boolean => {
+      if (fx.shim.child.exitCode !== null || fx.shim.child.signalCode !== null) return false;
+      try {
+        process.kill(shimPid, sig);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    try {
+      const port = readyPort(blaster.stdout());
+      let done = false;
+      const sink = fx.guestRun(process.execPath, ['-e', UDP_SINK_JS, addr, String(port)], { timeoutMs: 30_000 }).finally(() => (done = true));
+      await new Promise((r) => setTimeout(r, 30));
+      for (let i = 0; i < 10 && !done; i++) {
+        if (!signalShim('SIGSTOP')) break;
+        await new Promise((r) => setTimeout(r, 100));
+        if (!signalShim('SIGCONT')) break;
+        await new Promise((r) => setTimeout(r, 30));
+      }
+      const r = await sink;
+      signalShim('SIGCONT');
+      const shimState = fx.shim.child.exitCode === null ? 'running' : `exited ${fx.shim.child.exitCode}: ${fx.shim.stderr().trim()}`;
+      expect(shimState, await evidence(fx)).toBe('running');
+      expect(r.status, r.stderr).toBe(0);
+      const summary = JSON.parse(r.stdout.trim().split('\n').pop()!) as { received: number; unique: number; dupes: number; bad: number };
+      // Loss is allowed (a full guest queue drops, as a real link does); corruption and duplication are not.
+      expect(summary.received, JSON.stringify(summary)).toBeGreaterThan(0);
+      expect({ bad: summary.bad, dupes: summary.dupes }, JSON.stringify(summary)).toEqual({ bad: 0, dupes: 0 });
+    } finally {
+      signalShim('SIGCONT');
+      await killTracked(blaster);
     }
   });
 
