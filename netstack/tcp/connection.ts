@@ -112,8 +112,14 @@ export interface TcpConfig {
   synAckRetries?: number;
   /** Default 60000 (Linux TCP_TIMEWAIT_LEN). */
   timeWaitMs?: number;
-  /** Idle time allowed in FIN-WAIT-2 before giving up. Default 60000 (Linux tcp_fin_timeout). */
-  finWait2TimeoutMs?: number;
+  /**
+   * Idle time allowed in FIN-WAIT-2 before giving up; null (the default) =
+   * never. Linux times out FIN-WAIT-2 only for sockets their application has
+   * let go of; ours always has an owner (the NAT), and a peer in long RTO
+   * backoff can be silent for minutes while still alive, so deciding that a
+   * half-closed flow is dead is the owner's job (it can abort()).
+   */
+  finWait2TimeoutMs?: number | null;
   /** Idle time before keepalive probes start; null or undefined = no keepalive (RFC 1122 §4.2.3.6: off by default). */
   keepaliveMs?: number | null;
   /** Default 75000 (Linux tcp_keepalive_intvl). */
@@ -124,7 +130,10 @@ export interface TcpConfig {
   challengeAckPerSecond?: number;
 }
 
-type ResolvedConfig = Required<Omit<TcpConfig, 'keepaliveMs'>> & { keepaliveMs: number | null };
+type ResolvedConfig = Required<Omit<TcpConfig, 'keepaliveMs' | 'finWait2TimeoutMs'>> & {
+  keepaliveMs: number | null;
+  finWait2TimeoutMs: number | null;
+};
 
 function resolveConfig(c: TcpConfig): ResolvedConfig {
   return {
@@ -139,7 +148,7 @@ function resolveConfig(c: TcpConfig): ResolvedConfig {
     synRetries: c.synRetries ?? 6,
     synAckRetries: c.synAckRetries ?? 5,
     timeWaitMs: c.timeWaitMs ?? 60_000,
-    finWait2TimeoutMs: c.finWait2TimeoutMs ?? 60_000,
+    finWait2TimeoutMs: c.finWait2TimeoutMs ?? null,
     keepaliveMs: c.keepaliveMs ?? null,
     keepaliveIntervalMs: c.keepaliveIntervalMs ?? 75_000,
     keepaliveProbes: c.keepaliveProbes ?? 9,
@@ -224,6 +233,9 @@ export class TcpConnection implements TcpSocket {
   private activeOpen = false;
   private sackOk = false;
   private tsRecent = 0;
+  /** Our TSval at the last retransmission timeout: older echoes give no RTT sample. */
+  private tsSampleFloor = 0;
+  private tsSampleFloorActive = false;
   private lastAckSent = 0;
   private readonly tsOffset: number;
   private peerMss = DEFAULT_MSS;
@@ -586,7 +598,7 @@ export class TcpConnection implements TcpSocket {
         this.sendAckNow();
       }
     }
-    if (this.st === St.FIN_WAIT_2) this.host.timers.arm(this.lingerTimer, this.cfg.finWait2TimeoutMs);
+    if (this.st === St.FIN_WAIT_2) this.armFinWait2Timer();
     if (this.ackOwed || this.hasOutput()) this.host.scheduleFlush(this);
   }
 
@@ -702,7 +714,13 @@ export class TcpConnection implements TcpSocket {
     // RTT: timestamps (RFC 7323 §4) when present, else one timed segment at a time with Karn's rule.
     const ts = seg.options.timestamp;
     if (this.tsOk && ts !== null && ts.echo !== 0) {
-      this.rtt.sample(this.tsDiff(ts.echo));
+      // Karn's rule for timestamps: after a timeout, an echo from before it
+      // measures the silence, not the path (seen: 600 s "samples" pinning the
+      // RTO at its 120 s ceiling). Linux likewise prefers per-segment send times.
+      if (!this.tsSampleFloorActive || seqGe(ts.echo, this.tsSampleFloor)) {
+        this.tsSampleFloorActive = false;
+        this.rtt.sample(this.tsDiff(ts.echo));
+      }
     } else if (this.rttTiming && seqGt(ack, this.rttSeq)) {
       this.rtt.sample(this.host.clock.now() - this.rttStart);
     }
@@ -721,7 +739,7 @@ export class TcpConnection implements TcpSocket {
       switch (this.st) {
         case St.FIN_WAIT_1:
           this.st = St.FIN_WAIT_2;
-          this.host.timers.arm(this.lingerTimer, this.cfg.finWait2TimeoutMs);
+          this.armFinWait2Timer();
           break;
         case St.CLOSING:
           this.enterTimeWait();
@@ -1100,6 +1118,8 @@ export class TcpConnection implements TcpSocket {
     this.cc.onTimeout(flight, this.sndMax);
     this.rtt.backoff();
     this.rttTiming = false;
+    this.tsSampleFloor = this.tsNow();
+    this.tsSampleFloorActive = true;
     this.sndNxt = seqAdd(this.sndUna, this.retransmitFirst());
     this.host.timers.arm(this.rtxTimer, this.rtt.rto);
     // The rest of the window follows from output() as ACKs return (go-back-N from SND.UNA).
@@ -1143,6 +1163,10 @@ export class TcpConnection implements TcpSocket {
     this.host.timers.arm(this.keepaliveTimer, this.cfg.keepaliveIntervalMs);
   }
 
+  private armFinWait2Timer(): void {
+    if (this.cfg.finWait2TimeoutMs !== null) this.host.timers.arm(this.lingerTimer, this.cfg.finWait2TimeoutMs);
+  }
+
   private onLingerTimer(): void {
     if (this.st === St.TIME_WAIT) {
       this.finish('closed', true);
@@ -1151,9 +1175,11 @@ export class TcpConnection implements TcpSocket {
       // zero-window probes) or bytes our paused owner has not taken yet keep
       // the half-closed connection alive, as Linux does for a socket its
       // application still holds.
+      const limit = this.cfg.finWait2TimeoutMs;
+      if (limit === null) return;
       const idleFor = this.host.clock.now() - this.lastRecvAt;
-      if (idleFor < this.cfg.finWait2TimeoutMs || this.recv.length > 0) {
-        this.host.timers.arm(this.lingerTimer, Math.max(1, this.cfg.finWait2TimeoutMs - idleFor));
+      if (idleFor < limit || this.recv.length > 0) {
+        this.host.timers.arm(this.lingerTimer, Math.max(1, limit - idleFor));
         return;
       }
       this.sendControl(TCP_RST | TCP_ACK, this.sndMax);

@@ -63,10 +63,21 @@ describe('two stacks over a faulty link', () => {
       'FIN-WAIT-2 with a paused owner and a probing peer',
       { faults: { drop: 0.06745136762037875, duplicate: 5e-324, reorder: 5e-324, delayMs: 0, jitterMs: 0 }, seed: 22, up: 16386, down: 65537, sendBuffer: 2048, recvBuffer: 2049, oooBytes: 0, writeChunk: 1, mtu: 9000, pauseEvery: 31 },
     ],
+    [
+      // Heavy loss, no room for out-of-order data: timestamp echoes from before
+      // a timeout were taken as RTT samples of minutes, the RTO sat at its
+      // 120 s ceiling, 48 KB took 71 simulated minutes and TIME-WAIT expired
+      // under the guest's FIN retransmission (closed by RST).
+      'no RTT samples from echoes older than a timeout',
+      { faults: { drop: 0.1234102649614215, duplicate: 5e-324, reorder: 5e-324, delayMs: 0, jitterMs: 3 }, seed: 481919744, up: 48733, down: 0, sendBuffer: 2049, recvBuffer: 2048, oooBytes: 1, writeChunk: 1, mtu: 576, pauseEvery: 0 },
+    ],
   ];
   for (const [name, scenario] of regressions) {
     it(`regression: ${name}`, () => {
       const r = runScenario(scenario);
+      expect(r.finished).toBe(true);
+      // Generous, yet far below what the bugs cost (minutes of simulated time).
+      expect(r.link.clock.now()).toBeLessThan(600_000);
       expect(r.moatSide.received).toBe(scenario.up);
       expect(r.guestSide.received).toBe(scenario.down);
       expect([r.guestSide.closed, r.moatSide.closed]).toEqual(['closed', 'closed']);
