@@ -83,7 +83,12 @@ export class FrameArena {
     if (this.count === 0) return null;
     let chunks: Uint8Array[];
     if (this.done.length === 0 && this.pos <= COPY_OUT_LIMIT) {
-      chunks = [this.buf.slice(0, this.pos)];
+      // An explicit copy: the allocator may hand out Node Buffers, whose
+      // slice() is a view, and this staging buffer is about to be reused
+      // while the transport may still be writing the batch.
+      const copy = new Uint8Array(this.pos);
+      copy.set(this.buf.subarray(0, this.pos));
+      chunks = [copy];
     } else {
       this.done.push(this.buf.subarray(0, this.pos));
       chunks = this.done.splice(0);

@@ -1,0 +1,49 @@
+import { describe, expect, it } from 'vitest';
+import { FrameArena } from '../../netstack/frame-arena.js';
+
+function writeFrame(arena: FrameArena, length: number, fill: number): void {
+  const off = arena.begin(length);
+  arena.buf.fill(fill, off, off + length);
+  arena.commit(length);
+}
+
+describe('FrameArena', () => {
+  it('prefixes every frame with its length (u32 big-endian) and lists them back', () => {
+    const arena = new FrameArena();
+    writeFrame(arena, 60, 1);
+    writeFrame(arena, 1514, 2);
+    const batch = arena.take()!;
+    expect(batch.frameCount).toBe(2);
+    const framed = Buffer.concat(batch.framed.map((c) => Buffer.from(c)));
+    expect(framed.readUInt32BE(0)).toBe(60);
+    expect(framed.readUInt32BE(64)).toBe(1514);
+    const seen: number[][] = [];
+    batch.forEachFrame((f) => seen.push([f.length, f[0]!, f[f.length - 1]!]));
+    expect(seen).toEqual([[60, 1, 1], [1514, 2, 2]]);
+    expect(arena.take()).toBeNull();
+  });
+
+  it('spills into a new chunk when a frame does not fit, up to a 64 KiB frame', () => {
+    const arena = new FrameArena(undefined, 1024);
+    writeFrame(arena, 900, 3);
+    writeFrame(arena, 65534, 4);
+    const batch = arena.take()!;
+    expect(batch.framed).toHaveLength(2);
+    const sizes: number[] = [];
+    batch.forEachFrame((f) => sizes.push(f.length));
+    expect(sizes).toEqual([900, 65534]);
+  });
+
+  // Regression: take() copied small batches with .slice(), which is a view on
+  // Node Buffers (the service's allocator). The next batch overwrote bytes the
+  // socket had not written yet, and moat-shim read payload as a frame length.
+  it('a taken batch never changes when later frames reuse the staging buffer (Buffer allocator)', () => {
+    const arena = new FrameArena((n) => Buffer.allocUnsafe(n));
+    writeFrame(arena, 100, 0xaa);
+    const first = arena.take()!;
+    const before = Buffer.concat(first.framed.map((c) => Buffer.from(c))).toString('hex');
+    writeFrame(arena, 100, 0x78);
+    arena.take();
+    expect(Buffer.concat(first.framed.map((c) => Buffer.from(c))).toString('hex')).toBe(before);
+  });
+});
