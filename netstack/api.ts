@@ -172,7 +172,11 @@ export interface NetStack {
   sendUdp(from: IPv4, fromPort: number, to: IPv4, toPort: number, payload: Uint8Array): void;
   /** Sends raw ICMP bytes (checksum filled in by the stack) from `from` to the guest. */
   sendIcmp(from: IPv4, to: IPv4, icmp: Uint8Array): void;
-  /** The guest went away (VM reboot, shim restart): abort every connection, forget its MAC. DHCP leases stay. */
+  /**
+   * The guest went away (VM reboot, shim restart): abort every connection,
+   * forget its MAC and its DHCP lease, so that the next guest, whatever its
+   * MAC, gets the configured guest address.
+   */
   resetGuest(): void;
   /** Current DHCP leases, for GET /services/dhcp/leases. */
   dhcpLeases(): { mac: Mac; ip: IPv4; expiresAt: number }[];

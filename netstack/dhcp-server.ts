@@ -310,6 +310,16 @@ export class DhcpServer {
     }
   }
 
+  /**
+   * Forgets every lease: the one guest this server serves went away (the VMM
+   * disconnected). Its successor, rebooted or new, then gets the preferred
+   * address again whatever its MAC; static leases still apply.
+   */
+  forgetLeases(): void {
+    this.byMac.clear();
+    this.byIp.clear();
+  }
+
   /** Bound, unexpired leases (offers in flight and expired records are not listed). */
   leases(): DhcpLeaseInfo[] {
     const now = this.clock.now();

@@ -516,6 +516,8 @@ export class Stack implements NetStack, TcpHost {
     for (const c of this.connections.values()) c.abort();
     this.neighbors.clear();
     this.reassembler.clear();
+    // A new guest (another MAC after a VM re-create) must still get the guest address.
+    this.dhcp.forgetLeases();
     this.flushQueue.length = 0;
     this.flushQueued.clear();
     // Whatever was queued for the old guest would reach the new one: drop it.

@@ -326,3 +326,29 @@ describe('Stack: bad input', () => {
     expect(t).toMatchObject({ connections: 0, heldSyns: 0, fragmentDatagrams: 0, fragmentBytes: 0 });
   });
 });
+
+describe('Stack: guest reset', () => {
+  it('after resetGuest a guest with a new MAC is offered the configured guest address again', () => {
+    const h = harness();
+    const discover = (mac: number) =>
+      encodeDhcp({
+        op: 1, htype: 1, hlen: 6, hops: 0, xid: 7, secs: 0, flags: 0, ciaddr: 0, yiaddr: 0, siaddr: 0, giaddr: 0,
+        chaddr: chaddrFromMac(mac), sname: new Uint8Array(64), file: new Uint8Array(128),
+        options: [{ code: Opt.MessageType, data: new Uint8Array([MsgType.Discover]) }],
+      } as Parameters<typeof encodeDhcp>[0]);
+    const offered = () => {
+      const { ip } = ipOf(h.out.at(-1)!);
+      const udp = parseUdp(ip.payload, ip.src, ip.dst);
+      if (udp instanceof ParseError) throw new Error(udp.reason);
+      const m = parseDhcp(udp.payload);
+      if (m instanceof ParseError) throw new Error(m.reason);
+      return m.yiaddr;
+    };
+    h.stack.input([udpFrame(0, 68, 0xffffffff, 67, discover(GUEST_MAC), MAC_BROADCAST)]);
+    expect(offered()).toBe(GUEST);
+    h.stack.resetGuest();
+    const otherMac = 0x02aabbccdd99;
+    h.stack.input([udpFrame(0, 68, 0xffffffff, 67, discover(otherMac), MAC_BROADCAST)]);
+    expect(offered()).toBe(GUEST);
+  });
+});
