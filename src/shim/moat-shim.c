@@ -234,8 +234,11 @@ static int run_tap(const struct args *a)
     if (a->netns)
         net_enter_netns(a->netns);
     int tap_fd = net_open_tap(a->dev, (int)a->mtu);
-    shim_log("ready: tap %s (netns %s, mtu %s%ld) <-> %s", a->dev, a->netns ? a->netns : "-",
-             a->mtu ? "" : "unchanged", a->mtu ? a->mtu : 0L, a->connect);
+    char mtu_text[24] = "unchanged";
+    if (a->mtu)
+        snprintf(mtu_text, sizeof mtu_text, "%ld", a->mtu);
+    shim_log("ready: tap %s (netns %s, mtu %s) <-> %s", a->dev, a->netns ? a->netns : "-", mtu_text,
+             a->connect);
 
     struct port guest, moat;
     port_init_packet(&guest, "tap device", tap_fd, &tap_ops);
