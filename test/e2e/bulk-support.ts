@@ -372,3 +372,18 @@ export function expectedSha(seed: string, n: number): string {
   for (let left = n; left > 0; left -= zeros.length) hash.update(cipher.update(zeros.subarray(0, Math.min(zeros.length, left))));
   return hash.digest('hex');
 }
+
+// ------------------------------------------------------------------ waiting
+
+/**
+ * Poll `probe` until it returns true; throw after timeoutMs naming `what`.
+ * Unlike the harness's waitFor, an exception from `probe` ends the wait at
+ * once (used to stop waiting when the guest's link is known to be gone).
+ */
+export async function pollUntil(what: string, probe: () => boolean, opts: { timeoutMs: number; intervalMs?: number }): Promise<void> {
+  const deadline = Date.now() + opts.timeoutMs;
+  while (!probe()) {
+    if (Date.now() >= deadline) throw new Error(`timed out after ${opts.timeoutMs} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, opts.intervalMs ?? 100));
+  }
+}
