@@ -8,20 +8,23 @@ import type { OutputBatch } from './api.js';
  * framing that moat-shim speaks too. A transport can then send the whole
  * batch with one write and no copy.
  *
- * The staging buffer is handed over, not reused, when a batch is large (the
- * transport may still be writing it); a small batch is copied out into an
- * exact-size buffer so that one ACK does not pin a large staging buffer.
+ * The staging buffer is handed over with a large batch (the transport may
+ * still be writing it) and comes back to a small pool when the owner calls
+ * batch.release(): a fresh buffer costs page faults on first touch. A small
+ * batch is copied out into an exact-size buffer so that one ACK does not pin
+ * a large staging buffer.
  */
 const PREFIX = 4;
 const DEFAULT_CHUNK = 256 * 1024;
 /** Batches up to this size are copied out and the staging buffer kept. */
 const COPY_OUT_LIMIT = 16 * 1024;
+/** Released staging buffers kept for reuse: bounds the pool at 2 MiB by default. */
+const POOL_LIMIT = 8;
 
 /**
  * Makes a staging buffer. Every byte of a frame is written before it is sent,
  * so the buffer need not be zeroed: the service passes Node's
- * Buffer.allocUnsafe, which skips the zero-fill that otherwise costs about a
- * fifth of the CPU at MTU 65520. The default is the portable, zeroing one.
+ * Buffer.allocUnsafe. The default is the portable, zeroing one.
  */
 export type Allocator = (size: number) => Uint8Array;
 
@@ -34,6 +37,7 @@ export class FrameArena {
   private frameStart = -1;
   private readonly done: Uint8Array[] = [];
   private count = 0;
+  private readonly pool: Uint8Array[] = [];
 
   constructor(
     private readonly allocate: Allocator = zeroedAllocator,
@@ -55,7 +59,7 @@ export class FrameArena {
   begin(length: number): number {
     if (this.pos + PREFIX + length > this.buf.length) {
       if (this.pos > 0) this.done.push(this.buf.subarray(0, this.pos));
-      this.buf = this.allocate(Math.max(this.chunkSize, PREFIX + length));
+      this.buf = PREFIX + length <= this.chunkSize ? this.freshChunk() : this.allocate(PREFIX + length);
       this.pos = 0;
     }
     const b = this.buf;
@@ -82,6 +86,7 @@ export class FrameArena {
   take(): OutputBatch | null {
     if (this.count === 0) return null;
     let chunks: Uint8Array[];
+    let owned = false;
     if (this.done.length === 0 && this.pos <= COPY_OUT_LIMIT) {
       // An explicit copy: the allocator may hand out Node Buffers, whose
       // slice() is a view, and this staging buffer is about to be reused
@@ -92,12 +97,28 @@ export class FrameArena {
     } else {
       this.done.push(this.buf.subarray(0, this.pos));
       chunks = this.done.splice(0);
-      this.buf = this.allocate(this.chunkSize);
+      this.buf = this.freshChunk();
+      owned = true;
     }
     this.pos = 0;
-    const batch = new FramedBatch(chunks, this.count);
+    const batch = new FramedBatch(chunks, this.count, owned ? this : null);
     this.count = 0;
     return batch;
+  }
+
+  /** @internal A batch's chunks are written: keep their full-size buffers for reuse. */
+  recycle(chunks: readonly Uint8Array[]): void {
+    for (const c of chunks) {
+      if (this.pool.length >= POOL_LIMIT) return;
+      // Only whole standard chunks are pooled; oversized one-offs are left to the GC.
+      if (c.byteOffset === 0 && c.buffer.byteLength === this.chunkSize) {
+        this.pool.push(new Uint8Array(c.buffer, 0, this.chunkSize));
+      }
+    }
+  }
+
+  private freshChunk(): Uint8Array {
+    return this.pool.pop() ?? this.allocate(this.chunkSize);
   }
 }
 
@@ -106,6 +127,7 @@ export class FramedBatch implements OutputBatch {
   constructor(
     readonly framed: readonly Uint8Array[],
     readonly frameCount: number,
+    private owner: FrameArena | null = null,
   ) {}
 
   forEachFrame(fn: (frame: Uint8Array) => void): void {
@@ -117,5 +139,12 @@ export class FramedBatch implements OutputBatch {
         p += PREFIX + len;
       }
     }
+  }
+
+  release(): void {
+    const owner = this.owner;
+    if (owner === null) return;
+    this.owner = null; // at most once
+    owner.recycle(this.framed);
   }
 }

@@ -182,6 +182,7 @@ export class QemuStreamServer {
     const conn = this.guest;
     if (conn === undefined || conn.socket.destroyed) {
       this.stats.outputDroppedNoGuest += batch.frameCount;
+      batch.release();
       return;
     }
     const socket = conn.socket;
@@ -192,6 +193,7 @@ export class QemuStreamServer {
       if (this.log.enabled('debug')) {
         this.log.debug('guest socket queue full; output dropped', { frames: batch.frameCount, queued: socket.writableLength });
       }
+      batch.release();
       return;
     }
     const tap = this.tap;
@@ -199,12 +201,16 @@ export class QemuStreamServer {
     this.stats.framesOut += batch.frameCount;
     // The length prefixes are part of the wire bytes but not of the frames counted in bytesIn; keep the two comparable.
     this.stats.bytesOut += bytes - 4 * batch.frameCount;
+    // The stack may reuse the staging memory once the socket is done with it
+    // (the callback also runs when the write fails: then nothing reads it either).
+    const release = () => batch.release();
     if (batch.framed.length === 1) {
-      socket.write(batch.framed[0]!);
+      socket.write(batch.framed[0]!, release);
     } else {
       // Several chunks leave in one writev syscall.
       socket.cork();
-      for (const chunk of batch.framed) socket.write(chunk);
+      const last = batch.framed.length - 1;
+      batch.framed.forEach((chunk, i) => socket.write(chunk, i === last ? release : undefined));
       socket.uncork();
     }
   }

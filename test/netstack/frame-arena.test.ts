@@ -47,3 +47,28 @@ describe('FrameArena', () => {
     expect(Buffer.concat(first.framed.map((c) => Buffer.from(c))).toString('hex')).toBe(before);
   });
 });
+
+describe('FrameArena buffer reuse', () => {
+  it('reuses a released staging buffer, and never one still held by an unreleased batch', () => {
+    const arena = new FrameArena((n) => new Uint8Array(n), 4096);
+    const big = () => {
+      writeFrame(arena, 3000, 1);
+      writeFrame(arena, 3000, 2); // spills: the batch owns its staging buffers
+      return arena.take()!;
+    };
+    const a = big();
+    const aBuffers = a.framed.map((c) => c.buffer);
+    const b = big();
+    // a was not released: b must not share memory with it.
+    for (const c of b.framed) expect(aBuffers).not.toContain(c.buffer);
+    const aBytes = Buffer.concat(a.framed.map((c) => Buffer.from(c))).toString('hex');
+    a.release();
+    a.release(); // idempotent
+    const c = big();
+    // Now a's memory may come back...
+    expect(c.framed.some((chunk) => aBuffers.includes(chunk.buffer))).toBe(true);
+    // ...and b, unreleased, is untouched by c's frames.
+    b.forEachFrame((f) => expect(f[0] === 1 || f[0] === 2).toBe(true));
+    expect(aBytes.length).toBeGreaterThan(0);
+  });
+});

@@ -28,8 +28,14 @@ export function outputBatch(frames: readonly Uint8Array[], chunks = 1): OutputBa
     framed,
     frameCount: frames.length,
     forEachFrame: (fn) => frames.forEach((f) => fn(f)),
+    release: () => {
+      released.count++;
+    },
   };
 }
+
+/** How many fake batches were released (the transport must release each one exactly when done). */
+export const released = { count: 0 };
 
 export class FakeStack implements NetStack {
   readonly inputs: Uint8Array[][] = [];

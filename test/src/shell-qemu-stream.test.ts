@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { QemuStreamServer, type GuestSink } from '../../src/transport/qemu-stream.js';
 import { ListenError } from '../../src/transport/listen.js';
-import { captureLogger, frameStream, outputBatch, waitFor } from './shell-fakes.js';
+import { captureLogger, frameStream, outputBatch, released, waitFor } from './shell-fakes.js';
 
 let dir: string;
 beforeEach(() => {
@@ -68,18 +68,23 @@ describe('QemuStreamServer', () => {
       expect(srv.stats).toMatchObject({ framesIn: 2, bytesIn: 1574, guestConnected: true, connections: 1 });
 
       const out = [new Uint8Array(42).fill(7), new Uint8Array(100).fill(8), new Uint8Array(70).fill(9)];
+      const releasedBefore = released.count;
       srv.send(outputBatch(out, 2)); // two chunks: the cork/uncork path
       srv.send(outputBatch([out[0]!], 1)); // one chunk: the single-write path
       const expected = Buffer.concat([frameStream(out), frameStream([out[0]!])]);
       await waitFor(() => got.bytes().length === expected.length);
       expect(got.bytes().equals(expected)).toBe(true);
+      // Each written batch hands its memory back to the stack once the socket is done with it.
+      await waitFor(() => released.count === releasedBefore + 2);
       expect(srv.stats).toMatchObject({ framesOut: 4, bytesOut: 42 + 100 + 70 + 42 });
 
       guest.destroy();
       await waitFor(() => sink.gone === 1);
       expect(srv.guestConnected).toBe(false);
+      const beforeDrop = released.count;
       srv.send(outputBatch(out));
       expect(srv.stats.outputDroppedNoGuest).toBe(3);
+      expect(released.count).toBe(beforeDrop + 1); // dropped batches are released at once
     } finally {
       await srv.close();
     }

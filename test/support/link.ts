@@ -44,6 +44,13 @@ export function prng(seed: number): () => number {
   };
 }
 
+/** A real copy even of a Node Buffer (whose slice() is a view). */
+function copyOf(frame: Uint8Array): Uint8Array {
+  const c = new Uint8Array(frame.length);
+  c.set(frame);
+  return c;
+}
+
 interface InFlight {
   at: number;
   seq: number;
@@ -83,6 +90,7 @@ export class Link {
   private readonly perfect: boolean;
   private toMoat: Uint8Array[] = [];
   private toGuest: Uint8Array[] = [];
+  private toRelease: OutputBatch[] = [];
   private seq = 0;
 
   constructor(opts: LinkOptions) {
@@ -126,8 +134,11 @@ export class Link {
       const direct = to === 'moat' ? this.toMoat : this.toGuest;
       batch.forEachFrame((frame) => {
         this.sent++;
-        direct.push(this.copyFrames ? frame.slice() : frame);
+        direct.push(this.copyFrames ? copyOf(frame) : frame);
       });
+      // Views into the batch are only read by the next input(): release after it.
+      if (this.copyFrames) batch.release();
+      else this.toRelease.push(batch);
       return;
     }
     batch.forEachFrame((frame) => {
@@ -142,9 +153,11 @@ export class Link {
       for (let i = 0; i < copies; i++) {
         let at = this.clock.now() + f.delayMs + (f.jitterMs > 0 ? this.rng() * f.jitterMs : 0);
         if (f.reorder > 0 && this.rng() < f.reorder) at += 1 + this.rng() * 5;
-        this.queue.push({ at, seq: this.seq++, to, frame: this.copyFrames ? frame.slice() : frame });
+        // Frames wait on the link while the stack reuses its buffers: always copy them.
+        this.queue.push({ at, seq: this.seq++, to, frame: copyOf(frame) });
       }
     });
+    batch.release();
   }
 
   /** Runs deferred flushes until none is left. */
@@ -173,8 +186,11 @@ export class Link {
         const toGuest = this.toGuest;
         this.toMoat = [];
         this.toGuest = [];
+        const done = this.toRelease;
+        this.toRelease = [];
         if (toMoat.length > 0) this.moat.input(toMoat);
         if (toGuest.length > 0) this.guest.input(toGuest);
+        for (const b of done) b.release();
         continue;
       }
       if (this.queue.length === 0) {
