@@ -3,7 +3,6 @@ import fc from 'fast-check';
 import { Timer, TimerWheel } from '../../netstack/timer-wheel.js';
 import { ManualClock } from '../../netstack/clock.js';
 
-/** A brute-force model: the set of armed deadlines. */
 describe('TimerWheel', () => {
   it('fires each timer at the first advance at or after its deadline\'s tick, never before (fractional clocks too)', () => {
     fc.assert(fc.property(
