@@ -6,6 +6,7 @@ import { emitUdp, parseUdp } from '../../netstack/udp.js';
 import { ParseError } from '../../netstack/errors.js';
 import { TimerWheel } from '../../netstack/timer-wheel.js';
 import { ManualClock } from '../../netstack/clock.js';
+import { reasonOf } from '../support/wire-helpers.js';
 
 const LIMITS: ReassemblyLimits = { maxBytes: 1 << 20, maxDatagrams: 8, timeoutMs: 30_000 };
 
@@ -33,10 +34,6 @@ function piecesOf(payload: Uint8Array, mtu: number, id = 7): Ipv4Repr[] {
 
 function bytes(n: number, seed = 1): Uint8Array {
   return Uint8Array.from({ length: n }, (_, i) => (i * 31 + seed) & 0xff);
-}
-
-function reasonOf(x: unknown): string | undefined {
-  return x instanceof ParseError ? x.reason : undefined;
 }
 
 function expectClean(s: ReturnType<typeof setup>): void {

@@ -21,6 +21,7 @@ import {
   type TcpSegmentFields,
 } from '../../netstack/tcp/header.js';
 import { TcpConnection, rstForUnknown, type PayloadSource, type TcpConfig, type TcpHost } from '../../netstack/tcp/connection.js';
+import { prng } from '../support/prng.js';
 
 export const GUEST_IP = 0xc0a87f02; // 192.168.127.2
 export const REMOTE_IP = 0x5db8d822; // 93.184.216.34
@@ -181,16 +182,7 @@ export function seg(
 }
 
 /** Deterministic PRNG (mulberry32). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export const rng = prng;
 
 export interface LinkFaults {
   drop: number;

@@ -3,6 +3,7 @@ import fc from 'fast-check';
 import { parseArp, emitArp, ARP_LEN, ARP_REQUEST, ARP_REPLY, type ArpRepr } from '../../netstack/arp.js';
 import { ParseError } from '../../netstack/errors.js';
 import { ipv4, parseMac } from '../../netstack/addr.js';
+import { reasonOf } from '../support/wire-helpers.js';
 
 const arpRepr: fc.Arbitrary<ArpRepr> = fc.record({
   op: fc.constantFrom(ARP_REQUEST, ARP_REPLY),
@@ -11,10 +12,6 @@ const arpRepr: fc.Arbitrary<ArpRepr> = fc.record({
   targetMac: fc.integer({ min: 0, max: 2 ** 48 - 1 }),
   targetIp: fc.integer({ min: 0, max: 0xffffffff }),
 });
-
-function reasonOf(x: unknown): string | undefined {
-  return x instanceof ParseError ? x.reason : undefined;
-}
 
 function sample(): Uint8Array {
   const b = new Uint8Array(ARP_LEN);

@@ -5,13 +5,10 @@ import {
 } from '../../netstack/ethernet.js';
 import { ParseError } from '../../netstack/errors.js';
 import { parseMac } from '../../netstack/addr.js';
+import { reasonOf } from '../support/wire-helpers.js';
 
 const mac = fc.integer({ min: 0, max: 2 ** 48 - 1 });
 const etherType = fc.integer({ min: 0x0600, max: 0xffff }).filter((t) => t !== 0x8100 && t !== 0x88a8);
-
-function reasonOf(x: unknown): string | undefined {
-  return x instanceof ParseError ? x.reason : undefined;
-}
 
 describe('Ethernet II', () => {
   it('emit then parse gives back every field, and the payload is a view', () => {

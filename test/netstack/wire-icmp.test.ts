@@ -6,19 +6,7 @@ import {
 } from '../../netstack/icmp.js';
 import { emitIpv4Header, parseIpv4, IPPROTO_UDP } from '../../netstack/ipv4.js';
 import { ParseError } from '../../netstack/errors.js';
-
-function naiveChecksum(bytes: Uint8Array): number {
-  let s = 0;
-  for (let i = 0; i < bytes.length; i += 2) {
-    s += (bytes[i]! << 8) | (bytes[i + 1] ?? 0);
-    if (s > 0xffff) s = (s & 0xffff) + 1;
-  }
-  return ~s & 0xffff;
-}
-
-function reasonOf(x: unknown): string | undefined {
-  return x instanceof ParseError ? x.reason : undefined;
-}
+import { naiveChecksum, reasonOf } from '../support/wire-helpers.js';
 
 describe('ICMP (RFC 792)', () => {
   it('emit then parse gives back type, code, rest and payload; the checksum verifies independently', () => {

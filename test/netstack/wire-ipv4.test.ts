@@ -6,20 +6,7 @@ import {
 } from '../../netstack/ipv4.js';
 import { ParseError } from '../../netstack/errors.js';
 import { ipv4 } from '../../netstack/addr.js';
-
-/** Independent RFC 1071 checksum: add 16-bit words with end-around carry at every step. */
-function naiveChecksum(bytes: Uint8Array): number {
-  let s = 0;
-  for (let i = 0; i < bytes.length; i += 2) {
-    s += (bytes[i]! << 8) | (bytes[i + 1] ?? 0);
-    if (s > 0xffff) s = (s & 0xffff) + 1;
-  }
-  return ~s & 0xffff;
-}
-
-function reasonOf(x: unknown): string | undefined {
-  return x instanceof ParseError ? x.reason : undefined;
-}
+import { naiveChecksum, reasonOf } from '../support/wire-helpers.js';
 
 function packet(fields: Ipv4HeaderFields, payload: Uint8Array): Uint8Array {
   const b = new Uint8Array(IPV4_HEADER_LEN + payload.length);

@@ -3,6 +3,7 @@ import fc from 'fast-check';
 import { parseUdp, emitUdp, emitUdpHeader, UDP_HEADER_LEN, UDP_MAX_PAYLOAD } from '../../netstack/udp.js';
 import { ParseError } from '../../netstack/errors.js';
 import { ipv4 } from '../../netstack/addr.js';
+import { reasonOf } from '../support/wire-helpers.js';
 
 /** Independent RFC 768 checksum: pseudo-header bytes + datagram, naive one's complement sum. */
 function naiveUdpChecksum(src: number, dst: number, datagram: Uint8Array): number {
@@ -17,10 +18,6 @@ function naiveUdpChecksum(src: number, dst: number, datagram: Uint8Array): numbe
     if (s > 0xffff) s = (s & 0xffff) + 1;
   }
   return ~s & 0xffff;
-}
-
-function reasonOf(x: unknown): string | undefined {
-  return x instanceof ParseError ? x.reason : undefined;
 }
 
 const SRC = ipv4(192, 168, 127, 2);

@@ -13,6 +13,9 @@ import type { OutputBatch, StackConfig, StackEvents } from '../../netstack/api.j
 import { ipv4 } from '../../netstack/addr.js';
 import { ManualClock } from '../../netstack/clock.js';
 import { createStack, DEFAULT_STACK_CONFIG, type Stack } from '../../netstack/stack.js';
+import { prng } from './prng.js';
+
+export { prng };
 
 export const GUEST_IP = ipv4(192, 168, 127, 2);
 export const HOST_ALIAS = ipv4(192, 168, 127, 254);
@@ -31,18 +34,6 @@ export interface LinkFaults {
 }
 
 export const PERFECT_LINK: LinkFaults = { drop: 0, duplicate: 0, reorder: 0, delayMs: 0, jitterMs: 0 };
-
-/** Small deterministic PRNG (mulberry32) so that a failing seed replays exactly. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A real copy even of a Node Buffer (whose slice() is a view). */
 function copyOf(frame: Uint8Array): Uint8Array {
