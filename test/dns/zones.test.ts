@@ -1,0 +1,159 @@
+import { describe, it, expect } from 'vitest';
+import fc from 'fast-check';
+import { parseRules, type Rule } from '../../dns/rules.js';
+import {
+  builtinHosts,
+  formatZoneTable,
+  hostsToResolve,
+  ZoneTable,
+  type HostRecords,
+  type Zone,
+} from '../../dns/zones.js';
+
+const builtins = builtinHosts({ gatewayIpv4: '192.168.127.1', hostAliasIpv4: '192.168.127.254' });
+
+function recordsFor(hosts: readonly string[]): Map<string, HostRecords> {
+  // Distinct, recognisable addresses per host so a wrong zone shows.
+  return new Map(hosts.map((h, i) => [h, { a: [`10.0.${i >> 8}.${i & 255}`], aaaa: [], ttl: 300 }]));
+}
+
+function tableFor(ruleTexts: string[]): ZoneTable {
+  const rules = parseRules(ruleTexts);
+  return ZoneTable.build(rules, recordsFor(hostsToResolve(rules, builtins)), builtins);
+}
+
+/** Brute force over label arrays: a different formulation from the table's suffix walk. */
+function oracle(zones: readonly Zone[], name: string): string {
+  const exactBuiltin = zones.find((z) => z.kind === 'builtin' && z.name === name);
+  if (exactBuiltin) return exactBuiltin.name;
+  const q = name.split('.');
+  let best: string[] | null = null;
+  for (const z of zones) {
+    if (z.kind !== 'allowed') continue;
+    const zl = z.name.split('.');
+    if (zl.length > q.length) continue;
+    const tail = q.slice(q.length - zl.length);
+    if (tail.every((l, i) => l === zl[i]) && (best === null || zl.length > best.length)) best = zl;
+  }
+  return best === null ? '' : best.join('.');
+}
+
+/** What the issue describes: the first zone in table order that matches. */
+function firstMatchInOrder(zones: readonly Zone[], name: string): string {
+  for (const z of zones) {
+    if (z.kind === 'builtin' ? z.name === name : z.name === '' || name === z.name || name.endsWith(`.${z.name}`)) {
+      return z.name;
+    }
+  }
+  throw new Error('no zone matched, not even root');
+}
+
+describe('ZoneTable', () => {
+  it('orders built-ins first, then longest suffix first (labels, length, lexical), root last', () => {
+    const t = tableFor(['com.example', 'b.com', 'aa.com', 'iapi.merck.com', '*.merck.com', 'a.com', 'x.y.z.w']);
+    expect(t.zones.map((z) => z.name)).toEqual([
+      'gateway.containers.internal',
+      'host.containers.internal',
+      'x.y.z.w',
+      'iapi.merck.com',
+      'com.example',
+      'merck.com',
+      'aa.com',
+      'a.com',
+      'b.com',
+      '',
+    ]);
+  });
+
+  it('matches on label boundaries and picks the most specific zone', () => {
+    const t = tableFor(['example.com', '*.merck.com', 'iapi.merck.com']);
+    expect(t.match('notexample.com').kind).toBe('root');
+    expect(t.match('example.com').name).toBe('example.com');
+    expect(t.match('www.example.com').name).toBe('example.com');
+    expect(t.match('iapi.merck.com').name).toBe('iapi.merck.com');
+    expect(t.match('x.iapi.merck.com').name).toBe('iapi.merck.com');
+    expect(t.match('www.merck.com').name).toBe('merck.com');
+    expect(t.match('com').kind).toBe('root');
+    expect(t.match('').kind).toBe('root');
+  });
+
+  it('merges host and wildcard rules for one domain into one zone', () => {
+    const t = tableFor(['*.github.com', 'github.com', 'github.com:443']);
+    const z = t.match('github.com');
+    expect(z).toMatchObject({ name: 'github.com', kind: 'allowed', liveSubdomains: true });
+    expect(z.apex?.a.length).toBe(1);
+    expect(t.zones.filter((x) => x.name === 'github.com')).toHaveLength(1);
+  });
+
+  it('a wildcard alone never allows the apex', () => {
+    const z = tableFor(['*.github.com']).match('github.com');
+    expect(z.apex).toBeNull();
+    expect(z.liveSubdomains).toBe(true);
+  });
+
+  it('serves built-ins always, exactly, and never pre-resolves them', () => {
+    const rules = parseRules(['host.containers.internal', '*.containers.internal']);
+    expect(hostsToResolve(rules, builtins)).toEqual([]);
+    const t = ZoneTable.build(rules, new Map(), builtins);
+    expect(t.match('host.containers.internal')).toMatchObject({ kind: 'builtin', apex: { a: ['192.168.127.254'] } });
+    expect(t.match('gateway.containers.internal').apex?.a).toEqual(['192.168.127.1']);
+    expect(t.match('x.gateway.containers.internal').name).toBe('containers.internal');
+  });
+
+  it('honours configured built-in names', () => {
+    const b = builtinHosts({ gatewayIpv4: '10.0.2.2', hostAliasIpv4: '10.0.2.3', hostAliasNames: ['Host.Lima.Internal.'] });
+    const t = ZoneTable.build([], new Map(), b);
+    expect(t.match('host.lima.internal').apex?.a).toEqual(['10.0.2.3']);
+    expect(t.match('host.containers.internal').kind).toBe('root');
+  });
+
+  it('refuses to build a half table when an exact host has no records', () => {
+    const rules = parseRules(['a.com', 'b.com', 'c.com']);
+    const partial = new Map<string, HostRecords>([['a.com', { a: ['1.1.1.1'], aaaa: [], ttl: 5 }], ['c.com', { a: [], aaaa: [], ttl: 5 }]]);
+    expect(() => ZoneTable.build(rules, partial)).toThrow('no records for b.com, c.com');
+  });
+
+  it('formats the table in match order with records', () => {
+    const text = formatZoneTable(tableFor(['github.com', '*.merck.com']));
+    const lines = text.split('\n');
+    expect(lines[0]).toContain('gateway.containers.internal.');
+    expect(lines[2]).toMatch(/^github\.com\.\s+allowed\s+ttl 300\s+A 10\.0\.0\.0$/);
+    expect(lines[3]).toContain('merck.com.  allowed  apex sinkholed  subdomains resolved live');
+    expect(lines[4]).toMatch(/^\.\s+root\s+sinkhole A 0\.0\.0\.0/);
+  });
+
+  describe('property: picks the longest matching zone, root last, order-independent', () => {
+    // A small alphabet so rule names and queries share suffixes often.
+    const label = fc.constantFrom('a', 'b', 'ab', 'com', 'merck', 'x-y', 'containers', 'internal', 'gateway');
+    const name = fc.array(label, { minLength: 1, maxLength: 5 }).map((l) => l.join('.'));
+    const ruleText = fc.tuple(fc.boolean(), name).map(([wild, n]) => (wild ? `*.${n}` : n));
+    const ruleSet = fc.array(ruleText, { minLength: 0, maxLength: 40 });
+
+    it('agrees with the brute-force oracle and with first-match-in-order', () => {
+      fc.assert(
+        fc.property(ruleSet, fc.array(name, { minLength: 1, maxLength: 30 }), (texts, queries) => {
+          const t = tableFor(texts);
+          expect(t.zones[t.zones.length - 1]!.kind).toBe('root');
+          expect(t.zones.filter((z) => z.kind === 'root')).toHaveLength(1);
+          // Query the rule names themselves too: exact hits are the edge.
+          const ruleNames = texts.map((x) => x.replace(/^\*\./, ''));
+          for (const q of [...queries, ...ruleNames]) {
+            const picked = t.match(q).name;
+            expect(picked).toBe(oracle(t.zones, q));
+            expect(picked).toBe(firstMatchInOrder(t.zones, q));
+          }
+        }),
+        { numRuns: 300 },
+      );
+    });
+
+    it('the table does not depend on rule order', () => {
+      fc.assert(
+        fc.property(ruleSet.chain((texts) => fc.tuple(fc.constant(texts), fc.shuffledSubarray(texts, { minLength: texts.length }))), ([texts, shuffled]) => {
+          expect(tableFor(shuffled).zones).toEqual(tableFor(texts).zones.map((z) => expect.objectContaining({ name: z.name, liveSubdomains: z.liveSubdomains })));
+        }),
+        { numRuns: 200 },
+      );
+    });
+  });
+});
