@@ -97,7 +97,7 @@ describe('two stacks over a faulty link', () => {
         expect(r.guestSide.ended).toBe(true);
         expect([r.guestSide.closed, r.moatSide.closed]).toEqual(['closed', 'closed']);
       }),
-      { numRuns: Number(process.env.LINK_RUNS ?? 40), seed: Number(process.env.LINK_SEED ?? 20261123) },
+      { numRuns: Number(process.env.LINK_RUNS ?? 100), seed: Number(process.env.LINK_SEED ?? 20261123) },
     );
   });
 });
