@@ -1,0 +1,436 @@
+/**
+ * The gateway's DNS server in allowlist mode: one DNS message in, one out.
+ * (Without an allowlist the service forwards instead: src/dns-forward.ts.)
+ *
+ * What it guarantees:
+ *  - No name outside the allowed zones is ever sent upstream: sinkholed and
+ *    built-in names are answered from the zone table; only names below a
+ *    `*.domain` zone are looked up live, with the shared retry policy.
+ *  - The question is copied byte for byte from the query into the answer and
+ *    answer records point at it (compression pointer to offset 12), so
+ *    0x20 case randomisation round-trips exactly (RFC 4343 section 4.1 and
+ *    draft-vixie-dnsext-dns0x20).
+ *  - UDP answers fit the client's EDNS0 payload size (RFC 6891 6.2.3),
+ *    or 512 bytes without EDNS0 (RFC 1035 4.2.1); a larger answer goes out
+ *    with no records and TC set so the client retries over TCP (RFC 2181 9).
+ *  - Opcode other than QUERY → NOTIMP; a message that does not decode but
+ *    has a readable header → FORMERR; no readable header, or a response
+ *    (QR set) → dropped and counted (RFC 1035 4.1.1, RFC 5452 9.1).
+ *
+ * dns-packet validates and decodes the query; the answer is written by hand
+ * because it is small and must reuse the query's own question bytes.
+ */
+import dnsPacket from 'dns-packet';
+import { Address4, Address6 } from 'ip-address';
+import {
+  clampTtl,
+  DEFAULT_RETRY_POLICY,
+  DEFAULT_TTL_CLAMP,
+  isNxdomain,
+  lookup,
+  type Resolver,
+  type RetryPolicy,
+  type Timers,
+  type TtlClamp,
+} from './preresolve.js';
+import { canonicalHostname, RuleError } from './rules.js';
+import type { Zone, ZoneTable } from './zones.js';
+
+export type DnsTransport = 'udp' | 'tcp';
+
+/** How a query was handled, for the one-line decision log. */
+export type DnsOutcome =
+  | 'builtin' // a gateway/host alias name, answered locally
+  | 'allowed' // an allowed name, answered from pre-resolved records
+  | 'live' // below a wildcard zone, resolved upstream now
+  | 'sinkholed' // outside the allowlist
+  | 'upstream-nxdomain'
+  | 'upstream-failed' // SERVFAIL after the retries
+  | 'refused' // class other than IN
+  | 'formerr'
+  | 'notimp';
+
+export interface DnsDecision {
+  /** Canonical name, or the name as asked when it is not a valid hostname; '' when unknown. */
+  readonly name: string;
+  /** Record type as asked ('A', 'AAAA', ...), '' when unknown. */
+  readonly type: string;
+  /** Fully qualified zone that decided ('github.com.', '.'), null when no question was read. */
+  readonly zone: string | null;
+  /** Was the name inside the allowlist (or built in)? */
+  readonly allowed: boolean;
+  readonly outcome: DnsOutcome;
+  readonly rcode: Rcode;
+  /** Addresses given to the guest (never the sinkhole's); they feed the egress pin. */
+  readonly addresses: readonly string[];
+  /** TTL of those addresses in seconds, null when none. */
+  readonly ttl: number | null;
+}
+
+export interface DnsReply {
+  readonly bytes: Uint8Array;
+  readonly decision: DnsDecision;
+}
+
+export type Rcode = 'NOERROR' | 'FORMERR' | 'SERVFAIL' | 'NXDOMAIN' | 'NOTIMP' | 'REFUSED' | 'BADVERS';
+
+const RCODE_VALUE: Record<Rcode, number> = {
+  NOERROR: 0,
+  FORMERR: 1,
+  SERVFAIL: 2,
+  NXDOMAIN: 3,
+  NOTIMP: 4,
+  REFUSED: 5,
+  BADVERS: 16, // extended: 4 bits in the header, 8 in the OPT TTL (RFC 6891 6.1.3)
+};
+
+export interface ResponderOptions {
+  table: ZoneTable;
+  resolver: Resolver;
+  timers: Timers;
+  /** Does the guest network carry IPv6? If not, AAAA below wildcards is NODATA without a lookup. */
+  ipv6: boolean;
+  policy?: RetryPolicy;
+  ttlClamp?: TtlClamp;
+  /** TTL of the sinkhole's 0.0.0.0, seconds. */
+  sinkholeTtl?: number;
+  /** EDNS0 payload size we advertise and the most we send over UDP (RFC 6891 6.2.5; 1232 avoids fragmentation). */
+  maxUdpPayload?: number;
+}
+
+export interface ResponderStats {
+  queries: number;
+  answered: number;
+  sinkholed: number;
+  live: number;
+  upstreamFailed: number;
+  truncated: number;
+  formerr: number;
+  notimp: number;
+  refused: number;
+  /** Messages dropped without an answer (no readable header, or a response). */
+  dropped: number;
+}
+
+const HEADER = 12;
+const QR = 0x8000;
+const AA = 0x0400;
+const TC = 0x0200;
+const RD = 0x0100;
+const RA = 0x0080;
+const CD = 0x0010;
+const TYPE_A = 1;
+const TYPE_AAAA = 28;
+const TYPE_OPT = 41;
+const CLASS_IN = 1;
+const MIN_UDP = 512;
+const MAX_TCP = 65_535;
+
+export const DEFAULT_SINKHOLE_TTL = 60;
+export const DEFAULT_MAX_UDP_PAYLOAD = 1232;
+
+/** The question as read off the wire, plus where its bytes end. */
+interface ParsedQuery {
+  id: number;
+  flags: number;
+  questionEnd: number;
+  name: string;
+  type: string;
+  qclass: string;
+  /** Requestor's EDNS0 payload size, or null without an OPT record. */
+  ednsPayload: number | null;
+  ednsVersion: number;
+}
+
+/** What to put in the answer section. */
+interface Plan {
+  rcode: Rcode;
+  aa: boolean;
+  recordType: number;
+  ttl: number;
+  rdata: Uint8Array[];
+  decision: Omit<DnsDecision, 'rcode'>;
+}
+
+export class DnsResponder {
+  readonly stats: ResponderStats = {
+    queries: 0,
+    answered: 0,
+    sinkholed: 0,
+    live: 0,
+    upstreamFailed: 0,
+    truncated: 0,
+    formerr: 0,
+    notimp: 0,
+    refused: 0,
+    dropped: 0,
+  };
+  private table: ZoneTable;
+  private readonly policy: RetryPolicy;
+  private readonly ttlClamp: TtlClamp;
+  private readonly sinkholeTtl: number;
+  private readonly maxUdpPayload: number;
+
+  constructor(private readonly opts: ResponderOptions) {
+    this.table = opts.table;
+    this.policy = opts.policy ?? DEFAULT_RETRY_POLICY;
+    this.ttlClamp = opts.ttlClamp ?? DEFAULT_TTL_CLAMP;
+    this.sinkholeTtl = opts.sinkholeTtl ?? DEFAULT_SINKHOLE_TTL;
+    this.maxUdpPayload = Math.max(MIN_UDP, opts.maxUdpPayload ?? DEFAULT_MAX_UDP_PAYLOAD);
+  }
+
+  /** Swap in a new table (allowlist reload); queries in flight finish on the old one. */
+  setTable(table: ZoneTable): void {
+    this.table = table;
+  }
+
+  get zoneTable(): ZoneTable {
+    return this.table;
+  }
+
+  /**
+   * Answer one DNS message. Resolves null when the message is dropped.
+   * `signal` cancels a live upstream lookup (the answer is then SERVFAIL).
+   */
+  async respond(query: Uint8Array, transport: DnsTransport, signal?: AbortSignal): Promise<DnsReply | null> {
+    this.stats.queries++;
+    if (query.length < HEADER || (query[2]! & 0x80) !== 0) {
+      this.stats.dropped++;
+      return null;
+    }
+    const flags = (query[2]! << 8) | query[3]!;
+    const opcode = (flags >> 11) & 0xf;
+    if (opcode !== 0) {
+      this.stats.notimp++;
+      return { bytes: headerOnly(query, 'NOTIMP'), decision: bare('notimp', 'NOTIMP') };
+    }
+    const parsed = parseQuery(query);
+    if (parsed === null) {
+      this.stats.formerr++;
+      return { bytes: headerOnly(query, 'FORMERR'), decision: bare('formerr', 'FORMERR') };
+    }
+
+    const limit = transport === 'tcp' ? MAX_TCP : Math.min(this.maxUdpPayload, Math.max(MIN_UDP, parsed.ednsPayload ?? MIN_UDP));
+    // RFC 6891 6.1.3: we speak EDNS version 0 only.
+    if (parsed.ednsPayload !== null && parsed.ednsVersion !== 0) {
+      const decision = { ...questionDecision(parsed, null, false, 'formerr'), rcode: 'BADVERS' as const };
+      this.stats.formerr++;
+      return { bytes: this.encode(query, parsed, emptyPlan('BADVERS', decision), limit), decision };
+    }
+
+    const plan = await this.plan(parsed, signal);
+    const decision: DnsDecision = { ...plan.decision, rcode: plan.rcode };
+    this.count(decision);
+    return { bytes: this.encode(query, parsed, plan, limit), decision };
+  }
+
+  private async plan(q: ParsedQuery, signal: AbortSignal | undefined): Promise<Plan> {
+    if (q.qclass !== 'IN') return emptyPlan('REFUSED', questionDecision(q, null, false, 'refused'));
+    const canonical = canonicalHostname(q.name);
+    const name = canonical instanceof RuleError ? q.name : canonical;
+    const zone = canonical instanceof RuleError ? this.table.zones[this.table.zones.length - 1]! : this.table.match(canonical);
+    const zoneName = zone.name === '' ? '.' : `${zone.name}.`;
+
+    if (zone.kind !== 'root' && zone.apex !== null && name === zone.name) {
+      const family = q.type === 'A' ? zone.apex.a : q.type === 'AAAA' ? zone.apex.aaaa : [];
+      return this.addresses(q.type, family, zone.apex.ttl, true, {
+        name,
+        type: q.type,
+        zone: zoneName,
+        allowed: true,
+        outcome: zone.kind === 'builtin' ? 'builtin' : 'allowed',
+      });
+    }
+    if (zone.liveSubdomains && name !== zone.name) return this.live(q, name, zone, signal);
+    return this.sinkhole(q, name, zoneName);
+  }
+
+  private async live(q: ParsedQuery, name: string, zone: Zone, signal: AbortSignal | undefined): Promise<Plan> {
+    const base = { name, type: q.type, zone: `${zone.name}.`, allowed: true, outcome: 'live' as const };
+    const family = q.type === 'A' ? 'A' : q.type === 'AAAA' && this.opts.ipv6 ? 'AAAA' : null;
+    // Only addresses are looked up: other types would be a channel out of the
+    // sandbox with no use to a guest that may only connect to addresses.
+    if (family === null) return emptyPlan('NOERROR', { ...base, addresses: [], ttl: null });
+    try {
+      const r = await lookup(this.opts.resolver, family, name, {
+        timers: this.opts.timers,
+        policy: this.policy,
+        ...(signal ? { signal } : {}),
+      });
+      return this.addresses(q.type, r.addresses, clampTtl(r.ttl, this.ttlClamp), false, base);
+    } catch (err) {
+      if (isNxdomain(err)) return emptyPlan('NXDOMAIN', { ...base, outcome: 'upstream-nxdomain', addresses: [], ttl: null });
+      return emptyPlan('SERVFAIL', { ...base, outcome: 'upstream-failed', addresses: [], ttl: null });
+    }
+  }
+
+  private sinkhole(q: ParsedQuery, name: string, zoneName: string): Plan {
+    const decision = { name, type: q.type, zone: zoneName, allowed: false, outcome: 'sinkholed' as const, addresses: [], ttl: null };
+    if (this.table.sinkhole === 'nxdomain') return { ...emptyPlan('NXDOMAIN', decision), aa: true };
+    if (q.type !== 'A') return { ...emptyPlan('NOERROR', decision), aa: true };
+    return { rcode: 'NOERROR', aa: true, recordType: TYPE_A, ttl: this.sinkholeTtl, rdata: [new Uint8Array(4)], decision };
+  }
+
+  private addresses(
+    type: string,
+    addresses: readonly string[],
+    ttl: number,
+    authoritative: boolean,
+    base: Omit<DnsDecision, 'rcode' | 'addresses' | 'ttl'>,
+  ): Plan {
+    const recordType = type === 'A' ? TYPE_A : TYPE_AAAA;
+    const rdata = type === 'A' || type === 'AAAA' ? addresses.map((a) => addressBytes(type, a)) : [];
+    return {
+      rcode: 'NOERROR',
+      aa: authoritative,
+      recordType,
+      ttl,
+      rdata,
+      decision: { ...base, addresses: rdata.length > 0 ? [...addresses] : [], ttl: rdata.length > 0 ? ttl : null },
+    };
+  }
+
+  private count(d: DnsDecision): void {
+    switch (d.outcome) {
+      case 'sinkholed':
+        this.stats.sinkholed++;
+        break;
+      case 'live':
+        this.stats.live++;
+        this.stats.answered++;
+        break;
+      case 'upstream-failed':
+        this.stats.upstreamFailed++;
+        break;
+      case 'refused':
+        this.stats.refused++;
+        break;
+      default:
+        this.stats.answered++;
+    }
+  }
+
+  private encode(query: Uint8Array, q: ParsedQuery, plan: Plan, limit: number): Uint8Array {
+    const question = query.subarray(HEADER, q.questionEnd);
+    const rrLength = (rd: Uint8Array): number => 2 + 2 + 2 + 4 + 2 + rd.length;
+    const optLength = q.ednsPayload === null ? 0 : 11;
+    let answerBytes = 0;
+    for (const rd of plan.rdata) answerBytes += rrLength(rd);
+    let truncated = false;
+    if (HEADER + question.length + answerBytes + optLength > limit) {
+      truncated = true;
+      answerBytes = 0;
+      this.stats.truncated++;
+    }
+    const out = new Uint8Array(HEADER + question.length + answerBytes + optLength);
+    const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
+    const rcode = RCODE_VALUE[plan.rcode];
+    let flags = QR | RA | (q.flags & (RD | CD)) | (rcode & 0xf);
+    if (plan.aa) flags |= AA;
+    if (truncated) flags |= TC;
+    view.setUint16(0, q.id);
+    view.setUint16(2, flags);
+    view.setUint16(4, 1);
+    view.setUint16(6, truncated ? 0 : plan.rdata.length);
+    view.setUint16(8, 0);
+    view.setUint16(10, optLength > 0 ? 1 : 0);
+    out.set(question, HEADER);
+    let off = HEADER + question.length;
+    if (!truncated) {
+      for (const rd of plan.rdata) {
+        view.setUint16(off, 0xc000 | HEADER); // name: pointer to the question's name
+        view.setUint16(off + 2, plan.recordType);
+        view.setUint16(off + 4, CLASS_IN);
+        view.setUint32(off + 6, plan.ttl);
+        view.setUint16(off + 10, rd.length);
+        out.set(rd, off + 12);
+        off += 12 + rd.length;
+      }
+    }
+    if (optLength > 0) {
+      // OPT RR (RFC 6891 6.1.2): root name, our payload size in CLASS, the
+      // extended RCODE's upper 8 bits and version 0 in TTL, no options.
+      out[off] = 0;
+      view.setUint16(off + 1, TYPE_OPT);
+      view.setUint16(off + 3, this.maxUdpPayload);
+      view.setUint32(off + 5, ((rcode >> 4) & 0xff) << 24);
+      view.setUint16(off + 9, 0);
+    }
+    return out;
+  }
+}
+
+function bare(outcome: DnsOutcome, rcode: Rcode): DnsDecision {
+  return { name: '', type: '', zone: null, allowed: false, outcome, rcode, addresses: [], ttl: null };
+}
+
+function questionDecision(q: ParsedQuery, zone: string | null, allowed: boolean, outcome: DnsOutcome): Omit<DnsDecision, 'rcode'> {
+  return { name: q.name, type: q.type, zone, allowed, outcome, addresses: [], ttl: null };
+}
+
+function emptyPlan(rcode: Rcode, decision: Omit<DnsDecision, 'rcode'>): Plan {
+  return { rcode, aa: false, recordType: TYPE_A, ttl: 0, rdata: [], decision };
+}
+
+/** A reply of just a header: the query's ID, opcode and RD, no sections. */
+function headerOnly(query: Uint8Array, rcode: Rcode): Uint8Array {
+  const out = new Uint8Array(HEADER);
+  out[0] = query[0]!;
+  out[1] = query[1]!;
+  out[2] = 0x80 | (query[2]! & 0x79); // QR, opcode (bits 3-6) and RD kept; AA and TC cleared
+  out[3] = RA | RCODE_VALUE[rcode];
+  return out;
+}
+
+/**
+ * Decode with dns-packet (any malformation throws there) and require exactly
+ * one question (RFC 9619) and at most one OPT (RFC 6891 6.1.1). Returns
+ * null when the query must get FORMERR.
+ */
+function parseQuery(query: Uint8Array): ParsedQuery | null {
+  let decoded: ReturnType<typeof dnsPacket.decode>;
+  try {
+    decoded = dnsPacket.decode(Buffer.from(query.buffer, query.byteOffset, query.byteLength));
+  } catch {
+    return null;
+  }
+  const questions = decoded.questions ?? [];
+  if (questions.length !== 1) return null;
+  const questionEnd = endOfFirstQuestion(query);
+  if (questionEnd < 0) return null;
+  const opts = (decoded.additionals ?? []).filter((a) => a.type === 'OPT') as {
+    udpPayloadSize: number;
+    ednsVersion?: number;
+  }[];
+  if (opts.length > 1) return null;
+  const q = questions[0]!;
+  return {
+    id: (query[0]! << 8) | query[1]!,
+    flags: (query[2]! << 8) | query[3]!,
+    questionEnd,
+    name: q.name,
+    type: String(q.type),
+    qclass: String(q.class ?? 'IN'),
+    ednsPayload: opts.length === 1 ? opts[0]!.udpPayloadSize : null,
+    ednsVersion: opts.length === 1 ? (opts[0]!.ednsVersion ?? 0) : 0,
+  };
+}
+
+/** Offset just past QTYPE/QCLASS of the first question; -1 if it uses compression or overruns. */
+function endOfFirstQuestion(msg: Uint8Array): number {
+  let off = HEADER;
+  for (;;) {
+    if (off >= msg.length) return -1;
+    const len = msg[off]!;
+    if (len === 0) break;
+    if ((len & 0xc0) !== 0) return -1; // a pointer in the first name has nothing to point back to
+    off += 1 + len;
+  }
+  off += 1 + 4;
+  return off <= msg.length ? off : -1;
+}
+
+function addressBytes(type: 'A' | 'AAAA', address: string): Uint8Array {
+  if (type === 'A') return Uint8Array.from(new Address4(address).toArray());
+  return Uint8Array.from(new Address6(address).toUnsignedByteArray());
+}
