@@ -9,6 +9,9 @@ import { FakeResolver, VirtualTimers } from './fake-upstream.js';
 
 const builtins = builtinHosts({ gatewayIpv4: '192.168.127.1', hostAliasIpv4: '192.168.127.254' });
 
+/** dns-packet decodes these too; @types/dns-packet leaves them out. */
+type Decoded = dnsPacket.DecodedPacket & { rcode: string; opcode: string };
+
 interface Setup {
   responder: DnsResponder;
   resolver: FakeResolver;
@@ -35,10 +38,10 @@ function query(name: string, type: dnsPacket.RecordType = 'A', extra: Partial<dn
   return dnsPacket.encode({ type: 'query', id: 0x1234, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name, class: 'IN' }], ...extra });
 }
 
-async function ask(s: Setup, q: Uint8Array, transport: 'udp' | 'tcp' = 'udp'): Promise<{ reply: DnsReply; msg: dnsPacket.DecodedPacket }> {
+async function ask(s: Setup, q: Uint8Array, transport: 'udp' | 'tcp' = 'udp'): Promise<{ reply: DnsReply; msg: Decoded }> {
   const reply = await s.timers.run(s.responder.respond(q, transport));
   if (reply === null) throw new Error('dropped');
-  return { reply, msg: dnsPacket.decode(Buffer.from(reply.bytes)) };
+  return { reply, msg: dnsPacket.decode(Buffer.from(reply.bytes)) as Decoded };
 }
 
 function dataOf(msg: dnsPacket.DecodedPacket): string[] {
@@ -124,7 +127,7 @@ describe('DnsResponder: wildcard zones resolved live', () => {
     );
     const { reply, msg } = await ask(s, query('WWW.Example.ORG'));
     expect(dataOf(msg)).toEqual(['198.51.100.7']);
-    expect(msg.answers?.[0]?.ttl).toBe(300);
+    expect((msg.answers?.[0] as { ttl?: number }).ttl).toBe(300);
     expect(s.resolver.callsFor('A', 'www.example.org')).toBe(3);
     expect(reply.decision).toMatchObject({ name: 'www.example.org', zone: 'example.org.', outcome: 'live', addresses: ['198.51.100.7'], ttl: 300 });
     const apex = await ask(s, query('example.org'));
