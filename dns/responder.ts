@@ -96,6 +96,8 @@ export interface ResponderOptions {
   sinkholeTtl?: number;
   /** EDNS0 payload size we advertise and the most we send over UDP (RFC 6891 6.2.5; 1232 avoids fragmentation). */
   maxUdpPayload?: number;
+  /** Live upstream lookups in flight at once; a query beyond it gets SERVFAIL at once. */
+  maxLiveLookups?: number;
 }
 
 export interface ResponderStats {
@@ -104,6 +106,8 @@ export interface ResponderStats {
   sinkholed: number;
   live: number;
   upstreamFailed: number;
+  /** Live lookups refused because maxLiveLookups were already in flight (also counted in upstreamFailed). */
+  overloaded: number;
   truncated: number;
   formerr: number;
   notimp: number;
@@ -128,6 +132,8 @@ const MAX_TCP = 65_535;
 
 export const DEFAULT_SINKHOLE_TTL = 60;
 export const DEFAULT_MAX_UDP_PAYLOAD = 1232;
+/** A guest asking for many random names below a wildcard must not queue unbounded work upstream. */
+export const DEFAULT_MAX_LIVE_LOOKUPS = 64;
 
 /** The question as read off the wire, plus where its bytes end. */
 interface ParsedQuery {
@@ -159,6 +165,7 @@ export class DnsResponder {
     sinkholed: 0,
     live: 0,
     upstreamFailed: 0,
+    overloaded: 0,
     truncated: 0,
     formerr: 0,
     notimp: 0,
@@ -170,6 +177,8 @@ export class DnsResponder {
   private readonly ttlClamp: TtlClamp;
   private readonly sinkholeTtl: number;
   private readonly maxUdpPayload: number;
+  private readonly maxLiveLookups: number;
+  private liveInFlight = 0;
 
   constructor(private readonly opts: ResponderOptions) {
     this.table = opts.table;
@@ -177,6 +186,7 @@ export class DnsResponder {
     this.ttlClamp = opts.ttlClamp ?? DEFAULT_TTL_CLAMP;
     this.sinkholeTtl = opts.sinkholeTtl ?? DEFAULT_SINKHOLE_TTL;
     this.maxUdpPayload = Math.max(MIN_UDP, opts.maxUdpPayload ?? DEFAULT_MAX_UDP_PAYLOAD);
+    this.maxLiveLookups = opts.maxLiveLookups ?? DEFAULT_MAX_LIVE_LOOKUPS;
   }
 
   /** Swap in a new table (allowlist reload); queries in flight finish on the old one. */
@@ -251,6 +261,11 @@ export class DnsResponder {
     // Only addresses are looked up: other types would be a channel out of the
     // sandbox with no use to a guest that may only connect to addresses.
     if (family === null) return emptyPlan('NOERROR', { ...base, addresses: [], ttl: null });
+    if (this.liveInFlight >= this.maxLiveLookups) {
+      this.stats.overloaded++;
+      return emptyPlan('SERVFAIL', { ...base, outcome: 'upstream-failed', addresses: [], ttl: null });
+    }
+    this.liveInFlight++;
     try {
       const r = await lookup(this.opts.resolver, family, name, {
         timers: this.opts.timers,
@@ -261,6 +276,8 @@ export class DnsResponder {
     } catch (err) {
       if (isNxdomain(err)) return emptyPlan('NXDOMAIN', { ...base, outcome: 'upstream-nxdomain', addresses: [], ttl: null });
       return emptyPlan('SERVFAIL', { ...base, outcome: 'upstream-failed', addresses: [], ttl: null });
+    } finally {
+      this.liveInFlight--;
     }
   }
 

@@ -145,6 +145,21 @@ describe('DnsResponder: wildcard zones resolved live', () => {
     expect(s.resolver.callsFor('A', 'dead.example.org')).toBe(4);
   });
 
+  it('bounds live lookups in flight: beyond the limit SERVFAIL at once, without asking upstream', async () => {
+    const timers = new VirtualTimers();
+    const resolver = new FakeResolver(timers);
+    for (let i = 0; i < 3; i++) resolver.script('A', `h${i}.example.org`, { answer: { addresses: ['198.51.100.1'], ttl: 60 }, afterMs: 1000 });
+    const table = ZoneTable.build(parseRules(['*.example.org']), new Map());
+    const responder = new DnsResponder({ table, resolver, timers, ipv6: false, maxLiveLookups: 2 });
+    const replies = await timers.run(Promise.all([0, 1, 2].map((i) => responder.respond(query(`h${i}.example.org`), 'udp'))));
+    expect(replies.map((r) => r?.decision.rcode)).toEqual(['NOERROR', 'NOERROR', 'SERVFAIL']);
+    expect(resolver.callsFor('A', 'h2.example.org')).toBe(0);
+    expect(responder.stats.overloaded).toBe(1);
+    // The slots are released: the same name now resolves.
+    const again = await timers.run(responder.respond(query('h2.example.org'), 'udp'));
+    expect(again?.decision.rcode).toBe('NOERROR');
+  });
+
   it('asks nothing upstream for types other than A (and AAAA without IPv6)', async () => {
     const s = await setup(['*.example.org'], (r) => r.host('www.example.org', ['198.51.100.7'], ['2001:db8::7']));
     for (const type of ['AAAA', 'TXT', 'MX'] as const) {
