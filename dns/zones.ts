@@ -18,7 +18,7 @@
  * not under `example.com`. The lookup itself walks the query's suffixes
  * through a Map, O(labels), and never depends on the order rules were given.
  */
-import type { Rule } from './rules.js';
+import { canonicalHostname, RuleError, type Rule } from './rules.js';
 
 /** Addresses served at a zone apex. TTL in seconds. */
 export interface HostRecords {
@@ -76,10 +76,10 @@ export function builtinHosts(o: BuiltinOptions): BuiltinHost[] {
 }
 
 function canonicalOrThrow(name: string): string {
-  // Built-in names come from configuration: lower-case and drop the root dot,
-  // the same canonical form rules use (they are ASCII by construction).
-  const n = name.toLowerCase().replace(/\.$/, '');
-  if (!/^[a-z0-9_-]+(\.[a-z0-9_-]+)*$/.test(n)) throw new Error(`invalid built-in host name ${JSON.stringify(name)}`);
+  // Built-in names come from configuration, checked once at start-up, in the
+  // same canonical form as rules and queries.
+  const n = canonicalHostname(name);
+  if (n instanceof RuleError) throw new Error(`invalid built-in host name ${n.toString()}`);
   return n;
 }
 
