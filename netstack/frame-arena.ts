@@ -18,8 +18,8 @@ const PREFIX = 4;
 const DEFAULT_CHUNK = 256 * 1024;
 /** Batches up to this size are copied out and the staging buffer kept. */
 const COPY_OUT_LIMIT = 16 * 1024;
-/** Released staging buffers kept for reuse: bounds the pool at 2 MiB by default. */
-const POOL_LIMIT = 8;
+/** Released staging buffers kept for reuse (8 MiB of 256 KiB chunks): a full congestion window of 64 KiB frames fits, so steady bulk traffic allocates nothing. */
+const POOL_LIMIT = 32;
 
 /**
  * Makes a staging buffer. Every byte of a frame is written before it is sent,
