@@ -1,0 +1,353 @@
+/**
+ * The network backends compared, each brought up as a "guest link": a guest
+ * network namespace with an interface, and an address in it ("host alias")
+ * that reaches the host side where the servers run.
+ *
+ *   moat         guest TAP -- moat-shim -- moat serve (node)      -- host 127.0.0.1
+ *   passt        guest TAP -- moat-shim -- passt (QEMU stream)    -- host 127.0.0.1
+ *   slirp4netns  guest TAP ------------- slirp4netns (libslirp)   -- host 127.0.0.1
+ *   veth         guest veth ---------------------------------------- peer namespace (the ceiling)
+ *
+ * DNS: every backend's resolver path ends at the same DNS server (the
+ * fixture's DNS_SERVER_JS) inside a namespace we created (the topology's
+ * "remote" namespace, reached from the root namespace over its veth), never
+ * at the machine's resolver: Moat by --dns-upstream, passt by -D, slirp4netns
+ * by a private mount namespace whose /etc/resolv.conf names that server.
+ *
+ * Safety: before anything runs, the host-side addresses a backend will dial
+ * (127.0.0.1 and the DNS server) are checked with the harness's
+ * assertRoutesInto (via Topology.assertRoutes); the guest's default route is
+ * deleted, so the guest reaches only its own subnet; and every guest command
+ * line is refused if it names an IPv4 address outside the link's allow-list.
+ */
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import {
+  createTopology,
+  hasTool,
+  killTracked,
+  nsRunAsync,
+  nsSpawn,
+  onCleanup,
+  spawnTracked,
+  startShim,
+  waitFor,
+  waitForOutput,
+  type ExecOptions,
+  type ExecResult,
+  type TrackedProcess,
+} from '../../test/e2e/harness.js';
+import { DNS_SERVER_JS, HOST_IP, GATEWAY_IP, ipv4Literals, startMoatFixture, type DnsZone } from '../../test/e2e/moat-fixture.js';
+import { createVethPair } from '../../test/e2e/bulk-support.js';
+
+export type BackendName = 'moat' | 'passt' | 'slirp4netns' | 'veth';
+export const BACKENDS: readonly BackendName[] = ['moat', 'passt', 'slirp4netns', 'veth'];
+
+/** The one name every DNS server answers (with a documentation address nobody dials). */
+export const DNS_NAME = 'www.mk7.test';
+const ZONE: DnsZone = { [DNS_NAME]: [{ type: 'A', data: '198.51.100.7' }] };
+
+export interface GuestLink {
+  readonly backend: BackendName;
+  readonly mtu: number;
+  readonly guestNs: string;
+  /** Where the guest's clients connect: the backend's alias for the host (or the veth peer). */
+  readonly hostAlias: string;
+  /** The guest-side DNS server address of this backend (UDP port 53). */
+  readonly dnsServer: string;
+  /** Namespace the host-side servers run in (undefined: the root namespace). */
+  readonly serverNs: string | undefined;
+  /** Address the host-side servers bind. */
+  readonly serverBind: string;
+  /** Processes whose CPU and memory are the backend's cost (backend first; the shim if any). */
+  readonly costPids: ReadonlyArray<{ role: string; pid: number }>;
+  /** Run a command in the guest namespace (refuses IPv4 literals outside the allow-list). */
+  guestRun(cmd: string, args: string[], opts?: Omit<ExecOptions, 'allowFail'>): Promise<ExecResult>;
+  /** Spawn a long-running command in the guest namespace (same check). */
+  guestSpawn(cmd: string, args: string[]): TrackedProcess;
+  /** Spawn a host-side server (in serverNs, or the root namespace). */
+  serverSpawn(cmd: string, args: string[]): TrackedProcess;
+  /** Stop every process and delete every namespace of this link. Idempotent. */
+  stop(): Promise<void>;
+}
+
+export interface LinkOptions {
+  prefix: string;
+  mtu: number;
+  /** Extra node flags for Moat (e.g. --cpu-prof). */
+  moatNodeArgs?: string[];
+}
+
+function guard(allowed: readonly string[]): (cmd: string, args: readonly string[]) => void {
+  const ok = new Set(allowed);
+  return (cmd, args) => {
+    const bad = ipv4Literals([cmd, ...args]).filter((a) => !ok.has(a) && !a.startsWith('0.'));
+    if (bad.length > 0) throw new Error(`refusing to run "${cmd} ${args.join(' ')}" in the guest: ${bad.join(', ')} not allowed`);
+  };
+}
+
+/** Delete the guest's default route: it reaches its own subnet only. Throws if one is left. */
+async function dropDefaultRoute(ns: string): Promise<void> {
+  await nsRunAsync(ns, 'ip', ['-4', 'route', 'del', 'default']);
+  const left = (await nsRunAsync(ns, 'ip', ['-4', 'route', 'show', 'default'])).stdout.trim();
+  if (left !== '') throw new Error(`guest ${ns} still has a default route: ${left}`);
+}
+
+async function startDnsServer(ns: string, addr: string, procs: TrackedProcess[]): Promise<void> {
+  const p = nsSpawn(ns, process.execPath, ['-e', DNS_SERVER_JS, addr, '53', JSON.stringify(ZONE)]);
+  procs.push(p);
+  await waitForOutput(p, /^ready/m, { stream: 'stdout', timeoutMs: 10_000 });
+}
+
+function makeLink(
+  base: Omit<GuestLink, 'guestRun' | 'guestSpawn' | 'serverSpawn' | 'stop'>,
+  allowed: readonly string[],
+  procs: TrackedProcess[],
+  teardown: () => Promise<void>,
+): GuestLink {
+  const check = guard(allowed);
+  let stopped = false;
+  return {
+    ...base,
+    guestRun(cmd, args, opts = {}) {
+      check(cmd, args);
+      return nsRunAsync(base.guestNs, cmd, args, opts);
+    },
+    guestSpawn(cmd, args) {
+      check(cmd, args);
+      const p = nsSpawn(base.guestNs, cmd, args);
+      procs.push(p);
+      return p;
+    },
+    serverSpawn(cmd, args) {
+      const p = base.serverNs === undefined ? spawnTracked(cmd, args) : nsSpawn(base.serverNs, cmd, args);
+      procs.push(p);
+      return p;
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      for (const p of procs.splice(0)) await killTracked(p, 'SIGKILL').catch(() => {});
+      await teardown();
+    },
+  };
+}
+
+// ------------------------------------------------------------------ moat
+
+async function moatLink(o: LinkOptions): Promise<GuestLink> {
+  const fx = await startMoatFixture({
+    prefix: o.prefix,
+    mtu: o.mtu,
+    logLevel: 'info', // 'moat ready' is an info line; flows are not logged at info (refusals are)
+    dnsZone: () => ZONE,
+    nodeArgs: o.moatNodeArgs ?? [],
+  });
+  try {
+    await dropDefaultRoute(fx.guestNs);
+    const procs: TrackedProcess[] = [];
+    return makeLink(
+      {
+        backend: 'moat',
+        mtu: o.mtu,
+        guestNs: fx.guestNs,
+        hostAlias: HOST_IP,
+        dnsServer: GATEWAY_IP,
+        serverNs: undefined,
+        serverBind: '127.0.0.1',
+        costPids: [
+          { role: 'moat', pid: fx.moat.child.pid! },
+          { role: 'shim', pid: fx.shim.child.pid! },
+        ],
+      },
+      [HOST_IP, GATEWAY_IP],
+      procs,
+      () => fx.stop(),
+    );
+  } catch (e) {
+    await fx.stop();
+    throw e;
+  }
+}
+
+// ------------------------------------------------------------------ passt
+
+const PASST_GUEST = '192.168.127.2';
+const PASST_GATEWAY = '192.168.127.1'; // passt maps TCP/UDP to the gateway onto the host's loopback
+const PASST_DNS = '192.168.127.3'; // --dns-forward: UDP :53 here goes to -D
+
+async function passtLink(o: LinkOptions): Promise<GuestLink> {
+  const topo = createTopology({ prefix: o.prefix, internetAddresses: 1 });
+  const dir = mkdtempSync(join(tmpdir(), `${o.prefix}passt-`));
+  const procs: TrackedProcess[] = [];
+  const teardown = async (): Promise<void> => {
+    topo.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  onCleanup(() => rmSync(dir, { recursive: true, force: true }));
+  try {
+    topo.assertRoutes(['127.0.0.1', topo.remoteAddr]);
+    await startDnsServer(topo.remoteNs, topo.remoteAddr, procs);
+    const sock = join(dir, 'passt.sock');
+    // passt drops to "nobody" when started as root: let it create its socket here.
+    chmodSync(dir, 0o777);
+    const passt = spawnTracked('passt', [
+      '-f', '-q', '-1', '-4',
+      '-s', sock,
+      '-a', PASST_GUEST, '-n', '24', '-g', PASST_GATEWAY,
+      '-m', String(o.mtu),
+      '-D', topo.remoteAddr, '--dns-forward', PASST_DNS,
+      '--no-dhcp', '--no-ndp', '--no-dhcpv6', '--no-ra',
+    ]);
+    procs.push(passt);
+    await waitFor(
+      `passt socket ${sock}`,
+      () => {
+        if (passt.child.exitCode !== null) throw new Error(`passt exited: ${passt.stderr().slice(-1000)}`);
+        return existsSync(sock);
+      },
+      { timeoutMs: 5_000 },
+    );
+    const shim = await startShim(['tap', '--dev', 'pst0', '--netns', topo.guestNs, '--mtu', String(o.mtu), '--connect', `unix://${sock}`], 10_000);
+    procs.push(shim);
+    for (const args of [
+      ['addr', 'add', `${PASST_GUEST}/24`, 'dev', 'pst0'],
+      ['link', 'set', 'pst0', 'mtu', String(o.mtu), 'up'],
+    ]) {
+      const r = await nsRunAsync(topo.guestNs, 'ip', args);
+      if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr}`);
+    }
+    await dropDefaultRoute(topo.guestNs);
+    return makeLink(
+      {
+        backend: 'passt',
+        mtu: o.mtu,
+        guestNs: topo.guestNs,
+        hostAlias: PASST_GATEWAY,
+        dnsServer: PASST_DNS,
+        serverNs: undefined,
+        serverBind: '127.0.0.1',
+        costPids: [
+          { role: 'passt', pid: passt.child.pid! },
+          { role: 'shim', pid: shim.child.pid! },
+        ],
+      },
+      [PASST_GATEWAY, PASST_DNS],
+      procs,
+      teardown,
+    );
+  } catch (e) {
+    for (const p of procs) await killTracked(p).catch(() => {});
+    await teardown();
+    throw e;
+  }
+}
+
+// ------------------------------------------------------------------ slirp4netns
+
+const SLIRP_HOST = '10.0.2.2';
+const SLIRP_DNS = '10.0.2.3';
+
+async function slirpLink(o: LinkOptions): Promise<GuestLink> {
+  const topo = createTopology({ prefix: o.prefix, internetAddresses: 1 });
+  const dir = mkdtempSync(join(tmpdir(), `${o.prefix}slirp-`));
+  const procs: TrackedProcess[] = [];
+  const teardown = async (): Promise<void> => {
+    topo.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  onCleanup(() => rmSync(dir, { recursive: true, force: true }));
+  try {
+    topo.assertRoutes(['127.0.0.1', topo.remoteAddr]);
+    await startDnsServer(topo.remoteNs, topo.remoteAddr, procs);
+    const resolv = join(dir, 'resolv.conf');
+    writeFileSync(resolv, `nameserver ${topo.remoteAddr}\n`);
+    // A private mount namespace (unshare -m makes mounts private) in which
+    // /etc/resolv.conf names our DNS server: libslirp forwards 10.0.2.3 there.
+    // `exec` keeps the PID: the tracked PID is slirp4netns itself.
+    const slirp = spawnTracked('unshare', [
+      '-m', 'sh', '-c',
+      'mount --bind "$1" /etc/resolv.conf && exec slirp4netns --configure --mtu="$2" --netns-type=path "/run/netns/$3" tap0',
+      'sh', resolv, String(o.mtu), topo.guestNs,
+    ]);
+    procs.push(slirp);
+    await waitFor(
+      'slirp4netns tap0 configured',
+      async () => {
+        if (slirp.child.exitCode !== null) throw new Error(`slirp4netns exited: ${slirp.stderr()}`);
+        return (await nsRunAsync(topo.guestNs, 'ip', ['-4', 'addr', 'show', 'dev', 'tap0'])).stdout.includes('inet ');
+      },
+      { timeoutMs: 10_000, intervalMs: 50 },
+    );
+    await dropDefaultRoute(topo.guestNs);
+    return makeLink(
+      {
+        backend: 'slirp4netns',
+        mtu: o.mtu,
+        guestNs: topo.guestNs,
+        hostAlias: SLIRP_HOST,
+        dnsServer: SLIRP_DNS,
+        serverNs: undefined,
+        serverBind: '127.0.0.1',
+        costPids: [{ role: 'slirp4netns', pid: slirp.child.pid! }],
+      },
+      [SLIRP_HOST, SLIRP_DNS],
+      procs,
+      teardown,
+    );
+  } catch (e) {
+    for (const p of procs) await killTracked(p).catch(() => {});
+    await teardown();
+    throw e;
+  }
+}
+
+// ------------------------------------------------------------------ veth (the ceiling)
+
+async function vethLink(o: LinkOptions): Promise<GuestLink> {
+  const pair = createVethPair(o.prefix, o.mtu);
+  const procs: TrackedProcess[] = [];
+  try {
+    await startDnsServer(pair.nsB, pair.addrB, procs);
+    return makeLink(
+      {
+        backend: 'veth',
+        mtu: o.mtu,
+        guestNs: pair.nsA,
+        hostAlias: pair.addrB,
+        dnsServer: pair.addrB,
+        serverNs: pair.nsB,
+        serverBind: pair.addrB,
+        costPids: [],
+      },
+      [pair.addrB],
+      procs,
+      async () => pair.destroy(),
+    );
+  } catch (e) {
+    for (const p of procs) await killTracked(p).catch(() => {});
+    pair.destroy();
+    throw e;
+  }
+}
+
+/** Why `name` cannot run here (a missing program), or undefined when it can. */
+export function backendMissing(name: BackendName): string | undefined {
+  const tool = name === 'passt' ? 'passt' : name === 'slirp4netns' ? 'slirp4netns' : undefined;
+  if (tool !== undefined && !hasTool(tool)) return `${tool} is not installed (apt-get install ${tool})`;
+  return undefined;
+}
+
+export function startLink(name: BackendName, o: LinkOptions): Promise<GuestLink> {
+  switch (name) {
+    case 'moat':
+      return moatLink(o);
+    case 'passt':
+      return passtLink(o);
+    case 'slirp4netns':
+      return slirpLink(o);
+    case 'veth':
+      return vethLink(o);
+  }
+}

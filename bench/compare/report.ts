@@ -1,0 +1,198 @@
+/**
+ * Turning a comparison run into a table (Moat's ratio to each baseline and to
+ * the issue's targets) and an SVG bar chart. Pure functions of the results.
+ */
+import type { BackendName } from './backends.js';
+
+/** One figure of one backend: the median and every run's value. */
+export interface Figure {
+  median: number;
+  runs: number[];
+}
+
+/** metric key -> backend -> figure. Keys look like "iperf mtu=65520 guest->host P1". */
+export type Figures = Record<string, Partial<Record<BackendName, Figure>>>;
+
+export interface Metric {
+  key: string;
+  label: string;
+  unit: string;
+  /** Higher is better (throughput, rates) or lower (latency). */
+  higherIsBetter: boolean;
+  /** Scale for printing (e.g. 1e9 for Gbit/s). */
+  scale: number;
+  digits: number;
+  /** The issue's target for Moat, as text and as a check. */
+  target?: { text: string; met: (moat: number, f: Partial<Record<BackendName, Figure>>) => boolean | undefined };
+}
+
+const vs = (f: Partial<Record<BackendName, Figure>>, b: BackendName): number | undefined => f[b]?.median;
+
+export function iperfKey(mtu: number, direction: string, streams: number): string {
+  return `iperf mtu=${mtu} ${direction} P${streams}`;
+}
+
+/** The metrics in display order, with the issue's targets attached where it sets one. */
+export function metricsFor(mtus: readonly number[], streams: readonly number[], rrMtu: number): Metric[] {
+  const out: Metric[] = [];
+  for (const mtu of mtus) {
+    for (const direction of ['guest->host', 'host->guest']) {
+      for (const p of streams) {
+        const m: Metric = {
+          key: iperfKey(mtu, direction, p),
+          label: `${direction} ${p} stream${p > 1 ? 's' : ''}, MTU ${mtu}`,
+          unit: 'Gbit/s',
+          higherIsBetter: true,
+          scale: 1e9,
+          digits: 2,
+        };
+        if (mtu === 65520 && p === 1) {
+          m.target = {
+            text: '>= 1.5x slirp4netns (stretch >= 0.5x passt)',
+            met: (moat, f) => {
+              const s = vs(f, 'slirp4netns');
+              return s === undefined ? undefined : moat >= 1.5 * s;
+            },
+          };
+        }
+        if (mtu === 1500) {
+          m.target = { text: '>= 1 Gbit/s', met: (moat) => moat >= 1e9 };
+        }
+        out.push(m);
+      }
+    }
+  }
+  out.push(
+    {
+      key: 'rr perSec',
+      label: `request/response (64 B) per s, MTU ${rrMtu}`,
+      unit: '/s',
+      higherIsBetter: true,
+      scale: 1,
+      digits: 0,
+      target: {
+        text: '>= 0.9x slirp4netns',
+        met: (moat, f) => {
+          const s = vs(f, 'slirp4netns');
+          return s === undefined ? undefined : moat >= 0.9 * s;
+        },
+      },
+    },
+    { key: 'rr p50Us', label: 'request/response p50', unit: 'us', higherIsBetter: false, scale: 1, digits: 0 },
+    {
+      key: 'rr p99Us',
+      label: 'request/response p99',
+      unit: 'us',
+      higherIsBetter: false,
+      scale: 1,
+      digits: 0,
+      target: {
+        text: '<= 2x slirp4netns',
+        met: (moat, f) => {
+          const s = vs(f, 'slirp4netns');
+          return s === undefined ? undefined : moat <= 2 * s;
+        },
+      },
+    },
+    {
+      key: 'conn perSec',
+      label: 'new connections per s',
+      unit: '/s',
+      higherIsBetter: true,
+      scale: 1,
+      digits: 0,
+      target: {
+        text: '>= 1.5x slirp4netns',
+        met: (moat, f) => {
+          const s = vs(f, 'slirp4netns');
+          return s === undefined ? undefined : moat >= 1.5 * s;
+        },
+      },
+    },
+    { key: 'dns perSec', label: 'DNS queries per s (one at a time)', unit: '/s', higherIsBetter: true, scale: 1, digits: 0 },
+  );
+  return out;
+}
+
+function fmt(v: number | undefined, m: Metric): string {
+  if (v === undefined || !Number.isFinite(v)) return '-';
+  return (v / m.scale).toFixed(m.digits);
+}
+
+function ratio(a: number | undefined, b: number | undefined): string {
+  if (a === undefined || b === undefined || !Number.isFinite(a) || !Number.isFinite(b) || b === 0) return '-';
+  return `${(a / b).toFixed(2)}x`;
+}
+
+/** Plain-text table: one row per metric, a column per backend, Moat's ratios, the target. */
+export function table(figures: Figures, metrics: readonly Metric[], backends: readonly BackendName[]): string {
+  const baselines = backends.filter((b) => b !== 'moat');
+  const head = ['metric', 'unit', ...backends, ...baselines.map((b) => `moat/${b}`), 'target', 'met'];
+  const rows: string[][] = [head];
+  for (const m of metrics) {
+    const f = figures[m.key];
+    if (!f) continue;
+    const moat = f.moat?.median;
+    const met = m.target && moat !== undefined ? m.target.met(moat, f) : undefined;
+    rows.push([
+      m.label,
+      m.unit,
+      ...backends.map((b) => fmt(f[b]?.median, m)),
+      ...baselines.map((b) => ratio(moat, f[b]?.median)),
+      m.target?.text ?? '',
+      met === undefined ? '' : met ? 'yes' : 'NO',
+    ]);
+  }
+  const widths = head.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
+}
+
+const COLORS: Record<BackendName, string> = { moat: '#d9480f', passt: '#1971c2', slirp4netns: '#2f9e44', veth: '#868e96' };
+
+function esc(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+/**
+ * Horizontal grouped bars: one group per metric, one bar per backend, each
+ * bar's length relative to the best backend of that metric (so metrics with
+ * different units share the chart), labelled with its value.
+ */
+export function svgChart(figures: Figures, metrics: readonly Metric[], backends: readonly BackendName[], title: string): string {
+  const shown = metrics.filter((m) => figures[m.key] !== undefined && m.higherIsBetter);
+  const barH = 14;
+  const gap = 10;
+  const labelW = 300;
+  const plotW = 420;
+  const groupH = backends.length * barH + gap + 16;
+  const height = 60 + shown.length * groupH + 30;
+  const width = labelW + plotW + 120;
+  const parts: string[] = [];
+  parts.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="12">`,
+    `<rect width="100%" height="100%" fill="#fff"/>`,
+    `<text x="10" y="22" font-size="15" font-weight="bold">${esc(title)}</text>`,
+  );
+  backends.forEach((b, i) => {
+    const x = 10 + i * 130;
+    parts.push(`<rect x="${x}" y="34" width="12" height="12" fill="${COLORS[b]}"/><text x="${x + 16}" y="44">${b}</text>`);
+  });
+  let y = 64;
+  for (const m of shown) {
+    const f = figures[m.key]!;
+    const best = Math.max(...backends.map((b) => f[b]?.median ?? 0).filter(Number.isFinite));
+    parts.push(`<text x="10" y="${y + 10}" font-weight="bold">${esc(m.label)} (${esc(m.unit)})</text>`);
+    backends.forEach((b, i) => {
+      const v = f[b]?.median;
+      const by = y + 16 + i * barH;
+      const w = v !== undefined && Number.isFinite(v) && best > 0 ? Math.max(1, (v / best) * plotW) : 0;
+      parts.push(`<text x="${labelW - 6}" y="${by + 11}" text-anchor="end" fill="#495057">${b}</text>`);
+      if (w > 0) parts.push(`<rect x="${labelW}" y="${by + 1}" width="${w.toFixed(1)}" height="${barH - 3}" fill="${COLORS[b]}"/>`);
+      parts.push(`<text x="${labelW + w + 4}" y="${by + 11}">${esc(fmt(v, m))}</text>`);
+    });
+    y += groupH;
+  }
+  parts.push(`<text x="10" y="${height - 10}" fill="#868e96">bars: median of the runs, relative to the best backend of each row; higher is better</text>`);
+  parts.push('</svg>');
+  return parts.join('\n') + '\n';
+}
