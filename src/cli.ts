@@ -3,9 +3,14 @@
  * into exit codes (0 ok, 2 usage/config error, 1 runtime error) and shuts the
  * service down cleanly on SIGINT/SIGTERM.
  */
-import { ConfigError, mainHelp, NODE_CONFIG_IO, parseServeArgs, serveHelp, type ConfigIo } from './config.js';
+import { PreresolveError } from '../dns/preresolve.js';
+import { formatZoneTable } from '../dns/zones.js';
+import { NodeDnsResolver } from './allowlist/resolver.js';
+import { buildAllowlistTable } from './allowlist/zones.js';
+import { ConfigError, mainHelp, NODE_CONFIG_IO, parseServeArgs, parseZonesArgs, serveHelp, zonesHelp, type ConfigIo } from './config.js';
+import { formatIPv4 } from '../netstack/addr.js';
 import { createLogger, type Logger, type LogStream } from './log.js';
-import { serve, type RunningServer } from './serve.js';
+import { serve, type RunningServer, type ServeDeps } from './serve.js';
 
 export const EXIT_OK = 0;
 export const EXIT_RUNTIME_ERROR = 1;
@@ -15,8 +20,10 @@ export interface CliIo {
   stdout: LogStream;
   stderr: LogStream;
   config: ConfigIo;
-  /** Resolves when the process is asked to stop (SIGINT/SIGTERM). */
+  /** Resolves when the process is asked to stop (SIGINT/SIGTERM). Called at most once per run. */
   stopSignal(): Promise<string>;
+  /** Replaces serve()'s parts (tests: a fake DNS resolver). */
+  serveDeps?: Partial<ServeDeps>;
 }
 
 /**
@@ -31,14 +38,56 @@ export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): 
   }
   if (command === 'help') {
     if (rest[0] === 'serve') io.stdout.write(serveHelp());
+    else if (rest[0] === 'zones') io.stdout.write(zonesHelp());
     else io.stdout.write(mainHelp());
     return EXIT_OK;
   }
-  if (command !== 'serve') {
-    io.stderr.write(`moat: unknown command "${command}" (see moat --help)\n`);
-    return EXIT_USAGE;
+  if (command === 'serve') return runServe(rest, io);
+  if (command === 'zones') return runZones(rest, io);
+  io.stderr.write(`moat: unknown command "${command}" (see moat --help)\n`);
+  return EXIT_USAGE;
+}
+
+/** An AbortSignal that fires when the process is asked to stop, and that stop's promise. */
+function stopping(io: CliIo): { signal: AbortSignal; stopped: Promise<string> } {
+  const controller = new AbortController();
+  const stopped = io.stopSignal();
+  void stopped.then((name) => controller.abort(new Error(`stopped by ${name}`)));
+  return { signal: controller.signal, stopped };
+}
+
+async function runZones(args: readonly string[], io: CliIo): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseZonesArgs(args, io.config);
+  } catch (e) {
+    io.stderr.write(`moat zones: ${(e as Error).message}\n`);
+    return e instanceof ConfigError ? EXIT_USAGE : EXIT_RUNTIME_ERROR;
   }
-  return runServe(rest, io);
+  if (parsed.kind === 'help') {
+    io.stdout.write(zonesHelp());
+    return EXIT_OK;
+  }
+  const c = parsed.config;
+  const { signal } = stopping(io);
+  try {
+    const createResolver = io.serveDeps?.createDnsResolver ?? ((servers) => new NodeDnsResolver(servers));
+    const table = await buildAllowlistTable({
+      rules: c.allow,
+      resolver: createResolver(c.resolvers),
+      gatewayIpv4: formatIPv4(c.gatewayIp),
+      hostAliasIpv4: formatIPv4(c.hostIp),
+      sinkhole: c.sinkhole,
+      signal,
+    });
+    io.stdout.write(`${formatZoneTable(table)}\n`);
+    return EXIT_OK;
+  } catch (e) {
+    // PreresolveError's message names every host that failed and why.
+    const message = e instanceof PreresolveError || !signal.aborted ? (e as Error).message : `cancelled: ${(signal.reason as Error).message}`;
+    io.stderr.write(`moat zones: ${message}\n`);
+    return EXIT_RUNTIME_ERROR;
+  }
 }
 
 async function runServe(args: readonly string[], io: CliIo): Promise<number> {
@@ -60,14 +109,17 @@ async function runServe(args: readonly string[], io: CliIo): Promise<number> {
   const config = parsed.config;
   const log: Logger = createLogger({ level: config.logLevel, format: config.logFormat, stream: io.stderr });
 
+  // Asked before start-up: a SIGINT while allowed hosts are being resolved aborts that.
+  const stop = stopping(io);
   let server: RunningServer;
   try {
-    server = await serve(config, log);
+    server = await serve(config, log, io.serveDeps ?? {}, { signal: stop.signal });
   } catch (e) {
-    log.error('moat failed to start', { error: e });
+    if (stop.signal.aborted && !(e instanceof PreresolveError)) log.error('moat start-up cancelled', { reason: stop.signal.reason });
+    else log.error('moat failed to start', { error: e });
     return EXIT_RUNTIME_ERROR;
   }
-  const signal = await io.stopSignal();
+  const signal = await stop.stopped;
   log.info('shutting down', { signal });
   await server.close();
   return EXIT_OK;

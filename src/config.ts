@@ -14,6 +14,8 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { formatIPv4, formatMac, inSubnet, parseCidr, parseIPv4, parseMac, prefixMask, type IPv4, type Mac } from '../netstack/addr.js';
+import { parseRules, RuleSetError, type Rule } from '../dns/rules.js';
+import type { SinkholeMode } from '../dns/zones.js';
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
 
@@ -53,6 +55,21 @@ export interface ServeConfig {
   allowLinkLocal: boolean;
   /** Host resolvers the gateway's DNS forwards to; empty if none was given and /etc/resolv.conf names none. */
   dnsUpstreams: DnsUpstream[];
+  /** The egress allowlist (--allow), parsed; empty = no allowlist, DNS is forwarded. */
+  allow: Rule[];
+  /** Resolvers that allowed names are looked up at (--resolver); never empty when `allow` is not. */
+  resolvers: DnsUpstream[];
+  /** What a name outside the allowlist gets (--sinkhole). */
+  sinkhole: SinkholeMode;
+}
+
+/** What `moat zones` needs: the allowlist and the built-in addresses. */
+export interface ZonesConfig {
+  allow: Rule[];
+  resolvers: DnsUpstream[];
+  sinkhole: SinkholeMode;
+  gatewayIp: IPv4;
+  hostIp: IPv4;
 }
 
 export const MTU_MIN = 576; // RFC 791: every host must accept 576-byte datagrams
@@ -116,8 +133,31 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     help: "Resolver that DNS queries to the gateway are forwarded to (port 53 unless given; IPv6 as [ADDR]:PORT). Repeatable.",
     example: '1.1.1.1',
   },
+  {
+    name: 'allow',
+    type: 'string',
+    multiple: true,
+    value: 'RULE',
+    default: 'none (no allowlist: DNS is forwarded)',
+    help: 'Allow a destination: HOST, *.DOMAIN (every name below DOMAIN, not DOMAIN itself), IP or CIDR, each with an optional :PORT. With any --allow, the gateway answers DNS itself: allowed hosts get the addresses they had at start-up (Moat does not start if one cannot be resolved), names below *.DOMAIN are resolved when asked, every other name is sinkholed without a query leaving the host. Repeatable.',
+    example: '*.github.com',
+  },
+  {
+    name: 'resolver',
+    type: 'string',
+    multiple: true,
+    value: 'IP[:PORT]',
+    default: 'the nameservers in /etc/resolv.conf',
+    help: 'Resolver that allowed names are looked up at (port 53 unless given; IPv6 as [ADDR]:PORT). Used with --allow only. Repeatable.',
+    example: '1.1.1.1',
+  },
+  { name: 'sinkhole', type: 'string', value: 'MODE', default: 'zero', help: 'What a name outside the --allow list gets: zero (A 0.0.0.0, other types no records) or nxdomain.' },
   { name: 'help', type: 'boolean', help: 'Show this help.' },
 ];
+
+/** The flags `moat zones` takes: the allowlist's own, and the addresses its built-in names answer with. */
+export const ZONES_FLAG_NAMES: readonly string[] = ['allow', 'resolver', 'sinkhole', 'subnet', 'gateway-ip', 'host-ip', 'config', 'help'];
+export const ZONES_FLAGS: readonly FlagDoc[] = SERVE_FLAGS.filter((f) => ZONES_FLAG_NAMES.includes(f.name));
 
 const FILE_KEYS = new Set(SERVE_FLAGS.map((f) => f.name).filter((n) => n !== 'help' && n !== 'config'));
 
@@ -151,17 +191,38 @@ interface Raw {
 
 /** Parses `moat serve` arguments (without "serve" itself). Throws ConfigError. */
 export function parseServeArgs(args: readonly string[], io: ConfigIo = NODE_CONFIG_IO): ParsedServeArgs {
+  const raw = readFlags(args, SERVE_FLAGS, 'serve', io);
+  if (raw === 'help') return { kind: 'help' };
+  return { kind: 'config', config: buildConfig(raw, io) };
+}
+
+export type ParsedZonesArgs = { kind: 'help' } | { kind: 'config'; config: ZonesConfig };
+
+/** Parses `moat zones` arguments (without "zones" itself). Throws ConfigError. */
+export function parseZonesArgs(args: readonly string[], io: ConfigIo = NODE_CONFIG_IO): ParsedZonesArgs {
+  const raw = readFlags(args, ZONES_FLAGS, 'zones', io);
+  if (raw === 'help') return { kind: 'help' };
+  // A config file shared with `moat serve` may hold serve-only keys: zones reads what it needs.
+  for (const key of [...raw.keys()]) if (!ZONES_FLAG_NAMES.includes(key)) raw.delete(key);
+  const addresses = buildAddresses(raw);
+  const allowlist = buildAllowlist(raw, io);
+  if (allowlist.allow.length === 0) throw new ConfigError('--allow: at least one rule is required (e.g. moat zones --allow github.com)');
+  return { kind: 'config', config: { ...allowlist, gatewayIp: addresses.gatewayIp, hostIp: addresses.hostIp } };
+}
+
+/** Command-line flags (over the --config file's keys) as flag name → raw value, or 'help'. */
+function readFlags(args: readonly string[], flags: readonly FlagDoc[], command: string, io: ConfigIo): Map<string, Raw> | 'help' {
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }> = {};
-  for (const f of SERVE_FLAGS) options[f.name] = { type: f.type, ...(f.multiple === true ? { multiple: true } : {}) };
+  for (const f of flags) options[f.name] = { type: f.type, ...(f.multiple === true ? { multiple: true } : {}) };
   options.help!.short = 'h';
 
   let values: Record<string, RawValue | undefined>;
   try {
     ({ values } = parseArgs({ args: [...args], options, strict: true, allowPositionals: false }) as { values: Record<string, RawValue | undefined> });
   } catch (e) {
-    throw new ConfigError(describeParseArgsError(e));
+    throw new ConfigError(describeParseArgsError(e, command));
   }
-  if (values.help === true) return { kind: 'help' };
+  if (values.help === true) return 'help';
 
   const raw = new Map<string, Raw>();
   const configFile = values.config;
@@ -172,19 +233,19 @@ export function parseServeArgs(args: readonly string[], io: ConfigIo = NODE_CONF
     if (key === 'config' || key === 'help' || value === undefined) continue;
     raw.set(key, { value, label: `--${key}` });
   }
-  return { kind: 'config', config: buildConfig(raw, io) };
+  return raw;
 }
 
-function describeParseArgsError(e: unknown): string {
+function describeParseArgsError(e: unknown, command = 'serve'): string {
   const err = e as { code?: string; message?: string };
   const msg = err.message ?? String(e);
   if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
     const m = /'([^']+)'/.exec(msg);
-    return `unknown flag ${m ? m[1] : ''} (see moat serve --help)`.replace('  ', ' ');
+    return `unknown flag ${m ? m[1] : ''} (see moat ${command} --help)`.replace('  ', ' ');
   }
   if (err.code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') {
     const m = /'([^']+)'/.exec(msg);
-    return `unexpected argument ${m ? `"${m[1]}"` : ''} (every setting is a --flag; see moat serve --help)`;
+    return `unexpected argument ${m ? `"${m[1]}"` : ''} (every setting is a --flag; see moat ${command} --help)`;
   }
   // ERR_PARSE_ARGS_INVALID_OPTION_VALUE: Node's message names the flag ("Option '--mtu <value>' argument missing").
   return msg;
@@ -241,15 +302,93 @@ function fileItemToText(key: string, item: unknown, label: string): string {
   return fileScalarToText(item, label);
 }
 
-function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
-  const str = (name: string): { text: string; label: string } | undefined => {
+type StrGetter = (name: string) => { text: string; label: string } | undefined;
+type ListGetter = (name: string) => { items: string[]; label: string };
+
+function getters(raw: Map<string, Raw>): { str: StrGetter; list: ListGetter } {
+  const str: StrGetter = (name) => {
     const r = raw.get(name);
     return r === undefined ? undefined : { text: r.value as string, label: r.label };
   };
-  const list = (name: string): { items: string[]; label: string } => {
+  const list: ListGetter = (name) => {
     const r = raw.get(name);
     return r === undefined ? { items: [], label: `--${name}` } : { items: r.value as string[], label: r.label };
   };
+  return { str, list };
+}
+
+interface Addresses {
+  network: IPv4;
+  prefix: number;
+  subnetText: string;
+  gatewayIp: IPv4;
+  guestIp: IPv4;
+  hostIp: IPv4;
+}
+
+/** --subnet and the addresses inside it. */
+function buildAddresses(raw: Map<string, Raw>): Addresses {
+  const { str } = getters(raw);
+  const subnetRaw = str('subnet') ?? { text: DEFAULT_SUBNET, label: '--subnet' };
+  const cidr = parseCidr(subnetRaw.text);
+  if (cidr === undefined) throw new ConfigError(`${subnetRaw.label}: must be an IPv4 CIDR like ${DEFAULT_SUBNET}, got "${subnetRaw.text}"`);
+  if (cidr.prefix > 30) throw new ConfigError(`${subnetRaw.label}: prefix must be /30 or shorter (room for gateway, guest and host), got "${subnetRaw.text}"`);
+  const { network, prefix } = cidr;
+  const broadcast = (network | ~prefixMask(prefix)) >>> 0;
+  const gatewayIp = parseAddressIn('gateway-ip', str('gateway-ip'), network + 1, network, prefix, broadcast, subnetRaw.text);
+  const guestIp = parseAddressIn('guest-ip', str('guest-ip'), network + 2, network, prefix, broadcast, subnetRaw.text);
+  const hostIp = parseAddressIn('host-ip', str('host-ip'), broadcast - 1, network, prefix, broadcast, subnetRaw.text);
+  const named: [string, IPv4][] = [
+    ['--gateway-ip', gatewayIp],
+    ['--guest-ip', guestIp],
+    ['--host-ip', hostIp],
+  ];
+  for (let i = 0; i < named.length; i++) {
+    for (let j = i + 1; j < named.length; j++) {
+      if (named[i]![1] === named[j]![1]) {
+        throw new ConfigError(`${named[i]![0]} and ${named[j]![0]}: must be distinct, both are ${formatIPv4(named[i]![1])}`);
+      }
+    }
+  }
+  return { network, prefix, subnetText: subnetRaw.text, gatewayIp, guestIp, hostIp };
+}
+
+interface AllowlistSettings {
+  allow: Rule[];
+  resolvers: DnsUpstream[];
+  sinkhole: SinkholeMode;
+}
+
+/** --allow, --resolver, --sinkhole. An invalid rule is an error naming it, never skipped. */
+function buildAllowlist(raw: Map<string, Raw>, io: ConfigIo): AllowlistSettings {
+  const { str, list } = getters(raw);
+  const allowRaw = list('allow');
+  let allow: Rule[];
+  try {
+    allow = parseRules(allowRaw.items);
+  } catch (e) {
+    if (e instanceof RuleSetError) throw new ConfigError(`${allowRaw.label}: ${e.message}`);
+    throw e;
+  }
+
+  const resolverRaw = list('resolver');
+  const resolvers =
+    resolverRaw.items.length > 0
+      ? resolverRaw.items.map((t) => parseDnsUpstream(t, resolverRaw.label))
+      : nameserversFromResolvConf(io.readResolvConf() ?? '');
+  if (allow.length > 0 && resolvers.length === 0) {
+    throw new ConfigError('--resolver: none given and /etc/resolv.conf names no nameserver; allowed hosts cannot be resolved (e.g. --resolver 1.1.1.1)');
+  }
+
+  const sinkholeRaw = str('sinkhole');
+  if (sinkholeRaw !== undefined && sinkholeRaw.text !== 'zero' && sinkholeRaw.text !== 'nxdomain') {
+    throw new ConfigError(`${sinkholeRaw.label}: must be zero or nxdomain, got "${sinkholeRaw.text}"`);
+  }
+  return { allow, resolvers, sinkhole: (sinkholeRaw?.text as SinkholeMode | undefined) ?? 'zero' };
+}
+
+function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
+  const { str, list } = getters(raw);
 
   // --listen-qemu
   const listenRaw = list('listen-qemu');
@@ -274,27 +413,8 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   }
 
   // --subnet and the addresses inside it
-  const subnetRaw = str('subnet') ?? { text: DEFAULT_SUBNET, label: '--subnet' };
-  const cidr = parseCidr(subnetRaw.text);
-  if (cidr === undefined) throw new ConfigError(`${subnetRaw.label}: must be an IPv4 CIDR like ${DEFAULT_SUBNET}, got "${subnetRaw.text}"`);
-  if (cidr.prefix > 30) throw new ConfigError(`${subnetRaw.label}: prefix must be /30 or shorter (room for gateway, guest and host), got "${subnetRaw.text}"`);
-  const { network, prefix } = cidr;
-  const broadcast = (network | ~prefixMask(prefix)) >>> 0;
-  const gatewayIp = parseAddressIn('gateway-ip', str('gateway-ip'), network + 1, network, prefix, broadcast, subnetRaw.text);
-  const guestIp = parseAddressIn('guest-ip', str('guest-ip'), network + 2, network, prefix, broadcast, subnetRaw.text);
-  const hostIp = parseAddressIn('host-ip', str('host-ip'), broadcast - 1, network, prefix, broadcast, subnetRaw.text);
-  const named: [string, IPv4][] = [
-    ['--gateway-ip', gatewayIp],
-    ['--guest-ip', guestIp],
-    ['--host-ip', hostIp],
-  ];
-  for (let i = 0; i < named.length; i++) {
-    for (let j = i + 1; j < named.length; j++) {
-      if (named[i]![1] === named[j]![1]) {
-        throw new ConfigError(`${named[i]![0]} and ${named[j]![0]}: must be distinct, both are ${formatIPv4(named[i]![1])}`);
-      }
-    }
-  }
+  const { network, prefix, subnetText, gatewayIp, guestIp, hostIp } = buildAddresses(raw);
+  const subnetRaw = { text: subnetText };
 
   // --gateway-mac
   const macRaw = str('gateway-mac') ?? { text: DEFAULT_GATEWAY_MAC, label: '--gateway-mac' };
@@ -346,7 +466,10 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
       ? dnsRaw.items.map((t) => parseDnsUpstream(t, dnsRaw.label))
       : nameserversFromResolvConf(io.readResolvConf() ?? '');
 
-  const allow = raw.get('allow-link-local');
+  // --allow, --resolver, --sinkhole
+  const allowlist = buildAllowlist(raw, io);
+
+  const allowLinkLocal = raw.get('allow-link-local');
   return {
     listen,
     mtu,
@@ -361,8 +484,9 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     pcapFile: pcapRaw?.text,
     logLevel: (levelRaw?.text as LogLevel | undefined) ?? 'info',
     logFormat: (formatRaw?.text as LogFormat | undefined) ?? 'pretty',
-    allowLinkLocal: allow?.value === true,
+    allowLinkLocal: allowLinkLocal?.value === true,
     dnsUpstreams,
+    ...allowlist,
   };
 }
 
@@ -438,8 +562,16 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
     forwards: c.forwards.map((f) => `${f.local}=${f.remote}/${f.protocol}`),
     pcap: c.pcapFile,
     allowLinkLocal: c.allowLinkLocal,
-    dnsUpstreams: c.dnsUpstreams.map((u) => (u.host.includes(':') ? `[${u.host}]:${u.port}` : `${u.host}:${u.port}`)),
+    dnsUpstreams: c.dnsUpstreams.map(formatUpstream),
+    ...(c.allow.length === 0
+      ? {}
+      : { allow: c.allow.map((r) => r.text), resolvers: c.resolvers.map(formatUpstream), sinkhole: c.sinkhole }),
   };
+}
+
+/** IP:PORT, IPv6 as [ADDR]:PORT (what --dns-upstream and --resolver accept, and node:dns setServers). */
+export function formatUpstream(u: DnsUpstream): string {
+  return u.host.includes(':') ? `[${u.host}]:${u.port}` : `${u.host}:${u.port}`;
 }
 
 // ---------------------------------------------------------------- help text
@@ -453,6 +585,18 @@ const SHIM_EXAMPLE = `  moat serve --listen-qemu unix:///tmp/moat.sock
   moat-shim tap --dev tap0 --netns guest --connect unix:///tmp/moat.sock
   # creates TAP device tap0 inside network namespace "guest" and bridges it to Moat`;
 
+function flagLines(flags: readonly FlagDoc[]): string[] {
+  const lines: string[] = [];
+  for (const f of flags) {
+    const head = `  --${f.name}${f.value !== undefined ? ` ${f.value}` : ''}${f.name === 'help' ? ', -h' : ''}`;
+    lines.push(head);
+    lines.push(`      ${f.help}`);
+    if (f.default !== undefined) lines.push(`      Default: ${f.default}.`);
+    if (f.example !== undefined) lines.push(`      Example: --${f.name} ${f.example}`);
+  }
+  return lines;
+}
+
 export function serveHelp(): string {
   const lines: string[] = [
     'Usage: moat serve --listen-qemu URL [flags]',
@@ -460,14 +604,8 @@ export function serveHelp(): string {
     'Runs the user-space network for one guest: DHCP, DNS, NAT to the host and port forwards.',
     '',
     'Flags:',
+    ...flagLines(SERVE_FLAGS),
   ];
-  for (const f of SERVE_FLAGS) {
-    const head = `  --${f.name}${f.value !== undefined ? ` ${f.value}` : ''}${f.name === 'help' ? ', -h' : ''}`;
-    lines.push(head);
-    lines.push(`      ${f.help}`);
-    if (f.default !== undefined) lines.push(`      Default: ${f.default}.`);
-    if (f.example !== undefined) lines.push(`      Example: --${f.name} ${f.example}`);
-  }
   lines.push(
     '',
     'Attach a QEMU guest (QEMU 7.2+):',
@@ -482,6 +620,24 @@ export function serveHelp(): string {
   return lines.join('\n');
 }
 
+export function zonesHelp(): string {
+  return [
+    'Usage: moat zones --allow RULE... [--resolver IP[:PORT]] [--sinkhole zero|nxdomain]',
+    '',
+    'Resolves the allowed hosts as `moat serve --allow` would at start-up and prints the DNS zone table',
+    'in match order (built-in names, then the longest suffix first, then the root sinkhole) with its records.',
+    '',
+    'Flags:',
+    ...flagLines(ZONES_FLAGS),
+    '',
+    'Example:',
+    '  moat zones --allow github.com --allow \'*.githubusercontent.com\' --resolver 1.1.1.1',
+    '',
+    'Exit status: 0 with the table printed, 2 for a usage error or an invalid rule, 1 when an allowed host cannot be resolved (every such host is named).',
+    '',
+  ].join('\n');
+}
+
 export function mainHelp(): string {
   return [
     'Usage: moat <command> [flags]',
@@ -490,11 +646,13 @@ export function mainHelp(): string {
     '',
     'Commands:',
     '  serve    Serve the network to a guest over a QEMU stream socket (moat serve --help).',
-    '  help     Show this help, or a command\'s help (moat help serve).',
+    '  zones    Print the DNS zone table an allowlist gives, resolving its hosts (moat zones --help).',
+    '  help     Show this help, or a command\'s help (moat help serve, moat help zones).',
     '',
     'Example:',
     QEMU_EXAMPLE,
     '',
     serveHelp(),
+    zonesHelp(),
   ].join('\n');
 }

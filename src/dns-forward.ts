@@ -24,11 +24,12 @@ import { isIP, connect as netConnect, type Socket } from 'node:net';
 import { createSocket, type Socket as UdpSocket, type RemoteInfo } from 'node:dgram';
 import type { TcpCloseReason, TcpHandlers, TcpSocket } from '../netstack/api.js';
 import type { DnsUpstream } from './nat/options.js';
+import type { DnsAnswerer, DnsTcpLimits, GatewayDns } from './gateway-dns.js';
 import type { Logger } from './log.js';
 
 export type { DnsUpstream } from './nat/options.js';
 
-export interface DnsForwarderOptions {
+export interface DnsForwarderOptions extends DnsTcpLimits {
   upstreams: DnsUpstream[];
   /** Whole-query deadline; past it the guest gets SERVFAIL. */
   timeoutMs: number;
@@ -36,10 +37,6 @@ export interface DnsForwarderOptions {
   attemptTimeoutMs: number;
   /** Queries in flight at once (UDP and TCP together). */
   maxInFlight: number;
-  /** Queries one guest TCP connection may have outstanding; beyond it the connection is paused. */
-  maxTcpPipelined: number;
-  /** A guest DNS TCP connection idle this long is closed (RFC 7766 6.2.3). */
-  tcpIdleTimeoutMs: number;
 }
 
 export const DEFAULT_DNS_FORWARDER_OPTIONS: Readonly<DnsForwarderOptions> = Object.freeze({
@@ -52,6 +49,7 @@ export const DEFAULT_DNS_FORWARDER_OPTIONS: Readonly<DnsForwarderOptions> = Obje
 });
 
 export interface DnsForwarderStats {
+  mode: 'forward';
   queries: number;
   answered: number;
   servfail: number;
@@ -154,7 +152,7 @@ interface UdpQuery {
   resolve(answer: Uint8Array | undefined): void;
 }
 
-export class DnsForwarder {
+export class DnsForwarder implements GatewayDns {
   readonly opts: DnsForwarderOptions;
   private readonly udpQueries = new Map<number, UdpQuery>();
   private tcpInFlight = 0;
@@ -181,7 +179,7 @@ export class DnsForwarder {
   }
 
   stats(): DnsForwarderStats {
-    return { ...this.counters, inFlight: this.udpQueries.size + this.tcpInFlight };
+    return { mode: 'forward', ...this.counters, inFlight: this.udpQueries.size + this.tcpInFlight };
   }
 
   /**
@@ -206,7 +204,7 @@ export class DnsForwarder {
 
   /** Handlers for a guest TCP connection to the gateway's :53; bind the accepted socket with session.bind(). */
   openTcpSession(): DnsTcpSession {
-    const session = new DnsTcpSession(this, () => this.sessions.delete(session));
+    const session = new DnsTcpSession(this, this.opts, () => this.sessions.delete(session));
     this.sessions.add(session);
     return session;
   }
@@ -421,7 +419,8 @@ export class FrameReader {
 }
 
 /**
- * One guest TCP connection to the gateway's DNS port. Reads framed queries,
+ * One guest TCP connection to the gateway's DNS port, served by any
+ * DnsAnswerer (the forwarder, or the allowlist's responder). Reads framed queries,
  * answers them in order, pauses the guest when too many are outstanding,
  * half-closes after the last answer once the guest sent FIN.
  */
@@ -440,7 +439,8 @@ export class DnsTcpSession {
   private idleTimer: NodeJS.Timeout | undefined;
 
   constructor(
-    private readonly forwarder: DnsForwarder,
+    private readonly answerer: DnsAnswerer,
+    private readonly limits: DnsTcpLimits,
     private readonly onGone: () => void,
   ) {
     this.handlers = {
@@ -467,7 +467,7 @@ export class DnsTcpSession {
 
   private touch(): void {
     if (this.idleTimer === undefined) {
-      this.idleTimer = setTimeout(() => this.idle(), this.forwarder.opts.tcpIdleTimeoutMs);
+      this.idleTimer = setTimeout(() => this.idle(), this.limits.tcpIdleTimeoutMs);
     } else {
       this.idleTimer.refresh();
     }
@@ -494,13 +494,13 @@ export class DnsTcpSession {
     for (const query of frames) {
       const slot: { answer: Uint8Array | undefined; ready: boolean } = { answer: undefined, ready: false };
       this.slots.push(slot);
-      void this.forwarder.resolve(query, 'tcp').then((answer) => {
+      void this.answerer.resolve(query, 'tcp').then((answer) => {
         slot.answer = answer;
         slot.ready = true;
         this.pump();
       });
     }
-    if (this.slots.length >= this.forwarder.opts.maxTcpPipelined && !this.paused) {
+    if (this.slots.length >= this.limits.maxTcpPipelined && !this.paused) {
       this.paused = true;
       this.tcp?.pause();
     }
@@ -529,7 +529,7 @@ export class DnsTcpSession {
       framed.set(head.answer, 2);
       this.unsent = framed;
     }
-    if (this.paused && this.slots.length < this.forwarder.opts.maxTcpPipelined) {
+    if (this.paused && this.slots.length < this.limits.maxTcpPipelined) {
       this.paused = false;
       tcp.resume();
     }

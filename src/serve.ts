@@ -9,15 +9,24 @@
  * of input (and every deferred flush) it is re-armed for the stack's next
  * deadline. Everything that opens a socket is opened before the ready line is
  * logged, and closed again if any part fails to start.
+ *
+ * With --allow, the allowed hosts are resolved first (fail closed: serve()
+ * rejects, naming every host that failed, before any socket is opened) and
+ * the gateway's DNS is an AllowlistDns instead of the forwarder.
  */
 import type { IPv4 } from '../netstack/addr.js';
 import { formatIPv4, formatMac } from '../netstack/addr.js';
 import type { Clock } from '../netstack/clock.js';
 import type { NetStack, PendingTcp, StackConfig, StackEvents, UdpDatagram } from '../netstack/api.js';
 import { createStack, DEFAULT_STACK_CONFIG, type StackOptions } from '../netstack/stack.js';
+import type { Resolver } from '../dns/preresolve.js';
+import { AllowlistDns } from './allowlist/dns.js';
+import { NodeDnsResolver } from './allowlist/resolver.js';
+import { buildAllowlistTable } from './allowlist/zones.js';
 import { ApiServer } from './api-server.js';
 import { MonotonicClock, TimerDriver } from './clock.js';
-import { describeConfig, type ServeConfig } from './config.js';
+import { describeConfig, type DnsUpstream, type ServeConfig } from './config.js';
+import type { GatewayDns } from './gateway-dns.js';
 import type { Logger } from './log.js';
 import { PortForwarder } from './forwarder.js';
 import { Nat, type GatewayUdpClaims, type NatOptions } from './nat/index.js';
@@ -56,7 +65,10 @@ export interface ServeDeps {
     defer: (fn: () => void) => void,
     options?: StackOptions,
   ): NetStack;
-  createNat(options: Partial<NatOptions>, log: Logger): NatLike;
+  /** `dns` serves gateway:53 when given (allowlist mode); otherwise the NAT forwards DNS. */
+  createNat(options: Partial<NatOptions>, log: Logger, dns?: GatewayDns): NatLike;
+  /** The upstream allowed names are resolved at (--resolver). */
+  createDnsResolver(servers: readonly DnsUpstream[]): Resolver;
   createPortForwards: PortForwardsFactory;
   link: Partial<QemuStreamOptions>;
 }
@@ -100,15 +112,22 @@ export function natOptionsFor(config: ServeConfig): Partial<NatOptions> {
 export const DEFAULT_SERVE_DEPS: ServeDeps = {
   clock: new MonotonicClock(),
   createStack,
-  createNat: (options, log) => new Nat(options, log),
+  createNat: (options, log, dns) => new Nat(options, log, dns),
+  createDnsResolver: (servers) => new NodeDnsResolver(servers),
   createPortForwards: createPortForwarder,
   link: {},
 };
 
-export async function serve(config: ServeConfig, log: Logger, deps: Partial<ServeDeps> = {}): Promise<RunningServer> {
+export interface ServeOptions {
+  /** Aborts start-up (pre-resolution of allowed hosts); the CLI aborts it on SIGINT/SIGTERM. */
+  signal?: AbortSignal;
+}
+
+export async function serve(config: ServeConfig, log: Logger, deps: Partial<ServeDeps> = {}, options: ServeOptions = {}): Promise<RunningServer> {
   const d: ServeDeps = { ...DEFAULT_SERVE_DEPS, ...deps };
   log.info('moat starting', describeConfig(config));
-  if (config.dnsUpstreams.length === 0) log.warn('no DNS upstream: none given and /etc/resolv.conf names none; guest DNS queries will fail');
+  const allowlist = config.allow.length > 0;
+  if (!allowlist && config.dnsUpstreams.length === 0) log.warn('no DNS upstream: none given and /etc/resolv.conf names none; guest DNS queries will fail');
   for (const l of config.listen) {
     if (l.kind === 'tcp' && l.host !== '127.0.0.1' && l.host !== '::1' && l.host !== 'localhost') {
       log.warn('guest socket listens beyond loopback: anyone who can connect gets the guest network', { listen: l.url });
@@ -132,7 +151,8 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
     const driver = new TimerDriver(d.clock);
     closers.push(() => driver.stop());
 
-    const nat = d.createNat(natOptionsFor(config), log.child({ component: 'nat' }));
+    const gatewayDns = allowlist ? await startAllowlistDns(config, d, log, options.signal) : undefined;
+    const nat = d.createNat(natOptionsFor(config), log.child({ component: 'nat' }), gatewayDns);
     closers.push(() => nat.close());
 
     // The link is created before the stack (the stack's onOutput needs it) and listens after.
@@ -235,6 +255,25 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
     await closeAll();
     throw e;
   }
+}
+
+/** Resolves every allowed host (fail closed) and builds the gateway's allowlist DNS; nothing is opened before. */
+async function startAllowlistDns(config: ServeConfig, d: ServeDeps, log: Logger, signal: AbortSignal | undefined): Promise<GatewayDns> {
+  const resolver = d.createDnsResolver(config.resolvers);
+  const started = d.clock.now();
+  const table = await buildAllowlistTable({
+    rules: config.allow,
+    resolver,
+    gatewayIpv4: formatIPv4(config.gatewayIp),
+    hostAliasIpv4: formatIPv4(config.hostIp),
+    sinkhole: config.sinkhole,
+    ...(signal ? { signal } : {}),
+  });
+  log.info('allowlist zones ready', {
+    zones: table.zones.map((z) => (z.name === '' ? '.' : `${z.name}.`)),
+    resolveMs: Math.round(d.clock.now() - started),
+  });
+  return new AllowlistDns({ table, resolver }, log.child({ component: 'dns' }));
 }
 
 function collectStats(

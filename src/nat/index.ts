@@ -3,9 +3,12 @@
  * host sockets, and their bytes and datagrams flow back into the stack.
  *
  *   TCP   SYN -> classify destination -> dial on the host -> SYN-ACK (or RST)
- *         gateway:53 -> DNS over TCP, forwarded (src/dns-forward.ts)
+ *         gateway:53 -> DNS over TCP, served by the GatewayDns
  *   UDP   datagram -> per-four-tuple host socket (idle timeout, LRU bound)
- *         gateway:53 -> DNS forwarder; gateway:<claimed port> -> port forwarder
+ *         gateway:53 -> the GatewayDns; gateway:<claimed port> -> port forwarder
+ *
+ * The GatewayDns (src/gateway-dns.ts) is the forwarder of src/dns-forward.ts
+ * unless the caller hands in another one (the allowlist's responder).
  *   ICMP  not forwarded: echo to a non-virtual address needs an ICMP socket,
  *         which Node cannot open (no SOCK_DGRAM/IPPROTO_ICMP in node:dgram),
  *         and faking replies would lie about reachability. Dropped and
@@ -17,7 +20,8 @@
  */
 import type { IPv4 } from '../../netstack/addr.js';
 import type { NetStack, PendingTcp, UdpDatagram } from '../../netstack/api.js';
-import { DnsForwarder, systemUpstreams, type DnsForwarderStats } from '../dns-forward.js';
+import { DnsForwarder, systemUpstreams } from '../dns-forward.js';
+import type { GatewayDns, GatewayDnsStats } from '../gateway-dns.js';
 import type { Logger } from '../log.js';
 import { classifyDestination } from './destination.js';
 import { natOptions, type NatOptions } from './options.js';
@@ -44,7 +48,7 @@ export interface NatStats {
   udpFlows: number;
   tcp: TcpFlowStats;
   udp: UdpFlowStats;
-  dns: DnsForwarderStats;
+  dns: GatewayDnsStats;
   udpRefused: number;
   icmpDropped: number;
 }
@@ -54,15 +58,16 @@ export class Nat implements GatewayUdpClaims {
   private stack: NetStack | undefined;
   private readonly tcp: TcpFlowTable;
   private readonly udp: UdpFlowTable;
-  private readonly dns: DnsForwarder;
+  private readonly dns: GatewayDns;
   private readonly gatewayUdp = new Map<number, GatewayUdpHandler>();
   private udpRefused = 0;
   private icmpDropped = 0;
   private closed = false;
 
-  constructor(opts: Partial<NatOptions>, private readonly log: Logger) {
+  /** `dns` answers gateway:53; without it, queries are forwarded to `opts.dnsUpstreams`. */
+  constructor(opts: Partial<NatOptions>, private readonly log: Logger, dns?: GatewayDns) {
     this.options = natOptions(opts);
-    if (this.options.dnsUpstreams.length === 0) this.options.dnsUpstreams = systemUpstreams();
+    if (dns === undefined && this.options.dnsUpstreams.length === 0) this.options.dnsUpstreams = systemUpstreams();
     this.tcp = new TcpFlowTable(
       {
         maxFlows: this.options.maxTcpFlows,
@@ -80,14 +85,16 @@ export class Nat implements GatewayUdpClaims {
       (from, fromPort, to, toPort, payload) => this.stack?.sendUdp(from, fromPort, to, toPort, payload),
       log,
     );
-    this.dns = new DnsForwarder(
-      {
-        upstreams: this.options.dnsUpstreams,
-        timeoutMs: this.options.dnsTimeoutMs,
-        maxInFlight: this.options.dnsMaxInFlight,
-      },
-      log,
-    );
+    this.dns =
+      dns ??
+      new DnsForwarder(
+        {
+          upstreams: this.options.dnsUpstreams,
+          timeoutMs: this.options.dnsTimeoutMs,
+          maxInFlight: this.options.dnsMaxInFlight,
+        },
+        log,
+      );
   }
 
   /** The stack whose flows this NAT serves (replies are sent through it). */

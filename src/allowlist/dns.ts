@@ -1,0 +1,95 @@
+/**
+ * The gateway's DNS in allowlist mode (`moat serve --allow ...`): a
+ * GatewayDns that answers every query with dns/'s DnsResponder from the zone
+ * table, instead of forwarding it. Allowed names get their pre-resolved
+ * records, names below a `*.domain` are looked up live, every other name is
+ * sinkholed here and no query for it leaves the host.
+ *
+ * Each decision is logged as one structured line ("dns decision") with the
+ * name, type, zone and outcome, so what the guest tried to reach is on record.
+ * TCP connections (2-byte framing, several queries, answers in order) use
+ * the same DnsTcpSession as the forwarder.
+ */
+import { DnsResponder, type DnsDecision, type ResponderStats } from '../../dns/responder.js';
+import type { Resolver, Timers } from '../../dns/preresolve.js';
+import type { ZoneTable } from '../../dns/zones.js';
+import { DEFAULT_DNS_FORWARDER_OPTIONS, DnsTcpSession } from '../dns-forward.js';
+import type { DnsTcpLimits, DnsVia, GatewayDns, GatewayDnsStats } from '../gateway-dns.js';
+import type { Logger } from '../log.js';
+import { realTimers } from './resolver.js';
+import { GUEST_IPV6 } from './zones.js';
+
+export interface AllowlistDnsOptions {
+  table: ZoneTable;
+  /** Live lookups of names below `*.domain` zones. */
+  resolver: Resolver;
+  timers?: Timers;
+  tcp?: Partial<DnsTcpLimits>;
+}
+
+export type AllowlistDnsStats = GatewayDnsStats & ResponderStats & { mode: 'allowlist'; zones: number };
+
+export class AllowlistDns implements GatewayDns {
+  readonly responder: DnsResponder;
+  private readonly tcpLimits: DnsTcpLimits;
+  private readonly sessions = new Set<DnsTcpSession>();
+  /** Aborted on close(): live lookups in flight end (SERVFAIL, then dropped). */
+  private readonly closing = new AbortController();
+
+  constructor(
+    opts: AllowlistDnsOptions,
+    private readonly log: Logger,
+  ) {
+    this.responder = new DnsResponder({
+      table: opts.table,
+      resolver: opts.resolver,
+      timers: opts.timers ?? realTimers,
+      ipv6: GUEST_IPV6,
+    });
+    this.tcpLimits = {
+      maxTcpPipelined: opts.tcp?.maxTcpPipelined ?? DEFAULT_DNS_FORWARDER_OPTIONS.maxTcpPipelined,
+      tcpIdleTimeoutMs: opts.tcp?.tcpIdleTimeoutMs ?? DEFAULT_DNS_FORWARDER_OPTIONS.tcpIdleTimeoutMs,
+    };
+  }
+
+  /** Swap in a new table (allowlist reload). */
+  setTable(table: ZoneTable): void {
+    this.responder.setTable(table);
+  }
+
+  async resolve(query: Uint8Array, via: DnsVia): Promise<Uint8Array | undefined> {
+    if (this.closing.signal.aborted) return undefined;
+    const reply = await this.responder.respond(query, via, this.closing.signal);
+    if (reply === null || this.closing.signal.aborted) return undefined;
+    this.logDecision(reply.decision, via);
+    return reply.bytes;
+  }
+
+  openTcpSession(): DnsTcpSession {
+    const session = new DnsTcpSession(this, this.tcpLimits, () => this.sessions.delete(session));
+    this.sessions.add(session);
+    return session;
+  }
+
+  stats(): AllowlistDnsStats {
+    return { mode: 'allowlist', ...this.responder.stats, zones: this.responder.zoneTable.zones.length };
+  }
+
+  async close(): Promise<void> {
+    this.closing.abort(new Error('gateway DNS closed'));
+    for (const s of [...this.sessions]) s.abort();
+  }
+
+  private logDecision(d: DnsDecision, via: DnsVia): void {
+    this.log.info('dns decision', {
+      decision: d.outcome === 'sinkholed' ? 'sinkholed' : d.allowed ? 'allowed' : 'rejected',
+      name: d.name,
+      type: d.type,
+      zone: d.zone,
+      outcome: d.outcome,
+      rcode: d.rcode,
+      via,
+      ...(d.addresses.length > 0 ? { addresses: d.addresses, ttl: d.ttl } : {}),
+    });
+  }
+}
