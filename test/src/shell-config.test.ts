@@ -250,12 +250,18 @@ describe('config file and flag precedence', () => {
       'log-format': 'pretty',
       'allow-link-local': false,
       'dns-upstream': '1.0.0.1:53',
+      allow: ['github.com', '*.github.com'],
+      resolver: ['1.1.1.1:53'],
+      sinkhole: 'nxdomain',
     };
     expect(Object.keys(values).sort()).toEqual([...keys].sort());
     const c = parse(['--config', '/all.json'], { '/all.json': JSON.stringify(values) });
     expect(c.logLevel).toBe('warn');
     expect(c.apiSocket).toBe('/tmp/api');
     expect(c.dnsUpstreams).toEqual([{ host: '1.0.0.1', port: 53 }]);
+    expect(c.allow.map((r) => r.text)).toEqual(['github.com', '*.github.com']);
+    expect(c.resolvers).toEqual([{ host: '1.1.1.1', port: 53 }]);
+    expect(c.sinkhole).toBe('nxdomain');
   });
 });
 
