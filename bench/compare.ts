@@ -208,6 +208,7 @@ async function compare(o: Options): Promise<Results> {
         await eachRun(up, o.runs, 'dns', res, async ({ link }, b) => {
           const s = await dnsRate(link, o.rateSeconds);
           if (s.failed > 0) res.errors.push(`dns via ${b}: ${s.failed} unanswered or bad`);
+          if (s.wrongSource) res.errors.push(`dns via ${b}: ${s.wrongSource} answers from another address than ${link.dnsServer}`);
           record(res, 'dns perSec', b, s.perSec, s.cpu);
         });
         if (o.idle > 0) {

@@ -8,11 +8,13 @@
  *   slirp4netns  guest TAP ------------- slirp4netns (libslirp)   -- host 127.0.0.1
  *   veth         guest veth ---------------------------------------- peer namespace (the ceiling)
  *
- * DNS: every backend's resolver path ends at the same DNS server (the
- * fixture's DNS_SERVER_JS) inside a namespace we created (the topology's
- * "remote" namespace, reached from the root namespace over its veth), never
- * at the machine's resolver: Moat by --dns-upstream, passt by -D, slirp4netns
- * by a private mount namespace whose /etc/resolv.conf names that server.
+ * DNS: every backend's resolver path ends at the same kind of DNS server
+ * (the fixture's DNS_SERVER_JS), never at the machine's resolver: for Moat
+ * and slirp4netns it runs in the topology's "remote" namespace (reached from
+ * the root namespace over its veth); Moat gets it by --dns-upstream,
+ * slirp4netns by a private mount namespace whose /etc/resolv.conf names it.
+ * passt forwards only to a loopback resolver, so its server listens on the
+ * root namespace's 127.0.0.1:53 (see passtLink).
  *
  * Safety: before anything runs, the host-side addresses a backend will dial
  * (127.0.0.1 and the DNS server) are checked with the harness's
@@ -94,8 +96,10 @@ async function dropDefaultRoute(ns: string): Promise<void> {
   if (left !== '') throw new Error(`guest ${ns} still has a default route: ${left}`);
 }
 
-async function startDnsServer(ns: string, addr: string, procs: TrackedProcess[]): Promise<void> {
-  const p = nsSpawn(ns, process.execPath, ['-e', DNS_SERVER_JS, addr, '53', JSON.stringify(ZONE)]);
+/** DNS_SERVER_JS on ADDR:53 in namespace `ns` (undefined: the root namespace). */
+async function startDnsServer(ns: string | undefined, addr: string, procs: TrackedProcess[]): Promise<void> {
+  const args = ['-e', DNS_SERVER_JS, addr, '53', JSON.stringify(ZONE)];
+  const p = ns === undefined ? spawnTracked(process.execPath, args) : nsSpawn(ns, process.execPath, args);
   procs.push(p);
   await waitForOutput(p, /^ready/m, { stream: 'stdout', timeoutMs: 10_000 });
 }
@@ -176,6 +180,7 @@ async function moatLink(o: LinkOptions): Promise<GuestLink> {
 const PASST_GUEST = '192.168.127.2';
 const PASST_GATEWAY = '192.168.127.1'; // passt maps TCP/UDP to the gateway onto the host's loopback
 const PASST_DNS = '192.168.127.3'; // --dns-forward: UDP :53 here goes to -D
+const PASST_UPSTREAM_DNS = '127.0.0.1';
 
 async function passtLink(o: LinkOptions): Promise<GuestLink> {
   const topo = createTopology({ prefix: o.prefix, internetAddresses: 1 });
@@ -187,8 +192,12 @@ async function passtLink(o: LinkOptions): Promise<GuestLink> {
   };
   onCleanup(() => rmSync(dir, { recursive: true, force: true }));
   try {
-    topo.assertRoutes(['127.0.0.1', topo.remoteAddr]);
-    await startDnsServer(topo.remoteNs, topo.remoteAddr, procs);
+    topo.assertRoutes(['127.0.0.1']);
+    // This passt forwards --dns-forward only to a loopback resolver at
+    // 127.0.0.1 (with -D set to the topology's remote address, or to another
+    // 127/8 address, queries went unanswered): its DNS server listens on the
+    // root namespace's 127.0.0.1:53 while this link is up.
+    await startDnsServer(undefined, PASST_UPSTREAM_DNS, procs);
     const sock = join(dir, 'passt.sock');
     // passt drops to "nobody" when started as root: let it create its socket here.
     chmodSync(dir, 0o777);
@@ -197,7 +206,7 @@ async function passtLink(o: LinkOptions): Promise<GuestLink> {
       '-s', sock,
       '-a', PASST_GUEST, '-n', '24', '-g', PASST_GATEWAY,
       '-m', String(o.mtu),
-      '-D', topo.remoteAddr, '--dns-forward', PASST_DNS,
+      '-D', PASST_UPSTREAM_DNS, '--dns-forward', PASST_DNS,
       '--no-dhcp', '--no-ndp', '--no-dhcpv6', '--no-ra',
     ]);
     procs.push(passt);

@@ -144,6 +144,8 @@ export interface RateSample {
   failed: number;
   firstError?: string;
   p50Us?: number | null;
+  /** DNS only: answers that came from another address than the one queried. */
+  wrongSource?: number;
   cpu: CpuShare;
 }
 
@@ -163,8 +165,12 @@ export async function dnsRate(link: GuestLink, seconds: number): Promise<RateSam
       timeoutMs: (seconds + 30) * 1000,
     }),
   );
-  const j = parseClientJson<{ perSec: number; bad: number; lost: number; p50Us: number | null }>(r.stdout, r.stderr, `dns via ${link.backend}`);
-  return { perSec: j.perSec, failed: j.bad + j.lost, p50Us: j.p50Us, cpu };
+  const j = parseClientJson<{ perSec: number; bad: number; lost: number; wrongSource: number; p50Us: number | null }>(
+    r.stdout,
+    r.stderr,
+    `dns via ${link.backend}`,
+  );
+  return { perSec: j.perSec, failed: j.bad + j.lost, wrongSource: j.wrongSource, p50Us: j.p50Us, cpu };
 }
 
 export interface IdleSample {

@@ -131,23 +131,26 @@ print(json.dumps({"count": ok, "failed": failed, "firstError": first, "seconds":
  * SERVER PORT NAME SECONDS: one UDP A query for NAME at a time (the next is
  * sent when the answer arrives or after 1 s), for SECONDS. An answer counts
  * when its id matches, RCODE is 0 and it carries at least one answer record.
+ * The socket is not connected, so an answer is taken from any source address
+ * (this passt answers --dns-forward queries from its gateway address, not the
+ * address queried, which a connected socket would drop); answers from
+ * another address than SERVER are counted as wrongSource.
  */
 export const DNS_CLIENT_PY = `
 import socket, sys, time, json, struct, random
 server, port, name, secs = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 qname = b''.join(bytes([len(p)]) + p.encode() for p in name.split('.')) + b'\\0'
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.connect((server, port))
 s.settimeout(1.0)
-ok = 0; bad = 0; lost = 0; lat = []
+ok = 0; bad = 0; lost = 0; wrong_source = 0; lat = []
 t0 = time.perf_counter(); end = t0 + secs
 while time.perf_counter() < end:
     qid = random.getrandbits(16)
     t = time.perf_counter_ns()
-    s.send(struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0) + qname + struct.pack('>HH', 1, 1))
+    s.sendto(struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0) + qname + struct.pack('>HH', 1, 1), (server, port))
     try:
         while True:
-            r = s.recv(4096)
+            r, src = s.recvfrom(4096)
             if len(r) >= 12 and struct.unpack('>H', r[:2])[0] == qid:
                 break
     except socket.timeout:
@@ -156,6 +159,8 @@ while time.perf_counter() < end:
             break
         continue
     flags, qd, an = struct.unpack('>HHH', r[2:8])
+    if src[0] != server:
+        wrong_source += 1
     if (flags & 0x8000) and (flags & 0xF) == 0 and an >= 1:
         ok += 1
         lat.append(time.perf_counter_ns() - t)
@@ -164,7 +169,7 @@ while time.perf_counter() < end:
 el = time.perf_counter() - t0
 lat.sort()
 p50 = lat[len(lat) // 2] / 1000.0 if lat else None
-print(json.dumps({"count": ok, "bad": bad, "lost": lost, "seconds": el, "perSec": ok / el, "p50Us": p50}))
+print(json.dumps({"count": ok, "bad": bad, "lost": lost, "wrongSource": wrong_source, "seconds": el, "perSec": ok / el, "p50Us": p50}))
 `;
 
 /** The last JSON object line a client printed (throws with the output if there is none). */
