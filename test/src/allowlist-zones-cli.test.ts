@@ -1,0 +1,142 @@
+/**
+ * `moat zones` and `moat serve --allow` through runCli, against a DNS server
+ * the test runs on 127.0.0.1 (--resolver 127.0.0.1:PORT).
+ */
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { EXIT_OK, EXIT_RUNTIME_ERROR, EXIT_USAGE, runCli, type CliIo } from '../../src/cli.js';
+import { startTestUpstream, type TestUpstream } from './allowlist-upstream.js';
+
+let dir: string;
+let upstream: TestUpstream;
+beforeEach(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'mz4-zones-'));
+  upstream = await startTestUpstream({
+    'github.com': { a: ['192.0.2.10'], ttl: 120 },
+    'api.github.com': { a: ['192.0.2.11', '192.0.2.12'], ttl: 30 },
+    'iapi.merck.com': { a: ['192.0.2.13'], ttl: 1 },
+    'broken.test': 'servfail',
+  });
+});
+afterEach(async () => {
+  await upstream.close();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function cliIo(stop: Promise<string> = new Promise(() => {})): CliIo & { out: string[]; err: string[] } {
+  const out: string[] = [];
+  const err: string[] = [];
+  return {
+    out,
+    err,
+    stdout: { write: (s: string) => out.push(s) },
+    stderr: { write: (s: string) => err.push(s) },
+    // Never the machine's resolver: a resolv.conf naming a closed loopback port.
+    config: { readFile: () => '{}', readResolvConf: () => 'nameserver 127.0.0.1\n' },
+    stopSignal: () => stop,
+  };
+}
+
+const resolverArgs = (): string[] => ['--resolver', `127.0.0.1:${upstream.port}`];
+
+describe('moat zones', () => {
+  it('prints the zone table in match order with its records and exits 0', async () => {
+    const io = cliIo();
+    const code = await runCli(['zones', '--allow', 'github.com', '--allow', 'API.github.com.', '--allow', '*.merck.com', '--allow', 'iapi.merck.com', '--allow', '10.0.0.0/8', ...resolverArgs()], io);
+    expect(io.err.join('')).toBe('');
+    expect(code).toBe(EXIT_OK);
+    expect(io.out.join('')).toBe(
+      [
+        'gateway.containers.internal.  builtin  ttl 60  A 192.168.127.1',
+        'host.containers.internal.  builtin  ttl 60  A 192.168.127.254',
+        'api.github.com.  allowed  ttl 30  A 192.0.2.11, A 192.0.2.12',
+        'iapi.merck.com.  allowed  ttl 5  A 192.0.2.13',
+        'github.com.  allowed  ttl 120  A 192.0.2.10',
+        'merck.com.  allowed  apex sinkholed  subdomains resolved live',
+        '.  root  sinkhole A 0.0.0.0, other types NODATA',
+        '',
+      ].join('\n'),
+    );
+  });
+
+  it('--sinkhole nxdomain and --subnet show in the table', async () => {
+    const io = cliIo();
+    expect(await runCli(['zones', '--allow', 'github.com', '--sinkhole', 'nxdomain', '--subnet', '10.0.2.0/24', ...resolverArgs()], io)).toBe(EXIT_OK);
+    const lines = io.out.join('').trim().split('\n');
+    expect(lines[0]).toBe('gateway.containers.internal.  builtin  ttl 60  A 10.0.2.1');
+    expect(lines.at(-1)).toBe('.  root  sinkhole NXDOMAIN');
+  });
+
+  it('fails closed: exit 1 with one error naming every host that cannot be resolved, and no table', async () => {
+    const io = cliIo();
+    const code = await runCli(['zones', '--allow', 'github.com', '--allow', 'missing.test', '--allow', 'gone.test', ...resolverArgs()], io);
+    expect(code).toBe(EXIT_RUNTIME_ERROR);
+    expect(io.out.join('')).toBe('');
+    expect(io.err.join('')).toBe('moat zones: cannot resolve allowed hosts: gone.test (NXDOMAIN); missing.test (NXDOMAIN)\n');
+  });
+
+  it('exit 2 for an invalid rule or no rule, naming the rule', async () => {
+    const a = cliIo();
+    expect(await runCli(['zones', '--allow', 'github.com', '--allow', '*github.com', ...resolverArgs()], a)).toBe(EXIT_USAGE);
+    expect(a.err.join('')).toMatch(/^moat zones: --allow: invalid allow rule: "\*github\.com"/);
+    const b = cliIo();
+    expect(await runCli(['zones', ...resolverArgs()], b)).toBe(EXIT_USAGE);
+    expect(upstream.queries).toEqual([]);
+  });
+
+  it('a stop signal during pre-resolution ends it at once with exit 1', async () => {
+    let stop!: (s: string) => void;
+    const io = cliIo(new Promise((r) => (stop = r)));
+    // SERVFAIL is retried with backoff (100/300/900 ms): stop in the middle.
+    const running = runCli(['zones', '--allow', 'broken.test', ...resolverArgs()], io);
+    await new Promise((r) => setTimeout(r, 150));
+    const t0 = performance.now();
+    stop('SIGINT');
+    expect(await running).toBe(EXIT_RUNTIME_ERROR);
+    expect(performance.now() - t0).toBeLessThan(100);
+    expect(io.err.join('')).toBe('moat zones: cancelled: stopped by SIGINT\n');
+  });
+
+  it('help: moat zones --help and moat help zones', async () => {
+    const a = cliIo();
+    expect(await runCli(['zones', '--help'], a)).toBe(EXIT_OK);
+    expect(a.out.join('')).toMatch(/^Usage: moat zones --allow RULE/);
+    const b = cliIo();
+    expect(await runCli(['help', 'zones'], b)).toBe(EXIT_OK);
+    expect(b.out.join('')).toBe(a.out.join(''));
+  });
+});
+
+describe('moat serve --allow start-up', () => {
+  it('an unresolvable allowed host stops start-up with exit 1 naming it; nothing was listening', async () => {
+    const io = cliIo();
+    const sock = join(dir, 'q.sock');
+    const code = await runCli(['serve', '--listen-qemu', `unix://${sock}`, '--log-format', 'json', '--allow', 'github.com', '--allow', 'missing.test', ...resolverArgs()], io);
+    expect(code).toBe(EXIT_RUNTIME_ERROR);
+    const lines = io.err.join('').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines.at(-1)).toMatchObject({ level: 'error', msg: 'moat failed to start', error: { message: 'cannot resolve allowed host: missing.test (NXDOMAIN)' } });
+    expect(lines.some((l) => l.msg === 'moat ready')).toBe(false);
+    expect(existsSync(sock)).toBe(false);
+  });
+
+  it('resolves the allowed hosts before it is ready, logs the zones, and stops cleanly', async () => {
+    let stop!: (s: string) => void;
+    const io = cliIo(new Promise((r) => (stop = r)));
+    const sock = join(dir, 'ok.sock');
+    const done = runCli(['serve', '--listen-qemu', `unix://${sock}`, '--log-format', 'json', '--allow', 'github.com', '--allow', '*.merck.com', ...resolverArgs()], io);
+    const start = Date.now();
+    while (!io.err.join('').includes('"moat ready"')) {
+      if (Date.now() - start > 5000) throw new Error(`no ready line: ${io.err.join('')}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    const lines = io.err.join('').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const zones = lines.find((l) => l.msg === 'allowlist zones ready');
+    expect(zones?.zones).toEqual(['gateway.containers.internal.', 'host.containers.internal.', 'github.com.', 'merck.com.', '.']);
+    expect(lines.findIndex((l) => l.msg === 'allowlist zones ready')).toBeLessThan(lines.findIndex((l) => l.msg === 'moat ready'));
+    expect(upstream.queries).toEqual(['github.com A']);
+    stop('SIGTERM');
+    expect(await done).toBe(EXIT_OK);
+  });
+});
