@@ -31,8 +31,8 @@ function answerFor(query: Buffer): Buffer | undefined {
 /** A DNS server on 127.0.0.1 (UDP and TCP on the same port). `queries` counts what it received. */
 async function tinyDns(opts: { udp?: boolean; tcp?: boolean; junkFirst?: boolean } = {}): Promise<{ port: number; queries: number[] }> {
   const queries: number[] = [];
-  const udp = createSocket('udp4');
-  udp.on('message', (msg, rinfo) => {
+  let udp = createSocket('udp4');
+  const onMessage = (msg: Buffer, rinfo: { port: number; address: string }) => {
     queries.push(msg.readUInt16BE(0));
     if (opts.udp === false) return;
     const answer = answerFor(msg);
@@ -43,9 +43,8 @@ async function tinyDns(opts: { udp?: boolean; tcp?: boolean; junkFirst?: boolean
       udp.send(junk, rinfo.port, rinfo.address);
     }
     udp.send(answer, rinfo.port, rinfo.address);
-  });
-  await new Promise<void>((r) => udp.bind(0, '127.0.0.1', r));
-  const port = (udp.address() as AddressInfo).port;
+  };
+  udp.on('message', onMessage);
   const conns = new Set<Socket>();
   const tcp = createServer((s) => {
     conns.add(s);
@@ -63,10 +62,21 @@ async function tinyDns(opts: { udp?: boolean; tcp?: boolean; junkFirst?: boolean
       }
     });
   });
-  await new Promise<void>((r, j) => {
-    tcp.once('error', j);
-    tcp.listen(port, '127.0.0.1', r);
-  });
+  // UDP and TCP on one port number: take a free UDP port, then try TCP on it;
+  // on a busy machine that TCP port may be taken, so try again (bounded).
+  let port = 0;
+  for (let attempt = 0; ; attempt++) {
+    await new Promise<void>((r) => udp.bind(0, '127.0.0.1', r));
+    port = (udp.address() as AddressInfo).port;
+    const listened = await new Promise<boolean>((r, j) => {
+      tcp.once('error', (e: NodeJS.ErrnoException) => (e.code === 'EADDRINUSE' && attempt < 20 ? r(false) : j(e)));
+      tcp.listen(port, '127.0.0.1', () => r(true));
+    });
+    if (listened) break;
+    await new Promise<void>((r) => udp.close(() => r()));
+    udp = createSocket('udp4');
+    udp.on('message', onMessage);
+  }
   cleanups.push(async () => {
     for (const c of conns) c.destroy();
     await new Promise<void>((r) => tcp.close(() => r()));
