@@ -128,6 +128,12 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
   log.info('moat starting', describeConfig(config));
   const allowlist = config.allow.length > 0;
   if (!allowlist && config.dnsUpstreams.length === 0) log.warn('no DNS upstream: none given and /etc/resolv.conf names none; guest DNS queries will fail');
+  if (allowlist) {
+    // Say so rather than ignore it silently: with an allowlist nothing is forwarded.
+    log.info('allowlist mode: guest DNS is answered from the allowlist zones; --dns-upstream is not used', {
+      resolvers: config.resolvers.map((r) => `${r.host}:${r.port}`),
+    });
+  }
   for (const l of config.listen) {
     if (l.kind === 'tcp' && l.host !== '127.0.0.1' && l.host !== '::1' && l.host !== 'localhost') {
       log.warn('guest socket listens beyond loopback: anyone who can connect gets the guest network', { listen: l.url });
