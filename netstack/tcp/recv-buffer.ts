@@ -10,16 +10,24 @@
  * RCV.NXT hold data; it is bounded in bytes and in ranges, so a peer sending
  * holes cannot make us do unbounded work.
  */
+import { copyRing } from './send-buffer.js';
 import { seqDiff, seqGe, seqGt, seqLe, seqLt } from './seq.js';
 
 export class RecvRing {
-  private readonly ring: Uint8Array;
+  /**
+   * Physical storage, grown on demand up to `capacity`: an idle connection
+   * holds none of it. Positions wrap at the storage's current size; growing
+   * moves everything from `head` up to the highest byte written (in-order and
+   * out-of-order alike) to the front of the new storage.
+   */
+  private ring: Uint8Array = EMPTY;
   private head = 0;
   private len = 0;
+  /** Bytes from head that may hold data: in-order plus the farthest out-of-order byte written. */
+  private extent = 0;
 
   constructor(readonly capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('RecvRing: capacity must be a positive integer');
-    this.ring = new Uint8Array(capacity);
   }
 
   /** In-order bytes waiting to be read. */
@@ -32,12 +40,21 @@ export class RecvRing {
     return this.capacity - this.len;
   }
 
+  /** Bytes of memory the ring holds now (for stats and tests): at most capacity. */
+  get allocated(): number {
+    return this.ring.length;
+  }
+
   /** Copies data to `offset` bytes past the in-order tail, without committing it. */
   writeAt(offset: number, data: Uint8Array): void {
     if (offset < 0 || offset + data.length > this.capacity - this.len) throw new RangeError('RecvRing.writeAt: beyond free space');
+    const end = this.len + offset + data.length;
+    if (end > this.ring.length) this.grow(end);
+    if (end > this.extent) this.extent = end;
+    const size = this.ring.length;
     let pos = this.head + this.len + offset;
-    pos %= this.capacity;
-    const first = Math.min(data.length, this.capacity - pos);
+    pos %= size;
+    const first = Math.min(data.length, size - pos);
     this.ring.set(first === data.length ? data : data.subarray(0, first), pos);
     if (first < data.length) this.ring.set(data.subarray(first), 0);
   }
@@ -46,6 +63,7 @@ export class RecvRing {
   commit(n: number): void {
     if (n < 0 || n > this.capacity - this.len) throw new RangeError('RecvRing.commit: beyond free space');
     this.len += n;
+    if (this.len > this.extent) this.extent = this.len;
   }
 
   /**
@@ -55,22 +73,37 @@ export class RecvRing {
    */
   skip(n: number): void {
     if (this.len !== 0) throw new RangeError('RecvRing.skip: not empty');
-    this.head = (this.head + n) % this.capacity;
+    this.extent = Math.max(0, this.extent - n);
+    if (this.ring.length === 0) return;
+    this.head = this.extent === 0 ? 0 : (this.head + n) % this.ring.length;
   }
 
   /** The first contiguous run of in-order bytes (a view, valid until the next mutation). */
   peek(): Uint8Array {
-    const first = Math.min(this.len, this.capacity - this.head);
+    const first = Math.min(this.len, this.ring.length - this.head);
     return this.ring.subarray(this.head, this.head + first);
   }
 
   consume(n: number): void {
     if (n < 0 || n > this.len) throw new RangeError('RecvRing.consume: out of range');
     this.len -= n;
+    this.extent -= n;
     this.head += n;
-    if (this.head >= this.capacity) this.head -= this.capacity;
+    if (this.head >= this.ring.length) this.head -= this.ring.length;
+    if (this.extent === 0) this.head = 0; // nothing stored: restart at the front
+  }
+
+  private grow(needed: number): void {
+    const size = Math.min(this.capacity, Math.max(needed, this.ring.length * 2, MIN_ALLOCATION));
+    const next = new Uint8Array(size);
+    copyRing(this.ring, this.head, this.extent, next);
+    this.ring = next;
+    this.head = 0;
   }
 }
+
+const EMPTY = new Uint8Array(0);
+const MIN_ALLOCATION = 4096;
 
 /**
  * Sorted, disjoint, non-adjacent ranges [start, end) of sequence numbers

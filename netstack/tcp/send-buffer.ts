@@ -1,18 +1,19 @@
 /**
  * The send side's bytes: everything written by the application and not yet
- * acknowledged by the peer (unacknowledged + unsent), in a ring of fixed
- * capacity allocated once. Offset 0 is always SND.UNA's byte; the connection
+ * acknowledged by the peer (unacknowledged + unsent), in a ring bounded by
+ * `capacity` whose memory grows on demand (4 KiB first, doubling), so an idle
+ * connection does not hold a full buffer. Offset 0 is always SND.UNA's byte; the connection
  * maps sequence numbers to offsets. Segments are never stored: a
  * (re)transmission copies its range straight from the ring into the frame.
  */
 export class SendBuffer {
-  private readonly ring: Uint8Array;
+  /** Physical storage: grows on demand up to `capacity` (see ring-storage note in recv-buffer.ts). */
+  private ring: Uint8Array = EMPTY;
   private head = 0;
   private len = 0;
 
   constructor(readonly capacity: number) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError('SendBuffer: capacity must be a positive integer');
-    this.ring = new Uint8Array(capacity);
   }
 
   /** Bytes held (unacknowledged + unsent). */
@@ -24,13 +25,20 @@ export class SendBuffer {
     return this.capacity - this.len;
   }
 
+  /** Bytes of memory the ring holds now (for stats and tests): at most capacity. */
+  get allocated(): number {
+    return this.ring.length;
+  }
+
   /** Appends as much of data as fits; returns the count taken. */
   write(data: Uint8Array): number {
     const n = Math.min(data.length, this.capacity - this.len);
     if (n === 0) return 0;
+    if (this.len + n > this.ring.length) this.grow(this.len + n);
+    const size = this.ring.length;
     let tail = this.head + this.len;
-    if (tail >= this.capacity) tail -= this.capacity;
-    const first = Math.min(n, this.capacity - tail);
+    if (tail >= size) tail -= size;
+    const first = Math.min(n, size - tail);
     this.ring.set(first === data.length ? data : data.subarray(0, first), tail);
     if (first < n) this.ring.set(data.subarray(first, n), 0);
     this.len += n;
@@ -42,17 +50,39 @@ export class SendBuffer {
     if (n < 0 || n > this.len) throw new RangeError('SendBuffer.consume: out of range');
     this.len -= n;
     this.head += n;
-    if (this.head >= this.capacity) this.head -= this.capacity;
+    if (this.head >= this.ring.length) this.head -= this.ring.length;
     if (this.len === 0) this.head = 0; // keep later writes contiguous
   }
 
   /** Copies bytes [from, from+len) (offsets from the front) into dst at dstOff. */
   copyOut(from: number, dst: Uint8Array, dstOff: number, len: number): void {
     if (from < 0 || len < 0 || from + len > this.len) throw new RangeError('SendBuffer.copyOut: out of range');
+    const size = this.ring.length;
     let start = this.head + from;
-    if (start >= this.capacity) start -= this.capacity;
-    const first = Math.min(len, this.capacity - start);
+    if (start >= size) start -= size;
+    const first = Math.min(len, size - start);
     dst.set(this.ring.subarray(start, start + first), dstOff);
     if (first < len) dst.set(this.ring.subarray(0, len - first), dstOff + first);
   }
+
+  /** Reallocates to hold at least `needed` bytes (doubling, capped), the held bytes moved to the front. */
+  private grow(needed: number): void {
+    const size = Math.min(this.capacity, Math.max(needed, this.ring.length * 2, MIN_ALLOCATION));
+    const next = new Uint8Array(size);
+    copyRing(this.ring, this.head, this.len, next);
+    this.ring = next;
+    this.head = 0;
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+/** First allocation: small, so that an idle connection costs little memory. */
+const MIN_ALLOCATION = 4096;
+
+/** Copies `len` bytes of a ring starting at `head` (wrapping) to the front of `dst`. */
+export function copyRing(ring: Uint8Array, head: number, len: number, dst: Uint8Array): void {
+  if (len === 0) return;
+  const first = Math.min(len, ring.length - head);
+  dst.set(ring.subarray(head, head + first), 0);
+  if (first < len) dst.set(ring.subarray(0, len - first), first);
 }

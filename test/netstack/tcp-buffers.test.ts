@@ -110,3 +110,32 @@ describe('RttEstimator (RFC 6298)', () => {
     expect(r.rto).toBeLessThan(300);
   });
 });
+
+describe('ring memory grows on demand', () => {
+  // An idle connection must not hold its full buffers: 10,000 idle flows at
+  // 1 MiB + 1 MiB each were 680 KiB of RSS apiece before rings grew lazily.
+  it('a fresh ring holds no memory; it grows by doubling from 4 KiB, never past capacity, and keeps its bytes', () => {
+    const send = new SendBuffer(1 << 20);
+    const recv = new RecvRing(1 << 20);
+    expect(send.allocated).toBe(0);
+    expect(recv.allocated).toBe(0);
+    const data = Uint8Array.from({ length: 10_000 }, (_, i) => i & 0xff);
+    send.write(data.subarray(0, 10));
+    expect(send.allocated).toBe(4096);
+    send.write(data.subarray(10));
+    expect(send.allocated).toBe(10_000); // the doubling (8192) would not hold 10,000 bytes
+    const out = new Uint8Array(10_000);
+    send.copyOut(0, out, 0, 10_000);
+    expect(out).toEqual(data);
+    // Out-of-order bytes far beyond the in-order tail grow the receive ring to reach them.
+    recv.writeAt(500_000, data.subarray(0, 100));
+    expect(recv.allocated).toBe(500_100);
+    recv.writeAt(0, data.subarray(0, 10));
+    recv.commit(10);
+    expect(Array.from(recv.peek())).toEqual(Array.from(data.subarray(0, 10)));
+    const huge = new SendBuffer(8192);
+    huge.write(new Uint8Array(100_000));
+    expect(huge.allocated).toBe(8192);
+    expect(huge.length).toBe(8192);
+  });
+});
