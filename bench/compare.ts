@@ -17,9 +17,8 @@
  */
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { checkPrerequisites, cleanupAll } from '../test/e2e/harness.js';
+import { join } from 'node:path';
+import { checkPrerequisites, cleanupAll, REPO_ROOT } from '../test/e2e/harness.js';
 import { BACKENDS, backendMissing, startLink, type BackendName, type GuestLink } from './compare/backends.js';
 import {
   connectionRate,
@@ -38,8 +37,8 @@ import {
 import { iperfKey, metricsFor, svgChart, table, type Figures } from './compare/report.js';
 
 const PREFIX = 'mk7-';
-const here = dirname(fileURLToPath(import.meta.url));
-const resultsDir = join(here, 'results');
+// From the sources or from dist/: results live in the repository's bench/results.
+const resultsDir = join(REPO_ROOT, 'bench', 'results');
 
 interface Options {
   quick: boolean;
@@ -161,7 +160,7 @@ async function eachRun(
 async function compare(o: Options): Promise<Results> {
   const res: Results = {
     startedAt: new Date().toISOString(),
-    command: `node --import ./bench/compare/ts-hooks.mjs bench/compare.ts ${process.argv.slice(2).join(' ')}`.trim(),
+    command: `node dist/bench/compare.js ${process.argv.slice(2).join(' ')}`.trim(),
     machine: { cpus: cpus().length, model: cpus()[0]?.model ?? '?', kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim() },
     options: { ...o, out: undefined } as Omit<Options, 'out'>,
     skipped: {},

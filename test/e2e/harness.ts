@@ -735,7 +735,20 @@ export function createTopology(opts: TopologyOptions = {}): Topology {
 
 // ------------------------------------------------------------------ moat-shim
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+/**
+ * The repository: the nearest folder above this file with a package.json, so
+ * that the same code works from test/e2e/*.ts and compiled under dist/.
+ */
+export const REPO_ROOT = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
+
+function findRepoRoot(start: string): string {
+  for (let dir = start; ; dir = dirname(dir)) {
+    if (existsSync(join(dir, 'package.json'))) return dir;
+    if (dirname(dir) === dir) throw new Error(`harness: no package.json above ${start}`);
+  }
+}
+
+const repoRoot = REPO_ROOT;
 
 /** Absolute path of the moat-shim binary (built by scripts/build-shim.mjs). */
 export const SHIM_PATH = join(repoRoot, 'src', 'shim', 'moat-shim');

@@ -40,9 +40,10 @@ import {
   type ExecResult,
   type Topology,
   type TrackedProcess,
+  REPO_ROOT,
 } from './harness.js';
 
-const repoRoot = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const repoRoot = REPO_ROOT;
 export const MOAT_BIN = join(repoRoot, 'bin', 'moat.mjs');
 const MOAT_CLI_JS = join(repoRoot, 'dist', 'src', 'cli.js');
 const DNS_PACKET_PATH = createRequire(import.meta.url).resolve('dns-packet');
