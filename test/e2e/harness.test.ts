@@ -18,8 +18,10 @@ import {
   nsExec,
   nsSpawn,
   reapStale,
+  spawnTracked,
   uniqueName,
   waitFor,
+  waitForOutput,
   withTimeout,
 } from './harness.js';
 
@@ -39,6 +41,14 @@ describe('harness: prerequisite gate and bounded waits', () => {
       if (saved === undefined) delete process.env.CI;
       else process.env.CI = saved;
     }
+  });
+
+  it('waitForOutput fails at once when the process has exited, not at its deadline', async () => {
+    const p = spawnTracked(process.execPath, ['-e', 'process.stderr.write("bye\\n")']);
+    await p.exited;
+    const t0 = Date.now();
+    await expect(waitForOutput(p, /never printed/, { timeoutMs: 10_000 })).rejects.toThrow(/process exited \(0\).*bye/s);
+    expect(Date.now() - t0).toBeLessThan(2_000);
   });
 
   it('waitFor gives up after its deadline and names what it waited for', async () => {

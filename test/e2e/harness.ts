@@ -249,6 +249,9 @@ export function withTimeout<T>(promise: Promise<T>, timeoutMs: number, what: str
  * Poll `probe` every intervalMs until it returns a value other than
  * undefined/false/null, or throw after timeoutMs (default 5 s) naming `what`.
  */
+/** Thrown by a waitFor probe to stop waiting at once (the awaited thing can no longer happen). */
+export class WaitAbort extends Error {}
+
 export async function waitFor<T>(
   what: string,
   probe: () => T | undefined | null | false | Promise<T | undefined | null | false>,
@@ -263,6 +266,7 @@ export async function waitFor<T>(
       const v = await probe();
       if (v !== undefined && v !== null && v !== false) return v;
     } catch (e) {
+      if (e instanceof WaitAbort) throw e;
       lastError = e;
     }
     if (Date.now() >= deadline) {
@@ -284,7 +288,8 @@ export function waitForOutput(
     const m = pattern.exec(read());
     if (m) return m[0];
     if (p.child.exitCode !== null || p.child.signalCode !== null) {
-      throw new Error(`process exited (${p.child.exitCode ?? p.child.signalCode}); stderr: ${p.stderr()}`);
+      // It will never print the line now: fail at once rather than at the deadline.
+      throw new WaitAbort(`process exited (${p.child.exitCode ?? p.child.signalCode}); stderr: ${p.stderr()}`);
     }
     return undefined;
   }, { timeoutMs: opts.timeoutMs ?? 5_000 });
