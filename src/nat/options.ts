@@ -50,7 +50,8 @@ export const DEFAULT_NAT_OPTIONS: Readonly<NatOptions> = Object.freeze({
   udpIdleTimeoutMs: 90_000,
   maxUdpFlows: 1024,
   udpPendingDatagrams: 16,
-  maxTcpFlows: 4096,
+  // As many as the stack allows (DEFAULT_STACK_CONFIG.tcp.maxConnections): an idle flow costs a few KiB.
+  maxTcpFlows: 16_384,
   dnsUpstreams: [],
   dnsTimeoutMs: 5_000,
   dnsMaxInFlight: 256,
