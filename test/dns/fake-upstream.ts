@@ -68,23 +68,8 @@ export class VirtualTimers implements Timers {
   }
 }
 
-/** Real timers, for the few tests that measure wall-clock time. */
-export const realTimers: Timers = {
-  now: () => performance.now(),
-  sleep: (ms, signal) =>
-    new Promise((resolve, reject) => {
-      if (signal.aborted) return reject(signal.reason);
-      const onAbort = (): void => {
-        clearTimeout(id);
-        reject(signal.reason);
-      };
-      const id = setTimeout(() => {
-        signal.removeEventListener('abort', onAbort);
-        resolve();
-      }, ms);
-      signal.addEventListener('abort', onAbort, { once: true });
-    }),
-};
+/** The service's real timers: the one test that needs wall-clock time uses them. */
+export { realTimers } from '../../src/allowlist/resolver.js';
 
 export function nxdomain(): Error {
   return Object.assign(new Error('queryA ENOTFOUND'), { code: NXDOMAIN_CODE });
