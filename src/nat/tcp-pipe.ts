@@ -107,6 +107,13 @@ export class TcpPipe {
   private guestData(data: Uint8Array): void {
     if (this.host.destroyed || this.host.writableEnded) return;
     this.bytesToHost += data.length;
+    // One input batch delivers many segments: cork so that they leave in one
+    // writev once the batch is done, not one write syscall per segment.
+    if (!this.corked) {
+      this.corked = true;
+      this.host.cork();
+      queueMicrotask(this.uncorkHost);
+    }
     // The view is only valid during the call; Buffer.from copies.
     const ok = this.host.write(Buffer.from(data));
     if (!ok && !this.guestPausedForHost) {
@@ -114,6 +121,12 @@ export class TcpPipe {
       this.tcp?.pause();
     }
   }
+
+  private corked = false;
+  private readonly uncorkHost = (): void => {
+    this.corked = false;
+    if (!this.host.destroyed) this.host.uncork();
+  };
 
   private hostDrain(): void {
     if (!this.guestPausedForHost) return;
