@@ -120,7 +120,8 @@ export interface StackOptions {
 /** DHCP runs on these ports (RFC 2131 §4.1). */
 const DHCP_SERVER_PORT = 67;
 
-const IPV4_AND_TCP = ETH_HEADER_LEN + IPV4_HEADER_LEN;
+/** Ethernet + IPv4 header bytes before the L4 header of every IPv4 frame we build. */
+const L4_OFFSET = ETH_HEADER_LEN + IPV4_HEADER_LEN;
 
 export class Stack implements NetStack, TcpHost {
   readonly config: Readonly<StackConfig>;
@@ -296,19 +297,11 @@ export class Stack implements NetStack, TcpHost {
     const icmp = parseIcmp(ip.payload);
     if (icmp instanceof ParseError) return this.drop(icmp.reason);
     if (icmp.type === ICMP_ECHO_REQUEST && icmp.code === 0 && this.isVirtualIp(ip.dst)) {
-      const len = IPV4_HEADER_LEN + 8 + icmp.payload.length;
-      const off = this.beginIpv4Frame(ip.src, len);
-      if (off < 0) return;
-      const buf = this.arena.buf;
-      emitIpv4Header(buf, off + ETH_HEADER_LEN, {
-        src: ip.dst,
-        dst: ip.src,
-        protocol: IPPROTO_ICMP,
-        id: this.nextIpId(),
-        payloadLength: 8 + icmp.payload.length,
-      });
-      emitIcmp(buf, off + IPV4_AND_TCP, ICMP_ECHO_REPLY, 0, icmp.rest, icmp.payload);
-      this.commitFrame(ETH_HEADER_LEN + len);
+      const l4Length = 8 + icmp.payload.length;
+      const l4 = this.beginIpv4(ip.dst, ip.src, IPPROTO_ICMP, l4Length);
+      if (l4 < 0) return;
+      emitIcmp(this.arena.buf, l4, ICMP_ECHO_REPLY, 0, icmp.rest, icmp.payload);
+      this.commitIpv4(l4Length);
       return;
     }
     if (this.events.onIcmp === undefined) return this.drop('icmp:unhandled');
@@ -430,20 +423,12 @@ export class Stack implements NetStack, TcpHost {
   ): void {
     const t = conn.tuple;
     const hl = tcpHeaderLength(seg);
-    const off = this.beginIpv4Frame(t.src, IPV4_HEADER_LEN + hl + len);
-    if (off < 0) return;
+    const l4 = this.beginIpv4(t.dst, t.src, IPPROTO_TCP, hl + len);
+    if (l4 < 0) return;
     const buf = this.arena.buf;
-    emitIpv4Header(buf, off + ETH_HEADER_LEN, {
-      src: t.dst,
-      dst: t.src,
-      protocol: IPPROTO_TCP,
-      id: this.nextIpId(),
-      payloadLength: hl + len,
-    });
-    const tcpOff = off + IPV4_AND_TCP;
-    if (len > 0 && source !== null) source.copyOut(from, buf, tcpOff + hl, len);
-    emitTcpHeader(buf, tcpOff, seg, t.dst, t.src, len);
-    this.commitFrame(IPV4_AND_TCP + hl + len);
+    if (len > 0 && source !== null) source.copyOut(from, buf, l4 + hl, len);
+    emitTcpHeader(buf, l4, seg, t.dst, t.src, len);
+    this.commitIpv4(hl + len);
     if (!this.inBatch) this.kick();
   }
 
@@ -494,20 +479,11 @@ export class Stack implements NetStack, TcpHost {
 
   sendIcmp(from: IPv4, to: IPv4, icmp: Uint8Array): void {
     if (icmp.length < 8) throw new RangeError('sendIcmp: an ICMP message has at least 8 bytes');
-    const len = IPV4_HEADER_LEN + icmp.length;
-    const off = this.beginIpv4Frame(to, len);
-    if (off < 0) return;
-    const buf = this.arena.buf;
-    emitIpv4Header(buf, off + ETH_HEADER_LEN, {
-      src: from,
-      dst: to,
-      protocol: IPPROTO_ICMP,
-      id: this.nextIpId(),
-      payloadLength: icmp.length,
-    });
+    const l4 = this.beginIpv4(from, to, IPPROTO_ICMP, icmp.length);
+    if (l4 < 0) return;
     const rest = ((icmp[4]! << 24) | (icmp[5]! << 16) | (icmp[6]! << 8) | icmp[7]!) >>> 0;
-    emitIcmp(buf, off + IPV4_AND_TCP, icmp[0]!, icmp[1]!, rest, icmp.subarray(8));
-    this.commitFrame(ETH_HEADER_LEN + len);
+    emitIcmp(this.arena.buf, l4, icmp[0]!, icmp[1]!, rest, icmp.subarray(8));
+    this.commitIpv4(icmp.length);
     this.kick();
   }
 
@@ -563,21 +539,37 @@ export class Stack implements NetStack, TcpHost {
   }
 
   /**
-   * Starts an IPv4 frame to `dstIp` on the guest side of `ipLength` bytes
-   * (IP header included) and writes its Ethernet header. Returns the frame's
-   * offset in the arena, or -1 if the guest's MAC is unknown (an ARP request
-   * goes out instead; the sender's retransmission will find it).
+   * Starts an IPv4 frame from `src` to `dst` (a guest-side address) carrying
+   * `l4Length` bytes of `protocol`: writes the Ethernet and IPv4 headers and
+   * returns the arena offset where the L4 bytes go; finish with
+   * commitIpv4(l4Length). Returns -1 if the guest's MAC is unknown: an ARP
+   * request goes out instead, and the sender's retransmission will find it.
    */
-  private beginIpv4Frame(dstIp: IPv4, ipLength: number, dstMac?: Mac): number {
-    const mac = dstMac ?? this.neighbors.lookup(dstIp);
+  private beginIpv4(
+    src: IPv4,
+    dst: IPv4,
+    protocol: number,
+    l4Length: number,
+    dstMac?: Mac,
+    id = this.nextIpId(),
+    fragmentOffset = 0,
+    moreFragments = false,
+  ): number {
+    const mac = dstMac ?? this.neighbors.lookup(dst);
     if (mac === undefined) {
       this.drop('ipv4:no-neighbor');
-      this.sendArpRequest(dstIp);
+      this.sendArpRequest(dst);
       return -1;
     }
-    const off = this.arena.begin(ETH_HEADER_LEN + ipLength);
-    emitEthernetHeader(this.arena.buf, off, mac, this.config.gatewayMac, ETHERTYPE_IPV4);
-    return off;
+    const off = this.arena.begin(L4_OFFSET + l4Length);
+    const buf = this.arena.buf;
+    emitEthernetHeader(buf, off, mac, this.config.gatewayMac, ETHERTYPE_IPV4);
+    emitIpv4Header(buf, off + ETH_HEADER_LEN, { src, dst, protocol, id, fragmentOffset, moreFragments, payloadLength: l4Length });
+    return off + L4_OFFSET;
+  }
+
+  private commitIpv4(l4Length: number): void {
+    this.commitFrame(L4_OFFSET + l4Length);
   }
 
   private commitFrame(length: number): void {
@@ -605,18 +597,10 @@ export class Stack implements NetStack, TcpHost {
   /** A TCP segment with no connection behind it (RST replies). */
   private transmitRaw(src: IPv4, dst: IPv4, seg: TcpSegmentFields): void {
     const hl = tcpHeaderLength(seg);
-    const off = this.beginIpv4Frame(dst, IPV4_HEADER_LEN + hl);
-    if (off < 0) return;
-    const buf = this.arena.buf;
-    emitIpv4Header(buf, off + ETH_HEADER_LEN, {
-      src,
-      dst,
-      protocol: IPPROTO_TCP,
-      id: this.nextIpId(),
-      payloadLength: hl,
-    });
-    emitTcpHeader(buf, off + IPV4_AND_TCP, seg, src, dst, 0);
-    this.commitFrame(IPV4_AND_TCP + hl);
+    const l4 = this.beginIpv4(src, dst, IPPROTO_TCP, hl);
+    if (l4 < 0) return;
+    emitTcpHeader(this.arena.buf, l4, seg, src, dst, 0);
+    this.commitIpv4(hl);
   }
 
   /**
@@ -635,33 +619,22 @@ export class Stack implements NetStack, TcpHost {
     const udpLength = UDP_HEADER_LEN + payload.length;
     const id = this.nextIpId();
     if (IPV4_HEADER_LEN + udpLength <= this.config.mtu) {
-      const off = this.beginIpv4Frame(to, IPV4_HEADER_LEN + udpLength, dstMac);
-      if (off < 0) return;
+      const l4 = this.beginIpv4(from, to, IPPROTO_UDP, udpLength, dstMac, id);
+      if (l4 < 0) return;
       const buf = this.arena.buf;
-      emitIpv4Header(buf, off + ETH_HEADER_LEN, { src: from, dst: to, protocol: IPPROTO_UDP, id, payloadLength: udpLength });
-      buf.set(payload, off + IPV4_AND_TCP + UDP_HEADER_LEN);
-      emitUdpHeader(buf, off + IPV4_AND_TCP, from, to, fromPort, toPort, payload.length);
-      this.commitFrame(IPV4_AND_TCP + udpLength);
+      buf.set(payload, l4 + UDP_HEADER_LEN);
+      emitUdpHeader(buf, l4, from, to, fromPort, toPort, payload.length);
+      this.commitIpv4(udpLength);
       return;
     }
     const whole = new Uint8Array(udpLength);
     whole.set(payload, UDP_HEADER_LEN);
     emitUdpHeader(whole, 0, from, to, fromPort, toPort, payload.length);
     for (const piece of fragmentPlan(udpLength, this.config.mtu)) {
-      const off = this.beginIpv4Frame(to, IPV4_HEADER_LEN + piece.length, dstMac);
-      if (off < 0) return;
-      const buf = this.arena.buf;
-      emitIpv4Header(buf, off + ETH_HEADER_LEN, {
-        src: from,
-        dst: to,
-        protocol: IPPROTO_UDP,
-        id,
-        fragmentOffset: piece.offset,
-        moreFragments: piece.more,
-        payloadLength: piece.length,
-      });
-      buf.set(whole.subarray(piece.offset, piece.offset + piece.length), off + IPV4_AND_TCP);
-      this.commitFrame(IPV4_AND_TCP + piece.length);
+      const l4 = this.beginIpv4(from, to, IPPROTO_UDP, piece.length, dstMac, id, piece.offset, piece.more);
+      if (l4 < 0) return;
+      this.arena.buf.set(whole.subarray(piece.offset, piece.offset + piece.length), l4);
+      this.commitIpv4(piece.length);
     }
   }
 
