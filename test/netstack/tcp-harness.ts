@@ -22,6 +22,9 @@ import {
 } from '../../netstack/tcp/header.js';
 import { TcpConnection, rstForUnknown, type PayloadSource, type TcpConfig, type TcpHost } from '../../netstack/tcp/connection.js';
 import { prng } from '../support/prng.js';
+import type { LinkFaults } from '../support/link.js';
+
+export type { LinkFaults };
 
 export const GUEST_IP = 0xc0a87f02; // 192.168.127.2
 export const REMOTE_IP = 0x5db8d822; // 93.184.216.34
@@ -184,14 +187,6 @@ export function seg(
 /** Deterministic PRNG (mulberry32). */
 export const rng = prng;
 
-export interface LinkFaults {
-  drop: number;
-  duplicate: number;
-  reorder: number;
-  /** Base one-way delay and jitter in ms. */
-  delayMs: number;
-  jitterMs: number;
-}
 
 interface InFlight {
   at: number;
