@@ -10,7 +10,7 @@
  * RCV.NXT hold data; it is bounded in bytes and in ranges, so a peer sending
  * holes cannot make us do unbounded work.
  */
-import { copyRing } from './send-buffer.js';
+import { EMPTY_RING, grownRing } from './send-buffer.js';
 import { seqDiff, seqGe, seqGt, seqLe, seqLt } from './seq.js';
 
 export class RecvRing {
@@ -20,7 +20,7 @@ export class RecvRing {
    * moves everything from `head` up to the highest byte written (in-order and
    * out-of-order alike) to the front of the new storage.
    */
-  private ring: Uint8Array = EMPTY;
+  private ring: Uint8Array = EMPTY_RING;
   private head = 0;
   private len = 0;
   /** Bytes from head that may hold data: in-order plus the farthest out-of-order byte written. */
@@ -94,16 +94,10 @@ export class RecvRing {
   }
 
   private grow(needed: number): void {
-    const size = Math.min(this.capacity, Math.max(needed, this.ring.length * 2, MIN_ALLOCATION));
-    const next = new Uint8Array(size);
-    copyRing(this.ring, this.head, this.extent, next);
-    this.ring = next;
+    this.ring = grownRing(this.ring, this.head, this.extent, needed, this.capacity);
     this.head = 0;
   }
 }
-
-const EMPTY = new Uint8Array(0);
-const MIN_ALLOCATION = 4096;
 
 /**
  * Sorted, disjoint, non-adjacent ranges [start, end) of sequence numbers

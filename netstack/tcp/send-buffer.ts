@@ -8,7 +8,7 @@
  */
 export class SendBuffer {
   /** Physical storage: grows on demand up to `capacity` (see ring-storage note in recv-buffer.ts). */
-  private ring: Uint8Array = EMPTY;
+  private ring: Uint8Array = EMPTY_RING;
   private head = 0;
   private len = 0;
 
@@ -65,24 +65,28 @@ export class SendBuffer {
     if (first < len) dst.set(this.ring.subarray(0, len - first), dstOff + first);
   }
 
-  /** Reallocates to hold at least `needed` bytes (doubling, capped), the held bytes moved to the front. */
   private grow(needed: number): void {
-    const size = Math.min(this.capacity, Math.max(needed, this.ring.length * 2, MIN_ALLOCATION));
-    const next = new Uint8Array(size);
-    copyRing(this.ring, this.head, this.len, next);
-    this.ring = next;
+    this.ring = grownRing(this.ring, this.head, this.len, needed, this.capacity);
     this.head = 0;
   }
 }
 
-const EMPTY = new Uint8Array(0);
+/** Storage of a ring that holds nothing yet. */
+export const EMPTY_RING = new Uint8Array(0);
 /** First allocation: small, so that an idle connection costs little memory. */
 const MIN_ALLOCATION = 4096;
 
-/** Copies `len` bytes of a ring starting at `head` (wrapping) to the front of `dst`. */
-export function copyRing(ring: Uint8Array, head: number, len: number, dst: Uint8Array): void {
-  if (len === 0) return;
-  const first = Math.min(len, ring.length - head);
-  dst.set(ring.subarray(head, head + first), 0);
-  if (first < len) dst.set(ring.subarray(0, len - first), first);
+/**
+ * New storage for a ring that must hold `needed` bytes: at least double the
+ * old (4 KiB at first), never more than `capacity`, with the `span` bytes
+ * stored from `head` (wrapping) moved to the front.
+ */
+export function grownRing(ring: Uint8Array, head: number, span: number, needed: number, capacity: number): Uint8Array {
+  const next = new Uint8Array(Math.min(capacity, Math.max(needed, ring.length * 2, MIN_ALLOCATION)));
+  if (span > 0) {
+    const first = Math.min(span, ring.length - head);
+    next.set(ring.subarray(head, head + first), 0);
+    if (first < span) next.set(ring.subarray(0, span - first), first);
+  }
+  return next;
 }
