@@ -65,6 +65,8 @@ export interface DnsDecision {
   readonly addresses: readonly string[];
   /** TTL of those addresses in seconds, null when none. */
   readonly ttl: number | null;
+  /** Set on sinkholed answers when the responder was given `decisionId`: the same id is in the answer's Extended DNS Error text and in the logs. */
+  readonly id?: string;
 }
 
 export interface DnsReply {
@@ -98,6 +100,13 @@ export interface ResponderOptions {
   maxUdpPayload?: number;
   /** Live upstream lookups in flight at once; a query beyond it gets SERVFAIL at once. */
   maxLiveLookups?: number;
+  /**
+   * Names each sinkhole decision. When given, a sinkholed answer to a query
+   * that carried EDNS0 also carries Extended DNS Error 15 "Blocked" (RFC 8914)
+   * whose text names the decision, so a client (or a coding agent reading
+   * `dig` output) can tell "blocked by policy" from "the name does not exist".
+   */
+  decisionId?: () => string;
 }
 
 export interface ResponderStats {
@@ -126,6 +135,11 @@ const CD = 0x0010;
 const TYPE_A = 1;
 const TYPE_AAAA = 28;
 const TYPE_OPT = 41;
+/** RFC 8914 section 4: the EDNS0 option code of Extended DNS Errors, and INFO-CODE 15 "Blocked". */
+const OPTION_EDE = 15;
+const EDE_BLOCKED = 15;
+/** Extra text is for humans; keep it short so a blocked answer always fits 512 bytes. */
+const MAX_EDE_TEXT = 160;
 const CLASS_IN = 1;
 const MIN_UDP = 512;
 const MAX_TCP = 65_535;
@@ -282,7 +296,17 @@ export class DnsResponder {
   }
 
   private sinkhole(q: ParsedQuery, name: string, zoneName: string): Plan {
-    const decision = { name, type: q.type, zone: zoneName, allowed: false, outcome: 'sinkholed' as const, addresses: [], ttl: null };
+    const id = this.opts.decisionId?.();
+    const decision = {
+      name,
+      type: q.type,
+      zone: zoneName,
+      allowed: false,
+      outcome: 'sinkholed' as const,
+      addresses: [],
+      ttl: null,
+      ...(id === undefined ? {} : { id }),
+    };
     if (this.table.sinkhole === 'nxdomain') return { ...emptyPlan('NXDOMAIN', decision), aa: true };
     if (q.type !== 'A') return { ...emptyPlan('NOERROR', decision), aa: true };
     return { rcode: 'NOERROR', aa: true, recordType: TYPE_A, ttl: this.sinkholeTtl, rdata: [new Uint8Array(4)], decision };
@@ -330,7 +354,9 @@ export class DnsResponder {
   private encode(query: Uint8Array, q: ParsedQuery, plan: Plan, limit: number): Uint8Array {
     const question = query.subarray(HEADER, q.questionEnd);
     const rrLength = (rd: Uint8Array): number => 2 + 2 + 2 + 4 + 2 + rd.length;
-    const optLength = q.ednsPayload === null ? 0 : 11;
+    const ede = q.ednsPayload !== null && plan.decision.id !== undefined ? blockedText(plan.decision.name, plan.decision.id) : null;
+    const edeLength = ede === null ? 0 : 4 + 2 + ede.length;
+    const optLength = q.ednsPayload === null ? 0 : 11 + edeLength;
     let answerBytes = 0;
     for (const rd of plan.rdata) answerBytes += rrLength(rd);
     let truncated = false;
@@ -366,15 +392,29 @@ export class DnsResponder {
     }
     if (optLength > 0) {
       // OPT RR (RFC 6891 6.1.2): root name, our payload size in CLASS, the
-      // extended RCODE's upper 8 bits and version 0 in TTL, no options.
+      // extended RCODE's upper 8 bits and version 0 in TTL; the only option
+      // we send is an Extended DNS Error on blocked answers.
       out[off] = 0;
       view.setUint16(off + 1, TYPE_OPT);
       view.setUint16(off + 3, this.maxUdpPayload);
       view.setUint32(off + 5, ((rcode >> 4) & 0xff) << 24);
-      view.setUint16(off + 9, 0);
+      view.setUint16(off + 9, edeLength);
+      if (ede !== null) {
+        view.setUint16(off + 11, OPTION_EDE);
+        view.setUint16(off + 13, 2 + ede.length);
+        view.setUint16(off + 15, EDE_BLOCKED);
+        out.set(ede, off + 17);
+      }
     }
     return out;
   }
+}
+
+/** The EXTRA-TEXT of a blocked answer (UTF-8, no NUL: RFC 8914 section 2). */
+function blockedText(name: string, id: string): Uint8Array {
+  let text = `blocked by moat allowlist: ${name} is not allowed (decision ${id})`;
+  if (text.length > MAX_EDE_TEXT) text = `blocked by moat allowlist (decision ${id})`;
+  return new TextEncoder().encode(text);
 }
 
 function bare(outcome: DnsOutcome, rcode: Rcode): DnsDecision {

@@ -264,3 +264,63 @@ describe('DnsResponder: wire behaviour', () => {
     expect(dataOf((await ask(s, query('github.com'))).msg)).toEqual(['0.0.0.0']);
   });
 });
+
+describe('Extended DNS Error on blocked answers (RFC 8914)', () => {
+  const opt = { additionals: [{ type: 'OPT', name: '.', udpPayloadSize: 1232, flags: 0 } as dnsPacket.Answer] };
+
+  async function withIds(): Promise<Setup & { ids: string[] }> {
+    const s = await setup(ISSUE_RULES, issueUpstream);
+    const ids: string[] = [];
+    let n = 0;
+    const responder = new DnsResponder({
+      table: s.responder.zoneTable,
+      resolver: s.resolver,
+      timers: s.timers,
+      ipv6: false,
+      decisionId: () => {
+        const id = `d${++n}`;
+        ids.push(id);
+        return id;
+      },
+    });
+    return { ...s, responder, ids };
+  }
+
+  /** The EDNS options of the reply, raw: dns-packet leaves EDE undecoded (code 15, data buffer). */
+  function edeOf(msg: Decoded): { infoCode: number; text: string } | undefined {
+    const o = (msg.additionals ?? []).find((a) => a.type === 'OPT') as { options?: { code: number; data?: Buffer }[] } | undefined;
+    const ede = o?.options?.find((x) => x.code === 15);
+    if (ede?.data === undefined) return undefined;
+    return { infoCode: ede.data.readUInt16BE(0), text: ede.data.subarray(2).toString('utf8') };
+  }
+
+  it('a sinkholed name with EDNS gets INFO-CODE 15 naming the name and the decision id', async () => {
+    const s = await withIds();
+    const { reply, msg } = await ask(s, query('www.merck.com', 'A', opt));
+    expect(dataOf(msg)).toEqual(['0.0.0.0']);
+    expect(reply.decision.id).toBe('d1');
+    const ede = edeOf(msg);
+    expect(ede?.infoCode).toBe(15);
+    expect(ede?.text).toContain('www.merck.com');
+    expect(ede?.text).toContain('decision d1');
+  });
+
+  it('no EDE without EDNS in the query, and none on allowed answers', async () => {
+    const s = await withIds();
+    const plain = await ask(s, query('www.merck.com'));
+    expect(plain.msg.additionals ?? []).toEqual([]);
+    expect(plain.reply.decision.id).toBe('d1'); // still named, for the log
+    const allowed = await ask(s, query('github.com', 'A', opt));
+    expect(edeOf(allowed.msg)).toBeUndefined();
+    expect(allowed.reply.decision.id).toBeUndefined();
+  });
+
+  it('a blocked answer with EDE fits 512 bytes even for the longest name', async () => {
+    const s = await withIds();
+    const long = Array.from({ length: 4 }, () => 'a'.repeat(61)).join('.');
+    const { msg, reply } = await ask(s, query(long, 'A', { additionals: [{ type: 'OPT', name: '.', udpPayloadSize: 512, flags: 0 } as dnsPacket.Answer] }));
+    expect(reply.bytes.length).toBeLessThanOrEqual(512);
+    expect(msg.flag_tc).toBe(false);
+    expect(edeOf(msg)?.infoCode).toBe(15);
+  });
+});
