@@ -1,0 +1,409 @@
+/**
+ * The egress policy: one pure decision per flow, from (protocol, the
+ * destination the guest chose, the name it sent if we peeked one, the rules,
+ * the addresses Moat resolved) to allow / peek / block with a reason.
+ *
+ * The decision order (issue 5, sni/SNI-SPEC Part B) for a non-empty rule set:
+ *  1. 169.254.0.0/16 (cloud metadata): only an IP/CIDR rule containing it.
+ *  2. The host alias: exempt if configured, else only an IP/CIDR rule.
+ *  3. An IP/CIDR rule containing dst (port matching) allows, dialed by address.
+ *  4. UDP stops here: it can only be allowed by IP/CIDR rule (QUIC to a
+ *     hostname then fails fast and clients fall back to TCP).
+ *  5. Hostname rules must "cover" the port: their own port, or 80/443 for a
+ *     rule without one.
+ *  6. Before a peek: on a port that is not 80/443, a destination Moat itself
+ *     resolved for a covered name (the pin table) is allowed by address,
+ *     unless it is a special range nobody admitted (DNS rebinding). Otherwise
+ *     hold the connection and peek at the SNI / Host.
+ *  7. After the peek: the canonical name must match a covering rule. The
+ *     connection is then dialed BY NAME: Moat resolves it and connects to its
+ *     own answers (filtered by admitResolved), never to the guest's dst. That
+ *     is what defeats "SNI of an allowed name sent to the attacker's IP".
+ * An empty rule set allows everything except 169.254/16 (unless allowLinkLocal).
+ *
+ * Choices where the spec is silent (a firewall fails closed):
+ *  - IPv6 rules are kept in ruleTexts but never match: the guest network is
+ *    IPv4, and IPv6 rules never match IPv4 destinations.
+ *  - A dst that is not a strict dotted quad, or a port outside 1..65535
+ *    (port 0 cannot be connected to), is blocked 'no-rule' with a detail,
+ *    even with an empty rule set: the caller has a bug, not a flow.
+ *  - A protocol other than 'tcp' is treated like UDP (IP rules only): only
+ *    TCP streams can be peeked.
+ *  - When several IP rules contain dst, the reported rule is the most
+ *    specific (exact address, then longest prefix, then rule order). When
+ *    several name rules match, the exact host rule wins, then the wildcard of
+ *    the longest domain, then rule order.
+ *  - `name` in a block decision for an unusable peeked name is the name as
+ *    sent, cut to 256 characters (a Host header may be kilobytes).
+ *  - An address in admitResolved that is not IPv4 is refused as 'reserved':
+ *    it cannot be dialed for an IPv4 guest.
+ *
+ * compile() turns the rules into maps and number arrays once, so decide(),
+ * which runs for every SYN, does a few map lookups and integer compares.
+ */
+import { Address6 } from 'ip-address';
+import { canonicalHostname, RuleError, type Rule } from '../dns/rules.js';
+import {
+  inIpv4Network,
+  ipv4Network,
+  parseIpv4,
+  parseIpv4Cidr,
+  prefixMask,
+  specialRangeOfIpv4,
+  type Ipv4Network,
+  type SpecialRange,
+} from './ranges.js';
+
+/** What the policy needs from the pin table (see sni/pins.ts PinTable). */
+export interface PinView {
+  namesFor(address: string): readonly string[];
+}
+
+export interface PolicyOptions {
+  /** From dns/rules.ts parseRules. */
+  rules: readonly Rule[];
+  /** CIDR texts (--admit-resolved); a bare address means /32. Invalid -> compile() throws an Error naming it. */
+  admitResolved?: readonly string[];
+  guestSubnet: { network: string; prefix: number };
+  /** The host alias address, e.g. '192.168.127.254', or null for none. */
+  hostAlias: string | null;
+  /** Default false: the host alias needs an IP rule like any address. */
+  hostAliasExempt?: boolean;
+  /** Default false. Only matters with an empty allowlist. */
+  allowLinkLocal?: boolean;
+}
+
+export interface FlowInput {
+  proto: 'tcp' | 'udp';
+  /** IPv4 dotted quad the guest addressed. */
+  dst: string;
+  port: number;
+  /** undefined = not peeked yet. */
+  peeked?: { via: 'sni' | 'host'; name: string | null };
+}
+
+export type AllowReason = 'no-allowlist' | 'ip-rule' | 'host-alias-exempt' | 'name-sni' | 'name-host' | 'pinned';
+export type BlockReason =
+  | 'link-local'
+  | 'host-alias'
+  | 'no-rule'
+  | 'udp-needs-ip-rule'
+  | 'name-not-allowed'
+  | 'no-name'
+  | 'ip-literal-name'
+  | 'bad-name'
+  | 'rebinding';
+
+export type Decision =
+  | {
+      verdict: 'allow';
+      reason: AllowReason;
+      rule: string | null;
+      name: string | null;
+      dial: { kind: 'address'; address: string } | { kind: 'name'; name: string };
+    }
+  | { verdict: 'peek'; rules: readonly string[] }
+  | { verdict: 'block'; reason: BlockReason; rule: string | null; name: string | null; detail?: string };
+
+/** An IPv4 address/CIDR rule as numbers. */
+interface IpEntry {
+  readonly network: number;
+  readonly mask: number;
+  readonly prefix: number;
+  readonly port: number | null;
+  readonly text: string;
+}
+
+/** A host or wildcard rule, filed under its name/domain. */
+interface NameEntry {
+  readonly port: number | null;
+  readonly text: string;
+}
+
+const LINK_LOCAL: Ipv4Network = { network: 0xa9fe0000, mask: prefixMask(16), prefix: 16 };
+const NO_RULES: readonly string[] = Object.freeze([]);
+const MAX_REPORTED_NAME = 256;
+
+function isDefaultPort(port: number): boolean {
+  return port === 80 || port === 443;
+}
+
+/** Does a hostname rule with this port apply to a connection to `port`? */
+function nameRuleCovers(rulePort: number | null, port: number): boolean {
+  return rulePort === port || (rulePort === null && isDefaultPort(port));
+}
+
+function ipRuleCovers(rulePort: number | null, port: number): boolean {
+  return rulePort === null || rulePort === port;
+}
+
+export class EgressPolicy {
+  /** No rules: everything allowed (but 169.254/16, see allowLinkLocal). */
+  readonly empty: boolean;
+  /** Rules as written, for 403 bodies and logs. */
+  readonly ruleTexts: readonly string[];
+
+  private constructor(
+    rules: readonly Rule[],
+    private readonly guest: Ipv4Network,
+    private readonly hostAlias: number | null,
+    private readonly hostAliasExempt: boolean,
+    private readonly allowLinkLocal: boolean,
+    private readonly admitNets: readonly Ipv4Network[],
+    /** /32 rules by address, each list in rule order. */
+    private readonly exactAddresses: ReadonlyMap<number, readonly IpEntry[]>,
+    /** Shorter-than-/32 rules, longest prefix first, then rule order. */
+    private readonly cidrs: readonly IpEntry[],
+    private readonly hosts: ReadonlyMap<string, readonly NameEntry[]>,
+    private readonly wildcards: ReadonlyMap<string, readonly NameEntry[]>,
+    /** Texts of the hostname rules covering each port (80/443 include the portless rules). */
+    private readonly coveringByPort: ReadonlyMap<number, readonly string[]>,
+  ) {
+    this.empty = rules.length === 0;
+    this.ruleTexts = Object.freeze(rules.map((r) => r.text));
+  }
+
+  /** Build a policy. Throws an Error naming any invalid configuration value. */
+  static compile(opts: PolicyOptions): EgressPolicy {
+    const guest = ipv4Network(opts.guestSubnet.network, opts.guestSubnet.prefix);
+    if (guest === null) {
+      throw new Error(`invalid guest subnet ${JSON.stringify(opts.guestSubnet.network)}/${String(opts.guestSubnet.prefix)}`);
+    }
+    let hostAlias: number | null = null;
+    if (opts.hostAlias !== null) {
+      hostAlias = parseIpv4(opts.hostAlias);
+      if (hostAlias === null) throw new Error(`invalid host alias ${JSON.stringify(opts.hostAlias)}: expected an IPv4 address`);
+    }
+    const admitNets: Ipv4Network[] = [];
+    for (const text of opts.admitResolved ?? []) {
+      const n = parseIpv4Cidr(text.trim());
+      if (n === null) {
+        throw new Error(
+          `invalid --admit-resolved ${JSON.stringify(text)}: expected an IPv4 CIDR like 10.0.0.0/8 (host bits zero) or an IPv4 address`,
+        );
+      }
+      admitNets.push(n);
+    }
+
+    const exact = new Map<number, IpEntry[]>();
+    const cidrs: IpEntry[] = [];
+    const hosts = new Map<string, NameEntry[]>();
+    const wildcards = new Map<string, NameEntry[]>();
+    const covering = new Map<number, string[]>();
+    const addCovering = (port: number, text: string): void => {
+      let list = covering.get(port);
+      if (list === undefined) covering.set(port, (list = []));
+      list.push(text);
+    };
+    const file = (m: Map<string, NameEntry[]>, key: string, e: NameEntry): void => {
+      let list = m.get(key);
+      if (list === undefined) m.set(key, (list = []));
+      list.push(e);
+    };
+
+    for (const r of opts.rules) {
+      switch (r.kind) {
+        case 'address':
+        case 'cidr': {
+          if (r.family !== 4) break; // see header: IPv6 rules never match an IPv4 guest's flows
+          const text = r.kind === 'address' ? r.address : `${r.network}/${r.prefixLength}`;
+          const n = parseIpv4Cidr(text);
+          if (n === null) throw new Error(`rule ${JSON.stringify(r.text)}: not an IPv4 address or network`);
+          const e: IpEntry = { ...n, port: r.port, text: r.text };
+          if (n.prefix === 32) {
+            let list = exact.get(n.network);
+            if (list === undefined) exact.set(n.network, (list = []));
+            list.push(e);
+          } else cidrs.push(e);
+          break;
+        }
+        case 'host':
+        case 'wildcard': {
+          file(r.kind === 'host' ? hosts : wildcards, r.kind === 'host' ? r.host : r.domain, { port: r.port, text: r.text });
+          if (r.port === null) {
+            addCovering(80, r.text);
+            addCovering(443, r.text);
+          } else addCovering(r.port, r.text);
+          break;
+        }
+      }
+    }
+    // Array.prototype.sort is stable: equal prefixes stay in rule order.
+    cidrs.sort((a, b) => b.prefix - a.prefix);
+    const frozenCovering = new Map<number, readonly string[]>();
+    for (const [port, texts] of covering) frozenCovering.set(port, Object.freeze(texts));
+
+    return new EgressPolicy(
+      opts.rules,
+      guest,
+      hostAlias,
+      opts.hostAliasExempt ?? false,
+      opts.allowLinkLocal ?? false,
+      admitNets,
+      exact,
+      cidrs,
+      hosts,
+      wildcards,
+      frozenCovering,
+    );
+  }
+
+  decide(flow: FlowInput, pins: PinView): Decision {
+    const dst = typeof flow.dst === 'string' ? parseIpv4(flow.dst) : null;
+    if (dst === null) return block('no-rule', null, null, 'invalid destination address');
+    const port = flow.port;
+    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+      return block('no-rule', null, null, 'invalid destination port');
+    }
+    const byAddress = { kind: 'address', address: flow.dst } as const;
+    const linkLocal = inIpv4Network(dst, LINK_LOCAL);
+
+    if (this.empty) {
+      if (linkLocal && !this.allowLinkLocal) return block('link-local', null, null);
+      return { verdict: 'allow', reason: 'no-allowlist', rule: null, name: null, dial: byAddress };
+    }
+
+    // 1. Metadata and other link-local services: only a rule naming them.
+    if (linkLocal) {
+      const ip = this.ipRuleFor(dst, port);
+      if (ip === null) return block('link-local', null, null);
+      return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
+    }
+
+    // 2. The host alias reaches the host's loopback: policy applies unless exempted.
+    if (dst === this.hostAlias) {
+      if (this.hostAliasExempt) return { verdict: 'allow', reason: 'host-alias-exempt', rule: null, name: null, dial: byAddress };
+      const ip = this.ipRuleFor(dst, port);
+      if (ip === null) return block('host-alias', null, null);
+      return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
+    }
+
+    // 3. IP/CIDR rules decide by address alone.
+    const ip = this.ipRuleFor(dst, port);
+    if (ip !== null) return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
+
+    // 4. Nothing to peek in a datagram flow.
+    if (flow.proto !== 'tcp') return block('udp-needs-ip-rule', null, null);
+
+    // 5. Some hostname rule must apply to this port at all.
+    const covering = this.coveringByPort.get(port) ?? NO_RULES;
+    if (covering.length === 0) return block('no-rule', null, null);
+
+    const peeked = flow.peeked;
+    if (peeked === undefined || peeked === null) {
+      // 6. Ports we cannot expect to peek (ssh, ...) go only to addresses
+      //    Moat resolved for an allowed name. 80/443 always peek: the name on
+      //    the wire decides there, and the dial goes by name anyway.
+      if (!isDefaultPort(port)) {
+        for (const name of pins.namesFor(flow.dst)) {
+          const rule = this.nameRuleFor(name, port);
+          if (rule === null) continue;
+          const range = specialRangeOfIpv4(dst, this.guest);
+          if (range !== null && !this.admitsResolved(dst, port)) return block('rebinding', rule.text, name, range);
+          return { verdict: 'allow', reason: 'pinned', rule: rule.text, name, dial: byAddress };
+        }
+      }
+      return { verdict: 'peek', rules: covering };
+    }
+
+    // 7. The peeked name decides; the connection is dialed by that name.
+    const raw = peeked.name;
+    if (raw === null || raw === undefined) return block('no-name', null, null);
+    if (typeof raw !== 'string') return block('bad-name', null, null, 'name is not a string');
+    const canonical = canonicalHostname(raw);
+    if (canonical instanceof RuleError) {
+      const reported = raw.length > MAX_REPORTED_NAME ? raw.slice(0, MAX_REPORTED_NAME) : raw;
+      return block(isIpLiteral(raw, canonical) ? 'ip-literal-name' : 'bad-name', null, reported, canonical.reason);
+    }
+    const rule = this.nameRuleFor(canonical, port);
+    if (rule === null) return block('name-not-allowed', null, canonical);
+    return {
+      verdict: 'allow',
+      reason: peeked.via === 'host' ? 'name-host' : 'name-sni',
+      rule: rule.text,
+      name: canonical,
+      dial: { kind: 'name', name: canonical },
+    };
+  }
+
+  /**
+   * DNS-rebinding filter for a hostname-authorised dial: which of the
+   * addresses Moat resolved may be dialed, in input order. An address in a
+   * special range is refused unless a port-compatible IP/CIDR rule or an
+   * --admit-resolved network contains it; non-IPv4 text is refused as
+   * 'reserved'.
+   */
+  admitResolved(
+    addresses: readonly string[],
+    port: number,
+  ): { admitted: string[]; refused: { address: string; range: SpecialRange }[] } {
+    const admitted: string[] = [];
+    const refused: { address: string; range: SpecialRange }[] = [];
+    for (const address of addresses) {
+      const n = parseIpv4(address);
+      if (n === null) {
+        refused.push({ address, range: 'reserved' });
+        continue;
+      }
+      const range = specialRangeOfIpv4(n, this.guest);
+      if (range === null || this.admitsResolved(n, port)) admitted.push(address);
+      else refused.push({ address, range });
+    }
+    return { admitted, refused };
+  }
+
+  private admitsResolved(address: number, port: number): boolean {
+    if (this.ipRuleFor(address, port) !== null) return true;
+    for (const n of this.admitNets) if (inIpv4Network(address, n)) return true;
+    return false;
+  }
+
+  /** The most specific IP rule containing `address` whose port allows `port`. */
+  private ipRuleFor(address: number, port: number): IpEntry | null {
+    const exact = this.exactAddresses.get(address);
+    if (exact !== undefined) for (const e of exact) if (ipRuleCovers(e.port, port)) return e;
+    for (const e of this.cidrs) {
+      if (((address & e.mask) >>> 0) === e.network && ipRuleCovers(e.port, port)) return e;
+    }
+    return null;
+  }
+
+  /**
+   * The rule allowing canonical `name` on `port`: an exact host rule, else
+   * the wildcard of the longest domain strictly above the name (a wildcard
+   * never matches its own apex, RFC 4592 semantics as dns/rules.ts defines).
+   */
+  private nameRuleFor(name: string, port: number): NameEntry | null {
+    const exact = this.hosts.get(name);
+    if (exact !== undefined) for (const e of exact) if (nameRuleCovers(e.port, port)) return e;
+    if (this.wildcards.size === 0) return null;
+    for (let dot = name.indexOf('.'); dot >= 0; dot = name.indexOf('.', dot + 1)) {
+      const list = this.wildcards.get(name.slice(dot + 1));
+      if (list !== undefined) for (const e of list) if (nameRuleCovers(e.port, port)) return e;
+    }
+    return null;
+  }
+}
+
+function block(reason: BlockReason, rule: string | null, name: string | null, detail?: string): Decision {
+  return detail === undefined
+    ? { verdict: 'block', reason, rule, name }
+    : { verdict: 'block', reason, rule, name, detail };
+}
+
+/**
+ * Is a name that canonicalHostname refused an IP literal? A numeric last
+ * label (`1.2.3.4`, `1.2.3.4.`, `0x7f`) or an IPv6 address, bare or in
+ * brackets (`::1`, `[::1]`). RFC 6066 3 forbids literal addresses in SNI, and
+ * a Host naming an address asks us to dial the guest's chosen address.
+ */
+function isIpLiteral(raw: string, err: RuleError): boolean {
+  if (err.reason === 'rule:numeric-name') return true;
+  if (!raw.includes(':') || raw.length > 64) return false;
+  const inner = raw.startsWith('[') && raw.endsWith(']') ? raw.slice(1, -1) : raw;
+  try {
+    return Address6.isValid(inner);
+  } catch {
+    return false;
+  }
+}
