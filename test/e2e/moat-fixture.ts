@@ -76,8 +76,8 @@ export interface MoatFixtureOptions {
   mtu?: number;
   /** --log-level (default "info"; "debug" logs every dropped frame). */
   logLevel?: 'debug' | 'info' | 'warn' | 'error';
-  /** Extra `moat serve` flags. */
-  extraMoatArgs?: string[];
+  /** Extra `moat serve` flags (a function gets the topology, e.g. to name remote's addresses). */
+  extraMoatArgs?: string[] | ((topo: Topology) => string[]);
   /** Script to run instead of bin/moat.mjs (e.g. a patched build, for a differential diagnosis). */
   moatBin?: string;
   /** Extra node flags for Moat (e.g. ['--cpu-prof']). */
@@ -166,8 +166,8 @@ export interface MoatFixture {
   startNodeServer(ns: string, code: string, args: string[], ready?: RegExp): Promise<TrackedProcess>;
   /** Run udhcpc on the TAP and apply the lease (address, default route, MTU). */
   dhcp(): Promise<Lease>;
-  /** GET/POST on the control API (unix socket). */
-  api(method: 'GET' | 'POST', path: string, body?: unknown): Promise<ApiResponse>;
+  /** GET/POST/PUT on the control API (unix socket). */
+  api(method: 'GET' | 'POST' | 'PUT', path: string, body?: unknown): Promise<ApiResponse>;
   /** GET /stats. */
   stats(): Promise<MoatStats>;
   /**
@@ -542,7 +542,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
       '--log-level',
       options.logLevel ?? 'info',
       ...(pcapFile ? ['--pcap', pcapFile] : []),
-      ...(options.extraMoatArgs ?? []),
+      ...(typeof options.extraMoatArgs === 'function' ? options.extraMoatArgs(topo) : (options.extraMoatArgs ?? [])),
     ];
     moat = spawnTracked(process.execPath, args);
     await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat serve');
