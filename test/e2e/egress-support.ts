@@ -91,7 +91,8 @@ udp.bind(Number(udpPort), addr, ready);
  * byte per send() (TCP_NODELAY, SLEEP_MS between bytes), then the rest of the
  * handshake and "GET /onebyte" through the same socket, verifying the
  * server certificate against CAFILE.
- * Prints "local-port N", "hello-bytes N", "hello-sends N", then "body <...>"
+ * Prints "local-port N", "hello-bytes N", "hello-sends N", "hello-ms N" (time
+ * to send the hello), then "body <...>"
  * lines, then "done"; exits 1 with "error <...>" on any failure.
  * Args: ADDR NAME CAFILE SLEEP_MS
  */
@@ -120,11 +121,13 @@ try:
     hello = outgoing.read()
     print('hello-bytes', len(hello), flush=True)
     sends = 0
+    t0 = time.monotonic()
     for i in range(len(hello)):
         sock.send(hello[i:i + 1])
         sends += 1
         time.sleep(sleep_ms / 1000.0)
     print('hello-sends', sends, flush=True)
+    print('hello-ms', int((time.monotonic() - t0) * 1000), flush=True)
     while True:
         try:
             tls.do_handshake()

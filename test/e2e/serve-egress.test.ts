@@ -160,7 +160,8 @@ describe.skipIf(gate.skip)('moat serve egress policy e2e: guest -> moat-shim -> 
     const out = r.stdout + r.stderr;
     expect(r.status, `${what}: openssl must fail\n${out}${evidence()}`).not.toBe(0);
     expect(out, `${what}: a TLS alert or a reset\n${out}`).toMatch(/alert access denied|alert number 49|errno=104|Connection reset/i);
-    expect(out, `${what}: no handshake may complete\n${out}`).not.toMatch(/Verification: OK|Verify return code: 0 \(ok\)|Cipher is (?!\(NONE\))/);
+    // (openssl prints "Verify return code: 0 (ok)" even when no certificate came: judge by the cipher and the certificate.)
+    expect(out, `${what}: no handshake may complete\n${out}`).not.toMatch(/Cipher is (?!\(NONE\))|BEGIN CERTIFICATE/);
   };
 
   // ---------------------------------------------------------------- the cases
@@ -242,6 +243,7 @@ describe.skipIf(gate.skip)('moat serve egress policy e2e: guest -> moat-shim -> 
     const t0 = Date.now();
     const r = await python(ONE_BYTE_HELLO_PY, [wwwIp, WWW, cert.certFile, '1']);
     const elapsed = Date.now() - t0;
+    // (hello-ms says how long the hello took to leave: it must stay below the peek timeout.)
     expect(r.status, `python: ${r.stdout}${r.stderr}${evidence()}`).toBe(0);
     const helloBytes = Number(/^hello-bytes (\d+)$/m.exec(r.stdout)?.[1]);
     const sends = Number(/^hello-sends (\d+)$/m.exec(r.stdout)?.[1]);
@@ -253,7 +255,7 @@ describe.skipIf(gate.skip)('moat serve egress policy e2e: guest -> moat-shim -> 
     // The guest's kernel really sent it split: count the 1-byte segments Moat received (its --pcap).
     const dump = hostRun('tcpdump', ['-nn', '-r', fx.pcapFile!, `tcp and src port ${localPort} and dst port 443`], { timeoutMs: 10_000 });
     const oneByteSegments = dump.stdout.split('\n').filter((l) => /, length 1$/.test(l)).length;
-    expect(oneByteSegments, `${dump.stdout.slice(0, 2000)}${dump.stderr}\n(elapsed ${elapsed} ms)`).toBeGreaterThanOrEqual(Math.floor(helloBytes * 0.9));
+    expect(oneByteSegments, `${dump.stdout.slice(0, 2000)}${dump.stderr}\n(elapsed ${elapsed} ms)\n${r.stdout}`).toBeGreaterThanOrEqual(Math.floor(helloBytes * 0.9));
   }, 30_000);
 
   it('7. a connection that sends nothing is closed at the peek timeout, not before', async () => {
