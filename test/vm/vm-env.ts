@@ -1,0 +1,81 @@
+/**
+ * Shared set-up for the VM test files: the prerequisite gate (fail in CI,
+ * skip loudly elsewhere, like the e2e gate), the guest image built once per
+ * test file in a temporary directory, and the address guard for case scripts.
+ */
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { assertRoutesInto, checkPrerequisites, onCleanup } from '../e2e/harness.js';
+import { ipv4Literals } from '../e2e/moat-fixture.js';
+import { buildBaseImage, findGuestKernel, writeCaseInitramfs, type BaseImage, type GuestKernel } from './guest-image.js';
+import { qemuAvailable } from './qemu.js';
+
+export const GATEWAY_IP = '192.168.127.1';
+export const GUEST_IP = '192.168.127.2';
+export const HOST_IP = '192.168.127.254';
+
+/** What is missing for the VM tests (root and namespaces too when `needRoot`). */
+export function vmProblems(needRoot: boolean): string[] {
+  const problems: string[] = [];
+  if (!qemuAvailable()) problems.push('missing qemu-system-x86_64 (Debian package qemu-system-x86)');
+  if (!findGuestKernel()) problems.push('no /boot/vmlinuz-* with /lib/modules/<release>/modules.dep (Debian package linux-image-amd64)');
+  if (!existsSync('/bin/busybox')) problems.push('missing /bin/busybox (Debian package busybox-static)');
+  if (needRoot) problems.push(...checkPrerequisites(['ip', 'cc']).problems);
+  else if (!existsSync(join(process.cwd(), 'node_modules'))) problems.push('node_modules missing (npm install)');
+  return problems;
+}
+
+/** e2eGate for the VM tests: throws in CI (process.env.CI), else skip=true with a loud message. */
+export function vmGate(needRoot: boolean): { skip: boolean; reason: string } {
+  const problems = vmProblems(needRoot);
+  if (problems.length === 0) return { skip: false, reason: '' };
+  const reason = `VM test prerequisites missing: ${problems.join('; ')}`;
+  if (process.env.CI) throw new Error(`${reason} (CI is set: VM tests must not be skipped)`);
+  process.stderr.write(`\n*** SKIPPING VM tests: ${reason} ***\n\n`);
+  return { skip: true, reason };
+}
+
+export interface VmEnv {
+  readonly dir: string;
+  readonly kernel: GuestKernel;
+  readonly base: BaseImage;
+  /** Write an initramfs for `caseScript` (after checking its addresses); returns its path. */
+  initrd(name: string, caseScript: string): string;
+  /** Allow case scripts to name these addresses (checked: they must route via loopback or `devices`). */
+  allowAddresses(addresses: readonly string[], devices?: readonly string[]): void;
+  /** Allow a case script to name an address it only compares (a DNS answer), never dials. */
+  allowCompareOnly(address: string): void;
+}
+
+/** Build the guest image in a fresh temporary directory (removed by the harness's cleanup). */
+export function createVmEnv(prefix: string): VmEnv {
+  const kernel = findGuestKernel();
+  if (!kernel) throw new Error('no guest kernel (linux-image-amd64)');
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  onCleanup(() => rmSync(dir, { recursive: true, force: true }));
+  const t0 = Date.now();
+  const base = buildBaseImage(kernel);
+  console.log(
+    `vm: initramfs built in ${Date.now() - t0} ms (${(base.gz.length / 1024).toFixed(0)} KiB gzip, kernel ${kernel.release}, modules ${base.modules.join(' ')})`,
+  );
+  // Moat's own addresses: they never leave Moat (the host alias goes to 127.0.0.1).
+  const allowed = new Set<string>([GATEWAY_IP, GUEST_IP, HOST_IP, '192.168.127.255', '255.255.255.0']);
+  return {
+    dir,
+    kernel,
+    base,
+    initrd(name, caseScript) {
+      const bad = ipv4Literals([caseScript]).filter((a) => !allowed.has(a));
+      if (bad.length > 0) throw new Error(`case ${name}: refusing addresses not checked by allowAddresses(): ${bad.join(', ')}`);
+      return writeCaseInitramfs(base, caseScript, join(dir, `${name}.initrd`));
+    },
+    allowAddresses(addresses, devices = []) {
+      assertRoutesInto(addresses, devices);
+      for (const a of addresses) allowed.add(a);
+    },
+    allowCompareOnly(address) {
+      allowed.add(address);
+    },
+  };
+}
