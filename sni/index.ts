@@ -1,0 +1,23 @@
+/**
+ * sni/: the allowlist's flow wall as a pure library (no I/O, injected
+ * clock). Read a connection's first bytes with NamePeeker (TLS ClientHello
+ * SNI or HTTP/1 Host, incremental and bounded), then ask EgressPolicy what
+ * the flow gets; PinTable holds the addresses Moat itself resolved per name.
+ * Hostnames are canonicalised by dns/'s canonicalHostname, re-exported here,
+ * so both walls read a name the same way.
+ */
+export { canonicalHostname } from '../dns/rules.js';
+export { ClientHelloReader, MAX_CLIENT_HELLO_BYTES, type ClientHelloResult } from './clienthello.js';
+export { DEFAULT_MAX_HEAD_BYTES, HttpHeadReader, type HttpHostResult } from './http-host.js';
+export { NamePeeker, type PeekResult } from './peek.js';
+export { DEFAULT_MAX_PIN_ENTRIES, PinTable } from './pins.js';
+export {
+  EgressPolicy,
+  type AllowReason,
+  type BlockReason,
+  type Decision,
+  type FlowInput,
+  type PinView,
+  type PolicyOptions,
+} from './policy.js';
+export { specialRangeOf, type SpecialRange } from './ranges.js';
