@@ -1,0 +1,170 @@
+/**
+ * The allowlist as it runs: one object that owns both walls built from the
+ * same rules, so they always agree —
+ *   - the gateway's DNS (AllowlistDns over the zone table), and
+ *   - the egress policy for flows (Egress over sni/policy.ts), with the pins
+ *     (addresses Moat resolved per name) that both walls feed and read.
+ *
+ * start() resolves every allowed host first (fail closed, nothing partial).
+ * reload() does the same off to the side and swaps DNS table, pins and
+ * policy together only when everything resolved; on any failure nothing
+ * changes and the caller gets the error. Reloads are serialised.
+ */
+import { PinTable } from '../../sni/pins.js';
+import { EgressPolicy } from '../../sni/policy.js';
+import { parseRules, type Rule } from '../../dns/rules.js';
+import type { Resolver, Timers } from '../../dns/preresolve.js';
+import type { SinkholeMode, ZoneTable } from '../../dns/zones.js';
+import { AllowlistDns } from '../allowlist/dns.js';
+import { realTimers } from '../allowlist/resolver.js';
+import { buildAllowlistTable } from '../allowlist/zones.js';
+import type { Logger, LogStream } from '../log.js';
+import { DecisionLog, DEFAULT_DECISION_LOG_LIMITS } from './decision-log.js';
+import { DialTargets } from './dial-targets.js';
+import { Egress, type EgressOptions } from './egress.js';
+
+export interface AllowlistRuntimeOptions {
+  rules: readonly Rule[];
+  resolver: Resolver;
+  timers?: Timers;
+  gatewayIpv4: string;
+  hostAliasIpv4: string;
+  sinkhole: SinkholeMode;
+  guestSubnet: { network: string; prefix: number };
+  /** --admit-resolved: ranges resolved answers may lie in for hostname-authorised dials. */
+  admitResolved: readonly string[];
+  /** --allow-host-alias */
+  hostAliasExempt: boolean;
+  allowLinkLocal: boolean;
+  egress: EgressOptions;
+  /** The --decision-log file, if any. */
+  decisionSink?: LogStream;
+  /** Monotonic milliseconds, for pin expiry and log rate limits. */
+  now: () => number;
+  signal?: AbortSignal;
+}
+
+/** Live lookups of names below `*.domain` for dial-by-name, at once. */
+const MAX_DIAL_LOOKUPS = 64;
+
+export interface ReloadResult {
+  rules: string[];
+  zones: string[];
+}
+
+export class AllowlistRuntime {
+  private reloading: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    private readonly o: AllowlistRuntimeOptions,
+    readonly dns: AllowlistDns,
+    readonly egress: Egress,
+    private rules: readonly Rule[],
+  ) {}
+
+  static async start(o: AllowlistRuntimeOptions, log: Logger): Promise<AllowlistRuntime> {
+    const policy = compilePolicy(o, o.rules); // an invalid --admit-resolved fails before any lookup
+    const table = await buildTable(o, o.rules, o.signal);
+    const pins = new PinTable(o.now);
+    seedPins(pins, table);
+    const decisions = new DecisionLog(
+      { ...DEFAULT_DECISION_LOG_LIMITS, now: o.now, ...(o.decisionSink ? { sink: o.decisionSink } : {}) },
+      log.child({ component: 'egress' }),
+    );
+    const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS });
+    const egress = new Egress(policy, pins, decisions, targets, o.egress);
+    const dns = new AllowlistDns(
+      {
+        table,
+        resolver: o.resolver,
+        ...(o.timers ? { timers: o.timers } : {}),
+        decisionId: () => decisions.nextId(),
+        onDecision: (d) => {
+          if (d.addresses.length > 0 && d.ttl !== null && d.outcome === 'live') pins.pin(d.name, d.addresses, d.ttl * 1000);
+          if (d.outcome === 'sinkholed' && d.id !== undefined) {
+            decisions.record({ id: d.id, decision: 'blocked', reason: 'dns-sinkhole', rule: null, proto: 'dns', dst: d.name, name: d.name, via: 'dns', detail: d.type });
+          }
+        },
+      },
+      log.child({ component: 'dns' }),
+    );
+    return new AllowlistRuntime(o, dns, egress, o.rules);
+  }
+
+  get ruleTexts(): string[] {
+    return this.rules.map((r) => r.text);
+  }
+
+  get zoneTable(): ZoneTable {
+    return this.dns.responder.zoneTable;
+  }
+
+  /**
+   * Replace the rules: parse (RuleSetError names every bad rule), resolve
+   * (PreresolveError names every host that failed), then swap. Throws
+   * without changing anything on any failure.
+   */
+  reload(texts: readonly string[]): Promise<ReloadResult> {
+    const run = this.reloading.then(async () => {
+      const rules = parseRules(texts);
+      if (rules.length === 0) throw new EmptyAllowlistError();
+      const policy = compilePolicy(this.o, rules);
+      const table = await buildTable(this.o, rules, undefined);
+      // Nothing above changed any state; from here on everything swaps at once.
+      this.dns.setTable(table);
+      this.egress.pins.clear();
+      seedPins(this.egress.pins, table);
+      this.egress.setPolicy(policy);
+      this.rules = rules;
+      return { rules: rules.map((r) => r.text), zones: zoneNames(table) };
+    });
+    this.reloading = run.catch(() => undefined);
+    return run;
+  }
+
+  async close(): Promise<void> {
+    await this.dns.close();
+  }
+}
+
+/** An empty rule set would mean "allow everything": not something a reload should do by accident. */
+export class EmptyAllowlistError extends Error {
+  constructor() {
+    super('an empty allowlist would allow everything; give at least one rule (restart without --allow to turn the allowlist off)');
+    this.name = 'EmptyAllowlistError';
+  }
+}
+
+export function zoneNames(table: ZoneTable): string[] {
+  return table.zones.map((z) => (z.name === '' ? '.' : `${z.name}.`));
+}
+
+function compilePolicy(o: AllowlistRuntimeOptions, rules: readonly Rule[]): EgressPolicy {
+  return EgressPolicy.compile({
+    rules,
+    admitResolved: o.admitResolved,
+    guestSubnet: o.guestSubnet,
+    hostAlias: o.hostAliasIpv4,
+    hostAliasExempt: o.hostAliasExempt,
+    allowLinkLocal: o.allowLinkLocal,
+  });
+}
+
+function buildTable(o: AllowlistRuntimeOptions, rules: readonly Rule[], signal: AbortSignal | undefined): Promise<ZoneTable> {
+  return buildAllowlistTable({
+    rules,
+    resolver: o.resolver,
+    gatewayIpv4: o.gatewayIpv4,
+    hostAliasIpv4: o.hostAliasIpv4,
+    sinkhole: o.sinkhole,
+    ...(o.timers ? { timers: o.timers } : {}),
+    ...(signal ? { signal } : {}),
+  });
+}
+
+/** An exact host's pre-resolved addresses are where its name leads for as long as this allowlist lives. */
+function seedPins(pins: PinTable, table: ZoneTable): void {
+  for (const z of table.zones) {
+    if (z.kind === 'allowed' && z.apex !== null && z.apex.a.length > 0) pins.pin(z.name, z.apex.a, Infinity);
+  }
+}

@@ -1,0 +1,130 @@
+/**
+ * The egress decision log: one JSON object per decision, with an id that the
+ * client also sees (the 403's x-moat-decision header, the DNS answer's
+ * Extended DNS Error text), so "blocked by policy" can be told from "the
+ * network is down" and traced to one line.
+ *
+ *  - Every decision goes to the --decision-log file when one is given.
+ *  - Blocked decisions also go to the main log at info ("egress decision");
+ *    allowed ones at debug.
+ *  - Lines are rate-limited per destination (a guest retrying in a loop must
+ *    not fill a disk): at most `burst` lines per `windowMs` for one
+ *    destination; the next line written after a quiet spell says how many
+ *    were suppressed. The table of destinations is bounded (oldest evicted).
+ */
+import { randomBytes } from 'node:crypto';
+import type { Logger, LogStream } from '../log.js';
+
+export type DecisionVerdict = 'allowed' | 'blocked' | 'would-block';
+export type DecisionProto = 'tcp' | 'udp' | 'dns';
+
+export interface DecisionRecord {
+  id: string;
+  decision: DecisionVerdict;
+  reason: string;
+  /** The rule as written that decided, or null. */
+  rule: string | null;
+  proto: DecisionProto;
+  /** "ip:port" for flows, the queried name for DNS. */
+  dst: string;
+  /** The hostname involved (SNI, Host, pinned or queried name), or null. */
+  name: string | null;
+  /** How the name was learnt: 'sni', 'host', 'pin', 'dns', or null. */
+  via: string | null;
+  /** Extra facts (the address dialed, a refused range...). */
+  detail?: string;
+}
+
+export interface DecisionLogOptions {
+  /** Where every decision is written as one JSON line (the --decision-log file), or undefined. */
+  sink?: LogStream;
+  now: () => number;
+  /** Lines per destination per window. */
+  burst: number;
+  windowMs: number;
+  /** Destinations remembered for rate limiting. */
+  maxDestinations: number;
+}
+
+export const DEFAULT_DECISION_LOG_LIMITS = Object.freeze({ burst: 20, windowMs: 10_000, maxDestinations: 4096 });
+
+interface Bucket {
+  windowStart: number;
+  written: number;
+  suppressed: number;
+}
+
+export interface DecisionLogStats {
+  allowed: number;
+  blocked: number;
+  wouldBlock: number;
+  suppressedLines: number;
+}
+
+export class DecisionLog {
+  private readonly buckets = new Map<string, Bucket>();
+  private readonly prefix = randomBytes(3).toString('hex');
+  private counter = 0;
+  readonly stats: DecisionLogStats = { allowed: 0, blocked: 0, wouldBlock: 0, suppressedLines: 0 };
+
+  constructor(
+    private readonly opts: DecisionLogOptions,
+    private readonly log: Logger,
+  ) {}
+
+  /** A fresh decision id: unique within this process, and unlikely to repeat across restarts. */
+  nextId(): string {
+    this.counter++;
+    return `${this.prefix}-${this.counter.toString(36)}`;
+  }
+
+  record(r: DecisionRecord): void {
+    if (r.decision === 'allowed') this.stats.allowed++;
+    else if (r.decision === 'blocked') this.stats.blocked++;
+    else this.stats.wouldBlock++;
+
+    const suppressedBefore = this.admit(`${r.proto} ${r.dst}`);
+    if (suppressedBefore < 0) return;
+    const line: Record<string, unknown> = { ...r };
+    if (suppressedBefore > 0) line['suppressedBefore'] = suppressedBefore;
+    if (this.opts.sink !== undefined) {
+      this.opts.sink.write(JSON.stringify({ time: new Date().toISOString(), ...line }) + '\n');
+    }
+    if (r.decision === 'allowed') {
+      if (this.log.enabled('debug')) this.log.debug('egress decision', line);
+    } else {
+      this.log.info('egress decision', line);
+    }
+  }
+
+  /** -1 when the line is suppressed; otherwise how many were suppressed since the last written one. */
+  private admit(key: string): number {
+    const now = this.opts.now();
+    let b = this.buckets.get(key);
+    if (b === undefined) {
+      if (this.buckets.size >= this.opts.maxDestinations) {
+        const oldest = this.buckets.keys().next().value;
+        if (oldest !== undefined) this.buckets.delete(oldest);
+      }
+      b = { windowStart: now, written: 0, suppressed: 0 };
+      this.buckets.set(key, b);
+    } else {
+      // Keep Map order = least recently used first, for eviction.
+      this.buckets.delete(key);
+      this.buckets.set(key, b);
+    }
+    if (now - b.windowStart >= this.opts.windowMs) {
+      b.windowStart = now;
+      b.written = 0;
+    }
+    if (b.written >= this.opts.burst) {
+      b.suppressed++;
+      this.stats.suppressedLines++;
+      return -1;
+    }
+    b.written++;
+    const suppressed = b.suppressed;
+    b.suppressed = 0;
+    return suppressed;
+  }
+}

@@ -1,0 +1,257 @@
+/**
+ * A guest TCP connection held until its first bytes name where it goes.
+ *
+ * The policy said "peek": the SYN is accepted (there is no other way to get
+ * the ClientHello or the request head), the guest's bytes are read into a
+ * bounded buffer and fed to the NamePeeker, and nothing is dialed yet. Then:
+ *
+ *   name found, policy allows  -> guest paused (its window closes), the NAME
+ *                                 is resolved by Moat, the rebinding guard
+ *                                 filters the answers, the first admitted
+ *                                 address that answers is dialed, the held
+ *                                 bytes are written to it and a TcpPipe
+ *                                 takes over both sockets.
+ *   name found, policy refuses -> HTTP 403 / TLS access_denied alert, FIN,
+ *                                 and a reset if the guest lingers.
+ *   no name / not TLS or HTTP  -> as refused (reset when we cannot speak
+ *                                 the protocol).
+ *   nothing in peekTimeoutMs   -> reset: no name in time, no connection.
+ *
+ * Every outcome is one decision record; refusals carry its id to the client.
+ */
+import type { Socket } from 'node:net';
+import type { SynInfo, TcpCloseReason, TcpHandlers, TcpSocket } from '../../netstack/api.js';
+import { formatIPv4 } from '../../netstack/addr.js';
+import { NamePeeker, type PeekResult } from '../../sni/peek.js';
+import type { Decision } from '../../sni/policy.js';
+import type { Logger } from '../log.js';
+import type { Egress } from './egress.js';
+import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from './refusals.js';
+
+/** What a held connection needs from the NAT's TCP flow table. */
+export interface HeldConnectionHost {
+  /** Connects to the first of `addresses` that accepts on `port`. */
+  connectFirst(addresses: readonly string[], port: number): Promise<Socket>;
+  /** Joins the accepted guest connection to the connected host socket; returns the handlers that take over. */
+  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, name: string | null, via: 'sni' | 'host' | null): TcpHandlers;
+}
+
+type State = 'peeking' | 'dialing' | 'piped' | 'refusing' | 'closed';
+
+export class HeldConnection {
+  readonly handlers: TcpHandlers;
+  private state: State = 'peeking';
+  private tcp: TcpSocket | undefined;
+  private readonly peeker = new NamePeeker();
+  private readonly held: Uint8Array[] = [];
+  private heldBytes = 0;
+  private guestEnded = false;
+  private pipe: TcpHandlers | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly dst: string;
+
+  constructor(
+    private readonly syn: SynInfo,
+    private readonly egress: Egress,
+    private readonly host: HeldConnectionHost,
+    private readonly log: Logger,
+    private readonly onDone: (held: HeldConnection) => void,
+  ) {
+    this.dst = formatIPv4(syn.dst);
+    // Route every callback to the pipe once it exists: the stack keeps the handlers it was given at accept().
+    this.handlers = {
+      onData: (d) => (this.pipe ? this.pipe.onData(d) : this.guestData(d)),
+      onEnd: () => (this.pipe ? this.pipe.onEnd() : this.guestEnd()),
+      onDrain: () => this.pipe?.onDrain(),
+      onClose: (r) => (this.pipe ? this.pipe.onClose(r) : this.guestClosed(r)),
+    };
+  }
+
+  /** Bytes this connection holds in memory now (for /stats). */
+  get bufferedBytes(): number {
+    return this.heldBytes;
+  }
+
+  /** Call once with the socket accept() returned. */
+  start(tcp: TcpSocket): void {
+    this.tcp = tcp;
+    if (this.state !== 'peeking') return; // closed during accept
+    this.timer = setTimeout(() => this.peekTimedOut(), this.egress.options.peekTimeoutMs);
+  }
+
+  /** Ends it now (guest gone, Moat closing): reset to the guest, nothing dialed stays open. */
+  destroy(): void {
+    if (this.state === 'closed') return;
+    this.tcp?.abort();
+    this.finish();
+  }
+
+  // --- peeking ---------------------------------------------------------
+
+  private guestData(data: Uint8Array): void {
+    if (this.state !== 'peeking') return; // refusing: whatever else the guest sends is dropped
+    if (this.heldBytes + data.length > this.egress.options.maxPeekBytes) {
+      this.refuse(this.egress.recordBlock('peek-too-large', 'tcp', this.dst, this.syn.dstPort, null, null, `${this.heldBytes + data.length} bytes without a name`), 'reset');
+      return;
+    }
+    // The view is only valid during the call.
+    this.held.push(data.slice());
+    this.heldBytes += data.length;
+    this.examine(this.peeker.push(data));
+  }
+
+  private guestEnd(): void {
+    this.guestEnded = true;
+    // A request complete up to FIN still gets its answer; a FIN before any name can never name one.
+    if (this.state === 'peeking') {
+      const id = this.egress.recordBlock('no-name', 'tcp', this.dst, this.syn.dstPort, null, null, 'the guest closed before naming a host');
+      this.refuse(id, 'reset');
+    }
+  }
+
+  private examine(r: PeekResult): void {
+    switch (r.kind) {
+      case 'need-more':
+        return;
+      case 'unknown-protocol': {
+        const id = this.egress.recordBlock('not-tls-or-http', 'tcp', this.dst, this.syn.dstPort, null, null);
+        this.refuse(id, 'reset');
+        return;
+      }
+      case 'malformed': {
+        // Answer in the protocol the client started speaking: a broken request head still gets a readable 403.
+        const protocol = this.peeker.protocol;
+        const id = this.egress.recordBlock('malformed', 'tcp', this.dst, this.syn.dstPort, null, protocol === 'tls' ? 'sni' : protocol === 'http' ? 'host' : null, r.reason);
+        this.refuse(id, protocol ?? 'reset', null, `malformed (${r.reason})`);
+        return;
+      }
+      case 'name': {
+        const via = r.protocol === 'tls' ? 'sni' : 'host';
+        const decision = this.egress.decide({ proto: 'tcp', dst: this.dst, port: this.syn.dstPort, peeked: { via, name: r.name } });
+        this.decided(decision, via, r.protocol, r.name);
+        return;
+      }
+    }
+  }
+
+  private decided(d: Decision, via: 'sni' | 'host', protocol: 'tls' | 'http', name: string | null): void {
+    if (d.verdict === 'allow') {
+      this.egress.record(d, 'tcp', this.dst, this.syn.dstPort, via);
+      void this.dial(d, protocol, via);
+      return;
+    }
+    // A second 'peek' cannot happen once a name was read; treat it as a refusal rather than hang.
+    const id = this.egress.record(
+      d.verdict === 'block' ? d : { verdict: 'block', reason: 'no-name', rule: null, name },
+      'tcp',
+      this.dst,
+      this.syn.dstPort,
+      via,
+    );
+    this.refuse(id, protocol, name, d.verdict === 'block' ? d.reason : 'no-name');
+  }
+
+  // --- dialing ---------------------------------------------------------
+
+  private async dial(d: Extract<Decision, { verdict: 'allow' }>, protocol: 'tls' | 'http', via: 'sni' | 'host'): Promise<void> {
+    this.state = 'dialing';
+    this.clearTimer();
+    this.tcp?.pause(); // further bytes wait in the stack's receive buffer; its window closes
+    const port = this.syn.dstPort;
+    let addresses: readonly string[];
+    try {
+      if (d.dial.kind === 'address') addresses = [d.dial.address];
+      else {
+        const resolved = await this.egress.targets.addressesFor(d.dial.name);
+        const { admitted, refused } = this.egress.policy.admitResolved(resolved, port);
+        if (admitted.length === 0) {
+          if (this.state !== 'dialing') return;
+          const detail = refused.map((x) => `${x.address} (${x.range})`).join(', ') || 'no IPv4 address';
+          const id = this.egress.recordBlock('rebinding', 'tcp', this.dst, port, d.dial.name, protocol === 'tls' ? 'sni' : 'host', detail);
+          this.refuse(id, protocol, d.dial.name, 'rebinding');
+          return;
+        }
+        addresses = admitted;
+      }
+    } catch (err) {
+      if (this.state !== 'dialing') return;
+      this.log.info('tcp flow failed', { dst: `${this.dst}:${port}`, name: d.name, reason: 'resolve-failed', error: (err as Error).message });
+      this.tcp?.abort();
+      this.finish();
+      return;
+    }
+    let socket: Socket;
+    try {
+      socket = await this.host.connectFirst(addresses, port);
+    } catch (err) {
+      if (this.state !== 'dialing') return;
+      this.log.info('tcp flow failed', { dst: `${this.dst}:${port}`, name: d.name, addresses, reason: 'dial-failed', error: (err as Error).message });
+      this.tcp?.abort();
+      this.finish();
+      return;
+    }
+    if (this.state !== 'dialing' || this.tcp === undefined) {
+      socket.destroy();
+      return;
+    }
+    // The bytes that named the destination go first, then the pipe takes over.
+    for (const chunk of this.held) socket.write(chunk);
+    this.held.length = 0;
+    this.heldBytes = 0;
+    this.state = 'piped';
+    this.pipe = this.host.adopt(this.syn, this.tcp, socket, d.name, via);
+    this.onDone(this);
+    if (this.guestEnded) this.pipe.onEnd();
+    this.tcp.resume();
+  }
+
+  // --- refusing --------------------------------------------------------
+
+  /**
+   * Tells the client why, in its own protocol where we can speak it, then
+   * closes. `reset` (or an unknown protocol) sends RST only.
+   */
+  private refuse(id: string, how: 'tls' | 'http' | 'reset', host: string | null = null, reason = ''): void {
+    this.clearTimer();
+    this.held.length = 0;
+    this.heldBytes = 0;
+    const tcp = this.tcp;
+    if (tcp === undefined || this.state === 'closed') return;
+    if (how === 'reset') {
+      tcp.abort();
+      this.finish();
+      return;
+    }
+    this.state = 'refusing';
+    tcp.write(how === 'tls' ? TLS_ACCESS_DENIED_ALERT : forbiddenResponse({ host, reason, id, rules: this.egress.policy.ruleTexts }));
+    tcp.end();
+    // A client that never closes its side must not hold the slot.
+    this.timer = setTimeout(() => this.destroy(), this.egress.options.refusalLingerMs);
+  }
+
+  private peekTimedOut(): void {
+    this.timer = undefined;
+    if (this.state !== 'peeking') return;
+    const id = this.egress.recordBlock('peek-timeout', 'tcp', this.dst, this.syn.dstPort, null, null, `no name within ${this.egress.options.peekTimeoutMs} ms (${this.heldBytes} bytes read)`);
+    this.refuse(id, 'reset');
+  }
+
+  private guestClosed(_reason: TcpCloseReason): void {
+    this.finish();
+  }
+
+  private clearTimer(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private finish(): void {
+    if (this.state === 'closed') return;
+    const wasPiped = this.state === 'piped';
+    this.state = 'closed';
+    this.clearTimer();
+    this.held.length = 0;
+    this.heldBytes = 0;
+    if (!wasPiped) this.onDone(this);
+  }
+}
