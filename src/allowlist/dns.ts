@@ -25,6 +25,10 @@ export interface AllowlistDnsOptions {
   resolver: Resolver;
   timers?: Timers;
   tcp?: Partial<DnsTcpLimits>;
+  /** Names each sinkhole decision (the id goes into the answer's Extended DNS Error and the logs). */
+  decisionId?: () => string;
+  /** Sees every decision after it is answered: the egress wall pins the addresses the guest was given. */
+  onDecision?: (decision: DnsDecision) => void;
 }
 
 export type AllowlistDnsStats = GatewayDnsStats & ResponderStats & { mode: 'allowlist'; zones: number };
@@ -35,6 +39,7 @@ export class AllowlistDns implements GatewayDns {
   private readonly sessions = new Set<DnsTcpSession>();
   /** Aborted on close(): live lookups in flight end (SERVFAIL, then dropped). */
   private readonly closing = new AbortController();
+  private readonly onDecision: ((d: DnsDecision) => void) | undefined;
 
   constructor(
     opts: AllowlistDnsOptions,
@@ -45,7 +50,9 @@ export class AllowlistDns implements GatewayDns {
       resolver: opts.resolver,
       timers: opts.timers ?? realTimers,
       ipv6: GUEST_IPV6,
+      ...(opts.decisionId ? { decisionId: opts.decisionId } : {}),
     });
+    this.onDecision = opts.onDecision;
     this.tcpLimits = {
       maxTcpPipelined: opts.tcp?.maxTcpPipelined ?? DEFAULT_DNS_FORWARDER_OPTIONS.maxTcpPipelined,
       tcpIdleTimeoutMs: opts.tcp?.tcpIdleTimeoutMs ?? DEFAULT_DNS_FORWARDER_OPTIONS.tcpIdleTimeoutMs,
@@ -62,6 +69,7 @@ export class AllowlistDns implements GatewayDns {
     const reply = await this.responder.respond(query, via, this.closing.signal);
     if (reply === null || this.closing.signal.aborted) return undefined;
     this.logDecision(reply.decision, via);
+    this.onDecision?.(reply.decision);
     return reply.bytes;
   }
 
@@ -89,6 +97,7 @@ export class AllowlistDns implements GatewayDns {
       outcome: d.outcome,
       rcode: d.rcode,
       via,
+      ...(d.id !== undefined ? { id: d.id } : {}),
       ...(d.addresses.length > 0 ? { addresses: d.addresses, ttl: d.ttl } : {}),
     });
   }

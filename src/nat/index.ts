@@ -15,14 +15,22 @@
  *         counted. (The stack itself answers echo for its virtual addresses.)
  *
  * What is refused (RST for TCP, silent drop for UDP): see destination.ts.
- * Allowlist policy is not decided here; a caller that wants one filters SYNs
- * and datagrams before handing them to the NAT.
+ *
+ * With an allowlist the NAT is given an Egress (src/egress/): every flow that
+ * would leave the host is put to its policy first. Blocked -> RST / drop,
+ * logged with a decision id; allowed by address -> dialed as usual; "needs a
+ * name" -> the connection is accepted and held (HeldConnection) until its
+ * SNI or Host decides, and is then dialed to an address Moat resolved for
+ * that name. The gateway's own services (DNS) are never subject to it.
  */
 import type { IPv4 } from '../../netstack/addr.js';
 import type { NetStack, PendingTcp, UdpDatagram } from '../../netstack/api.js';
 import { DnsForwarder, systemUpstreams } from '../dns-forward.js';
 import type { GatewayDns, GatewayDnsStats } from '../gateway-dns.js';
 import type { Logger } from '../log.js';
+import type { Egress } from '../egress/egress.js';
+import { HeldConnection } from '../egress/held-connection.js';
+import { formatIPv4 } from '../../netstack/addr.js';
 import { classifyDestination } from './destination.js';
 import { natOptions, type NatOptions } from './options.js';
 import { TcpFlowTable, type TcpFlowStats } from './tcp-flows.js';
@@ -51,6 +59,13 @@ export interface NatStats {
   dns: GatewayDnsStats;
   udpRefused: number;
   icmpDropped: number;
+  /** Connections held for their SNI/Host right now, and the bytes they hold. */
+  held: number;
+  heldBytes: number;
+  /** Refused because maxHeld connections were already held. */
+  heldRefused: number;
+  /** Flows the egress policy refused, by transport. */
+  policyBlocked: { tcp: number; udp: number };
 }
 
 export class Nat implements GatewayUdpClaims {
@@ -62,10 +77,21 @@ export class Nat implements GatewayUdpClaims {
   private readonly gatewayUdp = new Map<number, GatewayUdpHandler>();
   private udpRefused = 0;
   private icmpDropped = 0;
+  private heldRefused = 0;
+  private readonly policyBlocked = { tcp: 0, udp: 0 };
+  private readonly held = new Set<HeldConnection>();
   private closed = false;
 
-  /** `dns` answers gateway:53; without it, queries are forwarded to `opts.dnsUpstreams`. */
-  constructor(opts: Partial<NatOptions>, private readonly log: Logger, dns?: GatewayDns) {
+  /**
+   * `dns` answers gateway:53; without it, queries are forwarded to `opts.dnsUpstreams`.
+   * `egress` is the allowlist's policy; without it every destination the NAT can reach is allowed.
+   */
+  constructor(
+    opts: Partial<NatOptions>,
+    private readonly log: Logger,
+    dns?: GatewayDns,
+    private readonly egress?: Egress,
+  ) {
     this.options = natOptions(opts);
     if (dns === undefined && this.options.dnsUpstreams.length === 0) this.options.dnsUpstreams = systemUpstreams();
     this.tcp = new TcpFlowTable(
@@ -73,6 +99,7 @@ export class Nat implements GatewayUdpClaims {
         maxFlows: this.options.maxTcpFlows,
         connectTimeoutMs: this.options.connectTimeoutMs,
         perFlowBufferBytes: this.options.perFlowBufferBytes,
+        ...(this.options.connectHost ? { connectHost: this.options.connectHost } : {}),
       },
       log,
     );
@@ -108,7 +135,7 @@ export class Nat implements GatewayUdpClaims {
       return;
     }
     const syn = pending.syn;
-    const dest = classifyDestination(syn.dst, this.options);
+    const dest = classifyDestination(syn.dst, this.destinationRules());
     switch (dest.kind) {
       case 'refused':
         this.tcp.refuse(pending, dest.reason);
@@ -121,14 +148,55 @@ export class Nat implements GatewayUdpClaims {
         this.acceptDnsTcp(pending);
         return;
       case 'host':
-        this.tcp.dial(pending, dest.address);
+        if (this.egress === undefined) this.tcp.dial(pending, dest.address);
+        else this.egressTcp(pending, this.egress, dest.address);
         return;
     }
   }
 
+  /** With an egress policy, link-local is the policy's call (a rule may name it), not the NAT's blanket refusal. */
+  private destinationRules(): NatOptions {
+    return this.egress === undefined || this.options.allowLinkLocal ? this.options : { ...this.options, allowLinkLocal: true };
+  }
+
+  private egressTcp(pending: PendingTcp, egress: Egress, hostAddress: string): void {
+    const syn = pending.syn;
+    const d = egress.decideFlow('tcp', syn.dst, syn.dstPort);
+    if (d.verdict === 'block') {
+      this.policyBlocked.tcp++;
+      const id = egress.record(d, 'tcp', formatIPv4(syn.dst), syn.dstPort, d.name === null ? null : 'pin');
+      this.tcp.refuse(pending, `policy:${d.reason}`, { decision: id });
+      return;
+    }
+    if (d.verdict === 'allow') {
+      egress.record(d, 'tcp', formatIPv4(syn.dst), syn.dstPort, d.reason === 'pinned' ? 'pin' : null);
+      // Allowed before any byte arrived means allowed by address (IP rule,
+      // pin): dial where classifyDestination leads (the host alias -> loopback).
+      this.tcp.dial(pending, hostAddress);
+      return;
+    }
+    // 'peek': the connection must be accepted for its first bytes to arrive.
+    if (this.held.size >= egress.options.maxHeld) {
+      this.heldRefused++;
+      this.tcp.refuse(pending, 'too-many-held-connections');
+      return;
+    }
+    const held = new HeldConnection(syn, egress, this.tcp, this.log, (h) => this.held.delete(h));
+    this.held.add(held);
+    let tcp;
+    try {
+      tcp = pending.accept(held.handlers);
+    } catch (err) {
+      this.held.delete(held);
+      this.log.debug('tcp flow dropped', { ...describe(syn), reason: 'accept-failed', error: String(err) });
+      return;
+    }
+    held.start(tcp);
+  }
+
   onUdp(d: UdpDatagram): void {
     if (this.closed || this.stack === undefined) return;
-    const dest = classifyDestination(d.dst, this.options);
+    const dest = classifyDestination(d.dst, this.destinationRules());
     switch (dest.kind) {
       case 'refused':
         this.udpRefused++;
@@ -149,9 +217,21 @@ export class Nat implements GatewayUdpClaims {
         return;
       }
       case 'host':
+        if (this.egress !== undefined && !this.udpAllowed(d, this.egress)) return;
         this.udp.send(d, dest.address, d.payload);
         return;
     }
+  }
+
+  /** UDP leaves only by an IP/CIDR rule; a known flow was decided by its first datagram. */
+  private udpAllowed(d: UdpDatagram, egress: Egress): boolean {
+    if (this.udp.has(d)) return true;
+    const decision = egress.decideFlow('udp', d.dst, d.dstPort);
+    egress.record(decision, 'udp', formatIPv4(d.dst), d.dstPort, null);
+    if (decision.verdict === 'allow') return true;
+    this.policyBlocked.udp++;
+    this.udpRefused++;
+    return false;
   }
 
   onIcmp(_src: IPv4, _dst: IPv4, _icmp: Uint8Array): void {
@@ -166,8 +246,27 @@ export class Nat implements GatewayUdpClaims {
     };
   }
 
+  /**
+   * After an allowlist reload with ?drop=1: resets every open TCP flow and
+   * closes every UDP flow the current policy would refuse now. Returns how many.
+   */
+  dropRefusedFlows(): number {
+    const egress = this.egress;
+    if (egress === undefined) return 0;
+    let dropped = this.tcp.resetWhere((syn, name, via) => {
+      const dst = formatIPv4(syn.dst);
+      const d = egress.decide({ proto: 'tcp', dst, port: syn.dstPort, ...(via === null ? {} : { peeked: { via, name } }) });
+      // 'peek' for a flow that was let through by address means it now needs a name it never gave.
+      return d.verdict === 'allow';
+    });
+    dropped += this.udp.closeWhere((t) => egress.decide({ proto: 'udp', dst: formatIPv4(t.dst), port: t.dstPort }).verdict === 'allow');
+    return dropped;
+  }
+
   /** The guest went away: every host socket closes (TCP guest sides are reset), UDP flows end, SYNs being dialed are dropped. */
   resetGuest(): void {
+    for (const h of [...this.held]) h.destroy();
+    this.held.clear();
     this.tcp.closeAll();
     this.udp.closeAll();
   }
@@ -188,6 +287,10 @@ export class Nat implements GatewayUdpClaims {
       dns: this.dns.stats(),
       udpRefused: this.udpRefused,
       icmpDropped: this.icmpDropped,
+      held: this.held.size,
+      heldBytes: [...this.held].reduce((n, h) => n + h.bufferedBytes, 0),
+      heldRefused: this.heldRefused,
+      policyBlocked: { ...this.policyBlocked },
     };
   }
 

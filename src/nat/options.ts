@@ -1,3 +1,4 @@
+import type { NetConnectOpts, Socket } from 'node:net';
 import { ipv4, type IPv4 } from '../../netstack/addr.js';
 
 /** An upstream DNS resolver on the host side. */
@@ -39,6 +40,11 @@ export interface NatOptions {
    * one host read chunk is held while the guest's send buffer is full.
    */
   perFlowBufferBytes: number;
+  /**
+   * How host TCP sockets are opened (default: node:net connect). Tests
+   * replace it to prove where a flow would be dialed without dialing it.
+   */
+  connectHost?: (opts: NetConnectOpts) => Socket;
 }
 
 export const DEFAULT_NAT_OPTIONS: Readonly<NatOptions> = Object.freeze({

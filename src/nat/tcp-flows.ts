@@ -13,7 +13,7 @@
  * flow leaves the table at that moment.
  */
 import { connect as netConnect, type NetConnectOpts, type Socket } from 'node:net';
-import type { PendingTcp } from '../../netstack/api.js';
+import type { PendingTcp, SynInfo, TcpHandlers, TcpSocket } from '../../netstack/api.js';
 import type { Logger } from '../log.js';
 import { TcpPipe } from './tcp-pipe.js';
 import { describe } from './udp-flows.js';
@@ -22,6 +22,7 @@ export interface TcpFlowTableOptions {
   maxFlows: number;
   connectTimeoutMs: number;
   perFlowBufferBytes: number;
+  connectHost?: (opts: NetConnectOpts) => Socket;
 }
 
 export interface TcpFlowStats {
@@ -46,6 +47,8 @@ interface Dial {
 export class TcpFlowTable {
   private readonly dials = new Set<Dial>();
   private readonly pipes = new Set<TcpPipe>();
+  /** What each pipe's guest asked for: its SYN and, for connections held for it, the name that let it out. */
+  private readonly origins = new Map<TcpPipe, { syn: SynInfo; name: string | null; via: 'sni' | 'host' | null }>();
   private readonly counters = { opened: 0, refused: 0, timedOut: 0, bytesToHost: 0, bytesToGuest: 0 };
 
   constructor(
@@ -92,13 +95,7 @@ export class TcpFlowTable {
       return;
     }
     const syn = pending.syn;
-    const socket = netConnect({
-      host: hostAddress,
-      port: syn.dstPort,
-      allowHalfOpen: true,
-      noDelay: true, // the guest already sized its segments; do not delay them again
-      writableHighWaterMark: this.opts.perFlowBufferBytes,
-    } as NetConnectOpts); // Socket passes stream options on to its Duplex
+    const socket = this.open(hostAddress, syn.dstPort);
     const dial: Dial = {
       pending,
       socket,
@@ -129,6 +126,65 @@ export class TcpFlowTable {
     });
   }
 
+  /**
+   * Connects to the first of `addresses` that accepts on `port`, trying them
+   * in order, each attempt bounded by the connect timeout. For connections
+   * the guest already opened (held for their SNI/Host): their SYN was
+   * answered, so a failure here resets the guest side instead.
+   */
+  async connectFirst(addresses: readonly string[], port: number): Promise<Socket> {
+    const errors: string[] = [];
+    for (const address of addresses) {
+      try {
+        return await this.connectOne(address, port);
+      } catch (err) {
+        errors.push(`${address}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+      }
+    }
+    throw new Error(`no address answered on port ${port} (${errors.join('; ') || 'no address'})`);
+  }
+
+  /** Joins an already accepted guest connection to a connected host socket; returns the handlers the guest's events must go to. */
+  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, name: string | null = null, via: 'sni' | 'host' | null = null): TcpHandlers {
+    const pipe = this.newPipe(syn, socket);
+    this.origins.set(pipe, { syn, name, via });
+    this.counters.opened++;
+    this.log.debug('tcp flow open', describe(syn));
+    pipe.bind(tcp);
+    return pipe.handlers;
+  }
+
+  private open(address: string, port: number): Socket {
+    return (this.opts.connectHost ?? netConnect)({
+      host: address,
+      port,
+      allowHalfOpen: true,
+      noDelay: true, // the guest already sized its segments; do not delay them again
+      writableHighWaterMark: this.opts.perFlowBufferBytes,
+    } as NetConnectOpts); // Socket passes stream options on to its Duplex
+  }
+
+  private connectOne(address: string, port: number): Promise<Socket> {
+    return new Promise((resolve, reject) => {
+      const socket = this.open(address, port);
+      const timer = setTimeout(() => {
+        socket.destroy();
+        this.counters.timedOut++;
+        reject(new Error('connect timeout'));
+      }, this.opts.connectTimeoutMs);
+      socket.once('error', (err) => {
+        clearTimeout(timer);
+        socket.destroy();
+        reject(err);
+      });
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        socket.removeAllListeners('error');
+        resolve(socket);
+      });
+    });
+  }
+
   /** Closes every flow now: host sockets destroyed, guest sides reset, pending SYNs dropped. */
   closeAll(): void {
     for (const dial of [...this.dials]) {
@@ -140,15 +196,16 @@ export class TcpFlowTable {
     for (const pipe of [...this.pipes]) pipe.destroy();
   }
 
-  private connected(dial: Dial): void {
-    const pipe = new TcpPipe(dial.socket, {
+  private newPipe(syn: SynInfo, socket: Socket): TcpPipe {
+    const pipe = new TcpPipe(socket, {
       waitForConnect: false,
       onFinished: (p, reason) => {
         this.pipes.delete(p);
+        this.origins.delete(p);
         this.counters.bytesToHost += p.bytesToHost;
         this.counters.bytesToGuest += p.bytesToGuest;
         this.log.debug('tcp flow close', {
-          ...describe(dial.pending.syn),
+          ...describe(syn),
           reason,
           error: p.error?.message,
           bytesToHost: p.bytesToHost,
@@ -157,6 +214,27 @@ export class TcpFlowTable {
       },
     });
     this.pipes.add(pipe);
+    return pipe;
+  }
+
+  /**
+   * Resets every open flow `stillAllowed` says no to (an allowlist reload
+   * with ?drop=1); returns how many were reset.
+   */
+  resetWhere(stillAllowed: (syn: SynInfo, name: string | null, via: 'sni' | 'host' | null) => boolean): number {
+    let reset = 0;
+    for (const pipe of [...this.pipes]) {
+      const o = this.origins.get(pipe);
+      if (o === undefined || stillAllowed(o.syn, o.name, o.via)) continue;
+      pipe.destroy();
+      reset++;
+    }
+    return reset;
+  }
+
+  private connected(dial: Dial): void {
+    const pipe = this.newPipe(dial.pending.syn, dial.socket);
+    this.origins.set(pipe, { syn: dial.pending.syn, name: null, via: null });
     let tcp;
     try {
       tcp = dial.pending.accept(pipe.handlers);

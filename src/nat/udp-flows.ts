@@ -69,6 +69,11 @@ export class UdpFlowTable {
   }
 
   /** Sends one guest datagram to `hostAddress:dstPort`, opening the flow if needed. */
+  /** Is there a flow for this four-tuple (its first datagram was already let through)? */
+  has(tuple: FourTuple): boolean {
+    return this.flows.has(udpFlowKey(tuple.src, tuple.srcPort, tuple.dst, tuple.dstPort));
+  }
+
   send(tuple: FourTuple, hostAddress: string, payload: Uint8Array): void {
     const key = udpFlowKey(tuple.src, tuple.srcPort, tuple.dst, tuple.dstPort);
     let flow = this.flows.get(key);
@@ -90,6 +95,17 @@ export class UdpFlowTable {
       return;
     }
     this.write(flow, copy);
+  }
+
+  /** Closes every flow `keep` says no to; returns how many. */
+  closeWhere(keep: (tuple: FourTuple) => boolean): number {
+    let closed = 0;
+    for (const flow of [...this.flows.values()]) {
+      if (keep(flow.tuple)) continue;
+      this.close(flow, 'reset');
+      closed++;
+    }
+    return closed;
   }
 
   /** Closes every flow (guest gone, or shutdown). */

@@ -1,0 +1,264 @@
+/**
+ * The NAT with an allowlist (src/egress/ wired into src/nat/): flows are put
+ * to the policy, connections to :443/:80-style ports are held for their
+ * SNI/Host and dialed by NAME to the addresses Moat resolved, refusals reach
+ * the client in its own protocol with a decision id.
+ *
+ * The guest is the fake stack; "the internet" is a server on 127.0.0.1, and
+ * every name resolves there. Host sockets are opened through a connectHost
+ * hook that refuses anything but loopback, so a policy bug cannot make this
+ * test send a packet anywhere else: the guest's destinations here are
+ * TEST-NET addresses that must never be dialed.
+ */
+import { afterEach, describe, expect, it } from 'vitest';
+import { readFileSync } from 'node:fs';
+import { connect as netConnect, createServer, type AddressInfo, type NetConnectOpts, type Socket } from 'node:net';
+import { ipv4, parseIPv4, type IPv4 } from '../../netstack/addr.js';
+import { parseRules } from '../../dns/rules.js';
+import type { ResolvedAddresses, Resolver } from '../../dns/preresolve.js';
+import { AllowlistRuntime } from '../../src/egress/allowlist-runtime.js';
+import { DEFAULT_EGRESS_OPTIONS, type EgressOptions } from '../../src/egress/egress.js';
+import { TLS_ACCESS_DENIED_ALERT } from '../../src/egress/refusals.js';
+import { createLogger } from '../../src/log.js';
+import { Nat } from '../../src/nat/index.js';
+import { FakePendingTcp, FakeStack, type FakeTcpSocket, waitFor } from './nat-fake-stack.js';
+
+const GUEST = ipv4(192, 168, 127, 2);
+/** Destinations the guest "chooses": never dialed (connectHost below throws for them). */
+const FRONTED = '198.51.100.7';
+
+const cleanups: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanups.splice(0).reverse()) await c();
+});
+
+class MapResolver implements Resolver {
+  calls: string[] = [];
+  constructor(private readonly a: Record<string, string[]>) {}
+  async resolve4(name: string): Promise<ResolvedAddresses> {
+    this.calls.push(name);
+    const addresses = this.a[name];
+    if (addresses === undefined) throw Object.assign(new Error(`${name}: not found`), { code: 'ENOTFOUND' });
+    return { addresses, ttl: 60 };
+  }
+  async resolve6(): Promise<ResolvedAddresses> {
+    return { addresses: [], ttl: 60 };
+  }
+}
+
+interface Server {
+  port: number;
+  /** Bytes each accepted connection received, in order of connection. */
+  received: Buffer[];
+}
+
+/** Records what arrives and (if `answer`) answers "ok:" + the first line once a head is complete, then ends. */
+async function server(answer = true): Promise<Server> {
+  const received: Buffer[] = [];
+  const conns = new Set<Socket>();
+  const srv = createServer((s) => {
+    conns.add(s);
+    const i = received.length;
+    received.push(Buffer.alloc(0));
+    s.on('error', () => {});
+    s.on('data', (d) => {
+      received[i] = Buffer.concat([received[i]!, d]);
+      if (answer && received[i]!.includes('\r\n\r\n')) s.end(`ok:${received[i]!.toString('latin1').split('\r\n')[0]}`);
+    });
+  });
+  await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+  cleanups.push(() => {
+    for (const c of conns) c.destroy();
+    return new Promise<void>((r) => srv.close(() => r()));
+  });
+  return { port: (srv.address() as AddressInfo).port, received };
+}
+
+interface Setup {
+  nat: Nat;
+  runtime: AllowlistRuntime;
+  dialed: string[];
+  logLines: Record<string, unknown>[];
+}
+
+async function setup(rules: string[], opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]> } = {}): Promise<Setup> {
+  const resolver = new MapResolver(opts.names ?? { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'deep.cdn.t.test': ['127.0.0.1'] });
+  const logLines: Record<string, unknown>[] = [];
+  const log = createLogger({ level: 'debug', format: 'json', stream: { write: (l: string) => logLines.push(JSON.parse(l) as Record<string, unknown>) } });
+  const runtime = await AllowlistRuntime.start(
+    {
+      rules: parseRules(rules),
+      resolver,
+      gatewayIpv4: '192.168.127.1',
+      hostAliasIpv4: '192.168.127.254',
+      sinkhole: 'zero',
+      guestSubnet: { network: '192.168.127.0', prefix: 24 },
+      admitResolved: opts.admit ?? ['127.0.0.0/8'],
+      hostAliasExempt: false,
+      allowLinkLocal: false,
+      egress: { ...DEFAULT_EGRESS_OPTIONS, ...opts.egress },
+      now: () => performance.now(),
+    },
+    log,
+  );
+  const dialed: string[] = [];
+  const connectHost = (o: NetConnectOpts): Socket => {
+    const host = (o as { host?: string }).host ?? '';
+    dialed.push(`${host}:${(o as { port?: number }).port}`);
+    // The safety net: nothing in this file may leave loopback.
+    if (!host.startsWith('127.')) throw new Error(`test refused to dial ${host}`);
+    return netConnect(o);
+  };
+  const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], connectHost }, log, runtime.dns, runtime.egress);
+  nat.attach(new FakeStack());
+  cleanups.push(async () => {
+    await nat.close();
+    await runtime.close();
+  });
+  return { nat, runtime, dialed, logLines };
+}
+
+let nextPort = 41000;
+function syn(dst: string, dstPort: number): FakePendingTcp {
+  return new FakePendingTcp({ src: GUEST, srcPort: nextPort++, dst: parseIPv4(dst)! as IPv4, dstPort });
+}
+
+async function acceptedSocket(p: FakePendingTcp): Promise<FakeTcpSocket> {
+  const o = await p.decided;
+  if (o.kind !== 'accepted') throw new Error(`expected accept, got ${o.kind}`);
+  return o.socket;
+}
+
+const text = (s: FakeTcpSocket): string => {
+  s.consume();
+  return s.receivedConcat().toString("latin1");
+};
+const decisions = (s: Setup): Record<string, unknown>[] => s.logLines.filter((l) => l['msg'] === 'egress decision');
+
+describe('egress through the NAT', () => {
+  it('holds a connection for its Host, then dials the NAME (not the guest\'s address) and replays the head', async () => {
+    const srv = await server();
+    const s = await setup([`www.t.test:${srv.port}`]);
+    const p = syn(FRONTED, srv.port);
+    s.nat.onTcpSyn(p);
+    const sock = await acceptedSocket(p);
+    expect(s.dialed).toEqual([]); // nothing dialed before the name is known
+    // The head in three pieces: the peek must wait for all of it.
+    sock.guestSend(Buffer.from('GET /x HTTP/1.1\r\nHo'));
+    sock.guestSend(Buffer.from('st: WWW.T.TEST\r\n'));
+    expect(s.dialed).toEqual([]);
+    sock.guestSend(Buffer.from('\r\n'));
+    await waitFor(() => text(sock).startsWith('ok:'), 3000);
+    expect(text(sock)).toBe('ok:GET /x HTTP/1.1');
+    expect(s.dialed).toEqual([`127.0.0.1:${srv.port}`]);
+    expect(srv.received[0]!.toString('latin1')).toBe('GET /x HTTP/1.1\r\nHost: WWW.T.TEST\r\n\r\n');
+    expect(decisions(s).at(-1)).toMatchObject({ decision: 'allowed', reason: 'name-host', name: 'www.t.test' });
+  });
+
+  it('a Host outside the rules gets a 403 naming host, reason and decision id; nothing is dialed', async () => {
+    const srv = await server();
+    const s = await setup([`www.t.test:${srv.port}`]);
+    const p = syn(FRONTED, srv.port);
+    s.nat.onTcpSyn(p);
+    const sock = await acceptedSocket(p);
+    sock.guestSend(Buffer.from('GET / HTTP/1.1\r\nHost: evil.t.test\r\n\r\n'));
+    await waitFor(() => sock.endCalled, 3000);
+    const reply = text(sock);
+    expect(reply).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n/);
+    expect(reply).toContain('x-moat-reason: name-not-allowed');
+    const id = /x-moat-decision: (\S+)\r\n/.exec(reply)?.[1];
+    expect(id).toBeDefined();
+    expect(reply).toContain('host evil.t.test is not allowed');
+    expect(reply).toContain(`www.t.test:${srv.port}`);
+    expect(s.dialed).toEqual([]);
+    expect(decisions(s).find((d) => d['id'] === id)).toMatchObject({ decision: 'blocked', reason: 'name-not-allowed', name: 'evil.t.test' });
+  });
+
+  it('a ClientHello naming a host outside the rules gets a TLS access_denied alert', async () => {
+    const srv = await server();
+    const s = await setup([`www.t.test:${srv.port}`]);
+    const p = syn(FRONTED, srv.port);
+    s.nat.onTcpSyn(p);
+    const sock = await acceptedSocket(p);
+    // A real curl hello for www.example.org, one byte at a time.
+    const hello = readFileSync(new URL('../fixtures/clienthello/curl.bin', import.meta.url));
+    for (const b of hello) sock.guestSend(Uint8Array.of(b));
+    await waitFor(() => sock.endCalled, 3000);
+    sock.consume();
+    expect([...sock.receivedConcat()]).toEqual([...TLS_ACCESS_DENIED_ALERT]);
+    expect(s.dialed).toEqual([]);
+    expect(decisions(s).at(-1)).toMatchObject({ decision: 'blocked', reason: 'name-not-allowed', name: 'www.example.org', via: 'sni' });
+  });
+
+  it('a connection that names nothing is reset at the peek timeout', async () => {
+    const srv = await server();
+    const s = await setup([`www.t.test:${srv.port}`], { egress: { peekTimeoutMs: 300 } });
+    const p = syn(FRONTED, srv.port);
+    s.nat.onTcpSyn(p);
+    const sock = await acceptedSocket(p);
+    const started = performance.now();
+    await waitFor(() => sock.abortCalled, 3000);
+    expect(performance.now() - started).toBeGreaterThanOrEqual(250);
+    expect(s.nat.stats().held).toBe(0);
+    expect(decisions(s).at(-1)).toMatchObject({ decision: 'blocked', reason: 'peek-timeout' });
+  });
+
+  it('answers resolving into a refused range are not dialed (rebinding) unless admitted', async () => {
+    const srv = await server();
+    const s = await setup([`www.t.test:${srv.port}`], { admit: [] });
+    const p = syn(FRONTED, srv.port);
+    s.nat.onTcpSyn(p);
+    const sock = await acceptedSocket(p);
+    sock.guestSend(Buffer.from('GET / HTTP/1.1\r\nHost: www.t.test\r\n\r\n'));
+    await waitFor(() => sock.endCalled, 3000);
+    expect(text(sock)).toContain('x-moat-reason: rebinding');
+    expect(s.dialed).toEqual([]);
+    expect(decisions(s).at(-1)).toMatchObject({ reason: 'rebinding', detail: expect.stringContaining('127.0.0.1 (loopback)') });
+  });
+
+  it('a name below a wildcard is resolved live for the dial', async () => {
+    const srv = await server();
+    const s = await setup([`*.cdn.t.test:${srv.port}`]);
+    const p = syn(FRONTED, srv.port);
+    s.nat.onTcpSyn(p);
+    const sock = await acceptedSocket(p);
+    sock.guestSend(Buffer.from('GET / HTTP/1.0\r\nHost: deep.cdn.t.test\r\n\r\n'));
+    await waitFor(() => text(sock).startsWith('ok:'), 3000);
+    expect(s.dialed).toEqual([`127.0.0.1:${srv.port}`]);
+  });
+
+  it('SYNs to ports no rule covers are refused at once; UDP needs an IP rule', async () => {
+    const s = await setup(['www.t.test']);
+    const p = syn(FRONTED, 9999);
+    s.nat.onTcpSyn(p);
+    expect((await p.decided).kind).toBe('refused');
+    s.nat.onUdp({ src: GUEST, srcPort: 5000, dst: parseIPv4(FRONTED)!, dstPort: 53, payload: new Uint8Array(4) });
+    s.nat.onUdp({ src: GUEST, srcPort: 5000, dst: parseIPv4('169.254.169.254')!, dstPort: 80, payload: new Uint8Array(4) });
+    const meta = syn('169.254.169.254', 80);
+    s.nat.onTcpSyn(meta);
+    expect((await meta.decided).kind).toBe('refused');
+    expect(s.nat.stats().policyBlocked).toEqual({ tcp: 2, udp: 2 });
+    expect(s.dialed).toEqual([]);
+    expect(decisions(s).map((d) => d['reason'])).toEqual(['no-rule', 'udp-needs-ip-rule', 'link-local', 'link-local']);
+  });
+
+  it('an allowlist reload with drop resets the flows the new rules refuse', async () => {
+    const srv = await server(false);
+    const s = await setup([`www.t.test:${srv.port}`, `api.t.test:${srv.port}`]);
+    const open = async (host: string): Promise<FakeTcpSocket> => {
+      const p = syn(FRONTED, srv.port);
+      s.nat.onTcpSyn(p);
+      const sock = await acceptedSocket(p);
+      sock.guestSend(Buffer.from(`GET / HTTP/1.1\r\nHost: ${host}\r\n\r\n`));
+      return sock;
+    };
+    // The server never answers: both flows stay open until something closes them.
+    const www = await open('www.t.test');
+    const api = await open('api.t.test');
+    await waitFor(() => s.nat.stats().tcpFlows === 2 && s.nat.stats().held === 0, 3000);
+    await s.runtime.reload([`api.t.test:${srv.port}`]);
+    expect(s.nat.dropRefusedFlows()).toBe(1);
+    await waitFor(() => www.abortCalled || www.closedWith !== undefined, 3000);
+    expect(api.abortCalled).toBe(false);
+  });
+});
