@@ -9,6 +9,11 @@
  *   GET  /services/dhcp/leases         {"192.168.127.2": "5a:94:ef:00:00:01"}  (IP -> MAC, as gvproxy)
  *   GET  /stats                        frames, bytes, drops by reason, flows
  *   GET  /healthz                      {"status":"ok","guestConnected":bool}
+ *   GET  /allowlist                    {"allow":[rules],"zones":[...]}  (with --allow)
+ *   PUT  /allowlist[?drop=1]           {"allow":[rules]}: resolve, then swap DNS zones and egress
+ *                                      policy at once; 400 invalid rule, 502 a host did not resolve
+ *                                      (nothing changes on error); drop=1 also resets the flows the
+ *                                      new rules refuse (otherwise existing flows go on)
  *
  * Errors are JSON {"error": "..."} naming the problem: 400 malformed request,
  * 404 unknown path (or unknown forward), 405 wrong method, 409 conflict
@@ -16,6 +21,9 @@
  * anything unexpected.
  */
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { RuleSetError } from '../dns/rules.js';
+import { PreresolveError } from '../dns/preresolve.js';
+import { EmptyAllowlistError } from './egress/allowlist-runtime.js';
 import type { ListenAddress } from './config.js';
 import type { Logger } from './log.js';
 import { ForwardError, parseForwardKey, parseForwardSpec, type PortForwards } from './port-forwards.js';
@@ -31,6 +39,16 @@ export interface ApiBackend {
   /** Everything /stats reports (a JSON-able object). */
   stats(): Record<string, unknown>;
   guestConnected(): boolean;
+  /** The running allowlist; without it /allowlist answers 409. */
+  allowlist?: AllowlistControl;
+}
+
+/** The allowlist as the API sees it. */
+export interface AllowlistControl {
+  rules(): string[];
+  zones(): string[];
+  /** Throws RuleSetError (400), EmptyAllowlistError (400) or PreresolveError (502); nothing changes then. */
+  reload(rules: readonly string[], drop: boolean): Promise<{ rules: string[]; zones: string[]; dropped: number }>;
 }
 
 class HttpError extends Error {
@@ -61,6 +79,13 @@ export class ApiServer {
       ['/services/forwarder/all', new Map([['GET', async () => ({ status: 200, body: this.backend.forwards.list() })]])],
       ['/services/dhcp/leases', new Map([['GET', async () => ({ status: 200, body: this.leases() })]])],
       ['/stats', new Map([['GET', async () => ({ status: 200, body: this.backend.stats() })]])],
+      [
+        '/allowlist',
+        new Map<string, Handler>([
+          ['GET', async () => ({ status: 200, body: { allow: this.allowlist().rules(), zones: this.allowlist().zones() } })],
+          ['PUT', (req) => this.putAllowlist(req)],
+        ]),
+      ],
       [
         '/healthz',
         new Map([['GET', async () => ({ status: 200, body: { status: 'ok', guestConnected: this.backend.guestConnected() } })]]),
@@ -130,6 +155,30 @@ export class ApiServer {
     await this.backend.forwards.unexpose(key);
     this.log.debug('api: forward removed', { ...key });
     return { status: 200, body: key };
+  }
+
+  private allowlist(): AllowlistControl {
+    const a = this.backend.allowlist;
+    if (a === undefined) throw new HttpError(409, 'no allowlist is running: start moat serve with --allow to use /allowlist');
+    return a;
+  }
+
+  private async putAllowlist(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
+    const control = this.allowlist();
+    const body = await readJsonBody(req);
+    const allow = (body as { allow?: unknown } | null)?.allow;
+    if (!Array.isArray(allow) || !allow.every((r) => typeof r === 'string')) {
+      throw new HttpError(400, 'expected {"allow": ["rule", ...]}');
+    }
+    const drop = ['1', 'true'].includes(new URL(req.url ?? '/', 'http://moat').searchParams.get('drop') ?? '');
+    try {
+      const result = await control.reload(allow as string[], drop);
+      return { status: 200, body: { ok: true, allow: result.rules, zones: result.zones, dropped: result.dropped } };
+    } catch (e) {
+      if (e instanceof RuleSetError || e instanceof EmptyAllowlistError) throw new HttpError(400, e.message);
+      if (e instanceof PreresolveError) throw new HttpError(502, `allowlist not changed: ${e.message}`);
+      throw e;
+    }
   }
 
   private leases(): Record<string, string> {

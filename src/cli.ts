@@ -7,7 +7,19 @@ import { PreresolveError } from '../dns/preresolve.js';
 import { formatZoneTable } from '../dns/zones.js';
 import { NodeDnsResolver } from './allowlist/resolver.js';
 import { buildAllowlistTable } from './allowlist/zones.js';
-import { ConfigError, mainHelp, NODE_CONFIG_IO, parseServeArgs, parseZonesArgs, serveHelp, zonesHelp, type ConfigIo } from './config.js';
+import {
+  ConfigError,
+  explainHelp,
+  mainHelp,
+  NODE_CONFIG_IO,
+  parseExplainArgs,
+  parseServeArgs,
+  parseZonesArgs,
+  serveHelp,
+  zonesHelp,
+  type ConfigIo,
+} from './config.js';
+import { explain } from './explain.js';
 import { formatIPv4 } from '../netstack/addr.js';
 import { createLogger, type Logger, type LogStream } from './log.js';
 import { serve, type RunningServer, type ServeDeps } from './serve.js';
@@ -39,11 +51,13 @@ export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): 
   if (command === 'help') {
     if (rest[0] === 'serve') io.stdout.write(serveHelp());
     else if (rest[0] === 'zones') io.stdout.write(zonesHelp());
+    else if (rest[0] === 'explain') io.stdout.write(explainHelp());
     else io.stdout.write(mainHelp());
     return EXIT_OK;
   }
   if (command === 'serve') return runServe(rest, io);
   if (command === 'zones') return runZones(rest, io);
+  if (command === 'explain') return runExplain(rest, io);
   io.stderr.write(`moat: unknown command "${command}" (see moat --help)\n`);
   return EXIT_USAGE;
 }
@@ -86,6 +100,34 @@ async function runZones(args: readonly string[], io: CliIo): Promise<number> {
     // PreresolveError's message names every host that failed and why.
     const message = e instanceof PreresolveError || !signal.aborted ? (e as Error).message : `cancelled: ${(signal.reason as Error).message}`;
     io.stderr.write(`moat zones: ${message}\n`);
+    return EXIT_RUNTIME_ERROR;
+  }
+}
+
+/** `moat explain` exits 3 for "would be blocked", so scripts can branch on it. */
+export const EXIT_BLOCKED = 3;
+
+async function runExplain(args: readonly string[], io: CliIo): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseExplainArgs(args, io.config);
+  } catch (e) {
+    io.stderr.write(`moat explain: ${(e as Error).message}\n`);
+    return e instanceof ConfigError ? EXIT_USAGE : EXIT_RUNTIME_ERROR;
+  }
+  if (parsed.kind === 'help') {
+    io.stdout.write(explainHelp());
+    return EXIT_OK;
+  }
+  const c = parsed.config;
+  const { signal } = stopping(io);
+  try {
+    const createResolver = io.serveDeps?.createDnsResolver ?? ((servers) => new NodeDnsResolver(servers));
+    const result = await explain(c, createResolver(c.resolvers), signal);
+    io.stdout.write(`${result.lines.join('\n')}\nresult       ${result.allowed ? 'allowed' : 'blocked'}\n`);
+    return result.allowed ? EXIT_OK : EXIT_BLOCKED;
+  } catch (e) {
+    io.stderr.write(`moat explain: ${(e as Error).message}\n`);
     return EXIT_RUNTIME_ERROR;
   }
 }

@@ -61,6 +61,14 @@ export interface ServeConfig {
   resolvers: DnsUpstream[];
   /** What a name outside the allowlist gets (--sinkhole). */
   sinkhole: SinkholeMode;
+  /** IPv4 CIDRs resolved answers may lie in for hostname-authorised dials (--admit-resolved). */
+  admitResolved: string[];
+  /** How long a connection held for its SNI/Host may stay silent (--peek-timeout-ms). */
+  peekTimeoutMs: number;
+  /** Where every egress decision is written as a JSON line (--decision-log), or undefined. */
+  decisionLog: string | undefined;
+  /** The host alias is reachable whatever the rules say (--allow-host-alias). */
+  allowHostAlias: boolean;
 }
 
 /** What `moat zones` needs: the allowlist and the built-in addresses. */
@@ -79,6 +87,7 @@ export const DEFAULT_SUBNET = '192.168.127.0/24';
 export const DEFAULT_GATEWAY_MAC = '5a:94:ef:e4:0c:dd';
 /** sun_path is 108 bytes on Linux, including the terminating NUL. */
 const UNIX_PATH_MAX = 107;
+export const DEFAULT_PEEK_TIMEOUT_MS = 10_000;
 
 interface FlagDoc {
   name: string;
@@ -152,6 +161,30 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     example: '1.1.1.1',
   },
   { name: 'sinkhole', type: 'string', value: 'MODE', default: 'zero', help: 'What a name outside the --allow list gets: zero (A 0.0.0.0, other types no records) or nxdomain.' },
+  {
+    name: 'admit-resolved',
+    type: 'string',
+    multiple: true,
+    value: 'CIDR',
+    default: 'none',
+    help: "With --allow, a connection allowed by hostname is dialed to addresses Moat resolved for that name; answers in loopback, private, link-local, CGNAT, multicast or the guest's subnet are refused (DNS rebinding) unless an IP/CIDR rule or this range admits them. Use it for internal services behind allowed names. Repeatable.",
+    example: '10.20.0.0/16',
+  },
+  {
+    name: 'peek-timeout-ms',
+    type: 'string',
+    value: 'MS',
+    default: String(DEFAULT_PEEK_TIMEOUT_MS),
+    help: 'With --allow, a connection to :443/:80 (or a port a hostname rule names) is held until its TLS SNI or HTTP Host has been read; one that names nothing in this long is reset.',
+  },
+  {
+    name: 'decision-log',
+    type: 'string',
+    value: 'FILE',
+    default: 'none (blocked decisions still go to the main log)',
+    help: 'Append every egress decision (allowed and blocked, TCP, UDP and DNS) to FILE as one JSON line: id, decision, reason, rule, proto, dst, name, via. Rate-limited per destination.',
+  },
+  { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise it follows the rules like any address (e.g. --allow 192.168.127.254:8080).' },
   { name: 'help', type: 'boolean', help: 'Show this help.' },
 ];
 
@@ -210,15 +243,113 @@ export function parseZonesArgs(args: readonly string[], io: ConfigIo = NODE_CONF
   return { kind: 'config', config: { ...allowlist, gatewayIp: addresses.gatewayIp, hostIp: addresses.hostIp } };
 }
 
+export const EXPLAIN_FLAG_NAMES: readonly string[] = [
+  ...ZONES_FLAG_NAMES.filter((n) => n !== 'help'),
+  'admit-resolved',
+  'allow-host-alias',
+  'allow-link-local',
+  'help',
+];
+export const EXPLAIN_FLAGS: readonly FlagDoc[] = SERVE_FLAGS.filter((f) => EXPLAIN_FLAG_NAMES.includes(f.name));
+
+/** What `moat explain` needs: the allowlist as `moat serve` would run it, and the destination asked about. */
+export interface ExplainConfig extends ZonesConfig {
+  network: IPv4;
+  prefix: number;
+  admitResolved: string[];
+  allowHostAlias: boolean;
+  allowLinkLocal: boolean;
+  /** A hostname or an IPv4 address, as given. */
+  target: string;
+  /** The port asked about; 443 when none was given. */
+  port: number;
+}
+
+export type ParsedExplainArgs = { kind: 'help' } | { kind: 'config'; config: ExplainConfig };
+
+/** Parses `moat explain [flags] HOST[:PORT]|IP[:PORT]`. Throws ConfigError. */
+export function parseExplainArgs(args: readonly string[], io: ConfigIo = NODE_CONFIG_IO): ParsedExplainArgs {
+  const positionals: string[] = [];
+  const raw = readFlags(args, EXPLAIN_FLAGS, 'explain', io, positionals);
+  if (raw === 'help') return { kind: 'help' };
+  for (const key of [...raw.keys()]) if (!EXPLAIN_FLAG_NAMES.includes(key)) raw.delete(key);
+  if (positionals.length !== 1) {
+    throw new ConfigError(`expected one destination (HOST[:PORT] or IP[:PORT]), got ${positionals.length === 0 ? 'none' : positionals.map((p) => `"${p}"`).join(' ')}`);
+  }
+  const text = positionals[0]!;
+  let target = text;
+  let port = 443;
+  const colon = text.lastIndexOf(':');
+  if (colon >= 0) {
+    const p = parsePort(text.slice(colon + 1), false);
+    if (typeof p === 'string') throw new ConfigError(`destination "${text}": ${p}`);
+    port = p;
+    target = text.slice(0, colon);
+  }
+  if (target === '') throw new ConfigError(`destination "${text}": needs a host or address`);
+  const addresses = buildAddresses(raw);
+  const allowlist = buildAllowlist(raw, io);
+  if (allowlist.allow.length === 0) throw new ConfigError('--allow: at least one rule is required (or --config with "allow")');
+  const admitRaw = getters(raw).list('admit-resolved');
+  for (const t of admitRaw.items) {
+    const c = parseCidr(t);
+    if (c === undefined || formatIPv4(c.network) !== t.split('/')[0]) throw new ConfigError(`${admitRaw.label}: must be an IPv4 CIDR with no host bits set, got "${t}"`);
+  }
+  return {
+    kind: 'config',
+    config: {
+      ...allowlist,
+      gatewayIp: addresses.gatewayIp,
+      hostIp: addresses.hostIp,
+      network: addresses.network,
+      prefix: addresses.prefix,
+      admitResolved: admitRaw.items,
+      allowHostAlias: raw.get('allow-host-alias')?.value === true,
+      allowLinkLocal: raw.get('allow-link-local')?.value === true,
+      target,
+      port,
+    },
+  };
+}
+
+export function explainHelp(): string {
+  return [
+    'Usage: moat explain [--allow RULE... | --config FILE] [--resolver IP[:PORT]] HOST[:PORT] | IP[:PORT]',
+    '',
+    'Says what `moat serve` with this allowlist would do for one destination: which rule matches,',
+    'what the gateway\'s DNS would answer for the name, and what a TCP connection to it would get',
+    '(port 443 unless given). Allowed hosts are resolved as at start-up, so the answers are real.',
+    '',
+    'Flags:',
+    ...flagLines(EXPLAIN_FLAGS),
+    '',
+    'Examples:',
+    "  moat explain --allow github.com --allow '*.githubusercontent.com' api.github.com",
+    '  moat explain --config moat.json 169.254.169.254:80',
+    '',
+    'Exit status: 0 when the destination would be allowed, 3 when it would be blocked,',
+    '2 for a usage error, 1 when an allowed host cannot be resolved.',
+    '',
+  ].join('\n');
+}
+
 /** Command-line flags (over the --config file's keys) as flag name → raw value, or 'help'. */
-function readFlags(args: readonly string[], flags: readonly FlagDoc[], command: string, io: ConfigIo): Map<string, Raw> | 'help' {
+function readFlags(
+  args: readonly string[],
+  flags: readonly FlagDoc[],
+  command: string,
+  io: ConfigIo,
+  positionals?: string[],
+): Map<string, Raw> | 'help' {
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }> = {};
   for (const f of flags) options[f.name] = { type: f.type, ...(f.multiple === true ? { multiple: true } : {}) };
   options.help!.short = 'h';
 
   let values: Record<string, RawValue | undefined>;
   try {
-    ({ values } = parseArgs({ args: [...args], options, strict: true, allowPositionals: false }) as { values: Record<string, RawValue | undefined> });
+    const parsed = parseArgs({ args: [...args], options, strict: true, allowPositionals: positionals !== undefined });
+    values = parsed.values as Record<string, RawValue | undefined>;
+    positionals?.push(...parsed.positionals);
   } catch (e) {
     throw new ConfigError(describeParseArgsError(e, command));
   }
@@ -469,6 +600,24 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   // --allow, --resolver, --sinkhole
   const allowlist = buildAllowlist(raw, io);
 
+  // --admit-resolved, --peek-timeout-ms, --decision-log, --allow-host-alias
+  const admitRaw = list('admit-resolved');
+  for (const text of admitRaw.items) {
+    const c = parseCidr(text);
+    if (c === undefined || formatIPv4(c.network) !== text.split('/')[0]) {
+      throw new ConfigError(`${admitRaw.label}: must be an IPv4 CIDR with no host bits set (e.g. 10.20.0.0/16), got "${text}"`);
+    }
+  }
+  let peekTimeoutMs = DEFAULT_PEEK_TIMEOUT_MS;
+  const peekRaw = str('peek-timeout-ms');
+  if (peekRaw !== undefined) {
+    const n = /^\d+$/.test(peekRaw.text) ? Number(peekRaw.text) : NaN;
+    if (!(n >= 100 && n <= 600_000)) throw new ConfigError(`${peekRaw.label}: must be milliseconds, 100..600000, got ${peekRaw.text}`);
+    peekTimeoutMs = n;
+  }
+  const decisionRaw = str('decision-log');
+  if (decisionRaw !== undefined && decisionRaw.text === '') throw new ConfigError(`${decisionRaw.label}: needs a file name, got ""`);
+
   const allowLinkLocal = raw.get('allow-link-local');
   return {
     listen,
@@ -487,6 +636,10 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     allowLinkLocal: allowLinkLocal?.value === true,
     dnsUpstreams,
     ...allowlist,
+    admitResolved: admitRaw.items,
+    peekTimeoutMs,
+    decisionLog: decisionRaw?.text,
+    allowHostAlias: raw.get('allow-host-alias')?.value === true,
   };
 }
 
@@ -565,7 +718,15 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
     dnsUpstreams: c.dnsUpstreams.map(formatUpstream),
     ...(c.allow.length === 0
       ? {}
-      : { allow: c.allow.map((r) => r.text), resolvers: c.resolvers.map(formatUpstream), sinkhole: c.sinkhole }),
+      : {
+          allow: c.allow.map((r) => r.text),
+          resolvers: c.resolvers.map(formatUpstream),
+          sinkhole: c.sinkhole,
+          admitResolved: c.admitResolved,
+          peekTimeoutMs: c.peekTimeoutMs,
+          decisionLog: c.decisionLog,
+          allowHostAlias: c.allowHostAlias,
+        }),
   };
 }
 
@@ -647,6 +808,7 @@ export function mainHelp(): string {
     'Commands:',
     '  serve    Serve the network to a guest over a QEMU stream socket (moat serve --help).',
     '  zones    Print the DNS zone table an allowlist gives, resolving its hosts (moat zones --help).',
+    '  explain  Say which rule matches a host or IP, what DNS answers and what a connection gets (moat explain --help).',
     '  help     Show this help, or a command\'s help (moat help serve, moat help zones).',
     '',
     'Example:',
@@ -654,5 +816,6 @@ export function mainHelp(): string {
     '',
     serveHelp(),
     zonesHelp(),
+    explainHelp(),
   ].join('\n');
 }

@@ -11,8 +11,10 @@
  * logged, and closed again if any part fails to start.
  *
  * With --allow, the allowed hosts are resolved first (fail closed: serve()
- * rejects, naming every host that failed, before any socket is opened) and
- * the gateway's DNS is an AllowlistDns instead of the forwarder.
+ * rejects, naming every host that failed, before any socket is opened), the
+ * gateway's DNS is an AllowlistDns instead of the forwarder, and the NAT puts
+ * every flow to the egress policy (src/egress/). Both come from one
+ * AllowlistRuntime, which the API's PUT /allowlist reloads.
  */
 import type { IPv4 } from '../netstack/addr.js';
 import { formatIPv4, formatMac } from '../netstack/addr.js';
@@ -20,10 +22,11 @@ import type { Clock } from '../netstack/clock.js';
 import type { NetStack, PendingTcp, StackConfig, StackEvents, UdpDatagram } from '../netstack/api.js';
 import { createStack, DEFAULT_STACK_CONFIG, type StackOptions } from '../netstack/stack.js';
 import type { Resolver } from '../dns/preresolve.js';
-import { AllowlistDns } from './allowlist/dns.js';
+import { createWriteStream, type WriteStream } from 'node:fs';
 import { NodeDnsResolver } from './allowlist/resolver.js';
-import { buildAllowlistTable } from './allowlist/zones.js';
-import { ApiServer } from './api-server.js';
+import { ApiServer, type AllowlistControl } from './api-server.js';
+import { AllowlistRuntime } from './egress/allowlist-runtime.js';
+import { DEFAULT_EGRESS_OPTIONS, type Egress } from './egress/egress.js';
 import { MonotonicClock, TimerDriver } from './clock.js';
 import { describeConfig, type DnsUpstream, type ServeConfig } from './config.js';
 import type { GatewayDns } from './gateway-dns.js';
@@ -40,6 +43,8 @@ export interface NatLike extends GatewayUdpClaims {
   onTcpSyn(pending: PendingTcp): void;
   onUdp(datagram: UdpDatagram): void;
   onIcmp(src: IPv4, dst: IPv4, icmp: Uint8Array): void;
+  /** After an allowlist reload with drop: reset the flows the new policy refuses; returns how many. */
+  dropRefusedFlows(): number;
   resetGuest(): void;
   close(): Promise<void>;
   stats(): object;
@@ -65,8 +70,8 @@ export interface ServeDeps {
     defer: (fn: () => void) => void,
     options?: StackOptions,
   ): NetStack;
-  /** `dns` serves gateway:53 when given (allowlist mode); otherwise the NAT forwards DNS. */
-  createNat(options: Partial<NatOptions>, log: Logger, dns?: GatewayDns): NatLike;
+  /** `dns` serves gateway:53 when given (allowlist mode); otherwise the NAT forwards DNS. `egress` decides every flow. */
+  createNat(options: Partial<NatOptions>, log: Logger, dns?: GatewayDns, egress?: Egress): NatLike;
   /** The upstream allowed names are resolved at (--resolver). */
   createDnsResolver(servers: readonly DnsUpstream[]): Resolver;
   createPortForwards: PortForwardsFactory;
@@ -79,6 +84,8 @@ export interface RunningServer {
   readonly apiSocket: string | undefined;
   readonly stack: NetStack;
   stats(): Record<string, unknown>;
+  /** The running allowlist (undefined without --allow): its rules and reload. */
+  readonly allowlist: AllowlistControl | undefined;
   /** Closes everything; safe to call more than once. */
   close(): Promise<void>;
 }
@@ -112,7 +119,7 @@ export function natOptionsFor(config: ServeConfig): Partial<NatOptions> {
 export const DEFAULT_SERVE_DEPS: ServeDeps = {
   clock: new MonotonicClock(),
   createStack,
-  createNat: (options, log, dns) => new Nat(options, log, dns),
+  createNat: (options, log, dns, egress) => new Nat(options, log, dns, egress),
   createDnsResolver: (servers) => new NodeDnsResolver(servers),
   createPortForwards: createPortForwarder,
   link: {},
@@ -157,9 +164,11 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
     const driver = new TimerDriver(d.clock);
     closers.push(() => driver.stop());
 
-    const gatewayDns = allowlist ? await startAllowlistDns(config, d, log, options.signal) : undefined;
-    const nat = d.createNat(natOptionsFor(config), log.child({ component: 'nat' }), gatewayDns);
+    const runtime = allowlist ? await startAllowlist(config, d, log, options.signal) : undefined;
+    if (runtime !== undefined) closers.push(() => runtime.close());
+    const nat = d.createNat(natOptionsFor(config), log.child({ component: 'nat' }), runtime?.runtime.dns, runtime?.runtime.egress);
     closers.push(() => nat.close());
+    const allowlistControl = runtime === undefined ? undefined : allowlistControlFor(runtime.runtime, nat, log);
 
     // The link is created before the stack (the stack's onOutput needs it) and listens after.
     let stack: NetStack | undefined;
@@ -228,6 +237,7 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
           leases: () => theStack.dhcpLeases().map((l) => ({ ip: formatIPv4(l.ip), mac: formatMac(l.mac) })),
           stats,
           guestConnected: () => link.guestConnected,
+          ...(allowlistControl ? { allowlist: allowlistControl } : {}),
         },
         log,
       );
@@ -252,6 +262,7 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
       apiSocket: config.apiSocket,
       stack: theStack,
       stats,
+      allowlist: allowlistControl,
       close: () => {
         closing ??= closeAll().then(() => log.info('moat stopped'));
         return closing;
@@ -263,23 +274,79 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
   }
 }
 
-/** Resolves every allowed host (fail closed) and builds the gateway's allowlist DNS; nothing is opened before. */
-async function startAllowlistDns(config: ServeConfig, d: ServeDeps, log: Logger, signal: AbortSignal | undefined): Promise<GatewayDns> {
+/**
+ * Resolves every allowed host (fail closed) and builds the allowlist's DNS
+ * and egress policy; nothing is opened before. The decision log file, if
+ * any, is opened here too, so a bad path stops start-up.
+ */
+async function startAllowlist(
+  config: ServeConfig,
+  d: ServeDeps,
+  log: Logger,
+  signal: AbortSignal | undefined,
+): Promise<{ runtime: AllowlistRuntime; close(): Promise<void> }> {
   const resolver = d.createDnsResolver(config.resolvers);
   const started = d.clock.now();
-  const table = await buildAllowlistTable({
-    rules: config.allow,
-    resolver,
-    gatewayIpv4: formatIPv4(config.gatewayIp),
-    hostAliasIpv4: formatIPv4(config.hostIp),
-    sinkhole: config.sinkhole,
-    ...(signal ? { signal } : {}),
+  const sink = config.decisionLog === undefined ? undefined : await openAppend(config.decisionLog);
+  let runtime: AllowlistRuntime;
+  try {
+    runtime = await AllowlistRuntime.start(
+      {
+        rules: config.allow,
+        resolver,
+        gatewayIpv4: formatIPv4(config.gatewayIp),
+        hostAliasIpv4: formatIPv4(config.hostIp),
+        sinkhole: config.sinkhole,
+        guestSubnet: { network: formatIPv4(config.network), prefix: config.prefix },
+        admitResolved: config.admitResolved,
+        hostAliasExempt: config.allowHostAlias,
+        allowLinkLocal: config.allowLinkLocal,
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs },
+        now: () => d.clock.now(),
+        ...(sink ? { decisionSink: sink } : {}),
+        ...(signal ? { signal } : {}),
+      },
+      log,
+    );
+  } catch (e) {
+    sink?.end();
+    throw e;
+  }
+  log.info('allowlist zones ready', { zones: zoneList(runtime), resolveMs: Math.round(d.clock.now() - started) });
+  return {
+    runtime,
+    close: async () => {
+      await runtime.close();
+      if (sink) await new Promise<void>((resolve) => sink.end(resolve));
+    },
+  };
+}
+
+function zoneList(runtime: AllowlistRuntime): string[] {
+  return runtime.zoneTable.zones.map((z) => (z.name === '' ? '.' : `${z.name}.`));
+}
+
+/** Opens FILE for appending, failing (with the path in the message) if it cannot be. */
+function openAppend(path: string): Promise<WriteStream> {
+  return new Promise((resolve, reject) => {
+    const s = createWriteStream(path, { flags: 'a' });
+    s.once('open', () => resolve(s));
+    s.once('error', (e) => reject(new Error(`--decision-log: cannot open "${path}": ${e.message}`)));
   });
-  log.info('allowlist zones ready', {
-    zones: table.zones.map((z) => (z.name === '' ? '.' : `${z.name}.`)),
-    resolveMs: Math.round(d.clock.now() - started),
-  });
-  return new AllowlistDns({ table, resolver }, log.child({ component: 'dns' }));
+}
+
+/** What the API's /allowlist routes drive. */
+function allowlistControlFor(runtime: AllowlistRuntime, nat: NatLike, log: Logger): AllowlistControl {
+  return {
+    rules: () => runtime.ruleTexts,
+    zones: () => zoneList(runtime),
+    reload: async (texts, drop) => {
+      const result = await runtime.reload(texts);
+      const dropped = drop ? nat.dropRefusedFlows() : 0;
+      log.info('allowlist reloaded', { allow: result.rules, zones: result.zones, dropped });
+      return { ...result, dropped };
+    },
+  };
 }
 
 function collectStats(

@@ -140,3 +140,49 @@ describe('moat serve --allow start-up', () => {
     expect(await done).toBe(EXIT_OK);
   });
 });
+
+describe('moat explain', () => {
+  const run = async (args: string[]): Promise<{ code: number; out: string; err: string }> => {
+    const io = cliIo();
+    const code = await runCli(['explain', '--allow', 'github.com', '--allow', '*.merck.com:8443', '--allow', '10.0.0.0/8:22', ...resolverArgs(), ...args], io);
+    return { code, out: io.out.join(''), err: io.err.join('') };
+  };
+
+  it('an allowed host: the rule, its DNS answer, the SNI hold and the addresses it would be dialed to', async () => {
+    const r = await run(['github.com']);
+    expect(r.err).toBe('');
+    expect(r.code).toBe(EXIT_OK);
+    expect(r.out).toContain('dns          A 192.0.2.10');
+    expect(r.out).toContain('held: Moat reads the TLS SNI');
+    expect(r.out).toContain('allowed: name-sni (rule github.com), dialed by name github.com');
+    expect(r.out).toContain('dial         192.0.2.10 (resolved by Moat)');
+    expect(r.out).toMatch(/result {7}allowed\n$/);
+  });
+
+  it('an unlisted host is sinkholed and refused, exit 3', async () => {
+    const r = await run(['evil.test:443']);
+    expect(r.code).toBe(3);
+    expect(r.out).toContain('A 0.0.0.0 (sinkholed)');
+    expect(r.out).toContain('blocked: name-not-allowed');
+    expect(r.out).toMatch(/result {7}blocked\n$/);
+  });
+
+  it('addresses: metadata refused, an IP rule allows only its port', async () => {
+    const meta = await run(['169.254.169.254:80']);
+    expect(meta.code).toBe(3);
+    expect(meta.out).toContain('blocked: link-local');
+    const ssh = await run(['10.1.2.3:22']);
+    expect(ssh.code).toBe(EXIT_OK);
+    expect(ssh.out).toContain('allowed: ip-rule (rule 10.0.0.0/8:22), dialed to 10.1.2.3');
+    const other = await run(['10.1.2.3:23']);
+    expect(other.code).toBe(3);
+  });
+
+  it('usage errors exit 2 and name the problem', async () => {
+    const none = await run([]);
+    expect(none.code).toBe(EXIT_USAGE);
+    expect(none.err).toContain('expected one destination');
+    const badPort = await run(['github.com:99999']);
+    expect(badPort.code).toBe(EXIT_USAGE);
+  });
+});

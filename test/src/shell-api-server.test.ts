@@ -153,3 +153,70 @@ describe('ApiServer: errors', () => {
     expect((await call('POST', '/services/forwarder/expose', atBound)).status).toBe(400);
   });
 });
+
+describe('/allowlist', () => {
+  it('answers 409 naming --allow when no allowlist runs', async () => {
+    const r = await call('GET', '/allowlist');
+    expect(r.status).toBe(409);
+    expect((r.body as { error: string }).error).toContain('--allow');
+  });
+
+  it('PUT reloads through the control; invalid rules are 400, failed resolution 502, and drop is passed on', async () => {
+    const { RuleSetError, parseRule, RuleError } = await import('../../dns/rules.js');
+    const { PreresolveError } = await import('../../dns/preresolve.js');
+    const calls: { rules: readonly string[]; drop: boolean }[] = [];
+    let rules = ['a.test'];
+    const path = join(dir, 'api2.sock');
+    const { log } = captureLogger();
+    const api2 = new ApiServer(
+      {
+        forwards,
+        leases: () => [],
+        stats: () => ({}),
+        guestConnected: () => true,
+        allowlist: {
+          rules: () => rules,
+          zones: () => rules.map((r) => `${r}.`),
+          reload: async (next, drop) => {
+            calls.push({ rules: next, drop });
+            const bad = next.map((t) => parseRule(t)).filter((x) => x instanceof RuleError);
+            if (bad.length > 0) throw new RuleSetError(bad as InstanceType<typeof RuleError>[]);
+            if (next.includes('down.test')) throw new PreresolveError([{ host: 'down.test', reason: 'SERVFAIL' }]);
+            rules = [...next];
+            return { rules, zones: rules.map((r) => `${r}.`), dropped: drop ? 2 : 0 };
+          },
+        },
+      },
+      log,
+    );
+    await api2.listen(path);
+    try {
+      const put = (p: string, body: string): Promise<Reply> =>
+        new Promise((resolve, reject) => {
+          const req = request({ socketPath: path, method: 'PUT', path: p, headers: { 'content-type': 'application/json' } }, (res) => {
+            const parts: Buffer[] = [];
+            res.on('data', (d: Buffer) => parts.push(d));
+            res.on('end', () => resolve({ status: res.statusCode!, body: JSON.parse(Buffer.concat(parts).toString()), headers: res.headers }));
+          });
+          req.on('error', reject);
+          req.end(body);
+        });
+      const ok = await put('/allowlist?drop=1', JSON.stringify({ allow: ['b.test', '*.c.test'] }));
+      expect(ok.status).toBe(200);
+      expect(ok.body).toMatchObject({ ok: true, allow: ['b.test', '*.c.test'], dropped: 2 });
+      expect(calls.at(-1)).toEqual({ rules: ['b.test', '*.c.test'], drop: true });
+
+      const bad = await put('/allowlist', JSON.stringify({ allow: ['b.test', 'no such'] }));
+      expect(bad.status).toBe(400);
+      expect((bad.body as { error: string }).error).toContain('no such');
+      const down = await put('/allowlist', JSON.stringify({ allow: ['down.test'] }));
+      expect(down.status).toBe(502);
+      expect((down.body as { error: string }).error).toContain('down.test');
+      const shape = await put('/allowlist', JSON.stringify({ rules: ['x.test'] }));
+      expect(shape.status).toBe(400);
+      expect(rules).toEqual(['b.test', '*.c.test']); // unchanged by the failures
+    } finally {
+      await api2.close();
+    }
+  });
+});

@@ -253,6 +253,10 @@ describe('config file and flag precedence', () => {
       allow: ['github.com', '*.github.com'],
       resolver: ['1.1.1.1:53'],
       sinkhole: 'nxdomain',
+      'admit-resolved': ['10.20.0.0/16'],
+      'peek-timeout-ms': 2500,
+      'decision-log': '/tmp/decisions.jsonl',
+      'allow-host-alias': true,
     };
     expect(Object.keys(values).sort()).toEqual([...keys].sort());
     const c = parse(['--config', '/all.json'], { '/all.json': JSON.stringify(values) });
@@ -262,6 +266,28 @@ describe('config file and flag precedence', () => {
     expect(c.allow.map((r) => r.text)).toEqual(['github.com', '*.github.com']);
     expect(c.resolvers).toEqual([{ host: '1.1.1.1', port: 53 }]);
     expect(c.sinkhole).toBe('nxdomain');
+    expect(c.admitResolved).toEqual(['10.20.0.0/16']);
+    expect(c.peekTimeoutMs).toBe(2500);
+    expect(c.decisionLog).toBe('/tmp/decisions.jsonl');
+    expect(c.allowHostAlias).toBe(true);
+  });
+
+  it('egress flags: defaults, and bad values named', () => {
+    const d = parse(['--listen-qemu', 'unix:///tmp/q']);
+    expect(d).toMatchObject({ admitResolved: [], peekTimeoutMs: 10_000, decisionLog: undefined, allowHostAlias: false });
+    const bad = (args: string[]): string => {
+      try {
+        parse(['--listen-qemu', 'unix:///tmp/q', ...args]);
+      } catch (e) {
+        return (e as Error).message;
+      }
+      return 'accepted';
+    };
+    expect(bad(['--admit-resolved', '10.0.0.1/8'])).toMatch(/^--admit-resolved: .*host bits.*"10.0.0.1\/8"/);
+    expect(bad(['--admit-resolved', 'example.com'])).toMatch(/^--admit-resolved: /);
+    expect(bad(['--peek-timeout-ms', '5'])).toMatch(/^--peek-timeout-ms: .*got 5/);
+    expect(bad(['--peek-timeout-ms', '1s'])).toMatch(/^--peek-timeout-ms: /);
+    expect(bad(['--decision-log', ''])).toMatch(/^--decision-log: needs a file name/);
   });
 });
 

@@ -1,0 +1,112 @@
+/**
+ * `moat explain`: what `moat serve` with an allowlist would do for one
+ * destination, told by the same code that would do it — the zone table and
+ * responder for DNS, the egress policy (with the pins start-up would make)
+ * for the connection. Nothing is connected to.
+ */
+import dnsPacket from 'dns-packet';
+import { canonicalHostname, RuleError } from '../dns/rules.js';
+import type { Resolver } from '../dns/preresolve.js';
+import type { Decision } from '../sni/policy.js';
+import { formatIPv4 } from '../netstack/addr.js';
+import type { ExplainConfig } from './config.js';
+import { AllowlistRuntime } from './egress/allowlist-runtime.js';
+import { DEFAULT_EGRESS_OPTIONS } from './egress/egress.js';
+import { NULL_LOGGER } from './log.js';
+
+export interface Explanation {
+  lines: string[];
+  allowed: boolean;
+}
+
+const IPV4 = /^\d{1,3}(?:\.\d{1,3}){3}$/;
+
+export async function explain(c: ExplainConfig, resolver: Resolver, signal?: AbortSignal): Promise<Explanation> {
+  const runtime = await AllowlistRuntime.start(
+    {
+      rules: c.allow,
+      resolver,
+      gatewayIpv4: formatIPv4(c.gatewayIp),
+      hostAliasIpv4: formatIPv4(c.hostIp),
+      sinkhole: c.sinkhole,
+      guestSubnet: { network: formatIPv4(c.network), prefix: c.prefix },
+      admitResolved: c.admitResolved,
+      hostAliasExempt: c.allowHostAlias,
+      allowLinkLocal: c.allowLinkLocal,
+      egress: DEFAULT_EGRESS_OPTIONS,
+      now: () => performance.now(),
+      ...(signal ? { signal } : {}),
+    },
+    NULL_LOGGER,
+  );
+  try {
+    return IPV4.test(c.target) ? explainAddress(c, runtime) : await explainName(c, runtime);
+  } finally {
+    await runtime.close();
+  }
+}
+
+function explainAddress(c: ExplainConfig, runtime: AllowlistRuntime): Explanation {
+  const lines = [`destination  ${c.target}:${c.port} (an address: no DNS involved)`];
+  const d = runtime.egress.decide({ proto: 'tcp', dst: c.target, port: c.port });
+  lines.push(...describeDecision(d, 'tcp'));
+  if (d.verdict === 'peek') {
+    lines.push('             the connection is dialed only if its SNI/Host names an allowed host, and then to that');
+    lines.push('             host\'s own addresses, not to this one');
+  }
+  const u = runtime.egress.decide({ proto: 'udp', dst: c.target, port: c.port });
+  lines.push(`udp          ${u.verdict === 'allow' ? `allowed (${u.reason}${u.rule ? `, rule ${u.rule}` : ''})` : `blocked (${u.verdict === 'block' ? u.reason : 'needs an IP rule'})`}`);
+  return { lines, allowed: d.verdict === 'allow' };
+}
+
+async function explainName(c: ExplainConfig, runtime: AllowlistRuntime): Promise<Explanation> {
+  const canonical = canonicalHostname(c.target);
+  if (canonical instanceof RuleError) return { lines: [`destination  "${c.target}" is not a hostname or IPv4 address (${canonical.reason})`], allowed: false };
+  const lines = [`destination  ${canonical}:${c.port}`];
+
+  // DNS: ask the very responder the gateway would use.
+  const query = dnsPacket.encode({ type: 'query', id: 1, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: 'A', name: canonical, class: 'IN' }] });
+  const reply = await runtime.dns.responder.respond(query, 'udp');
+  const dns = reply?.decision;
+  if (dns === undefined) lines.push('dns          (no answer)');
+  else {
+    const answer = dns.addresses.length > 0 ? `A ${dns.addresses.join(', ')}` : dns.outcome === 'sinkholed' ? 'A 0.0.0.0 (sinkholed)' : dns.rcode;
+    lines.push(`dns          ${answer}  [zone ${dns.zone ?? '?'}, ${dns.outcome}]`);
+  }
+
+  // The connection: the guest dials what DNS gave it (or anything at all), sending this name.
+  const dst = dns?.addresses[0] ?? '0.0.0.0';
+  let d = runtime.egress.decide({ proto: 'tcp', dst, port: c.port });
+  if (d.verdict === 'peek') {
+    const via = c.port === 80 ? 'host' : 'sni';
+    lines.push(`connect      held: Moat reads the ${via === 'sni' ? 'TLS SNI' : 'HTTP Host'} before dialing anything`);
+    d = runtime.egress.decide({ proto: 'tcp', dst, port: c.port, peeked: { via, name: canonical } });
+  }
+  lines.push(...describeDecision(d, 'tcp'));
+  if (d.verdict === 'allow' && d.dial.kind === 'name') {
+    try {
+      const addresses = await runtime.egress.targets.addressesFor(d.dial.name);
+      const { admitted, refused } = runtime.egress.policy.admitResolved(addresses, c.port);
+      if (admitted.length > 0) lines.push(`dial         ${admitted.join(', ')} (resolved by Moat)`);
+      if (refused.length > 0) lines.push(`refused      ${refused.map((r) => `${r.address} (${r.range}; --admit-resolved to allow)`).join(', ')}`);
+      if (admitted.length === 0) return { lines: [...lines, 'rebinding    every address the name resolves to is in a refused range'], allowed: false };
+    } catch (e) {
+      return { lines: [...lines, `dial         the name does not resolve now: ${(e as Error).message}`], allowed: false };
+    }
+  }
+  return { lines, allowed: d.verdict === 'allow' };
+}
+
+function describeDecision(d: Decision, proto: 'tcp' | 'udp'): string[] {
+  switch (d.verdict) {
+    case 'allow':
+      return [
+        `${proto}          allowed: ${d.reason}${d.rule ? ` (rule ${d.rule})` : ''}` +
+          (d.dial.kind === 'address' ? `, dialed to ${d.dial.address}` : `, dialed by name ${d.dial.name}`),
+      ];
+    case 'peek':
+      return [`${proto}          needs a name: hostname rules for this port: ${d.rules.join(', ')}`];
+    case 'block':
+      return [`${proto}          blocked: ${d.reason}${d.detail ? ` (${d.detail})` : ''}${d.rule ? ` (rule ${d.rule})` : ''}`];
+  }
+}
