@@ -65,6 +65,7 @@ export class DecisionLog {
   private readonly buckets = new Map<string, Bucket>();
   private readonly prefix = randomBytes(3).toString('hex');
   private counter = 0;
+  private readonly listeners = new Set<(r: DecisionRecord) => void>();
   readonly stats: DecisionLogStats = { allowed: 0, blocked: 0, wouldBlock: 0, suppressedLines: 0 };
 
   constructor(
@@ -78,10 +79,23 @@ export class DecisionLog {
     return `${this.prefix}-${this.counter.toString(36)}`;
   }
 
+  /** Calls `fn` with every decision (not rate-limited: embedders count what they like); returns the unsubscribe. */
+  subscribe(fn: (r: DecisionRecord) => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
   record(r: DecisionRecord): void {
     if (r.decision === 'allowed') this.stats.allowed++;
     else if (r.decision === 'blocked') this.stats.blocked++;
     else this.stats.wouldBlock++;
+    for (const fn of this.listeners) {
+      try {
+        fn(r);
+      } catch (err) {
+        this.log.error('decision listener failed', { error: err });
+      }
+    }
 
     const suppressedBefore = this.admit(`${r.proto} ${r.dst}`);
     if (suppressedBefore < 0) return;
