@@ -240,6 +240,9 @@ describe.skipIf(gate.skip)('moat serve egress policy e2e: guest -> moat-shim -> 
   }, 30_000);
 
   it('6. a ClientHello sent one byte per TCP segment is recognised and the connection works', async () => {
+    const allowedBySni = (): number =>
+      decisions().filter((d) => d.decision === 'allowed' && d.reason === 'name-sni' && d.dst === `${wwwIp}:443` && d.name === WWW).length;
+    const allowedBefore = allowedBySni();
     const t0 = Date.now();
     const r = await python(ONE_BYTE_HELLO_PY, [wwwIp, WWW, cert.certFile, '1']);
     const elapsed = Date.now() - t0;
@@ -251,6 +254,8 @@ describe.skipIf(gate.skip)('moat serve egress policy e2e: guest -> moat-shim -> 
     expect(helloBytes).toBeGreaterThan(200);
     expect(sends).toBe(helloBytes);
     expect(r.stdout).toContain(`body www https ${WWW} /onebyte`);
+    // It went through the policy by its SNI (not around it).
+    await waitFor('a name-sni decision for the one-byte hello', () => allowedBySni() === allowedBefore + 1, { timeoutMs: 3_000 });
 
     // The guest's kernel really sent it split: count the 1-byte segments Moat received (its --pcap).
     const dump = hostRun('tcpdump', ['-nn', '-r', fx.pcapFile!, `tcp and src port ${localPort} and dst port 443`], { timeoutMs: 10_000 });
