@@ -82,7 +82,14 @@ export interface FlowInput {
   peeked?: { via: 'sni' | 'host'; name: string | null };
 }
 
-export type AllowReason = 'no-allowlist' | 'ip-rule' | 'host-alias-exempt' | 'name-sni' | 'name-host' | 'pinned';
+export type AllowReason = 'no-allowlist' | 'ip-rule' | 'host-alias-exempt' | 'name-sni' | 'name-host' | 'pinned' | 'name-target';
+
+/**
+ * How a name given to decideName() was learnt: peeked from the bytes (SNI,
+ * Host), or named as the target by a proxy client (HTTP CONNECT authority,
+ * absolute-form URI, SOCKS5 domain address).
+ */
+export type NameVia = 'sni' | 'host' | 'target';
 export type BlockReason =
   | 'link-local'
   | 'host-alias'
@@ -324,6 +331,37 @@ export class EgressPolicy {
       name: canonical,
       dial: { kind: 'name', name: canonical },
     };
+  }
+
+  /**
+   * The decision for a connection that names its destination and has no
+   * address of its own (a proxy request: `CONNECT name:port`, `GET
+   * http://name/`, SOCKS5 with a domain address). Only hostname rules can
+   * allow it, by the same coverage as step 7 of decide(): the rule's own
+   * port, or 80/443 for a rule without one. The connection is dialed BY
+   * NAME, to addresses Moat resolves (filter them with admitResolved).
+   *
+   *  - An IP literal is refused 'ip-literal-name': a caller with an address
+   *    target must ask decide() with it as dst, where IP rules and the
+   *    link-local refusal apply.
+   *  - UDP is refused 'udp-needs-ip-rule', as in decide().
+   *  - An empty rule set allows every name ('no-allowlist').
+   */
+  decideName(proto: 'tcp' | 'udp', name: string, port: number, via: NameVia = 'target'): Decision {
+    if (!Number.isInteger(port) || port < 1 || port > 65535) return block('no-rule', null, null, 'invalid destination port');
+    if (typeof name !== 'string') return block('bad-name', null, null, 'name is not a string');
+    const canonical = canonicalHostname(name);
+    if (canonical instanceof RuleError) {
+      const reported = name.length > MAX_REPORTED_NAME ? name.slice(0, MAX_REPORTED_NAME) : name;
+      return block(isIpLiteral(name, canonical) ? 'ip-literal-name' : 'bad-name', null, reported, canonical.reason);
+    }
+    const byName = { kind: 'name', name: canonical } as const;
+    if (this.empty) return { verdict: 'allow', reason: 'no-allowlist', rule: null, name: canonical, dial: byName };
+    if (proto !== 'tcp') return block('udp-needs-ip-rule', null, canonical);
+    const rule = this.nameRuleFor(canonical, port);
+    if (rule === null) return block('name-not-allowed', null, canonical);
+    const reason: AllowReason = via === 'sni' ? 'name-sni' : via === 'host' ? 'name-host' : 'name-target';
+    return { verdict: 'allow', reason, rule: rule.text, name: canonical, dial: byName };
   }
 
   /**
