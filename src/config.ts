@@ -89,7 +89,7 @@ export const DEFAULT_GATEWAY_MAC = '5a:94:ef:e4:0c:dd';
 const UNIX_PATH_MAX = 107;
 export const DEFAULT_PEEK_TIMEOUT_MS = 10_000;
 
-interface FlagDoc {
+export interface FlagDoc {
   name: string;
   type: 'string' | 'boolean';
   multiple?: boolean;
@@ -214,10 +214,10 @@ export const NODE_CONFIG_IO: ConfigIo = {
   },
 };
 
-type RawValue = string | boolean | string[];
+export type RawValue = string | boolean | string[];
 
 /** A raw setting and how to name it in an error: "--mtu" or 'moat.json: "mtu"'. */
-interface Raw {
+export interface Raw {
   value: RawValue;
   label: string;
 }
@@ -334,12 +334,14 @@ export function explainHelp(): string {
 }
 
 /** Command-line flags (over the --config file's keys) as flag name → raw value, or 'help'. */
-function readFlags(
+export function readFlags(
   args: readonly string[],
   flags: readonly FlagDoc[],
   command: string,
   io: ConfigIo,
   positionals?: string[],
+  /** The flags a --config file may name: serve's unless a command (moat proxy) has its own table. */
+  fileFlags: readonly FlagDoc[] = SERVE_FLAGS,
 ): Map<string, Raw> | 'help' {
   const options: Record<string, { type: 'string' | 'boolean'; multiple?: boolean; short?: string }> = {};
   for (const f of flags) options[f.name] = { type: f.type, ...(f.multiple === true ? { multiple: true } : {}) };
@@ -358,7 +360,7 @@ function readFlags(
   const raw = new Map<string, Raw>();
   const configFile = values.config;
   if (typeof configFile === 'string') {
-    for (const [key, value] of readConfigFile(configFile, io)) raw.set(key, { value, label: `${configFile}: "${key}"` });
+    for (const [key, value] of readConfigFile(configFile, io, fileFlags, command)) raw.set(key, { value, label: `${configFile}: "${key}"` });
   }
   for (const [key, value] of Object.entries(values)) {
     if (key === 'config' || key === 'help' || value === undefined) continue;
@@ -383,7 +385,9 @@ function describeParseArgsError(e: unknown, command = 'serve'): string {
 }
 
 /** Reads the JSON config file into flag-name → raw value, checking its shape. */
-function readConfigFile(path: string, io: ConfigIo): Map<string, RawValue> {
+function readConfigFile(path: string, io: ConfigIo, fileFlags: readonly FlagDoc[] = SERVE_FLAGS, command = 'serve'): Map<string, RawValue> {
+  const fileKeys = fileFlags === SERVE_FLAGS ? FILE_KEYS : new Set(fileFlags.map((f) => f.name).filter((n) => n !== 'help' && n !== 'config'));
+  const keysOf = fileFlags === SERVE_FLAGS ? 'serve' : command;
   let text: string;
   try {
     text = io.readFile(path);
@@ -401,8 +405,8 @@ function readConfigFile(path: string, io: ConfigIo): Map<string, RawValue> {
   }
   const out = new Map<string, RawValue>();
   for (const [key, value] of Object.entries(parsed as Record<string, unknown>)) {
-    if (!FILE_KEYS.has(key)) throw new ConfigError(`${path}: unknown key "${key}" (keys are the flag names of moat serve --help, without --)`);
-    const doc = SERVE_FLAGS.find((f) => f.name === key)!;
+    if (!fileKeys.has(key)) throw new ConfigError(`${path}: unknown key "${key}" (keys are the flag names of moat ${keysOf} --help, without --)`);
+    const doc = fileFlags.find((f) => f.name === key)!;
     const label = `${path}: "${key}"`;
     if (doc.type === 'boolean') {
       if (typeof value !== 'boolean') throw new ConfigError(`${label}: must be true or false, got ${JSON.stringify(value)}`);
@@ -433,10 +437,10 @@ function fileItemToText(key: string, item: unknown, label: string): string {
   return fileScalarToText(item, label);
 }
 
-type StrGetter = (name: string) => { text: string; label: string } | undefined;
-type ListGetter = (name: string) => { items: string[]; label: string };
+export type StrGetter = (name: string) => { text: string; label: string } | undefined;
+export type ListGetter = (name: string) => { items: string[]; label: string };
 
-function getters(raw: Map<string, Raw>): { str: StrGetter; list: ListGetter } {
+export function getters(raw: Map<string, Raw>): { str: StrGetter; list: ListGetter } {
   const str: StrGetter = (name) => {
     const r = raw.get(name);
     return r === undefined ? undefined : { text: r.value as string, label: r.label };
@@ -484,14 +488,14 @@ function buildAddresses(raw: Map<string, Raw>): Addresses {
   return { network, prefix, subnetText: subnetRaw.text, gatewayIp, guestIp, hostIp };
 }
 
-interface AllowlistSettings {
+export interface AllowlistSettings {
   allow: Rule[];
   resolvers: DnsUpstream[];
   sinkhole: SinkholeMode;
 }
 
 /** --allow, --resolver, --sinkhole. An invalid rule is an error naming it, never skipped. */
-function buildAllowlist(raw: Map<string, Raw>, io: ConfigIo): AllowlistSettings {
+export function buildAllowlist(raw: Map<string, Raw>, io: ConfigIo): AllowlistSettings {
   const { str, list } = getters(raw);
   const allowRaw = list('allow');
   let allow: Rule[];
@@ -601,20 +605,8 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const allowlist = buildAllowlist(raw, io);
 
   // --admit-resolved, --peek-timeout-ms, --decision-log, --allow-host-alias
-  const admitRaw = list('admit-resolved');
-  for (const text of admitRaw.items) {
-    const c = parseCidr(text);
-    if (c === undefined || formatIPv4(c.network) !== text.split('/')[0]) {
-      throw new ConfigError(`${admitRaw.label}: must be an IPv4 CIDR with no host bits set (e.g. 10.20.0.0/16), got "${text}"`);
-    }
-  }
-  let peekTimeoutMs = DEFAULT_PEEK_TIMEOUT_MS;
-  const peekRaw = str('peek-timeout-ms');
-  if (peekRaw !== undefined) {
-    const n = /^\d+$/.test(peekRaw.text) ? Number(peekRaw.text) : NaN;
-    if (!(n >= 100 && n <= 600_000)) throw new ConfigError(`${peekRaw.label}: must be milliseconds, 100..600000, got ${peekRaw.text}`);
-    peekTimeoutMs = n;
-  }
+  const admitRaw = { items: parseAdmitResolved(raw) };
+  const peekTimeoutMs = parsePeekTimeout(raw);
   const decisionRaw = str('decision-log');
   if (decisionRaw !== undefined && decisionRaw.text === '') throw new ConfigError(`${decisionRaw.label}: needs a file name, got ""`);
 
@@ -641,6 +633,27 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     decisionLog: decisionRaw?.text,
     allowHostAlias: raw.get('allow-host-alias')?.value === true,
   };
+}
+
+/** --admit-resolved: IPv4 CIDRs with no host bits set (shared by serve and proxy). */
+export function parseAdmitResolved(raw: Map<string, Raw>): string[] {
+  const admitRaw = getters(raw).list('admit-resolved');
+  for (const text of admitRaw.items) {
+    const c = parseCidr(text);
+    if (c === undefined || formatIPv4(c.network) !== text.split('/')[0]) {
+      throw new ConfigError(`${admitRaw.label}: must be an IPv4 CIDR with no host bits set (e.g. 10.20.0.0/16), got "${text}"`);
+    }
+  }
+  return admitRaw.items;
+}
+
+/** --peek-timeout-ms: 100..600000, DEFAULT_PEEK_TIMEOUT_MS when absent (shared by serve and proxy). */
+export function parsePeekTimeout(raw: Map<string, Raw>): number {
+  const peekRaw = getters(raw).str('peek-timeout-ms');
+  if (peekRaw === undefined) return DEFAULT_PEEK_TIMEOUT_MS;
+  const n = /^\d+$/.test(peekRaw.text) ? Number(peekRaw.text) : NaN;
+  if (!(n >= 100 && n <= 600_000)) throw new ConfigError(`${peekRaw.label}: must be milliseconds, 100..600000, got ${peekRaw.text}`);
+  return n;
 }
 
 function parseAddressIn(
@@ -746,7 +759,7 @@ const SHIM_EXAMPLE = `  moat serve --listen-qemu unix:///tmp/moat.sock
   moat-shim tap --dev tap0 --netns guest --connect unix:///tmp/moat.sock
   # creates TAP device tap0 inside network namespace "guest" and bridges it to Moat`;
 
-function flagLines(flags: readonly FlagDoc[]): string[] {
+export function flagLines(flags: readonly FlagDoc[]): string[] {
   const lines: string[] = [];
   for (const f of flags) {
     const head = `  --${f.name}${f.value !== undefined ? ` ${f.value}` : ''}${f.name === 'help' ? ', -h' : ''}`;
