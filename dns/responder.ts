@@ -43,6 +43,7 @@ export type DnsOutcome =
   | 'builtin' // a gateway/host alias name, answered locally
   | 'allowed' // an allowed name, answered from pre-resolved records
   | 'live' // below a wildcard zone, resolved upstream now
+  | 'audit-live' // outside the allowlist, but resolved upstream because the responder audits (would have been sinkholed)
   | 'sinkholed' // outside the allowlist
   | 'upstream-nxdomain'
   | 'upstream-failed' // SERVFAIL after the retries
@@ -107,6 +108,14 @@ export interface ResponderOptions {
    * `dig` output) can tell "blocked by policy" from "the name does not exist".
    */
   decisionId?: () => string;
+  /**
+   * Audit mode (`--mode audit`): a name outside the allowlist is resolved
+   * upstream like a wildcard subdomain instead of being sinkholed, and its
+   * decision says so (outcome 'audit-live', allowed false, with an id), so
+   * a job runs unhindered while every name it would have been refused is
+   * on record.
+   */
+  audit?: boolean;
 }
 
 export interface ResponderStats {
@@ -114,6 +123,8 @@ export interface ResponderStats {
   answered: number;
   sinkholed: number;
   live: number;
+  /** Names outside the allowlist answered anyway (audit mode). */
+  audited: number;
   upstreamFailed: number;
   /** Live lookups refused because maxLiveLookups were already in flight (also counted in upstreamFailed). */
   overloaded: number;
@@ -178,6 +189,7 @@ export class DnsResponder {
     answered: 0,
     sinkholed: 0,
     live: 0,
+    audited: 0,
     upstreamFailed: 0,
     overloaded: 0,
     truncated: 0,
@@ -265,12 +277,22 @@ export class DnsResponder {
         outcome: zone.kind === 'builtin' ? 'builtin' : 'allowed',
       });
     }
-    if (zone.liveSubdomains && name !== zone.name) return this.live(q, name, zone, signal);
+    if (zone.liveSubdomains && name !== zone.name) {
+      return this.live(q, name, { name, type: q.type, zone: `${zone.name}.`, allowed: true, outcome: 'live' }, signal);
+    }
+    if (this.opts.audit === true && !(canonical instanceof RuleError)) {
+      const id = this.opts.decisionId?.();
+      return this.live(q, name, { name, type: q.type, zone: zoneName, allowed: false, outcome: 'audit-live', ...(id === undefined ? {} : { id }) }, signal);
+    }
     return this.sinkhole(q, name, zoneName);
   }
 
-  private async live(q: ParsedQuery, name: string, zone: Zone, signal: AbortSignal | undefined): Promise<Plan> {
-    const base = { name, type: q.type, zone: `${zone.name}.`, allowed: true, outcome: 'live' as const };
+  private async live(
+    q: ParsedQuery,
+    name: string,
+    base: Omit<DnsDecision, 'rcode' | 'addresses' | 'ttl'>,
+    signal: AbortSignal | undefined,
+  ): Promise<Plan> {
     const family = q.type === 'A' ? 'A' : q.type === 'AAAA' && this.opts.ipv6 ? 'AAAA' : null;
     // Only addresses are looked up: other types would be a channel out of the
     // sandbox with no use to a guest that may only connect to addresses.
@@ -340,6 +362,10 @@ export class DnsResponder {
         this.stats.live++;
         this.stats.answered++;
         break;
+      case 'audit-live':
+        this.stats.audited++;
+        this.stats.answered++;
+        break;
       case 'upstream-failed':
         this.stats.upstreamFailed++;
         break;
@@ -354,7 +380,9 @@ export class DnsResponder {
   private encode(query: Uint8Array, q: ParsedQuery, plan: Plan, limit: number): Uint8Array {
     const question = query.subarray(HEADER, q.questionEnd);
     const rrLength = (rd: Uint8Array): number => 2 + 2 + 2 + 4 + 2 + rd.length;
-    const ede = q.ednsPayload !== null && plan.decision.id !== undefined ? blockedText(plan.decision.name, plan.decision.id) : null;
+    // Only a sinkholed answer is a block; an audited name got its real answer.
+    const blocked = plan.decision.outcome === 'sinkholed' && plan.decision.id !== undefined;
+    const ede = q.ednsPayload !== null && blocked ? blockedText(plan.decision.name, plan.decision.id!) : null;
     const edeLength = ede === null ? 0 : 4 + 2 + ede.length;
     const optLength = q.ednsPayload === null ? 0 : 11 + edeLength;
     let answerBytes = 0;

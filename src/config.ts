@@ -69,6 +69,8 @@ export interface ServeConfig {
   decisionLog: string | undefined;
   /** The host alias is reachable whatever the rules say (--allow-host-alias). */
   allowHostAlias: boolean;
+  /** enforce, or audit: everything flows and refusals are logged as would-block (--mode). */
+  mode: 'enforce' | 'audit';
 }
 
 /** What `moat zones` needs: the allowlist and the built-in addresses. */
@@ -183,6 +185,13 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     value: 'FILE',
     default: 'none (blocked decisions still go to the main log)',
     help: 'Append every egress decision (allowed and blocked, TCP, UDP and DNS) to FILE as one JSON line: id, decision, reason, rule, proto, dst, name, via. Rate-limited per destination.',
+  },
+  {
+    name: 'mode',
+    type: 'string',
+    value: 'MODE',
+    default: 'enforce',
+    help: 'With --allow: enforce refuses what the rules do not allow; audit lets everything through (cloud metadata 169.254.0.0/16 excepted: still refused) and records each flow and DNS name the rules would have refused as "would-block" in the decision log, so `moat learn` can propose an allowlist.',
   },
   { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise it follows the rules like any address (e.g. --allow 192.168.127.254:8080).' },
   { name: 'help', type: 'boolean', help: 'Show this help.' },
@@ -607,6 +616,10 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   // --admit-resolved, --peek-timeout-ms, --decision-log, --allow-host-alias
   const admitRaw = { items: parseAdmitResolved(raw) };
   const peekTimeoutMs = parsePeekTimeout(raw);
+  const modeRaw = str('mode');
+  if (modeRaw !== undefined && modeRaw.text !== 'enforce' && modeRaw.text !== 'audit') {
+    throw new ConfigError(`${modeRaw.label}: must be enforce or audit, got "${modeRaw.text}"`);
+  }
   const decisionRaw = str('decision-log');
   if (decisionRaw !== undefined && decisionRaw.text === '') throw new ConfigError(`${decisionRaw.label}: needs a file name, got ""`);
 
@@ -632,6 +645,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     peekTimeoutMs,
     decisionLog: decisionRaw?.text,
     allowHostAlias: raw.get('allow-host-alias')?.value === true,
+    mode: (modeRaw?.text as 'enforce' | 'audit' | undefined) ?? 'enforce',
   };
 }
 
@@ -739,6 +753,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
           peekTimeoutMs: c.peekTimeoutMs,
           decisionLog: c.decisionLog,
           allowHostAlias: c.allowHostAlias,
+          mode: c.mode,
         }),
   };
 }

@@ -301,7 +301,7 @@ async function startAllowlist(
         admitResolved: config.admitResolved,
         hostAliasExempt: config.allowHostAlias,
         allowLinkLocal: config.allowLinkLocal,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode },
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
         ...(signal ? { signal } : {}),
@@ -313,6 +313,7 @@ async function startAllowlist(
     throw e;
   }
   log.info('allowlist zones ready', { zones: zoneList(runtime), resolveMs: Math.round(d.clock.now() - started) });
+  if (config.mode === 'audit') log.warn('audit mode: nothing is refused (but 169.254.0.0/16); flows the rules refuse are logged as would-block');
   return {
     runtime,
     close: async () => {
@@ -341,7 +342,13 @@ function allowlistControlFor(runtime: AllowlistRuntime, nat: NatLike, log: Logge
     rules: () => runtime.ruleTexts,
     zones: () => zoneList(runtime),
     reload: async (texts, drop) => {
-      const result = await runtime.reload(texts);
+      let result;
+      try {
+        result = await runtime.reload(texts);
+      } catch (e) {
+        log.warn('allowlist reload refused; the running allowlist is unchanged', { allow: texts, error: e });
+        throw e;
+      }
       const dropped = drop ? nat.dropRefusedFlows() : 0;
       log.info('allowlist reloaded', { allow: result.rules, zones: result.zones, dropped });
       return { ...result, dropped };

@@ -27,6 +27,8 @@ export interface AllowlistDnsOptions {
   tcp?: Partial<DnsTcpLimits>;
   /** Names each sinkhole decision (the id goes into the answer's Extended DNS Error and the logs). */
   decisionId?: () => string;
+  /** Audit mode: names outside the allowlist are resolved upstream instead of sinkholed (see DnsResponder). */
+  audit?: boolean;
   /** Sees every decision after it is answered: the egress wall pins the addresses the guest was given. */
   onDecision?: (decision: DnsDecision) => void;
 }
@@ -51,6 +53,7 @@ export class AllowlistDns implements GatewayDns {
       timers: opts.timers ?? realTimers,
       ipv6: GUEST_IPV6,
       ...(opts.decisionId ? { decisionId: opts.decisionId } : {}),
+      ...(opts.audit ? { audit: true } : {}),
     });
     this.onDecision = opts.onDecision;
     this.tcpLimits = {
@@ -90,7 +93,7 @@ export class AllowlistDns implements GatewayDns {
 
   private logDecision(d: DnsDecision, via: DnsVia): void {
     this.log.info('dns decision', {
-      decision: d.outcome === 'sinkholed' ? 'sinkholed' : d.allowed ? 'allowed' : 'rejected',
+      decision: d.outcome === 'sinkholed' ? 'sinkholed' : d.outcome === 'audit-live' ? 'would-sinkhole' : d.allowed ? 'allowed' : 'rejected',
       name: d.name,
       type: d.type,
       zone: d.zone,

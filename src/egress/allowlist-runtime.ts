@@ -79,10 +79,19 @@ export class AllowlistRuntime {
         resolver: o.resolver,
         ...(o.timers ? { timers: o.timers } : {}),
         decisionId: () => decisions.nextId(),
+        audit: o.egress.mode === 'audit',
         onDecision: (d) => {
-          if (d.addresses.length > 0 && d.ttl !== null && d.outcome === 'live') pins.pin(d.name, d.addresses, d.ttl * 1000);
-          if (d.outcome === 'sinkholed' && d.id !== undefined) {
-            decisions.record({ id: d.id, decision: 'blocked', reason: 'dns-sinkhole', rule: null, proto: 'dns', dst: d.name, name: d.name, via: 'dns', detail: d.type });
+          // The responder clamps live TTLs (at least 5 s), so a pin always outlives the answer's use.
+          if (d.addresses.length > 0 && d.ttl !== null && (d.outcome === 'live' || d.outcome === 'audit-live')) {
+            pins.pin(d.name, d.addresses, d.ttl * 1000);
+          }
+          if ((d.outcome === 'sinkholed' || d.outcome === 'audit-live') && d.id !== undefined) {
+            const decision = d.outcome === 'sinkholed' ? 'blocked' : 'would-block';
+            decisions.record({ id: d.id, decision, reason: 'dns-sinkhole', rule: null, proto: 'dns', dst: d.name, name: d.name, via: 'dns', detail: d.type });
+          } else if (d.outcome === 'allowed' || d.outcome === 'live') {
+            // What the guest looked up is part of what a job needs (moat learn reads it).
+            const zone = d.zone === null ? null : d.zone.slice(0, -1);
+            decisions.record({ id: decisions.nextId(), decision: 'allowed', reason: d.outcome === 'live' ? 'dns-live' : 'dns-allowed', rule: zone, proto: 'dns', dst: d.name, name: d.name, via: 'dns', detail: d.type });
           }
         },
       },

@@ -13,7 +13,11 @@ import type { PinTable } from '../../sni/pins.js';
 import type { DecisionLog, DecisionRecord } from './decision-log.js';
 import type { DialTargets } from './dial-targets.js';
 
+/** enforce: refusals are refused. audit: everything flows and each refusal is recorded as 'would-block'. */
+export type EgressMode = 'enforce' | 'audit';
+
 export interface EgressOptions {
+  mode: EgressMode;
   /** A connection held for its SNI/Host that names nothing in this long is reset. */
   peekTimeoutMs: number;
   /** Bytes read from a held connection before its name must be known. */
@@ -25,6 +29,7 @@ export interface EgressOptions {
 }
 
 export const DEFAULT_EGRESS_OPTIONS: Readonly<EgressOptions> = Object.freeze({
+  mode: 'enforce' as EgressMode,
   peekTimeoutMs: 10_000,
   // The largest ClientHello the protocol allows spans ~132 KiB of records; real ones are 0.5-8 KiB.
   maxPeekBytes: 160 * 1024,
@@ -43,6 +48,11 @@ export class Egress {
     readonly options: EgressOptions,
   ) {
     this.current = policy;
+  }
+
+  /** Audit mode: callers let refused flows through (link-local excepted) after recording them. */
+  get audit(): boolean {
+    return this.options.mode === 'audit';
   }
 
   get policy(): EgressPolicy {
@@ -68,7 +78,7 @@ export class Egress {
     const id = this.decisions.nextId();
     const r: DecisionRecord = {
       id,
-      decision: decision.verdict === 'block' ? 'blocked' : 'allowed',
+      decision: decision.verdict === 'block' ? this.refusedVerdict() : 'allowed',
       reason: decision.verdict === 'peek' ? 'peek' : decision.reason,
       rule: decision.verdict === 'peek' ? null : decision.rule,
       proto,
@@ -81,10 +91,14 @@ export class Egress {
     return id;
   }
 
+  private refusedVerdict(): 'blocked' | 'would-block' {
+    return this.audit ? 'would-block' : 'blocked';
+  }
+
   /** Logs a refusal decided outside the policy (peek timeout, unreadable first bytes...). */
   recordBlock(reason: string, proto: 'tcp' | 'udp', dst: string, port: number, name: string | null, via: string | null, detail?: string): string {
     const id = this.decisions.nextId();
-    this.decisions.record({ id, decision: 'blocked', reason, rule: null, proto, dst: `${dst}:${port}`, name, via, ...(detail !== undefined ? { detail } : {}) });
+    this.decisions.record({ id, decision: this.refusedVerdict(), reason, rule: null, proto, dst: `${dst}:${port}`, name, via, ...(detail !== undefined ? { detail } : {}) });
     return id;
   }
 }

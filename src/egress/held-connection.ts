@@ -17,9 +17,14 @@
  *                                 the protocol).
  *   nothing in peekTimeoutMs   -> reset: no name in time, no connection.
  *
+ * In audit mode every refusal above is recorded as 'would-block' and the
+ * connection goes through anyway: to the name it gave (resolved by Moat) if
+ * it gave a usable one, else to the address the guest chose.
+ *
  * Every outcome is one decision record; refusals carry its id to the client.
  */
 import type { Socket } from 'node:net';
+import { canonicalHostname } from '../../dns/rules.js';
 import type { SynInfo, TcpCloseReason, TcpHandlers, TcpSocket } from '../../netstack/api.js';
 import { formatIPv4 } from '../../netstack/addr.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
@@ -52,6 +57,8 @@ export class HeldConnection {
 
   constructor(
     private readonly syn: SynInfo,
+    /** Where the guest's own destination leads on the host (used only in audit mode). */
+    private readonly guestTarget: string,
     private readonly egress: Egress,
     private readonly host: HeldConnectionHost,
     private readonly log: Logger,
@@ -154,9 +161,7 @@ export class HeldConnection {
   // --- dialing ---------------------------------------------------------
 
   private async dial(d: Extract<Decision, { verdict: 'allow' }>, protocol: 'tls' | 'http', via: 'sni' | 'host'): Promise<void> {
-    this.state = 'dialing';
-    this.clearTimer();
-    this.tcp?.pause(); // further bytes wait in the stack's receive buffer; its window closes
+    this.startDialing();
     const port = this.syn.dstPort;
     let addresses: readonly string[];
     try {
@@ -180,12 +185,40 @@ export class HeldConnection {
       this.finish();
       return;
     }
+    await this.pipeTo(addresses, d.name, via);
+  }
+
+  private startDialing(): void {
+    this.state = 'dialing';
+    this.clearTimer();
+    this.tcp?.pause(); // further bytes wait in the stack's receive buffer; its window closes
+  }
+
+  /** Audit mode: the refused connection goes through, to its name if it gave one that resolves, else where the guest sent it. */
+  private async auditThrough(name: string | null, via: 'sni' | 'host' | null): Promise<void> {
+    this.startDialing();
+    const canonical = name === null ? null : canonicalHostname(name);
+    let addresses: readonly string[] = [this.guestTarget];
+    if (typeof canonical === 'string') {
+      try {
+        const resolved = await this.egress.targets.addressesFor(canonical);
+        if (resolved.length > 0) addresses = resolved;
+      } catch {
+        // Not resolvable: the guest's own destination it is.
+      }
+    }
+    if (this.state !== 'dialing') return;
+    await this.pipeTo(addresses, typeof canonical === 'string' ? canonical : null, via);
+  }
+
+  private async pipeTo(addresses: readonly string[], name: string | null, via: 'sni' | 'host' | null): Promise<void> {
+    const port = this.syn.dstPort;
     let socket: Socket;
     try {
       socket = await this.host.connectFirst(addresses, port);
     } catch (err) {
       if (this.state !== 'dialing') return;
-      this.log.info('tcp flow failed', { dst: `${this.dst}:${port}`, name: d.name, addresses, reason: 'dial-failed', error: (err as Error).message });
+      this.log.info('tcp flow failed', { dst: `${this.dst}:${port}`, name, addresses, reason: 'dial-failed', error: (err as Error).message });
       this.tcp?.abort();
       this.finish();
       return;
@@ -199,7 +232,7 @@ export class HeldConnection {
     this.held.length = 0;
     this.heldBytes = 0;
     this.state = 'piped';
-    this.pipe = this.host.adopt(this.syn, this.tcp, socket, d.name, via);
+    this.pipe = this.host.adopt(this.syn, this.tcp, socket, name, via);
     this.onDone(this);
     if (this.guestEnded) this.pipe.onEnd();
     this.tcp.resume();
@@ -212,6 +245,10 @@ export class HeldConnection {
    * closes. `reset` (or an unknown protocol) sends RST only.
    */
   private refuse(id: string, how: 'tls' | 'http' | 'reset', host: string | null = null, reason = ''): void {
+    if (this.egress.audit && this.state !== 'closed' && this.tcp !== undefined) {
+      void this.auditThrough(host, how === 'tls' ? 'sni' : how === 'http' ? 'host' : null);
+      return;
+    }
     this.clearTimer();
     this.held.length = 0;
     this.heldBytes = 0;

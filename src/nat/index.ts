@@ -163,8 +163,13 @@ export class Nat implements GatewayUdpClaims {
     const syn = pending.syn;
     const d = egress.decideFlow('tcp', syn.dst, syn.dstPort);
     if (d.verdict === 'block') {
-      this.policyBlocked.tcp++;
       const id = egress.record(d, 'tcp', formatIPv4(syn.dst), syn.dstPort, d.name === null ? null : 'pin');
+      // Audit lets it through (recorded as would-block), but never to cloud metadata.
+      if (egress.audit && d.reason !== 'link-local') {
+        this.tcp.dial(pending, hostAddress);
+        return;
+      }
+      this.policyBlocked.tcp++;
       this.tcp.refuse(pending, `policy:${d.reason}`, { decision: id });
       return;
     }
@@ -181,7 +186,7 @@ export class Nat implements GatewayUdpClaims {
       this.tcp.refuse(pending, 'too-many-held-connections');
       return;
     }
-    const held = new HeldConnection(syn, egress, this.tcp, this.log, (h) => this.held.delete(h));
+    const held = new HeldConnection(syn, hostAddress, egress, this.tcp, this.log, (h) => this.held.delete(h));
     this.held.add(held);
     let tcp;
     try {
@@ -229,6 +234,7 @@ export class Nat implements GatewayUdpClaims {
     const decision = egress.decideFlow('udp', d.dst, d.dstPort);
     egress.record(decision, 'udp', formatIPv4(d.dst), d.dstPort, null);
     if (decision.verdict === 'allow') return true;
+    if (egress.audit && decision.verdict === 'block' && decision.reason !== 'link-local') return true;
     this.policyBlocked.udp++;
     this.udpRefused++;
     return false;

@@ -324,3 +324,22 @@ describe('Extended DNS Error on blocked answers (RFC 8914)', () => {
     expect(edeOf(msg)?.infoCode).toBe(15);
   });
 });
+
+describe('audit mode', () => {
+  it('resolves names outside the allowlist upstream, names the decision, and adds no EDE', async () => {
+    const s = await setup(ISSUE_RULES, issueUpstream);
+    let n = 0;
+    const responder = new DnsResponder({ table: s.responder.zoneTable, resolver: s.resolver, timers: s.timers, ipv6: false, audit: true, decisionId: () => `a${++n}` });
+    const q = query('www.merck.com', 'A', { additionals: [{ type: 'OPT', name: '.', udpPayloadSize: 1232, flags: 0 } as dnsPacket.Answer] });
+    const reply = await s.timers.run(responder.respond(q, 'udp'));
+    const msg = dnsPacket.decode(Buffer.from(reply!.bytes)) as Decoded;
+    expect(dataOf(msg)).toEqual(['155.91.1.20']);
+    expect(reply!.decision).toMatchObject({ outcome: 'audit-live', allowed: false, id: 'a1', addresses: ['155.91.1.20'] });
+    const opt = (msg.additionals ?? []).find((a) => a.type === 'OPT') as { options?: unknown[] } | undefined;
+    expect(opt?.options ?? []).toEqual([]);
+    expect(responder.stats.audited).toBe(1);
+    // Allowed names are unchanged.
+    const ok = await s.timers.run(responder.respond(query('github.com'), 'udp'));
+    expect(ok!.decision.outcome).toBe('allowed');
+  });
+});

@@ -262,3 +262,35 @@ describe('egress through the NAT', () => {
     expect(api.abortCalled).toBe(false);
   });
 });
+
+describe('egress in audit mode', () => {
+  it('lets a refused name through to its own addresses and records would-block', async () => {
+    const srv = await server();
+    const s = await setup([`www.t.test:${srv.port}`], { egress: { mode: 'audit' }, names: { 'www.t.test': ['127.0.0.9'], 'evil.t.test': ['127.0.0.1'] } });
+    const p = syn(FRONTED, srv.port);
+    s.nat.onTcpSyn(p);
+    const sock = await acceptedSocket(p);
+    sock.guestSend(Buffer.from('GET / HTTP/1.1\r\nHost: evil.t.test\r\n\r\n'));
+    await waitFor(() => text(sock).startsWith('ok:'), 3000);
+    expect(s.dialed).toEqual([`127.0.0.1:${srv.port}`]); // evil.t.test's own address, not the guest's choice
+    expect(decisions(s).at(-1)).toMatchObject({ decision: 'would-block', reason: 'name-not-allowed', name: 'evil.t.test' });
+  });
+
+  it('lets a refused address through, but never cloud metadata', async () => {
+    const srv = await server();
+    const s = await setup(['www.t.test'], { egress: { mode: 'audit' } });
+    const alias = syn('192.168.127.254', srv.port);
+    s.nat.onTcpSyn(alias);
+    const sock = await acceptedSocket(alias);
+    sock.guestSend(Buffer.from('GET / HTTP/1.0\r\n\r\n'));
+    await waitFor(() => text(sock).startsWith('ok:'), 3000);
+    expect(s.dialed).toEqual([`127.0.0.1:${srv.port}`]);
+    const meta = syn('169.254.169.254', 80);
+    s.nat.onTcpSyn(meta);
+    expect((await meta.decided).kind).toBe('refused');
+    expect(decisions(s).map((d) => [d['decision'], d['reason']])).toEqual([
+      ['would-block', 'host-alias'],
+      ['would-block', 'link-local'],
+    ]);
+  });
+});

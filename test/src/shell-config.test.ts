@@ -257,6 +257,7 @@ describe('config file and flag precedence', () => {
       'peek-timeout-ms': 2500,
       'decision-log': '/tmp/decisions.jsonl',
       'allow-host-alias': true,
+      mode: 'audit',
     };
     expect(Object.keys(values).sort()).toEqual([...keys].sort());
     const c = parse(['--config', '/all.json'], { '/all.json': JSON.stringify(values) });
@@ -270,6 +271,7 @@ describe('config file and flag precedence', () => {
     expect(c.peekTimeoutMs).toBe(2500);
     expect(c.decisionLog).toBe('/tmp/decisions.jsonl');
     expect(c.allowHostAlias).toBe(true);
+    expect(c.mode).toBe('audit');
   });
 
   it('egress flags: defaults, and bad values named', () => {
@@ -288,6 +290,8 @@ describe('config file and flag precedence', () => {
     expect(bad(['--peek-timeout-ms', '5'])).toMatch(/^--peek-timeout-ms: .*got 5/);
     expect(bad(['--peek-timeout-ms', '1s'])).toMatch(/^--peek-timeout-ms: /);
     expect(bad(['--decision-log', ''])).toMatch(/^--decision-log: needs a file name/);
+    expect(bad(['--mode', 'learn'])).toMatch(/^--mode: must be enforce or audit, got "learn"/);
+    expect(d.mode).toBe('enforce');
   });
 });
 
