@@ -25,6 +25,7 @@
  */
 import type { IPv4 } from '../../netstack/addr.js';
 import type { NetStack, PendingTcp, UdpDatagram } from '../../netstack/api.js';
+import { BuiltinNamesDns } from '../builtin-names-dns.js';
 import { DnsForwarder, systemUpstreams } from '../dns-forward.js';
 import type { GatewayDns, GatewayDnsStats } from '../gateway-dns.js';
 import type { Logger } from '../log.js';
@@ -112,15 +113,19 @@ export class Nat implements GatewayUdpClaims {
       (from, fromPort, to, toPort, payload) => this.stack?.sendUdp(from, fromPort, to, toPort, payload),
       log,
     );
+    // Without an allowlist the gateway still answers its own names (as gvproxy does) and forwards the rest.
     this.dns =
       dns ??
-      new DnsForwarder(
-        {
-          upstreams: this.options.dnsUpstreams,
-          timeoutMs: this.options.dnsTimeoutMs,
-          maxInFlight: this.options.dnsMaxInFlight,
-        },
-        log,
+      new BuiltinNamesDns(
+        new DnsForwarder(
+          {
+            upstreams: this.options.dnsUpstreams,
+            timeoutMs: this.options.dnsTimeoutMs,
+            maxInFlight: this.options.dnsMaxInFlight,
+          },
+          log,
+        ),
+        { gatewayIpv4: formatIPv4(this.options.gatewayIp), hostAliasIpv4: formatIPv4(this.options.hostIp) },
       );
   }
 
