@@ -20,6 +20,7 @@ import {
   type ConfigIo,
 } from './config.js';
 import { explain } from './explain.js';
+import { learnHelp, runLearn, type LearnIo } from './learn.js';
 import { formatIPv4 } from '../netstack/addr.js';
 import { createLogger, type Logger, type LogStream } from './log.js';
 import { serve, type RunningServer, type ServeDeps } from './serve.js';
@@ -36,6 +37,8 @@ export interface CliIo {
   stopSignal(): Promise<string>;
   /** Replaces serve()'s parts (tests: a fake DNS resolver). */
   serveDeps?: Partial<ServeDeps>;
+  /** Standard input as text (`moat learn -`); process.stdin when absent. */
+  readStdin?: () => Promise<string>;
 }
 
 /**
@@ -52,12 +55,14 @@ export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): 
     if (rest[0] === 'serve') io.stdout.write(serveHelp());
     else if (rest[0] === 'zones') io.stdout.write(zonesHelp());
     else if (rest[0] === 'explain') io.stdout.write(explainHelp());
+    else if (rest[0] === 'learn') io.stdout.write(learnHelp());
     else io.stdout.write(mainHelp());
     return EXIT_OK;
   }
   if (command === 'serve') return runServe(rest, io);
   if (command === 'zones') return runZones(rest, io);
   if (command === 'explain') return runExplain(rest, io);
+  if (command === 'learn') return runLearn(rest, learnIo(io));
   io.stderr.write(`moat: unknown command "${command}" (see moat --help)\n`);
   return EXIT_USAGE;
 }
@@ -165,6 +170,22 @@ async function runServe(args: readonly string[], io: CliIo): Promise<number> {
   log.info('shutting down', { signal });
   await server.close();
   return EXIT_OK;
+}
+
+/** `moat learn` reads files through the CLI's config reader (tests fake it) and stdin for "-". */
+function learnIo(io: CliIo): LearnIo {
+  return {
+    stdout: io.stdout,
+    stderr: io.stderr,
+    readFile: async (path) => io.config.readFile(path),
+    readStdin: io.readStdin ?? readProcessStdin,
+  };
+}
+
+async function readProcessStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 function nodeCliIo(): CliIo {

@@ -837,6 +837,7 @@ export function mainHelp(): string {
     '  serve    Serve the network to a guest over a QEMU stream socket (moat serve --help).',
     '  zones    Print the DNS zone table an allowlist gives, resolving its hosts (moat zones --help).',
     '  explain  Say which rule matches a host or IP, what DNS answers and what a connection gets (moat explain --help).',
+    '  learn    Print the smallest allowlist that lets what a decision log recorded pass (moat learn --help).',
     '  help     Show this help, or a command\'s help (moat help serve, moat help zones).',
     '',
     'Example:',
