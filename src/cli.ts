@@ -24,6 +24,8 @@ import { learnHelp, runLearn, type LearnIo } from './learn.js';
 import { formatIPv4 } from '../netstack/addr.js';
 import { createLogger, type Logger, type LogStream } from './log.js';
 import { serve, type RunningServer, type ServeDeps } from './serve.js';
+import { parseProxyArgs, proxyHelp } from './proxy/config.js';
+import { startProxy, type ProxyDeps, type RunningProxy } from './proxy/index.js';
 
 export const EXIT_OK = 0;
 export const EXIT_RUNTIME_ERROR = 1;
@@ -37,6 +39,8 @@ export interface CliIo {
   stopSignal(): Promise<string>;
   /** Replaces serve()'s parts (tests: a fake DNS resolver). */
   serveDeps?: Partial<ServeDeps>;
+  /** Replaces startProxy()'s parts. */
+  proxyDeps?: Partial<ProxyDeps>;
   /** Standard input as text (`moat learn -`); process.stdin when absent. */
   readStdin?: () => Promise<string>;
 }
@@ -55,6 +59,7 @@ export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): 
     if (rest[0] === 'serve') io.stdout.write(serveHelp());
     else if (rest[0] === 'zones') io.stdout.write(zonesHelp());
     else if (rest[0] === 'explain') io.stdout.write(explainHelp());
+    else if (rest[0] === 'proxy') io.stdout.write(proxyHelp());
     else if (rest[0] === 'learn') io.stdout.write(learnHelp());
     else io.stdout.write(mainHelp());
     return EXIT_OK;
@@ -62,6 +67,7 @@ export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): 
   if (command === 'serve') return runServe(rest, io);
   if (command === 'zones') return runZones(rest, io);
   if (command === 'explain') return runExplain(rest, io);
+  if (command === 'proxy') return runProxy(rest, io);
   if (command === 'learn') return runLearn(rest, learnIo(io));
   io.stderr.write(`moat: unknown command "${command}" (see moat --help)\n`);
   return EXIT_USAGE;
@@ -188,6 +194,38 @@ async function readProcessStdin(): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
+async function runProxy(args: readonly string[], io: CliIo): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseProxyArgs(args, io.config);
+  } catch (e) {
+    io.stderr.write(`moat proxy: ${(e as Error).message}\n`);
+    return e instanceof ConfigError ? EXIT_USAGE : EXIT_RUNTIME_ERROR;
+  }
+  if (parsed.kind === 'help') {
+    io.stdout.write(proxyHelp());
+    return EXIT_OK;
+  }
+  const config = parsed.config;
+  const log: Logger = createLogger({ level: config.logLevel, format: config.logFormat, stream: io.stderr });
+  const stop = stopping(io);
+  let proxy: RunningProxy;
+  try {
+    const createDnsResolver = io.proxyDeps?.createDnsResolver ?? io.serveDeps?.createDnsResolver;
+    proxy = await startProxy(config, log, { ...io.proxyDeps, ...(createDnsResolver ? { createDnsResolver } : {}) }, { signal: stop.signal });
+  } catch (e) {
+    if (stop.signal.aborted && !(e instanceof PreresolveError)) log.error('moat proxy start-up cancelled', { reason: stop.signal.reason });
+    else log.error('moat proxy failed to start', { error: e });
+    return EXIT_RUNTIME_ERROR;
+  }
+  // The lines a user pastes go to stdout, apart from the log on stderr.
+  io.stdout.write(`${proxy.envLines.join('\n')}\n`);
+  const signal = await stop.stopped;
+  log.info('shutting down', { signal });
+  await proxy.close();
+  return EXIT_OK;
+}
+
 function nodeCliIo(): CliIo {
   return {
     stdout: process.stdout,
@@ -214,5 +252,5 @@ export async function main(): Promise<void> {
   const code = await runCli(process.argv.slice(2));
   process.exitCode = code;
   // A clean shutdown closes every handle; anything left (a straggling host socket) must not keep us alive.
-  if (process.argv[2] === 'serve') setTimeout(() => process.exit(code), 2000).unref();
+  if (process.argv[2] === 'serve' || process.argv[2] === 'proxy') setTimeout(() => process.exit(code), 2000).unref();
 }

@@ -1,0 +1,295 @@
+/**
+ * `moat proxy`: the allowlist as an HTTP/SOCKS5 proxy for plain processes.
+ *
+ *   client --CONNECT / GET http:// --> http-proxy.ts --+
+ *   client --SOCKS5 CONNECT ---------> socks5.ts ------+--> targets.ts admit()  (Egress: decideName / decide,
+ *                                                      |                        DialTargets, admitResolved)
+ *                                                      +--> tunnel.ts (peek SNI/Host, then dial, then pipe)
+ *
+ * The allowlist is the one AllowlistRuntime `moat serve` runs (rules,
+ * pre-resolution that fails closed, pins, policy, decision log, reload);
+ * its DNS half is built but unused here (no guest asks it). Dials go
+ * through TcpFlowTable.connectFirst, as the NAT's held connections do.
+ */
+import { createWriteStream, type WriteStream } from 'node:fs';
+import type { AddressInfo, Server, Socket } from 'node:net';
+import type { Resolver } from '../../dns/preresolve.js';
+import { NodeDnsResolver } from '../allowlist/resolver.js';
+import { ApiServer, type AllowlistControl } from '../api-server.js';
+import { MonotonicClock } from '../clock.js';
+import { DEFAULT_SUBNET, formatUpstream, type DnsUpstream } from '../config.js';
+import { AllowlistRuntime, zoneNames } from '../egress/allowlist-runtime.js';
+import { DEFAULT_EGRESS_OPTIONS, type Egress } from '../egress/egress.js';
+import type { Logger } from '../log.js';
+import { TcpFlowTable } from '../nat/tcp-flows.js';
+import { UnavailablePortForwards } from '../serve.js';
+import type { ProxyConfig } from './config.js';
+import { createHttpProxy } from './http-proxy.js';
+import { createSocks5Server } from './socks5.js';
+import type { Admission } from './targets.js';
+import { Tunnel, type Dialer } from './tunnel.js';
+
+export { parseProxyArgs, proxyHelp, PROXY_FLAGS, type ProxyConfig } from './config.js';
+
+export interface ProxyDeps {
+  createDnsResolver(servers: readonly DnsUpstream[]): Resolver;
+  /** Monotonic milliseconds (pins, log rate limits). */
+  now(): number;
+  /** How long an 'optional' tunnel (a port a rule names) waits for the client to speak first. */
+  serverFirstGraceMs: number;
+  connectTimeoutMs: number;
+}
+
+const clock = new MonotonicClock();
+export const DEFAULT_PROXY_DEPS: ProxyDeps = {
+  createDnsResolver: (servers) => new NodeDnsResolver(servers),
+  now: () => clock.now(),
+  serverFirstGraceMs: 1_000,
+  connectTimeoutMs: 10_000,
+};
+
+export interface ProxyStats {
+  connects: number;
+  socksConnects: number;
+  requests: number;
+  refused: number;
+  tunnels: { open: number; peeking: number; opened: number; bytesUp: number; bytesDown: number; peekBufferedBytes: number };
+  decisions: { allowed: number; blocked: number; wouldBlock: number; suppressedLines: number };
+  connections: { http: number; socks: number };
+}
+
+export interface RunningProxy {
+  /** The HTTP proxy address as bound ("127.0.0.1:3128"). */
+  readonly http: string;
+  /** The SOCKS5 address as bound, or undefined. */
+  readonly socks: string | undefined;
+  readonly apiSocket: string | undefined;
+  /** The lines a user pastes into a shell (export HTTPS_PROXY=... ). */
+  readonly envLines: readonly string[];
+  readonly allowlist: AllowlistControl;
+  /** Every decision as an event; returns the unsubscribe. */
+  onDecision(fn: Parameters<Egress['decisions']['subscribe']>[0]): () => void;
+  stats(): ProxyStats;
+  close(): Promise<void>;
+}
+
+/** Placeholder addresses for the runtime's unused DNS half and the policy's guest range (serve's defaults). */
+const PROXY_NETWORK = { network: DEFAULT_SUBNET.split('/')[0]!, prefix: Number(DEFAULT_SUBNET.split('/')[1]) };
+
+export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial<ProxyDeps> = {}, options: { signal?: AbortSignal } = {}): Promise<RunningProxy> {
+  const d: ProxyDeps = { ...DEFAULT_PROXY_DEPS, ...deps };
+  log.info('moat proxy starting', describeProxyConfig(config));
+  const closers: (() => Promise<void> | void)[] = [];
+  const closeAll = async (): Promise<void> => {
+    while (closers.length > 0) {
+      try {
+        await closers.pop()!();
+      } catch (e) {
+        log.error('error while closing', { error: e });
+      }
+    }
+  };
+  try {
+    const sink = config.decisionLog === undefined ? undefined : await openAppend(config.decisionLog);
+    if (sink) closers.push(() => new Promise<void>((r) => sink.end(r)));
+    const runtime = await AllowlistRuntime.start(
+      {
+        rules: config.allow,
+        resolver: d.createDnsResolver(config.resolvers),
+        gatewayIpv4: '192.168.127.1',
+        hostAliasIpv4: '192.168.127.254',
+        sinkhole: 'zero',
+        guestSubnet: PROXY_NETWORK,
+        admitResolved: config.admitResolved,
+        hostAliasExempt: false,
+        allowLinkLocal: false,
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections },
+        now: d.now,
+        ...(sink ? { decisionSink: sink } : {}),
+        ...(options.signal ? { signal: options.signal } : {}),
+      },
+      log,
+    );
+    closers.push(() => runtime.close());
+    const egress = runtime.egress;
+
+    const flows = new TcpFlowTable({ maxFlows: Infinity, connectTimeoutMs: d.connectTimeoutMs, perFlowBufferBytes: 256 * 1024 }, log.child({ component: 'proxy' }));
+    const dialer: Dialer = { connectFirst: (addresses, port) => flows.connectFirst(addresses, port) };
+    const tunnels = new Set<Tunnel>();
+    const finished = { opened: 0, bytesUp: 0, bytesDown: 0 };
+    const counters = { requests: 0, connects: 0, socksConnects: 0, refused: 0 };
+    const tlog = log.child({ component: 'proxy' });
+    const openTunnel = (client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void => {
+      finished.opened++;
+      const t = new Tunnel(client, a, { egress, dialer, log: tlog, serverFirstGraceMs: d.serverFirstGraceMs }, (done) => {
+        if (!tunnels.delete(done)) return;
+        finished.bytesUp += done.bytesUp;
+        finished.bytesDown += done.bytesDown;
+      });
+      tunnels.add(t);
+      t.start(head);
+    };
+    closers.push(() => {
+      for (const t of [...tunnels]) t.destroy();
+    });
+
+    const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters };
+    const { server: httpServer, agent } = createHttpProxy(core, { maxConnections: config.maxConnections, headersTimeoutMs: config.peekTimeoutMs });
+    closers.push(() => agent.destroy());
+    const httpSockets = track(httpServer);
+    const httpAddr = await listen(httpServer, config.listen.host, config.listen.port);
+    closers.push(() => closeServer(httpServer, httpSockets));
+
+    let socksSockets: Set<Socket> | undefined;
+    let socksAddr: string | undefined;
+    if (config.socks !== undefined) {
+      const s = createSocks5Server(core, { maxConnections: config.maxConnections, handshakeTimeoutMs: config.peekTimeoutMs });
+      const sockets = (socksSockets = track(s));
+      socksAddr = await listen(s, config.socks.host, config.socks.port);
+      closers.push(() => closeServer(s, sockets));
+    }
+
+    const allowlist: AllowlistControl = {
+      rules: () => runtime.ruleTexts,
+      zones: () => zoneNames(runtime.zoneTable),
+      reload: async (texts, drop) => {
+        const result = await runtime.reload(texts);
+        let dropped = 0;
+        if (drop) {
+          // Re-admit each tunnel's target by the new policy; those it refuses are closed.
+          for (const t of [...tunnels]) {
+            const p = t.plan;
+            const still =
+              p.name !== null
+                ? egress.policy.decideName('tcp', p.name, p.port).verdict === 'allow'
+                : egress.decide({ proto: 'tcp', dst: p.addresses[0]!, port: p.port }).verdict === 'allow';
+            if (!still) {
+              t.destroy();
+              dropped++;
+            }
+          }
+          agent.destroy(); // pooled upstream connections are re-dialed (and re-decided) on the next request
+        }
+        log.info('allowlist reloaded', { allow: result.rules, dropped });
+        return { ...result, dropped };
+      },
+    };
+
+    const stats = (): ProxyStats => {
+      let open = 0;
+      let peeking = 0;
+      let up = finished.bytesUp;
+      let down = finished.bytesDown;
+      let buffered = 0;
+      for (const t of tunnels) {
+        if (t.phase === 'peeking') peeking++;
+        else open++;
+        up += t.bytesUp;
+        down += t.bytesDown;
+        buffered += t.bufferedBytes;
+      }
+      return {
+        ...counters,
+        tunnels: { open, peeking, opened: finished.opened, bytesUp: up, bytesDown: down, peekBufferedBytes: buffered },
+        decisions: { ...egress.decisions.stats },
+        connections: { http: httpSockets.size, socks: socksSockets?.size ?? 0 },
+      };
+    };
+
+    if (config.apiSocket !== undefined) {
+      const api = new ApiServer(
+        { forwards: new UnavailablePortForwards(), leases: () => [], stats: () => ({ ...stats() }), guestConnected: () => false, allowlist },
+        log,
+      );
+      closers.push(() => api.close());
+      await api.listen(config.apiSocket);
+    }
+
+    const envLines = [
+      `export HTTPS_PROXY=http://${httpAddr} https_proxy=http://${httpAddr}`,
+      `export HTTP_PROXY=http://${httpAddr} http_proxy=http://${httpAddr}`,
+      socksAddr !== undefined ? `export ALL_PROXY=socks5h://${socksAddr} all_proxy=socks5h://${socksAddr}` : `export ALL_PROXY=http://${httpAddr} all_proxy=http://${httpAddr}`,
+    ];
+    const ready: Record<string, unknown> = {
+      http: httpAddr,
+      socks: socksAddr,
+      api: config.apiSocket === undefined ? undefined : `unix://${config.apiSocket}`,
+      allow: config.allow.map((r) => r.text),
+    };
+    if (config.allowAll) {
+      ready['warning'] = 'NO ALLOWLIST (--allow-all): every name and public address is allowed';
+      log.warn('moat proxy runs without an allowlist (--allow-all): every name and public address is allowed');
+    }
+    log.info('moat proxy ready', ready);
+
+    let closing: Promise<void> | undefined;
+    return {
+      http: httpAddr,
+      socks: socksAddr,
+      apiSocket: config.apiSocket,
+      envLines,
+      allowlist,
+      onDecision: (fn) => egress.decisions.subscribe(fn),
+      stats,
+      close: () => {
+        closing ??= closeAll().then(() => log.info('moat proxy stopped'));
+        return closing;
+      },
+    };
+  } catch (e) {
+    await closeAll();
+    throw e;
+  }
+}
+
+export function describeProxyConfig(c: ProxyConfig): Record<string, unknown> {
+  return {
+    listen: `${c.listen.host}:${c.listen.port}`,
+    socks: c.socks === undefined ? undefined : `${c.socks.host}:${c.socks.port}`,
+    allow: c.allow.map((r) => r.text),
+    allowAll: c.allowAll,
+    resolvers: c.resolvers.map(formatUpstream),
+    admitResolved: c.admitResolved,
+    peekTimeoutMs: c.peekTimeoutMs,
+    decisionLog: c.decisionLog,
+    maxConnections: c.maxConnections,
+    api: c.apiSocket,
+  };
+}
+
+function listen(server: Server, host: string, port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port }, () => {
+      server.off('error', reject);
+      const a = server.address() as AddressInfo;
+      resolve(a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`);
+    });
+  });
+}
+
+/** The client sockets a listener holds now (for stats and for closing them all). */
+function track(server: Server): Set<Socket> {
+  const sockets = new Set<Socket>();
+  server.on('connection', (s: Socket) => {
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  });
+  return sockets;
+}
+
+/** Stops listening and destroys every client socket (server.close alone waits for them). */
+function closeServer(server: Server, sockets: Set<Socket>): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    for (const s of sockets) s.destroy();
+  });
+}
+
+function openAppend(path: string): Promise<WriteStream> {
+  return new Promise((resolve, reject) => {
+    const s = createWriteStream(path, { flags: 'a' });
+    s.once('open', () => resolve(s));
+    s.once('error', (e) => reject(new Error(`--decision-log: cannot open "${path}": ${e.message}`)));
+  });
+}

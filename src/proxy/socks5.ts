@@ -1,0 +1,165 @@
+/**
+ * The SOCKS5 listener (RFC 1928), no authentication (method 0x00 only):
+ *
+ *   client: VER=5 NMETHODS METHODS...        -> server: 5 0x00 (or 5 0xFF: no acceptable method)
+ *   client: VER=5 CMD RSV ATYP DST.ADDR DST.PORT
+ *           -> server: 5 REP 0 ATYP=1 BND.ADDR=0.0.0.0 BND.PORT=0, then the tunnel
+ *
+ * CMD CONNECT (1) only; BIND (2) and UDP ASSOCIATE (3) get REP 0x07
+ * "command not supported" (UDP through the proxy is not implemented; see
+ * the docs). ATYP domain (3) is decided by name, IPv4 (1) by address, IPv6
+ * (4) gets 0x08 "address type not supported" (the allowlist is IPv4).
+ * Policy refusals get 0x02 "connection not allowed by ruleset"; a name that
+ * does not resolve 0x04 "host unreachable". The success reply is sent
+ * before the dial (the tunnel is peeked first), so its BND fields are zeros.
+ *
+ * The handshake is parsed from a bounded buffer (the longest request is
+ * 4 + 1 + 255 + 2 bytes) and must finish within the peek timeout.
+ */
+import { createServer, type Server, type Socket } from 'node:net';
+import type { Egress } from '../egress/egress.js';
+import type { Logger } from '../log.js';
+import { admit, type Admission } from './targets.js';
+
+export interface Socks5Host {
+  egress(): Egress;
+  log: Logger;
+  openTunnel(client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void;
+  counters: { socksConnects: number; refused: number };
+}
+
+export const SOCKS_VERSION = 5;
+export const REP = Object.freeze({
+  succeeded: 0x00,
+  generalFailure: 0x01,
+  notAllowed: 0x02,
+  hostUnreachable: 0x04,
+  commandNotSupported: 0x07,
+  addressTypeNotSupported: 0x08,
+});
+
+/** Greeting (2 + 255) plus request (4 + 1 + 255 + 2) is the most a client may send before the tunnel. */
+const MAX_HANDSHAKE_BYTES = 257 + 262;
+
+export type Socks5Parse<T> = { kind: 'need-more' } | { kind: 'error'; reason: string } | ({ kind: 'ok'; used: number } & T);
+
+/** The greeting: does the client offer "no authentication"? */
+export function parseGreeting(b: Uint8Array): Socks5Parse<{ noAuth: boolean }> {
+  if (b.length < 2) return { kind: 'need-more' };
+  if (b[0] !== SOCKS_VERSION) return { kind: 'error', reason: `not SOCKS5 (version byte ${b[0]})` };
+  const n = b[1]!;
+  if (b.length < 2 + n) return { kind: 'need-more' };
+  return { kind: 'ok', used: 2 + n, noAuth: b.subarray(2, 2 + n).includes(0x00) };
+}
+
+export type Socks5Address = { atyp: 'ipv4'; host: string } | { atyp: 'domain'; host: string } | { atyp: 'ipv6'; host: string };
+
+/** The request: command and destination. */
+export function parseRequest(b: Uint8Array): Socks5Parse<{ cmd: number; address: Socks5Address | null; port: number }> {
+  if (b.length < 5) return { kind: 'need-more' };
+  if (b[0] !== SOCKS_VERSION) return { kind: 'error', reason: `not SOCKS5 (version byte ${b[0]})` };
+  const cmd = b[1]!;
+  const atyp = b[3]!;
+  let addrEnd: number;
+  let address: Socks5Address | null;
+  if (atyp === 0x01) {
+    addrEnd = 4 + 4;
+    if (b.length < addrEnd + 2) return { kind: 'need-more' };
+    address = { atyp: 'ipv4', host: `${b[4]}.${b[5]}.${b[6]}.${b[7]}` };
+  } else if (atyp === 0x03) {
+    const len = b[4]!;
+    addrEnd = 5 + len;
+    if (b.length < addrEnd + 2) return { kind: 'need-more' };
+    if (len === 0) return { kind: 'error', reason: 'empty domain name' };
+    address = { atyp: 'domain', host: Buffer.from(b.subarray(5, addrEnd)).toString('latin1') };
+  } else if (atyp === 0x04) {
+    addrEnd = 4 + 16;
+    if (b.length < addrEnd + 2) return { kind: 'need-more' };
+    const parts: string[] = [];
+    for (let i = 0; i < 16; i += 2) parts.push(((b[4 + i]! << 8) | b[5 + i]!).toString(16));
+    address = { atyp: 'ipv6', host: parts.join(':') };
+  } else {
+    // Unknown ATYP: the rest of the request cannot be framed; answer 0x08 and close.
+    return { kind: 'ok', used: b.length, cmd, address: null, port: 0 };
+  }
+  const port = (b[addrEnd]! << 8) | b[addrEnd + 1]!;
+  return { kind: 'ok', used: addrEnd + 2, cmd, address, port };
+}
+
+export function reply(rep: number): Uint8Array {
+  return Uint8Array.from([SOCKS_VERSION, rep, 0x00, 0x01, 0, 0, 0, 0, 0, 0]);
+}
+
+export function createSocks5Server(host: Socks5Host, opts: { maxConnections: number; handshakeTimeoutMs: number }): Server {
+  const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => handshake(host, socket, opts.handshakeTimeoutMs));
+  server.maxConnections = opts.maxConnections;
+  return server;
+}
+
+function handshake(host: Socks5Host, socket: Socket, timeoutMs: number): void {
+  let buf = Buffer.alloc(0);
+  let stage: 'greeting' | 'request' | 'deciding' = 'greeting';
+  const timer = setTimeout(() => socket.destroy(), timeoutMs);
+  const fail = (rep: number | null): void => {
+    clearTimeout(timer);
+    socket.off('data', onData);
+    if (rep === null) socket.destroy();
+    else socket.end(reply(rep));
+  };
+  const onData = (chunk: Buffer): void => {
+    if (stage === 'deciding') return; // bytes sent before our reply: not expected from a SOCKS5 client
+    buf = Buffer.concat([buf, chunk]);
+    if (buf.length > MAX_HANDSHAKE_BYTES) return fail(null);
+    if (stage === 'greeting') {
+      const g = parseGreeting(buf);
+      if (g.kind === 'need-more') return;
+      if (g.kind === 'error') return fail(null);
+      if (!g.noAuth) {
+        socket.end(Uint8Array.from([SOCKS_VERSION, 0xff])); // RFC 1928 3: no acceptable methods
+        clearTimeout(timer);
+        socket.off('data', onData);
+        return;
+      }
+      socket.write(Uint8Array.from([SOCKS_VERSION, 0x00]));
+      buf = buf.subarray(g.used);
+      stage = 'request';
+      if (buf.length === 0) return;
+    }
+    const r = parseRequest(buf);
+    if (r.kind === 'need-more') return;
+    if (r.kind === 'error') return fail(REP.generalFailure);
+    host.counters.socksConnects++;
+    if (r.address === null || r.address.atyp === 'ipv6') {
+      host.counters.refused++;
+      return fail(REP.addressTypeNotSupported);
+    }
+    if (r.cmd !== 0x01) {
+      host.counters.refused++;
+      host.log.info('socks5 command refused', { cmd: r.cmd, reason: r.cmd === 0x03 ? 'udp-associate-not-supported' : 'bind-not-supported' });
+      return fail(REP.commandNotSupported);
+    }
+    stage = 'deciding';
+    socket.pause();
+    const rest = buf.subarray(r.used);
+    const target = r.address.atyp === 'domain' ? r.address.host : r.address.host;
+    void admit(host.egress(), target, r.port, host.log).then((a) => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      if (socket.destroyed) return;
+      if (!a.ok) {
+        host.counters.refused++;
+        socket.end(reply(a.kind === 'unresolved' ? REP.hostUnreachable : a.kind === 'unsupported' ? REP.addressTypeNotSupported : REP.notAllowed));
+        return;
+      }
+      socket.write(reply(REP.succeeded));
+      host.openTunnel(socket, a, rest);
+      socket.resume();
+    });
+  };
+  socket.on('data', onData);
+  socket.on('error', () => {
+    clearTimeout(timer);
+    socket.destroy();
+  });
+  socket.on('close', () => clearTimeout(timer));
+}

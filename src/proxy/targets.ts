@@ -1,0 +1,116 @@
+/**
+ * Admission of a proxy target (`CONNECT host:port`, `GET http://host/`, a
+ * SOCKS5 address): the proxy's equivalent of the NAT's SYN decision, made by
+ * the same Egress (sni/policy.ts via src/egress/) that `moat serve` uses.
+ *
+ *  - A NAME is decided by name (EgressPolicy.decideName: a hostname rule
+ *    covering the port), then resolved by Moat (DialTargets: pins first,
+ *    else a live lookup) and filtered by the rebinding guard
+ *    (policy.admitResolved). The client never chooses the address.
+ *  - An IP literal is decided by address (EgressPolicy.decide without a
+ *    peek): IP/CIDR rules, the link-local refusal, pins on non-web ports.
+ *    A 'peek' answer there means only hostname rules cover the port; the
+ *    proxy refuses it, because an address target has no name to check
+ *    (RFC 6066 3 forbids literal addresses in SNI).
+ *
+ * Every outcome is one decision record whose id the refusal carries.
+ */
+import { isIP } from 'node:net';
+import type { Decision } from '../../sni/policy.js';
+import type { Egress } from '../egress/egress.js';
+import type { Logger } from '../log.js';
+
+export type TargetHost = { kind: 'name'; name: string } | { kind: 'ipv4'; address: string } | { kind: 'ipv6'; address: string };
+
+/** Classifies a host as the client wrote it ("example.com", "1.2.3.4", "[::1]"). */
+export function classifyHost(host: string): TargetHost {
+  const inner = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
+  const family = isIP(inner);
+  if (family === 4) return { kind: 'ipv4', address: inner };
+  if (family === 6) return { kind: 'ipv6', address: inner };
+  return { kind: 'name', name: host };
+}
+
+/**
+ * What happens inside the tunnel before the dial:
+ *  required - 80/443 by name: the SNI/Host must be read and equal the target.
+ *  optional - a port a hostname rule names (api.x:8443, git.x:22): a TLS
+ *             or HTTP opening is checked the same way; other protocols (and
+ *             a client that waits for the server to speak) are let through,
+ *             since the rule named the port and the address is Moat's.
+ *  none     - allowed by address (IP rule): nothing to compare.
+ */
+export type PeekMode = 'required' | 'optional' | 'none';
+
+export type Admission =
+  | {
+      ok: true;
+      id: string;
+      /** Canonical name the tunnel must carry (null for address targets). */
+      name: string | null;
+      addresses: readonly string[];
+      port: number;
+      peek: PeekMode;
+      /** For logs and decision records: "name:port" or "ip:port". */
+      dst: string;
+    }
+  | {
+      ok: false;
+      id: string;
+      /** 'blocked': policy (403 / SOCKS 0x02); 'unresolved': the name has no usable address (502 / SOCKS 0x04). */
+      kind: 'blocked' | 'unresolved' | 'unsupported';
+      reason: string;
+      name: string | null;
+      detail?: string;
+    };
+
+export async function admit(egress: Egress, host: string, port: number, log: Logger): Promise<Admission> {
+  const t = classifyHost(host);
+  if (t.kind === 'ipv6') {
+    // The allowlist is IPv4 (sni/policy.ts): an IPv6 target cannot be decided, so it is refused.
+    const id = egress.recordBlock('ipv6-target', 'tcp', `[${t.address}]`, port, null, 'target', 'IPv6 targets are not supported');
+    return { ok: false, id, kind: 'unsupported', reason: 'ipv6-target', name: null };
+  }
+  if (t.kind === 'ipv4') return admitAddress(egress, t.address, port);
+  return admitName(egress, t.name, port, log);
+}
+
+function admitAddress(egress: Egress, address: string, port: number): Admission {
+  let d: Decision = egress.decide({ proto: 'tcp', dst: address, port });
+  if (d.verdict === 'peek') {
+    d = { verdict: 'block', reason: 'no-rule', rule: null, name: null, detail: 'an address target needs an IP/CIDR rule (hostname rules cover this port: connect by name)' };
+  }
+  const id = egress.record(d, 'tcp', address, port, 'target');
+  if (d.verdict === 'block') return { ok: false, id, kind: 'blocked', reason: d.reason, name: null, ...(d.detail !== undefined ? { detail: d.detail } : {}) };
+  const dial = d.verdict === 'allow' && d.dial.kind === 'address' ? d.dial.address : address;
+  return { ok: true, id, name: null, addresses: [dial], port, peek: 'none', dst: `${address}:${port}` };
+}
+
+async function admitName(egress: Egress, host: string, port: number, log: Logger): Promise<Admission> {
+  const d = egress.policy.decideName('tcp', host, port, 'target');
+  const shown = d.verdict !== 'peek' && d.name !== null ? d.name : host.slice(0, 256);
+  if (d.verdict !== 'allow') {
+    // decideName never answers 'peek'; were it to, refuse rather than hang.
+    const block: Extract<Decision, { verdict: 'block' }> = d.verdict === 'block' ? d : { verdict: 'block', reason: 'no-name', rule: null, name: null };
+    const id = egress.record(block, 'tcp', shown, port, 'target');
+    return { ok: false, id, kind: 'blocked', reason: block.reason, name: block.name, ...(block.detail !== undefined ? { detail: block.detail } : {}) };
+  }
+  const name = d.dial.kind === 'name' ? d.dial.name : shown;
+  let resolved: readonly string[];
+  try {
+    resolved = await egress.targets.addressesFor(name);
+  } catch (err) {
+    log.info('proxy target did not resolve', { name, port, error: (err as Error).message });
+    const id = egress.recordBlock('unresolved', 'tcp', name, port, name, 'target', (err as Error).message);
+    return { ok: false, id, kind: 'unresolved', reason: 'unresolved', name, detail: (err as Error).message };
+  }
+  const { admitted, refused } = egress.policy.admitResolved(resolved, port);
+  if (admitted.length === 0) {
+    const detail = refused.map((x) => `${x.address} (${x.range})`).join(', ') || 'no IPv4 address';
+    const id = egress.recordBlock('rebinding', 'tcp', name, port, name, 'target', detail);
+    return { ok: false, id, kind: 'blocked', reason: 'rebinding', name, detail };
+  }
+  const id = egress.record(d, 'tcp', name, port, 'target', `dial ${admitted.join(',')}`);
+  const peek: PeekMode = port === 80 || port === 443 ? 'required' : 'optional';
+  return { ok: true, id, name, addresses: admitted, port, peek, dst: `${name}:${port}` };
+}

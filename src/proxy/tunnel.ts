@@ -1,0 +1,264 @@
+/**
+ * A proxy tunnel after the client was told "go ahead" (HTTP 200 to CONNECT,
+ * SOCKS5 reply 0x00): peek, then dial, then pipe.
+ *
+ *   peeking  the client's first bytes go to a NamePeeker (bounded by
+ *            maxPeekBytes, timed by peekTimeoutMs); nothing is dialed yet,
+ *            so a tunnel whose SNI/Host is not the requested host never
+ *            reaches any upstream (no domain fronting through an allowed
+ *            CONNECT host).
+ *   dialing  the client is paused; connectFirst() tries Moat's admitted
+ *            addresses in order; the held bytes go first.
+ *   piped    stream.pipe() both ways: each side's buffer is bounded by the
+ *            socket high-water marks (backpressure pauses the reader), not
+ *            by a queue of ours.
+ *
+ * Refusals speak the client's protocol where we can: a TLS access_denied
+ * alert, an HTTP 403 (forbiddenResponse, as `moat serve`), else a close.
+ */
+import type { Socket } from 'node:net';
+import { canonicalHostname } from '../../dns/rules.js';
+import { NamePeeker, type PeekResult } from '../../sni/peek.js';
+import type { Egress } from '../egress/egress.js';
+import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from '../egress/refusals.js';
+import type { Logger } from '../log.js';
+import type { PeekMode } from './targets.js';
+
+/** How the proxy dials (TcpFlowTable.connectFirst in production). */
+export interface Dialer {
+  connectFirst(addresses: readonly string[], port: number): Promise<Socket>;
+}
+
+export interface TunnelPlan {
+  /** Canonical name the tunnel's SNI/Host must equal, or null (address target). */
+  name: string | null;
+  addresses: readonly string[];
+  port: number;
+  peek: PeekMode;
+  /** "name:port" for records. */
+  dst: string;
+}
+
+export interface TunnelContext {
+  egress: Egress;
+  dialer: Dialer;
+  log: Logger;
+  /**
+   * On a port a rule names (peek 'optional'), how long to wait for the
+   * client's first bytes before dialing anyway: server-first protocols
+   * (SMTP, MySQL...) never speak first.
+   */
+  serverFirstGraceMs: number;
+}
+
+type State = 'peeking' | 'dialing' | 'piped' | 'refusing' | 'closed';
+
+export class Tunnel {
+  private state: State = 'peeking';
+  private readonly peeker = new NamePeeker();
+  private readonly held: Buffer[] = [];
+  private heldBytes = 0;
+  private timer: NodeJS.Timeout | undefined;
+  private upstream: Socket | undefined;
+  private clientEnded = false;
+  /** plan.peek, until an 'optional' peek sees TLS/HTTP begin and becomes 'required'. */
+  private mode: PeekMode;
+  bytesUp = 0;
+  bytesDown = 0;
+
+  constructor(
+    private readonly client: Socket,
+    readonly plan: TunnelPlan,
+    private readonly ctx: TunnelContext,
+    private readonly onDone: (t: Tunnel) => void,
+  ) {
+    this.mode = plan.peek;
+  }
+
+  get phase(): State {
+    return this.state;
+  }
+
+  /** Bytes held for the peek (bounded by maxPeekBytes). */
+  get bufferedBytes(): number {
+    return this.heldBytes;
+  }
+
+  /** `head`: bytes the client sent after its request, before we answered. */
+  start(head?: Uint8Array): void {
+    this.client.on('error', () => this.destroy());
+    this.client.on('close', () => this.destroy());
+    if (this.mode === 'none') {
+      if (head !== undefined && head.length > 0) this.hold(Buffer.from(head));
+      void this.dial();
+      return;
+    }
+    const wait = this.mode === 'required' ? this.ctx.egress.options.peekTimeoutMs : Math.min(this.ctx.serverFirstGraceMs, this.ctx.egress.options.peekTimeoutMs);
+    this.timer = setTimeout(() => this.timedOut(), wait);
+    this.client.on('data', this.onPeekData);
+    this.client.on('end', this.onPeekEnd);
+    if (head !== undefined && head.length > 0) this.onPeekData(Buffer.from(head));
+  }
+
+  /** Closes both sides now (client gone, reload with drop, proxy closing). */
+  destroy(): void {
+    if (this.state === 'closed') return;
+    this.state = 'closed';
+    this.clearTimer();
+    this.held.length = 0;
+    this.heldBytes = 0;
+    this.client.destroy();
+    this.upstream?.destroy();
+    this.onDone(this);
+  }
+
+  // --- peeking ---------------------------------------------------------
+
+  private readonly onPeekData = (chunk: Buffer): void => {
+    if (this.state !== 'peeking') return;
+    if (this.heldBytes + chunk.length > this.ctx.egress.options.maxPeekBytes) {
+      this.refuse(this.block('peek-too-large', null, null, `${this.heldBytes + chunk.length} bytes without a name`), 'close');
+      return;
+    }
+    this.hold(chunk);
+    this.examine(this.peeker.push(chunk));
+  };
+
+  private readonly onPeekEnd = (): void => {
+    this.clientEnded = true;
+    if (this.state === 'peeking') this.refuse(this.block('no-name', null, null, 'the client closed before naming a host'), 'close');
+  };
+
+  private hold(chunk: Buffer): void {
+    this.held.push(chunk);
+    this.heldBytes += chunk.length;
+  }
+
+  private examine(r: PeekResult): void {
+    switch (r.kind) {
+      case 'need-more':
+        if (this.mode === 'optional' && this.peeker.protocol !== null) this.extendToPeekTimeout();
+        return;
+      case 'unknown-protocol':
+        if (this.mode === 'optional') {
+          void this.dial();
+          return;
+        }
+        this.refuse(this.block('not-tls-or-http', null, null), 'close');
+        return;
+      case 'malformed': {
+        const protocol = this.peeker.protocol;
+        this.refuse(this.block('malformed', null, protocol === 'tls' ? 'sni' : 'host', r.reason), protocol ?? 'close', null, `malformed (${r.reason})`);
+        return;
+      }
+      case 'name': {
+        const via = r.protocol === 'tls' ? 'sni' : 'host';
+        if (r.name === null) {
+          this.refuse(this.block('no-name', null, via, `no ${via === 'sni' ? 'SNI' : 'Host'} in the tunnel`), r.protocol, null, 'no-name');
+          return;
+        }
+        const canonical = canonicalHostname(r.name);
+        const expected = this.plan.name;
+        if (typeof canonical !== 'string' || expected === null || canonical !== expected) {
+          const reason = via === 'sni' ? 'sni-mismatch' : 'host-mismatch';
+          const shown = r.name.slice(0, 256);
+          this.refuse(this.block(reason, shown, via, `the tunnel was requested for ${this.plan.dst}`), r.protocol, shown, reason);
+          return;
+        }
+        void this.dial();
+        return;
+      }
+    }
+  }
+
+  /** An 'optional' peek that saw the start of TLS/HTTP waits for the whole name, like a required one. */
+  private extendToPeekTimeout(): void {
+    if (this.timer === undefined || this.mode !== 'optional') return;
+    this.clearTimer();
+    this.timer = setTimeout(() => this.timedOut(true), this.ctx.egress.options.peekTimeoutMs);
+    this.mode = 'required';
+  }
+
+  private timedOut(force = false): void {
+    this.timer = undefined;
+    if (this.state !== 'peeking') return;
+    if (this.mode === 'optional' && !force && this.heldBytes === 0) {
+      void this.dial(); // the server speaks first
+      return;
+    }
+    this.refuse(
+      this.block('peek-timeout', null, null, `no name within ${this.ctx.egress.options.peekTimeoutMs} ms (${this.heldBytes} bytes read)`),
+      'close',
+    );
+  }
+
+  private block(reason: string, name: string | null, via: string | null, detail?: string): string {
+    const colon = this.plan.dst.lastIndexOf(':');
+    return this.ctx.egress.recordBlock(reason, 'tcp', this.plan.dst.slice(0, colon), this.plan.port, name ?? this.plan.name, via, detail);
+  }
+
+  // --- dialing and piping ----------------------------------------------
+
+  private async dial(): Promise<void> {
+    if (this.state !== 'peeking') return;
+    this.state = 'dialing';
+    this.clearTimer();
+    this.client.off('data', this.onPeekData);
+    this.client.off('end', this.onPeekEnd);
+    this.client.pause();
+    let up: Socket;
+    try {
+      up = await this.ctx.dialer.connectFirst(this.plan.addresses, this.plan.port);
+    } catch (err) {
+      if (this.state !== 'dialing') return;
+      this.ctx.log.info('proxy tunnel dial failed', { dst: this.plan.dst, addresses: this.plan.addresses, error: (err as Error).message });
+      this.destroy();
+      return;
+    }
+    if (this.state !== 'dialing') {
+      up.destroy();
+      return;
+    }
+    this.upstream = up;
+    this.state = 'piped';
+    up.on('error', () => this.destroy());
+    up.on('close', () => this.destroy());
+    for (const chunk of this.held) {
+      this.bytesUp += chunk.length;
+      up.write(chunk);
+    }
+    this.held.length = 0;
+    this.heldBytes = 0;
+    this.client.on('data', (c: Buffer) => (this.bytesUp += c.length));
+    up.on('data', (c: Buffer) => (this.bytesDown += c.length));
+    // pipe() ends the destination when the source ends: half-close passes through (both sockets allowHalfOpen).
+    this.client.pipe(up);
+    up.pipe(this.client);
+    if (this.clientEnded) up.end();
+    this.client.resume();
+  }
+
+  // --- refusing --------------------------------------------------------
+
+  private refuse(id: string, how: 'tls' | 'http' | 'close', host: string | null = null, reason = ''): void {
+    this.clearTimer();
+    this.held.length = 0;
+    this.heldBytes = 0;
+    if (this.state === 'closed') return;
+    this.client.off('data', this.onPeekData);
+    if (how === 'close') {
+      this.destroy();
+      return;
+    }
+    this.state = 'refusing';
+    const bytes = how === 'tls' ? TLS_ACCESS_DENIED_ALERT : forbiddenResponse({ host, reason, id, rules: this.ctx.egress.policy.ruleTexts });
+    this.client.end(bytes);
+    this.client.resume(); // drain whatever else arrives; the linger timer bounds it
+    this.timer = setTimeout(() => this.destroy(), this.ctx.egress.options.refusalLingerMs);
+  }
+
+  private clearTimer(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
