@@ -26,6 +26,7 @@ import { createWriteStream, type WriteStream } from 'node:fs';
 import { NodeDnsResolver } from './allowlist/resolver.js';
 import { ApiServer, type AllowlistControl } from './api-server.js';
 import { AllowlistRuntime } from './egress/allowlist-runtime.js';
+import type { DecisionLog } from './egress/decision-log.js';
 import { DEFAULT_EGRESS_OPTIONS, type Egress } from './egress/egress.js';
 import { MonotonicClock, TimerDriver } from './clock.js';
 import { describeConfig, type DnsUpstream, type ServeConfig } from './config.js';
@@ -86,6 +87,8 @@ export interface RunningServer {
   stats(): Record<string, unknown>;
   /** The running allowlist (undefined without --allow): its rules and reload. */
   readonly allowlist: AllowlistControl | undefined;
+  /** The allowlist's decision log (undefined without --allow): subscribe() for every decision as an event. */
+  readonly decisions: DecisionLog | undefined;
   /** Closes everything; safe to call more than once. */
   close(): Promise<void>;
 }
@@ -263,6 +266,7 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
       stack: theStack,
       stats,
       allowlist: allowlistControl,
+      decisions: runtime?.runtime.egress.decisions,
       close: () => {
         closing ??= closeAll().then(() => log.info('moat stopped'));
         return closing;

@@ -1,0 +1,143 @@
+/**
+ * `moat serve` in-process, for Node programs that launch sandboxes and want
+ * the guest network in their own process:
+ *
+ *   import { serve } from 'moat';
+ *   const moat = await serve({ listenQemu: 'unix:///tmp/vm1.sock', allow: ['github.com'] });
+ *   moat.onDecision((d) => console.log(d.decision, d.dst, d.name));
+ *   await moat.setAllowlist(['github.com', '*.npmjs.org'], { drop: true });
+ *   await moat.close();
+ *
+ * The options ARE the command line's: an object whose keys are `moat serve`
+ * flag names (kebab-case as on the command line, or camelCase) or an argv
+ * array. Both are turned into arguments and go through the CLI's own parser
+ * (src/config.ts parseServeArgs) and the CLI's own serve(), so a flag means
+ * the same thing here and there, with the same validation and errors
+ * (ConfigError naming the flag).
+ */
+import type { DecisionLog, DecisionRecord } from './egress/decision-log.js';
+import type { ReloadResult } from './egress/allowlist-runtime.js';
+import { ConfigError, NODE_CONFIG_IO, parseServeArgs, type ConfigIo, type ServeConfig } from './config.js';
+import { createLogger, NULL_LOGGER, type Logger, type LogStream } from './log.js';
+import { serve as startService, type RunningServer, type ServeDeps } from './serve.js';
+import type { NetStack } from '../netstack/api.js';
+
+/** One flag value: a string or number, true for a boolean flag, a list for a repeatable one. */
+export type ServeFlagValue = string | number | boolean | readonly (string | number)[] | undefined;
+
+/** `moat serve` flags by name: `{ 'listen-qemu': 'unix:///tmp/m.sock' }` or `{ listenQemu: ... }`. */
+export type ServeFlags = Readonly<Record<string, ServeFlagValue>>;
+
+export interface EmbedOptions {
+  /**
+   * Where the service logs: a Logger, or a stream (process.stderr) written
+   * with the flags' --log-level and --log-format. Default: nothing is logged.
+   */
+  log?: Logger | LogStream;
+  /** Aborts start-up (the pre-resolution of allowed hosts). */
+  signal?: AbortSignal;
+  /** Reads the --config file and /etc/resolv.conf; replace it to run without the file system. */
+  configIo?: ConfigIo;
+  /** Replaces parts of the service (tests: a fake resolver). */
+  deps?: Partial<ServeDeps>;
+}
+
+export interface SetAllowlistOptions {
+  /** Also reset the open flows the new rules refuse (PUT /allowlist?drop=1). Default false. */
+  drop?: boolean;
+}
+
+export interface AllowlistUpdate extends ReloadResult {
+  /** Flows reset because the new rules refuse them (0 without `drop`). */
+  dropped: number;
+}
+
+/** A running service, as serve() returns it. */
+export interface MoatServer {
+  /** The guest listen addresses as bound (a tcp://...:0 shows its real port). */
+  readonly listen: readonly string[];
+  /** The control API's unix socket path, if --api was given. */
+  readonly apiSocket: string | undefined;
+  /** The configuration the flags gave. */
+  readonly config: ServeConfig;
+  /** The TCP/IP stack (moat/netstack's NetStack). */
+  readonly stack: NetStack;
+  /** The same counters as GET /stats. */
+  stats(): Record<string, unknown>;
+  /** The allow rules as written, or undefined when no allowlist runs. */
+  rules(): string[] | undefined;
+  /**
+   * Replaces the allowlist (as PUT /allowlist): parses and resolves the new
+   * rules first and changes nothing if any fails (the error names them).
+   * Rejects when the service was started without an allowlist.
+   */
+  setAllowlist(rules: readonly string[], options?: SetAllowlistOptions): Promise<AllowlistUpdate>;
+  /**
+   * Calls `fn` with every egress decision (allowed, blocked, would-block;
+   * TCP, UDP and DNS), unthrottled; returns the unsubscribe function.
+   * Without an allowlist there is no policy and no decision: `fn` is never called.
+   */
+  onDecision(fn: (record: DecisionRecord) => void): () => void;
+  /** Stops everything; safe to call more than once. */
+  close(): Promise<void>;
+}
+
+/** Starts `moat serve` in this process. Rejects with ConfigError for bad flags, or with the start-up error (nothing is left open). */
+export async function serve(flags: ServeFlags | readonly string[], options: EmbedOptions = {}): Promise<MoatServer> {
+  const args = isArgv(flags) ? [...flags] : flagsToArgs(flags);
+  const parsed = parseServeArgs(args, options.configIo ?? NODE_CONFIG_IO);
+  if (parsed.kind === 'help') throw new ConfigError('"help" is not a setting (the flags are listed by moat serve --help)');
+  const config = parsed.config;
+  const log = loggerFor(options.log, config);
+  const running = await startService(config, log, options.deps ?? {}, options.signal ? { signal: options.signal } : {});
+  return wrap(running, config);
+}
+
+function isArgv(flags: ServeFlags | readonly string[]): flags is readonly string[] {
+  return Array.isArray(flags);
+}
+
+/**
+ * `{ listenQemu: 'x', allow: ['a', 'b'], allowLinkLocal: true }` →
+ * `['--listen-qemu=x', '--allow=a', '--allow=b', '--allow-link-local']`.
+ * `--name=value` keeps a value that starts with "-" a value. false and
+ * undefined leave a flag out; a boolean flag given a string is left to the
+ * parser to refuse.
+ */
+export function flagsToArgs(flags: ServeFlags): string[] {
+  const args: string[] = [];
+  for (const [key, value] of Object.entries(flags)) {
+    const name = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+    if (value === undefined || value === false) continue;
+    if (value === true) args.push(`--${name}`);
+    else if (Array.isArray(value)) for (const v of value as readonly (string | number)[]) args.push(`--${name}=${String(v)}`);
+    else if (typeof value === 'string' || typeof value === 'number') args.push(`--${name}=${String(value)}`);
+    else throw new ConfigError(`--${name}: must be a string, number, boolean or list, got ${JSON.stringify(value)}`);
+  }
+  return args;
+}
+
+function loggerFor(log: Logger | LogStream | undefined, config: ServeConfig): Logger {
+  if (log === undefined) return NULL_LOGGER;
+  if (typeof (log as Logger).child === 'function') return log as Logger;
+  return createLogger({ level: config.logLevel, format: config.logFormat, stream: log as LogStream });
+}
+
+function wrap(running: RunningServer, config: ServeConfig): MoatServer {
+  const decisions: DecisionLog | undefined = running.decisions;
+  return {
+    listen: running.listen,
+    apiSocket: running.apiSocket,
+    config,
+    stack: running.stack,
+    stats: () => running.stats(),
+    rules: () => running.allowlist?.rules(),
+    setAllowlist: async (rules, opts = {}) => {
+      const control = running.allowlist;
+      if (control === undefined) throw new Error('no allowlist is running: start the service with at least one "allow" rule to change it later');
+      return control.reload([...rules], opts.drop === true);
+    },
+    onDecision: (fn) => (decisions === undefined ? () => {} : decisions.subscribe(fn)),
+    close: () => running.close(),
+  };
+}

@@ -1,0 +1,32 @@
+/**
+ * The `moat` package root: the service, embeddable (serve), and the
+ * allowlist learner. The pure libraries have their own entries, which never
+ * import this folder: `moat/netstack` (TCP/IP stack), `moat/dns` (rules,
+ * zone table, responder) and `moat/sni` (ClientHello/Host peeking, egress
+ * policy, pins).
+ */
+export {
+  flagsToArgs,
+  serve,
+  type AllowlistUpdate,
+  type EmbedOptions,
+  type MoatServer,
+  type ServeFlags,
+  type ServeFlagValue,
+  type SetAllowlistOptions,
+} from './embed.js';
+export { ConfigError, type ServeConfig } from './config.js';
+export type { DecisionProto, DecisionRecord, DecisionVerdict } from './egress/decision-log.js';
+export {
+  DEFAULT_HOST_ALIAS,
+  DEFAULT_WILDCARD_MIN,
+  formatRules,
+  learnAllowlist,
+  parseDecisionLine,
+  readDecisionRecords,
+  type LearnFormat,
+  type LearnOptions,
+  type LearnRecord,
+  type LearnResult,
+} from './learn.js';
+export { createLogger, NULL_LOGGER, type LogFormat, type Logger, type LogLevel, type LogStream } from './log.js';
