@@ -1,0 +1,194 @@
+/**
+ * `moat proxy` with real clients (curl, openssl s_client, git) against
+ * servers on loopback whose names come from a test DNS server. The proxy
+ * runs in this process (startProxy), so the clients run asynchronously.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { existsSync, readFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
+import { join } from 'node:path';
+import type { DecisionRecord } from '../../src/egress/decision-log.js';
+import { NULL_LOGGER } from '../../src/log.js';
+import { parseProxyArgs } from '../../src/proxy/config.js';
+import { startProxy, type RunningProxy } from '../../src/proxy/index.js';
+import { run, startProxyWorld, type ProxyWorld } from './proxy-support.js';
+
+let world: ProxyWorld;
+let proxy: RunningProxy;
+const decisions: DecisionRecord[] = [];
+const API = `/tmp/mz6p-api-${process.pid}.sock`;
+
+beforeAll(async () => {
+  world = await startProxyWorld();
+  const parsed = parseProxyArgs([
+    '--listen', '127.0.0.1:0',
+    '--socks', '127.0.0.1:0',
+    '--allow', 'secure.test',
+    '--allow', 'plain.test',
+    '--allow', 'echo.test:7000',
+    '--resolver', `127.0.0.1:${world.dns.port}`,
+    '--admit-resolved', '127.0.0.0/8',
+    '--peek-timeout-ms', '1000',
+    '--decision-log', join(world.dir, 'decisions.jsonl'),
+    '--api', `unix://${API}`,
+  ]);
+  if (parsed.kind !== 'config') throw new Error('expected a config');
+  proxy = await startProxy(parsed.config, NULL_LOGGER);
+  proxy.onDecision((r) => decisions.push(r));
+});
+
+afterAll(async () => {
+  await proxy?.close();
+  await world?.close();
+});
+
+const curl = (args: string[]) => run('curl', ['-sS', '--max-time', '10', ...args]).then(
+  (r) => ({ code: 0, stdout: r.stdout, stderr: r.stderr }),
+  (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, stdout: e.stdout, stderr: e.stderr }),
+);
+
+describe('moat proxy: HTTP proxy with curl', () => {
+  it('prints the environment lines to paste', () => {
+    expect(proxy.envLines[0]).toBe(`export HTTPS_PROXY=http://${proxy.http} https_proxy=http://${proxy.http}`);
+    expect(proxy.envLines[2]).toContain(`ALL_PROXY=socks5h://${proxy.socks}`);
+  });
+
+  it('CONNECT to an allowed HTTPS host works (SNI peeked and equal)', async () => {
+    const r = await curl(['--cacert', world.certFile, '-x', `http://${proxy.http}`, 'https://secure.test/hello']);
+    expect(r.stderr).toBe('');
+    expect(r.stdout).toMatch(/^hello from secure \/hello host=secure.test/);
+    expect(decisions.some((d) => d.decision === 'allowed' && d.name === 'secure.test' && d.reason === 'name-target')).toBe(true);
+  });
+
+  it('absolute-form HTTP to an allowed host works, Host from the target, hop-by-hop fields dropped, Via added', async () => {
+    const r = await curl(['-x', `http://${proxy.http}`, '-H', 'Proxy-Connection: keep-alive', 'http://plain.test/a?b=1']);
+    expect(r.stdout).toBe('hello from plain /a?b=1 host=plain.test via=1.1 moat pc=\n');
+  });
+
+  it('keep-alive: a second request on the same client connection to another host is decided again', async () => {
+    const r = await curl(['-x', `http://${proxy.http}`, '-w', '|%{http_code}|%{num_connects}\\n', 'http://plain.test/one', 'http://blocked.test/two']);
+    const lines = r.stdout.trim().split('\n');
+    expect(lines[0]).toBe('hello from plain /one host=plain.test via=1.1 moat pc=');
+    expect(lines[1]).toBe('|200|1');
+    expect(r.stdout).toContain("Blocked by Moat's egress allowlist: host blocked.test is not allowed (reason: name-not-allowed");
+    expect(lines.at(-1)).toBe('|403|0'); // reused the proxy connection, and refused
+    expect(world.accepted.blocked).toBe(0);
+  });
+
+  it('a blocked plain-HTTP host gets 403 with x-moat-reason and x-moat-decision', async () => {
+    const r = await curl(['-i', '-x', `http://${proxy.http}`, 'http://blocked.test/']);
+    expect(r.stdout).toMatch(/^HTTP\/1\.1 403 Forbidden/);
+    expect(r.stdout).toMatch(/x-moat-reason: name-not-allowed/i);
+    const id = /x-moat-decision: (\S+)/i.exec(r.stdout)?.[1];
+    expect(decisions.find((d) => d.id === id)?.decision).toBe('blocked');
+    expect(world.accepted.blocked).toBe(0);
+  });
+
+  it('a blocked HTTPS host: the CONNECT gets 403 and curl fails', async () => {
+    const r = await curl(['--cacert', world.certFile, '-x', `http://${proxy.http}`, 'https://blocked.test/']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/403/);
+    expect(world.accepted.blocked).toBe(0);
+  });
+
+  it('an allowed host on a port no rule covers is refused', async () => {
+    const r = await curl(['-x', `http://${proxy.http}`, 'http://plain.test:8080/']);
+    expect(r.stdout).toContain('reason: name-not-allowed');
+  });
+
+  it('an address target needs an IP rule (no domain fronting by literal)', async () => {
+    const r = await curl(['-i', '-x', `http://${proxy.http}`, 'http://127.66.0.11/']);
+    expect(r.stdout).toMatch(/403 Forbidden/);
+    expect(r.stdout).toMatch(/x-moat-reason: (no-rule|rebinding)/);
+  });
+
+  it('CONNECT to an allowed host carrying another SNI is refused and reaches no server', async () => {
+    const before = { ...world.accepted };
+    const r = await run('openssl', ['s_client', '-proxy', proxy.http, '-connect', 'secure.test:443', '-servername', 'blocked.test', '-CAfile', world.certFile], {
+      timeout: 10_000,
+    }).then(
+      (x) => ({ code: 0, out: x.stdout + x.stderr }),
+      (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, out: `${e.stdout}${e.stderr}` }),
+    );
+    expect(r.code).not.toBe(0);
+    expect(r.out).toMatch(/alert access denied|alert number 49/);
+    expect(world.accepted.secure).toBe(before.secure);
+    expect(world.accepted.blocked).toBe(before.blocked);
+    expect(decisions.some((d) => d.reason === 'sni-mismatch' && d.name === 'blocked.test')).toBe(true);
+  });
+
+  it('a plain-HTTP Host inside a CONNECT tunnel must be the CONNECT host too', async () => {
+    const before = world.accepted.plain;
+    const r = await curl(['-i', '-p', '-x', `http://${proxy.http}`, '-H', 'Host: blocked.test', 'http://plain.test/']);
+    expect(r.stdout).toMatch(/403 Forbidden/);
+    expect(r.stdout).toMatch(/x-moat-reason: host-mismatch/);
+    expect(world.accepted.plain).toBe(before);
+  });
+
+  it('git clone over HTTPS through the proxy', async () => {
+    const dest = join(world.dir, 'clone');
+    await run('git', ['-c', `http.proxy=http://${proxy.http}`, '-c', `http.sslCAInfo=${world.certFile}`, 'clone', '-q', 'https://secure.test/repo.git', dest], {
+      env: { ...process.env, GIT_SSL_CAINFO: world.certFile, GIT_CONFIG_NOSYSTEM: '1', HOME: world.dir, GIT_TERMINAL_PROMPT: '0' },
+      timeout: 30_000,
+    });
+    expect(existsSync(join(dest, 'README'))).toBe(true);
+    expect(readFileSync(join(dest, 'README'), 'utf8')).toBe('cloned through moat proxy\n');
+    expect(world.requests.some((r) => r.startsWith('secure /repo.git/git-upload-pack'))).toBe(true);
+  });
+});
+
+describe('moat proxy: SOCKS5 with curl --socks5-hostname', () => {
+  it('to an allowed HTTPS host', async () => {
+    const r = await curl(['--cacert', world.certFile, '--socks5-hostname', proxy.socks!, 'https://secure.test/socks']);
+    expect(r.stdout).toMatch(/^hello from secure \/socks host=secure.test/);
+  });
+
+  it('to an allowed HTTP host', async () => {
+    const r = await curl(['--socks5-hostname', proxy.socks!, 'http://plain.test/socks']);
+    expect(r.stdout).toMatch(/^hello from plain \/socks host=plain.test via= pc=/);
+  });
+
+  it('a blocked host gets a SOCKS failure (0x02, not allowed by ruleset)', async () => {
+    const r = await curl(['--socks5-hostname', proxy.socks!, 'http://blocked.test/']);
+    expect(r.code).toBe(97); // CURLE_PROXY
+    expect(r.stderr).toMatch(/\(2\)|not allowed/i);
+    expect(world.accepted.blocked).toBe(0);
+  });
+
+  it('socks5 (address resolved by the client) needs an IP rule', async () => {
+    const r = await curl(['--socks5', proxy.socks!, '--resolve', 'plain.test:80:127.66.0.11', 'http://plain.test/']);
+    expect(r.code).toBe(97);
+  });
+
+  it('SNI mismatch inside a SOCKS tunnel is refused', async () => {
+    const before = world.accepted.secure;
+    const r = await curl(['--cacert', world.certFile, '--socks5-hostname', proxy.socks!, '--connect-to', 'blocked.test:443:secure.test:443', 'https://blocked.test/']);
+    expect(r.code).not.toBe(0);
+    expect(world.accepted.secure).toBe(before);
+  });
+});
+
+describe('moat proxy: PUT /allowlist', () => {
+  it('a reload takes effect for new requests', async () => {
+    const put = (body: unknown) =>
+      new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const req = httpRequest({ socketPath: API, method: 'PUT', path: '/allowlist', headers: { 'content-type': 'application/json' } }, (res) => {
+          let text = '';
+          res.on('data', (c) => (text += c));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+        });
+        req.on('error', reject);
+        req.end(JSON.stringify(body));
+      });
+    expect((await curl(['-x', `http://${proxy.http}`, 'http://blocked.test/r'])).stdout).toContain('name-not-allowed');
+    const r = await put({ allow: ['secure.test', 'plain.test', 'blocked.test', 'echo.test:7000'] });
+    expect(r.status).toBe(200);
+    const after = await curl(['-x', `http://${proxy.http}`, 'http://blocked.test/r']);
+    expect(after.stdout).toMatch(/^hello from blocked \/r/);
+    const bad = await put({ allow: ['nxdomain.test'] });
+    expect(bad.status).toBe(502);
+    expect((await curl(['-x', `http://${proxy.http}`, 'http://blocked.test/r2'])).stdout).toMatch(/^hello from blocked/);
+    expect((await put({ allow: ['secure.test', 'plain.test', 'echo.test:7000'] })).status).toBe(200);
+    expect((await curl(['-x', `http://${proxy.http}`, 'http://blocked.test/r3'])).stdout).toContain('name-not-allowed');
+  });
+});
