@@ -106,8 +106,9 @@ export function runInterleaved(frames: number, seed: number, bytesEachWay = 256 
     },
     moatEvents: {
       onTcpSyn: (p) => {
-        // Only the healthy guest's connections are accepted; fuzzed SYNs are refused as a NAT would.
-        if (p.syn.src !== GUEST_IP || moatSide === undefined || moatSide.socket !== undefined) return p.refuse();
+        // Only the current healthy connection is accepted; fuzzed SYNs, and replayed SYNs of
+        // earlier transfers (which reopen their TIME-WAIT four-tuple), are refused as a NAT would.
+        if (p.syn.src !== GUEST_IP || p.syn.srcPort !== port || moatSide === undefined || moatSide.socket !== undefined) return p.refuse();
         moatSide.socket = p.accept(moatSide.handlers);
         moatSide.connected = true;
         moatSide.pump();
