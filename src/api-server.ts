@@ -31,6 +31,13 @@ import { closeServer, listenOn } from './transport/listen.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
 
+export interface ApiServerOptions {
+  /** Largest request body (--api-max-body-bytes); default MAX_BODY_BYTES. */
+  maxBodyBytes: number;
+  /** A request refused 413 (for the limits' rate-limited log). */
+  onTooLarge?: (fields: Record<string, unknown>) => void;
+}
+
 /** What the API reads and drives; serve.ts supplies the real parts, tests fakes. */
 export interface ApiBackend {
   forwards: PortForwards;
@@ -67,11 +74,16 @@ export class ApiServer {
   private readonly routes: Map<string, Map<string, Handler>>;
   private addr: ListenAddress | undefined;
   private readonly log: Logger;
+  private readonly maxBodyBytes: number;
+  /** Requests answered 413 (body over maxBodyBytes). */
+  tooLarge = 0;
 
   constructor(
     private readonly backend: ApiBackend,
     log: Logger,
+    private readonly options: Partial<ApiServerOptions> = {},
   ) {
+    this.maxBodyBytes = options.maxBodyBytes ?? MAX_BODY_BYTES;
     this.log = log.child({ component: 'api' });
     this.routes = new Map([
       ['/services/forwarder/expose', new Map([['POST', (req) => this.expose(req)]])],
@@ -133,6 +145,8 @@ export class ApiServer {
       else this.log.debug('api request refused', { method: req.method, url: req.url, status, error: (body as { error: string }).error });
     }
     if (status === 413) {
+      this.tooLarge++;
+      this.options.onTooLarge?.({ method: req.method, url: req.url, max: this.maxBodyBytes });
       // The rest of the body is not read: close the connection rather than drain an oversized upload.
       res.setHeader('Connection', 'close');
     }
@@ -142,7 +156,7 @@ export class ApiServer {
   }
 
   private async expose(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
-    const spec = parseForwardSpec(await readJsonBody(req));
+    const spec = parseForwardSpec(await readJsonBody(req, this.maxBodyBytes));
     if (typeof spec === 'string') throw new HttpError(400, spec);
     await this.backend.forwards.expose(spec);
     this.log.debug('api: forward exposed', { ...spec });
@@ -150,7 +164,7 @@ export class ApiServer {
   }
 
   private async unexpose(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
-    const key = parseForwardKey(await readJsonBody(req));
+    const key = parseForwardKey(await readJsonBody(req, this.maxBodyBytes));
     if (typeof key === 'string') throw new HttpError(400, key);
     await this.backend.forwards.unexpose(key);
     this.log.debug('api: forward removed', { ...key });
@@ -165,7 +179,7 @@ export class ApiServer {
 
   private async putAllowlist(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
     const control = this.allowlist();
-    const body = await readJsonBody(req);
+    const body = await readJsonBody(req, this.maxBodyBytes);
     const allow = (body as { allow?: unknown } | null)?.allow;
     if (!Array.isArray(allow) || !allow.every((r) => typeof r === 'string')) {
       throw new HttpError(400, 'expected {"allow": ["rule", ...]}');
@@ -201,11 +215,11 @@ function errorResponse(e: unknown): { status: number; body: { error: string } } 
   return { status: 500, body: { error: `internal error: ${message}` } };
 }
 
-/** Reads a JSON body of at most MAX_BODY_BYTES. */
-async function readJsonBody(req: IncomingMessage): Promise<unknown> {
+/** Reads a JSON body of at most `max` bytes. */
+async function readJsonBody(req: IncomingMessage, max: number): Promise<unknown> {
   const declared = Number(req.headers['content-length']);
-  if (Number.isFinite(declared) && declared > MAX_BODY_BYTES) {
-    throw new HttpError(413, `request body of ${declared} bytes exceeds ${MAX_BODY_BYTES} bytes`);
+  if (Number.isFinite(declared) && declared > max) {
+    throw new HttpError(413, `request body of ${declared} bytes exceeds ${max} bytes`);
   }
   // Read with listeners rather than `for await`: leaving an async iterator early destroys the
   // request, and with it the socket the 413 answer must go out on.
@@ -214,11 +228,11 @@ async function readJsonBody(req: IncomingMessage): Promise<unknown> {
     let size = 0;
     const onData = (chunk: Buffer): void => {
       size += chunk.length;
-      if (size > MAX_BODY_BYTES) {
+      if (size > max) {
         req.off('data', onData);
         req.off('end', onEnd);
         req.resume(); // discard the rest; the response closes the connection
-        reject(new HttpError(413, `request body exceeds ${MAX_BODY_BYTES} bytes`));
+        reject(new HttpError(413, `request body exceeds ${max} bytes`));
         return;
       }
       parts.push(chunk);

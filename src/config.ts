@@ -17,6 +17,7 @@ import { formatIPv4, formatMac, inSubnet, parseCidr, parseIPv4, parseMac, prefix
 import { parseRules, RuleSetError, type Rule } from '../dns/rules.js';
 import type { SinkholeMode } from '../dns/zones.js';
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js';
+import { limitFlagDocs, parseLimits, type Limits } from './limits.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
 
 /** A usage or configuration mistake: the CLI prints the message and exits with 2. */
@@ -71,6 +72,8 @@ export interface ServeConfig {
   allowHostAlias: boolean;
   /** enforce, or audit: everything flows and refusals are logged as would-block (--mode). */
   mode: 'enforce' | 'audit';
+  /** Resource limits (--max-tcp-flows ... --api-max-body-bytes, src/limits.ts); DEFAULT_LIMITS where absent. */
+  limits?: Limits;
 }
 
 /** What `moat zones` needs: the allowlist and the built-in addresses. */
@@ -194,6 +197,8 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     help: 'With --allow: enforce refuses what the rules do not allow; audit lets everything through (cloud metadata 169.254.0.0/16 excepted: still refused) and records each flow and DNS name the rules would have refused as "would-block" in the decision log, so `moat learn` can propose an allowlist.',
   },
   { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise it follows the rules like any address (e.g. --allow 192.168.127.254:8080).' },
+  // Resource limits: described once in src/limits.ts LIMIT_SPECS.
+  ...limitFlagDocs(),
   { name: 'help', type: 'boolean', help: 'Show this help.' },
 ];
 
@@ -623,6 +628,10 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const decisionRaw = str('decision-log');
   if (decisionRaw !== undefined && decisionRaw.text === '') throw new ConfigError(`${decisionRaw.label}: needs a file name, got ""`);
 
+  // --max-tcp-flows ... --api-max-body-bytes
+  const limits = parseLimits(str);
+  if (typeof limits === 'string') throw new ConfigError(limits);
+
   const allowLinkLocal = raw.get('allow-link-local');
   return {
     listen,
@@ -646,6 +655,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     decisionLog: decisionRaw?.text,
     allowHostAlias: raw.get('allow-host-alias')?.value === true,
     mode: (modeRaw?.text as 'enforce' | 'audit' | undefined) ?? 'enforce',
+    limits,
   };
 }
 
@@ -743,6 +753,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
     pcap: c.pcapFile,
     allowLinkLocal: c.allowLinkLocal,
     dnsUpstreams: c.dnsUpstreams.map(formatUpstream),
+    ...(c.limits === undefined ? {} : { limits: { ...c.limits } }),
     ...(c.allow.length === 0
       ? {}
       : {

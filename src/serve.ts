@@ -32,8 +32,9 @@ import { MonotonicClock, TimerDriver } from './clock.js';
 import { describeConfig, type DnsUpstream, type ServeConfig } from './config.js';
 import type { GatewayDns } from './gateway-dns.js';
 import type { Logger } from './log.js';
+import { DEFAULT_LIMITS, RefusalLog, type Limits } from './limits.js';
 import { PortForwarder } from './forwarder.js';
-import { Nat, type GatewayUdpClaims, type NatOptions } from './nat/index.js';
+import { Nat, type GatewayUdpClaims, type NatOptions, type NatStats } from './nat/index.js';
 import { PcapWriter } from './pcap-writer.js';
 import { ForwardError, type ForwardKey, type ForwardSpec, type PortForwards } from './port-forwards.js';
 import { QemuStreamServer, type QemuStreamOptions } from './transport/qemu-stream.js';
@@ -94,8 +95,17 @@ export interface RunningServer {
 }
 
 export function stackConfigFor(config: ServeConfig): StackConfig {
+  const limits = limitsOf(config);
   return {
     ...DEFAULT_STACK_CONFIG,
+    tcp: {
+      ...DEFAULT_STACK_CONFIG.tcp,
+      maxHeldSyns: limits.maxHalfOpen,
+      // The NAT enforces --max-tcp-flows; the stack's own bound (which also
+      // counts TIME-WAIT and port-forward connections) must not be lower.
+      maxConnections: Math.max(DEFAULT_STACK_CONFIG.tcp.maxConnections, limits.maxTcpFlows),
+    },
+    fragments: { ...DEFAULT_STACK_CONFIG.fragments, maxBytes: limits.maxFragmentBytes, maxDatagrams: limits.maxFragmentDatagrams },
     mtu: config.mtu,
     network: config.network,
     prefix: config.prefix,
@@ -108,8 +118,22 @@ export function stackConfigFor(config: ServeConfig): StackConfig {
   };
 }
 
+/** The config's limits, DEFAULT_LIMITS for any it does not set (configs built by hand). */
+export function limitsOf(config: ServeConfig): Limits {
+  return { ...DEFAULT_LIMITS, ...config.limits };
+}
+
 export function natOptionsFor(config: ServeConfig): Partial<NatOptions> {
+  const limits = limitsOf(config);
   return {
+    maxTcpFlows: limits.maxTcpFlows,
+    maxUdpFlows: limits.maxUdpFlows,
+    perFlowBufferBytes: limits.flowBufferBytes,
+    totalBufferBytes: limits.totalBufferBytes,
+    maxHeldConnections: limits.maxHeldConnections,
+    dnsMaxInFlight: limits.dnsMaxInFlight,
+    dnsTimeoutMs: limits.dnsTimeoutMs,
+    connectTimeoutMs: limits.connectTimeoutMs,
     gatewayIp: config.gatewayIp,
     hostIp: config.hostIp,
     network: config.network,
@@ -167,9 +191,19 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
     const driver = new TimerDriver(d.clock);
     closers.push(() => driver.stop());
 
+    // Every refusal by a limit is counted; at most one log line per limit per interval.
+    const limits = limitsOf(config);
+    const refusals = new RefusalLog(log.child({ component: 'limits' }));
+    closers.push(() => refusals.close());
+
     const runtime = allowlist ? await startAllowlist(config, d, log, options.signal) : undefined;
     if (runtime !== undefined) closers.push(() => runtime.close());
-    const nat = d.createNat(natOptionsFor(config), log.child({ component: 'nat' }), runtime?.runtime.dns, runtime?.runtime.egress);
+    const nat = d.createNat(
+      { ...natOptionsFor(config), onLimit: (limit, fields) => refusals.refused(limit, fields) },
+      log.child({ component: 'nat' }),
+      runtime?.runtime.dns,
+      runtime?.runtime.egress,
+    );
     closers.push(() => nat.close());
     const allowlistControl = runtime === undefined ? undefined : allowlistControlFor(runtime.runtime, nat, log);
 
@@ -198,7 +232,9 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
       onIcmp: (src, dst, icmp) => nat.onIcmp(src, dst, icmp),
       onOutput: (batch) => link.send(batch),
       onDrop: (reason) => {
-        if (dropLog.enabled('debug')) dropLog.debug('frame dropped', { reason });
+        const limit = STACK_LIMIT_DROPS[reason];
+        if (limit !== undefined) refusals.refused(limit, { reason });
+        else if (dropLog.enabled('debug')) dropLog.debug('frame dropped', { reason });
       },
     };
     // Output staging buffers are written in full before they are sent: skip the zero-fill.
@@ -230,9 +266,12 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
       }
     }
 
-    const stats = (): Record<string, unknown> => collectStats(theStack, link, nat, pcap, forwards);
-
     let api: ApiServer | undefined;
+    const stats = (): Record<string, unknown> => {
+      const s = collectStats(theStack, link, nat, pcap, forwards);
+      return { ...s, limits: limitStats(limits, theStack, s.nat as Partial<NatStats>, api) };
+    };
+
     if (config.apiSocket !== undefined) {
       api = new ApiServer(
         {
@@ -243,6 +282,7 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
           ...(allowlistControl ? { allowlist: allowlistControl } : {}),
         },
         log,
+        { maxBodyBytes: limits.apiMaxBodyBytes, onTooLarge: (fields) => refusals.refused('apiBody', fields) },
       );
       const a = api;
       closers.push(() => a.close());
@@ -357,6 +397,42 @@ function allowlistControlFor(runtime: AllowlistRuntime, nat: NatLike, log: Logge
       log.info('allowlist reloaded', { allow: result.rules, zones: result.zones, dropped });
       return { ...result, dropped };
     },
+  };
+}
+
+/** Stack drop reasons that are refusals by a limit, and the limit's name in /stats.limits. */
+const STACK_LIMIT_DROPS: Readonly<Record<string, string>> = {
+  'tcp:syn-backlog-full': 'halfOpen',
+  'tcp:connection-limit': 'tcpFlows',
+  'frag:limit': 'fragments',
+};
+
+/**
+ * /stats.limits: each limit's bound, what it holds now and how much it
+ * refused (the newest work, as counted where it was refused).
+ */
+function limitStats(limits: Limits, stack: NetStack, nat: Partial<NatStats>, api: ApiServer | undefined): Record<string, unknown> {
+  const drops = stack.stats.drops;
+  const tables = (stack as Partial<{ tableSizes(): { fragmentDatagrams: number; fragmentBytes: number } }>).tableSizes?.();
+  return {
+    tcpFlows: {
+      max: limits.maxTcpFlows,
+      current: (nat.tcpFlows ?? 0) + (nat.held ?? 0),
+      refused: (nat.tcp?.limitRefused ?? 0) + (drops['tcp:connection-limit'] ?? 0),
+    },
+    halfOpen: { max: limits.maxHalfOpen, current: stack.stats.tcpHeldSyns, refused: drops['tcp:syn-backlog-full'] ?? 0 },
+    udpFlows: { max: limits.maxUdpFlows, current: nat.udpFlows ?? 0, refused: nat.udp?.refused ?? 0, evictedIdle: nat.udp?.evicted ?? 0 },
+    buffers: { perFlow: limits.flowBufferBytes, ...(nat.buffers ?? { max: limits.totalBufferBytes }) },
+    fragments: {
+      maxBytes: limits.maxFragmentBytes,
+      maxDatagrams: limits.maxFragmentDatagrams,
+      datagrams: tables?.fragmentDatagrams ?? 0,
+      bytes: tables?.fragmentBytes ?? 0,
+      refused: drops['frag:limit'] ?? 0,
+    },
+    peek: { max: limits.maxHeldConnections, current: nat.held ?? 0, bytes: nat.heldBytes ?? 0, refused: nat.heldRefused ?? 0 },
+    dnsInFlight: { max: limits.dnsMaxInFlight, current: nat.dnsInFlight ?? 0, refused: nat.dnsRefused ?? 0 },
+    apiBody: { max: limits.apiMaxBodyBytes, refused: api?.tooLarge ?? 0 },
   };
 }
 

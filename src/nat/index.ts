@@ -26,7 +26,8 @@
 import type { IPv4 } from '../../netstack/addr.js';
 import type { NetStack, PendingTcp, UdpDatagram } from '../../netstack/api.js';
 import { BuiltinNamesDns } from '../builtin-names-dns.js';
-import { DnsForwarder, systemUpstreams } from '../dns-forward.js';
+import { DnsForwarder, servfailFor, systemUpstreams } from '../dns-forward.js';
+import { BufferBudget, type BufferBudgetStats } from '../limits.js';
 import type { GatewayDns, GatewayDnsStats } from '../gateway-dns.js';
 import type { Logger } from '../log.js';
 import type { Egress } from '../egress/egress.js';
@@ -67,6 +68,11 @@ export interface NatStats {
   heldRefused: number;
   /** Flows the egress policy refused, by transport. */
   policyBlocked: { tcp: number; udp: number };
+  /** Guest DNS queries over UDP waiting for an answer, and those answered SERVFAIL at once because dnsMaxInFlight were. */
+  dnsInFlight: number;
+  dnsRefused: number;
+  /** The cap on bytes buffered over all TCP flows (undefined when totalBufferBytes is 0). */
+  buffers: BufferBudgetStats | undefined;
 }
 
 export class Nat implements GatewayUdpClaims {
@@ -79,6 +85,9 @@ export class Nat implements GatewayUdpClaims {
   private udpRefused = 0;
   private icmpDropped = 0;
   private heldRefused = 0;
+  private dnsInFlight = 0;
+  private dnsRefused = 0;
+  private readonly budget: BufferBudget | undefined;
   private readonly policyBlocked = { tcp: 0, udp: 0 };
   private readonly held = new Set<HeldConnection>();
   private closed = false;
@@ -95,12 +104,18 @@ export class Nat implements GatewayUdpClaims {
   ) {
     this.options = natOptions(opts);
     if (dns === undefined && this.options.dnsUpstreams.length === 0) this.options.dnsUpstreams = systemUpstreams();
+    this.budget = this.options.totalBufferBytes > 0 ? new BufferBudget(this.options.totalBufferBytes) : undefined;
+    const onLimit = this.options.onLimit;
     this.tcp = new TcpFlowTable(
       {
         maxFlows: this.options.maxTcpFlows,
         connectTimeoutMs: this.options.connectTimeoutMs,
         perFlowBufferBytes: this.options.perFlowBufferBytes,
         ...(this.options.connectHost ? { connectHost: this.options.connectHost } : {}),
+        ...(this.budget ? { budget: this.budget } : {}),
+        // Connections held for their name are TCP flows too: they count against maxTcpFlows.
+        extraFlows: () => this.held.size,
+        ...(onLimit ? { onLimit: (f: Record<string, unknown>) => onLimit('tcpFlows', f) } : {}),
       },
       log,
     );
@@ -109,6 +124,8 @@ export class Nat implements GatewayUdpClaims {
         idleTimeoutMs: this.options.udpIdleTimeoutMs,
         maxFlows: this.options.maxUdpFlows,
         pendingDatagrams: this.options.udpPendingDatagrams,
+        evictIdleMs: this.options.udpEvictIdleMs,
+        ...(onLimit ? { onLimit: (f: Record<string, unknown>) => onLimit('udpFlows', f) } : {}),
       },
       (from, fromPort, to, toPort, payload) => this.stack?.sendUdp(from, fromPort, to, toPort, payload),
       log,
@@ -186,9 +203,18 @@ export class Nat implements GatewayUdpClaims {
       return;
     }
     // 'peek': the connection must be accepted for its first bytes to arrive.
-    if (this.held.size >= egress.options.maxHeld) {
+    if (this.held.size >= this.maxHeld(egress)) {
       this.heldRefused++;
-      this.tcp.refuse(pending, 'too-many-held-connections');
+      if (this.options.onLimit !== undefined) {
+        this.options.onLimit('peek', { ...describe(syn), max: this.maxHeld(egress) });
+        pending.refuse();
+      } else {
+        this.tcp.refuse(pending, 'too-many-held-connections');
+      }
+      return;
+    }
+    if (this.tcp.atLimit()) {
+      this.tcp.refuseAtLimit(pending);
       return;
     }
     const held = new HeldConnection(syn, hostAddress, egress, this.tcp, this.log, (h) => this.held.delete(h));
@@ -202,6 +228,11 @@ export class Nat implements GatewayUdpClaims {
       return;
     }
     held.start(tcp);
+  }
+
+  /** Connections held for their name at once: maxHeldConnections, or the egress's own maxHeld when that is 0. */
+  maxHeld(egress: Egress | undefined = this.egress): number {
+    return this.options.maxHeldConnections > 0 ? this.options.maxHeldConnections : (egress?.options.maxHeld ?? 0);
   }
 
   onUdp(d: UdpDatagram): void {
@@ -286,6 +317,7 @@ export class Nat implements GatewayUdpClaims {
     if (this.closed) return;
     this.closed = true;
     this.resetGuest();
+    this.budget?.close();
     await this.dns.close();
   }
 
@@ -302,6 +334,9 @@ export class Nat implements GatewayUdpClaims {
       heldBytes: [...this.held].reduce((n, h) => n + h.bufferedBytes, 0),
       heldRefused: this.heldRefused,
       policyBlocked: { ...this.policyBlocked },
+      dnsInFlight: this.dnsInFlight,
+      dnsRefused: this.dnsRefused,
+      buffers: this.budget?.stats(),
     };
   }
 
@@ -311,10 +346,35 @@ export class Nat implements GatewayUdpClaims {
     session.bind(pending.accept(session.handlers));
   }
 
+  /**
+   * Answers a guest DNS datagram. At most dnsMaxInFlight are waiting for an
+   * answer (whichever GatewayDns answers: a flood of queries for names that
+   * need an upstream must not pile up lookups); beyond it the newest query
+   * is answered SERVFAIL at once (RFC 1035 4.1.1: the server could not
+   * answer, the client may retry).
+   */
   private forwardDnsUdp(d: UdpDatagram): void {
     const { src, srcPort, dst } = d;
-    void this.dns.resolve(d.payload, 'udp').then((answer) => {
+    const reply = (answer: Uint8Array | undefined): void => {
       if (answer !== undefined && !this.closed) this.stack?.sendUdp(dst, DNS_PORT, src, srcPort, answer);
-    });
+    };
+    if (this.dnsInFlight >= this.options.dnsMaxInFlight) {
+      this.dnsRefused++;
+      if (this.options.onLimit !== undefined) this.options.onLimit('dnsInFlight', { ...describe(d), max: this.options.dnsMaxInFlight });
+      reply(servfailFor(d.payload));
+      return;
+    }
+    this.dnsInFlight++;
+    const query = d.payload.slice(); // the view dies with this call; a failed lookup still needs its question
+    void this.dns.resolve(query, 'udp').then(
+      (answer) => {
+        this.dnsInFlight--;
+        reply(answer);
+      },
+      () => {
+        this.dnsInFlight--;
+        reply(servfailFor(query));
+      },
+    );
   }
 }

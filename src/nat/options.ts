@@ -20,8 +20,10 @@ export interface NatOptions {
   allowLinkLocal: boolean;
   /** A UDP flow with no datagram either way for this long is closed. */
   udpIdleTimeoutMs: number;
-  /** UDP flows kept at once; a new flow beyond it evicts the least recently used one. */
+  /** UDP flows kept at once; a new flow beyond it is refused unless the least recently used one is idle udpEvictIdleMs. */
   maxUdpFlows: number;
+  /** At maxUdpFlows, a flow idle this long may be closed to make room for a new one. */
+  udpEvictIdleMs: number;
   /** Datagrams queued per UDP flow while its host socket is still connecting. */
   udpPendingDatagrams: number;
   /** TCP flows (dialing or open) at once; SYNs beyond it are refused with RST. */
@@ -40,6 +42,16 @@ export interface NatOptions {
    * one host read chunk is held while the guest's send buffer is full.
    */
   perFlowBufferBytes: number;
+  /** Bytes buffered over all TCP flows before flows above their fair share are paused (src/limits.ts BufferBudget); 0 = no cap. */
+  totalBufferBytes: number;
+  /** Connections held for their SNI/Host at once (with an egress policy); the egress option maxHeld applies when this is 0. */
+  maxHeldConnections: number;
+  /**
+   * Called for each refusal by a limit ('tcpFlows', 'udpFlows', 'dnsInFlight',
+   * 'peek'), with details; serve() passes its RefusalLog, which counts and
+   * logs at most one line per interval. Without it refusals are logged at debug.
+   */
+  onLimit?: (limit: string, fields: Record<string, unknown>) => void;
   /**
    * How host TCP sockets are opened (default: node:net connect). Tests
    * replace it to prove where a flow would be dialed without dialing it.
@@ -55,6 +67,7 @@ export const DEFAULT_NAT_OPTIONS: Readonly<NatOptions> = Object.freeze({
   allowLinkLocal: false,
   udpIdleTimeoutMs: 90_000,
   maxUdpFlows: 1024,
+  udpEvictIdleMs: 30_000,
   udpPendingDatagrams: 16,
   // As many as the stack allows (DEFAULT_STACK_CONFIG.tcp.maxConnections): an idle flow costs a few KiB.
   maxTcpFlows: 16_384,
@@ -63,6 +76,8 @@ export const DEFAULT_NAT_OPTIONS: Readonly<NatOptions> = Object.freeze({
   dnsMaxInFlight: 256,
   connectTimeoutMs: 10_000,
   perFlowBufferBytes: 256 * 1024,
+  totalBufferBytes: 64 * 1024 * 1024,
+  maxHeldConnections: 0,
 });
 
 /** Fills the gaps of a partial options object with the defaults (dnsUpstreams empty = read /etc/resolv.conf). */

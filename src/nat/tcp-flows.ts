@@ -14,6 +14,7 @@
  */
 import { connect as netConnect, type NetConnectOpts, type Socket } from 'node:net';
 import type { PendingTcp, SynInfo, TcpHandlers, TcpSocket } from '../../netstack/api.js';
+import type { BufferBudget } from '../limits.js';
 import type { Logger } from '../log.js';
 import { TcpPipe } from './tcp-pipe.js';
 import { describe } from './udp-flows.js';
@@ -23,6 +24,12 @@ export interface TcpFlowTableOptions {
   connectTimeoutMs: number;
   perFlowBufferBytes: number;
   connectHost?: (opts: NetConnectOpts) => Socket;
+  /** The cap on bytes buffered over all flows (none: each flow is bounded on its own only). */
+  budget?: BufferBudget;
+  /** Flows outside this table that count against maxFlows (connections held for their name). */
+  extraFlows?: () => number;
+  /** A SYN refused because maxFlows flows exist; logged by the caller's RefusalLog (per-refusal lines would flood). */
+  onLimit?: (fields: Record<string, unknown>) => void;
 }
 
 export interface TcpFlowStats {
@@ -31,6 +38,8 @@ export interface TcpFlowStats {
   dialing: number;
   opened: number;
   refused: number;
+  /** Of `refused`: because maxFlows flows existed. */
+  limitRefused: number;
   timedOut: number;
   bytesToHost: number;
   bytesToGuest: number;
@@ -49,7 +58,7 @@ export class TcpFlowTable {
   private readonly pipes = new Set<TcpPipe>();
   /** What each pipe's guest asked for: its SYN and, for connections held for it, the name that let it out. */
   private readonly origins = new Map<TcpPipe, { syn: SynInfo; name: string | null; via: 'sni' | 'host' | null }>();
-  private readonly counters = { opened: 0, refused: 0, timedOut: 0, bytesToHost: 0, bytesToGuest: 0 };
+  private readonly counters = { opened: 0, refused: 0, limitRefused: 0, timedOut: 0, bytesToHost: 0, bytesToGuest: 0 };
 
   constructor(
     private readonly opts: TcpFlowTableOptions,
@@ -74,11 +83,26 @@ export class TcpFlowTable {
       dialing: this.dials.size,
       opened: this.counters.opened,
       refused: this.counters.refused,
+      limitRefused: this.counters.limitRefused,
       timedOut: this.counters.timedOut,
       bytesToHost: toHost,
       bytesToGuest: toGuest,
       heldBytes: held,
     };
+  }
+
+  /** Are maxFlows flows (this table's and the extra ones) open or dialing? */
+  atLimit(): boolean {
+    return this.size + (this.opts.extraFlows?.() ?? 0) >= this.opts.maxFlows;
+  }
+
+  /** Refuses `pending` with RST because of maxFlows: counted, logged through onLimit (rate-limited there). */
+  refuseAtLimit(pending: PendingTcp): void {
+    this.counters.refused++;
+    this.counters.limitRefused++;
+    if (this.opts.onLimit !== undefined) this.opts.onLimit({ ...describe(pending.syn), max: this.opts.maxFlows });
+    else this.log.debug('tcp flow refused', { ...describe(pending.syn), reason: 'too-many-flows' });
+    pending.refuse();
   }
 
   /** Refuses `pending` with RST, logging why (one line per refusal). */
@@ -90,8 +114,8 @@ export class TcpFlowTable {
 
   /** Dials `hostAddress:dstPort` for the guest's SYN; answers the SYN when the dial settles. */
   dial(pending: PendingTcp, hostAddress: string): void {
-    if (this.size >= this.opts.maxFlows) {
-      this.refuse(pending, 'too-many-flows');
+    if (this.atLimit()) {
+      this.refuseAtLimit(pending);
       return;
     }
     const syn = pending.syn;
@@ -199,6 +223,7 @@ export class TcpFlowTable {
   private newPipe(syn: SynInfo, socket: Socket): TcpPipe {
     const pipe = new TcpPipe(socket, {
       waitForConnect: false,
+      ...(this.opts.budget ? { budget: this.opts.budget } : {}),
       onFinished: (p, reason) => {
         this.pipes.delete(p);
         this.origins.delete(p);

@@ -22,6 +22,7 @@
  */
 import type { Socket } from 'node:net';
 import type { TcpCloseReason, TcpHandlers, TcpSocket } from '../../netstack/api.js';
+import type { BudgetMember, BufferBudget } from '../limits.js';
 
 export interface TcpPipeOptions {
   /**
@@ -33,9 +34,16 @@ export interface TcpPipeOptions {
   onFinished(pipe: TcpPipe, reason: TcpCloseReason | 'host-error'): void;
   /** Called when the guest side connected (active opens only). */
   onConnected?(pipe: TcpPipe): void;
+  /**
+   * The cap on bytes buffered over all flows (src/limits.ts). Each direction
+   * charges what it takes; when the budget says so, the source of that
+   * direction is paused (host socket not read / guest window closed) until
+   * the budget resumes it.
+   */
+  budget?: BufferBudget;
 }
 
-export class TcpPipe {
+export class TcpPipe implements BudgetMember {
   readonly handlers: TcpHandlers;
   bytesToHost = 0;
   bytesToGuest = 0;
@@ -51,6 +59,9 @@ export class TcpPipe {
   private hostClosed = false;
   private hostError: Error | undefined;
   private guestPausedForHost = false;
+  /** Paused by the buffer budget: the host socket is not read / the guest side is paused. */
+  private hostPausedForBudget = false;
+  private guestPausedForBudget = false;
   private finished = false;
 
   constructor(
@@ -73,6 +84,24 @@ export class TcpPipe {
       this.hostError = err;
     });
     host.on('close', () => this.hostClose());
+    opts.budget?.add(this);
+  }
+
+  /** Bytes this flow holds now: towards the guest (send buffer + held chunk) and towards the host (socket buffer). */
+  bufferedBytes(): number {
+    const toGuest = this.tcpClosed || this.tcp === undefined ? 0 : this.tcp.bufferedAmount;
+    return toGuest + this.heldBytes + (this.host.destroyed ? 0 : this.host.writableLength);
+  }
+
+  resumeFromBudget(): void {
+    if (this.hostPausedForBudget) {
+      this.hostPausedForBudget = false;
+      if (this.held === undefined && !this.tcpClosed && this.guestConnected && !this.host.destroyed) this.host.resume();
+    }
+    if (this.guestPausedForBudget) {
+      this.guestPausedForBudget = false;
+      if (!this.guestPausedForHost && !this.tcpClosed) this.tcp?.resume();
+    }
   }
 
   /** Gives the pipe its guest socket (returned by accept() or connectTcp()). */
@@ -120,6 +149,10 @@ export class TcpPipe {
       this.guestPausedForHost = true;
       this.tcp?.pause();
     }
+    if (this.opts.budget?.charge(this, data.length) === true && !this.guestPausedForBudget) {
+      this.guestPausedForBudget = true;
+      if (!this.guestPausedForHost) this.tcp?.pause();
+    }
   }
 
   private corked = false;
@@ -131,7 +164,7 @@ export class TcpPipe {
   private hostDrain(): void {
     if (!this.guestPausedForHost) return;
     this.guestPausedForHost = false;
-    if (!this.tcpClosed) this.tcp?.resume();
+    if (!this.tcpClosed && !this.guestPausedForBudget) this.tcp?.resume();
   }
 
   private guestEnd(): void {
@@ -179,6 +212,10 @@ export class TcpPipe {
       this.held = chunk.subarray(taken);
       this.host.pause();
     }
+    if (this.opts.budget?.charge(this, chunk.length) === true && !this.hostPausedForBudget) {
+      this.hostPausedForBudget = true;
+      this.host.pause();
+    }
   }
 
   private guestDrain(): void {
@@ -199,7 +236,7 @@ export class TcpPipe {
       this.held = undefined;
     }
     if (this.hostEnded) this.endGuest();
-    else if (!this.host.destroyed) this.host.resume();
+    else if (!this.host.destroyed && !this.hostPausedForBudget) this.host.resume();
   }
 
   private hostEnd(): void {
@@ -236,6 +273,7 @@ export class TcpPipe {
   private maybeFinished(): void {
     if (this.finished || !this.tcpClosed || !this.hostClosed) return;
     this.finished = true;
+    this.opts.budget?.remove(this);
     this.opts.onFinished(this, this.hostError !== undefined ? 'host-error' : (this.tcpCloseReason ?? 'aborted'));
   }
 }

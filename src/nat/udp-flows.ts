@@ -6,9 +6,11 @@
  * address it wrote to.
  *
  * Bounds: a flow closes after `idleTimeoutMs` without a datagram either way
- * (gvproxy uses 90 s); at most `maxFlows` flows exist, and a new flow beyond
- * it evicts the least recently used one (a busy flow survives, a forgotten one
- * goes: better than refusing new flows forever when a guest leaks them).
+ * (gvproxy uses 90 s); at most `maxFlows` flows exist. A new flow beyond it
+ * closes the least recently used one if that one has been idle `evictIdleMs`
+ * (a forgotten flow goes: better than refusing new flows until the idle
+ * timeout when a guest leaks them), and is refused otherwise (the newest
+ * work is refused, busy flows are never cut).
  * Datagrams that arrive while a flow's socket is still connecting wait in a
  * small bounded queue; beyond it they are dropped, as UDP allows.
  */
@@ -23,12 +25,21 @@ export interface UdpFlowTableOptions {
   idleTimeoutMs: number;
   maxFlows: number;
   pendingDatagrams: number;
+  /**
+   * At maxFlows, a new flow may close the least recently used one only if
+   * that one has been idle this long; otherwise the new flow is refused.
+   */
+  evictIdleMs: number;
+  /** A new flow refused at maxFlows (for the caller's rate-limited RefusalLog). */
+  onLimit?: (fields: Record<string, unknown>) => void;
 }
 
 export interface UdpFlowStats {
   flows: number;
   opened: number;
   evicted: number;
+  /** Datagrams that would have opened a flow beyond maxFlows (dropped). */
+  refused: number;
   expired: number;
   datagramsToHost: number;
   datagramsToGuest: number;
@@ -39,6 +50,8 @@ interface UdpFlow {
   readonly key: string;
   readonly tuple: FourTuple;
   readonly socket: UdpSocket;
+  /** When a datagram last went either way (performance.now()). */
+  lastUsed: number;
   connected: boolean;
   pending: Buffer[];
   idleTimer: NodeJS.Timeout;
@@ -52,7 +65,7 @@ export function udpFlowKey(src: IPv4, srcPort: number, dst: IPv4, dstPort: numbe
 export class UdpFlowTable {
   /** Insertion order = recency order: a used flow is moved to the end. */
   private readonly flows = new Map<string, UdpFlow>();
-  private readonly counters = { opened: 0, evicted: 0, expired: 0, datagramsToHost: 0, datagramsToGuest: 0, dropped: 0 };
+  private readonly counters = { opened: 0, evicted: 0, refused: 0, expired: 0, datagramsToHost: 0, datagramsToGuest: 0, dropped: 0 };
 
   constructor(
     private readonly opts: UdpFlowTableOptions,
@@ -78,11 +91,13 @@ export class UdpFlowTable {
     const key = udpFlowKey(tuple.src, tuple.srcPort, tuple.dst, tuple.dstPort);
     let flow = this.flows.get(key);
     if (flow === undefined) {
+      if (!this.makeRoom(tuple)) return;
       flow = this.open(key, tuple, hostAddress);
     } else {
       this.flows.delete(key);
       this.flows.set(key, flow);
       flow.idleTimer.refresh();
+      flow.lastUsed = performance.now();
     }
     this.counters.datagramsToHost++;
     const copy = Buffer.from(payload); // the view dies with the callback
@@ -113,17 +128,33 @@ export class UdpFlowTable {
     for (const flow of [...this.flows.values()]) this.close(flow, 'reset');
   }
 
-  private open(key: string, tuple: FourTuple, hostAddress: string): UdpFlow {
+  /**
+   * At maxFlows: closes the least recently used flow if it has been idle
+   * evictIdleMs (a guest that leaks flows recycles its forgotten ones), else
+   * refuses the new flow: busy flows are never cut for a newcomer.
+   */
+  private makeRoom(tuple: FourTuple): boolean {
     while (this.flows.size >= this.opts.maxFlows) {
       const oldest = this.flows.values().next().value as UdpFlow;
+      if (performance.now() - oldest.lastUsed < this.opts.evictIdleMs) {
+        this.counters.refused++;
+        if (this.opts.onLimit !== undefined) this.opts.onLimit({ ...describe(tuple), max: this.opts.maxFlows });
+        else this.log.debug('udp flow refused', { ...describe(tuple), reason: 'too-many-flows' });
+        return false;
+      }
       this.counters.evicted++;
       this.close(oldest, 'evicted');
     }
+    return true;
+  }
+
+  private open(key: string, tuple: FourTuple, hostAddress: string): UdpFlow {
     const socket = createSocket('udp4');
     const flow: UdpFlow = {
       key,
       tuple,
       socket,
+      lastUsed: performance.now(),
       connected: false,
       pending: [],
       idleTimer: setTimeout(() => {
@@ -138,6 +169,7 @@ export class UdpFlowTable {
     socket.on('message', (msg) => {
       if (flow.closed) return;
       flow.idleTimer.refresh();
+      flow.lastUsed = performance.now();
       if (this.flows.get(key) === flow) {
         this.flows.delete(key);
         this.flows.set(key, flow);

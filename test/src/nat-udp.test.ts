@@ -86,7 +86,7 @@ describe('NAT UDP', () => {
 
   it('keeps at most maxUdpFlows flows, evicting the least recently used', async () => {
     const echo = await echoServer();
-    const { nat, stack } = makeNat({ maxUdpFlows: 2 });
+    const { nat, stack } = makeNat({ maxUdpFlows: 2, udpEvictIdleMs: 0 });
     send(nat, 6001, HOST_ALIAS, echo.port, '1');
     await stack.waitUdp(1);
     send(nat, 6002, HOST_ALIAS, echo.port, '2');

@@ -1,3 +1,4 @@
+import { LIMIT_SPECS } from '../../src/limits.js';
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { ipv4 } from '../../netstack/addr.js';
@@ -258,6 +259,8 @@ describe('config file and flag precedence', () => {
       'decision-log': '/tmp/decisions.jsonl',
       'allow-host-alias': true,
       mode: 'audit',
+      // The limit flags (src/limits.ts), each at a value inside its bounds.
+      ...Object.fromEntries(LIMIT_SPECS.map((l) => [l.flag, l.min])),
     };
     expect(Object.keys(values).sort()).toEqual([...keys].sort());
     const c = parse(['--config', '/all.json'], { '/all.json': JSON.stringify(values) });

@@ -1,0 +1,384 @@
+/**
+ * The resource limits of `moat serve`, in one place: what each is called on
+ * the command line, its default and bounds (LIMIT_SPECS, from which the flag
+ * table and help text are derived), and the two pieces of machinery the
+ * limits share:
+ *
+ *  - RefusalLog: every refusal is counted, but logged at most once per
+ *    interval per limit (the first refusal at once, then one summary line
+ *    per interval while refusals go on), so that a flood cannot fill the log.
+ *  - BufferBudget: a cap on the bytes buffered across all TCP flows. Flows
+ *    charge it as they take bytes; once the total passes the cap, a flow
+ *    holding more than its fair share (cap / flows) is paused: its host
+ *    socket stops being read (the kernel's window towards the server closes)
+ *    or its guest side is paused (the stack's advertised window shrinks).
+ *    New data is refused at the source rather than buffered; paused flows
+ *    resume when the total falls below 3/4 of the cap or their own share
+ *    drains.
+ *
+ * When a limit is hit, the NEWEST work is refused (RST, dropped SYN or
+ * datagram, SERVFAIL, 413) and what already runs keeps running.
+ */
+import type { Logger } from './log.js';
+
+/** Every limit, as ServeConfig.limits carries it. */
+export interface Limits {
+  /** TCP flows (dialing, held for their name, or open) at once; SYNs beyond it get RST. */
+  maxTcpFlows: number;
+  /** Guest SYNs held while Moat dials (the SYN backlog); SYNs beyond it are dropped. */
+  maxHalfOpen: number;
+  /** UDP flows at once; a new flow beyond it is refused unless the least recently used flow is idle. */
+  maxUdpFlows: number;
+  /** Bytes a flow's host socket may buffer towards the host before the guest side is paused. */
+  flowBufferBytes: number;
+  /** Bytes buffered over all TCP flows before flows above their fair share are paused. */
+  totalBufferBytes: number;
+  /** IP fragment payload bytes held for reassembly over all datagrams. */
+  maxFragmentBytes: number;
+  /** IP datagrams being reassembled at once. */
+  maxFragmentDatagrams: number;
+  /** Connections held for their SNI/Host (allowlist mode) at once; SYNs beyond it get RST. */
+  maxHeldConnections: number;
+  /** Guest DNS queries (UDP) in flight at once; beyond it queries are answered SERVFAIL. */
+  dnsMaxInFlight: number;
+  /** A forwarded DNS query unanswered this long is answered SERVFAIL. */
+  dnsTimeoutMs: number;
+  /** A host dial unanswered this long gives up (the guest's SYN goes unanswered). */
+  connectTimeoutMs: number;
+  /** Control API request bodies larger than this are answered 413. */
+  apiMaxBodyBytes: number;
+}
+
+export interface LimitSpec {
+  /** The flag name (and --config key). */
+  flag: string;
+  key: keyof Limits;
+  default: number;
+  min: number;
+  max: number;
+  help: string;
+}
+
+const KiB = 1024;
+const MiB = 1024 * 1024;
+
+/** The one description of every limit flag (SERVE_FLAGS includes them; parseLimits reads them). */
+export const LIMIT_SPECS: readonly LimitSpec[] = [
+  {
+    flag: 'max-tcp-flows',
+    key: 'maxTcpFlows',
+    default: 16_384,
+    min: 1,
+    max: 1_000_000,
+    help: 'TCP flows from the guest (dialing, held for their name, or open) at once. A SYN beyond it is answered RST; flows already open go on. /stats: limits.tcpFlows.',
+  },
+  {
+    flag: 'max-half-open',
+    key: 'maxHalfOpen',
+    default: 1024,
+    min: 1,
+    max: 65_536,
+    help: "Guest SYNs held unanswered while Moat dials their destination (the SYN backlog). A SYN beyond it is dropped (the guest retries). /stats: limits.halfOpen.",
+  },
+  {
+    flag: 'max-udp-flows',
+    key: 'maxUdpFlows',
+    default: 1024,
+    min: 1,
+    max: 65_536,
+    help: 'UDP flows (one host socket each) at once. A datagram opening a flow beyond it is dropped, unless the least recently used flow has been idle 30 s (it is closed to make room). /stats: limits.udpFlows.',
+  },
+  {
+    flag: 'flow-buffer-bytes',
+    key: 'flowBufferBytes',
+    default: 256 * KiB,
+    min: 4 * KiB,
+    max: 64 * MiB,
+    help: "Bytes one flow's host socket may buffer towards the host before the guest's window is closed. (The TCP windows towards and from the guest are 1 MiB each.)",
+  },
+  {
+    flag: 'total-buffer-bytes',
+    key: 'totalBufferBytes',
+    default: 64 * MiB,
+    min: 64 * KiB,
+    max: 16 * 1024 * MiB,
+    help: 'Bytes buffered over all TCP flows (both directions). Past it, every flow holding more than its fair share (this / flows) stops taking data: its host socket is not read, or its guest window closes; none is dropped. /stats: limits.buffers.',
+  },
+  {
+    flag: 'max-fragment-bytes',
+    key: 'maxFragmentBytes',
+    default: 4 * MiB,
+    min: 64 * KiB,
+    max: 256 * MiB,
+    help: 'IP fragment bytes held for reassembly over all datagrams. A fragment that does not fit is dropped with its datagram; older datagrams keep their chance. /stats: limits.fragments.',
+  },
+  {
+    flag: 'max-fragment-datagrams',
+    key: 'maxFragmentDatagrams',
+    default: 256,
+    min: 1,
+    max: 65_536,
+    help: 'IP datagrams being reassembled at once; the first fragment of one more is dropped. /stats: limits.fragments.',
+  },
+  {
+    flag: 'max-held-connections',
+    key: 'maxHeldConnections',
+    default: 1024,
+    min: 1,
+    max: 65_536,
+    help: 'With --allow: connections held for their TLS SNI or HTTP Host at once (each holds at most 160 KiB). A SYN beyond it is answered RST. /stats: limits.peek.',
+  },
+  {
+    flag: 'dns-max-in-flight',
+    key: 'dnsMaxInFlight',
+    default: 256,
+    min: 1,
+    max: 65_536,
+    help: 'Guest DNS queries in flight at once; a query beyond it is answered SERVFAIL at once. /stats: limits.dnsInFlight.',
+  },
+  {
+    flag: 'dns-timeout-ms',
+    key: 'dnsTimeoutMs',
+    default: 5_000,
+    min: 100,
+    max: 60_000,
+    help: 'A forwarded DNS query without an upstream answer for this long is answered SERVFAIL (a hung resolver never hangs the guest).',
+  },
+  {
+    flag: 'connect-timeout-ms',
+    key: 'connectTimeoutMs',
+    default: 10_000,
+    min: 100,
+    max: 120_000,
+    help: "How long a host dial for a guest SYN may take; then the SYN is dropped unanswered and the dial's slot freed.",
+  },
+  {
+    flag: 'api-max-body-bytes',
+    key: 'apiMaxBodyBytes',
+    default: 64 * KiB,
+    min: 1 * KiB,
+    max: 16 * MiB,
+    help: 'Largest control API request body; a larger one is answered 413 and its connection closed. /stats: limits.apiBody.',
+  },
+];
+
+export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze(
+  Object.fromEntries(LIMIT_SPECS.map((s) => [s.key, s.default])) as unknown as Limits,
+);
+
+/** The limit flags in the shape of config.ts's FlagDoc (kept structural: config.ts imports this module). */
+export function limitFlagDocs(): { name: string; type: 'string'; value: string; default: string; help: string }[] {
+  return LIMIT_SPECS.map((s) => ({ name: s.flag, type: 'string' as const, value: 'N', default: String(s.default), help: s.help }));
+}
+
+/**
+ * Reads the limit flags; `get` returns a flag's text and the label to name
+ * in errors. Returns the limits, or an error message naming the flag.
+ */
+export function parseLimits(get: (flag: string) => { text: string; label: string } | undefined): Limits | string {
+  const out: Record<string, number> = {};
+  for (const s of LIMIT_SPECS) {
+    const raw = get(s.flag);
+    if (raw === undefined) {
+      out[s.key] = s.default;
+      continue;
+    }
+    const n = /^\d+$/.test(raw.text) ? Number(raw.text) : NaN;
+    if (!(n >= s.min && n <= s.max)) return `${raw.label}: must be an integer ${s.min}..${s.max}, got "${raw.text}"`;
+    out[s.key] = n;
+  }
+  return out as unknown as Limits;
+}
+
+// ------------------------------------------------------------------ RefusalLog
+
+/** How often at most a limit's refusals are logged (a summary line for the ones between). */
+export const REFUSAL_LOG_INTERVAL_MS = 10_000;
+
+interface LimitState {
+  total: number;
+  /** Refusals since the last line was written. */
+  unlogged: number;
+  timer: NodeJS.Timeout | undefined;
+}
+
+/**
+ * Counts refusals per limit and logs them without letting a flood fill the
+ * log: the first refusal of a quiet limit is logged at once (with its
+ * details); refusals within the next interval are only counted, and one
+ * summary line per interval says how many there were.
+ */
+export class RefusalLog {
+  private readonly states = new Map<string, LimitState>();
+
+  constructor(
+    private readonly log: Logger,
+    private readonly intervalMs = REFUSAL_LOG_INTERVAL_MS,
+  ) {}
+
+  /** One refusal by `limit` (a name as in /stats.limits); `fields` describe it (logged only on the first of a burst). */
+  refused(limit: string, fields: Record<string, unknown> = {}): void {
+    let s = this.states.get(limit);
+    if (s === undefined) {
+      s = { total: 0, unlogged: 0, timer: undefined };
+      this.states.set(limit, s);
+    }
+    s.total++;
+    if (s.timer !== undefined) {
+      s.unlogged++;
+      return;
+    }
+    this.log.warn('limit reached: refusing new work', { limit, ...fields, refusedTotal: s.total, quietForMs: this.intervalMs });
+    this.arm(limit, s);
+  }
+
+  /** Refusals counted for `limit` so far. */
+  count(limit: string): number {
+    return this.states.get(limit)?.total ?? 0;
+  }
+
+  /** Writes the pending summaries and stops the timers. */
+  close(): void {
+    for (const [limit, s] of this.states) {
+      if (s.timer !== undefined) clearTimeout(s.timer);
+      s.timer = undefined;
+      this.flush(limit, s);
+    }
+  }
+
+  private arm(limit: string, s: LimitState): void {
+    s.timer = setTimeout(() => {
+      s.timer = undefined;
+      // Something was refused during the interval: say how much, and stay quiet for another one.
+      if (this.flush(limit, s)) this.arm(limit, s);
+    }, this.intervalMs);
+    s.timer.unref();
+  }
+
+  private flush(limit: string, s: LimitState): boolean {
+    if (s.unlogged === 0) return false;
+    this.log.warn('limit still reached: refusals since the last line', { limit, refused: s.unlogged, refusedTotal: s.total, intervalMs: this.intervalMs });
+    s.unlogged = 0;
+    return true;
+  }
+}
+
+// ------------------------------------------------------------------ BufferBudget
+
+/** A flow that buffers bytes and can be paused by the budget. */
+export interface BudgetMember {
+  /** Bytes this flow holds in memory now (both directions). */
+  bufferedBytes(): number;
+  /** The budget lets this flow take data again (called once per pause). */
+  resumeFromBudget(): void;
+}
+
+export interface BufferBudgetStats {
+  max: number;
+  /** Bytes buffered over all flows at the last count. */
+  current: number;
+  /** The most ever counted. */
+  peak: number;
+  /** Flows paused by the budget now. */
+  pausedFlows: number;
+  /** Times a flow was paused by the budget. */
+  pauses: number;
+}
+
+/** How stale the total may get before charge() counts again (ms). */
+const RECOUNT_MS = 25;
+/** While flows are paused, how often the budget looks whether they may resume (ms). */
+const RESUME_CHECK_MS = 50;
+
+/**
+ * The cap on bytes buffered over all flows. Between exact counts (a sum over
+ * the members, at most every RECOUNT_MS) the total only grows by what is
+ * charged, so it errs on the high side: flows are paused early rather than
+ * late. Bytes leave buffers without telling anyone (the guest ACKs, the
+ * kernel takes a write), which is why the count is redone rather than kept.
+ */
+export class BufferBudget {
+  private readonly members = new Set<BudgetMember>();
+  private readonly paused = new Set<BudgetMember>();
+  private total = 0;
+  private peak = 0;
+  private pauses = 0;
+  private countedAt = -Infinity;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    readonly maxBytes: number,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  add(m: BudgetMember): void {
+    this.members.add(m);
+  }
+
+  remove(m: BudgetMember): void {
+    this.members.delete(m);
+    this.paused.delete(m);
+  }
+
+  /** The fair share of one flow when the budget is exhausted. */
+  private share(): number {
+    return this.maxBytes / Math.max(1, this.members.size);
+  }
+
+  /**
+   * `m` just took `bytes` into its buffers. Returns true if it must stop
+   * taking more (pause its source) until resumeFromBudget() is called.
+   */
+  charge(m: BudgetMember, bytes: number): boolean {
+    this.total += bytes;
+    if (this.now() - this.countedAt >= RECOUNT_MS) this.recount();
+    if (this.total < this.maxBytes) return false;
+    if (this.paused.has(m)) return true;
+    if (m.bufferedBytes() < this.share()) return false;
+    this.paused.add(m);
+    this.pauses++;
+    this.armResumeCheck();
+    return true;
+  }
+
+  stats(): BufferBudgetStats {
+    this.recount();
+    return { max: this.maxBytes, current: this.total, peak: this.peak, pausedFlows: this.paused.size, pauses: this.pauses };
+  }
+
+  /** Resumes every paused flow and stops the timer (shutdown). */
+  close(): void {
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    this.resume([...this.paused]);
+  }
+
+  private recount(): void {
+    let sum = 0;
+    for (const m of this.members) sum += m.bufferedBytes();
+    this.total = sum;
+    if (sum > this.peak) this.peak = sum;
+    this.countedAt = this.now();
+  }
+
+  private armResumeCheck(): void {
+    if (this.timer !== undefined) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      this.recount();
+      const lowWater = this.maxBytes * 0.75;
+      const halfShare = this.share() / 2;
+      const go = this.total < lowWater ? [...this.paused] : [...this.paused].filter((m) => m.bufferedBytes() < halfShare);
+      this.resume(go);
+      if (this.paused.size > 0) this.armResumeCheck();
+    }, RESUME_CHECK_MS);
+    this.timer.unref();
+  }
+
+  private resume(members: BudgetMember[]): void {
+    for (const m of members) {
+      this.paused.delete(m);
+      m.resumeFromBudget();
+    }
+  }
+}
