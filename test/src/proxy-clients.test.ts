@@ -6,6 +6,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
+import { connect } from 'node:net';
 import { join } from 'node:path';
 import type { DecisionRecord } from '../../src/egress/decision-log.js';
 import { NULL_LOGGER } from '../../src/log.js';
@@ -190,5 +191,84 @@ describe('moat proxy: PUT /allowlist', () => {
     expect((await curl(['-x', `http://${proxy.http}`, 'http://blocked.test/r2'])).stdout).toMatch(/^hello from blocked/);
     expect((await put({ allow: ['secure.test', 'plain.test', 'echo.test:7000'] })).status).toBe(200);
     expect((await curl(['-x', `http://${proxy.http}`, 'http://blocked.test/r3'])).stdout).toContain('name-not-allowed');
+  });
+});
+
+/** A raw SOCKS5 exchange: greeting, then `request`; resolves with the reply's REP byte. */
+function socksReply(address: string, request: number[]): Promise<number> {
+  const colon = address.lastIndexOf(':');
+  return new Promise((resolve, reject) => {
+    const s = connect(Number(address.slice(colon + 1)), address.slice(0, colon));
+    let got = Buffer.alloc(0);
+    s.on('data', (c: Buffer) => {
+      got = Buffer.concat([got, c]);
+      if (got.length >= 4) {
+        s.destroy();
+        resolve(got[3]!);
+      }
+    });
+    s.once('error', reject);
+    s.write(Uint8Array.from([5, 1, 0, ...request]));
+  });
+}
+
+describe('moat proxy: SOCKS5 edges', () => {
+  it('UDP ASSOCIATE and BIND are refused with 0x07; IPv6 with 0x08', async () => {
+    expect(await socksReply(proxy.socks!, [5, 3, 0, 1, 127, 66, 0, 11, 0, 53])).toBe(7);
+    expect(await socksReply(proxy.socks!, [5, 2, 0, 1, 127, 66, 0, 11, 0, 80])).toBe(7);
+    expect(await socksReply(proxy.socks!, [5, 1, 0, 4, ...new Array(15).fill(0), 1, 0, 80])).toBe(8);
+  });
+
+  it('a name that does not resolve gets 0x04 (host unreachable), not a policy refusal', async () => {
+    await proxy.allowlist.reload(['secure.test', 'plain.test', 'echo.test:7000', '*.nx.test'], false);
+    try {
+      const name = Buffer.from('gone.nx.test');
+      expect(await socksReply(proxy.socks!, [5, 1, 0, 3, name.length, ...name, 0, 80])).toBe(4);
+    } finally {
+      await proxy.allowlist.reload(['secure.test', 'plain.test', 'echo.test:7000'], false);
+    }
+  });
+});
+
+describe('moat proxy: rebinding guard without --admit-resolved', () => {
+  it('an allowed name resolving to loopback is refused (403 rebinding), and the server sees nothing', async () => {
+    const parsed = parseProxyArgs(['--listen', '127.0.0.1:0', '--allow', 'plain.test', '--resolver', `127.0.0.1:${world.dns.port}`]);
+    if (parsed.kind !== 'config') throw new Error('expected a config');
+    const strict = await startProxy(parsed.config, NULL_LOGGER);
+    try {
+      const before = world.accepted.plain;
+      const r = await curl(['-i', '-x', `http://${strict.http}`, 'http://plain.test/']);
+      expect(r.stdout).toMatch(/403 Forbidden/);
+      expect(r.stdout).toMatch(/x-moat-reason: rebinding/);
+      expect(world.accepted.plain).toBe(before);
+    } finally {
+      await strict.close();
+    }
+  });
+});
+
+describe('moat proxy: reload with drop', () => {
+  it('closes the open tunnels the new rules refuse, and keeps the others', async () => {
+    const open = (target: string) =>
+      new Promise<import('node:net').Socket>((resolve, reject) => {
+        const colon = proxy.http.lastIndexOf(':');
+        const s = connect(Number(proxy.http.slice(colon + 1)), proxy.http.slice(0, colon));
+        s.once('data', (c: Buffer) => (c.toString().startsWith('HTTP/1.1 200') ? resolve(s) : reject(new Error(c.toString()))));
+        s.once('error', reject);
+        s.write(`CONNECT ${target} HTTP/1.1\r\n\r\n`);
+      });
+    const echo = (s: import('node:net').Socket, text: string) =>
+      new Promise<string>((resolve) => {
+        s.once('data', (c: Buffer) => resolve(c.toString()));
+        s.write(text);
+      });
+    const a = await open('echo.test:7000');
+    expect(await echo(a, 'one')).toBe('one');
+    const closed = new Promise<void>((resolve) => a.once('close', () => resolve()));
+    const result = await proxy.allowlist.reload(['secure.test', 'plain.test'], true);
+    expect(result.dropped).toBeGreaterThanOrEqual(1);
+    await closed;
+    expect(proxy.stats().tunnels.open).toBe(0);
+    await proxy.allowlist.reload(['secure.test', 'plain.test', 'echo.test:7000'], false);
   });
 });
