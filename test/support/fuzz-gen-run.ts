@@ -155,16 +155,17 @@ export function runInterleaved(frames: number, seed: number, bytesEachWay = 256 
     const down = streamBytes(seed * 37 + port, bytesEachWay);
     const guestSide = new Endpoint(up, 16 * 1024);
     moatSide = new Endpoint(down, 16 * 1024);
-    guestSide.socket = link.guest.connectTcp({ from: GUEST_IP, fromPort: port, to: HOST_ALIAS, toPort: 8080 }, guestSide.handlers);
+    const guestSocket = link.guest.connectTcp({ from: GUEST_IP, fromPort: port, to: HOST_ALIAS, toPort: 8080 }, guestSide.handlers);
+    guestSide.socket = guestSocket;
     const current = moatSide;
     const ok = link.run(() => {
       if (guestSide.closed !== undefined && current.closed !== undefined) return true;
-      injectBatch(port, current.socket?.state === 'ESTABLISHED' && guestSide.socket.state === 'ESTABLISHED');
+      injectBatch(port, current.socket?.state === 'ESTABLISHED' && guestSocket.state === 'ESTABLISHED');
       return false;
     }, 600_000);
     transfers++;
     const what = `transfer ${transfers} (port ${port})`;
-    if (!ok) failures.push(`${what}: did not finish (guest ${guestSide.socket.state}, moat ${current.socket?.state})`);
+    if (!ok) failures.push(`${what}: did not finish (guest ${guestSocket.state}, moat ${current.socket?.state})`);
     else {
       if (guestSide.closed !== 'closed' || current.closed !== 'closed') failures.push(`${what}: closed as ${guestSide.closed}/${current.closed}`);
       if (sha(current.receivedBytes()) !== sha(up)) failures.push(`${what}: guest->moat bytes differ (${current.received}/${up.length})`);
