@@ -849,6 +849,7 @@ export function mainHelp(): string {
     '  zones    Print the DNS zone table an allowlist gives, resolving its hosts (moat zones --help).',
     '  explain  Say which rule matches a host or IP, what DNS answers and what a connection gets (moat explain --help).',
     '  learn    Print the smallest allowlist that lets what a decision log recorded pass (moat learn --help).',
+    '  proxy    An HTTP (CONNECT and plain) and SOCKS5 proxy with the same allowlist, for processes (moat proxy --help).',
     '  help     Show this help, or a command\'s help (moat help serve, moat help zones).',
     '',
     'Example:',
