@@ -148,8 +148,9 @@ export class HeldConnection {
       return;
     }
     // A second 'peek' cannot happen once a name was read; treat it as a refusal rather than hang.
+    // The record names what the client sent even when the policy refused before looking at names.
     const id = this.egress.record(
-      d.verdict === 'block' ? d : { verdict: 'block', reason: 'no-name', rule: null, name },
+      d.verdict === 'block' ? (d.name === null && name !== null ? { ...d, name: canonicalOr(name) } : d) : { verdict: 'block', reason: 'no-name', rule: null, name },
       'tcp',
       this.dst,
       this.syn.dstPort,
@@ -291,4 +292,10 @@ export class HeldConnection {
     this.heldBytes = 0;
     if (!wasPiped) this.onDone(this);
   }
+}
+
+/** The canonical form of a name a client sent, or the name as sent when it is not a hostname. */
+function canonicalOr(name: string): string {
+  const c = canonicalHostname(name);
+  return typeof c === 'string' ? c : name;
 }

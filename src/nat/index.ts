@@ -184,7 +184,10 @@ export class Nat implements GatewayUdpClaims {
   private egressTcp(pending: PendingTcp, egress: Egress, hostAddress: string): void {
     const syn = pending.syn;
     const d = egress.decideFlow('tcp', syn.dst, syn.dstPort);
-    if (d.verdict === 'block') {
+    // Audit: a web flow no hostname rule covers is still peeked, so that its
+    // record (and what moat learn proposes) carries the name, not just an IP.
+    const peekToLearn = egress.audit && d.verdict === 'block' && d.reason === 'no-rule' && (syn.dstPort === 80 || syn.dstPort === 443);
+    if (d.verdict === 'block' && !peekToLearn) {
       const id = egress.record(d, 'tcp', formatIPv4(syn.dst), syn.dstPort, d.name === null ? null : 'pin');
       // Audit lets it through (recorded as would-block), but never to cloud metadata.
       if (egress.audit && d.reason !== 'link-local') {

@@ -294,3 +294,19 @@ describe('egress in audit mode', () => {
     ]);
   });
 });
+
+describe('audit mode peeks web flows no hostname rule covers', () => {
+  it('records the name (for moat learn) and lets the flow through to it', async () => {
+    // Only an IP rule: nothing covers :80 by name, so enforce mode would refuse at SYN.
+    const s = await setup(['10.0.0.0/8'], { egress: { mode: 'audit' }, names: { 'new.t.test': ['127.0.0.1'] } });
+    const p = syn(FRONTED, 80);
+    s.nat.onTcpSyn(p);
+    const sock = await acceptedSocket(p);
+    sock.guestSend(Buffer.from('GET / HTTP/1.1\r\nHost: New.T.Test\r\n\r\n'));
+    // Dialed to new.t.test's own (loopback) address on :80, whether or not anything listens there:
+    // what matters is where it went and what was recorded.
+    await waitFor(() => s.dialed.length > 0, 3000);
+    expect(s.dialed).toEqual(['127.0.0.1:80']);
+    expect(decisions(s).at(-1)).toMatchObject({ decision: 'would-block', reason: 'no-rule', name: 'new.t.test', via: 'host' });
+  });
+});
