@@ -9,6 +9,8 @@ import { NodeDnsResolver } from './allowlist/resolver.js';
 import { buildAllowlistTable } from './allowlist/zones.js';
 import {
   ConfigError,
+  describeConfig,
+  type ServeConfig,
   explainHelp,
   mainHelp,
   NODE_CONFIG_IO,
@@ -37,6 +39,8 @@ export interface CliIo {
   config: ConfigIo;
   /** Resolves when the process is asked to stop (SIGINT/SIGTERM). Called at most once per run. */
   stopSignal(): Promise<string>;
+  /** Calls `listener` on every request to re-read the config (SIGHUP) until the returned function is called. */
+  onReload?(listener: () => void): () => void;
   /** Replaces serve()'s parts (tests: a fake DNS resolver). */
   serveDeps?: Partial<ServeDeps>;
   /** Replaces startProxy()'s parts. */
@@ -172,10 +176,84 @@ async function runServe(args: readonly string[], io: CliIo): Promise<number> {
     else log.error('moat failed to start', { error: e });
     return EXIT_RUNTIME_ERROR;
   }
+  // SIGHUP: re-read --config and apply what can change live (the allowlist), one reload at a time.
+  let running = config;
+  let reloading = Promise.resolve();
+  const offReload = io.onReload?.(() => {
+    reloading = reloading.then(async () => {
+      running = await reloadServeConfig(args, io, server, running, log);
+    });
+  });
   const signal = await stop.stopped;
-  log.info('shutting down', { signal });
-  await server.close();
+  offReload?.();
+  log.info('shutting down: refusing new guests and flows, closing every flow', { signal });
+  // Drain within a bound: listeners close first, then every flow is reset and every host socket closed.
+  const closed = await Promise.race([
+    server.close().then(() => true),
+    new Promise<false>((r) => setTimeout(() => r(false), SHUTDOWN_TIMEOUT_MS).unref()),
+  ]);
+  if (!closed) {
+    log.error('shutdown did not finish in time; exiting anyway', { timeoutMs: SHUTDOWN_TIMEOUT_MS });
+    return EXIT_RUNTIME_ERROR;
+  }
   return EXIT_OK;
+}
+
+/** How long SIGTERM/SIGINT may take to close everything before the process leaves anyway. */
+export const SHUTDOWN_TIMEOUT_MS = 5_000;
+
+/**
+ * SIGHUP: parses the same command line again (so the --config file is read
+ * afresh) and applies what can change while running. Fail closed: a file
+ * that does not parse, a rule that is invalid, a host that does not resolve
+ * leaves the running configuration in place, and the log says why. The
+ * allowlist is reloaded (AllowlistRuntime.reload, as PUT /allowlist);
+ * turning the allowlist on or off, and every other setting, needs a restart:
+ * such changes are logged as "restart needed", never silently ignored.
+ * Returns the configuration now running.
+ */
+export async function reloadServeConfig(args: readonly string[], io: CliIo, server: RunningServer, current: ServeConfig, log: Logger): Promise<ServeConfig> {
+  if (!args.some((a) => a === '--config' || a.startsWith('--config='))) {
+    log.warn('SIGHUP: no --config file to re-read; nothing changed');
+    return current;
+  }
+  let next: ServeConfig;
+  try {
+    const parsed = parseServeArgs(args, io.config);
+    if (parsed.kind !== 'config') return current;
+    next = parsed.config;
+  } catch (e) {
+    log.warn('config reload refused: the running configuration is unchanged', { error: (e as Error).message });
+    return current;
+  }
+  const before = describeConfig(current);
+  const after = describeConfig(next);
+  const allowOnly = new Set(['allow']);
+  const restartNeeded = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter(
+    (k) => !allowOnly.has(k) && JSON.stringify(before[k]) !== JSON.stringify(after[k]),
+  );
+  const rulesNow = current.allow.map((r) => r.text);
+  const rulesNext = next.allow.map((r) => r.text);
+  let applied: ServeConfig = current;
+  if (JSON.stringify(rulesNow) !== JSON.stringify(rulesNext)) {
+    if (server.allowlist === undefined || rulesNext.length === 0) {
+      // Switching the allowlist on, or off (everything open), is a different service: never done live.
+      restartNeeded.push('allow');
+    } else {
+      try {
+        await server.allowlist.reload(rulesNext, false);
+        applied = { ...current, allow: next.allow };
+      } catch (e) {
+        log.warn('config reload refused: the running allowlist is unchanged', { error: (e as Error).message });
+        return current;
+      }
+    }
+  }
+  if (restartNeeded.length > 0) {
+    log.warn('config reload: these settings change only with a restart; they keep their running values', { restartNeeded });
+  }
+  log.info('config reloaded', { allowlistReloaded: applied !== current, restartNeeded });
+  return applied;
 }
 
 /** `moat learn` reads files through the CLI's config reader (tests fake it) and stdin for "-". */
@@ -244,6 +322,11 @@ function nodeCliIo(): CliIo {
         process.once('SIGINT', onSignal);
         process.once('SIGTERM', onSignal);
       }),
+    onReload: (listener) => {
+      const onHup = (): void => listener();
+      process.on('SIGHUP', onHup);
+      return () => process.off('SIGHUP', onHup);
+    },
   };
 }
 

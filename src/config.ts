@@ -814,6 +814,10 @@ export function serveHelp(): string {
     'Attach a TAP device with moat-shim:',
     SHIM_EXAMPLE,
     '',
+    'Signals: SIGTERM/SIGINT stop taking guests and flows, close every flow and exit (within 5 s). SIGHUP re-reads --config:',
+    'the allowlist is reloaded (fail closed: an invalid or unresolvable one leaves the running one in place); other changed',
+    'settings are logged as "restart needed".',
+    '',
     'Exit status: 0 after a clean shutdown (SIGINT/SIGTERM), 2 for a usage or configuration error, 1 for a runtime error.',
     '',
   );
