@@ -53,6 +53,11 @@ export interface ProxyStats {
   socksConnects: number;
   requests: number;
   refused: number;
+  /** SOCKS5 UDP ASSOCIATE: associations opened, datagrams relayed out / in, dropped (policy, fragments, names). */
+  udpAssociations: number;
+  udpOut: number;
+  udpIn: number;
+  udpDropped: number;
   tunnels: { open: number; peeking: number; opened: number; bytesUp: number; bytesDown: number; peekBufferedBytes: number };
   decisions: { allowed: number; blocked: number; wouldBlock: number; suppressedLines: number };
   connections: { http: number; socks: number };
@@ -117,7 +122,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     const dialer: Dialer = { connectFirst: (addresses, port) => flows.connectFirst(addresses, port) };
     const tunnels = new Set<Tunnel>();
     const finished = { opened: 0, bytesUp: 0, bytesDown: 0 };
-    const counters = { requests: 0, connects: 0, socksConnects: 0, refused: 0 };
+    const counters = { requests: 0, connects: 0, socksConnects: 0, refused: 0, udpAssociations: 0, udpOut: 0, udpIn: 0, udpDropped: 0 };
     const tlog = log.child({ component: 'proxy' });
     const openTunnel = (client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void => {
       finished.opened++;

@@ -5,9 +5,9 @@
  *   client: VER=5 CMD RSV ATYP DST.ADDR DST.PORT
  *           -> server: 5 REP 0 ATYP=1 BND.ADDR=0.0.0.0 BND.PORT=0, then the tunnel
  *
- * CMD CONNECT (1) only; BIND (2) and UDP ASSOCIATE (3) get REP 0x07
- * "command not supported" (UDP through the proxy is not implemented; see
- * the docs). ATYP domain (3) is decided by name, IPv4 (1) by address, IPv6
+ * CMD CONNECT (1) and UDP ASSOCIATE (3, socks5-udp.ts: each datagram needs
+ * an IP/CIDR rule, as UDP does in `moat serve`); BIND (2) gets REP 0x07
+ * "command not supported". ATYP domain (3) is decided by name, IPv4 (1) by address, IPv6
  * (4) gets 0x08 "address type not supported" (the allowlist is IPv4).
  * Policy refusals get 0x02 "connection not allowed by ruleset"; a name that
  * does not resolve 0x04 "host unreachable". The success reply is sent
@@ -19,13 +19,14 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Egress } from '../egress/egress.js';
 import type { Logger } from '../log.js';
+import { openUdpAssociation, type UdpAssociationCounters } from './socks5-udp.js';
 import { admit, type Admission } from './targets.js';
 
 export interface Socks5Host {
   egress(): Egress;
   log: Logger;
   openTunnel(client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void;
-  counters: { socksConnects: number; refused: number };
+  counters: { socksConnects: number; refused: number; udpAssociations: number } & UdpAssociationCounters;
 }
 
 export const SOCKS_VERSION = 5;
@@ -86,8 +87,10 @@ export function parseRequest(b: Uint8Array): Socks5Parse<{ cmd: number; address:
   return { kind: 'ok', used: addrEnd + 2, cmd, address, port };
 }
 
-export function reply(rep: number): Uint8Array {
-  return Uint8Array.from([SOCKS_VERSION, rep, 0x00, 0x01, 0, 0, 0, 0, 0, 0]);
+/** A reply with an IPv4 bound address (zeros unless given: CONNECT replies before the dial). */
+export function reply(rep: number, bound: { address: string; port: number } = { address: '0.0.0.0', port: 0 }): Uint8Array {
+  const [a, b, c, d] = bound.address.split('.').map(Number);
+  return Uint8Array.from([SOCKS_VERSION, rep, 0x00, 0x01, a ?? 0, b ?? 0, c ?? 0, d ?? 0, bound.port >> 8, bound.port & 0xff]);
 }
 
 export function createSocks5Server(host: Socks5Host, opts: { maxConnections: number; handshakeTimeoutMs: number }): Server {
@@ -133,9 +136,26 @@ function handshake(host: Socks5Host, socket: Socket, timeoutMs: number): void {
       host.counters.refused++;
       return fail(REP.addressTypeNotSupported);
     }
+    if (r.cmd === 0x03) {
+      stage = 'deciding';
+      clearTimeout(timer);
+      socket.off('data', onData);
+      void openUdpAssociation(socket, host.egress, host.counters, host.log).then(
+        (bound) => {
+          host.counters.udpAssociations++;
+          socket.write(reply(REP.succeeded, bound));
+          socket.resume(); // the control connection carries nothing more; its close ends the association
+        },
+        (err: Error) => {
+          host.log.info('socks5 udp associate failed', { error: err.message });
+          socket.end(reply(REP.generalFailure));
+        },
+      );
+      return;
+    }
     if (r.cmd !== 0x01) {
       host.counters.refused++;
-      host.log.info('socks5 command refused', { cmd: r.cmd, reason: r.cmd === 0x03 ? 'udp-associate-not-supported' : 'bind-not-supported' });
+      host.log.info('socks5 command refused', { cmd: r.cmd, reason: 'bind-not-supported' });
       return fail(REP.commandNotSupported);
     }
     stage = 'deciding';

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
+import { createSocket } from 'node:dgram';
 import { join } from 'node:path';
 import type { DecisionRecord } from '../../src/egress/decision-log.js';
 import { NULL_LOGGER } from '../../src/log.js';
@@ -213,8 +214,7 @@ function socksReply(address: string, request: number[]): Promise<number> {
 }
 
 describe('moat proxy: SOCKS5 edges', () => {
-  it('UDP ASSOCIATE and BIND are refused with 0x07; IPv6 with 0x08', async () => {
-    expect(await socksReply(proxy.socks!, [5, 3, 0, 1, 127, 66, 0, 11, 0, 53])).toBe(7);
+  it('BIND is refused with 0x07; IPv6 with 0x08', async () => {
     expect(await socksReply(proxy.socks!, [5, 2, 0, 1, 127, 66, 0, 11, 0, 80])).toBe(7);
     expect(await socksReply(proxy.socks!, [5, 1, 0, 4, ...new Array(15).fill(0), 1, 0, 80])).toBe(8);
   });
@@ -270,5 +270,71 @@ describe('moat proxy: reload with drop', () => {
     await closed;
     expect(proxy.stats().tunnels.open).toBe(0);
     await proxy.allowlist.reload(['secure.test', 'plain.test', 'echo.test:7000'], false);
+  });
+});
+
+describe('moat proxy: SOCKS5 UDP ASSOCIATE', () => {
+  it('relays datagrams to an address an IP rule allows, and drops the rest', async () => {
+    // Two UDP echo servers: one allowed by an IP rule, one not.
+    const echoes = await Promise.all(
+      ['127.66.0.15', '127.66.0.16'].map(
+        (address) =>
+          new Promise<{ seen: number; close(): void }>((resolve) => {
+            const u = createSocket('udp4');
+            const state = { seen: 0, close: () => u.close() };
+            u.on('message', (m, from) => {
+              state.seen++;
+              u.send(m, from.port, from.address);
+            });
+            u.bind(7001, address, () => resolve(state));
+          }),
+      ),
+    );
+    const parsed = parseProxyArgs(['--listen', '127.0.0.1:0', '--socks', '127.0.0.1:0', '--allow', '127.66.0.15:7001', '--resolver', `127.0.0.1:${world.dns.port}`]);
+    if (parsed.kind !== 'config') throw new Error('expected a config');
+    const p = await startProxy(parsed.config, NULL_LOGGER);
+    const colon = p.socks!.lastIndexOf(':');
+    const control = connect(Number(p.socks!.slice(colon + 1)), '127.0.0.1');
+    const client = createSocket('udp4');
+    try {
+      const bound = await new Promise<{ address: string; port: number }>((resolve, reject) => {
+        let got = Buffer.alloc(0);
+        control.on('data', (c: Buffer) => {
+          got = Buffer.concat([got, c]);
+          if (got.length >= 12) {
+            if (got[3] !== 0) reject(new Error(`UDP ASSOCIATE reply ${got[3]}`));
+            resolve({ address: `${got[6]}.${got[7]}.${got[8]}.${got[9]}`, port: got.readUInt16BE(10) });
+          }
+        });
+        control.once('error', reject);
+        control.write(Uint8Array.from([5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0]));
+      });
+      expect(bound.address).toBe('127.0.0.1');
+      await new Promise<void>((r) => client.bind(0, '127.0.0.1', () => r()));
+      const replies: Buffer[] = [];
+      client.on('message', (m) => replies.push(m));
+      const send = (to: number[], port: number, text: string) =>
+        client.send(Buffer.concat([Buffer.from([0, 0, 0, 1, ...to, port >> 8, port & 0xff]), Buffer.from(text)]), bound.port, bound.address);
+      send([127, 66, 0, 15], 7001, 'allowed');
+      send([127, 66, 0, 16], 7001, 'refused');
+      const name = Buffer.from('echo.test');
+      client.send(Buffer.concat([Buffer.from([0, 0, 0, 3, name.length, ...name, 0x1b, 0x59]), Buffer.from('by-name')]), bound.port, bound.address);
+      await new Promise((r) => setTimeout(r, 300));
+      expect(replies.length).toBe(1);
+      expect([...replies[0]!.subarray(0, 10)]).toEqual([0, 0, 0, 1, 127, 66, 0, 15, 0x1b, 0x59]);
+      expect(replies[0]!.subarray(10).toString()).toBe('allowed');
+      expect(echoes[0]!.seen).toBe(1);
+      expect(echoes[1]!.seen).toBe(0);
+      const s = p.stats();
+      expect(s.udpAssociations).toBe(1);
+      expect(s.udpOut).toBe(1);
+      expect(s.udpIn).toBe(1);
+      expect(s.udpDropped).toBe(2);
+    } finally {
+      control.destroy();
+      client.close();
+      for (const e of echoes) e.close();
+      await p.close();
+    }
   });
 });

@@ -6,6 +6,7 @@ import { parseProxyArgs, proxyHelp, DEFAULT_MAX_CONNECTIONS } from '../../src/pr
 import { forwardedHeaders, parseAuthority } from '../../src/proxy/http-proxy.js';
 import { parseGreeting, parseRequest, reply, REP } from '../../src/proxy/socks5.js';
 import { classifyHost } from '../../src/proxy/targets.js';
+import { parseUdpHeader, udpReplyHeader } from '../../src/proxy/socks5-udp.js';
 
 const io = (files: Record<string, string> = {}): ConfigIo => ({
   readFile: (p) => {
@@ -162,5 +163,29 @@ describe('SOCKS5 parsing (RFC 1928)', () => {
   it('replies carry the code and a zero IPv4 bound address', () => {
     expect([...reply(REP.notAllowed)]).toEqual([5, 2, 0, 1, 0, 0, 0, 0, 0, 0]);
     expect(REP.commandNotSupported).toBe(7);
+  });
+});
+
+describe('SOCKS5 UDP header (RFC 1928 7)', () => {
+  it('parses IPv4, domain and IPv6 headers; rejects short or non-zero RSV', () => {
+    expect(parseUdpHeader(Uint8Array.from([0, 0, 0, 1, 10, 0, 0, 1, 0, 53, 0xaa]))).toEqual({ kind: 'ok', frag: 0, atyp: 1, address: '10.0.0.1', port: 53, dataOffset: 10 });
+    expect(parseUdpHeader(Uint8Array.from([0, 0, 2, 3, 1, 0x61, 0, 80]))).toEqual({ kind: 'ok', frag: 2, atyp: 3, address: null, port: 80, dataOffset: 8 });
+    expect(parseUdpHeader(Uint8Array.from([0, 0, 0, 4, ...new Array(16).fill(0), 0, 80]))).toMatchObject({ kind: 'ok', atyp: 4, address: null, port: 80 });
+    expect(parseUdpHeader(Uint8Array.from([0, 0, 0, 1, 10, 0]))).toEqual({ kind: 'bad' });
+    expect(parseUdpHeader(Uint8Array.from([1, 0, 0, 1, 10, 0, 0, 1, 0, 53]))).toEqual({ kind: 'bad' });
+    expect(parseUdpHeader(Uint8Array.from([0, 0, 0, 7, 10, 0, 0, 1, 0, 53]))).toEqual({ kind: 'bad' });
+  });
+
+  it('a reply header names the source', () => {
+    expect([...udpReplyHeader('192.0.2.7', 4433)]).toEqual([0, 0, 0, 1, 192, 0, 2, 7, 0x11, 0x51]);
+  });
+
+  it('never throws, and an ok header never points past the datagram', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 300 }), (b) => {
+        const h = parseUdpHeader(b);
+        return h.kind === 'bad' || h.dataOffset <= b.length;
+      }),
+    );
   });
 });

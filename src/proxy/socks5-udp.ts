@@ -1,0 +1,143 @@
+/**
+ * SOCKS5 UDP ASSOCIATE (RFC 1928 section 7), with UDP's one rule from the
+ * allowlist: a datagram goes out only to an address an IP/CIDR rule allows
+ * (EgressPolicy.decide with proto 'udp'), exactly as `moat serve` treats a
+ * guest's UDP. A domain-addressed datagram is dropped (a name cannot be
+ * checked in a datagram; QUIC clients then fall back to TCP), as are
+ * fragments (FRAG != 0, which the RFC lets a server refuse) and IPv6.
+ *
+ *   client --[RSV RSV FRAG ATYP DST.ADDR DST.PORT DATA]--> relay socket --DATA--> dst
+ *   client <--[same header naming the source, DATA]------- relay socket <--DATA-- dst
+ *
+ * The relay accepts datagrams from the control connection's client address
+ * only (section 7: "MUST drop datagrams from any source IP address other
+ * than the one recorded"); the first one fixes the client's port. Replies
+ * are relayed only from destinations this association sent to (a bounded
+ * set), so the relay is not an open inbound port. The association lives as
+ * long as its TCP control connection.
+ */
+import { createSocket, type Socket as UdpSocket } from 'node:dgram';
+import type { Socket } from 'node:net';
+import type { Egress } from '../egress/egress.js';
+import type { Logger } from '../log.js';
+
+/** Destinations one association remembers for replies; the oldest is forgotten beyond it. */
+const MAX_PEERS = 256;
+
+export interface UdpAssociationCounters {
+  udpOut: number;
+  udpIn: number;
+  udpDropped: number;
+}
+
+export type UdpHeader = { kind: 'ok'; frag: number; atyp: number; address: string | null; port: number; dataOffset: number } | { kind: 'bad' };
+
+/** The SOCKS5 UDP request header (RFC 1928 7). `address` is null for a domain or IPv6 ATYP. */
+export function parseUdpHeader(b: Uint8Array): UdpHeader {
+  if (b.length < 4 || b[0] !== 0 || b[1] !== 0) return { kind: 'bad' };
+  const frag = b[2]!;
+  const atyp = b[3]!;
+  let end: number;
+  let address: string | null = null;
+  if (atyp === 0x01) {
+    end = 8;
+    if (b.length < end + 2) return { kind: 'bad' };
+    address = `${b[4]}.${b[5]}.${b[6]}.${b[7]}`;
+  } else if (atyp === 0x03) {
+    if (b.length < 5) return { kind: 'bad' };
+    end = 5 + b[4]!;
+    if (b.length < end + 2) return { kind: 'bad' };
+  } else if (atyp === 0x04) {
+    end = 20;
+    if (b.length < end + 2) return { kind: 'bad' };
+  } else return { kind: 'bad' };
+  return { kind: 'ok', frag, atyp, address, port: (b[end]! << 8) | b[end + 1]!, dataOffset: end + 2 };
+}
+
+/** Header for a datagram relayed back to the client from IPv4 `address:port`. */
+export function udpReplyHeader(address: string, port: number): Uint8Array {
+  const [a, b, c, d] = address.split('.').map(Number);
+  return Uint8Array.from([0, 0, 0, 0x01, a!, b!, c!, d!, port >> 8, port & 0xff]);
+}
+
+/**
+ * Opens the relay for `control` (the TCP connection that asked) and
+ * resolves with its bound address and port for the reply.
+ */
+export async function openUdpAssociation(
+  control: Socket,
+  egress: () => Egress,
+  counters: UdpAssociationCounters,
+  log: Logger,
+): Promise<{ address: string; port: number }> {
+  const clientIp = (control.remoteAddress ?? '').replace(/^::ffff:/, '');
+  const bindIp = (control.localAddress ?? '127.0.0.1').replace(/^::ffff:/, '');
+  const relay: UdpSocket = createSocket('udp4');
+  await new Promise<void>((resolve, reject) => {
+    relay.once('error', reject);
+    relay.bind(0, bindIp, () => {
+      relay.off('error', reject);
+      resolve();
+    });
+  });
+  let clientPort: number | null = null;
+  const peers = new Set<string>();
+  relay.on('message', (msg, from) => {
+    if (from.address === clientIp && (clientPort === null || from.port === clientPort)) {
+      clientPort ??= from.port;
+      outbound(msg);
+      return;
+    }
+    const key = `${from.address}:${from.port}`;
+    if (!peers.has(key) || clientPort === null) {
+      counters.udpDropped++;
+      return;
+    }
+    counters.udpIn++;
+    const header = udpReplyHeader(from.address, from.port);
+    relay.send([header, msg], clientPort, clientIp);
+  });
+  relay.on('error', (err) => {
+    log.info('socks5 udp relay failed', { error: err.message });
+    control.destroy();
+  });
+  const close = (): void => {
+    try {
+      relay.close();
+    } catch {
+      // already closed
+    }
+  };
+  control.once('close', close);
+
+  const outbound = (msg: Buffer): void => {
+    const h = parseUdpHeader(msg);
+    if (h.kind === 'bad' || h.frag !== 0 || h.address === null) {
+      counters.udpDropped++;
+      if (h.kind === 'ok' && h.atyp === 0x03) {
+        const e = egress();
+        e.recordBlock('udp-needs-ip-rule', 'udp', 'name', h.port, null, 'target', 'a domain-addressed datagram cannot be checked; UDP needs an IP/CIDR rule');
+      }
+      return;
+    }
+    const e = egress();
+    const d = e.decide({ proto: 'udp', dst: h.address, port: h.port });
+    const key = `${h.address}:${h.port}`;
+    if (d.verdict !== 'allow') {
+      counters.udpDropped++;
+      e.record(d.verdict === 'block' ? d : { verdict: 'block', reason: 'udp-needs-ip-rule', rule: null, name: null }, 'udp', h.address, h.port, 'target');
+      return;
+    }
+    if (!peers.has(key)) {
+      // One record per new destination of this association (the log is rate-limited anyway).
+      e.record(d, 'udp', h.address, h.port, 'target');
+      if (peers.size >= MAX_PEERS) peers.delete(peers.values().next().value!);
+      peers.add(key);
+    }
+    counters.udpOut++;
+    relay.send(msg.subarray(h.dataOffset), h.port, h.address);
+  };
+
+  const a = relay.address();
+  return { address: a.address, port: a.port };
+}
