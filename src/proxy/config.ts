@@ -75,7 +75,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
     type: 'string',
     value: 'HOST:PORT',
     default: 'none',
-    help: 'Also serve SOCKS5 (RFC 1928, no authentication, CONNECT only) here. Give clients socks5h:// so that names, not addresses, reach the proxy: an address target needs an IP/CIDR rule.',
+    help: 'Also serve SOCKS5 here (RFC 1928, no authentication): CONNECT, and UDP ASSOCIATE whose datagrams go only to addresses an IP/CIDR rule allows. Give clients socks5h:// so that names, not addresses, reach the proxy: an address target needs an IP/CIDR rule.',
     example: '127.0.0.1:1080',
   },
   shared(
@@ -189,7 +189,7 @@ export function proxyHelp(): string {
     '',
     'An egress allowlist proxy for plain processes (build jobs, containers, coding agents): the same rules,',
     'resolution and policy as `moat serve --allow`. HTTP CONNECT tunnels and absolute-form HTTP requests',
-    '(keep-alive), and SOCKS5. A target named by host is decided by name and dialed to addresses Moat',
+    '(keep-alive), and SOCKS5 (CONNECT, UDP ASSOCIATE by IP rule). A target named by host is decided by name and dialed to addresses Moat',
     'resolves itself (rebinding answers refused); an address target needs an IP/CIDR rule. Inside a tunnel',
     'to :443/:80 the TLS SNI / HTTP Host must be the requested host before anything is dialed.',
     'Refusals: 403 with x-moat-reason and x-moat-decision (HTTP), reply 0x02 (SOCKS5), a TLS alert inside a tunnel.',
