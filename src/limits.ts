@@ -9,7 +9,8 @@
  *    per interval while refusals go on), so that a flood cannot fill the log.
  *  - BufferBudget: a cap on the bytes buffered across all TCP flows. Flows
  *    charge it as they take bytes; once the total passes the cap, a flow
- *    holding more than its fair share (cap / flows) is paused: its host
+ *    holding more than its fair share (cap / flows, at most 64 KiB) is
+ *    paused: its host
  *    socket stops being read (the kernel's window towards the server closes)
  *    or its guest side is paused (the stack's advertised window shrinks).
  *    New data is refused at the source rather than buffered; paused flows
@@ -102,7 +103,7 @@ export const LIMIT_SPECS: readonly LimitSpec[] = [
     default: 64 * MiB,
     min: 64 * KiB,
     max: 16 * 1024 * MiB,
-    help: 'Bytes buffered over all TCP flows (both directions). Past it, every flow holding more than its fair share (this / flows) stops taking data: its host socket is not read, or its guest window closes; none is dropped. /stats: limits.buffers.',
+    help: 'Bytes buffered over all TCP flows (both directions). Past it, every flow holding more than its fair share (this / flows, at most 64 KiB) stops taking data until the total is back under 3/4 of it: its host socket is not read, or its guest window closes; nothing is dropped. So the total stays under this + flows x 128 KiB, and a new flow still makes progress. /stats: limits.buffers.',
   },
   {
     flag: 'max-fragment-bytes',
@@ -285,6 +286,8 @@ export interface BufferBudgetStats {
   pauses: number;
 }
 
+/** The most one flow may hold while the budget is exhausted: enough for a new flow to make progress. */
+export const SHARE_CEILING = 64 * 1024;
 /** How stale the total may get before charge() counts again (ms). */
 const RECOUNT_MS = 25;
 /** While flows are paused, how often the budget looks whether they may resume (ms). */
@@ -320,9 +323,15 @@ export class BufferBudget {
     this.paused.delete(m);
   }
 
-  /** The fair share of one flow when the budget is exhausted. */
+  /**
+   * What one flow may hold once the budget is exhausted: its fair share, but
+   * never more than SHARE_CEILING. A ceiling rather than the share alone,
+   * because flows that filled up while they were few (a large share) keep
+   * their bytes; with the ceiling the total stays under
+   * maxBytes + flows x (SHARE_CEILING + one read chunk).
+   */
   private share(): number {
-    return this.maxBytes / Math.max(1, this.members.size);
+    return Math.min(SHARE_CEILING, this.maxBytes / Math.max(1, this.members.size));
   }
 
   /**
