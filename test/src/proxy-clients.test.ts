@@ -338,3 +338,39 @@ describe('moat proxy: SOCKS5 UDP ASSOCIATE', () => {
     }
   });
 });
+
+describe('moat proxy: a port a rule names (echo.test:7000)', () => {
+  const openTunnel = (target: string) =>
+    new Promise<import('node:net').Socket>((resolve, reject) => {
+      const colon = proxy.http.lastIndexOf(':');
+      const s = connect(Number(proxy.http.slice(colon + 1)), proxy.http.slice(0, colon));
+      s.once('data', (c: Buffer) => (c.toString().startsWith('HTTP/1.1 200') ? resolve(s) : reject(new Error(c.toString()))));
+      s.once('error', reject);
+      s.write(`CONNECT ${target} HTTP/1.1\r\n\r\n`);
+    });
+
+  it('TLS there must still carry the requested name', async () => {
+    const before = world.accepted.echo;
+    const r = await run('openssl', ['s_client', '-proxy', proxy.http, '-connect', 'echo.test:7000', '-servername', 'blocked.test'], { timeout: 10_000 }).then(
+      (x) => x.stdout + x.stderr,
+      (e: { stdout: string; stderr: string }) => `${e.stdout}${e.stderr}`,
+    );
+    expect(r).toMatch(/alert access denied|alert number 49/);
+    expect(world.accepted.echo).toBe(before);
+  });
+
+  it('a client that waits for the server to speak first is dialed after the grace period', async () => {
+    const before = world.accepted.echo;
+    const s = await openTunnel('echo.test:7000');
+    const started = Date.now();
+    while (world.accepted.echo === before && Date.now() - started < 3000) await new Promise((r) => setTimeout(r, 50));
+    expect(world.accepted.echo).toBe(before + 1);
+    expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+    const echoed = await new Promise<string>((resolve) => {
+      s.once('data', (c: Buffer) => resolve(c.toString()));
+      s.write('late');
+    });
+    expect(echoed).toBe('late');
+    s.destroy();
+  });
+});
