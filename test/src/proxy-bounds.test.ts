@@ -24,7 +24,7 @@ let proxyAddr: { host: string; port: number };
 let stderr = '';
 
 beforeAll(async () => {
-  world = await startProxyWorld();
+  world = await startProxyWorld(2);
   child = spawn(process.execPath, [
     'bin/moat.mjs', 'proxy',
     '--listen', '127.0.0.1:0',

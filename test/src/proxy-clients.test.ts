@@ -21,7 +21,7 @@ const decisions: DecisionRecord[] = [];
 const API = `/tmp/mz6p-api-${process.pid}.sock`;
 
 beforeAll(async () => {
-  world = await startProxyWorld();
+  world = await startProxyWorld(0);
   const parsed = parseProxyArgs([
     '--listen', '127.0.0.1:0',
     '--socks', '127.0.0.1:0',
@@ -99,7 +99,7 @@ describe('moat proxy: HTTP proxy with curl', () => {
   });
 
   it('an address target needs an IP rule (no domain fronting by literal)', async () => {
-    const r = await curl(['-i', '-x', `http://${proxy.http}`, 'http://127.66.0.11/']);
+    const r = await curl(['-i', '-x', `http://${proxy.http}`, `http://${world.addr.plain}/`]);
     expect(r.stdout).toMatch(/403 Forbidden/);
     expect(r.stdout).toMatch(/x-moat-reason: (no-rule|rebinding)/);
   });
@@ -158,7 +158,7 @@ describe('moat proxy: SOCKS5 with curl --socks5-hostname', () => {
   });
 
   it('socks5 (address resolved by the client) needs an IP rule', async () => {
-    const r = await curl(['--socks5', proxy.socks!, '--resolve', 'plain.test:80:127.66.0.11', 'http://plain.test/']);
+    const r = await curl(['--socks5', proxy.socks!, '--resolve', `plain.test:80:${world.addr.plain}`, 'http://plain.test/']);
     expect(r.code).toBe(97);
   });
 

@@ -1,13 +1,14 @@
 /**
  * Servers for the `moat proxy` tests, all on loopback addresses of their
- * own (127.66.0.0/24, so :443 and :80 are free), with names from a test DNS
+ * own (127.66.N.0/24, N per test file so files can run in parallel; :443
+ * and :80 are free there; bench/proxy.ts uses 127.66.1.0/24), with names from a test DNS
  * server (allowlist-upstream.ts) the proxy is pointed at with --resolver:
  *
- *   secure.test   127.66.0.10:443  HTTPS (self-signed cert made by openssl now), also serves git smart HTTP
- *   plain.test    127.66.0.11:80   HTTP
- *   blocked.test  127.66.0.13:443  HTTPS, never allowed: counts connections to prove none arrive
- *   blocked.test  127.66.0.13:80   HTTP, likewise
- *   echo.test     127.66.0.14:7000 TCP echo (a port a rule names; the 1,000-tunnel test)
+ *   secure.test   127.66.N.10:443  HTTPS (self-signed cert made by openssl now), also serves git smart HTTP
+ *   plain.test    127.66.N.11:80   HTTP
+ *   blocked.test  127.66.N.13:443  HTTPS, never allowed: counts connections to prove none arrive
+ *   blocked.test  127.66.N.13:80   HTTP, likewise
+ *   echo.test     127.66.N.14:7000 TCP echo (a port a rule names; the 1,000-tunnel test)
  */
 import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -21,18 +22,21 @@ import { startTestUpstream, type TestUpstream } from './allowlist-upstream.js';
 
 export const run = promisify(execFile);
 
-export const ADDR = {
-  secure: '127.66.0.10',
-  plain: '127.66.0.11',
-  blocked: '127.66.0.13',
-  echo: '127.66.0.14',
-} as const;
+export function addressesIn(block: number) {
+  return {
+    secure: `127.66.${block}.10`,
+    plain: `127.66.${block}.11`,
+    blocked: `127.66.${block}.13`,
+    echo: `127.66.${block}.14`,
+  } as const;
+}
 export const ECHO_PORT = 7000;
 
 export interface ProxyWorld {
   dir: string;
   certFile: string;
   dns: TestUpstream;
+  addr: ReturnType<typeof addressesIn>;
   /** TCP connections each server accepted. */
   accepted: { secure: number; plain: number; blocked: number; echo: number };
   /** Request paths each HTTP(S) server answered, "host path". */
@@ -40,7 +44,8 @@ export interface ProxyWorld {
   close(): Promise<void>;
 }
 
-export async function startProxyWorld(): Promise<ProxyWorld> {
+export async function startProxyWorld(block: number): Promise<ProxyWorld> {
+  const ADDR = addressesIn(block);
   const dir = mkdtempSync(join(tmpdir(), 'mz6p-'));
   const certFile = join(dir, 'cert.pem');
   const keyFile = join(dir, 'key.pem');
@@ -95,6 +100,7 @@ export async function startProxyWorld(): Promise<ProxyWorld> {
     dir,
     certFile,
     dns,
+    addr: ADDR,
     accepted,
     requests,
     close: async () => {
