@@ -12,7 +12,17 @@
  * bind the same port again straight away (SO_REUSEADDR).
  *
  * CI runs 2,000 connections; MOAT_TIMEWAIT_CONNECTIONS=20000 runs the full
- * count of the issue. Timings are printed.
+ * count of the issue. Timings are printed. MOAT_TIMEWAIT_MOAT_BIN runs another
+ * Moat launcher (a differential: a build with the reuse disabled must fail
+ * here).
+ *
+ * Timing alone cannot tell a reopened TIME-WAIT from a refused one with a
+ * Linux guest: a Moat that answers the reused SYN with an ACK of its old
+ * connection makes Linux send RST and retransmit its SYN after only ~10 ms
+ * (tcp_rcv_synsent_state_process, TCP_TIMEOUT_MIN), and a Moat that stays
+ * silent costs 1 s. So besides "no connect over 1 s", the guest's own TCP
+ * counters (/proc/net/snmp in its namespace) must show no RST sent and no
+ * segment retransmitted: every reused SYN got its SYN-ACK the first time.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { e2eGate, killTracked, type TrackedProcess } from './harness.js';
@@ -90,6 +100,15 @@ print(json.dumps({'n': n, 'ok': len(times), 'stalls': len(stalls), 'firstStalls'
   'elapsedS': round(time.monotonic() - start, 2)}))
 `;
 
+/** The guest namespace's TCP counters (RFC 4022 names, from /proc/net/snmp). */
+async function guestTcpCounters(fx: MoatFixture): Promise<Record<string, number>> {
+  const r = await fx.guestRun('cat', ['/proc/net/snmp']);
+  const lines = r.stdout.split('\n').filter((l) => l.startsWith('Tcp:'));
+  const names = lines[0]!.split(/\s+/).slice(1);
+  const values = lines[1]!.split(/\s+/).slice(1).map(Number);
+  return Object.fromEntries(names.map((n, i) => [n, values[i]!]));
+}
+
 interface ClientReport {
   n: number;
   ok: number;
@@ -111,7 +130,7 @@ describe.skipIf(gate.skip)('moat serve e2e: a guest reusing a four-tuple Moat ho
   let port: number;
 
   beforeAll(async () => {
-    fx = await startMoatFixture({ prefix: 'mz9f-tw-' });
+    fx = await startMoatFixture({ prefix: 'mz9f-tw-', moatBin: process.env.MOAT_TIMEWAIT_MOAT_BIN });
     addr = fx.topo.internetAddrs[0]!;
     fx.allowAddresses([addr]);
     server = await fx.startNodeServer(fx.remoteNs, CLOSE_FIRST_SERVER_JS, [addr, '0']);
@@ -140,20 +159,26 @@ describe.skipIf(gate.skip)('moat serve e2e: a guest reusing a four-tuple Moat ho
     expect(guestSockets.stdout.match(/TIME-WAIT/g) ?? [], `guest sockets:\n${guestSockets.stdout}`).toEqual([]);
   }, 60_000);
 
-  it(`${CONNECTIONS} sequential connections reusing ${PORTS} source ports complete with zero stalls (no connect over 1 s)`, async () => {
+  it(`${CONNECTIONS} sequential connections reusing ${PORTS} source ports complete with zero stalls (no connect over 1 s, no guest RST or SYN retransmission)`, async () => {
     const before = await fx.stats();
+    const tcpBefore = await guestTcpCounters(fx);
     const r = await runClient(CONNECTIONS, 60_000 + CONNECTIONS * 20);
+    const tcpAfter = await guestTcpCounters(fx);
     const after = await fx.stats();
+    const guestRsts = tcpAfter['OutRsts']! - tcpBefore['OutRsts']!;
+    const guestRetrans = tcpAfter['RetransSegs']! - tcpBefore['RetransSegs']!;
     const heldDrops = (after.drops['tcp:syn-held'] ?? 0) - (before.drops['tcp:syn-held'] ?? 0);
     console.log(
       `TIME-WAIT reuse: ${r.ok}/${r.n} connections over ${PORTS} ports in ${r.elapsedS} s; connect p50 ${r.p50ms} ms, p99 ${r.p99ms} ms, max ${r.maxms} ms; ` +
-        `stalls ${r.stalls}; local busy retries ${r.localBusyRetries}; Moat tcpConnections now ${after.flows['tcpConnections']}; ` +
+        `stalls ${r.stalls}; guest RSTs sent ${guestRsts}, segments retransmitted ${guestRetrans}; local busy retries ${r.localBusyRetries}; Moat tcpConnections now ${after.flows['tcpConnections']}; ` +
         `retransmitted SYNs absorbed ${heldDrops}; drops ${JSON.stringify(after.drops)}`,
     );
     expect(r.fails, JSON.stringify(r)).toEqual([]);
     expect(r.ok).toBe(CONNECTIONS);
     expect(r.stalls, JSON.stringify(r.firstStalls)).toBe(0);
     expect(r.maxms).toBeLessThan(1_000);
+    // Each reused SYN was answered with a SYN-ACK at once: no RST/retransmit dance in the guest.
+    expect({ guestRsts, guestRetrans }).toEqual({ guestRsts: 0, guestRetrans: 0 });
     // No connection left behind but the TIME-WAIT four-tuples themselves.
     expect(after.flows['tcpConnections']!).toBeLessThanOrEqual(PORTS + 4);
     expect(after.drops['stack:internal-error'] ?? 0).toBe(0);
