@@ -374,3 +374,29 @@ describe('moat proxy: a port a rule names (echo.test:7000)', () => {
     s.destroy();
   });
 });
+
+describe('moat proxy --allow-all', () => {
+  it('runs without rules, says so in the ready line, and still guards rebinding and link-local', async () => {
+    const lines: { msg: string; fields: Record<string, unknown> }[] = [];
+    const log = {
+      debug: () => {},
+      info: (msg: string, fields?: Record<string, unknown>) => lines.push({ msg, fields: fields ?? {} }),
+      warn: (msg: string, fields?: Record<string, unknown>) => lines.push({ msg, fields: fields ?? {} }),
+      error: () => {},
+      child: () => log,
+      enabled: () => true,
+    };
+    const parsed = parseProxyArgs(['--listen', '127.0.0.1:0', '--allow-all', '--resolver', `127.0.0.1:${world.dns.port}`, '--admit-resolved', `${world.addr.plain}/32`]);
+    if (parsed.kind !== 'config') throw new Error('expected a config');
+    const p = await startProxy(parsed.config, log);
+    try {
+      expect(String(lines.find((l) => l.msg === 'moat proxy ready')?.fields['warning'])).toMatch(/NO ALLOWLIST/);
+      expect((await curl(['-x', `http://${p.http}`, 'http://plain.test/any'])).stdout).toMatch(/^hello from plain \/any/);
+      // secure.test resolves to loopback outside the admitted /32: refused as rebinding even without rules.
+      expect((await curl(['-i', '-x', `http://${p.http}`, 'http://secure.test/'])).stdout).toMatch(/x-moat-reason: rebinding/);
+      expect((await curl(['-i', '-x', `http://${p.http}`, 'http://169.254.169.254/'])).stdout).toMatch(/x-moat-reason: link-local/);
+    } finally {
+      await p.close();
+    }
+  });
+});
