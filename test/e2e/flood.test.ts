@@ -98,6 +98,7 @@ describe.skipIf(gate.skip)('moat serve e2e: SYN and fragment floods from the gue
       download: d.stdout,
       newConnectionsDuringFlood: { ok: newOk, failed: newFailed },
       rssKiB: { before: rssBefore, after: rssPeak },
+      framesIn: after.frames.in - before.frames.in,
       flows: after.flows,
       drops: dropsDelta(before, after),
     };
@@ -106,6 +107,8 @@ describe.skipIf(gate.skip)('moat serve e2e: SYN and fragment floods from the gue
     expect(d.status, `download during ${name}: ${d.stderr}`).toBe(0);
     expect(d.stdout).toBe(`200 ${DOWNLOAD_BYTES}`);
     expect(after.drops['stack:internal-error'] ?? 0).toBe(0);
+    // The flood did reach Moat (the TAP did not simply drop it): at least half of it, on top of the download's frames.
+    expect(figures.framesIn).toBeGreaterThan(FLOOD_PACKETS / 2);
     // Moat stays up and answers after the flood.
     const ping = await fx.guestRun('busybox', ['ping', '-c', '1', '-W', '3', GATEWAY_IP], { timeoutMs: 6_000 });
     expect(ping.status, ping.stdout).toBe(0);
