@@ -621,10 +621,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   // --admit-resolved, --peek-timeout-ms, --decision-log, --allow-host-alias
   const admitRaw = { items: parseAdmitResolved(raw) };
   const peekTimeoutMs = parsePeekTimeout(raw);
-  const modeRaw = str('mode');
-  if (modeRaw !== undefined && modeRaw.text !== 'enforce' && modeRaw.text !== 'audit') {
-    throw new ConfigError(`${modeRaw.label}: must be enforce or audit, got "${modeRaw.text}"`);
-  }
+  const mode = parseMode(raw);
   const decisionRaw = str('decision-log');
   if (decisionRaw !== undefined && decisionRaw.text === '') throw new ConfigError(`${decisionRaw.label}: needs a file name, got ""`);
 
@@ -654,7 +651,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     peekTimeoutMs,
     decisionLog: decisionRaw?.text,
     allowHostAlias: raw.get('allow-host-alias')?.value === true,
-    mode: (modeRaw?.text as 'enforce' | 'audit' | undefined) ?? 'enforce',
+    mode,
     limits,
   };
 }
@@ -697,6 +694,15 @@ function parseAddressIn(
   if (ip === broadcast) throw new ConfigError(`${given.label}: ${given.text} is the broadcast address of ${subnetText}`);
   void name;
   return ip;
+}
+
+/** --mode: enforce (default) or audit. Shared by serve and proxy. */
+export function parseMode(raw: Map<string, Raw>): 'enforce' | 'audit' {
+  const modeRaw = getters(raw).str('mode');
+  if (modeRaw !== undefined && modeRaw.text !== 'enforce' && modeRaw.text !== 'audit') {
+    throw new ConfigError(`${modeRaw.label}: must be enforce or audit, got "${modeRaw.text}"`);
+  }
+  return (modeRaw?.text as 'enforce' | 'audit' | undefined) ?? 'enforce';
 }
 
 /** Parses unix:///PATH or tcp://HOST:PORT. */

@@ -18,6 +18,7 @@ import {
   getters,
   NODE_CONFIG_IO,
   parseAdmitResolved,
+  parseMode,
   parseListenUrl,
   parsePeekTimeout,
   readFlags,
@@ -45,6 +46,8 @@ export interface ProxyConfig {
   admitResolved: string[];
   peekTimeoutMs: number;
   decisionLog: string | undefined;
+  /** enforce, or audit: every target goes through and refusals are recorded as would-block. */
+  mode: 'enforce' | 'audit';
   apiSocket: string | undefined;
   /** Client connections each listener holds at once (tunnels, keep-alive clients, handshakes). */
   maxConnections: number;
@@ -96,6 +99,10 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
     'After a CONNECT (or SOCKS5 CONNECT) to :443/:80, the tunnel is held until its TLS SNI or HTTP Host has been read and compared with the requested host; a tunnel that names nothing in this long is closed. Nothing is dialed before.',
   ),
   shared('decision-log'),
+  shared(
+    'mode',
+    'enforce refuses what the rules do not allow; audit lets every target through (cloud metadata 169.254.0.0/16 excepted) and records each one the rules would have refused as "would-block" in the decision log, so `moat learn` can propose an allowlist.',
+  ),
   {
     name: 'max-connections',
     type: 'string',
@@ -167,6 +174,7 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       admitResolved: parseAdmitResolved(raw),
       peekTimeoutMs: parsePeekTimeout(raw),
       decisionLog: decisionRaw?.text,
+      mode: parseMode(raw),
       apiSocket,
       maxConnections,
       logLevel: (levelRaw?.text as LogLevel | undefined) ?? 'info',

@@ -14,8 +14,13 @@
  *    (RFC 6066 3 forbids literal addresses in SNI).
  *
  * Every outcome is one decision record whose id the refusal carries.
+ *
+ * Audit mode: a refused target is recorded as would-block and admitted
+ * anyway (to the name's own addresses, unfiltered, or to the address given),
+ * except cloud metadata (169.254.0.0/16), which stays refused.
  */
 import { isIP } from 'node:net';
+import { canonicalHostname } from '../../dns/rules.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Egress } from '../egress/egress.js';
 import type { Logger } from '../log.js';
@@ -81,6 +86,9 @@ function admitAddress(egress: Egress, address: string, port: number): Admission 
     d = { verdict: 'block', reason: 'no-rule', rule: null, name: null, detail: 'an address target needs an IP/CIDR rule (hostname rules cover this port: connect by name)' };
   }
   const id = egress.record(d, 'tcp', address, port, 'target');
+  if (d.verdict === 'block' && egress.audit && d.reason !== 'link-local') {
+    return { ok: true, id, name: null, addresses: [address], port, peek: 'none', dst: `${address}:${port}` };
+  }
   if (d.verdict === 'block') return { ok: false, id, kind: 'blocked', reason: d.reason, name: null, ...(d.detail !== undefined ? { detail: d.detail } : {}) };
   const dial = d.verdict === 'allow' && d.dial.kind === 'address' ? d.dial.address : address;
   return { ok: true, id, name: null, addresses: [dial], port, peek: 'none', dst: `${address}:${port}` };
@@ -93,6 +101,7 @@ async function admitName(egress: Egress, host: string, port: number, log: Logger
     // decideName never answers 'peek'; were it to, refuse rather than hang.
     const block: Extract<Decision, { verdict: 'block' }> = d.verdict === 'block' ? d : { verdict: 'block', reason: 'no-name', rule: null, name: null };
     const id = egress.record(block, 'tcp', shown, port, 'target');
+    if (egress.audit) return auditName(egress, id, host, port, log);
     return { ok: false, id, kind: 'blocked', reason: block.reason, name: block.name, ...(block.detail !== undefined ? { detail: block.detail } : {}) };
   }
   const name = d.dial.kind === 'name' ? d.dial.name : shown;
@@ -108,9 +117,23 @@ async function admitName(egress: Egress, host: string, port: number, log: Logger
   if (admitted.length === 0) {
     const detail = refused.map((x) => `${x.address} (${x.range})`).join(', ') || 'no IPv4 address';
     const id = egress.recordBlock('rebinding', 'tcp', name, port, name, 'target', detail);
+    if (egress.audit) return { ok: true, id, name, addresses: resolved, port, peek: 'none', dst: `${name}:${port}` };
     return { ok: false, id, kind: 'blocked', reason: 'rebinding', name, detail };
   }
   const id = egress.record(d, 'tcp', name, port, 'target', `dial ${admitted.join(',')}`);
   const peek: PeekMode = port === 80 || port === 443 ? 'required' : 'optional';
   return { ok: true, id, name, addresses: admitted, port, peek, dst: `${name}:${port}` };
+}
+
+/** Audit mode: a name the rules refuse still goes to its own addresses (no peek: nothing would be refused). */
+async function auditName(egress: Egress, id: string, host: string, port: number, log: Logger): Promise<Admission> {
+  const name = canonicalHostname(host);
+  if (typeof name !== 'string') return { ok: false, id, kind: 'blocked', reason: 'bad-name', name: null, detail: name.reason };
+  try {
+    const addresses = await egress.targets.addressesFor(name);
+    return { ok: true, id, name, addresses, port, peek: 'none', dst: `${name}:${port}` };
+  } catch (err) {
+    log.info('proxy target did not resolve', { name, port, error: (err as Error).message });
+    return { ok: false, id, kind: 'unresolved', reason: 'unresolved', name, detail: (err as Error).message };
+  }
 }

@@ -241,6 +241,11 @@ export class Tunnel {
   // --- refusing --------------------------------------------------------
 
   private refuse(id: string, how: 'tls' | 'http' | 'close', host: string | null = null, reason = ''): void {
+    // Audit: the refusal is on record (would-block); the tunnel goes through to what was asked for.
+    if (this.ctx.egress.audit && this.state === 'peeking') {
+      void this.dial();
+      return;
+    }
     this.clearTimer();
     this.held.length = 0;
     this.heldBytes = 0;
