@@ -17,6 +17,7 @@ export {
   type BlockReason,
   type Decision,
   type FlowInput,
+  type NameVia,
   type PinView,
   type PolicyOptions,
 } from './policy.js';

@@ -21,6 +21,8 @@ import { ConfigError, NODE_CONFIG_IO, parseServeArgs, type ConfigIo, type ServeC
 import { createLogger, NULL_LOGGER, type Logger, type LogStream } from './log.js';
 import { serve as startService, type RunningServer, type ServeDeps } from './serve.js';
 import type { NetStack } from '../netstack/api.js';
+import { parseProxyArgs, type ProxyConfig } from './proxy/config.js';
+import { startProxy, type ProxyDeps, type ProxyStats, type RunningProxy } from './proxy/index.js';
 
 /** One flag value: a string or number, true for a boolean flag, a list for a repeatable one. */
 export type ServeFlagValue = string | number | boolean | readonly (string | number)[] | undefined;
@@ -117,7 +119,7 @@ export function flagsToArgs(flags: ServeFlags): string[] {
   return args;
 }
 
-function loggerFor(log: Logger | LogStream | undefined, config: ServeConfig): Logger {
+function loggerFor(log: Logger | LogStream | undefined, config: Pick<ServeConfig, 'logLevel' | 'logFormat'>): Logger {
   if (log === undefined) return NULL_LOGGER;
   if (typeof (log as Logger).child === 'function') return log as Logger;
   return createLogger({ level: config.logLevel, format: config.logFormat, stream: log as LogStream });
@@ -138,6 +140,53 @@ function wrap(running: RunningServer, config: ServeConfig): MoatServer {
       return control.reload([...rules], opts.drop === true);
     },
     onDecision: (fn) => (decisions === undefined ? () => {} : decisions.subscribe(fn)),
+    close: () => running.close(),
+  };
+}
+
+export interface ProxyEmbedOptions extends Omit<EmbedOptions, 'deps'> {
+  deps?: Partial<ProxyDeps>;
+}
+
+/** A running `moat proxy`, as proxy() returns it. */
+export interface MoatProxy {
+  /** The HTTP proxy address as bound ("127.0.0.1:3128"). */
+  readonly http: string;
+  /** The SOCKS5 address as bound, or undefined. */
+  readonly socks: string | undefined;
+  readonly apiSocket: string | undefined;
+  /** The lines a user pastes into a shell (export HTTPS_PROXY=...). */
+  readonly envLines: readonly string[];
+  readonly config: ProxyConfig;
+  stats(): ProxyStats;
+  rules(): string[];
+  /** As serve's: resolves first, changes nothing on failure. */
+  setAllowlist(rules: readonly string[], options?: SetAllowlistOptions): Promise<AllowlistUpdate>;
+  onDecision(fn: (record: DecisionRecord) => void): () => void;
+  close(): Promise<void>;
+}
+
+/**
+ * Starts `moat proxy` in this process, with the command line's flags
+ * (`{ listen: '127.0.0.1:0', allow: ['github.com'] }` or an argv array),
+ * parsed by the CLI's own parser.
+ */
+export async function proxy(flags: ServeFlags | readonly string[], options: ProxyEmbedOptions = {}): Promise<MoatProxy> {
+  const args = isArgv(flags) ? [...flags] : flagsToArgs(flags);
+  const parsed = parseProxyArgs(args, options.configIo ?? NODE_CONFIG_IO);
+  if (parsed.kind === 'help') throw new ConfigError('"help" is not a setting (the flags are listed by moat proxy --help)');
+  const config = parsed.config;
+  const running: RunningProxy = await startProxy(config, loggerFor(options.log, config), options.deps ?? {}, options.signal ? { signal: options.signal } : {});
+  return {
+    http: running.http,
+    socks: running.socks,
+    apiSocket: running.apiSocket,
+    envLines: running.envLines,
+    config,
+    stats: () => running.stats(),
+    rules: () => running.allowlist.rules(),
+    setAllowlist: (rules, opts = {}) => running.allowlist.reload([...rules], opts.drop === true),
+    onDecision: (fn) => running.onDecision(fn),
     close: () => running.close(),
   };
 }

@@ -1,5 +1,5 @@
 /**
- * The `moat` package root: the service, embeddable (serve), and the
+ * The `moat` package root: the service and the proxy, embeddable (serve, proxy), and the
  * allowlist learner. The pure libraries have their own entries, which never
  * import this folder: `moat/netstack` (TCP/IP stack), `moat/dns` (rules,
  * zone table, responder) and `moat/sni` (ClientHello/Host peeking, egress
@@ -7,7 +7,10 @@
  */
 export {
   flagsToArgs,
+  proxy,
   serve,
+  type MoatProxy,
+  type ProxyEmbedOptions,
   type AllowlistUpdate,
   type EmbedOptions,
   type MoatServer,
