@@ -116,7 +116,15 @@ export function learnAllowlist(records: Iterable<LearnRecord>, options: LearnOpt
     }
     const flow = parseFlowDst(r.dst);
     if (flow === null) {
-      badDst.add(r.dst);
+      // moat proxy names its targets: dst is "name:port" when the client asked for a name.
+      const named = r.proto === 'tcp' ? parseNamedDst(r.name, r.dst) : null;
+      if (named === null) {
+        badDst.add(r.dst);
+        continue;
+      }
+      used++;
+      addName(named.port === 80 || named.port === 443 ? 'web' : named.port, named.name);
+      if (r.reason === 'rebinding') rebinding.add(named.name);
       continue;
     }
     used++;
@@ -162,6 +170,16 @@ export function learnAllowlist(records: Iterable<LearnRecord>, options: LearnOpt
   }
   if (badDst.size > 0) notes.push(`skipped record(s) whose dst is not IPv4 "address:port": ${listSome([...badDst].sort())}`);
   return { rules: [...nameRules.map((r) => r.text), ...ipRules], notes, used };
+}
+
+/** A proxy target "name:port" (the record's name, else dst's host part), canonical, or null. */
+function parseNamedDst(name: string | null, dst: string): { name: string; port: number } | null {
+  const colon = dst.lastIndexOf(':');
+  if (colon < 0) return null;
+  const portText = dst.slice(colon + 1);
+  if (!/^[1-9][0-9]{0,4}$/.test(portText) || Number(portText) > 65535) return null;
+  const canonical = canonicalHostname(name ?? dst.slice(0, colon));
+  return typeof canonical === 'string' ? { name: canonical, port: Number(portText) } : null;
 }
 
 /** "a.b.c.d:port" → numbers, or null. */
