@@ -209,12 +209,30 @@ interface LimitState {
  * details); refusals within the next interval are only counted, and one
  * summary line per interval says how many there were.
  */
+export interface RefusalLogLines {
+  level: 'info' | 'warn';
+  /** The line for the first refusal of a burst (with its details). */
+  first: string;
+  /** The summary line for the refusals counted since (without details). */
+  summary: string;
+  /** The field naming the key ('limit', 'reason'). */
+  keyField: string;
+}
+
+const LIMIT_LINES: RefusalLogLines = {
+  level: 'warn',
+  first: 'limit reached: refusing new work',
+  summary: 'limit still reached: refusals since the last line',
+  keyField: 'limit',
+};
+
 export class RefusalLog {
   private readonly states = new Map<string, LimitState>();
 
   constructor(
     private readonly log: Logger,
     private readonly intervalMs = REFUSAL_LOG_INTERVAL_MS,
+    private readonly lines: RefusalLogLines = LIMIT_LINES,
   ) {}
 
   /** One refusal by `limit` (a name as in /stats.limits); `fields` describe it (logged only on the first of a burst). */
@@ -229,7 +247,7 @@ export class RefusalLog {
       s.unlogged++;
       return;
     }
-    this.log.warn('limit reached: refusing new work', { limit, ...fields, refusedTotal: s.total, quietForMs: this.intervalMs });
+    this.log[this.lines.level](this.lines.first, { [this.lines.keyField]: limit, ...fields, refusedTotal: s.total, quietForMs: this.intervalMs });
     this.arm(limit, s);
   }
 
@@ -258,7 +276,7 @@ export class RefusalLog {
 
   private flush(limit: string, s: LimitState): boolean {
     if (s.unlogged === 0) return false;
-    this.log.warn('limit still reached: refusals since the last line', { limit, refused: s.unlogged, refusedTotal: s.total, intervalMs: this.intervalMs });
+    this.log[this.lines.level](this.lines.summary, { [this.lines.keyField]: limit, refused: s.unlogged, refusedTotal: s.total, intervalMs: this.intervalMs });
     s.unlogged = 0;
     return true;
   }

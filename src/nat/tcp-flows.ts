@@ -14,7 +14,7 @@
  */
 import { connect as netConnect, type NetConnectOpts, type Socket } from 'node:net';
 import type { PendingTcp, SynInfo, TcpHandlers, TcpSocket } from '../../netstack/api.js';
-import type { BufferBudget } from '../limits.js';
+import { RefusalLog, type BufferBudget } from '../limits.js';
 import type { Logger } from '../log.js';
 import { TcpPipe } from './tcp-pipe.js';
 import { describe } from './udp-flows.js';
@@ -60,10 +60,23 @@ export class TcpFlowTable {
   private readonly origins = new Map<TcpPipe, { syn: SynInfo; name: string | null; via: 'sni' | 'host' | null }>();
   private readonly counters = { opened: 0, refused: 0, limitRefused: 0, timedOut: 0, bytesToHost: 0, bytesToGuest: 0 };
 
+  /**
+   * Refusals are logged per reason at most once per interval (a summary line
+   * counts the rest): a guest dialing a closed port in a loop must not fill the log.
+   */
+  private readonly refusals: RefusalLog;
+
   constructor(
     private readonly opts: TcpFlowTableOptions,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.refusals = new RefusalLog(log, undefined, {
+      level: 'info',
+      first: 'tcp flow refused',
+      summary: 'tcp flows refused since the last line',
+      keyField: 'reason',
+    });
+  }
 
   get size(): number {
     return this.dials.size + this.pipes.size;
@@ -105,10 +118,10 @@ export class TcpFlowTable {
     pending.refuse();
   }
 
-  /** Refuses `pending` with RST, logging why (one line per refusal). */
+  /** Refuses `pending` with RST, logging why (the first of each reason per interval, then a count). */
   refuse(pending: PendingTcp, reason: string, extra?: Record<string, unknown>): void {
     this.counters.refused++;
-    this.log.info('tcp flow refused', { ...describe(pending.syn), reason, ...extra });
+    this.refusals.refused(reason, { ...describe(pending.syn), ...extra });
     pending.refuse();
   }
 
@@ -126,7 +139,7 @@ export class TcpFlowTable {
       timer: setTimeout(() => {
         if (!this.dials.delete(dial)) return;
         this.counters.timedOut++;
-        this.log.info('tcp flow refused', { ...describe(syn), reason: 'connect-timeout' });
+        this.refusals.refused('connect-timeout', describe(syn));
         socket.destroy();
         pending.ignore();
       }, this.opts.connectTimeoutMs),
