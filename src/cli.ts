@@ -26,8 +26,8 @@ import { learnHelp, runLearn, type LearnIo } from './learn.js';
 import { formatIPv4 } from '../netstack/addr.js';
 import { createLogger, type Logger, type LogStream } from './log.js';
 import { serve, type RunningServer, type ServeDeps } from './serve.js';
-import { parseProxyArgs, proxyHelp } from './proxy/config.js';
-import { startProxy, type ProxyDeps, type RunningProxy } from './proxy/index.js';
+import { parseProxyArgs, proxyHelp, type ProxyConfig } from './proxy/config.js';
+import { describeProxyConfig, startProxy, type ProxyDeps, type RunningProxy } from './proxy/index.js';
 
 export const EXIT_OK = 0;
 export const EXIT_RUNTIME_ERROR = 1;
@@ -298,10 +298,59 @@ async function runProxy(args: readonly string[], io: CliIo): Promise<number> {
   }
   // The lines a user pastes go to stdout, apart from the log on stderr.
   io.stdout.write(`${proxy.envLines.join('\n')}\n`);
+  // SIGHUP: as for serve, the allowlist in --config is reloaded (fail closed); other changes need a restart.
+  let running = config;
+  let reloading = Promise.resolve();
+  const offReload = io.onReload?.(() => {
+    reloading = reloading.then(async () => {
+      running = await reloadProxyConfig(args, io, proxy, running, log);
+    });
+  });
   const signal = await stop.stopped;
+  offReload?.();
   log.info('shutting down', { signal });
   await proxy.close();
   return EXIT_OK;
+}
+
+/** SIGHUP for `moat proxy`: re-reads --config; only the allowlist changes live. Returns the configuration now running. */
+export async function reloadProxyConfig(args: readonly string[], io: CliIo, proxy: RunningProxy, current: ProxyConfig, log: Logger): Promise<ProxyConfig> {
+  if (!args.some((a) => a === '--config' || a.startsWith('--config='))) {
+    log.warn('SIGHUP: no --config file to re-read; nothing changed');
+    return current;
+  }
+  let next: ProxyConfig;
+  try {
+    const parsed = parseProxyArgs(args, io.config);
+    if (parsed.kind !== 'config') return current;
+    next = parsed.config;
+  } catch (e) {
+    log.warn('config reload refused: the running configuration is unchanged', { error: (e as Error).message });
+    return current;
+  }
+  const before = describeProxyConfig(current);
+  const after = describeProxyConfig(next);
+  const restartNeeded = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter(
+    (k) => k !== 'allow' && JSON.stringify(before[k]) !== JSON.stringify(after[k]),
+  );
+  const rulesNext = next.allow.map((r) => r.text);
+  let applied = current;
+  if (JSON.stringify(current.allow.map((r) => r.text)) !== JSON.stringify(rulesNext)) {
+    if (rulesNext.length === 0 || current.allowAll) {
+      restartNeeded.push('allow');
+    } else {
+      try {
+        await proxy.allowlist.reload(rulesNext, false);
+        applied = { ...current, allow: next.allow };
+      } catch (e) {
+        log.warn('config reload refused: the running allowlist is unchanged', { error: (e as Error).message });
+        return current;
+      }
+    }
+  }
+  if (restartNeeded.length > 0) log.warn('config reload: these settings change only with a restart; they keep their running values', { restartNeeded });
+  log.info('config reloaded', { allowlistReloaded: applied !== current, restartNeeded });
+  return applied;
 }
 
 function nodeCliIo(): CliIo {
