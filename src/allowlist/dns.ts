@@ -17,6 +17,7 @@ import { DEFAULT_DNS_FORWARDER_OPTIONS, DnsTcpSession } from '../dns-forward.js'
 import type { DnsTcpLimits, DnsVia, GatewayDns, GatewayDnsStats } from '../gateway-dns.js';
 import type { Logger } from '../log.js';
 import { realTimers } from './resolver.js';
+import { PerKeyRateLimit } from '../egress/decision-log.js';
 import { GUEST_IPV6 } from './zones.js';
 
 export interface AllowlistDnsOptions {
@@ -42,6 +43,8 @@ export class AllowlistDns implements GatewayDns {
   /** Aborted on close(): live lookups in flight end (SERVFAIL, then dropped). */
   private readonly closing = new AbortController();
   private readonly onDecision: ((d: DnsDecision) => void) | undefined;
+  /** A guest asking one name in a loop must not fill the log: a few lines per name and type per window, then a count. */
+  private readonly lineLimit: PerKeyRateLimit;
 
   constructor(
     opts: AllowlistDnsOptions,
@@ -56,6 +59,8 @@ export class AllowlistDns implements GatewayDns {
       ...(opts.audit ? { audit: true } : {}),
     });
     this.onDecision = opts.onDecision;
+    const timers = opts.timers ?? realTimers;
+    this.lineLimit = new PerKeyRateLimit({ now: () => timers.now(), burst: 5, windowMs: 10_000, maxKeys: 4096 });
     this.tcpLimits = {
       maxTcpPipelined: opts.tcp?.maxTcpPipelined ?? DEFAULT_DNS_FORWARDER_OPTIONS.maxTcpPipelined,
       tcpIdleTimeoutMs: opts.tcp?.tcpIdleTimeoutMs ?? DEFAULT_DNS_FORWARDER_OPTIONS.tcpIdleTimeoutMs,
@@ -92,7 +97,10 @@ export class AllowlistDns implements GatewayDns {
   }
 
   private logDecision(d: DnsDecision, via: DnsVia): void {
+    const suppressedBefore = this.lineLimit.admit(`${d.name} ${d.type}`);
+    if (suppressedBefore < 0) return;
     this.log.info('dns decision', {
+      ...(suppressedBefore > 0 ? { suppressedBefore } : {}),
       decision: d.outcome === 'sinkholed' ? 'sinkholed' : d.outcome === 'audit-live' ? 'would-sinkhole' : d.allowed ? 'allowed' : 'rejected',
       name: d.name,
       type: d.type,

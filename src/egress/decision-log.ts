@@ -54,6 +54,53 @@ interface Bucket {
   suppressed: number;
 }
 
+/**
+ * At most `burst` events per `windowMs` for one key; the table of keys is
+ * bounded (least recently used evicted). What every per-destination log
+ * limit in the service uses.
+ */
+export class PerKeyRateLimit {
+  private readonly buckets = new Map<string, Bucket>();
+  suppressedTotal = 0;
+
+  constructor(private readonly opts: { now: () => number; burst: number; windowMs: number; maxKeys: number }) {}
+
+  get keys(): number {
+    return this.buckets.size;
+  }
+
+  /** -1 when the event is suppressed; otherwise how many were suppressed for this key since the last admitted one. */
+  admit(key: string): number {
+    const now = this.opts.now();
+    let b = this.buckets.get(key);
+    if (b === undefined) {
+      if (this.buckets.size >= this.opts.maxKeys) {
+        const oldest = this.buckets.keys().next().value;
+        if (oldest !== undefined) this.buckets.delete(oldest);
+      }
+      b = { windowStart: now, written: 0, suppressed: 0 };
+      this.buckets.set(key, b);
+    } else {
+      // Keep Map order = least recently used first, for eviction.
+      this.buckets.delete(key);
+      this.buckets.set(key, b);
+    }
+    if (now - b.windowStart >= this.opts.windowMs) {
+      b.windowStart = now;
+      b.written = 0;
+    }
+    if (b.written >= this.opts.burst) {
+      b.suppressed++;
+      this.suppressedTotal++;
+      return -1;
+    }
+    b.written++;
+    const suppressed = b.suppressed;
+    b.suppressed = 0;
+    return suppressed;
+  }
+}
+
 export interface DecisionLogStats {
   allowed: number;
   blocked: number;
@@ -62,7 +109,7 @@ export interface DecisionLogStats {
 }
 
 export class DecisionLog {
-  private readonly buckets = new Map<string, Bucket>();
+  private readonly limit: PerKeyRateLimit;
   private readonly prefix = randomBytes(3).toString('hex');
   private counter = 0;
   private readonly listeners = new Set<(r: DecisionRecord) => void>();
@@ -71,7 +118,9 @@ export class DecisionLog {
   constructor(
     private readonly opts: DecisionLogOptions,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.limit = new PerKeyRateLimit({ now: opts.now, burst: opts.burst, windowMs: opts.windowMs, maxKeys: opts.maxDestinations });
+  }
 
   /** A fresh decision id: unique within this process, and unlikely to repeat across restarts. */
   nextId(): string {
@@ -97,8 +146,11 @@ export class DecisionLog {
       }
     }
 
-    const suppressedBefore = this.admit(`${r.proto} ${r.dst}`);
-    if (suppressedBefore < 0) return;
+    const suppressedBefore = this.limit.admit(`${r.proto} ${r.dst}`);
+    if (suppressedBefore < 0) {
+      this.stats.suppressedLines++;
+      return;
+    }
     const line: Record<string, unknown> = { ...r };
     if (suppressedBefore > 0) line['suppressedBefore'] = suppressedBefore;
     if (this.opts.sink !== undefined) {
@@ -109,36 +161,5 @@ export class DecisionLog {
     } else {
       this.log.info('egress decision', line);
     }
-  }
-
-  /** -1 when the line is suppressed; otherwise how many were suppressed since the last written one. */
-  private admit(key: string): number {
-    const now = this.opts.now();
-    let b = this.buckets.get(key);
-    if (b === undefined) {
-      if (this.buckets.size >= this.opts.maxDestinations) {
-        const oldest = this.buckets.keys().next().value;
-        if (oldest !== undefined) this.buckets.delete(oldest);
-      }
-      b = { windowStart: now, written: 0, suppressed: 0 };
-      this.buckets.set(key, b);
-    } else {
-      // Keep Map order = least recently used first, for eviction.
-      this.buckets.delete(key);
-      this.buckets.set(key, b);
-    }
-    if (now - b.windowStart >= this.opts.windowMs) {
-      b.windowStart = now;
-      b.written = 0;
-    }
-    if (b.written >= this.opts.burst) {
-      b.suppressed++;
-      this.stats.suppressedLines++;
-      return -1;
-    }
-    b.written++;
-    const suppressed = b.suppressed;
-    b.suppressed = 0;
-    return suppressed;
   }
 }

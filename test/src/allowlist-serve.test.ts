@@ -131,6 +131,15 @@ describe('gateway:53 in allowlist mode', () => {
     expect(lines[1]!.fields).toMatchObject({ decision: 'sinkholed', name: 'evil.example', type: 'TXT', zone: '.', via: 'udp' });
   });
 
+  it('a name asked in a loop logs a few lines, then says how many it suppressed', async () => {
+    const s = await setup(['github.com']);
+    for (let i = 0; i < 12; i++) await askUdp(s, 'loop.example', 'A');
+    await askUdp(s, 'other.example', 'A');
+    const lines = s.log.filter((l) => l.msg === 'dns decision');
+    expect(lines.filter((l) => l.fields.name === 'loop.example')).toHaveLength(5);
+    expect(lines.filter((l) => l.fields.name === 'other.example')).toHaveLength(1);
+  });
+
   it('serves DNS over TCP: 2-byte framing, several queries on one connection, answers in query order', async () => {
     const s = await setup(['github.com', '*.githubusercontent.com']);
     const pending = new FakePendingTcp({ src: GUEST, srcPort: 41000, dst: GATEWAY, dstPort: 53 });
