@@ -225,6 +225,12 @@ export interface StackConfig {
     maxConnections: number;
     /** SYNs waiting for a decision; beyond it new SYNs are dropped. */
     maxHeldSyns: number;
+    /**
+     * How long the ACK for a small in-order segment may wait for the answer
+     * to carry it, on connections that answer (request/response); default 4,
+     * 0 = always ACK at the end of the input batch. See tcp/connection.ts.
+     */
+    delayedAckMs?: number;
   };
   fragments: { maxBytes: number; maxDatagrams: number; timeoutMs: number };
 }

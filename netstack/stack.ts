@@ -70,6 +70,13 @@ import { emitUdpHeader, parseUdp, UDP_HEADER_LEN } from './udp.js';
 export const MIN_MTU = 576;
 export const MAX_MTU = 65520;
 
+/**
+ * Delayed ACK for request/response connections: long enough for a host
+ * server on the same machine to answer (typically 0.1-1 ms), short next to
+ * Linux's 40 ms minimum, so that a writer held by Nagle waits little.
+ */
+export const DEFAULT_DELAYED_ACK_MS = 4;
+
 /** gvproxy's defaults, so that guests configured for gvproxy work unchanged. */
 export const DEFAULT_STACK_CONFIG: StackConfig = Object.freeze({
   mtu: 1500,
@@ -190,6 +197,7 @@ export class Stack implements NetStack, TcpHost {
       sendBufferBytes: config.tcp.sendBufferBytes,
       recvBufferBytes: config.tcp.recvBufferBytes,
       oooBytes: config.tcp.oooBytes,
+      delayedAckMs: config.tcp.delayedAckMs ?? DEFAULT_DELAYED_ACK_MS,
     };
   }
 

@@ -39,8 +39,17 @@
  *   turn has been buffered. Sender-side SWS avoidance (RFC 9293 §3.8.6.2.1):
  *   a segment smaller than both the MSS and the data waiting is not sent
  *   while data is in flight (the ACK clock will open the window further).
- * - No delayed-ACK timer: ACKs leave at the end of the input batch, which
- *   coalesces as well as Linux's delayed ACK under load and adds no latency.
+ * - ACKs leave at the end of the input batch (coalesced per batch), with one
+ *   exception when `delayedAckMs` > 0: in-order data smaller than a
+ *   full-sized segment (a request, a keystroke) is acknowledged up to
+ *   delayedAckMs later (RFC 9293 §3.8.6.3, RFC 1122 §4.2.3.2 allow up to
+ *   0.5 s), so that the application's answer carries the ACK instead of a
+ *   separate segment costing a frame each way through the guest link. Only
+ *   on a connection that has shown it answers within delayedAckMs (Linux's
+ *   "pingpong" mode, left again when a delayed ACK had to be sent alone), so
+ *   that a one-way flow or a Nagle-bound writer is not made to wait. A full
+ *   segment, a FIN, out-of-order data or a window update is still
+ *   acknowledged at the end of the batch.
  * - Zero-window probes are Linux's (tcp_xmit_probe_skb): an ACK with
  *   SEQ = SND.UNA - 1, which the peer must answer with its current window.
  * - Loss recovery is NewReno; the peer's SACK blocks are parsed but not used
@@ -128,6 +137,11 @@ export interface TcpConfig {
   keepaliveProbes?: number;
   /** Challenge ACKs allowed per second per connection (RFC 5961 §7). Default 10. */
   challengeAckPerSecond?: number;
+  /**
+   * How long an ACK for in-order data smaller than a full segment may wait
+   * for outgoing data to ride on; 0 (the default) = ACK at the end of the batch.
+   */
+  delayedAckMs?: number;
 }
 
 type ResolvedConfig = Required<Omit<TcpConfig, 'keepaliveMs' | 'finWait2TimeoutMs'>> & {
@@ -153,6 +167,7 @@ function resolveConfig(c: TcpConfig): ResolvedConfig {
     keepaliveIntervalMs: c.keepaliveIntervalMs ?? 75_000,
     keepaliveProbes: c.keepaliveProbes ?? 9,
     challengeAckPerSecond: c.challengeAckPerSecond ?? 10,
+    delayedAckMs: c.delayedAckMs ?? 0,
   };
 }
 
@@ -192,6 +207,8 @@ function chooseShift(bytes: number): number {
 /** Linux ignores out-of-window pure ACKs answered less than this apart (tcp_invalid_ratelimit). */
 const OOW_ACK_INTERVAL_MS = 500;
 const TS_OPTION_BYTES = 12;
+/** TCP option bytes a full-sized segment may carry besides its payload (the most options can take). */
+const FULL_SEGMENT_SLACK = 40;
 const DEFAULT_MSS = 536; // RFC 9293 §3.7.1: when the peer sends no MSS option
 
 export class TcpConnection implements TcpSocket {
@@ -270,6 +287,14 @@ export class TcpConnection implements TcpSocket {
 
   // Output bookkeeping.
   private ackOwed = false;
+  /** In-order data arrived and is not acknowledged yet (the ACK may be delayed, see delayedAckMs). */
+  private dataAckOwed = false;
+  /** Made on the first delayed ACK: most connections (bulk, idle) never need it. */
+  private delAckTimer: Timer | null = null;
+  /** When in-order data last arrived (only kept while delayedAckMs > 0). */
+  private lastDataAt = -Infinity;
+  /** We answered the peer's data within delayedAckMs: its next small segment's ACK may wait for our answer. */
+  private pingpong = false;
   private lastRecvAt = 0;
   private keepaliveProbesSent = 0;
   private challengeWindowStart = -Infinity;
@@ -599,7 +624,7 @@ export class TcpConnection implements TcpSocket {
       }
     }
     if (this.st === St.FIN_WAIT_2) this.armFinWait2Timer();
-    if (this.ackOwed || this.hasOutput()) this.host.scheduleFlush(this);
+    if (this.ackOwed || this.dataAckOwed || this.hasOutput()) this.host.scheduleFlush(this);
   }
 
   /** RFC 9293 §3.10.7.3. */
@@ -760,7 +785,8 @@ export class TcpConnection implements TcpSocket {
   private receiveText(seq: number, payload: Uint8Array, fin: boolean): void {
     const len = payload.length;
     if (seq === this.rcvNxt) {
-      this.ackOwed = true;
+      this.dataAckOwed = true;
+      if (this.cfg.delayedAckMs > 0) this.lastDataAt = this.host.clock.now();
       if (!this.paused && this.recv.length === 0 && !this.delivering) {
         // Fast path: hand the segment's own bytes to the application, no copy.
         this.recv.skip(len);
@@ -857,8 +883,32 @@ export class TcpConnection implements TcpSocket {
   flushAck(): void {
     if (!this.isSynchronized()) return;
     this.output();
+    if (this.st === St.CLOSED) return;
+    if (!this.ackOwed && this.dataAckOwed && this.mayDelayAck()) {
+      let t = this.delAckTimer;
+      if (t === null) t = this.delAckTimer = new Timer(() => this.onDelayedAckTimer());
+      if (!t.armed) this.host.timers.arm(t, this.cfg.delayedAckMs);
+      return;
+    }
     // Pure ACKs carry SND.MAX, not a rolled-back SND.NXT: the peer would find an old sequence number unacceptable and ignore the ACK (BSD does the same).
-    if (this.ackOwed && this.st !== St.CLOSED) this.sendControl(TCP_ACK, this.sndMax);
+    if (this.ackOwed || this.dataAckOwed) this.sendControl(TCP_ACK, this.sndMax);
+  }
+
+  /**
+   * Delay only an ACK for less than one full-sized segment of new in-order
+   * data: a bulk sender's full segments are acknowledged per batch as
+   * before (RFC 9293 §3.8.6.3: at least every second full-sized segment).
+   */
+  private mayDelayAck(): boolean {
+    if (!this.pingpong || this.st !== St.ESTABLISHED) return false;
+    return seqDiff(this.rcvNxt, this.lastAckSent) < this.host.localMss - FULL_SEGMENT_SLACK;
+  }
+
+  private onDelayedAckTimer(): void {
+    if (this.st === St.CLOSED || (!this.dataAckOwed && !this.ackOwed)) return;
+    // No answer came in time: this is not a request/response flow (now).
+    this.pingpong = false;
+    this.sendAckNow();
   }
 
   private hasOutput(): boolean {
@@ -870,6 +920,7 @@ export class TcpConnection implements TcpSocket {
   private output(): void {
     const st = this.st;
     if (st !== St.ESTABLISHED && st !== St.CLOSE_WAIT && st !== St.FIN_WAIT_1 && st !== St.LAST_ACK && st !== St.CLOSING) return;
+    const sndMaxBefore = this.sndMax;
     for (;;) {
       const offset = seqDiff(this.sndNxt, this.sndUna);
       const unsent = this.sendBuf.length - offset;
@@ -904,6 +955,13 @@ export class TcpConnection implements TcpSocket {
         if (!this.rtxTimer.armed) this.host.timers.arm(this.rtxTimer, this.rtt.rto);
       }
       break;
+    }
+    // New data leaving soon after the peer's data: an answer (Linux's tcp_event_data_sent enters pingpong mode the same way).
+    if (
+      this.sndMax !== sndMaxBefore && !this.pingpong && this.cfg.delayedAckMs > 0 &&
+      this.host.clock.now() - this.lastDataAt < this.cfg.delayedAckMs
+    ) {
+      this.pingpong = true;
     }
     // Zero window with data waiting and nothing in flight: probe (RFC 9293 §3.8.6.1).
     const waiting = this.sendBuf.length - seqDiff(this.sndNxt, this.sndUna) > 0;
@@ -976,6 +1034,8 @@ export class TcpConnection implements TcpSocket {
       o.window = this.windowField();
       this.lastAckSent = this.rcvNxt;
       this.ackOwed = false;
+      this.dataAckOwed = false;
+      if (this.delAckTimer !== null && this.delAckTimer.armed) this.host.timers.cancel(this.delAckTimer);
     } else {
       o.ack = 0;
       o.window = 0;
@@ -1236,8 +1296,10 @@ export class TcpConnection implements TcpSocket {
     t.cancel(this.persistTimer);
     t.cancel(this.keepaliveTimer);
     t.cancel(this.lingerTimer);
+    if (this.delAckTimer !== null) t.cancel(this.delAckTimer);
     this.st = St.CLOSED;
     this.ackOwed = false;
+    this.dataAckOwed = false;
     if (graceful) {
       this.notifyCloseWhenDelivered();
     } else {

@@ -277,6 +277,89 @@ describe('receiving', () => {
   });
 });
 
+describe('delayed ACK for request/response (delayedAckMs)', () => {
+  const DCFG: TcpConfig = { ...CFG, delayedAckMs: 4 };
+  /** The guest sends `n` bytes of in-order data; returns what we sent at the end of that batch. */
+  function request(g: ReturnType<typeof established>, n: number): TcpRepr[] {
+    g.send({ payload: bytes(n), flags: TCP_ACK | TCP_PSH });
+    g.rcv += n;
+    return g.host.take();
+  }
+  /** We answer `n` bytes (the application's write) and the turn ends. */
+  function answer(g: ReturnType<typeof established>, n: number): TcpRepr[] {
+    g.conn.write(bytes(n, 7));
+    g.host.flush();
+    const out = g.host.take();
+    g.una += n;
+    return out;
+  }
+
+  it('acknowledges at once until the connection has answered, then lets the answer carry the ACK', () => {
+    const g = established({ cfg: DCFG });
+    // First request: not known to be request/response yet: pure ACK at the end of the batch.
+    expect(request(g, 64).map((s) => [flagsText(s.flags), s.ack])).toEqual([['.', g.rcv]]);
+    g.clock.advance(1);
+    answer(g, 64); // answered within delayedAckMs: pingpong
+    // Second request: no pure ACK at the end of the batch...
+    expect(request(g, 64)).toEqual([]);
+    g.clock.advance(1);
+    // ...the answer acknowledges it.
+    const out = answer(g, 100);
+    expect(out).toHaveLength(1);
+    expect(out[0]!.payload.length).toBe(100);
+    expect(out[0]!.ack).toBe(g.rcv);
+    // Nothing more is sent when the delay runs out.
+    g.tick(10);
+    expect(g.host.take()).toEqual([]);
+  });
+
+  it('sends the ACK alone after delayedAckMs when no answer comes, and stops delaying', () => {
+    const g = established({ cfg: DCFG });
+    request(g, 10);
+    answer(g, 10);
+    expect(request(g, 10)).toEqual([]);
+    g.tick(3);
+    expect(g.host.take()).toEqual([]);
+    g.tick(2);
+    const late = g.host.take();
+    expect(late.map((s) => [flagsText(s.flags), s.ack, s.payload.length])).toEqual([['.', g.rcv, 0]]);
+    // The next small segment is acknowledged at once again.
+    expect(request(g, 10).map((s) => s.ack)).toEqual([g.rcv]);
+  });
+
+  it('never delays the ACK of a full-sized segment, a FIN or out-of-order data', () => {
+    const g = established({ cfg: DCFG });
+    request(g, 10);
+    answer(g, 10);
+    expect(request(g, 1460).map((s) => s.ack)).toEqual([g.rcv]); // a full segment (localMss 1460)
+    answer(g, 10);
+    g.send({ seq: g.rcv + 100, payload: bytes(10) }); // a hole
+    expect(g.host.take().map((s) => s.ack)).toEqual([g.rcv]);
+
+    const f = established({ cfg: DCFG });
+    request(f, 10);
+    answer(f, 10);
+    f.send({ payload: bytes(10), flags: TCP_ACK | TCP_FIN });
+    f.rcv += 11;
+    expect(f.host.take().map((s) => s.ack)).toEqual([f.rcv]);
+  });
+
+  it('an answer later than delayedAckMs does not start delaying', () => {
+    const g = established({ cfg: DCFG });
+    request(g, 10);
+    g.clock.advance(5);
+    answer(g, 10);
+    expect(request(g, 10).map((s) => s.ack)).toEqual([g.rcv]);
+  });
+
+  it('with delayedAckMs 0 (the TcpConnection default) every batch is acknowledged at once', () => {
+    const g = established();
+    request(g, 10);
+    answer(g, 10);
+    expect(request(g, 10).map((s) => s.ack)).toEqual([g.rcv]);
+  });
+});
+
 describe('RFC 5961', () => {
   it('resets only on an exact RST, challenges in-window ones, ignores others', () => {
     const g = established();
