@@ -147,6 +147,26 @@ describe('TimerWheel', () => {
     expect(fired).toBe(1);
   });
 
+  it('after the earliest timer is cancelled, nextDeadline finds the next one, in the same tick or rotations later', () => {
+    const clock = new ManualClock(0);
+    const wheel = new TimerWheel(clock, 10, 8);
+    const a = new Timer(() => {});
+    const b = new Timer(() => {});
+    const far = new Timer(() => {});
+    wheel.armAt(a, 21);
+    wheel.armAt(b, 27); // the same 10 ms tick as a
+    wheel.armAt(far, 5000); // many rotations later
+    expect(wheel.nextDeadline()).toBe(30);
+    wheel.cancel(a);
+    expect(wheel.nextDeadline()).toBe(30);
+    wheel.cancel(b);
+    expect(wheel.nextDeadline()).toBe(5000);
+    wheel.armAt(a, 45); // arming keeps it exact
+    expect(wheel.nextDeadline()).toBe(50);
+    wheel.armAt(a, 6000); // re-arming the earliest later
+    expect(wheel.nextDeadline()).toBe(5000);
+  });
+
   it('handles long delays across many rotations and huge clock jumps', () => {
     const clock = new ManualClock();
     const wheel = new TimerWheel(clock, 1, 8);
@@ -166,7 +186,8 @@ describe('TimerWheel', () => {
   it('nextDeadline is when advance() fires the earliest timer, through random arm/cancel/advance', () => {
     type Op = { kind: 'arm'; timer: number; delay: number } | { kind: 'cancel'; timer: number } | { kind: 'advance'; by: number };
     const op: fc.Arbitrary<Op> = fc.oneof(
-      fc.record({ kind: fc.constant('arm' as const), timer: fc.nat({ max: 9 }), delay: fc.integer({ min: 0, max: 5000 }) }),
+      // Short delays too, so that several timers share a tick (the cached earliest must survive cancelling one of them).
+      fc.record({ kind: fc.constant('arm' as const), timer: fc.nat({ max: 9 }), delay: fc.oneof(fc.integer({ min: 0, max: 5000 }), fc.integer({ min: 0, max: 30 })) }),
       fc.record({ kind: fc.constant('cancel' as const), timer: fc.nat({ max: 9 }) }),
       fc.record({ kind: fc.constant('advance' as const), by: fc.integer({ min: 0, max: 700 }) }),
     );
