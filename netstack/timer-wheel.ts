@@ -48,6 +48,14 @@ export class TimerWheel {
    */
   private minDeadline = Infinity;
   private minKnown = true;
+  /**
+   * Per slot, the same idea: the earliest deadline filed there, exact while
+   * slotMinKnown[slot] is 1. A rescan then reads one number per slot and
+   * walks only the lists whose minimum went, instead of every far-future
+   * (TIME-WAIT) timer on the wheel.
+   */
+  private readonly slotMin: Float64Array;
+  private readonly slotMinKnown: Uint8Array;
 
   constructor(
     private readonly clock: Clock,
@@ -58,6 +66,8 @@ export class TimerWheel {
       throw new RangeError('TimerWheel: tickMs must be > 0 and slotCount a positive integer');
     }
     this.heads = new Array<Timer | null>(slotCount).fill(null);
+    this.slotMin = new Float64Array(slotCount).fill(Infinity);
+    this.slotMinKnown = new Uint8Array(slotCount).fill(1);
     this.currentTick = Math.floor(clock.now() / tickMs);
   }
 
@@ -88,6 +98,7 @@ export class TimerWheel {
     this.count++;
     // Exact stays exact; a lower bound stays a lower bound.
     if (deadline < this.minDeadline) this.minDeadline = deadline;
+    if (deadline < this.slotMin[slot]!) this.slotMin[slot] = deadline;
   }
 
   cancel(timer: Timer): void {
@@ -114,15 +125,21 @@ export class TimerWheel {
     const due = this.due;
     for (let t = firstTick; t <= nowTick; t++) {
       const slot = t % this.slotCount;
+      let left = Infinity;
       for (let timer: Timer | null = this.heads[slot]!; timer !== null; ) {
         const next: Timer | null = timer.next;
         if (timer.deadline <= now) {
           this.unlink(timer);
           timer.slot = PENDING_FIRE;
           due.push(timer);
+        } else if (timer.deadline < left) {
+          left = timer.deadline;
         }
         timer = next;
       }
+      // The walk saw every timer left in the slot: its minimum is known again.
+      this.slotMin[slot] = left;
+      this.slotMinKnown[slot] = 1;
     }
     for (let i = 0; i < due.length; i++) {
       const timer = due[i]!;
@@ -164,9 +181,14 @@ export class TimerWheel {
     let best = Infinity;
     for (let i = 0; i < this.slotCount; i++) {
       const tick = start + i;
-      for (let t: Timer | null = this.heads[tick % this.slotCount]!; t !== null; t = t.next) {
-        if (t.deadline < best) best = t.deadline;
+      const slot = tick % this.slotCount;
+      if (this.slotMinKnown[slot] === 0) {
+        let m = Infinity;
+        for (let t: Timer | null = this.heads[slot]!; t !== null; t = t.next) if (t.deadline < m) m = t.deadline;
+        this.slotMin[slot] = m;
+        this.slotMinKnown[slot] = 1;
       }
+      if (this.slotMin[slot]! < best) best = this.slotMin[slot]!;
       // Slot `tick` holds this rotation's deadlines up to tick * tickMs; every
       // later slot holds later ones, so a deadline within this tick is the earliest.
       if (best <= tick * this.tickMs) return best;
@@ -182,6 +204,7 @@ export class TimerWheel {
   private unlink(timer: Timer): void {
     // The earliest may have gone: the old minimum is still a lower bound.
     if (timer.deadline <= this.minDeadline) this.minKnown = false;
+    if (timer.deadline <= this.slotMin[timer.slot]!) this.slotMinKnown[timer.slot] = 0;
     if (timer.prev !== null) timer.prev.next = timer.next;
     else this.heads[timer.slot] = timer.next;
     if (timer.next !== null) timer.next.prev = timer.prev;
