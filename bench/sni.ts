@@ -1,0 +1,105 @@
+/**
+ * The flow wall's per-connection cost, in process: what Moat spends on a
+ * connection before it dials anything.
+ *
+ *  peek      NamePeeker over each real ClientHello fixture (test/fixtures/
+ *            clienthello/), fed whole, and an HTTP/1.1 request head: the
+ *            work done once per held connection.
+ *  peek-split  the same hellos cut into 100-byte chunks (a hello spread over
+ *            several TCP segments: the buffering path).
+ *  decide    EgressPolicy.decide() for a SYN (no name yet) and again with
+ *            the peeked name, over a 500-rule allowlist (exact hosts,
+ *            wildcards, CIDRs) and a mix of allowed and refused flows.
+ *
+ * Prints operations per second and ns per operation, medians of --runs runs.
+ *
+ *   node dist/bench/sni.js [--runs 5] [--ops 200000]
+ */
+import { readdirSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { parseRules } from '../dns/rules.js';
+import { NamePeeker } from '../sni/peek.js';
+import { PinTable } from '../sni/pins.js';
+import { EgressPolicy, type FlowInput } from '../sni/policy.js';
+
+const args = process.argv.slice(2);
+const flag = (name: string, fallback: number): number => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? Number(args[i + 1]) : fallback;
+};
+const RUNS = flag('runs', 5);
+const OPS = flag('ops', 200_000);
+
+function repoRoot(): string {
+  let dir = dirname(fileURLToPath(import.meta.url));
+  while (!readdirSync(dir).includes('package.json')) dir = dirname(dir);
+  return dir;
+}
+
+const fixtureDir = join(repoRoot(), 'test', 'fixtures', 'clienthello');
+const hellos = readdirSync(fixtureDir)
+  .filter((f) => f.endsWith('.bin'))
+  .map((f) => new Uint8Array(readFileSync(join(fixtureDir, f))));
+const httpHead = new TextEncoder().encode('GET /index.html HTTP/1.1\r\nHost: www.example.org\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n');
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+/** Runs `body(i)` OPS times per run; returns the median ns per op. */
+function measure(body: (i: number) => void): number {
+  const ns: number[] = [];
+  for (let r = 0; r < RUNS; r++) {
+    const t0 = process.hrtime.bigint();
+    for (let i = 0; i < OPS; i++) body(i);
+    ns.push(Number(process.hrtime.bigint() - t0) / OPS);
+  }
+  return median(ns);
+}
+
+let sink = 0;
+const inputs = [...hellos, httpHead];
+const peekWhole = measure((i) => {
+  const r = new NamePeeker().push(inputs[i % inputs.length]!);
+  if (r.kind === 'name') sink += r.name?.length ?? 0;
+});
+const peekSplit = measure((i) => {
+  const hello = hellos[i % hellos.length]!;
+  const p = new NamePeeker();
+  for (let off = 0; off < hello.length; off += 100) {
+    const r = p.push(hello.subarray(off, off + 100));
+    if (r.kind !== 'need-more') {
+      if (r.kind === 'name') sink += r.name?.length ?? 0;
+      break;
+    }
+  }
+});
+
+// 500 rules: 300 exact hosts, 150 wildcards, 50 CIDRs.
+const ruleTexts: string[] = [];
+for (let i = 0; i < 300; i++) ruleTexts.push(`host${i}.example${i % 17}.com`);
+for (let i = 0; i < 150; i++) ruleTexts.push(`*.cdn${i}.example.net`);
+for (let i = 0; i < 50; i++) ruleTexts.push(`10.${i}.0.0/16`);
+const policy = EgressPolicy.compile({ rules: parseRules(ruleTexts), guestSubnet: { network: '192.168.127.0', prefix: 24 }, hostAlias: '192.168.127.254' });
+const pins = new PinTable(() => performance.now());
+const flows: FlowInput[] = [];
+for (let i = 0; i < 1024; i++) {
+  const dst = `203.0.${i % 256}.${(i * 7) % 256}`;
+  const name = i % 3 === 0 ? `host${i % 300}.example${i % 300 % 17}.com` : i % 3 === 1 ? `img${i}.cdn${i % 150}.example.net` : `evil${i}.example.org`;
+  flows.push({ proto: 'tcp', dst, port: 443 });
+  flows.push({ proto: 'tcp', dst, port: 443, peeked: { via: 'sni', name } });
+  flows.push({ proto: 'tcp', dst: `10.${i % 60}.1.1`, port: 22 });
+}
+const decide = measure((i) => {
+  const d = policy.decide(flows[i % flows.length]!, pins);
+  if (d.verdict === 'allow') sink++;
+});
+
+const row = (what: string, ns: number): string => `${what.padEnd(34)} ${(1e9 / ns).toFixed(0).padStart(10)} ops/s  ${ns.toFixed(0).padStart(6)} ns/op`;
+console.log(`sni bench: medians of ${RUNS} runs x ${OPS} ops (node ${process.version})`);
+console.log(row(`peek, whole (${hellos.length} hellos + 1 head)`, peekWhole));
+console.log(row('peek, hellos in 100-byte chunks', peekSplit));
+console.log(row('decide (SYN, peeked name, IP rule)', decide));
+if (sink < 0) console.log(sink); // keep the results alive
