@@ -77,7 +77,8 @@ export class TcpPipe implements BudgetMember {
       onConnect: () => this.guestConnect(),
     };
     if (!this.guestConnected) host.pause();
-    host.on('data', (chunk: Buffer) => this.hostData(chunk));
+    // Sockets dialed with a shared read buffer (TcpFlowTable) emit no 'data': their bytes come through hostBytes().
+    host.on('data', (chunk: Buffer) => this.hostData(chunk, false));
     host.on('end', () => this.hostEnd());
     host.on('drain', () => this.hostDrain());
     host.on('error', (err) => {
@@ -198,18 +199,28 @@ export class TcpPipe implements BudgetMember {
 
   // --- host -> guest -------------------------------------------------------
 
-  private hostData(chunk: Buffer): void {
+  /**
+   * Host bytes read into a buffer the caller reuses (the socket's `onread`
+   * buffer): valid only during the call; whatever is kept is copied.
+   */
+  hostBytes(view: Uint8Array): void {
+    this.hostData(view, true);
+  }
+
+  private hostData(chunk: Uint8Array, reused: boolean): void {
     if (this.tcpClosed) return;
     if (this.tcp === undefined || !this.guestConnected || this.held !== undefined) {
       // Not writable yet: keep this one chunk and stop reading.
-      this.held = this.held === undefined ? chunk : concat(this.held, chunk);
+      this.held = this.held === undefined ? (reused ? Buffer.from(chunk) : chunk) : concat(this.held, chunk);
       this.host.pause();
       return;
     }
+    // The send ring copies what it takes.
     const taken = this.tcp.write(chunk);
     this.bytesToGuest += taken;
     if (taken < chunk.length) {
-      this.held = chunk.subarray(taken);
+      const rest = chunk.subarray(taken);
+      this.held = reused ? Buffer.from(rest) : rest;
       this.host.pause();
     }
     if (this.opts.budget?.charge(this, chunk.length) === true && !this.hostPausedForBudget) {
