@@ -23,6 +23,10 @@
 import type { Socket } from 'node:net';
 import type { TcpCloseReason, TcpHandlers, TcpSocket } from '../../netstack/api.js';
 import type { BudgetMember, BufferBudget } from '../limits.js';
+import { CopySlabs } from './copy-slabs.js';
+
+/** Copies of guest bytes waiting in host sockets' write queues, shared by every pipe (one thread). */
+const GUEST_COPIES = new CopySlabs();
 
 export interface TcpPipeOptions {
   /**
@@ -144,8 +148,9 @@ export class TcpPipe implements BudgetMember {
       this.host.cork();
       queueMicrotask(this.uncorkHost);
     }
-    // The view is only valid during the call; Buffer.from copies.
-    const ok = this.host.write(Buffer.from(data));
+    // The view is only valid during the call: copy it (into a recycled slab).
+    const copy = GUEST_COPIES.copy(data);
+    const ok = this.host.write(copy, GUEST_COPIES.releaseLast());
     if (!ok && !this.guestPausedForHost) {
       this.guestPausedForHost = true;
       this.tcp?.pause();
