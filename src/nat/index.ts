@@ -43,6 +43,8 @@ export { classifyDestination, type Destination, type DestinationRefusal } from '
 export { TcpPipe, type TcpPipeOptions } from './tcp-pipe.js';
 
 const DNS_PORT = 53;
+/** Guest DNS-over-TCP connections to the gateway at once (RFC 7766 clients need one or two). */
+export const MAX_DNS_TCP_SESSIONS = 64;
 
 /** Receives guest datagrams sent to a gateway UDP port someone claimed (port forwarding replies). */
 export type GatewayUdpHandler = (datagram: UdpDatagram) => void;
@@ -66,6 +68,8 @@ export interface NatStats {
   heldBytes: number;
   /** Refused because maxHeld connections were already held. */
   heldRefused: number;
+  /** Guest DNS-over-TCP connections to the gateway: open now, the bound, refused by it. */
+  dnsTcp: { sessions: number; max: number; refused: number };
   /** Flows the egress policy refused, by transport. */
   policyBlocked: { tcp: number; udp: number };
   /** Guest DNS queries over UDP waiting for an answer, and those answered SERVFAIL at once because dnsMaxInFlight were. */
@@ -85,6 +89,8 @@ export class Nat implements GatewayUdpClaims {
   private udpRefused = 0;
   private icmpDropped = 0;
   private heldRefused = 0;
+  private dnsTcpSessions = 0;
+  private dnsTcpRefused = 0;
   private dnsInFlight = 0;
   private dnsRefused = 0;
   private readonly budget: BufferBudget | undefined;
@@ -336,6 +342,7 @@ export class Nat implements GatewayUdpClaims {
       held: this.held.size,
       heldBytes: [...this.held].reduce((n, h) => n + h.bufferedBytes, 0),
       heldRefused: this.heldRefused,
+      dnsTcp: { sessions: this.dnsTcpSessions, max: MAX_DNS_TCP_SESSIONS, refused: this.dnsTcpRefused },
       policyBlocked: { ...this.policyBlocked },
       dnsInFlight: this.dnsInFlight,
       dnsRefused: this.dnsRefused,
@@ -343,10 +350,36 @@ export class Nat implements GatewayUdpClaims {
     };
   }
 
+  /**
+   * DNS over TCP to the gateway is accepted at once (there is nothing to
+   * dial), so a SYN flood to gateway:53 from spoofed sources would leave
+   * half-open connections holding stack slots until their SYN-ACK retries
+   * give up. At most MAX_DNS_TCP_SESSIONS exist at once; beyond it the
+   * newest SYN gets RST (the guest's resolver still has UDP).
+   */
   private acceptDnsTcp(pending: PendingTcp): void {
+    if (this.dnsTcpSessions >= MAX_DNS_TCP_SESSIONS) {
+      this.dnsTcpRefused++;
+      this.tcp.refuse(pending, 'dns-tcp-sessions-full', { max: MAX_DNS_TCP_SESSIONS });
+      return;
+    }
     const session = this.dns.openTcpSession();
     this.log.debug('dns tcp open', describe(pending.syn));
-    session.bind(pending.accept(session.handlers));
+    const handlers = session.handlers;
+    this.dnsTcpSessions++;
+    let counted = true;
+    const release = (): void => {
+      if (counted) this.dnsTcpSessions--;
+      counted = false;
+    };
+    let tcp;
+    try {
+      tcp = pending.accept({ ...handlers, onClose: (reason) => (release(), handlers.onClose(reason)) });
+    } catch (err) {
+      release();
+      throw err;
+    }
+    session.bind(tcp);
   }
 
   /**
