@@ -55,7 +55,8 @@ export class FakeTcpSocket implements TcpSocket {
     if (this.closedWith !== undefined || this.endCalled) throw new Error(`write after ${this.closedWith ?? 'end'}`);
     const n = Math.min(data.length, this.writableSpace);
     if (n > 0) {
-      this.buffered.push(data.slice(0, n));
+      // The contract: write() copies (a Buffer's slice() would be a view).
+      this.buffered.push(Uint8Array.prototype.slice.call(data, 0, n));
       this.bufferedBytes += n;
       this.maxBuffered = Math.max(this.maxBuffered, this.bufferedBytes);
     }
