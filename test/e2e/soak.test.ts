@@ -20,7 +20,16 @@ import { limits, moatPid, natTables, readyPort, resultOf, rssKiB } from './limit
 const gate = e2eGate([...FIXTURE_TOOLS, 'curl', 'dig']);
 
 const SOAK_SECONDS = Number(process.env.MOAT_SOAK_SECONDS ?? 40);
-const RSS_TOLERANCE_KIB = 48 * 1024;
+/**
+ * RSS after the soak may exceed the warm baseline by this much. Measured on
+ * this 2-core machine: baseline ~80 MiB, after 103-173 MiB (the high end in
+ * a CI run whose faster build moved 432 MB in 40 s; a 90 s run of the same
+ * build ended at 112 MiB: a GC-timing spike, not growth with traffic). The
+ * total buffer budget alone is 64 MiB and V8 keeps the heap it grew into.
+ * A leak of 32 KiB per short connection (some 4,000 per run) or per
+ * download would still exceed it.
+ */
+const RSS_TOLERANCE_KIB = 128 * 1024;
 
 /** Guest: TOTAL short HTTP requests (no keep-alive), CONCURRENCY at a time. Prints "result {ok, failed}". */
 const GUEST_SHORT_CONNS_JS = `
