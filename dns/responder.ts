@@ -34,7 +34,7 @@ import {
   type TtlClamp,
 } from './preresolve.js';
 import { canonicalHostname, RuleError } from './rules.js';
-import type { Zone, ZoneTable } from './zones.js';
+import type { ZoneTable } from './zones.js';
 
 export type DnsTransport = 'udp' | 'tcp';
 

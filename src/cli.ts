@@ -7,6 +7,7 @@ import { PreresolveError } from '../dns/preresolve.js';
 import { formatZoneTable } from '../dns/zones.js';
 import { NodeDnsResolver } from './allowlist/resolver.js';
 import { buildAllowlistTable } from './allowlist/zones.js';
+import type { AllowlistControl } from './api-server.js';
 import {
   ConfigError,
   describeConfig,
@@ -213,35 +214,54 @@ export const SHUTDOWN_TIMEOUT_MS = 5_000;
  * Returns the configuration now running.
  */
 export async function reloadServeConfig(args: readonly string[], io: CliIo, server: RunningServer, current: ServeConfig, log: Logger): Promise<ServeConfig> {
+  return reloadAllowlistFromConfig(args, current, log, {
+    parse: () => {
+      const parsed = parseServeArgs(args, io.config);
+      return parsed.kind === 'config' ? parsed.config : undefined;
+    },
+    describe: describeConfig,
+    control: server.allowlist,
+  });
+}
+
+/**
+ * The SIGHUP reload both commands share: re-parse the command line (the
+ * --config file read afresh), reload the allowlist if its rules changed and
+ * the service runs one, name every other changed setting as "restart
+ * needed". Fail closed: any error leaves the running configuration.
+ */
+async function reloadAllowlistFromConfig<C extends { allow: readonly { text: string }[] }>(
+  args: readonly string[],
+  current: C,
+  log: Logger,
+  how: { parse(): C | undefined; describe(c: C): Record<string, unknown>; control: AllowlistControl | undefined },
+): Promise<C> {
   if (!args.some((a) => a === '--config' || a.startsWith('--config='))) {
     log.warn('SIGHUP: no --config file to re-read; nothing changed');
     return current;
   }
-  let next: ServeConfig;
+  let next: C | undefined;
   try {
-    const parsed = parseServeArgs(args, io.config);
-    if (parsed.kind !== 'config') return current;
-    next = parsed.config;
+    next = how.parse();
   } catch (e) {
     log.warn('config reload refused: the running configuration is unchanged', { error: (e as Error).message });
     return current;
   }
-  const before = describeConfig(current);
-  const after = describeConfig(next);
-  const allowOnly = new Set(['allow']);
+  if (next === undefined) return current;
+  const before = how.describe(current);
+  const after = how.describe(next);
   const restartNeeded = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter(
-    (k) => !allowOnly.has(k) && JSON.stringify(before[k]) !== JSON.stringify(after[k]),
+    (k) => k !== 'allow' && JSON.stringify(before[k]) !== JSON.stringify(after[k]),
   );
-  const rulesNow = current.allow.map((r) => r.text);
   const rulesNext = next.allow.map((r) => r.text);
-  let applied: ServeConfig = current;
-  if (JSON.stringify(rulesNow) !== JSON.stringify(rulesNext)) {
-    if (server.allowlist === undefined || rulesNext.length === 0) {
+  let applied = current;
+  if (JSON.stringify(current.allow.map((r) => r.text)) !== JSON.stringify(rulesNext)) {
+    if (how.control === undefined || rulesNext.length === 0) {
       // Switching the allowlist on, or off (everything open), is a different service: never done live.
       restartNeeded.push('allow');
     } else {
       try {
-        await server.allowlist.reload(rulesNext, false);
+        await how.control.reload(rulesNext, false);
         applied = { ...current, allow: next.allow };
       } catch (e) {
         log.warn('config reload refused: the running allowlist is unchanged', { error: (e as Error).message });
@@ -315,42 +335,15 @@ async function runProxy(args: readonly string[], io: CliIo): Promise<number> {
 
 /** SIGHUP for `moat proxy`: re-reads --config; only the allowlist changes live. Returns the configuration now running. */
 export async function reloadProxyConfig(args: readonly string[], io: CliIo, proxy: RunningProxy, current: ProxyConfig, log: Logger): Promise<ProxyConfig> {
-  if (!args.some((a) => a === '--config' || a.startsWith('--config='))) {
-    log.warn('SIGHUP: no --config file to re-read; nothing changed');
-    return current;
-  }
-  let next: ProxyConfig;
-  try {
-    const parsed = parseProxyArgs(args, io.config);
-    if (parsed.kind !== 'config') return current;
-    next = parsed.config;
-  } catch (e) {
-    log.warn('config reload refused: the running configuration is unchanged', { error: (e as Error).message });
-    return current;
-  }
-  const before = describeProxyConfig(current);
-  const after = describeProxyConfig(next);
-  const restartNeeded = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter(
-    (k) => k !== 'allow' && JSON.stringify(before[k]) !== JSON.stringify(after[k]),
-  );
-  const rulesNext = next.allow.map((r) => r.text);
-  let applied = current;
-  if (JSON.stringify(current.allow.map((r) => r.text)) !== JSON.stringify(rulesNext)) {
-    if (rulesNext.length === 0 || current.allowAll) {
-      restartNeeded.push('allow');
-    } else {
-      try {
-        await proxy.allowlist.reload(rulesNext, false);
-        applied = { ...current, allow: next.allow };
-      } catch (e) {
-        log.warn('config reload refused: the running allowlist is unchanged', { error: (e as Error).message });
-        return current;
-      }
-    }
-  }
-  if (restartNeeded.length > 0) log.warn('config reload: these settings change only with a restart; they keep their running values', { restartNeeded });
-  log.info('config reloaded', { allowlistReloaded: applied !== current, restartNeeded });
-  return applied;
+  return reloadAllowlistFromConfig(args, current, log, {
+    parse: () => {
+      const parsed = parseProxyArgs(args, io.config);
+      return parsed.kind === 'config' ? parsed.config : undefined;
+    },
+    describe: describeProxyConfig,
+    // --allow-all runs without rules: adding some is a different proxy (restart).
+    control: current.allowAll ? undefined : proxy.allowlist,
+  });
 }
 
 function nodeCliIo(): CliIo {

@@ -603,10 +603,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   if (pcapRaw !== undefined && pcapRaw.text === '') throw new ConfigError(`${pcapRaw.label}: needs a file name, got ""`);
 
   // --log-level, --log-format
-  const levelRaw = str('log-level');
-  if (levelRaw !== undefined && !isLogLevel(levelRaw.text)) throw new ConfigError(`${levelRaw.label}: must be debug, info, warn or error, got "${levelRaw.text}"`);
-  const formatRaw = str('log-format');
-  if (formatRaw !== undefined && !isLogFormat(formatRaw.text)) throw new ConfigError(`${formatRaw.label}: must be json or pretty, got "${formatRaw.text}"`);
+  const { logLevel, logFormat } = parseLogSettings(raw);
 
   // --dns-upstream
   const dnsRaw = list('dns-upstream');
@@ -622,8 +619,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const admitRaw = { items: parseAdmitResolved(raw) };
   const peekTimeoutMs = parsePeekTimeout(raw);
   const mode = parseMode(raw);
-  const decisionRaw = str('decision-log');
-  if (decisionRaw !== undefined && decisionRaw.text === '') throw new ConfigError(`${decisionRaw.label}: needs a file name, got ""`);
+  const decisionLog = parseDecisionLog(raw);
 
   // --max-tcp-flows ... --api-max-body-bytes
   const limits = parseLimits(str);
@@ -642,14 +638,14 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     apiSocket,
     forwards,
     pcapFile: pcapRaw?.text,
-    logLevel: (levelRaw?.text as LogLevel | undefined) ?? 'info',
-    logFormat: (formatRaw?.text as LogFormat | undefined) ?? 'pretty',
+    logLevel,
+    logFormat,
     allowLinkLocal: allowLinkLocal?.value === true,
     dnsUpstreams,
     ...allowlist,
     admitResolved: admitRaw.items,
     peekTimeoutMs,
-    decisionLog: decisionRaw?.text,
+    decisionLog,
     allowHostAlias: raw.get('allow-host-alias')?.value === true,
     mode,
     limits,
@@ -694,6 +690,23 @@ function parseAddressIn(
   if (ip === broadcast) throw new ConfigError(`${given.label}: ${given.text} is the broadcast address of ${subnetText}`);
   void name;
   return ip;
+}
+
+/** --log-level and --log-format. Shared by serve and proxy. */
+export function parseLogSettings(raw: Map<string, Raw>): { logLevel: LogLevel; logFormat: LogFormat } {
+  const { str } = getters(raw);
+  const levelRaw = str('log-level');
+  if (levelRaw !== undefined && !isLogLevel(levelRaw.text)) throw new ConfigError(`${levelRaw.label}: must be debug, info, warn or error, got "${levelRaw.text}"`);
+  const formatRaw = str('log-format');
+  if (formatRaw !== undefined && !isLogFormat(formatRaw.text)) throw new ConfigError(`${formatRaw.label}: must be json or pretty, got "${formatRaw.text}"`);
+  return { logLevel: (levelRaw?.text as LogLevel | undefined) ?? 'info', logFormat: (formatRaw?.text as LogFormat | undefined) ?? 'pretty' };
+}
+
+/** --decision-log: a file name, or undefined. Shared by serve and proxy. */
+export function parseDecisionLog(raw: Map<string, Raw>): string | undefined {
+  const decisionRaw = getters(raw).str('decision-log');
+  if (decisionRaw !== undefined && decisionRaw.text === '') throw new ConfigError(`${decisionRaw.label}: needs a file name, got ""`);
+  return decisionRaw?.text;
 }
 
 /** --mode: enforce (default) or audit. Shared by serve and proxy. */

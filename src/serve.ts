@@ -22,10 +22,10 @@ import type { Clock } from '../netstack/clock.js';
 import type { NetStack, PendingTcp, StackConfig, StackEvents, UdpDatagram } from '../netstack/api.js';
 import { createStack, DEFAULT_STACK_CONFIG, type StackOptions } from '../netstack/stack.js';
 import type { Resolver } from '../dns/preresolve.js';
-import { createWriteStream, type WriteStream } from 'node:fs';
 import { NodeDnsResolver } from './allowlist/resolver.js';
 import { ApiServer, type AllowlistControl } from './api-server.js';
-import { AllowlistRuntime } from './egress/allowlist-runtime.js';
+import { AllowlistRuntime, zoneNames } from './egress/allowlist-runtime.js';
+import { openDecisionLog } from './egress/decision-log.js';
 import type { DecisionLog } from './egress/decision-log.js';
 import { DEFAULT_EGRESS_OPTIONS, type Egress } from './egress/egress.js';
 import { MonotonicClock, TimerDriver } from './clock.js';
@@ -331,7 +331,7 @@ async function startAllowlist(
 ): Promise<{ runtime: AllowlistRuntime; close(): Promise<void> }> {
   const resolver = d.createDnsResolver(config.resolvers);
   const started = d.clock.now();
-  const sink = config.decisionLog === undefined ? undefined : await openAppend(config.decisionLog);
+  const sink = config.decisionLog === undefined ? undefined : await openDecisionLog(config.decisionLog);
   let runtime: AllowlistRuntime;
   try {
     runtime = await AllowlistRuntime.start(
@@ -356,7 +356,7 @@ async function startAllowlist(
     sink?.end();
     throw e;
   }
-  log.info('allowlist zones ready', { zones: zoneList(runtime), resolveMs: Math.round(d.clock.now() - started) });
+  log.info('allowlist zones ready', { zones: zoneNames(runtime.zoneTable), resolveMs: Math.round(d.clock.now() - started) });
   if (config.mode === 'audit') log.warn('audit mode: nothing is refused (but 169.254.0.0/16); flows the rules refuse are logged as would-block');
   return {
     runtime,
@@ -367,24 +367,11 @@ async function startAllowlist(
   };
 }
 
-function zoneList(runtime: AllowlistRuntime): string[] {
-  return runtime.zoneTable.zones.map((z) => (z.name === '' ? '.' : `${z.name}.`));
-}
-
-/** Opens FILE for appending, failing (with the path in the message) if it cannot be. */
-function openAppend(path: string): Promise<WriteStream> {
-  return new Promise((resolve, reject) => {
-    const s = createWriteStream(path, { flags: 'a' });
-    s.once('open', () => resolve(s));
-    s.once('error', (e) => reject(new Error(`--decision-log: cannot open "${path}": ${e.message}`)));
-  });
-}
-
 /** What the API's /allowlist routes drive. */
 function allowlistControlFor(runtime: AllowlistRuntime, nat: NatLike, log: Logger): AllowlistControl {
   return {
     rules: () => runtime.ruleTexts,
-    zones: () => zoneList(runtime),
+    zones: () => zoneNames(runtime.zoneTable),
     reload: async (texts, drop) => {
       let result;
       try {

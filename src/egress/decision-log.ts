@@ -13,6 +13,7 @@
  *    were suppressed. The table of destinations is bounded (oldest evicted).
  */
 import { randomBytes } from 'node:crypto';
+import { createWriteStream, type WriteStream } from 'node:fs';
 import type { Logger, LogStream } from '../log.js';
 
 export type DecisionVerdict = 'allowed' | 'blocked' | 'would-block';
@@ -162,4 +163,13 @@ export class DecisionLog {
       this.log.info('egress decision', line);
     }
   }
+}
+
+/** Opens the --decision-log file for appending, failing (with the path in the message) if it cannot be. */
+export function openDecisionLog(path: string): Promise<WriteStream> {
+  return new Promise((resolve, reject) => {
+    const s = createWriteStream(path, { flags: 'a' });
+    s.once('open', () => resolve(s));
+    s.once('error', (e) => reject(new Error(`--decision-log: cannot open "${path}": ${e.message}`)));
+  });
 }

@@ -10,7 +10,7 @@
  */
 import { isIP } from 'node:net';
 import type { Rule } from '../../dns/rules.js';
-import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from '../log.js';
+import type { LogFormat, LogLevel } from '../log.js';
 import {
   buildAllowlist,
   ConfigError,
@@ -18,6 +18,8 @@ import {
   getters,
   NODE_CONFIG_IO,
   parseAdmitResolved,
+  parseDecisionLog,
+  parseLogSettings,
   parseMode,
   parseListenUrl,
   parsePeekTimeout,
@@ -156,12 +158,7 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
     apiSocket = l.path;
   }
 
-  const decisionRaw = str('decision-log');
-  if (decisionRaw !== undefined && decisionRaw.text === '') throw new ConfigError(`${decisionRaw.label}: needs a file name, got ""`);
-  const levelRaw = str('log-level');
-  if (levelRaw !== undefined && !isLogLevel(levelRaw.text)) throw new ConfigError(`${levelRaw.label}: must be debug, info, warn or error, got "${levelRaw.text}"`);
-  const formatRaw = str('log-format');
-  if (formatRaw !== undefined && !isLogFormat(formatRaw.text)) throw new ConfigError(`${formatRaw.label}: must be json or pretty, got "${formatRaw.text}"`);
+  const { logLevel, logFormat } = parseLogSettings(raw);
 
   return {
     kind: 'config',
@@ -173,12 +170,12 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       resolvers: allowlist.resolvers,
       admitResolved: parseAdmitResolved(raw),
       peekTimeoutMs: parsePeekTimeout(raw),
-      decisionLog: decisionRaw?.text,
+      decisionLog: parseDecisionLog(raw),
       mode: parseMode(raw),
       apiSocket,
       maxConnections,
-      logLevel: (levelRaw?.text as LogLevel | undefined) ?? 'info',
-      logFormat: (formatRaw?.text as LogFormat | undefined) ?? 'pretty',
+      logLevel,
+      logFormat,
     },
   };
 }

@@ -11,7 +11,6 @@
  * its DNS half is built but unused here (no guest asks it). Dials go
  * through TcpFlowTable.connectFirst, as the NAT's held connections do.
  */
-import { createWriteStream, type WriteStream } from 'node:fs';
 import type { AddressInfo, Server, Socket } from 'node:net';
 import type { Resolver } from '../../dns/preresolve.js';
 import { NodeDnsResolver } from '../allowlist/resolver.js';
@@ -19,6 +18,7 @@ import { ApiServer, type AllowlistControl } from '../api-server.js';
 import { MonotonicClock } from '../clock.js';
 import { DEFAULT_SUBNET, formatUpstream, type DnsUpstream } from '../config.js';
 import { AllowlistRuntime, zoneNames } from '../egress/allowlist-runtime.js';
+import { openDecisionLog } from '../egress/decision-log.js';
 import { DEFAULT_EGRESS_OPTIONS, type Egress } from '../egress/egress.js';
 import type { Logger } from '../log.js';
 import { TcpFlowTable } from '../nat/tcp-flows.js';
@@ -95,7 +95,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     }
   };
   try {
-    const sink = config.decisionLog === undefined ? undefined : await openAppend(config.decisionLog);
+    const sink = config.decisionLog === undefined ? undefined : await openDecisionLog(config.decisionLog);
     if (sink) closers.push(() => new Promise<void>((r) => sink.end(r)));
     const runtime = await AllowlistRuntime.start(
       {
@@ -291,10 +291,3 @@ function closeServer(server: Server, sockets: Set<Socket>): Promise<void> {
   });
 }
 
-function openAppend(path: string): Promise<WriteStream> {
-  return new Promise((resolve, reject) => {
-    const s = createWriteStream(path, { flags: 'a' });
-    s.once('open', () => resolve(s));
-    s.once('error', (e) => reject(new Error(`--decision-log: cannot open "${path}": ${e.message}`)));
-  });
-}
