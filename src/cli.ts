@@ -185,9 +185,11 @@ async function runServe(args: readonly string[], io: CliIo): Promise<number> {
       running = await reloadServeConfig(args, io, server, running, log);
     });
   });
-  const signal = await stop.stopped;
+  // A --tap-fd link whose device disappeared ends the run (a supervisor restarts Moat with a new TAP).
+  const ended = await Promise.race([stop.stopped.then((signal) => ({ signal })), server.linkLost.then((lost) => ({ lost }))]);
   offReload?.();
-  log.info('shutting down: refusing new guests and flows, closing every flow', { signal });
+  const signal = 'signal' in ended ? ended.signal : undefined;
+  log.info('shutting down: refusing new guests and flows, closing every flow', 'signal' in ended ? { signal } : { linkLost: ended.lost });
   // Drain within a bound: listeners close first, then every flow is reset and every host socket closed.
   const closed = await Promise.race([
     server.close().then(() => true),
@@ -197,7 +199,7 @@ async function runServe(args: readonly string[], io: CliIo): Promise<number> {
     log.error('shutdown did not finish in time; exiting anyway', { timeoutMs: SHUTDOWN_TIMEOUT_MS });
     return EXIT_RUNTIME_ERROR;
   }
-  return EXIT_OK;
+  return 'lost' in ended ? EXIT_RUNTIME_ERROR : EXIT_OK;
 }
 
 /** How long SIGTERM/SIGINT may take to close everything before the process leaves anyway. */

@@ -38,8 +38,10 @@ export interface DnsUpstream {
 }
 
 export interface ServeConfig {
-  /** Where guests (QEMU `-netdev stream`, moat-shim) connect. At least one. */
+  /** Where guests (QEMU `-netdev stream`, moat-shim) connect. Empty only when tapFd is given. */
   listen: ListenAddress[];
+  /** An open TAP descriptor to serve instead of listening (`moat-shim tap --exec`), else undefined. */
+  tapFd?: number;
   mtu: number;
   network: IPv4;
   prefix: number;
@@ -113,9 +115,16 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     type: 'string',
     multiple: true,
     value: 'URL',
-    default: 'none (required)',
+    default: 'none (this or --tap-fd is required)',
     help: 'Listen for a guest speaking QEMU stream framing (u32 big-endian length + Ethernet frame): QEMU -netdev stream or moat-shim. unix:///PATH or tcp://HOST:PORT. Repeatable; one guest is served at a time and a new connection replaces the old one.',
     example: 'unix:///tmp/moat.sock',
+  },
+  {
+    name: 'tap-fd',
+    type: 'string',
+    value: 'N',
+    help: 'Serve the TAP device open on descriptor N instead of listening: one frame per read and write, no relay process in between. moat-shim tap --exec starts Moat this way (the TAP is on descriptor 3). Not with --listen-qemu.',
+    example: '3',
   },
   { name: 'mtu', type: 'string', value: 'N', default: String(DEFAULT_MTU), help: `Link MTU, ${MTU_MIN}..${MTU_MAX}. Handed to the guest by DHCP.` },
   { name: 'subnet', type: 'string', value: 'CIDR', default: DEFAULT_SUBNET, help: 'The virtual network (prefix /0../30).' },
@@ -536,13 +545,27 @@ export function buildAllowlist(raw: Map<string, Raw>, io: ConfigIo): AllowlistSe
   return { allow, resolvers, sinkhole: (sinkholeRaw?.text as SinkholeMode | undefined) ?? 'zero' };
 }
 
+/** --tap-fd N: a descriptor number above stdio (0..2 are stdin, stdout, stderr). */
+function parseTapFd(raw: { label: string; text: string } | undefined): number | undefined {
+  if (raw === undefined) return undefined;
+  const n = /^\d{1,7}$/.test(raw.text) ? Number(raw.text) : NaN;
+  if (!(n >= 3)) throw new ConfigError(`${raw.label}: must be an open descriptor number >= 3 (0..2 are stdio), got "${raw.text}"`);
+  return n;
+}
+
 function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const { str, list } = getters(raw);
 
-  // --listen-qemu
+  // --listen-qemu / --tap-fd
   const listenRaw = list('listen-qemu');
-  if (listenRaw.items.length === 0) {
-    throw new ConfigError('--listen-qemu: at least one listen address is required (e.g. --listen-qemu unix:///tmp/moat.sock)');
+  const tapFd = parseTapFd(str('tap-fd'));
+  if (tapFd !== undefined && listenRaw.items.length > 0) {
+    throw new ConfigError('--tap-fd: serves one TAP device; it cannot be combined with --listen-qemu');
+  }
+  if (listenRaw.items.length === 0 && tapFd === undefined) {
+    throw new ConfigError(
+      '--listen-qemu: at least one listen address is required (e.g. --listen-qemu unix:///tmp/moat.sock), or --tap-fd N for a TAP handed over by moat-shim tap --exec',
+    );
   }
   const listen = listenRaw.items.map((url) => parseListenUrl(url, listenRaw.label));
   const seen = new Set<string>();
@@ -628,6 +651,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const allowLinkLocal = raw.get('allow-link-local');
   return {
     listen,
+    ...(tapFd === undefined ? {} : { tapFd }),
     mtu,
     network,
     prefix,
@@ -761,6 +785,7 @@ export function nameserversFromResolvConf(text: string): DnsUpstream[] {
 export function describeConfig(c: ServeConfig): Record<string, unknown> {
   return {
     listen: c.listen.map((l) => l.url),
+    ...(c.tapFd === undefined ? {} : { tapFd: c.tapFd }),
     mtu: c.mtu,
     subnet: `${formatIPv4(c.network)}/${c.prefix}`,
     gatewayIp: formatIPv4(c.gatewayIp),
@@ -802,7 +827,10 @@ const QEMU_EXAMPLE = `  moat serve --listen-qemu unix:///tmp/moat.sock
 
 const SHIM_EXAMPLE = `  moat serve --listen-qemu unix:///tmp/moat.sock
   moat-shim tap --dev tap0 --netns guest --connect unix:///tmp/moat.sock
-  # creates TAP device tap0 inside network namespace "guest" and bridges it to Moat`;
+  # creates TAP device tap0 inside network namespace "guest" and bridges it to Moat
+
+  moat-shim tap --dev tap0 --netns guest --exec moat serve --tap-fd 3
+  # the same TAP, handed to Moat itself (no relay process: lower latency)`;
 
 export function flagLines(flags: readonly FlagDoc[]): string[] {
   const lines: string[] = [];
@@ -818,7 +846,7 @@ export function flagLines(flags: readonly FlagDoc[]): string[] {
 
 export function serveHelp(): string {
   const lines: string[] = [
-    'Usage: moat serve --listen-qemu URL [flags]',
+    'Usage: moat serve (--listen-qemu URL | --tap-fd N) [flags]',
     '',
     'Runs the user-space network for one guest: DHCP, DNS, NAT to the host and port forwards.',
     '',

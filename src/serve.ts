@@ -37,7 +37,11 @@ import { PortForwarder } from './forwarder.js';
 import { Nat, type GatewayUdpClaims, type NatOptions, type NatStats } from './nat/index.js';
 import { PcapWriter } from './pcap-writer.js';
 import { ForwardError, type ForwardKey, type ForwardSpec, type PortForwards } from './port-forwards.js';
-import { QemuStreamServer, type QemuStreamOptions } from './transport/qemu-stream.js';
+import { QemuStreamServer, type GuestSink, type QemuStreamOptions } from './transport/qemu-stream.js';
+import { TapFdLink } from './transport/tap-fd.js';
+
+/** The guest's side of the wire: a QEMU stream listener or a TAP descriptor. */
+type GuestLink = QemuStreamServer | TapFdLink;
 
 /** What serve() needs of the NAT (src/nat/index.ts `Nat` has this shape). */
 export interface NatLike extends GatewayUdpClaims {
@@ -90,6 +94,12 @@ export interface RunningServer {
   readonly allowlist: AllowlistControl | undefined;
   /** The allowlist's decision log (undefined without --allow): subscribe() for every decision as an event. */
   readonly decisions: DecisionLog | undefined;
+  /**
+   * Resolves (with why) if the guest link ends for good: a --tap-fd device
+   * that disappeared. Never resolves for --listen-qemu, where the next guest
+   * may connect. The CLI shuts down when it does.
+   */
+  readonly linkLost: Promise<string>;
   /** Closes everything; safe to call more than once. */
   close(): Promise<void>;
 }
@@ -209,21 +219,21 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
 
     // The link is created before the stack (the stack's onOutput needs it) and listens after.
     let stack: NetStack | undefined;
-    const link = new QemuStreamServer(
-      {
-        input(frames) {
-          stack!.input(frames);
-          driver.reschedule();
-        },
-        guestGone() {
-          stack!.resetGuest();
-          nat.resetGuest();
-          driver.reschedule();
-        },
+    const sink: GuestSink = {
+      input(frames) {
+        stack!.input(frames);
+        driver.reschedule();
       },
-      log,
-      d.link,
-    );
+      guestGone() {
+        stack!.resetGuest();
+        nat.resetGuest();
+        driver.reschedule();
+      },
+    };
+    let onLinkLost: (why: string) => void = () => {};
+    const linkLost = new Promise<string>((resolve) => (onLinkLost = resolve));
+    const link: GuestLink =
+      config.tapFd === undefined ? new QemuStreamServer(sink, log, d.link) : new TapFdLink(config.tapFd, sink, log, (why) => onLinkLost(why));
 
     const dropLog = log.child({ component: 'stack' });
     const events: StackEvents = {
@@ -240,6 +250,8 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
     // Output staging buffers are written in full before they are sent: skip the zero-fill.
     stack = d.createStack(stackConfigFor(config), events, d.clock, driver.defer, {
       allocate: (n) => Buffer.allocUnsafe(n),
+      // The TAP link writes every frame before onOutput returns.
+      syncOutput: link instanceof TapFdLink,
     });
     driver.attach(stack);
     nat.attach(stack);
@@ -290,7 +302,7 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
     }
 
     closers.push(() => link.close());
-    const urls = await link.listen(config.listen);
+    const urls = link instanceof TapFdLink ? link.start() : await link.listen(config.listen);
 
     log.info('moat ready', {
       listen: urls,
@@ -307,6 +319,7 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
       stats,
       allowlist: allowlistControl,
       decisions: runtime?.runtime.egress.decisions,
+      linkLost,
       close: () => {
         closing ??= closeAll().then(() => log.info('moat stopped'));
         return closing;
@@ -425,7 +438,7 @@ function limitStats(limits: Limits, stack: NetStack, nat: Partial<NatStats>, api
 
 function collectStats(
   stack: NetStack,
-  link: QemuStreamServer,
+  link: GuestLink,
   nat: NatLike,
   pcap: PcapWriter | undefined,
   forwards: PortForwards,

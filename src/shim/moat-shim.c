@@ -8,6 +8,8 @@
 #include "shim.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -19,6 +21,7 @@
 static const char usage_text[] =
     "usage:\n"
     "  moat-shim tap --dev NAME [--netns NAME|PATH] [--mtu N] --connect URL\n"
+    "  moat-shim tap --dev NAME [--netns NAME|PATH] [--mtu N] --exec COMMAND [ARG...]\n"
     "  moat-shim unixgram --listen PATH --connect URL\n"
     "  moat-shim vsock --port N --connect URL\n"
     "  moat-shim --help\n"
@@ -35,6 +38,13 @@ static const char usage_text[] =
     "                                 Moat is connected first, from the namespace\n"
     "                                 moat-shim was started in\n"
     "              --mtu N            set the device MTU (68..65535)\n"
+    "              --exec COMMAND...  instead of relaying, hand the TAP to COMMAND:\n"
+    "                                 the shim returns to its own namespace, puts\n"
+    "                                 the device on descriptor 3 and replaces\n"
+    "                                 itself with COMMAND (every argument after\n"
+    "                                 --exec), e.g. --exec moat serve --tap-fd 3.\n"
+    "                                 No process sits between the TAP and Moat:\n"
+    "                                 one hop less per frame.\n"
     "  unixgram  Bind a unix datagram socket at PATH (a stale socket file is\n"
     "            replaced): one frame per datagram, as vfkit, libkrun and QEMU\n"
     "            -netdev dgram use. Frames from Moat go to the first sender; a\n"
@@ -106,6 +116,7 @@ struct args {
     const char *dev, *netns, *connect, *listen;
     long mtu;  /* 0: leave as is */
     long port; /* -1: not given */
+    char **exec_argv; /* tap --exec: the command (NULL-terminated), else NULL */
 };
 
 static long parse_number(const char *opt, const char *s, long lo, long hi)
@@ -135,6 +146,13 @@ static void parse_args(int argc, char **argv, struct args *a)
 
     for (int i = 2; i < argc; i++) {
         const char *opt = argv[i];
+        if (strcmp(opt, "--exec") == 0) {
+            /* Everything after --exec belongs to the command. */
+            if (i + 1 >= argc)
+                usage_error("--exec needs a command");
+            a->exec_argv = &argv[i + 1];
+            break;
+        }
         if (strcmp(opt, "--help") == 0 || strcmp(opt, "-h") == 0) {
             fputs(usage_text, stdout);
             exit(EXIT_CLEAN);
@@ -171,9 +189,13 @@ static void parse_args(int argc, char **argv, struct args *a)
             usage_error("unknown option '%s'", name);
     }
 
-    if (!a->connect)
-        usage_error("%s: --connect URL is required", a->mode);
     bool is_tap = strcmp(a->mode, "tap") == 0;
+    if (a->exec_argv && !is_tap)
+        usage_error("%s: --exec belongs to tap mode", a->mode);
+    if (a->exec_argv && a->connect)
+        usage_error("tap: give either --connect URL (relay) or --exec COMMAND (hand over the TAP), not both");
+    if (!a->connect && !a->exec_argv)
+        usage_error("%s: --connect URL is required%s", a->mode, is_tap ? " (or --exec COMMAND)" : "");
     bool is_ug = strcmp(a->mode, "unixgram") == 0;
     bool is_vsock = strcmp(a->mode, "vsock") == 0;
     if (is_tap && !a->dev)
@@ -248,6 +270,44 @@ static int run_tap(const struct args *a)
     return code;
 }
 
+/* The descriptor the TAP has in the --exec command. 0..2 are stdio. */
+#define EXEC_TAP_FD 3
+
+/* tap --exec: create the TAP (inside --netns if given), go back to our own
+ * namespace so that COMMAND's sockets are the host's, put the TAP on fd 3 and
+ * exec. Never returns. */
+static _Noreturn void exec_with_tap(const struct args *a)
+{
+    int own_ns = -1;
+    if (a->netns) {
+        own_ns = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (own_ns < 0)
+            shim_die(EXIT_ERR, "cannot open /proc/self/ns/net: %s", strerror(errno));
+        net_enter_netns(a->netns);
+    }
+    int tap_fd = net_open_tap(a->dev, (int)a->mtu);
+    if (own_ns >= 0) {
+        if (setns(own_ns, CLONE_NEWNET) < 0)
+            shim_die(EXIT_ERR, "setns back to the shim's own namespace: %s", strerror(errno));
+        close(own_ns);
+    }
+    /* dup2 onto 3 (clears close-on-exec); when it already is 3, clear it by hand. */
+    if (tap_fd != EXEC_TAP_FD) {
+        if (dup2(tap_fd, EXEC_TAP_FD) < 0)
+            shim_die(EXIT_ERR, "dup2(tap, %d): %s", EXEC_TAP_FD, strerror(errno));
+        close(tap_fd);
+    } else if (fcntl(tap_fd, F_SETFD, 0) < 0) {
+        shim_die(EXIT_ERR, "fcntl(tap, F_SETFD): %s", strerror(errno));
+    }
+    char mtu_text[24] = "unchanged";
+    if (a->mtu)
+        snprintf(mtu_text, sizeof mtu_text, "%ld", a->mtu);
+    shim_log("ready: tap %s (netns %s, mtu %s) on fd %d; exec %s", a->dev, a->netns ? a->netns : "-",
+             mtu_text, EXEC_TAP_FD, a->exec_argv[0]);
+    execvp(a->exec_argv[0], a->exec_argv);
+    shim_die(EXIT_ERR, "--exec %s: %s", a->exec_argv[0], strerror(errno));
+}
+
 static int run_unixgram(const struct args *a)
 {
     int moat_fd = net_connect_url(a->connect);
@@ -308,6 +368,8 @@ int main(int argc, char **argv)
     struct args a;
     parse_args(argc, argv, &a);
     install_signals();
+    if (strcmp(a.mode, "tap") == 0 && a.exec_argv)
+        exec_with_tap(&a);
     if (strcmp(a.mode, "tap") == 0)
         return run_tap(&a);
     if (strcmp(a.mode, "unixgram") == 0)

@@ -93,6 +93,12 @@ export interface MoatFixtureOptions {
   internetAddresses?: number;
   /** Name of the TAP device inside the guest namespace (default "moat0"). */
   tapName?: string;
+  /**
+   * How the TAP reaches Moat: "relay" (default) runs moat-shim --connect to
+   * Moat's stream socket; "exec" starts Moat through `moat-shim tap --exec`
+   * with the TAP on descriptor 3 (--tap-fd 3), so the shim process is Moat.
+   */
+  link?: 'relay' | 'exec';
 }
 
 /** What udhcpc's script saw in the lease (environment variables from busybox). */
@@ -136,7 +142,9 @@ export interface MoatFixture {
   readonly dnsServerAddr: string;
   /** The moat process (its stderr holds the JSON log). */
   readonly moat: TrackedProcess;
-  /** The current shim process (changes after restartShim). */
+  /** How the TAP reaches Moat (options.link). */
+  readonly link: 'relay' | 'exec';
+  /** The current shim process (changes after restartShim); with link "exec" the shim became Moat: this is `moat`. */
   readonly shim: TrackedProcess;
   /** The DNS server in remote, if started (prints "query NAME TYPE udp|tcp" per question). */
   readonly dnsServer: TrackedProcess | undefined;
@@ -463,7 +471,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
   const stop = async (): Promise<void> => {
     if (stopped) return;
     stopped = true;
-    if (shim) await killTracked(shim, 'SIGKILL').catch(() => {});
+    if (shim && shim !== moat) await killTracked(shim, 'SIGKILL').catch(() => {});
     if (moat) {
       await killTracked(moat, 'SIGTERM', 3_000).catch(async () => {
         if (moat) await killTracked(moat, 'SIGKILL').catch(() => {});
@@ -523,12 +531,12 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
       dnsServer = await startNodeServer(topo.remoteNs, DNS_SERVER_JS, [dnsServerAddr, '53', JSON.stringify(zone)]);
     }
 
+    const link = options.link ?? 'relay';
     const args = [
       ...(options.nodeArgs ?? []),
       options.moatBin ?? MOAT_BIN,
       'serve',
-      '--listen-qemu',
-      `unix://${moatSocket}`,
+      ...(link === 'exec' ? ['--tap-fd', '3'] : ['--listen-qemu', `unix://${moatSocket}`]),
       '--api',
       `unix://${apiSocket}`,
       // Never the host's resolver: our DNS server in remote (or, without one, a closed port there).
@@ -543,10 +551,15 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
       ...(pcapFile ? ['--pcap', pcapFile] : []),
       ...(typeof options.extraMoatArgs === 'function' ? options.extraMoatArgs(topo) : (options.extraMoatArgs ?? [])),
     ];
-    moat = spawnTracked(process.execPath, args);
-    await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat serve');
-
-    shim = await startShimNow();
+    if (link === 'exec') {
+      moat = spawnTracked(ensureShimBuilt(), ['tap', '--dev', tap, '--netns', topo.guestNs, '--exec', process.execPath, ...args]);
+      shim = moat;
+      await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat-shim tap --exec moat serve');
+    } else {
+      moat = spawnTracked(process.execPath, args);
+      await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat serve');
+      shim = await startShimNow();
+    }
     await waitFor(
       `TAP ${tap} in ${topo.guestNs}`,
       async () => (await nsRunAsync(topo.guestNs, 'ip', ['link', 'show', 'dev', tap])).status === 0,
@@ -571,6 +584,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
     apiSocket,
     mtu,
     dnsServerAddr: topo.remoteAddr,
+    link: options.link ?? 'relay',
     moat: theMoat,
     get shim() {
       return shim!;
@@ -609,6 +623,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
     },
     tapMac,
     async restartShim(opts = {}) {
+      if (options.link === 'exec') throw new Error('moat-fixture: restartShim needs link "relay" (with "exec" the shim is Moat)');
       // A shim that already died took its TAP with it: fall back to the MAC of the last lease.
       const oldMac = await tapMac().catch(() => leasedMac);
       if (shim) await killTracked(shim, 'SIGKILL');

@@ -1,0 +1,171 @@
+/**
+ * The guest link over a TAP device Moat was handed as an open descriptor
+ * (`moat-shim tap --exec moat serve --tap-fd 3 ...`): every read() is one
+ * Ethernet frame from the guest, every write() one frame to it. Nothing
+ * relays in between, so a request/response costs two process wake-ups fewer
+ * than through the shim's socket.
+ *
+ * Node cannot open a TAP (that takes an ioctl), but it can watch one: libuv's
+ * pipe handle accepts any descriptor it can poll, and its stream reads with
+ * read(2), which on a TAP returns exactly one frame. Reads land in one reused
+ * buffer (no allocation per frame); writes are synchronous write(2)s of each
+ * frame (so the stack may lend its staging buffer: StackOptions.syncOutput),
+ * which a TAP never blocks on (when the guest's queue is full the kernel
+ * drops the frame and counts it, as a NIC would; TCP retransmits).
+ *
+ * A TAP has no "guest connected" moment: the link is up from start() until the
+ * device disappears (its namespace was deleted), which ends the link for good.
+ */
+import { writeSync } from 'node:fs';
+import { Socket } from 'node:net';
+import type { OutputBatch } from '../../netstack/api.js';
+import type { Logger } from '../log.js';
+import type { FrameTap, GuestSink, LinkStats } from './qemu-stream.js';
+
+/** Largest frame a TAP can hand us: MTU 65535 plus the Ethernet header (as the frame decoder's bound). */
+const READ_BUFFER_BYTES = 65535 + 14;
+const ETHERNET_HEADER_BYTES = 14;
+
+interface PipeHandle {
+  open(fd: number): number;
+}
+interface PipeWrapBinding {
+  Pipe: new (type: number) => PipeHandle;
+  constants: { SOCKET: number };
+}
+
+/** libuv's pipe handle around FD: a stream that polls FD and read()s/write()s it. */
+function streamHandleFor(fd: number): PipeHandle {
+  // process.binding is Node's documented-deprecated door to its stream
+  // wrappers; pipe_wrap is on its allow-list. It is the only way to get
+  // epoll-driven reads on a descriptor that is neither a socket nor a FIFO.
+  const binding = (process as unknown as { binding(name: string): PipeWrapBinding }).binding('pipe_wrap');
+  const handle = new binding.Pipe(binding.constants.SOCKET);
+  const err = handle.open(fd);
+  if (err !== 0) throw new Error(`--tap-fd ${fd}: cannot watch the descriptor (libuv error ${err})`);
+  return handle;
+}
+
+export class TapFdLink {
+  private socket: Socket | undefined;
+  private up = false;
+  private closing = false;
+  private readonly log: Logger;
+  private readonly one: Uint8Array[] = [new Uint8Array(0)];
+  readonly stats: LinkStats = {
+    guestConnected: false,
+    connections: 0,
+    replacedConnections: 0,
+    chunksIn: 0,
+    framesIn: 0,
+    bytesIn: 0,
+    framesOut: 0,
+    bytesOut: 0,
+    framingErrors: 0,
+    outputDroppedBackpressure: 0,
+    outputDroppedNoGuest: 0,
+  };
+  /** Set by the owner when --pcap is given. */
+  tap: FrameTap | undefined;
+
+  constructor(
+    private readonly fd: number,
+    private readonly sink: GuestSink,
+    log: Logger,
+    /** Told once when the device is gone for good (not on close()). */
+    private readonly onLost: (why: string) => void = () => {},
+  ) {
+    this.log = log.child({ component: 'tap-fd' });
+  }
+
+  get guestConnected(): boolean {
+    return this.up;
+  }
+
+  /** Starts reading the TAP; returns the link's name for the ready line. Throws when FD cannot be watched. */
+  start(): string[] {
+    const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
+    const socket = new Socket({
+      handle: streamHandleFor(this.fd),
+      readable: true,
+      writable: false,
+      onread: { buffer, callback: (n: number, buf: Uint8Array) => this.onFrame(buf, n) },
+    } as unknown as ConstructorParameters<typeof Socket>[0]);
+    socket.on('error', (e: NodeJS.ErrnoException) => this.lost(`read failed: ${e.code ?? e.message}`));
+    socket.on('end', () => this.lost('end of file'));
+    this.socket = socket;
+    this.up = true;
+    this.stats.connections = 1;
+    this.stats.guestConnected = true;
+    this.log.info('guest link up', { tapFd: this.fd });
+    return [`tap-fd://${this.fd}`];
+  }
+
+  private onFrame(buf: Uint8Array, n: number): boolean {
+    if (!this.up) return false;
+    this.stats.chunksIn++;
+    if (n < ETHERNET_HEADER_BYTES) {
+      this.stats.framingErrors++;
+      return true;
+    }
+    const frame = buf.subarray(0, n);
+    this.stats.framesIn++;
+    this.stats.bytesIn += n;
+    this.tap?.frameIn(frame);
+    this.one[0] = frame;
+    this.sink.input(this.one);
+    return true;
+  }
+
+  /** Writes each frame of the batch to the TAP (one write(2) each); drops it when the link is down. */
+  send(batch: OutputBatch): void {
+    if (!this.up) {
+      this.stats.outputDroppedNoGuest += batch.frameCount;
+      batch.release();
+      return;
+    }
+    batch.forEachFrameAt(this.writeFrame);
+    batch.release();
+  }
+
+  /** One function object for every frame (no closure per batch). */
+  private readonly writeFrame = (buf: Uint8Array, offset: number, length: number): void => {
+    if (!this.up) return;
+    this.tap?.frameOut(buf.subarray(offset, offset + length));
+    try {
+      writeSync(this.fd, buf, offset, length);
+      this.stats.framesOut++;
+      this.stats.bytesOut += length;
+    } catch (e) {
+      this.writeFailed(e as NodeJS.ErrnoException);
+    }
+  };
+
+  private writeFailed(e: NodeJS.ErrnoException): void {
+    if (e.code === 'EAGAIN' || e.code === 'ENOBUFS') {
+      this.stats.outputDroppedBackpressure++;
+      return;
+    }
+    this.lost(`write failed: ${e.code ?? e.message}`);
+  }
+
+  /** The TAP is gone (or broken): the link ends for good; the stack forgets the guest. */
+  private lost(why: string): void {
+    if (!this.up) return;
+    this.up = false;
+    this.stats.guestConnected = false;
+    this.socket?.destroy();
+    this.sink.guestGone();
+    if (!this.closing) {
+      this.log.error('TAP device lost: no guest can reach Moat any more; shutting down (start Moat again with a new TAP)', { tapFd: this.fd, why });
+      this.onLost(why);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closing = true;
+    this.lost('shutdown');
+    this.socket?.destroy();
+    this.socket = undefined;
+  }
+}
