@@ -51,6 +51,8 @@ interface Options {
   streams: number[];
   idle: number;
   out: string | undefined;
+  /** --profile: what load runs while Moat is profiled (iperf: 1 stream each way; rr; conn). */
+  profileLoad: string[];
 }
 
 function parseArgs(argv: string[]): Options {
@@ -70,7 +72,9 @@ function parseArgs(argv: string[]): Options {
     streams: quick ? [1] : [1, 4],
     idle: Number(value('--idle') ?? 10_000),
     out: value('--out'),
+    profileLoad: value('--profile-load')?.split(',') ?? ['iperf', 'rr', 'conn'],
   };
+  for (const l of o.profileLoad) if (!['iperf', 'rr', 'conn'].includes(l)) throw new Error(`--profile-load: unknown load ${l} (known: iperf, rr, conn)`);
   for (const b of o.backends) if (!BACKENDS.includes(b)) throw new Error(`unknown backend ${b} (known: ${BACKENDS.join(', ')})`);
   return o;
 }
@@ -88,7 +92,7 @@ interface Results {
   startedAt: string;
   command: string;
   machine: { cpus: number; model: string; kernel: string };
-  options: Omit<Options, 'out'>;
+  options: Omit<Options, 'out' | 'profileLoad'>;
   skipped: Record<string, string>;
   figures: Figures;
   /** Per metric key and backend: the CPU share (% of one core) of each cost process, per run. */
@@ -162,7 +166,7 @@ async function compare(o: Options): Promise<Results> {
     startedAt: new Date().toISOString(),
     command: `node dist/bench/compare.js ${process.argv.slice(2).join(' ')}`.trim(),
     machine: { cpus: cpus().length, model: cpus()[0]?.model ?? '?', kernel: readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim() },
-    options: { ...o, out: undefined } as Omit<Options, 'out'>,
+    options: { ...o, out: undefined } as Omit<Options, 'out' | 'profileLoad'>,
     skipped: {},
     figures: {},
     cpu: {},
@@ -262,14 +266,28 @@ async function profile(o: Options): Promise<void> {
   mkdirSync(dir, { recursive: true });
   const before = new Set(readdirSync(dir));
   const mtu = Math.max(...o.mtus);
-  const link = await startLink('moat', { prefix: PREFIX, mtu, moatNodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir] });
+  // The first Moat backend named by --backends (default: moat, through the relay).
+  const backend = o.backends.find((b) => b === 'moat' || b === 'moat-exec') ?? 'moat';
+  const link = await startLink(backend, { prefix: PREFIX, mtu, moatNodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir] });
   const servers = await startServers(link);
-  const out: Record<string, unknown> = { command: `${process.argv.slice(1).join(' ')}`, mtu };
+  const out: Record<string, unknown> = { command: `${process.argv.slice(1).join(' ')}`, backend, mtu };
+  const load = new Set(o.profileLoad);
   try {
     for (const direction of ['guest->host', 'host->guest'] as Direction[]) {
+      if (!load.has('iperf')) continue;
       const s = await iperf(link, servers, { direction, streams: 1, seconds: 5 });
       out[direction] = { gbps: s.bps / 1e9, cpu: s.cpu };
       log(`profile run ${direction}: ${(s.bps / 1e9).toFixed(2)} Gbit/s, cpu ${JSON.stringify(s.cpu)}`);
+    }
+    if (load.has('rr')) {
+      const rr = await requestResponse(link, servers, 5);
+      out.rr = rr;
+      log(`profile run request/response: ${Math.round(rr.perSec)}/s, p50 ${Math.round(rr.p50Us)} us, p99 ${Math.round(rr.p99Us)} us`);
+    }
+    if (load.has('conn')) {
+      const conn = await connectionRate(link, servers, 5);
+      out.conn = conn;
+      log(`profile run new connections: ${Math.round(conn.perSec)}/s`);
     }
   } finally {
     await servers.stop();
@@ -282,7 +300,7 @@ async function profile(o: Options): Promise<void> {
   out.profile = file;
   out.top = top;
   writeFileSync(join(resultsDir, `profile-mtu${mtu}.json`), JSON.stringify(out, null, 2) + '\n');
-  console.log(`top self time (Moat, iperf3 1 stream each way, MTU ${mtu}; ${file}):`);
+  console.log(`top self time (${backend}, load ${o.profileLoad.join('+')}, MTU ${mtu}; ${file}):`);
   for (const t of top) console.log(`${String(t.share).padStart(5)}%  ${String(t.selfMs).padStart(6)} ms  ${t.fn}`);
 }
 

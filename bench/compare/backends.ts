@@ -4,6 +4,8 @@
  * that reaches the host side where the servers run.
  *
  *   moat         guest TAP -- moat-shim -- moat serve (node)      -- host 127.0.0.1
+ *   moat-exec    guest TAP ------------- moat serve --tap-fd 3    -- host 127.0.0.1
+ *                (moat-shim tap --exec: the shim opens the TAP and becomes Moat)
  *   passt        guest TAP -- moat-shim -- passt (QEMU stream)    -- host 127.0.0.1
  *   slirp4netns  guest TAP ------------- slirp4netns (libslirp)   -- host 127.0.0.1
  *   veth         guest veth ---------------------------------------- peer namespace (the ceiling)
@@ -43,8 +45,8 @@ import {
 import { DNS_SERVER_JS, HOST_IP, GATEWAY_IP, ipv4Literals, startMoatFixture, type DnsZone } from '../../test/e2e/moat-fixture.js';
 import { createVethPair } from '../../test/e2e/bulk-support.js';
 
-export type BackendName = 'moat' | 'passt' | 'slirp4netns' | 'veth';
-export const BACKENDS: readonly BackendName[] = ['moat', 'passt', 'slirp4netns', 'veth'];
+export type BackendName = 'moat' | 'moat-exec' | 'passt' | 'slirp4netns' | 'veth';
+export const BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'passt', 'slirp4netns', 'veth'];
 
 /** The one name every DNS server answers (with a documentation address nobody dials). */
 export const DNS_NAME = 'www.mk7.test';
@@ -140,8 +142,9 @@ function makeLink(
 
 // ------------------------------------------------------------------ moat
 
-async function moatLink(o: LinkOptions): Promise<GuestLink> {
+async function moatLink(o: LinkOptions, link: 'relay' | 'exec'): Promise<GuestLink> {
   const fx = await startMoatFixture({
+    link,
     prefix: o.prefix,
     mtu: o.mtu,
     logLevel: 'info', // 'moat ready' is an info line; flows are not logged at info (refusals are)
@@ -153,17 +156,20 @@ async function moatLink(o: LinkOptions): Promise<GuestLink> {
     const procs: TrackedProcess[] = [];
     return makeLink(
       {
-        backend: 'moat',
+        backend: link === 'exec' ? 'moat-exec' : 'moat',
         mtu: o.mtu,
         guestNs: fx.guestNs,
         hostAlias: HOST_IP,
         dnsServer: GATEWAY_IP,
         serverNs: undefined,
         serverBind: '127.0.0.1',
-        costPids: [
-          { role: 'moat', pid: fx.moat.child.pid! },
-          { role: 'shim', pid: fx.shim.child.pid! },
-        ],
+        costPids:
+          link === 'exec'
+            ? [{ role: 'moat', pid: fx.moat.child.pid! }]
+            : [
+                { role: 'moat', pid: fx.moat.child.pid! },
+                { role: 'shim', pid: fx.shim.child.pid! },
+              ],
       },
       [HOST_IP, GATEWAY_IP],
       procs,
@@ -351,7 +357,9 @@ export function backendMissing(name: BackendName): string | undefined {
 export function startLink(name: BackendName, o: LinkOptions): Promise<GuestLink> {
   switch (name) {
     case 'moat':
-      return moatLink(o);
+      return moatLink(o, 'relay');
+    case 'moat-exec':
+      return moatLink(o, 'exec');
     case 'passt':
       return passtLink(o);
     case 'slirp4netns':
