@@ -112,6 +112,8 @@ export interface OutputBatch {
   readonly frameCount: number;
   /** Calls fn once per frame (Ethernet header first, no length prefix). */
   forEachFrame(fn: (frame: Uint8Array) => void): void;
+  /** Calls fn once per frame with where it lies (no view is made): buf[offset, offset + length). */
+  forEachFrameAt(fn: (buf: Uint8Array, offset: number, length: number) => void): void;
   /**
    * Optional: "these bytes are written, reuse their memory". Reusing staging
    * buffers spares the page faults a fresh buffer costs on first touch (a

@@ -38,10 +38,14 @@ export class FrameArena {
   private readonly done: Uint8Array[] = [];
   private count = 0;
   private readonly pool: Uint8Array[] = [];
+  /** The one batch object small batches are lent through (lendSmallBatches). */
+  private readonly lent = new LentBatch();
 
   constructor(
     private readonly allocate: Allocator = zeroedAllocator,
     private readonly chunkSize = DEFAULT_CHUNK,
+    /** The consumer is done with a batch when onOutput returns: small batches are lent, not copied. */
+    private readonly lendSmallBatches = false,
   ) {
     this.buf = allocate(chunkSize);
   }
@@ -87,6 +91,14 @@ export class FrameArena {
     if (this.count === 0) return null;
     let chunks: Uint8Array[];
     let owned = false;
+    if (this.done.length === 0 && this.pos <= COPY_OUT_LIMIT && this.lendSmallBatches) {
+      // Lent: the staging buffer is next written by begin(), after the
+      // consumer has written these frames. One view and one batch per flush.
+      this.lent.reset(this.buf, this.pos, this.count);
+      this.pos = 0;
+      this.count = 0;
+      return this.lent;
+    }
     if (this.done.length === 0 && this.pos <= COPY_OUT_LIMIT) {
       // An explicit copy: the allocator may hand out Node Buffers, whose
       // slice() is a view, and this staging buffer is about to be reused
@@ -122,6 +134,16 @@ export class FrameArena {
   }
 }
 
+/** Calls fn(buf, offset, length) for each length-prefixed frame in buf[from, to). */
+function forEachFramed(buf: Uint8Array, from: number, to: number, fn: (buf: Uint8Array, offset: number, length: number) => void): void {
+  let p = from;
+  while (p + PREFIX <= to) {
+    const len = ((buf[p]! << 24) | (buf[p + 1]! << 16) | (buf[p + 2]! << 8) | buf[p + 3]!) >>> 0;
+    fn(buf, p + PREFIX, len);
+    p += PREFIX + len;
+  }
+}
+
 /** An OutputBatch over length-prefixed chunks. */
 export class FramedBatch implements OutputBatch {
   constructor(
@@ -130,15 +152,12 @@ export class FramedBatch implements OutputBatch {
     private owner: FrameArena | null = null,
   ) {}
 
+  forEachFrameAt(fn: (buf: Uint8Array, offset: number, length: number) => void): void {
+    for (const chunk of this.framed) forEachFramed(chunk, 0, chunk.length, fn);
+  }
+
   forEachFrame(fn: (frame: Uint8Array) => void): void {
-    for (const chunk of this.framed) {
-      let p = 0;
-      while (p + PREFIX <= chunk.length) {
-        const len = ((chunk[p]! << 24) | (chunk[p + 1]! << 16) | (chunk[p + 2]! << 8) | chunk[p + 3]!) >>> 0;
-        fn(chunk.subarray(p + PREFIX, p + PREFIX + len));
-        p += PREFIX + len;
-      }
-    }
+    this.forEachFrameAt((buf, offset, length) => fn(buf.subarray(offset, offset + length)));
   }
 
   release(): void {
@@ -147,4 +166,35 @@ export class FramedBatch implements OutputBatch {
     this.owner = null; // at most once
     owner.recycle(this.framed);
   }
+}
+
+/**
+ * A small batch lent from the staging buffer: valid only until the stack
+ * writes its next frame, so only for consumers that finish inside onOutput.
+ * Reused for every lent batch.
+ */
+class LentBatch implements OutputBatch {
+  private buf: Uint8Array = new Uint8Array(0);
+  private length = 0;
+  frameCount = 0;
+
+  reset(buf: Uint8Array, length: number, frameCount: number): void {
+    this.buf = buf;
+    this.length = length;
+    this.frameCount = frameCount;
+  }
+
+  get framed(): readonly Uint8Array[] {
+    return [this.buf.subarray(0, this.length)];
+  }
+
+  forEachFrame(fn: (frame: Uint8Array) => void): void {
+    this.forEachFrameAt((buf, offset, length) => fn(buf.subarray(offset, offset + length)));
+  }
+
+  forEachFrameAt(fn: (buf: Uint8Array, offset: number, length: number) => void): void {
+    forEachFramed(this.buf, 0, this.length, fn);
+  }
+
+  release(): void {}
 }

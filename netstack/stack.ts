@@ -122,6 +122,13 @@ export interface StackOptions {
    * Math.random; tests pass a seeded generator so that a failing case replays.
    */
   random?: () => number;
+  /**
+   * The owner's onOutput is done with a batch when it returns (it writes each
+   * frame synchronously, as the TAP link does). Small batches are then lent
+   * straight from the staging buffer instead of copied out. Default false:
+   * a batch stays valid until release(), as a socket writer needs.
+   */
+  syncOutput?: boolean;
 }
 
 /** DHCP runs on these ports (RFC 2131 §4.1). */
@@ -154,8 +161,11 @@ export class Stack implements NetStack, TcpHost {
   private readonly tcpConfig: TcpConfig;
   private readonly broadcastIp: IPv4;
   /** Connections owed a flushAck() at the end of this batch, each once. */
+  // The connections with an ACK to coalesce, in order, as a list that is
+  // emptied by count: `length = 0` would free the store and the next push
+  // allocate a new one, and Set#clear allocates a new table, per packet.
   private readonly flushQueue: TcpConnection[] = [];
-  private readonly flushQueued = new Set<TcpConnection>();
+  private flushQueueLength = 0;
   private inBatch = false;
   private deferredFlush = false;
   private ipId = 0;
@@ -168,7 +178,7 @@ export class Stack implements NetStack, TcpHost {
     options: StackOptions = {},
   ) {
     validateConfig(config);
-    this.arena = new FrameArena(options.allocate);
+    this.arena = new FrameArena(options.allocate, undefined, options.syncOutput ?? false);
     this.random = options.random ?? Math.random;
     this.config = config;
     this.timers = new TimerWheel(clock);
@@ -446,9 +456,9 @@ export class Stack implements NetStack, TcpHost {
   }
 
   scheduleFlush(conn: TcpConnection): void {
-    if (!this.flushQueued.has(conn)) {
-      this.flushQueued.add(conn);
-      this.flushQueue.push(conn);
+    if (!conn.flushQueued) {
+      conn.flushQueued = true;
+      this.flushQueue[this.flushQueueLength++] = conn;
     }
     if (!this.inBatch) this.kick();
   }
@@ -502,8 +512,7 @@ export class Stack implements NetStack, TcpHost {
     this.reassembler.clear();
     // A new guest (another MAC after a VM re-create) must still get the guest address.
     this.dhcp.forgetLeases();
-    this.flushQueue.length = 0;
-    this.flushQueued.clear();
+    this.clearFlushQueue();
     // Whatever was queued for the old guest would reach the new one: drop it.
     this.arena.take();
   }
@@ -530,21 +539,31 @@ export class Stack implements NetStack, TcpHost {
   flush(): void {
     this.deferredFlush = false;
     // flushAck() may transmit and even close connections: iterate over a stable list.
-    for (let i = 0; i < this.flushQueue.length; i++) this.flushQueue[i]!.flushAck();
-    this.flushQueue.length = 0;
-    this.flushQueued.clear();
+    for (let i = 0; i < this.flushQueueLength; i++) this.flushQueue[i]!.flushAck();
+    this.clearFlushQueue();
     const batch = this.arena.take();
     if (batch !== null) this.events.onOutput(batch);
+  }
+
+  private clearFlushQueue(): void {
+    for (let i = 0; i < this.flushQueueLength; i++) {
+      this.flushQueue[i]!.flushQueued = false;
+      this.flushQueue[i] = undefined!;
+    }
+    this.flushQueueLength = 0;
   }
 
   /** Output produced outside input(): flush it once this turn of the owner's loop ends. */
   private kick(): void {
     if (this.inBatch || this.deferredFlush) return;
     this.deferredFlush = true;
-    this.defer(() => {
-      if (this.deferredFlush) this.flush();
-    });
+    this.defer(this.flushIfStillDeferred);
   }
+
+  /** One function object for every kick(), not a closure per packet. */
+  private readonly flushIfStillDeferred = (): void => {
+    if (this.deferredFlush) this.flush();
+  };
 
   /**
    * Starts an IPv4 frame from `src` to `dst` (a guest-side address) carrying

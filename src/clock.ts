@@ -6,7 +6,7 @@
  * keeps exactly one setTimeout armed for that moment and calls advance() when
  * it fires. After anything that may arm a new stack timer (input, a deferred
  * flush, a socket write from the NAT) the owner calls reschedule(), which
- * moves the single timeout only when the deadline changed.
+ * moves the single timeout only when the deadline came earlier.
  */
 import type { Clock } from '../netstack/clock.js';
 
@@ -45,7 +45,9 @@ export class TimerDriver {
   /** The deadline the armed timeout is for (undefined: none armed). */
   private armedFor: number | undefined;
   private stopped = false;
+  // Emptied by count, not `length = 0` (which frees the store, so that the next push allocates).
   private readonly deferred: (() => void)[] = [];
+  private deferredCount = 0;
   private deferScheduled = false;
 
   constructor(
@@ -68,34 +70,43 @@ export class TimerDriver {
    */
   readonly defer = (fn: () => void): void => {
     if (this.stopped) return;
-    this.deferred.push(fn);
+    this.deferred[this.deferredCount++] = fn;
     if (this.deferScheduled) return;
     this.deferScheduled = true;
-    this.scheduleSoon(() => this.runDeferred());
+    this.scheduleSoon(this.runDeferredBound);
   };
+
+  private readonly runDeferredBound = (): void => this.runDeferred();
 
   private runDeferred(): void {
     this.deferScheduled = false;
     // Work deferred while running is taken in this same pass (bounded by what callers queue).
-    while (this.deferred.length > 0 && !this.stopped) {
-      const fn = this.deferred.shift()!;
-      fn();
-    }
+    // An index walk, not shift(): shift() moves the array's store on every call.
+    for (let i = 0; i < this.deferredCount && !this.stopped; i++) this.deferred[i]!();
+    this.deferredCount = 0;
     this.reschedule();
   }
 
-  /** Arms the timeout for the stack's next deadline (or disarms it). Cheap when nothing changed. */
+  /**
+   * Makes sure a timeout fires no later than the stack's next deadline. Cheap
+   * when nothing changed. A timeout already armed for an earlier time is left
+   * alone (it fires early, finds nothing due, and re-arms for the real
+   * deadline): deadlines mostly move later (every ACK pushes the
+   * retransmission timer out, a cancelled delayed ACK drops its 4 ms), and
+   * clearing and re-creating a timer for each of those moves cost a Timeout
+   * allocation per packet.
+   */
   reschedule(): void {
     if (this.stopped || this.stack === undefined) return;
     const deadline = this.stack.nextDeadline();
-    if (deadline === this.armedFor) return;
+    if (deadline === undefined || (this.armedFor !== undefined && this.armedFor <= deadline)) return;
     if (this.handle !== undefined) this.timers.clearTimeout(this.handle);
-    this.handle = undefined;
     this.armedFor = deadline;
-    if (deadline === undefined) return;
     const delay = Math.max(0, Math.ceil(deadline - this.clock.now()));
-    this.handle = this.timers.setTimeout(() => this.fire(), delay);
+    this.handle = this.timers.setTimeout(this.fireBound, delay);
   }
+
+  private readonly fireBound = (): void => this.fire();
 
   private fire(): void {
     this.handle = undefined;
@@ -111,6 +122,7 @@ export class TimerDriver {
     if (this.handle !== undefined) this.timers.clearTimeout(this.handle);
     this.handle = undefined;
     this.armedFor = undefined;
+    this.deferredCount = 0;
     this.deferred.length = 0;
   }
 }

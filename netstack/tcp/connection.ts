@@ -212,6 +212,8 @@ const FULL_SEGMENT_SLACK = 40;
 const DEFAULT_MSS = 536; // RFC 9293 §3.7.1: when the peer sends no MSS option
 
 export class TcpConnection implements TcpSocket {
+  /** Owned by the Stack: this connection is in its flush queue (an ACK to coalesce). */
+  flushQueued = false;
   private st: St = St.CLOSED;
   private readonly cfg: ResolvedConfig;
 

@@ -63,10 +63,54 @@ describe('TimerDriver', () => {
     expect(stack.advancedAt).toEqual([1050]);
     expect([...timers.armed.values()].map((t) => t.ms)).toEqual([2000]);
 
-    // No deadline: disarmed.
+    // A later deadline (an ACK pushed the retransmission out) re-arms nothing:
+    // the armed timeout fires early instead, finds nothing due and re-arms.
+    stack.onAdvance = undefined;
+    stack.deadline = 4000;
+    driver.reschedule();
+    expect(timers.setCount).toBe(3);
+    expect([...timers.armed.values()].map((t) => t.ms)).toEqual([2000]);
+    clock.set(3050);
+    timers.fireAll();
+    expect(stack.advancedAt).toEqual([1050, 3050]);
+    expect([...timers.armed.values()].map((t) => t.ms)).toEqual([950]);
+
+    // No deadline: nothing is armed again after the next fire.
     stack.deadline = undefined;
     driver.reschedule();
+    clock.set(4000);
+    timers.fireAll();
     expect(timers.armed.size).toBe(0);
+  });
+
+  it('never fires later than the deadline, however deadlines move', () => {
+    const clock = new ManualClock(0);
+    const timers = new FakeTimers();
+    const stack = new DeadlineStack();
+    const driver = new TimerDriver(clock, timers, () => {});
+    driver.attach(stack);
+    let seed = 7;
+    const rand = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    for (let i = 0; i < 2000; i++) {
+      stack.deadline = rand(5) === 0 ? undefined : clock.now() + 1 + rand(300);
+      driver.reschedule();
+      if (stack.deadline !== undefined) {
+        const armedAt = Math.min(...[...timers.armed.values()].map((t) => clock.now() + t.ms));
+        expect(armedAt).toBeLessThanOrEqual(stack.deadline);
+      }
+      if (rand(3) === 0) {
+        // Time passes to the armed timeout, which fires.
+        const [first] = [...timers.armed.values()];
+        if (first !== undefined) {
+          clock.set(clock.now() + first.ms);
+          timers.fireAll();
+        }
+      }
+    }
+    expect(timers.armed.size).toBeLessThanOrEqual(1);
   });
 
   it('never arms a negative delay for a deadline already past', () => {
