@@ -123,7 +123,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     name: 'tap-fd',
     type: 'string',
     value: 'N',
-    help: 'Serve the TAP device open on descriptor N instead of listening: one frame per read and write, no relay process in between. moat-shim tap --exec starts Moat this way (the TAP is on descriptor 3). Not with --listen-qemu.',
+    help: 'Serve the TAP device open on descriptor N instead of listening: one frame per read and write, no relay process in between. moat-shim tap --exec starts Moat this way (the TAP is on descriptor 3). Not with --listen-qemu; command line only (not a --config key).',
     example: '3',
   },
   { name: 'mtu', type: 'string', value: 'N', default: String(DEFAULT_MTU), help: `Link MTU, ${MTU_MIN}..${MTU_MAX}. Handed to the guest by DHCP.` },
@@ -215,7 +215,9 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
 export const ZONES_FLAG_NAMES: readonly string[] = ['allow', 'resolver', 'sinkhole', 'subnet', 'gateway-ip', 'host-ip', 'config', 'help'];
 export const ZONES_FLAGS: readonly FlagDoc[] = SERVE_FLAGS.filter((f) => ZONES_FLAG_NAMES.includes(f.name));
 
-const FILE_KEYS = new Set(SERVE_FLAGS.map((f) => f.name).filter((n) => n !== 'help' && n !== 'config'));
+/** Flags a config file cannot set: help and config themselves, and a descriptor, which only the starting process can hand over. */
+const COMMAND_LINE_ONLY = new Set(['help', 'config', 'tap-fd']);
+const FILE_KEYS = new Set(SERVE_FLAGS.map((f) => f.name).filter((n) => !COMMAND_LINE_ONLY.has(n)));
 
 export type ParsedServeArgs = { kind: 'help' } | { kind: 'config'; config: ServeConfig };
 
@@ -409,7 +411,7 @@ function describeParseArgsError(e: unknown, command = 'serve'): string {
 
 /** Reads the JSON config file into flag-name → raw value, checking its shape. */
 function readConfigFile(path: string, io: ConfigIo, fileFlags: readonly FlagDoc[] = SERVE_FLAGS, command = 'serve'): Map<string, RawValue> {
-  const fileKeys = fileFlags === SERVE_FLAGS ? FILE_KEYS : new Set(fileFlags.map((f) => f.name).filter((n) => n !== 'help' && n !== 'config'));
+  const fileKeys = fileFlags === SERVE_FLAGS ? FILE_KEYS : new Set(fileFlags.map((f) => f.name).filter((n) => !COMMAND_LINE_ONLY.has(n)));
   const keysOf = fileFlags === SERVE_FLAGS ? 'serve' : command;
   let text: string;
   try {

@@ -72,3 +72,51 @@ describe('FrameArena buffer reuse', () => {
     expect(aBytes.length).toBeGreaterThan(0);
   });
 });
+
+describe('FrameArena lending (a consumer that writes inside onOutput)', () => {
+  const framesOf = (batch: { forEachFrameAt(fn: (b: Uint8Array, o: number, l: number) => void): void }): string[] => {
+    const out: string[] = [];
+    batch.forEachFrameAt((b, o, l) => out.push(Buffer.from(b.subarray(o, o + l)).toString('hex')));
+    return out;
+  };
+
+  it('lends small batches from the staging buffer: same frames, no copy, one batch object', () => {
+    const arena = new FrameArena((n) => Buffer.allocUnsafe(n), 4096, true);
+    writeFrame(arena, 60, 0x11);
+    writeFrame(arena, 70, 0x22);
+    const a = arena.take()!;
+    expect(a.frameCount).toBe(2);
+    expect(framesOf(a)).toEqual(['11'.repeat(60), '22'.repeat(70)]);
+    const aView = a.framed[0]!;
+    expect(aView.buffer).toBe(arena.buf.buffer); // lent, not copied
+    writeFrame(arena, 80, 0x33);
+    const b = arena.take()!;
+    expect(b).toBe(a); // the one lent batch object, reset
+    expect(framesOf(b)).toEqual(['33'.repeat(80)]);
+    const seen: number[] = [];
+    b.forEachFrame((f) => seen.push(f.length));
+    expect(seen).toEqual([80]);
+  });
+
+  it('without lending, the same sequence copies (the batch outlives the next frame)', () => {
+    const arena = new FrameArena((n) => Buffer.allocUnsafe(n), 4096, false);
+    writeFrame(arena, 60, 0x11);
+    const a = arena.take()!;
+    expect(a.framed[0]!.buffer).not.toBe(arena.buf.buffer);
+    writeFrame(arena, 60, 0x44);
+    expect(arena.take()).not.toBe(a);
+    expect(framesOf(a)).toEqual(['11'.repeat(60)]);
+  });
+
+  it('still hands over large batches (they own their buffers until release)', () => {
+    const arena = new FrameArena((n) => new Uint8Array(n), 4096, true);
+    writeFrame(arena, 3000, 1);
+    writeFrame(arena, 3000, 2);
+    const big = arena.take()!;
+    expect(big.framed).toHaveLength(2);
+    writeFrame(arena, 100, 3);
+    arena.take();
+    expect(framesOf(big).map((h) => h.length / 2)).toEqual([3000, 3000]);
+    expect(framesOf(big)[1]!.slice(0, 2)).toBe('02');
+  });
+});

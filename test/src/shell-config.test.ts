@@ -60,8 +60,21 @@ describe('parseServeArgs defaults', () => {
     expect(c.dnsUpstreams).toEqual([{ host: '10.0.0.53', port: 53 }]);
   });
 
-  it('requires a listen address', () => {
-    expect(errorOf([])).toMatch(/^--listen-qemu: at least one/);
+  it('requires a listen address (or a TAP descriptor)', () => {
+    expect(errorOf([])).toMatch(/^--listen-qemu: at least one.*or --tap-fd N/);
+  });
+
+  it('--tap-fd N serves a TAP descriptor instead of listening; never with --listen-qemu, never stdio', () => {
+    const c = parse(['--tap-fd', '3']);
+    expect(c.tapFd).toBe(3);
+    expect(c.listen).toEqual([]);
+    expect(parse(LISTEN).tapFd).toBeUndefined();
+    expect(errorOf(['--tap-fd', '3', ...LISTEN])).toMatch(/^--tap-fd: .*cannot be combined with --listen-qemu/);
+    for (const bad of ['0', '2', '-1', 'three', '3.5', '']) {
+      expect(errorOf([`--tap-fd=${bad}`])).toMatch(/^--tap-fd: must be an open descriptor number >= 3/);
+    }
+    // A descriptor is the starting process's to hand over, not a config file's.
+    expect(errorOf(['--config', '/c.json'], { '/c.json': '{"tap-fd": 3}' })).toMatch(/unknown key "tap-fd"/);
   });
 
   it('returns help for --help and -h', () => {
@@ -234,7 +247,7 @@ describe('config file and flag precedence', () => {
   });
 
   it('accepts every flag (except help/config) as a file key', () => {
-    const keys = SERVE_FLAGS.map((f) => f.name).filter((n) => n !== 'help' && n !== 'config');
+    const keys = SERVE_FLAGS.map((f) => f.name).filter((n) => n !== 'help' && n !== 'config' && n !== 'tap-fd');
     // A key the file does not know is an error, so reading each known key with a valid value proves acceptance.
     const values: Record<string, unknown> = {
       'listen-qemu': ['unix:///tmp/q'],
