@@ -8,13 +8,14 @@
  * TAP), so every packet stays between that namespace and this process.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   cleanupAll,
   createNetns,
+  deleteNetns,
   e2eGate,
   ensureShimBuilt,
   hasTool,
@@ -400,5 +401,90 @@ print(s.recv(70000).hex())
     const bad = hostRun(shimPath, ['tap', '--dev', 'x']);
     expect(bad.status).toBe(2);
     expect(bad.stderr).toMatch(/^moat-shim: tap: --connect URL is required/);
+  });
+});
+
+// ------------------------------------------------------------------ tap --exec
+
+describe.skipIf(gate.skip)('moat-shim tap --exec: the TAP handed to a command on fd 3', () => {
+  let ns = '';
+
+  beforeAll(() => {
+    shimPath = ensureShimBuilt();
+    ns = `${uniqueName('tf-')}-guest`;
+    createNetns(ns);
+  });
+  afterAll(() => {
+    deleteNetns(ns);
+    cleanupAll();
+  });
+
+  it.each([
+    ['--exec together with --connect', ['tap', '--dev', 'tfx0', '--connect', 'unix:///nonexistent.sock', '--exec', 'true'], 'tap: give either --connect URL (relay) or --exec COMMAND (hand over the TAP), not both'],
+    ['--exec in unixgram mode', ['unixgram', '--listen', '/nonexistent-tf.sock', '--exec', 'true'], 'unixgram: --exec belongs to tap mode'],
+    ['--exec with no command', ['tap', '--dev', 'tfx0', '--exec'], '--exec needs a command'],
+  ])('usage error: %s exits 2 with a message, creating nothing', (_label, args, message) => {
+    const r = hostRun(shimPath, args);
+    expect(r.status, r.stderr).toBe(2);
+    expect(r.stderr).toContain(`moat-shim: ${message}`);
+    expect(r.stderr).toContain("run 'moat-shim --help' for usage");
+    expect(r.stdout).toBe('');
+    // No TAP appeared anywhere (the checks run before any device is made).
+    expect(hostRun('ip', ['link', 'show', 'dev', 'tfx0']).status).not.toBe(0);
+    expect(nsRun(ns, 'ip', ['link', 'show', 'dev', 'tfx0']).status).not.toBe(0);
+  });
+
+  it('runs COMMAND in its own namespace with the TAP on fd 3, while the TAP exists in --netns; the TAP goes with the command', async () => {
+    const dev = 'tfexec0';
+    const ownNs = readlinkSync('/proc/self/ns/net');
+    const guestNsId = nsExec(ns, 'readlink', ['/proc/self/ns/net']).trim();
+    expect(guestNsId).not.toBe(ownNs); // else the comparison below proves nothing
+    // Each line is KEY=VALUE; the link checks run while the command (and so fd 3) is alive.
+    const script = [
+      'echo "fd3=$(readlink /proc/self/fd/3)"',
+      'echo "netns=$(readlink /proc/self/ns/net)"',
+      'echo "iff=$(sed -n "s/^iff:[[:space:]]*//p" /proc/self/fdinfo/3)"',
+      `ip -o link show dev ${dev} >/dev/null 2>&1 && echo "in-own-ns=yes" || echo "in-own-ns=no"`,
+      `echo "in-guest-ns=$(ip -n ${ns} -o link show dev ${dev})"`,
+      'echo "args=$0 $1"',
+    ].join('; ');
+    const shim = spawnTracked(shimPath, ['tap', '--dev', dev, '--netns', ns, '--mtu', '9000', '--exec', 'sh', '-c', script, 'first', 'second']);
+    const { code } = await withTimeout(shim.exited, 10_000, 'moat-shim --exec sh to finish');
+    expect(code, shim.stderr()).toBe(0);
+    const out: Record<string, string> = {};
+    for (const line of shim.stdout().trim().split('\n')) {
+      const eq = line.indexOf('=');
+      out[line.slice(0, eq)] = line.slice(eq + 1);
+    }
+    // (a) fd 3 is the TAP: the tun device, attached to our interface.
+    expect(out['fd3']).toBe('/dev/net/tun');
+    expect(out['iff']).toBe(dev);
+    // (b) the command runs in the shim's (here: the test's) namespace, not the guest's.
+    expect(out['netns']).toBe(ownNs);
+    expect(out['netns']).not.toBe(guestNsId);
+    // (c) the TAP exists in --netns (with --mtu applied), and not in our namespace.
+    expect(out['in-guest-ns']).toMatch(new RegExp(`^\\d+: ${dev}: .*\\bmtu 9000\\b`));
+    expect(out['in-own-ns']).toBe('no');
+    // Arguments after the command reach it unchanged.
+    expect(out['args']).toBe('first second');
+    // The shim logged the hand-over before it exec'd.
+    expect(shim.stderr()).toContain(`moat-shim: ready: tap ${dev} (netns ${ns}, mtu 9000) on fd 3; exec sh`);
+    // The command held the only descriptor: the TAP is gone now that it exited.
+    await waitFor(`${dev} to disappear from ${ns}`, () => nsRun(ns, 'ip', ['link', 'show', 'dev', dev]).status !== 0);
+  });
+
+  it('the command is exec\'d (same PID, no relay process left behind) and its exit code is the shim\'s', async () => {
+    const shim = spawnTracked(shimPath, ['tap', '--dev', 'tfexec1', '--netns', ns, '--exec', 'sh', '-c', 'echo "pid=$$"; exit 7']);
+    const { code } = await withTimeout(shim.exited, 10_000, 'moat-shim --exec sh to finish');
+    expect(code, shim.stderr()).toBe(7);
+    expect(shim.stdout().trim()).toBe(`pid=${shim.child.pid}`);
+  });
+
+  it('a command that cannot be found: exit 1 with a message naming it, and no TAP left behind', async () => {
+    const shim = spawnTracked(shimPath, ['tap', '--dev', 'tfexec2', '--netns', ns, '--exec', 'moat-no-such-command-tf']);
+    const { code } = await withTimeout(shim.exited, 10_000, 'moat-shim --exec of a missing command to fail');
+    expect(code).toBe(1);
+    expect(shim.stderr()).toMatch(/moat-shim: --exec moat-no-such-command-tf: No such file or directory/);
+    await waitFor('tfexec2 to disappear', () => nsRun(ns, 'ip', ['link', 'show', 'dev', 'tfexec2']).status !== 0);
   });
 });
