@@ -14,9 +14,11 @@
  * drops the frame and counts it, as a NIC would; TCP retransmits).
  *
  * A TAP has no "guest connected" moment: the link is up from start() until the
- * device disappears (its namespace was deleted), which ends the link for good.
+ * device is deleted (`ip link del`), which ends the link for good. Deleting
+ * the guest's namespace does not delete it: the open TAP keeps the namespace
+ * alive, so whoever tears the guest down stops Moat too (SIGTERM).
  */
-import { writeSync } from 'node:fs';
+import { readSync, writeSync } from 'node:fs';
 import { Socket } from 'node:net';
 import type { OutputBatch } from '../../netstack/api.js';
 import type { Logger } from '../log.js';
@@ -25,6 +27,12 @@ import type { FrameTap, GuestSink, LinkStats } from './qemu-stream.js';
 /** Largest frame a TAP can hand us: MTU 65535 plus the Ethernet header (as the frame decoder's bound). */
 const READ_BUFFER_BYTES = 65535 + 14;
 const ETHERNET_HEADER_BYTES = 14;
+/** At most this many frames reach the stack per wake-up, so that output (and timers) are not starved. */
+const MAX_BATCH_FRAMES = 64;
+/** A frame this large is bulk data: more are probably queued behind it. */
+const BULK_FRAME_BYTES = 1000;
+/** Room for the rest of a batch: 64 MTU-1500 frames, or 7 of the largest. */
+const BATCH_BUFFER_BYTES = 8 * READ_BUFFER_BYTES;
 
 interface PipeHandle {
   open(fd: number): number;
@@ -46,12 +54,23 @@ function streamHandleFor(fd: number): PipeHandle {
   return handle;
 }
 
+/** EBADFD: what read(2) on a TAP returns once its device was deleted (Node has no name for it). */
+const EBADFD = 77;
+
+function describeReadError(e: NodeJS.ErrnoException): string {
+  if (e.errno === -EBADFD || e.code === 'EBADFD') return 'EBADFD (the TAP device was deleted)';
+  return e.code ?? e.message;
+}
+
 export class TapFdLink {
   private socket: Socket | undefined;
   private up = false;
   private closing = false;
   private readonly log: Logger;
-  private readonly one: Uint8Array[] = [new Uint8Array(0)];
+  private inBurst = false;
+  private wakeups = 0;
+  /** Frames read after the first of a wake-up (see onFrame). */
+  private readonly batch = Buffer.allocUnsafe(BATCH_BUFFER_BYTES);
   readonly stats: LinkStats = {
     guestConnected: false,
     connections: 0,
@@ -91,7 +110,7 @@ export class TapFdLink {
       writable: false,
       onread: { buffer, callback: (n: number, buf: Uint8Array) => this.onFrame(buf, n) },
     } as unknown as ConstructorParameters<typeof Socket>[0]);
-    socket.on('error', (e: NodeJS.ErrnoException) => this.lost(`read failed: ${e.code ?? e.message}`));
+    socket.on('error', (e: NodeJS.ErrnoException) => this.lost(`read failed: ${describeReadError(e)}`));
     socket.on('end', () => this.lost('end of file'));
     this.socket = socket;
     this.up = true;
@@ -101,20 +120,72 @@ export class TapFdLink {
     return [`tap-fd://${this.fd}`];
   }
 
+  /**
+   * libuv read one frame (it stops after a read shorter than its buffer, so
+   * one frame per poll). Whatever else the TAP already holds is read now,
+   * synchronously, into the batch buffer, and the stack gets them all at
+   * once: one ACK per batch instead of one per frame, and the NAT writes a
+   * batch's bytes to a host socket in one writev. Without this a 1500-byte
+   * MTU bulk transfer from the guest ran at a quarter of its speed.
+   */
   private onFrame(buf: Uint8Array, n: number): boolean {
     if (!this.up) return false;
-    this.stats.chunksIn++;
-    if (n < ETHERNET_HEADER_BYTES) {
-      this.stats.framingErrors++;
+    this.stats.chunksIn++; // for this link: wake-ups (framesIn / chunksIn = frames per batch)
+    const frames: Uint8Array[] = [];
+    this.accept(frames, buf.subarray(0, n));
+    if (!this.worthDraining(n)) {
+      if (frames.length > 0) this.sink.input(frames);
       return true;
     }
-    const frame = buf.subarray(0, n);
-    this.stats.framesIn++;
-    this.stats.bytesIn += n;
-    this.tap?.frameIn(frame);
-    this.one[0] = frame;
-    this.sink.input(this.one);
+    let used = 0;
+    const limit = Error.stackTraceLimit;
+    // The read that finds the TAP empty throws EAGAIN: skip building a stack trace for it.
+    Error.stackTraceLimit = 0;
+    try {
+      while (frames.length < MAX_BATCH_FRAMES && used + READ_BUFFER_BYTES <= this.batch.length) {
+        const got = readSync(this.fd, this.batch, used, READ_BUFFER_BYTES, null);
+        if (got <= 0) break;
+        this.accept(frames, this.batch.subarray(used, used + got));
+        used += got;
+      }
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'EAGAIN' && code !== 'EWOULDBLOCK') {
+        Error.stackTraceLimit = limit;
+        this.lost(`read failed: ${describeReadError(e as NodeJS.ErrnoException)}`);
+        return false;
+      }
+    } finally {
+      Error.stackTraceLimit = limit;
+    }
+    this.inBurst = used > 0;
+    if (frames.length > 0) this.sink.input(frames);
     return true;
+  }
+
+  /**
+   * Whether to look for more frames behind this one. The look that finds the
+   * TAP empty costs a failed read(2) and a thrown EAGAIN (~6 us here), which a
+   * lone request of a request/response exchange should not pay. So: look
+   * behind a full-sized frame (bulk data), while the last look found frames
+   * (a burst), and at every 8th wake-up otherwise (to notice a burst of small
+   * frames, e.g. ACKs).
+   */
+  private worthDraining(firstFrameBytes: number): boolean {
+    this.wakeups++;
+    return firstFrameBytes >= BULK_FRAME_BYTES || this.inBurst || (this.wakeups & 7) === 0;
+  }
+
+  /** Counts a frame read from the TAP and queues it, or drops a runt. */
+  private accept(frames: Uint8Array[], frame: Uint8Array): void {
+    if (frame.length < ETHERNET_HEADER_BYTES) {
+      this.stats.framingErrors++;
+      return;
+    }
+    this.stats.framesIn++;
+    this.stats.bytesIn += frame.length;
+    this.tap?.frameIn(frame);
+    frames.push(frame);
   }
 
   /** Writes each frame of the batch to the TAP (one write(2) each); drops it when the link is down. */
