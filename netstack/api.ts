@@ -233,6 +233,15 @@ export interface StackConfig {
      * 0 = always ACK at the end of the input batch. See tcp/connection.ts.
      */
     delayedAckMs?: number;
+    /**
+     * Segmentation offload: new data may leave in TCP segments of up to this
+     * many payload bytes (whole multiples of the MSS), larger than the MTU,
+     * because the link hands them to a receiver that takes them whole (a TAP
+     * with a virtio-net header marks them GSO with the MSS as segment size,
+     * as a virtio NIC does for a guest). 0 or absent: segments fit the MTU.
+     * Only for links that do that: on a wire such frames are oversize.
+     */
+    segmentOffloadBytes?: number;
   };
   fragments: { maxBytes: number; maxDatagrams: number; timeoutMs: number };
 }

@@ -131,6 +131,9 @@ export interface StackOptions {
   syncOutput?: boolean;
 }
 
+/** An offloaded TCP segment still fits one IPv4 datagram: 65535 less the IPv4 header and the largest TCP header. */
+const MAX_OFFLOAD_SEGMENT_BYTES = 65535 - 20 - 60;
+
 /** DHCP runs on these ports (RFC 2131 §4.1). */
 const DHCP_SERVER_PORT = 67;
 
@@ -208,6 +211,7 @@ export class Stack implements NetStack, TcpHost {
       recvBufferBytes: config.tcp.recvBufferBytes,
       oooBytes: config.tcp.oooBytes,
       delayedAckMs: config.tcp.delayedAckMs ?? DEFAULT_DELAYED_ACK_MS,
+      segmentOffloadBytes: Math.min(config.tcp.segmentOffloadBytes ?? 0, MAX_OFFLOAD_SEGMENT_BYTES),
     };
   }
 

@@ -38,7 +38,7 @@ import { Nat, type GatewayUdpClaims, type NatOptions, type NatStats } from './na
 import { PcapWriter } from './pcap-writer.js';
 import { ForwardError, type ForwardKey, type ForwardSpec, type PortForwards } from './port-forwards.js';
 import { QemuStreamServer, type GuestSink, type QemuStreamOptions } from './transport/qemu-stream.js';
-import { TapFdLink } from './transport/tap-fd.js';
+import { TapFdLink, TAP_GSO_SEGMENT_BYTES } from './transport/tap-fd.js';
 
 /** The guest's side of the wire: a QEMU stream listener or a TAP descriptor. */
 type GuestLink = QemuStreamServer | TapFdLink;
@@ -114,6 +114,8 @@ export function stackConfigFor(config: ServeConfig): StackConfig {
       // The NAT enforces --max-tcp-flows; the stack's own bound (which also
       // counts TIME-WAIT and port-forward connections) must not be lower.
       maxConnections: Math.max(DEFAULT_STACK_CONFIG.tcp.maxConnections, limits.maxTcpFlows),
+      // A TAP with a virtio-net header takes TCP segments beyond the MTU (the link marks them GSO).
+      ...(config.tapFd !== undefined && config.tapVnetHdr === true ? { segmentOffloadBytes: TAP_GSO_SEGMENT_BYTES } : {}),
     },
     fragments: { ...DEFAULT_STACK_CONFIG.fragments, maxBytes: limits.maxFragmentBytes, maxDatagrams: limits.maxFragmentDatagrams },
     mtu: config.mtu,
@@ -233,7 +235,9 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
     let onLinkLost: (why: string) => void = () => {};
     const linkLost = new Promise<string>((resolve) => (onLinkLost = resolve));
     const link: GuestLink =
-      config.tapFd === undefined ? new QemuStreamServer(sink, log, d.link) : new TapFdLink(config.tapFd, sink, log, (why) => onLinkLost(why));
+      config.tapFd === undefined
+        ? new QemuStreamServer(sink, log, d.link)
+        : new TapFdLink({ fd: config.tapFd, vnetHdr: config.tapVnetHdr === true, mtu: config.mtu }, sink, log, (why) => onLinkLost(why));
 
     const dropLog = log.child({ component: 'stack' });
     const events: StackEvents = {

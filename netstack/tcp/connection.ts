@@ -142,6 +142,8 @@ export interface TcpConfig {
    * for outgoing data to ride on; 0 (the default) = ACK at the end of the batch.
    */
   delayedAckMs?: number;
+  /** New data may leave in segments of up to this many payload bytes (MSS multiples) on an offloading link; 0 = one MSS. */
+  segmentOffloadBytes?: number;
 }
 
 type ResolvedConfig = Required<Omit<TcpConfig, 'keepaliveMs' | 'finWait2TimeoutMs'>> & {
@@ -168,6 +170,7 @@ function resolveConfig(c: TcpConfig): ResolvedConfig {
     keepaliveProbes: c.keepaliveProbes ?? 9,
     challengeAckPerSecond: c.challengeAckPerSecond ?? 10,
     delayedAckMs: c.delayedAckMs ?? 0,
+    segmentOffloadBytes: c.segmentOffloadBytes ?? 0,
   };
 }
 
@@ -930,10 +933,12 @@ export class TcpConnection implements TcpSocket {
       if (unsent > 0) {
         const wnd = Math.min(this.sndWnd, this.cc.cwnd);
         const mss = this.dataMss();
-        let len = Math.min(unsent, mss, wnd - flight);
+        let len = Math.min(unsent, this.segmentLimit(mss), wnd - flight);
         if (len <= 0) break;
         // Sender SWS avoidance (RFC 9293 §3.8.6.2.1), without Nagle: hold a runt only while the ACK clock runs.
         if (len < mss && len < unsent && flight > 0 && len < this.maxSndWnd / 2) break;
+        // An offloaded super-segment is cut to whole MSS multiples, so that only the last segment of the data may be short.
+        if (len > mss && len < unsent) len -= len % mss;
         const last = len === unsent;
         let flags = TCP_ACK;
         if (last) flags |= TCP_PSH;
@@ -1335,6 +1340,17 @@ export class TcpConnection implements TcpSocket {
 
   private updateSmss(): void {
     this.smss = Math.max(1, Math.min(this.peerMss, this.host.localMss) - (this.tsOk ? TS_OPTION_BYTES : 0));
+  }
+
+  /**
+   * The most payload one new-data segment may carry: one MSS, or with
+   * segmentOffloadBytes as many whole MSS as fit in it. Not while SACK blocks
+   * ride on the segment (their room is taken per segment on the wire).
+   */
+  private segmentLimit(mss: number): number {
+    const offload = this.cfg.segmentOffloadBytes;
+    if (offload <= mss || mss !== this.smss) return mss;
+    return offload - (offload % mss);
   }
 
   /** Payload bytes for the next data segment: SACK blocks take room from it (RFC 6691). */

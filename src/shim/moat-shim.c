@@ -21,7 +21,7 @@
 static const char usage_text[] =
     "usage:\n"
     "  moat-shim tap --dev NAME [--netns NAME|PATH] [--mtu N] --connect URL\n"
-    "  moat-shim tap --dev NAME [--netns NAME|PATH] [--mtu N] --exec COMMAND [ARG...]\n"
+    "  moat-shim tap --dev NAME [--netns NAME|PATH] [--mtu N] [--vnet-hdr] --exec COMMAND [ARG...]\n"
     "  moat-shim unixgram --listen PATH --connect URL\n"
     "  moat-shim vsock --port N --connect URL\n"
     "  moat-shim --help\n"
@@ -45,6 +45,11 @@ static const char usage_text[] =
     "                                 --exec), e.g. --exec moat serve --tap-fd 3.\n"
     "                                 No process sits between the TAP and Moat:\n"
     "                                 one hop less per frame.\n"
+    "              --vnet-hdr         with --exec: open the TAP with IFF_VNET_HDR\n"
+    "                                 (a 10-byte virtio-net header before every\n"
+    "                                 frame), for moat serve --tap-vnet-hdr, which\n"
+    "                                 then sends TCP in segments of up to 64 KiB\n"
+    "                                 (GSO) whatever the MTU.\n"
     "  unixgram  Bind a unix datagram socket at PATH (a stale socket file is\n"
     "            replaced): one frame per datagram, as vfkit, libkrun and QEMU\n"
     "            -netdev dgram use. Frames from Moat go to the first sender; a\n"
@@ -117,6 +122,7 @@ struct args {
     long mtu;  /* 0: leave as is */
     long port; /* -1: not given */
     char **exec_argv; /* tap --exec: the command (NULL-terminated), else NULL */
+    bool vnet_hdr;    /* tap --exec --vnet-hdr: open the TAP with IFF_VNET_HDR */
 };
 
 static long parse_number(const char *opt, const char *s, long lo, long hi)
@@ -157,6 +163,10 @@ static void parse_args(int argc, char **argv, struct args *a)
             fputs(usage_text, stdout);
             exit(EXIT_CLEAN);
         }
+        if (strcmp(opt, "--vnet-hdr") == 0) {
+            a->vnet_hdr = true;
+            continue;
+        }
         /* Accept both "--opt value" and "--opt=value". */
         char name[32];
         const char *val = NULL;
@@ -194,6 +204,8 @@ static void parse_args(int argc, char **argv, struct args *a)
         usage_error("%s: --exec belongs to tap mode", a->mode);
     if (a->exec_argv && a->connect)
         usage_error("tap: give either --connect URL (relay) or --exec COMMAND (hand over the TAP), not both");
+    if (a->vnet_hdr && !a->exec_argv)
+        usage_error("--vnet-hdr needs --exec (the relay speaks plain frames)");
     if (!a->connect && !a->exec_argv)
         usage_error("%s: --connect URL is required%s", a->mode, is_tap ? " (or --exec COMMAND)" : "");
     bool is_ug = strcmp(a->mode, "unixgram") == 0;
@@ -255,7 +267,7 @@ static int run_tap(const struct args *a)
     int moat_fd = net_connect_url(a->connect);
     if (a->netns)
         net_enter_netns(a->netns);
-    int tap_fd = net_open_tap(a->dev, (int)a->mtu);
+    int tap_fd = net_open_tap(a->dev, (int)a->mtu, false);
     char mtu_text[24] = "unchanged";
     if (a->mtu)
         snprintf(mtu_text, sizeof mtu_text, "%ld", a->mtu);
@@ -285,7 +297,7 @@ static _Noreturn void exec_with_tap(const struct args *a)
             shim_die(EXIT_ERR, "cannot open /proc/self/ns/net: %s", strerror(errno));
         net_enter_netns(a->netns);
     }
-    int tap_fd = net_open_tap(a->dev, (int)a->mtu);
+    int tap_fd = net_open_tap(a->dev, (int)a->mtu, a->vnet_hdr);
     if (own_ns >= 0) {
         if (setns(own_ns, CLONE_NEWNET) < 0)
             shim_die(EXIT_ERR, "setns back to the shim's own namespace: %s", strerror(errno));

@@ -145,7 +145,7 @@ void net_enter_netns(const char *name_or_path)
         shim_log_errno("close(%s)", path);
 }
 
-int net_open_tap(const char *name, int mtu)
+int net_open_tap(const char *name, int mtu, bool vnet_hdr)
 {
     struct ifreq ifr;
     if (strlen(name) == 0 || strlen(name) >= IFNAMSIZ)
@@ -157,7 +157,7 @@ int net_open_tap(const char *name, int mtu)
         exit(EXIT_ERR);
     }
     memset(&ifr, 0, sizeof(ifr));
-    ifr.ifr_flags = IFF_TAP | IFF_NO_PI;
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnet_hdr ? IFF_VNET_HDR : 0);
     memcpy(ifr.ifr_name, name, strlen(name) + 1);
     if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
         shim_log_errno("TUNSETIFF %s (create or attach TAP)", name);

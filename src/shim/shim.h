@@ -45,10 +45,11 @@ int net_connect_url(const char *url);
  * a '/' is a path (e.g. /proc/PID/ns/net). Exits on failure. */
 void net_enter_netns(const char *name_or_path);
 
-/* Create or attach TAP device NAME (IFF_TAP|IFF_NO_PI) in the current network
- * namespace, set its MTU when mtu > 0 and bring it up. Returns a non-blocking
- * fd. Exits on failure. */
-int net_open_tap(const char *name, int mtu);
+/* Create or attach TAP device NAME (IFF_TAP|IFF_NO_PI, plus IFF_VNET_HDR when
+ * vnet_hdr: every read and write then starts with a 10-byte struct
+ * virtio_net_hdr) in the current network namespace, set its MTU when mtu > 0
+ * and bring it up. Returns a non-blocking fd. Exits on failure. */
+int net_open_tap(const char *name, int mtu, bool vnet_hdr);
 
 /* Bind a non-blocking unix datagram socket at PATH (a stale file is unlinked
  * first). Exits on failure. */

@@ -99,6 +99,8 @@ export interface MoatFixtureOptions {
    * with the TAP on descriptor 3 (--tap-fd 3), so the shim process is Moat.
    */
   link?: 'relay' | 'exec';
+  /** With link "exec": open the TAP with a virtio-net header (moat-shim --vnet-hdr, moat --tap-vnet-hdr). Default true. */
+  vnetHdr?: boolean;
 }
 
 /** What udhcpc's script saw in the lease (environment variables from busybox). */
@@ -532,11 +534,12 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
     }
 
     const link = options.link ?? 'relay';
+    const vnetHdr = link === 'exec' && (options.vnetHdr ?? true);
     const args = [
       ...(options.nodeArgs ?? []),
       options.moatBin ?? MOAT_BIN,
       'serve',
-      ...(link === 'exec' ? ['--tap-fd', '3'] : ['--listen-qemu', `unix://${moatSocket}`]),
+      ...(link === 'exec' ? ['--tap-fd', '3', ...(vnetHdr ? ['--tap-vnet-hdr'] : [])] : ['--listen-qemu', `unix://${moatSocket}`]),
       '--api',
       `unix://${apiSocket}`,
       // Never the host's resolver: our DNS server in remote (or, without one, a closed port there).
@@ -552,7 +555,8 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
       ...(typeof options.extraMoatArgs === 'function' ? options.extraMoatArgs(topo) : (options.extraMoatArgs ?? [])),
     ];
     if (link === 'exec') {
-      moat = spawnTracked(ensureShimBuilt(), ['tap', '--dev', tap, '--netns', topo.guestNs, '--exec', process.execPath, ...args]);
+      const shimArgs = ['tap', '--dev', tap, '--netns', topo.guestNs, ...(vnetHdr ? ['--vnet-hdr'] : [])];
+      moat = spawnTracked(ensureShimBuilt(), [...shimArgs, '--exec', process.execPath, ...args]);
       shim = moat;
       await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat-shim tap --exec moat serve');
     } else {

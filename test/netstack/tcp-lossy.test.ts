@@ -80,3 +80,87 @@ describe('TCP over a lossy link (property)', () => {
     );
   });
 });
+
+describe('TCP segmentation offload (segmentOffloadBytes)', () => {
+  it('sends new data in whole-MSS super-segments, and every byte still arrives once, in order, over a lossy link (property)', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 2 ** 31 - 1 }),
+        fc.double({ min: 0, max: 0.1, noNaN: true }),
+        fc.double({ min: 0, max: 0.1, noNaN: true }),
+        fc.integer({ min: 1, max: 60_000 }),
+        fc.constantFrom(536, 1460),
+        fc.constantFrom(8_000, 30_000, 65_455),
+        (seed, drop, reorder, size, mss, offload) => {
+          const base: TcpConfig = { sendBufferBytes: 128 * 1024, recvBufferBytes: 128 * 1024, oooBytes: 64 * 1024, timeWaitMs: 2000, finWait2TimeoutMs: 600_000 };
+          const ours: TcpConfig = { ...base, segmentOffloadBytes: offload };
+          const net = new Network({ drop, duplicate: 0, reorder, delayMs: 2, jitterMs: 3 }, seed, mss);
+          const payloads: number[] = [];
+          const ends: number[] = [];
+          let firstSeq: number | undefined;
+          const carry = net.hostA.onTransmit!;
+          net.hostA.onTransmit = (s) => {
+            if (s.payload.length > 0) {
+              firstSeq ??= s.seq;
+              payloads.push(s.payload.length);
+              ends.push((s.seq - firstSeq + s.payload.length) >>> 0);
+            }
+            carry(s);
+          };
+          const ra = new Recorder();
+          const rb = new Recorder();
+          net.listener = { config: ours, handlers: ra };
+          const data = pattern(size, 3);
+          const pumpA = pumpInto(() => net.a!, ra, data);
+          const pumpB = pumpInto(() => net.b, rb, new Uint8Array(0));
+          rb.onConnect = () => { rb.connected = true; pumpB(); };
+          net.b = TcpConnection.connect(net.hostB, base, MIRROR, rb);
+          const ok = net.run(() => {
+            if (net.a !== undefined && !('started' in ra)) { (ra as unknown as { started: boolean }).started = true; pumpA(); }
+            return ra.closed !== null && rb.closed !== null;
+          }, 3_000_000);
+          expect(ok).toBe(true);
+          expect(rb.data()).toEqual(data);
+          // The segment size is the MSS less the timestamp option both sides negotiated.
+          const smss = mss - 12;
+          expect(Math.max(...payloads)).toBeLessThanOrEqual(offload);
+          // A super-segment is a whole number of segments, but for the one that ends the data.
+          payloads.forEach((p, i) => {
+            if (p > smss && ends[i] !== size) expect(p % smss).toBe(0);
+          });
+          // Without loss, a transfer of several segments leaves in fewer, larger ones.
+          if (drop === 0 && size > 4 * offload) expect(payloads.some((p) => p > smss)).toBe(true);
+        },
+      ),
+      { numRuns: 40 },
+    );
+  });
+
+  it.each([
+    [0, 1448],
+    [65_455, Math.floor(65_455 / 1448) * 1448],
+  ])('with segmentOffloadBytes %i, a 200 kB transfer leaves in segments of at most %i bytes (and reaches that size)', (offload, largest) => {
+    const base: TcpConfig = { sendBufferBytes: 256 * 1024, recvBufferBytes: 256 * 1024, oooBytes: 64 * 1024, timeWaitMs: 2000 };
+    const net = new Network({ drop: 0, duplicate: 0, reorder: 0, delayMs: 2, jitterMs: 0 }, 5, 1460);
+    const payloads: number[] = [];
+    const carry = net.hostA.onTransmit!;
+    net.hostA.onTransmit = (s) => {
+      if (s.payload.length > 0) payloads.push(s.payload.length);
+      carry(s);
+    };
+    const ra = new Recorder();
+    const rb = new Recorder();
+    net.listener = { config: { ...base, segmentOffloadBytes: offload }, handlers: ra };
+    const data = pattern(200_000, 4);
+    const pumpA = pumpInto(() => net.a!, ra, data);
+    const pumpB = pumpInto(() => net.b, rb, new Uint8Array(0));
+    rb.onConnect = () => { rb.connected = true; pumpB(); };
+    net.b = TcpConnection.connect(net.hostB, base, MIRROR, rb);
+    net.run(() => {
+      if (net.a !== undefined && !('started' in ra)) { (ra as unknown as { started: boolean }).started = true; pumpA(); }
+      return ra.closed !== null && rb.closed !== null;
+    }, 3_000_000);
+    expect(rb.data()).toEqual(data);
+    expect(Math.max(...payloads)).toBe(largest);
+  });
+});

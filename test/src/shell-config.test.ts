@@ -75,6 +75,10 @@ describe('parseServeArgs defaults', () => {
     }
     // A descriptor is the starting process's to hand over, not a config file's.
     expect(errorOf(['--config', '/c.json'], { '/c.json': '{"tap-fd": 3}' })).toMatch(/unknown key "tap-fd"/);
+    // --tap-vnet-hdr describes the --tap-fd device.
+    expect(parse(['--tap-fd', '3', '--tap-vnet-hdr']).tapVnetHdr).toBe(true);
+    expect(parse(['--tap-fd', '3']).tapVnetHdr).toBe(false);
+    expect(errorOf([...LISTEN, '--tap-vnet-hdr'])).toMatch(/^--tap-vnet-hdr: .*give --tap-fd N too/);
   });
 
   it('returns help for --help and -h', () => {
@@ -247,7 +251,7 @@ describe('config file and flag precedence', () => {
   });
 
   it('accepts every flag (except help/config) as a file key', () => {
-    const keys = SERVE_FLAGS.map((f) => f.name).filter((n) => n !== 'help' && n !== 'config' && n !== 'tap-fd');
+    const keys = SERVE_FLAGS.map((f) => f.name).filter((n) => !['help', 'config', 'tap-fd', 'tap-vnet-hdr'].includes(n));
     // A key the file does not know is an error, so reading each known key with a valid value proves acceptance.
     const values: Record<string, unknown> = {
       'listen-qemu': ['unix:///tmp/q'],
