@@ -124,23 +124,38 @@ function ratio(a: number | undefined, b: number | undefined): string {
   return `${(a / b).toFixed(2)}x`;
 }
 
-/** Plain-text table: one row per metric, a column per backend, Moat's ratios, the target. */
+/** The Moat configurations in a run (relay and/or exec), each compared with every baseline. */
+export function moatBackends(backends: readonly BackendName[]): BackendName[] {
+  return backends.filter((b) => b === 'moat' || b === 'moat-exec');
+}
+
+/** Plain-text table: one row per metric, a column per backend, each Moat configuration's ratios, the target. */
 export function table(figures: Figures, metrics: readonly Metric[], backends: readonly BackendName[]): string {
-  const baselines = backends.filter((b) => b !== 'moat');
-  const head = ['metric', 'unit', ...backends, ...baselines.map((b) => `moat/${b}`), 'target', 'met'];
+  const moats = moatBackends(backends);
+  const baselines = backends.filter((b) => !moats.includes(b));
+  const head = [
+    'metric',
+    'unit',
+    ...backends,
+    ...moats.flatMap((m) => baselines.map((b) => `${m}/${b}`)),
+    'target',
+    ...moats.map((m) => `met(${m})`),
+  ];
   const rows: string[][] = [head];
   for (const m of metrics) {
     const f = figures[m.key];
     if (!f) continue;
-    const moat = f.moat?.median;
-    const met = m.target && moat !== undefined ? m.target.met(moat, f) : undefined;
     rows.push([
       m.label,
       m.unit,
       ...backends.map((b) => fmt(f[b]?.median, m)),
-      ...baselines.map((b) => ratio(moat, f[b]?.median)),
+      ...moats.flatMap((mb) => baselines.map((b) => ratio(f[mb]?.median, f[b]?.median))),
       m.target?.text ?? '',
-      met === undefined ? '' : met ? 'yes' : 'NO',
+      ...moats.map((mb) => {
+        const v = f[mb]?.median;
+        const met = m.target && v !== undefined ? m.target.met(v, f) : undefined;
+        return met === undefined ? '' : met ? 'yes' : 'NO';
+      }),
     ]);
   }
   const widths = head.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
