@@ -214,23 +214,39 @@ async function compare(o: Options): Promise<Results> {
           if (s.wrongSource) res.errors.push(`dns via ${b}: ${s.wrongSource} answers from another address than ${link.dnsServer}`);
           record(res, 'dns perSec', b, s.perSec, s.cpu);
         });
-        if (o.idle > 0) {
-          for (const [b, { link, servers }] of up) {
-            if (link.costPids.length === 0) continue; // nothing to weigh for the veth ceiling
-            log(`${o.idle} idle connections via ${b}`);
-            try {
-              res.idle[b] = await idleConnections(link, servers, o.idle);
-            } catch (e) {
-              res.idle[b] = { error: (e as Error).message.slice(0, 500) };
-            }
-          }
-        }
       }
     } finally {
       await tearDown(up, mtu, res);
     }
   }
+  if (o.idle > 0) await idleCase(backends, rrMtu, o.idle, res);
   return res;
+}
+
+/**
+ * RSS with N idle connections, each backend freshly started (what the
+ * connections cost, not what earlier throughput cases left mapped: a
+ * backend that just moved gigabytes holds more memory, Moat ~175 MiB and
+ * slirp4netns gigabytes at MTU 65520, before the first idle connection).
+ */
+async function idleCase(backends: readonly BackendName[], mtu: number, n: number, res: Results): Promise<void> {
+  for (const b of backends) {
+    if (b === 'veth') continue; // nothing to weigh for the kernel's own veth
+    const up = await bringUp([b], mtu, res);
+    const state = up.get(b);
+    try {
+      if (state === undefined) continue;
+      log(`${n} idle connections via ${b} (fresh, MTU ${mtu})`);
+      res.idle[b] = await idleConnections(state.link, state.servers, n);
+    } catch (e) {
+      res.idle[b] = { error: (e as Error).message.slice(0, 500) };
+    } finally {
+      for (const [, { link, servers }] of up) {
+        await servers.stop();
+        await link.stop();
+      }
+    }
+  }
 }
 
 // ------------------------------------------------------------------ profile

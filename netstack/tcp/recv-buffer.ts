@@ -45,6 +45,13 @@ export class RecvRing {
     return this.ring.length;
   }
 
+  /** Gives the storage back when it holds no byte, in order or out of order. */
+  releaseIfEmpty(): void {
+    if (this.len !== 0 || this.extent !== 0) return;
+    this.ring = EMPTY_RING;
+    this.head = 0;
+  }
+
   /** Copies data to `offset` bytes past the in-order tail, without committing it. */
   writeAt(offset: number, data: Uint8Array): void {
     if (offset < 0 || offset + data.length > this.capacity - this.len) throw new RangeError('RecvRing.writeAt: beyond free space');

@@ -54,6 +54,13 @@ export class SendBuffer {
     if (this.len === 0) this.head = 0; // keep later writes contiguous
   }
 
+  /** Gives the storage back when nothing is buffered (a connection in TIME-WAIT keeps no ring). */
+  releaseIfEmpty(): void {
+    if (this.len !== 0) return;
+    this.ring = EMPTY_RING;
+    this.head = 0;
+  }
+
   /** Copies bytes [from, from+len) (offsets from the front) into dst at dstOff. */
   copyOut(from: number, dst: Uint8Array, dstOff: number, len: number): void {
     if (from < 0 || len < 0 || from + len > this.len) throw new RangeError('SendBuffer.copyOut: out of range');

@@ -595,3 +595,30 @@ describe('sequence arithmetic', () => {
     );
   });
 });
+
+describe('TIME-WAIT keeps nothing but the four-tuple and its timer', () => {
+  it('the side that closes first drops its buffers and its handlers once onClose has fired', () => {
+    const net = new Network({ drop: 0, duplicate: 0, reorder: 0, delayMs: 2, jitterMs: 0 }, 11);
+    const ra = new Recorder();
+    const rb = new Recorder();
+    net.a = TcpConnection.connect(net.hostA, CFG, TUPLE, ra);
+    net.b = TcpConnection.connect(net.hostB, CFG, MIRROR, rb);
+    expect(net.run(() => net.a!.state === 'ESTABLISHED' && net.b.state === 'ESTABLISHED', 10_000)).toBe(true);
+    net.a.write(bytes(20_000));
+    net.b.write(bytes(3000, 1));
+    expect(net.run(() => rb.bytes === 20_000 && ra.bytes === 3000, 10_000)).toBe(true);
+    expect(net.a.debug.allocatedBytes).toBeGreaterThan(0); // the rings grew for the transfer
+    net.a.end(); // A closes first: A waits out TIME-WAIT
+    expect(net.run(() => rb.ended, 10_000)).toBe(true);
+    net.b.end();
+    expect(net.run(() => ra.closed !== null && net.a!.state === 'TIME-WAIT', 10_000)).toBe(true);
+    expect(ra.closed).toBe('closed');
+    expect(net.a.debug.allocatedBytes).toBe(0);
+    // A retransmitted FIN from B in TIME-WAIT is answered (and restarts the timer) without touching the old handlers.
+    const events = ra.events.length;
+    net.b.end();
+    net.run(() => false, net.clock.now() + 50);
+    expect(ra.events.length).toBe(events);
+    expect(ra.closeCount).toBe(1);
+  });
+});
