@@ -232,7 +232,9 @@ async function compare(o: Options): Promise<Results> {
 async function idleCase(backends: readonly BackendName[], mtu: number, n: number, res: Results): Promise<void> {
   for (const b of backends) {
     if (b === 'veth') continue; // nothing to weigh for the kernel's own veth
-    const up = await bringUp([b], mtu, res);
+    let up = await bringUp([b], mtu, res);
+    // One retry: a fresh start can race the previous backend's servers for a port.
+    if (!up.has(b)) up = await bringUp([b], mtu, res);
     const state = up.get(b);
     try {
       if (state === undefined) continue;

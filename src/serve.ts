@@ -28,7 +28,7 @@ import { AllowlistRuntime, zoneNames } from './egress/allowlist-runtime.js';
 import { openDecisionLog } from './egress/decision-log.js';
 import type { DecisionLog } from './egress/decision-log.js';
 import { DEFAULT_EGRESS_OPTIONS, type Egress } from './egress/egress.js';
-import { MonotonicClock, TimerDriver } from './clock.js';
+import { MonotonicClock, NODE_TIMERS, TimerDriver } from './clock.js';
 import { describeConfig, type DnsUpstream, type ServeConfig } from './config.js';
 import type { GatewayDns } from './gateway-dns.js';
 import type { Logger } from './log.js';
@@ -200,7 +200,11 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
   };
 
   try {
-    const driver = new TimerDriver(d.clock);
+    // Deferred output (host bytes for the guest) leaves once the current
+    // callback is done. Over a TAP every frame is its own write anyway, so it
+    // goes in a microtask, at once; over a stream socket it waits for
+    // setImmediate, so that the whole poll round's frames share one writev.
+    const driver = new TimerDriver(d.clock, NODE_TIMERS, config.tapFd === undefined ? (fn) => setImmediate(fn) : (fn) => queueMicrotask(fn));
     closers.push(() => driver.stop());
 
     // Every refusal by a limit is counted; at most one log line per limit per interval.
