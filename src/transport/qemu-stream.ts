@@ -58,6 +58,23 @@ export interface LinkStats {
   outputDroppedNoGuest: number;
 }
 
+/** Every link's counters, all zero (each guest link keeps the same set for /stats). */
+export function newLinkStats(): LinkStats {
+  return {
+    guestConnected: false,
+    connections: 0,
+    replacedConnections: 0,
+    chunksIn: 0,
+    framesIn: 0,
+    bytesIn: 0,
+    framesOut: 0,
+    bytesOut: 0,
+    framingErrors: 0,
+    outputDroppedBackpressure: 0,
+    outputDroppedNoGuest: 0,
+  };
+}
+
 interface GuestConnection {
   readonly id: number;
   readonly socket: Socket;
@@ -72,19 +89,7 @@ export class QemuStreamServer {
   private closing = false;
   private readonly log: Logger;
   private readonly opts: QemuStreamOptions;
-  readonly stats: LinkStats = {
-    guestConnected: false,
-    connections: 0,
-    replacedConnections: 0,
-    chunksIn: 0,
-    framesIn: 0,
-    bytesIn: 0,
-    framesOut: 0,
-    bytesOut: 0,
-    framingErrors: 0,
-    outputDroppedBackpressure: 0,
-    outputDroppedNoGuest: 0,
-  };
+  readonly stats: LinkStats = newLinkStats();
   /** Set by the owner when --pcap is given. */
   tap: FrameTap | undefined;
 

@@ -22,7 +22,7 @@ import { readSync, writeSync, writevSync } from 'node:fs';
 import { Socket } from 'node:net';
 import type { OutputBatch } from '../../netstack/api.js';
 import type { Logger } from '../log.js';
-import type { FrameTap, GuestSink, LinkStats } from './qemu-stream.js';
+import { newLinkStats, type FrameTap, type GuestSink, type LinkStats } from './qemu-stream.js';
 
 /** Largest read from a TAP: a virtio-net header, MTU 65535 and the Ethernet header (as the frame decoder's bound). */
 const READ_BUFFER_BYTES = 10 + 65535 + 14;
@@ -90,19 +90,7 @@ export class TapFdLink {
   private wakeups = 0;
   /** Frames read after the first of a wake-up (see onFrame). */
   private readonly batch = Buffer.allocUnsafe(BATCH_BUFFER_BYTES);
-  readonly stats: LinkStats = {
-    guestConnected: false,
-    connections: 0,
-    replacedConnections: 0,
-    chunksIn: 0,
-    framesIn: 0,
-    bytesIn: 0,
-    framesOut: 0,
-    bytesOut: 0,
-    framingErrors: 0,
-    outputDroppedBackpressure: 0,
-    outputDroppedNoGuest: 0,
-  };
+  readonly stats: LinkStats = newLinkStats();
   /** Set by the owner when --pcap is given. */
   tap: FrameTap | undefined;
 

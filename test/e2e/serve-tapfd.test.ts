@@ -42,6 +42,34 @@ function readyPort(stdout: string): number {
   return Number(m[1]);
 }
 
+/**
+ * The "host" service, in this process, on 127.0.0.1 (the guest reaches it as
+ * 192.168.127.254): GET /blob sends `body`; any other request answers
+ * "LENGTH SHA256" of what it received (an upload's proof).
+ */
+async function startHostServer(body: Buffer): Promise<{ server: Server; port: number }> {
+  const server = createServer((req, res) => {
+    if (req.url === '/blob') {
+      res.writeHead(200, { 'content-length': body.length });
+      res.end(body);
+      return;
+    }
+    if (req.method !== 'POST') {
+      res.end(`host ${req.url} from ${req.socket.remoteAddress}\n`);
+      return;
+    }
+    const h = createHash('sha256');
+    let n = 0;
+    req.on('data', (c: Buffer) => {
+      h.update(c);
+      n += c.length;
+    });
+    req.on('end', () => res.end(`${n} ${h.digest('hex')}`));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return { server, port: (server.address() as AddressInfo).port };
+}
+
 /** The TapFdLink counters under /stats "link". */
 interface LinkCounters {
   guestConnected: boolean;
@@ -128,26 +156,7 @@ describe.skipIf(gate.skip)('moat serve --tap-fd e2e (moat-shim tap --exec): the 
 
   beforeAll(async () => {
     // The "host" service, in this process, on loopback: the guest reaches it as 192.168.127.254.
-    hostServer = createServer((req, res) => {
-      if (req.url === '/blob') {
-        res.writeHead(200, { 'content-length': body.length });
-        res.end(body);
-        return;
-      }
-      if (req.url === '/upload') {
-        const h = createHash('sha256');
-        let n = 0;
-        req.on('data', (c: Buffer) => {
-          h.update(c);
-          n += c.length;
-        });
-        req.on('end', () => res.end(`${n} ${h.digest('hex')}`));
-        return;
-      }
-      res.end(`host ${req.url} from ${req.socket.remoteAddress}\n`);
-    });
-    await new Promise<void>((r) => hostServer.listen(0, '127.0.0.1', r));
-    hostPort = (hostServer.address() as AddressInfo).port;
+    ({ server: hostServer, port: hostPort } = await startHostServer(body));
     fx = await startMoatFixture({ link: 'exec', prefix: PREFIX, pcap: true });
   }, 60_000);
 
@@ -472,22 +481,7 @@ describe.skipIf(gate.skip)('moat serve --tap-fd e2e: a TAP without the virtio-ne
   const bodySha = createHash('sha256').update(body).digest('hex');
 
   beforeAll(async () => {
-    hostServer = createServer((req, res) => {
-      if (req.url === '/blob') {
-        res.writeHead(200, { 'content-length': body.length });
-        res.end(body);
-        return;
-      }
-      const h = createHash('sha256');
-      let n = 0;
-      req.on('data', (c: Buffer) => {
-        h.update(c);
-        n += c.length;
-      });
-      req.on('end', () => res.end(`${n} ${h.digest('hex')}`));
-    });
-    await new Promise<void>((r) => hostServer.listen(0, '127.0.0.1', r));
-    hostPort = (hostServer.address() as AddressInfo).port;
+    ({ server: hostServer, port: hostPort } = await startHostServer(body));
     fx = await startMoatFixture({ link: 'exec', vnetHdr: false, prefix: `${PREFIX}p` });
   }, 60_000);
 
