@@ -18,7 +18,7 @@
  * the guest's namespace does not delete it: the open TAP keeps the namespace
  * alive, so whoever tears the guest down stops Moat too (SIGTERM).
  */
-import { readSync, writeSync, writevSync } from 'node:fs';
+import { fstatSync, readFileSync, readSync, writeSync, writevSync } from 'node:fs';
 import { Socket } from 'node:net';
 import type { OutputBatch } from '../../netstack/api.js';
 import type { Logger } from '../log.js';
@@ -81,6 +81,26 @@ const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
  */
 export const TAP_GSO_SEGMENT_BYTES = 65535 - 20 - 60;
 
+/**
+ * The name of the TUN/TAP device descriptor FD is attached to, or a clear
+ * error. A wrong number must not be served: the descriptor could be one of
+ * Node's own (its epoll or signal descriptors sit at 3.. when nothing was
+ * inherited there). The kernel's tun driver names the device in the
+ * descriptor's fdinfo ("iff:"), once TUNSETIFF has attached it.
+ */
+function tapDeviceName(fd: number): string {
+  const hint = 'start Moat through moat-shim tap --exec, which puts the TAP on descriptor 3';
+  let isChar: boolean;
+  try {
+    isChar = fstatSync(fd).isCharacterDevice();
+  } catch (e) {
+    throw new Error(`--tap-fd ${fd}: descriptor ${fd} is not open (${(e as NodeJS.ErrnoException).code ?? (e as Error).message}); ${hint}`);
+  }
+  const iff = isChar ? /^iff:\s*(\S+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8')) : null;
+  if (iff === null) throw new Error(`--tap-fd ${fd}: descriptor ${fd} is not an attached TUN/TAP device; ${hint}`);
+  return iff[1]!;
+}
+
 export class TapFdLink {
   private socket: Socket | undefined;
   private up = false;
@@ -119,8 +139,9 @@ export class TapFdLink {
     return this.up;
   }
 
-  /** Starts reading the TAP; returns the link's name for the ready line. Throws when FD cannot be watched. */
+  /** Starts reading the TAP; returns the link's name for the ready line. Throws when FD is not an attached TAP. */
   start(): string[] {
+    const device = tapDeviceName(this.fd);
     const buffer = Buffer.allocUnsafe(READ_BUFFER_BYTES);
     const socket = new Socket({
       handle: streamHandleFor(this.fd),
@@ -134,7 +155,7 @@ export class TapFdLink {
     this.up = true;
     this.stats.connections = 1;
     this.stats.guestConnected = true;
-    this.log.info('guest link up', { tapFd: this.fd });
+    this.log.info('guest link up', { tapFd: this.fd, device, vnetHdr: this.headroom > 0 });
     return [`tap-fd://${this.fd}`];
   }
 

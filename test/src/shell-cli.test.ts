@@ -1,6 +1,6 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { EXIT_OK, EXIT_RUNTIME_ERROR, EXIT_USAGE, runCli, type CliIo } from '../../src/cli.js';
@@ -130,5 +130,35 @@ describe('bin/moat.mjs (built dist/)', () => {
     child.kill('SIGTERM');
     expect(await new Promise((r) => child.once('exit', r))).toBe(0);
     expect(existsSync(sock)).toBe(false);
+  });
+
+  it('--tap-fd refuses a descriptor that is not an attached TAP (a file, or none handed over), naming it', async (ctx) => {
+    if (!built) {
+      if (process.env.CI) throw new Error('dist/ must be built (npx tsc -p .) before the tests in CI');
+      ctx.skip();
+    }
+    const run = async (fd3: 'ignore' | number, fdArg: string): Promise<{ code: number | null; err: string }> => {
+      const child = spawn(process.execPath, [bin, 'serve', '--tap-fd', fdArg, '--dns-upstream', '127.0.0.1'], {
+        stdio: ['ignore', 'ignore', 'pipe', fd3],
+      });
+      let err = '';
+      child.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+      const code = await new Promise<number | null>((r) => child.once('exit', r));
+      return { code, err };
+    };
+    const nullFd = openSync('/dev/null', 'r');
+    try {
+      // A character device, but not a TAP.
+      const a = await run(nullFd, '3');
+      expect(a.code).toBe(1);
+      expect(a.err).toMatch(/--tap-fd 3: descriptor 3 is not an attached TUN\/TAP device; start Moat through moat-shim tap --exec/);
+      expect(a.err).not.toContain('moat ready');
+    } finally {
+      closeSync(nullFd);
+    }
+    // Nothing handed over at 40: not open.
+    const b = await run('ignore', '40');
+    expect(b.code).toBe(1);
+    expect(b.err).toMatch(/--tap-fd 40: descriptor 40 is not open \(EBADF\)/);
   });
 });
