@@ -457,6 +457,7 @@ function collectStats(
   if (l.framingErrors > 0) drops['link:framing-error'] = l.framingErrors;
   if (l.outputDroppedBackpressure > 0) drops['link:guest-queue-full'] = l.outputDroppedBackpressure;
   if (l.outputDroppedNoGuest > 0) drops['link:no-guest'] = l.outputDroppedNoGuest;
+  if (l.outputRejected > 0) drops['link:rejected-by-device'] = l.outputRejected;
   return {
     frames: { in: l.framesIn, out: l.framesOut },
     bytes: { in: l.bytesIn, out: l.bytesOut },

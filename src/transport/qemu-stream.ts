@@ -56,6 +56,8 @@ export interface LinkStats {
   outputDroppedBackpressure: number;
   /** Output frames dropped because no guest was connected. */
   outputDroppedNoGuest: number;
+  /** Output frames the device refused (a TAP answering EINVAL to one frame); the link goes on. */
+  outputRejected: number;
 }
 
 /** Every link's counters, all zero (each guest link keeps the same set for /stats). */
@@ -72,6 +74,7 @@ export function newLinkStats(): LinkStats {
     framingErrors: 0,
     outputDroppedBackpressure: 0,
     outputDroppedNoGuest: 0,
+    outputRejected: 0,
   };
 }
 

@@ -57,6 +57,7 @@ function streamHandleFor(fd: number): PipeHandle {
 /** EBADFD: what read(2) on a TAP returns once its device was deleted (Node has no name for it). */
 const EBADFD = 77;
 
+/** A read or write error in words (EBADFD has no name in Node). */
 function describeReadError(e: NodeJS.ErrnoException): string {
   if (e.errno === -EBADFD || e.code === 'EBADFD') return 'EBADFD (the TAP device was deleted)';
   return e.code ?? e.message;
@@ -258,12 +259,24 @@ export class TapFdLink {
     }
   };
 
+  /**
+   * A full queue drops the frame (TCP retransmits); a frame the device
+   * refuses (EINVAL: e.g. a virtio-net header it does not accept) is dropped,
+   * counted and logged the first time; only a device that is gone (EBADFD,
+   * EBADF, EIO) ends the link.
+   */
   private writeFailed(e: NodeJS.ErrnoException): void {
     if (e.code === 'EAGAIN' || e.code === 'ENOBUFS') {
       this.stats.outputDroppedBackpressure++;
       return;
     }
-    this.lost(`write failed: ${e.code ?? e.message}`);
+    if (e.errno === -EBADFD || e.code === 'EBADFD' || e.code === 'EBADF' || e.code === 'EIO') {
+      this.lost(`write failed: ${describeReadError(e)}`);
+      return;
+    }
+    if (this.stats.outputRejected++ === 0) {
+      this.log.warn('the TAP refused a frame; dropped (counted in /stats drops link:rejected-by-device)', { error: e.code ?? e.message });
+    }
   }
 
   /** The TAP is gone (or broken): the link ends for good; the stack forgets the guest. */

@@ -1,0 +1,100 @@
+import { describe, expect, it } from 'vitest';
+import { closeSync, openSync } from 'node:fs';
+import type { OutputBatch } from '../../netstack/api.js';
+import { createLogger } from '../../src/log.js';
+import { TapFdLink, writeVnetHeader } from '../../src/transport/tap-fd.js';
+
+/** An Ethernet + IPv4 + TCP frame with `payload` bytes and a TCP header of `tcpHeader` bytes. */
+function tcpFrame(payload: number, tcpHeader = 32, protocol = 6, etherType = 0x0800): Uint8Array {
+  const f = new Uint8Array(14 + 20 + tcpHeader + payload);
+  f[12] = etherType >> 8;
+  f[13] = etherType & 0xff;
+  f[14] = 0x45; // IPv4, IHL 5
+  const total = 20 + tcpHeader + payload;
+  f[16] = total >> 8;
+  f[17] = total & 0xff;
+  f[23] = protocol;
+  f[14 + 20 + 12] = (tcpHeader / 4) << 4;
+  return f;
+}
+
+const header = (frame: Uint8Array, mtu: number, offset = 0, buf = frame): number[] => {
+  const h = new Uint8Array(10).fill(0xee); // stale bytes must be cleared
+  writeVnetHeader(h, buf, offset, frame.length, mtu);
+  return [...h];
+};
+
+describe('writeVnetHeader (virtio-net header for a TAP opened with IFF_VNET_HDR)', () => {
+  it('marks a TCP frame with more than one MTU-sized segment of payload as GSO TCPv4, segment = MTU - IP - TCP headers', () => {
+    const f = tcpFrame(65_160); // 45 x 1448
+    // flags 0 (checksums are complete), gso_type 1, hdr_len 14+20+32 = 66, gso_size 1500-20-32 = 1448, csum fields 0
+    expect(header(f, 1500)).toEqual([0, 1, 66, 0, 1448 & 0xff, 1448 >> 8, 0, 0, 0, 0]);
+  });
+
+  it('leaves the header all zero for frames that fit the MTU, non-TCP and non-IPv4 frames, and runts', () => {
+    expect(header(tcpFrame(1448), 1500)).toEqual(new Array(10).fill(0));
+    expect(header(tcpFrame(5000, 32, 17), 1500)).toEqual(new Array(10).fill(0)); // UDP
+    expect(header(tcpFrame(5000, 32, 6, 0x0806), 1500)).toEqual(new Array(10).fill(0)); // ARP ethertype
+    expect(header(new Uint8Array(40), 1500)).toEqual(new Array(10).fill(0));
+  });
+
+  it('reads the frame where it lies in a larger buffer (offset)', () => {
+    const f = tcpFrame(3000, 20);
+    const buf = new Uint8Array(100 + f.length);
+    buf.set(f, 100);
+    expect(header(f, 1500, 100, buf)).toEqual([0, 1, 54, 0, 1460 & 0xff, 1460 >> 8, 0, 0, 0, 0]);
+  });
+});
+
+describe('TapFdLink write errors', () => {
+  /** A link marked up without start() (which needs a real TAP), writing to `fd`. */
+  const linkOn = (fd: number) => {
+    const lines: Record<string, unknown>[] = [];
+    const log = createLogger({ level: 'info', format: 'json', stream: { write: (l: string) => lines.push(JSON.parse(l) as Record<string, unknown>) } });
+    let gone = 0;
+    const lost: string[] = [];
+    const link = new TapFdLink({ fd, vnetHdr: false, mtu: 1500 }, { input() {}, guestGone: () => gone++ }, log, (why) => lost.push(why));
+    (link as unknown as { up: boolean }).up = true;
+    return { link, lines, lost, gone: () => gone };
+  };
+  const frame = new Uint8Array(60);
+  const batch = (): OutputBatch => ({
+    framed: [],
+    frameCount: 1,
+    forEachFrame: (fn) => fn(frame),
+    forEachFrameAt: (fn) => fn(frame, 0, frame.length),
+    release() {},
+  });
+
+  it('a frame the device refuses (EINVAL) is dropped and counted; the link stays up and warns once', () => {
+    // Writing a non-number to our own oom_score_adj answers EINVAL, as a TAP does for a header it rejects.
+    const fd = openSync('/proc/self/oom_score_adj', 'w');
+    try {
+      const t = linkOn(fd);
+      t.link.send(batch());
+      t.link.send(batch());
+      expect(t.link.stats.outputRejected).toBe(2);
+      expect(t.link.guestConnected).toBe(true);
+      expect(t.lost).toEqual([]);
+      expect(t.lines.filter((l) => l['level'] === 'warn')).toHaveLength(1);
+    } finally {
+      closeSync(fd);
+    }
+  });
+
+  it('a descriptor that cannot be written (EBADF) ends the link, once', () => {
+    const fd = openSync('/dev/null', 'r');
+    try {
+      const t = linkOn(fd);
+      t.link.send(batch());
+      t.link.send(batch());
+      expect(t.lost).toHaveLength(1);
+      expect(t.lost[0]).toMatch(/^write failed: EBADF/);
+      expect(t.link.guestConnected).toBe(false);
+      expect(t.gone()).toBe(1);
+      expect(t.link.stats.outputDroppedNoGuest).toBe(1);
+    } finally {
+      closeSync(fd);
+    }
+  });
+});
