@@ -26,9 +26,7 @@ import { Agent, createServer as createHttpServer, request as httpRequest } from 
 import { connect, createServer as createNetServer, type Server, type Socket } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { createSocket } from 'node:dgram';
-import type { AddressInfo } from 'node:net';
-import dnsPacket from 'dns-packet';
+import { startTestUpstream } from '../test/src/allowlist-upstream.js';
 
 const BULK = { name: 'bulk.test', address: '127.66.1.10', port: 9000 };
 const SHORT = { name: 'short.test', address: '127.66.1.11', port: 8080 };
@@ -68,7 +66,7 @@ async function main(): Promise<void> {
       web.closeAllConnections();
       return closeServer(web);
     });
-    const dns = await startDns({ [BULK.name]: BULK.address, [SHORT.name]: SHORT.address });
+    const dns = await startTestUpstream({ [BULK.name]: { a: [BULK.address] }, [SHORT.name]: { a: [SHORT.address] } });
     closers.push(() => dns.close());
 
     const proxy = await startMoatProxy(dns.port);
@@ -102,27 +100,6 @@ async function main(): Promise<void> {
   } finally {
     for (const c of closers.reverse()) await c();
   }
-}
-
-/** A DNS server on 127.0.0.1 answering A queries for `zone` (NXDOMAIN otherwise), for --resolver. */
-async function startDns(zone: Record<string, string>): Promise<{ port: number; close(): Promise<void> }> {
-  const sock = createSocket('udp4');
-  sock.on('message', (msg, rinfo) => {
-    let q: dnsPacket.Packet;
-    try {
-      q = dnsPacket.decode(msg);
-    } catch {
-      return;
-    }
-    const question = q.questions?.[0];
-    if (question === undefined) return;
-    const address = zone[question.name.toLowerCase().replace(/\.$/, '')];
-    const answers: dnsPacket.Answer[] = address !== undefined && question.type === 'A' ? [{ name: question.name, type: 'A', class: 'IN', ttl: 300, data: address }] : [];
-    const rcode = address === undefined ? 3 : 0; // NXDOMAIN / NOERROR (RFC 1035 4.1.1)
-    sock.send(dnsPacket.encode({ type: 'response', id: q.id ?? 0, flags: dnsPacket.RECURSION_AVAILABLE | rcode, questions: q.questions, answers }), rinfo.port, rinfo.address);
-  });
-  await new Promise<void>((r) => sock.bind(0, '127.0.0.1', r));
-  return { port: (sock.address() as AddressInfo).port, close: () => new Promise<void>((r) => sock.close(() => r())) };
 }
 
 interface MoatProxy {

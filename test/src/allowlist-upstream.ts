@@ -76,7 +76,7 @@ export function decodeAnswer(bytes: Uint8Array): { id: number; rcode: string; ad
   return {
     id: p.id ?? -1,
     rcode: (p as { rcode?: string }).rcode ?? '',
-    addresses: answers.filter((a) => a.type === 'A' || a.type === 'AAAA').map((a) => String(a.data)),
+    addresses: answers.flatMap((a) => (a.type === 'A' || a.type === 'AAAA' ? [String(a.data)] : [])),
     types: answers.map((a) => a.type),
   };
 }
