@@ -17,7 +17,7 @@
  * Blocked requests get the 403 of src/egress/refusals.ts (x-moat-reason,
  * x-moat-decision), exactly as `moat serve` sends it.
  */
-import { Agent, createServer, request as httpRequest, type ClientRequestArgs, type IncomingMessage, type RequestOptions, type Server, type ServerResponse } from 'node:http';
+import { Agent, createServer, request as httpRequest, type ClientRequest, type ClientRequestArgs, type IncomingMessage, type RequestOptions, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Egress } from '../egress/egress.js';
@@ -41,10 +41,27 @@ const HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-alive', 'te'
 
 const VIA = '1.1 moat';
 
-export function createHttpProxy(host: HttpProxyHost, opts: { maxConnections: number; headersTimeoutMs: number }): { server: Server; agent: Agent } {
-  const agent = new DialByNameAgent(host.dialer, opts.maxConnections);
+/** Upstream connections: pooled keep-alive ones, and one-shot ones for requests with a framing doubt. */
+export interface ProxyAgents {
+  pooled: Agent;
+  oneShot: Agent;
+  /** Closes every upstream connection (on reload with drop, and at shutdown). */
+  destroy(): void;
+}
+
+export function createHttpProxy(host: HttpProxyHost, opts: { maxConnections: number; headersTimeoutMs: number }): { server: Server; agents: ProxyAgents } {
+  const pooled = new DialByNameAgent(host.dialer, opts.maxConnections, true);
+  const oneShot = new DialByNameAgent(host.dialer, opts.maxConnections, false);
+  const agents: ProxyAgents = {
+    pooled,
+    oneShot,
+    destroy: () => {
+      pooled.destroy();
+      oneShot.destroy();
+    },
+  };
   // requireHostHeader off: in absolute-form the target URI names the host (RFC 9112 3.2.2), not the Host field.
-  const server = createServer({ requireHostHeader: false }, (req, res) => void handleRequest(host, agent, req, res));
+  const server = createServer({ requireHostHeader: false }, (req, res) => void handleRequest(host, agents, req, res));
   server.maxConnections = opts.maxConnections;
   // A client that starts a request head and never finishes it is closed at the peek timeout.
   server.headersTimeout = opts.headersTimeoutMs;
@@ -57,7 +74,7 @@ export function createHttpProxy(host: HttpProxyHost, opts: { maxConnections: num
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
     else socket.destroy();
   });
-  return { server, agent };
+  return { server, agents };
 }
 
 /** "host:port" of a CONNECT request (RFC 9110 9.3.6: authority-form, port required). */
@@ -93,7 +110,7 @@ async function handleConnect(host: HttpProxyHost, req: IncomingMessage, socket: 
   host.openTunnel(socket, a, head);
 }
 
-async function handleRequest(host: HttpProxyHost, agent: Agent, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function handleRequest(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage, res: ServerResponse): Promise<void> {
   host.counters.requests++;
   const raw = req.url ?? '';
   let url: URL | null = null;
@@ -111,6 +128,15 @@ async function handleRequest(host: HttpProxyHost, agent: Agent, req: IncomingMes
     req.resume();
     return;
   }
+  // A body that cannot be forwarded with its own framing is refused before anything is decided or dialed.
+  const framing = requestFraming(req.rawHeaders);
+  if (framing.kind === 'bad') {
+    host.counters.refused++;
+    host.log.info('proxy request refused', { dst: url.host, reason: 'unframeable', detail: framing.why });
+    send(res, 400, 'Bad Request', `${framing.why}\n`);
+    req.resume();
+    return;
+  }
   const port = url.port === '' ? 80 : Number(url.port);
   const a = await admit(host.egress(), url.hostname, port, host.log);
   if (!a.ok) {
@@ -120,30 +146,119 @@ async function handleRequest(host: HttpProxyHost, agent: Agent, req: IncomingMes
     return;
   }
 
-  const upReq = httpRequest({
-    agent,
-    host: a.name ?? a.addresses[0],
-    port,
-    method: req.method,
-    path: `${url.pathname}${url.search}`,
-    headers: forwardedHeaders(req.rawHeaders, url.host),
-    moatAddresses: a.addresses,
-  } as RequestOptions);
-  upReq.on('response', (upRes: IncomingMessage) => {
-    res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, forwardedHeaders(upRes.rawHeaders, null));
-    upRes.pipe(res);
-    upRes.on('error', () => res.destroy());
-  });
-  upReq.on('error', (err) => {
-    host.log.info('proxy request failed', { dst: a.dst, error: err.message });
-    if (!res.headersSent) send(res, 502, 'Bad Gateway', `Moat could not reach ${a.dst}: ${err.message}\n`);
-    else res.destroy();
-  });
-  req.on('error', () => upReq.destroy());
+  forward(host, agents, req, res, { a, port, path: `${url.pathname}${url.search}`, authority: url.host, framing });
+}
+
+/** Methods that are idempotent (RFC 9110 9.2.2): a bodyless one may be sent again on a fresh connection. */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+/** Methods whose content has defined semantics (RFC 9110 9.3): a body on any other is a framing doubt. */
+const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH']);
+/** Fresh attempts after a pooled connection died under a bodyless idempotent request. */
+const MAX_RETRIES = 2;
+
+interface Forwarding {
+  a: Extract<Admission, { ok: true }>;
+  port: number;
+  path: string;
+  authority: string;
+  framing: Exclude<BodyFraming, { kind: 'bad' }>;
+}
+
+/**
+ * Sends the admitted request upstream and its response back. The body is
+ * forwarded with the framing node:http parsed (never unframed); a request
+ * with a framing doubt (a body on a method that defines none, or an answer
+ * that came before the body was sent) goes on a connection nobody reuses. A
+ * pooled connection that dies before answering a bodyless idempotent
+ * request is replaced by a fresh one (RFC 9112 9.3.1), else the client gets
+ * a 502: never a hang.
+ */
+function forward(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage, res: ServerResponse, f: Forwarding): void {
+  const method = req.method ?? 'GET';
+  const hasBody = f.framing.kind === 'chunked' || (f.framing.kind === 'length' && f.framing.length > 0);
+  const doubt = hasBody && !BODY_METHODS.has(method);
+  let current: ClientRequest | null = null;
+  const attempt = (n: number): void => {
+    const upReq = httpRequest({
+      agent: doubt ? agents.oneShot : agents.pooled,
+      host: f.a.name ?? f.a.addresses[0],
+      port: f.port,
+      method,
+      path: f.path,
+      headers: framedHeaders(forwardedHeaders(req.rawHeaders, f.authority), f.framing),
+      moatAddresses: f.a.addresses,
+    } as RequestOptions);
+    current = upReq;
+    let answered = false;
+    upReq.on('response', (upRes: IncomingMessage) => {
+      answered = true;
+      // Answered before the body was all sent: the connection's state is in doubt, never pool it.
+      if (!upReq.writableFinished) upReq.shouldKeepAlive = false;
+      res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, forwardedHeaders(upRes.rawHeaders, null));
+      upRes.pipe(res);
+      upRes.on('error', () => res.destroy());
+    });
+    upReq.on('error', (err) => {
+      if (!answered && upReq.reusedSocket && !hasBody && IDEMPOTENT.has(method) && n < MAX_RETRIES && !res.destroyed) {
+        host.log.debug('proxy request retried on a fresh connection', { dst: f.a.dst, error: err.message });
+        attempt(n + 1);
+        return;
+      }
+      host.log.info('proxy request failed', { dst: f.a.dst, error: err.message });
+      if (!res.headersSent) send(res, 502, 'Bad Gateway', `Moat could not reach ${f.a.dst}: ${err.message}\n`);
+      else res.destroy();
+    });
+    if (hasBody) req.pipe(upReq);
+    else upReq.end();
+  };
+  req.on('error', () => current?.destroy());
   res.on('close', () => {
-    if (!res.writableFinished) upReq.destroy();
+    if (!res.writableFinished) current?.destroy();
   });
-  req.pipe(upReq);
+  attempt(0);
+}
+
+/** A request body's framing as node:http parsed it (RFC 9112 6.3), or why it cannot be forwarded. */
+export type BodyFraming = { kind: 'none' } | { kind: 'length'; length: number } | { kind: 'chunked' } | { kind: 'bad'; why: string };
+
+/**
+ * Re-derives the framing from the request's fields, for every method:
+ * chunked is the only transfer coding forwarded (another one would be
+ * dropped with the hop-by-hop Transfer-Encoding field, and the upstream
+ * would read the body with a framing the client did not send); Content-Length
+ * must be one decimal number. node:http already refuses both together.
+ */
+export function requestFraming(rawHeaders: readonly string[]): BodyFraming {
+  const codings: string[] = [];
+  const lengths: string[] = [];
+  let te = false;
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!.toLowerCase();
+    const value = rawHeaders[i + 1]!;
+    if (name === 'transfer-encoding') {
+      te = true;
+      for (const c of value.split(',')) if (c.trim() !== '') codings.push(c.trim().toLowerCase());
+    } else if (name === 'content-length') lengths.push(value.trim());
+  }
+  if (te && lengths.length > 0) return { kind: 'bad', why: 'Content-Length and Transfer-Encoding together cannot be framed' };
+  if (te) {
+    if (codings.length === 1 && codings[0] === 'chunked') return { kind: 'chunked' };
+    return { kind: 'bad', why: `Transfer-Encoding ${JSON.stringify(codings.join(', ').slice(0, 100))} cannot be forwarded: only chunked is` };
+  }
+  if (lengths.length === 0) return { kind: 'none' };
+  if (!lengths.every((l) => /^\d{1,15}$/.test(l) && l === lengths[0])) return { kind: 'bad', why: 'Content-Length must be one decimal number' };
+  return { kind: 'length', length: Number(lengths[0]) };
+}
+
+/** The forwarded fields with the body framing stated by us: Content-Length re-derived, or chunked. */
+function framedHeaders(headers: string[], framing: Exclude<BodyFraming, { kind: 'bad' }>): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < headers.length; i += 2) {
+    if (headers[i]!.toLowerCase() !== 'content-length') out.push(headers[i]!, headers[i + 1]!);
+  }
+  if (framing.kind === 'length') out.push('Content-Length', String(framing.length));
+  else if (framing.kind === 'chunked') out.push('Transfer-Encoding', 'chunked');
+  return out;
 }
 
 /**
@@ -219,21 +334,29 @@ function plainResponse(status: number, message: string, body: string, extra: Rec
  * An Agent whose connections go to the addresses admission chose (passed
  * as `moatAddresses` in the request options), dialed by connectFirst:
  * node never resolves the name itself. Pooled per host:port by node's own
- * key, keep-alive, bounded in total.
+ * key, keep-alive (or one request per connection), bounded in total.
  */
 class DialByNameAgent extends Agent {
   constructor(
     private readonly dialer: Dialer,
     maxTotal: number,
+    keepAlive: boolean,
   ) {
-    super({ keepAlive: true, maxSockets: 64, maxFreeSockets: 16, maxTotalSockets: maxTotal, timeout: 30_000 });
+    super({ keepAlive, maxSockets: 64, maxFreeSockets: 16, maxTotalSockets: maxTotal, timeout: 30_000 });
   }
 
   override createConnection(options: ClientRequestArgs, callback?: (err: Error | null, stream: Duplex) => void): Duplex | null | undefined {
     const addresses = (options as { moatAddresses?: readonly string[] }).moatAddresses ?? [];
     const port = Number(options.port ?? 80);
     this.dialer.connectFirst(addresses, port).then(
-      (s) => callback?.(null, s),
+      (s) => {
+        // The dialer's sockets are half-open (the NAT needs that); node's
+        // client only watches 'end' during a request, so a pooled socket the
+        // server closed would stay in the pool, take the next request, and
+        // never answer. An HTTP/1.1 client has no use for half-close.
+        s.on('end', () => s.destroy());
+        callback?.(null, s);
+      },
       (e: Error) => callback?.(e, undefined as unknown as Duplex),
     );
     return undefined;

@@ -139,8 +139,8 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     });
 
     const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters };
-    const { server: httpServer, agent } = createHttpProxy(core, { maxConnections: config.maxConnections, headersTimeoutMs: config.peekTimeoutMs });
-    closers.push(() => agent.destroy());
+    const { server: httpServer, agents } = createHttpProxy(core, { maxConnections: config.maxConnections, headersTimeoutMs: config.peekTimeoutMs });
+    closers.push(() => agents.destroy());
     const httpSockets = track(httpServer);
     const httpAddr = await listen(httpServer, config.listen.host, config.listen.port);
     closers.push(() => closeServer(httpServer, httpSockets));
@@ -173,7 +173,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
               dropped++;
             }
           }
-          agent.destroy(); // pooled upstream connections are re-dialed (and re-decided) on the next request
+          agents.destroy(); // pooled upstream connections are re-dialed (and re-decided) on the next request
         }
         log.info('allowlist reloaded', { allow: result.rules, dropped });
         return { ...result, dropped };
