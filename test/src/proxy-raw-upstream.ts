@@ -215,6 +215,8 @@ export function rawExchange(address: string, bytes: string, timeoutMs = 5_000): 
       const end = got.indexOf('\r\n\r\n');
       if (end < 0) return;
       const head = got.subarray(0, end).toString('latin1');
+      // A CONNECT's 2xx has no body: the tunnel starts after the head (RFC 9110 9.3.6).
+      if (bytes.startsWith('CONNECT ') && /^HTTP\/1\.1 2\d\d /.test(head)) return done(got.subarray(0, end + 4).toString('latin1'));
       const cl = /\r\ncontent-length:\s*(\d+)/i.exec(head);
       if (cl !== null && got.length >= end + 4 + Number(cl[1])) return done(got.subarray(0, end + 4 + Number(cl[1])).toString('latin1'));
       if (/\r\ntransfer-encoding:\s*chunked/i.test(head) && got.indexOf('\r\n0\r\n\r\n', end) >= 0) return done(got.toString('latin1'));
