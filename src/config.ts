@@ -78,6 +78,8 @@ export interface ServeConfig {
   mode: 'enforce' | 'audit';
   /** Resource limits (--max-tcp-flows ... --api-max-body-bytes, src/limits.ts); DEFAULT_LIMITS where absent. */
   limits?: Limits;
+  /** A 403 lists the allow rules (--refusal-details); absent = off. */
+  refusalDetails?: boolean;
 }
 
 /** What `moat zones` needs: the allowlist and the built-in addresses. */
@@ -212,6 +214,12 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     value: 'MODE',
     default: 'enforce',
     help: 'With --allow: enforce refuses what the rules do not allow; audit lets everything through (cloud metadata 169.254.0.0/16 excepted: still refused) and records each flow and DNS name the rules would have refused as "would-block" in the decision log, so `moat learn` can propose an allowlist.',
+  },
+  {
+    name: 'refusal-details',
+    type: 'boolean',
+    default: 'off',
+    help: "With --allow, a refusal's 403 body also lists the allow rules (for debugging). Off, it names the host, the reason and the decision id only: the rules would tell a guest what else it may reach and which wildcards are resolved live.",
   },
   { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise it follows the rules like any address (e.g. --allow 192.168.127.254:8080).' },
   // Resource limits: described once in src/limits.ts LIMIT_SPECS.
@@ -685,6 +693,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     allowHostAlias: raw.get('allow-host-alias')?.value === true,
     mode,
     limits,
+    refusalDetails: raw.get('refusal-details')?.value === true,
   };
 }
 
@@ -821,6 +830,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
           decisionLog: c.decisionLog,
           allowHostAlias: c.allowHostAlias,
           mode: c.mode,
+          refusalDetails: c.refusalDetails ?? false,
         }),
   };
 }

@@ -23,6 +23,7 @@ import type { Duplex } from 'node:stream';
 import type { Egress } from '../egress/egress.js';
 import { forbiddenResponse } from '../egress/refusals.js';
 import type { Logger } from '../log.js';
+import { PROXY_AUTHENTICATE, type ProxyCredentials } from './auth.js';
 import { admit, type Admission } from './targets.js';
 import type { Dialer } from './tunnel.js';
 
@@ -33,7 +34,9 @@ export interface HttpProxyHost {
   log: Logger;
   /** Starts a tunnel on an admitted CONNECT. */
   openTunnel(client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void;
-  counters: { requests: number; connects: number; refused: number };
+  /** --auth-file: every request and CONNECT must carry Proxy-Authorization; undefined = none asked. */
+  auth: ProxyCredentials | undefined;
+  counters: { requests: number; connects: number; refused: number; authFailures: number };
 }
 
 /** RFC 9110 7.6.1: hop-by-hop fields never forwarded (plus those the Connection field lists). */
@@ -90,9 +93,28 @@ export function parseAuthority(text: string): { host: string; port: number } | n
   return { host, port };
 }
 
+/**
+ * --auth-file: does this request carry a valid Proxy-Authorization? A
+ * failure is counted and logged with the client's address, never with what
+ * it presented.
+ */
+function authorized(host: HttpProxyHost, req: IncomingMessage): boolean {
+  if (host.auth === undefined || host.auth.checkProxyAuthorization(req.headers['proxy-authorization'])) return true;
+  host.counters.authFailures++;
+  host.log.info('proxy authentication failed', { listener: 'http', client: req.socket.remoteAddress, presented: req.headers['proxy-authorization'] !== undefined });
+  return false;
+}
+
+/** 407 (RFC 9110 15.5.8): the client must send Proxy-Authorization: Basic. */
+const AUTH_REQUIRED_BODY = 'Moat proxy requires a user and password (http://USER:PASSWORD@proxy)\n';
+
 async function handleConnect(host: HttpProxyHost, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   host.counters.connects++;
   socket.on('error', () => socket.destroy());
+  if (!authorized(host, req)) {
+    socket.end(plainResponse(407, 'Proxy Authentication Required', AUTH_REQUIRED_BODY, { 'proxy-authenticate': PROXY_AUTHENTICATE }));
+    return;
+  }
   const target = parseAuthority(req.url ?? '');
   if (target === null) {
     host.counters.refused++;
@@ -112,6 +134,18 @@ async function handleConnect(host: HttpProxyHost, req: IncomingMessage, socket: 
 
 async function handleRequest(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage, res: ServerResponse): Promise<void> {
   host.counters.requests++;
+  if (!authorized(host, req)) {
+    res.shouldKeepAlive = false;
+    res.writeHead(407, 'Proxy Authentication Required', {
+      'proxy-authenticate': PROXY_AUTHENTICATE,
+      'content-type': 'text/plain; charset=utf-8',
+      'content-length': Buffer.byteLength(AUTH_REQUIRED_BODY),
+      connection: 'close',
+    });
+    res.end(AUTH_REQUIRED_BODY);
+    req.resume();
+    return;
+  }
   const raw = req.url ?? '';
   let url: URL | null = null;
   if (/^http:\/\//i.test(raw)) {
@@ -297,7 +331,7 @@ function refusalBytes(egress: Egress, a: Extract<Admission, { ok: false }>, host
   if (a.kind === 'unresolved') {
     return plainResponse(502, 'Bad Gateway', `Moat could not resolve ${host.slice(0, 255)} (decision ${a.id}): ${a.detail ?? ''}\n`, { 'x-moat-reason': 'unresolved', 'x-moat-decision': a.id });
   }
-  return forbiddenResponse({ host, reason: a.reason, id: a.id, rules: egress.policy.ruleTexts });
+  return forbiddenResponse({ host, reason: a.reason, id: a.id, rules: egress.options.refusalDetails ? egress.policy.ruleTexts : null });
 }
 
 /** Writes a complete response's bytes through node's ServerResponse (the connection then closes). */

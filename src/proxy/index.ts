@@ -24,6 +24,7 @@ import type { Logger } from '../log.js';
 import { TcpFlowTable } from '../nat/tcp-flows.js';
 import { UnavailablePortForwards } from '../serve.js';
 import type { ProxyConfig } from './config.js';
+import { exposureWarnings } from './exposure.js';
 import { createHttpProxy } from './http-proxy.js';
 import { createSocks5Server } from './socks5.js';
 import type { Admission } from './targets.js';
@@ -53,6 +54,8 @@ export interface ProxyStats {
   socksConnects: number;
   requests: number;
   refused: number;
+  /** Requests, CONNECTs and SOCKS5 handshakes refused for missing or wrong credentials (--auth-file). */
+  authFailures: number;
   /** SOCKS5 UDP ASSOCIATE: associations opened, datagrams relayed out / in, dropped (policy, fragments, names). */
   udpAssociations: number;
   udpOut: number;
@@ -108,7 +111,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         admitResolved: config.admitResolved,
         hostAliasExempt: false,
         allowLinkLocal: false,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails },
         now: d.now,
         ...(sink ? { decisionSink: sink } : {}),
         ...(options.signal ? { signal: options.signal } : {}),
@@ -122,7 +125,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     const dialer: Dialer = { connectFirst: (addresses, port) => flows.connectFirst(addresses, port) };
     const tunnels = new Set<Tunnel>();
     const finished = { opened: 0, bytesUp: 0, bytesDown: 0 };
-    const counters = { requests: 0, connects: 0, socksConnects: 0, refused: 0, udpAssociations: 0, udpOut: 0, udpIn: 0, udpDropped: 0 };
+    const counters = { requests: 0, connects: 0, socksConnects: 0, refused: 0, authFailures: 0, udpAssociations: 0, udpOut: 0, udpIn: 0, udpDropped: 0 };
     const tlog = log.child({ component: 'proxy' });
     const openTunnel = (client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void => {
       finished.opened++;
@@ -138,7 +141,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       for (const t of [...tunnels]) t.destroy();
     });
 
-    const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters };
+    const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters, auth: config.auth };
     const { server: httpServer, agents } = createHttpProxy(core, { maxConnections: config.maxConnections, headersTimeoutMs: config.peekTimeoutMs });
     closers.push(() => agents.destroy());
     const httpSockets = track(httpServer);
@@ -221,6 +224,11 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       api: config.apiSocket === undefined ? undefined : `unix://${config.apiSocket}`,
       allow: config.allow.map((r) => r.text),
     };
+    const exposure = exposureWarnings(config);
+    if (exposure.length > 0) {
+      ready['exposure'] = exposure;
+      for (const w of exposure) log.warn(w);
+    }
     if (config.allowAll) {
       ready['warning'] = 'NO ALLOWLIST (--allow-all): every name and public address is allowed';
       log.warn('moat proxy runs without an allowlist (--allow-all): every name and public address is allowed');
@@ -259,6 +267,10 @@ export function describeProxyConfig(c: ProxyConfig): Record<string, unknown> {
     decisionLog: c.decisionLog,
     maxConnections: c.maxConnections,
     api: c.apiSocket,
+    listenPublic: c.listenPublic,
+    // Where the users come from and how many: never the file's contents.
+    auth: c.auth === undefined ? undefined : { file: c.authFile, users: c.auth.size },
+    refusalDetails: c.refusalDetails,
   };
 }
 
