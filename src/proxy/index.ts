@@ -56,11 +56,12 @@ export interface ProxyStats {
   refused: number;
   /** Requests, CONNECTs and SOCKS5 handshakes refused for missing or wrong credentials (--auth-file). */
   authFailures: number;
-  /** SOCKS5 UDP ASSOCIATE: associations opened, datagrams relayed out / in, dropped (policy, fragments, names). */
+  /** SOCKS5 UDP ASSOCIATE: associations opened, datagrams the kernel took out / in, dropped (policy, fragments, names), sends that failed. */
   udpAssociations: number;
   udpOut: number;
   udpIn: number;
   udpDropped: number;
+  udpSendErrors: number;
   tunnels: { open: number; peeking: number; opened: number; bytesUp: number; bytesDown: number; peekBufferedBytes: number };
   decisions: { allowed: number; blocked: number; wouldBlock: number; suppressedLines: number };
   connections: { http: number; socks: number };
@@ -125,7 +126,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     const dialer: Dialer = { connectFirst: (addresses, port) => flows.connectFirst(addresses, port) };
     const tunnels = new Set<Tunnel>();
     const finished = { opened: 0, bytesUp: 0, bytesDown: 0 };
-    const counters = { requests: 0, connects: 0, socksConnects: 0, refused: 0, authFailures: 0, udpAssociations: 0, udpOut: 0, udpIn: 0, udpDropped: 0 };
+    const counters = { requests: 0, connects: 0, socksConnects: 0, refused: 0, authFailures: 0, udpAssociations: 0, udpOut: 0, udpIn: 0, udpDropped: 0, udpSendErrors: 0 };
     const tlog = log.child({ component: 'proxy' });
     const openTunnel = (client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void => {
       finished.opened++;
