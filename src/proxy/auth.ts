@@ -9,10 +9,11 @@
  *
  * The file holds `USER:PASSWORD` lines (blank lines and `#` comments
  * ignored), so secrets stay off the command line, where every local user
- * can read them in /proc. Only a SHA-256 digest of each pair is kept, and a
- * presented pair is compared with every entry by crypto.timingSafeEqual
- * over those fixed-length digests, so the time taken says nothing about
- * how much of a user name or password was right, nor which user matched.
+ * can read them in /proc. Only SHA-256 digests are kept: users are found by
+ * the digest of the presented name (a map lookup whose time depends on that
+ * digest, not on how much of a real name was right), and the password is
+ * compared by crypto.timingSafeEqual over fixed-length digests, against a
+ * dummy digest when the user is unknown, so both cases do the same work.
  * Nothing here logs: callers log that authentication failed, never what
  * was presented.
  */
@@ -30,10 +31,13 @@ export const AUTH_REALM = 'moat proxy';
 export const PROXY_AUTHENTICATE = `Basic realm="${AUTH_REALM}", charset="UTF-8"`;
 
 export class ProxyCredentials {
-  private constructor(private readonly digests: readonly Buffer[]) {}
+  private constructor(
+    /** hex SHA-256 of the user name -> SHA-256 of the password. */
+    private readonly users: ReadonlyMap<string, Buffer>,
+  ) {}
 
   get size(): number {
-    return this.digests.length;
+    return this.users.size;
   }
 
   /**
@@ -42,7 +46,7 @@ export class ProxyCredentials {
    */
   static parse(text: string, where: string): ProxyCredentials {
     if (Buffer.byteLength(text) > MAX_AUTH_FILE_BYTES) throw new Error(`${where} is larger than ${MAX_AUTH_FILE_BYTES} bytes`);
-    const digests: Buffer[] = [];
+    const users = new Map<string, Buffer>();
     const lines = text.split(/\r?\n/);
     for (let i = 0; i < lines.length; i++) {
       const line = lines[i]!;
@@ -57,22 +61,23 @@ export class ProxyCredentials {
       if (user.length > MAX_CREDENTIAL_BYTES || password.length > MAX_CREDENTIAL_BYTES) {
         throw new Error(`${at}: user name and password must be at most ${MAX_CREDENTIAL_BYTES} bytes each (SOCKS5 carries no more)`);
       }
-      // Control characters cannot be typed into a proxy URL and make digests of different pairs easier to confuse.
+      // Control characters cannot be typed into a proxy URL; refusing them keeps the file unambiguous.
       if (/[\x00-\x1f\x7f]/.test(line)) throw new Error(`${at}: control characters are not allowed`);
-      if (digests.length >= MAX_USERS) throw new Error(`${where}: more than ${MAX_USERS} users`);
-      digests.push(pairDigest(user, password));
+      const key = sha256(user).toString('hex');
+      if (users.has(key)) throw new Error(`${at}: a user named on an earlier line`);
+      if (users.size >= MAX_USERS) throw new Error(`${where}: more than ${MAX_USERS} users`);
+      users.set(key, sha256(password));
     }
-    if (digests.length === 0) throw new Error(`${where}: no USER:PASSWORD line`);
-    return new ProxyCredentials(digests);
+    if (users.size === 0) throw new Error(`${where}: no USER:PASSWORD line`);
+    return new ProxyCredentials(users);
   }
 
-  /** Is this user/password pair one of the file's? Same work whichever entry (if any) matches. */
+  /** Is this user/password pair one of the file's? */
   check(user: Uint8Array, password: Uint8Array): boolean {
     if (user.length === 0 || user.length > MAX_CREDENTIAL_BYTES || password.length > MAX_CREDENTIAL_BYTES) return false;
-    const d = pairDigest(user, password);
-    let ok = 0;
-    for (const e of this.digests) ok |= timingSafeEqual(e, d) ? 1 : 0;
-    return ok === 1;
+    const expected = this.users.get(sha256(user).toString('hex'));
+    const same = timingSafeEqual(expected ?? UNKNOWN_USER, sha256(password));
+    return expected !== undefined && same;
   }
 
   /** Checks an HTTP Proxy-Authorization field value. */
@@ -82,11 +87,11 @@ export class ProxyCredentials {
   }
 }
 
-/** SHA-256 of (user length, user, password): one fixed-length value per pair, and no two pairs alike. */
-function pairDigest(user: Uint8Array, password: Uint8Array): Buffer {
-  const len = Buffer.alloc(2);
-  len.writeUInt16BE(user.length);
-  return createHash('sha256').update(len).update(user).update(password).digest();
+/** Compared with when the user is unknown, so that case costs what a wrong password costs. */
+const UNKNOWN_USER = Buffer.alloc(32);
+
+function sha256(b: Uint8Array): Buffer {
+  return createHash('sha256').update(b).digest();
 }
 
 /** `Basic base64(user:password)` (RFC 7617 2) -> the pair as bytes, or null. */

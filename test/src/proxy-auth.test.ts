@@ -168,6 +168,7 @@ describe('exposure: a non-loopback listener needs --listen-public', () => {
       if (p === '/bad') return '# c\nno-colon-here\n';
       if (p === '/colon-user') return ':p\n';
       if (p === '/empty') return '# nothing\n';
+      if (p === '/dup') return 'u:p\nu:q\n';
       throw new Error('ENOENT: no such file');
     },
     readResolvConf: () => 'nameserver 192.0.2.53\n',
@@ -205,6 +206,7 @@ describe('exposure: a non-loopback listener needs --listen-public', () => {
     expect(error(['--auth-file', '/bad'])).not.toContain('no-colon-here');
     expect(error(['--auth-file', '/colon-user'])).toMatch(/line 1: the user name is empty/);
     expect(error(['--auth-file', '/empty'])).toMatch(/no USER:PASSWORD line/);
+    expect(error(['--auth-file', '/dup'])).toMatch(/line 2: a user named on an earlier line/);
   });
 
   it('start-up warns when a listener is public without authentication, and only then', () => {
