@@ -14,10 +14,12 @@
  * digest, not on how much of a real name was right), and the password is
  * compared by crypto.timingSafeEqual over fixed-length digests, against a
  * dummy digest when the user is unknown, so both cases do the same work.
- * Nothing here logs: callers log that authentication failed, never what
- * was presented.
+ * Failures are logged by AuthFailureLog, with the client's address and
+ * never what it presented, at most one line per interval (a client guessing
+ * passwords must not be able to fill the disk through the log).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import type { Logger } from '../log.js';
 
 /** RFC 1929 carries each of user and password in 1..255 bytes; HTTP gets the same bound. */
 export const MAX_CREDENTIAL_BYTES = 255;
@@ -122,3 +124,34 @@ export function parseUserPass(b: Uint8Array): UserPassParse {
 /** RFC 1929 reply: VER=1, STATUS (0 success; anything else, and the server closes). */
 export const USERPASS_OK: Uint8Array = Uint8Array.from([0x01, 0x00]);
 export const USERPASS_FAILED: Uint8Array = Uint8Array.from([0x01, 0x01]);
+
+/** One log line per this many milliseconds at most, counting the failures it covers. */
+export const AUTH_FAILURE_LOG_INTERVAL_MS = 10_000;
+
+/**
+ * Counts authentication failures (every one, for /stats) and logs them
+ * rate-limited: the first failure after a quiet interval gets a line, and
+ * that line says how many failures there were since the previous one.
+ */
+export class AuthFailureLog {
+  private lastLineAt = -Infinity;
+  private unlogged = 0;
+
+  constructor(
+    private readonly counters: { authFailures: number },
+    private readonly log: Logger,
+    private readonly now: () => number,
+    private readonly intervalMs = AUTH_FAILURE_LOG_INTERVAL_MS,
+  ) {}
+
+  /** `presented`: whether the client offered credentials at all (never what they were). */
+  record(listener: 'http' | 'socks', client: string | undefined, presented: boolean): void {
+    this.counters.authFailures++;
+    this.unlogged++;
+    const t = this.now();
+    if (t - this.lastLineAt < this.intervalMs) return;
+    this.log.info('proxy authentication failed', { listener, client, presented, failures: this.unlogged });
+    this.lastLineAt = t;
+    this.unlogged = 0;
+  }
+}

@@ -23,7 +23,7 @@ import type { Duplex } from 'node:stream';
 import type { Egress } from '../egress/egress.js';
 import { forbiddenResponse } from '../egress/refusals.js';
 import type { Logger } from '../log.js';
-import { PROXY_AUTHENTICATE, type ProxyCredentials } from './auth.js';
+import { PROXY_AUTHENTICATE, type AuthFailureLog, type ProxyCredentials } from './auth.js';
 import { admit, type Admission } from './targets.js';
 import type { Dialer } from './tunnel.js';
 
@@ -36,7 +36,8 @@ export interface HttpProxyHost {
   openTunnel(client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void;
   /** --auth-file: every request and CONNECT must carry Proxy-Authorization; undefined = none asked. */
   auth: ProxyCredentials | undefined;
-  counters: { requests: number; connects: number; refused: number; authFailures: number };
+  authFailures: AuthFailureLog;
+  counters: { requests: number; connects: number; refused: number };
 }
 
 /** RFC 9110 7.6.1: hop-by-hop fields never forwarded (plus those the Connection field lists). */
@@ -100,8 +101,7 @@ export function parseAuthority(text: string): { host: string; port: number } | n
  */
 function authorized(host: HttpProxyHost, req: IncomingMessage): boolean {
   if (host.auth === undefined || host.auth.checkProxyAuthorization(req.headers['proxy-authorization'])) return true;
-  host.counters.authFailures++;
-  host.log.info('proxy authentication failed', { listener: 'http', client: req.socket.remoteAddress, presented: req.headers['proxy-authorization'] !== undefined });
+  host.authFailures.record('http', req.socket.remoteAddress, req.headers['proxy-authorization'] !== undefined);
   return false;
 }
 

@@ -24,6 +24,7 @@ import type { Logger } from '../log.js';
 import { TcpFlowTable } from '../nat/tcp-flows.js';
 import { UnavailablePortForwards } from '../serve.js';
 import type { ProxyConfig } from './config.js';
+import { AuthFailureLog } from './auth.js';
 import { exposureWarnings } from './exposure.js';
 import { createHttpProxy } from './http-proxy.js';
 import { createSocks5Server } from './socks5.js';
@@ -142,7 +143,8 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       for (const t of [...tunnels]) t.destroy();
     });
 
-    const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters, auth: config.auth };
+    const authFailures = new AuthFailureLog(counters, tlog, d.now);
+    const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters, auth: config.auth, authFailures };
     const { server: httpServer, agents } = createHttpProxy(core, { maxConnections: config.maxConnections, headersTimeoutMs: config.peekTimeoutMs });
     closers.push(() => agents.destroy());
     const httpSockets = track(httpServer);

@@ -22,7 +22,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Egress } from '../egress/egress.js';
 import type { Logger } from '../log.js';
-import { parseUserPass, USERPASS_FAILED, USERPASS_OK, type ProxyCredentials } from './auth.js';
+import { parseUserPass, USERPASS_FAILED, USERPASS_OK, type AuthFailureLog, type ProxyCredentials } from './auth.js';
 import { openUdpAssociation, type UdpAssociationCounters } from './socks5-udp.js';
 import { admit, type Admission } from './targets.js';
 
@@ -32,7 +32,8 @@ export interface Socks5Host {
   openTunnel(client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void;
   /** --auth-file: method 0x02 required; undefined = method 0x00. */
   auth: ProxyCredentials | undefined;
-  counters: { socksConnects: number; refused: number; udpAssociations: number; authFailures: number } & UdpAssociationCounters;
+  authFailures: AuthFailureLog;
+  counters: { socksConnects: number; refused: number; udpAssociations: number } & UdpAssociationCounters;
 }
 
 export const SOCKS_VERSION = 5;
@@ -135,10 +136,7 @@ function handshake(host: Socks5Host, socket: Socket, timeoutMs: number): void {
       // With --auth-file only username/password will do; without it only "no authentication".
       const method = host.auth !== undefined ? (g.userPass ? METHOD.userPass : null) : g.noAuth ? METHOD.noAuth : null;
       if (method === null) {
-        if (host.auth !== undefined) {
-          host.counters.authFailures++;
-          host.log.info('proxy authentication failed', { listener: 'socks', client: socket.remoteAddress, presented: false });
-        }
+        if (host.auth !== undefined) host.authFailures.record('socks', socket.remoteAddress, false);
         return refuse(Uint8Array.from([SOCKS_VERSION, METHOD.noAcceptable])); // RFC 1928 3: no acceptable methods
       }
       socket.write(Uint8Array.from([SOCKS_VERSION, method]));
@@ -150,8 +148,7 @@ function handshake(host: Socks5Host, socket: Socket, timeoutMs: number): void {
       const u = parseUserPass(buf);
       if (u.kind === 'need-more') return;
       if (u.kind === 'error' || !host.auth!.check(u.user, u.password)) {
-        host.counters.authFailures++;
-        host.log.info('proxy authentication failed', { listener: 'socks', client: socket.remoteAddress, presented: true });
+        host.authFailures.record('socks', socket.remoteAddress, true);
         return refuse(USERPASS_FAILED); // RFC 1929 2: on failure the server closes the connection
       }
       socket.write(USERPASS_OK);

@@ -13,7 +13,7 @@ import { connect } from 'node:net';
 import { join } from 'node:path';
 import { ConfigError, type ConfigIo } from '../../src/config.js';
 import type { Logger } from '../../src/log.js';
-import { parseBasic, parseUserPass, ProxyCredentials } from '../../src/proxy/auth.js';
+import { AuthFailureLog, parseBasic, parseUserPass, ProxyCredentials } from '../../src/proxy/auth.js';
 import { parseProxyArgs } from '../../src/proxy/config.js';
 import { forwardedHeaders } from '../../src/proxy/http-proxy.js';
 import { exposureWarnings } from '../../src/proxy/exposure.js';
@@ -268,5 +268,24 @@ describe('credentials (src/proxy/auth.ts)', () => {
         creds.checkProxyAuthorization(`Basic ${text}`);
       }),
     );
+  });
+});
+
+describe('AuthFailureLog', () => {
+  it('counts every failure and logs at most one line per interval, saying how many it covers', () => {
+    const lines: Record<string, unknown>[] = [];
+    const log = { info: (_msg: string, fields?: Record<string, unknown>) => void lines.push(fields ?? {}) } as unknown as Logger;
+    let t = 0;
+    const counters = { authFailures: 0 };
+    const f = new AuthFailureLog(counters, log, () => t, 10_000);
+    for (let i = 0; i < 1000; i++) f.record('http', '127.0.0.1', true);
+    expect(counters.authFailures).toBe(1000);
+    expect(lines).toEqual([{ listener: 'http', client: '127.0.0.1', presented: true, failures: 1 }]);
+    t = 9_999;
+    f.record('socks', '127.0.0.2', false);
+    expect(lines).toHaveLength(1);
+    t = 10_000;
+    f.record('socks', '127.0.0.2', false);
+    expect(lines[1]).toEqual({ listener: 'socks', client: '127.0.0.2', presented: false, failures: 1001 });
   });
 });
