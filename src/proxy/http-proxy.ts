@@ -11,6 +11,10 @@
  *    name to Moat's admitted addresses through an Agent pooled per
  *    host:port, so a connection to one host never carries another's
  *    request. The target URI decides; a Host header is replaced by it.
+ *    The body goes with the framing node:http parsed (forward()), never
+ *    unframed: an unframed body is the next request to the upstream.
+ *  - With --auth-file, every request and CONNECT needs Proxy-Authorization
+ *    (407 otherwise), checked before anything is decided.
  *  - Anything else (origin-form `GET /`, `https://` absolute-form, Upgrade)
  *    gets 400 / is closed: this is a forward proxy, not a web server.
  *
