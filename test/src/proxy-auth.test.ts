@@ -141,6 +141,23 @@ describe('moat proxy --auth-file: SOCKS5 username/password (RFC 1929), with curl
     expect(reply).toEqual([5, 0xff]);
   });
 
+  it('greeting, credentials and request in one write are each answered in turn', async () => {
+    const colon = proxy.socks!.lastIndexOf(':');
+    const u = Buffer.from(USER);
+    const pw = Buffer.from(PASSWORD);
+    const name = Buffer.from('blocked.test');
+    const reply = await new Promise<number[]>((resolve, reject) => {
+      const s = connect(Number(proxy.socks!.slice(colon + 1)), proxy.socks!.slice(0, colon));
+      let got = Buffer.alloc(0);
+      s.on('data', (c: Buffer) => (got = Buffer.concat([got, c])));
+      s.on('close', () => resolve([...got]));
+      s.once('error', reject);
+      s.write(Uint8Array.from([5, 1, 2, 1, u.length, ...u, pw.length, ...pw, 5, 1, 0, 3, name.length, ...name, 0, 80]));
+    });
+    // method 0x02; RFC 1929 success; then the request's refusal (0x02, not allowed by ruleset).
+    expect(reply).toEqual([5, 2, 1, 0, 5, 2, 0, 1, 0, 0, 0, 0, 0, 0]);
+  });
+
   it('curl --socks5-hostname without credentials fails', async () => {
     const r = await curl(['--socks5-hostname', proxy.socks!, 'http://plain.test/']);
     expect(r.code).toBe(97);
