@@ -206,7 +206,8 @@ interface Forwarding {
  * Sends the admitted request upstream and its response back. The body is
  * forwarded with the framing node:http parsed (never unframed); a request
  * with a framing doubt (a body on a method that defines none, or an answer
- * that came before the body was sent) goes on a connection nobody reuses. A
+ * that came before the body was sent) goes on a connection nobody reuses,
+ * and a body on a method that defines none is sent chunked. A
  * pooled connection that dies before answering a bodyless idempotent
  * request is replaced by a fresh one (RFC 9112 9.3.1), else the client gets
  * a 502: never a hang.
@@ -215,6 +216,10 @@ function forward(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage,
   const method = req.method ?? 'GET';
   const hasBody = f.framing.kind === 'chunked' || (f.framing.kind === 'length' && f.framing.length > 0);
   const doubt = hasBody && !BODY_METHODS.has(method);
+  // A server that ignores a body on GET (the "CL.0" desync) would read a
+  // Content-Length body as the next request; sent chunked, the body starts
+  // with a hex chunk-size line that no server takes for a request line.
+  const framing: Forwarding['framing'] = doubt ? { kind: 'chunked' } : f.framing;
   let current: ClientRequest | null = null;
   const attempt = (n: number): void => {
     const upReq = httpRequest({
@@ -223,7 +228,7 @@ function forward(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage,
       port: f.port,
       method,
       path: f.path,
-      headers: framedHeaders(forwardedHeaders(req.rawHeaders, f.authority), f.framing),
+      headers: framedHeaders(forwardedHeaders(req.rawHeaders, f.authority), framing),
       moatAddresses: f.a.addresses,
     } as RequestOptions);
     current = upReq;

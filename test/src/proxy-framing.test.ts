@@ -64,7 +64,18 @@ describe('moat proxy: request framing', () => {
     if (reply.startsWith('HTTP/1.1 200')) expect(upstream.bodies.some((b) => b === SMUGGLED)).toBe(true);
   });
 
-  it('a Content-Length GET body is forwarded with its length, as one request', async () => {
+  it('to a server that ignores GET bodies, a GET body carrying a request still cannot be parsed as one (sent chunked)', async () => {
+    for (const framing of ['length', 'chunked'] as const) {
+      upstream.reset('naive-get');
+      const head = `GET http://raw.test/naive HTTP/1.1\r\nHost: raw.test\r\n${framing === 'length' ? `Content-Length: ${Buffer.byteLength(SMUGGLED)}\r\n\r\n${SMUGGLED}` : `Transfer-Encoding: chunked\r\n\r\n${chunked(SMUGGLED)}`}`;
+      const reply = await rawExchange(proxy.http, head);
+      expect(reply).toMatch(/^HTTP\/1\.1 200 /);
+      expect(upstream.requestLines).toEqual(['GET /naive HTTP/1.1']);
+      expect(upstream.hosts).not.toContain('blocked.test');
+    }
+  });
+
+  it('a Content-Length GET body is forwarded as one request', async () => {
     upstream.reset('keep-alive');
     const head = `GET http://raw.test/cl HTTP/1.1\r\nHost: raw.test\r\nContent-Length: ${Buffer.byteLength(SMUGGLED)}\r\n\r\n`;
     const reply = await rawExchange(proxy.http, head + SMUGGLED);

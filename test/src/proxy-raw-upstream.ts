@@ -12,10 +12,12 @@
  *   drop-second         answer the first request of each connection; close a
  *                       connection that carries a second one without answering
  *   close-delimited     answer without Content-Length: the body ends at the close
+ *   naive-get           like keep-alive, but a GET never has a body (what a
+ *                       server that ignores GET bodies does: the "CL.0" desync)
  */
 import { connect, createServer, type Socket } from 'node:net';
 
-export type RawMode = 'keep-alive' | 'close-after-answer' | 'drop-second' | 'close-delimited';
+export type RawMode = 'keep-alive' | 'close-after-answer' | 'drop-second' | 'close-delimited' | 'naive-get';
 
 export interface RawHttpUpstream {
   /** "METHOD target HTTP/1.1" of every request parsed, in order. */
@@ -39,12 +41,14 @@ const MAX_BUFFER = 1 << 20;
 
 type Parsed = { kind: 'need-more' } | { kind: 'bad' } | { kind: 'request'; line: string; host: string; body: Buffer; used: number };
 
-/** One request from the front of `buf` (RFC 9112 6.3 message body length). */
-export function parseHttpRequest(buf: Buffer): Parsed {
+/** One request from the front of `buf` (RFC 9112 6.3 message body length; `naiveGet`: a GET has none). */
+export function parseHttpRequest(buf: Buffer, naiveGet = false): Parsed {
   const end = buf.indexOf('\r\n\r\n');
   if (end < 0) return { kind: 'need-more' };
   const lines = buf.subarray(0, end).toString('latin1').split('\r\n');
   const line = lines[0]!;
+  if (!/^[A-Z]+ \S+ HTTP\/1\.[01]$/.test(line)) return { kind: 'bad' };
+  if (naiveGet && line.startsWith('GET ')) return { kind: 'request', line, host: /\r\nhost:\s*([^\r]*)/i.exec(buf.subarray(0, end).toString('latin1'))?.[1] ?? '', body: Buffer.alloc(0), used: end + 4 };
   let host = '';
   let te: string | null = null;
   let cl: string | null = null;
@@ -137,7 +141,7 @@ export async function startRawHttpUpstream(address: string, port: number): Promi
           heads++;
           poke();
         }
-        const r = parseHttpRequest(buf);
+        const r = parseHttpRequest(buf, mode === 'naive-get');
         if (r.kind === 'need-more') return;
         if (r.kind === 'bad') {
           s.end('HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
