@@ -121,6 +121,18 @@ describe('moat proxy: request framing', () => {
   });
 });
 
+describe('moat proxy: pooling', () => {
+  it('bodyless requests and POSTs with a body share one pooled upstream connection', async () => {
+    upstream.reset('keep-alive');
+    for (let i = 0; i < 10; i++) {
+      expect(await rawExchange(proxy.http, `GET http://raw.test/p${i} HTTP/1.1\r\nHost: raw.test\r\n\r\n`)).toMatch(/^HTTP\/1\.1 200 /);
+      expect(await rawExchange(proxy.http, `POST http://raw.test/q${i} HTTP/1.1\r\nHost: raw.test\r\nContent-Length: 2\r\n\r\nhi`)).toMatch(/^HTTP\/1\.1 200 /);
+    }
+    expect(upstream.connectionOf).toHaveLength(20);
+    expect(new Set(upstream.connectionOf).size).toBe(1);
+  });
+});
+
 describe('moat proxy: dead pooled upstream connections', () => {
   it('a pooled connection the server closed is not used again: the next request is answered, no hang', async () => {
     upstream.reset('close-after-answer');
