@@ -60,7 +60,16 @@ interface Dial {
   readonly pending: PendingTcp;
   readonly socket: Socket;
   readonly timer: NodeJS.Timeout;
+  readonly admit: DialAdmission | undefined;
 }
+
+/**
+ * Asked again whether a dial decided by the egress policy may still go on
+ * (the allowlist may have been reloaded since): when it connects, and when
+ * a reload drops what the new rules refuse. false: the SYN is refused (RST)
+ * and the host socket destroyed; the callee has recorded why.
+ */
+export type DialAdmission = () => boolean;
 
 export class TcpFlowTable {
   private readonly dials = new Set<Dial>();
@@ -136,8 +145,8 @@ export class TcpFlowTable {
     pending.refuse();
   }
 
-  /** Dials `hostAddress:dstPort` for the guest's SYN; answers the SYN when the dial settles. */
-  dial(pending: PendingTcp, hostAddress: string): void {
+  /** Dials `hostAddress:dstPort` for the guest's SYN; answers the SYN when the dial settles (and `admit`, if given, still says yes). */
+  dial(pending: PendingTcp, hostAddress: string, admit?: DialAdmission): void {
     if (this.atLimit()) {
       this.refuseAtLimit(pending);
       return;
@@ -154,6 +163,7 @@ export class TcpFlowTable {
         socket.destroy();
         pending.ignore();
       }, this.opts.connectTimeoutMs),
+      admit,
     };
     this.dials.add(dial);
     const onError = (err: NodeJS.ErrnoException): void => {
@@ -170,8 +180,32 @@ export class TcpFlowTable {
       }
       clearTimeout(dial.timer);
       socket.off('error', onError);
+      // Decided before it connected: the rules may have changed meanwhile (issue 14 finding 4).
+      if (dial.admit !== undefined && !dial.admit()) {
+        socket.destroy();
+        this.refuse(pending, 'policy:reloaded');
+        return;
+      }
       this.connected(dial);
     });
+  }
+
+  /**
+   * Asks every dial still in flight whether it may go on (an allowlist
+   * reload with ?drop=1); refuses those it may not (RST, host socket
+   * destroyed). Returns how many.
+   */
+  recheckDials(): number {
+    let refused = 0;
+    for (const dial of [...this.dials]) {
+      if (dial.admit === undefined || dial.admit()) continue;
+      this.dials.delete(dial);
+      clearTimeout(dial.timer);
+      dial.socket.destroy();
+      this.refuse(dial.pending, 'policy:reloaded');
+      refused++;
+    }
+    return refused;
   }
 
   /**
