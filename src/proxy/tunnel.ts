@@ -19,7 +19,7 @@
 import type { Socket } from 'node:net';
 import { canonicalHostname } from '../../dns/rules.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
-import type { Egress } from '../egress/egress.js';
+import type { Egress, InFlight } from '../egress/egress.js';
 import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from '../egress/refusals.js';
 import type { Logger } from '../log.js';
 import type { PeekMode } from './targets.js';
@@ -37,6 +37,8 @@ export interface TunnelPlan {
   peek: PeekMode;
   /** "name:port" for records. */
   dst: string;
+  /** Egress.version the admission was decided under (targets.ts); undefined: never re-checked. */
+  version?: number;
 }
 
 export interface TunnelContext {
@@ -219,6 +221,12 @@ export class Tunnel {
       up.destroy();
       return;
     }
+    // Admitted before it connected: the allowlist may have changed meanwhile (issue 14 finding 4).
+    if (!this.stillAdmitted(up.remoteAddress)) {
+      up.destroy();
+      this.destroy();
+      return;
+    }
     this.upstream = up;
     this.state = 'piped';
     up.on('error', () => this.destroy());
@@ -236,6 +244,17 @@ export class Tunnel {
     up.pipe(this.client);
     if (this.clientEnded) up.end();
     this.client.resume();
+  }
+
+  private stillAdmitted(connected: string | undefined): boolean {
+    const p = this.plan;
+    const first = p.addresses[0];
+    if (p.version === undefined || first === undefined) return true;
+    const f: InFlight =
+      p.name !== null
+        ? { version: p.version, target: { kind: 'name', name: p.name, port: p.port }, dial: { kind: 'name', name: p.name }, via: 'target' }
+        : { version: p.version, target: { kind: 'flow', flow: { proto: 'tcp', dst: first, port: p.port } }, dial: { kind: 'address', address: first }, via: 'target' };
+    return this.ctx.egress.recheck(f, 'while dialing', connected).keep;
   }
 
   // --- refusing --------------------------------------------------------
