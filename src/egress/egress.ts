@@ -51,6 +51,12 @@ export interface InFlight {
   dial: Extract<Decision, { verdict: 'allow' }>['dial'];
   /** For the record: 'sni', 'host', 'target', 'pin' or null. */
   via: string | null;
+  /**
+   * The name whose pin let the flow out by address (reason 'pinned'). A
+   * reload clears the live pins, so the re-decision asks whether that name
+   * is still allowed on the port instead of finding no pin.
+   */
+  pinnedName?: string;
 }
 
 export type Recheck = { keep: true } | { keep: false; id: string };
@@ -111,7 +117,8 @@ export class Egress {
     const dst = t.kind === 'flow' ? t.flow.dst : t.name;
     const detail = `allowlist changed ${why}`;
     let refusal: { reason: string; rule: string | null; name: string | null } | null = null;
-    if (fresh.verdict === 'peek') refusal = { reason: 'no-name', rule: null, name: null }; // let out by address, it never gave a name
+    if (fresh.verdict === 'peek' && f.pinnedName !== undefined) refusal = this.pinStillAllowed(f.pinnedName, dst, port);
+    else if (fresh.verdict === 'peek') refusal = { reason: 'no-name', rule: null, name: null }; // let out by address, it never gave a name
     else if (fresh.verdict === 'block') refusal = fresh;
     else if (!sameDial(fresh.dial, f.dial)) refusal = { reason: 'dial-changed', rule: fresh.rule, name: fresh.name };
     else if (connected !== undefined && f.dial.kind === 'name' && this.current.admitResolved([connected], port).admitted.length === 0) {
@@ -148,6 +155,14 @@ export class Egress {
   /** Decision for a fresh flow from the guest (no bytes seen yet). */
   decideFlow(proto: 'tcp' | 'udp', dst: IPv4, port: number): Decision {
     return this.decide({ proto, dst: formatIPv4(dst), port });
+  }
+
+  /** A pinned flow's name still allowed on its port, its address still past the rebinding filter: null; else why not. */
+  private pinStillAllowed(name: string, address: string, port: number): { reason: string; rule: string | null; name: string | null } | null {
+    const byName = this.current.decideName('tcp', name, port, 'target');
+    if (byName.verdict !== 'allow') return { reason: byName.verdict === 'block' ? byName.reason : 'name-not-allowed', rule: null, name };
+    if (this.current.admitResolved([address], port).admitted.length === 0) return { reason: 'rebinding', rule: byName.rule, name };
+    return null;
   }
 
   /** Logs a decision (rate-limited per destination) and returns its id. */

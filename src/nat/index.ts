@@ -210,7 +210,13 @@ export class Nat implements GatewayUdpClaims {
       // Allowed before any byte arrived means allowed by address (IP rule,
       // pin): dial where classifyDestination leads (the host alias -> loopback).
       // A reload before the dial completes re-decides it (issue 14 finding 4).
-      const inFlight: InFlight = { version: egress.version, target: { kind: 'flow', flow: { proto: 'tcp', dst: formatIPv4(syn.dst), port: syn.dstPort } }, dial: d.dial, via };
+      const inFlight: InFlight = {
+        version: egress.version,
+        target: { kind: 'flow', flow: { proto: 'tcp', dst: formatIPv4(syn.dst), port: syn.dstPort } },
+        dial: d.dial,
+        via,
+        ...(d.reason === 'pinned' && d.name !== null ? { pinnedName: d.name } : {}),
+      };
       this.tcp.dial(pending, hostAddress, () => egress.recheck(inFlight, 'while dialing').keep);
       return;
     }

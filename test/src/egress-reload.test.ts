@@ -19,7 +19,7 @@ import { parseRules } from '../../dns/rules.js';
 import type { ResolvedAddresses, Resolver } from '../../dns/preresolve.js';
 import { AllowlistRuntime } from '../../src/egress/allowlist-runtime.js';
 import type { DecisionRecord } from '../../src/egress/decision-log.js';
-import { DEFAULT_EGRESS_OPTIONS, type EgressMode } from '../../src/egress/egress.js';
+import { DEFAULT_EGRESS_OPTIONS, type EgressMode, type InFlight } from '../../src/egress/egress.js';
 import { createLogger } from '../../src/log.js';
 import { Nat } from '../../src/nat/index.js';
 import { FakePendingTcp, FakeStack, type FakeTcpSocket, waitFor } from './nat-fake-stack.js';
@@ -317,5 +317,54 @@ describe('reload warnings', () => {
       ['0.0.0.0/0:80', 'host-alias'],
       ['0.0.0.0/0:80', 'link-local'],
     ]);
+  });
+});
+
+describe('Egress.recheck', () => {
+  async function runtimeWith(rules: string[]): Promise<AllowlistRuntime> {
+    const runtime = await AllowlistRuntime.start(
+      {
+        rules: parseRules(rules),
+        resolver: new MapResolver({ 'www.t.test': ['127.0.0.1'] }),
+        gatewayIpv4: '192.168.127.1',
+        hostAliasIpv4: ALIAS,
+        sinkhole: 'zero',
+        guestSubnet: { network: '192.168.127.0', prefix: 24 },
+        admitResolved: [],
+        hostAliasExempt: false,
+        allowLinkLocal: false,
+        egress: DEFAULT_EGRESS_OPTIONS,
+        now: () => performance.now(),
+      },
+      createLogger({ level: 'error', format: 'json', stream: { write: () => {} } }),
+    );
+    cleanups.push(() => runtime.close());
+    return runtime;
+  }
+
+  it('a flow let out by a live pin survives a reload that keeps its wildcard (the reload clears live pins), and not one that drops it', async () => {
+    const runtime = await runtimeWith(['*.corp.test:5432', 'www.t.test']);
+    const egress = runtime.egress;
+    egress.pins.pin('db.corp.test', ['203.0.113.5'], 60_000); // as a live DNS answer would
+    const flow = { proto: 'tcp' as const, dst: '203.0.113.5', port: 5432 };
+    const d = egress.decide(flow);
+    expect(d).toMatchObject({ verdict: 'allow', reason: 'pinned', name: 'db.corp.test' });
+    if (d.verdict !== 'allow') return;
+    const inFlight = (): InFlight => ({ version: egress.version, target: { kind: 'flow', flow }, dial: d.dial, via: 'pin', pinnedName: 'db.corp.test' });
+
+    const kept = inFlight();
+    await runtime.reload(['*.corp.test:5432', 'www.t.test', '198.51.100.1:1']);
+    expect(egress.recheck(kept, 'while dialing')).toEqual({ keep: true });
+
+    const dropped = inFlight();
+    await runtime.reload(['www.t.test']);
+    const r = egress.recheck(dropped, 'while dialing');
+    expect(r.keep).toBe(false);
+  });
+
+  it('an unchanged version is kept without deciding again', async () => {
+    const runtime = await runtimeWith(['www.t.test']);
+    const f: InFlight = { version: runtime.egress.version, target: { kind: 'name', name: 'nothing.allowed.test', port: 443 }, dial: { kind: 'name', name: 'nothing.allowed.test' }, via: 'target' };
+    expect(runtime.egress.recheck(f, 'while dialing')).toEqual({ keep: true });
   });
 });
