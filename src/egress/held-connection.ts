@@ -184,7 +184,8 @@ export class HeldConnection {
   // --- dialing ---------------------------------------------------------
 
   private async dial(d: Extract<Decision, { verdict: 'allow' }>, protocol: 'tls' | 'http', via: 'sni' | 'host'): Promise<void> {
-    this.inFlight = { version: this.egress.version, target: { kind: 'flow', flow: { proto: 'tcp', dst: this.dst, port: this.syn.dstPort, peeked: { via, name: d.name } } }, dial: d.dial, via };
+    const inFlight: InFlight = { version: this.egress.version, target: { kind: 'flow', flow: { proto: 'tcp', dst: this.dst, port: this.syn.dstPort, peeked: { via, name: d.name } } }, dial: d.dial, via };
+    this.inFlight = inFlight;
     this.startDialing();
     const port = this.syn.dstPort;
     let addresses: readonly string[];
@@ -205,6 +206,13 @@ export class HeldConnection {
     } catch (err) {
       if (this.state !== 'dialing') return;
       this.log.info('tcp flow failed', { dst: `${this.dst}:${port}`, name: d.name, reason: 'resolve-failed', error: (err as Error).message });
+      this.tcp?.abort();
+      this.finish();
+      return;
+    }
+    // The lookup took time: if the rules changed meanwhile, decide again before dialing anything.
+    if (this.state !== 'dialing') return;
+    if (!this.egress.recheck(inFlight, 'while resolving').keep) {
       this.tcp?.abort();
       this.finish();
       return;

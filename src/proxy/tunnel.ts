@@ -208,6 +208,11 @@ export class Tunnel {
     this.client.off('data', this.onPeekData);
     this.client.off('end', this.onPeekEnd);
     this.client.pause();
+    // The peek took time: if the rules changed meanwhile, decide again before dialing anything.
+    if (!this.stillAdmitted(undefined, 'while peeking')) {
+      this.destroy();
+      return;
+    }
     let up: Socket;
     try {
       up = await this.ctx.dialer.connectFirst(this.plan.addresses, this.plan.port);
@@ -222,7 +227,7 @@ export class Tunnel {
       return;
     }
     // Admitted before it connected: the allowlist may have changed meanwhile (issue 14 finding 4).
-    if (!this.stillAdmitted(up.remoteAddress)) {
+    if (!this.stillAdmitted(up.remoteAddress, 'while dialing')) {
       up.destroy();
       this.destroy();
       return;
@@ -246,7 +251,7 @@ export class Tunnel {
     this.client.resume();
   }
 
-  private stillAdmitted(connected: string | undefined): boolean {
+  private stillAdmitted(connected: string | undefined, why: string): boolean {
     const p = this.plan;
     const first = p.addresses[0];
     if (p.version === undefined || first === undefined) return true;
@@ -254,7 +259,7 @@ export class Tunnel {
       p.name !== null
         ? { version: p.version, target: { kind: 'name', name: p.name, port: p.port }, dial: { kind: 'name', name: p.name }, via: 'target' }
         : { version: p.version, target: { kind: 'flow', flow: { proto: 'tcp', dst: first, port: p.port } }, dial: { kind: 'address', address: first }, via: 'target' };
-    return this.ctx.egress.recheck(f, 'while dialing', connected).keep;
+    return this.ctx.egress.recheck(f, why, connected).keep;
   }
 
   // --- refusing --------------------------------------------------------

@@ -35,8 +35,11 @@ afterEach(async () => {
 });
 
 class MapResolver implements Resolver {
+  /** While set, lookups of live.t.test wait for it. */
+  gate: Promise<void> | undefined;
   constructor(private readonly a: Record<string, string[]>) {}
   async resolve4(name: string): Promise<ResolvedAddresses> {
+    if (name === 'live.t.test' && this.gate !== undefined) await this.gate;
     const addresses = this.a[name];
     if (addresses === undefined) throw Object.assign(new Error(`${name}: not found`), { code: 'ENOTFOUND' });
     return { addresses, ttl: 60 };
@@ -80,10 +83,11 @@ interface Setup {
   dials: { target: string; release: () => void }[];
   /** Every address Moat tried to dial, loopback or not. */
   attempted: string[];
+  resolver: MapResolver;
 }
 
 async function setup(rules: string[], mode: EgressMode = 'enforce'): Promise<Setup> {
-  const resolver = new MapResolver({ 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'meta.t.test': ['169.254.169.254', '127.0.0.1'] });
+  const resolver = new MapResolver({ 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'meta.t.test': ['169.254.169.254', '127.0.0.1'], 'live.t.test': ['127.0.0.1'] });
   const log = createLogger({ level: 'error', format: 'json', stream: { write: () => {} } });
   const runtime = await AllowlistRuntime.start(
     {
@@ -120,7 +124,7 @@ async function setup(rules: string[], mode: EgressMode = 'enforce'): Promise<Set
     await nat.close();
     await runtime.close();
   });
-  return { nat, runtime, records, dials, attempted };
+  return { nat, runtime, records, dials, attempted, resolver };
 }
 
 let nextPort = 43000;
@@ -207,6 +211,23 @@ describe('reload while a held connection dials the name it peeked', () => {
     expect(up.received.every((b) => b.length === 0)).toBe(true);
     expect(s.nat.stats().tcpFlows).toBe(0);
     expect(s.nat.stats().held).toBe(0);
+  });
+
+  it('a reload while the name is still being resolved refuses it before anything is dialed', async () => {
+    const up = await upstream();
+    const s = await setup([`*.t.test:${up.port}`, `api.t.test:${up.port}`]);
+    let open!: () => void;
+    s.resolver.gate = new Promise((r) => (open = r));
+    const p = syn(FRONTED, up.port);
+    s.nat.onTcpSyn(p);
+    const sock = await acceptedSocket(p);
+    sock.guestSend(Buffer.from('GET / HTTP/1.1\r\nHost: live.t.test\r\n\r\n'));
+    await waitFor(() => s.records.some((r) => r.decision === 'allowed' && r.name === 'live.t.test'), 'the name to be allowed');
+    await s.runtime.reload([`api.t.test:${up.port}`]);
+    open();
+    await waitFor(() => sock.abortCalled, 'the guest to be reset');
+    expect(s.attempted).toEqual([]);
+    expect(reloadRecords(s)).toMatchObject([{ decision: 'blocked', reason: 'name-not-allowed', name: 'live.t.test', detail: 'allowlist changed while resolving' }]);
   });
 
   it('with drop: counted at once and reset; the late connect is closed', async () => {

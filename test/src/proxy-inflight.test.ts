@@ -124,6 +124,30 @@ describe('moat proxy: reload while a tunnel is dialing', () => {
     app.destroy();
   });
 
+  it('a reload while the tunnel peeks refuses it before anything is dialed', async () => {
+    const resolver = new GatedResolver({ 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'] });
+    const s = await setup(['www.t.test', 'api.t.test'], resolver);
+    const a = await admit(s.egress, 'www.t.test', 443, NULL_LOGGER);
+    if (!a.ok) throw new Error(`admission refused: ${a.reason}`);
+    let dialed = 0;
+    const dialer: Dialer = { connectFirst: () => (dialed++, new Promise(() => {})) };
+    let clientSide!: Socket;
+    const front = await listen((sock) => (clientSide = sock));
+    const app = connect({ host: '127.0.0.1', port: front.port });
+    app.on('error', () => {});
+    await waitFor(() => clientSide !== undefined, 'the client connection');
+    let done = false;
+    const t = new Tunnel(clientSide, a, { egress: s.egress, dialer, log: NULL_LOGGER, serverFirstGraceMs: 50 }, () => (done = true));
+    t.start();
+    await s.runtime.reload(['api.t.test']);
+    // A ClientHello would do as well; the peeker takes an HTTP head on any port.
+    app.write('GET / HTTP/1.1\r\nHost: www.t.test\r\n\r\n');
+    await waitFor(() => done, 'the tunnel to close');
+    expect(dialed).toBe(0);
+    expect(s.records.filter((r) => r.decision === 'blocked' && r.detail === 'allowlist changed while peeking')).toHaveLength(1);
+    app.destroy();
+  });
+
   it('an admission still resolving when the rules change is decided again under the new rules', async () => {
     const resolver = new GatedResolver({ 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'x.wild.test': ['127.0.0.1'] });
     const s = await setup(['www.t.test:8443', '*.wild.test:8443'], resolver);
