@@ -217,7 +217,7 @@ export class Nat implements GatewayUdpClaims {
         via,
         ...(d.reason === 'pinned' && d.name !== null ? { pinnedName: d.name } : {}),
       };
-      this.tcp.dial(pending, hostAddress, () => egress.recheck(inFlight, 'while dialing').keep);
+      this.tcp.dial(pending, hostAddress, (why) => egress.recheck(inFlight, why).keep);
       return;
     }
     // 'peek': the connection must be accepted for its first bytes to arrive.

@@ -306,6 +306,7 @@ describe('reload with drop while connections are held for their name', () => {
     await waitFor(() => up.received[0]?.toString() === 'still', 'bytes on the established flow');
     expect(s.nat.dropRefusedFlows()).toBe(1);
     await waitFor(() => sock.abortCalled || sock.closedWith !== undefined, 'the flow to be reset');
+    expect(s.records.filter((r) => r.detail === 'allowlist changed while open')).toMatchObject([{ decision: 'blocked', reason: 'host-alias', dst: `${ALIAS}:${up.port}` }]);
   });
 });
 
