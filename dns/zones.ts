@@ -9,7 +9,8 @@
  *    gives the same zone with its subdomains resolved live. Both rules for
  *    one domain merge into one zone. Names below a zone that the rules do not
  *    allow (a subdomain of an exact-host-only zone, the apex of a
- *    wildcard-only zone) are sinkholed like any other name.
+ *    wildcard-only zone) are sinkholed like any other name, unless a
+ *    wildcard further up allows them (`*.d` covers any depth below d).
  *  - The root zone, last, sinkholes everything else.
  *
  * User zones are sorted longest suffix first (more labels, then longer, then
