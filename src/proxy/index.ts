@@ -268,6 +268,7 @@ export function describeProxyConfig(c: ProxyConfig): Record<string, unknown> {
     decisionLog: c.decisionLog,
     maxConnections: c.maxConnections,
     api: c.apiSocket,
+    ...(c.logLimits === undefined ? {} : { logLimits: c.logLimits }),
   };
 }
 
