@@ -207,7 +207,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     type: 'string',
     value: 'FILE',
     default: 'none (blocked decisions still go to the main log)',
-    help: 'Append every egress decision (allowed and blocked, TCP, UDP and DNS) to FILE as one JSON line: id, decision, reason, rule, proto, dst, name, via. Rate-limited per destination.',
+    help: 'Append every egress decision (allowed and blocked, TCP, UDP and DNS) to FILE as one JSON line: id, decision, reason, rule, proto, dst, name, via. Rate-limited per destination, and by the log budget (--log-lines-per-sec ...); rotated with --decision-log-max-bytes.',
   },
   {
     name: 'mode',
