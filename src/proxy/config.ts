@@ -30,6 +30,7 @@ import {
   type FlagDoc,
 } from '../config.js';
 import { parseHostPort } from '../port-forwards.js';
+import { logFlagDocs, parseLogLimits, type LogLimits } from '../log-flags.js';
 import { ProxyCredentials } from './auth.js';
 import { isLoopbackHost } from './exposure.js';
 
@@ -64,6 +65,8 @@ export interface ProxyConfig {
   refusalDetails: boolean;
   logLevel: LogLevel;
   logFormat: LogFormat;
+  /** The logs' budget and the decision log's rotation (as for serve); DEFAULT_LOG_LIMITS where absent. */
+  logLimits?: LogLimits;
 }
 
 export const DEFAULT_PROXY_LISTEN = '127.0.0.1:3128';
@@ -142,6 +145,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
   shared('config', 'Read settings from a JSON file whose keys are these flag names ({"listen": "127.0.0.1:3128", "allow": ["github.com"]}). Flags given on the command line override it.'),
   shared('log-level'),
   shared('log-format'),
+  ...logFlagDocs(),
   shared('help'),
 ];
 
@@ -209,6 +213,8 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
   }
 
   const { logLevel, logFormat } = parseLogSettings(raw);
+  const logLimits = parseLogLimits(str);
+  if (typeof logLimits === 'string') throw new ConfigError(logLimits);
 
   return {
     kind: 'config',
@@ -230,6 +236,7 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       refusalDetails: raw.get('refusal-details')?.value === true,
       logLevel,
       logFormat,
+      logLimits,
     },
   };
 }

@@ -18,7 +18,8 @@ import { ApiServer, type AllowlistControl } from '../api-server.js';
 import { MonotonicClock } from '../clock.js';
 import { DEFAULT_SUBNET, formatUpstream, type DnsUpstream } from '../config.js';
 import { AllowlistRuntime, zoneNames } from '../egress/allowlist-runtime.js';
-import { openDecisionLog } from '../egress/decision-log.js';
+import { decisionFileError, logStats, openDecisionLog } from '../egress/decision-log.js';
+import { DEFAULT_LOG_LIMITS } from '../log-flags.js';
 import { DEFAULT_EGRESS_OPTIONS, type Egress } from '../egress/egress.js';
 import type { Logger } from '../log.js';
 import { TcpFlowTable } from '../nat/tcp-flows.js';
@@ -28,7 +29,7 @@ import { AuthFailureLog } from './auth.js';
 import { exposureWarnings } from './exposure.js';
 import { createHttpProxy } from './http-proxy.js';
 import { createSocks5Server } from './socks5.js';
-import type { Admission } from './targets.js';
+import { decideAddress, type Admission } from './targets.js';
 import { Tunnel, type Dialer } from './tunnel.js';
 
 export { parseProxyArgs, proxyHelp, PROXY_FLAGS, type ProxyConfig } from './config.js';
@@ -66,6 +67,8 @@ export interface ProxyStats {
   tunnels: { open: number; peeking: number; opened: number; bytesUp: number; bytesDown: number; peekBufferedBytes: number };
   decisions: { allowed: number; blocked: number; wouldBlock: number; suppressedLines: number };
   connections: { http: number; socks: number };
+  /** What the main log's and the decision log's budgets wrote and held back (as serve's /stats.logs). */
+  logs: Record<string, unknown>;
 }
 
 export interface RunningProxy {
@@ -100,7 +103,8 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     }
   };
   try {
-    const sink = config.decisionLog === undefined ? undefined : await openDecisionLog(config.decisionLog);
+    const logLimits = config.logLimits ?? DEFAULT_LOG_LIMITS;
+    const sink = config.decisionLog === undefined ? undefined : await openDecisionLog(config.decisionLog, logLimits.decisionLogRotation, decisionFileError(log));
     if (sink) closers.push(() => new Promise<void>((r) => sink.end(r)));
     const runtime = await AllowlistRuntime.start(
       {
@@ -116,6 +120,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails },
         now: d.now,
         ...(sink ? { decisionSink: sink } : {}),
+        decisionBudget: logLimits.budget,
         ...(options.signal ? { signal: options.signal } : {}),
       },
       log,
@@ -173,7 +178,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
             const still =
               p.name !== null
                 ? egress.policy.decideName('tcp', p.name, p.port).verdict === 'allow'
-                : egress.decide({ proto: 'tcp', dst: p.addresses[0]!, port: p.port }).verdict === 'allow';
+                : decideAddress(egress, 'tcp', p.addresses[0]!, p.port).verdict === 'allow';
             if (!still) {
               t.destroy();
               dropped++;
@@ -204,6 +209,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         tunnels: { open, peeking, opened: finished.opened, bytesUp: up, bytesDown: down, peekBufferedBytes: buffered },
         decisions: { ...egress.decisions.stats },
         connections: { http: httpSockets.size, socks: socksSockets?.size ?? 0 },
+        logs: logStats(log, egress.decisions, sink),
       };
     };
 
@@ -248,7 +254,10 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       onDecision: (fn) => egress.decisions.subscribe(fn),
       stats,
       close: () => {
-        closing ??= closeAll().then(() => log.info('moat proxy stopped'));
+        closing ??= closeAll().then(() => {
+          log.info('moat proxy stopped');
+          log.flush?.(); // the main log's last "log lines suppressed" summary
+        });
         return closing;
       },
     };
@@ -274,6 +283,7 @@ export function describeProxyConfig(c: ProxyConfig): Record<string, unknown> {
     // Where the users come from and how many: never the file's contents.
     auth: c.auth === undefined ? undefined : { file: c.authFile, users: c.auth.size },
     refusalDetails: c.refusalDetails,
+    ...(c.logLimits === undefined ? {} : { logLimits: c.logLimits }),
   };
 }
 
