@@ -79,6 +79,8 @@ export interface ServeConfig {
   mode: 'enforce' | 'audit';
   /** Resource limits (--max-tcp-flows ... --api-max-body-bytes, src/limits.ts); DEFAULT_LIMITS where absent. */
   limits?: Limits;
+  /** A 403 lists the allow rules (--refusal-details); absent = off. */
+  refusalDetails?: boolean;
   /** The logs' budget and the decision log's rotation (--log-lines-per-sec ..., src/log-flags.ts); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
 }
@@ -215,6 +217,12 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     value: 'MODE',
     default: 'enforce',
     help: 'With --allow: enforce refuses what the rules do not allow; audit lets everything through (cloud metadata 169.254.0.0/16 excepted: still refused) and records each flow and DNS name the rules would have refused as "would-block" in the decision log, so `moat learn` can propose an allowlist.',
+  },
+  {
+    name: 'refusal-details',
+    type: 'boolean',
+    default: 'off',
+    help: "With --allow, a refusal's 403 body also lists the allow rules (for debugging). Off, it names the host, the reason and the decision id only: the rules would tell a guest what else it may reach and which wildcards are resolved live.",
   },
   { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise only a rule naming its exact address opens it (e.g. --allow 192.168.127.254:8080); a CIDR containing it does not.' },
   // Resource limits: described once in src/limits.ts LIMIT_SPECS.
@@ -692,6 +700,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     allowHostAlias: raw.get('allow-host-alias')?.value === true,
     mode,
     limits,
+    refusalDetails: raw.get('refusal-details')?.value === true,
     logLimits,
   };
 }
@@ -830,6 +839,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
           decisionLog: c.decisionLog,
           allowHostAlias: c.allowHostAlias,
           mode: c.mode,
+          refusalDetails: c.refusalDetails ?? false,
         }),
   };
 }

@@ -299,7 +299,7 @@ export class HeldConnection {
       return;
     }
     this.state = 'refusing';
-    tcp.write(how === 'tls' ? TLS_ACCESS_DENIED_ALERT : forbiddenResponse({ host, reason, id, rules: this.egress.policy.ruleTexts }));
+    tcp.write(how === 'tls' ? TLS_ACCESS_DENIED_ALERT : forbiddenResponse({ host, reason, id, rules: this.egress.options.refusalDetails ? this.egress.policy.ruleTexts : null }));
     tcp.end();
     // A client that never closes its side must not hold the slot.
     this.timer = setTimeout(() => this.destroy(), this.egress.options.refusalLingerMs);
