@@ -310,6 +310,42 @@ describe('reload with drop while connections are held for their name', () => {
   });
 });
 
+describe('reload with drop: flows piped after their held connection (dialed by name)', () => {
+  /** A held connection for `name`, dialed and piped: the server has its head. */
+  async function piped(s: Setup, port: number, name: string, up: Upstream, i: number): Promise<FakeTcpSocket> {
+    const sock = await heldDialing(s, port, name);
+    s.dials[i]!.release();
+    await waitFor(() => up.received[i]?.toString().startsWith('GET / HTTP/1.1') === true, 'the held head to reach the server');
+    return sock;
+  }
+
+  it('one refused by the new rules is reset, counted, and recorded once (allowlist changed while open); one still allowed stays', async () => {
+    const up = await upstream();
+    const s = await setup([`www.t.test:${up.port}`, `api.t.test:${up.port}`]);
+    const www = await piped(s, up.port, 'www.t.test', up, 0);
+    const api = await piped(s, up.port, 'api.t.test', up, 1);
+    expect(s.nat.stats().held).toBe(0);
+    await s.runtime.reload([`api.t.test:${up.port}`]);
+    expect(s.nat.dropRefusedFlows()).toBe(1);
+    await waitFor(() => www.abortCalled || www.closedWith !== undefined, 'the refused flow to be reset');
+    expect(api.abortCalled).toBe(false);
+    expect(reloadRecords(s)).toMatchObject([
+      { decision: 'blocked', reason: 'name-not-allowed', name: 'www.t.test', via: 'host', dst: `${FRONTED}:${up.port}`, detail: 'allowlist changed while open (connected to 127.0.0.1)' },
+    ]);
+    expect(reloadRecords(s)).toHaveLength(1);
+  });
+
+  it('audit mode: recorded as would-block and kept, as every other audit refusal', async () => {
+    const up = await upstream();
+    const s = await setup([`www.t.test:${up.port}`, `api.t.test:${up.port}`], 'audit');
+    const www = await piped(s, up.port, 'www.t.test', up, 0);
+    await s.runtime.reload([`api.t.test:${up.port}`]);
+    expect(s.nat.dropRefusedFlows()).toBe(0);
+    expect(www.abortCalled).toBe(false);
+    expect(reloadRecords(s)).toMatchObject([{ decision: 'would-block', reason: 'name-not-allowed', name: 'www.t.test', detail: 'allowlist changed while open (connected to 127.0.0.1)' }]);
+  });
+});
+
 describe('reload warnings', () => {
   it('start-up and reload name each rule that contains the host alias or 169.254/16 without opening it', async () => {
     const lines: Record<string, unknown>[] = [];
