@@ -144,8 +144,8 @@ async function setup(rules: string[], opts: { gated: boolean; maxUpstream?: numb
   return { runtime, records, agents, port: (server.address() as AddressInfo).port, dials };
 }
 
-/** Sends one absolute-form GET through the proxy; resolves with the whole response text once the proxy closes or answers `ok`. */
-function get(s: Setup, target: string): { response: Promise<string>; socket: Socket } {
+/** Sends one absolute-form GET (or POST with `body`) through the proxy; resolves with the whole response text once the proxy closes or answers `ok`. */
+function get(s: Setup, target: string, body?: string): { response: Promise<string>; socket: Socket } {
   const socket = connect({ host: '127.0.0.1', port: s.port });
   socket.on('error', () => {});
   cleanups.push(() => void socket.destroy());
@@ -157,7 +157,8 @@ function get(s: Setup, target: string): { response: Promise<string>; socket: Soc
     });
     socket.on('close', () => resolve(text));
   });
-  socket.write(`GET ${target} HTTP/1.1\r\nHost: ignored.t.test\r\n\r\n`);
+  if (body === undefined) socket.write(`GET ${target} HTTP/1.1\r\nHost: ignored.t.test\r\n\r\n`);
+  else socket.write(`POST ${target} HTTP/1.1\r\nHost: ignored.t.test\r\nContent-Length: ${body.length}\r\n\r\n${body}`);
   return { response, socket };
 }
 
@@ -179,6 +180,20 @@ describe('moat proxy: absolute-form requests and a reload', () => {
     expect(text).toContain(`x-moat-decision: ${r[0]!.id}`);
     await new Promise((res) => setTimeout(res, 50));
     expect(up.requests).toEqual([]);
+  });
+
+  it('the same for a POST whose body arrived while the dial was held: no byte of it reaches the upstream', async () => {
+    const up = await upstream();
+    const s = await setup([`www.t.test:${up.port}`, `api.t.test:${up.port}`], { gated: true });
+    const { response } = get(s, `http://www.t.test:${up.port}/upload`, 'x'.repeat(1000));
+    await waitFor(() => s.dials.length === 1, 'the upstream dial', 2000);
+    await new Promise((res) => setTimeout(res, 20)); // the body is read and queued for the upstream meanwhile
+    await s.runtime.reload([`api.t.test:${up.port}`]);
+    s.dials[0]!.release();
+    expect(await response).toMatch(/^HTTP\/1\.1 403 /);
+    await new Promise((res) => setTimeout(res, 50));
+    expect(up.requests).toEqual([]);
+    expect(reloadRecords(s)).toHaveLength(1);
   });
 
   it('a request still allowed after the reload goes through (no over-blocking)', async () => {

@@ -207,6 +207,49 @@ describe('moat proxy: an address target re-decided as it was first decided', () 
   });
 });
 
+describe('moat proxy: reload with drop, tunnel by tunnel', () => {
+  it('an open tunnel the new rules refuse is closed with one decision record; one they allow stays', async () => {
+    const upstream = await listen();
+    const resolver = new GatedResolver({ 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'] });
+    const s = await setup([`www.t.test:${upstream.port}`, `api.t.test:${upstream.port}`], resolver);
+    const dialer: Dialer = {
+      connectFirst: (addresses, port) =>
+        new Promise((resolve, reject) => {
+          const up = connect({ host: addresses[0]!, port, allowHalfOpen: true });
+          up.once('connect', () => resolve(up));
+          up.once('error', reject);
+        }),
+    };
+    const open = async (name: string): Promise<{ t: Tunnel; done: () => boolean }> => {
+      const a = await admit(s.egress, name, upstream.port, NULL_LOGGER);
+      if (!a.ok) throw new Error(`admission refused: ${a.reason}`);
+      let clientSide: Socket | undefined;
+      const front = await listen((sock) => (clientSide = sock));
+      const app = connect({ host: '127.0.0.1', port: front.port });
+      app.on('error', () => {});
+      cleanups.push(() => void app.destroy());
+      await waitFor(() => clientSide !== undefined, 'the client connection');
+      let done = false;
+      const t = new Tunnel(clientSide!, a, { egress: s.egress, dialer, log: NULL_LOGGER, serverFirstGraceMs: 50 }, () => (done = true));
+      t.start();
+      app.write(`GET / HTTP/1.1\r\nHost: ${name}\r\n\r\n`);
+      await waitFor(() => t.phase === 'piped', 'the tunnel to open');
+      return { t, done: () => done };
+    };
+    const www = await open('www.t.test');
+    const api = await open('api.t.test');
+    await s.runtime.reload([`api.t.test:${upstream.port}`]);
+    expect(www.t.recheck()).toBe(false);
+    expect(api.t.recheck()).toBe(true);
+    expect(www.done()).toBe(true);
+    expect(api.t.phase).toBe('piped');
+    expect(s.records.filter((r) => r.decision === 'blocked' && r.detail?.startsWith('allowlist changed while open') === true)).toMatchObject([
+      { reason: 'name-not-allowed', name: 'www.t.test', via: 'target' },
+    ]);
+    api.t.destroy();
+  });
+});
+
 describe('moat proxy audit mode and metadata', () => {
   it('a target resolving into 169.254/16 is admitted to its other addresses only, whether the name is refused or rebinding', async () => {
     const resolver = new GatedResolver({ 'meta.t.test': ['169.254.169.254', '203.0.113.9'], 'only.t.test': ['169.254.169.254'], 'www.t.test': ['127.0.0.1'] });
