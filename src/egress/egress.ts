@@ -137,7 +137,7 @@ export class Egress {
       return KEEP;
     }
     const name = refusal.name ?? (t.kind === 'name' ? t.name : t.kind === 'flow' ? (t.flow.peeked?.name ?? null) : null);
-    const id = this.recordBlock(refusal.reason, t.kind === 'address' ? t.proto : 'tcp', dst, port, name, f.via, connected === undefined ? detail : `${detail} (connected to ${connected})`);
+    const id = this.recordBlock(refusal.reason, t.kind === 'flow' ? t.flow.proto : t.kind === 'address' ? t.proto : 'tcp', dst, port, name, f.via, connected === undefined ? detail : `${detail} (connected to ${connected})`);
     if (this.audit && refusal.reason !== 'link-local') {
       f.version = this.generation;
       return KEEP;

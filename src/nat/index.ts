@@ -323,7 +323,11 @@ export class Nat implements GatewayUdpClaims {
     let dropped = this.tcp.recheckDials();
     for (const h of [...this.held]) if (!h.recheck()) dropped++;
     dropped += this.tcp.recheckOpen();
-    dropped += this.udp.closeWhere((t) => egress.decide({ proto: 'udp', dst: formatIPv4(t.dst), port: t.dstPort }).verdict === 'allow');
+    dropped += this.udp.closeWhere((t) => {
+      // A UDP flow keeps no decision of its own (its first datagram was decided): re-decided as one made under no current version.
+      const flow = { proto: 'udp', dst: formatIPv4(t.dst), port: t.dstPort } as const;
+      return egress.recheck({ version: -1, target: { kind: 'flow', flow }, dial: { kind: 'address', address: flow.dst }, via: null }, 'while open').keep;
+    });
     return dropped;
   }
 

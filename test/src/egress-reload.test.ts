@@ -13,6 +13,7 @@
  * completes is the test's to choose.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { createSocket } from 'node:dgram';
 import { createServer, Socket, type AddressInfo, type NetConnectOpts } from 'node:net';
 import { ipv4, parseIPv4, type IPv4 } from '../../netstack/addr.js';
 import { parseRules } from '../../dns/rules.js';
@@ -343,6 +344,26 @@ describe('reload with drop: flows piped after their held connection (dialed by n
     expect(s.nat.dropRefusedFlows()).toBe(0);
     expect(www.abortCalled).toBe(false);
     expect(reloadRecords(s)).toMatchObject([{ decision: 'would-block', reason: 'name-not-allowed', name: 'www.t.test', detail: 'allowlist changed while open (connected to 127.0.0.1)' }]);
+  });
+});
+
+describe('reload with drop: UDP flows', () => {
+  it('a UDP flow the new rules refuse is closed, counted, and recorded once; audit mode keeps it as would-block', async () => {
+    for (const mode of ['enforce', 'audit'] as const) {
+      const sink = createSocket('udp4');
+      await new Promise<void>((r) => sink.bind(0, '127.0.0.1', r));
+      cleanups.push(() => new Promise<void>((r) => sink.close(() => r())));
+      const port = (sink.address() as AddressInfo).port;
+      const s = await setup([`${ALIAS}:${port}`, 'www.t.test'], mode);
+      s.nat.onUdp({ src: GUEST, srcPort: 5000, dst: parseIPv4(ALIAS)! as IPv4, dstPort: port, payload: new Uint8Array(4) });
+      expect(s.nat.stats().udpFlows).toBe(1);
+      await s.runtime.reload(['www.t.test']);
+      expect(s.nat.dropRefusedFlows()).toBe(mode === 'enforce' ? 1 : 0);
+      expect(s.nat.stats().udpFlows).toBe(mode === 'enforce' ? 0 : 1);
+      expect(reloadRecords(s)).toMatchObject([
+        { decision: mode === 'enforce' ? 'blocked' : 'would-block', reason: 'host-alias', proto: 'udp', dst: `${ALIAS}:${port}`, detail: 'allowlist changed while open' },
+      ]);
+    }
   });
 });
 
