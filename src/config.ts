@@ -18,6 +18,7 @@ import { parseRules, RuleSetError, type Rule } from '../dns/rules.js';
 import type { SinkholeMode } from '../dns/zones.js';
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js';
 import { limitFlagDocs, parseLimits, type Limits } from './limits.js';
+import { liveLookupFlagDocs, parseLiveLookups, type LiveLookupSettings } from './allowlist/live-lookup-flags.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
 
 /** A usage or configuration mistake: the CLI prints the message and exits with 2. */
@@ -78,6 +79,8 @@ export interface ServeConfig {
   mode: 'enforce' | 'audit';
   /** Resource limits (--max-tcp-flows ... --api-max-body-bytes, src/limits.ts); DEFAULT_LIMITS where absent. */
   limits?: Limits;
+  /** The live-lookup budget (--live-lookup-*, --no-live-lookups); the defaults when absent. */
+  liveLookups?: LiveLookupSettings;
 }
 
 /** What `moat zones` needs: the allowlist and the built-in addresses. */
@@ -214,6 +217,8 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     help: 'With --allow: enforce refuses what the rules do not allow; audit lets everything through (cloud metadata 169.254.0.0/16 excepted: still refused) and records each flow and DNS name the rules would have refused as "would-block" in the decision log, so `moat learn` can propose an allowlist.',
   },
   { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise it follows the rules like any address (e.g. --allow 192.168.127.254:8080).' },
+  // The live-lookup budget: described once in src/allowlist/live-lookup-flags.ts.
+  ...liveLookupFlagDocs(),
   // Resource limits: described once in src/limits.ts LIMIT_SPECS.
   ...limitFlagDocs(),
   { name: 'help', type: 'boolean', help: 'Show this help.' },
@@ -655,6 +660,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const peekTimeoutMs = parsePeekTimeout(raw);
   const mode = parseMode(raw);
   const decisionLog = parseDecisionLog(raw);
+  const liveLookups = parseLiveLookupFlags(raw);
 
   // --max-tcp-flows ... --api-max-body-bytes
   const limits = parseLimits(str);
@@ -685,7 +691,15 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     allowHostAlias: raw.get('allow-host-alias')?.value === true,
     mode,
     limits,
+    liveLookups,
   };
+}
+
+/** --live-lookup-rate, --live-lookup-burst, --live-lookup-bytes, --live-lookup-burst-bytes, --no-live-lookups. Shared by serve and proxy. */
+export function parseLiveLookupFlags(raw: Map<string, Raw>): LiveLookupSettings {
+  const settings = parseLiveLookups(getters(raw).str, raw.get('no-live-lookups')?.value === true);
+  if (typeof settings === 'string') throw new ConfigError(settings);
+  return settings;
 }
 
 /** --admit-resolved: IPv4 CIDRs with no host bits set (shared by serve and proxy). */

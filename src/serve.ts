@@ -367,6 +367,7 @@ async function startAllowlist(
         hostAliasExempt: config.allowHostAlias,
         allowLinkLocal: config.allowLinkLocal,
         egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode },
+        ...(config.liveLookups ? { liveLookups: config.liveLookups } : {}),
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
         ...(signal ? { signal } : {}),

@@ -19,6 +19,7 @@ import {
   NODE_CONFIG_IO,
   parseAdmitResolved,
   parseDecisionLog,
+  parseLiveLookupFlags,
   parseLogSettings,
   parseMode,
   parseListenUrl,
@@ -30,6 +31,7 @@ import {
   type FlagDoc,
 } from '../config.js';
 import { parseHostPort } from '../port-forwards.js';
+import { LIVE_LOOKUP_FLAG_NAMES, type LiveLookupSettings } from '../allowlist/live-lookup-flags.js';
 
 export interface HostPortAddress {
   host: string;
@@ -55,6 +57,8 @@ export interface ProxyConfig {
   maxConnections: number;
   logLevel: LogLevel;
   logFormat: LogFormat;
+  /** The live-lookup budget of this proxy's clients together (--live-lookup-*, --no-live-lookups). */
+  liveLookups: LiveLookupSettings;
 }
 
 export const DEFAULT_PROXY_LISTEN = '127.0.0.1:3128';
@@ -112,6 +116,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
     default: String(DEFAULT_MAX_CONNECTIONS),
     help: 'Client connections each listener holds at once (open tunnels, keep-alive clients, handshakes in progress); beyond it new connections are closed at once.',
   },
+  ...LIVE_LOOKUP_FLAG_NAMES.map((name) => shared(name)),
   shared('api', 'Serve the control API on a unix socket: GET /stats, GET /healthz, GET and PUT /allowlist (replace the rules at run time).'),
   shared('config', 'Read settings from a JSON file whose keys are these flag names ({"listen": "127.0.0.1:3128", "allow": ["github.com"]}). Flags given on the command line override it.'),
   shared('log-level'),
@@ -176,6 +181,7 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       maxConnections,
       logLevel,
       logFormat,
+      liveLookups: parseLiveLookupFlags(raw),
     },
   };
 }

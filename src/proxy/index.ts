@@ -14,6 +14,7 @@
 import type { AddressInfo, Server, Socket } from 'node:net';
 import type { Resolver } from '../../dns/preresolve.js';
 import { NodeDnsResolver } from '../allowlist/resolver.js';
+import type { LiveBudgetStats } from '../../dns/live-budget.js';
 import { ApiServer, type AllowlistControl } from '../api-server.js';
 import { MonotonicClock } from '../clock.js';
 import { DEFAULT_SUBNET, formatUpstream, type DnsUpstream } from '../config.js';
@@ -61,6 +62,8 @@ export interface ProxyStats {
   tunnels: { open: number; peeking: number; opened: number; bytesUp: number; bytesDown: number; peekBufferedBytes: number };
   decisions: { allowed: number; blocked: number; wouldBlock: number; suppressedLines: number };
   connections: { http: number; socks: number };
+  /** The live-lookup budget of all clients together (dns/live-budget.ts). */
+  liveBudget: LiveBudgetStats & { enabled: boolean };
 }
 
 export interface RunningProxy {
@@ -109,6 +112,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         hostAliasExempt: false,
         allowLinkLocal: false,
         egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode },
+        liveLookups: config.liveLookups,
         now: d.now,
         ...(sink ? { decisionSink: sink } : {}),
         ...(options.signal ? { signal: options.signal } : {}),
@@ -197,6 +201,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         ...counters,
         tunnels: { open, peeking, opened: finished.opened, bytesUp: up, bytesDown: down, peekBufferedBytes: buffered },
         decisions: { ...egress.decisions.stats },
+        liveBudget: { enabled: runtime.liveBudget.enabled, ...runtime.liveBudget.stats },
         connections: { http: httpSockets.size, socks: socksSockets?.size ?? 0 },
       };
     };

@@ -90,7 +90,7 @@ describe('DnsResponder: the live-lookup budget', () => {
     expect(edeOf(msg)).toEqual({ infoCode: 15, text: expect.stringContaining('live lookup budget exhausted (1 names/s, 1024 name bytes/s)') });
     expect(reply.decision).toMatchObject({ name: 'h2.cdn.test', outcome: 'live-budget', rcode: 'SERVFAIL', allowed: true });
     expect(s.resolver.callsFor('A', 'h2.cdn.test')).toBe(0);
-    expect(s.responder.stats).toMatchObject({ liveBudget: 1, live: 2, upstreamFailed: 0 });
+    expect(s.responder.stats).toMatchObject({ liveOverBudget: 1, live: 2, upstreamFailed: 0 });
     // Without EDNS: the same SERVFAIL, no OPT.
     const plain = await ask(s, query('h3.cdn.test'));
     expect(plain.msg.rcode).toBe('SERVFAIL');
