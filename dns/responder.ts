@@ -152,7 +152,7 @@ export interface ResponderStats {
   /** Live lookups refused because maxLiveLookups were already in flight (also counted in upstreamFailed). */
   overloaded: number;
   /** New names refused by the live-lookup budget (SERVFAIL + EDE 15). */
-  liveBudget: number;
+  liveOverBudget: number;
   /** New names below a wildcard refused because live lookups are off. */
   liveOff: number;
   /** HTTPS/SVCB answers passed on from upstream (filtered), and the records among them whose `ech` was removed. */
@@ -228,7 +228,7 @@ export class DnsResponder {
     audited: 0,
     upstreamFailed: 0,
     overloaded: 0,
-    liveBudget: 0,
+    liveOverBudget: 0,
     liveOff: 0,
     service: 0,
     echRemoved: 0,
@@ -476,7 +476,7 @@ export class DnsResponder {
         this.stats.upstreamFailed++;
         break;
       case 'live-budget':
-        this.stats.liveBudget++;
+        this.stats.liveOverBudget++;
         break;
       case 'live-off':
         this.stats.liveOff++;

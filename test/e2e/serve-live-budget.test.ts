@@ -212,8 +212,10 @@ describe.skipIf(gate.skip)('moat serve --allow e2e: live lookups have a budget; 
   }, 4 * RUN_MS + 60_000);
 
   it('refusals over budget are counted in /stats and logged once per interval, not per query', async () => {
-    const stats = (await fx.stats()) as unknown as { dns: { liveBudget: { overBudget: number } } };
+    const all = (await fx.stats()) as unknown as { nat: { dns: { liveOverBudget: number; liveBudget: { overBudget: number } } } };
+    const stats = { dns: all.nat.dns };
     expect(stats.dns.liveBudget.overBudget).toBeGreaterThan(0);
+    expect(stats.dns.liveOverBudget).toBeGreaterThan(0);
     const lines = fx.moatLogEntries().filter((e) => e['msg'] === 'live lookup budget exhausted');
     expect(lines.length).toBeGreaterThan(0);
     expect(lines.length).toBeLessThan(stats.dns.liveBudget.overBudget);
