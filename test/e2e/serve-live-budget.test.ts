@@ -86,7 +86,8 @@ udp.bind(Number(port), addr, () => console.log('ready'));
  * The hostile guest: unique names of 4 labels of base32 (63, 63, 63 and what
  * is left of 253 characters) below DOMAIN,
  * INFLIGHT queries outstanding at all times (a reply or a 1 s timeout frees a
- * slot), for MS milliseconds. Prints {sent, replies, rcodes} as JSON.
+ * slot), for MS milliseconds. Prints {sent, replies, rcodes, budgetEde} as
+ * JSON (budgetEde: replies whose Extended DNS Error names the budget).
  */
 const TUNNEL_JS = `
 const dgram = require('node:dgram');
@@ -97,15 +98,17 @@ const B32 = 'abcdefghijklmnopqrstuvwxyz234567';
 const label = () => Array.from(crypto.randomBytes(63), (b) => B32[b & 31]).join('');
 const sock = dgram.createSocket('udp4');
 const pending = new Map();
-let id = 0, sent = 0, replies = 0;
+let id = 0, sent = 0, replies = 0, budgetEde = 0;
 const rcodes = {};
 function query(name, qid) {
   const parts = name.split('.');
-  const q = Buffer.alloc(12 + name.length + 2 + 4);
-  q.writeUInt16BE(qid, 0); q.writeUInt16BE(0x0100, 2); q.writeUInt16BE(1, 4);
+  const q = Buffer.alloc(12 + name.length + 2 + 4 + 11);
+  q.writeUInt16BE(qid, 0); q.writeUInt16BE(0x0100, 2); q.writeUInt16BE(1, 4); q.writeUInt16BE(1, 10);
   let off = 12;
   for (const p of parts) { q[off++] = p.length; off += q.write(p, off, 'ascii'); }
   q[off++] = 0; q.writeUInt16BE(1, off); q.writeUInt16BE(1, off + 2);
+  // EDNS0 OPT (RFC 6891): root name, type 41, payload 1232, no options.
+  off += 4; q[off] = 0; q.writeUInt16BE(41, off + 1); q.writeUInt16BE(1232, off + 3);
   return q;
 }
 function next() {
@@ -125,10 +128,11 @@ sock.on('message', (m) => {
   clearTimeout(t); pending.delete(qid);
   replies++;
   const rc = m[3] & 15; rcodes[rc] = (rcodes[rc] || 0) + 1;
+  if (m.includes('live lookup budget')) budgetEde++;
   next();
 });
 let finished = false;
-function done() { if (finished) return; finished = true; console.log(JSON.stringify({ sent, replies, rcodes })); sock.close(); }
+function done() { if (finished) return; finished = true; console.log(JSON.stringify({ sent, replies, rcodes, budgetEde })); sock.close(); }
 sock.bind(0, () => { for (let i = 0; i < inflight; i++) next(); });
 `;
 
@@ -184,11 +188,25 @@ describe.skipIf(gate.skip)('moat serve --allow e2e: live lookups have a budget; 
   const upstreamStats = (): { uniqueNames: number; uniqueBytes: number; queries: number } =>
     existsSync(statsFile) ? JSON.parse(readFileSync(statsFile, 'utf8')) : { uniqueNames: 0, uniqueBytes: 0, queries: 0 };
 
-  const tunnel = async (inflight: number): Promise<{ sent: number; replies: number; rcodes: Record<string, number> }> => {
-    const r = await fx.guestRun(process.execPath, ['-e', TUNNEL_JS, GATEWAY_IP, WILD, String(inflight), String(RUN_MS)], { timeoutMs: RUN_MS + 20_000 });
+  const tunnel = async (inflight: number, ms = RUN_MS): Promise<{ sent: number; replies: number; rcodes: Record<string, number>; budgetEde: number }> => {
+    const r = await fx.guestRun(process.execPath, ['-e', TUNNEL_JS, GATEWAY_IP, WILD, String(inflight), String(ms)], { timeoutMs: ms + 20_000 });
     expect(r.status, r.stderr).toBe(0);
     return JSON.parse(r.stdout.trim().split('\n').pop()!);
   };
+
+  it('a package manager touching 50 names below the wildcard at once, then again within their TTL, is never refused', async () => {
+    const names = Array.from({ length: 50 }, (_, i) => `pkg-${i}.files.${WILD}`);
+    const args = ['+short', '+time=2', '+tries=1', ...names.flatMap((n) => [n, 'A'])];
+    for (const round of ['first', 'repeat']) {
+      const t0 = Date.now();
+      const r = await fx.guestRun('dig', [`@${GATEWAY_IP}`, ...args], { timeoutMs: 30_000 });
+      const lines = r.stdout.trim().split('\n');
+      process.stderr.write(`live-budget workload: ${round} 50 names in ${Date.now() - t0} ms\n`);
+      expect(lines, r.stdout).toEqual(names.map(() => fx.topo.internetAddrs[1]));
+    }
+    const all = (await fx.stats()) as unknown as { nat: { dns: { liveBudget: Record<string, number> } } };
+    expect(all.nat.dns.liveBudget).toMatchObject({ spent: 50, free: 50, overBudget: 0 });
+  });
 
   it(`a tunnel of unique 4x63-character names, 16 then 100 in flight, pushes no more than burst + rate x elapsed name bytes upstream`, async () => {
     const runs = [];
@@ -207,8 +225,9 @@ describe.skipIf(gate.skip)('moat serve --allow e2e: live lookups have a budget; 
     process.stderr.write(`live-budget tunnel: ${JSON.stringify({ runs, total, elapsed, bound })}\n`);
     expect(runs[0]!.sent).toBeGreaterThan(0);
     expect(total.uniqueBytes, JSON.stringify(runs)).toBeLessThanOrEqual(bound);
-    // Over budget the gateway answers SERVFAIL (rcode 2) at once.
+    // Over budget the gateway answers SERVFAIL (rcode 2) at once, each with the EDE naming the budget.
     expect(runs[1]!.rcodes['2'] ?? 0).toBeGreaterThan(0);
+    expect(runs[1]!.budgetEde).toBe(runs[1]!.rcodes['2']);
   }, 4 * RUN_MS + 60_000);
 
   it('refusals over budget are counted in /stats and logged once per interval, not per query', async () => {
@@ -223,11 +242,21 @@ describe.skipIf(gate.skip)('moat serve --allow e2e: live lookups have a budget; 
     expect(perQuery).toEqual([]);
   });
 
-  it('over budget, a query carries Extended DNS Error 15 naming the budget', async () => {
-    const r = await fx.guestRun('dig', [`@${GATEWAY_IP}`, '+time=2', '+tries=1', `over-${Date.now()}.${WILD}`, 'A'], { timeoutMs: 10_000 });
-    // The tunnel just emptied the bucket; this new name must wait for it.
-    expect(r.stdout).toMatch(/status: SERVFAIL/);
-    expect(r.stdout).toMatch(/EDE: 15 \(Blocked\).*live lookup budget/);
+  it('over budget, dig shows SERVFAIL with Extended DNS Error 15 naming the budget', async () => {
+    // A tunnel keeps the bucket empty meanwhile (it takes every token as it refills).
+    const flood = tunnel(16, 3_000);
+    await new Promise((r) => setTimeout(r, 1_000));
+    const outputs: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const name = `${'x'.repeat(60)}.${'y'.repeat(60)}.over-${Date.now()}.${WILD}`;
+      const r = await fx.guestRun('dig', [`@${GATEWAY_IP}`, '+time=2', '+tries=1', name, 'A'], { timeoutMs: 10_000 });
+      outputs.push(r.stdout);
+      if (/status: SERVFAIL/.test(r.stdout)) break;
+    }
+    await flood;
+    const out = outputs.at(-1)!;
+    expect(out, outputs.join('\n')).toMatch(/status: SERVFAIL/);
+    expect(out).toMatch(/EDE: 15 \(Blocked\).*live lookup budget/);
   });
 
   it('an HTTPS query for an allowed name comes back without ech, ipv6hint, or hints Moat did not pin', async () => {
