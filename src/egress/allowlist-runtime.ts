@@ -78,6 +78,10 @@ export class AllowlistRuntime {
       log.child({ component: 'egress' }),
     );
     const liveBudget = new LiveLookupBudget({ ...(o.liveLookups ?? { ...DEFAULT_LIVE_BUDGET, enabled: true }), now: o.now });
+    const wildcards = o.rules.filter((r) => r.kind === 'wildcard').map((r) => r.text);
+    if (!liveBudget.enabled && wildcards.length > 0) {
+      log.warn('live lookups are off: names below these wildcards are answered only when a rule names them exactly', { rules: wildcards });
+    }
     const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS, budget: liveBudget });
     const egress = new Egress(policy, pins, decisions, targets, o.egress);
     const dns = new AllowlistDns(

@@ -259,6 +259,8 @@ describe('egress through the NAT', () => {
   it('with live lookups off a name below a wildcard is refused (live-off), a host the rules name still goes through', async () => {
     const srv = await server();
     const s = await setup([`www.t.test:${srv.port}`, `*.cdn.t.test:${srv.port}`], { liveLookups: { ...DEFAULT_LIVE_BUDGET, enabled: false } });
+    // Start-up says which rules now reach only the hosts named exactly.
+    expect(s.logLines.find((l) => String(l['msg']).startsWith('live lookups are off'))).toMatchObject({ rules: [`*.cdn.t.test:${srv.port}`] });
     const p = syn(FRONTED, srv.port);
     s.nat.onTcpSyn(p);
     const sock = await acceptedSocket(p);
