@@ -19,6 +19,7 @@
  * Pure: the clock is injected; no timers.
  */
 import { TokenBucket } from './token-bucket.js';
+import { TtlCache } from './ttl-cache.js';
 
 export interface LiveBudgetLimits {
   /** New names per second, and how many may come at once. */
@@ -84,9 +85,8 @@ export class LiveLookupBudget {
   readonly stats: LiveBudgetStats = { spent: 0, spentBytes: 0, free: 0, overBudget: 0, off: 0, remembered: 0, evicted: 0 };
   private readonly names: TokenBucket;
   private readonly bytes: TokenBucket;
-  /** name -> expiry (ms); Map order is least recently used first. */
-  private readonly remembered = new Map<string, number>();
-  private readonly maxRemembered: number;
+  /** Names answered (or being looked up) until their expiry. */
+  private readonly remembered: TtlCache<null>;
   private readonly pendingMs: number;
   private readonly reportIntervalMs: number;
   private unreported = 0;
@@ -96,7 +96,7 @@ export class LiveLookupBudget {
     validateLimits(o);
     this.names = new TokenBucket({ rate: o.namesPerSecond, burst: o.nameBurst, now: o.now });
     this.bytes = new TokenBucket({ rate: o.bytesPerSecond, burst: o.byteBurst, now: o.now });
-    this.maxRemembered = Math.max(1, o.maxRemembered ?? DEFAULT_MAX_REMEMBERED);
+    this.remembered = new TtlCache(Math.max(1, o.maxRemembered ?? DEFAULT_MAX_REMEMBERED));
     this.pendingMs = o.pendingMs ?? DEFAULT_PENDING_MS;
     this.reportIntervalMs = o.reportIntervalMs ?? DEFAULT_REPORT_INTERVAL_MS;
   }
@@ -117,16 +117,11 @@ export class LiveLookupBudget {
    */
   spend(name: string): LiveSpend {
     const now = this.o.now();
-    const expiry = this.remembered.get(name);
-    if (expiry !== undefined) {
-      this.remembered.delete(name);
-      if (expiry > now) {
-        this.remembered.set(name, expiry); // most recently used
-        this.stats.free++;
-        return 'free';
-      }
-      this.stats.remembered = this.remembered.size;
+    if (this.remembered.get(name, now) !== undefined) {
+      this.stats.free++;
+      return 'free';
     }
+    this.stats.remembered = this.remembered.size;
     if (!this.enabled) {
       this.stats.off++;
       return 'off';
@@ -147,7 +142,6 @@ export class LiveLookupBudget {
 
   /** The upstream answered `name` (addresses, NODATA or NXDOMAIN) valid for `ttlSeconds`: asking again within it is free. */
   answered(name: string, ttlSeconds: number): void {
-    this.remembered.delete(name);
     this.remember(name, this.o.now() + Math.max(0, ttlSeconds) * 1000);
   }
 
@@ -166,12 +160,8 @@ export class LiveLookupBudget {
   }
 
   private remember(name: string, expiry: number): void {
-    this.remembered.set(name, expiry);
-    while (this.remembered.size > this.maxRemembered) {
-      const oldest = this.remembered.keys().next().value as string;
-      this.remembered.delete(oldest);
-      this.stats.evicted++;
-    }
+    this.remembered.set(name, null, expiry);
+    this.stats.evicted = this.remembered.evicted;
     this.stats.remembered = this.remembered.size;
   }
 }

@@ -47,6 +47,7 @@ import type { LiveLookupBudget } from './live-budget.js';
 import { canonicalHostname, RuleError } from './rules.js';
 import { emitSvcb, parseSvcb, SvcbError, targetText } from './svcb.js';
 import { filterServiceRecord } from './svcb-filter.js';
+import { TtlCache } from './ttl-cache.js';
 import type { ZoneTable } from './zones.js';
 
 export type DnsTransport = 'udp' | 'tcp';
@@ -180,6 +181,8 @@ const TYPE_SVCB = 64;
 const TYPE_HTTPS = 65;
 /** Records of one HTTPS/SVCB answer passed on, at most: the upstream's answer is data the guest receives. */
 const MAX_SERVICE_RECORDS = 8;
+/** Upstream HTTPS/SVCB answers kept until their (clamped) TTL, at most. */
+const MAX_CACHED_SERVICES = 1024;
 /** RFC 8914 section 4: the EDNS0 option code of Extended DNS Errors, and INFO-CODE 15 "Blocked". */
 const OPTION_EDE = 15;
 const EDE_BLOCKED = 15;
@@ -245,6 +248,8 @@ export class DnsResponder {
   private readonly maxUdpPayload: number;
   private readonly maxLiveLookups: number;
   private liveInFlight = 0;
+  /** "TYPE name" -> the upstream's raw records: a repeat within the TTL is answered without a query. */
+  private readonly serviceCache = new TtlCache<readonly Uint8Array[]>(MAX_CACHED_SERVICES);
 
   constructor(private readonly opts: ResponderOptions) {
     this.table = opts.table;
@@ -354,6 +359,10 @@ export class DnsResponder {
     base: Omit<DnsDecision, 'rcode' | 'addresses' | 'ttl'>,
     signal: AbortSignal | undefined,
   ): Promise<Plan> {
+    if (family === null) {
+      const hit = this.serviceCache.get(`${q.type} ${name}`, this.opts.timers.now());
+      if (hit !== undefined) return this.servicePlan(q, name, base, hit.value, Math.ceil(hit.remainingMs / 1000));
+    }
     if (this.liveInFlight >= this.maxLiveLookups) {
       this.stats.overloaded++;
       return emptyPlan('SERVFAIL', { ...base, outcome: 'upstream-failed', addresses: [], ttl: null });
@@ -397,8 +406,17 @@ export class DnsResponder {
     const resolver = this.opts.resolver;
     if (resolver.resolveService === undefined) return { ...emptyPlan('NOERROR', { ...base, addresses: [], ttl: null }), recordType };
     const r = await withRetry((s) => resolver.resolveService!(name, type, s), ctx);
+    const ttl = clampTtl(r.ttl, this.ttlClamp);
+    const records = r.records.slice(0, MAX_SERVICE_RECORDS);
+    this.serviceCache.set(`${type} ${name}`, records, this.opts.timers.now() + ttl * 1000);
+    return this.servicePlan(q, name, base, records, ttl);
+  }
+
+  /** The answer to an HTTPS/SVCB query from the upstream's records, filtered now (pins change). */
+  private servicePlan(q: ParsedQuery, name: string, base: Omit<DnsDecision, 'rcode' | 'addresses' | 'ttl'>, records: readonly Uint8Array[], ttl: number): Plan {
+    const recordType = q.type === 'HTTPS' ? TYPE_HTTPS : TYPE_SVCB;
     const rdata: Uint8Array[] = [];
-    for (const raw of r.records.slice(0, MAX_SERVICE_RECORDS)) {
+    for (const raw of records) {
       const record = parseSvcb(raw);
       if (record instanceof SvcbError) continue; // a record the guest could not use either
       const filtered = filterServiceRecord(record, this.pinned(targetText(record) || name));
@@ -406,7 +424,7 @@ export class DnsResponder {
       if (filtered.record !== null) rdata.push(emitSvcb(filtered.record));
     }
     this.stats.service++;
-    return { rcode: 'NOERROR', aa: false, recordType, ttl: clampTtl(r.ttl, this.ttlClamp), rdata, decision: { ...base, addresses: [], ttl: null } };
+    return { rcode: 'NOERROR', aa: false, recordType, ttl, rdata, decision: { ...base, addresses: [], ttl: null } };
   }
 
   private pinned(name: string): readonly string[] {

@@ -236,6 +236,22 @@ describe('DnsResponder: HTTPS/SVCB answers', () => {
     expect(s.resolver.calls).toEqual(['A h0.cdn.test', 'HTTPS h0.cdn.test']);
   });
 
+  it('a repeat within the TTL is answered from the cache (filtered against the pins as they are now); after it, asked again', async () => {
+    let pinned: string[] = [];
+    const s = await setup(['www.allowed.test'], (r) =>
+      r.host('www.allowed.test', ['203.0.113.10']).service('HTTPS', 'www.allowed.test', [emitSvcb(upstreamRecord('203.0.113.10', '198.51.100.99'))], 60),
+      { pinned: () => pinned },
+    );
+    const hint = (msg: Decoded) => servicesOf(msg)[0]!.params.find((p) => p.key === SVC_KEY.ipv4hint);
+    expect(hint((await ask(s, query('www.allowed.test', 'UNKNOWN_65'))).msg)).toBeUndefined();
+    pinned = ['203.0.113.10'];
+    for (let i = 0; i < 10; i++) expect(hint((await ask(s, query('www.allowed.test', 'UNKNOWN_65'))).msg)).toBeDefined();
+    expect(s.resolver.calls).toEqual(['HTTPS www.allowed.test']);
+    await s.timers.run(s.timers.sleep(60_000, new AbortController().signal));
+    await ask(s, query('www.allowed.test', 'UNKNOWN_65'));
+    expect(s.resolver.calls).toEqual(['HTTPS www.allowed.test', 'HTTPS www.allowed.test']);
+  });
+
   it('sinkholed and built-in names get NODATA for HTTPS, nothing asked upstream', async () => {
     const s = await setup(['www.allowed.test'], (r) => r.host('www.allowed.test', ['203.0.113.10']).service('HTTPS', 'evil.test', [emitSvcb(upstreamRecord('1.2.3.4', '1.2.3.5'))]));
     for (const name of ['evil.test', 'gateway.containers.internal']) {
