@@ -138,7 +138,7 @@ sock.bind(0, () => { for (let i = 0; i < inflight; i++) next(); });
 
 /** SVCB RDATA (RFC 9460 2.2): priority 1, target ".", the given params (keys ascending). */
 function svcbHex(params: [number, Buffer][]): string {
-  const parts = [Buffer.from([0, 1, 0])];
+  const parts: Buffer[] = [Buffer.from([0, 1, 0])];
   for (const [key, value] of params) {
     const head = Buffer.alloc(4);
     head.writeUInt16BE(key, 0);
