@@ -32,6 +32,7 @@ import {
 } from '../config.js';
 import { parseHostPort } from '../port-forwards.js';
 import { LIVE_LOOKUP_FLAG_NAMES, type LiveLookupSettings } from '../allowlist/live-lookup-flags.js';
+import { logFlagDocs, parseLogLimits, type LogLimits } from '../log-flags.js';
 
 export interface HostPortAddress {
   host: string;
@@ -59,6 +60,8 @@ export interface ProxyConfig {
   logFormat: LogFormat;
   /** The live-lookup budget of this proxy's clients together (--live-lookup-*, --no-live-lookups). */
   liveLookups: LiveLookupSettings;
+  /** The logs' budget and the decision log's rotation (as for serve); DEFAULT_LOG_LIMITS where absent. */
+  logLimits?: LogLimits;
 }
 
 export const DEFAULT_PROXY_LISTEN = '127.0.0.1:3128';
@@ -121,6 +124,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
   shared('config', 'Read settings from a JSON file whose keys are these flag names ({"listen": "127.0.0.1:3128", "allow": ["github.com"]}). Flags given on the command line override it.'),
   shared('log-level'),
   shared('log-format'),
+  ...logFlagDocs(),
   shared('help'),
 ];
 
@@ -164,6 +168,8 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
   }
 
   const { logLevel, logFormat } = parseLogSettings(raw);
+  const logLimits = parseLogLimits(str);
+  if (typeof logLimits === 'string') throw new ConfigError(logLimits);
 
   return {
     kind: 'config',
@@ -182,6 +188,7 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       logLevel,
       logFormat,
       liveLookups: parseLiveLookupFlags(raw),
+      logLimits,
     },
   };
 }
