@@ -18,6 +18,7 @@ import { parseRules, RuleSetError, type Rule } from '../dns/rules.js';
 import type { SinkholeMode } from '../dns/zones.js';
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js';
 import { limitFlagDocs, parseLimits, type Limits } from './limits.js';
+import { liveLookupFlagDocs, parseLiveLookups, type LiveLookupSettings } from './allowlist/live-lookup-flags.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from './log-flags.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
 
@@ -81,6 +82,8 @@ export interface ServeConfig {
   limits?: Limits;
   /** A 403 lists the allow rules (--refusal-details); absent = off. */
   refusalDetails?: boolean;
+  /** The live-lookup budget (--live-lookup-*, --no-live-lookups); the defaults when absent. */
+  liveLookups?: LiveLookupSettings;
   /** The logs' budget and the decision log's rotation (--log-lines-per-sec ..., src/log-flags.ts); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
 }
@@ -225,6 +228,8 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     help: "With --allow, a refusal's 403 body also lists the allow rules (for debugging). Off, it names the host, the reason and the decision id only: the rules would tell a guest what else it may reach and which wildcards are resolved live.",
   },
   { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise only a rule naming its exact address opens it (e.g. --allow 192.168.127.254:8080); a CIDR containing it does not.' },
+  // The live-lookup budget: described once in src/allowlist/live-lookup-flags.ts.
+  ...liveLookupFlagDocs(),
   // Resource limits: described once in src/limits.ts LIMIT_SPECS.
   ...limitFlagDocs(),
   // The logs' budget and the decision log's rotation: described once in src/log-flags.ts.
@@ -668,6 +673,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const peekTimeoutMs = parsePeekTimeout(raw);
   const mode = parseMode(raw);
   const decisionLog = parseDecisionLog(raw);
+  const liveLookups = parseLiveLookupFlags(raw);
 
   // --max-tcp-flows ... --api-max-body-bytes
   const limits = parseLimits(str);
@@ -701,8 +707,16 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     mode,
     limits,
     refusalDetails: raw.get('refusal-details')?.value === true,
+    liveLookups,
     logLimits,
   };
+}
+
+/** --live-lookup-rate, --live-lookup-burst, --live-lookup-bytes, --live-lookup-burst-bytes, --no-live-lookups. Shared by serve and proxy. */
+export function parseLiveLookupFlags(raw: Map<string, Raw>): LiveLookupSettings {
+  const settings = parseLiveLookups(getters(raw).str, raw.get('no-live-lookups')?.value === true);
+  if (typeof settings === 'string') throw new ConfigError(settings);
+  return settings;
 }
 
 /** --admit-resolved: IPv4 CIDRs with no host bits set (shared by serve and proxy). */

@@ -379,6 +379,7 @@ async function startAllowlist(
         hostAliasExempt: config.allowHostAlias,
         allowLinkLocal: config.allowLinkLocal,
         egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false },
+        ...(config.liveLookups ? { liveLookups: config.liveLookups } : {}),
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,

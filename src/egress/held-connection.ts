@@ -31,6 +31,7 @@ import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Logger } from '../log.js';
 import type { DialAdmission } from '../nat/tcp-flows.js';
+import { LiveLookupRefusedError } from './dial-targets.js';
 import type { Egress, InFlight } from './egress.js';
 import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from './refusals.js';
 
@@ -211,6 +212,12 @@ export class HeldConnection {
       }
     } catch (err) {
       if (this.state !== 'dialing') return;
+      if (err instanceof LiveLookupRefusedError && d.dial.kind === 'name') {
+        // The name would be a new live lookup the budget cannot pay for: a refusal, recorded, not a dial.
+        const id = this.egress.recordBlock(err.reason, 'tcp', this.dst, port, d.dial.name, via, err.message);
+        this.refuse(id, protocol, d.dial.name, err.reason);
+        return;
+      }
       this.log.info('tcp flow failed', { dst: `${this.dst}:${port}`, name: d.name, reason: 'resolve-failed', error: (err as Error).message });
       this.tcp?.abort();
       this.finish();

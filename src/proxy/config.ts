@@ -19,6 +19,7 @@ import {
   NODE_CONFIG_IO,
   parseAdmitResolved,
   parseDecisionLog,
+  parseLiveLookupFlags,
   parseLogSettings,
   parseMode,
   parseListenUrl,
@@ -30,6 +31,7 @@ import {
   type FlagDoc,
 } from '../config.js';
 import { parseHostPort } from '../port-forwards.js';
+import { LIVE_LOOKUP_FLAG_NAMES, type LiveLookupSettings } from '../allowlist/live-lookup-flags.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from '../log-flags.js';
 import { ProxyCredentials } from './auth.js';
 import { isLoopbackHost } from './exposure.js';
@@ -65,6 +67,8 @@ export interface ProxyConfig {
   refusalDetails: boolean;
   logLevel: LogLevel;
   logFormat: LogFormat;
+  /** The live-lookup budget of this proxy's clients together (--live-lookup-*, --no-live-lookups). */
+  liveLookups: LiveLookupSettings;
   /** The logs' budget and the decision log's rotation (as for serve); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
 }
@@ -141,6 +145,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
     'refusal-details',
     "A refusal's 403 body also lists the allow rules (for debugging). Off, it names the host, the reason and the decision id only: the rules would tell a client what else it may reach and which wildcards are resolved live.",
   ),
+  ...LIVE_LOOKUP_FLAG_NAMES.map((name) => shared(name)),
   shared('api', 'Serve the control API on a unix socket: GET /stats, GET /healthz, GET and PUT /allowlist (replace the rules at run time).'),
   shared('config', 'Read settings from a JSON file whose keys are these flag names ({"listen": "127.0.0.1:3128", "allow": ["github.com"]}). Flags given on the command line override it.'),
   shared('log-level'),
@@ -236,6 +241,7 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       refusalDetails: raw.get('refusal-details')?.value === true,
       logLevel,
       logFormat,
+      liveLookups: parseLiveLookupFlags(raw),
       logLimits,
     },
   };

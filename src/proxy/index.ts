@@ -14,6 +14,7 @@
 import type { AddressInfo, Server, Socket } from 'node:net';
 import type { Resolver } from '../../dns/preresolve.js';
 import { NodeDnsResolver } from '../allowlist/resolver.js';
+import type { LiveBudgetStats } from '../../dns/live-budget.js';
 import { ApiServer, type AllowlistControl } from '../api-server.js';
 import { MonotonicClock } from '../clock.js';
 import { DEFAULT_SUBNET, formatUpstream, type DnsUpstream } from '../config.js';
@@ -67,6 +68,8 @@ export interface ProxyStats {
   tunnels: { open: number; peeking: number; opened: number; bytesUp: number; bytesDown: number; peekBufferedBytes: number };
   decisions: { allowed: number; blocked: number; wouldBlock: number; suppressedLines: number };
   connections: { http: number; socks: number };
+  /** The live-lookup budget of all clients together (dns/live-budget.ts). */
+  liveBudget: LiveBudgetStats & { enabled: boolean };
   /** What the main log's and the decision log's budgets wrote and held back (as serve's /stats.logs). */
   logs: Record<string, unknown>;
 }
@@ -118,6 +121,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         hostAliasExempt: false,
         allowLinkLocal: false,
         egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails },
+        liveLookups: config.liveLookups,
         now: d.now,
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,
@@ -198,6 +202,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         ...counters,
         tunnels: { open, peeking, opened: finished.opened, bytesUp: up, bytesDown: down, peekBufferedBytes: buffered },
         decisions: { ...egress.decisions.stats },
+        liveBudget: { enabled: runtime.liveBudget.enabled, ...runtime.liveBudget.stats },
         connections: { http: httpSockets.size, socks: socksSockets?.size ?? 0 },
         logs: logStats(log, egress.decisions, sink),
       };

@@ -22,6 +22,7 @@
 import { isIP } from 'node:net';
 import { canonicalHostname } from '../../dns/rules.js';
 import type { Decision } from '../../sni/policy.js';
+import { LiveLookupRefusedError } from '../egress/dial-targets.js';
 import type { Egress, InFlight } from '../egress/egress.js';
 import type { Logger } from '../log.js';
 
@@ -138,6 +139,11 @@ async function admitName(egress: Egress, host: string, port: number, log: Logger
   try {
     resolved = await egress.targets.addressesFor(name);
   } catch (err) {
+    if (err instanceof LiveLookupRefusedError) {
+      // A new name the live-lookup budget cannot pay for (or live lookups off): refused by policy, not unresolved.
+      const id = egress.recordBlock(err.reason, 'tcp', name, port, name, 'target', err.message);
+      return { ok: false, id, kind: 'blocked', reason: err.reason, name, detail: err.message };
+    }
     log.info('proxy target did not resolve', { name, port, error: (err as Error).message });
     const id = egress.recordBlock('unresolved', 'tcp', name, port, name, 'target', (err as Error).message);
     return { ok: false, id, kind: 'unresolved', reason: 'unresolved', name, detail: (err as Error).message };
