@@ -30,6 +30,7 @@ import { formatIPv4 } from '../../netstack/addr.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Logger } from '../log.js';
+import type { DialAdmission } from '../nat/tcp-flows.js';
 import { LiveLookupRefusedError } from './dial-targets.js';
 import type { Egress, InFlight } from './egress.js';
 import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from './refusals.js';
@@ -38,8 +39,8 @@ import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from './refusals.js';
 export interface HeldConnectionHost {
   /** Connects to the first of `addresses` that accepts on `port`. */
   connectFirst(addresses: readonly string[], port: number): Promise<Socket>;
-  /** Joins the accepted guest connection to the connected host socket; returns the handlers that take over. */
-  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, name: string | null, via: 'sni' | 'host' | null): TcpHandlers;
+  /** Joins the accepted guest connection to the connected host socket; returns the handlers that take over. `admit`: asked again on a reload with drop. */
+  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit: DialAdmission): TcpHandlers;
 }
 
 type State = 'peeking' | 'dialing' | 'piped' | 'refusing' | 'closed';
@@ -55,7 +56,12 @@ export class HeldConnection {
   private pipe: TcpHandlers | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly dst: string;
-  /** Set when the policy allowed the peeked name: re-decided if the allowlist changes before the dial completes. */
+  /**
+   * What was decided: set when the policy allowed the peeked name, or when
+   * audit mode let a refused connection through. Re-decided if the
+   * allowlist changes before the dial completes, and by a reload with drop
+   * once piped.
+   */
   private inFlight: InFlight | undefined;
 
   constructor(
@@ -224,7 +230,7 @@ export class HeldConnection {
       this.finish();
       return;
     }
-    await this.pipeTo(addresses, d.name, via);
+    await this.pipeTo(addresses, d.name);
   }
 
   private startDialing(): void {
@@ -247,10 +253,18 @@ export class HeldConnection {
       }
     }
     if (this.state !== 'dialing') return;
-    await this.pipeTo(addresses, typeof canonical === 'string' ? canonical : null, via);
+    // Decided (as would-block) under the current rules: a reload with drop re-decides it like any other flow.
+    const named = typeof canonical === 'string' && via !== null;
+    this.inFlight = {
+      version: this.egress.version,
+      target: { kind: 'flow', flow: { proto: 'tcp', dst: this.dst, port: this.syn.dstPort, ...(named ? { peeked: { via, name: canonical } } : {}) } },
+      dial: named ? { kind: 'name', name: canonical } : { kind: 'address', address: this.dst },
+      via,
+    };
+    await this.pipeTo(addresses, named ? canonical : null);
   }
 
-  private async pipeTo(addresses: readonly string[], name: string | null, via: 'sni' | 'host' | null): Promise<void> {
+  private async pipeTo(addresses: readonly string[], name: string | null): Promise<void> {
     const port = this.syn.dstPort;
     let socket: Socket;
     try {
@@ -278,7 +292,9 @@ export class HeldConnection {
     this.held.length = 0;
     this.heldBytes = 0;
     this.state = 'piped';
-    this.pipe = this.host.adopt(this.syn, this.tcp, socket, name, via);
+    const inFlight = this.inFlight;
+    const connected = socket.remoteAddress;
+    this.pipe = this.host.adopt(this.syn, this.tcp, socket, (why) => inFlight === undefined || this.egress.recheck(inFlight, why, connected).keep);
     this.onDone(this);
     if (this.guestEnded) this.pipe.onEnd();
     this.tcp.resume();

@@ -30,7 +30,7 @@ import { AuthFailureLog } from './auth.js';
 import { exposureWarnings } from './exposure.js';
 import { createHttpProxy } from './http-proxy.js';
 import { createSocks5Server } from './socks5.js';
-import { decideAddress, type Admission } from './targets.js';
+import type { Admission } from './targets.js';
 import { Tunnel, type Dialer } from './tunnel.js';
 
 export { parseProxyArgs, proxyHelp, PROXY_FLAGS, type ProxyConfig } from './config.js';
@@ -176,19 +176,9 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         const result = await runtime.reload(texts);
         let dropped = 0;
         if (drop) {
-          // Re-admit each tunnel's target by the new policy; those it refuses are closed.
-          for (const t of [...tunnels]) {
-            const p = t.plan;
-            const still =
-              p.name !== null
-                ? egress.policy.decideName('tcp', p.name, p.port).verdict === 'allow'
-                : decideAddress(egress, 'tcp', p.addresses[0]!, p.port).verdict === 'allow';
-            if (!still) {
-              t.destroy();
-              dropped++;
-            }
-          }
-          agents.destroy(); // pooled upstream connections are re-dialed (and re-decided) on the next request
+          // Each tunnel and upstream connection is re-decided as it was admitted (Egress.recheck, one record per refusal); refused ones are closed.
+          for (const t of [...tunnels]) if (!t.recheck()) dropped++;
+          dropped += agents.dropRefused();
         }
         log.info('allowlist reloaded', { allow: result.rules, dropped });
         return { ...result, dropped };

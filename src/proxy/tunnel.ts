@@ -22,7 +22,7 @@ import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Egress, InFlight } from '../egress/egress.js';
 import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from '../egress/refusals.js';
 import type { Logger } from '../log.js';
-import type { PeekMode } from './targets.js';
+import { admittedInFlight, type PeekMode } from './targets.js';
 
 /** How the proxy dials (TcpFlowTable.connectFirst in production). */
 export interface Dialer {
@@ -59,6 +59,8 @@ export class Tunnel {
   private state: State = 'peeking';
   private readonly peeker = new NamePeeker();
   private readonly held: Buffer[] = [];
+  /** What admission decided, re-decided by Egress.recheck when the rules change (undefined: never). */
+  private readonly inFlight: InFlight | undefined;
   private heldBytes = 0;
   private timer: NodeJS.Timeout | undefined;
   private upstream: Socket | undefined;
@@ -75,6 +77,7 @@ export class Tunnel {
     private readonly onDone: (t: Tunnel) => void,
   ) {
     this.mode = plan.peek;
+    this.inFlight = admittedInFlight(plan);
   }
 
   get phase(): State {
@@ -252,14 +255,19 @@ export class Tunnel {
   }
 
   private stillAdmitted(connected: string | undefined, why: string): boolean {
-    const p = this.plan;
-    const first = p.addresses[0];
-    if (p.version === undefined || first === undefined) return true;
-    const f: InFlight =
-      p.name !== null
-        ? { version: p.version, target: { kind: 'name', name: p.name, port: p.port }, dial: { kind: 'name', name: p.name }, via: 'target' }
-        : { version: p.version, target: { kind: 'flow', flow: { proto: 'tcp', dst: first, port: p.port } }, dial: { kind: 'address', address: first }, via: 'target' };
-    return this.ctx.egress.recheck(f, why, connected).keep;
+    return this.inFlight === undefined || this.ctx.egress.recheck(this.inFlight, why, connected).keep;
+  }
+
+  /**
+   * An allowlist reload with ?drop=1: is this tunnel still allowed by the
+   * current rules, whatever its phase? A refused one is closed now, with a
+   * decision record (Egress.recheck); returns false for it.
+   */
+  recheck(): boolean {
+    const why = this.state === 'peeking' ? 'while peeking' : this.state === 'dialing' ? 'while dialing' : this.state === 'piped' ? 'while open' : null;
+    if (why === null || this.stillAdmitted(this.upstream?.remoteAddress, why)) return true;
+    this.destroy();
+    return false;
   }
 
   // --- refusing --------------------------------------------------------
