@@ -43,8 +43,8 @@
  * one trailer section, the parked bytes. No allocation per byte; one small
  * copy only when a head spans chunks. Pure: no I/O, never throws on input.
  */
-import { canonicalHostname } from '../dns/rules.js';
 import { DEFAULT_MAX_HEAD_BYTES, HttpHeadReader } from './http-host.js';
+import { sameName } from './same-name.js';
 
 export type HttpStreamVerdict =
   /** Keep feeding; `out` got what may go. */
@@ -92,7 +92,6 @@ export class HttpRequestStream {
   private requests = 0;
   /** The first request's host as sent (the connection's name), once read. */
   private firstHost: string | null = null;
-  private firstCanonical: string | null = null;
   private offending: string | null = null;
   private why = '';
   private refusedVerdict: 'mismatch' | 'malformed' = 'malformed';
@@ -229,8 +228,7 @@ export class HttpRequestStream {
           this.requests++;
           if (this.requests === 1) {
             this.firstHost = r.host;
-            this.firstCanonical = canonicalOrNull(r.host);
-          } else if (!sameHost(this.firstCanonical, this.firstHost, r.host)) {
+          } else if (!sameName(this.firstHost, r.host)) {
             this.offending = r.host;
             return this.refuse(chunk, headStart, emitFrom, 'second-name', out);
           }
@@ -525,22 +523,4 @@ function grow(buffer: Uint8Array | null, fill: number, needed: number, cap: numb
   const next = new Uint8Array(size);
   if (buffer !== null && fill > 0) next.set(buffer.subarray(0, fill));
   return next;
-}
-
-function canonicalOrNull(host: string | null): string | null {
-  if (host === null) return null;
-  const c = canonicalHostname(host);
-  return typeof c === 'string' ? c : null;
-}
-
-/**
- * The same host as the connection's first request: equal canonical names,
- * or (for what is not a hostname, such as an IP literal) equal as sent,
- * ignoring case. No Host on both counts as the same (HTTP/1.0).
- */
-function sameHost(firstCanonical: string | null, firstHost: string | null, host: string | null): boolean {
-  if (firstHost === null || host === null) return firstHost === host;
-  const c = canonicalOrNull(host);
-  if (c !== null && firstCanonical !== null) return c === firstCanonical;
-  return host.toLowerCase() === firstHost.toLowerCase();
 }
