@@ -12,7 +12,8 @@
  * trailer are `malformed`.
  *
  * Release discipline. `push(chunk, out)` calls `out` with the bytes that may
- * go to the server now, in order. A request head is released only once it is
+ * go to the server now, in order: views of `chunk` or of a buffer the stream
+ * never writes again. A request head is released only once it is
  * complete and checked, so a refused request never reaches the server, not
  * even in part; body bytes are released as they arrive (they are never held
  * whole). On `mismatch`/`malformed` everything before the offending request
@@ -153,16 +154,15 @@ export class HttpRequestStream {
   }
 
   /**
-   * After `mismatch`/`malformed`: the bytes held back from earlier chunks
-   * (the start of the offending head). The rest of the chunk from
-   * `refusedAt` was not released either.
+   * After `mismatch`/`malformed`: every byte pushed and not released (the
+   * offending request from its first byte, and what followed it in that
+   * chunk), for a caller that lets refusals through (audit mode).
    */
   unsent(): Uint8Array {
-    return this.pending === null ? new Uint8Array(0) : this.pending.subarray(0, this.pendingFill);
+    return this.tail;
   }
 
-  /** After `mismatch`/`malformed`: where in the chunk last pushed the unreleased bytes begin. */
-  refusedAt = 0;
+  private tail: Uint8Array = new Uint8Array(0);
 
   /** `chunk` is read only during the call; `out` gets views that are valid only during their call. */
   push(chunk: Uint8Array, out: (bytes: Uint8Array) => void): HttpStreamVerdict {
@@ -413,7 +413,7 @@ export class HttpRequestStream {
       this.state = 'refused';
       this.refusedVerdict = 'malformed';
       this.why = 'http:too-much-before-switch';
-      this.refusedAt = from;
+      this.tail = concatBytes(this.parked === null ? new Uint8Array(0) : this.parked.subarray(0, this.parkedFill), bytes);
       this.parked = null;
       this.parkedFill = 0;
       return 'malformed';
@@ -433,7 +433,9 @@ export class HttpRequestStream {
     if (at > emitFrom) out(chunk.subarray(emitFrom, at));
     this.state = 'refused';
     this.why = reason;
-    this.refusedAt = at;
+    this.tail = concatBytes(this.pending === null ? new Uint8Array(0) : this.pending.subarray(0, this.pendingFill), chunk.subarray(at));
+    this.pending = null;
+    this.pendingFill = 0;
     this.refusedVerdict = reason === 'second-name' ? 'mismatch' : 'malformed';
     return this.refusedVerdict;
   }
@@ -523,4 +525,11 @@ function grow(buffer: Uint8Array | null, fill: number, needed: number, cap: numb
   const next = new Uint8Array(size);
   if (buffer !== null && fill > 0) next.set(buffer.subarray(0, fill));
   return next;
+}
+
+function concatBytes(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a, 0);
+  out.set(b, a.length);
+  return out;
 }

@@ -26,6 +26,8 @@ export interface EgressOptions {
   maxHeld: number;
   /** After a refusal has been written (403, TLS alert), how long the guest has to close before it is reset. */
   refusalLingerMs: number;
+  /** Refuse TLS ClientHellos that carry encrypted_client_hello (reason 'ech'), GREASE ECH included. */
+  refuseEch?: boolean;
 }
 
 export const DEFAULT_EGRESS_OPTIONS: Readonly<EgressOptions> = Object.freeze({
@@ -73,8 +75,8 @@ export class Egress {
     return this.decide({ proto, dst: formatIPv4(dst), port });
   }
 
-  /** Logs a decision (rate-limited per destination) and returns its id. */
-  record(decision: Decision, proto: 'tcp' | 'udp', dst: string, port: number, via: string | null, detail?: string): string {
+  /** Logs a decision (rate-limited per destination) and returns its id. `ech`: for TLS flows. */
+  record(decision: Decision, proto: 'tcp' | 'udp', dst: string, port: number, via: string | null, detail?: string, ech?: boolean): string {
     const id = this.decisions.nextId();
     const r: DecisionRecord = {
       id,
@@ -86,6 +88,7 @@ export class Egress {
       name: decision.verdict === 'peek' ? null : decision.name,
       via,
       ...(detail !== undefined ? { detail } : decision.verdict === 'block' && decision.detail !== undefined ? { detail: decision.detail } : {}),
+      ...(ech !== undefined ? { ech } : {}),
     };
     this.decisions.record(r);
     return id;
@@ -96,9 +99,13 @@ export class Egress {
   }
 
   /** Logs a refusal decided outside the policy (peek timeout, unreadable first bytes...). */
-  recordBlock(reason: string, proto: 'tcp' | 'udp', dst: string, port: number, name: string | null, via: string | null, detail?: string): string {
+  recordBlock(reason: string, proto: 'tcp' | 'udp', dst: string, port: number, name: string | null, via: string | null, detail?: string, ech?: boolean): string {
     const id = this.decisions.nextId();
-    this.decisions.record({ id, decision: this.refusedVerdict(), reason, rule: null, proto, dst: `${dst}:${port}`, name, via, ...(detail !== undefined ? { detail } : {}) });
+    this.decisions.record({
+      id, decision: this.refusedVerdict(), reason, rule: null, proto, dst: `${dst}:${port}`, name, via,
+      ...(detail !== undefined ? { detail } : {}),
+      ...(ech !== undefined ? { ech } : {}),
+    });
     return id;
   }
 }

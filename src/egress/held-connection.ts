@@ -17,6 +17,15 @@
  *                                 the protocol).
  *   nothing in peekTimeoutMs   -> reset: no name in time, no connection.
  *
+ * Once piped, the flow stays watched (FlowWatch, the pipe's inspector): every
+ * further HTTP request must name the same host, a second TLS ClientHello the
+ * same SNI and ECH presence — else 403 / reset (one connection, one name).
+ * The held bytes go through that watch too, so a request pipelined behind
+ * the first in the same segment is checked like any other.
+ *
+ * With `refuseEch`, a ClientHello carrying encrypted_client_hello is refused
+ * (reason 'ech'); every TLS decision records `ech`.
+ *
  * In audit mode every refusal above is recorded as 'would-block' and the
  * connection goes through anyway: to the name it gave (resolved by Moat) if
  * it gave a usable one, else to the address the guest chose.
@@ -30,7 +39,9 @@ import { formatIPv4 } from '../../netstack/addr.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Logger } from '../log.js';
+import type { FlowInspector } from '../nat/tcp-pipe.js';
 import type { Egress } from './egress.js';
+import { FlowWatch } from './flow-watch.js';
 import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from './refusals.js';
 
 /** What a held connection needs from the NAT's TCP flow table. */
@@ -38,7 +49,7 @@ export interface HeldConnectionHost {
   /** Connects to the first of `addresses` that accepts on `port`. */
   connectFirst(addresses: readonly string[], port: number): Promise<Socket>;
   /** Joins the accepted guest connection to the connected host socket; returns the handlers that take over. */
-  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, name: string | null, via: 'sni' | 'host' | null): TcpHandlers;
+  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, name: string | null, via: 'sni' | 'host' | null, inspector?: FlowInspector): TcpHandlers;
 }
 
 type State = 'peeking' | 'dialing' | 'piped' | 'refusing' | 'closed';
@@ -54,6 +65,8 @@ export class HeldConnection {
   private pipe: TcpHandlers | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly dst: string;
+  /** Whether the ClientHello carried ECH (TLS flows), for the decision records. */
+  private ech: boolean | undefined;
 
   constructor(
     private readonly syn: SynInfo,
@@ -134,6 +147,12 @@ export class HeldConnection {
       }
       case 'name': {
         const via = r.protocol === 'tls' ? 'sni' : 'host';
+        if (r.protocol === 'tls') this.ech = r.ech;
+        if (r.ech && this.egress.options.refuseEch === true) {
+          const id = this.egress.recordBlock('ech', 'tcp', this.dst, this.syn.dstPort, r.name === null ? null : canonicalOr(r.name), via, 'the ClientHello carries encrypted_client_hello', true);
+          this.refuse(id, 'tls', r.name, 'ech');
+          return;
+        }
         const decision = this.egress.decide({ proto: 'tcp', dst: this.dst, port: this.syn.dstPort, peeked: { via, name: r.name } });
         this.decided(decision, via, r.protocol, r.name);
         return;
@@ -143,7 +162,7 @@ export class HeldConnection {
 
   private decided(d: Decision, via: 'sni' | 'host', protocol: 'tls' | 'http', name: string | null): void {
     if (d.verdict === 'allow') {
-      this.egress.record(d, 'tcp', this.dst, this.syn.dstPort, via);
+      this.egress.record(d, 'tcp', this.dst, this.syn.dstPort, via, undefined, this.ech);
       void this.dial(d, protocol, via);
       return;
     }
@@ -155,6 +174,8 @@ export class HeldConnection {
       this.dst,
       this.syn.dstPort,
       via,
+      undefined,
+      this.ech,
     );
     this.refuse(id, protocol, name, d.verdict === 'block' ? d.reason : 'no-name');
   }
@@ -228,15 +249,19 @@ export class HeldConnection {
       socket.destroy();
       return;
     }
-    // The bytes that named the destination go first, then the pipe takes over.
-    for (const chunk of this.held) socket.write(chunk);
-    this.held.length = 0;
-    this.heldBytes = 0;
+    // The pipe takes over; the bytes that named the destination go first, through its watch like all later ones.
+    const protocol = this.peeker.protocol;
+    const watch = protocol === null ? undefined : new FlowWatch(protocol, this.egress, { dst: this.dst, port });
     this.state = 'piped';
-    this.pipe = this.host.adopt(this.syn, this.tcp, socket, name, via);
+    const pipe = this.host.adopt(this.syn, this.tcp, socket, name, via, watch);
+    this.pipe = pipe;
     this.onDone(this);
-    if (this.guestEnded) this.pipe.onEnd();
-    this.tcp.resume();
+    const held = this.held.splice(0);
+    this.heldBytes = 0;
+    for (const chunk of held) pipe.onData(chunk);
+    if (this.guestEnded) pipe.onEnd();
+    // A watch that holds the guest (an upgrade waiting for the server) or refused it resumes it itself, or never.
+    if (watch === undefined || (!watch.holding && watch.refusal === null)) this.tcp.resume();
   }
 
   // --- refusing --------------------------------------------------------

@@ -58,7 +58,7 @@ describe('HttpRequestStream: one connection, one name', () => {
     const r = run([first + 'GET /x HTTP/1.1\r\nAcc', 'ept: */*\r\nHost: blocked.te', 'st\r\n\r\n']);
     expect(r.verdicts).toEqual(['watching', 'watching', 'mismatch']);
     expect(r.released).toBe(first);
-    expect(latin1(r.stream.unsent())).toBe('GET /x HTTP/1.1\r\nAccept: */*\r\nHost: blocked.te');
+    expect(latin1(r.stream.unsent())).toBe('GET /x HTTP/1.1\r\nAccept: */*\r\nHost: blocked.test\r\n\r\n');
   });
 
   it('a second request whose absolute target names another host, or that has no Host, is refused', () => {
