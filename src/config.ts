@@ -74,6 +74,8 @@ export interface ServeConfig {
   decisionLog: string | undefined;
   /** The host alias is reachable whatever the rules say (--allow-host-alias). */
   allowHostAlias: boolean;
+  /** Refuse TLS ClientHellos that carry encrypted_client_hello (--refuse-ech). */
+  refuseEch: boolean;
   /** enforce, or audit: everything flows and refusals are logged as would-block (--mode). */
   mode: 'enforce' | 'audit';
   /** Resource limits (--max-tcp-flows ... --api-max-body-bytes, src/limits.ts); DEFAULT_LIMITS where absent. */
@@ -214,6 +216,12 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     help: 'With --allow: enforce refuses what the rules do not allow; audit lets everything through (cloud metadata 169.254.0.0/16 excepted: still refused) and records each flow and DNS name the rules would have refused as "would-block" in the decision log, so `moat learn` can propose an allowlist.',
   },
   { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise it follows the rules like any address (e.g. --allow 192.168.127.254:8080).' },
+  {
+    name: 'refuse-ech',
+    type: 'boolean',
+    default: 'off (ECH is allowed and recorded: "ech": true in the decision log)',
+    help: 'With --allow, refuse every TLS ClientHello that carries encrypted_client_hello (reason "ech"): its real server name is encrypted, only the outer SNI is checked. GREASE ECH looks the same, so clients that send it by default (Chrome) are refused too; see README.',
+  },
   // Resource limits: described once in src/limits.ts LIMIT_SPECS.
   ...limitFlagDocs(),
   { name: 'help', type: 'boolean', help: 'Show this help.' },
@@ -683,6 +691,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     peekTimeoutMs,
     decisionLog,
     allowHostAlias: raw.get('allow-host-alias')?.value === true,
+    refuseEch: parseRefuseEch(raw, allowlist.allow.length > 0),
     mode,
     limits,
   };
@@ -698,6 +707,13 @@ export function parseAdmitResolved(raw: Map<string, Raw>): string[] {
     }
   }
   return admitRaw.items;
+}
+
+/** --refuse-ech: only meaningful with rules, which is when ClientHellos are read (shared by serve and proxy). */
+export function parseRefuseEch(raw: Map<string, Raw>, hasRules: boolean): boolean {
+  const on = raw.get('refuse-ech')?.value === true;
+  if (on && !hasRules) throw new ConfigError('--refuse-ech: needs --allow rules (without them no ClientHello is read)');
+  return on;
 }
 
 /** --peek-timeout-ms: 100..600000, DEFAULT_PEEK_TIMEOUT_MS when absent (shared by serve and proxy). */
@@ -820,6 +836,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
           peekTimeoutMs: c.peekTimeoutMs,
           decisionLog: c.decisionLog,
           allowHostAlias: c.allowHostAlias,
+          refuseEch: c.refuseEch,
           mode: c.mode,
         }),
   };

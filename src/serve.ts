@@ -366,7 +366,7 @@ async function startAllowlist(
         admitResolved: config.admitResolved,
         hostAliasExempt: config.allowHostAlias,
         allowLinkLocal: config.allowLinkLocal,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refuseEch: config.refuseEch },
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
         ...(signal ? { signal } : {}),

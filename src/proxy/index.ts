@@ -108,7 +108,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         admitResolved: config.admitResolved,
         hostAliasExempt: false,
         allowLinkLocal: false,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refuseEch: config.refuseEch },
         now: d.now,
         ...(sink ? { decisionSink: sink } : {}),
         ...(options.signal ? { signal: options.signal } : {}),

@@ -12,6 +12,8 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createServer as createHttpServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import { createServer as createNetServer, type AddressInfo, type Socket } from 'node:net';
+import { parseServeArgs } from '../../src/config.js';
+import { parseProxyArgs } from '../../src/proxy/config.js';
 import { TLS_ACCESS_DENIED_ALERT } from '../../src/egress/refusals.js';
 import type { EgressOptions } from '../../src/egress/egress.js';
 import { waitFor, type FakeTcpSocket } from './nat-fake-stack.js';
@@ -208,5 +210,24 @@ describe('ECH is a decision', () => {
     const b = await open(s, srv.port);
     b.guestSend(hello('www.t.test', false));
     await waitFor(() => srv.received.length === 1, 'the plain hello at the server');
+  });
+});
+
+describe('--refuse-ech', () => {
+  const io = { readFile: (): string => { throw new Error('no files'); }, readResolvConf: () => 'nameserver 10.0.0.53\n' };
+  const serve = (args: string[]) => parseServeArgs(['--listen-qemu', 'unix:///tmp/moat.sock', ...args], io);
+
+  it('serve: off by default, on with the flag, and refused without --allow (naming it)', () => {
+    const off = serve(['--allow', 'a.test']);
+    const on = serve(['--allow', 'a.test', '--refuse-ech']);
+    expect(off.kind === 'config' && off.config.refuseEch).toBe(false);
+    expect(on.kind === 'config' && on.config.refuseEch).toBe(true);
+    expect(() => serve(['--refuse-ech'])).toThrow(/--refuse-ech: needs --allow/);
+    expect(() => serve(['--allow', 'a.test', '--refuse-ech=maybe'])).toThrow(/refuse-ech/);
+  });
+
+  it('proxy: on with the flag', () => {
+    const r = parseProxyArgs(['--allow', 'a.test', '--refuse-ech'], io);
+    expect(r.kind === 'config' && r.config.refuseEch).toBe(true);
   });
 });
