@@ -18,6 +18,7 @@ import { parseRules, RuleSetError, type Rule } from '../dns/rules.js';
 import type { SinkholeMode } from '../dns/zones.js';
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js';
 import { limitFlagDocs, parseLimits, type Limits } from './limits.js';
+import { logFlagDocs, parseLogLimits, type LogLimits } from './log-flags.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
 
 /** A usage or configuration mistake: the CLI prints the message and exits with 2. */
@@ -80,6 +81,8 @@ export interface ServeConfig {
   mode: 'enforce' | 'audit';
   /** Resource limits (--max-tcp-flows ... --api-max-body-bytes, src/limits.ts); DEFAULT_LIMITS where absent. */
   limits?: Limits;
+  /** The logs' budget and the decision log's rotation (--log-lines-per-sec ..., src/log-flags.ts); DEFAULT_LOG_LIMITS where absent. */
+  logLimits?: LogLimits;
 }
 
 /** What `moat zones` needs: the allowlist and the built-in addresses. */
@@ -172,7 +175,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     multiple: true,
     value: 'RULE',
     default: 'none (no allowlist: DNS is forwarded)',
-    help: 'Allow a destination: HOST, *.DOMAIN (every name below DOMAIN, not DOMAIN itself), IP or CIDR, each with an optional :PORT. With any --allow, the gateway answers DNS itself: allowed hosts get the addresses they had at start-up (Moat does not start if one cannot be resolved), names below *.DOMAIN are resolved when asked, every other name is sinkholed without a query leaving the host. Repeatable.',
+    help: 'Allow a destination: HOST, *.DOMAIN (every name below DOMAIN, not DOMAIN itself), IP or CIDR, each with an optional :PORT. With any --allow, the gateway answers DNS itself: allowed hosts get the addresses they had at start-up (Moat does not start if one cannot be resolved), names below *.DOMAIN are resolved when asked, every other name is sinkholed without a query leaving the host. 169.254.0.0/16 opens only to a rule inside it and the host alias only to its exact address: 0.0.0.0/0 opens neither (a warning names such rules). Repeatable.',
     example: '*.github.com',
   },
   {
@@ -206,7 +209,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     type: 'string',
     value: 'FILE',
     default: 'none (blocked decisions still go to the main log)',
-    help: 'Append every egress decision (allowed and blocked, TCP, UDP and DNS) to FILE as one JSON line: id, decision, reason, rule, proto, dst, name, via. Rate-limited per destination.',
+    help: 'Append every egress decision (allowed and blocked, TCP, UDP and DNS) to FILE as one JSON line: id, decision, reason, rule, proto, dst, name, via. Rate-limited per destination, and by the log budget (--log-lines-per-sec ...); rotated with --decision-log-max-bytes.',
   },
   {
     name: 'mode',
@@ -215,7 +218,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     default: 'enforce',
     help: 'With --allow: enforce refuses what the rules do not allow; audit lets everything through (cloud metadata 169.254.0.0/16 excepted: still refused) and records each flow and DNS name the rules would have refused as "would-block" in the decision log, so `moat learn` can propose an allowlist.',
   },
-  { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise it follows the rules like any address (e.g. --allow 192.168.127.254:8080).' },
+  { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise only a rule naming its exact address opens it (e.g. --allow 192.168.127.254:8080); a CIDR containing it does not.' },
   {
     name: 'refuse-ech',
     type: 'boolean',
@@ -224,6 +227,8 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
   },
   // Resource limits: described once in src/limits.ts LIMIT_SPECS.
   ...limitFlagDocs(),
+  // The logs' budget and the decision log's rotation: described once in src/log-flags.ts.
+  ...logFlagDocs(),
   { name: 'help', type: 'boolean', help: 'Show this help.' },
 ];
 
@@ -667,6 +672,8 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   // --max-tcp-flows ... --api-max-body-bytes
   const limits = parseLimits(str);
   if (typeof limits === 'string') throw new ConfigError(limits);
+  const logLimits = parseLogLimits(str);
+  if (typeof logLimits === 'string') throw new ConfigError(logLimits);
 
   const allowLinkLocal = raw.get('allow-link-local');
   return {
@@ -694,6 +701,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     refuseEch: parseRefuseEch(raw, allowlist.allow.length > 0),
     mode,
     limits,
+    logLimits,
   };
 }
 
@@ -826,6 +834,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
     allowLinkLocal: c.allowLinkLocal,
     dnsUpstreams: c.dnsUpstreams.map(formatUpstream),
     ...(c.limits === undefined ? {} : { limits: { ...c.limits } }),
+    ...(c.logLimits === undefined ? {} : { logLimits: { ...c.logLimits } }),
     ...(c.allow.length === 0
       ? {}
       : {

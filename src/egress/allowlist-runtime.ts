@@ -19,6 +19,7 @@ import { AllowlistDns } from '../allowlist/dns.js';
 import { realTimers } from '../allowlist/resolver.js';
 import { buildAllowlistTable } from '../allowlist/zones.js';
 import type { Logger, LogStream } from '../log.js';
+import type { LogBudgetLimits } from '../log-budget.js';
 import { DecisionLog, DEFAULT_DECISION_LOG_LIMITS } from './decision-log.js';
 import { DialTargets } from './dial-targets.js';
 import { Egress, type EgressOptions } from './egress.js';
@@ -39,6 +40,8 @@ export interface AllowlistRuntimeOptions {
   egress: EgressOptions;
   /** The --decision-log file, if any. */
   decisionSink?: LogStream;
+  /** That file's global budget (--log-lines-per-sec ...); DEFAULT_LOG_BUDGET when absent. */
+  decisionBudget?: LogBudgetLimits;
   /** Monotonic milliseconds, for pin expiry and log rate limits. */
   now: () => number;
   signal?: AbortSignal;
@@ -60,15 +63,17 @@ export class AllowlistRuntime {
     readonly dns: AllowlistDns,
     readonly egress: Egress,
     private rules: readonly Rule[],
+    private readonly log: Logger,
   ) {}
 
   static async start(o: AllowlistRuntimeOptions, log: Logger): Promise<AllowlistRuntime> {
     const policy = compilePolicy(o, o.rules); // an invalid --admit-resolved fails before any lookup
+    warnBroadRules(policy, log);
     const table = await buildTable(o, o.rules, o.signal);
     const pins = new PinTable(o.now);
     seedPins(pins, table);
     const decisions = new DecisionLog(
-      { ...DEFAULT_DECISION_LOG_LIMITS, now: o.now, ...(o.decisionSink ? { sink: o.decisionSink } : {}) },
+      { ...DEFAULT_DECISION_LOG_LIMITS, now: o.now, ...(o.decisionSink ? { sink: o.decisionSink } : {}), ...(o.decisionBudget ? { budget: o.decisionBudget } : {}) },
       log.child({ component: 'egress' }),
     );
     const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS });
@@ -97,7 +102,7 @@ export class AllowlistRuntime {
       },
       log.child({ component: 'dns' }),
     );
-    return new AllowlistRuntime(o, dns, egress, o.rules);
+    return new AllowlistRuntime(o, dns, egress, o.rules, log);
   }
 
   get ruleTexts(): string[] {
@@ -125,6 +130,7 @@ export class AllowlistRuntime {
       seedPins(this.egress.pins, table);
       this.egress.setPolicy(policy);
       this.rules = rules;
+      warnBroadRules(policy, this.log);
       return { rules: rules.map((r) => r.text), zones: zoneNames(table) };
     });
     this.reloading = run.catch(() => undefined);
@@ -133,6 +139,7 @@ export class AllowlistRuntime {
 
   async close(): Promise<void> {
     await this.dns.close();
+    this.egress.decisions.close(); // the decision log's last "log lines suppressed" summary
   }
 }
 
@@ -169,6 +176,15 @@ function buildTable(o: AllowlistRuntimeOptions, rules: readonly Rule[], signal: 
     ...(o.timers ? { timers: o.timers } : {}),
     ...(signal ? { signal } : {}),
   });
+}
+
+/**
+ * A rule like `0.0.0.0/0:80` or `192.168.0.0/16` contains the host alias or
+ * 169.254/16 but does not open them (sni/policy.ts, steps 1-2): say so, once
+ * per rule, so that nobody believes they are open (or closed by accident).
+ */
+function warnBroadRules(policy: EgressPolicy, log: Logger): void {
+  for (const w of policy.warnings()) log.warn('allow rule contains a range it does not open', { rule: w.rule, contains: w.contains, detail: w.message });
 }
 
 /** An exact host's pre-resolved addresses are where its name leads for as long as this allowlist lives. */

@@ -40,7 +40,7 @@ import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Logger } from '../log.js';
 import type { FlowInspector } from '../nat/tcp-pipe.js';
-import type { Egress } from './egress.js';
+import type { Egress, InFlight } from './egress.js';
 import { FlowWatch } from './flow-watch.js';
 import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from './refusals.js';
 
@@ -67,6 +67,8 @@ export class HeldConnection {
   private readonly dst: string;
   /** Whether the ClientHello carried ECH (TLS flows), for the decision records. */
   private ech: boolean | undefined;
+  /** Set when the policy allowed the peeked name: re-decided if the allowlist changes before the dial completes. */
+  private inFlight: InFlight | undefined;
 
   constructor(
     private readonly syn: SynInfo,
@@ -97,6 +99,26 @@ export class HeldConnection {
     this.tcp = tcp;
     if (this.state !== 'peeking') return; // closed during accept
     this.timer = setTimeout(() => this.peekTimedOut(), this.egress.options.peekTimeoutMs);
+  }
+
+  /**
+   * An allowlist reload with ?drop=1: is this connection still allowed by the
+   * current rules? Peeking: only if some rule still covers its port (its name
+   * decides later, under the new rules anyway). Dialing: the decision is
+   * re-made (Egress.recheck). A refused one is reset now and recorded;
+   * returns false for it. Piped connections are the NAT's to check.
+   */
+  recheck(): boolean {
+    if (this.state === 'peeking') {
+      const d = this.egress.decide({ proto: 'tcp', dst: this.dst, port: this.syn.dstPort });
+      if (d.verdict !== 'block' || (this.egress.audit && d.reason !== 'link-local')) return true;
+      this.egress.record(d, 'tcp', this.dst, this.syn.dstPort, null, 'allowlist changed while held for its name');
+    } else if (this.state === 'dialing' && this.inFlight !== undefined) {
+      if (this.egress.recheck(this.inFlight, 'while dialing').keep) return true;
+    } else return true;
+    this.tcp?.abort();
+    this.finish();
+    return false;
   }
 
   /** Ends it now (guest gone, Moat closing): reset to the guest, nothing dialed stays open. */
@@ -183,6 +205,8 @@ export class HeldConnection {
   // --- dialing ---------------------------------------------------------
 
   private async dial(d: Extract<Decision, { verdict: 'allow' }>, protocol: 'tls' | 'http', via: 'sni' | 'host'): Promise<void> {
+    const inFlight: InFlight = { version: this.egress.version, target: { kind: 'flow', flow: { proto: 'tcp', dst: this.dst, port: this.syn.dstPort, peeked: { via, name: d.name } } }, dial: d.dial, via };
+    this.inFlight = inFlight;
     this.startDialing();
     const port = this.syn.dstPort;
     let addresses: readonly string[];
@@ -207,6 +231,13 @@ export class HeldConnection {
       this.finish();
       return;
     }
+    // The lookup took time: if the rules changed meanwhile, decide again before dialing anything.
+    if (this.state !== 'dialing') return;
+    if (!this.egress.recheck(inFlight, 'while resolving').keep) {
+      this.tcp?.abort();
+      this.finish();
+      return;
+    }
     await this.pipeTo(addresses, d.name, via);
   }
 
@@ -223,7 +254,7 @@ export class HeldConnection {
     let addresses: readonly string[] = [this.guestTarget];
     if (typeof canonical === 'string') {
       try {
-        const resolved = await this.egress.targets.addressesFor(canonical);
+        const resolved = this.egress.auditAddresses(await this.egress.targets.addressesFor(canonical), this.syn.dstPort);
         if (resolved.length > 0) addresses = resolved;
       } catch {
         // Not resolvable: the guest's own destination it is.
@@ -247,6 +278,13 @@ export class HeldConnection {
     }
     if (this.state !== 'dialing' || this.tcp === undefined) {
       socket.destroy();
+      return;
+    }
+    // Decided before it connected: the rules may have changed meanwhile (issue 14 finding 4).
+    if (this.inFlight !== undefined && !this.egress.recheck(this.inFlight, 'while dialing', socket.remoteAddress).keep) {
+      socket.destroy();
+      this.tcp.abort();
+      this.finish();
       return;
     }
     // The pipe takes over; the bytes that named the destination go first, through its watch like all later ones.

@@ -58,6 +58,8 @@ export type Admission =
       peek: PeekMode;
       /** For logs and decision records: "name:port" or "ip:port". */
       dst: string;
+      /** Egress.version it was decided under: the tunnel re-decides it if the rules change before its dial completes. */
+      version?: number;
     }
   | {
       ok: false;
@@ -69,7 +71,24 @@ export type Admission =
       detail?: string;
     };
 
+/** Admissions re-made because the allowlist changed while one was resolving, before giving up and letting the tunnel's own re-check decide. */
+const MAX_READMISSIONS = 2;
+
+/**
+ * Admits a target under the current rules. A name's admission awaits a
+ * lookup: if the allowlist is reloaded meanwhile, it is decided again under
+ * the new rules (issue 14 finding 4). The result carries the policy version
+ * it was decided under, for the re-check when the dial completes (tunnel.ts).
+ */
 export async function admit(egress: Egress, host: string, port: number, log: Logger): Promise<Admission> {
+  for (let i = 0; ; i++) {
+    const version = egress.version;
+    const a = await admitTarget(egress, host, port, log);
+    if (egress.version === version || i >= MAX_READMISSIONS) return a.ok ? { ...a, version } : a;
+  }
+}
+
+async function admitTarget(egress: Egress, host: string, port: number, log: Logger): Promise<Admission> {
   const t = classifyHost(host);
   if (t.kind === 'ipv6') {
     // The allowlist is IPv4 (sni/policy.ts): an IPv6 target cannot be decided, so it is refused.
@@ -117,7 +136,9 @@ async function admitName(egress: Egress, host: string, port: number, log: Logger
   if (admitted.length === 0) {
     const detail = refused.map((x) => `${x.address} (${x.range})`).join(', ') || 'no IPv4 address';
     const id = egress.recordBlock('rebinding', 'tcp', name, port, name, 'target', detail);
-    if (egress.audit) return { ok: true, id, name, addresses: resolved, port, peek: 'none', dst: `${name}:${port}` };
+    // Audit lets rebinding through, but never to metadata.
+    const audited = egress.audit ? egress.auditAddresses(resolved, port) : [];
+    if (audited.length > 0) return { ok: true, id, name, addresses: audited, port, peek: 'none', dst: `${name}:${port}` };
     return { ok: false, id, kind: 'blocked', reason: 'rebinding', name, detail };
   }
   const id = egress.record(d, 'tcp', name, port, 'target', `dial ${admitted.join(',')}`);
@@ -130,7 +151,8 @@ async function auditName(egress: Egress, id: string, host: string, port: number,
   const name = canonicalHostname(host);
   if (typeof name !== 'string') return { ok: false, id, kind: 'blocked', reason: 'bad-name', name: null, detail: name.reason };
   try {
-    const addresses = await egress.targets.addressesFor(name);
+    const addresses = egress.auditAddresses(await egress.targets.addressesFor(name), port);
+    if (addresses.length === 0) return { ok: false, id, kind: 'blocked', reason: 'link-local', name, detail: 'audit mode never dials 169.254.0.0/16' };
     return { ok: true, id, name, addresses, port, peek: 'none', dst: `${name}:${port}` };
   } catch (err) {
     log.info('proxy target did not resolve', { name, port, error: (err as Error).message });
