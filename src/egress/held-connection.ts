@@ -67,6 +67,8 @@ export class HeldConnection {
   private readonly dst: string;
   /** Whether the ClientHello carried ECH (TLS flows), for the decision records. */
   private ech: boolean | undefined;
+  /** The protocol whose name the peek read: the piped flow is watched in it (not set for unreadable first bytes). */
+  private named: 'tls' | 'http' | null = null;
   /** Set when the policy allowed the peeked name: re-decided if the allowlist changes before the dial completes. */
   private inFlight: InFlight | undefined;
 
@@ -169,6 +171,7 @@ export class HeldConnection {
       }
       case 'name': {
         const via = r.protocol === 'tls' ? 'sni' : 'host';
+        this.named = r.protocol;
         if (r.protocol === 'tls') this.ech = r.ech;
         if (r.ech && this.egress.options.refuseEch === true) {
           const id = this.egress.recordBlock('ech', 'tcp', this.dst, this.syn.dstPort, r.name === null ? null : canonicalOr(r.name), via, 'the ClientHello carries encrypted_client_hello', true);
@@ -288,8 +291,7 @@ export class HeldConnection {
       return;
     }
     // The pipe takes over; the bytes that named the destination go first, through its watch like all later ones.
-    const protocol = this.peeker.protocol;
-    const watch = protocol === null ? undefined : new FlowWatch(protocol, this.egress, { dst: this.dst, port });
+    const watch = this.named === null ? undefined : new FlowWatch(this.named, this.egress, { dst: this.dst, port });
     this.state = 'piped';
     const pipe = this.host.adopt(this.syn, this.tcp, socket, name, via, watch);
     this.pipe = pipe;

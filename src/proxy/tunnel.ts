@@ -77,6 +77,8 @@ export class Tunnel {
   private mode: PeekMode;
   /** Whether the ClientHello carried ECH (TLS tunnels), for the decision records. */
   private ech: boolean | undefined;
+  /** The protocol whose name the peek read and accepted: the piped tunnel is watched in it. */
+  private named: 'tls' | 'http' | null = null;
   bytesUp = 0;
   bytesDown = 0;
 
@@ -184,6 +186,7 @@ export class Tunnel {
           this.refuse(this.block(reason, shown, via, `the tunnel was requested for ${this.plan.dst}`), r.protocol, shown, reason);
           return;
         }
+        this.named = r.protocol;
         void this.dial();
         return;
       }
@@ -258,9 +261,9 @@ export class Tunnel {
     up.on('error', () => this.destroy());
     // While answering a refusal, the client side closes itself once the answer is out (or the linger timer fires).
     up.on('close', () => (this.state === 'answering' ? undefined : this.destroy()));
-    const protocol = this.mode === 'none' ? null : this.peeker.protocol;
-    if (protocol !== null) {
-      this.pipeWatched(up, new FlowWatch(protocol, this.ctx.egress, { dst: this.dstHost, port: this.plan.port }));
+    // Only a tunnel whose first bytes named the host is watched: server-first and other protocols on a named port are not HTTP or TLS.
+    if (this.named !== null) {
+      this.pipeWatched(up, new FlowWatch(this.named, this.ctx.egress, { dst: this.dstHost, port: this.plan.port }));
       return;
     }
     for (const chunk of this.held) {

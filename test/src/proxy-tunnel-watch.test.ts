@@ -135,4 +135,19 @@ describe('moat proxy tunnel: one connection, one name', () => {
     expect([...Buffer.from(t.data(), 'latin1')]).toEqual([0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x31]);
     expect(decisions(t.egress).at(-1)).toMatchObject({ decision: 'blocked', reason: 'ech', ech: true });
   });
+
+  it('a tunnel on a port a rule names, whose bytes are neither TLS nor HTTP (SSH), is not watched: it just works', async () => {
+    const srv = netServer((s) => {
+      s.on('error', () => {});
+      s.on('data', (d) => s.write(d)); // echo
+    });
+    const port = await listen(srv);
+    const t = await tunnelTo(port, 'optional');
+    // 'S' starts like an HTTP method, then '-' and '2' say it is not one.
+    t.client.write('SSH-2.0-OpenSSH_9.2\r\n');
+    await waitFor(() => t.data().includes('SSH-2.0-OpenSSH_9.2'), 'the echo');
+    t.client.write('GET / HTTP/1.1\r\nHost: blocked.test\r\n\r\n');
+    await waitFor(() => t.data().includes('blocked.test'), 'the second echo');
+    expect(t.closed()).toBe(false);
+  });
 });
