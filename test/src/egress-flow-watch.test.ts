@@ -146,6 +146,74 @@ describe('one connection, one name: plain HTTP through the NAT', () => {
   });
 });
 
+describe('one connection, one name: switching protocols, bounds and audit', () => {
+  /** Answers an Upgrade with 101 and then echoes whatever comes (a stand-in for a WebSocket server). */
+  async function upgradeServer(): Promise<{ port: number; requests: string[] }> {
+    const requests: string[] = [];
+    const srv = createHttpServer((req, res) => {
+      requests.push(`${req.headers.host} ${req.url}`);
+      res.end('plain\n');
+    });
+    srv.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+      requests.push(`upgrade ${req.headers.host} ${req.url}`);
+      socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n');
+      if (head.length > 0) socket.write(head);
+      socket.on('data', (d) => socket.write(d));
+      socket.on('error', () => {});
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise<void>((r) => { srv.closeAllConnections(); srv.close(() => r()); }));
+    return { port: (srv.address() as AddressInfo).port, requests };
+  }
+
+  it('an Upgrade the server accepts (101): what the guest sent behind it waits, then flows unwatched both ways', async () => {
+    const srv = await upgradeServer();
+    const s = await nat([`www.t.test:${srv.port}`]);
+    const sock = await open(s, srv.port);
+    // The new protocol's first bytes come right behind the request (and look like a request for another host).
+    sock.guestSend(Buffer.from(get('www.t.test', '/ws', 'Connection: upgrade\r\nUpgrade: x\r\n') + 'GET / HTTP/1.1\r\nHost: blocked.test\r\n\r\n'));
+    await waitFor(() => received(sock).includes('Host: blocked.test'), 'the echo after the switch');
+    expect(received(sock)).toMatch(/^HTTP\/1\.1 101 /);
+    sock.guestSend(Buffer.from('\x81\x05hello'));
+    await waitFor(() => received(sock).endsWith('\x81\x05hello'), 'the frame echoed');
+    expect(sock.endCalled || sock.abortCalled).toBe(false);
+    expect(srv.requests).toEqual(['upgrade www.t.test /ws']);
+  });
+
+  it('a server that does not close after the refused request: both sides reset after refusalLingerMs', async () => {
+    // Answers every head it sees, keeps the connection open even after the client's FIN.
+    const seen: string[] = [];
+    const conns = new Set<Socket>();
+    const srv = createNetServer({ allowHalfOpen: true }, (c) => {
+      conns.add(c);
+      c.on('error', () => {});
+      c.on('data', (d) => {
+        seen.push(d.toString('latin1'));
+        c.write('HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok');
+      });
+    });
+    await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
+    cleanups.push(() => { for (const c of conns) c.destroy(); return new Promise<void>((r) => srv.close(() => r())); });
+    const port = (srv.address() as AddressInfo).port;
+    const s = await nat([`www.t.test:${port}`], { refusalLingerMs: 300 });
+    const sock = await open(s, port);
+    sock.guestSend(Buffer.from(get('www.t.test', '/one') + get('blocked.test', '/two')));
+    await waitFor(() => sock.abortCalled, 'the reset at the linger bound', 3000);
+    expect(seen.join('')).not.toContain('blocked.test');
+    expect(received(sock)).toContain('ok');
+  });
+
+  it('audit mode: a second name is recorded as would-block and goes through', async () => {
+    const srv = await vhostServer();
+    const s = await nat([`www.t.test:${srv.port}`], { mode: 'audit' });
+    const sock = await open(s, srv.port);
+    sock.guestSend(Buffer.from(get('www.t.test', '/one') + get('blocked.test', '/two')));
+    await waitFor(() => received(sock).includes('vhost blocked.test /two'), 'both answers');
+    expect(srv.requests).toEqual(['www.t.test /one', 'blocked.test /two']);
+    expect(decisions(s).find((d) => d['reason'] === 'second-name')).toMatchObject({ decision: 'would-block', name: 'blocked.test' });
+  });
+});
+
 describe('one connection, one name: TLS through the NAT', () => {
   it('after a HelloRetryRequest, a second ClientHello naming another host resets both sides; the server never gets it', async () => {
     const srv = await tlsServer(true);
