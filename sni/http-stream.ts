@@ -310,7 +310,10 @@ export class HttpRequestStream {
       if (end > emitFrom) out(chunk.subarray(emitFrom, end));
       return 'await-server';
     }
-    if (end > emitFrom) out(chunk.subarray(emitFrom, end));
+    // The common case (body bytes, whole requests): the chunk itself, no view made.
+    if (emitFrom === 0) {
+      if (end > 0) out(chunk);
+    } else if (end > emitFrom) out(chunk.subarray(emitFrom, end));
     return 'watching';
   }
 
