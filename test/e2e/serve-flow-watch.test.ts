@@ -35,7 +35,7 @@ import { FIXTURE_TOOLS, startMoatFixture, type MoatFixture } from './moat-fixtur
 import { linesStartingWith, makeSelfSignedCert, type TestCert } from './egress-support.js';
 import { buildClientHello, CHANGE_CIPHER_SPEC, concat, toRecords } from '../sni/support/hello-builder.js';
 
-const gate = e2eGate([...FIXTURE_TOOLS, 'openssl']);
+const gate = e2eGate([...FIXTURE_TOOLS, 'openssl', 'curl']);
 
 const WWW = 'www.mz14.test';
 const BLOCKED = 'blocked.mz14.test';
@@ -58,7 +58,11 @@ srv.keepAliveTimeout = 30000;
 srv.listen(Number(port), addr, () => console.log('ready'));
 `;
 
-/** TCP front on ADDR:PORT relaying to 127.0.0.1:BACKEND; logs "conn" and "saw-blocked" (NAME in the client's bytes). */
+/**
+ * TCP front on ADDR:PORT relaying to 127.0.0.1:BACKEND; logs "conn",
+ * "saw-blocked" (NAME in the client's bytes) and "hrr" (the server sent a
+ * HelloRetryRequest: its random is in the server's bytes).
+ */
 const TLS_FRONT_JS = `
 const net = require('node:net');
 const [addr, port, backend, name] = process.argv.slice(1);
@@ -72,7 +76,13 @@ net.createServer((c) => {
     if (!reported && seen.includes(name)) { reported = true; console.log('saw-blocked'); }
     b.write(d);
   });
-  b.on('data', (d) => c.write(d));
+  let server = Buffer.alloc(0);
+  let hrr = false;
+  b.on('data', (d) => {
+    if (server.length < 65536) server = Buffer.concat([server, d]);
+    if (!hrr && server.includes(Buffer.from('cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c', 'hex'))) { hrr = true; console.log('hrr'); }
+    c.write(d);
+  });
   c.on('end', () => b.end());
   b.on('end', () => c.end());
   c.on('error', () => b.destroy());
@@ -187,6 +197,11 @@ describe.skipIf(gate.skip)('moat serve e2e: one connection, one name; ECH record
     await waitFor('a second-name decision', () => decisions().find((d) => d['reason'] === 'second-name' && d['name'] === BLOCKED && d['via'] === 'host'), { timeoutMs: 3_000 });
   }, 30_000);
 
+  it('(i) control: curl reusing one connection for two requests to the allowed host gets both answers', async () => {
+    const r = await fx.guestRun('curl', ['-sS', '--max-time', '5', '--resolve', `${WWW}:80:${ip}`, '-w', 'connects=%{num_connects}\\n', `http://${WWW}/reuse-1`, `http://${WWW}/reuse-2`], { timeoutMs: 10_000 });
+    expect(r.stdout, r.stderr + evidence()).toBe(`vhost ${WWW} /reuse-1\nconnects=1\nvhost ${WWW} /reuse-2\nconnects=0\n`);
+  }, 30_000);
+
   it('(i) pipelined in one segment: the first is answered, the second refused, the blocked vhost sees nothing', async () => {
     const r = await steps(80, [hex(get(WWW, '/pipelined-1') + get(BLOCKED, '/pipelined-2'))]);
     expect(r.recv, r.out + evidence()).toContain(`vhost ${WWW} /pipelined-1`);
@@ -207,6 +222,15 @@ describe.skipIf(gate.skip)('moat serve e2e: one connection, one name; ECH record
     expect(linesStartingWith(front.stdout(), 'conn').length).toBe(before + 1);
     expect(linesStartingWith(front.stdout(), 'saw-blocked'), front.stdout()).toEqual([]);
     await waitFor('a second-name decision for the hello', () => decisions().find((d) => d['reason'] === 'second-name' && d['name'] === BLOCKED && d['via'] === 'sni'), { timeoutMs: 3_000 });
+  }, 30_000);
+
+  it('(ii) control: a real client that gets a HelloRetryRequest (openssl s_client, x25519 first) completes its handshake through the watch', async () => {
+    const hrrBefore = linesStartingWith(front.stdout(), 'hrr').length;
+    const r = await fx.guestRun('openssl', ['s_client', '-connect', `${ip}:443`, '-servername', WWW, '-groups', 'X25519:P-256', '-CAfile', cert.certFile, '-verify_return_error'], { timeoutMs: 10_000, input: '' });
+    const out = r.stdout + r.stderr;
+    expect(out, out + evidence()).toMatch(/Cipher is TLS_AES_/);
+    expect(out).toMatch(/Verify return code: 0 \(ok\)/);
+    expect(linesStartingWith(front.stdout(), 'hrr').length, front.stdout()).toBe(hrrBefore + 1);
   }, 30_000);
 
   it('(iii) a ClientHello with encrypted_client_hello is recorded with ech: true (and one without with ech: false)', async () => {
