@@ -26,6 +26,8 @@ export interface EgressOptions {
   maxHeld: number;
   /** After a refusal has been written (403, TLS alert), how long the guest has to close before it is reset. */
   refusalLingerMs: number;
+  /** A 403 lists the allow rules (--refusal-details, for debugging); off, it names only reason and decision id. */
+  refusalDetails: boolean;
   /** Refuse TLS ClientHellos that carry encrypted_client_hello (reason 'ech'), GREASE ECH included. */
   refuseEch?: boolean;
 }
@@ -37,6 +39,7 @@ export const DEFAULT_EGRESS_OPTIONS: Readonly<EgressOptions> = Object.freeze({
   maxPeekBytes: 160 * 1024,
   maxHeld: 1024,
   refusalLingerMs: 5_000,
+  refusalDetails: false,
 });
 
 /**

@@ -139,7 +139,7 @@ export class FlowWatch implements FlowInspector {
       return 'done';
     }
     const reason = mismatch ? 'second-name' : 'malformed';
-    this.answer = forbiddenResponse({ host: mismatch ? second : first, reason, id, rules: this.egress.policy.ruleTexts });
+    this.answer = forbiddenResponse({ host: mismatch ? second : first, reason, id, rules: this.egress.options.refusalDetails ? this.egress.policy.ruleTexts : null });
     return 'answer';
   }
 

@@ -39,6 +39,7 @@ import { formatIPv4 } from '../../netstack/addr.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Logger } from '../log.js';
+import { LiveLookupRefusedError } from './dial-targets.js';
 import type { FlowInspector } from '../nat/tcp-pipe.js';
 import type { Egress, InFlight } from './egress.js';
 import { FlowWatch } from './flow-watch.js';
@@ -229,6 +230,12 @@ export class HeldConnection {
       }
     } catch (err) {
       if (this.state !== 'dialing') return;
+      if (err instanceof LiveLookupRefusedError && d.dial.kind === 'name') {
+        // The name would be a new live lookup the budget cannot pay for: a refusal, recorded, not a dial.
+        const id = this.egress.recordBlock(err.reason, 'tcp', this.dst, port, d.dial.name, via, err.message);
+        this.refuse(id, protocol, d.dial.name, err.reason);
+        return;
+      }
       this.log.info('tcp flow failed', { dst: `${this.dst}:${port}`, name: d.name, reason: 'resolve-failed', error: (err as Error).message });
       this.tcp?.abort();
       this.finish();
@@ -326,7 +333,7 @@ export class HeldConnection {
       return;
     }
     this.state = 'refusing';
-    tcp.write(how === 'tls' ? TLS_ACCESS_DENIED_ALERT : forbiddenResponse({ host, reason, id, rules: this.egress.policy.ruleTexts }));
+    tcp.write(how === 'tls' ? TLS_ACCESS_DENIED_ALERT : forbiddenResponse({ host, reason, id, rules: this.egress.options.refusalDetails ? this.egress.policy.ruleTexts : null }));
     tcp.end();
     // A client that never closes its side must not hold the slot.
     this.timer = setTimeout(() => this.destroy(), this.egress.options.refusalLingerMs);

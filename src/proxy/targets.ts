@@ -8,7 +8,8 @@
  *    else a live lookup) and filtered by the rebinding guard
  *    (policy.admitResolved). The client never chooses the address.
  *  - An IP literal is decided by address (EgressPolicy.decide without a
- *    peek): IP/CIDR rules, the link-local refusal, pins on non-web ports.
+ *    peek): IP/CIDR rules, the link-local refusal, pins on non-web ports;
+ *    then the same rebinding filter as a resolved name (decideAddress).
  *    A 'peek' answer there means only hostname rules cover the port; the
  *    proxy refuses it, because an address target has no name to check
  *    (RFC 6066 3 forbids literal addresses in SNI).
@@ -22,6 +23,7 @@
 import { isIP } from 'node:net';
 import { canonicalHostname } from '../../dns/rules.js';
 import type { Decision } from '../../sni/policy.js';
+import { LiveLookupRefusedError } from '../egress/dial-targets.js';
 import type { Egress } from '../egress/egress.js';
 import type { Logger } from '../log.js';
 
@@ -99,8 +101,24 @@ async function admitTarget(egress: Egress, host: string, port: number, log: Logg
   return admitName(egress, t.name, port, log);
 }
 
+/**
+ * The decision for an address a proxy client named (TCP target or UDP
+ * datagram): EgressPolicy.decide, then the rebinding filter names get
+ * (policy.admitResolved), so that a literal cannot reach what a name
+ * resolving to it could not: under --allow-all (no IP rules) loopback,
+ * private and link-local addresses are refused unless --admit-resolved
+ * admits them; an address an IP rule allows passes (the rule admits it).
+ */
+export function decideAddress(egress: Egress, proto: 'tcp' | 'udp', address: string, port: number): Decision {
+  const d = egress.decide({ proto, dst: address, port });
+  if (d.verdict !== 'allow') return d;
+  const { refused } = egress.policy.admitResolved([address], port);
+  if (refused.length === 0) return d;
+  return { verdict: 'block', reason: 'rebinding', rule: null, name: null, detail: `${address} is in a special range (${refused[0]!.range}) nothing admits` };
+}
+
 function admitAddress(egress: Egress, address: string, port: number): Admission {
-  let d: Decision = egress.decide({ proto: 'tcp', dst: address, port });
+  let d: Decision = decideAddress(egress, 'tcp', address, port);
   if (d.verdict === 'peek') {
     d = { verdict: 'block', reason: 'no-rule', rule: null, name: null, detail: 'an address target needs an IP/CIDR rule (hostname rules cover this port: connect by name)' };
   }
@@ -128,6 +146,11 @@ async function admitName(egress: Egress, host: string, port: number, log: Logger
   try {
     resolved = await egress.targets.addressesFor(name);
   } catch (err) {
+    if (err instanceof LiveLookupRefusedError) {
+      // A new name the live-lookup budget cannot pay for (or live lookups off): refused by policy, not unresolved.
+      const id = egress.recordBlock(err.reason, 'tcp', name, port, name, 'target', err.message);
+      return { ok: false, id, kind: 'blocked', reason: err.reason, name, detail: err.message };
+    }
     log.info('proxy target did not resolve', { name, port, error: (err as Error).message });
     const id = egress.recordBlock('unresolved', 'tcp', name, port, name, 'target', (err as Error).message);
     return { ok: false, id, kind: 'unresolved', reason: 'unresolved', name, detail: (err as Error).message };

@@ -400,7 +400,7 @@ export class Tunnel {
       return;
     }
     this.state = 'refusing';
-    const bytes = how === 'tls' ? TLS_ACCESS_DENIED_ALERT : forbiddenResponse({ host, reason, id, rules: this.ctx.egress.policy.ruleTexts });
+    const bytes = how === 'tls' ? TLS_ACCESS_DENIED_ALERT : forbiddenResponse({ host, reason, id, rules: this.ctx.egress.options.refusalDetails ? this.ctx.egress.policy.ruleTexts : null });
     this.client.end(bytes);
     this.client.resume(); // drain whatever else arrives; the linger timer bounds it
     this.timer = setTimeout(() => this.destroy(), this.ctx.egress.options.refusalLingerMs);
