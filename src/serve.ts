@@ -378,7 +378,7 @@ async function startAllowlist(
         admitResolved: config.admitResolved,
         hostAliasExempt: config.allowHostAlias,
         allowLinkLocal: config.allowLinkLocal,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false, refuseEch: config.refuseEch },
         ...(config.liveLookups ? { liveLookups: config.liveLookups } : {}),
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),

@@ -41,6 +41,8 @@ export interface DecisionRecord {
   via: string | null;
   /** Extra facts (the address dialed, a refused range...). */
   detail?: string;
+  /** TLS flows: whether the ClientHello carried encrypted_client_hello (its real name is hidden). */
+  ech?: boolean;
 }
 
 export interface DecisionLogOptions {

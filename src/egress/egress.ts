@@ -28,6 +28,8 @@ export interface EgressOptions {
   refusalLingerMs: number;
   /** A 403 lists the allow rules (--refusal-details, for debugging); off, it names only reason and decision id. */
   refusalDetails: boolean;
+  /** Refuse TLS ClientHellos that carry encrypted_client_hello (reason 'ech'), GREASE ECH included. */
+  refuseEch?: boolean;
 }
 
 export const DEFAULT_EGRESS_OPTIONS: Readonly<EgressOptions> = Object.freeze({
@@ -197,8 +199,8 @@ export class Egress {
     return null;
   }
 
-  /** Logs a decision (rate-limited per destination) and returns its id. */
-  record(decision: Decision, proto: 'tcp' | 'udp', dst: string, port: number, via: string | null, detail?: string): string {
+  /** Logs a decision (rate-limited per destination) and returns its id. `ech`: for TLS flows. */
+  record(decision: Decision, proto: 'tcp' | 'udp', dst: string, port: number, via: string | null, detail?: string, ech?: boolean): string {
     const id = this.decisions.nextId();
     const r: DecisionRecord = {
       id,
@@ -210,6 +212,7 @@ export class Egress {
       name: decision.verdict === 'peek' ? null : decision.name,
       via,
       ...(detail !== undefined ? { detail } : decision.verdict === 'block' && decision.detail !== undefined ? { detail: decision.detail } : {}),
+      ...(ech !== undefined ? { ech } : {}),
     };
     this.decisions.record(r);
     return id;
@@ -220,9 +223,13 @@ export class Egress {
   }
 
   /** Logs a refusal decided outside the policy (peek timeout, unreadable first bytes...). */
-  recordBlock(reason: string, proto: 'tcp' | 'udp', dst: string, port: number, name: string | null, via: string | null, detail?: string): string {
+  recordBlock(reason: string, proto: 'tcp' | 'udp', dst: string, port: number, name: string | null, via: string | null, detail?: string, ech?: boolean): string {
     const id = this.decisions.nextId();
-    this.decisions.record({ id, decision: this.refusedVerdict(), reason, rule: null, proto, dst: `${dst}:${port}`, name, via, ...(detail !== undefined ? { detail } : {}) });
+    this.decisions.record({
+      id, decision: this.refusedVerdict(), reason, rule: null, proto, dst: `${dst}:${port}`, name, via,
+      ...(detail !== undefined ? { detail } : {}),
+      ...(ech !== undefined ? { ech } : {}),
+    });
     return id;
   }
 }

@@ -16,7 +16,7 @@ import { connect as netConnect, type NetConnectOpts, type Socket } from 'node:ne
 import type { PendingTcp, SynInfo, TcpHandlers, TcpSocket } from '../../netstack/api.js';
 import { RefusalLog, type BufferBudget } from '../limits.js';
 import type { Logger } from '../log.js';
-import { TcpPipe } from './tcp-pipe.js';
+import { TcpPipe, type FlowInspector } from './tcp-pipe.js';
 import { describe } from './udp-flows.js';
 
 export interface TcpFlowTableOptions {
@@ -230,10 +230,11 @@ export class TcpFlowTable {
   /**
    * Joins an already accepted guest connection to a connected host socket;
    * returns the handlers the guest's events must go to. `admit`: how a
-   * reload with drop asks whether the flow may go on (recheckOpen).
+   * reload with drop asks whether the flow may go on (recheckOpen);
+   * `inspector`: the watch the piped flow stays under (one connection, one name).
    */
-  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit?: DialAdmission): TcpHandlers {
-    const pipe = this.newPipe(syn, socket);
+  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit?: DialAdmission, inspector?: FlowInspector): TcpHandlers {
+    const pipe = this.newPipe(syn, socket, inspector);
     if (admit !== undefined) this.admissions.set(pipe, admit);
     this.counters.opened++;
     this.log.debug('tcp flow open', describe(syn));
@@ -299,9 +300,10 @@ export class TcpFlowTable {
     for (const pipe of [...this.pipes]) pipe.destroy();
   }
 
-  private newPipe(syn: SynInfo, socket: Socket): TcpPipe {
+  private newPipe(syn: SynInfo, socket: Socket, inspector?: FlowInspector): TcpPipe {
     const pipe = new TcpPipe(socket, {
       waitForConnect: false,
+      ...(inspector !== undefined ? { inspector } : {}),
       ...(this.opts.budget ? { budget: this.opts.budget } : {}),
       onFinished: (p, reason) => {
         this.pipes.delete(p);

@@ -24,6 +24,7 @@ import {
   parseMode,
   parseListenUrl,
   parsePeekTimeout,
+  parseRefuseEch,
   readFlags,
   SERVE_FLAGS,
   type ConfigIo,
@@ -55,6 +56,8 @@ export interface ProxyConfig {
   decisionLog: string | undefined;
   /** enforce, or audit: every target goes through and refusals are recorded as would-block. */
   mode: 'enforce' | 'audit';
+  /** Refuse tunnels whose ClientHello carries encrypted_client_hello (--refuse-ech). */
+  refuseEch: boolean;
   apiSocket: string | undefined;
   /** Client connections each listener holds at once (tunnels, keep-alive clients, handshakes). */
   maxConnections: number;
@@ -117,6 +120,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
     'After a CONNECT (or SOCKS5 CONNECT) to :443/:80, the tunnel is held until its TLS SNI or HTTP Host has been read and compared with the requested host; a tunnel that names nothing in this long is closed. Nothing is dialed before.',
   ),
   shared('decision-log'),
+  shared('refuse-ech', 'Refuse every tunnel whose TLS ClientHello carries encrypted_client_hello (reason "ech"): only the outer SNI could be checked. GREASE ECH looks the same, so clients that send it by default (Chrome) are refused too; see README.'),
   shared(
     'mode',
     'enforce refuses what the rules do not allow; audit lets every target through (cloud metadata 169.254.0.0/16 excepted) and records each one the rules would have refused as "would-block" in the decision log, so `moat learn` can propose an allowlist.',
@@ -233,6 +237,7 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       peekTimeoutMs: parsePeekTimeout(raw),
       decisionLog: parseDecisionLog(raw),
       mode: parseMode(raw),
+      refuseEch: parseRefuseEch(raw, true),
       apiSocket,
       maxConnections,
       listenPublic,

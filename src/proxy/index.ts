@@ -120,7 +120,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         admitResolved: config.admitResolved,
         hostAliasExempt: false,
         allowLinkLocal: false,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails, refuseEch: config.refuseEch },
         liveLookups: config.liveLookups,
         now: d.now,
         ...(sink ? { decisionSink: sink } : {}),

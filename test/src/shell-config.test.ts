@@ -276,6 +276,7 @@ describe('config file and flag precedence', () => {
       'peek-timeout-ms': 2500,
       'decision-log': '/tmp/decisions.jsonl',
       'allow-host-alias': true,
+      'refuse-ech': true,
       mode: 'audit',
       'refusal-details': true,
       // The limit flags (src/limits.ts), each at a value inside its bounds.
