@@ -5,59 +5,7 @@ import { TimerWheel } from '../../netstack/timer-wheel.js';
 import { TcpConnection, rstForUnknown, type TcpConfig } from '../../netstack/tcp/connection.js';
 import { TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, type TcpRepr } from '../../netstack/tcp/header.js';
 import { seqAdd, seqLt, seqGt, seqDiff } from '../../netstack/tcp/seq.js';
-import { FakeHost, Recorder, TUPLE, MIRROR, linuxSyn, seg, flagsText, Network } from './tcp-harness.js';
-
-const CFG: TcpConfig = { sendBufferBytes: 64 * 1024, recvBufferBytes: 64 * 1024, oooBytes: 32 * 1024, timeWaitMs: 60_000 };
-const GUEST_ISN = 5000;
-const OUR_ISN = 1000;
-
-function bytes(n: number, salt = 0): Uint8Array {
-  return new Uint8Array(n).map((_, i) => (i + salt) & 0xff);
-}
-
-/** A connection accepted from a Linux-like SYN (with or without timestamps) and established. */
-function established(opts: { ts?: boolean; cfg?: TcpConfig; window?: number } = {}) {
-  const clock = new ManualClock(10_000);
-  const timers = new TimerWheel(clock);
-  const host = new FakeHost(clock, timers, 1460, OUR_ISN);
-  const rec = new Recorder();
-  const ts = opts.ts ?? true;
-  const syn = linuxSyn(ts ? {} : { timestamp: null });
-  const conn = TcpConnection.acceptSyn(host, opts.cfg ?? CFG, TUPLE, syn, rec);
-  const synAck = host.take();
-  let peerTs = 100;
-  const g = {
-    clock, timers, host, rec, conn, synAck,
-    rcv: GUEST_ISN + 1, // guest's next seq
-    una: OUR_ISN + 1, // what the guest acknowledges
-    ts,
-    /** A guest segment with its timestamp (echoing the last TSval we sent). */
-    send(f: { seq?: number; ack?: number; flags?: number; window?: number; payload?: Uint8Array; sack?: number[] | null; tsval?: number }) {
-      const last = host.sent.length > 0 ? host.sent[host.sent.length - 1]! : synAck[0]!;
-      const echo = last.options.timestamp?.value ?? 0;
-      const r = seg({
-        seq: f.seq ?? g.rcv,
-        ack: f.ack ?? g.una,
-        flags: f.flags ?? TCP_ACK,
-        window: f.window ?? 2000, // scaled by 7: 256000 bytes
-        payload: f.payload,
-        ts: ts ? { value: f.tsval ?? peerTs++, echo } : null,
-        sack: f.sack ?? null,
-      });
-      conn.input(r);
-      host.flush();
-    },
-    tick(ms: number) {
-      clock.advance(ms);
-      timers.advance();
-      host.flush();
-    },
-  };
-  g.send({ seq: GUEST_ISN + 1, ack: OUR_ISN + 1 });
-  expect(conn.state).toBe('ESTABLISHED');
-  host.take();
-  return g;
-}
+import { FakeHost, Recorder, TUPLE, MIRROR, linuxSyn, seg, flagsText, Network, CFG, GUEST_ISN, OUR_ISN, bytes, established } from './tcp-harness.js';
 
 describe('passive open (answering a Linux SYN)', () => {
   it('negotiates MSS, window scale, SACK and timestamps only as offered', () => {
