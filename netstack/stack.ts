@@ -122,6 +122,8 @@ export interface StackOptions {
    * Math.random; tests pass a seeded generator so that a failing case replays.
    */
   random?: () => number;
+  /** Initial sequence numbers chosen by the caller instead (tests pin one to drive a wrap or a far-away ISN). */
+  isn?: (tuple: FourTuple) => number;
   /**
    * The owner's onOutput is done with a batch when it returns (it writes each
    * frame synchronously, as the TAP link does). Small batches are then lent
@@ -156,6 +158,7 @@ export class Stack implements NetStack, TcpHost {
 
   private readonly arena: FrameArena;
   private readonly random: () => number;
+  private readonly pinnedIsn: ((tuple: FourTuple) => number) | undefined;
   private readonly neighbors = new NeighborTable();
   private readonly connections = new FlowTable<TcpConnection>();
   private readonly held = new FlowTable<HeldSyn>();
@@ -183,6 +186,7 @@ export class Stack implements NetStack, TcpHost {
     validateConfig(config);
     this.arena = new FrameArena(options.allocate, undefined, options.syncOutput ?? false);
     this.random = options.random ?? Math.random;
+    this.pinnedIsn = options.isn;
     this.config = config;
     this.timers = new TimerWheel(clock);
     // Largest TCP payload the guest may send us: the MTU less IPv4 and TCP headers.
@@ -455,7 +459,8 @@ export class Stack implements NetStack, TcpHost {
   }
 
   /** Initial sequence numbers: random, as RFC 6528 asks, from the injected source. */
-  isn(): number {
+  isn(tuple: FourTuple): number {
+    if (this.pinnedIsn !== undefined) return this.pinnedIsn(tuple) >>> 0;
     return Math.floor(this.random() * 0x100000000) >>> 0;
   }
 

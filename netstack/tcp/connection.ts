@@ -653,6 +653,8 @@ export class TcpConnection implements TcpSocket {
     const o = seg.options;
     this.irs = seg.seq >>> 0;
     this.rcvNxt = seqAdd(this.irs, 1);
+    // The right edge our SYN advertised, now that RCV.NXT is known (sendSyn could not set it).
+    this.rcvAdvRight = seqAdd(this.rcvNxt, this.synWindow());
     this.peerMss = o.mss ?? DEFAULT_MSS;
     if (o.windowScale !== null) {
       this.wsOk = true;
@@ -1061,10 +1063,10 @@ export class TcpConnection implements TcpSocket {
     o.seq = this.iss;
     o.flags = passive ? TCP_SYN | TCP_ACK : TCP_SYN;
     o.ack = passive ? this.rcvNxt : 0;
-    // The window of a SYN is never scaled (RFC 7323 §2.2).
-    const wnd = Math.min(0xffff, this.cfg.recvBufferBytes);
+    const wnd = this.synWindow();
     o.window = wnd;
-    this.rcvAdvRight = seqAdd(this.rcvNxt, wnd);
+    // An active open does not know RCV.NXT yet: inputSynSent sets the edge from the peer's ISN.
+    if (passive) this.rcvAdvRight = seqAdd(this.rcvNxt, wnd);
     opts.mss = this.host.localMss;
     // Active open offers everything; passive open echoes what the peer offered.
     opts.windowScale = !passive || this.wsOk ? this.rcvShift : null;
@@ -1085,6 +1087,11 @@ export class TcpConnection implements TcpSocket {
     if (seqGt(this.sndNxt, this.sndMax)) this.sndMax = this.sndNxt;
     this.host.transmit(this, o, null, 0, 0);
     if (!this.rtxTimer.armed) this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+  }
+
+  /** The window our SYN or SYN-ACK offers: never scaled (RFC 7323 §2.2). */
+  private synWindow(): number {
+    return Math.min(0xffff, this.cfg.recvBufferBytes);
   }
 
   /** Out-of-window or old segment: ACK it, but rate-limit the answers to pure ACKs so that two confused ends can't ping-pong. */

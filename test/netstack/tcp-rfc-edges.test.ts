@@ -4,8 +4,14 @@
  * against one connection and a scripted guest (tcp-harness.ts).
  */
 import { describe, expect, it } from 'vitest';
-import { TCP_RST } from '../../netstack/tcp/header.js';
-import { bytes, established, flagsText } from './tcp-harness.js';
+import type { TcpSocket } from '../../netstack/api.js';
+import { ManualClock } from '../../netstack/clock.js';
+import { TimerWheel } from '../../netstack/timer-wheel.js';
+import { TcpConnection } from '../../netstack/tcp/connection.js';
+import { TCP_ACK, TCP_RST, TCP_SYN } from '../../netstack/tcp/header.js';
+import { GUEST_IP, HOST_ALIAS, Link } from '../support/link.js';
+import { streamBytes } from '../support/link-scenario.js';
+import { bytes, established, FakeHost, flagsText, Recorder, seg, TUPLE } from './tcp-harness.js';
 
 describe('PAWS is not applied to RST (RFC 7323 §5.3, issue 14)', () => {
   it('an RST at exactly RCV.NXT with an old timestamp still resets the connection', () => {
@@ -79,3 +85,82 @@ describe('acceptability of zero-length segments: the right edge (RFC 9293 §3.10
   });
 });
 
+
+describe('active open: the receive window starts at the peer ISN (issue 16 defect 1)', () => {
+  const PEER_ISNS = [0x10000000, 0xf0000000, 0x7fffffff, 0x80000001];
+
+  for (const irs of PEER_ISNS) {
+    it(`peer ISN 0x${irs.toString(16)}: the advertised window is what the SYN said, data beyond it is not taken, resume() reopens it at once`, () => {
+      const clock = new ManualClock(0);
+      const timers = new TimerWheel(clock);
+      const host = new FakeHost(clock, timers, 1460, 7);
+      const rec = new Recorder();
+      const recvBufferBytes = 16 * 1024;
+      const c = TcpConnection.connect(host, { sendBufferBytes: 16 * 1024, recvBufferBytes, oooBytes: 8192 }, TUPLE, rec);
+      host.take();
+      c.input({ ...seg({ seq: irs, ack: 8, flags: TCP_SYN | TCP_ACK, window: 65535 }), options: { mss: 1460, windowScale: 7, sackPermitted: true, timestamp: null, sackBlocks: null } });
+      host.flush();
+      host.take();
+      expect(c.state).toBe('ESTABLISHED');
+      expect(c.debug.rcvWnd).toBe(recvBufferBytes);
+      c.pause();
+      const rcv = (irs + 1) >>> 0;
+      // Fill the window exactly, then offer bytes past its right edge.
+      for (let off = 0; off < recvBufferBytes; off += 1024) c.input(seg({ seq: rcv + off, ack: 8, flags: TCP_ACK, payload: bytes(1024) }));
+      host.flush();
+      expect(c.debug.rcvWnd).toBe(0);
+      expect(() => c.input(seg({ seq: rcv + recvBufferBytes, ack: 8, flags: TCP_ACK, payload: bytes(1024) }))).not.toThrow();
+      host.flush();
+      expect(c.debug.recvBuffered).toBe(recvBufferBytes);
+      host.take();
+      c.resume();
+      host.flush();
+      expect(rec.bytes).toBe(recvBufferBytes);
+      const update = host.take();
+      expect(update).toHaveLength(1);
+      expect(update[0]!.ack).toBe((rcv + recvBufferBytes) >>> 0);
+      expect(update[0]!.window).toBeGreaterThan(0);
+    });
+  }
+
+  it('a port-forward-style open (Moat connects into the guest, peer ISN 0xf0000000) resumes at once after a 20 s pause', () => {
+    let guestSock: TcpSocket | undefined;
+    const total = 3 * 1024 * 1024;
+    const data = streamBytes(3, total);
+    let written = 0;
+    const pump = () => {
+      while (guestSock !== undefined && written < total) {
+        const n = guestSock.write(data.subarray(written, Math.min(total, written + 64 * 1024)));
+        written += n;
+        if (n === 0) return;
+      }
+    };
+    const link = new Link({
+      faults: { drop: 0, duplicate: 0, reorder: 0, delayMs: 1, jitterMs: 0 },
+      isn: { guest: () => 0xf0000000, moat: () => 0x10000000 },
+      moatEvents: { onTcpSyn: (p) => p.ignore(), onUdp: () => {} },
+      guestEvents: {
+        onTcpSyn: (p) => {
+          guestSock = p.accept({ onData() {}, onEnd() {}, onDrain: pump, onClose() {} });
+          pump();
+        },
+        onUdp: () => {},
+      },
+    });
+    const got = new Recorder();
+    const sock = link.moat.connectTcp({ from: HOST_ALIAS, fromPort: 40000, to: GUEST_IP, toPort: 8080 }, got);
+    sock.pause(); // the host client is slow
+    const conn = sock as TcpConnection;
+    // Closed up to the scale unit's rounding (the guest's sender holds back a runt).
+    expect(link.run(() => conn.debug.recvBuffered > 0 && conn.debug.rcvWnd < 1024, 10_000)).toBe(true);
+    link.run(() => false, 20_000);
+    const resumedAt = link.clock.now();
+    sock.resume();
+    expect(link.run(() => got.bytes === total, 60_000)).toBe(true);
+    const stalled = link.clock.now() - resumedAt;
+    // 3 MiB over a 1 ms link with 1 MiB windows takes a few RTTs; the defect waited for the guest's backed-off probe (seconds).
+    expect(stalled).toBeLessThan(500);
+    expect(Buffer.from(got.data()).equals(Buffer.from(data))).toBe(true);
+    expect(link.moat.stats.drops['stack:internal-error']).toBeUndefined();
+  });
+});

@@ -61,6 +61,8 @@ export interface LinkOptions {
   copyFrames?: boolean;
   /** Staging-buffer allocator for both stacks (the bench passes Buffer.allocUnsafe, as the service does). */
   allocate?: (size: number) => Uint8Array;
+  /** Pins each stack's initial sequence numbers (see StackOptions.isn). */
+  isn?: { moat?: () => number; guest?: () => number };
   /** Sees every frame handed to the link, before faults: for traces and pcaps. */
   onFrame?: (to: 'moat' | 'guest', frame: Uint8Array, lost: boolean) => void;
 }
@@ -98,7 +100,7 @@ export class Link {
       { ...opts.moatEvents, onOutput: (b) => this.carry(b, 'guest') },
       this.clock,
       defer,
-      { allocate: opts.allocate, random: prng((opts.seed ?? 1) * 7 + 1) },
+      { allocate: opts.allocate, random: prng((opts.seed ?? 1) * 7 + 1), isn: opts.isn?.moat },
     );
     this.guest = createStack(
       {
@@ -113,7 +115,7 @@ export class Link {
       { ...opts.guestEvents, onOutput: (b) => this.carry(b, 'moat') },
       this.clock,
       defer,
-      { allocate: opts.allocate, random: prng((opts.seed ?? 1) * 13 + 2) },
+      { allocate: opts.allocate, random: prng((opts.seed ?? 1) * 13 + 2), isn: opts.isn?.guest },
     );
   }
 
