@@ -12,7 +12,7 @@
  * L = 2*SMSS cap would slow a 64-segment batch to a crawl. The cap exists to
  * limit misbehaving receivers; a guest kernel gains nothing by it.
  */
-import { seqGe, seqGt } from './seq.js';
+import { seqGe, seqLt } from './seq.js';
 
 export const INITIAL_WINDOW_SEGMENTS = 10;
 
@@ -80,8 +80,10 @@ export class NewReno {
     }
     if (this.dupAcks !== 3) return false;
     // RFC 6582 §3.2 step 2: only if the ACK covers more than "recover" (avoids
-    // a second reduction for losses of the same window after a timeout).
-    if (!seqGt(ack, this.recover)) return false;
+    // a second reduction for losses of the same window after a timeout). The
+    // RFC's recover is the highest sequence number sent, SND.MAX - 1; ours is
+    // SND.MAX, so "covers more than" is ack >= recover here.
+    if (seqLt(ack, this.recover)) return false;
     this.ssthresh = Math.max(Math.floor(flight / 2), 2 * this.smss);
     this.recover = sndMax;
     this.inRecovery = true;

@@ -164,3 +164,40 @@ describe('active open: the receive window starts at the peer ISN (issue 16 defec
     expect(link.moat.stats.drops['stack:internal-error']).toBeUndefined();
   });
 });
+
+describe('NewReno: a new recovery may start at the old "recover" (RFC 6582 §3.2 step 2, issue 16 defect 3)', () => {
+  it('after a full recovery, the first segment of the next flight lost is fast-retransmitted on three duplicate ACKs', () => {
+    const g = established();
+    g.conn.write(bytes(1448 * 10));
+    g.host.flush();
+    const first = g.host.take();
+    for (let i = 0; i < 3; i++) g.send({ ack: first[0]!.seq });
+    expect(g.conn.debug.inRecovery).toBe(true);
+    const end = (first.at(-1)!.seq + first.at(-1)!.payload.length) >>> 0;
+    g.send({ ack: end }); // full ACK: recovery over, recover = end
+    expect(g.conn.debug.inRecovery).toBe(false);
+    g.host.take();
+    g.conn.write(bytes(1448 * 10));
+    g.host.flush();
+    const second = g.host.take();
+    expect(second[0]!.seq).toBe(end);
+    // The first new segment is lost: every duplicate ACK says exactly `recover`.
+    for (let i = 0; i < 3; i++) g.send({ ack: end });
+    const rtx = g.host.take();
+    expect(rtx.map((s) => s.seq)).toContain(end);
+    expect(g.conn.debug.inRecovery).toBe(true);
+  });
+
+  it('after an RTO, duplicate ACKs for the same flight still do not start a second reduction', () => {
+    const g = established();
+    g.conn.write(bytes(1448 * 10));
+    g.host.flush();
+    const first = g.host.take();
+    g.tick(250); // RTO (200 ms floor): go back to SND.UNA
+    g.host.take();
+    const ssthresh = g.conn.debug.ssthresh;
+    for (let i = 0; i < 3; i++) g.send({ ack: first[0]!.seq });
+    expect(g.conn.debug.inRecovery).toBe(false);
+    expect(g.conn.debug.ssthresh).toBe(ssthresh);
+  });
+});
