@@ -213,6 +213,8 @@ const TS_OPTION_BYTES = 12;
 /** TCP option bytes a full-sized segment may carry besides its payload (the most options can take). */
 const FULL_SEGMENT_SLACK = 40;
 const DEFAULT_MSS = 536; // RFC 9293 §3.7.1: when the peer sends no MSS option
+/** Linux's TCP_MIN_SND_MSS: the smallest peer MSS we honour. */
+const MIN_PEER_MSS = 48;
 
 /** What a connection that has said onClose calls from then on: nothing. */
 const DETACHED_HANDLERS: TcpHandlers = { onData() {}, onEnd() {}, onDrain() {}, onClose() {} };
@@ -366,7 +368,7 @@ export class TcpConnection implements TcpSocket {
     const o = syn.options;
     c.irs = syn.seq >>> 0;
     c.rcvNxt = seqAdd(syn.seq, 1);
-    c.peerMss = o.mss ?? DEFAULT_MSS;
+    c.peerMss = peerMssOf(o.mss);
     if (o.windowScale !== null) {
       c.wsOk = true;
       c.sndShift = Math.min(14, o.windowScale);
@@ -655,7 +657,7 @@ export class TcpConnection implements TcpSocket {
     this.rcvNxt = seqAdd(this.irs, 1);
     // The right edge our SYN advertised, now that RCV.NXT is known (sendSyn could not set it).
     this.rcvAdvRight = seqAdd(this.rcvNxt, this.synWindow());
-    this.peerMss = o.mss ?? DEFAULT_MSS;
+    this.peerMss = peerMssOf(o.mss);
     if (o.windowScale !== null) {
       this.wsOk = true;
       this.sndShift = Math.min(14, o.windowScale);
@@ -1394,6 +1396,16 @@ export class TcpConnection implements TcpSocket {
   private tsDiff(echo: number): number {
     return Math.max(0, seqDiff(this.tsNow(), echo));
   }
+}
+
+/**
+ * The MSS we send with: the peer's option, 536 without one, and never below
+ * MIN_PEER_MSS, as Linux clamps (tcp_min_snd_mss): a peer advertising a tiny
+ * MSS would otherwise make us cut every write into byte-sized segments (one
+ * frame and one queue entry per byte: CVE-2019-11479).
+ */
+function peerMssOf(option: number | null): number {
+  return Math.max(MIN_PEER_MSS, option ?? DEFAULT_MSS);
 }
 
 function seqMaxEdge(a: number, b: number): number {

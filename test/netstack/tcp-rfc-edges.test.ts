@@ -11,7 +11,7 @@ import { TcpConnection } from '../../netstack/tcp/connection.js';
 import { TCP_ACK, TCP_RST, TCP_SYN } from '../../netstack/tcp/header.js';
 import { GUEST_IP, HOST_ALIAS, Link } from '../support/link.js';
 import { streamBytes } from '../support/link-scenario.js';
-import { bytes, established, FakeHost, flagsText, Recorder, seg, TUPLE } from './tcp-harness.js';
+import { bytes, established, FakeHost, flagsText, linuxSyn, Recorder, seg, TUPLE } from './tcp-harness.js';
 
 describe('PAWS is not applied to RST (RFC 7323 §5.3, issue 14)', () => {
   it('an RST at exactly RCV.NXT with an old timestamp still resets the connection', () => {
@@ -200,4 +200,24 @@ describe('NewReno: a new recovery may start at the old "recover" (RFC 6582 §3.2
     expect(g.conn.debug.inRecovery).toBe(false);
     expect(g.conn.debug.ssthresh).toBe(ssthresh);
   });
+});
+
+describe('a floor on the peer MSS (Linux TCP_MIN_SND_MSS 48, CVE-2019-11479, issue 16 defect 5)', () => {
+  for (const mss of [1, 13, 47]) {
+    it(`a guest SYN with MSS ${mss} is served segments of 48 bytes less options, not one per byte`, () => {
+      const clock = new ManualClock(0);
+      const timers = new TimerWheel(clock);
+      const host = new FakeHost(clock, timers, 1460, 1000);
+      const conn = TcpConnection.acceptSyn(host, { sendBufferBytes: 64 * 1024, recvBufferBytes: 64 * 1024, oooBytes: 8192 }, TUPLE, linuxSyn({ mss, timestamp: null }), new Recorder());
+      host.take();
+      conn.input(seg({ seq: 5001, ack: 1001, flags: TCP_ACK, window: 2000 }));
+      expect(conn.state).toBe('ESTABLISHED');
+      expect(conn.debug.smss).toBe(48);
+      conn.write(bytes(480));
+      host.flush();
+      const out = host.take();
+      expect(out.every((s) => s.payload.length === 48)).toBe(true);
+      expect(out).toHaveLength(10);
+    });
+  }
 });
