@@ -56,6 +56,10 @@ export class NewReno {
       this.cwnd = Math.max(this.smss, this.cwnd - ackedBytes + (ackedBytes >= this.smss ? this.smss : 0));
       return 'partial';
     }
+    // RFC 7661: grow only a window that is used. An application-limited
+    // flow (less than half of cwnd in flight) would otherwise earn a window
+    // it never tested, and its next large write would leave as one burst.
+    if (flightBefore * 2 < this.cwnd) return null;
     if (this.cwnd < this.ssthresh) {
       this.cwnd += ackedBytes;
     } else {
@@ -89,6 +93,21 @@ export class NewReno {
     this.inRecovery = true;
     this.cwnd = this.ssthresh + 3 * this.smss;
     return true;
+  }
+
+  /**
+   * New data leaves after `idleMs` with nothing in flight (RFC 5681 §4.1):
+   * the ACK clock is gone, so cwnd no longer reflects the path. As Linux's
+   * tcp_cwnd_restart: halve it per RTO of idleness, down to the initial
+   * window (never up to it), remembering 3/4 of the old window in ssthresh.
+   */
+  restartAfterIdle(idleMs: number, rtoMs: number): void {
+    const restart = Math.min(INITIAL_WINDOW_SEGMENTS * this.smss, this.cwnd);
+    let cwnd = this.cwnd;
+    for (let left = idleMs - rtoMs; left > 0 && cwnd > restart; left -= rtoMs) cwnd = Math.floor(cwnd / 2);
+    this.ssthresh = Math.max(this.ssthresh, Math.floor((this.cwnd * 3) / 4));
+    this.cwnd = Math.max(cwnd, restart);
+    this.bytesAckedCa = 0;
   }
 
   /** Retransmission timeout (RFC 5681 §3.1 eq. 4, cwnd = loss window). */

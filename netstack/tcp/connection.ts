@@ -285,6 +285,8 @@ export class TcpConnection implements TcpSocket {
   private rttStart = 0;
   private persistBackoff = 0;
   private probesOut = 0;
+  /** When data last left (restart after idle, RFC 5681 §4.1). */
+  private lastDataSentAt = 0;
 
   // Application side.
   private paused = false;
@@ -934,6 +936,10 @@ export class TcpConnection implements TcpSocket {
     const st = this.st;
     if (st !== St.ESTABLISHED && st !== St.CLOSE_WAIT && st !== St.FIN_WAIT_1 && st !== St.LAST_ACK && st !== St.CLOSING) return;
     const sndMaxBefore = this.sndMax;
+    if (this.flightSize() === 0 && this.sendBuf.length > 0) {
+      const idle = this.host.clock.now() - this.lastDataSentAt;
+      if (idle > this.rtt.rto) this.cc.restartAfterIdle(idle, this.rtt.rto);
+    }
     for (;;) {
       const offset = seqDiff(this.sndNxt, this.sndUna);
       const unsent = this.sendBuf.length - offset;
@@ -1008,6 +1014,7 @@ export class TcpConnection implements TcpSocket {
   }
 
   private sendData(flags: number, seq: number, from: number, len: number): void {
+    this.lastDataSentAt = this.host.clock.now();
     this.fillSegment(flags, seq);
     this.host.transmit(this, this.out, this.sendBuf, from, len);
   }

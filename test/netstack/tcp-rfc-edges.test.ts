@@ -7,7 +7,7 @@ import { describe, expect, it } from 'vitest';
 import type { TcpSocket } from '../../netstack/api.js';
 import { ManualClock } from '../../netstack/clock.js';
 import { TimerWheel } from '../../netstack/timer-wheel.js';
-import { TcpConnection } from '../../netstack/tcp/connection.js';
+import { TcpConnection, type TcpConfig } from '../../netstack/tcp/connection.js';
 import { TCP_ACK, TCP_RST, TCP_SYN } from '../../netstack/tcp/header.js';
 import { GUEST_IP, HOST_ALIAS, Link } from '../support/link.js';
 import { streamBytes } from '../support/link-scenario.js';
@@ -220,4 +220,56 @@ describe('a floor on the peer MSS (Linux TCP_MIN_SND_MSS 48, CVE-2019-11479, iss
       expect(out).toHaveLength(10);
     });
   }
+});
+
+describe('congestion window validation (RFC 7661) and restart after idle (RFC 5681 §4.1), issue 16 defect 4', () => {
+  const BIG: TcpConfig = { sendBufferBytes: 4 * 1024 * 1024, recvBufferBytes: 64 * 1024, oooBytes: 32 * 1024 };
+  const PEER_WINDOW = 0xffff; // << 7: 8 MiB, never the limit here
+
+  /** ACKs everything in flight, as the guest would. */
+  function ackAll(g: ReturnType<typeof established>, sent: { seq: number; payload: Uint8Array }[]): void {
+    const last = sent.at(-1)!;
+    g.send({ ack: (last.seq + last.payload.length) >>> 0, window: PEER_WINDOW });
+  }
+
+  it('an application-limited flow (one segment per round trip) does not grow cwnd; its next big write leaves as one initial window', () => {
+    const g = established({ cfg: BIG });
+    const iw = g.conn.debug.cwnd;
+    for (let i = 0; i < 200; i++) {
+      g.conn.write(bytes(1000));
+      g.host.flush();
+      const out = g.host.take();
+      g.tick(1);
+      ackAll(g, out);
+    }
+    expect(g.conn.debug.cwnd).toBeLessThanOrEqual(iw);
+    g.conn.write(bytes(1024 * 1024));
+    g.host.flush();
+    expect(g.host.take().length).toBeLessThanOrEqual(10);
+  });
+
+  it('a flow that was cwnd-limited and then idle for more than an RTO restarts from the initial window', () => {
+    const g = established({ cfg: BIG });
+    g.conn.write(bytes(3 * 1024 * 1024));
+    for (let round = 0; round < 6; round++) {
+      g.host.flush();
+      const out = g.host.take();
+      g.tick(1);
+      ackAll(g, out);
+    }
+    const grown = g.conn.debug.cwnd;
+    expect(grown).toBeGreaterThan(100 * g.conn.debug.smss); // slow start while every flight filled cwnd
+    // Drain what is left, then go quiet for 10 s.
+    for (let round = 0; round < 100 && g.conn.bufferedAmount > 0; round++) {
+      g.host.flush();
+      const out = g.host.take();
+      g.tick(1);
+      if (out.length > 0) ackAll(g, out);
+    }
+    expect(g.conn.bufferedAmount).toBe(0);
+    g.tick(10_000);
+    g.conn.write(bytes(1024 * 1024));
+    g.host.flush();
+    expect(g.host.take().length).toBeLessThanOrEqual(10);
+  });
 });
