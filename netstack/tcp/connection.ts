@@ -207,6 +207,8 @@ function chooseShift(bytes: number): number {
   return s;
 }
 
+/** RFC 7323 §5.5: a TS.Recent not refreshed for 24 days is no longer valid for PAWS (Linux TCP_PAWS_24DAYS). */
+const TS_RECENT_VALID_MS = 24 * 24 * 3600 * 1000;
 /** Linux ignores out-of-window pure ACKs answered less than this apart (tcp_invalid_ratelimit). */
 const OOW_ACK_INTERVAL_MS = 500;
 const TS_OPTION_BYTES = 12;
@@ -260,6 +262,8 @@ export class TcpConnection implements TcpSocket {
   private activeOpen = false;
   private sackOk = false;
   private tsRecent = 0;
+  /** When TS.Recent was last set (RFC 7323 §5.5: it expires after 24 days). */
+  private tsRecentAt = 0;
   /** Our TSval at the last retransmission timeout: older echoes give no RTT sample. */
   private tsSampleFloor = 0;
   private tsSampleFloorActive = false;
@@ -381,6 +385,7 @@ export class TcpConnection implements TcpSocket {
     if (o.timestamp !== null) {
       c.tsOk = true;
       c.tsRecent = o.timestamp.value;
+      c.tsRecentAt = c.lastRecvAt;
     }
     // The SYN's window is never scaled (RFC 7323 §2.2).
     c.sndWnd = c.maxSndWnd = syn.window;
@@ -512,10 +517,15 @@ export class TcpConnection implements TcpSocket {
     const flags = seg.flags;
     const ts = seg.options.timestamp;
 
-    // RFC 7323 §5.3 R1 (PAWS): an old timestamp makes the segment unacceptable. Never applied to RST (§3.2).
+    // RFC 7323 §5.3 R1 (PAWS): an old timestamp makes the segment unacceptable. Never applied to RST (§5.3).
     if (this.tsOk && ts !== null && (flags & TCP_RST) === 0 && seqLt(ts.value, this.tsRecent)) {
-      this.sendOutOfWindowAck(seg.payload.length + (flags & TCP_FIN));
-      return;
+      if (this.lastRecvAt - this.tsRecentAt <= TS_RECENT_VALID_MS) {
+        this.sendOutOfWindowAck(seg.payload.length + (flags & TCP_FIN));
+        return;
+      }
+      // §5.5: TS.Recent older than 24 days may have wrapped past the peer's clock; it is invalid, not the segment.
+      this.tsRecent = ts.value;
+      this.tsRecentAt = this.lastRecvAt;
     }
 
     let seq = seg.seq >>> 0;
@@ -557,12 +567,16 @@ export class TcpConnection implements TcpSocket {
           this.ackOwed = true;
         }
       } else {
-        if ((flags & TCP_RST) === 0) this.sendOutOfWindowAck(segLen);
+        // A SYN out of the window earns the same rate-limited challenge ACK as one inside it (RFC 5961 §4.2, §7; Linux syn_challenge).
+        if (syn) this.sendChallengeAck();
+        else if ((flags & TCP_RST) === 0) this.sendOutOfWindowAck(segLen);
         if (this.st === St.TIME_WAIT && fin) this.restartTimeWait();
         return;
       }
     }
 
+    // RFC 5961 §3.2 judges an RST by its own SEG.SEQ, not by where trimming would move it.
+    const rstSeq = seq;
     // Trim to the window: what precedes RCV.NXT was received already, what passes the right edge is not ours to take.
     if (seqLt(seq, this.rcvNxt)) {
       let d = seqDiff(this.rcvNxt, seq);
@@ -582,7 +596,7 @@ export class TcpConnection implements TcpSocket {
 
     // Second: RST (RFC 5961 §3.2: only an exact match resets; in-window otherwise earns a challenge ACK).
     if ((flags & TCP_RST) !== 0) {
-      if (seq === this.rcvNxt) {
+      if (rstSeq === this.rcvNxt) {
         if (this.st === St.TIME_WAIT) this.finish('closed', true);
         else this.finish('reset', false);
       } else {
@@ -619,6 +633,7 @@ export class TcpConnection implements TcpSocket {
     // RFC 7323 §4.3: remember the timestamp to echo, from the segment that covers Last.ACK.sent.
     if (this.tsOk && ts !== null && seqLe(seq, this.lastAckSent) && seqGe(ts.value, this.tsRecent)) {
       this.tsRecent = ts.value;
+      this.tsRecentAt = this.lastRecvAt;
     }
 
     // Seventh: segment text (URG is ignored: the urgent pointer changes nothing here).
@@ -670,6 +685,7 @@ export class TcpConnection implements TcpSocket {
     if (o.timestamp !== null) {
       this.tsOk = true;
       this.tsRecent = o.timestamp.value;
+      this.tsRecentAt = this.lastRecvAt;
     }
     this.updateSmss();
     this.sndWnd = this.maxSndWnd = seg.window; // unscaled in a SYN

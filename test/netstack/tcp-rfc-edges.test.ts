@@ -273,3 +273,44 @@ describe('congestion window validation (RFC 7661) and restart after idle (RFC 56
     expect(g.host.take().length).toBeLessThanOrEqual(10);
   });
 });
+
+describe('issue 16 defect 6: the minor ones', () => {
+  it('an RST whose payload covers RCV.NXT does not reset: only SEG.SEQ = RCV.NXT does, before any trimming (RFC 5961 §3.2)', () => {
+    const g = established();
+    g.send({ flags: TCP_RST | TCP_ACK, seq: g.rcv - 10, payload: bytes(20) });
+    expect(g.rec.closed).toBe(null);
+    expect(g.conn.state).toBe('ESTABLISHED');
+  });
+
+  it('ACKs to out-of-window SYNs are rate-limited like challenge ACKs (RFC 5961 §7)', () => {
+    const g = established();
+    for (let i = 0; i < 100; i++) g.send({ flags: TCP_SYN, seq: g.rcv + 0x40000000 + i });
+    const answers = g.host.take();
+    expect(answers.length).toBeLessThanOrEqual(10);
+    expect(answers.every((a) => flagsText(a.flags) === '.' && a.ack === g.rcv)).toBe(true);
+    expect(g.conn.state).toBe('ESTABLISHED');
+  });
+
+  it('TS.Recent older than 24 days is invalid: PAWS lets the next segment in (RFC 7323 §5.5)', () => {
+    const g = established();
+    g.send({ payload: bytes(10), tsval: 0x70000000 });
+    g.rcv += 10;
+    g.host.take();
+    g.tick(25 * 24 * 3600 * 1000);
+    g.send({ payload: bytes(10), tsval: 5 }); // "older" than TS.Recent in timestamp space
+    expect(g.rec.bytes).toBe(20);
+    g.rcv += 10;
+    // And the new TSval became TS.Recent: the segment after it is judged against 5.
+    g.send({ payload: bytes(10), tsval: 6 });
+    expect(g.rec.bytes).toBe(30);
+  });
+
+  it('within 24 days an old TSval is still dropped by PAWS', () => {
+    const g = established();
+    g.send({ payload: bytes(10), tsval: 0x70000000 });
+    g.host.take();
+    g.tick(23 * 24 * 3600 * 1000);
+    g.send({ seq: g.rcv + 10, payload: bytes(10), tsval: 5 });
+    expect(g.rec.bytes).toBe(10);
+  });
+});
