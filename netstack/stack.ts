@@ -64,6 +64,7 @@ import {
   type TcpRepr,
   type TcpSegmentFields,
 } from './tcp/header.js';
+import { IsnGenerator } from './tcp/isn.js';
 import { Timer, TimerWheel } from './timer-wheel.js';
 import { emitUdpHeader, parseUdp, UDP_HEADER_LEN } from './udp.js';
 
@@ -118,7 +119,7 @@ export interface StackOptions {
   /** Output staging buffers (see frame-arena.ts); the service passes Buffer.allocUnsafe. */
   allocate?: Allocator;
   /**
-   * Uniform random numbers in [0, 1), for initial sequence numbers. Default
+   * Uniform random numbers in [0, 1), for the key of the initial sequence numbers (tcp/isn.ts). Default
    * Math.random; tests pass a seeded generator so that a failing case replays.
    */
   random?: () => number;
@@ -159,6 +160,7 @@ export class Stack implements NetStack, TcpHost {
   private readonly arena: FrameArena;
   private readonly random: () => number;
   private readonly pinnedIsn: ((tuple: FourTuple) => number) | undefined;
+  private readonly isnGenerator: IsnGenerator;
   private readonly neighbors = new NeighborTable();
   private readonly connections = new FlowTable<TcpConnection>();
   private readonly held = new FlowTable<HeldSyn>();
@@ -187,6 +189,7 @@ export class Stack implements NetStack, TcpHost {
     this.arena = new FrameArena(options.allocate, undefined, options.syncOutput ?? false);
     this.random = options.random ?? Math.random;
     this.pinnedIsn = options.isn;
+    this.isnGenerator = new IsnGenerator(() => clock.now(), this.random);
     this.config = config;
     this.timers = new TimerWheel(clock);
     // Largest TCP payload the guest may send us: the MTU less IPv4 and TCP headers.
@@ -458,10 +461,10 @@ export class Stack implements NetStack, TcpHost {
     if (!this.inBatch) this.kick();
   }
 
-  /** Initial sequence numbers: random, as RFC 6528 asks, from the injected source. */
+  /** Initial sequence numbers: RFC 6528's 4 µs clock plus a keyed hash of the four-tuple (tcp/isn.ts). */
   isn(tuple: FourTuple): number {
     if (this.pinnedIsn !== undefined) return this.pinnedIsn(tuple) >>> 0;
-    return Math.floor(this.random() * 0x100000000) >>> 0;
+    return this.isnGenerator.isn(tuple);
   }
 
   scheduleFlush(conn: TcpConnection): void {

@@ -20,6 +20,7 @@ import type { IPv4 } from '../netstack/addr.js';
 import { formatIPv4, formatMac } from '../netstack/addr.js';
 import type { Clock } from '../netstack/clock.js';
 import type { NetStack, PendingTcp, StackConfig, StackEvents, UdpDatagram } from '../netstack/api.js';
+import { randomBytes } from 'node:crypto';
 import { createStack, DEFAULT_STACK_CONFIG, type StackOptions } from '../netstack/stack.js';
 import type { Resolver } from '../dns/preresolve.js';
 import { NodeDnsResolver } from './allowlist/resolver.js';
@@ -260,6 +261,8 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
       allocate: (n) => Buffer.allocUnsafe(n),
       // The TAP link writes every frame before onOutput returns.
       syncOutput: link instanceof TapFdLink,
+      // The ISN key (RFC 6528) from the OS, not Math.random, whose state its outputs reveal.
+      random: () => randomBytes(4).readUInt32BE(0) / 0x100000000,
     });
     driver.attach(stack);
     nat.attach(stack);

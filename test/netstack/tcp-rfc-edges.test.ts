@@ -314,3 +314,35 @@ describe('issue 16 defect 6: the minor ones', () => {
     expect(g.rec.bytes).toBe(10);
   });
 });
+
+describe('initial sequence numbers: RFC 6528 clock + keyed hash (issue 16 defect 6)', () => {
+  /** ISN and time of each active open Moat makes into the guest, one after the other. */
+  function opens(seed: number, ports: number[], gapMs: number): { iss: number; at: number }[] {
+    const link = new Link({
+      seed,
+      moatEvents: { onTcpSyn: (p) => p.ignore(), onUdp: () => {} },
+      guestEvents: { onTcpSyn: (p) => p.refuse(), onUdp: () => {} },
+    });
+    const out: { iss: number; at: number }[] = [];
+    for (const fromPort of ports) {
+      link.clock.advance(gapMs);
+      const s = link.moat.connectTcp({ from: HOST_ALIAS, fromPort, to: GUEST_IP, toPort: 8080 }, new Recorder());
+      out.push({ iss: (s as TcpConnection).debug.iss, at: link.clock.now() });
+      link.run(() => s.state === 'CLOSED', 5_000);
+    }
+    return out;
+  }
+
+  it('one four-tuple opened again later gets an ISN higher by 250 per ms (4 µs ticks); another four-tuple an unrelated one', () => {
+    const [a, b] = opens(5, [40000, 40000], 1_000);
+    expect((b!.iss - a!.iss) >>> 0).toBe(250 * (b!.at - a!.at));
+    const [c] = opens(5, [40001], 1_000);
+    expect(c!.at).toBe(a!.at);
+    expect(c!.iss).not.toBe(a!.iss);
+  });
+
+  it('the same seed and clock replay the same ISNs; another seed does not', () => {
+    expect(opens(9, [40000, 40001, 40002], 10)).toEqual(opens(9, [40000, 40001, 40002], 10));
+    expect(opens(10, [40000], 10)[0]!.iss).not.toBe(opens(9, [40000], 10)[0]!.iss);
+  });
+});
