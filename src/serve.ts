@@ -113,8 +113,9 @@ export function stackConfigFor(config: ServeConfig): StackConfig {
       ...DEFAULT_STACK_CONFIG.tcp,
       maxHeldSyns: limits.maxHalfOpen,
       // The NAT enforces --max-tcp-flows; the stack's own bound (which also
-      // counts TIME-WAIT and port-forward connections) must not be lower.
+      // counts port-forward connections) must not be lower. TIME-WAIT is outside both.
       maxConnections: Math.max(DEFAULT_STACK_CONFIG.tcp.maxConnections, limits.maxTcpFlows),
+      maxTimeWait: limits.maxTimeWait,
       // A TAP with a virtio-net header takes TCP segments beyond the MTU (the link marks them GSO).
       ...(config.tapFd !== undefined && config.tapVnetHdr === true ? { segmentOffloadBytes: TAP_GSO_SEGMENT_BYTES } : {}),
     },
@@ -432,6 +433,7 @@ function limitStats(limits: Limits, stack: NetStack, nat: Partial<NatStats>, api
       refused: (nat.tcp?.limitRefused ?? 0) + (drops['tcp:connection-limit'] ?? 0),
     },
     halfOpen: { max: limits.maxHalfOpen, current: stack.stats.tcpHeldSyns, refused: drops['tcp:syn-backlog-full'] ?? 0 },
+    timeWait: { max: limits.maxTimeWait, current: stack.stats.tcpTimeWait ?? 0, recycled: stack.stats.tcpTimeWaitRecycled ?? 0 },
     udpFlows: { max: limits.maxUdpFlows, current: nat.udpFlows ?? 0, refused: nat.udp?.refused ?? 0, evictedIdle: nat.udp?.evicted ?? 0 },
     buffers: { perFlow: limits.flowBufferBytes, ...(nat.buffers ?? { max: limits.totalBufferBytes }) },
     fragments: {

@@ -79,6 +79,7 @@ import {
 import { OooRanges, RecvRing } from './recv-buffer.js';
 import { RttEstimator } from './rtt.js';
 import { SendBuffer } from './send-buffer.js';
+import { OOW_ACK_INTERVAL_MS, TS_RECENT_VALID_MS, type TimeWaitFields } from './time-wait.js';
 import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from './seq.js';
 
 export interface PayloadSource {
@@ -98,6 +99,12 @@ export interface TcpHost {
   readonly localMss: number;
   /** Optional source of initial sequence numbers. */
   isn?(tuple: FourTuple): number;
+  /**
+   * Optional: take over TIME-WAIT as a small record (tcp/time-wait.ts) once
+   * the owner has been told 'closed'; the connection is then released. A
+   * host without it leaves the connection to wait out TIME-WAIT itself.
+   */
+  adoptTimeWait?(fields: TimeWaitFields): void;
 }
 
 export interface TcpConfig {
@@ -207,10 +214,6 @@ function chooseShift(bytes: number): number {
   return s;
 }
 
-/** RFC 7323 §5.5: a TS.Recent not refreshed for 24 days is no longer valid for PAWS (Linux TCP_PAWS_24DAYS). */
-const TS_RECENT_VALID_MS = 24 * 24 * 3600 * 1000;
-/** Linux ignores out-of-window pure ACKs answered less than this apart (tcp_invalid_ratelimit). */
-const OOW_ACK_INTERVAL_MS = 500;
 const TS_OPTION_BYTES = 12;
 /** TCP option bytes a full-sized segment may carry besides its payload (the most options can take). */
 const FULL_SEGMENT_SLACK = 40;
@@ -1327,7 +1330,28 @@ export class TcpConnection implements TcpSocket {
   private notifyClose(reason: TcpCloseReason): void {
     this.closeNotified = true;
     this.handlers.onClose(reason);
-    if (this.st === St.TIME_WAIT || this.st === St.CLOSED) this.shed();
+    if (this.st === St.TIME_WAIT && this.host.adoptTimeWait !== undefined) this.handOffTimeWait();
+    else if (this.st === St.TIME_WAIT || this.st === St.CLOSED) this.shed();
+  }
+
+  /**
+   * TIME-WAIT with the owner told: hand the four-tuple's state to the host's
+   * TIME-WAIT table and go (the ACK of the peer's FIN leaves first).
+   */
+  private handOffTimeWait(): void {
+    if (this.ackOwed || this.dataAckOwed) this.sendAckNow();
+    this.host.adoptTimeWait!({
+      tuple: this.tuple,
+      sndNxt: this.sndMax,
+      rcvNxt: this.rcvNxt,
+      window: this.windowField(),
+      tsOk: this.tsOk,
+      tsOffset: this.tsOffset,
+      tsRecent: this.tsRecent,
+      tsRecentAt: this.tsRecentAt,
+    });
+    this.shed();
+    this.finish('closed', true);
   }
 
   /**
