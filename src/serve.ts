@@ -467,7 +467,7 @@ function collectStats(
     frames: { in: l.framesIn, out: l.framesOut },
     bytes: { in: l.bytesIn, out: l.bytesOut },
     drops,
-    flows: { tcpConnections: s.tcpConnections, tcpHeldSyns: s.tcpHeldSyns, forwards: forwards.list().length },
+    flows: { tcpConnections: s.tcpConnections, tcpHeldSyns: s.tcpHeldSyns, tcpTimeWait: s.tcpTimeWait ?? 0, forwards: forwards.list().length },
     link: { ...l },
     stack: { ...s, drops: { ...s.drops } },
     nat: nat.stats(),

@@ -63,6 +63,8 @@ export interface LinkOptions {
   allocate?: (size: number) => Uint8Array;
   /** Pins each stack's initial sequence numbers (see StackOptions.isn). */
   isn?: { moat?: () => number; guest?: () => number };
+  /** Loses exactly the frames it returns true for (before the random faults): scripted loss patterns. */
+  dropIf?: (to: 'moat' | 'guest', frame: Uint8Array) => boolean;
   /** Sees every frame handed to the link, before faults: for traces and pcaps. */
   onFrame?: (to: 'moat' | 'guest', frame: Uint8Array, lost: boolean) => void;
 }
@@ -80,6 +82,7 @@ export class Link {
   private readonly faults: LinkFaults;
   private readonly copyFrames: boolean;
   private readonly onFrame: LinkOptions['onFrame'];
+  private readonly dropIf: LinkOptions['dropIf'];
   private readonly perfect: boolean;
   private toMoat: Uint8Array[] = [];
   private toGuest: Uint8Array[] = [];
@@ -91,6 +94,7 @@ export class Link {
     this.rng = prng(opts.seed ?? 1);
     this.copyFrames = opts.copyFrames ?? true;
     this.onFrame = opts.onFrame;
+    this.dropIf = opts.dropIf;
     const f = this.faults;
     this.perfect = f.drop === 0 && f.duplicate === 0 && f.reorder === 0 && f.delayMs === 0 && f.jitterMs === 0;
     const mtu = opts.mtu ?? 1500;
@@ -121,7 +125,7 @@ export class Link {
 
   private carry(batch: OutputBatch, to: 'moat' | 'guest'): void {
     const f = this.faults;
-    if (this.perfect && this.onFrame === undefined) {
+    if (this.perfect && this.onFrame === undefined && this.dropIf === undefined) {
       // No faults, no delay: hand the frames straight over (the bench's path,
       // so that it measures the stacks rather than this harness).
       const direct = to === 'moat' ? this.toMoat : this.toGuest;
@@ -136,7 +140,7 @@ export class Link {
     }
     batch.forEachFrame((frame) => {
       this.sent++;
-      const lost = f.drop > 0 && this.rng() < f.drop;
+      const lost = this.dropIf?.(to, frame) === true || (f.drop > 0 && this.rng() < f.drop);
       this.onFrame?.(to, frame, lost);
       if (lost) {
         this.lost++;
