@@ -1,7 +1,9 @@
 /**
  * Congestion control: NewReno, RFC 5681 (slow start, congestion avoidance,
  * fast retransmit / fast recovery) with RFC 6582's partial-ACK handling, and
- * an initial window of 10 segments (RFC 6928, Linux's default).
+ * an initial window of 10 segments (RFC 6928, Linux's default). With SACK,
+ * recovery is RFC 6675's instead (enterSackRecovery: cwnd = ssthresh, the
+ * connection sends by "pipe"); loss is then found by RACK (scoreboard.ts).
  *
  * All quantities are bytes. The connection tells this object what happened
  * (new data acknowledged, duplicate ACK, timeout) and asks it how much may be
@@ -41,9 +43,17 @@ export class NewReno {
    * New data acknowledged. Returns 'partial' when the ACK is a partial ACK in
    * recovery (the caller retransmits the first unacknowledged segment), else null.
    */
-  onNewAck(ack: number, ackedBytes: number, flightBefore: number): 'partial' | null {
+  onNewAck(ack: number, ackedBytes: number, flightBefore: number, sack = false): 'partial' | null {
     this.dupAcks = 0;
     if (this.inRecovery) {
+      if (sack) {
+        // RFC 6675: cwnd was set to ssthresh on entry and never inflated; recovery ends at the recovery point.
+        if (seqGe(ack, this.recover)) {
+          this.inRecovery = false;
+          this.bytesAckedCa = 0;
+        }
+        return null;
+      }
       if (seqGe(ack, this.recover)) {
         // Full ACK (RFC 6582 §3.2 step 3): deflate to ssthresh, bounded by what is in flight.
         const flightAfter = Math.max(0, flightBefore - ackedBytes);
@@ -93,6 +103,18 @@ export class NewReno {
     this.inRecovery = true;
     this.cwnd = this.ssthresh + 3 * this.smss;
     return true;
+  }
+
+  /**
+   * SACK-based recovery starts (RFC 6675 §5 step 4.2, loss found by RACK or
+   * by duplicate ACKs): halve, and stay in recovery until `sndMax` is acknowledged.
+   */
+  enterSackRecovery(flight: number, sndMax: number): void {
+    this.ssthresh = Math.max(Math.floor(flight / 2), 2 * this.smss);
+    this.cwnd = this.ssthresh;
+    this.inRecovery = true;
+    this.recover = sndMax;
+    this.bytesAckedCa = 0;
   }
 
   /**

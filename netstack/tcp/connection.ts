@@ -1,8 +1,8 @@
 /**
  * One TCP connection: the RFC 9293 state machine with RFC 7323 (window scale,
  * timestamps, PAWS), RFC 5961 (challenge ACKs), RFC 6298 (RTO), RFC 5681 +
- * RFC 6582 (NewReno), RFC 2018 (SACK blocks for our out-of-order queue) and
- * RFC 1122's keepalive. It never sees a frame: the Stack (its host) demuxes
+ * RFC 6582 (NewReno), RFC 2018 (SACK both ways), RFC 6675 + RFC 8985 (SACK
+ * recovery, RACK, TLP), RFC 7661 (cwnd validation) and RFC 1122's keepalive. It never sees a frame: the Stack (its host) demuxes
  * segments to `input()` and builds Ethernet/IPv4 around what `transmit()`
  * hands it.
  *
@@ -28,8 +28,9 @@
  *   aborted: remove it from the tables. Called exactly once.
  * - `localMss`: the largest segment we can receive, MTU - 40.
  * - `isn?(tuple)`: optional initial sequence number source (tests pass a
- *   fixed one; default Math.random, RFC 9293 §3.4.1 only asks for
- *   unpredictability, and netstack/ has no crypto).
+ *   fixed one; the Stack uses RFC 6528, tcp/isn.ts; default Math.random).
+ * - `adoptTimeWait?(fields)`: optional; takes TIME-WAIT over as a small
+ *   record (tcp/time-wait.ts) once the owner was told 'closed'.
  *
  * ## Choices
  *
@@ -52,9 +53,10 @@
  *   acknowledged at the end of the batch.
  * - Zero-window probes are Linux's (tcp_xmit_probe_skb): an ACK with
  *   SEQ = SND.UNA - 1, which the peer must answer with its current window.
- * - Loss recovery is NewReno; the peer's SACK blocks are parsed but not used
- *   (RFC 6675 is not implemented). We do offer SACK-permitted, so that a
- *   Linux sender recovers fast from our SACK blocks.
+ * - Loss recovery: with SACK, RFC 6675 recovery over a scoreboard of the
+ *   segments in flight (scoreboard.ts), losses found by RACK and tail losses
+ *   by a tail loss probe (RFC 8985); without SACK, NewReno (RFC 6582) with
+ *   limited transmit (RFC 3042). We offer SACK-permitted both ways.
  * - onClose('closed') is raised when the close completes from the
  *   application's point of view (entering TIME-WAIT or CLOSED); the host is
  *   told `released` only when TIME-WAIT ends, so the four-tuple keeps
@@ -80,6 +82,7 @@ import { OooRanges, RecvRing } from './recv-buffer.js';
 import { RttEstimator } from './rtt.js';
 import { SendBuffer } from './send-buffer.js';
 import { OOW_ACK_INTERVAL_MS, TS_RECENT_VALID_MS, type TimeWaitFields } from './time-wait.js';
+import { Scoreboard } from './scoreboard.js';
 import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from './seq.js';
 
 export interface PayloadSource {
@@ -218,6 +221,12 @@ const TS_OPTION_BYTES = 12;
 /** TCP option bytes a full-sized segment may carry besides its payload (the most options can take). */
 const FULL_SEGMENT_SLACK = 40;
 const DEFAULT_MSS = 536; // RFC 9293 §3.7.1: when the peer sends no MSS option
+/** Tail loss probe (RFC 8985 §7.2): never sooner than this (older Linux's floor), whatever the RTT. */
+const MIN_PTO_MS = 10;
+/** Added to the PTO when one segment is in flight: the peer may hold its ACK (Linux's minimum delayed ACK). */
+const PTO_DELAYED_ACK_MS = 40;
+/** Duplicate ACKs that mean loss without SACK information (RFC 5681 DupThresh). */
+const DUP_THRESH = 3;
 /** Linux's TCP_MIN_SND_MSS: the smallest peer MSS we honour. */
 const MIN_PEER_MSS = 48;
 
@@ -292,6 +301,18 @@ export class TcpConnection implements TcpSocket {
   private rttStart = 0;
   private persistBackoff = 0;
   private probesOut = 0;
+  /** With SACK: the scoreboard for RFC 6675 recovery and RACK (RFC 8985); null without SACK (NewReno). */
+  private board: Scoreboard | null = null;
+  /** RACK's reordering timer and the tail loss probe's timer, made when first needed. */
+  private reoTimer: Timer | null = null;
+  private tlpTimer: Timer | null = null;
+  /** A tail loss probe went out and no ACK advanced SND.UNA since (one probe per episode). */
+  private tlpOut = false;
+  /** Recovery just started: one lost segment is resent whatever the pipe (RFC 6675 §5 step 4.3). */
+  private recoveryKick = false;
+  /** Extra sending room for one output() call (the tail loss probe's one new segment). */
+  private extraCwnd = 0;
+  private readonly lostRange: [number, number] = [0, 0];
   /** When data last left (restart after idle, RFC 5681 §4.1). */
   private lastDataSentAt = 0;
 
@@ -736,12 +757,20 @@ export class TcpConnection implements TcpSocket {
       (seg.flags & (TCP_SYN | TCP_FIN)) === 0
     ) {
       // RFC 5681 §2 duplicate ACK.
-      if (this.cc.onDupAck(ack, flightBefore, this.sndMax)) {
+      if (this.board !== null) {
+        // SACK recovery: RACK judges from the blocks; without any, DupThresh duplicates still mean the first segment is lost.
+        this.cc.dupAcks++;
+        if (this.cc.dupAcks >= DUP_THRESH && !this.board.hasSacked) this.board.markFirstLost();
+      } else if (this.cc.onDupAck(ack, flightBefore, this.sndMax)) {
         this.rttTiming = false;
         this.retransmitFirst();
         this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+      } else if (!this.cc.inRecovery && this.cc.dupAcks < DUP_THRESH) {
+        // RFC 3042 limited transmit: each of the first two duplicates lets one new segment out.
+        this.host.scheduleFlush(this);
       }
     }
+    if (this.board !== null && flightBefore > 0) this.sackRecovery(seg.options.sackBlocks);
     // Window update (RFC 9293 §3.10.7.4, SND.WL1/WL2 guard against old segments).
     if (seqLt(this.sndWl1, seq) || (this.sndWl1 === seq && seqLe(this.sndWl2, ack))) {
       const wasZero = this.sndWnd === 0;
@@ -785,13 +814,19 @@ export class TcpConnection implements TcpSocket {
     }
     if (this.rttTiming && seqGt(ack, this.rttSeq)) this.rttTiming = false;
 
-    if (this.cc.onNewAck(ack, totalAcked, flightBefore) === 'partial') {
+    this.tlpOut = false;
+    if (this.cc.onNewAck(ack, totalAcked, flightBefore, this.board !== null) === 'partial') {
       // RFC 6582 §3.2 step 4: retransmit the next hole at once.
       this.retransmitFirst();
     }
     // RFC 6298 §5.2/5.3.
-    if (this.flightSize() === 0) this.host.timers.cancel(this.rtxTimer);
-    else this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+    if (this.flightSize() === 0) {
+      this.host.timers.cancel(this.rtxTimer);
+      if (this.tlpTimer !== null) this.host.timers.cancel(this.tlpTimer);
+    } else {
+      this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+      this.armTlp();
+    }
 
     const finAcked = this.finQueued && seqGt(ack, this.finSeq);
     if (finAcked) {
@@ -959,14 +994,19 @@ export class TcpConnection implements TcpSocket {
       const idle = this.host.clock.now() - this.lastDataSentAt;
       if (idle > this.rtt.rto) this.cc.restartAfterIdle(idle, this.rtt.rto);
     }
+    if (this.board !== null && this.board.hasLost) this.retransmitLost();
     for (;;) {
       const offset = seqDiff(this.sndNxt, this.sndUna);
       const unsent = this.sendBuf.length - offset;
       const flight = offset;
       if (unsent > 0) {
-        const wnd = Math.min(this.sndWnd, this.cc.cwnd);
+        // The congestion window counts what is in the network: with SACK, RFC 6675's pipe; without, the flight
+        // (plus RFC 3042's limited transmit on the first two duplicate ACKs).
+        const inNetwork = this.board !== null ? this.board.pipe(flight) : flight;
+        const limited = this.board === null && !this.cc.inRecovery && this.cc.dupAcks < DUP_THRESH ? this.cc.dupAcks * this.smss : 0;
+        const cwndRoom = this.cc.cwnd + limited + this.extraCwnd - inNetwork;
         const mss = this.dataMss();
-        let len = Math.min(unsent, this.segmentLimit(mss), wnd - flight);
+        let len = Math.min(unsent, this.segmentLimit(mss), this.sndWnd - flight, cwndRoom);
         if (len <= 0) break;
         // Sender SWS avoidance (RFC 9293 §3.8.6.2.1), without Nagle: hold a runt only while the ACK clock runs.
         if (len < mss && len < unsent && flight > 0 && len < this.maxSndWnd / 2) break;
@@ -982,7 +1022,9 @@ export class TcpConnection implements TcpSocket {
           this.rttStart = this.host.clock.now();
         }
         this.sendData(flags, this.sndNxt, offset, len);
-        this.sndNxt = seqAdd(this.sndNxt, len + ((flags & TCP_FIN) !== 0 ? 1 : 0));
+        const covered = len + ((flags & TCP_FIN) !== 0 ? 1 : 0);
+        this.board?.sent(this.sndNxt, seqAdd(this.sndNxt, covered), this.host.clock.now());
+        this.sndNxt = seqAdd(this.sndNxt, covered);
         if (seqGt(this.sndNxt, this.sndMax)) this.sndMax = this.sndNxt;
         if (!this.rtxTimer.armed) this.host.timers.arm(this.rtxTimer, this.rtt.rto);
         continue;
@@ -990,6 +1032,7 @@ export class TcpConnection implements TcpSocket {
       if (this.finQueued && this.sndNxt === this.finSeq) {
         // A bare FIN needs no window (Linux accepts one even at a zero window).
         this.sendControl(TCP_FIN | TCP_ACK, this.sndNxt);
+        this.board?.sent(this.sndNxt, seqAdd(this.sndNxt, 1), this.host.clock.now());
         this.sndNxt = seqAdd(this.sndNxt, 1);
         if (seqGt(this.sndNxt, this.sndMax)) this.sndMax = this.sndNxt;
         if (!this.rtxTimer.armed) this.host.timers.arm(this.rtxTimer, this.rtt.rto);
@@ -1003,6 +1046,7 @@ export class TcpConnection implements TcpSocket {
     ) {
       this.pingpong = true;
     }
+    if (this.sndMax !== sndMaxBefore) this.armTlp();
     // Zero window with data waiting and nothing in flight: probe (RFC 9293 §3.8.6.1).
     const waiting = this.sendBuf.length - seqDiff(this.sndNxt, this.sndUna) > 0;
     if (waiting && this.flightSize() === 0 && this.sndWnd === 0) {
@@ -1015,21 +1059,129 @@ export class TcpConnection implements TcpSocket {
    * ACK, timeout). Returns the sequence space it covered (data + FIN).
    */
   private retransmitFirst(): number {
-    const inFlightData = Math.min(this.sendBuf.length, seqDiff(this.sndMax, this.sndUna));
-    const len = Math.min(inFlightData, this.dataMss());
+    return this.sendAgain(this.sndUna, this.dataMss());
+  }
+
+  /**
+   * Sends already-sent sequence space again from `seq` (SND.UNA <= seq <
+   * SND.MAX): up to maxLen data bytes, and our FIN if they reach it. Returns
+   * the sequence space covered (data + FIN).
+   */
+  private sendAgain(seq: number, maxLen: number): number {
+    const from = seqDiff(seq, this.sndUna);
+    const inFlightData = Math.min(this.sendBuf.length, seqDiff(this.sndMax, this.sndUna)) - from;
+    const len = Math.min(inFlightData, maxLen);
+    let covered = 0;
     if (len > 0) {
       let flags = TCP_ACK;
-      const finNext = this.finQueued && seqAdd(this.sndUna, len) === this.finSeq && seqGt(this.sndMax, this.finSeq);
-      if (len === this.sendBuf.length) flags |= TCP_PSH;
+      const finNext = this.finQueued && seqAdd(seq, len) === this.finSeq && seqGt(this.sndMax, this.finSeq);
+      if (from + len === this.sendBuf.length) flags |= TCP_PSH;
       if (finNext) flags |= TCP_FIN;
-      this.sendData(flags, this.sndUna, 0, len);
-      return len + (finNext ? 1 : 0);
-    }
-    if (this.finQueued && this.sndUna === this.finSeq && seqGt(this.sndMax, this.finSeq)) {
+      this.sendData(flags, seq, from, len);
+      covered = len + (finNext ? 1 : 0);
+    } else if (this.finQueued && seq === this.finSeq && seqGt(this.sndMax, this.finSeq)) {
       this.sendControl(TCP_FIN | TCP_ACK, this.finSeq);
-      return 1;
+      covered = 1;
     }
-    return 0;
+    if (covered > 0) this.board?.sent(seq, seqAdd(seq, covered), this.host.clock.now());
+    return covered;
+  }
+
+  /** A whole scoreboard record [s, e) again, in segments that fit the link now. */
+  private sendRecordAgain(s: number, e: number): void {
+    let seq = s;
+    while (seqLt(seq, e)) {
+      const n = this.sendAgain(seq, Math.min(seqDiff(e, seq), this.segmentLimit(this.dataMss())));
+      if (n === 0) return;
+      seq = seqAdd(seq, n);
+    }
+  }
+
+  // ------------------------------------------------------------------ SACK recovery, RACK, TLP
+
+  /**
+   * After each ACK with data in flight (SACK negotiated): update the
+   * scoreboard, let RACK mark losses, enter RFC 6675 recovery on the first
+   * one, and have output() resend what is lost.
+   */
+  private sackRecovery(blocks: readonly number[] | null): void {
+    const board = this.board!;
+    board.ack(this.sndUna, blocks, this.sndMax, this.host.clock.now());
+    this.detectLoss();
+  }
+
+  private detectLoss(): void {
+    const board = this.board!;
+    const wait = board.detectLoss(this.host.clock.now());
+    if (wait > 0) {
+      let t = this.reoTimer;
+      if (t === null) t = this.reoTimer = new Timer(() => this.onReoTimer());
+      this.host.timers.arm(t, Math.ceil(wait));
+    } else if (this.reoTimer !== null) {
+      this.host.timers.cancel(this.reoTimer);
+    }
+    if (!board.hasLost) return;
+    if (!this.cc.inRecovery) {
+      this.cc.enterSackRecovery(this.flightSize(), this.sndMax);
+      this.rttTiming = false;
+      // RFC 6675 §5 step 4.3: the first lost segment goes at once, whatever pipe says.
+      this.recoveryKick = true;
+    }
+    this.host.scheduleFlush(this);
+  }
+
+  private onReoTimer(): void {
+    if (this.board === null || !this.isSynchronized() || this.flightSize() <= 0) return;
+    this.detectLoss();
+  }
+
+  /** RFC 6675 §5 step (C): resend lost records while the congestion window has room. */
+  private retransmitLost(): void {
+    const board = this.board!;
+    const r = this.lostRange;
+    while (board.nextLost(r)) {
+      const pipe = board.pipe(this.flightSize());
+      if (!this.recoveryKick && pipe > 0 && pipe + this.smss > this.cc.cwnd + this.extraCwnd) return;
+      this.recoveryKick = false;
+      this.sendRecordAgain(r[0], r[1]);
+      this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+    }
+  }
+
+  /** RFC 8985 §7.2: arm the tail loss probe for the data in flight, if it would fire before the RTO. */
+  private armTlp(): void {
+    if (this.board === null || this.tlpOut || !this.rtt.hasSample) return;
+    const flight = this.flightSize();
+    if (flight <= 0) return;
+    let pto = Math.max(2 * this.rtt.srtt, MIN_PTO_MS);
+    if (flight <= this.smss) pto += PTO_DELAYED_ACK_MS;
+    if (pto >= this.rtt.rto) return;
+    let t = this.tlpTimer;
+    if (t === null) t = this.tlpTimer = new Timer(() => this.onTlpTimer());
+    this.host.timers.arm(t, pto);
+  }
+
+  /**
+   * RFC 8985 §7.3: no ACK for PTO. Send one new segment if there is one and
+   * the peer's window allows, else the last segment again, so that the ACK
+   * it draws lets RACK find what the tail lost, instead of waiting for the RTO.
+   */
+  private onTlpTimer(): void {
+    if (this.board === null || !this.isSynchronized() || this.flightSize() <= 0 || this.tlpOut) return;
+    this.tlpOut = true;
+    const sndMaxBefore = this.sndMax;
+    const unsent = this.sendBuf.length - seqDiff(this.sndNxt, this.sndUna);
+    if (unsent > 0 && this.sndWnd - this.flightSize() > 0) {
+      this.extraCwnd = this.smss;
+      this.output();
+      this.extraCwnd = 0;
+    }
+    if (this.sndMax === sndMaxBefore && this.board.last(this.lostRange)) {
+      const [s, e] = this.lostRange;
+      const seg = this.segmentLimit(this.dataMss());
+      this.sendRecordAgain(seqDiff(e, s) > seg ? seqAdd(e, -seg) : s, e);
+    }
+    this.host.timers.arm(this.rtxTimer, this.rtt.rto);
   }
 
   private sendData(flags: number, seq: number, from: number, len: number): void {
@@ -1222,6 +1374,11 @@ export class TcpConnection implements TcpSocket {
     this.retries++;
     // RFC 5681 §3.1 eq. 4 and RFC 6298 §5.4-5.6: collapse to one segment, back off, go back to SND.UNA.
     this.cc.onTimeout(flight, this.sndMax);
+    // Everything is sent again from SND.UNA: the scoreboard starts over (RFC 2018 lets the receiver renege anyway).
+    this.board?.clear();
+    this.tlpOut = false;
+    if (this.tlpTimer !== null) this.host.timers.cancel(this.tlpTimer);
+    if (this.reoTimer !== null) this.host.timers.cancel(this.reoTimer);
     this.rtt.backoff();
     this.rttTiming = false;
     this.tsSampleFloor = this.tsNow();
@@ -1299,6 +1456,7 @@ export class TcpConnection implements TcpSocket {
     this.st = this.finQueued ? St.FIN_WAIT_1 : St.ESTABLISHED;
     if (this.cfg.keepaliveMs !== null) this.host.timers.arm(this.keepaliveTimer, this.cfg.keepaliveMs);
     this.cc.setMss(this.smss);
+    if (this.sackOk) this.board = new Scoreboard();
     // onConnect only for active opens (passive ones were announced through PendingTcp).
     if (this.activeOpen && this.handlers.onConnect !== undefined) this.handlers.onConnect();
     if (this.sendBuf.length > 0 || this.finQueued) this.host.scheduleFlush(this);
@@ -1377,6 +1535,9 @@ export class TcpConnection implements TcpSocket {
     t.cancel(this.keepaliveTimer);
     t.cancel(this.lingerTimer);
     if (this.delAckTimer !== null) t.cancel(this.delAckTimer);
+    if (this.reoTimer !== null) t.cancel(this.reoTimer);
+    if (this.tlpTimer !== null) t.cancel(this.tlpTimer);
+    this.board?.clear();
     this.st = St.CLOSED;
     this.ackOwed = false;
     this.dataAckOwed = false;

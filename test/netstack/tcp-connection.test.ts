@@ -366,7 +366,8 @@ describe('sending and loss recovery', () => {
   });
 
   it('retransmits on RTO with doubling backoff, then times out with RST', () => {
-    const g = established({ cfg: { ...CFG, maxRetries: 4 } });
+    // Without SACK: no tail loss probe comes before the RTO.
+    const g = established({ sack: false, cfg: { ...CFG, maxRetries: 4 } });
     g.conn.write(bytes(100));
     g.host.flush();
     g.host.take();
@@ -380,7 +381,7 @@ describe('sending and loss recovery', () => {
   });
 
   it('fast-retransmits after three duplicate ACKs and handles a NewReno partial ACK', () => {
-    const g = established();
+    const g = established({ sack: false });
     g.conn.write(bytes(1448 * 10));
     g.host.flush();
     const first = g.host.take();
@@ -402,6 +403,35 @@ describe('sending and loss recovery', () => {
     g.send({ ack: seqAdd(s[9]!, 1448) });
     expect(g.conn.debug.inRecovery).toBe(false);
     expect(g.conn.bufferedAmount).toBe(0);
+  });
+
+  it('with SACK but no blocks on the duplicates, three duplicate ACKs still resend the first segment', () => {
+    const g = established();
+    g.conn.write(bytes(1448 * 10));
+    g.host.flush();
+    const first = g.host.take();
+    for (let i = 0; i < 2; i++) g.send({ ack: first[0]!.seq });
+    expect(g.host.take().filter((x) => x.seq === first[0]!.seq)).toHaveLength(0);
+    g.send({ ack: first[0]!.seq });
+    expect(g.host.take().filter((x) => x.seq === first[0]!.seq && x.payload.length === 1448)).toHaveLength(1);
+    expect(g.conn.debug.inRecovery).toBe(true);
+  });
+
+  it('with SACK, a lost tail draws a tail loss probe (the last segment again) before any RTO', () => {
+    const g = established();
+    g.send({ payload: bytes(10), tsval: 500 }); // an RTT sample: the handshake's was 0 ms
+    g.rcv += 10;
+    g.host.take();
+    g.conn.write(bytes(1448 * 4));
+    g.host.flush();
+    const sent = g.host.take().filter((x) => x.payload.length > 0);
+    expect(sent).toHaveLength(4);
+    const times: [number, number][] = [];
+    const start = g.clock.now();
+    g.host.onTransmit = (s) => times.push([g.clock.now() - start, s.seq]);
+    for (let i = 0; i < 30; i++) g.tick(5);
+    // The probe: the last segment again, 2 x SRTT (floored at 10 ms) after the flight left; the RTO (200 ms) has not fired.
+    expect(times).toEqual([[10, sent[3]!.seq]]);
   });
 
   it('probes a zero window with backoff and resumes when it opens', () => {

@@ -290,13 +290,13 @@ export function bytes(n: number, salt = 0): Uint8Array {
 }
 
 /** A connection accepted from a Linux-like SYN (with or without timestamps) and established. */
-export function established(opts: { ts?: boolean; cfg?: TcpConfig; window?: number } = {}) {
+export function established(opts: { ts?: boolean; sack?: boolean; cfg?: TcpConfig; window?: number } = {}) {
   const clock = new ManualClock(10_000);
   const timers = new TimerWheel(clock);
   const host = new FakeHost(clock, timers, 1460, OUR_ISN);
   const rec = new Recorder();
   const ts = opts.ts ?? true;
-  const syn = linuxSyn(ts ? {} : { timestamp: null });
+  const syn = linuxSyn({ ...(ts ? {} : { timestamp: null }), ...(opts.sack === false ? { sackPermitted: false } : {}) });
   const conn = TcpConnection.acceptSyn(host, opts.cfg ?? CFG, TUPLE, syn, rec);
   const synAck = host.take();
   let peerTs = 100;

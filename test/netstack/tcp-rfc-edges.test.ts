@@ -167,7 +167,7 @@ describe('active open: the receive window starts at the peer ISN (issue 16 defec
 
 describe('NewReno: a new recovery may start at the old "recover" (RFC 6582 §3.2 step 2, issue 16 defect 3)', () => {
   it('after a full recovery, the first segment of the next flight lost is fast-retransmitted on three duplicate ACKs', () => {
-    const g = established();
+    const g = established({ sack: false });
     g.conn.write(bytes(1448 * 10));
     g.host.flush();
     const first = g.host.take();
@@ -189,7 +189,7 @@ describe('NewReno: a new recovery may start at the old "recover" (RFC 6582 §3.2
   });
 
   it('after an RTO, duplicate ACKs for the same flight still do not start a second reduction', () => {
-    const g = established();
+    const g = established({ sack: false });
     g.conn.write(bytes(1448 * 10));
     g.host.flush();
     const first = g.host.take();
@@ -344,5 +344,22 @@ describe('initial sequence numbers: RFC 6528 clock + keyed hash (issue 16 defect
   it('the same seed and clock replay the same ISNs; another seed does not', () => {
     expect(opens(9, [40000, 40001, 40002], 10)).toEqual(opens(9, [40000, 40001, 40002], 10));
     expect(opens(10, [40000], 10)[0]!.iss).not.toBe(opens(9, [40000], 10)[0]!.iss);
+  });
+});
+
+describe('limited transmit (RFC 3042), without SACK', () => {
+  it('each of the first two duplicate ACKs lets one new segment out; the third starts fast retransmit', () => {
+    const g = established({ sack: false });
+    g.conn.write(bytes(1448 * 20));
+    g.host.flush();
+    const first = g.host.take();
+    expect(first).toHaveLength(10); // the initial window
+    const next = (first.at(-1)!.seq + 1448) >>> 0;
+    g.send({ ack: first[0]!.seq });
+    expect(g.host.take().map((s) => s.seq)).toEqual([next]);
+    g.send({ ack: first[0]!.seq });
+    expect(g.host.take().map((s) => s.seq)).toEqual([(next + 1448) >>> 0]);
+    g.send({ ack: first[0]!.seq });
+    expect(g.host.take().map((s) => s.seq)).toContain(first[0]!.seq);
   });
 });
