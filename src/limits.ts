@@ -89,7 +89,7 @@ export const LIMIT_SPECS: readonly LimitSpec[] = [
     default: 65_536,
     min: 1,
     max: 1_048_576,
-    help: "Connections the host side closed first, held in TIME-WAIT for 60 s (a small record each, about 200 bytes, not counted in --max-tcp-flows), as Linux's tcp_max_tw_buckets. Beyond it the oldest is dropped early; no connection is refused. /stats: limits.timeWait.",
+    help: "Connections the host side closed first, held in TIME-WAIT for 60 s (a small record each, about 450 bytes, not counted in --max-tcp-flows), as Linux's tcp_max_tw_buckets. Beyond it the oldest is dropped early; no connection is refused. /stats: limits.timeWait.",
   },
   {
     flag: 'max-udp-flows',

@@ -30,7 +30,6 @@
  */
 import type { FourTuple } from '../api.js';
 import type { Clock } from '../clock.js';
-import { FlowTable } from '../flow-table.js';
 import { Timer, type TimerWheel } from '../timer-wheel.js';
 import { TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, type TcpOptions, type TcpRepr, type TcpSegmentFields } from './header.js';
 import { seqLe, seqLt } from './seq.js';
@@ -70,10 +69,19 @@ export interface TimeWaitStats {
   recycled: number;
 }
 
+/**
+ * The table's key for a four-tuple. A string, unlike FlowTable's nested
+ * numeric maps: those cost an inner Map per guest port, several times the
+ * record itself, and this table is looked up only for segments that match
+ * no connection (new SYNs, strays), not per data segment.
+ */
+function keyOf(src: number, srcPort: number, dst: number, dstPort: number): string {
+  return `${src}:${srcPort}:${dst}:${dstPort}`;
+}
+
 export class TimeWaitTable {
-  private readonly byTuple = new FlowTable<TimeWaitRecord>();
-  /** Every record, oldest deadline first (Map keeps insertion order; a restart re-inserts). */
-  private readonly byAge = new Map<TimeWaitRecord, true>();
+  /** Every record by four-tuple, oldest deadline first (a Map keeps insertion order; a restart re-inserts). */
+  private readonly byAge = new Map<string, TimeWaitRecord>();
   private readonly timer: Timer;
   private recycledCount = 0;
   private readonly ack: TcpSegmentFields;
@@ -103,34 +111,48 @@ export class TimeWaitTable {
   }
 
   get(src: number, srcPort: number, dst: number, dstPort: number): TimeWaitRecord | undefined {
-    return this.byTuple.get(src, srcPort, dst, dstPort);
+    return this.byAge.get(keyOf(src, srcPort, dst, dstPort));
   }
 
   /** Starts TIME-WAIT for `fields.tuple` (replacing a record on the same tuple); recycles the oldest when full. */
   add(fields: TimeWaitFields): TimeWaitRecord {
     const t = fields.tuple;
-    const old = this.byTuple.get(t.src, t.srcPort, t.dst, t.dstPort);
+    const key = keyOf(t.src, t.srcPort, t.dst, t.dstPort);
+    const old = this.byAge.get(key);
     if (old !== undefined) this.remove(old);
     if (this.byAge.size >= this.max) {
-      const oldest = this.byAge.keys().next().value as TimeWaitRecord;
+      const oldest = this.byAge.values().next().value as TimeWaitRecord;
       this.remove(oldest);
       this.recycledCount++;
     }
-    const rec: TimeWaitRecord = { ...fields, deadline: this.clock.now() + this.timeWaitMs, lastOowAckAt: -Infinity };
-    this.byTuple.set(t, rec);
-    this.byAge.set(rec, true);
+    const rec: TimeWaitRecord = {
+      tuple: t,
+      sndNxt: fields.sndNxt,
+      rcvNxt: fields.rcvNxt,
+      window: fields.window,
+      tsOk: fields.tsOk,
+      tsOffset: fields.tsOffset,
+      tsRecent: fields.tsRecent,
+      tsRecentAt: fields.tsRecentAt,
+      deadline: this.clock.now() + this.timeWaitMs,
+      lastOowAckAt: -Infinity,
+    };
+    this.byAge.set(key, rec);
     if (!this.timer.armed) this.armForOldest();
     return rec;
   }
 
   remove(rec: TimeWaitRecord): void {
-    if (!this.byAge.delete(rec)) return;
-    this.byTuple.delete(rec.tuple, rec);
+    const t = rec.tuple;
+    const key = keyOf(t.src, t.srcPort, t.dst, t.dstPort);
+    if (this.byAge.get(key) !== rec) return;
+    this.byAge.delete(key);
     if (this.byAge.size === 0) this.timers.cancel(this.timer);
   }
 
   clear(): void {
-    for (const rec of [...this.byAge.keys()]) this.remove(rec);
+    this.byAge.clear();
+    this.timers.cancel(this.timer);
   }
 
   /**
@@ -188,13 +210,15 @@ export class TimeWaitTable {
 
   private restart(rec: TimeWaitRecord): void {
     rec.deadline = this.clock.now() + this.timeWaitMs;
-    this.byAge.delete(rec);
-    this.byAge.set(rec, true);
-    if (this.byAge.keys().next().value !== rec || !this.timer.armed) this.armForOldest();
+    const t = rec.tuple;
+    const key = keyOf(t.src, t.srcPort, t.dst, t.dstPort);
+    this.byAge.delete(key);
+    this.byAge.set(key, rec);
+    this.armForOldest();
   }
 
   private armForOldest(): void {
-    const oldest = this.byAge.keys().next().value as TimeWaitRecord | undefined;
+    const oldest = this.byAge.values().next().value as TimeWaitRecord | undefined;
     if (oldest === undefined) {
       this.timers.cancel(this.timer);
       return;
@@ -204,9 +228,9 @@ export class TimeWaitTable {
 
   private expire(): void {
     const now = this.clock.now();
-    for (const rec of this.byAge.keys()) {
+    for (const [key, rec] of this.byAge) {
       if (rec.deadline > now) break;
-      this.remove(rec);
+      this.byAge.delete(key);
     }
     this.armForOldest();
   }
