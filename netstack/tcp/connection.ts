@@ -1584,6 +1584,11 @@ export class TcpConnection implements TcpSocket {
   private segmentLimit(mss: number): number {
     const offload = this.cfg.segmentOffloadBytes;
     if (offload <= mss || mss !== this.smss) return mss;
+    // The link marks a super-segment GSO with the size one MTU-sized segment
+    // holds (tap-fd.ts writeVnetHeader): offload only when that is this
+    // connection's segment size. A guest whose MSS is smaller (a smaller MTU,
+    // MSS clamping) would otherwise be handed segments larger than it asked for.
+    if (this.smss !== this.host.localMss - (this.tsOk ? TS_OPTION_BYTES : 0)) return mss;
     return offload - (offload % mss);
   }
 

@@ -363,3 +363,35 @@ describe('limited transmit (RFC 3042), without SACK', () => {
     expect(g.host.take().map((s) => s.seq)).toContain(first[0]!.seq);
   });
 });
+
+describe('segmentation offload only at the segment size the link marks (issue 16 defect 6, GSO size)', () => {
+  it('a guest with MSS 1460 on a 65520-MTU offloading link gets 1448-byte segments, not super-segments the link would mark with the wrong size', () => {
+    const clock = new ManualClock(0);
+    const timers = new TimerWheel(clock);
+    const host = new FakeHost(clock, timers, 65_480, 1000);
+    const cfg: TcpConfig = { sendBufferBytes: 256 * 1024, recvBufferBytes: 64 * 1024, oooBytes: 8192, segmentOffloadBytes: 65_455 };
+    const conn = TcpConnection.acceptSyn(host, cfg, TUPLE, linuxSyn({ mss: 1460 }), new Recorder());
+    host.take();
+    conn.input(seg({ seq: 5001, ack: 1001, flags: TCP_ACK, window: 0xffff, ts: { value: 78, echo: 0 } }));
+    expect(conn.debug.smss).toBe(1448);
+    conn.write(bytes(100_000));
+    host.flush();
+    const sizes = host.take().map((s) => s.payload.length).filter((n) => n > 0);
+    expect(sizes.length).toBeGreaterThan(0);
+    expect(Math.max(...sizes)).toBe(1448);
+  });
+
+  it('a guest whose MSS fills the link MTU still gets whole-MSS super-segments', () => {
+    const clock = new ManualClock(0);
+    const timers = new TimerWheel(clock);
+    const host = new FakeHost(clock, timers, 1460, 1000);
+    const cfg: TcpConfig = { sendBufferBytes: 256 * 1024, recvBufferBytes: 64 * 1024, oooBytes: 8192, segmentOffloadBytes: 65_455 };
+    const conn = TcpConnection.acceptSyn(host, cfg, TUPLE, linuxSyn({ mss: 1460 }), new Recorder());
+    host.take();
+    conn.input(seg({ seq: 5001, ack: 1001, flags: TCP_ACK, window: 0xffff, ts: { value: 78, echo: 0 } }));
+    conn.write(bytes(100_000));
+    host.flush();
+    const sizes = host.take().map((s) => s.payload.length).filter((n) => n > 0);
+    expect(Math.max(...sizes)).toBe(10 * 1448); // the initial window, in one super-segment
+  });
+});
