@@ -29,6 +29,8 @@ export class Scoreboard {
   private time: number[] = [];
   private flags: number[] = [];
   private head = 0;
+  /** No record below this index is marked lost (nextLost starts here: resending n holes costs n, not n^2). */
+  private lostHint = 0;
   /** Send time and end of the most recently sent segment known delivered (RACK.xmit_ts, RACK.end_seq). */
   private rackTime = -Infinity;
   private rackEnd = 0;
@@ -62,6 +64,7 @@ export class Scoreboard {
   clear(): void {
     this.start.length = this.end.length = this.time.length = this.flags.length = 0;
     this.head = 0;
+    this.lostHint = 0;
     this.sackedBytes = this.lostBytes = 0;
     this.rackTime = -Infinity;
   }
@@ -76,8 +79,7 @@ export class Scoreboard {
       this.flags.push(0);
       return;
     }
-    for (let i = this.head; i < n; i++) {
-      if (seqLe(this.end[i]!, s)) continue;
+    for (let i = this.firstEndingAfter(s); i < n; i++) {
       if (seqGe(this.start[i]!, e)) break;
       const f = this.flags[i]!;
       if ((f & SACKED) !== 0) continue;
@@ -121,8 +123,7 @@ export class Scoreboard {
         const be = blocks[b + 1]! >>> 0;
         // RFC 2018 blocks above SND.UNA and not beyond what was sent; D-SACKs and nonsense are ignored.
         if (!seqLt(bs, be) || seqLe(be, una) || seqGt(be, sndMax)) continue;
-        for (let i = this.head; i < this.start.length; i++) {
-          if (seqLe(this.end[i]!, bs)) continue;
+        for (let i = this.firstEndingAfter(bs); i < this.start.length; i++) {
           if (seqGe(this.start[i]!, be)) break;
           // Only records the block covers whole count as SACKed (a partly covered one is sent again whole).
           if ((this.flags[i]! & SACKED) !== 0 || seqLt(this.start[i]!, bs) || seqGt(this.end[i]!, be)) continue;
@@ -154,7 +155,11 @@ export class Scoreboard {
       if ((f & (SACKED | LOST)) !== 0) continue;
       const t = this.time[i]!;
       // Sent after the reference segment: RACK cannot judge it yet.
-      if (t > this.rackTime || (t === this.rackTime && seqGt(this.end[i]!, this.rackEnd))) continue;
+      if (t > this.rackTime || (t === this.rackTime && seqGt(this.end[i]!, this.rackEnd))) {
+        // Records never resent are in sending order: every later one was sent later still (a resent one, later yet).
+        if ((f & RETRANSMITTED) === 0) break;
+        continue;
+      }
       const left = t + this.rackRtt + reoWnd - now;
       if (left <= 0) {
         this.markLost(i);
@@ -173,8 +178,9 @@ export class Scoreboard {
   /** The first record marked lost and not retransmitted since, as [start, end], or null. */
   nextLost(out: [number, number]): boolean {
     if (this.lostBytes === 0) return false;
-    for (let i = this.head; i < this.start.length; i++) {
+    for (let i = Math.max(this.head, this.lostHint); i < this.start.length; i++) {
       if ((this.flags[i]! & LOST) !== 0) {
+        this.lostHint = i;
         out[0] = this.start[i]!;
         out[1] = this.end[i]!;
         return true;
@@ -192,11 +198,24 @@ export class Scoreboard {
     return true;
   }
 
+  /** Index of the first live record that ends after `seq` (records are in sequence order): a binary search, so a SACK block costs log n, not n. */
+  private firstEndingAfter(seq: number): number {
+    let lo = this.head;
+    let hi = this.start.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (seqLe(this.end[mid]!, seq)) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
   private markLost(i: number): void {
     const f = this.flags[i]!;
     const len = seqDiff(this.end[i]!, this.start[i]!);
     this.flags[i] = f | LOST;
     this.lostBytes += len;
+    if (i < this.lostHint) this.lostHint = i;
   }
 
   private noteDelivered(i: number, now: number): void {
@@ -221,6 +240,7 @@ export class Scoreboard {
   }
 
   private compact(): void {
+    this.lostHint = Math.max(0, this.lostHint - this.head);
     this.start = this.start.slice(this.head);
     this.end = this.end.slice(this.head);
     this.time = this.time.slice(this.head);
