@@ -1150,7 +1150,8 @@ export class TcpConnection implements TcpSocket {
 
   /** RFC 8985 §7.2: arm the tail loss probe for the data in flight, if it would fire before the RTO. */
   private armTlp(): void {
-    if (this.board === null || this.tlpOut || !this.rtt.hasSample) return;
+    // Not during recovery (RFC 8985 §7.2): RACK and the RTO already watch every segment in flight.
+    if (this.board === null || this.tlpOut || this.cc.inRecovery || !this.rtt.hasSample) return;
     const flight = this.flightSize();
     if (flight <= 0) return;
     let pto = Math.max(2 * this.rtt.srtt, MIN_PTO_MS);
