@@ -18,6 +18,8 @@ import { parseRules, RuleSetError, type Rule } from '../dns/rules.js';
 import type { SinkholeMode } from '../dns/zones.js';
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js';
 import { limitFlagDocs, parseLimits, type Limits } from './limits.js';
+import { liveLookupFlagDocs, parseLiveLookups, type LiveLookupSettings } from './allowlist/live-lookup-flags.js';
+import { logFlagDocs, parseLogLimits, type LogLimits } from './log-flags.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
 
 /** A usage or configuration mistake: the CLI prints the message and exits with 2. */
@@ -78,6 +80,12 @@ export interface ServeConfig {
   mode: 'enforce' | 'audit';
   /** Resource limits (--max-tcp-flows ... --api-max-body-bytes, src/limits.ts); DEFAULT_LIMITS where absent. */
   limits?: Limits;
+  /** A 403 lists the allow rules (--refusal-details); absent = off. */
+  refusalDetails?: boolean;
+  /** The live-lookup budget (--live-lookup-*, --no-live-lookups); the defaults when absent. */
+  liveLookups?: LiveLookupSettings;
+  /** The logs' budget and the decision log's rotation (--log-lines-per-sec ..., src/log-flags.ts); DEFAULT_LOG_LIMITS where absent. */
+  logLimits?: LogLimits;
 }
 
 /** What `moat zones` needs: the allowlist and the built-in addresses. */
@@ -170,7 +178,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     multiple: true,
     value: 'RULE',
     default: 'none (no allowlist: DNS is forwarded)',
-    help: 'Allow a destination: HOST, *.DOMAIN (every name below DOMAIN, not DOMAIN itself), IP or CIDR, each with an optional :PORT. With any --allow, the gateway answers DNS itself: allowed hosts get the addresses they had at start-up (Moat does not start if one cannot be resolved), names below *.DOMAIN are resolved when asked, every other name is sinkholed without a query leaving the host. Repeatable.',
+    help: 'Allow a destination: HOST, *.DOMAIN (every name below DOMAIN, not DOMAIN itself), IP or CIDR, each with an optional :PORT. With any --allow, the gateway answers DNS itself: allowed hosts get the addresses they had at start-up (Moat does not start if one cannot be resolved), names below *.DOMAIN are resolved when asked, every other name is sinkholed without a query leaving the host. 169.254.0.0/16 opens only to a rule inside it and the host alias only to its exact address: 0.0.0.0/0 opens neither (a warning names such rules). Repeatable.',
     example: '*.github.com',
   },
   {
@@ -204,7 +212,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     type: 'string',
     value: 'FILE',
     default: 'none (blocked decisions still go to the main log)',
-    help: 'Append every egress decision (allowed and blocked, TCP, UDP and DNS) to FILE as one JSON line: id, decision, reason, rule, proto, dst, name, via. Rate-limited per destination.',
+    help: 'Append every egress decision (allowed and blocked, TCP, UDP and DNS) to FILE as one JSON line: id, decision, reason, rule, proto, dst, name, via. Rate-limited per destination, and by the log budget (--log-lines-per-sec ...); rotated with --decision-log-max-bytes.',
   },
   {
     name: 'mode',
@@ -213,9 +221,19 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     default: 'enforce',
     help: 'With --allow: enforce refuses what the rules do not allow; audit lets everything through (cloud metadata 169.254.0.0/16 excepted: still refused) and records each flow and DNS name the rules would have refused as "would-block" in the decision log, so `moat learn` can propose an allowlist.',
   },
-  { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise it follows the rules like any address (e.g. --allow 192.168.127.254:8080).' },
+  {
+    name: 'refusal-details',
+    type: 'boolean',
+    default: 'off',
+    help: "With --allow, a refusal's 403 body also lists the allow rules (for debugging). Off, it names the host, the reason and the decision id only: the rules would tell a guest what else it may reach and which wildcards are resolved live.",
+  },
+  { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise only a rule naming its exact address opens it (e.g. --allow 192.168.127.254:8080); a CIDR containing it does not.' },
+  // The live-lookup budget: described once in src/allowlist/live-lookup-flags.ts.
+  ...liveLookupFlagDocs(),
   // Resource limits: described once in src/limits.ts LIMIT_SPECS.
   ...limitFlagDocs(),
+  // The logs' budget and the decision log's rotation: described once in src/log-flags.ts.
+  ...logFlagDocs(),
   { name: 'help', type: 'boolean', help: 'Show this help.' },
 ];
 
@@ -655,10 +673,13 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const peekTimeoutMs = parsePeekTimeout(raw);
   const mode = parseMode(raw);
   const decisionLog = parseDecisionLog(raw);
+  const liveLookups = parseLiveLookupFlags(raw);
 
   // --max-tcp-flows ... --api-max-body-bytes
   const limits = parseLimits(str);
   if (typeof limits === 'string') throw new ConfigError(limits);
+  const logLimits = parseLogLimits(str);
+  if (typeof logLimits === 'string') throw new ConfigError(logLimits);
 
   const allowLinkLocal = raw.get('allow-link-local');
   return {
@@ -685,7 +706,17 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     allowHostAlias: raw.get('allow-host-alias')?.value === true,
     mode,
     limits,
+    refusalDetails: raw.get('refusal-details')?.value === true,
+    liveLookups,
+    logLimits,
   };
+}
+
+/** --live-lookup-rate, --live-lookup-burst, --live-lookup-bytes, --live-lookup-burst-bytes, --no-live-lookups. Shared by serve and proxy. */
+export function parseLiveLookupFlags(raw: Map<string, Raw>): LiveLookupSettings {
+  const settings = parseLiveLookups(getters(raw).str, raw.get('no-live-lookups')?.value === true);
+  if (typeof settings === 'string') throw new ConfigError(settings);
+  return settings;
 }
 
 /** --admit-resolved: IPv4 CIDRs with no host bits set (shared by serve and proxy). */
@@ -810,6 +841,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
     allowLinkLocal: c.allowLinkLocal,
     dnsUpstreams: c.dnsUpstreams.map(formatUpstream),
     ...(c.limits === undefined ? {} : { limits: { ...c.limits } }),
+    ...(c.logLimits === undefined ? {} : { logLimits: { ...c.logLimits } }),
     ...(c.allow.length === 0
       ? {}
       : {
@@ -821,6 +853,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
           decisionLog: c.decisionLog,
           allowHostAlias: c.allowHostAlias,
           mode: c.mode,
+          refusalDetails: c.refusalDetails ?? false,
         }),
   };
 }

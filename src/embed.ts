@@ -19,6 +19,7 @@ import type { DecisionLog, DecisionRecord } from './egress/decision-log.js';
 import type { ReloadResult } from './egress/allowlist-runtime.js';
 import { ConfigError, NODE_CONFIG_IO, parseServeArgs, type ConfigIo, type ServeConfig } from './config.js';
 import { createLogger, NULL_LOGGER, type Logger, type LogStream } from './log.js';
+import { mainLogBudget } from './log-flags.js';
 import { serve as startService, type RunningServer, type ServeDeps } from './serve.js';
 import type { NetStack } from '../netstack/api.js';
 import { parseProxyArgs, type ProxyConfig } from './proxy/config.js';
@@ -119,10 +120,10 @@ export function flagsToArgs(flags: ServeFlags): string[] {
   return args;
 }
 
-function loggerFor(log: Logger | LogStream | undefined, config: Pick<ServeConfig, 'logLevel' | 'logFormat'>): Logger {
+function loggerFor(log: Logger | LogStream | undefined, config: Pick<ServeConfig, 'logLevel' | 'logFormat' | 'logLimits'>): Logger {
   if (log === undefined) return NULL_LOGGER;
   if (typeof (log as Logger).child === 'function') return log as Logger;
-  return createLogger({ level: config.logLevel, format: config.logFormat, stream: log as LogStream });
+  return createLogger({ level: config.logLevel, format: config.logFormat, stream: log as LogStream, budget: mainLogBudget(config) });
 }
 
 function wrap(running: RunningServer, config: ServeConfig): MoatServer {

@@ -14,11 +14,14 @@ import { PinTable } from '../../sni/pins.js';
 import { EgressPolicy } from '../../sni/policy.js';
 import { parseRules, type Rule } from '../../dns/rules.js';
 import type { Resolver, Timers } from '../../dns/preresolve.js';
+import { DEFAULT_LIVE_BUDGET, LiveLookupBudget } from '../../dns/live-budget.js';
+import type { LiveLookupSettings } from '../allowlist/live-lookup-flags.js';
 import type { SinkholeMode, ZoneTable } from '../../dns/zones.js';
 import { AllowlistDns } from '../allowlist/dns.js';
 import { realTimers } from '../allowlist/resolver.js';
 import { buildAllowlistTable } from '../allowlist/zones.js';
 import type { Logger, LogStream } from '../log.js';
+import type { LogBudgetLimits } from '../log-budget.js';
 import { DecisionLog, DEFAULT_DECISION_LOG_LIMITS } from './decision-log.js';
 import { DialTargets } from './dial-targets.js';
 import { Egress, type EgressOptions } from './egress.js';
@@ -39,9 +42,13 @@ export interface AllowlistRuntimeOptions {
   egress: EgressOptions;
   /** The --decision-log file, if any. */
   decisionSink?: LogStream;
+  /** That file's global budget (--log-lines-per-sec ...); DEFAULT_LOG_BUDGET when absent. */
+  decisionBudget?: LogBudgetLimits;
   /** Monotonic milliseconds, for pin expiry and log rate limits. */
   now: () => number;
   signal?: AbortSignal;
+  /** The live-lookup budget (--live-lookup-*); DEFAULT_LIVE_BUDGET, enabled, when absent. */
+  liveLookups?: LiveLookupSettings;
 }
 
 /** Live lookups of names below `*.domain` for dial-by-name, at once. */
@@ -60,18 +67,27 @@ export class AllowlistRuntime {
     readonly dns: AllowlistDns,
     readonly egress: Egress,
     private rules: readonly Rule[],
+    private readonly log: Logger,
+    /** One budget for every live lookup this runtime makes: its DNS, dial-by-name, proxy targets. */
+    readonly liveBudget: LiveLookupBudget,
   ) {}
 
   static async start(o: AllowlistRuntimeOptions, log: Logger): Promise<AllowlistRuntime> {
     const policy = compilePolicy(o, o.rules); // an invalid --admit-resolved fails before any lookup
+    warnBroadRules(policy, log);
     const table = await buildTable(o, o.rules, o.signal);
     const pins = new PinTable(o.now);
     seedPins(pins, table);
     const decisions = new DecisionLog(
-      { ...DEFAULT_DECISION_LOG_LIMITS, now: o.now, ...(o.decisionSink ? { sink: o.decisionSink } : {}) },
+      { ...DEFAULT_DECISION_LOG_LIMITS, now: o.now, ...(o.decisionSink ? { sink: o.decisionSink } : {}), ...(o.decisionBudget ? { budget: o.decisionBudget } : {}) },
       log.child({ component: 'egress' }),
     );
-    const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS });
+    const liveBudget = new LiveLookupBudget({ ...(o.liveLookups ?? { ...DEFAULT_LIVE_BUDGET, enabled: true }), now: o.now });
+    const wildcards = o.rules.filter((r) => r.kind === 'wildcard').map((r) => r.text);
+    if (!liveBudget.enabled && wildcards.length > 0) {
+      log.warn('live lookups are off: names below these wildcards are answered only when a rule names them exactly', { rules: wildcards });
+    }
+    const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS, budget: liveBudget });
     const egress = new Egress(policy, pins, decisions, targets, o.egress);
     const dns = new AllowlistDns(
       {
@@ -80,14 +96,17 @@ export class AllowlistRuntime {
         ...(o.timers ? { timers: o.timers } : {}),
         decisionId: () => decisions.nextId(),
         audit: o.egress.mode === 'audit',
+        budget: liveBudget,
+        pinned: (name) => pins.addressesFor(name),
         onDecision: (d) => {
           // The responder clamps live TTLs (at least 5 s), so a pin always outlives the answer's use.
           if (d.addresses.length > 0 && d.ttl !== null && (d.outcome === 'live' || d.outcome === 'audit-live')) {
             pins.pin(d.name, d.addresses, d.ttl * 1000);
           }
-          if ((d.outcome === 'sinkholed' || d.outcome === 'audit-live') && d.id !== undefined) {
-            const decision = d.outcome === 'sinkholed' ? 'blocked' : 'would-block';
-            decisions.record({ id: d.id, decision, reason: 'dns-sinkhole', rule: null, proto: 'dns', dst: d.name, name: d.name, via: 'dns', detail: d.type });
+          if ((d.outcome === 'sinkholed' || d.outcome === 'live-off' || d.outcome === 'audit-live') && d.id !== undefined) {
+            const decision = d.outcome === 'audit-live' ? 'would-block' : 'blocked';
+            const reason = d.outcome === 'live-off' ? 'live-off' : 'dns-sinkhole';
+            decisions.record({ id: d.id, decision, reason, rule: null, proto: 'dns', dst: d.name, name: d.name, via: 'dns', detail: d.type });
           } else if (d.outcome === 'allowed' || d.outcome === 'live') {
             // What the guest looked up is part of what a job needs (moat learn reads it).
             const zone = d.zone === null ? null : d.zone.slice(0, -1);
@@ -97,7 +116,7 @@ export class AllowlistRuntime {
       },
       log.child({ component: 'dns' }),
     );
-    return new AllowlistRuntime(o, dns, egress, o.rules);
+    return new AllowlistRuntime(o, dns, egress, o.rules, log, liveBudget);
   }
 
   get ruleTexts(): string[] {
@@ -125,6 +144,7 @@ export class AllowlistRuntime {
       seedPins(this.egress.pins, table);
       this.egress.setPolicy(policy);
       this.rules = rules;
+      warnBroadRules(policy, this.log);
       return { rules: rules.map((r) => r.text), zones: zoneNames(table) };
     });
     this.reloading = run.catch(() => undefined);
@@ -133,6 +153,7 @@ export class AllowlistRuntime {
 
   async close(): Promise<void> {
     await this.dns.close();
+    this.egress.decisions.close(); // the decision log's last "log lines suppressed" summary
   }
 }
 
@@ -169,6 +190,15 @@ function buildTable(o: AllowlistRuntimeOptions, rules: readonly Rule[], signal: 
     ...(o.timers ? { timers: o.timers } : {}),
     ...(signal ? { signal } : {}),
   });
+}
+
+/**
+ * A rule like `0.0.0.0/0:80` or `192.168.0.0/16` contains the host alias or
+ * 169.254/16 but does not open them (sni/policy.ts, steps 1-2): say so, once
+ * per rule, so that nobody believes they are open (or closed by accident).
+ */
+function warnBroadRules(policy: EgressPolicy, log: Logger): void {
+  for (const w of policy.warnings()) log.warn('allow rule contains a range it does not open', { rule: w.rule, contains: w.contains, detail: w.message });
 }
 
 /** An exact host's pre-resolved addresses are where its name leads for as long as this allowlist lives. */

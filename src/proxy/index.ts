@@ -14,19 +14,23 @@
 import type { AddressInfo, Server, Socket } from 'node:net';
 import type { Resolver } from '../../dns/preresolve.js';
 import { NodeDnsResolver } from '../allowlist/resolver.js';
+import type { LiveBudgetStats } from '../../dns/live-budget.js';
 import { ApiServer, type AllowlistControl } from '../api-server.js';
 import { MonotonicClock } from '../clock.js';
 import { DEFAULT_SUBNET, formatUpstream, type DnsUpstream } from '../config.js';
 import { AllowlistRuntime, zoneNames } from '../egress/allowlist-runtime.js';
-import { openDecisionLog } from '../egress/decision-log.js';
+import { decisionFileError, logStats, openDecisionLog } from '../egress/decision-log.js';
+import { DEFAULT_LOG_LIMITS } from '../log-flags.js';
 import { DEFAULT_EGRESS_OPTIONS, type Egress } from '../egress/egress.js';
 import type { Logger } from '../log.js';
 import { TcpFlowTable } from '../nat/tcp-flows.js';
 import { UnavailablePortForwards } from '../serve.js';
 import type { ProxyConfig } from './config.js';
+import { AuthFailureLog } from './auth.js';
+import { exposureWarnings } from './exposure.js';
 import { createHttpProxy } from './http-proxy.js';
 import { createSocks5Server } from './socks5.js';
-import type { Admission } from './targets.js';
+import { decideAddress, type Admission } from './targets.js';
 import { Tunnel, type Dialer } from './tunnel.js';
 
 export { parseProxyArgs, proxyHelp, PROXY_FLAGS, type ProxyConfig } from './config.js';
@@ -53,14 +57,21 @@ export interface ProxyStats {
   socksConnects: number;
   requests: number;
   refused: number;
-  /** SOCKS5 UDP ASSOCIATE: associations opened, datagrams relayed out / in, dropped (policy, fragments, names). */
+  /** Requests, CONNECTs and SOCKS5 handshakes refused for missing or wrong credentials (--auth-file). */
+  authFailures: number;
+  /** SOCKS5 UDP ASSOCIATE: associations opened, datagrams the kernel took out / in, dropped (policy, fragments, names), sends that failed. */
   udpAssociations: number;
   udpOut: number;
   udpIn: number;
   udpDropped: number;
+  udpSendErrors: number;
   tunnels: { open: number; peeking: number; opened: number; bytesUp: number; bytesDown: number; peekBufferedBytes: number };
   decisions: { allowed: number; blocked: number; wouldBlock: number; suppressedLines: number };
   connections: { http: number; socks: number };
+  /** The live-lookup budget of all clients together (dns/live-budget.ts). */
+  liveBudget: LiveBudgetStats & { enabled: boolean };
+  /** What the main log's and the decision log's budgets wrote and held back (as serve's /stats.logs). */
+  logs: Record<string, unknown>;
 }
 
 export interface RunningProxy {
@@ -95,7 +106,8 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     }
   };
   try {
-    const sink = config.decisionLog === undefined ? undefined : await openDecisionLog(config.decisionLog);
+    const logLimits = config.logLimits ?? DEFAULT_LOG_LIMITS;
+    const sink = config.decisionLog === undefined ? undefined : await openDecisionLog(config.decisionLog, logLimits.decisionLogRotation, decisionFileError(log));
     if (sink) closers.push(() => new Promise<void>((r) => sink.end(r)));
     const runtime = await AllowlistRuntime.start(
       {
@@ -108,9 +120,11 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         admitResolved: config.admitResolved,
         hostAliasExempt: false,
         allowLinkLocal: false,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails },
+        liveLookups: config.liveLookups,
         now: d.now,
         ...(sink ? { decisionSink: sink } : {}),
+        decisionBudget: logLimits.budget,
         ...(options.signal ? { signal: options.signal } : {}),
       },
       log,
@@ -122,7 +136,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     const dialer: Dialer = { connectFirst: (addresses, port) => flows.connectFirst(addresses, port) };
     const tunnels = new Set<Tunnel>();
     const finished = { opened: 0, bytesUp: 0, bytesDown: 0 };
-    const counters = { requests: 0, connects: 0, socksConnects: 0, refused: 0, udpAssociations: 0, udpOut: 0, udpIn: 0, udpDropped: 0 };
+    const counters = { requests: 0, connects: 0, socksConnects: 0, refused: 0, authFailures: 0, udpAssociations: 0, udpOut: 0, udpIn: 0, udpDropped: 0, udpSendErrors: 0 };
     const tlog = log.child({ component: 'proxy' });
     const openTunnel = (client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void => {
       finished.opened++;
@@ -138,9 +152,10 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       for (const t of [...tunnels]) t.destroy();
     });
 
-    const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters };
-    const { server: httpServer, agent } = createHttpProxy(core, { maxConnections: config.maxConnections, headersTimeoutMs: config.peekTimeoutMs });
-    closers.push(() => agent.destroy());
+    const authFailures = new AuthFailureLog(counters, tlog, d.now);
+    const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters, auth: config.auth, authFailures };
+    const { server: httpServer, agents } = createHttpProxy(core, { maxConnections: config.maxConnections, headersTimeoutMs: config.peekTimeoutMs });
+    closers.push(() => agents.destroy());
     const httpSockets = track(httpServer);
     const httpAddr = await listen(httpServer, config.listen.host, config.listen.port);
     closers.push(() => closeServer(httpServer, httpSockets));
@@ -167,13 +182,13 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
             const still =
               p.name !== null
                 ? egress.policy.decideName('tcp', p.name, p.port).verdict === 'allow'
-                : egress.decide({ proto: 'tcp', dst: p.addresses[0]!, port: p.port }).verdict === 'allow';
+                : decideAddress(egress, 'tcp', p.addresses[0]!, p.port).verdict === 'allow';
             if (!still) {
               t.destroy();
               dropped++;
             }
           }
-          agent.destroy(); // pooled upstream connections are re-dialed (and re-decided) on the next request
+          agents.destroy(); // pooled upstream connections are re-dialed (and re-decided) on the next request
         }
         log.info('allowlist reloaded', { allow: result.rules, dropped });
         return { ...result, dropped };
@@ -197,7 +212,9 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         ...counters,
         tunnels: { open, peeking, opened: finished.opened, bytesUp: up, bytesDown: down, peekBufferedBytes: buffered },
         decisions: { ...egress.decisions.stats },
+        liveBudget: { enabled: runtime.liveBudget.enabled, ...runtime.liveBudget.stats },
         connections: { http: httpSockets.size, socks: socksSockets?.size ?? 0 },
+        logs: logStats(log, egress.decisions, sink),
       };
     };
 
@@ -221,6 +238,11 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       api: config.apiSocket === undefined ? undefined : `unix://${config.apiSocket}`,
       allow: config.allow.map((r) => r.text),
     };
+    const exposure = exposureWarnings(config);
+    if (exposure.length > 0) {
+      ready['exposure'] = exposure;
+      for (const w of exposure) log.warn(w);
+    }
     if (config.allowAll) {
       ready['warning'] = 'NO ALLOWLIST (--allow-all): every name and public address is allowed';
       log.warn('moat proxy runs without an allowlist (--allow-all): every name and public address is allowed');
@@ -237,7 +259,10 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       onDecision: (fn) => egress.decisions.subscribe(fn),
       stats,
       close: () => {
-        closing ??= closeAll().then(() => log.info('moat proxy stopped'));
+        closing ??= closeAll().then(() => {
+          log.info('moat proxy stopped');
+          log.flush?.(); // the main log's last "log lines suppressed" summary
+        });
         return closing;
       },
     };
@@ -259,6 +284,11 @@ export function describeProxyConfig(c: ProxyConfig): Record<string, unknown> {
     decisionLog: c.decisionLog,
     maxConnections: c.maxConnections,
     api: c.apiSocket,
+    listenPublic: c.listenPublic,
+    // Where the users come from and how many: never the file's contents.
+    auth: c.auth === undefined ? undefined : { file: c.authFile, users: c.auth.size },
+    refusalDetails: c.refusalDetails,
+    ...(c.logLimits === undefined ? {} : { logLimits: c.logLimits }),
   };
 }
 

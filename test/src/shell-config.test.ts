@@ -1,4 +1,5 @@
 import { LIMIT_SPECS } from '../../src/limits.js';
+import { LOG_FLAG_SPECS } from '../../src/log-flags.js';
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { ipv4 } from '../../netstack/addr.js';
@@ -276,8 +277,17 @@ describe('config file and flag precedence', () => {
       'decision-log': '/tmp/decisions.jsonl',
       'allow-host-alias': true,
       mode: 'audit',
+      'refusal-details': true,
       // The limit flags (src/limits.ts), each at a value inside its bounds.
       ...Object.fromEntries(LIMIT_SPECS.map((l) => [l.flag, l.min])),
+      // The live-lookup budget (src/allowlist/live-lookup-flags.ts).
+      'live-lookup-rate': 5,
+      'live-lookup-burst': 32,
+      'live-lookup-bytes': 512,
+      'live-lookup-burst-bytes': 4096,
+      'no-live-lookups': false,
+      // The logs' budget and rotation flags (src/log-flags.ts), likewise.
+      ...Object.fromEntries(LOG_FLAG_SPECS.map((l) => [l.flag, l.min])),
     };
     expect(Object.keys(values).sort()).toEqual([...keys].sort());
     const c = parse(['--config', '/all.json'], { '/all.json': JSON.stringify(values) });
@@ -292,6 +302,7 @@ describe('config file and flag precedence', () => {
     expect(c.decisionLog).toBe('/tmp/decisions.jsonl');
     expect(c.allowHostAlias).toBe(true);
     expect(c.mode).toBe('audit');
+    expect(c.refusalDetails).toBe(true);
   });
 
   it('egress flags: defaults, and bad values named', () => {
