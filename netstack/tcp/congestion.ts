@@ -132,6 +132,14 @@ export class NewReno {
     this.bytesAckedCa = 0;
   }
 
+  /** The timeout was spurious (Eifel): back to the window from before it. */
+  undoTimeout(cwnd: number, ssthresh: number): void {
+    this.cwnd = Math.max(this.cwnd, cwnd);
+    this.ssthresh = ssthresh;
+    this.inRecovery = false;
+    this.dupAcks = 0;
+  }
+
   /** Retransmission timeout (RFC 5681 §3.1 eq. 4, cwnd = loss window). */
   onTimeout(flight: number, sndMax: number): void {
     this.ssthresh = Math.max(Math.floor(flight / 2), 2 * this.smss);

@@ -279,6 +279,10 @@ export class TcpConnection implements TcpSocket {
   /** Our TSval at the last retransmission timeout: older echoes give no RTT sample. */
   private tsSampleFloor = 0;
   private tsSampleFloorActive = false;
+  /** The first RTO of an episode may prove spurious (Eifel, RFC 3522): the window to restore then. */
+  private undoArmed = false;
+  private undoCwnd = 0;
+  private undoSsthresh = 0;
   private lastAckSent = 0;
   private readonly tsOffset: number;
   private peerMss = DEFAULT_MSS;
@@ -801,6 +805,7 @@ export class TcpConnection implements TcpSocket {
 
     // RTT: timestamps (RFC 7323 §4) when present, else one timed segment at a time with Karn's rule.
     const ts = seg.options.timestamp;
+    if (this.undoArmed && ts !== null && ts.echo !== 0) this.checkSpuriousTimeout(ts.echo);
     if (this.tsOk && ts !== null && ts.echo !== 0) {
       // Karn's rule for timestamps: after a timeout, an echo from before it
       // measures the silence, not the path (seen: 600 s "samples" pinning the
@@ -848,6 +853,32 @@ export class TcpConnection implements TcpSocket {
     if (this.writeBlocked && this.sendBuf.free >= this.sendBuf.capacity / 2 && this.canWrite()) {
       this.writeBlocked = false;
       this.handlers.onDrain();
+    }
+  }
+
+  /**
+   * The first ACK after a timeout (RFC 3522, Eifel detection): if it echoes
+   * a TSval from before the timeout, it was drawn by the original segment,
+   * not by our retransmission: nothing was lost, the peer or the path only
+   * stalled (a guest descheduled for longer than the RTO). Then restore the
+   * window and carry on with new data instead of resending the whole
+   * flight (RFC 4015's response, in short).
+   */
+  private checkSpuriousTimeout(echo: number): void {
+    this.undoArmed = false;
+    if (!seqLt(echo, this.tsSampleFloor)) return;
+    this.cc.undoTimeout(this.undoCwnd, this.undoSsthresh);
+    this.sndNxt = this.sndMax;
+    const board = this.board;
+    if (board !== null) {
+      // The scoreboard was cleared by the timeout: take the flight back at segment granularity.
+      board.clear();
+      const now = this.host.clock.now();
+      for (let s = this.sndUna; seqLt(s, this.sndMax); ) {
+        const e = seqLt(seqAdd(s, this.smss), this.sndMax) ? seqAdd(s, this.smss) : this.sndMax;
+        board.sent(s, e, now);
+        s = e;
+      }
     }
   }
 
@@ -1372,6 +1403,10 @@ export class TcpConnection implements TcpSocket {
       this.finish('timeout', false);
       return;
     }
+    // With timestamps, the first timeout of an episode can be undone if it proves spurious (onNewAck).
+    this.undoArmed = this.retries === 0 && this.tsOk;
+    this.undoCwnd = this.cc.cwnd;
+    this.undoSsthresh = this.cc.ssthresh;
     this.retries++;
     // RFC 5681 §3.1 eq. 4 and RFC 6298 §5.4-5.6: collapse to one segment, back off, go back to SND.UNA.
     this.cc.onTimeout(flight, this.sndMax);

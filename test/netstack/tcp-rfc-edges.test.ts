@@ -395,3 +395,42 @@ describe('segmentation offload only at the segment size the link marks (issue 16
     expect(Math.max(...sizes)).toBe(10 * 1448); // the initial window, in one super-segment
   });
 });
+
+describe('a spurious timeout is undone (Eifel, RFC 3522 / RFC 4015)', () => {
+  for (const sack of [true, false]) {
+    it(`${sack ? 'with' : 'without'} SACK: an ACK echoing a TSval from before the RTO restores the window and sends new data, not the flight again`, () => {
+      const g = established({ sack });
+      g.conn.write(bytes(1448 * 20));
+      g.host.flush();
+      const flight = g.host.take();
+      expect(flight).toHaveLength(10);
+      const sndMax = (flight.at(-1)!.seq + 1448) >>> 0;
+      const originalTsval = flight[4]!.options.timestamp!.value;
+      const before = { cwnd: g.conn.debug.cwnd, ssthresh: g.conn.debug.ssthresh };
+      for (let t = 0; t < 250; t += 5) g.tick(5); // the guest was descheduled: the RTO fires (after a tail loss probe, with SACK)
+      expect(g.host.take().map((s) => s.seq)).toContain(flight[0]!.seq);
+      expect(g.conn.debug.ssthresh).toBeLessThan(before.ssthresh);
+      // Then its delayed ACK of the originals arrives, echoing their TSval.
+      g.conn.input(seg({ seq: g.rcv, ack: flight[5]!.seq, flags: TCP_ACK, window: 2000, ts: { value: 1000, echo: originalTsval } }));
+      g.host.flush();
+      expect(g.conn.debug.ssthresh).toBe(before.ssthresh);
+      expect(g.conn.debug.cwnd).toBeGreaterThanOrEqual(before.cwnd);
+      const after = g.host.take().filter((s) => s.payload.length > 0);
+      expect(after.length).toBeGreaterThan(0);
+      // Nothing of the old flight is sent again: only new data, from SND.MAX on.
+      expect(after.every((s) => ((s.seq - sndMax) | 0) >= 0)).toBe(true);
+    });
+  }
+
+  it('an ACK drawn by the retransmission (echoing its TSval) keeps the reduction', () => {
+    const g = established();
+    g.conn.write(bytes(1448 * 10));
+    g.host.flush();
+    const flight = g.host.take();
+    for (let t = 0; t < 250; t += 5) g.tick(5);
+    const rtx = g.host.take().find((s) => s.seq === flight[0]!.seq);
+    g.conn.input(seg({ seq: g.rcv, ack: (flight[0]!.seq + 1448) >>> 0, flags: TCP_ACK, window: 2000, ts: { value: 1000, echo: rtx!.options.timestamp!.value } }));
+    g.host.flush();
+    expect(g.conn.debug.ssthresh).toBeLessThan(0x7fffffff);
+  });
+});
