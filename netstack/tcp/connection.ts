@@ -1,8 +1,9 @@
 /**
  * One TCP connection: the RFC 9293 state machine with RFC 7323 (window scale,
  * timestamps, PAWS), RFC 5961 (challenge ACKs), RFC 6298 (RTO), RFC 5681 +
- * RFC 6582 (NewReno), RFC 2018 (SACK both ways), RFC 6675 + RFC 8985 (SACK
- * recovery, RACK, TLP), RFC 7661 (cwnd validation) and RFC 1122's keepalive. It never sees a frame: the Stack (its host) demuxes
+ * RFC 6582 (NewReno), RFC 2018 (SACK both ways) and RFC 2883 (D-SACK sent),
+ * RFC 6675 + RFC 8985 (SACK recovery, RACK, TLP), RFC 3522 (Eifel undo of
+ * a spurious timeout), RFC 7661 (cwnd validation) and RFC 1122's keepalive. It never sees a frame: the Stack (its host) demuxes
  * segments to `input()` and builds Ethernet/IPv4 around what `transmit()`
  * hands it.
  *
@@ -356,6 +357,10 @@ export class TcpConnection implements TcpSocket {
   private readonly outOpts: TcpOptions;
   private readonly outTs = { value: 0, echo: 0 };
   private readonly outSack: number[] = [];
+  /** Duplicate data arrived: the next segment reports it in a D-SACK block (RFC 2883). */
+  private dsackPending = false;
+  private dsackStart = 0;
+  private dsackEnd = 0;
 
   private constructor(
     private readonly host: TcpHost,
@@ -597,7 +602,11 @@ export class TcpConnection implements TcpSocket {
       } else {
         // A SYN out of the window earns the same rate-limited challenge ACK as one inside it (RFC 5961 §4.2, §7; Linux syn_challenge).
         if (syn) this.sendChallengeAck();
-        else if ((flags & TCP_RST) === 0) this.sendOutOfWindowAck(segLen);
+        else if ((flags & TCP_RST) === 0) {
+          // Data we have already: say so with a D-SACK block (RFC 2883), so the peer can undo a spurious retransmission.
+          if (payload.length > 0 && seqLe(seqAdd(seq, payload.length), this.rcvNxt)) this.noteDsack(seq, seqAdd(seq, payload.length));
+          this.sendOutOfWindowAck(segLen);
+        }
         if (this.st === St.TIME_WAIT && fin) this.restartTimeWait();
         return;
       }
@@ -612,6 +621,7 @@ export class TcpConnection implements TcpSocket {
         syn = false;
         d--;
       }
+      if (d > 0 && payload.length > 0) this.noteDsack(seqAdd(this.rcvNxt, -Math.min(d, payload.length)), this.rcvNxt);
       payload = payload.subarray(Math.min(d, payload.length));
       seq = this.rcvNxt;
       this.ackOwed = true; // part of it was a duplicate: tell the peer where we are
@@ -1253,7 +1263,7 @@ export class TcpConnection implements TcpSocket {
     } else {
       opts.timestamp = null;
     }
-    opts.sackBlocks = this.sackOk && this.ooo.count > 0 ? this.ooo.sackBlocks(this.outSack, maxSackBlocks(this.tsOk)) : null;
+    opts.sackBlocks = this.sackOk && (this.ooo.count > 0 || this.dsackPending) ? this.sackBlocksNow() : null;
     if ((flags & TCP_ACK) !== 0) {
       o.ack = this.rcvNxt;
       o.window = this.windowField();
@@ -1629,9 +1639,26 @@ export class TcpConnection implements TcpSocket {
   }
 
   /** Payload bytes for the next data segment: SACK blocks take room from it (RFC 6691). */
+  /** The SACK blocks for the next segment: a pending D-SACK block first (RFC 2883 §4), then the out-of-order ranges. */
+  private sackBlocksNow(): number[] {
+    const max = maxSackBlocks(this.tsOk);
+    if (!this.dsackPending) return this.ooo.sackBlocks(this.outSack, max);
+    this.dsackPending = false;
+    const out = this.ooo.sackBlocks(this.outSack, max - 1);
+    out.unshift(this.dsackStart, this.dsackEnd);
+    return out;
+  }
+
+  private noteDsack(start: number, end: number): void {
+    if (!this.sackOk) return;
+    this.dsackStart = start;
+    this.dsackEnd = end;
+    this.dsackPending = true;
+  }
+
   private dataMss(): number {
-    if (this.sackOk && this.ooo.count > 0) {
-      const blocks = Math.min(this.ooo.count, maxSackBlocks(this.tsOk));
+    if (this.sackOk && (this.ooo.count > 0 || this.dsackPending)) {
+      const blocks = Math.min(this.ooo.count + (this.dsackPending ? 1 : 0), maxSackBlocks(this.tsOk));
       return Math.max(1, this.smss - 4 - 8 * blocks);
     }
     return this.smss;

@@ -434,3 +434,37 @@ describe('a spurious timeout is undone (Eifel, RFC 3522 / RFC 4015)', () => {
     expect(g.conn.debug.ssthresh).toBeLessThan(0x7fffffff);
   });
 });
+
+describe('D-SACK on receive (RFC 2883)', () => {
+  it('a segment received twice is reported in a D-SACK block, first, in the ACK that answers it', () => {
+    const g = established();
+    g.send({ payload: bytes(100) });
+    g.host.take();
+    g.send({ payload: bytes(100) }); // the peer retransmitted it (its RTO was spurious)
+    const [ack] = g.host.take();
+    expect(ack!.ack).toBe(g.rcv + 100);
+    expect(ack!.options.sackBlocks).toEqual([g.rcv, g.rcv + 100]);
+    // Only once: the next ACK carries no D-SACK.
+    g.send({ seq: g.rcv + 100, payload: bytes(10) });
+    expect(g.host.take().at(-1)!.options.sackBlocks).toBe(null);
+  });
+
+  it('a segment that overlaps data already received reports the overlap, ahead of the out-of-order blocks', () => {
+    const g = established();
+    g.send({ payload: bytes(100) });
+    g.send({ seq: g.rcv + 300, payload: bytes(50) }); // out of order: a hole at 100..300
+    g.host.take();
+    g.send({ seq: g.rcv + 50, payload: bytes(100) }); // 50..100 again, then 100..150 new
+    const last = g.host.take().at(-1)!;
+    expect(last.ack).toBe(g.rcv + 150);
+    expect(last.options.sackBlocks).toEqual([g.rcv + 50, g.rcv + 100, g.rcv + 300, g.rcv + 350]);
+  });
+
+  it('without SACK negotiated, no blocks at all', () => {
+    const g = established({ sack: false });
+    g.send({ payload: bytes(100) });
+    g.host.take();
+    g.send({ payload: bytes(100) });
+    expect(g.host.take()[0]!.options.sackBlocks).toBe(null);
+  });
+});
