@@ -230,8 +230,8 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
     // The link is created before the stack (the stack's onOutput needs it) and listens after.
     let stack: NetStack | undefined;
     const sink: GuestSink = {
-      input(frames) {
-        stack!.input(frames);
+      input(frames, marks) {
+        stack!.input(frames, marks);
         driver.reschedule();
       },
       guestGone() {
@@ -245,7 +245,7 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
     const link: GuestLink =
       config.tapFd === undefined
         ? new QemuStreamServer(sink, log, d.link)
-        : new TapFdLink({ fd: config.tapFd, vnetHdr: config.tapVnetHdr === true, mtu: config.mtu }, sink, log, (why) => onLinkLost(why));
+        : new TapFdLink({ fd: config.tapFd, vnetHdr: config.tapVnetHdr === true, offload: config.tapOffload === true, mtu: config.mtu }, sink, log, (why) => onLinkLost(why));
 
     const dropLog = log.child({ component: 'stack' });
     const events: StackEvents = {
@@ -478,6 +478,7 @@ function collectStats(
   if (l.outputDroppedBackpressure > 0) drops['link:guest-queue-full'] = l.outputDroppedBackpressure;
   if (l.outputDroppedNoGuest > 0) drops['link:no-guest'] = l.outputDroppedNoGuest;
   if (l.outputRejected > 0) drops['link:rejected-by-device'] = l.outputRejected;
+  for (const [reason, n] of Object.entries(l.inputDropped ?? {})) drops[reason] = n;
   return {
     frames: { in: l.framesIn, out: l.framesOut },
     bytes: { in: l.bytesIn, out: l.bytesOut },

@@ -5,6 +5,7 @@
  *
  *   moat         guest TAP -- moat-shim -- moat serve (node)      -- host 127.0.0.1
  *   moat-exec    guest TAP ------------- moat serve --tap-fd 3    -- host 127.0.0.1
+ *   moat-offload as moat-exec, with receive offload (moat-shim --offload, --tap-offload)
  *                (moat-shim tap --exec: the shim opens the TAP and becomes Moat)
  *   passt        guest TAP ------------- pasta (passt's netns mode) -- host 127.0.0.1
  *   slirp4netns  guest TAP ------------- slirp4netns (libslirp)   -- host 127.0.0.1
@@ -44,8 +45,10 @@ import {
 import { DNS_SERVER_JS, HOST_IP, GATEWAY_IP, ipv4Literals, startMoatFixture, type DnsZone } from '../../test/e2e/moat-fixture.js';
 import { createVethPair } from '../../test/e2e/bulk-support.js';
 
-export type BackendName = 'moat' | 'moat-exec' | 'passt' | 'slirp4netns' | 'veth';
-export const BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'passt', 'slirp4netns', 'veth'];
+export type BackendName = 'moat' | 'moat-exec' | 'moat-offload' | 'passt' | 'slirp4netns' | 'veth';
+export const BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'moat-offload', 'passt', 'slirp4netns', 'veth'];
+/** Every Moat configuration (relay, TAP handed over, TAP handed over with receive offload). */
+export const MOAT_BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'moat-offload'];
 
 /** The one name every DNS server answers (with a documentation address nobody dials). */
 export const DNS_NAME = 'www.mk7.test';
@@ -165,9 +168,10 @@ function makeLink(
 
 // ------------------------------------------------------------------ moat
 
-async function moatLink(o: LinkOptions, link: 'relay' | 'exec'): Promise<GuestLink> {
+async function moatLink(o: LinkOptions, link: 'relay' | 'exec', offload = false): Promise<GuestLink> {
   const fx = await startMoatFixture({
     link,
+    offload,
     prefix: o.prefix,
     mtu: o.mtu,
     logLevel: 'info', // 'moat ready' is an info line; flows are not logged at info (refusals are)
@@ -180,7 +184,7 @@ async function moatLink(o: LinkOptions, link: 'relay' | 'exec'): Promise<GuestLi
     const procs: TrackedProcess[] = [];
     return makeLink(
       {
-        backend: link === 'exec' ? 'moat-exec' : 'moat',
+        backend: link === 'relay' ? 'moat' : offload ? 'moat-offload' : 'moat-exec',
         mtu: o.mtu,
         guestNs: fx.guestNs,
         hostAlias: HOST_IP,
@@ -381,6 +385,8 @@ export function startLink(name: BackendName, o: LinkOptions): Promise<GuestLink>
       return moatLink(o, 'relay');
     case 'moat-exec':
       return moatLink(o, 'exec');
+    case 'moat-offload':
+      return moatLink(o, 'exec', true);
     case 'passt':
       return passtLink(o);
     case 'slirp4netns':
