@@ -123,14 +123,14 @@ function l4Place(frame: Uint8Array): L4Place | undefined {
 export function readVnetHeader(hdr: Uint8Array, at: number, frame: Uint8Array, offload: boolean, mtu: number): number | VnetDropReason {
   const flags = hdr[at]!;
   const gsoType = hdr[at + 1]!;
-  if (flags === 0 && gsoType === GSO_NONE) return 0;
+  const gsoSize = u16le(hdr, at + 4);
+  if (flags === 0 && gsoType === GSO_NONE && gsoSize === 0) return 0;
   if ((flags & ~(F_NEEDS_CSUM | F_DATA_VALID)) !== 0 || flags === (F_NEEDS_CSUM | F_DATA_VALID)) return 'vnet:bad-flags';
   if (!offload) {
-    if (flags === F_DATA_VALID && gsoType === GSO_NONE) return 0; // not asked for: not believed
-    return 'vnet:offload-not-enabled';
+    if (flags === F_DATA_VALID && gsoType === GSO_NONE && gsoSize === 0) return 0; // not asked for: not believed
+    return gsoType === GSO_NONE && flags !== F_NEEDS_CSUM ? 'vnet:bad-gso-size' : 'vnet:offload-not-enabled';
   }
   const hdrLen = u16le(hdr, at + 2);
-  const gsoSize = u16le(hdr, at + 4);
   let mark = 0;
   const place = l4Place(frame);
   if (gsoType !== GSO_NONE) {
