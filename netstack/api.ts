@@ -253,6 +253,15 @@ export interface StackConfig {
      * Only for links that do that: on a wire such frames are oversize.
      */
     segmentOffloadBytes?: number;
+    /**
+     * Checksum offload on output: every TCP segment leaves with only the
+     * pseudo-header sum in its checksum field (as Linux leaves a
+     * CHECKSUM_PARTIAL packet), for a link that marks it to be completed (a
+     * TAP with a virtio-net header: NEEDS_CSUM) and so saves a pass over
+     * every byte to the guest. Only for such links: on a wire these frames
+     * carry a wrong checksum.
+     */
+    checksumOffload?: boolean;
   };
   fragments: { maxBytes: number; maxDatagrams: number; timeoutMs: number };
 }

@@ -487,7 +487,7 @@ export class Stack implements NetStack, TcpHost {
     if (l4 < 0) return;
     const buf = this.arena.buf;
     if (len > 0 && source !== null) source.copyOut(from, buf, l4 + hl, len);
-    emitTcpHeader(buf, l4, seg, t.dst, t.src, len);
+    emitTcpHeader(buf, l4, seg, t.dst, t.src, len, this.config.tcp.checksumOffload === true);
     this.commitIpv4(hl + len);
     if (!this.inBatch) this.kick();
   }
@@ -694,7 +694,7 @@ export class Stack implements NetStack, TcpHost {
     const hl = tcpHeaderLength(seg);
     const l4 = this.beginIpv4(src, dst, IPPROTO_TCP, hl);
     if (l4 < 0) return;
-    emitTcpHeader(this.arena.buf, l4, seg, src, dst, 0);
+    emitTcpHeader(this.arena.buf, l4, seg, src, dst, 0, this.config.tcp.checksumOffload === true);
     this.commitIpv4(hl);
   }
 

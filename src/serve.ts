@@ -120,6 +120,8 @@ export function stackConfigFor(config: ServeConfig): StackConfig {
       maxTimeWait: limits.maxTimeWait,
       // A TAP with a virtio-net header takes TCP segments beyond the MTU (the link marks them GSO).
       ...(config.tapFd !== undefined && config.tapVnetHdr === true ? { segmentOffloadBytes: TAP_GSO_SEGMENT_BYTES } : {}),
+      // With offloads on, the TAP completes TCP checksums too (the link marks every TCP frame NEEDS_CSUM).
+      ...(config.tapFd !== undefined && config.tapOffload === true ? { checksumOffload: true } : {}),
     },
     fragments: { ...DEFAULT_STACK_CONFIG.fragments, maxBytes: limits.maxFragmentBytes, maxDatagrams: limits.maxFragmentDatagrams },
     mtu: config.mtu,

@@ -190,6 +190,8 @@ export function tcpHeaderLength(f: TcpSegmentFields): number {
 /**
  * Writes the header and options at `off` and the checksum over header,
  * options and the `payloadLength` bytes already placed right after the header.
+ * partialChecksum: write only the folded pseudo-header sum instead, for a link
+ * that completes it (checksum offload, StackConfig.tcp.checksumOffload).
  * Returns off + header length.
  */
 export function emitTcpHeader(
@@ -199,6 +201,7 @@ export function emitTcpHeader(
   srcIp: IPv4,
   dstIp: IPv4,
   payloadLength: number,
+  partialChecksum = false,
 ): number {
   put16(buf, off, f.srcPort);
   put16(buf, off + 2, f.dstPort);
@@ -250,7 +253,8 @@ export function emitTcpHeader(
   const headerLength = p - off;
   buf[off + 12] = (headerLength >>> 2) << 4;
   const total = headerLength + payloadLength;
-  const sum = sumBytes(buf, off, total, sumPseudoHeader(srcIp, dstIp, IP_PROTO_TCP, total));
-  put16(buf, off + 16, finishChecksum(sum));
+  const pseudo = sumPseudoHeader(srcIp, dstIp, IP_PROTO_TCP, total);
+  // Partial: what the completer adds the segment's own sum to (Linux: ~tcp_v4_check(len, saddr, daddr, 0)).
+  put16(buf, off + 16, partialChecksum ? ~finishChecksum(pseudo) & 0xffff : finishChecksum(sumBytes(buf, off, total, pseudo)));
   return p;
 }

@@ -80,6 +80,9 @@ export interface TapFdOptions {
   mtu: number;
 }
 const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
+const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
+/** Where the checksum sits in a TCP header. */
+const TCP_CHECKSUM_OFFSET = 16;
 /**
  * The TCP payload Moat puts in one segment on a TAP with a virtio-net header:
  * the kernel takes it whole and hands it to the guest's TCP as one
@@ -282,7 +285,7 @@ export class TapFdLink {
         writeSync(this.fd, buf, offset, length);
       } else {
         // One frame = one write: the header and the frame leave together as an iovec.
-        writeVnetHeader(this.vnetHeader, buf, offset, length, this.mtu);
+        writeVnetHeader(this.vnetHeader, buf, offset, length, this.mtu, this.offload);
         this.iov[1] = buf.subarray(offset, offset + length);
         writevSync(this.fd, this.iov);
       }
@@ -339,10 +342,13 @@ export class TapFdLink {
  * include/uapi/linux/virtio_net.h). An IPv4 TCP frame carrying more payload
  * than one MTU-sized segment holds is marked GSO TCPv4 with that segment size,
  * so the kernel treats it as the receive offload of a NIC would; every other
- * frame gets an all-zero header. Checksums are complete in every frame (no
- * NEEDS_CSUM), so the guest verifies them as it would on any wire.
+ * frame gets an all-zero header. Without csumOffload checksums are complete in
+ * every frame (no NEEDS_CSUM), so the guest verifies them as it would on any
+ * wire; with it (the stack's tcp.checksumOffload, --tap-offload) every IPv4
+ * TCP frame holds only the pseudo-header sum and is marked NEEDS_CSUM at its
+ * TCP checksum, which the guest's kernel takes as a locally made packet.
  */
-export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: number, length: number, mtu: number): void {
+export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: number, length: number, mtu: number, csumOffload = false): void {
   hdr.fill(0);
   if (length < 14 + 20 + 20) return;
   const f = offset;
@@ -350,6 +356,13 @@ export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: numb
   const ip = f + 14;
   const ihl = (frame[ip]! & 0x0f) * 4;
   if (frame[ip + 9] !== 6 || ihl < 20) return; // not TCP
+  if (csumOffload) {
+    const start = 14 + ihl;
+    hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    hdr[6] = start & 0xff; // csum_start
+    hdr[7] = start >> 8;
+    hdr[8] = TCP_CHECKSUM_OFFSET; // csum_offset
+  }
   const totalLength = (frame[ip + 2]! << 8) | frame[ip + 3]!;
   const tcpHeader = ((frame[ip + ihl + 12]! >> 4) & 0x0f) * 4;
   const payload = totalLength - ihl - tcpHeader;
