@@ -17,7 +17,8 @@
  * the root namespace over its veth); Moat gets it by --dns-upstream,
  * slirp4netns by a private mount namespace whose /etc/resolv.conf names it.
  * passt forwards only to a loopback resolver, so its server listens on the
- * root namespace's 127.0.0.1:53 (see passtLink).
+ * root namespace's 127.0.0.1:53 (see passtLink). passt runs as pasta, its
+ * own namespace mode (it opens the guest's TAP itself, like slirp4netns).
  *
  * Safety: before anything runs, the host-side addresses a backend will dial
  * (127.0.0.1 and the DNS server) are checked with the harness's
@@ -218,13 +219,8 @@ const PASST_UPSTREAM_DNS = '127.0.0.1';
 
 async function passtLink(o: LinkOptions): Promise<GuestLink> {
   const topo = createTopology({ prefix: o.prefix, internetAddresses: 1 });
-  const dir = mkdtempSync(join(tmpdir(), `${o.prefix}passt-`));
   const procs: TrackedProcess[] = [];
-  const teardown = async (): Promise<void> => {
-    topo.destroy();
-    rmSync(dir, { recursive: true, force: true });
-  };
-  onCleanup(() => rmSync(dir, { recursive: true, force: true }));
+  const teardown = async (): Promise<void> => topo.destroy();
   try {
     topo.assertRoutes(['127.0.0.1']);
     // This passt forwards --dns-forward only to a loopback resolver at
