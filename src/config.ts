@@ -903,7 +903,8 @@ const SHIM_EXAMPLE = `  moat serve --listen-qemu unix:///tmp/moat.sock
 
   moat-shim tap --dev tap0 --netns guest --vnet-hdr --exec moat serve --tap-fd 3 --tap-vnet-hdr
   # the same TAP, handed to Moat itself (no relay process: lower latency;
-  # with the virtio-net header, 64 KiB TCP segments to the guest at any MTU)`;
+  # with the virtio-net header, 64 KiB TCP segments to the guest at any MTU;
+  # add moat-shim --offload and --tap-offload for 64 KiB segments from the guest too)`;
 
 export function flagLines(flags: readonly FlagDoc[]): string[] {
   const lines: string[] = [];
