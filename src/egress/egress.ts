@@ -13,6 +13,9 @@ import type { PinTable } from '../../sni/pins.js';
 import type { DecisionLog, DecisionRecord } from './decision-log.js';
 import type { DialTargets } from './dial-targets.js';
 
+/** The proto of a flow's decision record: 'quic' for a UDP flow read by its QUIC Initial. */
+export type FlowProto = 'tcp' | 'udp' | 'quic';
+
 /** enforce: refusals are refused. audit: everything flows and each refusal is recorded as 'would-block'. */
 export type EgressMode = 'enforce' | 'audit';
 
@@ -139,7 +142,8 @@ export class Egress {
       return KEEP;
     }
     const name = refusal.name ?? (t.kind === 'name' ? t.name : t.kind === 'flow' ? (t.flow.peeked?.name ?? null) : null);
-    const id = this.recordBlock(refusal.reason, t.kind === 'flow' ? t.flow.proto : t.kind === 'address' ? t.proto : 'tcp', dst, port, name, f.via, connected === undefined ? detail : `${detail} (connected to ${connected})`);
+    const proto: FlowProto = t.kind === 'flow' ? (t.flow.peeked?.via === 'quic' ? 'quic' : t.flow.proto) : t.kind === 'address' ? t.proto : 'tcp';
+    const id = this.recordBlock(refusal.reason, proto, dst, port, name, f.via, connected === undefined ? detail : `${detail} (connected to ${connected})`);
     if (this.audit && refusal.reason !== 'link-local') {
       f.version = this.generation;
       return KEEP;
@@ -200,7 +204,7 @@ export class Egress {
   }
 
   /** Logs a decision (rate-limited per destination) and returns its id. `ech`: for TLS flows. */
-  record(decision: Decision, proto: 'tcp' | 'udp', dst: string, port: number, via: string | null, detail?: string, ech?: boolean): string {
+  record(decision: Decision, proto: FlowProto, dst: string, port: number, via: string | null, detail?: string, ech?: boolean): string {
     const id = this.decisions.nextId();
     const r: DecisionRecord = {
       id,
@@ -223,7 +227,7 @@ export class Egress {
   }
 
   /** Logs a refusal decided outside the policy (peek timeout, unreadable first bytes...). */
-  recordBlock(reason: string, proto: 'tcp' | 'udp', dst: string, port: number, name: string | null, via: string | null, detail?: string, ech?: boolean): string {
+  recordBlock(reason: string, proto: FlowProto, dst: string, port: number, name: string | null, via: string | null, detail?: string, ech?: boolean): string {
     const id = this.decisions.nextId();
     this.decisions.record({
       id, decision: this.refusedVerdict(), reason, rule: null, proto, dst: `${dst}:${port}`, name, via,
