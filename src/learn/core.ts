@@ -133,7 +133,9 @@ export function learnAllowlist(records: Iterable<LearnRecord>, options: LearnOpt
     // A QUIC record's name is an SNI like TCP's: a hostname rule (portless on 443) covers UDP there too.
     const name = (r.proto === 'tcp' || r.proto === 'quic') && r.name !== null && !byAddressOnly ? canonicalHostname(r.name) : null;
     if (typeof name === 'string') {
-      addName(flow.port === 80 || flow.port === 443 ? 'web' : flow.port, name);
+      // A portless rule covers TCP 80/443 but UDP only on 443 (sni/policy.ts step 4): QUIC elsewhere needs the port.
+      const web = flow.port === 443 || (flow.port === 80 && r.proto !== 'quic');
+      addName(web ? 'web' : flow.port, name);
       if (r.reason === 'rebinding') rebinding.add(name);
       continue;
     }
