@@ -14,6 +14,8 @@ import { AllowlistRuntime } from '../../src/egress/allowlist-runtime.js';
 import { DEFAULT_EGRESS_OPTIONS, type EgressOptions } from '../../src/egress/egress.js';
 import { createLogger } from '../../src/log.js';
 import { Nat, type NatOptions } from '../../src/nat/index.js';
+import { DEFAULT_LIVE_BUDGET } from '../../dns/live-budget.js';
+import type { LiveLookupSettings } from '../../src/allowlist/live-lookup-flags.js';
 import { FakeStack, waitFor } from './nat-fake-stack.js';
 import { buildClientHello } from '../sni/support/hello-builder.js';
 import { flight, loadQuicFixtures } from '../sni/support/quic.js';
@@ -55,7 +57,7 @@ interface Setup {
   logLines: Record<string, unknown>[];
 }
 
-async function setup(rules: string[], opts: { egress?: Partial<EgressOptions>; quic?: NatOptions['quic'] } = {}): Promise<Setup> {
+async function setup(rules: string[], opts: { egress?: Partial<EgressOptions>; quic?: NatOptions['quic']; liveLookups?: LiveLookupSettings } = {}): Promise<Setup> {
   const names = { 'www.example.org': ['127.0.0.1'], 'other.example.org': ['127.0.0.1'] };
   const logLines: Record<string, unknown>[] = [];
   const log = createLogger({ level: 'debug', format: 'json', stream: { write: (l: string) => logLines.push(JSON.parse(l) as Record<string, unknown>) } });
@@ -72,6 +74,7 @@ async function setup(rules: string[], opts: { egress?: Partial<EgressOptions>; q
       allowLinkLocal: false,
       egress: { ...DEFAULT_EGRESS_OPTIONS, ...opts.egress },
       now: () => performance.now(),
+      ...(opts.liveLookups ? { liveLookups: opts.liveLookups } : {}),
     },
     log,
   );
@@ -207,5 +210,15 @@ describe('QUIC by name through the NAT', () => {
     expect(s.nat.dropRefusedFlows()).toBe(1);
     expect(s.nat.stats().udpFlows).toBe(1);
     expect(decisions(s).at(-1)).toMatchObject({ decision: 'blocked', proto: 'quic', name: 'www.example.org' });
+  });
+
+  it('a wildcard name Moat must look up live spends from the live budget: with live lookups off it is refused live-off', async () => {
+    const srv = await udpServer();
+    const s = await setup([`*.example.org:${srv.port}`], { liveLookups: { ...DEFAULT_LIVE_BUDGET, enabled: false } });
+    send(s, srv.port, chromium.datagrams);
+    await waitFor(() => decisions(s).some((d) => d['decision'] === 'blocked'), 3000);
+    expect(decisions(s).at(-1)).toMatchObject({ decision: 'blocked', reason: 'live-off', proto: 'quic', name: 'www.example.org' });
+    await sleep(100);
+    expect(srv.got).toEqual([]);
   });
 });
