@@ -5,6 +5,8 @@
  *   TCP   SYN -> classify destination -> dial on the host -> SYN-ACK (or RST)
  *         gateway:53 -> DNS over TCP, served by the GatewayDns
  *   UDP   datagram -> per-four-tuple host socket (idle timeout, LRU bound)
+ *         with an allowlist, UDP a hostname rule covers (443) -> held for the
+ *         SNI of its QUIC Initial, then NATed to the name's address (quic-flows.ts)
  *         gateway:53 -> the GatewayDns; gateway:<claimed port> -> port forwarder
  *
  * The GatewayDns (src/gateway-dns.ts) is the forwarder of src/dns-forward.ts
