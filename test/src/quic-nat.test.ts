@@ -182,6 +182,17 @@ describe('QUIC by name through the NAT', () => {
     expect(srv.got).toEqual([]);
   });
 
+  it('a flow is bounded in bytes held: a datagram past holdBytes without a name is refused peek-too-large', async () => {
+    const srv = await udpServer();
+    const s = await setup([`www.example.org:${srv.port}`], { quic: { holdBytes: 2000 } });
+    send(s, srv.port, chromium.datagrams); // 2 x 1250 bytes: the second does not fit
+    await waitFor(() => decisions(s).length > 0, 3000);
+    expect(decisions(s).at(-1)).toMatchObject({ decision: 'blocked', reason: 'peek-too-large', proto: 'quic' });
+    expect(s.nat.stats().quic!.heldBytes).toBe(0);
+    await sleep(100);
+    expect(srv.got).toEqual([]);
+  });
+
   it('a flow that never names a host is refused peek-timeout', async () => {
     const srv = await udpServer();
     const s = await setup([`www.example.org:${srv.port}`], { quic: { holdMs: 100 } });
