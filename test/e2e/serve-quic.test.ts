@@ -7,6 +7,7 @@
  *
  *   www.example.org -> internetAddrs[0]   allowed (--allow www.example.org: UDP 443)
  *   internetAddrs[1]                      where the guest sends (a decoy: must hear nothing)
+ *   h3.example.org  -> internetAddrs[2]   allowed; an HTTP/3 server (ngtcp2's gtlsserver) on UDP 443
  *
  * A UDP logger listens on :443 (and :4433) of both addresses in the remote
  * namespace. Network safety: the names are answered only by the test DNS
@@ -14,16 +15,27 @@
  * into our namespaces (the fixture checks it before the guest may name it).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { e2eGate, waitFor, type TrackedProcess } from './harness.js';
 import { FIXTURE_TOOLS, startMoatFixture, type MoatFixture } from './moat-fixture.js';
-import { UDP_LOGGER_JS, UDP_REPLAY_PY, linesStartingWith } from './egress-support.js';
+import { UDP_LOGGER_JS, UDP_REPLAY_PY, linesStartingWith, makeSelfSignedCert } from './egress-support.js';
 
 const gate = e2eGate([...FIXTURE_TOOLS, 'python3']);
 
 const WWW = 'www.example.org';
+/** The HTTP/3 site: Debian's ngtcp2 example server (gtlsserver) and client (gtlsclient), when installed. */
+const H3 = 'h3.example.org';
+const hasNgtcp2 = ((): boolean => {
+  try {
+    execFileSync('sh', ['-c', 'command -v gtlsserver && command -v gtlsclient'], { stdio: 'pipe' });
+    return true;
+  } catch {
+    return false;
+  }
+})();
 const SETTLE_MS = 500;
 
 interface Capture {
@@ -52,19 +64,32 @@ describe.skipIf(gate.skip)('moat serve: QUIC by name, guest -> moat-shim -> Moat
   let logger: TrackedProcess;
   let wwwIp: string;
   let decoyIp: string;
+  let h3Ip: string;
+  let h3Server: TrackedProcess | undefined;
 
   beforeAll(async () => {
     fx = await startMoatFixture({
       prefix: 'mq7-',
-      internetAddresses: 2,
-      extraMoatArgs: (topo) => ['--allow', WWW, '--resolver', `${topo.remoteAddr}:53`, '--admit-resolved', topo.internetSubnet, '--decision-log', decisionLogFile],
-      dnsZone: (topo) => ({ [WWW]: [{ type: 'A', data: topo.internetAddrs[0]! }] }),
+      internetAddresses: 3,
+      extraMoatArgs: (topo) => ['--allow', WWW, '--allow', H3, '--resolver', `${topo.remoteAddr}:53`, '--admit-resolved', topo.internetSubnet, '--decision-log', decisionLogFile],
+      dnsZone: (topo) => ({ [WWW]: [{ type: 'A', data: topo.internetAddrs[0]! }], [H3]: [{ type: 'A', data: topo.internetAddrs[2]! }] }),
     });
-    [wwwIp, decoyIp] = fx.topo.internetAddrs as [string, string];
+    [wwwIp, decoyIp, h3Ip] = fx.topo.internetAddrs as [string, string, string];
+    netnsEtc = join('/etc/netns', fx.guestNs);
+    if (hasNgtcp2) {
+      const cert = makeSelfSignedCert(dir, [H3]);
+      const htdocs = join(dir, 'htdocs');
+      mkdirSync(htdocs);
+      writeFileSync(join(htdocs, 'index.html'), 'hello over h3\n');
+      h3Server = fx.remoteSpawn('gtlsserver', ['-q', '-d', htdocs, h3Ip, '443', cert.keyFile, cert.certFile]);
+    }
     logger = await fx.startNodeServer(fx.remoteNs, UDP_LOGGER_JS, ['443', wwwIp, decoyIp]);
   }, 90_000);
 
+  /** The guest namespace's /etc overrides (case 6); only ever this test's uniquely named namespace. */
+  let netnsEtc = '';
   afterAll(async () => {
+    if (netnsEtc !== '') rmSync(netnsEtc, { recursive: true, force: true });
     await fx?.stop();
     rmSync(dir, { recursive: true, force: true });
   }, 30_000);
@@ -127,4 +152,19 @@ describe.skipIf(gate.skip)('moat serve: QUIC by name, guest -> moat-shim -> Moat
     expect(s.nat?.quic, JSON.stringify(s).slice(0, 2000)).toMatchObject({ allowed: 2 });
     expect(s.nat!.quic!.refused).toBeGreaterThanOrEqual(1);
   }, 30_000);
+
+  it.skipIf(!hasNgtcp2)('6. an HTTP/3 request from a real client in the guest (ngtcp2 gtlsclient, to a decoy address) completes against the allowed name\'s server', async () => {
+    expect(h3Server).toBeDefined();
+    // gtlsclient 0.12 sends SNI "localhost" for a numeric host whatever --sni says: it is given the
+    // name, which the guest namespace's own hosts file (ip netns exec mounts /etc/netns/NS/hosts)
+    // points at the decoy address. Removed in afterAll.
+    mkdirSync(netnsEtc, { recursive: true });
+    writeFileSync(join(netnsEtc, 'hosts'), `127.0.0.1 localhost\n${decoyIp} ${H3}\n`);
+    const r = await fx.guestRun('gtlsclient', ['--no-quic-dump', '--exit-on-all-streams-close', '--timeout=5s', H3, '443', `https://${H3}/index.html`], { timeoutMs: 20_000 });
+    const out = r.stdout + r.stderr;
+    expect(out, out.slice(-3000) + evidence()).toContain(':status: 200');
+    expect(out).toMatch(/hello over h3/);
+    await waitForDecision('allowed h3', (d) => d.decision === 'allowed' && d.proto === 'quic' && d.name === H3 && d.dst === `${decoyIp}:443`);
+    expect(heardAt(decoyIp), logger.stdout()).toEqual([]);
+  }, 40_000);
 });
