@@ -166,6 +166,8 @@ export class Egress {
    */
   decideAddress(proto: 'tcp' | 'udp', address: string, port: number): Decision {
     const d = this.decide({ proto, dst: address, port });
+    // UDP a hostname rule covers is peeked for a QUIC name only on the NAT's guest flows; a proxy's UDP datagram (SOCKS5) has no such reader: IP rules alone, as before.
+    if (d.verdict === 'peek' && proto === 'udp') return { verdict: 'block', reason: 'udp-needs-ip-rule', rule: null, name: null };
     if (d.verdict === 'peek') {
       return { verdict: 'block', reason: 'no-rule', rule: null, name: null, detail: 'an address target needs an IP/CIDR rule (hostname rules cover this port: connect by name)' };
     }

@@ -232,4 +232,9 @@ describe('QUIC by name through the NAT', () => {
     await sleep(100);
     expect(srv.got).toEqual([]);
   });
+
+  it('moat proxy is unchanged: a SOCKS5 UDP datagram to 443 under a hostname rule is still refused udp-needs-ip-rule (no QUIC reader there)', async () => {
+    const s = await setup(['www.example.org']);
+    expect(s.runtime.egress.decideAddress('udp', FRONTED, 443)).toMatchObject({ verdict: 'block', reason: 'udp-needs-ip-rule' });
+  });
 });
