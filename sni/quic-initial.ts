@@ -196,6 +196,8 @@ export class QuicInitialReader {
   /** Received ranges [start, end), sorted, disjoint, merged. */
   private ranges: number[] = [];
   private helloTotal = -1;
+  /** The whole hello once found (a copy), for seeding a later reader of the same flow. */
+  private hello: Uint8Array | null = null;
 
   constructor(
     private readonly crypto: QuicCrypto,
@@ -222,6 +224,34 @@ export class QuicInitialReader {
   /** Bytes allocated for the CRYPTO stream; never above maxCryptoBytes. */
   get bufferCapacity(): number {
     return this.stream.length;
+  }
+
+  /** The hello's CRYPTO stream bytes (handshake header included) once found; else null. */
+  get helloBytes(): Uint8Array | null {
+    return this.hello;
+  }
+
+  /**
+   * A reader for later Initials of a flow whose hello is known: the same DCID
+   * and version, the stream already holding `hello`. Any CRYPTO bytes a
+   * packet carries must equal the known ones (else malformed
+   * 'quic:crypto-conflict'); a packet that opens without conflict answers
+   * 'found' with the known hello's name. One flow, one name: a client that
+   * reuses its DCID cannot bring a second ClientHello.
+   */
+  static seeded(crypto: QuicCrypto, found: { version: QuicVersionName; dcid: Uint8Array }, hello: Uint8Array, opts?: QuicInitialReaderOptions): QuicInitialReader {
+    const r = new QuicInitialReader(crypto, opts);
+    r.params = found.version === 'v1' ? V1 : V2;
+    r.version = found.version === 'v1' ? QUIC_V1 : QUIC_V2;
+    r.dcid = new Uint8Array(found.dcid);
+    r.keys = clientInitialKeys(crypto, r.version, r.dcid);
+    r.datagrams = 1;
+    if (hello.length <= r.maxCryptoBytes && hello.length >= HANDSHAKE_HEADER_BYTES) {
+      r.stream = new Uint8Array(hello);
+      r.ranges = [0, hello.length];
+      r.helloTotal = hello.length;
+    }
+    return r;
   }
 
   /** The DCID whose keys protect this flight (after the first Initial). */
@@ -387,6 +417,8 @@ export class QuicInitialReader {
     const endOff = offset + data.length;
     if (endOff > this.maxCryptoBytes) return malformed('quic:crypto-too-large');
     if (data.length === 0) return null;
+    // A client's Initial CRYPTO stream is its ClientHello and nothing more: bytes after it would be a second handshake message.
+    if (this.helloTotal >= 0 && endOff > this.helloTotal) return malformed('quic:crypto-after-hello');
     this.ensure(endOff);
     // Bytes already held must be the same bytes (RFC 9000 19.6: retransmitted data is identical).
     const r = this.ranges;
@@ -402,6 +434,7 @@ export class QuicInitialReader {
       const total = HANDSHAKE_HEADER_BYTES + ((this.stream[1]! << 16) | (this.stream[2]! << 8) | this.stream[3]!);
       if (total > this.maxCryptoBytes) return malformed('quic:crypto-too-large');
       this.helloTotal = total;
+      if (this.ranges[this.ranges.length - 1]! > total) return malformed('quic:crypto-after-hello');
     }
     return null;
   }
@@ -437,6 +470,7 @@ export class QuicInitialReader {
   }
 
   private finish(): QuicInitialResult {
+    this.hello = this.stream.slice(0, this.helloTotal);
     const hello = parseClientHelloBody(this.stream.subarray(HANDSHAKE_HEADER_BYTES, this.helloTotal));
     if (hello.kind === 'malformed') return hello;
     return { kind: 'found', sni: hello.sni, alpn: hello.alpn, ech: hello.ech, version: this.params!.name, dcid: this.dcid! };

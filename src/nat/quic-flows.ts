@@ -36,7 +36,7 @@
 import { canonicalHostname } from '../../dns/rules.js';
 import { formatIPv4 } from '../../netstack/addr.js';
 import type { FourTuple, UdpDatagram } from '../../netstack/api.js';
-import { longHeaderDcid, looksLikeQuicInitial, QuicInitialReader, type QuicInitialResult } from '../../sni/quic-initial.js';
+import { longHeaderDcid, looksLikeQuicInitial, QuicInitialReader, type QuicInitialResult, type QuicVersionName } from '../../sni/quic-initial.js';
 import type { Decision } from '../../sni/policy.js';
 import { LiveLookupRefusedError } from '../egress/dial-targets.js';
 import type { Egress, InFlight } from '../egress/egress.js';
@@ -87,6 +87,8 @@ interface Allowed {
   tuple: FourTuple;
   name: string | null;
   dcid: Uint8Array | null;
+  /** The hello's CRYPTO stream and version, to check later Initials on the same DCID against (null: let through by audit). */
+  hello: { bytes: Uint8Array; version: QuicVersionName } | null;
   inFlight: InFlight;
 }
 
@@ -133,7 +135,17 @@ export class QuicFlows {
     if (a !== undefined && this.udp.has(d)) {
       if (a.dcid !== null && a.name !== null && looksLikeQuicInitial(d.payload)) {
         const dcid = longHeaderDcid(d.payload);
-        if (dcid !== null && !sameBytes(dcid, a.dcid) && opensWithOwnKeys(d.payload)) {
+        if (dcid !== null && sameBytes(dcid, a.dcid) && a.hello !== null) {
+          // The same connection's keys: any CRYPTO bytes must be the hello already read (a retransmission), never a second one.
+          const r = QuicInitialReader.seeded(nodeQuicCrypto, { version: a.hello.version, dcid: a.dcid }, a.hello.bytes).push(d.payload);
+          if (r.kind === 'malformed') {
+            this.egress.recordBlock('name-changed', 'quic', formatIPv4(d.dst), d.dstPort, a.name, 'quic', `an Initial on the flow's own connection ID that is not its hello (${r.reason})`);
+            this.counters.refused++;
+            this.allowed.delete(key);
+            this.udp.closeWhere((t) => udpFlowKey(t.src, t.srcPort, t.dst, t.dstPort) !== key);
+            return;
+          }
+        } else if (dcid !== null && !sameBytes(dcid, a.dcid) && opensWithOwnKeys(d.payload)) {
           // A new connection attempt on this four-tuple: read its name before anything of it leaves.
           const n = this.startHold(key, d, guestTarget, { name: a.name, dcid: a.dcid });
           if (n !== undefined) this.hold(n, d.payload);
@@ -265,17 +277,18 @@ export class QuicFlows {
           return;
         }
         const decision = this.egress.decide({ proto: 'udp', dst: h.dst, port, peeked: { via: 'quic', name: r.sni } });
-        this.decided(h, decision, r.sni, r.dcid, r.ech);
+        this.decided(h, decision, r.sni, r.dcid, r.ech, r.version);
         return;
       }
     }
   }
 
-  private decided(h: Held, d: Decision, name: string | null, dcid: Uint8Array, ech: boolean): void {
+  private decided(h: Held, d: Decision, name: string | null, dcid: Uint8Array, ech: boolean, version: QuicVersionName): void {
     const port = h.tuple.dstPort;
     if (d.verdict === 'allow') {
       this.egress.record(d, 'quic', h.dst, port, 'quic', undefined, ech);
-      void this.dial(h, d, dcid);
+      const bytes = h.reader.helloBytes;
+      void this.dial(h, d, dcid, bytes === null ? null : { bytes, version });
       return;
     }
     const record: Decision = d.verdict === 'block' ? (d.name === null && name !== null ? { ...d, name: canonicalOr(name) } : d) : { verdict: 'block', reason: 'no-name', rule: null, name };
@@ -283,7 +296,7 @@ export class QuicFlows {
     this.refuse(h, id, name, d.verdict === 'block' && d.reason === 'link-local');
   }
 
-  private async dial(h: Held, d: Extract<Decision, { verdict: 'allow' }>, dcid: Uint8Array | null): Promise<void> {
+  private async dial(h: Held, d: Extract<Decision, { verdict: 'allow' }>, dcid: Uint8Array | null, hello: Allowed['hello']): Promise<void> {
     const port = h.tuple.dstPort;
     const inFlight: InFlight = { version: this.egress.version, target: { kind: 'flow', flow: { proto: 'udp', dst: h.dst, port, peeked: { via: 'quic', name: d.name } } }, dial: d.dial, via: 'quic' };
     h.inFlight = inFlight;
@@ -314,14 +327,14 @@ export class QuicFlows {
       this.release(h);
       return;
     }
-    this.pass(h, address, inFlight, d.name, dcid);
+    this.pass(h, address, inFlight, d.name, dcid, hello);
   }
 
   /** The flow goes out to `address`: held datagrams first. */
-  private pass(h: Held, address: string, inFlight: InFlight, name: string | null, dcid: Uint8Array | null): void {
+  private pass(h: Held, address: string, inFlight: InFlight, name: string | null, dcid: Uint8Array | null, hello: Allowed['hello'] = null): void {
     this.finishHold(h);
     this.udp.closeWhere((t) => udpFlowKey(t.src, t.srcPort, t.dst, t.dstPort) !== h.key); // a stale flow of this tuple (audit, earlier attempt)
-    this.allowed.set(h.key, { tuple: h.tuple, name, dcid, inFlight });
+    this.allowed.set(h.key, { tuple: h.tuple, name, dcid, hello, inFlight });
     // Entries outlive their UDP flow (idle timeout, eviction) until pruned here: bounded by the flow table.
     if (this.allowed.size > 2 * this.udp.size + 64) for (const [k, a] of this.allowed) if (!this.udp.has(a.tuple)) this.allowed.delete(k);
     this.counters.allowed++;

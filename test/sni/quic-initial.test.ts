@@ -143,4 +143,26 @@ describe('QuicInitialReader: flights', () => {
     expect(looksLikeQuicInitial(hs)).toBe(false);
     expect(looksLikeQuicInitial(Buffer.from([0x40, 0, 0, 0, 1, 0, 0]))).toBe(false);
   });
+
+  it('refuses CRYPTO bytes after the ClientHello (a second handshake message in the stream)', () => {
+    const payload = cryptoFrame(0, Buffer.concat([hello, Buffer.from([1, 0, 0, 1, 0])]));
+    expect(reader().push(protectInitial({ pn: 0, payload, padTo: 1150 }))).toEqual({ kind: 'malformed', reason: 'quic:crypto-after-hello' });
+    const rd = reader();
+    rd.push(protectInitial({ pn: 0, payload: cryptoFrame(hello.length, Buffer.from([1, 2, 3])), padTo: 1150 }));
+    expect(rd.push(protectInitial({ pn: 1, payload: cryptoFrame(0, hello), padTo: 1150 }))).toEqual({ kind: 'malformed', reason: 'quic:crypto-after-hello' });
+  });
+  it('seeded: a later Initial on the same DCID may repeat the hello (found, same name) but never bring another one', () => {
+    const [a, b] = flight(hello, { chunk: Math.ceil(hello.length / 2) });
+    const first = reader();
+    first.push(a!);
+    const found = first.push(b!);
+    expect(found.kind).toBe('found');
+    if (found.kind !== 'found') return;
+    const seeded = (): QuicInitialReader => QuicInitialReader.seeded(nodeQuicCrypto, found, first.helloBytes!);
+    expect(seeded().push(b!)).toMatchObject({ kind: 'found', sni: found.sni });
+    const ackOnly = protectInitial({ pn: 7, payload: Buffer.from([0x02, 0, 0, 0, 0]), padTo: 1150 });
+    expect(seeded().push(ackOnly)).toMatchObject({ kind: 'found', sni: found.sni });
+    const other = handshakeFromRecords(loadHelloFixtures().find((f) => f.name === 'curl')!.bytes);
+    expect(seeded().push(protectInitial({ pn: 9, payload: cryptoFrame(0, other.subarray(0, hello.length - 10)), padTo: 1150 }))).toEqual({ kind: 'malformed', reason: 'quic:crypto-conflict' });
+  });
 });

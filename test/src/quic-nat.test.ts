@@ -19,6 +19,7 @@ import type { LiveLookupSettings } from '../../src/allowlist/live-lookup-flags.j
 import { FakeStack, waitFor } from './nat-fake-stack.js';
 import { buildClientHello } from '../sni/support/hello-builder.js';
 import { flight, loadQuicFixtures } from '../sni/support/quic.js';
+import { longHeaderDcid } from '../../sni/quic-initial.js';
 
 const GUEST = ipv4(192, 168, 127, 2);
 const FRONTED = '198.51.100.7';
@@ -236,5 +237,23 @@ describe('QUIC by name through the NAT', () => {
   it('moat proxy is unchanged: a SOCKS5 UDP datagram to 443 under a hostname rule is still refused udp-needs-ip-rule (no QUIC reader there)', async () => {
     const s = await setup(['www.example.org']);
     expect(s.runtime.egress.decideAddress('udp', FRONTED, 443)).toMatchObject({ verdict: 'block', reason: 'udp-needs-ip-rule' });
+  });
+
+  it('a second hello on the flow\'s own DCID (the same keys) is refused and ends the flow', async () => {
+    const srv = await udpServer();
+    const s = await setup([`www.example.org:${srv.port}`, `other.example.org:${srv.port}`]);
+    const srcPort = send(s, srv.port, chromium.datagrams);
+    await waitFor(() => srv.got.length === 2, 3000);
+    // A retransmission of its own first packet passes.
+    send(s, srv.port, [chromium.datagrams[0]!], srcPort);
+    await waitFor(() => srv.got.length === 3, 3000);
+    const dcid = longHeaderDcid(chromium.datagrams[0]!)!;
+    const forged = flight(buildClientHello({ sni: 'other.example.org', alpn: ['h3'] }), { dcid });
+    send(s, srv.port, forged, srcPort);
+    await waitFor(() => decisions(s).some((d) => d['reason'] === 'name-changed'), 3000);
+    expect(decisions(s).at(-1)).toMatchObject({ decision: 'blocked', reason: 'name-changed', proto: 'quic', name: 'www.example.org' });
+    await sleep(100);
+    expect(srv.got.length).toBe(3);
+    expect(s.nat.stats().udpFlows).toBe(0);
   });
 });
