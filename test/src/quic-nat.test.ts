@@ -256,4 +256,11 @@ describe('QUIC by name through the NAT', () => {
     expect(srv.got.length).toBe(3);
     expect(s.nat.stats().udpFlows).toBe(0);
   });
+
+  it('audit mode: QUIC to 443 that no hostname rule covers is still read, so its would-block record carries the name (moat learn)', async () => {
+    const s = await setup(['other.example.org:1234'], { egress: { mode: 'audit' } });
+    send(s, 443, chromium.datagrams); // let through to www.example.org's address (127.0.0.1:443 here, loopback)
+    await waitFor(() => decisions(s).length > 0, 3000);
+    expect(decisions(s).at(-1)).toMatchObject({ decision: 'would-block', reason: 'udp-needs-ip-rule', proto: 'quic', name: 'www.example.org' });
+  });
 });
