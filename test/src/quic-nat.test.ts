@@ -7,40 +7,20 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { ipv4, parseIPv4, type IPv4 } from '../../netstack/addr.js';
-import { parseRules } from '../../dns/rules.js';
-import type { ResolvedAddresses, Resolver } from '../../dns/preresolve.js';
-import { AllowlistRuntime } from '../../src/egress/allowlist-runtime.js';
-import { DEFAULT_EGRESS_OPTIONS, type EgressOptions } from '../../src/egress/egress.js';
-import { createLogger } from '../../src/log.js';
-import { Nat, type NatOptions } from '../../src/nat/index.js';
 import { DEFAULT_LIVE_BUDGET } from '../../dns/live-budget.js';
-import type { LiveLookupSettings } from '../../src/allowlist/live-lookup-flags.js';
-import { FakeStack, waitFor } from './nat-fake-stack.js';
+import { parseIPv4, type IPv4 } from '../../netstack/addr.js';
+import { waitFor } from './nat-fake-stack.js';
+import { decisions, FRONTED, GUEST, startEgressNat, type EgressNat } from './egress-nat-support.js';
 import { buildClientHello } from '../sni/support/hello-builder.js';
 import { flight, loadQuicFixtures } from '../sni/support/quic.js';
 import { longHeaderDcid } from '../../sni/quic-initial.js';
 
-const GUEST = ipv4(192, 168, 127, 2);
-const FRONTED = '198.51.100.7';
 const chromium = loadQuicFixtures().find((f) => f.name === 'chromium')!;
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
-
-class MapResolver implements Resolver {
-  constructor(private readonly a: Record<string, string[]>) {}
-  async resolve4(name: string): Promise<ResolvedAddresses> {
-    const addresses = this.a[name];
-    if (addresses === undefined) throw Object.assign(new Error(`${name}: not found`), { code: 'ENOTFOUND' });
-    return { addresses, ttl: 60 };
-  }
-  async resolve6(): Promise<ResolvedAddresses> {
-    return { addresses: [], ttl: 60 };
-  }
-}
 
 /** A UDP server on loopback that keeps every datagram. */
 async function udpServer(): Promise<{ port: number; got: Buffer[] }> {
@@ -52,43 +32,14 @@ async function udpServer(): Promise<{ port: number; got: Buffer[] }> {
   return { port: sock.address().port, got };
 }
 
-interface Setup {
-  nat: Nat;
-  runtime: AllowlistRuntime;
-  logLines: Record<string, unknown>[];
+type Setup = EgressNat;
+
+async function setup(rules: string[], opts: Parameters<typeof startEgressNat>[1] = {}): Promise<Setup> {
+  const s = await startEgressNat(rules, { names: { 'www.example.org': ['127.0.0.1'], 'other.example.org': ['127.0.0.1'] }, ...opts });
+  cleanups.push(() => s.close());
+  return s;
 }
 
-async function setup(rules: string[], opts: { egress?: Partial<EgressOptions>; quic?: NatOptions['quic']; liveLookups?: LiveLookupSettings } = {}): Promise<Setup> {
-  const names = { 'www.example.org': ['127.0.0.1'], 'other.example.org': ['127.0.0.1'] };
-  const logLines: Record<string, unknown>[] = [];
-  const log = createLogger({ level: 'debug', format: 'json', stream: { write: (l: string) => logLines.push(JSON.parse(l) as Record<string, unknown>) } });
-  const runtime = await AllowlistRuntime.start(
-    {
-      rules: parseRules(rules),
-      resolver: new MapResolver(names),
-      gatewayIpv4: '192.168.127.1',
-      hostAliasIpv4: '192.168.127.254',
-      sinkhole: 'zero',
-      guestSubnet: { network: '192.168.127.0', prefix: 24 },
-      admitResolved: ['127.0.0.0/8'],
-      hostAliasExempt: false,
-      allowLinkLocal: false,
-      egress: { ...DEFAULT_EGRESS_OPTIONS, ...opts.egress },
-      now: () => performance.now(),
-      ...(opts.liveLookups ? { liveLookups: opts.liveLookups } : {}),
-    },
-    log,
-  );
-  const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], ...(opts.quic ? { quic: opts.quic } : {}) }, log, runtime.dns, runtime.egress);
-  nat.attach(new FakeStack());
-  cleanups.push(async () => {
-    await nat.close();
-    await runtime.close();
-  });
-  return { nat, runtime, logLines };
-}
-
-const decisions = (s: Setup): Record<string, unknown>[] => s.logLines.filter((l) => l['msg'] === 'egress decision');
 let nextPort = 45000;
 function send(s: Setup, port: number, datagrams: readonly Uint8Array[], srcPort = nextPort++, dst = FRONTED): number {
   for (const payload of datagrams) s.nat.onUdp({ src: GUEST, srcPort, dst: parseIPv4(dst)! as IPv4, dstPort: port, payload });
