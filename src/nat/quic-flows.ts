@@ -93,6 +93,8 @@ interface Allowed {
 }
 
 export interface QuicFlowStats {
+  /** The bound on held flows (maxHeld). */
+  max: number;
   held: number;
   heldBytes: number;
   heldRefused: number;
@@ -116,7 +118,7 @@ export class QuicFlows {
   stats(): QuicFlowStats {
     let heldBytes = 0;
     for (const h of this.held.values()) heldBytes += h.bytes;
-    return { held: this.held.size, heldBytes, ...this.counters };
+    return { max: this.opts.maxHeld, held: this.held.size, heldBytes, ...this.counters };
   }
 
   /**

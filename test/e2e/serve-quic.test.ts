@@ -151,6 +151,7 @@ describe.skipIf(gate.skip)('moat serve: QUIC by name, guest -> moat-shim -> Moat
     const s = (await fx.stats()) as unknown as { nat?: { quic?: { allowed: number; refused: number } } };
     expect(s.nat?.quic, JSON.stringify(s).slice(0, 2000)).toMatchObject({ allowed: 2 });
     expect(s.nat!.quic!.refused).toBeGreaterThanOrEqual(1);
+    expect((s as unknown as { limits?: { quic?: unknown } }).limits?.quic).toMatchObject({ max: 256, refused: 0 });
   }, 30_000);
 
   it.skipIf(!hasNgtcp2)('6. an HTTP/3 request from a real client in the guest (ngtcp2 gtlsclient, to a decoy address) completes against the allowed name\'s server', async () => {
