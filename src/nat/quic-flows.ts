@@ -154,7 +154,7 @@ export class QuicFlows {
           return;
         }
       }
-      this.udp.send(d, '', d.payload); // an open flow: the address is its own
+      this.udp.sendOnFlow(d, d.payload); // an open flow (checked above): never opened here
       return;
     }
     this.allowed.delete(key);
@@ -275,7 +275,8 @@ export class QuicFlows {
           }
           // The same name again: the held datagrams go out on the open flow.
           this.finishHold(h);
-          for (const p of h.datagrams) this.udp.send(h.tuple, '', p);
+          // The flow may have closed meanwhile (idle): then they are dropped, never sent anywhere else.
+          for (const p of h.datagrams) if (!this.udp.sendOnFlow(h.tuple, p)) break;
           return;
         }
         const decision = this.egress.decide({ proto: 'udp', dst: h.dst, port, peeked: { via: 'quic', name: r.sni } });
