@@ -58,7 +58,7 @@ export interface AllowlistControl {
   reload(rules: readonly string[], drop: boolean): Promise<{ rules: string[]; zones: string[]; dropped: number }>;
 }
 
-class HttpError extends Error {
+export class HttpError extends Error {
   constructor(
     readonly status: number,
     message: string,
@@ -67,46 +67,39 @@ class HttpError extends Error {
   }
 }
 
-type Handler = (req: IncomingMessage) => Promise<{ status: number; body: unknown }>;
+export type Handler = (req: IncomingMessage) => Promise<{ status: number; body: unknown }>;
 
+/** Methods by path: what a server answers. One network's routes, or `moat host`'s router over many. */
+export interface RouteTable {
+  /** The handlers for `path` by method, or undefined for an unknown path. */
+  match(path: string): ReadonlyMap<string, Handler> | undefined;
+  /** Requests refused 413, when the table counts them. */
+  readonly tooLarge?: number;
+}
+
+/**
+ * The HTTP server: a unix socket, a route table, JSON in and out. It knows
+ * nothing of networks; `moat serve` gives it one network's routes, `moat
+ * host` its router.
+ */
 export class ApiServer {
   private readonly server: Server;
-  private readonly routes: Map<string, Map<string, Handler>>;
+  private readonly routes: RouteTable;
   private addr: ListenAddress | undefined;
   private readonly log: Logger;
-  private readonly maxBodyBytes: number;
-  /** Requests answered 413 (body over maxBodyBytes). */
-  tooLarge = 0;
 
-  constructor(
-    private readonly backend: ApiBackend,
-    log: Logger,
-    private readonly options: Partial<ApiServerOptions> = {},
-  ) {
-    this.maxBodyBytes = options.maxBodyBytes ?? MAX_BODY_BYTES;
+  constructor(backend: ApiBackend | RouteTable, log: Logger, options: Partial<ApiServerOptions> = {}) {
     this.log = log.child({ component: 'api' });
-    this.routes = new Map([
-      ['/services/forwarder/expose', new Map([['POST', (req) => this.expose(req)]])],
-      ['/services/forwarder/unexpose', new Map([['POST', (req) => this.unexpose(req)]])],
-      ['/services/forwarder/all', new Map([['GET', async () => ({ status: 200, body: this.backend.forwards.list() })]])],
-      ['/services/dhcp/leases', new Map([['GET', async () => ({ status: 200, body: this.leases() })]])],
-      ['/stats', new Map([['GET', async () => ({ status: 200, body: this.backend.stats() })]])],
-      [
-        '/allowlist',
-        new Map<string, Handler>([
-          ['GET', async () => ({ status: 200, body: { allow: this.allowlist().rules(), zones: this.allowlist().zones() } })],
-          ['PUT', (req) => this.putAllowlist(req)],
-        ]),
-      ],
-      [
-        '/healthz',
-        new Map([['GET', async () => ({ status: 200, body: { status: 'ok', guestConnected: this.backend.guestConnected() } })]]),
-      ],
-    ]);
+    this.routes = isRouteTable(backend) ? backend : new NetworkRoutes(backend, log, options);
     this.server = createServer((req, res) => void this.handle(req, res));
     // A client that opens a connection and sends nothing must not hold it forever.
     this.server.requestTimeout = 10_000;
     this.server.headersTimeout = 10_000;
+  }
+
+  /** Requests answered 413 (body over the limit). */
+  get tooLarge(): number {
+    return this.routes.tooLarge ?? 0;
   }
 
   /** Listens on a unix socket (stale files removed, live servers left alone). */
@@ -131,7 +124,7 @@ export class ApiServer {
     let body: unknown;
     try {
       const path = new URL(req.url ?? '/', 'http://moat').pathname;
-      const methods = this.routes.get(path);
+      const methods = this.routes.match(path);
       if (methods === undefined) throw new HttpError(404, `no such path: ${path}`);
       const handler = methods.get(req.method ?? '');
       if (handler === undefined) {
@@ -144,15 +137,75 @@ export class ApiServer {
       if (status >= 500) this.log.error('api request failed', { method: req.method, url: req.url, error: e });
       else this.log.debug('api request refused', { method: req.method, url: req.url, status, error: (body as { error: string }).error });
     }
-    if (status === 413) {
-      this.tooLarge++;
-      this.options.onTooLarge?.({ method: req.method, url: req.url, max: this.maxBodyBytes });
-      // The rest of the body is not read: close the connection rather than drain an oversized upload.
-      res.setHeader('Connection', 'close');
-    }
+    // The rest of an oversized body is not read: close the connection rather than drain the upload.
+    if (status === 413) res.setHeader('Connection', 'close');
     const text = body === undefined ? '' : JSON.stringify(body);
     res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
     res.end(text);
+  }
+}
+
+function isRouteTable(x: ApiBackend | RouteTable): x is RouteTable {
+  return typeof (x as Partial<RouteTable>).match === 'function';
+}
+
+/**
+ * Counts a handler's 413 refusals (and reports them for the limits' log):
+ * each route table owns its own count, so one network's /stats.limits.apiBody
+ * is its own.
+ */
+export function countingTooLarge(handler: Handler, owner: { tooLarge: number }, onTooLarge?: (fields: Record<string, unknown>) => void, max?: number): Handler {
+  return async (req) => {
+    try {
+      return await handler(req);
+    } catch (e) {
+      if (e instanceof HttpError && e.status === 413) {
+        owner.tooLarge++;
+        onTooLarge?.({ method: req.method, url: req.url, max });
+      }
+      throw e;
+    }
+  };
+}
+
+/** One guest network's routes: gvproxy's paths, /stats, /healthz, /allowlist. */
+export class NetworkRoutes implements RouteTable {
+  private readonly routes: Map<string, Map<string, Handler>>;
+  private readonly log: Logger;
+  private readonly maxBodyBytes: number;
+  /** Requests answered 413 (body over maxBodyBytes). */
+  tooLarge = 0;
+
+  constructor(
+    private readonly backend: ApiBackend,
+    log: Logger,
+    options: Partial<ApiServerOptions> = {},
+  ) {
+    this.maxBodyBytes = options.maxBodyBytes ?? MAX_BODY_BYTES;
+    this.log = log.child({ component: 'api' });
+    const counted = (h: Handler): Handler => countingTooLarge(h, this, options.onTooLarge, this.maxBodyBytes);
+    this.routes = new Map([
+      ['/services/forwarder/expose', new Map([['POST', counted((req) => this.expose(req))]])],
+      ['/services/forwarder/unexpose', new Map([['POST', counted((req) => this.unexpose(req))]])],
+      ['/services/forwarder/all', new Map([['GET', async () => ({ status: 200, body: this.backend.forwards.list() })]])],
+      ['/services/dhcp/leases', new Map([['GET', async () => ({ status: 200, body: this.leases() })]])],
+      ['/stats', new Map([['GET', async () => ({ status: 200, body: this.backend.stats() })]])],
+      [
+        '/allowlist',
+        new Map<string, Handler>([
+          ['GET', async () => ({ status: 200, body: { allow: this.allowlist().rules(), zones: this.allowlist().zones() } })],
+          ['PUT', counted((req) => this.putAllowlist(req))],
+        ]),
+      ],
+      [
+        '/healthz',
+        new Map([['GET', async () => ({ status: 200, body: { status: 'ok', guestConnected: this.backend.guestConnected() } })]]),
+      ],
+    ]);
+  }
+
+  match(path: string): ReadonlyMap<string, Handler> | undefined {
+    return this.routes.get(path);
   }
 
   private async expose(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
@@ -202,7 +255,7 @@ export class ApiServer {
   }
 }
 
-function errorResponse(e: unknown): { status: number; body: { error: string } } {
+export function errorResponse(e: unknown): { status: number; body: { error: string } } {
   if (e instanceof HttpError) return { status: e.status, body: { error: e.message } };
   if (e instanceof ForwardError) {
     const status = e.kind === 'invalid' ? 400 : e.kind === 'not-found' ? 404 : 409;
@@ -216,7 +269,7 @@ function errorResponse(e: unknown): { status: number; body: { error: string } } 
 }
 
 /** Reads a JSON body of at most `max` bytes. */
-async function readJsonBody(req: IncomingMessage, max: number): Promise<unknown> {
+export async function readJsonBody(req: IncomingMessage, max: number): Promise<unknown> {
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > max) {
     throw new HttpError(413, `request body of ${declared} bytes exceeds ${max} bytes`);
