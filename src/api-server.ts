@@ -62,6 +62,8 @@ export class HttpError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    /** More of the answer's JSON next to "error" (a list of every bad field). */
+    readonly extra: Record<string, unknown> = {},
   ) {
     super(message);
   }
@@ -256,7 +258,7 @@ export class NetworkRoutes implements RouteTable {
 }
 
 export function errorResponse(e: unknown): { status: number; body: { error: string } } {
-  if (e instanceof HttpError) return { status: e.status, body: { error: e.message } };
+  if (e instanceof HttpError) return { status: e.status, body: { error: e.message, ...e.extra } };
   if (e instanceof ForwardError) {
     const status = e.kind === 'invalid' ? 400 : e.kind === 'not-found' ? 404 : 409;
     return { status, body: { error: e.message } };

@@ -23,6 +23,8 @@ import {
   type ConfigIo,
 } from './config.js';
 import { explain } from './explain.js';
+import { hostHelp, parseHostArgs } from './host-config.js';
+import { startHost, type RunningHost } from './host.js';
 import { learnHelp, runLearn, type LearnIo } from './learn.js';
 import { formatIPv4 } from '../netstack/addr.js';
 import { createLogger, type Logger, type LogStream } from './log.js';
@@ -66,6 +68,7 @@ export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): 
     else if (rest[0] === 'explain') io.stdout.write(explainHelp());
     else if (rest[0] === 'proxy') io.stdout.write(proxyHelp());
     else if (rest[0] === 'learn') io.stdout.write(learnHelp());
+    else if (rest[0] === 'host') io.stdout.write(hostHelp());
     else io.stdout.write(mainHelp());
     return EXIT_OK;
   }
@@ -74,6 +77,7 @@ export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): 
   if (command === 'explain') return runExplain(rest, io);
   if (command === 'proxy') return runProxy(rest, io);
   if (command === 'learn') return runLearn(rest, learnIo(io));
+  if (command === 'host') return runHost(rest, io);
   io.stderr.write(`moat: unknown command "${command}" (see moat --help)\n`);
   return EXIT_USAGE;
 }
@@ -200,6 +204,42 @@ async function runServe(args: readonly string[], io: CliIo): Promise<number> {
     return EXIT_RUNTIME_ERROR;
   }
   return 'lost' in ended ? EXIT_RUNTIME_ERROR : EXIT_OK;
+}
+
+/** `moat host`: the daemon runs until SIGINT/SIGTERM, then closes every network. */
+async function runHost(args: readonly string[], io: CliIo): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseHostArgs(args, io.config);
+  } catch (e) {
+    io.stderr.write(`moat host: ${(e as Error).message}\n`);
+    return e instanceof ConfigError ? EXIT_USAGE : EXIT_RUNTIME_ERROR;
+  }
+  if (parsed.kind === 'help') {
+    io.stdout.write(hostHelp());
+    return EXIT_OK;
+  }
+  const config = parsed.config;
+  const log: Logger = createLogger({ level: config.logLevel, format: config.logFormat, stream: io.stderr });
+  const stop = stopping(io);
+  let host: RunningHost;
+  try {
+    host = await startHost(config, log, { configIo: io.config, ...(io.serveDeps ? { deps: io.serveDeps } : {}) });
+  } catch (e) {
+    log.error('moat host failed to start', { error: e });
+    return EXIT_RUNTIME_ERROR;
+  }
+  const signal = await stop.stopped;
+  log.info('shutting down: closing every network', { signal, networks: host.networks.size });
+  const closed = await Promise.race([
+    host.close().then(() => true),
+    new Promise<false>((r) => setTimeout(() => r(false), SHUTDOWN_TIMEOUT_MS).unref()),
+  ]);
+  if (!closed) {
+    log.error('shutdown did not finish in time; exiting anyway', { timeoutMs: SHUTDOWN_TIMEOUT_MS });
+    return EXIT_RUNTIME_ERROR;
+  }
+  return EXIT_OK;
 }
 
 /** How long SIGTERM/SIGINT may take to close everything before the process leaves anyway. */
@@ -379,5 +419,5 @@ export async function main(): Promise<void> {
   const code = await runCli(process.argv.slice(2));
   process.exitCode = code;
   // A clean shutdown closes every handle; anything left (a straggling host socket) must not keep us alive.
-  if (process.argv[2] === 'serve' || process.argv[2] === 'proxy') setTimeout(() => process.exit(code), 2000).unref();
+  if (process.argv[2] === 'serve' || process.argv[2] === 'proxy' || process.argv[2] === 'host') setTimeout(() => process.exit(code), 2000).unref();
 }
