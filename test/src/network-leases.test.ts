@@ -57,7 +57,7 @@ describe('DHCP leases outlive the guest connection', () => {
       readResolvConf: () => undefined,
     });
     if (r.kind !== 'config') throw new Error('config expected');
-    const running = await serve(r.config, captureLogger('warn').log);
+    const running = await serve(r.config, captureLogger('info').log);
     try {
       const guest: Socket = await new Promise((resolve) => {
         const s = connect(sock, () => resolve(s));
