@@ -25,6 +25,7 @@ import {
 import { explain } from './explain.js';
 import { hostHelp, parseHostArgs } from './host-config.js';
 import { startHost, type RunningHost } from './host.js';
+import { installFaultRouter } from './fault-scope.js';
 import { learnHelp, runLearn, type LearnIo } from './learn.js';
 import { formatIPv4 } from '../netstack/addr.js';
 import { createLogger, type Logger, type LogStream } from './log.js';
@@ -224,12 +225,15 @@ async function runHost(args: readonly string[], io: CliIo): Promise<number> {
   const stop = stopping(io);
   let host: RunningHost;
   try {
-    host = await startHost(config, log, { configIo: io.config, ...(io.serveDeps ? { deps: io.serveDeps } : {}) });
+    host = await startHost(config, log, { configIo: io.config, faultScope: true, ...(io.serveDeps ? { deps: io.serveDeps } : {}) });
   } catch (e) {
     log.error('moat host failed to start', { error: e });
     return EXIT_RUNTIME_ERROR;
   }
+  // An exception in a network's host-socket callbacks closes that network, not the daemon.
+  const uninstall = installFaultRouter(log);
   const signal = await stop.stopped;
+  uninstall();
   log.info('shutting down: closing every network', { signal, networks: host.networks.size });
   const closed = await Promise.race([
     host.close().then(() => true),

@@ -58,6 +58,8 @@ export interface NetworkHostOptions {
   maxBodyBytes?: number;
   configIo?: ConfigIo;
   deps?: Partial<ServeDeps>;
+  /** Run each network in its fault scope (the CLI, which routes uncaught exceptions with installFaultRouter). */
+  faultScope?: boolean;
 }
 
 export class NetworkHost implements RouteTable {
@@ -102,7 +104,7 @@ export class NetworkHost implements RouteTable {
     log.info('network starting', describeConfig(config));
     let network: GuestNetwork;
     try {
-      network = await startGuestNetwork(config, log, this.options.deps ?? {}, { name, ...(signal ? { signal } : {}) });
+      network = await startGuestNetwork(config, log, this.options.deps ?? {}, { name, faultScope: this.options.faultScope === true, ...(signal ? { signal } : {}) });
     } catch (e) {
       this.slots.delete(name);
       log.warn('network failed to start', { error: e });
@@ -233,9 +235,14 @@ export interface RunningHost {
 }
 
 /** Starts the daemon: no network, the control API listening. */
-export async function startHost(config: HostConfig, log: Logger, options: { configIo?: ConfigIo; deps?: Partial<ServeDeps> } = {}): Promise<RunningHost> {
+export async function startHost(
+  config: HostConfig,
+  log: Logger,
+  options: { configIo?: ConfigIo; deps?: Partial<ServeDeps>; faultScope?: boolean } = {},
+): Promise<RunningHost> {
   const networks = new NetworkHost(log, {
     maxNetworks: config.maxNetworks,
+    faultScope: options.faultScope === true,
     ...(options.configIo ? { configIo: options.configIo } : {}),
     ...(options.deps ? { deps: options.deps } : {}),
   });

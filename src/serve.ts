@@ -29,6 +29,7 @@ import { openDecisionLog } from './egress/decision-log.js';
 import type { DecisionLog } from './egress/decision-log.js';
 import { DEFAULT_EGRESS_OPTIONS, type Egress } from './egress/egress.js';
 import { MonotonicClock, NODE_TIMERS, TimerDriver } from './clock.js';
+import { networkScope } from './fault-scope.js';
 import { describeConfig, type DnsUpstream, type ServeConfig } from './config.js';
 import type { GatewayDns } from './gateway-dns.js';
 import type { Logger } from './log.js';
@@ -173,6 +174,12 @@ export interface ServeOptions {
 export interface GuestNetworkOptions extends ServeOptions {
   /** The network's name under `moat host` (in its logs and decision records); undefined for `moat serve`. */
   name?: string;
+  /**
+   * Run guest input inside this network's fault scope (src/fault-scope.ts),
+   * so that an exception in a host socket callback the NAT set up is routed
+   * to this network. `moat host` sets it; it costs async context tracking.
+   */
+  faultScope?: boolean;
 }
 
 /** running; failed (a fault inside it closed it, `failure` says why); closed (by its owner). */
@@ -350,17 +357,18 @@ export async function startGuestNetwork(
 
     // The link is created before the stack (the stack's onOutput needs it) and listens after.
     let stack: NetStack | undefined;
+    const input = (frames: readonly Uint8Array[]): void => {
+      if (state !== 'running') return;
+      try {
+        faultHook?.(frames);
+        stack!.input(frames);
+        driver.reschedule();
+      } catch (e) {
+        fault(e);
+      }
+    };
     const sink: GuestSink = {
-      input(frames) {
-        if (state !== 'running') return;
-        try {
-          faultHook?.(frames);
-          stack!.input(frames);
-          driver.reschedule();
-        } catch (e) {
-          fault(e);
-        }
-      },
+      input: options.faultScope === true ? (frames) => networkScope.run(fault, input, frames) : input,
       guestGone() {
         if (state !== 'running') return;
         try {
