@@ -25,6 +25,9 @@ import { NetworkConfigError, parseNetworkRequest } from './host-config.js';
 import type { Logger } from './log.js';
 import { startGuestNetwork, type GuestNetwork, type ServeDeps } from './serve.js';
 
+/** Guest bytes a network's link takes before it yields to the other links (QemuStreamOptions.turnBudgetBytes). */
+export const HOST_LINK_TURN_BYTES = 256 * 1024;
+
 /** A name is taken while its network starts, so that two requests for it cannot both win. */
 type Slot = { kind: 'starting' } | { kind: 'running'; network: GuestNetwork };
 
@@ -104,7 +107,10 @@ export class NetworkHost implements RouteTable {
     log.info('network starting', describeConfig(config));
     let network: GuestNetwork;
     try {
-      network = await startGuestNetwork(config, log, this.options.deps ?? {}, { name, faultScope: this.options.faultScope === true, ...(signal ? { signal } : {}) });
+      const deps = this.options.deps ?? {};
+      // A busy guest yields after its turn's bytes, so that every other network's guest is read too.
+      const link = { turnBudgetBytes: HOST_LINK_TURN_BYTES, ...deps.link };
+      network = await startGuestNetwork(config, log, { ...deps, link }, { name, faultScope: this.options.faultScope === true, ...(signal ? { signal } : {}) });
     } catch (e) {
       this.slots.delete(name);
       log.warn('network failed to start', { error: e });
