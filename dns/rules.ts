@@ -131,7 +131,12 @@ export function canonicalHostname(input: string): string | RuleError {
       }
       // The URL parser turns numeric-looking names into IPv4 addresses and may
       // map a trailing full-width dot to '.'; neither is a hostname rule.
-      if (converted.endsWith('.')) converted = converted.slice(0, -1);
+      // One trailing dot is the root; if one was already dropped above, this
+      // second one is an empty label, as 'github.com..' is in ASCII.
+      if (converted.endsWith('.')) {
+        if (input.endsWith('.')) return new RuleError(input, 'rule:empty-label');
+        converted = converted.slice(0, -1);
+      }
       if (!ASCII_FAST.test(converted)) return new RuleError(input, 'rule:bad-idn');
       name = converted;
     }

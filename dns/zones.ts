@@ -9,7 +9,8 @@
  *    gives the same zone with its subdomains resolved live. Both rules for
  *    one domain merge into one zone. Names below a zone that the rules do not
  *    allow (a subdomain of an exact-host-only zone, the apex of a
- *    wildcard-only zone) are sinkholed like any other name.
+ *    wildcard-only zone) are sinkholed like any other name, unless a
+ *    wildcard further up allows them (`*.d` covers any depth below d).
  *  - The root zone, last, sinkholes everything else.
  *
  * User zones are sorted longest suffix first (more labels, then longer, then
@@ -182,6 +183,10 @@ export class ZoneTable {
     if (missing.length > 0) {
       throw new Error(`zone table incomplete: no records for ${[...new Set(missing)].join(', ')}`);
     }
+    // A host zone strictly below a wildcard's domain (api.example.com under
+    // *.example.com) is the longest match for the names below it, so it must
+    // resolve them live too, as the flow policy allows them.
+    for (const [name, live] of liveByName) if (!live && underLiveZone(name, liveByName)) liveByName.set(name, true);
     const allowed: Zone[] = [];
     for (const [name, apex] of apexByName) {
       allowed.push(Object.freeze({ name, kind: 'allowed', apex, liveSubdomains: liveByName.get(name) ?? false }));
@@ -192,11 +197,24 @@ export class ZoneTable {
   /**
    * The zone for a canonical name (see canonicalHostname): the built-in host
    * of that exact name, else the longest allowed zone containing it on a
-   * label boundary, else the root zone.
+   * label boundary, else the root zone. One exception: the apex of a
+   * wildcard-only zone (cdn.example.com for *.cdn.example.com) is not that
+   * zone's to allow, but a wildcard above it (*.example.com) allows it, as
+   * the flow policy does; then the live zone above answers it.
    */
   match(name: string): Zone {
     const builtin = this.builtinByName.get(name);
     if (builtin !== undefined) return builtin;
+    const z = this.longestAllowed(name);
+    if (z.name === name && z.kind === 'allowed' && z.apex === null) {
+      const dot = name.indexOf('.');
+      const above = dot < 0 ? ROOT_ZONE : this.longestAllowed(name.slice(dot + 1));
+      if (above.liveSubdomains) return above;
+    }
+    return z;
+  }
+
+  private longestAllowed(name: string): Zone {
     let suffix = name;
     for (;;) {
       const z = this.allowedByName.get(suffix);
@@ -206,6 +224,14 @@ export class ZoneTable {
       suffix = suffix.slice(dot + 1);
     }
   }
+}
+
+/** Is some proper suffix of `name`, on a label boundary, a live (wildcard) zone? */
+function underLiveZone(name: string, liveByName: ReadonlyMap<string, boolean>): boolean {
+  for (let dot = name.indexOf('.'); dot >= 0; dot = name.indexOf('.', dot + 1)) {
+    if (liveByName.get(name.slice(dot + 1)) === true) return true;
+  }
+  return false;
 }
 
 /** One line per zone in match order, for `moat zones` and logs. */

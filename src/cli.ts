@@ -29,6 +29,7 @@ import { installFaultRouter } from './fault-scope.js';
 import { learnHelp, runLearn, type LearnIo } from './learn.js';
 import { formatIPv4 } from '../netstack/addr.js';
 import { createLogger, type Logger, type LogStream } from './log.js';
+import { mainLogBudget } from './log-flags.js';
 import { serve, type RunningServer, type ServeDeps } from './serve.js';
 import { parseProxyArgs, proxyHelp, type ProxyConfig } from './proxy/config.js';
 import { describeProxyConfig, startProxy, type ProxyDeps, type RunningProxy } from './proxy/index.js';
@@ -170,7 +171,7 @@ async function runServe(args: readonly string[], io: CliIo): Promise<number> {
     return EXIT_OK;
   }
   const config = parsed.config;
-  const log: Logger = createLogger({ level: config.logLevel, format: config.logFormat, stream: io.stderr });
+  const log: Logger = createLogger({ level: config.logLevel, format: config.logFormat, stream: io.stderr, budget: mainLogBudget(config) });
 
   // Asked before start-up: a SIGINT while allowed hosts are being resolved aborts that.
   const stop = stopping(io);
@@ -351,7 +352,7 @@ async function runProxy(args: readonly string[], io: CliIo): Promise<number> {
     return EXIT_OK;
   }
   const config = parsed.config;
-  const log: Logger = createLogger({ level: config.logLevel, format: config.logFormat, stream: io.stderr });
+  const log: Logger = createLogger({ level: config.logLevel, format: config.logFormat, stream: io.stderr, budget: mainLogBudget(config) });
   const stop = stopping(io);
   let proxy: RunningProxy;
   try {

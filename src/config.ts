@@ -18,6 +18,7 @@ import { parseRules, RuleSetError, type Rule } from '../dns/rules.js';
 import type { SinkholeMode } from '../dns/zones.js';
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js';
 import { limitFlagDocs, parseLimits, type Limits } from './limits.js';
+import { logFlagDocs, parseLogLimits, type LogLimits } from './log-flags.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
 
 /** A usage or configuration mistake: the CLI prints the message and exits with 2. */
@@ -78,6 +79,8 @@ export interface ServeConfig {
   mode: 'enforce' | 'audit';
   /** Resource limits (--max-tcp-flows ... --api-max-body-bytes, src/limits.ts); DEFAULT_LIMITS where absent. */
   limits?: Limits;
+  /** The logs' budget and the decision log's rotation (--log-lines-per-sec ..., src/log-flags.ts); DEFAULT_LOG_LIMITS where absent. */
+  logLimits?: LogLimits;
 }
 
 /** What `moat zones` needs: the allowlist and the built-in addresses. */
@@ -204,7 +207,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     type: 'string',
     value: 'FILE',
     default: 'none (blocked decisions still go to the main log)',
-    help: 'Append every egress decision (allowed and blocked, TCP, UDP and DNS) to FILE as one JSON line: id, decision, reason, rule, proto, dst, name, via. Rate-limited per destination.',
+    help: 'Append every egress decision (allowed and blocked, TCP, UDP and DNS) to FILE as one JSON line: id, decision, reason, rule, proto, dst, name, via. Rate-limited per destination, and by the log budget (--log-lines-per-sec ...); rotated with --decision-log-max-bytes.',
   },
   {
     name: 'mode',
@@ -216,6 +219,8 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
   { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise it follows the rules like any address (e.g. --allow 192.168.127.254:8080).' },
   // Resource limits: described once in src/limits.ts LIMIT_SPECS.
   ...limitFlagDocs(),
+  // The logs' budget and the decision log's rotation: described once in src/log-flags.ts.
+  ...logFlagDocs(),
   { name: 'help', type: 'boolean', help: 'Show this help.' },
 ];
 
@@ -659,6 +664,8 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   // --max-tcp-flows ... --api-max-body-bytes
   const limits = parseLimits(str);
   if (typeof limits === 'string') throw new ConfigError(limits);
+  const logLimits = parseLogLimits(str);
+  if (typeof logLimits === 'string') throw new ConfigError(logLimits);
 
   const allowLinkLocal = raw.get('allow-link-local');
   return {
@@ -685,6 +692,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     allowHostAlias: raw.get('allow-host-alias')?.value === true,
     mode,
     limits,
+    logLimits,
   };
 }
 
@@ -810,6 +818,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
     allowLinkLocal: c.allowLinkLocal,
     dnsUpstreams: c.dnsUpstreams.map(formatUpstream),
     ...(c.limits === undefined ? {} : { limits: { ...c.limits } }),
+    ...(c.logLimits === undefined ? {} : { logLimits: { ...c.logLimits } }),
     ...(c.allow.length === 0
       ? {}
       : {

@@ -19,6 +19,7 @@ import type { DecisionLog, DecisionRecord } from './egress/decision-log.js';
 import type { ReloadResult } from './egress/allowlist-runtime.js';
 import { ConfigError, NODE_CONFIG_IO, parseServeArgs, type ConfigIo, type ServeConfig } from './config.js';
 import { createLogger, NULL_LOGGER, type Logger, type LogStream } from './log.js';
+import { mainLogBudget } from './log-flags.js';
 import { serve as startService, type GuestNetwork, type RunningServer, type ServeDeps } from './serve.js';
 import { parseHostArgs } from './host-config.js';
 import { startHost, type NetworkSummary } from './host.js';
@@ -99,10 +100,10 @@ function isArgv(flags: ServeFlags | readonly string[]): flags is readonly string
   return Array.isArray(flags);
 }
 
-function loggerFor(log: Logger | LogStream | undefined, config: Pick<ServeConfig, 'logLevel' | 'logFormat'>): Logger {
+function loggerFor(log: Logger | LogStream | undefined, config: Pick<ServeConfig, 'logLevel' | 'logFormat'> & { logLimits?: ServeConfig['logLimits'] }): Logger {
   if (log === undefined) return NULL_LOGGER;
   if (typeof (log as Logger).child === 'function') return log as Logger;
-  return createLogger({ level: config.logLevel, format: config.logFormat, stream: log as LogStream });
+  return createLogger({ level: config.logLevel, format: config.logFormat, stream: log as LogStream, budget: mainLogBudget(config) });
 }
 
 /** The parts of a running service the library exposes, from a `moat serve` or one `moat host` network. */

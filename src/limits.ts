@@ -50,15 +50,18 @@ export interface Limits {
   apiMaxBodyBytes: number;
 }
 
-export interface LimitSpec {
+/** An integer flag with a default and bounds: the limits here, the log budget in src/log-flags.ts. */
+export interface IntegerFlagSpec<K extends string = string> {
   /** The flag name (and --config key). */
   flag: string;
-  key: keyof Limits;
+  key: K;
   default: number;
   min: number;
   max: number;
   help: string;
 }
+
+export type LimitSpec = IntegerFlagSpec<keyof Limits>;
 
 const KiB = 1024;
 const MiB = 1024 * 1024;
@@ -169,7 +172,12 @@ export const DEFAULT_LIMITS: Readonly<Limits> = Object.freeze(
 
 /** The limit flags in the shape of config.ts's FlagDoc (kept structural: config.ts imports this module). */
 export function limitFlagDocs(): { name: string; type: 'string'; value: string; default: string; help: string }[] {
-  return LIMIT_SPECS.map((s) => ({ name: s.flag, type: 'string' as const, value: 'N', default: String(s.default), help: s.help }));
+  return integerFlagDocs(LIMIT_SPECS);
+}
+
+/** Integer flag specs in the shape of config.ts's FlagDoc. */
+export function integerFlagDocs(specs: readonly IntegerFlagSpec[]): { name: string; type: 'string'; value: string; default: string; help: string }[] {
+  return specs.map((s) => ({ name: s.flag, type: 'string' as const, value: 'N', default: String(s.default), help: s.help }));
 }
 
 /**
@@ -177,8 +185,16 @@ export function limitFlagDocs(): { name: string; type: 'string'; value: string; 
  * in errors. Returns the limits, or an error message naming the flag.
  */
 export function parseLimits(get: (flag: string) => { text: string; label: string } | undefined): Limits | string {
+  return parseIntegerFlags(LIMIT_SPECS, get);
+}
+
+/** Reads integer flags (each within its spec's bounds, its default when absent), or an error message naming the flag. */
+export function parseIntegerFlags<K extends string>(
+  specs: readonly IntegerFlagSpec<K>[],
+  get: (flag: string) => { text: string; label: string } | undefined,
+): Record<K, number> | string {
   const out: Record<string, number> = {};
-  for (const s of LIMIT_SPECS) {
+  for (const s of specs) {
     const raw = get(s.flag);
     if (raw === undefined) {
       out[s.key] = s.default;
@@ -188,7 +204,7 @@ export function parseLimits(get: (flag: string) => { text: string; label: string
     if (!(n >= s.min && n <= s.max)) return `${raw.label}: must be an integer ${s.min}..${s.max}, got "${raw.text}"`;
     out[s.key] = n;
   }
-  return out as unknown as Limits;
+  return out as Record<K, number>;
 }
 
 // ------------------------------------------------------------------ RefusalLog

@@ -5,7 +5,13 @@
  *
  * Loggers are cheap to derive with child(fields): every line of the child
  * carries those fields (e.g. { component: 'nat' }), so call sites stay short.
+ *
+ * With a `budget`, the log (a logger and all its children) writes at most so
+ * many lines and bytes per second (src/log-budget.ts): a line over budget is
+ * not even formatted, and a "log lines suppressed" summary counts such lines
+ * per message, once per interval while it goes on.
  */
+import { BudgetedWriter, LogBudget, type LogBudgetLimits, type LogBudgetStats, type Schedule } from './log-budget.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export type LogFormat = 'json' | 'pretty';
@@ -22,6 +28,10 @@ export interface Logger {
   child(fields: Record<string, unknown>): Logger;
   /** Whether a line at `level` would be written: skip building expensive fields when not. */
   enabled(level: LogLevel): boolean;
+  /** The budget's counters (/stats.logs.main), when the log has one. */
+  budgetStats?(): LogBudgetStats;
+  /** Writes the pending "log lines suppressed" summary now (at shutdown). */
+  flush?(): void;
 }
 
 /** Anything with write(string): process.stderr, a file stream, a test sink. */
@@ -35,6 +45,13 @@ export interface LoggerOptions {
   stream: LogStream;
   /** Time source for the `time` field; defaults to the wall clock (logs are for humans correlating events). */
   now?: () => Date;
+  /** A global bound on lines and bytes per second (--log-lines-per-sec ...); none when absent. */
+  budget?: {
+    limits: LogBudgetLimits;
+    /** Monotonic milliseconds for the buckets; performance.now by default. */
+    clock?: () => number;
+    schedule?: Schedule;
+  };
 }
 
 const RANK: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
@@ -50,7 +67,18 @@ export function isLogFormat(x: string): x is LogFormat {
 export function createLogger(options: LoggerOptions): Logger {
   const now = options.now ?? (() => new Date());
   const format = options.format === 'json' ? formatJson : formatPretty;
-  return makeLogger(options, now, format, {});
+  const b = options.budget;
+  const writer =
+    b === undefined
+      ? undefined
+      : new BudgetedWriter({
+          stream: options.stream,
+          budget: new LogBudget({ limits: b.limits, now: b.clock ?? (() => performance.now()) }),
+          // Whatever the level threshold: it is the only trace of the lines it counts.
+          summaryLine: (s) => format(now(), 'warn', 'log lines suppressed', { ...s }),
+          ...(b.schedule ? { schedule: b.schedule } : {}),
+        });
+  return makeLogger(options, now, format, {}, writer);
 }
 
 type Formatter = (time: Date, level: LogLevel, msg: string, fields: Record<string, unknown>) => string;
@@ -60,20 +88,24 @@ function makeLogger(
   now: () => Date,
   format: Formatter,
   bound: Record<string, unknown>,
+  writer: BudgetedWriter | undefined,
 ): Logger {
   const threshold = RANK[options.level];
   const emit = (level: LogLevel, msg: string, fields?: Record<string, unknown>): void => {
     if (RANK[level] < threshold) return;
-    const all = fields === undefined ? bound : { ...bound, ...fields };
-    options.stream.write(format(now(), level, msg, all));
+    const line = (): string => format(now(), level, msg, fields === undefined ? bound : { ...bound, ...fields });
+    // The message is the reason a suppressed line is counted under: a code constant, so the summary stays small.
+    if (writer === undefined) options.stream.write(line());
+    else writer.write(msg, line);
   };
   return {
     debug: (msg, fields) => emit('debug', msg, fields),
     info: (msg, fields) => emit('info', msg, fields),
     warn: (msg, fields) => emit('warn', msg, fields),
     error: (msg, fields) => emit('error', msg, fields),
-    child: (fields) => makeLogger(options, now, format, { ...bound, ...fields }),
+    child: (fields) => makeLogger(options, now, format, { ...bound, ...fields }, writer),
     enabled: (level) => RANK[level] >= threshold,
+    ...(writer === undefined ? {} : { budgetStats: () => ({ ...writer.stats }), flush: () => writer.close() }),
   };
 }
 

@@ -25,8 +25,9 @@ import type { Resolver } from '../dns/preresolve.js';
 import { NodeDnsResolver } from './allowlist/resolver.js';
 import { ApiServer, NetworkRoutes, type AllowlistControl } from './api-server.js';
 import { AllowlistRuntime, zoneNames } from './egress/allowlist-runtime.js';
-import { openDecisionLog } from './egress/decision-log.js';
+import { decisionFileError, logStats, openDecisionLog } from './egress/decision-log.js';
 import type { DecisionLog } from './egress/decision-log.js';
+import type { RotatingFile } from './rotating-file.js';
 import { DEFAULT_EGRESS_OPTIONS, type Egress } from './egress/egress.js';
 import { MonotonicClock, NODE_TIMERS, TimerDriver } from './clock.js';
 import { networkScope } from './fault-scope.js';
@@ -34,6 +35,7 @@ import { describeConfig, type DnsUpstream, type ServeConfig } from './config.js'
 import type { GatewayDns } from './gateway-dns.js';
 import type { Logger } from './log.js';
 import { DEFAULT_LIMITS, RefusalLog, type Limits } from './limits.js';
+import { DEFAULT_LOG_LIMITS } from './log-flags.js';
 import { PortForwarder } from './forwarder.js';
 import { Nat, type GatewayUdpClaims, type NatOptions, type NatStats } from './nat/index.js';
 import { PcapWriter } from './pcap-writer.js';
@@ -262,7 +264,10 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
     decisions: network.decisions,
     linkLost: network.ended,
     close: () => {
-      closing ??= closeAll().then(() => log.info('moat stopped'));
+      closing ??= closeAll().then(() => {
+        log.info('moat stopped');
+        log.flush?.(); // the main log's last "log lines suppressed" summary
+      });
       return closing;
     },
   };
@@ -433,7 +438,13 @@ export async function startGuestNetwork(
     let routes: NetworkRoutes | undefined;
     const stats = (): Record<string, unknown> => {
       const s = collectStats(theStack, link, nat, pcap, forwards);
-      return { ...s, limits: limitStats(limits, theStack, s.nat as Partial<NatStats>, routes) };
+      const decisions = runtime?.runtime.egress.decisions;
+      return {
+        ...s,
+        limits: limitStats(limits, theStack, s.nat as Partial<NatStats>, routes),
+        ...(decisions === undefined ? {} : { decisions: { ...decisions.stats } }),
+        logs: logStats(log, decisions, runtime?.file),
+      };
     };
     routes = new NetworkRoutes(
       { forwards, leases, stats, guestConnected, ...(allowlistControl ? { allowlist: allowlistControl } : {}) },
@@ -499,10 +510,11 @@ async function startAllowlist(
   d: ServeDeps,
   log: Logger,
   signal: AbortSignal | undefined,
-): Promise<{ runtime: AllowlistRuntime; close(): Promise<void> }> {
+): Promise<{ runtime: AllowlistRuntime; file: RotatingFile | undefined; close(): Promise<void> }> {
   const resolver = d.createDnsResolver(config.resolvers);
   const started = d.clock.now();
-  const sink = config.decisionLog === undefined ? undefined : await openDecisionLog(config.decisionLog);
+  const logLimits = config.logLimits ?? DEFAULT_LOG_LIMITS;
+  const sink = config.decisionLog === undefined ? undefined : await openDecisionLog(config.decisionLog, logLimits.decisionLogRotation, decisionFileError(log));
   let runtime: AllowlistRuntime;
   try {
     runtime = await AllowlistRuntime.start(
@@ -519,6 +531,7 @@ async function startAllowlist(
         egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode },
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
+        decisionBudget: logLimits.budget,
         ...(signal ? { signal } : {}),
       },
       log,
@@ -531,6 +544,7 @@ async function startAllowlist(
   if (config.mode === 'audit') log.warn('audit mode: nothing is refused (but 169.254.0.0/16); flows the rules refuse are logged as would-block');
   return {
     runtime,
+    file: sink,
     close: async () => {
       await runtime.close();
       if (sink) await new Promise<void>((resolve) => sink.end(resolve));

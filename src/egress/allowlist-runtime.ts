@@ -19,6 +19,7 @@ import { AllowlistDns } from '../allowlist/dns.js';
 import { realTimers } from '../allowlist/resolver.js';
 import { buildAllowlistTable } from '../allowlist/zones.js';
 import type { Logger, LogStream } from '../log.js';
+import type { LogBudgetLimits } from '../log-budget.js';
 import { DecisionLog, DEFAULT_DECISION_LOG_LIMITS } from './decision-log.js';
 import { DialTargets } from './dial-targets.js';
 import { Egress, type EgressOptions } from './egress.js';
@@ -39,6 +40,8 @@ export interface AllowlistRuntimeOptions {
   egress: EgressOptions;
   /** The --decision-log file, if any. */
   decisionSink?: LogStream;
+  /** That file's global budget (--log-lines-per-sec ...); DEFAULT_LOG_BUDGET when absent. */
+  decisionBudget?: LogBudgetLimits;
   /** Monotonic milliseconds, for pin expiry and log rate limits. */
   now: () => number;
   signal?: AbortSignal;
@@ -68,7 +71,7 @@ export class AllowlistRuntime {
     const pins = new PinTable(o.now);
     seedPins(pins, table);
     const decisions = new DecisionLog(
-      { ...DEFAULT_DECISION_LOG_LIMITS, now: o.now, ...(o.decisionSink ? { sink: o.decisionSink } : {}) },
+      { ...DEFAULT_DECISION_LOG_LIMITS, now: o.now, ...(o.decisionSink ? { sink: o.decisionSink } : {}), ...(o.decisionBudget ? { budget: o.decisionBudget } : {}) },
       log.child({ component: 'egress' }),
     );
     const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS });
@@ -133,6 +136,7 @@ export class AllowlistRuntime {
 
   async close(): Promise<void> {
     await this.dns.close();
+    this.egress.decisions.close(); // the decision log's last "log lines suppressed" summary
   }
 }
 

@@ -11,10 +11,17 @@
  *    not fill a disk): at most `burst` lines per `windowMs` for one
  *    destination; the next line written after a quiet spell says how many
  *    were suppressed. The table of destinations is bounded (oldest evicted).
+ *  - Behind that, the file has a global budget (src/log-budget.ts: lines
+ *    and bytes per second): a guest asking for a new name each time passes
+ *    every per-destination limit, not this one. What it holds back is
+ *    counted per reason in "log lines suppressed" summary lines. (The main
+ *    log has its own budget, in the Logger.) The counters in `stats` count
+ *    every decision, written or not.
  */
 import { randomBytes } from 'node:crypto';
-import { createWriteStream, type WriteStream } from 'node:fs';
 import type { Logger, LogStream } from '../log.js';
+import { BudgetedWriter, DEFAULT_LOG_BUDGET, LogBudget, type LogBudgetLimits, type LogBudgetStats, type Schedule } from '../log-budget.js';
+import { RotatingFile, type RotationOptions } from '../rotating-file.js';
 
 export type DecisionVerdict = 'allowed' | 'blocked' | 'would-block';
 export type DecisionProto = 'tcp' | 'udp' | 'dns';
@@ -45,6 +52,10 @@ export interface DecisionLogOptions {
   windowMs: number;
   /** Destinations remembered for rate limiting. */
   maxDestinations: number;
+  /** The global budget of the `sink` (DEFAULT_LOG_BUDGET when absent). */
+  budget?: LogBudgetLimits;
+  /** For the budget's summary timer (tests). */
+  schedule?: Schedule;
 }
 
 export const DEFAULT_DECISION_LOG_LIMITS = Object.freeze({ burst: 20, windowMs: 10_000, maxDestinations: 4096 });
@@ -111,6 +122,7 @@ export interface DecisionLogStats {
 
 export class DecisionLog {
   private readonly limit: PerKeyRateLimit;
+  private readonly file: BudgetedWriter | undefined;
   private readonly prefix = randomBytes(3).toString('hex');
   private counter = 0;
   private readonly listeners = new Set<(r: DecisionRecord) => void>();
@@ -121,6 +133,26 @@ export class DecisionLog {
     private readonly log: Logger,
   ) {
     this.limit = new PerKeyRateLimit({ now: opts.now, burst: opts.burst, windowMs: opts.windowMs, maxKeys: opts.maxDestinations });
+    const sink = opts.sink;
+    this.file =
+      sink === undefined
+        ? undefined
+        : new BudgetedWriter({
+            stream: sink,
+            budget: new LogBudget({ limits: opts.budget ?? DEFAULT_LOG_BUDGET, now: opts.now }),
+            summaryLine: (s) => JSON.stringify({ time: new Date().toISOString(), msg: 'log lines suppressed', ...s }) + '\n',
+            ...(opts.schedule ? { schedule: opts.schedule } : {}),
+          });
+  }
+
+  /** The file's budget counters (/stats.logs.decisionLog), or undefined without a file. */
+  budgetStats(): LogBudgetStats | undefined {
+    return this.file === undefined ? undefined : { ...this.file.stats };
+  }
+
+  /** Writes the file's pending summary (at shutdown); the sink is the caller's to end. */
+  close(): void {
+    this.file?.close();
   }
 
   /** A fresh decision id: unique within this process, and unlikely to repeat across restarts. */
@@ -154,9 +186,7 @@ export class DecisionLog {
     }
     const line: Record<string, unknown> = { ...r };
     if (suppressedBefore > 0) line['suppressedBefore'] = suppressedBefore;
-    if (this.opts.sink !== undefined) {
-      this.opts.sink.write(JSON.stringify({ time: new Date().toISOString(), ...line }) + '\n');
-    }
+    this.file?.write(r.reason, () => JSON.stringify({ time: new Date().toISOString(), ...line }) + '\n');
     if (r.decision === 'allowed') {
       if (this.log.enabled('debug')) this.log.debug('egress decision', line);
     } else {
@@ -165,11 +195,33 @@ export class DecisionLog {
   }
 }
 
-/** Opens the --decision-log file for appending, failing (with the path in the message) if it cannot be. */
-export function openDecisionLog(path: string): Promise<WriteStream> {
-  return new Promise((resolve, reject) => {
-    const s = createWriteStream(path, { flags: 'a' });
-    s.once('open', () => resolve(s));
-    s.once('error', (e) => reject(new Error(`--decision-log: cannot open "${path}": ${e.message}`)));
-  });
+/**
+ * Opens the --decision-log file for appending (rotated by size when
+ * `rotation` says so), failing with the path in the message if it cannot be.
+ */
+export async function openDecisionLog(path: string, rotation?: RotationOptions, onError?: (e: Error) => void): Promise<RotatingFile> {
+  try {
+    return new RotatingFile(path, rotation, onError);
+  } catch (e) {
+    throw new Error(`--decision-log: ${(e as Error).message}`);
+  }
+}
+
+/** Reports the first error of the decision log file on the main log; later ones are only counted (/stats.logs.decisionLog.errors). */
+export function decisionFileError(log: Logger): (e: Error) => void {
+  let told = false;
+  return (e) => {
+    if (told) return;
+    told = true;
+    log.error('decision log file failed; further errors are only counted in /stats', { error: e });
+  };
+}
+
+/** /stats.logs: what each log's budget wrote and held back, and the decision log file's rotations. */
+export function logStats(main: Logger, decisions: DecisionLog | undefined, file: RotatingFile | undefined): Record<string, unknown> {
+  const decisionLog = decisions?.budgetStats();
+  return {
+    ...(main.budgetStats ? { main: main.budgetStats() } : {}),
+    ...(decisionLog === undefined ? {} : { decisionLog: { ...decisionLog, ...(file === undefined ? {} : file.stats) } }),
+  };
 }

@@ -30,6 +30,7 @@ import {
   type FlagDoc,
 } from '../config.js';
 import { parseHostPort } from '../port-forwards.js';
+import { logFlagDocs, parseLogLimits, type LogLimits } from '../log-flags.js';
 
 export interface HostPortAddress {
   host: string;
@@ -55,6 +56,8 @@ export interface ProxyConfig {
   maxConnections: number;
   logLevel: LogLevel;
   logFormat: LogFormat;
+  /** The logs' budget and the decision log's rotation (as for serve); DEFAULT_LOG_LIMITS where absent. */
+  logLimits?: LogLimits;
 }
 
 export const DEFAULT_PROXY_LISTEN = '127.0.0.1:3128';
@@ -116,6 +119,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
   shared('config', 'Read settings from a JSON file whose keys are these flag names ({"listen": "127.0.0.1:3128", "allow": ["github.com"]}). Flags given on the command line override it.'),
   shared('log-level'),
   shared('log-format'),
+  ...logFlagDocs(),
   shared('help'),
 ];
 
@@ -159,6 +163,8 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
   }
 
   const { logLevel, logFormat } = parseLogSettings(raw);
+  const logLimits = parseLogLimits(str);
+  if (typeof logLimits === 'string') throw new ConfigError(logLimits);
 
   return {
     kind: 'config',
@@ -176,6 +182,7 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       maxConnections,
       logLevel,
       logFormat,
+      logLimits,
     },
   };
 }

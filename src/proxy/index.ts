@@ -18,7 +18,8 @@ import { ApiServer, type AllowlistControl } from '../api-server.js';
 import { MonotonicClock } from '../clock.js';
 import { DEFAULT_SUBNET, formatUpstream, type DnsUpstream } from '../config.js';
 import { AllowlistRuntime, zoneNames } from '../egress/allowlist-runtime.js';
-import { openDecisionLog } from '../egress/decision-log.js';
+import { decisionFileError, logStats, openDecisionLog } from '../egress/decision-log.js';
+import { DEFAULT_LOG_LIMITS } from '../log-flags.js';
 import { DEFAULT_EGRESS_OPTIONS, type Egress } from '../egress/egress.js';
 import type { Logger } from '../log.js';
 import { TcpFlowTable } from '../nat/tcp-flows.js';
@@ -61,6 +62,8 @@ export interface ProxyStats {
   tunnels: { open: number; peeking: number; opened: number; bytesUp: number; bytesDown: number; peekBufferedBytes: number };
   decisions: { allowed: number; blocked: number; wouldBlock: number; suppressedLines: number };
   connections: { http: number; socks: number };
+  /** What the main log's and the decision log's budgets wrote and held back (as serve's /stats.logs). */
+  logs: Record<string, unknown>;
 }
 
 export interface RunningProxy {
@@ -95,7 +98,8 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     }
   };
   try {
-    const sink = config.decisionLog === undefined ? undefined : await openDecisionLog(config.decisionLog);
+    const logLimits = config.logLimits ?? DEFAULT_LOG_LIMITS;
+    const sink = config.decisionLog === undefined ? undefined : await openDecisionLog(config.decisionLog, logLimits.decisionLogRotation, decisionFileError(log));
     if (sink) closers.push(() => new Promise<void>((r) => sink.end(r)));
     const runtime = await AllowlistRuntime.start(
       {
@@ -111,6 +115,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode },
         now: d.now,
         ...(sink ? { decisionSink: sink } : {}),
+        decisionBudget: logLimits.budget,
         ...(options.signal ? { signal: options.signal } : {}),
       },
       log,
@@ -198,6 +203,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         tunnels: { open, peeking, opened: finished.opened, bytesUp: up, bytesDown: down, peekBufferedBytes: buffered },
         decisions: { ...egress.decisions.stats },
         connections: { http: httpSockets.size, socks: socksSockets?.size ?? 0 },
+        logs: logStats(log, egress.decisions, sink),
       };
     };
 
@@ -237,7 +243,10 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       onDecision: (fn) => egress.decisions.subscribe(fn),
       stats,
       close: () => {
-        closing ??= closeAll().then(() => log.info('moat proxy stopped'));
+        closing ??= closeAll().then(() => {
+          log.info('moat proxy stopped');
+          log.flush?.(); // the main log's last "log lines suppressed" summary
+        });
         return closing;
       },
     };
@@ -259,6 +268,7 @@ export function describeProxyConfig(c: ProxyConfig): Record<string, unknown> {
     decisionLog: c.decisionLog,
     maxConnections: c.maxConnections,
     api: c.apiSocket,
+    ...(c.logLimits === undefined ? {} : { logLimits: c.logLimits }),
   };
 }
 

@@ -135,6 +135,17 @@ describe('DnsResponder: wildcard zones resolved live', () => {
     expect(s.resolver.callsFor('A', 'example.org')).toBe(0);
   });
 
+  it('a zone below a wildcard does not sinkhole the names the wildcard allows (below a host rule, a nested wildcard\'s apex)', async () => {
+    const s = await setup(['*.example.org', 'api.example.org'], (r) => r.host('api.example.org', ['198.51.100.8']).host('x.api.example.org', ['198.51.100.9']));
+    const { reply, msg } = await ask(s, query('x.api.example.org'));
+    expect(dataOf(msg)).toEqual(['198.51.100.9']);
+    expect(reply.decision).toMatchObject({ name: 'x.api.example.org', allowed: true, outcome: 'live' });
+    expect(dataOf((await ask(s, query('api.example.org'))).msg)).toEqual(['198.51.100.8']);
+    // A nested wildcard's apex is the upper wildcard's name to resolve.
+    const nested = await setup(['*.example.org', '*.cdn.example.org'], (r) => r.host('cdn.example.org', ['198.51.100.10']));
+    expect(dataOf((await ask(nested, query('cdn.example.org'))).msg)).toEqual(['198.51.100.10']);
+  });
+
   it('NXDOMAIN upstream is NXDOMAIN; a dead upstream is SERVFAIL after 4 attempts', async () => {
     const s = await setup(['*.example.org'], (r) => r.script('A', 'dead.example.org', { fail: new Error('ETIMEOUT') }));
     const nx = await ask(s, query('nope.example.org'));

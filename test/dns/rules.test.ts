@@ -37,6 +37,14 @@ describe('parseRule: hosts and wildcards', () => {
     expect(canonicalHostname('xn--bcher-kva.de')).toBe(canonicalHostname('bücher.de'));
   });
 
+  it('two trailing dots are an empty label in Unicode as in ASCII (one dot, ASCII or full-width, is dropped)', () => {
+    expect(canonicalHostname('github.com..')).toMatchObject({ reason: 'rule:empty-label' });
+    expect(canonicalHostname('bücher.de..')).toMatchObject({ reason: 'rule:empty-label' });
+    expect(canonicalHostname('bücher.de\u3002.')).toMatchObject({ reason: 'rule:empty-label' });
+    expect(canonicalHostname('bücher.de.')).toBe('xn--bcher-kva.de');
+    expect(canonicalHostname('bücher.de\u3002')).toBe('xn--bcher-kva.de');
+  });
+
   it('rejects malformed names with a reason', () => {
     expect(reasonOf('a..b')).toBe('rule:empty-label');
     expect(reasonOf('-a.com')).toBe('rule:bad-label');

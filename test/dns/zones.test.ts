@@ -35,14 +35,55 @@ function oracle(zones: readonly Zone[], name: string): string {
     const tail = q.slice(q.length - zl.length);
     if (tail.every((l, i) => l === zl[i]) && (best === null || zl.length > best.length)) best = zl;
   }
-  return best === null ? '' : best.join('.');
+  if (best === null) return '';
+  return apexAbove(zones, name, best.join('.'), (n) => oracle(zones, n));
+}
+
+/** The apex of a wildcard-only zone goes to the zone above it when that one resolves its subdomains live (dns/zones.ts match). */
+function apexAbove(zones: readonly Zone[], name: string, picked: string, pickFor: (n: string) => string): string {
+  const z = zones.find((x) => x.kind === 'allowed' && x.name === picked);
+  if (z === undefined || z.name !== name || z.apex !== null || !name.includes('.')) return picked;
+  const above = pickFor(name.slice(name.indexOf('.') + 1));
+  return zones.find((x) => x.name === above)?.liveSubdomains === true ? above : picked;
+}
+
+/**
+ * Names one edit away from `n`: itself, one label more or less at either
+ * end, a character before or after without a dot, the first two labels
+ * glued. The random queries below rarely land exactly one label off a zone.
+ */
+function nearMisses(n: string): string[] {
+  const labels = n.split('.');
+  const out = [n, `x.${n}`, `a.b.${n}`, `${n}.com`, `x${n}`, `${n}x`];
+  if (labels.length > 1) out.push(labels.slice(1).join('.'), labels.slice(0, -1).join('.'), [labels[0]! + labels[1]!, ...labels.slice(2)].join('.'));
+  return out;
+}
+
+/** What the zone contract (dns/zones.ts Zone) says is answered: a built-in, an apex with records, or a name strictly below a live zone. */
+function served(t: ZoneTable, q: string): boolean {
+  const z = t.match(q);
+  if (z.kind === 'builtin') return true;
+  if (z.kind === 'root') return false;
+  return q === z.name ? z.apex !== null : z.liveSubdomains;
+}
+
+/** Independent: a built-in's exact name, a host rule's exact name, or a name whose labels end with a wildcard's domain labels and have more. */
+function allowedByRules(texts: readonly string[], q: string): boolean {
+  if (builtins.some((b) => b.name === q)) return true;
+  const ql = q.split('.');
+  return texts.some((text) => {
+    const wild = text.startsWith('*.');
+    const d = (wild ? text.slice(2) : text).split('.');
+    if (!wild) return d.length === ql.length && d.every((l, i) => l === ql[i]);
+    return ql.length > d.length && d.every((l, i) => l === ql[ql.length - d.length + i]);
+  });
 }
 
 /** What the issue describes: the first zone in table order that matches. */
 function firstMatchInOrder(zones: readonly Zone[], name: string): string {
   for (const z of zones) {
     if (z.kind === 'builtin' ? z.name === name : z.name === '' || name === z.name || name.endsWith(`.${z.name}`)) {
-      return z.name;
+      return apexAbove(zones, name, z.name, (n) => firstMatchInOrder(zones, n));
     }
   }
   throw new Error('no zone matched, not even root');
@@ -91,6 +132,21 @@ describe('ZoneTable', () => {
     expect(z.liveSubdomains).toBe(true);
   });
 
+  it('a zone below a wildcard does not hide the wildcard: names below a host, and a nested wildcard\'s apex, are resolved live', () => {
+    // As the flow policy decides (sni/policy.ts: any wildcard strictly above the name).
+    const t = tableFor(['*.example.com', 'api.example.com']);
+    expect(t.match('api.example.com')).toMatchObject({ name: 'api.example.com', liveSubdomains: true });
+    expect(t.match('api.example.com').apex).not.toBeNull();
+    expect(t.match('x.api.example.com')).toMatchObject({ name: 'api.example.com', liveSubdomains: true });
+    // A host rule alone still allows its own name only.
+    expect(tableFor(['api.example.com']).match('x.api.example.com').liveSubdomains).toBe(false);
+    // The apex of a wildcard below another wildcard is the upper wildcard's to allow.
+    const nested = tableFor(['*.example.com', '*.cdn.example.com']);
+    expect(nested.match('cdn.example.com')).toMatchObject({ name: 'example.com', liveSubdomains: true });
+    expect(nested.match('a.cdn.example.com')).toMatchObject({ name: 'cdn.example.com', liveSubdomains: true });
+    expect(tableFor(['*.cdn.example.com']).match('cdn.example.com')).toMatchObject({ name: 'cdn.example.com', apex: null });
+  });
+
   it('serves built-ins always, exactly, and never pre-resolves them', () => {
     const rules = parseRules(['host.containers.internal', '*.containers.internal']);
     expect(hostsToResolve(rules, builtins)).toEqual([]);
@@ -135,12 +191,12 @@ describe('ZoneTable', () => {
           const t = tableFor(texts);
           expect(t.zones[t.zones.length - 1]!.kind).toBe('root');
           expect(t.zones.filter((z) => z.kind === 'root')).toHaveLength(1);
-          // Query the rule names themselves too: exact hits are the edge.
-          const ruleNames = texts.map((x) => x.replace(/^\*\./, ''));
-          for (const q of [...queries, ...ruleNames]) {
+          // Query every zone's name (rules and built-ins) and its near misses too: exact hits and off-by-one labels are the edge.
+          for (const q of [...queries, ...t.zones.flatMap((z) => (z.name === '' ? [] : nearMisses(z.name)))]) {
             const picked = t.match(q).name;
-            expect(picked).toBe(oracle(t.zones, q));
-            expect(picked).toBe(firstMatchInOrder(t.zones, q));
+            expect(picked, q).toBe(oracle(t.zones, q));
+            expect(picked, q).toBe(firstMatchInOrder(t.zones, q));
+            expect(served(t, q), `${q} under ${JSON.stringify(texts)}`).toBe(allowedByRules(texts, q));
           }
         }),
         { numRuns: 300 },

@@ -52,7 +52,8 @@ describe('moat zones', () => {
         'gateway.containers.internal.  builtin  ttl 60  A 192.168.127.1',
         'host.containers.internal.  builtin  ttl 60  A 192.168.127.254',
         'api.github.com.  allowed  ttl 30  A 192.0.2.11, A 192.0.2.12',
-        'iapi.merck.com.  allowed  ttl 5  A 192.0.2.13',
+        // Below *.merck.com: its subdomains are the wildcard's (any depth below merck.com).
+        'iapi.merck.com.  allowed  ttl 5  A 192.0.2.13  subdomains resolved live',
         'github.com.  allowed  ttl 120  A 192.0.2.10',
         'merck.com.  allowed  apex sinkholed  subdomains resolved live',
         '.  root  sinkhole A 0.0.0.0, other types NODATA',

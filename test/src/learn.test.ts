@@ -65,7 +65,26 @@ const flowRecordArb: fc.Arbitrary<LearnRecord> = fc
 const dnsRecordArb: fc.Arbitrary<LearnRecord> = fc
   .tuple(decisionArb, nameArb)
   .map(([decision, name]) => ({ decision, reason: 'dns-sinkhole', proto: 'dns', dst: name, name }));
-const recordsArb = fc.array(fc.oneof({ weight: 4, arbitrary: flowRecordArb }, { weight: 1, arbitrary: dnsRecordArb }), { minLength: 1, maxLength: 40 });
+/**
+ * Several registrable domains under one public suffix (ICANN and private
+ * PSL entries), each with names of its own below: a.github.io and b.github.io,
+ * x.co.uk and y.co.uk. Drawn from the mixed vocabulary above, these almost
+ * never gather enough names on one port class to tempt a wildcard, so a
+ * learner grouping by public suffix passed every property; here a batch of
+ * them shares one port (issue 14).
+ */
+const PUBLIC_SUFFIXES = ['github.io', 'co.uk', 'pages.dev', 's3.amazonaws.com', 'com'];
+const siblingsArb: fc.Arbitrary<LearnRecord[]> = fc
+  .tuple(fc.constantFrom(...PUBLIC_SUFFIXES), fc.constantFrom(443, 80, 8443), fc.array(fc.tuple(fc.constantFrom('x', 'y', 'z', 'w', 'xy'), fc.option(fc.constantFrom(...LABELS), { nil: null }), decisionArb), { minLength: 2, maxLength: 8 }))
+  .map(([suffix, port, names]) =>
+    names.map(([reg, below, decision], i) => {
+      const name = below === null ? `${reg}.${suffix}` : `${below}.${reg}.${suffix}`;
+      return { decision, reason: 'name-sni', proto: 'tcp' as const, dst: `203.0.113.${i + 1}:${port}`, name };
+    }),
+  );
+const recordsArb = fc
+  .tuple(fc.array(fc.oneof({ weight: 4, arbitrary: flowRecordArb }, { weight: 1, arbitrary: dnsRecordArb }), { minLength: 1, maxLength: 40 }), fc.option(siblingsArb, { nil: [] }))
+  .map(([records, siblings]) => [...records, ...siblings]);
 const optionsArb: fc.Arbitrary<LearnOptions> = fc.record({ wildcardMin: fc.integer({ min: 2, max: 4 }) });
 
 /** Domains of the emitted wildcards, without port. */

@@ -1,4 +1,5 @@
 import { LIMIT_SPECS } from '../../src/limits.js';
+import { LOG_FLAG_SPECS } from '../../src/log-flags.js';
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { ipv4 } from '../../netstack/addr.js';
@@ -278,6 +279,8 @@ describe('config file and flag precedence', () => {
       mode: 'audit',
       // The limit flags (src/limits.ts), each at a value inside its bounds.
       ...Object.fromEntries(LIMIT_SPECS.map((l) => [l.flag, l.min])),
+      // The logs' budget and rotation flags (src/log-flags.ts), likewise.
+      ...Object.fromEntries(LOG_FLAG_SPECS.map((l) => [l.flag, l.min])),
     };
     expect(Object.keys(values).sort()).toEqual([...keys].sort());
     const c = parse(['--config', '/all.json'], { '/all.json': JSON.stringify(values) });
