@@ -226,7 +226,14 @@ async function runHost(args: readonly string[], io: CliIo): Promise<number> {
   const stop = stopping(io);
   let host: RunningHost;
   try {
-    host = await startHost(config, log, { configIo: io.config, faultScope: true, ...(io.serveDeps ? { deps: io.serveDeps } : {}) });
+    host = await startHost(config, log, {
+      configIo: io.config,
+      faultScope: true,
+      // Each network logs on the same stream with a budget of its own (its log-* settings).
+      networkLogger: (name, c) =>
+        createLogger({ level: config.logLevel, format: config.logFormat, stream: io.stderr, budget: mainLogBudget(c) }).child({ network: name }),
+      ...(io.serveDeps ? { deps: io.serveDeps } : {}),
+    });
   } catch (e) {
     log.error('moat host failed to start', { error: e });
     return EXIT_RUNTIME_ERROR;

@@ -19,7 +19,7 @@
 import type { IncomingMessage } from 'node:http';
 import { PreresolveError } from '../dns/preresolve.js';
 import { ApiServer, countingTooLarge, HttpError, MAX_BODY_BYTES, readJsonBody, type Handler, type RouteTable } from './api-server.js';
-import { describeConfig, NODE_CONFIG_IO, type ConfigIo } from './config.js';
+import { describeConfig, NODE_CONFIG_IO, type ConfigIo, type ServeConfig } from './config.js';
 import type { HostConfig } from './host-config.js';
 import { NetworkConfigError, parseNetworkRequest } from './host-config.js';
 import type { Logger } from './log.js';
@@ -29,7 +29,7 @@ import { startGuestNetwork, type GuestNetwork, type ServeDeps } from './serve.js
 export const HOST_LINK_TURN_BYTES = 256 * 1024;
 
 /** A name is taken while its network starts, so that two requests for it cannot both win. */
-type Slot = { kind: 'starting' } | { kind: 'running'; network: GuestNetwork };
+type Slot = { kind: 'starting' } | { kind: 'running'; network: GuestNetwork; log: Logger };
 
 /** A request naming a network that is taken (409). */
 export class NetworkExistsError extends Error {
@@ -63,6 +63,13 @@ export interface NetworkHostOptions {
   deps?: Partial<ServeDeps>;
   /** Run each network in its fault scope (the CLI, which routes uncaught exceptions with installFaultRouter). */
   faultScope?: boolean;
+  /**
+   * Each network's logger. The CLI gives every network a logger of its own
+   * on the same stream, with its own line and byte budget (the network's
+   * log-* settings), so one guest's flood of log lines cannot use up another
+   * guest's budget. Default: a child of the host's logger.
+   */
+  networkLogger?: (name: string, config: ServeConfig) => Logger;
 }
 
 export class NetworkHost implements RouteTable {
@@ -103,7 +110,7 @@ export class NetworkHost implements RouteTable {
     if (this.slots.has(name)) throw new NetworkExistsError(name);
     if (this.slots.size >= this.options.maxNetworks) throw new HostFullError(this.options.maxNetworks);
     this.slots.set(name, { kind: 'starting' });
-    const log = this.log.child({ network: name });
+    const log = (this.options.networkLogger ?? ((n) => this.log.child({ network: n })))(name, config);
     log.info('network starting', describeConfig(config));
     let network: GuestNetwork;
     try {
@@ -122,7 +129,7 @@ export class NetworkHost implements RouteTable {
       this.slots.delete(name);
       throw new Error('the host is closing');
     }
-    this.slots.set(name, { kind: 'running', network });
+    this.slots.set(name, { kind: 'running', network, log });
     void network.ended.then((why) => {
       if (this.slots.get(name)?.kind === 'running') log.error('network ended; it stays listed as failed until deleted', { why });
     });
@@ -136,7 +143,8 @@ export class NetworkHost implements RouteTable {
     if (slot === undefined || slot.kind !== 'running') return false;
     this.slots.delete(name);
     await slot.network.close();
-    this.log.info('network removed', { network: name });
+    slot.log.info('network removed');
+    slot.log.flush?.(); // its log's last "log lines suppressed" summary
     return true;
   }
 
@@ -160,9 +168,14 @@ export class NetworkHost implements RouteTable {
   /** Closes every network; the host takes no new ones. */
   async close(): Promise<void> {
     this.closed = true;
-    const running = [...this.slots.values()].flatMap((s) => (s.kind === 'running' ? [s.network] : []));
+    const running = [...this.slots.values()].flatMap((s) => (s.kind === 'running' ? [s] : []));
     this.slots.clear();
-    await Promise.all(running.map((n) => n.close()));
+    await Promise.all(
+      running.map(async (s) => {
+        await s.network.close();
+        s.log.flush?.();
+      }),
+    );
   }
 
   // ------------------------------------------------------------ routes
@@ -244,11 +257,12 @@ export interface RunningHost {
 export async function startHost(
   config: HostConfig,
   log: Logger,
-  options: { configIo?: ConfigIo; deps?: Partial<ServeDeps>; faultScope?: boolean } = {},
+  options: Pick<NetworkHostOptions, 'configIo' | 'deps' | 'faultScope' | 'networkLogger'> = {},
 ): Promise<RunningHost> {
   const networks = new NetworkHost(log, {
     maxNetworks: config.maxNetworks,
     faultScope: options.faultScope === true,
+    ...(options.networkLogger ? { networkLogger: options.networkLogger } : {}),
     ...(options.configIo ? { configIo: options.configIo } : {}),
     ...(options.deps ? { deps: options.deps } : {}),
   });

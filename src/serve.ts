@@ -349,7 +349,7 @@ export async function startGuestNetwork(
     const refusals = new RefusalLog(log.child({ component: 'limits' }));
     closers.push(() => refusals.close());
 
-    const runtime = allowlist ? await startAllowlist(config, d, log, options.signal) : undefined;
+    const runtime = allowlist ? await startAllowlist(config, d, log, options.signal, options.name) : undefined;
     if (runtime !== undefined) closers.push(() => runtime.close());
     const nat = d.createNat(
       { ...natOptionsFor(config), onLimit: (limit, fields) => refusals.refused(limit, fields) },
@@ -510,6 +510,7 @@ async function startAllowlist(
   d: ServeDeps,
   log: Logger,
   signal: AbortSignal | undefined,
+  network: string | undefined,
 ): Promise<{ runtime: AllowlistRuntime; file: RotatingFile | undefined; close(): Promise<void> }> {
   const resolver = d.createDnsResolver(config.resolvers);
   const started = d.clock.now();
@@ -532,6 +533,7 @@ async function startAllowlist(
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,
+        ...(network !== undefined ? { network } : {}),
         ...(signal ? { signal } : {}),
       },
       log,

@@ -6,7 +6,7 @@
  * on each network's unix socket (QEMU stream framing).
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { request } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -170,8 +170,11 @@ describe('moat host: networks over the control API', () => {
 
   it('gives each network its own allowlist: a name allowed for one is sinkholed for the other', async () => {
     const resolver = `127.0.0.1:${upstream.port}`;
-    expect((await call('POST', '/networks', network('a', { allow: ['github.com'], resolver }))).status).toBe(201);
+    const decisionFile = join(dir, 'a-decisions.jsonl');
+    expect((await call('POST', '/networks', network('a', { allow: ['github.com'], resolver, 'decision-log': decisionFile }))).status).toBe(201);
     expect((await call('POST', '/networks', network('b', { allow: ['example.com'], resolver }))).status).toBe(201);
+    const seen: { network?: string; dst: string }[] = [];
+    running.networks.get('b')!.decisions!.subscribe((r) => seen.push(r));
     const ga = await guest('a');
     const gb = await guest('b');
     try {
@@ -184,8 +187,18 @@ describe('moat host: networks over the control API', () => {
       const sb = (await call('GET', '/networks/b/stats')).body;
       expect(sa.frames.in).toBe(2);
       expect(sb.frames.in).toBe(2);
-      // Log lines name their network.
+      // Log lines and decision records name their network.
       expect(logLines.some((l) => l['network'] === 'b' && l['msg'] === 'network ready')).toBe(true);
+      expect(seen.map((r) => [r.network, r.dst])).toEqual([
+        ['b', 'github.com'],
+        ['b', 'example.com'],
+      ]);
+      await until(() => existsSync(decisionFile) && readFileSync(decisionFile, 'utf8').split('\n').filter(Boolean).length === 2);
+      const records = readFileSync(decisionFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { network: string; dst: string });
+      expect(records.map((r) => [r.network, r.dst])).toEqual([
+        ['a', 'github.com'],
+        ['a', 'example.com'],
+      ]);
     } finally {
       ga.sock.destroy();
       gb.sock.destroy();
