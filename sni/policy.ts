@@ -4,8 +4,15 @@
  * the addresses Moat resolved) to allow / peek / block with a reason.
  *
  * The decision order (issue 5, sni/SNI-SPEC Part B) for a non-empty rule set:
- *  1. 169.254.0.0/16 (cloud metadata): only an IP/CIDR rule containing it.
- *  2. The host alias: exempt if configured, else only an IP/CIDR rule.
+ *  1. 169.254.0.0/16 (cloud metadata): only an IP/CIDR rule that contains
+ *     dst AND lies inside 169.254.0.0/16 (`169.254.169.254`,
+ *     `169.254.0.0/16:80`). A rule that merely contains link-local space
+ *     (`0.0.0.0/0`, `128.0.0.0/1`, `169.0.0.0/8`) does not open it: nobody
+ *     writing `0.0.0.0/0:80` meant "and the cloud's credentials too".
+ *  2. The host alias (the host's own loopback): exempt if configured, else
+ *     only an IP rule naming that exact address (`192.168.127.254[:port]`,
+ *     or /32); a CIDR containing it (`192.168.0.0/16`) does not.
+ *     warnings() names the rules that contain either without opening it.
  *  3. An IP/CIDR rule containing dst (port matching) allows, dialed by address.
  *  4. UDP stops here: it can only be allowed by IP/CIDR rule (QUIC to a
  *     hostname then fails fast and clients fall back to TCP).
@@ -37,6 +44,10 @@
  *    sent, cut to 256 characters (a Host header may be kilobytes).
  *  - An address in admitResolved that is not IPv4 is refused as 'reserved':
  *    it cannot be dialed for an IPv4 guest.
+ *  - admitResolved applies step 1's "inside" test to link-local AND loopback
+ *    answers (a name resolving to 127.0.0.1 reaches the host as the alias
+ *    does): only an IP rule or --admit-resolved network inside 169.254/16
+ *    (127/8) admits them, never `0.0.0.0/0`.
  *
  * compile() turns the rules into maps and number arrays once, so decide(),
  * which runs for every SYN, does a few map lookups and integer compares.
@@ -44,6 +55,7 @@
 import { Address6 } from 'ip-address';
 import { canonicalHostname, RuleError, type Rule } from '../dns/rules.js';
 import {
+  formatIpv4,
   inIpv4Network,
   ipv4Network,
   parseIpv4,
@@ -128,6 +140,27 @@ interface NameEntry {
 }
 
 const LINK_LOCAL: Ipv4Network = { network: 0xa9fe0000, mask: prefixMask(16), prefix: 16 };
+const LOOPBACK: Ipv4Network = { network: 0x7f000000, mask: prefixMask(8), prefix: 8 };
+
+/** Does network `n` lie wholly inside `outer`? */
+function netInside(n: Ipv4Network, outer: Ipv4Network): boolean {
+  return n.prefix >= outer.prefix && ((n.network & outer.mask) >>> 0) === outer.network;
+}
+
+/** The range only a rule inside it may open (see the header, step 1 and admitResolved), or null. */
+function guardedRange(address: number): Ipv4Network | null {
+  if (inIpv4Network(address, LINK_LOCAL)) return LINK_LOCAL;
+  if (inIpv4Network(address, LOOPBACK)) return LOOPBACK;
+  return null;
+}
+
+/** A rule that contains the host alias or link-local space without opening it (see warnings()). */
+export interface BroadRuleWarning {
+  rule: string;
+  contains: 'host-alias' | 'link-local';
+  /** One sentence for the log. */
+  message: string;
+}
 const NO_RULES: readonly string[] = Object.freeze([]);
 const MAX_REPORTED_NAME = 256;
 
@@ -270,9 +303,9 @@ export class EgressPolicy {
       return { verdict: 'allow', reason: 'no-allowlist', rule: null, name: null, dial: byAddress };
     }
 
-    // 1. Metadata and other link-local services: only a rule naming them.
+    // 1. Metadata and other link-local services: only a rule inside 169.254/16.
     if (linkLocal) {
-      const ip = this.ipRuleFor(dst, port);
+      const ip = this.ipRuleFor(dst, port, LINK_LOCAL);
       if (ip === null) return block('link-local', null, null);
       return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
     }
@@ -280,7 +313,7 @@ export class EgressPolicy {
     // 2. The host alias reaches the host's loopback: policy applies unless exempted.
     if (dst === this.hostAlias) {
       if (this.hostAliasExempt) return { verdict: 'allow', reason: 'host-alias-exempt', rule: null, name: null, dial: byAddress };
-      const ip = this.ipRuleFor(dst, port);
+      const ip = this.exactRuleFor(dst, port);
       if (ip === null) return block('host-alias', null, null);
       return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
     }
@@ -391,18 +424,50 @@ export class EgressPolicy {
   }
 
   private admitsResolved(address: number, port: number): boolean {
-    if (this.ipRuleFor(address, port) !== null) return true;
-    for (const n of this.admitNets) if (inIpv4Network(address, n)) return true;
+    const guarded = guardedRange(address);
+    if (this.ipRuleFor(address, port, guarded ?? undefined) !== null) return true;
+    for (const n of this.admitNets) if (inIpv4Network(address, n) && (guarded === null || netInside(n, guarded))) return true;
     return false;
   }
 
-  /** The most specific IP rule containing `address` whose port allows `port`. */
-  private ipRuleFor(address: number, port: number): IpEntry | null {
+  /**
+   * The rules that contain the host alias or link-local space but, by the
+   * decision order above, do not open them: the operator may think they do.
+   * One entry per (rule, range), in rule order; start-up and reload log them.
+   */
+  warnings(): BroadRuleWarning[] {
+    const out: BroadRuleWarning[] = [];
+    const entries = [...[...this.exactAddresses.values()].flat(), ...this.cidrs].sort((a, b) => this.ruleTexts.indexOf(a.text) - this.ruleTexts.indexOf(b.text));
+    for (const e of entries) {
+      if (this.hostAlias !== null && !this.hostAliasExempt && e.prefix < 32 && inIpv4Network(this.hostAlias, e)) {
+        const alias = formatIpv4(this.hostAlias);
+        out.push({ rule: e.text, contains: 'host-alias', message: `rule ${e.text} contains the host alias ${alias} but does not open it (the host's loopback): add --allow ${alias}[:port] to allow it` });
+      }
+      // Overlaps 169.254/16 without lying inside it: it contains all of it.
+      if (e.prefix < LINK_LOCAL.prefix && inIpv4Network(LINK_LOCAL.network, e)) {
+        out.push({ rule: e.text, contains: 'link-local', message: `rule ${e.text} contains 169.254.0.0/16 (cloud metadata) but does not open it: only a rule inside 169.254.0.0/16 does` });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * The most specific IP rule containing `address` whose port allows `port`;
+   * with `within`, only rules lying inside that network count.
+   */
+  private ipRuleFor(address: number, port: number, within?: Ipv4Network): IpEntry | null {
+    const exact = this.exactRuleFor(address, port);
+    if (exact !== null) return exact;
+    for (const e of this.cidrs) {
+      if (((address & e.mask) >>> 0) === e.network && ipRuleCovers(e.port, port) && (within === undefined || netInside(e, within))) return e;
+    }
+    return null;
+  }
+
+  /** A rule naming exactly `address` (a /32) whose port allows `port`. */
+  private exactRuleFor(address: number, port: number): IpEntry | null {
     const exact = this.exactAddresses.get(address);
     if (exact !== undefined) for (const e of exact) if (ipRuleCovers(e.port, port)) return e;
-    for (const e of this.cidrs) {
-      if (((address & e.mask) >>> 0) === e.network && ipRuleCovers(e.port, port)) return e;
-    }
     return null;
   }
 

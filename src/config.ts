@@ -79,6 +79,8 @@ export interface ServeConfig {
   mode: 'enforce' | 'audit';
   /** Resource limits (--max-tcp-flows ... --api-max-body-bytes, src/limits.ts); DEFAULT_LIMITS where absent. */
   limits?: Limits;
+  /** A 403 lists the allow rules (--refusal-details); absent = off. */
+  refusalDetails?: boolean;
   /** The logs' budget and the decision log's rotation (--log-lines-per-sec ..., src/log-flags.ts); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
 }
@@ -173,7 +175,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     multiple: true,
     value: 'RULE',
     default: 'none (no allowlist: DNS is forwarded)',
-    help: 'Allow a destination: HOST, *.DOMAIN (every name below DOMAIN, not DOMAIN itself), IP or CIDR, each with an optional :PORT. With any --allow, the gateway answers DNS itself: allowed hosts get the addresses they had at start-up (Moat does not start if one cannot be resolved), names below *.DOMAIN are resolved when asked, every other name is sinkholed without a query leaving the host. Repeatable.',
+    help: 'Allow a destination: HOST, *.DOMAIN (every name below DOMAIN, not DOMAIN itself), IP or CIDR, each with an optional :PORT. With any --allow, the gateway answers DNS itself: allowed hosts get the addresses they had at start-up (Moat does not start if one cannot be resolved), names below *.DOMAIN are resolved when asked, every other name is sinkholed without a query leaving the host. 169.254.0.0/16 opens only to a rule inside it and the host alias only to its exact address: 0.0.0.0/0 opens neither (a warning names such rules). Repeatable.',
     example: '*.github.com',
   },
   {
@@ -216,7 +218,13 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     default: 'enforce',
     help: 'With --allow: enforce refuses what the rules do not allow; audit lets everything through (cloud metadata 169.254.0.0/16 excepted: still refused) and records each flow and DNS name the rules would have refused as "would-block" in the decision log, so `moat learn` can propose an allowlist.',
   },
-  { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise it follows the rules like any address (e.g. --allow 192.168.127.254:8080).' },
+  {
+    name: 'refusal-details',
+    type: 'boolean',
+    default: 'off',
+    help: "With --allow, a refusal's 403 body also lists the allow rules (for debugging). Off, it names the host, the reason and the decision id only: the rules would tell a guest what else it may reach and which wildcards are resolved live.",
+  },
+  { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise only a rule naming its exact address opens it (e.g. --allow 192.168.127.254:8080); a CIDR containing it does not.' },
   // Resource limits: described once in src/limits.ts LIMIT_SPECS.
   ...limitFlagDocs(),
   // The logs' budget and the decision log's rotation: described once in src/log-flags.ts.
@@ -692,6 +700,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     allowHostAlias: raw.get('allow-host-alias')?.value === true,
     mode,
     limits,
+    refusalDetails: raw.get('refusal-details')?.value === true,
     logLimits,
   };
 }
@@ -830,6 +839,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
           decisionLog: c.decisionLog,
           allowHostAlias: c.allowHostAlias,
           mode: c.mode,
+          refusalDetails: c.refusalDetails ?? false,
         }),
   };
 }

@@ -8,11 +8,12 @@ import dnsPacket from 'dns-packet';
 import { canonicalHostname, RuleError } from '../dns/rules.js';
 import type { Resolver } from '../dns/preresolve.js';
 import type { Decision } from '../sni/policy.js';
-import { formatIPv4 } from '../netstack/addr.js';
+import { formatIPv4, parseIPv4 } from '../netstack/addr.js';
 import type { ExplainConfig } from './config.js';
 import { AllowlistRuntime } from './egress/allowlist-runtime.js';
 import { DEFAULT_EGRESS_OPTIONS } from './egress/egress.js';
 import { NULL_LOGGER } from './log.js';
+import { classifyDestination, type Destination } from './nat/destination.js';
 
 export interface Explanation {
   lines: string[];
@@ -40,7 +41,10 @@ export async function explain(c: ExplainConfig, resolver: Resolver, signal?: Abo
     NULL_LOGGER,
   );
   try {
-    return IPV4.test(c.target) ? explainAddress(c, runtime) : await explainName(c, runtime);
+    const e = IPV4.test(c.target) ? explainAddress(c, runtime) : await explainName(c, runtime);
+    // The rules serve would warn about at start-up (a CIDR containing the host alias or 169.254/16 does not open them).
+    for (const w of runtime.egress.policy.warnings()) e.lines.push(`warning      ${w.message}`);
+    return e;
   } finally {
     await runtime.close();
   }
@@ -49,14 +53,14 @@ export async function explain(c: ExplainConfig, resolver: Resolver, signal?: Abo
 function explainAddress(c: ExplainConfig, runtime: AllowlistRuntime): Explanation {
   const lines = [`destination  ${c.target}:${c.port} (an address: no DNS involved)`];
   const d = runtime.egress.decide({ proto: 'tcp', dst: c.target, port: c.port });
-  lines.push(...describeDecision(d, 'tcp'));
+  lines.push(...describeDecision(d, 'tcp', c));
   if (d.verdict === 'peek') {
     lines.push('             the connection is dialed only if its SNI/Host names an allowed host, and then to that');
     lines.push('             host\'s own addresses, not to this one');
   }
   const u = runtime.egress.decide({ proto: 'udp', dst: c.target, port: c.port });
   lines.push(`udp          ${u.verdict === 'allow' ? `allowed (${u.reason}${u.rule ? `, rule ${u.rule}` : ''})` : `blocked (${u.verdict === 'block' ? u.reason : 'needs an IP rule'})`}`);
-  return { lines, allowed: d.verdict === 'allow' };
+  return { lines, allowed: d.verdict === 'allow' && !(d.dial.kind === 'address' && natRefuses(d.dial.address, c)) };
 }
 
 async function explainName(c: ExplainConfig, runtime: AllowlistRuntime): Promise<Explanation> {
@@ -82,7 +86,7 @@ async function explainName(c: ExplainConfig, runtime: AllowlistRuntime): Promise
     lines.push(`connect      held: Moat reads the ${via === 'sni' ? 'TLS SNI' : 'HTTP Host'} before dialing anything`);
     d = runtime.egress.decide({ proto: 'tcp', dst, port: c.port, peeked: { via, name: canonical } });
   }
-  lines.push(...describeDecision(d, 'tcp'));
+  lines.push(...describeDecision(d, 'tcp', c));
   if (d.verdict === 'allow' && d.dial.kind === 'name') {
     try {
       const addresses = await runtime.egress.targets.addressesFor(d.dial.name);
@@ -97,16 +101,44 @@ async function explainName(c: ExplainConfig, runtime: AllowlistRuntime): Promise
   return { lines, allowed: d.verdict === 'allow' };
 }
 
-function describeDecision(d: Decision, proto: 'tcp' | 'udp'): string[] {
+function describeDecision(d: Decision, proto: 'tcp' | 'udp', c: ExplainConfig): string[] {
   switch (d.verdict) {
     case 'allow':
       return [
         `${proto}          allowed: ${d.reason}${d.rule ? ` (rule ${d.rule})` : ''}` +
-          (d.dial.kind === 'address' ? `, dialed to ${d.dial.address}` : `, dialed by name ${d.dial.name}`),
+          (d.dial.kind === 'address' ? `, ${dialedAddress(d.dial.address, c)}` : `, dialed by name ${d.dial.name}`),
       ];
     case 'peek':
       return [`${proto}          needs a name: hostname rules for this port: ${d.rules.join(', ')}`];
     case 'block':
       return [`${proto}          blocked: ${d.reason}${d.detail ? ` (${d.detail})` : ''}${d.rule ? ` (rule ${d.rule})` : ''}`];
   }
+}
+
+/**
+ * Where the NAT really connects for an address the policy allowed: the same
+ * classifyDestination serve uses, so the host alias shows as the host's
+ * loopback (what Moat dials) and the NAT's own refusals show as refusals.
+ */
+function dialedAddress(address: string, c: ExplainConfig): string {
+  const where = natDestination(address, c);
+  if (where === undefined) return `dialed to ${address}`;
+  switch (where.kind) {
+    case 'host':
+      return where.address === address ? `dialed to ${address}` : `dialed to ${where.address} (the host's loopback: ${address} is the host alias)`;
+    case 'gateway':
+      return 'answered by the gateway itself (only DNS on port 53)';
+    case 'refused':
+      return `but the NAT refuses it (${where.reason}): nothing is dialed`;
+  }
+}
+
+function natDestination(address: string, c: ExplainConfig): Destination | undefined {
+  const dst = parseIPv4(address);
+  // Link-local is the policy's call once an allowlist runs (as in the NAT).
+  return dst === undefined ? undefined : classifyDestination(dst, { gatewayIp: c.gatewayIp, hostIp: c.hostIp, network: c.network, prefix: c.prefix, allowLinkLocal: true });
+}
+
+function natRefuses(address: string, c: ExplainConfig): boolean {
+  return natDestination(address, c)?.kind === 'refused';
 }

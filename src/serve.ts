@@ -529,7 +529,7 @@ async function startAllowlist(
         admitResolved: config.admitResolved,
         hostAliasExempt: config.allowHostAlias,
         allowLinkLocal: config.allowLinkLocal,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false },
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,

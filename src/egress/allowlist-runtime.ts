@@ -65,10 +65,12 @@ export class AllowlistRuntime {
     readonly dns: AllowlistDns,
     readonly egress: Egress,
     private rules: readonly Rule[],
+    private readonly log: Logger,
   ) {}
 
   static async start(o: AllowlistRuntimeOptions, log: Logger): Promise<AllowlistRuntime> {
     const policy = compilePolicy(o, o.rules); // an invalid --admit-resolved fails before any lookup
+    warnBroadRules(policy, log);
     const table = await buildTable(o, o.rules, o.signal);
     const pins = new PinTable(o.now);
     seedPins(pins, table);
@@ -102,7 +104,7 @@ export class AllowlistRuntime {
       },
       log.child({ component: 'dns' }),
     );
-    return new AllowlistRuntime(o, dns, egress, o.rules);
+    return new AllowlistRuntime(o, dns, egress, o.rules, log);
   }
 
   get ruleTexts(): string[] {
@@ -130,6 +132,7 @@ export class AllowlistRuntime {
       seedPins(this.egress.pins, table);
       this.egress.setPolicy(policy);
       this.rules = rules;
+      warnBroadRules(policy, this.log);
       return { rules: rules.map((r) => r.text), zones: zoneNames(table) };
     });
     this.reloading = run.catch(() => undefined);
@@ -175,6 +178,15 @@ function buildTable(o: AllowlistRuntimeOptions, rules: readonly Rule[], signal: 
     ...(o.timers ? { timers: o.timers } : {}),
     ...(signal ? { signal } : {}),
   });
+}
+
+/**
+ * A rule like `0.0.0.0/0:80` or `192.168.0.0/16` contains the host alias or
+ * 169.254/16 but does not open them (sni/policy.ts, steps 1-2): say so, once
+ * per rule, so that nobody believes they are open (or closed by accident).
+ */
+function warnBroadRules(policy: EgressPolicy, log: Logger): void {
+  for (const w of policy.warnings()) log.warn('allow rule contains a range it does not open', { rule: w.rule, contains: w.contains, detail: w.message });
 }
 
 /** An exact host's pre-resolved addresses are where its name leads for as long as this allowlist lives. */

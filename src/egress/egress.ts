@@ -26,6 +26,8 @@ export interface EgressOptions {
   maxHeld: number;
   /** After a refusal has been written (403, TLS alert), how long the guest has to close before it is reset. */
   refusalLingerMs: number;
+  /** A 403 lists the allow rules (--refusal-details, for debugging); off, it names only reason and decision id. */
+  refusalDetails: boolean;
 }
 
 export const DEFAULT_EGRESS_OPTIONS: Readonly<EgressOptions> = Object.freeze({
@@ -35,10 +37,37 @@ export const DEFAULT_EGRESS_OPTIONS: Readonly<EgressOptions> = Object.freeze({
   maxPeekBytes: 160 * 1024,
   maxHeld: 1024,
   refusalLingerMs: 5_000,
+  refusalDetails: false,
 });
+
+/**
+ * A flow decided but not yet joined to its destination (held, resolving,
+ * dialing), with what it was decided under: re-decided by recheck() when the
+ * policy changed since.
+ */
+export interface InFlight {
+  /** Egress.version when the flow was decided. */
+  version: number;
+  /** What was decided: a flow as the NAT sees it, or a target named by a proxy client. */
+  target: { kind: 'flow'; flow: FlowInput } | { kind: 'name'; name: string; port: number };
+  /** Where the decision sent it. */
+  dial: Extract<Decision, { verdict: 'allow' }>['dial'];
+  /** For the record: 'sni', 'host', 'target', 'pin' or null. */
+  via: string | null;
+  /**
+   * The name whose pin let the flow out by address (reason 'pinned'). A
+   * reload clears the live pins, so the re-decision asks whether that name
+   * is still allowed on the port instead of finding no pin.
+   */
+  pinnedName?: string;
+}
+
+export type Recheck = { keep: true } | { keep: false; id: string };
+const KEEP: Recheck = Object.freeze({ keep: true });
 
 export class Egress {
   private current: EgressPolicy;
+  private generation = 0;
 
   constructor(
     policy: EgressPolicy,
@@ -59,9 +88,67 @@ export class Egress {
     return this.current;
   }
 
-  /** Replace the policy (allowlist reload); flows already decided keep going. */
+  /** Bumped by every setPolicy(): a flow decided under an older version is re-decided (recheck). */
+  get version(): number {
+    return this.generation;
+  }
+
+  /**
+   * Replace the policy (allowlist reload). Established flows keep going
+   * (unless the caller drops them); flows still in flight are re-decided by
+   * recheck(), at the latest when their dial completes.
+   */
   setPolicy(policy: EgressPolicy): void {
     this.current = policy;
+    this.generation++;
+  }
+
+  /**
+   * Is `f`, decided under an older policy, still allowed — to the same place —
+   * by the current one? Unchanged version: yes, at no cost. Otherwise the
+   * current policy decides again; `connected` (the address a by-name dial
+   * reached) must pass its rebinding filter too. A refusal is recorded
+   * (detail: `why`) and its id returned; in audit mode it is recorded as
+   * would-block and the flow kept, except for link-local (metadata is never
+   * let through by audit). A kept flow is marked current.
+   */
+  recheck(f: InFlight, why: string, connected?: string): Recheck {
+    if (f.version === this.generation) return KEEP;
+    const t = f.target;
+    const fresh = t.kind === 'flow' ? this.decide(t.flow) : this.current.decideName('tcp', t.name, t.port);
+    const port = t.kind === 'flow' ? t.flow.port : t.port;
+    const dst = t.kind === 'flow' ? t.flow.dst : t.name;
+    const detail = `allowlist changed ${why}`;
+    let refusal: { reason: string; rule: string | null; name: string | null } | null = null;
+    if (fresh.verdict === 'peek' && f.pinnedName !== undefined) refusal = this.pinStillAllowed(f.pinnedName, dst, port);
+    else if (fresh.verdict === 'peek') refusal = { reason: 'no-name', rule: null, name: null }; // let out by address, it never gave a name
+    else if (fresh.verdict === 'block') refusal = fresh;
+    else if (!sameDial(fresh.dial, f.dial)) refusal = { reason: 'dial-changed', rule: fresh.rule, name: fresh.name };
+    else if (connected !== undefined && f.dial.kind === 'name' && this.current.admitResolved([connected], port).admitted.length === 0) {
+      refusal = { reason: 'rebinding', rule: fresh.rule, name: fresh.name };
+    }
+    if (refusal === null) {
+      f.version = this.generation;
+      return KEEP;
+    }
+    const name = refusal.name ?? (t.kind === 'name' ? t.name : (t.flow.peeked?.name ?? null));
+    const id = this.recordBlock(refusal.reason, 'tcp', dst, port, name, f.via, connected === undefined ? detail : `${detail} (connected to ${connected})`);
+    if (this.audit && refusal.reason !== 'link-local') {
+      f.version = this.generation;
+      return KEEP;
+    }
+    return { keep: false, id };
+  }
+
+  /**
+   * Audit mode dials refused flows anyway, but never into 169.254/16 unless
+   * a rule inside it admits the address: the addresses of `addresses` an
+   * audit dial may use, in order.
+   */
+  auditAddresses(addresses: readonly string[], port: number): string[] {
+    const { refused } = this.current.admitResolved(addresses, port);
+    const metadata = new Set(refused.filter((r) => r.range === 'link-local').map((r) => r.address));
+    return addresses.filter((a) => !metadata.has(a));
   }
 
   decide(flow: FlowInput): Decision {
@@ -71,6 +158,14 @@ export class Egress {
   /** Decision for a fresh flow from the guest (no bytes seen yet). */
   decideFlow(proto: 'tcp' | 'udp', dst: IPv4, port: number): Decision {
     return this.decide({ proto, dst: formatIPv4(dst), port });
+  }
+
+  /** A pinned flow's name still allowed on its port, its address still past the rebinding filter: null; else why not. */
+  private pinStillAllowed(name: string, address: string, port: number): { reason: string; rule: string | null; name: string | null } | null {
+    const byName = this.current.decideName('tcp', name, port, 'target');
+    if (byName.verdict !== 'allow') return { reason: byName.verdict === 'block' ? byName.reason : 'name-not-allowed', rule: null, name };
+    if (this.current.admitResolved([address], port).admitted.length === 0) return { reason: 'rebinding', rule: byName.rule, name };
+    return null;
   }
 
   /** Logs a decision (rate-limited per destination) and returns its id. */
@@ -101,4 +196,8 @@ export class Egress {
     this.decisions.record({ id, decision: this.refusedVerdict(), reason, rule: null, proto, dst: `${dst}:${port}`, name, via, ...(detail !== undefined ? { detail } : {}) });
     return id;
   }
+}
+
+function sameDial(a: InFlight['dial'], b: InFlight['dial']): boolean {
+  return a.kind === 'address' ? b.kind === 'address' && a.address === b.address : b.kind === 'name' && a.name === b.name;
 }

@@ -30,7 +30,7 @@ import { formatIPv4 } from '../../netstack/addr.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Logger } from '../log.js';
-import type { Egress } from './egress.js';
+import type { Egress, InFlight } from './egress.js';
 import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from './refusals.js';
 
 /** What a held connection needs from the NAT's TCP flow table. */
@@ -54,6 +54,8 @@ export class HeldConnection {
   private pipe: TcpHandlers | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly dst: string;
+  /** Set when the policy allowed the peeked name: re-decided if the allowlist changes before the dial completes. */
+  private inFlight: InFlight | undefined;
 
   constructor(
     private readonly syn: SynInfo,
@@ -84,6 +86,26 @@ export class HeldConnection {
     this.tcp = tcp;
     if (this.state !== 'peeking') return; // closed during accept
     this.timer = setTimeout(() => this.peekTimedOut(), this.egress.options.peekTimeoutMs);
+  }
+
+  /**
+   * An allowlist reload with ?drop=1: is this connection still allowed by the
+   * current rules? Peeking: only if some rule still covers its port (its name
+   * decides later, under the new rules anyway). Dialing: the decision is
+   * re-made (Egress.recheck). A refused one is reset now and recorded;
+   * returns false for it. Piped connections are the NAT's to check.
+   */
+  recheck(): boolean {
+    if (this.state === 'peeking') {
+      const d = this.egress.decide({ proto: 'tcp', dst: this.dst, port: this.syn.dstPort });
+      if (d.verdict !== 'block' || (this.egress.audit && d.reason !== 'link-local')) return true;
+      this.egress.record(d, 'tcp', this.dst, this.syn.dstPort, null, 'allowlist changed while held for its name');
+    } else if (this.state === 'dialing' && this.inFlight !== undefined) {
+      if (this.egress.recheck(this.inFlight, 'while dialing').keep) return true;
+    } else return true;
+    this.tcp?.abort();
+    this.finish();
+    return false;
   }
 
   /** Ends it now (guest gone, Moat closing): reset to the guest, nothing dialed stays open. */
@@ -162,6 +184,8 @@ export class HeldConnection {
   // --- dialing ---------------------------------------------------------
 
   private async dial(d: Extract<Decision, { verdict: 'allow' }>, protocol: 'tls' | 'http', via: 'sni' | 'host'): Promise<void> {
+    const inFlight: InFlight = { version: this.egress.version, target: { kind: 'flow', flow: { proto: 'tcp', dst: this.dst, port: this.syn.dstPort, peeked: { via, name: d.name } } }, dial: d.dial, via };
+    this.inFlight = inFlight;
     this.startDialing();
     const port = this.syn.dstPort;
     let addresses: readonly string[];
@@ -186,6 +210,13 @@ export class HeldConnection {
       this.finish();
       return;
     }
+    // The lookup took time: if the rules changed meanwhile, decide again before dialing anything.
+    if (this.state !== 'dialing') return;
+    if (!this.egress.recheck(inFlight, 'while resolving').keep) {
+      this.tcp?.abort();
+      this.finish();
+      return;
+    }
     await this.pipeTo(addresses, d.name, via);
   }
 
@@ -202,7 +233,7 @@ export class HeldConnection {
     let addresses: readonly string[] = [this.guestTarget];
     if (typeof canonical === 'string') {
       try {
-        const resolved = await this.egress.targets.addressesFor(canonical);
+        const resolved = this.egress.auditAddresses(await this.egress.targets.addressesFor(canonical), this.syn.dstPort);
         if (resolved.length > 0) addresses = resolved;
       } catch {
         // Not resolvable: the guest's own destination it is.
@@ -226,6 +257,13 @@ export class HeldConnection {
     }
     if (this.state !== 'dialing' || this.tcp === undefined) {
       socket.destroy();
+      return;
+    }
+    // Decided before it connected: the rules may have changed meanwhile (issue 14 finding 4).
+    if (this.inFlight !== undefined && !this.egress.recheck(this.inFlight, 'while dialing', socket.remoteAddress).keep) {
+      socket.destroy();
+      this.tcp.abort();
+      this.finish();
       return;
     }
     // The bytes that named the destination go first, then the pipe takes over.
@@ -261,7 +299,7 @@ export class HeldConnection {
       return;
     }
     this.state = 'refusing';
-    tcp.write(how === 'tls' ? TLS_ACCESS_DENIED_ALERT : forbiddenResponse({ host, reason, id, rules: this.egress.policy.ruleTexts }));
+    tcp.write(how === 'tls' ? TLS_ACCESS_DENIED_ALERT : forbiddenResponse({ host, reason, id, rules: this.egress.options.refusalDetails ? this.egress.policy.ruleTexts : null }));
     tcp.end();
     // A client that never closes its side must not hold the slot.
     this.timer = setTimeout(() => this.destroy(), this.egress.options.refusalLingerMs);

@@ -3,9 +3,12 @@
  * already been allowed to open (the SNI/Host peek happens after the TCP
  * handshake): never a silent hang.
  *
- *  - HTTP: a 403 whose body names the host, the reason, the decision id and
- *    the allow rules, with the same reason and id in headers a program can
- *    read (x-moat-reason, x-moat-decision).
+ *  - HTTP: a 403 whose body names the host, the reason and the decision
+ *    id, with the same reason and id in headers a program can read
+ *    (x-moat-reason, x-moat-decision). Not the rules: a guest that reads
+ *    them learns which wildcards are resolved live (a DNS channel, issue
+ *    14) and what else it may reach. The operator finds the rest under the
+ *    decision id in the log; --refusal-details adds the rules for debugging.
  *  - TLS: a fatal access_denied alert (RFC 8446 6.2; RFC 5246 7.2.2), sent
  *    in the clear as every alert before the handshake is, then the close.
  *    Clients print "tlsv1 alert access denied" or similar.
@@ -19,8 +22,8 @@ export interface ForbiddenInfo {
   host: string | null;
   reason: string;
   id: string;
-  /** The allow rules as written. */
-  rules: readonly string[];
+  /** The allow rules as written, to list for debugging (--refusal-details), or null: the default names none. */
+  rules: readonly string[] | null;
 }
 
 /** Rules listed in a 403 body at most; the rest is summarised (the body must stay small). */
@@ -28,11 +31,12 @@ const MAX_RULES_LISTED = 50;
 
 export function forbiddenResponse(info: ForbiddenInfo): Uint8Array {
   const who = info.host === null ? 'this request (it names no host)' : `host ${sanitize(info.host)}`;
-  const listed = info.rules.slice(0, MAX_RULES_LISTED).join(', ');
-  const more = info.rules.length > MAX_RULES_LISTED ? `, and ${info.rules.length - MAX_RULES_LISTED} more` : '';
-  const body =
-    `Blocked by Moat's egress allowlist: ${who} is not allowed (reason: ${info.reason}, decision ${info.id}).\n` +
-    `Allowed: ${listed.length > 0 ? listed + more : '(nothing)'}\n`;
+  let body = `Blocked by Moat's egress allowlist: ${who} is not allowed (reason: ${info.reason}, decision ${info.id}).\n`;
+  if (info.rules !== null) {
+    const listed = info.rules.slice(0, MAX_RULES_LISTED).join(', ');
+    const more = info.rules.length > MAX_RULES_LISTED ? `, and ${info.rules.length - MAX_RULES_LISTED} more` : '';
+    body += `Allowed: ${listed.length > 0 ? listed + more : '(nothing)'}\n`;
+  }
   const bodyBytes = new TextEncoder().encode(body);
   const head =
     'HTTP/1.1 403 Forbidden\r\n' +

@@ -30,7 +30,7 @@ import { DnsForwarder, servfailFor, systemUpstreams } from '../dns-forward.js';
 import { BufferBudget, type BufferBudgetStats } from '../limits.js';
 import type { GatewayDns, GatewayDnsStats } from '../gateway-dns.js';
 import type { Logger } from '../log.js';
-import type { Egress } from '../egress/egress.js';
+import type { Egress, InFlight } from '../egress/egress.js';
 import { HeldConnection } from '../egress/held-connection.js';
 import { formatIPv4 } from '../../netstack/addr.js';
 import { classifyDestination } from './destination.js';
@@ -205,10 +205,19 @@ export class Nat implements GatewayUdpClaims {
       return;
     }
     if (d.verdict === 'allow') {
-      egress.record(d, 'tcp', formatIPv4(syn.dst), syn.dstPort, d.reason === 'pinned' ? 'pin' : null);
+      const via = d.reason === 'pinned' ? 'pin' : null;
+      egress.record(d, 'tcp', formatIPv4(syn.dst), syn.dstPort, via);
       // Allowed before any byte arrived means allowed by address (IP rule,
       // pin): dial where classifyDestination leads (the host alias -> loopback).
-      this.tcp.dial(pending, hostAddress);
+      // A reload before the dial completes re-decides it (issue 14 finding 4).
+      const inFlight: InFlight = {
+        version: egress.version,
+        target: { kind: 'flow', flow: { proto: 'tcp', dst: formatIPv4(syn.dst), port: syn.dstPort } },
+        dial: d.dial,
+        via,
+        ...(d.reason === 'pinned' && d.name !== null ? { pinnedName: d.name } : {}),
+      };
+      this.tcp.dial(pending, hostAddress, (why) => egress.recheck(inFlight, why).keep);
       return;
     }
     // 'peek': the connection must be accepted for its first bytes to arrive.
@@ -298,13 +307,16 @@ export class Nat implements GatewayUdpClaims {
   }
 
   /**
-   * After an allowlist reload with ?drop=1: resets every open TCP flow and
-   * closes every UDP flow the current policy would refuse now. Returns how many.
+   * After an allowlist reload with ?drop=1: resets every TCP flow — open,
+   * dialing, or held for its name — and closes every UDP flow the current
+   * policy would refuse now. Returns how many.
    */
   dropRefusedFlows(): number {
     const egress = this.egress;
     if (egress === undefined) return 0;
-    let dropped = this.tcp.resetWhere((syn, name, via) => {
+    let dropped = this.tcp.recheckDials();
+    for (const h of [...this.held]) if (!h.recheck()) dropped++;
+    dropped += this.tcp.resetWhere((syn, name, via) => {
       const dst = formatIPv4(syn.dst);
       const d = egress.decide({ proto: 'tcp', dst, port: syn.dstPort, ...(via === null ? {} : { peeked: { via, name } }) });
       // 'peek' for a flow that was let through by address means it now needs a name it never gave.

@@ -60,7 +60,17 @@ interface Dial {
   readonly pending: PendingTcp;
   readonly socket: Socket;
   readonly timer: NodeJS.Timeout;
+  readonly admit: DialAdmission | undefined;
 }
+
+/**
+ * Asked again whether a flow decided by the egress policy may still go on
+ * (the allowlist may have been reloaded since): when its dial connects, and
+ * when a reload drops what the new rules refuse (`why` says which, for the
+ * record). false: the SYN is refused (RST) or the open flow reset, and the
+ * host socket destroyed; the callee has recorded why.
+ */
+export type DialAdmission = (why: 'while dialing' | 'while open') => boolean;
 
 export class TcpFlowTable {
   private readonly dials = new Set<Dial>();
@@ -68,7 +78,7 @@ export class TcpFlowTable {
   /** The pipe each dialed socket's reads go to (sockets with the shared read buffer). */
   private readonly readers = new WeakMap<Socket, TcpPipe>();
   /** What each pipe's guest asked for: its SYN and, for connections held for it, the name that let it out. */
-  private readonly origins = new Map<TcpPipe, { syn: SynInfo; name: string | null; via: 'sni' | 'host' | null }>();
+  private readonly origins = new Map<TcpPipe, { syn: SynInfo; name: string | null; via: 'sni' | 'host' | null; admit?: DialAdmission }>();
   private readonly counters = { opened: 0, refused: 0, limitRefused: 0, timedOut: 0, bytesToHost: 0, bytesToGuest: 0 };
 
   /**
@@ -136,8 +146,8 @@ export class TcpFlowTable {
     pending.refuse();
   }
 
-  /** Dials `hostAddress:dstPort` for the guest's SYN; answers the SYN when the dial settles. */
-  dial(pending: PendingTcp, hostAddress: string): void {
+  /** Dials `hostAddress:dstPort` for the guest's SYN; answers the SYN when the dial settles (and `admit`, if given, still says yes). */
+  dial(pending: PendingTcp, hostAddress: string, admit?: DialAdmission): void {
     if (this.atLimit()) {
       this.refuseAtLimit(pending);
       return;
@@ -154,6 +164,7 @@ export class TcpFlowTable {
         socket.destroy();
         pending.ignore();
       }, this.opts.connectTimeoutMs),
+      admit,
     };
     this.dials.add(dial);
     const onError = (err: NodeJS.ErrnoException): void => {
@@ -170,8 +181,32 @@ export class TcpFlowTable {
       }
       clearTimeout(dial.timer);
       socket.off('error', onError);
+      // Decided before it connected: the rules may have changed meanwhile (issue 14 finding 4).
+      if (dial.admit !== undefined && !dial.admit('while dialing')) {
+        socket.destroy();
+        this.refuse(pending, 'policy:reloaded');
+        return;
+      }
       this.connected(dial);
     });
+  }
+
+  /**
+   * Asks every dial still in flight whether it may go on (an allowlist
+   * reload with ?drop=1); refuses those it may not (RST, host socket
+   * destroyed). Returns how many.
+   */
+  recheckDials(): number {
+    let refused = 0;
+    for (const dial of [...this.dials]) {
+      if (dial.admit === undefined || dial.admit('while dialing')) continue;
+      this.dials.delete(dial);
+      clearTimeout(dial.timer);
+      dial.socket.destroy();
+      this.refuse(dial.pending, 'policy:reloaded');
+      refused++;
+    }
+    return refused;
   }
 
   /**
@@ -284,13 +319,14 @@ export class TcpFlowTable {
 
   /**
    * Resets every open flow `stillAllowed` says no to (an allowlist reload
-   * with ?drop=1); returns how many were reset.
+   * with ?drop=1); a flow this table dialed with an admission is asked that
+   * instead. Returns how many were reset.
    */
   resetWhere(stillAllowed: (syn: SynInfo, name: string | null, via: 'sni' | 'host' | null) => boolean): number {
     let reset = 0;
     for (const pipe of [...this.pipes]) {
       const o = this.origins.get(pipe);
-      if (o === undefined || stillAllowed(o.syn, o.name, o.via)) continue;
+      if (o === undefined || (o.admit !== undefined ? o.admit('while open') : stillAllowed(o.syn, o.name, o.via))) continue;
       pipe.destroy();
       reset++;
     }
@@ -300,7 +336,7 @@ export class TcpFlowTable {
   private connected(dial: Dial): void {
     const pipe = this.newPipe(dial.pending.syn, dial.socket);
     this.readers.set(dial.socket, pipe);
-    this.origins.set(pipe, { syn: dial.pending.syn, name: null, via: null });
+    this.origins.set(pipe, { syn: dial.pending.syn, name: null, via: null, ...(dial.admit !== undefined ? { admit: dial.admit } : {}) });
     let tcp;
     try {
       tcp = dial.pending.accept(pipe.handlers);

@@ -31,6 +31,8 @@ import {
 } from '../config.js';
 import { parseHostPort } from '../port-forwards.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from '../log-flags.js';
+import { ProxyCredentials } from './auth.js';
+import { isLoopbackHost } from './exposure.js';
 
 export interface HostPortAddress {
   host: string;
@@ -54,6 +56,13 @@ export interface ProxyConfig {
   apiSocket: string | undefined;
   /** Client connections each listener holds at once (tunnels, keep-alive clients, handshakes). */
   maxConnections: number;
+  /** --listen-public: a listener may be on a non-loopback address. */
+  listenPublic: boolean;
+  /** --auth-file: the users both listeners require (digests only), or undefined for none. */
+  auth: ProxyCredentials | undefined;
+  authFile: string | undefined;
+  /** --refusal-details: a 403 lists the allow rules. */
+  refusalDetails: boolean;
   logLevel: LogLevel;
   logFormat: LogFormat;
   /** The logs' budget and the decision log's rotation (as for serve); DEFAULT_LOG_LIMITS where absent. */
@@ -83,7 +92,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
     type: 'string',
     value: 'HOST:PORT',
     default: 'none',
-    help: 'Also serve SOCKS5 here (RFC 1928, no authentication): CONNECT, and UDP ASSOCIATE whose datagrams go only to addresses an IP/CIDR rule allows. Give clients socks5h:// so that names, not addresses, reach the proxy: an address target needs an IP/CIDR rule.',
+    help: 'Also serve SOCKS5 here (RFC 1928; username/password, RFC 1929, with --auth-file): CONNECT, and UDP ASSOCIATE whose datagrams go only to addresses an IP/CIDR rule allows. Give clients socks5h:// so that names, not addresses, reach the proxy: an address target needs an IP/CIDR rule.',
     example: '127.0.0.1:1080',
   },
   shared(
@@ -115,6 +124,23 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
     default: String(DEFAULT_MAX_CONNECTIONS),
     help: 'Client connections each listener holds at once (open tunnels, keep-alive clients, handshakes in progress); beyond it new connections are closed at once.',
   },
+  {
+    name: 'listen-public',
+    type: 'boolean',
+    default: 'off',
+    help: 'Allow --listen / --socks on an address other than loopback (0.0.0.0, a LAN address). Whoever reaches a proxy port egresses through this allowlist as if they were the sandbox: pair it with --auth-file. Without it such an address refuses to start.',
+  },
+  {
+    name: 'auth-file',
+    type: 'string',
+    value: 'FILE',
+    default: 'none (no authentication)',
+    help: 'Require a user and password on both listeners: HTTP Proxy-Authorization Basic (407 otherwise; clients take http://USER:PASSWORD@HOST:PORT) and SOCKS5 username/password (RFC 1929). FILE holds USER:PASSWORD lines (# comments); keep it mode 600. Compared in constant time; never logged.',
+  },
+  shared(
+    'refusal-details',
+    "A refusal's 403 body also lists the allow rules (for debugging). Off, it names the host, the reason and the decision id only: the rules would tell a client what else it may reach and which wildcards are resolved live.",
+  ),
   shared('api', 'Serve the control API on a unix socket: GET /stats, GET /healthz, GET and PUT /allowlist (replace the rules at run time).'),
   shared('config', 'Read settings from a JSON file whose keys are these flag names ({"listen": "127.0.0.1:3128", "allow": ["github.com"]}). Flags given on the command line override it.'),
   shared('log-level'),
@@ -135,6 +161,14 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
   const listen = parseListen(listenRaw.text, listenRaw.label);
   const socksRaw = str('socks');
   const socks = socksRaw === undefined ? undefined : parseListen(socksRaw.text, socksRaw.label);
+  const listenPublic = raw.get('listen-public')?.value === true;
+  for (const [l, r] of [[listen, listenRaw], [socks, socksRaw]] as const) {
+    if (l !== undefined && r !== undefined && !listenPublic && !isLoopbackHost(l.host)) {
+      throw new ConfigError(
+        `${r.label}: ${r.text} is not a loopback address; anyone who can reach it would egress through this allowlist. Pass --listen-public if that is meant (and --auth-file to require a password)`,
+      );
+    }
+  }
   if (socks !== undefined && socks.port !== 0 && socks.port === listen.port && socks.host === listen.host) {
     throw new ConfigError(`--socks: ${socksRaw!.text} is also the --listen address`);
   }
@@ -162,6 +196,22 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
     apiSocket = l.path;
   }
 
+  let auth: ProxyCredentials | undefined;
+  const authRaw = str('auth-file');
+  if (authRaw !== undefined) {
+    let text: string;
+    try {
+      text = io.readFile(authRaw.text);
+    } catch (e) {
+      throw new ConfigError(`${authRaw.label}: cannot read ${authRaw.text}: ${(e as Error).message}`);
+    }
+    try {
+      auth = ProxyCredentials.parse(text, authRaw.text);
+    } catch (e) {
+      throw new ConfigError(`${authRaw.label}: ${(e as Error).message}`);
+    }
+  }
+
   const { logLevel, logFormat } = parseLogSettings(raw);
   const logLimits = parseLogLimits(str);
   if (typeof logLimits === 'string') throw new ConfigError(logLimits);
@@ -180,6 +230,10 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       mode: parseMode(raw),
       apiSocket,
       maxConnections,
+      listenPublic,
+      auth,
+      authFile: authRaw?.text,
+      refusalDetails: raw.get('refusal-details')?.value === true,
       logLevel,
       logFormat,
       logLimits,

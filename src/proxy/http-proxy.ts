@@ -11,18 +11,23 @@
  *    name to Moat's admitted addresses through an Agent pooled per
  *    host:port, so a connection to one host never carries another's
  *    request. The target URI decides; a Host header is replaced by it.
+ *    The body goes with the framing node:http parsed (forward()), never
+ *    unframed: an unframed body is the next request to the upstream.
+ *  - With --auth-file, every request and CONNECT needs Proxy-Authorization
+ *    (407 otherwise), checked before anything is decided.
  *  - Anything else (origin-form `GET /`, `https://` absolute-form, Upgrade)
  *    gets 400 / is closed: this is a forward proxy, not a web server.
  *
  * Blocked requests get the 403 of src/egress/refusals.ts (x-moat-reason,
  * x-moat-decision), exactly as `moat serve` sends it.
  */
-import { Agent, createServer, request as httpRequest, type ClientRequestArgs, type IncomingMessage, type RequestOptions, type Server, type ServerResponse } from 'node:http';
+import { Agent, createServer, request as httpRequest, type ClientRequest, type ClientRequestArgs, type IncomingMessage, type RequestOptions, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Egress } from '../egress/egress.js';
 import { forbiddenResponse } from '../egress/refusals.js';
 import type { Logger } from '../log.js';
+import { PROXY_AUTHENTICATE, type AuthFailureLog, type ProxyCredentials } from './auth.js';
 import { admit, type Admission } from './targets.js';
 import type { Dialer } from './tunnel.js';
 
@@ -33,6 +38,9 @@ export interface HttpProxyHost {
   log: Logger;
   /** Starts a tunnel on an admitted CONNECT. */
   openTunnel(client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void;
+  /** --auth-file: every request and CONNECT must carry Proxy-Authorization; undefined = none asked. */
+  auth: ProxyCredentials | undefined;
+  authFailures: AuthFailureLog;
   counters: { requests: number; connects: number; refused: number };
 }
 
@@ -41,10 +49,27 @@ const HOP_BY_HOP = new Set(['connection', 'proxy-connection', 'keep-alive', 'te'
 
 const VIA = '1.1 moat';
 
-export function createHttpProxy(host: HttpProxyHost, opts: { maxConnections: number; headersTimeoutMs: number }): { server: Server; agent: Agent } {
-  const agent = new DialByNameAgent(host.dialer, opts.maxConnections);
+/** Upstream connections: pooled keep-alive ones, and one-shot ones for requests with a framing doubt. */
+export interface ProxyAgents {
+  pooled: Agent;
+  oneShot: Agent;
+  /** Closes every upstream connection (on reload with drop, and at shutdown). */
+  destroy(): void;
+}
+
+export function createHttpProxy(host: HttpProxyHost, opts: { maxConnections: number; headersTimeoutMs: number }): { server: Server; agents: ProxyAgents } {
+  const pooled = new DialByNameAgent(host.dialer, opts.maxConnections, true);
+  const oneShot = new DialByNameAgent(host.dialer, opts.maxConnections, false);
+  const agents: ProxyAgents = {
+    pooled,
+    oneShot,
+    destroy: () => {
+      pooled.destroy();
+      oneShot.destroy();
+    },
+  };
   // requireHostHeader off: in absolute-form the target URI names the host (RFC 9112 3.2.2), not the Host field.
-  const server = createServer({ requireHostHeader: false }, (req, res) => void handleRequest(host, agent, req, res));
+  const server = createServer({ requireHostHeader: false }, (req, res) => void handleRequest(host, agents, req, res));
   server.maxConnections = opts.maxConnections;
   // A client that starts a request head and never finishes it is closed at the peek timeout.
   server.headersTimeout = opts.headersTimeoutMs;
@@ -57,7 +82,7 @@ export function createHttpProxy(host: HttpProxyHost, opts: { maxConnections: num
     if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
     else socket.destroy();
   });
-  return { server, agent };
+  return { server, agents };
 }
 
 /** "host:port" of a CONNECT request (RFC 9110 9.3.6: authority-form, port required). */
@@ -73,9 +98,27 @@ export function parseAuthority(text: string): { host: string; port: number } | n
   return { host, port };
 }
 
+/**
+ * --auth-file: does this request carry a valid Proxy-Authorization? A
+ * failure is counted and logged with the client's address, never with what
+ * it presented.
+ */
+function authorized(host: HttpProxyHost, req: IncomingMessage): boolean {
+  if (host.auth === undefined || host.auth.checkProxyAuthorization(req.headers['proxy-authorization'])) return true;
+  host.authFailures.record('http', req.socket.remoteAddress, req.headers['proxy-authorization'] !== undefined);
+  return false;
+}
+
+/** 407 (RFC 9110 15.5.8): the client must send Proxy-Authorization: Basic. */
+const AUTH_REQUIRED_BODY = 'Moat proxy requires a user and password (http://USER:PASSWORD@proxy)\n';
+
 async function handleConnect(host: HttpProxyHost, req: IncomingMessage, socket: Socket, head: Buffer): Promise<void> {
   host.counters.connects++;
   socket.on('error', () => socket.destroy());
+  if (!authorized(host, req)) {
+    socket.end(plainResponse(407, 'Proxy Authentication Required', AUTH_REQUIRED_BODY, { 'proxy-authenticate': PROXY_AUTHENTICATE }));
+    return;
+  }
   const target = parseAuthority(req.url ?? '');
   if (target === null) {
     host.counters.refused++;
@@ -93,8 +136,20 @@ async function handleConnect(host: HttpProxyHost, req: IncomingMessage, socket: 
   host.openTunnel(socket, a, head);
 }
 
-async function handleRequest(host: HttpProxyHost, agent: Agent, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function handleRequest(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage, res: ServerResponse): Promise<void> {
   host.counters.requests++;
+  if (!authorized(host, req)) {
+    res.shouldKeepAlive = false;
+    res.writeHead(407, 'Proxy Authentication Required', {
+      'proxy-authenticate': PROXY_AUTHENTICATE,
+      'content-type': 'text/plain; charset=utf-8',
+      'content-length': Buffer.byteLength(AUTH_REQUIRED_BODY),
+      connection: 'close',
+    });
+    res.end(AUTH_REQUIRED_BODY);
+    req.resume();
+    return;
+  }
   const raw = req.url ?? '';
   let url: URL | null = null;
   if (/^http:\/\//i.test(raw)) {
@@ -111,6 +166,15 @@ async function handleRequest(host: HttpProxyHost, agent: Agent, req: IncomingMes
     req.resume();
     return;
   }
+  // A body that cannot be forwarded with its own framing is refused before anything is decided or dialed.
+  const framing = requestFraming(req.rawHeaders);
+  if (framing.kind === 'bad') {
+    host.counters.refused++;
+    host.log.info('proxy request refused', { dst: url.host, reason: 'unframeable', detail: framing.why });
+    send(res, 400, 'Bad Request', `${framing.why}\n`);
+    req.resume();
+    return;
+  }
   const port = url.port === '' ? 80 : Number(url.port);
   const a = await admit(host.egress(), url.hostname, port, host.log);
   if (!a.ok) {
@@ -120,30 +184,124 @@ async function handleRequest(host: HttpProxyHost, agent: Agent, req: IncomingMes
     return;
   }
 
-  const upReq = httpRequest({
-    agent,
-    host: a.name ?? a.addresses[0],
-    port,
-    method: req.method,
-    path: `${url.pathname}${url.search}`,
-    headers: forwardedHeaders(req.rawHeaders, url.host),
-    moatAddresses: a.addresses,
-  } as RequestOptions);
-  upReq.on('response', (upRes: IncomingMessage) => {
-    res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, forwardedHeaders(upRes.rawHeaders, null));
-    upRes.pipe(res);
-    upRes.on('error', () => res.destroy());
-  });
-  upReq.on('error', (err) => {
-    host.log.info('proxy request failed', { dst: a.dst, error: err.message });
-    if (!res.headersSent) send(res, 502, 'Bad Gateway', `Moat could not reach ${a.dst}: ${err.message}\n`);
-    else res.destroy();
-  });
-  req.on('error', () => upReq.destroy());
+  forward(host, agents, req, res, { a, port, path: `${url.pathname}${url.search}`, authority: url.host, framing });
+}
+
+/** Methods that are idempotent (RFC 9110 9.2.2): a bodyless one may be sent again on a fresh connection. */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'TRACE', 'PUT', 'DELETE']);
+/** Methods whose content has defined semantics (RFC 9110 9.3): a body on any other is a framing doubt. */
+const BODY_METHODS = new Set(['POST', 'PUT', 'PATCH']);
+/** Fresh attempts after a pooled connection died under a bodyless idempotent request. */
+const MAX_RETRIES = 2;
+
+interface Forwarding {
+  a: Extract<Admission, { ok: true }>;
+  port: number;
+  path: string;
+  authority: string;
+  framing: Exclude<BodyFraming, { kind: 'bad' }>;
+}
+
+/**
+ * Sends the admitted request upstream and its response back. The body is
+ * forwarded with the framing node:http parsed (never unframed); a request
+ * with a framing doubt (a body on a method that defines none, or an answer
+ * that came before the body was sent) goes on a connection nobody reuses,
+ * and a body on a method that defines none is sent chunked. A
+ * pooled connection that dies before answering a bodyless idempotent
+ * request is replaced by a fresh one (RFC 9112 9.3.1), else the client gets
+ * a 502: never a hang.
+ */
+function forward(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage, res: ServerResponse, f: Forwarding): void {
+  const method = req.method ?? 'GET';
+  const hasBody = f.framing.kind === 'chunked' || (f.framing.kind === 'length' && f.framing.length > 0);
+  const doubt = hasBody && !BODY_METHODS.has(method);
+  // A server that ignores a body on GET (the "CL.0" desync) would read a
+  // Content-Length body as the next request; sent chunked, the body starts
+  // with a hex chunk-size line that no server takes for a request line.
+  const framing: Forwarding['framing'] = doubt ? { kind: 'chunked' } : f.framing;
+  let current: ClientRequest | null = null;
+  const attempt = (n: number): void => {
+    const upReq = httpRequest({
+      agent: doubt ? agents.oneShot : agents.pooled,
+      host: f.a.name ?? f.a.addresses[0],
+      port: f.port,
+      method,
+      path: f.path,
+      headers: framedHeaders(forwardedHeaders(req.rawHeaders, f.authority), framing),
+      moatAddresses: f.a.addresses,
+    } as RequestOptions);
+    current = upReq;
+    let answered = false;
+    upReq.on('response', (upRes: IncomingMessage) => {
+      answered = true;
+      // Answered before the body was all sent: the connection's state is in doubt, never pool it.
+      if (!upReq.writableFinished) upReq.shouldKeepAlive = false;
+      res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, forwardedHeaders(upRes.rawHeaders, null));
+      upRes.pipe(res);
+      upRes.on('error', () => res.destroy());
+    });
+    upReq.on('error', (err) => {
+      if (!answered && upReq.reusedSocket && !hasBody && IDEMPOTENT.has(method) && n < MAX_RETRIES && !res.destroyed) {
+        host.log.debug('proxy request retried on a fresh connection', { dst: f.a.dst, error: err.message });
+        attempt(n + 1);
+        return;
+      }
+      host.log.info('proxy request failed', { dst: f.a.dst, error: err.message });
+      if (!res.headersSent) send(res, 502, 'Bad Gateway', `Moat could not reach ${f.a.dst}: ${err.message}\n`);
+      else res.destroy();
+    });
+    if (hasBody) req.pipe(upReq);
+    else upReq.end();
+  };
+  req.on('error', () => current?.destroy());
   res.on('close', () => {
-    if (!res.writableFinished) upReq.destroy();
+    if (!res.writableFinished) current?.destroy();
   });
-  req.pipe(upReq);
+  attempt(0);
+}
+
+/** A request body's framing as node:http parsed it (RFC 9112 6.3), or why it cannot be forwarded. */
+export type BodyFraming = { kind: 'none' } | { kind: 'length'; length: number } | { kind: 'chunked' } | { kind: 'bad'; why: string };
+
+/**
+ * Re-derives the framing from the request's fields, for every method:
+ * chunked is the only transfer coding forwarded (another one would be
+ * dropped with the hop-by-hop Transfer-Encoding field, and the upstream
+ * would read the body with a framing the client did not send); Content-Length
+ * must be one decimal number. node:http already refuses both together.
+ */
+export function requestFraming(rawHeaders: readonly string[]): BodyFraming {
+  const codings: string[] = [];
+  const lengths: string[] = [];
+  let te = false;
+  for (let i = 0; i + 1 < rawHeaders.length; i += 2) {
+    const name = rawHeaders[i]!.toLowerCase();
+    const value = rawHeaders[i + 1]!;
+    if (name === 'transfer-encoding') {
+      te = true;
+      for (const c of value.split(',')) if (c.trim() !== '') codings.push(c.trim().toLowerCase());
+    } else if (name === 'content-length') lengths.push(value.trim());
+  }
+  if (te && lengths.length > 0) return { kind: 'bad', why: 'Content-Length and Transfer-Encoding together cannot be framed' };
+  if (te) {
+    if (codings.length === 1 && codings[0] === 'chunked') return { kind: 'chunked' };
+    return { kind: 'bad', why: `Transfer-Encoding ${JSON.stringify(codings.join(', ').slice(0, 100))} cannot be forwarded: only chunked is` };
+  }
+  if (lengths.length === 0) return { kind: 'none' };
+  if (!lengths.every((l) => /^\d{1,15}$/.test(l) && l === lengths[0])) return { kind: 'bad', why: 'Content-Length must be one decimal number' };
+  return { kind: 'length', length: Number(lengths[0]) };
+}
+
+/** The forwarded fields with the body framing stated by us: Content-Length re-derived, or chunked. */
+function framedHeaders(headers: string[], framing: Exclude<BodyFraming, { kind: 'bad' }>): string[] {
+  const out: string[] = [];
+  for (let i = 0; i + 1 < headers.length; i += 2) {
+    if (headers[i]!.toLowerCase() !== 'content-length') out.push(headers[i]!, headers[i + 1]!);
+  }
+  if (framing.kind === 'length') out.push('Content-Length', String(framing.length));
+  else if (framing.kind === 'chunked') out.push('Transfer-Encoding', 'chunked');
+  return out;
 }
 
 /**
@@ -182,7 +340,7 @@ function refusalBytes(egress: Egress, a: Extract<Admission, { ok: false }>, host
   if (a.kind === 'unresolved') {
     return plainResponse(502, 'Bad Gateway', `Moat could not resolve ${host.slice(0, 255)} (decision ${a.id}): ${a.detail ?? ''}\n`, { 'x-moat-reason': 'unresolved', 'x-moat-decision': a.id });
   }
-  return forbiddenResponse({ host, reason: a.reason, id: a.id, rules: egress.policy.ruleTexts });
+  return forbiddenResponse({ host, reason: a.reason, id: a.id, rules: egress.options.refusalDetails ? egress.policy.ruleTexts : null });
 }
 
 /** Writes a complete response's bytes through node's ServerResponse (the connection then closes). */
@@ -219,21 +377,29 @@ function plainResponse(status: number, message: string, body: string, extra: Rec
  * An Agent whose connections go to the addresses admission chose (passed
  * as `moatAddresses` in the request options), dialed by connectFirst:
  * node never resolves the name itself. Pooled per host:port by node's own
- * key, keep-alive, bounded in total.
+ * key, keep-alive (or one request per connection), bounded in total.
  */
 class DialByNameAgent extends Agent {
   constructor(
     private readonly dialer: Dialer,
     maxTotal: number,
+    keepAlive: boolean,
   ) {
-    super({ keepAlive: true, maxSockets: 64, maxFreeSockets: 16, maxTotalSockets: maxTotal, timeout: 30_000 });
+    super({ keepAlive, maxSockets: 64, maxFreeSockets: 16, maxTotalSockets: maxTotal, timeout: 30_000 });
   }
 
   override createConnection(options: ClientRequestArgs, callback?: (err: Error | null, stream: Duplex) => void): Duplex | null | undefined {
     const addresses = (options as { moatAddresses?: readonly string[] }).moatAddresses ?? [];
     const port = Number(options.port ?? 80);
     this.dialer.connectFirst(addresses, port).then(
-      (s) => callback?.(null, s),
+      (s) => {
+        // The dialer's sockets are half-open (the NAT needs that); node's
+        // client only watches 'end' during a request, so a pooled socket the
+        // server closed would stay in the pool, take the next request, and
+        // never answer. An HTTP/1.1 client has no use for half-close.
+        s.on('end', () => s.destroy());
+        callback?.(null, s);
+      },
       (e: Error) => callback?.(e, undefined as unknown as Duplex),
     );
     return undefined;

@@ -25,9 +25,11 @@ import type { Logger } from '../log.js';
 import { TcpFlowTable } from '../nat/tcp-flows.js';
 import { UnavailablePortForwards } from '../serve.js';
 import type { ProxyConfig } from './config.js';
+import { AuthFailureLog } from './auth.js';
+import { exposureWarnings } from './exposure.js';
 import { createHttpProxy } from './http-proxy.js';
 import { createSocks5Server } from './socks5.js';
-import type { Admission } from './targets.js';
+import { decideAddress, type Admission } from './targets.js';
 import { Tunnel, type Dialer } from './tunnel.js';
 
 export { parseProxyArgs, proxyHelp, PROXY_FLAGS, type ProxyConfig } from './config.js';
@@ -54,11 +56,14 @@ export interface ProxyStats {
   socksConnects: number;
   requests: number;
   refused: number;
-  /** SOCKS5 UDP ASSOCIATE: associations opened, datagrams relayed out / in, dropped (policy, fragments, names). */
+  /** Requests, CONNECTs and SOCKS5 handshakes refused for missing or wrong credentials (--auth-file). */
+  authFailures: number;
+  /** SOCKS5 UDP ASSOCIATE: associations opened, datagrams the kernel took out / in, dropped (policy, fragments, names), sends that failed. */
   udpAssociations: number;
   udpOut: number;
   udpIn: number;
   udpDropped: number;
+  udpSendErrors: number;
   tunnels: { open: number; peeking: number; opened: number; bytesUp: number; bytesDown: number; peekBufferedBytes: number };
   decisions: { allowed: number; blocked: number; wouldBlock: number; suppressedLines: number };
   connections: { http: number; socks: number };
@@ -112,7 +117,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         admitResolved: config.admitResolved,
         hostAliasExempt: false,
         allowLinkLocal: false,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails },
         now: d.now,
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,
@@ -127,7 +132,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     const dialer: Dialer = { connectFirst: (addresses, port) => flows.connectFirst(addresses, port) };
     const tunnels = new Set<Tunnel>();
     const finished = { opened: 0, bytesUp: 0, bytesDown: 0 };
-    const counters = { requests: 0, connects: 0, socksConnects: 0, refused: 0, udpAssociations: 0, udpOut: 0, udpIn: 0, udpDropped: 0 };
+    const counters = { requests: 0, connects: 0, socksConnects: 0, refused: 0, authFailures: 0, udpAssociations: 0, udpOut: 0, udpIn: 0, udpDropped: 0, udpSendErrors: 0 };
     const tlog = log.child({ component: 'proxy' });
     const openTunnel = (client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void => {
       finished.opened++;
@@ -143,9 +148,10 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       for (const t of [...tunnels]) t.destroy();
     });
 
-    const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters };
-    const { server: httpServer, agent } = createHttpProxy(core, { maxConnections: config.maxConnections, headersTimeoutMs: config.peekTimeoutMs });
-    closers.push(() => agent.destroy());
+    const authFailures = new AuthFailureLog(counters, tlog, d.now);
+    const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters, auth: config.auth, authFailures };
+    const { server: httpServer, agents } = createHttpProxy(core, { maxConnections: config.maxConnections, headersTimeoutMs: config.peekTimeoutMs });
+    closers.push(() => agents.destroy());
     const httpSockets = track(httpServer);
     const httpAddr = await listen(httpServer, config.listen.host, config.listen.port);
     closers.push(() => closeServer(httpServer, httpSockets));
@@ -172,13 +178,13 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
             const still =
               p.name !== null
                 ? egress.policy.decideName('tcp', p.name, p.port).verdict === 'allow'
-                : egress.decide({ proto: 'tcp', dst: p.addresses[0]!, port: p.port }).verdict === 'allow';
+                : decideAddress(egress, 'tcp', p.addresses[0]!, p.port).verdict === 'allow';
             if (!still) {
               t.destroy();
               dropped++;
             }
           }
-          agent.destroy(); // pooled upstream connections are re-dialed (and re-decided) on the next request
+          agents.destroy(); // pooled upstream connections are re-dialed (and re-decided) on the next request
         }
         log.info('allowlist reloaded', { allow: result.rules, dropped });
         return { ...result, dropped };
@@ -227,6 +233,11 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       api: config.apiSocket === undefined ? undefined : `unix://${config.apiSocket}`,
       allow: config.allow.map((r) => r.text),
     };
+    const exposure = exposureWarnings(config);
+    if (exposure.length > 0) {
+      ready['exposure'] = exposure;
+      for (const w of exposure) log.warn(w);
+    }
     if (config.allowAll) {
       ready['warning'] = 'NO ALLOWLIST (--allow-all): every name and public address is allowed';
       log.warn('moat proxy runs without an allowlist (--allow-all): every name and public address is allowed');
@@ -268,6 +279,10 @@ export function describeProxyConfig(c: ProxyConfig): Record<string, unknown> {
     decisionLog: c.decisionLog,
     maxConnections: c.maxConnections,
     api: c.apiSocket,
+    listenPublic: c.listenPublic,
+    // Where the users come from and how many: never the file's contents.
+    auth: c.auth === undefined ? undefined : { file: c.authFile, users: c.auth.size },
+    refusalDetails: c.refusalDetails,
     ...(c.logLimits === undefined ? {} : { logLimits: c.logLimits }),
   };
 }

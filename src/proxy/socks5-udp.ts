@@ -6,8 +6,9 @@
  * checked in a datagram; QUIC clients then fall back to TCP), as are
  * fragments (FRAG != 0, which the RFC lets a server refuse) and IPv6.
  *
- *   client --[RSV RSV FRAG ATYP DST.ADDR DST.PORT DATA]--> relay socket --DATA--> dst
- *   client <--[same header naming the source, DATA]------- relay socket <--DATA-- dst
+ *   client --[RSV RSV FRAG ATYP DST.ADDR DST.PORT DATA]--> relay socket   out socket --DATA--> dst
+ *   client <--[same header naming the source, DATA]------- relay socket   out socket <--DATA-- dst
+ *          (bound where the client reached the listener)         (bound on 0.0.0.0)
  *
  * The relay accepts datagrams from the control connection's client address
  * only (section 7: "MUST drop datagrams from any source IP address other
@@ -20,14 +21,19 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import type { Socket } from 'node:net';
 import type { Egress } from '../egress/egress.js';
 import type { Logger } from '../log.js';
+import { decideAddress } from './targets.js';
 
 /** Destinations one association remembers for replies; the oldest is forgotten beyond it. */
 const MAX_PEERS = 256;
 
 export interface UdpAssociationCounters {
+  /** Datagrams the kernel took for a destination (send callback without error). */
   udpOut: number;
+  /** Replies the kernel took for the client. */
   udpIn: number;
   udpDropped: number;
+  /** Datagrams (either way) whose send failed: no route, unreachable, buffer full. */
+  udpSendErrors: number;
 }
 
 export type UdpHeader = { kind: 'ok'; frag: number; atyp: number; address: string | null; port: number; dataOffset: number } | { kind: 'bad' };
@@ -62,7 +68,14 @@ export function udpReplyHeader(address: string, port: number): Uint8Array {
 
 /**
  * Opens the relay for `control` (the TCP connection that asked) and
- * resolves with its bound address and port for the reply.
+ * resolves with the client-facing address and port for the reply.
+ *
+ * Two sockets: the client-facing one is bound on the address the client
+ * reached the SOCKS listener at (so the client can reach it too, and it is
+ * no more exposed than the listener), the outbound one on the unspecified
+ * address, so the kernel picks the source each destination's route needs.
+ * One socket bound on 127.0.0.1 could not send beyond loopback at all
+ * (issue 14, finding 10).
  */
 export async function openUdpAssociation(
   control: Socket,
@@ -73,41 +86,64 @@ export async function openUdpAssociation(
   const clientIp = (control.remoteAddress ?? '').replace(/^::ffff:/, '');
   const bindIp = (control.localAddress ?? '127.0.0.1').replace(/^::ffff:/, '');
   const relay: UdpSocket = createSocket('udp4');
-  await new Promise<void>((resolve, reject) => {
-    relay.once('error', reject);
-    relay.bind(0, bindIp, () => {
-      relay.off('error', reject);
-      resolve();
-    });
-  });
+  const out: UdpSocket = createSocket('udp4');
+  const close = (): void => {
+    for (const s of [relay, out]) {
+      try {
+        s.close();
+      } catch {
+        // already closed
+      }
+    }
+  };
+  try {
+    await Promise.all([bind(relay, bindIp), bind(out, '0.0.0.0')]);
+  } catch (e) {
+    close();
+    throw e;
+  }
+  if (control.destroyed) {
+    close();
+    throw new Error('the control connection closed before the relay was ready');
+  }
   let clientPort: number | null = null;
   const peers = new Set<string>();
+  let loggedSendError = false;
+  /** Counts a datagram only once the kernel has taken it; a failure is counted apart (logged once per association). */
+  const sent = (which: 'udpOut' | 'udpIn') => (err: Error | null) => {
+    if (err === null) {
+      counters[which]++;
+      return;
+    }
+    counters.udpSendErrors++;
+    if (!loggedSendError) {
+      loggedSendError = true;
+      log.info('socks5 udp send failed', { direction: which === 'udpOut' ? 'out' : 'in', error: err.message });
+    }
+  };
   relay.on('message', (msg, from) => {
     if (from.address === clientIp && (clientPort === null || from.port === clientPort)) {
       clientPort ??= from.port;
       outbound(msg);
       return;
     }
+    counters.udpDropped++; // RFC 1928 7: only the client's datagrams are relayed
+  });
+  out.on('message', (msg, from) => {
     const key = `${from.address}:${from.port}`;
     if (!peers.has(key) || clientPort === null) {
       counters.udpDropped++;
       return;
     }
-    counters.udpIn++;
     const header = udpReplyHeader(from.address, from.port);
-    relay.send([header, msg], clientPort, clientIp);
+    relay.send([header, msg], clientPort, clientIp, sent('udpIn'));
   });
-  relay.on('error', (err) => {
-    log.info('socks5 udp relay failed', { error: err.message });
-    control.destroy();
-  });
-  const close = (): void => {
-    try {
-      relay.close();
-    } catch {
-      // already closed
-    }
-  };
+  for (const s of [relay, out]) {
+    s.on('error', (err) => {
+      log.info('socks5 udp relay failed', { error: err.message });
+      control.destroy();
+    });
+  }
   control.once('close', close);
 
   const outbound = (msg: Buffer): void => {
@@ -121,7 +157,7 @@ export async function openUdpAssociation(
       return;
     }
     const e = egress();
-    const d = e.decide({ proto: 'udp', dst: h.address, port: h.port });
+    const d = decideAddress(e, 'udp', h.address, h.port);
     const key = `${h.address}:${h.port}`;
     if (d.verdict !== 'allow') {
       counters.udpDropped++;
@@ -134,10 +170,19 @@ export async function openUdpAssociation(
       if (peers.size >= MAX_PEERS) peers.delete(peers.values().next().value!);
       peers.add(key);
     }
-    counters.udpOut++;
-    relay.send(msg.subarray(h.dataOffset), h.port, h.address);
+    out.send(msg.subarray(h.dataOffset), h.port, h.address, sent('udpOut'));
   };
 
   const a = relay.address();
   return { address: a.address, port: a.port };
+}
+
+function bind(s: UdpSocket, address: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    s.once('error', reject);
+    s.bind(0, address, () => {
+      s.off('error', reject);
+      resolve();
+    });
+  });
 }

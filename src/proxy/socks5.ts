@@ -1,7 +1,10 @@
 /**
- * The SOCKS5 listener (RFC 1928), no authentication (method 0x00 only):
+ * The SOCKS5 listener (RFC 1928). Without --auth-file only method 0x00 (no
+ * authentication) is accepted; with it only 0x02 (username/password, RFC
+ * 1929), so a client that cannot authenticate gets 0xFF:
  *
- *   client: VER=5 NMETHODS METHODS...        -> server: 5 0x00 (or 5 0xFF: no acceptable method)
+ *   client: VER=5 NMETHODS METHODS...        -> server: 5 0x00 | 5 0x02 (or 5 0xFF: no acceptable method)
+ *   (0x02) client: 1 ULEN UNAME PLEN PASSWD  -> server: 1 0x00, or 1 0x01 and the close
  *   client: VER=5 CMD RSV ATYP DST.ADDR DST.PORT
  *           -> server: 5 REP 0 ATYP=1 BND.ADDR=0.0.0.0 BND.PORT=0, then the tunnel
  *
@@ -19,6 +22,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import type { Egress } from '../egress/egress.js';
 import type { Logger } from '../log.js';
+import { parseUserPass, USERPASS_FAILED, USERPASS_OK, type AuthFailureLog, type ProxyCredentials } from './auth.js';
 import { openUdpAssociation, type UdpAssociationCounters } from './socks5-udp.js';
 import { admit, type Admission } from './targets.js';
 
@@ -26,6 +30,9 @@ export interface Socks5Host {
   egress(): Egress;
   log: Logger;
   openTunnel(client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void;
+  /** --auth-file: method 0x02 required; undefined = method 0x00. */
+  auth: ProxyCredentials | undefined;
+  authFailures: AuthFailureLog;
   counters: { socksConnects: number; refused: number; udpAssociations: number } & UdpAssociationCounters;
 }
 
@@ -39,18 +46,21 @@ export const REP = Object.freeze({
   addressTypeNotSupported: 0x08,
 });
 
-/** Greeting (2 + 255) plus request (4 + 1 + 255 + 2) is the most a client may send before the tunnel. */
-const MAX_HANDSHAKE_BYTES = 257 + 262;
+/** Greeting (2 + 255), RFC 1929 request (3 + 255 + 255) and request (4 + 1 + 255 + 2): the most a client may send before the tunnel. */
+const MAX_HANDSHAKE_BYTES = 257 + 513 + 262;
+
+export const METHOD = Object.freeze({ noAuth: 0x00, userPass: 0x02, noAcceptable: 0xff });
 
 export type Socks5Parse<T> = { kind: 'need-more' } | { kind: 'error'; reason: string } | ({ kind: 'ok'; used: number } & T);
 
-/** The greeting: does the client offer "no authentication"? */
-export function parseGreeting(b: Uint8Array): Socks5Parse<{ noAuth: boolean }> {
+/** The greeting: does the client offer "no authentication", "username/password"? */
+export function parseGreeting(b: Uint8Array): Socks5Parse<{ noAuth: boolean; userPass: boolean }> {
   if (b.length < 2) return { kind: 'need-more' };
   if (b[0] !== SOCKS_VERSION) return { kind: 'error', reason: `not SOCKS5 (version byte ${b[0]})` };
   const n = b[1]!;
   if (b.length < 2 + n) return { kind: 'need-more' };
-  return { kind: 'ok', used: 2 + n, noAuth: b.subarray(2, 2 + n).includes(0x00) };
+  const methods = b.subarray(2, 2 + n);
+  return { kind: 'ok', used: 2 + n, noAuth: methods.includes(METHOD.noAuth), userPass: methods.includes(METHOD.userPass) };
 }
 
 export type Socks5Address = { atyp: 'ipv4'; host: string } | { atyp: 'domain'; host: string } | { atyp: 'ipv6'; host: string };
@@ -101,13 +111,19 @@ export function createSocks5Server(host: Socks5Host, opts: { maxConnections: num
 
 function handshake(host: Socks5Host, socket: Socket, timeoutMs: number): void {
   let buf = Buffer.alloc(0);
-  let stage: 'greeting' | 'request' | 'deciding' = 'greeting';
+  let stage: 'greeting' | 'auth' | 'request' | 'deciding' = 'greeting';
   const timer = setTimeout(() => socket.destroy(), timeoutMs);
   const fail = (rep: number | null): void => {
     clearTimeout(timer);
     socket.off('data', onData);
     if (rep === null) socket.destroy();
     else socket.end(reply(rep));
+  };
+  /** Ends the handshake with bytes that are not a request reply (method refusal, RFC 1929 failure). */
+  const refuse = (bytes: Uint8Array): void => {
+    clearTimeout(timer);
+    socket.off('data', onData);
+    socket.end(bytes);
   };
   const onData = (chunk: Buffer): void => {
     if (stage === 'deciding') return; // bytes sent before our reply: not expected from a SOCKS5 client
@@ -117,14 +133,26 @@ function handshake(host: Socks5Host, socket: Socket, timeoutMs: number): void {
       const g = parseGreeting(buf);
       if (g.kind === 'need-more') return;
       if (g.kind === 'error') return fail(null);
-      if (!g.noAuth) {
-        socket.end(Uint8Array.from([SOCKS_VERSION, 0xff])); // RFC 1928 3: no acceptable methods
-        clearTimeout(timer);
-        socket.off('data', onData);
-        return;
+      // With --auth-file only username/password will do; without it only "no authentication".
+      const method = host.auth !== undefined ? (g.userPass ? METHOD.userPass : null) : g.noAuth ? METHOD.noAuth : null;
+      if (method === null) {
+        if (host.auth !== undefined) host.authFailures.record('socks', socket.remoteAddress, false);
+        return refuse(Uint8Array.from([SOCKS_VERSION, METHOD.noAcceptable])); // RFC 1928 3: no acceptable methods
       }
-      socket.write(Uint8Array.from([SOCKS_VERSION, 0x00]));
+      socket.write(Uint8Array.from([SOCKS_VERSION, method]));
       buf = buf.subarray(g.used);
+      stage = method === METHOD.userPass ? 'auth' : 'request';
+      if (buf.length === 0) return;
+    }
+    if (stage === 'auth') {
+      const u = parseUserPass(buf);
+      if (u.kind === 'need-more') return;
+      if (u.kind === 'error' || !host.auth!.check(u.user, u.password)) {
+        host.authFailures.record('socks', socket.remoteAddress, true);
+        return refuse(USERPASS_FAILED); // RFC 1929 2: on failure the server closes the connection
+      }
+      socket.write(USERPASS_OK);
+      buf = buf.subarray(u.used);
       stage = 'request';
       if (buf.length === 0) return;
     }

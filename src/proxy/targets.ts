@@ -8,7 +8,8 @@
  *    else a live lookup) and filtered by the rebinding guard
  *    (policy.admitResolved). The client never chooses the address.
  *  - An IP literal is decided by address (EgressPolicy.decide without a
- *    peek): IP/CIDR rules, the link-local refusal, pins on non-web ports.
+ *    peek): IP/CIDR rules, the link-local refusal, pins on non-web ports;
+ *    then the same rebinding filter as a resolved name (decideAddress).
  *    A 'peek' answer there means only hostname rules cover the port; the
  *    proxy refuses it, because an address target has no name to check
  *    (RFC 6066 3 forbids literal addresses in SNI).
@@ -58,6 +59,8 @@ export type Admission =
       peek: PeekMode;
       /** For logs and decision records: "name:port" or "ip:port". */
       dst: string;
+      /** Egress.version it was decided under: the tunnel re-decides it if the rules change before its dial completes. */
+      version?: number;
     }
   | {
       ok: false;
@@ -69,7 +72,24 @@ export type Admission =
       detail?: string;
     };
 
+/** Admissions re-made because the allowlist changed while one was resolving, before giving up and letting the tunnel's own re-check decide. */
+const MAX_READMISSIONS = 2;
+
+/**
+ * Admits a target under the current rules. A name's admission awaits a
+ * lookup: if the allowlist is reloaded meanwhile, it is decided again under
+ * the new rules (issue 14 finding 4). The result carries the policy version
+ * it was decided under, for the re-check when the dial completes (tunnel.ts).
+ */
 export async function admit(egress: Egress, host: string, port: number, log: Logger): Promise<Admission> {
+  for (let i = 0; ; i++) {
+    const version = egress.version;
+    const a = await admitTarget(egress, host, port, log);
+    if (egress.version === version || i >= MAX_READMISSIONS) return a.ok ? { ...a, version } : a;
+  }
+}
+
+async function admitTarget(egress: Egress, host: string, port: number, log: Logger): Promise<Admission> {
   const t = classifyHost(host);
   if (t.kind === 'ipv6') {
     // The allowlist is IPv4 (sni/policy.ts): an IPv6 target cannot be decided, so it is refused.
@@ -80,8 +100,24 @@ export async function admit(egress: Egress, host: string, port: number, log: Log
   return admitName(egress, t.name, port, log);
 }
 
+/**
+ * The decision for an address a proxy client named (TCP target or UDP
+ * datagram): EgressPolicy.decide, then the rebinding filter names get
+ * (policy.admitResolved), so that a literal cannot reach what a name
+ * resolving to it could not: under --allow-all (no IP rules) loopback,
+ * private and link-local addresses are refused unless --admit-resolved
+ * admits them; an address an IP rule allows passes (the rule admits it).
+ */
+export function decideAddress(egress: Egress, proto: 'tcp' | 'udp', address: string, port: number): Decision {
+  const d = egress.decide({ proto, dst: address, port });
+  if (d.verdict !== 'allow') return d;
+  const { refused } = egress.policy.admitResolved([address], port);
+  if (refused.length === 0) return d;
+  return { verdict: 'block', reason: 'rebinding', rule: null, name: null, detail: `${address} is in a special range (${refused[0]!.range}) nothing admits` };
+}
+
 function admitAddress(egress: Egress, address: string, port: number): Admission {
-  let d: Decision = egress.decide({ proto: 'tcp', dst: address, port });
+  let d: Decision = decideAddress(egress, 'tcp', address, port);
   if (d.verdict === 'peek') {
     d = { verdict: 'block', reason: 'no-rule', rule: null, name: null, detail: 'an address target needs an IP/CIDR rule (hostname rules cover this port: connect by name)' };
   }
@@ -117,7 +153,9 @@ async function admitName(egress: Egress, host: string, port: number, log: Logger
   if (admitted.length === 0) {
     const detail = refused.map((x) => `${x.address} (${x.range})`).join(', ') || 'no IPv4 address';
     const id = egress.recordBlock('rebinding', 'tcp', name, port, name, 'target', detail);
-    if (egress.audit) return { ok: true, id, name, addresses: resolved, port, peek: 'none', dst: `${name}:${port}` };
+    // Audit lets rebinding through, but never to metadata.
+    const audited = egress.audit ? egress.auditAddresses(resolved, port) : [];
+    if (audited.length > 0) return { ok: true, id, name, addresses: audited, port, peek: 'none', dst: `${name}:${port}` };
     return { ok: false, id, kind: 'blocked', reason: 'rebinding', name, detail };
   }
   const id = egress.record(d, 'tcp', name, port, 'target', `dial ${admitted.join(',')}`);
@@ -130,7 +168,8 @@ async function auditName(egress: Egress, id: string, host: string, port: number,
   const name = canonicalHostname(host);
   if (typeof name !== 'string') return { ok: false, id, kind: 'blocked', reason: 'bad-name', name: null, detail: name.reason };
   try {
-    const addresses = await egress.targets.addressesFor(name);
+    const addresses = egress.auditAddresses(await egress.targets.addressesFor(name), port);
+    if (addresses.length === 0) return { ok: false, id, kind: 'blocked', reason: 'link-local', name, detail: 'audit mode never dials 169.254.0.0/16' };
     return { ok: true, id, name, addresses, port, peek: 'none', dst: `${name}:${port}` };
   } catch (err) {
     log.info('proxy target did not resolve', { name, port, error: (err as Error).message });

@@ -19,7 +19,7 @@
 import type { Socket } from 'node:net';
 import { canonicalHostname } from '../../dns/rules.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
-import type { Egress } from '../egress/egress.js';
+import type { Egress, InFlight } from '../egress/egress.js';
 import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from '../egress/refusals.js';
 import type { Logger } from '../log.js';
 import type { PeekMode } from './targets.js';
@@ -37,6 +37,8 @@ export interface TunnelPlan {
   peek: PeekMode;
   /** "name:port" for records. */
   dst: string;
+  /** Egress.version the admission was decided under (targets.ts); undefined: never re-checked. */
+  version?: number;
 }
 
 export interface TunnelContext {
@@ -206,6 +208,11 @@ export class Tunnel {
     this.client.off('data', this.onPeekData);
     this.client.off('end', this.onPeekEnd);
     this.client.pause();
+    // The peek took time: if the rules changed meanwhile, decide again before dialing anything.
+    if (!this.stillAdmitted(undefined, 'while peeking')) {
+      this.destroy();
+      return;
+    }
     let up: Socket;
     try {
       up = await this.ctx.dialer.connectFirst(this.plan.addresses, this.plan.port);
@@ -217,6 +224,12 @@ export class Tunnel {
     }
     if (this.state !== 'dialing') {
       up.destroy();
+      return;
+    }
+    // Admitted before it connected: the allowlist may have changed meanwhile (issue 14 finding 4).
+    if (!this.stillAdmitted(up.remoteAddress, 'while dialing')) {
+      up.destroy();
+      this.destroy();
       return;
     }
     this.upstream = up;
@@ -238,6 +251,17 @@ export class Tunnel {
     this.client.resume();
   }
 
+  private stillAdmitted(connected: string | undefined, why: string): boolean {
+    const p = this.plan;
+    const first = p.addresses[0];
+    if (p.version === undefined || first === undefined) return true;
+    const f: InFlight =
+      p.name !== null
+        ? { version: p.version, target: { kind: 'name', name: p.name, port: p.port }, dial: { kind: 'name', name: p.name }, via: 'target' }
+        : { version: p.version, target: { kind: 'flow', flow: { proto: 'tcp', dst: first, port: p.port } }, dial: { kind: 'address', address: first }, via: 'target' };
+    return this.ctx.egress.recheck(f, why, connected).keep;
+  }
+
   // --- refusing --------------------------------------------------------
 
   private refuse(id: string, how: 'tls' | 'http' | 'close', host: string | null = null, reason = ''): void {
@@ -256,7 +280,7 @@ export class Tunnel {
       return;
     }
     this.state = 'refusing';
-    const bytes = how === 'tls' ? TLS_ACCESS_DENIED_ALERT : forbiddenResponse({ host, reason, id, rules: this.ctx.egress.policy.ruleTexts });
+    const bytes = how === 'tls' ? TLS_ACCESS_DENIED_ALERT : forbiddenResponse({ host, reason, id, rules: this.ctx.egress.options.refusalDetails ? this.ctx.egress.policy.ruleTexts : null });
     this.client.end(bytes);
     this.client.resume(); // drain whatever else arrives; the linger timer bounds it
     this.timer = setTimeout(() => this.destroy(), this.ctx.egress.options.refusalLingerMs);

@@ -101,7 +101,13 @@ const matrix: Row[] = [
   { title: 'host alias: exempt', opts: { hostAliasExempt: true }, flow: tcp(HOST_ALIAS, 8080), want: allowAddress('host-alias-exempt', null, HOST_ALIAS) },
   { title: 'host alias: an IP rule with its port', rules: ['192.168.127.254:8080'], flow: tcp(HOST_ALIAS, 8080), want: allowAddress('ip-rule', '192.168.127.254:8080', HOST_ALIAS) },
   { title: 'host alias: an IP rule with another port', rules: ['192.168.127.254:8080'], flow: tcp(HOST_ALIAS, 8081), want: blocked('host-alias') },
-  { title: 'host alias: a CIDR containing it', rules: ['192.168.127.0/24'], flow: udp(HOST_ALIAS, 5353), want: allowAddress('ip-rule', '192.168.127.0/24', HOST_ALIAS) },
+  // A CIDR that merely contains the alias does not open the host's loopback (issue 14 finding 5).
+  { title: 'host alias: a CIDR containing it does not open it', rules: ['192.168.127.0/24'], flow: udp(HOST_ALIAS, 5353), want: blocked('host-alias') },
+  { title: 'host alias: a /16 with the port does not open it', rules: ['192.168.0.0/16:18080'], flow: tcp(HOST_ALIAS, 18080), want: blocked('host-alias') },
+  { title: 'host alias: 0.0.0.0/0 does not open it', rules: ['0.0.0.0/0'], flow: tcp(HOST_ALIAS, 18080), want: blocked('host-alias') },
+  { title: 'host alias: a /31 holding it does not open it', rules: ['192.168.127.254/31'], flow: tcp(HOST_ALIAS, 18080), want: blocked('host-alias') },
+  { title: 'host alias: an exact rule without port', rules: ['192.168.127.254'], flow: tcp(HOST_ALIAS, 18080), want: allowAddress('ip-rule', '192.168.127.254', HOST_ALIAS) },
+  { title: 'host alias: /32 notation names it', rules: ['192.168.127.254/32:18080'], flow: tcp(HOST_ALIAS, 18080), want: allowAddress('ip-rule', '192.168.127.254/32:18080', HOST_ALIAS) },
   { title: 'host alias: null alias is an ordinary address', opts: { hostAlias: null }, flow: tcp(HOST_ALIAS, 443), want: peek('github.com', '*.example.org') },
   { title: 'host alias: allowed with an empty allowlist', rules: [], flow: tcp(HOST_ALIAS, 8080), want: allowAddress('no-allowlist', null, HOST_ALIAS) },
 
@@ -110,7 +116,16 @@ const matrix: Row[] = [
   { title: 'metadata: blocked over UDP', flow: udp('169.254.169.254', 53), want: blocked('link-local') },
   { title: 'metadata: a rule naming it', rules: ['169.254.169.254'], flow: tcp('169.254.169.254', 80), want: allowAddress('ip-rule', '169.254.169.254', '169.254.169.254') },
   { title: 'metadata: a rule naming it on another port', rules: ['169.254.169.254:80'], flow: tcp('169.254.169.254', 443), want: blocked('link-local') },
-  { title: 'metadata: a CIDR containing it', rules: ['0.0.0.0/0'], flow: tcp('169.254.169.254', 80), want: allowAddress('ip-rule', '0.0.0.0/0', '169.254.169.254') },
+  // A CIDR that merely contains link-local space does not open it (issue 14 finding 5): the rule must lie inside 169.254/16.
+  { title: 'metadata: 0.0.0.0/0:80 does not open it', rules: ['0.0.0.0/0:80'], flow: tcp('169.254.169.254', 80), want: blocked('link-local') },
+  { title: 'metadata: 0.0.0.0/0 does not open it', rules: ['0.0.0.0/0'], flow: tcp('169.254.169.254', 80), want: blocked('link-local') },
+  { title: 'metadata: 128.0.0.0/1 does not open it', rules: ['128.0.0.0/1'], flow: udp('169.254.1.1', 53), want: blocked('link-local') },
+  { title: 'metadata: 169.0.0.0/8 does not open it', rules: ['169.0.0.0/8'], flow: tcp('169.254.169.254', 80), want: blocked('link-local') },
+  { title: 'metadata: 169.254.0.0/15 does not open it', rules: ['169.254.0.0/15'], flow: tcp('169.254.169.254', 80), want: blocked('link-local') },
+  { title: 'metadata: 169.254.0.0/16 opens it', rules: ['169.254.0.0/16'], flow: tcp('169.254.169.254', 80), want: allowAddress('ip-rule', '169.254.0.0/16', '169.254.169.254') },
+  { title: 'metadata: a /24 inside opens it on its port', rules: ['169.254.169.0/24:80'], flow: tcp('169.254.169.254', 80), want: allowAddress('ip-rule', '169.254.169.0/24:80', '169.254.169.254') },
+  { title: 'metadata: the most specific inside rule is reported, not the containing one', rules: ['0.0.0.0/0', '169.254.169.0/24'], flow: tcp('169.254.169.254', 80), want: allowAddress('ip-rule', '169.254.169.0/24', '169.254.169.254') },
+  { title: 'metadata: 0.0.0.0/0 still opens ordinary addresses', rules: ['0.0.0.0/0:80'], flow: tcp('203.0.113.9', 80), want: allowAddress('ip-rule', '0.0.0.0/0:80', '203.0.113.9') },
   { title: 'metadata: empty allowlist still blocks it', rules: [], flow: tcp('169.254.169.254', 80), want: blocked('link-local') },
   { title: 'metadata: empty allowlist with allowLinkLocal', rules: [], opts: { allowLinkLocal: true }, flow: tcp('169.254.169.254', 80), want: allowAddress('no-allowlist', null, '169.254.169.254') },
   { title: 'metadata: allowLinkLocal does not override a rule set', opts: { allowLinkLocal: true }, flow: tcp('169.254.169.254', 80), want: blocked('link-local') },
@@ -267,6 +282,17 @@ describe('EgressPolicy.admitResolved: the DNS-rebinding filter', () => {
     const at80 = p.admitResolved(['10.9.1.1', '127.0.0.1'], 80);
     expect(at80.admitted).toEqual(['127.0.0.1']);
     expect(at80.refused).toEqual([{ address: '10.9.1.1', range: 'private' }]);
+  });
+
+  it('a containing CIDR does not admit link-local or loopback answers; a rule or --admit-resolved inside the range does', () => {
+    const broad = policy(['github.com', '0.0.0.0/0'], { admitResolved: ['0.0.0.0/0'] }).admitResolved(['169.254.169.254', '127.0.0.1', '10.0.0.5'], 443);
+    expect(broad.admitted).toEqual(['10.0.0.5']);
+    expect(broad.refused).toEqual([
+      { address: '169.254.169.254', range: 'link-local' },
+      { address: '127.0.0.1', range: 'loopback' },
+    ]);
+    expect(policy(['github.com', '169.254.169.254']).admitResolved(['169.254.169.254'], 443).admitted).toEqual(['169.254.169.254']);
+    expect(policy(['github.com'], { admitResolved: ['169.254.0.0/16', '127.0.0.0/8'] }).admitResolved(['169.254.1.1', '127.0.0.1'], 443).admitted).toEqual(['169.254.1.1', '127.0.0.1']);
   });
 
   it('public and documentation addresses are admitted', () => {
@@ -477,6 +503,51 @@ describe('EgressPolicy properties', () => {
       { numRuns: 1000 },
     );
     expect(pinned).toBeGreaterThan(20);
+  });
+
+  it('a CIDR containing 169.254/16 or the host alias never opens them (random containing rules)', () => {
+    const LINK_LOCAL_NET = 0xa9fe0000;
+    const ALIAS = 0xc0a87ffe;
+    // A network of length 0..len containing `inside`, as rule text with an optional port.
+    const containing = (inside: number, maxPrefix: number) =>
+      fc.tuple(fc.integer({ min: 0, max: maxPrefix }), fc.option(portArb, { nil: undefined })).map(([prefix, port]) => {
+        const mask = prefix === 0 ? 0 : (0xffffffff << (32 - prefix)) >>> 0;
+        const net = (inside & mask) >>> 0;
+        const text = `${net >>> 24}.${(net >>> 16) & 255}.${(net >>> 8) & 255}.${net & 255}/${prefix}`;
+        return port === undefined ? text : `${text}:${port}`;
+      });
+    const broadArb = fc.array(fc.oneof(containing(LINK_LOCAL_NET, 15), containing(ALIAS, 31), ruleTextArb), { minLength: 1, maxLength: 6 });
+    fc.assert(
+      fc.property(broadArb, optsArb, fc.integer({ min: 0, max: 0xffff }), portArb, fc.constantFrom('tcp' as const, 'udp' as const), peekedArb, (texts, opts, low, port, proto, peeked) => {
+        // Only rules generated to lie inside 169.254/16 or name the alias exactly may open them; drop those the generic generator made.
+        const rules = parseRules(texts).filter((r) => !(r.kind === 'address' && (r.address === HOST_ALIAS || r.address.startsWith('169.254.'))) && !(r.kind === 'cidr' && r.network.startsWith('169.254.') && r.prefixLength >= 16));
+        fc.pre(rules.length > 0);
+        const p = EgressPolicy.compile({ rules, guestSubnet: GUEST, hostAlias: HOST_ALIAS, ...opts, hostAliasExempt: false });
+        const meta = `169.254.${low >> 8}.${low & 255}`;
+        const flow = (dst: string): FlowInput => (peeked === undefined ? { proto, dst, port } : { proto, dst, port, peeked });
+        expect(p.decide(flow(meta), pinsOf({ [meta]: ['git.example.com'] }))).toEqual(blocked('link-local'));
+        expect(p.decide(flow(HOST_ALIAS), pinsOf({ [HOST_ALIAS]: ['git.example.com'] }))).toEqual(blocked('host-alias'));
+        expect(p.admitResolved([meta], port).admitted).toEqual([]);
+      }),
+      { numRuns: 1000 },
+    );
+  });
+
+  it('a rule inside 169.254/16 opens the addresses it contains on its port, and only those', () => {
+    fc.assert(
+      fc.property(fc.integer({ min: 16, max: 32 }), fc.integer({ min: 0, max: 0xffff }), fc.integer({ min: 0, max: 0xffff }), fc.option(portArb, { nil: undefined }), portArb, (prefix, ruleLow, dstLow, rulePort, port) => {
+        const mask = (0xffffffff << (32 - prefix)) >>> 0;
+        const net = ((0xa9fe0000 | ruleLow) & mask) >>> 0;
+        const text = `169.254.${(net >>> 8) & 255}.${net & 255}/${prefix}${rulePort === undefined ? '' : `:${rulePort}`}`;
+        const p = policy([text]);
+        const dst = `169.254.${dstLow >> 8}.${dstLow & 255}`;
+        const inside = (((0xa9fe0000 | dstLow) & mask) >>> 0) === net;
+        const opens = inside && (rulePort === undefined || rulePort === port);
+        expect(p.decide(tcp(dst, port), pinsOf())).toEqual(opens ? allowAddress('ip-rule', text, dst) : blocked('link-local'));
+        expect(p.admitResolved([dst], port).admitted).toEqual(opens ? [dst] : []);
+      }),
+      { numRuns: 1000 },
+    );
   });
 
   it('169.254/16 is never allowed unless an IP rule contains it', () => {

@@ -179,6 +179,20 @@ describe('moat explain', () => {
     expect(other.code).toBe(3);
   });
 
+  it('the host alias: says Moat dials the host loopback, and that a containing CIDR does not open it (issue 14 finding 5)', async () => {
+    const exact = cliIo();
+    expect(await runCli(['explain', '--allow', '192.168.127.254:18080', ...resolverArgs(), '192.168.127.254:18080'], exact)).toBe(EXIT_OK);
+    const out = exact.out.join('');
+    expect(out).toContain('allowed: ip-rule (rule 192.168.127.254:18080), dialed to 127.0.0.1 (the host\'s loopback: 192.168.127.254 is the host alias)');
+    expect(out).not.toContain('dialed to 192.168.127.254');
+    const broad = cliIo();
+    expect(await runCli(['explain', '--allow', '192.168.0.0/16:18080', '--allow', '0.0.0.0/0:80', ...resolverArgs(), '192.168.127.254:18080'], broad)).toBe(3);
+    const b = broad.out.join('');
+    expect(b).toContain('blocked: host-alias');
+    expect(b).toContain('warning      rule 192.168.0.0/16:18080 contains the host alias 192.168.127.254 but does not open it');
+    expect(b).toContain('warning      rule 0.0.0.0/0:80 contains 169.254.0.0/16 (cloud metadata) but does not open it');
+  });
+
   it('usage errors exit 2 and name the problem', async () => {
     const none = await run([]);
     expect(none.code).toBe(EXIT_USAGE);

@@ -169,9 +169,23 @@ describe('egress through the NAT', () => {
     const id = /x-moat-decision: (\S+)\r\n/.exec(reply)?.[1];
     expect(id).toBeDefined();
     expect(reply).toContain('host evil.t.test is not allowed');
-    expect(reply).toContain(`www.t.test:${srv.port}`);
+    expect(reply).toContain(`decision ${id}`);
+    // The rules are not the guest's business (issue 14): they would show what else it may reach.
+    expect(reply).not.toContain('www.t.test');
     expect(s.dialed).toEqual([]);
     expect(decisions(s).find((d) => d['id'] === id)).toMatchObject({ decision: 'blocked', reason: 'name-not-allowed', name: 'evil.t.test' });
+  });
+
+  it('--refusal-details: the 403 also lists the rules', async () => {
+    const srv = await server();
+    const s = await setup([`www.t.test:${srv.port}`], { egress: { refusalDetails: true } });
+    const p = syn(FRONTED, srv.port);
+    s.nat.onTcpSyn(p);
+    const sock = await acceptedSocket(p);
+    sock.guestSend(Buffer.from('GET / HTTP/1.1\r\nHost: evil.t.test\r\n\r\n'));
+    await waitFor(() => sock.endCalled, 3000);
+    expect(text(sock)).toContain(`\nAllowed: www.t.test:${srv.port}\n`);
+    expect(s.dialed).toEqual([]);
   });
 
   it('a ClientHello naming a host outside the rules gets a TLS access_denied alert', async () => {

@@ -134,8 +134,9 @@ describe('SOCKS5 parsing (RFC 1928)', () => {
   it('greeting: needs more, offers no-auth or not, wrong version', () => {
     expect(parseGreeting(Uint8Array.from([5]))).toEqual({ kind: 'need-more' });
     expect(parseGreeting(Uint8Array.from([5, 2, 0x02]))).toEqual({ kind: 'need-more' });
-    expect(parseGreeting(Uint8Array.from([5, 2, 0x02, 0x00]))).toEqual({ kind: 'ok', used: 4, noAuth: true });
-    expect(parseGreeting(Uint8Array.from([5, 1, 0x02]))).toEqual({ kind: 'ok', used: 3, noAuth: false });
+    expect(parseGreeting(Uint8Array.from([5, 2, 0x02, 0x00]))).toEqual({ kind: 'ok', used: 4, noAuth: true, userPass: true });
+    expect(parseGreeting(Uint8Array.from([5, 1, 0x02]))).toEqual({ kind: 'ok', used: 3, noAuth: false, userPass: true });
+    expect(parseGreeting(Uint8Array.from([5, 1, 0x00]))).toEqual({ kind: 'ok', used: 3, noAuth: true, userPass: false });
     expect(parseGreeting(Uint8Array.from([4, 1, 0]))).toMatchObject({ kind: 'error' });
   });
 

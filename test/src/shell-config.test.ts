@@ -277,6 +277,7 @@ describe('config file and flag precedence', () => {
       'decision-log': '/tmp/decisions.jsonl',
       'allow-host-alias': true,
       mode: 'audit',
+      'refusal-details': true,
       // The limit flags (src/limits.ts), each at a value inside its bounds.
       ...Object.fromEntries(LIMIT_SPECS.map((l) => [l.flag, l.min])),
       // The logs' budget and rotation flags (src/log-flags.ts), likewise.
@@ -295,6 +296,7 @@ describe('config file and flag precedence', () => {
     expect(c.decisionLog).toBe('/tmp/decisions.jsonl');
     expect(c.allowHostAlias).toBe(true);
     expect(c.mode).toBe('audit');
+    expect(c.refusalDetails).toBe(true);
   });
 
   it('egress flags: defaults, and bad values named', () => {
