@@ -122,28 +122,45 @@ export class ApiServer {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    let status: number;
-    let body: unknown;
-    try {
-      const path = new URL(req.url ?? '/', 'http://moat').pathname;
-      const methods = this.routes.match(path);
-      if (methods === undefined) throw new HttpError(404, `no such path: ${path}`);
-      const handler = methods.get(req.method ?? '');
-      if (handler === undefined) {
-        res.setHeader('Allow', [...methods.keys()].join(', '));
-        throw new HttpError(405, `${req.method} not allowed on ${path}; use ${[...methods.keys()].join(', ')}`);
-      }
-      ({ status, body } = await handler(req));
-    } catch (e) {
-      ({ status, body } = errorResponse(e));
-      if (status >= 500) this.log.error('api request failed', { method: req.method, url: req.url, error: e });
-      else this.log.debug('api request refused', { method: req.method, url: req.url, status, error: (body as { error: string }).error });
-    }
+    const { status, body, allow } = await dispatch(this.routes, req, this.log);
+    if (allow !== undefined) res.setHeader('Allow', allow);
     // The rest of an oversized body is not read: close the connection rather than drain the upload.
     if (status === 413) res.setHeader('Connection', 'close');
     const text = body === undefined ? '' : JSON.stringify(body);
     res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
     res.end(text);
+  }
+}
+
+/** What a request gets: status, JSON body, and the Allow header of a 405. */
+export interface Answer {
+  status: number;
+  body: unknown;
+  allow?: string;
+}
+
+/**
+ * Routes one request through a table and turns every error into its JSON
+ * answer. The HTTP server uses it, and so does a `moat host` worker thread
+ * for the requests the API thread hands it.
+ */
+export async function dispatch(routes: RouteTable, req: IncomingMessage, log: Logger): Promise<Answer> {
+  let allow: string | undefined;
+  try {
+    const path = new URL(req.url ?? '/', 'http://moat').pathname;
+    const methods = routes.match(path);
+    if (methods === undefined) throw new HttpError(404, `no such path: ${path}`);
+    const handler = methods.get(req.method ?? '');
+    if (handler === undefined) {
+      allow = [...methods.keys()].join(', ');
+      throw new HttpError(405, `${req.method} not allowed on ${path}; use ${allow}`);
+    }
+    return await handler(req);
+  } catch (e) {
+    const { status, body } = errorResponse(e);
+    if (status >= 500) log.error('api request failed', { method: req.method, url: req.url, error: e });
+    else log.debug('api request refused', { method: req.method, url: req.url, status, error: body.error });
+    return { status, body, ...(allow !== undefined ? { allow } : {}) };
   }
 }
 

@@ -247,7 +247,7 @@ async function runHost(args: readonly string[], io: CliIo): Promise<number> {
   const uninstall = (await import('./fault-scope.js')).installFaultRouter(log);
   const signal = await stop.stopped;
   uninstall();
-  log.info('shutting down: closing every network', { signal, networks: host.networks.size });
+  log.info('shutting down: closing every network', { signal, networks: host.count() });
   const closed = await Promise.race([
     host.close().then(() => true),
     new Promise<false>((r) => setTimeout(() => r(false), SHUTDOWN_TIMEOUT_MS).unref()),

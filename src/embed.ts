@@ -225,14 +225,16 @@ export async function host(flags: ServeFlags | readonly string[] = {}, options: 
   const io = options.configIo ?? NODE_CONFIG_IO;
   const parsed = parseHostArgs(args, io, false);
   if (parsed.kind === 'help') throw new ConfigError('"help" is not a setting (the flags are listed by moat host --help)');
+  if (parsed.config.workers > 0) throw new ConfigError('--workers: not in-process: host() keeps its networks on this thread (moat host --workers N places them on threads)');
   const hostLog = loggerFor(options.log, parsed.config);
   const stream = options.log !== undefined && typeof (options.log as Logger).child !== 'function' ? (options.log as LogStream) : undefined;
-  const running = await startHost(parsed.config, hostLog, {
+  const started = await startHost(parsed.config, hostLog, {
     configIo: io,
     ...(options.deps ? { deps: options.deps } : {}),
     // Given a stream, each network logs with a budget of its own, as under the CLI.
     ...(stream ? { networkLogger: (name: string, c: ServeConfig) => loggerFor(stream, { ...c, logLevel: parsed.config.logLevel, logFormat: parsed.config.logFormat }).child({ network: name }) } : {}),
   });
+  const running = { ...started, networks: started.networks! };
   const wrapNetwork = (n: GuestNetwork): MoatNetwork => ({
     ...exposed(n),
     config: n.config,

@@ -32,11 +32,14 @@ export interface HostConfig {
   apiSocket: string | undefined;
   /** Networks held at once; POST /networks beyond it is refused. */
   maxNetworks: number;
+  /** Worker threads the networks are placed on; 0: all on the API's thread. */
+  workers: number;
   logLevel: LogLevel;
   logFormat: LogFormat;
 }
 
 export const DEFAULT_MAX_NETWORKS = 256;
+export const MAX_WORKERS = 64;
 export const MAX_NETWORKS_LIMIT = 10_000;
 
 /** Serve's description of a shared flag. */
@@ -62,6 +65,13 @@ export const HOST_FLAGS: readonly FlagDoc[] = [
     default: String(DEFAULT_MAX_NETWORKS),
     help: `Networks held at once (1..${MAX_NETWORKS_LIMIT}); POST /networks beyond it answers 503.`,
   },
+  {
+    name: 'workers',
+    type: 'string',
+    value: 'N',
+    default: '0 (every network on the API thread)',
+    help: `Place networks on N worker threads (0..${MAX_WORKERS}), the one holding the fewest first, so that guests use every core; the API thread only routes. A worker that dies takes its networks (listed as failed until deleted), not the others. Command line only, not in-process (host()).`,
+  },
   shared('log-level'),
   shared('log-format'),
   { name: 'help', type: 'boolean', help: 'Show this help.' },
@@ -86,7 +96,14 @@ export function parseHostArgs(args: readonly string[], io: ConfigIo = NODE_CONFI
     if (!(n >= 1 && n <= MAX_NETWORKS_LIMIT)) throw new ConfigError(`${maxRaw.label}: must be an integer 1..${MAX_NETWORKS_LIMIT}, got "${maxRaw.text}"`);
     maxNetworks = n;
   }
-  return { kind: 'config', config: { apiSocket: api?.kind === 'unix' ? api.path : undefined, maxNetworks, ...parseLogSettings(raw) } };
+  let workers = 0;
+  const workersRaw = str('workers');
+  if (workersRaw !== undefined) {
+    const n = /^\d{1,3}$/.test(workersRaw.text) ? Number(workersRaw.text) : NaN;
+    if (!(n >= 0 && n <= MAX_WORKERS)) throw new ConfigError(`${workersRaw.label}: must be an integer 0..${MAX_WORKERS}, got "${workersRaw.text}"`);
+    workers = n;
+  }
+  return { kind: 'config', config: { apiSocket: api?.kind === 'unix' ? api.path : undefined, maxNetworks, workers, ...parseLogSettings(raw) } };
 }
 
 export function hostHelp(): string {

@@ -219,14 +219,19 @@ export class NetworkHost implements RouteTable {
     try {
       network = await this.add(body);
     } catch (e) {
-      if (e instanceof NetworkConfigError) throw new HttpError(400, e.message, { errors: e.errors });
-      if (e instanceof NetworkExistsError) throw new HttpError(409, e.message);
-      if (e instanceof HostFullError) throw new HttpError(503, e.message);
-      if (e instanceof PreresolveError) throw new HttpError(502, `network not created: ${e.message}`);
-      throw e;
+      throw hostHttpError(e);
     }
     return { status: 201, body: summary(network.name!, network) };
   }
+}
+
+/** A POST /networks refusal as its HTTP answer (other errors unchanged). */
+export function hostHttpError(e: unknown): unknown {
+  if (e instanceof NetworkConfigError) return new HttpError(400, e.message, { errors: e.errors });
+  if (e instanceof NetworkExistsError) return new HttpError(409, e.message);
+  if (e instanceof HostFullError) return new HttpError(503, e.message);
+  if (e instanceof PreresolveError) return new HttpError(502, `network not created: ${e.message}`);
+  return e;
 }
 
 function summary(name: string, n: GuestNetwork): NetworkSummary {
@@ -249,7 +254,10 @@ function notFound(name: string): ReadonlyMap<string, Handler> {
 
 export interface RunningHost {
   readonly apiSocket: string | undefined;
-  readonly networks: NetworkHost;
+  /** The networks, when they live on this thread (undefined with --workers). */
+  readonly networks: NetworkHost | undefined;
+  /** How many networks the host holds. */
+  count(): number;
   close(): Promise<void>;
 }
 
@@ -259,24 +267,45 @@ export async function startHost(
   log: Logger,
   options: Pick<NetworkHostOptions, 'configIo' | 'deps' | 'faultScope' | 'networkLogger'> = {},
 ): Promise<RunningHost> {
-  const networks = new NetworkHost(log, {
-    maxNetworks: config.maxNetworks,
-    faultScope: options.faultScope === true,
-    ...(options.networkLogger ? { networkLogger: options.networkLogger } : {}),
-    ...(options.configIo ? { configIo: options.configIo } : {}),
-    ...(options.deps ? { deps: options.deps } : {}),
-  });
-  const api = config.apiSocket === undefined ? undefined : new ApiServer(networks, log);
-  if (api !== undefined) await api.listen(config.apiSocket!);
-  log.info('moat host ready', { api: config.apiSocket === undefined ? undefined : `unix://${config.apiSocket}`, maxNetworks: config.maxNetworks });
+  let networks: NetworkHost | undefined;
+  let table: RouteTable & { close(): Promise<void>; readonly size: number };
+  if (config.workers > 0) {
+    // Loaded only for --workers: a single-threaded host never loads the worker pool.
+    const { WorkerPool } = await import('./host-workers.js');
+    table = await WorkerPool.start(log, {
+      workers: config.workers,
+      maxNetworks: config.maxNetworks,
+      logLevel: config.logLevel,
+      logFormat: config.logFormat,
+      ...(options.configIo ? { configIo: options.configIo } : {}),
+    });
+  } else {
+    networks = new NetworkHost(log, {
+      maxNetworks: config.maxNetworks,
+      faultScope: options.faultScope === true,
+      ...(options.networkLogger ? { networkLogger: options.networkLogger } : {}),
+      ...(options.configIo ? { configIo: options.configIo } : {}),
+      ...(options.deps ? { deps: options.deps } : {}),
+    });
+    table = networks;
+  }
+  const api = config.apiSocket === undefined ? undefined : new ApiServer(table, log);
+  try {
+    if (api !== undefined) await api.listen(config.apiSocket!);
+  } catch (e) {
+    await table.close();
+    throw e;
+  }
+  log.info('moat host ready', { api: config.apiSocket === undefined ? undefined : `unix://${config.apiSocket}`, maxNetworks: config.maxNetworks, workers: config.workers });
   let closing: Promise<void> | undefined;
   return {
     apiSocket: config.apiSocket,
     networks,
+    count: () => table.size,
     close: () => {
       closing ??= (async () => {
         await api?.close();
-        await networks.close();
+        await table.close();
         log.info('moat host stopped');
       })();
       return closing;

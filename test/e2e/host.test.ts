@@ -50,8 +50,9 @@ interface Guest {
   shim: TrackedProcess | undefined;
 }
 
-describe.skipIf(gate.skip)('moat host e2e: many guests, one process, a policy each', () => {
-  const dir = mkdtempSync(join(tmpdir(), 'mh5-host-'));
+// Once with every network on the API thread, once placed on two worker threads (--workers 2).
+describe.skipIf(gate.skip).each([0, 2])('moat host --workers %i e2e: many guests, one process, a policy each', (workers) => {
+  const dir = mkdtempSync(join(tmpdir(), `mh5-host${workers}-`));
   const apiSocket = join(dir, 'host.sock');
   const procs: TrackedProcess[] = [];
   let moat: TrackedProcess;
@@ -102,7 +103,7 @@ describe.skipIf(gate.skip)('moat host e2e: many guests, one process, a policy ea
   beforeAll(async () => {
     onCleanup(() => rmSync(dir, { recursive: true, force: true }));
     for (const name of ['ga', 'gb']) {
-      const topo = createTopology({ prefix: `mh5${name}-`, internetAddresses: 1 });
+      const topo = createTopology({ prefix: `mh5${workers}${name}-`, internetAddresses: 1 });
       topo.assertRoutes([topo.remoteAddr, ...topo.internetAddrs]);
       guests[name] = { topo, name, socket: join(dir, `${name}.sock`), shim: undefined };
     }
@@ -115,7 +116,7 @@ describe.skipIf(gate.skip)('moat host e2e: many guests, one process, a policy ea
       const dns = spawnIn(g.topo.remoteNs, process.execPath, ['-e', DNS_SERVER_JS, g.topo.remoteAddr, '53', JSON.stringify(zone)]);
       await waitForOutput(dns, /^ready/m, { timeoutMs: 10_000, stream: 'stdout' });
     }
-    moat = spawnTracked(process.execPath, [MOAT_BIN, 'host', '--api', `unix://${apiSocket}`, '--log-format', 'json'], {
+    moat = spawnTracked(process.execPath, [MOAT_BIN, 'host', '--api', `unix://${apiSocket}`, '--workers', String(workers), '--log-format', 'json'], {
       env: { ...process.env, MOAT_TEST_FAULT: FAULT_MARKER },
     });
     procs.push(moat);
@@ -143,11 +144,13 @@ describe.skipIf(gate.skip)('moat host e2e: many guests, one process, a policy ea
     expect((await create(ga, ['a.mh5.test', ga.topo.internetAddrs[0]!])).status).toBe(201);
     expect((await create(gb, ['b.mh5.test'])).status).toBe(201);
     expect((await create(gb, ['b.mh5.test'])).status).toBe(409);
-    const list = (await api('GET', '/networks')).body as { name: string; state: string }[];
+    const list = (await api('GET', '/networks')).body as { name: string; state: string; worker?: number }[];
     expect(list.map((n) => [n.name, n.state])).toEqual([
       ['ga', 'running'],
       ['gb', 'running'],
     ]);
+    // With workers, the two networks are placed on different threads.
+    if (workers > 0) expect(list.map((n) => n.worker)).toEqual([0, 1]);
     await attach(ga);
     await attach(gb);
     expect(await dig(ga, 'a.mh5.test')).toBe(ga.topo.internetAddrs[0]);

@@ -34,7 +34,7 @@ beforeEach(async () => {
   upstream = await startTestUpstream({ 'github.com': { a: ['192.0.2.10'] }, 'example.com': { a: ['192.0.2.40'] } });
   const { log, lines } = captureLogger('info');
   logLines = lines;
-  running = await startHost({ apiSocket: apiSock, maxNetworks: 3, logLevel: 'info', logFormat: 'json' }, log, { configIo: IO });
+  running = await startHost({ apiSocket: apiSock, maxNetworks: 3, workers: 0, logLevel: 'info', logFormat: 'json' }, log, { configIo: IO });
 });
 
 afterEach(async () => {
@@ -279,6 +279,9 @@ describe('moat host on the command line', () => {
     const bad = fakeIo();
     expect(await runCli(['host', '--api', `unix://${join(dir, 'h.sock')}`, '--max-networks', '0'], bad)).toBe(EXIT_USAGE);
     expect(bad.err.join('')).toContain('--max-networks');
+    const workers = fakeIo();
+    expect(await runCli(['host', '--api', `unix://${join(dir, 'h.sock')}`, '--workers', '65'], workers)).toBe(EXIT_USAGE);
+    expect(workers.err.join('')).toContain('--workers');
   });
 
   it('runs until SIGTERM with its API up, then closes every network', async () => {
