@@ -11,7 +11,10 @@
  * Everything listens on unix sockets in a temporary directory; no guest, no
  * traffic, no namespace. Run from dist/ (npm run build):
  *
- *   node dist/bench/host.js [--networks 100] [--runs 5] [--out FILE]
+ *   node dist/bench/host.js [--networks 100] [--runs 5] [--workers 0] [--out FILE]
+ *
+ * With --workers N the host places its networks on N threads (RSS then
+ * includes the workers' isolates; their memory is in the same process).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -24,10 +27,11 @@ const ROOT = resolve(import.meta.dirname, '..', '..');
 const MOAT = join(ROOT, 'bin', 'moat.mjs');
 
 const { values } = parseArgs({
-  options: { networks: { type: 'string', default: '100' }, runs: { type: 'string', default: '5' }, out: { type: 'string' } },
+  options: { networks: { type: 'string', default: '100' }, runs: { type: 'string', default: '5' }, workers: { type: 'string', default: '0' }, out: { type: 'string' } },
 });
 const NETWORKS = Number(values.networks);
 const RUNS = Number(values.runs);
+const WORKERS = Number(values.workers);
 
 function rssKiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -81,7 +85,7 @@ function quantile(xs: readonly number[], q: number): number {
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'moat-bench-host-'));
-  const result: Record<string, unknown> = { date: new Date().toISOString(), node: process.version, networks: NETWORKS, runs: RUNS };
+  const result: Record<string, unknown> = { date: new Date().toISOString(), node: process.version, networks: NETWORKS, runs: RUNS, workers: WORKERS };
   try {
     // moat serve: start to ready, idle RSS.
     const serveMs: number[] = [];
@@ -98,7 +102,7 @@ async function main(): Promise<void> {
 
     // moat host: start, RSS with no network, then with NETWORKS networks.
     const api = join(dir, 'host.sock');
-    const { child, ms: hostMs } = await startUntil(['host', '--api', `unix://${api}`, '--log-format', 'json', '--max-networks', String(Math.max(NETWORKS, 1))], '"moat host ready"');
+    const { child, ms: hostMs } = await startUntil(['host', '--api', `unix://${api}`, '--workers', String(WORKERS), '--log-format', 'json', '--max-networks', String(Math.max(NETWORKS, 1))], '"moat host ready"');
     await sleep(1000);
     const rss0 = rssKiB(child.pid!);
     const createMs: number[] = [];

@@ -133,6 +133,8 @@ export function hostHelp(): string {
     '  moat host --api unix:///tmp/moat-host.sock &',
     "  curl --unix-socket /tmp/moat-host.sock -X POST http://moat/networks -d '{\"name\":\"vm1\",\"listen-qemu\":\"unix:///tmp/vm1.sock\"}'",
     '',
+    'With --workers N the networks are placed on N threads; the paths are the same (GET /networks says which worker).',
+    '',
     'Signals: SIGTERM/SIGINT close every network and exit. Exit status: 0 after a clean shutdown, 2 for a usage error,',
     '1 for a runtime error.',
     '',
