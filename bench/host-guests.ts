@@ -10,7 +10,12 @@
  * Needs root (namespaces), busybox, dig, curl, a C compiler for moat-shim.
  * Run from dist/ (npm run build):
  *
- *   node dist/bench/host-guests.js [--guests 10] [--workers 0] [--out FILE]
+ *   node dist/bench/host-guests.js [--guests 10] [--workers 0] [--load [--seconds 5]] [--out FILE]
+ *
+ * --load (K >= 2) then measures, between guests 0 and 1: guest 1's TCP
+ * request/response p99 alone and while guest 0 runs iperf3 flat out
+ * (fairness), and iperf3 throughput of guest 0 alone next to guests 0 and 1
+ * at once (what a second guest adds: compare --workers 0 and 2).
  */
 import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { execFile } from 'node:child_process';
@@ -20,8 +25,14 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cleanupAll, createTopology, killTracked, nsRunAsync, nsSpawn, spawnTracked, startShim, waitFor, waitForOutput, type Topology, type TrackedProcess } from '../test/e2e/harness.js';
 import { DNS_SERVER_JS, GATEWAY_IP, HTTP_SERVER_JS, MOAT_BIN } from '../test/e2e/moat-fixture.js';
+import { parseIperfJson } from '../test/e2e/bulk-support.js';
+import { ECHO_SERVER_JS, parseClientJson, RR_CLIENT_PY } from './compare/scripts.js';
 
-const { values } = parseArgs({ options: { guests: { type: 'string', default: '10' }, workers: { type: 'string', default: '0' }, out: { type: 'string' } } });
+const { values } = parseArgs({
+  options: { guests: { type: 'string', default: '10' }, workers: { type: 'string', default: '0' }, load: { type: 'boolean', default: false }, seconds: { type: 'string', default: '5' }, out: { type: 'string' } },
+});
+const LOAD = values.load === true;
+const SECONDS = Number(values.seconds);
 const K = Number(values.guests);
 const WORKERS = Number(values.workers);
 const TAP = 'moat0';
@@ -100,7 +111,8 @@ async function main(): Promise<void> {
       const status = await post(api, {
         name: `g${i}`,
         'listen-qemu': `unix://${join(dir, `g${i}.sock`)}`,
-        allow: [`g${i}.mh6.test`],
+        // With --load the guest also reaches its remote's address (iperf3, echo: nothing to peek at).
+        allow: [`g${i}.mh6.test`, ...(LOAD ? [topos[i]!.internetAddrs[0]!] : [])],
         resolver: `${topos[i]!.remoteAddr}:53`,
         // The test's "internet" addresses are in 198.18.0.0/15 (benchmarking), which the rebinding guard refuses.
         'admit-resolved': '198.18.0.0/15',
@@ -144,6 +156,7 @@ async function main(): Promise<void> {
         };
       }),
     );
+    if (LOAD && K >= 2) result['load'] = await measureLoad(topos, procs);
     result['rss'] = {
       noNetworkMiB: +(rss0 / 1024).toFixed(1),
       withNetworksMiB: +(rssNetworks / 1024).toFixed(1),
@@ -164,6 +177,44 @@ async function main(): Promise<void> {
   const text = JSON.stringify(result, null, 2);
   console.log(text);
   if (values.out !== undefined) writeFileSync(values.out, `${text}\n`);
+}
+
+/** Fairness and added throughput between guests 0 and 1 (servers in their remotes). */
+async function measureLoad(topos: Topology[], procs: TrackedProcess[]): Promise<Record<string, unknown>> {
+  const [a, b] = [topos[0]!, topos[1]!];
+  for (const t of [a, b]) {
+    const iperf = nsSpawn(t.remoteNs, 'iperf3', ['-s', '--forceflush', '-B', t.internetAddrs[0]!, '-p', '5201']);
+    procs.push(iperf);
+    await waitForOutput(iperf, /Server listening/, { stream: 'stdout', timeoutMs: 10_000 });
+  }
+  const echo = nsSpawn(b.remoteNs, process.execPath, ['-e', ECHO_SERVER_JS, b.internetAddrs[0]!, '7007']);
+  procs.push(echo);
+  await waitForOutput(echo, /^ready/m, { stream: 'stdout', timeoutMs: 10_000 });
+  const rr = async (): Promise<{ perSec: number; p50Us: number; p99Us: number }> => {
+    const r = await nsRun(b.guestNs, 'python3', ['-c', RR_CLIENT_PY, b.internetAddrs[0]!, '7007', String(SECONDS), '64'], (SECONDS + 20) * 1000);
+    return parseClientJson(r.stdout, r.stderr, 'rr');
+  };
+  const iperf = async (t: Topology, seconds: number): Promise<number> => {
+    const r = await nsRun(t.guestNs, 'iperf3', ['-c', t.internetAddrs[0]!, '-p', '5201', '-t', String(seconds), '-J'], (seconds + 20) * 1000);
+    return parseIperfJson(r.stdout).receivedBps;
+  };
+  const rrAlone = await rr();
+  // Guest a flat out; guest b's round trips start once a's stream is running.
+  const flood = iperf(a, SECONDS + 3);
+  await sleep(1500);
+  const rrLoaded = await rr();
+  const floodBps = await flood;
+  const aloneBps = await iperf(a, SECONDS);
+  const [pairA, pairB] = await Promise.all([iperf(a, SECONDS), iperf(b, SECONDS)]);
+  return {
+    rrAlone,
+    rrWhileOtherGuestFloods: rrLoaded,
+    floodBps: Math.round(floodBps),
+    p99Ratio: +(rrLoaded.p99Us / rrAlone.p99Us).toFixed(2),
+    iperfOneGuestBps: Math.round(aloneBps),
+    iperfTwoGuestsBps: Math.round(pairA + pairB),
+    twoGuestsOverOne: +((pairA + pairB) / aloneBps).toFixed(2),
+  };
 }
 
 function existsSocket(path: string): boolean {
