@@ -10,6 +10,11 @@
  *  decide    EgressPolicy.decide() for a SYN (no name yet) and again with
  *            the peeked name, over a 500-rule allowlist (exact hosts,
  *            wildcards, CIDRs) and a mix of allowed and refused flows.
+ *  watch     what a piped flow pays afterwards (one connection, one name):
+ *            HttpRequestStream over kept-alive requests (per request), over
+ *            a request body in 64 KiB chunks (bytes/s), and
+ *            TlsHandshakeWatcher over a hello + the server's answer (per
+ *            connection; then it stops).
  *
  * Prints operations per second and ns per operation, medians of --runs runs.
  *
@@ -19,7 +24,9 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseRules } from '../dns/rules.js';
+import { HttpRequestStream } from '../sni/http-stream.js';
 import { NamePeeker } from '../sni/peek.js';
+import { TlsHandshakeWatcher } from '../sni/tls-watch.js';
 import { PinTable } from '../sni/pins.js';
 import { EgressPolicy, type FlowInput } from '../sni/policy.js';
 
@@ -49,12 +56,12 @@ function median(xs: number[]): number {
 }
 
 /** Runs `body(i)` OPS times per run; returns the median ns per op. */
-function measure(body: (i: number) => void): number {
+function measure(body: (i: number) => void, ops = OPS): number {
   const ns: number[] = [];
   for (let r = 0; r < RUNS; r++) {
     const t0 = process.hrtime.bigint();
-    for (let i = 0; i < OPS; i++) body(i);
-    ns.push(Number(process.hrtime.bigint() - t0) / OPS);
+    for (let i = 0; i < ops; i++) body(i);
+    ns.push(Number(process.hrtime.bigint() - t0) / ops);
   }
   return median(ns);
 }
@@ -97,9 +104,43 @@ const decide = measure((i) => {
   if (d.verdict === 'allow') sink++;
 });
 
+// One connection, one name: the watch after the pipe starts.
+const keptAlive = new TextEncoder().encode('GET /index.html HTTP/1.1\r\nHost: www.example.org\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n'.repeat(64));
+const discard = (b: Uint8Array): void => {
+  sink += b.length;
+};
+const watchRequests = measure(() => {
+  new HttpRequestStream().push(keptAlive, discard);
+}, Math.max(1, Math.floor(OPS / 64))) / 64;
+const BODY_CHUNK = new Uint8Array(64 * 1024);
+const BODY_CHUNKS = 256; // 16 MiB per op
+const bodyHead = new TextEncoder().encode(`POST /up HTTP/1.1\r\nHost: www.example.org\r\nContent-Length: ${BODY_CHUNK.length * BODY_CHUNKS}\r\n\r\n`);
+const bodyOps = Math.max(1, Math.floor(OPS / 10_000));
+const bodyNs: number[] = [];
+for (let r = 0; r < RUNS; r++) {
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < bodyOps; i++) {
+    const s = new HttpRequestStream();
+    s.push(bodyHead, discard);
+    for (let c = 0; c < BODY_CHUNKS; c++) s.push(BODY_CHUNK, discard);
+  }
+  bodyNs.push(Number(process.hrtime.bigint() - t0) / (bodyOps * BODY_CHUNKS * BODY_CHUNK.length));
+}
+const watchBodyNsPerByte = median(bodyNs);
+// A ServerHello record (not an HRR): the watch ends there.
+const serverHello = Uint8Array.from([22, 3, 3, 0, 42, 2, 0, 0, 38, 3, 3, ...new Array<number>(32).fill(0x42), 0]);
+const watchTls = measure((i) => {
+  const w = new TlsHandshakeWatcher();
+  w.fromClient(hellos[i % hellos.length]!);
+  if (w.fromServer(serverHello) === 'done') sink++;
+});
+
 const row = (what: string, ns: number): string => `${what.padEnd(34)} ${(1e9 / ns).toFixed(0).padStart(10)} ops/s  ${ns.toFixed(0).padStart(6)} ns/op`;
 console.log(`sni bench: medians of ${RUNS} runs x ${OPS} ops (node ${process.version})`);
 console.log(row(`peek, whole (${hellos.length} hellos + 1 head)`, peekWhole));
 console.log(row('peek, hellos in 100-byte chunks', peekSplit));
 console.log(row('decide (SYN, peeked name, IP rule)', decide));
+console.log(row('watch: a kept-alive request (64/op)', watchRequests));
+console.log(`${'watch: request body, 64 KiB chunks'.padEnd(34)} ${(1 / watchBodyNsPerByte).toFixed(1).padStart(10)} GB/s`);
+console.log(row('watch: TLS hello + ServerHello', watchTls));
 if (sink < 0) console.log(sink); // keep the results alive

@@ -55,6 +55,8 @@ export {
   type Resolver,
   type RetryContext,
   type RetryPolicy,
+  type ServiceRecords,
+  type ServiceType,
   type Timers,
   type TtlClamp,
 } from './preresolve.js';
@@ -71,3 +73,13 @@ export {
   type ResponderOptions,
   type ResponderStats,
 } from './responder.js';
+export {
+  DEFAULT_LIVE_BUDGET,
+  LiveLookupBudget,
+  type LiveBudgetLimits,
+  type LiveBudgetOptions,
+  type LiveBudgetStats,
+  type LiveSpend,
+} from './live-budget.js';
+export { emitSvcb, parseSvcb, SVC_KEY, SvcbError, targetText, type SvcbRecord, type SvcParam } from './svcb.js';
+export { filterServiceRecord, type FilteredService } from './svcb-filter.js';

@@ -36,6 +36,20 @@ export interface ResolvedAddresses {
 export interface Resolver {
   resolve4(name: string, signal: AbortSignal): Promise<ResolvedAddresses>;
   resolve6(name: string, signal: AbortSignal): Promise<ResolvedAddresses>;
+  /**
+   * SVCB/HTTPS records of `name` as raw RDATA (RFC 9460), same NXDOMAIN and
+   * NODATA conventions. Optional: without it the responder answers those
+   * types with no records.
+   */
+  resolveService?(name: string, type: ServiceType, signal: AbortSignal): Promise<ServiceRecords>;
+}
+
+export type ServiceType = 'SVCB' | 'HTTPS';
+
+/** An upstream SVCB/HTTPS answer: each record's RDATA, undecoded, and the TTL in seconds. */
+export interface ServiceRecords {
+  readonly records: readonly Uint8Array[];
+  readonly ttl: number;
 }
 
 export const NXDOMAIN_CODE = 'ENOTFOUND';

@@ -17,6 +17,13 @@
  *    has a readable header → FORMERR; no readable header, or a response
  *    (QR set) → dropped and counted (RFC 1035 4.1.1, RFC 5452 9.1).
  *
+ *  - Live lookups spend from the guest's LiveLookupBudget (dns/live-budget.ts):
+ *    a new name over budget gets SERVFAIL with Extended DNS Error 15 naming
+ *    the budget; with live lookups off it gets the sinkhole's answer.
+ *  - HTTPS/SVCB (types 65/64) of allowed names are asked upstream and passed
+ *    on without `ech`, without `ipv6hint`, with `ipv4hint` cut to the
+ *    addresses Moat pinned (dns/svcb-filter.ts); sinkholed names get NODATA.
+ *
  * dns-packet validates and decodes the query; the answer is written by hand
  * because it is small and must reuse the query's own question bytes.
  */
@@ -28,12 +35,19 @@ import {
   DEFAULT_TTL_CLAMP,
   isNxdomain,
   lookup,
+  withRetry,
+  type RecordFamily,
   type Resolver,
   type RetryPolicy,
+  type ServiceType,
   type Timers,
   type TtlClamp,
 } from './preresolve.js';
+import type { LiveLookupBudget } from './live-budget.js';
 import { canonicalHostname, RuleError } from './rules.js';
+import { emitSvcb, parseSvcb, SvcbError, targetText } from './svcb.js';
+import { filterServiceRecord } from './svcb-filter.js';
+import { TtlCache } from './ttl-cache.js';
 import type { ZoneTable } from './zones.js';
 
 export type DnsTransport = 'udp' | 'tcp';
@@ -47,6 +61,8 @@ export type DnsOutcome =
   | 'sinkholed' // outside the allowlist
   | 'upstream-nxdomain'
   | 'upstream-failed' // SERVFAIL after the retries
+  | 'live-budget' // a new name below a wildcard, over the live-lookup budget: SERVFAIL + EDE 15, nothing asked
+  | 'live-off' // a new name below a wildcard with live lookups turned off: the sinkhole's answer
   | 'refused' // class other than IN
   | 'formerr'
   | 'notimp';
@@ -116,6 +132,14 @@ export interface ResponderOptions {
    * on record.
    */
   audit?: boolean;
+  /** What live lookups may cost (shared with dial-by-name); absent: unbudgeted. */
+  budget?: LiveLookupBudget;
+  /**
+   * Addresses Moat pinned for a name (the egress pin table): an HTTPS/SVCB
+   * answer's ipv4hint keeps only these. Default: the zone table's
+   * pre-resolved addresses of an exact host.
+   */
+  pinned?: (name: string) => readonly string[];
 }
 
 export interface ResponderStats {
@@ -128,6 +152,13 @@ export interface ResponderStats {
   upstreamFailed: number;
   /** Live lookups refused because maxLiveLookups were already in flight (also counted in upstreamFailed). */
   overloaded: number;
+  /** New names refused by the live-lookup budget (SERVFAIL + EDE 15). */
+  liveOverBudget: number;
+  /** New names below a wildcard refused because live lookups are off. */
+  liveOff: number;
+  /** HTTPS/SVCB answers passed on from upstream (filtered), and the records among them whose `ech` was removed. */
+  service: number;
+  echRemoved: number;
   truncated: number;
   formerr: number;
   notimp: number;
@@ -146,6 +177,12 @@ const CD = 0x0010;
 const TYPE_A = 1;
 const TYPE_AAAA = 28;
 const TYPE_OPT = 41;
+const TYPE_SVCB = 64;
+const TYPE_HTTPS = 65;
+/** Records of one HTTPS/SVCB answer passed on, at most: the upstream's answer is data the guest receives. */
+const MAX_SERVICE_RECORDS = 8;
+/** Upstream HTTPS/SVCB answers kept until their (clamped) TTL, at most. */
+const MAX_CACHED_SERVICES = 1024;
 /** RFC 8914 section 4: the EDNS0 option code of Extended DNS Errors, and INFO-CODE 15 "Blocked". */
 const OPTION_EDE = 15;
 const EDE_BLOCKED = 15;
@@ -181,6 +218,8 @@ interface Plan {
   ttl: number;
   rdata: Uint8Array[];
   decision: Omit<DnsDecision, 'rcode'>;
+  /** Extended DNS Error 15 text (RFC 8914), sent when the query carried EDNS0. */
+  ede?: Uint8Array;
 }
 
 export class DnsResponder {
@@ -192,6 +231,10 @@ export class DnsResponder {
     audited: 0,
     upstreamFailed: 0,
     overloaded: 0,
+    liveOverBudget: 0,
+    liveOff: 0,
+    service: 0,
+    echRemoved: 0,
     truncated: 0,
     formerr: 0,
     notimp: 0,
@@ -205,6 +248,8 @@ export class DnsResponder {
   private readonly maxUdpPayload: number;
   private readonly maxLiveLookups: number;
   private liveInFlight = 0;
+  /** "TYPE name" -> the upstream's raw records: a repeat within the TTL is answered without a query. */
+  private readonly serviceCache = new TtlCache<readonly Uint8Array[]>(MAX_CACHED_SERVICES);
 
   constructor(private readonly opts: ResponderOptions) {
     this.table = opts.table;
@@ -268,6 +313,10 @@ export class DnsResponder {
     const zoneName = zone.name === '' ? '.' : `${zone.name}.`;
 
     if (zone.kind !== 'root' && zone.apex !== null && name === zone.name) {
+      // A name from the rules: its HTTPS/SVCB records are asked upstream, outside the budget (the rules bound these names).
+      if (zone.kind === 'allowed' && isServiceType(q.type)) {
+        return this.upstream(q, name, null, false, { name, type: q.type, zone: zoneName, allowed: true, outcome: 'allowed' }, signal);
+      }
       const family = q.type === 'A' ? zone.apex.a : q.type === 'AAAA' ? zone.apex.aaaa : [];
       return this.addresses(q.type, family, zone.apex.ttl, true, {
         name,
@@ -294,44 +343,119 @@ export class DnsResponder {
     signal: AbortSignal | undefined,
   ): Promise<Plan> {
     const family = q.type === 'A' ? 'A' : q.type === 'AAAA' && this.opts.ipv6 ? 'AAAA' : null;
-    // Only addresses are looked up: other types would be a channel out of the
-    // sandbox with no use to a guest that may only connect to addresses.
-    if (family === null) return emptyPlan('NOERROR', { ...base, addresses: [], ttl: null });
+    // Only addresses and HTTPS/SVCB (filtered) are looked up: other types
+    // would be a channel out of the sandbox with no use to a guest that may
+    // only connect to addresses.
+    if (family === null && !isServiceType(q.type)) return emptyPlan('NOERROR', { ...base, addresses: [], ttl: null });
+    return this.upstream(q, name, family, true, base, signal);
+  }
+
+  /** One upstream lookup: addresses of `family`, or (family null) the HTTPS/SVCB records; `budgeted` spends from the live budget. */
+  private async upstream(
+    q: ParsedQuery,
+    name: string,
+    family: RecordFamily | null,
+    budgeted: boolean,
+    base: Omit<DnsDecision, 'rcode' | 'addresses' | 'ttl'>,
+    signal: AbortSignal | undefined,
+  ): Promise<Plan> {
+    if (family === null) {
+      const hit = this.serviceCache.get(`${q.type} ${name}`, this.opts.timers.now());
+      if (hit !== undefined) return this.servicePlan(q, name, base, hit.value, Math.ceil(hit.remainingMs / 1000));
+    }
     if (this.liveInFlight >= this.maxLiveLookups) {
       this.stats.overloaded++;
       return emptyPlan('SERVFAIL', { ...base, outcome: 'upstream-failed', addresses: [], ttl: null });
     }
+    const budget = budgeted ? this.opts.budget : undefined;
+    const spend = budget?.spend(name);
+    if (spend === 'over-budget') return this.overBudget(base, budget!);
+    if (spend === 'off') return this.sinkhole(q, name, base.zone ?? '.', 'live-off');
     this.liveInFlight++;
+    const ctx = { timers: this.opts.timers, policy: this.policy, ...(signal ? { signal } : {}) };
     try {
-      const r = await lookup(this.opts.resolver, family, name, {
-        timers: this.opts.timers,
-        policy: this.policy,
-        ...(signal ? { signal } : {}),
-      });
-      return this.addresses(q.type, r.addresses, clampTtl(r.ttl, this.ttlClamp), false, base);
+      if (family === null) {
+        const plan = await this.service(q, name, base, ctx);
+        budget?.answered(name, plan.ttl);
+        return plan;
+      }
+      const r = await lookup(this.opts.resolver, family, name, ctx);
+      const ttl = clampTtl(r.ttl, this.ttlClamp);
+      budget?.answered(name, ttl);
+      return this.addresses(q.type, r.addresses, ttl, false, base);
     } catch (err) {
-      if (isNxdomain(err)) return emptyPlan('NXDOMAIN', { ...base, outcome: 'upstream-nxdomain', addresses: [], ttl: null });
+      if (isNxdomain(err)) {
+        budget?.answered(name, this.ttlClamp.min); // asking again soon tells the upstream nothing new
+        return emptyPlan('NXDOMAIN', { ...base, outcome: 'upstream-nxdomain', addresses: [], ttl: null });
+      }
       return emptyPlan('SERVFAIL', { ...base, outcome: 'upstream-failed', addresses: [], ttl: null });
     } finally {
       this.liveInFlight--;
     }
   }
 
-  private sinkhole(q: ParsedQuery, name: string, zoneName: string): Plan {
+  /** HTTPS/SVCB from upstream, each record filtered (no ech, no ipv6hint, ipv4hint only to pinned addresses). */
+  private async service(
+    q: ParsedQuery,
+    name: string,
+    base: Omit<DnsDecision, 'rcode' | 'addresses' | 'ttl'>,
+    ctx: { timers: Timers; policy: RetryPolicy; signal?: AbortSignal },
+  ): Promise<Plan> {
+    const type = q.type as ServiceType;
+    const recordType = type === 'HTTPS' ? TYPE_HTTPS : TYPE_SVCB;
+    const resolver = this.opts.resolver;
+    if (resolver.resolveService === undefined) return { ...emptyPlan('NOERROR', { ...base, addresses: [], ttl: null }), recordType };
+    const r = await withRetry((s) => resolver.resolveService!(name, type, s), ctx);
+    const ttl = clampTtl(r.ttl, this.ttlClamp);
+    const records = r.records.slice(0, MAX_SERVICE_RECORDS);
+    this.serviceCache.set(`${type} ${name}`, records, this.opts.timers.now() + ttl * 1000);
+    return this.servicePlan(q, name, base, records, ttl);
+  }
+
+  /** The answer to an HTTPS/SVCB query from the upstream's records, filtered now (pins change). */
+  private servicePlan(q: ParsedQuery, name: string, base: Omit<DnsDecision, 'rcode' | 'addresses' | 'ttl'>, records: readonly Uint8Array[], ttl: number): Plan {
+    const recordType = q.type === 'HTTPS' ? TYPE_HTTPS : TYPE_SVCB;
+    const rdata: Uint8Array[] = [];
+    for (const raw of records) {
+      const record = parseSvcb(raw);
+      if (record instanceof SvcbError) continue; // a record the guest could not use either
+      const filtered = filterServiceRecord(record, this.pinned(targetText(record) || name));
+      if (filtered.echRemoved) this.stats.echRemoved++;
+      if (filtered.record !== null) rdata.push(emitSvcb(filtered.record));
+    }
+    this.stats.service++;
+    return { rcode: 'NOERROR', aa: false, recordType, ttl, rdata, decision: { ...base, addresses: [], ttl: null } };
+  }
+
+  private pinned(name: string): readonly string[] {
+    if (this.opts.pinned) return this.opts.pinned(name);
+    const zone = this.table.match(name);
+    return zone.kind !== 'root' && zone.apex !== null && zone.name === name ? zone.apex.a : [];
+  }
+
+  /** SERVFAIL (try again later) with EDE 15 naming the budget; nothing asked upstream. */
+  private overBudget(base: Omit<DnsDecision, 'rcode' | 'addresses' | 'ttl'>, budget: LiveLookupBudget): Plan {
+    const text = `moat live lookup budget exhausted (${budget.describe}): new names below this domain must wait`;
+    return { ...emptyPlan('SERVFAIL', { ...base, outcome: 'live-budget', addresses: [], ttl: null }), ede: new TextEncoder().encode(text) };
+  }
+
+  private sinkhole(q: ParsedQuery, name: string, zoneName: string, outcome: 'sinkholed' | 'live-off' = 'sinkholed'): Plan {
     const id = this.opts.decisionId?.();
     const decision = {
       name,
       type: q.type,
       zone: zoneName,
       allowed: false,
-      outcome: 'sinkholed' as const,
+      outcome,
       addresses: [],
       ttl: null,
       ...(id === undefined ? {} : { id }),
     };
-    if (this.table.sinkhole === 'nxdomain') return { ...emptyPlan('NXDOMAIN', decision), aa: true };
-    if (q.type !== 'A') return { ...emptyPlan('NOERROR', decision), aa: true };
-    return { rcode: 'NOERROR', aa: true, recordType: TYPE_A, ttl: this.sinkholeTtl, rdata: [new Uint8Array(4)], decision };
+    const ede = id === undefined ? undefined : blockedText(name, id, outcome === 'live-off' ? 'live lookups are off and it was not resolved at start-up' : 'is not allowed');
+    const extra = ede === undefined ? {} : { ede };
+    if (this.table.sinkhole === 'nxdomain') return { ...emptyPlan('NXDOMAIN', decision), aa: true, ...extra };
+    if (q.type !== 'A') return { ...emptyPlan('NOERROR', decision), aa: true, ...extra };
+    return { rcode: 'NOERROR', aa: true, recordType: TYPE_A, ttl: this.sinkholeTtl, rdata: [new Uint8Array(4)], decision, ...extra };
   }
 
   private addresses(
@@ -369,6 +493,12 @@ export class DnsResponder {
       case 'upstream-failed':
         this.stats.upstreamFailed++;
         break;
+      case 'live-budget':
+        this.stats.liveOverBudget++;
+        break;
+      case 'live-off':
+        this.stats.liveOff++;
+        break;
       case 'refused':
         this.stats.refused++;
         break;
@@ -380,9 +510,8 @@ export class DnsResponder {
   private encode(query: Uint8Array, q: ParsedQuery, plan: Plan, limit: number): Uint8Array {
     const question = query.subarray(HEADER, q.questionEnd);
     const rrLength = (rd: Uint8Array): number => 2 + 2 + 2 + 4 + 2 + rd.length;
-    // Only a sinkholed answer is a block; an audited name got its real answer.
-    const blocked = plan.decision.outcome === 'sinkholed' && plan.decision.id !== undefined;
-    const ede = q.ednsPayload !== null && blocked ? blockedText(plan.decision.name, plan.decision.id!) : null;
+    // Only refusals carry an EDE (a sinkholed name, a name over the live budget); an audited name got its real answer.
+    const ede = q.ednsPayload !== null && plan.ede !== undefined ? plan.ede : null;
     const edeLength = ede === null ? 0 : 4 + 2 + ede.length;
     const optLength = q.ednsPayload === null ? 0 : 11 + edeLength;
     let answerBytes = 0;
@@ -439,8 +568,8 @@ export class DnsResponder {
 }
 
 /** The EXTRA-TEXT of a blocked answer (UTF-8, no NUL: RFC 8914 section 2). */
-function blockedText(name: string, id: string): Uint8Array {
-  let text = `blocked by moat allowlist: ${name} is not allowed (decision ${id})`;
+function blockedText(name: string, id: string, why: string): Uint8Array {
+  let text = `blocked by moat allowlist: ${name} ${why} (decision ${id})`;
   if (text.length > MAX_EDE_TEXT) text = `blocked by moat allowlist (decision ${id})`;
   return new TextEncoder().encode(text);
 }
@@ -494,7 +623,7 @@ function parseQuery(query: Uint8Array): ParsedQuery | null {
     flags: (query[2]! << 8) | query[3]!,
     questionEnd,
     name: q.name,
-    type: String(q.type),
+    type: typeName(String(q.type)),
     qclass: String(q.class ?? 'IN'),
     ednsPayload: opts.length === 1 ? opts[0]!.udpPayloadSize : null,
     ednsVersion: opts.length === 1 ? (opts[0]!.ednsVersion ?? 0) : 0,
@@ -513,6 +642,15 @@ function endOfFirstQuestion(msg: Uint8Array): number {
   }
   off += 1 + 4;
   return off <= msg.length ? off : -1;
+}
+
+/** dns-packet 5.6 names types 64/65 "UNKNOWN_64"/"UNKNOWN_65". */
+function typeName(type: string): string {
+  return type === 'UNKNOWN_64' ? 'SVCB' : type === 'UNKNOWN_65' ? 'HTTPS' : type;
+}
+
+function isServiceType(type: string): type is ServiceType {
+  return type === 'HTTPS' || type === 'SVCB';
 }
 
 function addressBytes(type: 'A' | 'AAAA', address: string): Uint8Array {

@@ -156,6 +156,10 @@ export interface StackStats {
   drops: Record<string, number>;
   tcpConnections: number;
   tcpHeldSyns: number;
+  /** Four-tuples in TIME-WAIT (outside tcpConnections and its limit). */
+  tcpTimeWait?: number;
+  /** TIME-WAIT records dropped early because maxTimeWait were held (oldest first). */
+  tcpTimeWaitRecycled?: number;
 }
 
 /** The stack as its owner drives it. Implemented by `Stack` in stack.ts. */
@@ -227,6 +231,11 @@ export interface StackConfig {
     maxConnections: number;
     /** SYNs waiting for a decision; beyond it new SYNs are dropped. */
     maxHeldSyns: number;
+    /**
+     * Four-tuples held in TIME-WAIT (small records, not counted in
+     * maxConnections); beyond it the oldest is dropped early. Default 65536.
+     */
+    maxTimeWait?: number;
     /**
      * How long the ACK for a small in-order segment may wait for the answer
      * to carry it, on connections that answer (request/response); default 4,

@@ -64,6 +64,8 @@ import {
   type TcpRepr,
   type TcpSegmentFields,
 } from './tcp/header.js';
+import { IsnGenerator } from './tcp/isn.js';
+import { TimeWaitTable, type TimeWaitFields } from './tcp/time-wait.js';
 import { Timer, TimerWheel } from './timer-wheel.js';
 import { emitUdpHeader, parseUdp, UDP_HEADER_LEN } from './udp.js';
 
@@ -76,6 +78,15 @@ export const MAX_MTU = 65520;
  * Linux's 40 ms minimum, so that a writer held by Nagle waits little.
  */
 export const DEFAULT_DELAYED_ACK_MS = 4;
+
+/**
+ * Four-tuples held in TIME-WAIT at once (Linux tcp_max_tw_buckets): 1,000
+ * server-closed connections per second for the 60 s of TIME-WAIT, at about
+ * 450 bytes each (about 30 MB when full, measured); beyond it the oldest is recycled.
+ */
+export const DEFAULT_MAX_TIME_WAIT = 65_536;
+/** Linux's TCP_TIMEWAIT_LEN, as the connection's default. */
+const TIME_WAIT_MS = 60_000;
 
 /** gvproxy's defaults, so that guests configured for gvproxy work unchanged. */
 export const DEFAULT_STACK_CONFIG: StackConfig = Object.freeze({
@@ -99,6 +110,7 @@ export const DEFAULT_STACK_CONFIG: StackConfig = Object.freeze({
     synHoldTimeoutMs: 30_000,
     maxConnections: 16_384,
     maxHeldSyns: 1024,
+    maxTimeWait: DEFAULT_MAX_TIME_WAIT,
   }),
   fragments: Object.freeze({ maxBytes: 4 * 1024 * 1024, maxDatagrams: 256, timeoutMs: 30_000 }),
 }) as StackConfig;
@@ -118,10 +130,12 @@ export interface StackOptions {
   /** Output staging buffers (see frame-arena.ts); the service passes Buffer.allocUnsafe. */
   allocate?: Allocator;
   /**
-   * Uniform random numbers in [0, 1), for initial sequence numbers. Default
+   * Uniform random numbers in [0, 1), for the key of the initial sequence numbers (tcp/isn.ts). Default
    * Math.random; tests pass a seeded generator so that a failing case replays.
    */
   random?: () => number;
+  /** Initial sequence numbers chosen by the caller instead (tests pin one to drive a wrap or a far-away ISN). */
+  isn?: (tuple: FourTuple) => number;
   /**
    * The owner's onOutput is done with a batch when it returns (it writes each
    * frame synchronously, as the TAP link does). Small batches are then lent
@@ -150,15 +164,21 @@ export class Stack implements NetStack, TcpHost {
     drops: {},
     tcpConnections: 0,
     tcpHeldSyns: 0,
+    tcpTimeWait: 0,
+    tcpTimeWaitRecycled: 0,
   };
   readonly timers: TimerWheel;
   readonly localMss: number;
 
   private readonly arena: FrameArena;
   private readonly random: () => number;
+  private readonly pinnedIsn: ((tuple: FourTuple) => number) | undefined;
+  private readonly isnGenerator: IsnGenerator;
   private readonly neighbors = new NeighborTable();
   private readonly connections = new FlowTable<TcpConnection>();
   private readonly held = new FlowTable<HeldSyn>();
+  /** Four-tuples in TIME-WAIT: small records outside `connections` and its limit, bounded on their own. */
+  private readonly timeWait: TimeWaitTable;
   private readonly dhcp: DhcpServer;
   private readonly reassembler: Reassembler;
   private readonly tcpConfig: TcpConfig;
@@ -183,6 +203,8 @@ export class Stack implements NetStack, TcpHost {
     validateConfig(config);
     this.arena = new FrameArena(options.allocate, undefined, options.syncOutput ?? false);
     this.random = options.random ?? Math.random;
+    this.pinnedIsn = options.isn;
+    this.isnGenerator = new IsnGenerator(() => clock.now(), this.random);
     this.config = config;
     this.timers = new TimerWheel(clock);
     // Largest TCP payload the guest may send us: the MTU less IPv4 and TCP headers.
@@ -206,12 +228,17 @@ export class Stack implements NetStack, TcpHost {
       clock,
     );
     this.reassembler = new Reassembler(config.fragments, this.timers);
+    this.timeWait = new TimeWaitTable(config.tcp.maxTimeWait ?? DEFAULT_MAX_TIME_WAIT, TIME_WAIT_MS, clock, this.timers, (t, seg) => {
+      this.transmitRaw(t.dst, t.src, seg);
+      if (!this.inBatch) this.kick();
+    });
     this.tcpConfig = {
       sendBufferBytes: config.tcp.sendBufferBytes,
       recvBufferBytes: config.tcp.recvBufferBytes,
       oooBytes: config.tcp.oooBytes,
       delayedAckMs: config.tcp.delayedAckMs ?? DEFAULT_DELAYED_ACK_MS,
       segmentOffloadBytes: Math.min(config.tcp.segmentOffloadBytes ?? 0, MAX_OFFLOAD_SEGMENT_BYTES),
+      timeWaitMs: TIME_WAIT_MS,
     };
   }
 
@@ -370,6 +397,13 @@ export class Stack implements NetStack, TcpHost {
         return;
       }
     }
+    const tw = this.timeWait.get(ip.src, seg.srcPort, ip.dst, seg.dstPort);
+    if (tw !== undefined) {
+      // A pure SYN reopens the four-tuple at once (RFC 6191); everything else is TIME-WAIT's to answer.
+      if (this.timeWait.input(tw, seg) === 'done') return this.countTimeWait();
+      this.timeWait.remove(tw);
+      this.countTimeWait();
+    }
     const held = this.held.get(ip.src, seg.srcPort, ip.dst, seg.dstPort);
     if (held !== undefined) {
       // The guest retransmitted its SYN while the owner decides: nothing new to say.
@@ -454,9 +488,10 @@ export class Stack implements NetStack, TcpHost {
     if (!this.inBatch) this.kick();
   }
 
-  /** Initial sequence numbers: random, as RFC 6528 asks, from the injected source. */
-  isn(): number {
-    return Math.floor(this.random() * 0x100000000) >>> 0;
+  /** Initial sequence numbers: RFC 6528's 4 µs clock plus a keyed hash of the four-tuple (tcp/isn.ts). */
+  isn(tuple: FourTuple): number {
+    if (this.pinnedIsn !== undefined) return this.pinnedIsn(tuple) >>> 0;
+    return this.isnGenerator.isn(tuple);
   }
 
   scheduleFlush(conn: TcpConnection): void {
@@ -470,6 +505,17 @@ export class Stack implements NetStack, TcpHost {
   released(conn: TcpConnection): void {
     this.connections.delete(conn.tuple, conn);
     this.stats.tcpConnections = this.connections.size;
+  }
+
+  adoptTimeWait(fields: TimeWaitFields): void {
+    this.timeWait.add(fields);
+    this.countTimeWait();
+  }
+
+  private countTimeWait(): void {
+    const s = this.timeWait.stats();
+    this.stats.tcpTimeWait = s.size;
+    this.stats.tcpTimeWaitRecycled = s.recycled;
   }
 
   // ---------------------------------------------------------------- owner API
@@ -486,6 +532,12 @@ export class Stack implements NetStack, TcpHost {
     };
     if (this.connections.get(tuple.src, tuple.srcPort, tuple.dst, tuple.dstPort) !== undefined) {
       throw new Error(`connectTcp: a connection on this four-tuple already exists`);
+    }
+    // Our own TIME-WAIT on the tuple: the new ISN (clock-driven, tcp/isn.ts) is past the old connection's numbers.
+    const tw = this.timeWait.get(tuple.src, tuple.srcPort, tuple.dst, tuple.dstPort);
+    if (tw !== undefined) {
+      this.timeWait.remove(tw);
+      this.countTimeWait();
     }
     const conn = TcpConnection.connect(this, this.tcpConfig, tuple, handlers);
     this.connections.set(tuple, conn);
@@ -512,6 +564,8 @@ export class Stack implements NetStack, TcpHost {
   resetGuest(): void {
     for (const h of this.held.values()) this.forgetHeld(h);
     for (const c of this.connections.values()) c.abort();
+    this.timeWait.clear();
+    this.countTimeWait();
     this.neighbors.clear();
     this.reassembler.clear();
     // A new guest (another MAC after a VM re-create) must still get the guest
@@ -523,15 +577,21 @@ export class Stack implements NetStack, TcpHost {
   }
 
   /** How full each table is: for /stats, and for tests that check nothing is left behind. */
-  tableSizes(): { connections: number; heldSyns: number; fragmentDatagrams: number; fragmentBytes: number; neighbors: number; timers: number } {
+  tableSizes(): { connections: number; heldSyns: number; timeWait: number; fragmentDatagrams: number; fragmentBytes: number; neighbors: number; timers: number } {
     return {
       connections: this.connections.size,
       heldSyns: this.held.size,
+      timeWait: this.timeWait.size,
       fragmentDatagrams: this.reassembler.datagrams,
       fragmentBytes: this.reassembler.bufferedBytes,
       neighbors: this.neighbors.size,
       timers: this.timers.size,
     };
+  }
+
+  /** Whether `tuple` (guest side first) is held in TIME-WAIT: for tests and diagnostics. */
+  inTimeWait(tuple: FourTuple): boolean {
+    return this.timeWait.get(tuple.src, tuple.srcPort, tuple.dst, tuple.dstPort) !== undefined;
   }
 
   dhcpLeases(): { mac: Mac; ip: IPv4; expiresAt: number }[] {
@@ -756,4 +816,6 @@ function validateConfig(c: StackConfig): void {
     if (!inSubnet(ip, c.network, c.prefix)) fail(name, 'must be inside the subnet');
   }
   if (new Set([c.gatewayIp, c.guestIp, c.hostIp]).size !== 3) fail('gatewayIp/guestIp/hostIp', 'must be distinct');
+  const tw = c.tcp.maxTimeWait;
+  if (tw !== undefined && (!Number.isInteger(tw) || tw < 1)) fail('tcp.maxTimeWait', `must be a positive integer, got ${tw}`);
 }

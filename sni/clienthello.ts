@@ -308,7 +308,7 @@ export function parseClientHelloBody(b: Uint8Array): Found | Malformed {
         if (sawServerName) return malformed('tls:duplicate-extension');
         sawServerName = true;
         const sni = parseServerName(body);
-        if (typeof sni !== 'string' && sni !== null) return sni;
+        if (typeof sni !== 'string') return sni;
         found.sni = sni;
         break;
       }
@@ -336,36 +336,34 @@ export function parseClientHelloBody(b: Uint8Array): Found | Malformed {
 
 /**
  * RFC 6066 3: ServerNameList server_name_list<1..2^16-1>, each entry
- * name_type(1) + HostName<1..2^16-1>. Returns the host_name, or null when the
- * list names only unknown types. More than one host_name is refused: "The
- * ServerNameList MUST NOT contain more than one name of the same name_type."
+ * name_type(1) + HostName<1..2^16-1>. Moat accepts exactly one entry, of type
+ * host_name (0), and returns its name. Anything else is malformed: a list like
+ * [type 1 "blocked.test", type 0 "raw.test"] would otherwise be read as
+ * raw.test here while a server that takes the first entry (or knows type 1)
+ * could act on the other name. No other name_type was ever defined, so a
+ * real client never sends one.
  */
-function parseServerName(b: Uint8Array): string | null | Malformed {
+function parseServerName(b: Uint8Array): string | Malformed {
   if (b.length < 2) return malformed('tls:bad-server-name-list');
   const listLength = (b[0]! << 8) | b[1]!;
   if (listLength + 2 !== b.length || listLength === 0) return malformed('tls:bad-server-name-list');
-  let p = 2;
-  let name: string | null = null;
-  while (p < b.length) {
-    if (p + 3 > b.length) return malformed('tls:bad-server-name-list');
-    const nameType = b[p]!;
-    const length = (b[p + 1]! << 8) | b[p + 2]!;
-    p += 3;
-    if (p + length > b.length) return malformed('tls:bad-server-name-list');
-    if (nameType === SERVER_NAME_TYPE_HOST_NAME) {
-      if (name !== null) return malformed('tls:duplicate-host-name');
-      if (length === 0) return malformed('tls:bad-server-name');
-      // ASCII only (RFC 6066 3: "HostName" is a DNS name in A-labels). Refuse
-      // spaces and control bytes so the name is safe to log and compare.
-      for (let i = p; i < p + length; i++) {
-        const c = b[i]!;
-        if (c < 0x21 || c > 0x7e) return malformed('tls:bad-server-name');
-      }
-      name = ascii(b, p, p + length);
-    }
-    p += length;
+  if (listLength < 3) return malformed('tls:bad-server-name-list');
+  const nameType = b[2]!;
+  const length = (b[3]! << 8) | b[4]!;
+  const p = 5;
+  if (p + length > b.length) return malformed('tls:bad-server-name-list');
+  if (nameType !== SERVER_NAME_TYPE_HOST_NAME) return malformed('tls:bad-server-name-type');
+  // "MUST NOT contain more than one name of the same name_type" (RFC 6066 3);
+  // and a second entry of any type is refused for the reason above.
+  if (p + length !== b.length) return malformed('tls:multiple-server-names');
+  if (length === 0) return malformed('tls:bad-server-name');
+  // ASCII only (RFC 6066 3: "HostName" is a DNS name in A-labels). Refuse
+  // spaces and control bytes so the name is safe to log and compare.
+  for (let i = p; i < p + length; i++) {
+    const c = b[i]!;
+    if (c < 0x21 || c > 0x7e) return malformed('tls:bad-server-name');
   }
-  return name;
+  return ascii(b, p, p + length);
 }
 
 /**

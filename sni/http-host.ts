@@ -24,6 +24,11 @@
  *   or '%' escapes cannot smuggle a second name.
  * - The method must be an upper-case token (see `isMethodByte`); anything
  *   else is `not-http`.
+ * - Body framing must be unambiguous (RFC 9112 6.1-6.3), because a stream
+ *   reader (http-stream.ts) skips bodies by it to find the next request: one
+ *   Content-Length of digits only, or one Transfer-Encoding that is exactly
+ *   `chunked` (not in HTTP/1.0), never both. The reader exposes the framing
+ *   of the head it found (`framing`).
  *
  * Memory: a head that arrives whole in one chunk is parsed in place; otherwise
  * it is copied into a buffer that grows with what arrived, up to `maxHeadBytes`.
@@ -56,6 +61,19 @@ const NOT_HTTP: HttpHostResult = Object.freeze({ kind: 'not-http' }) as HttpHost
 function malformed(reason: `http:${string}`): Malformed {
   return { kind: 'malformed', reason };
 }
+
+/** How a request head frames what follows it (RFC 9112 6.3), as read from the head. */
+export interface RequestFraming {
+  /** Body bytes announced by Content-Length (0: no body); ignored when `chunked`. */
+  contentLength: number;
+  /** Transfer-Encoding: chunked. */
+  chunked: boolean;
+  /** The request asks to leave HTTP/1.x on this connection: an Upgrade header field, or CONNECT. */
+  upgrade: boolean;
+}
+
+/** Content-Length digits accepted: 15 keeps the value an exact JS integer (< 2^53). */
+const MAX_CONTENT_LENGTH_DIGITS = 15;
 
 /**
  * Bytes a method may contain. RFC 9110 9.1 allows any token, but methods are
@@ -96,6 +114,10 @@ export class HttpHeadReader {
   private inMethod = true;
   private previousWasCR = false;
   private lineLength = 0;
+  private lastHeadEnd = -1;
+
+  /** The framing of the head last found (valid after a 'found' result; one object, reused). */
+  readonly framing: RequestFraming = { contentLength: 0, chunked: false, upgrade: false };
 
   constructor(opts?: { maxHeadBytes?: number }) {
     const max = opts?.maxHeadBytes ?? DEFAULT_MAX_HEAD_BYTES;
@@ -117,10 +139,32 @@ export class HttpHeadReader {
     return this.buffer === null ? 0 : this.buffer.length;
   }
 
+  /**
+   * After a 'found' result: the index in the chunk last pushed just past the
+   * head's empty line (bytes from there on are the body or the next request).
+   */
+  get headEnd(): number {
+    return this.lastHeadEnd;
+  }
+
+  /** Ready for the next request head on the same connection (keeps nothing of the last). */
+  reset(): void {
+    this.seen = 0;
+    this.terminal = null;
+    this.buffer = null;
+    this.fill = 0;
+    this.scanned = 0;
+    this.inMethod = true;
+    this.previousWasCR = false;
+    this.lineLength = 0;
+    this.lastHeadEnd = -1;
+  }
+
   /** `chunk` is only read during the call; whatever must be kept is copied. */
   push(chunk: Uint8Array): HttpHostResult {
     this.seen += chunk.length;
     if (this.terminal !== null) return this.terminal;
+    this.lastHeadEnd = -1;
     const r = this.consume(chunk);
     if (r.kind !== 'need-more') {
       this.terminal = r;
@@ -135,9 +179,10 @@ export class HttpHeadReader {
     const end = this.scan(chunk, limit);
     if (typeof end !== 'number') return end;
     if (end >= 0) {
-      if (this.fill === 0) return parseRequestHead(chunk.subarray(0, end)); // whole head in this chunk
+      this.lastHeadEnd = end;
+      if (this.fill === 0) return parseRequestHead(chunk.subarray(0, end), this.framing); // whole head in this chunk
       this.append(chunk, end);
-      return parseRequestHead(this.buffer!.subarray(0, this.fill));
+      return parseRequestHead(this.buffer!.subarray(0, this.fill), this.framing);
     }
     this.append(chunk, limit);
     if (this.scanned >= this.maxHeadBytes) return malformed('http:head-too-long');
@@ -202,7 +247,7 @@ export class HttpHeadReader {
  * by CRLF, then an empty line (the scanner has checked there is no bare CR or
  * LF and that the method is a valid one).
  */
-function parseRequestHead(h: Uint8Array): Found | Malformed {
+function parseRequestHead(h: Uint8Array, framing: RequestFraming): Found | Malformed {
   // Request line: method SP request-target SP HTTP-version (RFC 9112 3).
   const lineEnd = indexOfCRLF(h, 0);
   const sp1 = h.indexOf(SP);
@@ -221,6 +266,9 @@ function parseRequestHead(h: Uint8Array): Found | Malformed {
 
   // Header fields (RFC 9112 5).
   let hostValue: string | null | undefined; // undefined: no Host header
+  let contentLength = -1; // -1: no Content-Length field
+  let transferEncoding = false;
+  let upgrade = method === 'CONNECT';
   let p = lineEnd + 2;
   for (;;) {
     const end = indexOfCRLF(h, p);
@@ -248,9 +296,34 @@ function parseRequestHead(h: Uint8Array): Found | Malformed {
       const host = parseHostPort(h, vStart, vEnd, false);
       if (host === undefined) return malformed('http:bad-host');
       hostValue = host;
+    } else if (fieldNameIs(h, p, colon, 'content-length')) {
+      // One field, digits only: "5, 5" or two fields are refused rather than
+      // reconciled (RFC 9112 6.3 lets a server pick; we must not guess).
+      if (contentLength >= 0) return malformed('http:duplicate-content-length');
+      if (vEnd === vStart || vEnd - vStart > MAX_CONTENT_LENGTH_DIGITS) return malformed('http:bad-content-length');
+      let n = 0;
+      for (let i = vStart; i < vEnd; i++) {
+        if (!isDigit(h[i]!)) return malformed('http:bad-content-length');
+        n = n * 10 + (h[i]! - 0x30);
+      }
+      contentLength = n;
+    } else if (fieldNameIs(h, p, colon, 'transfer-encoding')) {
+      // Only plain "chunked": any other coding (or a list) leaves the body's
+      // end to be guessed, which is how requests get smuggled.
+      if (transferEncoding) return malformed('http:duplicate-transfer-encoding');
+      if (!valueIs(h, vStart, vEnd, 'chunked')) return malformed('http:bad-transfer-encoding');
+      transferEncoding = true;
+    } else if (fieldNameIs(h, p, colon, 'upgrade')) {
+      upgrade = true;
     }
     p = end + 2;
   }
+  if (transferEncoding && contentLength >= 0) return malformed('http:content-length-and-transfer-encoding');
+  // RFC 9112 6.1: chunked in an HTTP/1.0 request is faulty framing.
+  if (transferEncoding && version === 0) return malformed('http:transfer-encoding-in-http-1.0');
+  framing.contentLength = contentLength < 0 ? 0 : contentLength;
+  framing.chunked = transferEncoding;
+  framing.upgrade = upgrade;
 
   // Which host the request is for (RFC 9112 3.2).
   let targetHost: string | null = null;
@@ -362,6 +435,22 @@ function isIpv6LiteralByte(c: number): boolean {
 
 function isDigit(c: number): boolean {
   return c >= 0x30 && c <= 0x39;
+}
+
+/** Field name h[start, end) is `lower` (lower-case ASCII letters and '-'), case-insensitively. */
+function fieldNameIs(h: Uint8Array, start: number, end: number, lower: string): boolean {
+  return valueIs(h, start, end, lower);
+}
+
+/** h[start, end) equals `lower` ignoring ASCII case (`lower` holds letters and '-' only). */
+function valueIs(h: Uint8Array, start: number, end: number, lower: string): boolean {
+  if (end - start !== lower.length) return false;
+  for (let i = 0; i < lower.length; i++) {
+    const c = h[start + i]!;
+    const want = lower.charCodeAt(i);
+    if (c !== want && !(want >= 0x61 && want <= 0x7a && (c | 0x20) === want)) return false;
+  }
+  return true;
 }
 
 /** Field name h[start, end) is "Host", case-insensitively (RFC 9110 5.1). */

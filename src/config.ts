@@ -18,6 +18,7 @@ import { parseRules, RuleSetError, type Rule } from '../dns/rules.js';
 import type { SinkholeMode } from '../dns/zones.js';
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js';
 import { limitFlagDocs, parseLimits, type Limits } from './limits.js';
+import { liveLookupFlagDocs, parseLiveLookups, type LiveLookupSettings } from './allowlist/live-lookup-flags.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from './log-flags.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
 
@@ -75,12 +76,16 @@ export interface ServeConfig {
   decisionLog: string | undefined;
   /** The host alias is reachable whatever the rules say (--allow-host-alias). */
   allowHostAlias: boolean;
+  /** Refuse TLS ClientHellos that carry encrypted_client_hello (--refuse-ech). */
+  refuseEch: boolean;
   /** enforce, or audit: everything flows and refusals are logged as would-block (--mode). */
   mode: 'enforce' | 'audit';
   /** Resource limits (--max-tcp-flows ... --api-max-body-bytes, src/limits.ts); DEFAULT_LIMITS where absent. */
   limits?: Limits;
   /** A 403 lists the allow rules (--refusal-details); absent = off. */
   refusalDetails?: boolean;
+  /** The live-lookup budget (--live-lookup-*, --no-live-lookups); the defaults when absent. */
+  liveLookups?: LiveLookupSettings;
   /** The logs' budget and the decision log's rotation (--log-lines-per-sec ..., src/log-flags.ts); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
 }
@@ -225,6 +230,14 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     help: "With --allow, a refusal's 403 body also lists the allow rules (for debugging). Off, it names the host, the reason and the decision id only: the rules would tell a guest what else it may reach and which wildcards are resolved live.",
   },
   { name: 'allow-host-alias', type: 'boolean', default: 'off', help: 'With --allow, let the guest reach the host alias (--host-ip) on any port. Otherwise only a rule naming its exact address opens it (e.g. --allow 192.168.127.254:8080); a CIDR containing it does not.' },
+  {
+    name: 'refuse-ech',
+    type: 'boolean',
+    default: 'off (ECH is allowed and recorded: "ech": true in the decision log)',
+    help: 'With --allow, refuse every TLS ClientHello that carries encrypted_client_hello (reason "ech"): its real server name is encrypted, only the outer SNI is checked. GREASE ECH looks the same, so clients that send it by default (Chrome) are refused too; see README.',
+  },
+  // The live-lookup budget: described once in src/allowlist/live-lookup-flags.ts.
+  ...liveLookupFlagDocs(),
   // Resource limits: described once in src/limits.ts LIMIT_SPECS.
   ...limitFlagDocs(),
   // The logs' budget and the decision log's rotation: described once in src/log-flags.ts.
@@ -668,6 +681,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const peekTimeoutMs = parsePeekTimeout(raw);
   const mode = parseMode(raw);
   const decisionLog = parseDecisionLog(raw);
+  const liveLookups = parseLiveLookupFlags(raw);
 
   // --max-tcp-flows ... --api-max-body-bytes
   const limits = parseLimits(str);
@@ -698,11 +712,20 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     peekTimeoutMs,
     decisionLog,
     allowHostAlias: raw.get('allow-host-alias')?.value === true,
+    refuseEch: parseRefuseEch(raw, allowlist.allow.length > 0),
     mode,
     limits,
     refusalDetails: raw.get('refusal-details')?.value === true,
+    liveLookups,
     logLimits,
   };
+}
+
+/** --live-lookup-rate, --live-lookup-burst, --live-lookup-bytes, --live-lookup-burst-bytes, --no-live-lookups. Shared by serve and proxy. */
+export function parseLiveLookupFlags(raw: Map<string, Raw>): LiveLookupSettings {
+  const settings = parseLiveLookups(getters(raw).str, raw.get('no-live-lookups')?.value === true);
+  if (typeof settings === 'string') throw new ConfigError(settings);
+  return settings;
 }
 
 /** --admit-resolved: IPv4 CIDRs with no host bits set (shared by serve and proxy). */
@@ -715,6 +738,13 @@ export function parseAdmitResolved(raw: Map<string, Raw>): string[] {
     }
   }
   return admitRaw.items;
+}
+
+/** --refuse-ech: only meaningful with rules, which is when ClientHellos are read (shared by serve and proxy). */
+export function parseRefuseEch(raw: Map<string, Raw>, hasRules: boolean): boolean {
+  const on = raw.get('refuse-ech')?.value === true;
+  if (on && !hasRules) throw new ConfigError('--refuse-ech: needs --allow rules (without them no ClientHello is read)');
+  return on;
 }
 
 /** --peek-timeout-ms: 100..600000, DEFAULT_PEEK_TIMEOUT_MS when absent (shared by serve and proxy). */
@@ -838,6 +868,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
           peekTimeoutMs: c.peekTimeoutMs,
           decisionLog: c.decisionLog,
           allowHostAlias: c.allowHostAlias,
+          refuseEch: c.refuseEch,
           mode: c.mode,
           refusalDetails: c.refusalDetails ?? false,
         }),

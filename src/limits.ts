@@ -28,6 +28,8 @@ export interface Limits {
   maxTcpFlows: number;
   /** Guest SYNs held while Moat dials (the SYN backlog); SYNs beyond it are dropped. */
   maxHalfOpen: number;
+  /** Four-tuples held in TIME-WAIT (not counted in maxTcpFlows); beyond it the oldest is dropped early. */
+  maxTimeWait: number;
   /** UDP flows at once; a new flow beyond it is refused unless the least recently used flow is idle. */
   maxUdpFlows: number;
   /** Bytes a flow's host socket may buffer towards the host before the guest side is paused. */
@@ -83,6 +85,14 @@ export const LIMIT_SPECS: readonly LimitSpec[] = [
     min: 1,
     max: 65_536,
     help: "Guest SYNs held unanswered while Moat dials their destination (the SYN backlog). A SYN beyond it is dropped (the guest retries). /stats: limits.halfOpen.",
+  },
+  {
+    flag: 'max-time-wait',
+    key: 'maxTimeWait',
+    default: 65_536,
+    min: 1,
+    max: 1_048_576,
+    help: "Connections the host side closed first, held in TIME-WAIT for 60 s (a small record each, about 450 bytes, not counted in --max-tcp-flows), as Linux's tcp_max_tw_buckets. Beyond it the oldest is dropped early; no connection is refused. /stats: limits.timeWait.",
   },
   {
     flag: 'max-udp-flows',

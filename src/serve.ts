@@ -20,6 +20,7 @@ import type { IPv4 } from '../netstack/addr.js';
 import { formatIPv4, formatMac } from '../netstack/addr.js';
 import type { Clock } from '../netstack/clock.js';
 import type { NetStack, PendingTcp, StackConfig, StackEvents, UdpDatagram } from '../netstack/api.js';
+import { randomBytes } from 'node:crypto';
 import { createStack, DEFAULT_STACK_CONFIG, type StackOptions } from '../netstack/stack.js';
 import type { Resolver } from '../dns/preresolve.js';
 import { NodeDnsResolver } from './allowlist/resolver.js';
@@ -115,8 +116,9 @@ export function stackConfigFor(config: ServeConfig): StackConfig {
       ...DEFAULT_STACK_CONFIG.tcp,
       maxHeldSyns: limits.maxHalfOpen,
       // The NAT enforces --max-tcp-flows; the stack's own bound (which also
-      // counts TIME-WAIT and port-forward connections) must not be lower.
+      // counts port-forward connections) must not be lower. TIME-WAIT is outside both.
       maxConnections: Math.max(DEFAULT_STACK_CONFIG.tcp.maxConnections, limits.maxTcpFlows),
+      maxTimeWait: limits.maxTimeWait,
       // A TAP with a virtio-net header takes TCP segments beyond the MTU (the link marks them GSO).
       ...(config.tapFd !== undefined && config.tapVnetHdr === true ? { segmentOffloadBytes: TAP_GSO_SEGMENT_BYTES } : {}),
     },
@@ -407,6 +409,8 @@ export async function startGuestNetwork(
       allocate: (n) => Buffer.allocUnsafe(n),
       // The TAP link writes every frame before onOutput returns.
       syncOutput: link instanceof TapFdLink,
+      // The ISN key (RFC 6528) from the OS, not Math.random, whose state its outputs reveal.
+      random: () => randomBytes(4).readUInt32BE(0) / 0x100000000,
     });
     driver.attach(stack);
     nat.attach(stack);
@@ -529,7 +533,8 @@ async function startAllowlist(
         admitResolved: config.admitResolved,
         hostAliasExempt: config.allowHostAlias,
         allowLinkLocal: config.allowLinkLocal,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false, refuseEch: config.refuseEch },
+        ...(config.liveLookups ? { liveLookups: config.liveLookups } : {}),
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,
@@ -595,6 +600,7 @@ function limitStats(limits: Limits, stack: NetStack, nat: Partial<NatStats>, api
       refused: (nat.tcp?.limitRefused ?? 0) + (drops['tcp:connection-limit'] ?? 0),
     },
     halfOpen: { max: limits.maxHalfOpen, current: stack.stats.tcpHeldSyns, refused: drops['tcp:syn-backlog-full'] ?? 0 },
+    timeWait: { max: limits.maxTimeWait, current: stack.stats.tcpTimeWait ?? 0, recycled: stack.stats.tcpTimeWaitRecycled ?? 0 },
     udpFlows: { max: limits.maxUdpFlows, current: nat.udpFlows ?? 0, refused: nat.udp?.refused ?? 0, evictedIdle: nat.udp?.evicted ?? 0 },
     buffers: { perFlow: limits.flowBufferBytes, ...(nat.buffers ?? { max: limits.totalBufferBytes }) },
     fragments: {
@@ -628,7 +634,7 @@ function collectStats(
     frames: { in: l.framesIn, out: l.framesOut },
     bytes: { in: l.bytesIn, out: l.bytesOut },
     drops,
-    flows: { tcpConnections: s.tcpConnections, tcpHeldSyns: s.tcpHeldSyns, forwards: forwards.list().length },
+    flows: { tcpConnections: s.tcpConnections, tcpHeldSyns: s.tcpHeldSyns, tcpTimeWait: s.tcpTimeWait ?? 0, forwards: forwards.list().length },
     link: { ...l },
     stack: { ...s, drops: { ...s.drops } },
     nat: nat.stats(),

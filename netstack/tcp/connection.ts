@@ -1,8 +1,9 @@
 /**
  * One TCP connection: the RFC 9293 state machine with RFC 7323 (window scale,
  * timestamps, PAWS), RFC 5961 (challenge ACKs), RFC 6298 (RTO), RFC 5681 +
- * RFC 6582 (NewReno), RFC 2018 (SACK blocks for our out-of-order queue) and
- * RFC 1122's keepalive. It never sees a frame: the Stack (its host) demuxes
+ * RFC 6582 (NewReno), RFC 2018 (SACK both ways) and RFC 2883 (D-SACK sent),
+ * RFC 6675 + RFC 8985 (SACK recovery, RACK, TLP), RFC 3522 (Eifel undo of
+ * a spurious timeout), RFC 7661 (cwnd validation) and RFC 1122's keepalive. It never sees a frame: the Stack (its host) demuxes
  * segments to `input()` and builds Ethernet/IPv4 around what `transmit()`
  * hands it.
  *
@@ -28,8 +29,9 @@
  *   aborted: remove it from the tables. Called exactly once.
  * - `localMss`: the largest segment we can receive, MTU - 40.
  * - `isn?(tuple)`: optional initial sequence number source (tests pass a
- *   fixed one; default Math.random, RFC 9293 §3.4.1 only asks for
- *   unpredictability, and netstack/ has no crypto).
+ *   fixed one; the Stack uses RFC 6528, tcp/isn.ts; default Math.random).
+ * - `adoptTimeWait?(fields)`: optional; takes TIME-WAIT over as a small
+ *   record (tcp/time-wait.ts) once the owner was told 'closed'.
  *
  * ## Choices
  *
@@ -52,9 +54,10 @@
  *   acknowledged at the end of the batch.
  * - Zero-window probes are Linux's (tcp_xmit_probe_skb): an ACK with
  *   SEQ = SND.UNA - 1, which the peer must answer with its current window.
- * - Loss recovery is NewReno; the peer's SACK blocks are parsed but not used
- *   (RFC 6675 is not implemented). We do offer SACK-permitted, so that a
- *   Linux sender recovers fast from our SACK blocks.
+ * - Loss recovery: with SACK, RFC 6675 recovery over a scoreboard of the
+ *   segments in flight (scoreboard.ts), losses found by RACK and tail losses
+ *   by a tail loss probe (RFC 8985); without SACK, NewReno (RFC 6582) with
+ *   limited transmit (RFC 3042). We offer SACK-permitted both ways.
  * - onClose('closed') is raised when the close completes from the
  *   application's point of view (entering TIME-WAIT or CLOSED); the host is
  *   told `released` only when TIME-WAIT ends, so the four-tuple keeps
@@ -79,6 +82,8 @@ import {
 import { OooRanges, RecvRing } from './recv-buffer.js';
 import { RttEstimator } from './rtt.js';
 import { SendBuffer } from './send-buffer.js';
+import { OOW_ACK_INTERVAL_MS, TS_RECENT_VALID_MS, type TimeWaitFields } from './time-wait.js';
+import { Scoreboard } from './scoreboard.js';
 import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from './seq.js';
 
 export interface PayloadSource {
@@ -98,6 +103,12 @@ export interface TcpHost {
   readonly localMss: number;
   /** Optional source of initial sequence numbers. */
   isn?(tuple: FourTuple): number;
+  /**
+   * Optional: take over TIME-WAIT as a small record (tcp/time-wait.ts) once
+   * the owner has been told 'closed'; the connection is then released. A
+   * host without it leaves the connection to wait out TIME-WAIT itself.
+   */
+  adoptTimeWait?(fields: TimeWaitFields): void;
 }
 
 export interface TcpConfig {
@@ -207,12 +218,18 @@ function chooseShift(bytes: number): number {
   return s;
 }
 
-/** Linux ignores out-of-window pure ACKs answered less than this apart (tcp_invalid_ratelimit). */
-const OOW_ACK_INTERVAL_MS = 500;
 const TS_OPTION_BYTES = 12;
 /** TCP option bytes a full-sized segment may carry besides its payload (the most options can take). */
 const FULL_SEGMENT_SLACK = 40;
 const DEFAULT_MSS = 536; // RFC 9293 §3.7.1: when the peer sends no MSS option
+/** Tail loss probe (RFC 8985 §7.2): never sooner than this (older Linux's floor), whatever the RTT. */
+const MIN_PTO_MS = 10;
+/** Added to the PTO when one segment is in flight: the peer may hold its ACK (Linux's minimum delayed ACK). */
+const PTO_DELAYED_ACK_MS = 40;
+/** Duplicate ACKs that mean loss without SACK information (RFC 5681 DupThresh). */
+const DUP_THRESH = 3;
+/** Linux's TCP_MIN_SND_MSS: the smallest peer MSS we honour. */
+const MIN_PEER_MSS = 48;
 
 /** What a connection that has said onClose calls from then on: nothing. */
 const DETACHED_HANDLERS: TcpHandlers = { onData() {}, onEnd() {}, onDrain() {}, onClose() {} };
@@ -258,9 +275,15 @@ export class TcpConnection implements TcpSocket {
   private activeOpen = false;
   private sackOk = false;
   private tsRecent = 0;
+  /** When TS.Recent was last set (RFC 7323 §5.5: it expires after 24 days). */
+  private tsRecentAt = 0;
   /** Our TSval at the last retransmission timeout: older echoes give no RTT sample. */
   private tsSampleFloor = 0;
   private tsSampleFloorActive = false;
+  /** The first RTO of an episode may prove spurious (Eifel, RFC 3522): the window to restore then. */
+  private undoArmed = false;
+  private undoCwnd = 0;
+  private undoSsthresh = 0;
   private lastAckSent = 0;
   private readonly tsOffset: number;
   private peerMss = DEFAULT_MSS;
@@ -283,6 +306,20 @@ export class TcpConnection implements TcpSocket {
   private rttStart = 0;
   private persistBackoff = 0;
   private probesOut = 0;
+  /** With SACK: the scoreboard for RFC 6675 recovery and RACK (RFC 8985); null without SACK (NewReno). */
+  private board: Scoreboard | null = null;
+  /** RACK's reordering timer and the tail loss probe's timer, made when first needed. */
+  private reoTimer: Timer | null = null;
+  private tlpTimer: Timer | null = null;
+  /** A tail loss probe went out and no ACK advanced SND.UNA since (one probe per episode). */
+  private tlpOut = false;
+  /** Recovery just started: one lost segment is resent whatever the pipe (RFC 6675 §5 step 4.3). */
+  private recoveryKick = false;
+  /** Extra sending room for one output() call (the tail loss probe's one new segment). */
+  private extraCwnd = 0;
+  private readonly lostRange: [number, number] = [0, 0];
+  /** When data last left (restart after idle, RFC 5681 §4.1). */
+  private lastDataSentAt = 0;
 
   // Application side.
   private paused = false;
@@ -320,6 +357,10 @@ export class TcpConnection implements TcpSocket {
   private readonly outOpts: TcpOptions;
   private readonly outTs = { value: 0, echo: 0 };
   private readonly outSack: number[] = [];
+  /** Duplicate data arrived: the next segment reports it in a D-SACK block (RFC 2883). */
+  private dsackPending = false;
+  private dsackStart = 0;
+  private dsackEnd = 0;
 
   private constructor(
     private readonly host: TcpHost,
@@ -366,7 +407,7 @@ export class TcpConnection implements TcpSocket {
     const o = syn.options;
     c.irs = syn.seq >>> 0;
     c.rcvNxt = seqAdd(syn.seq, 1);
-    c.peerMss = o.mss ?? DEFAULT_MSS;
+    c.peerMss = peerMssOf(o.mss);
     if (o.windowScale !== null) {
       c.wsOk = true;
       c.sndShift = Math.min(14, o.windowScale);
@@ -377,6 +418,7 @@ export class TcpConnection implements TcpSocket {
     if (o.timestamp !== null) {
       c.tsOk = true;
       c.tsRecent = o.timestamp.value;
+      c.tsRecentAt = c.lastRecvAt;
     }
     // The SYN's window is never scaled (RFC 7323 §2.2).
     c.sndWnd = c.maxSndWnd = syn.window;
@@ -508,10 +550,15 @@ export class TcpConnection implements TcpSocket {
     const flags = seg.flags;
     const ts = seg.options.timestamp;
 
-    // RFC 7323 §5.3 R1 (PAWS): an old timestamp makes the segment unacceptable. Never applied to RST (§3.2).
+    // RFC 7323 §5.3 R1 (PAWS): an old timestamp makes the segment unacceptable. Never applied to RST (§5.3).
     if (this.tsOk && ts !== null && (flags & TCP_RST) === 0 && seqLt(ts.value, this.tsRecent)) {
-      this.sendOutOfWindowAck(seg.payload.length + (flags & TCP_FIN));
-      return;
+      if (this.lastRecvAt - this.tsRecentAt <= TS_RECENT_VALID_MS) {
+        this.sendOutOfWindowAck(seg.payload.length + (flags & TCP_FIN));
+        return;
+      }
+      // §5.5: TS.Recent older than 24 days may have wrapped past the peer's clock; it is invalid, not the segment.
+      this.tsRecent = ts.value;
+      this.tsRecentAt = this.lastRecvAt;
     }
 
     let seq = seg.seq >>> 0;
@@ -553,12 +600,20 @@ export class TcpConnection implements TcpSocket {
           this.ackOwed = true;
         }
       } else {
-        if ((flags & TCP_RST) === 0) this.sendOutOfWindowAck(segLen);
+        // A SYN out of the window earns the same rate-limited challenge ACK as one inside it (RFC 5961 §4.2, §7; Linux syn_challenge).
+        if (syn) this.sendChallengeAck();
+        else if ((flags & TCP_RST) === 0) {
+          // Data we have already: say so with a D-SACK block (RFC 2883), so the peer can undo a spurious retransmission.
+          if (payload.length > 0 && seqLe(seqAdd(seq, payload.length), this.rcvNxt)) this.noteDsack(seq, seqAdd(seq, payload.length));
+          this.sendOutOfWindowAck(segLen);
+        }
         if (this.st === St.TIME_WAIT && fin) this.restartTimeWait();
         return;
       }
     }
 
+    // RFC 5961 §3.2 judges an RST by its own SEG.SEQ, not by where trimming would move it.
+    const rstSeq = seq;
     // Trim to the window: what precedes RCV.NXT was received already, what passes the right edge is not ours to take.
     if (seqLt(seq, this.rcvNxt)) {
       let d = seqDiff(this.rcvNxt, seq);
@@ -566,6 +621,7 @@ export class TcpConnection implements TcpSocket {
         syn = false;
         d--;
       }
+      if (d > 0 && payload.length > 0) this.noteDsack(seqAdd(this.rcvNxt, -Math.min(d, payload.length)), this.rcvNxt);
       payload = payload.subarray(Math.min(d, payload.length));
       seq = this.rcvNxt;
       this.ackOwed = true; // part of it was a duplicate: tell the peer where we are
@@ -578,7 +634,7 @@ export class TcpConnection implements TcpSocket {
 
     // Second: RST (RFC 5961 §3.2: only an exact match resets; in-window otherwise earns a challenge ACK).
     if ((flags & TCP_RST) !== 0) {
-      if (seq === this.rcvNxt) {
+      if (rstSeq === this.rcvNxt) {
         if (this.st === St.TIME_WAIT) this.finish('closed', true);
         else this.finish('reset', false);
       } else {
@@ -615,6 +671,7 @@ export class TcpConnection implements TcpSocket {
     // RFC 7323 §4.3: remember the timestamp to echo, from the segment that covers Last.ACK.sent.
     if (this.tsOk && ts !== null && seqLe(seq, this.lastAckSent) && seqGe(ts.value, this.tsRecent)) {
       this.tsRecent = ts.value;
+      this.tsRecentAt = this.lastRecvAt;
     }
 
     // Seventh: segment text (URG is ignored: the urgent pointer changes nothing here).
@@ -653,7 +710,9 @@ export class TcpConnection implements TcpSocket {
     const o = seg.options;
     this.irs = seg.seq >>> 0;
     this.rcvNxt = seqAdd(this.irs, 1);
-    this.peerMss = o.mss ?? DEFAULT_MSS;
+    // The right edge our SYN advertised, now that RCV.NXT is known (sendSyn could not set it).
+    this.rcvAdvRight = seqAdd(this.rcvNxt, this.synWindow());
+    this.peerMss = peerMssOf(o.mss);
     if (o.windowScale !== null) {
       this.wsOk = true;
       this.sndShift = Math.min(14, o.windowScale);
@@ -664,6 +723,7 @@ export class TcpConnection implements TcpSocket {
     if (o.timestamp !== null) {
       this.tsOk = true;
       this.tsRecent = o.timestamp.value;
+      this.tsRecentAt = this.lastRecvAt;
     }
     this.updateSmss();
     this.sndWnd = this.maxSndWnd = seg.window; // unscaled in a SYN
@@ -711,12 +771,20 @@ export class TcpConnection implements TcpSocket {
       (seg.flags & (TCP_SYN | TCP_FIN)) === 0
     ) {
       // RFC 5681 §2 duplicate ACK.
-      if (this.cc.onDupAck(ack, flightBefore, this.sndMax)) {
+      if (this.board !== null) {
+        // SACK recovery: RACK judges from the blocks; without any, DupThresh duplicates still mean the first segment is lost.
+        this.cc.dupAcks++;
+        if (this.cc.dupAcks >= DUP_THRESH && !this.board.hasSacked) this.board.markFirstLost();
+      } else if (this.cc.onDupAck(ack, flightBefore, this.sndMax)) {
         this.rttTiming = false;
         this.retransmitFirst();
         this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+      } else if (!this.cc.inRecovery && this.cc.dupAcks < DUP_THRESH) {
+        // RFC 3042 limited transmit: each of the first two duplicates lets one new segment out.
+        this.host.scheduleFlush(this);
       }
     }
+    if (this.board !== null && flightBefore > 0) this.sackRecovery(seg.options.sackBlocks);
     // Window update (RFC 9293 §3.10.7.4, SND.WL1/WL2 guard against old segments).
     if (seqLt(this.sndWl1, seq) || (this.sndWl1 === seq && seqLe(this.sndWl2, ack))) {
       const wasZero = this.sndWnd === 0;
@@ -747,6 +815,7 @@ export class TcpConnection implements TcpSocket {
 
     // RTT: timestamps (RFC 7323 §4) when present, else one timed segment at a time with Karn's rule.
     const ts = seg.options.timestamp;
+    if (this.undoArmed && ts !== null && ts.echo !== 0) this.checkSpuriousTimeout(ts.echo);
     if (this.tsOk && ts !== null && ts.echo !== 0) {
       // Karn's rule for timestamps: after a timeout, an echo from before it
       // measures the silence, not the path (seen: 600 s "samples" pinning the
@@ -760,13 +829,19 @@ export class TcpConnection implements TcpSocket {
     }
     if (this.rttTiming && seqGt(ack, this.rttSeq)) this.rttTiming = false;
 
-    if (this.cc.onNewAck(ack, totalAcked, flightBefore) === 'partial') {
+    this.tlpOut = false;
+    if (this.cc.onNewAck(ack, totalAcked, flightBefore, this.board !== null) === 'partial') {
       // RFC 6582 §3.2 step 4: retransmit the next hole at once.
       this.retransmitFirst();
     }
     // RFC 6298 §5.2/5.3.
-    if (this.flightSize() === 0) this.host.timers.cancel(this.rtxTimer);
-    else this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+    if (this.flightSize() === 0) {
+      this.host.timers.cancel(this.rtxTimer);
+      if (this.tlpTimer !== null) this.host.timers.cancel(this.tlpTimer);
+    } else {
+      this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+      this.armTlp();
+    }
 
     const finAcked = this.finQueued && seqGt(ack, this.finSeq);
     if (finAcked) {
@@ -788,6 +863,32 @@ export class TcpConnection implements TcpSocket {
     if (this.writeBlocked && this.sendBuf.free >= this.sendBuf.capacity / 2 && this.canWrite()) {
       this.writeBlocked = false;
       this.handlers.onDrain();
+    }
+  }
+
+  /**
+   * The first ACK after a timeout (RFC 3522, Eifel detection): if it echoes
+   * a TSval from before the timeout, it was drawn by the original segment,
+   * not by our retransmission: nothing was lost, the peer or the path only
+   * stalled (a guest descheduled for longer than the RTO). Then restore the
+   * window and carry on with new data instead of resending the whole
+   * flight (RFC 4015's response, in short).
+   */
+  private checkSpuriousTimeout(echo: number): void {
+    this.undoArmed = false;
+    if (!seqLt(echo, this.tsSampleFloor)) return;
+    this.cc.undoTimeout(this.undoCwnd, this.undoSsthresh);
+    this.sndNxt = this.sndMax;
+    const board = this.board;
+    if (board !== null) {
+      // The scoreboard was cleared by the timeout: take the flight back at segment granularity.
+      board.clear();
+      const now = this.host.clock.now();
+      for (let s = this.sndUna; seqLt(s, this.sndMax); ) {
+        const e = seqLt(seqAdd(s, this.smss), this.sndMax) ? seqAdd(s, this.smss) : this.sndMax;
+        board.sent(s, e, now);
+        s = e;
+      }
     }
   }
 
@@ -930,14 +1031,23 @@ export class TcpConnection implements TcpSocket {
     const st = this.st;
     if (st !== St.ESTABLISHED && st !== St.CLOSE_WAIT && st !== St.FIN_WAIT_1 && st !== St.LAST_ACK && st !== St.CLOSING) return;
     const sndMaxBefore = this.sndMax;
+    if (this.flightSize() === 0 && this.sendBuf.length > 0) {
+      const idle = this.host.clock.now() - this.lastDataSentAt;
+      if (idle > this.rtt.rto) this.cc.restartAfterIdle(idle, this.rtt.rto);
+    }
+    if (this.board !== null && this.board.hasLost) this.retransmitLost();
     for (;;) {
       const offset = seqDiff(this.sndNxt, this.sndUna);
       const unsent = this.sendBuf.length - offset;
       const flight = offset;
       if (unsent > 0) {
-        const wnd = Math.min(this.sndWnd, this.cc.cwnd);
+        // The congestion window counts what is in the network: with SACK, RFC 6675's pipe; without, the flight
+        // (plus RFC 3042's limited transmit on the first two duplicate ACKs).
+        const inNetwork = this.board !== null ? this.board.pipe(flight) : flight;
+        const limited = this.board === null && !this.cc.inRecovery && this.cc.dupAcks < DUP_THRESH ? this.cc.dupAcks * this.smss : 0;
+        const cwndRoom = this.cc.cwnd + limited + this.extraCwnd - inNetwork;
         const mss = this.dataMss();
-        let len = Math.min(unsent, this.segmentLimit(mss), wnd - flight);
+        let len = Math.min(unsent, this.segmentLimit(mss), this.sndWnd - flight, cwndRoom);
         if (len <= 0) break;
         // Sender SWS avoidance (RFC 9293 §3.8.6.2.1), without Nagle: hold a runt only while the ACK clock runs.
         if (len < mss && len < unsent && flight > 0 && len < this.maxSndWnd / 2) break;
@@ -953,7 +1063,9 @@ export class TcpConnection implements TcpSocket {
           this.rttStart = this.host.clock.now();
         }
         this.sendData(flags, this.sndNxt, offset, len);
-        this.sndNxt = seqAdd(this.sndNxt, len + ((flags & TCP_FIN) !== 0 ? 1 : 0));
+        const covered = len + ((flags & TCP_FIN) !== 0 ? 1 : 0);
+        this.board?.sent(this.sndNxt, seqAdd(this.sndNxt, covered), this.host.clock.now());
+        this.sndNxt = seqAdd(this.sndNxt, covered);
         if (seqGt(this.sndNxt, this.sndMax)) this.sndMax = this.sndNxt;
         if (!this.rtxTimer.armed) this.host.timers.arm(this.rtxTimer, this.rtt.rto);
         continue;
@@ -961,6 +1073,7 @@ export class TcpConnection implements TcpSocket {
       if (this.finQueued && this.sndNxt === this.finSeq) {
         // A bare FIN needs no window (Linux accepts one even at a zero window).
         this.sendControl(TCP_FIN | TCP_ACK, this.sndNxt);
+        this.board?.sent(this.sndNxt, seqAdd(this.sndNxt, 1), this.host.clock.now());
         this.sndNxt = seqAdd(this.sndNxt, 1);
         if (seqGt(this.sndNxt, this.sndMax)) this.sndMax = this.sndNxt;
         if (!this.rtxTimer.armed) this.host.timers.arm(this.rtxTimer, this.rtt.rto);
@@ -974,6 +1087,7 @@ export class TcpConnection implements TcpSocket {
     ) {
       this.pingpong = true;
     }
+    if (this.sndMax !== sndMaxBefore) this.armTlp();
     // Zero window with data waiting and nothing in flight: probe (RFC 9293 §3.8.6.1).
     const waiting = this.sendBuf.length - seqDiff(this.sndNxt, this.sndUna) > 0;
     if (waiting && this.flightSize() === 0 && this.sndWnd === 0) {
@@ -986,24 +1100,134 @@ export class TcpConnection implements TcpSocket {
    * ACK, timeout). Returns the sequence space it covered (data + FIN).
    */
   private retransmitFirst(): number {
-    const inFlightData = Math.min(this.sendBuf.length, seqDiff(this.sndMax, this.sndUna));
-    const len = Math.min(inFlightData, this.dataMss());
+    return this.sendAgain(this.sndUna, this.dataMss());
+  }
+
+  /**
+   * Sends already-sent sequence space again from `seq` (SND.UNA <= seq <
+   * SND.MAX): up to maxLen data bytes, and our FIN if they reach it. Returns
+   * the sequence space covered (data + FIN).
+   */
+  private sendAgain(seq: number, maxLen: number): number {
+    const from = seqDiff(seq, this.sndUna);
+    const inFlightData = Math.min(this.sendBuf.length, seqDiff(this.sndMax, this.sndUna)) - from;
+    const len = Math.min(inFlightData, maxLen);
+    let covered = 0;
     if (len > 0) {
       let flags = TCP_ACK;
-      const finNext = this.finQueued && seqAdd(this.sndUna, len) === this.finSeq && seqGt(this.sndMax, this.finSeq);
-      if (len === this.sendBuf.length) flags |= TCP_PSH;
+      const finNext = this.finQueued && seqAdd(seq, len) === this.finSeq && seqGt(this.sndMax, this.finSeq);
+      if (from + len === this.sendBuf.length) flags |= TCP_PSH;
       if (finNext) flags |= TCP_FIN;
-      this.sendData(flags, this.sndUna, 0, len);
-      return len + (finNext ? 1 : 0);
-    }
-    if (this.finQueued && this.sndUna === this.finSeq && seqGt(this.sndMax, this.finSeq)) {
+      this.sendData(flags, seq, from, len);
+      covered = len + (finNext ? 1 : 0);
+    } else if (this.finQueued && seq === this.finSeq && seqGt(this.sndMax, this.finSeq)) {
       this.sendControl(TCP_FIN | TCP_ACK, this.finSeq);
-      return 1;
+      covered = 1;
     }
-    return 0;
+    if (covered > 0) this.board?.sent(seq, seqAdd(seq, covered), this.host.clock.now());
+    return covered;
+  }
+
+  /** A whole scoreboard record [s, e) again, in segments that fit the link now. */
+  private sendRecordAgain(s: number, e: number): void {
+    let seq = s;
+    while (seqLt(seq, e)) {
+      const n = this.sendAgain(seq, Math.min(seqDiff(e, seq), this.segmentLimit(this.dataMss())));
+      if (n === 0) return;
+      seq = seqAdd(seq, n);
+    }
+  }
+
+  // ------------------------------------------------------------------ SACK recovery, RACK, TLP
+
+  /**
+   * After each ACK with data in flight (SACK negotiated): update the
+   * scoreboard, let RACK mark losses, enter RFC 6675 recovery on the first
+   * one, and have output() resend what is lost.
+   */
+  private sackRecovery(blocks: readonly number[] | null): void {
+    const board = this.board!;
+    board.ack(this.sndUna, blocks, this.sndMax, this.host.clock.now());
+    this.detectLoss();
+  }
+
+  private detectLoss(): void {
+    const board = this.board!;
+    const wait = board.detectLoss(this.host.clock.now());
+    if (wait > 0) {
+      let t = this.reoTimer;
+      if (t === null) t = this.reoTimer = new Timer(() => this.onReoTimer());
+      this.host.timers.arm(t, Math.ceil(wait));
+    } else if (this.reoTimer !== null) {
+      this.host.timers.cancel(this.reoTimer);
+    }
+    if (!board.hasLost) return;
+    if (!this.cc.inRecovery) {
+      this.cc.enterSackRecovery(this.flightSize(), this.sndMax);
+      this.rttTiming = false;
+      // RFC 6675 §5 step 4.3: the first lost segment goes at once, whatever pipe says.
+      this.recoveryKick = true;
+    }
+    this.host.scheduleFlush(this);
+  }
+
+  private onReoTimer(): void {
+    if (this.board === null || !this.isSynchronized() || this.flightSize() <= 0) return;
+    this.detectLoss();
+  }
+
+  /** RFC 6675 §5 step (C): resend lost records while the congestion window has room. */
+  private retransmitLost(): void {
+    const board = this.board!;
+    const r = this.lostRange;
+    while (board.nextLost(r)) {
+      const pipe = board.pipe(this.flightSize());
+      if (!this.recoveryKick && pipe > 0 && pipe + this.smss > this.cc.cwnd + this.extraCwnd) return;
+      this.recoveryKick = false;
+      this.sendRecordAgain(r[0], r[1]);
+      this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+    }
+  }
+
+  /** RFC 8985 §7.2: arm the tail loss probe for the data in flight, if it would fire before the RTO. */
+  private armTlp(): void {
+    // Not during recovery (RFC 8985 §7.2): RACK and the RTO already watch every segment in flight.
+    if (this.board === null || this.tlpOut || this.cc.inRecovery || !this.rtt.hasSample) return;
+    const flight = this.flightSize();
+    if (flight <= 0) return;
+    let pto = Math.max(2 * this.rtt.srtt, MIN_PTO_MS);
+    if (flight <= this.smss) pto += PTO_DELAYED_ACK_MS;
+    if (pto >= this.rtt.rto) return;
+    let t = this.tlpTimer;
+    if (t === null) t = this.tlpTimer = new Timer(() => this.onTlpTimer());
+    this.host.timers.arm(t, pto);
+  }
+
+  /**
+   * RFC 8985 §7.3: no ACK for PTO. Send one new segment if there is one and
+   * the peer's window allows, else the last segment again, so that the ACK
+   * it draws lets RACK find what the tail lost, instead of waiting for the RTO.
+   */
+  private onTlpTimer(): void {
+    if (this.board === null || !this.isSynchronized() || this.flightSize() <= 0 || this.tlpOut) return;
+    this.tlpOut = true;
+    const sndMaxBefore = this.sndMax;
+    const unsent = this.sendBuf.length - seqDiff(this.sndNxt, this.sndUna);
+    if (unsent > 0 && this.sndWnd - this.flightSize() > 0) {
+      this.extraCwnd = this.smss;
+      this.output();
+      this.extraCwnd = 0;
+    }
+    if (this.sndMax === sndMaxBefore && this.board.last(this.lostRange)) {
+      const [s, e] = this.lostRange;
+      const seg = this.segmentLimit(this.dataMss());
+      this.sendRecordAgain(seqDiff(e, s) > seg ? seqAdd(e, -seg) : s, e);
+    }
+    this.host.timers.arm(this.rtxTimer, this.rtt.rto);
   }
 
   private sendData(flags: number, seq: number, from: number, len: number): void {
+    this.lastDataSentAt = this.host.clock.now();
     this.fillSegment(flags, seq);
     this.host.transmit(this, this.out, this.sendBuf, from, len);
   }
@@ -1039,7 +1263,7 @@ export class TcpConnection implements TcpSocket {
     } else {
       opts.timestamp = null;
     }
-    opts.sackBlocks = this.sackOk && this.ooo.count > 0 ? this.ooo.sackBlocks(this.outSack, maxSackBlocks(this.tsOk)) : null;
+    opts.sackBlocks = this.sackOk && (this.ooo.count > 0 || this.dsackPending) ? this.sackBlocksNow() : null;
     if ((flags & TCP_ACK) !== 0) {
       o.ack = this.rcvNxt;
       o.window = this.windowField();
@@ -1061,10 +1285,10 @@ export class TcpConnection implements TcpSocket {
     o.seq = this.iss;
     o.flags = passive ? TCP_SYN | TCP_ACK : TCP_SYN;
     o.ack = passive ? this.rcvNxt : 0;
-    // The window of a SYN is never scaled (RFC 7323 §2.2).
-    const wnd = Math.min(0xffff, this.cfg.recvBufferBytes);
+    const wnd = this.synWindow();
     o.window = wnd;
-    this.rcvAdvRight = seqAdd(this.rcvNxt, wnd);
+    // An active open does not know RCV.NXT yet: inputSynSent sets the edge from the peer's ISN.
+    if (passive) this.rcvAdvRight = seqAdd(this.rcvNxt, wnd);
     opts.mss = this.host.localMss;
     // Active open offers everything; passive open echoes what the peer offered.
     opts.windowScale = !passive || this.wsOk ? this.rcvShift : null;
@@ -1085,6 +1309,11 @@ export class TcpConnection implements TcpSocket {
     if (seqGt(this.sndNxt, this.sndMax)) this.sndMax = this.sndNxt;
     this.host.transmit(this, o, null, 0, 0);
     if (!this.rtxTimer.armed) this.host.timers.arm(this.rtxTimer, this.rtt.rto);
+  }
+
+  /** The window our SYN or SYN-ACK offers: never scaled (RFC 7323 §2.2). */
+  private synWindow(): number {
+    return Math.min(0xffff, this.cfg.recvBufferBytes);
   }
 
   /** Out-of-window or old segment: ACK it, but rate-limit the answers to pure ACKs so that two confused ends can't ping-pong. */
@@ -1184,9 +1413,18 @@ export class TcpConnection implements TcpSocket {
       this.finish('timeout', false);
       return;
     }
+    // With timestamps, the first timeout of an episode can be undone if it proves spurious (onNewAck).
+    this.undoArmed = this.retries === 0 && this.tsOk;
+    this.undoCwnd = this.cc.cwnd;
+    this.undoSsthresh = this.cc.ssthresh;
     this.retries++;
     // RFC 5681 §3.1 eq. 4 and RFC 6298 §5.4-5.6: collapse to one segment, back off, go back to SND.UNA.
     this.cc.onTimeout(flight, this.sndMax);
+    // Everything is sent again from SND.UNA: the scoreboard starts over (RFC 2018 lets the receiver renege anyway).
+    this.board?.clear();
+    this.tlpOut = false;
+    if (this.tlpTimer !== null) this.host.timers.cancel(this.tlpTimer);
+    if (this.reoTimer !== null) this.host.timers.cancel(this.reoTimer);
     this.rtt.backoff();
     this.rttTiming = false;
     this.tsSampleFloor = this.tsNow();
@@ -1264,6 +1502,7 @@ export class TcpConnection implements TcpSocket {
     this.st = this.finQueued ? St.FIN_WAIT_1 : St.ESTABLISHED;
     if (this.cfg.keepaliveMs !== null) this.host.timers.arm(this.keepaliveTimer, this.cfg.keepaliveMs);
     this.cc.setMss(this.smss);
+    if (this.sackOk) this.board = new Scoreboard();
     // onConnect only for active opens (passive ones were announced through PendingTcp).
     if (this.activeOpen && this.handlers.onConnect !== undefined) this.handlers.onConnect();
     if (this.sendBuf.length > 0 || this.finQueued) this.host.scheduleFlush(this);
@@ -1295,7 +1534,28 @@ export class TcpConnection implements TcpSocket {
   private notifyClose(reason: TcpCloseReason): void {
     this.closeNotified = true;
     this.handlers.onClose(reason);
-    if (this.st === St.TIME_WAIT || this.st === St.CLOSED) this.shed();
+    if (this.st === St.TIME_WAIT && this.host.adoptTimeWait !== undefined) this.handOffTimeWait();
+    else if (this.st === St.TIME_WAIT || this.st === St.CLOSED) this.shed();
+  }
+
+  /**
+   * TIME-WAIT with the owner told: hand the four-tuple's state to the host's
+   * TIME-WAIT table and go (the ACK of the peer's FIN leaves first).
+   */
+  private handOffTimeWait(): void {
+    if (this.ackOwed || this.dataAckOwed) this.sendAckNow();
+    this.host.adoptTimeWait!({
+      tuple: this.tuple,
+      sndNxt: this.sndMax,
+      rcvNxt: this.rcvNxt,
+      window: this.windowField(),
+      tsOk: this.tsOk,
+      tsOffset: this.tsOffset,
+      tsRecent: this.tsRecent,
+      tsRecentAt: this.tsRecentAt,
+    });
+    this.shed();
+    this.finish('closed', true);
   }
 
   /**
@@ -1321,6 +1581,9 @@ export class TcpConnection implements TcpSocket {
     t.cancel(this.keepaliveTimer);
     t.cancel(this.lingerTimer);
     if (this.delAckTimer !== null) t.cancel(this.delAckTimer);
+    if (this.reoTimer !== null) t.cancel(this.reoTimer);
+    if (this.tlpTimer !== null) t.cancel(this.tlpTimer);
+    this.board?.clear();
     this.st = St.CLOSED;
     this.ackOwed = false;
     this.dataAckOwed = false;
@@ -1367,13 +1630,35 @@ export class TcpConnection implements TcpSocket {
   private segmentLimit(mss: number): number {
     const offload = this.cfg.segmentOffloadBytes;
     if (offload <= mss || mss !== this.smss) return mss;
+    // The link marks a super-segment GSO with the size one MTU-sized segment
+    // holds (tap-fd.ts writeVnetHeader): offload only when that is this
+    // connection's segment size. A guest whose MSS is smaller (a smaller MTU,
+    // MSS clamping) would otherwise be handed segments larger than it asked for.
+    if (this.smss !== this.host.localMss - (this.tsOk ? TS_OPTION_BYTES : 0)) return mss;
     return offload - (offload % mss);
   }
 
   /** Payload bytes for the next data segment: SACK blocks take room from it (RFC 6691). */
+  /** The SACK blocks for the next segment: a pending D-SACK block first (RFC 2883 §4), then the out-of-order ranges. */
+  private sackBlocksNow(): number[] {
+    const max = maxSackBlocks(this.tsOk);
+    if (!this.dsackPending) return this.ooo.sackBlocks(this.outSack, max);
+    this.dsackPending = false;
+    const out = this.ooo.sackBlocks(this.outSack, max - 1);
+    out.unshift(this.dsackStart, this.dsackEnd);
+    return out;
+  }
+
+  private noteDsack(start: number, end: number): void {
+    if (!this.sackOk) return;
+    this.dsackStart = start;
+    this.dsackEnd = end;
+    this.dsackPending = true;
+  }
+
   private dataMss(): number {
-    if (this.sackOk && this.ooo.count > 0) {
-      const blocks = Math.min(this.ooo.count, maxSackBlocks(this.tsOk));
+    if (this.sackOk && (this.ooo.count > 0 || this.dsackPending)) {
+      const blocks = Math.min(this.ooo.count + (this.dsackPending ? 1 : 0), maxSackBlocks(this.tsOk));
       return Math.max(1, this.smss - 4 - 8 * blocks);
     }
     return this.smss;
@@ -1387,6 +1672,16 @@ export class TcpConnection implements TcpSocket {
   private tsDiff(echo: number): number {
     return Math.max(0, seqDiff(this.tsNow(), echo));
   }
+}
+
+/**
+ * The MSS we send with: the peer's option, 536 without one, and never below
+ * MIN_PEER_MSS, as Linux clamps (tcp_min_snd_mss): a peer advertising a tiny
+ * MSS would otherwise make us cut every write into byte-sized segments (one
+ * frame and one queue entry per byte: CVE-2019-11479).
+ */
+function peerMssOf(option: number | null): number {
+  return Math.max(MIN_PEER_MSS, option ?? DEFAULT_MSS);
 }
 
 function seqMaxEdge(a: number, b: number): number {

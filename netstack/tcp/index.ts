@@ -6,3 +6,4 @@ export * from './recv-buffer.js';
 export * from './rtt.js';
 export * from './congestion.js';
 export * from './connection.js';
+export * from './isn.js';

@@ -12,6 +12,7 @@
  */
 import { DnsResponder, type DnsDecision, type ResponderStats } from '../../dns/responder.js';
 import type { Resolver, Timers } from '../../dns/preresolve.js';
+import type { LiveBudgetStats, LiveLookupBudget } from '../../dns/live-budget.js';
 import type { ZoneTable } from '../../dns/zones.js';
 import { DEFAULT_DNS_FORWARDER_OPTIONS, DnsTcpSession } from '../dns-forward.js';
 import type { DnsTcpLimits, DnsVia, GatewayDns, GatewayDnsStats } from '../gateway-dns.js';
@@ -32,9 +33,14 @@ export interface AllowlistDnsOptions {
   audit?: boolean;
   /** Sees every decision after it is answered: the egress wall pins the addresses the guest was given. */
   onDecision?: (decision: DnsDecision) => void;
+  /** The runtime's live-lookup budget (shared with dial-by-name). */
+  budget?: LiveLookupBudget;
+  /** Addresses Moat pinned for a name: what an HTTPS/SVCB answer's ipv4hint may keep. */
+  pinned?: (name: string) => readonly string[];
 }
 
-export type AllowlistDnsStats = GatewayDnsStats & ResponderStats & { mode: 'allowlist'; zones: number };
+export type AllowlistDnsStats = GatewayDnsStats &
+  ResponderStats & { mode: 'allowlist'; zones: number; liveBudget?: LiveBudgetStats & { enabled: boolean } };
 
 export class AllowlistDns implements GatewayDns {
   readonly responder: DnsResponder;
@@ -45,6 +51,7 @@ export class AllowlistDns implements GatewayDns {
   private readonly onDecision: ((d: DnsDecision) => void) | undefined;
   /** A guest asking one name in a loop must not fill the log: a few lines per name and type per window, then a count. */
   private readonly lineLimit: PerKeyRateLimit;
+  private readonly budget: LiveLookupBudget | undefined;
 
   constructor(
     opts: AllowlistDnsOptions,
@@ -57,7 +64,10 @@ export class AllowlistDns implements GatewayDns {
       ipv6: GUEST_IPV6,
       ...(opts.decisionId ? { decisionId: opts.decisionId } : {}),
       ...(opts.audit ? { audit: true } : {}),
+      ...(opts.budget ? { budget: opts.budget } : {}),
+      ...(opts.pinned ? { pinned: opts.pinned } : {}),
     });
+    this.budget = opts.budget;
     this.onDecision = opts.onDecision;
     const timers = opts.timers ?? realTimers;
     this.lineLimit = new PerKeyRateLimit({ now: () => timers.now(), burst: 5, windowMs: 10_000, maxKeys: 4096 });
@@ -76,7 +86,9 @@ export class AllowlistDns implements GatewayDns {
     if (this.closing.signal.aborted) return undefined;
     const reply = await this.responder.respond(query, via, this.closing.signal);
     if (reply === null || this.closing.signal.aborted) return undefined;
-    this.logDecision(reply.decision, via);
+    // Over budget every query is a new name: one line per interval with the count, not one per query.
+    if (reply.decision.outcome === 'live-budget') this.reportBudget(reply.decision.name);
+    else this.logDecision(reply.decision, via);
     this.onDecision?.(reply.decision);
     return reply.bytes;
   }
@@ -88,12 +100,23 @@ export class AllowlistDns implements GatewayDns {
   }
 
   stats(): AllowlistDnsStats {
-    return { mode: 'allowlist', ...this.responder.stats, zones: this.responder.zoneTable.zones.length };
+    return {
+      mode: 'allowlist',
+      ...this.responder.stats,
+      zones: this.responder.zoneTable.zones.length,
+      ...(this.budget ? { liveBudget: { enabled: this.budget.enabled, ...this.budget.stats } } : {}),
+    };
   }
 
   async close(): Promise<void> {
     this.closing.abort(new Error('gateway DNS closed'));
     for (const s of [...this.sessions]) s.abort();
+  }
+
+  private reportBudget(name: string): void {
+    const refused = this.budget?.takeReport() ?? 0;
+    if (refused === 0) return;
+    this.log.warn('live lookup budget exhausted', { refused, budget: this.budget!.describe, lastName: name.slice(0, 64), hint: 'new names below wildcards get SERVFAIL until the budget refills; see --live-lookup-rate' });
   }
 
   private logDecision(d: DnsDecision, via: DnsVia): void {

@@ -14,6 +14,8 @@ import { PinTable } from '../../sni/pins.js';
 import { EgressPolicy } from '../../sni/policy.js';
 import { parseRules, type Rule } from '../../dns/rules.js';
 import type { Resolver, Timers } from '../../dns/preresolve.js';
+import { DEFAULT_LIVE_BUDGET, LiveLookupBudget } from '../../dns/live-budget.js';
+import type { LiveLookupSettings } from '../allowlist/live-lookup-flags.js';
 import type { SinkholeMode, ZoneTable } from '../../dns/zones.js';
 import { AllowlistDns } from '../allowlist/dns.js';
 import { realTimers } from '../allowlist/resolver.js';
@@ -47,6 +49,8 @@ export interface AllowlistRuntimeOptions {
   /** Monotonic milliseconds, for pin expiry and log rate limits. */
   now: () => number;
   signal?: AbortSignal;
+  /** The live-lookup budget (--live-lookup-*); DEFAULT_LIVE_BUDGET, enabled, when absent. */
+  liveLookups?: LiveLookupSettings;
 }
 
 /** Live lookups of names below `*.domain` for dial-by-name, at once. */
@@ -66,6 +70,8 @@ export class AllowlistRuntime {
     readonly egress: Egress,
     private rules: readonly Rule[],
     private readonly log: Logger,
+    /** One budget for every live lookup this runtime makes: its DNS, dial-by-name, proxy targets. */
+    readonly liveBudget: LiveLookupBudget,
   ) {}
 
   static async start(o: AllowlistRuntimeOptions, log: Logger): Promise<AllowlistRuntime> {
@@ -78,7 +84,12 @@ export class AllowlistRuntime {
       { ...DEFAULT_DECISION_LOG_LIMITS, now: o.now, ...(o.decisionSink ? { sink: o.decisionSink } : {}), ...(o.decisionBudget ? { budget: o.decisionBudget } : {}), ...(o.network !== undefined ? { network: o.network } : {}) },
       log.child({ component: 'egress' }),
     );
-    const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS });
+    const liveBudget = new LiveLookupBudget({ ...(o.liveLookups ?? { ...DEFAULT_LIVE_BUDGET, enabled: true }), now: o.now });
+    const wildcards = o.rules.filter((r) => r.kind === 'wildcard').map((r) => r.text);
+    if (!liveBudget.enabled && wildcards.length > 0) {
+      log.warn('live lookups are off: names below these wildcards are answered only when a rule names them exactly', { rules: wildcards });
+    }
+    const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS, budget: liveBudget });
     const egress = new Egress(policy, pins, decisions, targets, o.egress);
     const dns = new AllowlistDns(
       {
@@ -87,14 +98,17 @@ export class AllowlistRuntime {
         ...(o.timers ? { timers: o.timers } : {}),
         decisionId: () => decisions.nextId(),
         audit: o.egress.mode === 'audit',
+        budget: liveBudget,
+        pinned: (name) => pins.addressesFor(name),
         onDecision: (d) => {
           // The responder clamps live TTLs (at least 5 s), so a pin always outlives the answer's use.
           if (d.addresses.length > 0 && d.ttl !== null && (d.outcome === 'live' || d.outcome === 'audit-live')) {
             pins.pin(d.name, d.addresses, d.ttl * 1000);
           }
-          if ((d.outcome === 'sinkholed' || d.outcome === 'audit-live') && d.id !== undefined) {
-            const decision = d.outcome === 'sinkholed' ? 'blocked' : 'would-block';
-            decisions.record({ id: d.id, decision, reason: 'dns-sinkhole', rule: null, proto: 'dns', dst: d.name, name: d.name, via: 'dns', detail: d.type });
+          if ((d.outcome === 'sinkholed' || d.outcome === 'live-off' || d.outcome === 'audit-live') && d.id !== undefined) {
+            const decision = d.outcome === 'audit-live' ? 'would-block' : 'blocked';
+            const reason = d.outcome === 'live-off' ? 'live-off' : 'dns-sinkhole';
+            decisions.record({ id: d.id, decision, reason, rule: null, proto: 'dns', dst: d.name, name: d.name, via: 'dns', detail: d.type });
           } else if (d.outcome === 'allowed' || d.outcome === 'live') {
             // What the guest looked up is part of what a job needs (moat learn reads it).
             const zone = d.zone === null ? null : d.zone.slice(0, -1);
@@ -104,7 +118,7 @@ export class AllowlistRuntime {
       },
       log.child({ component: 'dns' }),
     );
-    return new AllowlistRuntime(o, dns, egress, o.rules, log);
+    return new AllowlistRuntime(o, dns, egress, o.rules, log, liveBudget);
   }
 
   get ruleTexts(): string[] {

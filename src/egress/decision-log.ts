@@ -43,6 +43,8 @@ export interface DecisionRecord {
   detail?: string;
   /** The `moat host` network whose guest it was (absent under `moat serve`). */
   network?: string;
+  /** TLS flows: whether the ClientHello carried encrypted_client_hello (its real name is hidden). */
+  ech?: boolean;
 }
 
 export interface DecisionLogOptions {

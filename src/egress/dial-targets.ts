@@ -8,12 +8,17 @@
  *     Moat agree on where the name leads.
  *  2. Otherwise a live lookup (a name below `*.domain` the guest reached
  *     without asking our DNS first), with the shared retry policy; its
- *     answer is pinned for its (clamped) TTL.
+ *     answer is pinned for its (clamped) TTL. It spends from the same
+ *     LiveLookupBudget as the gateway's DNS (a held connection whose SNI is
+ *     `<data>.wild.test` is the same tunnel as a query for it); over budget,
+ *     or with live lookups off, it fails with LiveLookupRefusedError and the
+ *     caller refuses the connection with that reason.
  *
  * Which of the addresses may actually be dialed (the DNS-rebinding guard) is
  * the policy's call (EgressPolicy.admitResolved), not this module's.
  */
-import { clampTtl, DEFAULT_RETRY_POLICY, DEFAULT_TTL_CLAMP, lookup, type Resolver, type Timers } from '../../dns/preresolve.js';
+import { clampTtl, DEFAULT_RETRY_POLICY, DEFAULT_TTL_CLAMP, isNxdomain, lookup, type Resolver, type Timers } from '../../dns/preresolve.js';
+import type { LiveLookupBudget } from '../../dns/live-budget.js';
 import type { PinTable } from '../../sni/pins.js';
 
 export interface DialTargetsOptions {
@@ -22,6 +27,19 @@ export interface DialTargetsOptions {
   pins: PinTable;
   /** Live lookups in flight at once; beyond it a dial fails at once (a guest cannot queue unbounded work upstream). */
   maxLookups: number;
+  /** The runtime's live-lookup budget (shared with its DNS); absent: unbudgeted. */
+  budget?: LiveLookupBudget;
+}
+
+/** A live lookup the budget refused: 'live-budget' (over it) or 'live-off' (--no-live-lookups). The decision reason. */
+export class LiveLookupRefusedError extends Error {
+  constructor(
+    readonly reason: 'live-budget' | 'live-off',
+    detail: string,
+  ) {
+    super(detail);
+    this.name = 'LiveLookupRefusedError';
+  }
 }
 
 export class LookupOverloadedError extends Error {
@@ -42,6 +60,10 @@ export class DialTargets {
     const pinned = this.opts.pins.addressesFor(name);
     if (pinned.length > 0) return pinned;
     if (this.inFlight >= this.opts.maxLookups) throw new LookupOverloadedError();
+    const budget = this.opts.budget;
+    const spend = budget?.spend(name);
+    if (spend === 'over-budget') throw new LiveLookupRefusedError('live-budget', `live lookup budget exhausted (${budget!.describe})`);
+    if (spend === 'off') throw new LiveLookupRefusedError('live-off', 'live lookups are off and the name was not resolved at start-up');
     this.inFlight++;
     this.lookups++;
     try {
@@ -50,8 +72,13 @@ export class DialTargets {
         policy: DEFAULT_RETRY_POLICY,
         ...(signal ? { signal } : {}),
       });
-      if (r.addresses.length > 0) this.opts.pins.pin(name, r.addresses, clampTtl(r.ttl, DEFAULT_TTL_CLAMP) * 1000);
+      const ttl = clampTtl(r.ttl, DEFAULT_TTL_CLAMP);
+      budget?.answered(name, ttl);
+      if (r.addresses.length > 0) this.opts.pins.pin(name, r.addresses, ttl * 1000);
       return r.addresses;
+    } catch (err) {
+      if (isNxdomain(err)) budget?.answered(name, DEFAULT_TTL_CLAMP.min);
+      throw err;
     } finally {
       this.inFlight--;
     }

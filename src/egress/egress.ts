@@ -28,6 +28,8 @@ export interface EgressOptions {
   refusalLingerMs: number;
   /** A 403 lists the allow rules (--refusal-details, for debugging); off, it names only reason and decision id. */
   refusalDetails: boolean;
+  /** Refuse TLS ClientHellos that carry encrypted_client_hello (reason 'ech'), GREASE ECH included. */
+  refuseEch?: boolean;
 }
 
 export const DEFAULT_EGRESS_OPTIONS: Readonly<EgressOptions> = Object.freeze({
@@ -48,8 +50,12 @@ export const DEFAULT_EGRESS_OPTIONS: Readonly<EgressOptions> = Object.freeze({
 export interface InFlight {
   /** Egress.version when the flow was decided. */
   version: number;
-  /** What was decided: a flow as the NAT sees it, or a target named by a proxy client. */
-  target: { kind: 'flow'; flow: FlowInput } | { kind: 'name'; name: string; port: number };
+  /**
+   * What was decided, and so how it is decided again: a flow as the NAT
+   * sees it (decide), a name a proxy client named (decideName), or an
+   * address a proxy client named (decideAddress: with the rebinding filter).
+   */
+  target: { kind: 'flow'; flow: FlowInput } | { kind: 'name'; name: string; port: number } | { kind: 'address'; proto: 'tcp' | 'udp'; address: string; port: number };
   /** Where the decision sent it. */
   dial: Extract<Decision, { verdict: 'allow' }>['dial'];
   /** For the record: 'sni', 'host', 'target', 'pin' or null. */
@@ -62,7 +68,8 @@ export interface InFlight {
   pinnedName?: string;
 }
 
-export type Recheck = { keep: true } | { keep: false; id: string };
+/** keep, or the refusal: its decision record's id and reason (for a 403 that names them). */
+export type Recheck = { keep: true } | { keep: false; id: string; reason: string };
 const KEEP: Recheck = Object.freeze({ keep: true });
 
 export class Egress {
@@ -115,9 +122,9 @@ export class Egress {
   recheck(f: InFlight, why: string, connected?: string): Recheck {
     if (f.version === this.generation) return KEEP;
     const t = f.target;
-    const fresh = t.kind === 'flow' ? this.decide(t.flow) : this.current.decideName('tcp', t.name, t.port);
+    const fresh = t.kind === 'flow' ? this.decide(t.flow) : t.kind === 'name' ? this.current.decideName('tcp', t.name, t.port) : this.decideAddress(t.proto, t.address, t.port);
     const port = t.kind === 'flow' ? t.flow.port : t.port;
-    const dst = t.kind === 'flow' ? t.flow.dst : t.name;
+    const dst = t.kind === 'flow' ? t.flow.dst : t.kind === 'name' ? t.name : t.address;
     const detail = `allowlist changed ${why}`;
     let refusal: { reason: string; rule: string | null; name: string | null } | null = null;
     if (fresh.verdict === 'peek' && f.pinnedName !== undefined) refusal = this.pinStillAllowed(f.pinnedName, dst, port);
@@ -131,13 +138,37 @@ export class Egress {
       f.version = this.generation;
       return KEEP;
     }
-    const name = refusal.name ?? (t.kind === 'name' ? t.name : (t.flow.peeked?.name ?? null));
-    const id = this.recordBlock(refusal.reason, 'tcp', dst, port, name, f.via, connected === undefined ? detail : `${detail} (connected to ${connected})`);
+    const name = refusal.name ?? (t.kind === 'name' ? t.name : t.kind === 'flow' ? (t.flow.peeked?.name ?? null) : null);
+    const id = this.recordBlock(refusal.reason, t.kind === 'flow' ? t.flow.proto : t.kind === 'address' ? t.proto : 'tcp', dst, port, name, f.via, connected === undefined ? detail : `${detail} (connected to ${connected})`);
     if (this.audit && refusal.reason !== 'link-local') {
       f.version = this.generation;
       return KEEP;
     }
-    return { keep: false, id };
+    return { keep: false, id, reason: refusal.reason };
+  }
+
+  /**
+   * The decision for an address a proxy client named (a TCP target or a UDP
+   * datagram's destination), at admission and at every re-decision
+   * (recheck): decide(), then the rebinding filter names get
+   * (policy.admitResolved), so that a literal cannot reach what a name
+   * resolving to it could not: under --allow-all (no IP rules) loopback,
+   * private and link-local addresses are refused unless --admit-resolved
+   * admits them; an address an IP rule allows passes (the rule admits it).
+   * A 'peek' (only hostname rules cover the port) is refused 'no-rule': an
+   * address target has no name to check (RFC 6066 3 forbids literal
+   * addresses in SNI). The NAT's guest flows are not decided here: they
+   * have no filter at the SYN (the alias exemption, an empty rule set).
+   */
+  decideAddress(proto: 'tcp' | 'udp', address: string, port: number): Decision {
+    const d = this.decide({ proto, dst: address, port });
+    if (d.verdict === 'peek') {
+      return { verdict: 'block', reason: 'no-rule', rule: null, name: null, detail: 'an address target needs an IP/CIDR rule (hostname rules cover this port: connect by name)' };
+    }
+    if (d.verdict !== 'allow') return d;
+    const { refused } = this.current.admitResolved([address], port);
+    if (refused.length === 0) return d;
+    return { verdict: 'block', reason: 'rebinding', rule: null, name: null, detail: `${address} is in a special range (${refused[0]!.range}) nothing admits` };
   }
 
   /**
@@ -168,8 +199,8 @@ export class Egress {
     return null;
   }
 
-  /** Logs a decision (rate-limited per destination) and returns its id. */
-  record(decision: Decision, proto: 'tcp' | 'udp', dst: string, port: number, via: string | null, detail?: string): string {
+  /** Logs a decision (rate-limited per destination) and returns its id. `ech`: for TLS flows. */
+  record(decision: Decision, proto: 'tcp' | 'udp', dst: string, port: number, via: string | null, detail?: string, ech?: boolean): string {
     const id = this.decisions.nextId();
     const r: DecisionRecord = {
       id,
@@ -181,6 +212,7 @@ export class Egress {
       name: decision.verdict === 'peek' ? null : decision.name,
       via,
       ...(detail !== undefined ? { detail } : decision.verdict === 'block' && decision.detail !== undefined ? { detail: decision.detail } : {}),
+      ...(ech !== undefined ? { ech } : {}),
     };
     this.decisions.record(r);
     return id;
@@ -191,9 +223,13 @@ export class Egress {
   }
 
   /** Logs a refusal decided outside the policy (peek timeout, unreadable first bytes...). */
-  recordBlock(reason: string, proto: 'tcp' | 'udp', dst: string, port: number, name: string | null, via: string | null, detail?: string): string {
+  recordBlock(reason: string, proto: 'tcp' | 'udp', dst: string, port: number, name: string | null, via: string | null, detail?: string, ech?: boolean): string {
     const id = this.decisions.nextId();
-    this.decisions.record({ id, decision: this.refusedVerdict(), reason, rule: null, proto, dst: `${dst}:${port}`, name, via, ...(detail !== undefined ? { detail } : {}) });
+    this.decisions.record({
+      id, decision: this.refusedVerdict(), reason, rule: null, proto, dst: `${dst}:${port}`, name, via,
+      ...(detail !== undefined ? { detail } : {}),
+      ...(ech !== undefined ? { ech } : {}),
+    });
     return id;
   }
 }

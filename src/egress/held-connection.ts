@@ -17,6 +17,15 @@
  *                                 the protocol).
  *   nothing in peekTimeoutMs   -> reset: no name in time, no connection.
  *
+ * Once piped, the flow stays watched (FlowWatch, the pipe's inspector): every
+ * further HTTP request must name the same host, a second TLS ClientHello the
+ * same SNI and ECH presence — else 403 / reset (one connection, one name).
+ * The held bytes go through that watch too, so a request pipelined behind
+ * the first in the same segment is checked like any other.
+ *
+ * With `refuseEch`, a ClientHello carrying encrypted_client_hello is refused
+ * (reason 'ech'); every TLS decision records `ech`.
+ *
  * In audit mode every refusal above is recorded as 'would-block' and the
  * connection goes through anyway: to the name it gave (resolved by Moat) if
  * it gave a usable one, else to the address the guest chose.
@@ -30,15 +39,19 @@ import { formatIPv4 } from '../../netstack/addr.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Logger } from '../log.js';
+import type { DialAdmission } from '../nat/tcp-flows.js';
+import { LiveLookupRefusedError } from './dial-targets.js';
+import type { FlowInspector } from '../nat/tcp-pipe.js';
 import type { Egress, InFlight } from './egress.js';
+import { FlowWatch } from './flow-watch.js';
 import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from './refusals.js';
 
 /** What a held connection needs from the NAT's TCP flow table. */
 export interface HeldConnectionHost {
   /** Connects to the first of `addresses` that accepts on `port`. */
   connectFirst(addresses: readonly string[], port: number): Promise<Socket>;
-  /** Joins the accepted guest connection to the connected host socket; returns the handlers that take over. */
-  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, name: string | null, via: 'sni' | 'host' | null): TcpHandlers;
+  /** Joins the accepted guest connection to the connected host socket; returns the handlers that take over. `admit`: asked again on a reload with drop; `inspector`: the watch the piped flow stays under. */
+  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit: DialAdmission, inspector?: FlowInspector): TcpHandlers;
 }
 
 type State = 'peeking' | 'dialing' | 'piped' | 'refusing' | 'closed';
@@ -54,7 +67,16 @@ export class HeldConnection {
   private pipe: TcpHandlers | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly dst: string;
-  /** Set when the policy allowed the peeked name: re-decided if the allowlist changes before the dial completes. */
+  /** Whether the ClientHello carried ECH (TLS flows), for the decision records. */
+  private ech: boolean | undefined;
+  /** The protocol whose name the peek read: the piped flow is watched in it (not set for unreadable first bytes). */
+  private named: 'tls' | 'http' | null = null;
+  /**
+   * What was decided: set when the policy allowed the peeked name, or when
+   * audit mode let a refused connection through. Re-decided if the
+   * allowlist changes before the dial completes, and by a reload with drop
+   * once piped.
+   */
   private inFlight: InFlight | undefined;
 
   constructor(
@@ -156,6 +178,13 @@ export class HeldConnection {
       }
       case 'name': {
         const via = r.protocol === 'tls' ? 'sni' : 'host';
+        this.named = r.protocol;
+        if (r.protocol === 'tls') this.ech = r.ech;
+        if (r.ech && this.egress.options.refuseEch === true) {
+          const id = this.egress.recordBlock('ech', 'tcp', this.dst, this.syn.dstPort, r.name === null ? null : canonicalOr(r.name), via, 'the ClientHello carries encrypted_client_hello', true);
+          this.refuse(id, 'tls', r.name, 'ech');
+          return;
+        }
         const decision = this.egress.decide({ proto: 'tcp', dst: this.dst, port: this.syn.dstPort, peeked: { via, name: r.name } });
         this.decided(decision, via, r.protocol, r.name);
         return;
@@ -165,7 +194,7 @@ export class HeldConnection {
 
   private decided(d: Decision, via: 'sni' | 'host', protocol: 'tls' | 'http', name: string | null): void {
     if (d.verdict === 'allow') {
-      this.egress.record(d, 'tcp', this.dst, this.syn.dstPort, via);
+      this.egress.record(d, 'tcp', this.dst, this.syn.dstPort, via, undefined, this.ech);
       void this.dial(d, protocol, via);
       return;
     }
@@ -177,6 +206,8 @@ export class HeldConnection {
       this.dst,
       this.syn.dstPort,
       via,
+      undefined,
+      this.ech,
     );
     this.refuse(id, protocol, name, d.verdict === 'block' ? d.reason : 'no-name');
   }
@@ -205,6 +236,12 @@ export class HeldConnection {
       }
     } catch (err) {
       if (this.state !== 'dialing') return;
+      if (err instanceof LiveLookupRefusedError && d.dial.kind === 'name') {
+        // The name would be a new live lookup the budget cannot pay for: a refusal, recorded, not a dial.
+        const id = this.egress.recordBlock(err.reason, 'tcp', this.dst, port, d.dial.name, via, err.message);
+        this.refuse(id, protocol, d.dial.name, err.reason);
+        return;
+      }
       this.log.info('tcp flow failed', { dst: `${this.dst}:${port}`, name: d.name, reason: 'resolve-failed', error: (err as Error).message });
       this.tcp?.abort();
       this.finish();
@@ -217,7 +254,7 @@ export class HeldConnection {
       this.finish();
       return;
     }
-    await this.pipeTo(addresses, d.name, via);
+    await this.pipeTo(addresses, d.name);
   }
 
   private startDialing(): void {
@@ -240,10 +277,18 @@ export class HeldConnection {
       }
     }
     if (this.state !== 'dialing') return;
-    await this.pipeTo(addresses, typeof canonical === 'string' ? canonical : null, via);
+    // Decided (as would-block) under the current rules: a reload with drop re-decides it like any other flow.
+    const named = typeof canonical === 'string' && via !== null;
+    this.inFlight = {
+      version: this.egress.version,
+      target: { kind: 'flow', flow: { proto: 'tcp', dst: this.dst, port: this.syn.dstPort, ...(named ? { peeked: { via, name: canonical } } : {}) } },
+      dial: named ? { kind: 'name', name: canonical } : { kind: 'address', address: this.dst },
+      via,
+    };
+    await this.pipeTo(addresses, named ? canonical : null);
   }
 
-  private async pipeTo(addresses: readonly string[], name: string | null, via: 'sni' | 'host' | null): Promise<void> {
+  private async pipeTo(addresses: readonly string[], name: string | null): Promise<void> {
     const port = this.syn.dstPort;
     let socket: Socket;
     try {
@@ -266,15 +311,20 @@ export class HeldConnection {
       this.finish();
       return;
     }
-    // The bytes that named the destination go first, then the pipe takes over.
-    for (const chunk of this.held) socket.write(chunk);
-    this.held.length = 0;
-    this.heldBytes = 0;
+    // The pipe takes over; the bytes that named the destination go first, through its watch like all later ones.
+    const watch = this.named === null ? undefined : new FlowWatch(this.named, this.egress, { dst: this.dst, port });
     this.state = 'piped';
-    this.pipe = this.host.adopt(this.syn, this.tcp, socket, name, via);
+    const inFlight = this.inFlight;
+    const connected = socket.remoteAddress;
+    const pipe = this.host.adopt(this.syn, this.tcp, socket, (why) => inFlight === undefined || this.egress.recheck(inFlight, why, connected).keep, watch);
+    this.pipe = pipe;
     this.onDone(this);
-    if (this.guestEnded) this.pipe.onEnd();
-    this.tcp.resume();
+    const held = this.held.splice(0);
+    this.heldBytes = 0;
+    for (const chunk of held) pipe.onData(chunk);
+    if (this.guestEnded) pipe.onEnd();
+    // A watch that holds the guest (an upgrade waiting for the server) or refused it resumes it itself, or never.
+    if (watch === undefined || (!watch.holding && watch.refusal === null)) this.tcp.resume();
   }
 
   // --- refusing --------------------------------------------------------

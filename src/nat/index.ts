@@ -193,11 +193,15 @@ export class Nat implements GatewayUdpClaims {
     // Audit: a web flow no hostname rule covers is still peeked, so that its
     // record (and what moat learn proposes) carries the name, not just an IP.
     const peekToLearn = egress.audit && d.verdict === 'block' && d.reason === 'no-rule' && (syn.dstPort === 80 || syn.dstPort === 443);
+    const flow = { proto: 'tcp', dst: formatIPv4(syn.dst), port: syn.dstPort } as const;
     if (d.verdict === 'block' && !peekToLearn) {
-      const id = egress.record(d, 'tcp', formatIPv4(syn.dst), syn.dstPort, d.name === null ? null : 'pin');
+      const via = d.name === null ? null : 'pin';
+      const id = egress.record(d, 'tcp', flow.dst, syn.dstPort, via);
       // Audit lets it through (recorded as would-block), but never to cloud metadata.
       if (egress.audit && d.reason !== 'link-local') {
-        this.tcp.dial(pending, hostAddress);
+        // Let through by address, and re-decided as such by a reload with drop (recorded as would-block again if still refused).
+        const inFlight: InFlight = { version: egress.version, target: { kind: 'flow', flow }, dial: { kind: 'address', address: flow.dst }, via };
+        this.tcp.dial(pending, hostAddress, (why) => egress.recheck(inFlight, why).keep);
         return;
       }
       this.policyBlocked.tcp++;
@@ -206,13 +210,13 @@ export class Nat implements GatewayUdpClaims {
     }
     if (d.verdict === 'allow') {
       const via = d.reason === 'pinned' ? 'pin' : null;
-      egress.record(d, 'tcp', formatIPv4(syn.dst), syn.dstPort, via);
+      egress.record(d, 'tcp', flow.dst, syn.dstPort, via);
       // Allowed before any byte arrived means allowed by address (IP rule,
       // pin): dial where classifyDestination leads (the host alias -> loopback).
       // A reload before the dial completes re-decides it (issue 14 finding 4).
       const inFlight: InFlight = {
         version: egress.version,
-        target: { kind: 'flow', flow: { proto: 'tcp', dst: formatIPv4(syn.dst), port: syn.dstPort } },
+        target: { kind: 'flow', flow },
         dial: d.dial,
         via,
         ...(d.reason === 'pinned' && d.name !== null ? { pinnedName: d.name } : {}),
@@ -309,20 +313,21 @@ export class Nat implements GatewayUdpClaims {
   /**
    * After an allowlist reload with ?drop=1: resets every TCP flow — open,
    * dialing, or held for its name — and closes every UDP flow the current
-   * policy would refuse now. Returns how many.
+   * policy would refuse now. Returns how many. Every TCP flow carries what
+   * it was decided as (InFlight) and is re-decided by Egress.recheck, which
+   * records each refusal ('allowlist changed while ...').
    */
   dropRefusedFlows(): number {
     const egress = this.egress;
     if (egress === undefined) return 0;
     let dropped = this.tcp.recheckDials();
     for (const h of [...this.held]) if (!h.recheck()) dropped++;
-    dropped += this.tcp.resetWhere((syn, name, via) => {
-      const dst = formatIPv4(syn.dst);
-      const d = egress.decide({ proto: 'tcp', dst, port: syn.dstPort, ...(via === null ? {} : { peeked: { via, name } }) });
-      // 'peek' for a flow that was let through by address means it now needs a name it never gave.
-      return d.verdict === 'allow';
+    dropped += this.tcp.recheckOpen();
+    dropped += this.udp.closeWhere((t) => {
+      // A UDP flow keeps no decision of its own (its first datagram was decided): re-decided as one made under no current version.
+      const flow = { proto: 'udp', dst: formatIPv4(t.dst), port: t.dstPort } as const;
+      return egress.recheck({ version: -1, target: { kind: 'flow', flow }, dial: { kind: 'address', address: flow.dst }, via: null }, 'while open').keep;
     });
-    dropped += this.udp.closeWhere((t) => egress.decide({ proto: 'udp', dst: formatIPv4(t.dst), port: t.dstPort }).verdict === 'allow');
     return dropped;
   }
 

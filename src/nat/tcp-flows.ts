@@ -16,7 +16,7 @@ import { connect as netConnect, type NetConnectOpts, type Socket } from 'node:ne
 import type { PendingTcp, SynInfo, TcpHandlers, TcpSocket } from '../../netstack/api.js';
 import { RefusalLog, type BufferBudget } from '../limits.js';
 import type { Logger } from '../log.js';
-import { TcpPipe } from './tcp-pipe.js';
+import { TcpPipe, type FlowInspector } from './tcp-pipe.js';
 import { describe } from './udp-flows.js';
 
 export interface TcpFlowTableOptions {
@@ -77,8 +77,8 @@ export class TcpFlowTable {
   private readonly pipes = new Set<TcpPipe>();
   /** The pipe each dialed socket's reads go to (sockets with the shared read buffer). */
   private readonly readers = new WeakMap<Socket, TcpPipe>();
-  /** What each pipe's guest asked for: its SYN and, for connections held for it, the name that let it out. */
-  private readonly origins = new Map<TcpPipe, { syn: SynInfo; name: string | null; via: 'sni' | 'host' | null; admit?: DialAdmission }>();
+  /** How each flow decided by the egress policy is asked again (recheckOpen); flows without one are never re-decided. */
+  private readonly admissions = new Map<TcpPipe, DialAdmission>();
   private readonly counters = { opened: 0, refused: 0, limitRefused: 0, timedOut: 0, bytesToHost: 0, bytesToGuest: 0 };
 
   /**
@@ -227,10 +227,15 @@ export class TcpFlowTable {
     throw new Error(`no address answered on port ${port} (${errors.join('; ') || 'no address'})`);
   }
 
-  /** Joins an already accepted guest connection to a connected host socket; returns the handlers the guest's events must go to. */
-  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, name: string | null = null, via: 'sni' | 'host' | null = null): TcpHandlers {
-    const pipe = this.newPipe(syn, socket);
-    this.origins.set(pipe, { syn, name, via });
+  /**
+   * Joins an already accepted guest connection to a connected host socket;
+   * returns the handlers the guest's events must go to. `admit`: how a
+   * reload with drop asks whether the flow may go on (recheckOpen);
+   * `inspector`: the watch the piped flow stays under (one connection, one name).
+   */
+  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit?: DialAdmission, inspector?: FlowInspector): TcpHandlers {
+    const pipe = this.newPipe(syn, socket, inspector);
+    if (admit !== undefined) this.admissions.set(pipe, admit);
     this.counters.opened++;
     this.log.debug('tcp flow open', describe(syn));
     pipe.bind(tcp);
@@ -295,13 +300,14 @@ export class TcpFlowTable {
     for (const pipe of [...this.pipes]) pipe.destroy();
   }
 
-  private newPipe(syn: SynInfo, socket: Socket): TcpPipe {
+  private newPipe(syn: SynInfo, socket: Socket, inspector?: FlowInspector): TcpPipe {
     const pipe = new TcpPipe(socket, {
       waitForConnect: false,
+      ...(inspector !== undefined ? { inspector } : {}),
       ...(this.opts.budget ? { budget: this.opts.budget } : {}),
       onFinished: (p, reason) => {
         this.pipes.delete(p);
-        this.origins.delete(p);
+        this.admissions.delete(p);
         this.counters.bytesToHost += p.bytesToHost;
         this.counters.bytesToGuest += p.bytesToGuest;
         this.log.debug('tcp flow close', {
@@ -318,15 +324,14 @@ export class TcpFlowTable {
   }
 
   /**
-   * Resets every open flow `stillAllowed` says no to (an allowlist reload
-   * with ?drop=1); a flow this table dialed with an admission is asked that
-   * instead. Returns how many were reset.
+   * Asks every open flow's admission whether it may go on (an allowlist
+   * reload with ?drop=1; the admission records each refusal) and resets
+   * those it may not. Returns how many were reset.
    */
-  resetWhere(stillAllowed: (syn: SynInfo, name: string | null, via: 'sni' | 'host' | null) => boolean): number {
+  recheckOpen(): number {
     let reset = 0;
-    for (const pipe of [...this.pipes]) {
-      const o = this.origins.get(pipe);
-      if (o === undefined || (o.admit !== undefined ? o.admit('while open') : stillAllowed(o.syn, o.name, o.via))) continue;
+    for (const [pipe, admit] of [...this.admissions]) {
+      if (admit('while open')) continue;
       pipe.destroy();
       reset++;
     }
@@ -336,7 +341,7 @@ export class TcpFlowTable {
   private connected(dial: Dial): void {
     const pipe = this.newPipe(dial.pending.syn, dial.socket);
     this.readers.set(dial.socket, pipe);
-    this.origins.set(pipe, { syn: dial.pending.syn, name: null, via: null, ...(dial.admit !== undefined ? { admit: dial.admit } : {}) });
+    if (dial.admit !== undefined) this.admissions.set(pipe, dial.admit);
     let tcp;
     try {
       tcp = dial.pending.accept(pipe.handlers);

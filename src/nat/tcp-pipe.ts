@@ -19,6 +19,13 @@
  * on one side resets the other: host error -> tcp.abort() (RST to the guest),
  * guest RST/abort/timeout -> host.destroy(). The pipe reports `onFinished`
  * exactly once, when both sides are gone.
+ *
+ * Inspection (optional, `inspector`): a flow whose bytes must keep being
+ * checked after it was allowed (one connection, one name: every HTTP request,
+ * a TLS client's plaintext handshake) passes its guest bytes through the
+ * inspector before they reach the host, and host bytes too while the
+ * inspector asks for them. Flows without one pay one property check per
+ * chunk; an inspector that is done is dropped.
  */
 import type { Socket } from 'node:net';
 import type { TcpCloseReason, TcpHandlers, TcpSocket } from '../../netstack/api.js';
@@ -27,6 +34,32 @@ import { CopySlabs } from './copy-slabs.js';
 
 /** Copies of guest bytes waiting in host sockets' write queues, shared by every pipe (one thread). */
 const GUEST_COPIES = new CopySlabs();
+
+/**
+ * What an inspector says after looking at bytes:
+ *  - 'pass': go on;
+ *  - 'hold': stop reading the guest until host bytes settle it ('release');
+ *  - 'release': read the guest again (what was held has been forwarded);
+ *  - 'done': nothing more to inspect; the inspector is dropped;
+ *  - 'reset': refuse: reset both sides;
+ *  - 'answer': refuse: the host's writing side is ended, guest bytes are
+ *    dropped, and after the host's last byte the guest gets `answer` and a
+ *    FIN (bounded by `lingerMs`, then both are reset).
+ */
+export type InspectVerdict = 'pass' | 'hold' | 'release' | 'done' | 'reset' | 'answer';
+
+export interface FlowInspector {
+  /** Guest bytes, before the host: calls `forward` with what may go (views valid during that call). */
+  guest(data: Uint8Array, forward: (bytes: Uint8Array) => void): InspectVerdict;
+  /** True while host bytes must be shown to host(). */
+  readonly watchingHost: boolean;
+  /** Host bytes (only while watchingHost), before the guest; `forward` sends held guest bytes on. */
+  host(data: Uint8Array, forward: (bytes: Uint8Array) => void): InspectVerdict;
+  /** For 'answer': what the guest gets after the host's last byte. */
+  readonly answer: Uint8Array | null;
+  /** For 'answer': how long the host may take to finish before both sides are reset. */
+  readonly lingerMs: number;
+}
 
 export interface TcpPipeOptions {
   /**
@@ -45,6 +78,8 @@ export interface TcpPipeOptions {
    * the budget resumes it.
    */
   budget?: BufferBudget;
+  /** Checks guest bytes (and host bytes while it asks) before they pass; see FlowInspector. */
+  inspector?: FlowInspector;
 }
 
 export class TcpPipe implements BudgetMember {
@@ -67,6 +102,16 @@ export class TcpPipe implements BudgetMember {
   private hostPausedForBudget = false;
   private guestPausedForBudget = false;
   private finished = false;
+  private inspector: FlowInspector | undefined;
+  /** The inspector holds guest bytes: the guest side is paused until it releases them. */
+  private guestPausedForInspector = false;
+  /** A guest FIN that came while guest bytes were held: passed on after them. */
+  private guestEndPending = false;
+  /** Refused by the inspector: guest bytes are dropped from now on. */
+  private guestRefused = false;
+  /** Bytes the guest gets after the host's last byte, before its FIN (a refusal). */
+  private trailer: Uint8Array | undefined;
+  private lingerTimer: NodeJS.Timeout | undefined;
 
   constructor(
     readonly host: Socket,
@@ -80,6 +125,7 @@ export class TcpPipe implements BudgetMember {
       onClose: (reason) => this.guestClosed(reason),
       onConnect: () => this.guestConnect(),
     };
+    this.inspector = opts.inspector;
     if (!this.guestConnected) host.pause();
     // Sockets dialed with a shared read buffer (TcpFlowTable) emit no 'data': their bytes come through hostBytes().
     host.on('data', (chunk: Buffer) => this.hostData(chunk, false));
@@ -105,7 +151,7 @@ export class TcpPipe implements BudgetMember {
     }
     if (this.guestPausedForBudget) {
       this.guestPausedForBudget = false;
-      if (!this.guestPausedForHost && !this.tcpClosed) this.tcp?.resume();
+      if (!this.guestPausedForHost && !this.guestPausedForInspector && !this.tcpClosed) this.tcp?.resume();
     }
   }
 
@@ -140,6 +186,18 @@ export class TcpPipe implements BudgetMember {
 
   private guestData(data: Uint8Array): void {
     if (this.host.destroyed || this.host.writableEnded) return;
+    if (this.inspector !== undefined || this.guestRefused) {
+      if (!this.guestRefused) this.apply(this.inspector!.guest(data, this.forwardToHost));
+      return;
+    }
+    this.writeToHost(data);
+  }
+
+  private readonly forwardToHost = (bytes: Uint8Array): void => {
+    if (!this.host.destroyed && !this.host.writableEnded) this.writeToHost(bytes);
+  };
+
+  private writeToHost(data: Uint8Array): void {
     this.bytesToHost += data.length;
     // One input batch delivers many segments: cork so that they leave in one
     // writev once the batch is done, not one write syscall per segment.
@@ -170,11 +228,74 @@ export class TcpPipe implements BudgetMember {
   private hostDrain(): void {
     if (!this.guestPausedForHost) return;
     this.guestPausedForHost = false;
-    if (!this.tcpClosed && !this.guestPausedForBudget) this.tcp?.resume();
+    if (!this.tcpClosed && !this.guestPausedForBudget && !this.guestPausedForInspector) this.tcp?.resume();
   }
 
   private guestEnd(): void {
+    if (this.guestPausedForInspector) {
+      this.guestEndPending = true;
+      return;
+    }
     if (!this.host.destroyed) this.host.end();
+  }
+
+  // --- inspection ------------------------------------------------------------
+
+  private apply(v: InspectVerdict): void {
+    switch (v) {
+      case 'pass':
+        return;
+      case 'hold':
+        if (!this.guestPausedForInspector) {
+          this.guestPausedForInspector = true;
+          this.tcp?.pause();
+        }
+        return;
+      case 'release':
+        this.unhold();
+        return;
+      case 'done':
+        this.inspector = undefined;
+        this.unhold();
+        return;
+      case 'reset':
+        this.inspector = undefined;
+        this.destroy();
+        return;
+      case 'answer':
+        this.refuseWithAnswer();
+        return;
+    }
+  }
+
+  private unhold(): void {
+    if (!this.guestPausedForInspector) return;
+    this.guestPausedForInspector = false;
+    if (!this.tcpClosed && !this.guestPausedForHost && !this.guestPausedForBudget) this.tcp?.resume();
+    if (this.guestEndPending) {
+      this.guestEndPending = false;
+      this.guestEnd();
+    }
+  }
+
+  /**
+   * The server still answers what it was sent before the refused request
+   * (its writing side is ended, so it closes after that); then the guest
+   * gets the refusal and a FIN. A server that does not finish within the
+   * linger time is reset, and the guest with it.
+   */
+  private refuseWithAnswer(): void {
+    const inspector = this.inspector!;
+    this.inspector = undefined;
+    this.guestRefused = true;
+    this.guestPausedForInspector = false;
+    this.guestEndPending = false;
+    this.trailer = inspector.answer ?? undefined;
+    this.tcp?.pause(); // nothing more is read from the guest
+    if (!this.host.destroyed) this.host.end();
+    this.lingerTimer = setTimeout(() => this.destroy(), inspector.lingerMs);
+    this.lingerTimer.unref?.();
+    if (this.hostEnded && this.held === undefined) this.endGuest();
   }
 
   private guestConnect(): void {
@@ -214,6 +335,10 @@ export class TcpPipe implements BudgetMember {
 
   private hostData(chunk: Uint8Array, reused: boolean): void {
     if (this.tcpClosed) return;
+    if (this.inspector?.watchingHost === true) {
+      this.apply(this.inspector.host(chunk, this.forwardToHost));
+      if (this.tcpClosed) return;
+    }
     if (this.tcp === undefined || !this.guestConnected || this.held !== undefined) {
       // Not writable yet: keep this one chunk and stop reading.
       this.held = this.held === undefined ? (reused ? Buffer.from(chunk) : chunk) : concat(this.held, chunk);
@@ -262,6 +387,13 @@ export class TcpPipe implements BudgetMember {
 
   private endGuest(): void {
     if (this.guestEndSent || this.tcpClosed || this.tcp === undefined) return;
+    if (this.trailer !== undefined) {
+      // A refusal's answer goes after the host's last byte, then the FIN (flushHeld comes back here).
+      this.held = this.trailer;
+      this.trailer = undefined;
+      this.flushHeld();
+      return;
+    }
     this.guestEndSent = true;
     this.tcp.end();
   }
@@ -289,6 +421,7 @@ export class TcpPipe implements BudgetMember {
   private maybeFinished(): void {
     if (this.finished || !this.tcpClosed || !this.hostClosed) return;
     this.finished = true;
+    if (this.lingerTimer !== undefined) clearTimeout(this.lingerTimer);
     this.opts.budget?.remove(this);
     this.opts.onFinished(this, this.hostError !== undefined ? 'host-error' : (this.tcpCloseReason ?? 'aborted'));
   }

@@ -19,10 +19,12 @@ import {
   NODE_CONFIG_IO,
   parseAdmitResolved,
   parseDecisionLog,
+  parseLiveLookupFlags,
   parseLogSettings,
   parseMode,
   parseListenUrl,
   parsePeekTimeout,
+  parseRefuseEch,
   readFlags,
   SERVE_FLAGS,
   type ConfigIo,
@@ -30,6 +32,7 @@ import {
   type FlagDoc,
 } from '../config.js';
 import { parseHostPort } from '../port-forwards.js';
+import { LIVE_LOOKUP_FLAG_NAMES, type LiveLookupSettings } from '../allowlist/live-lookup-flags.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from '../log-flags.js';
 import { ProxyCredentials } from './auth.js';
 import { isLoopbackHost } from './exposure.js';
@@ -53,6 +56,8 @@ export interface ProxyConfig {
   decisionLog: string | undefined;
   /** enforce, or audit: every target goes through and refusals are recorded as would-block. */
   mode: 'enforce' | 'audit';
+  /** Refuse tunnels whose ClientHello carries encrypted_client_hello (--refuse-ech). */
+  refuseEch: boolean;
   apiSocket: string | undefined;
   /** Client connections each listener holds at once (tunnels, keep-alive clients, handshakes). */
   maxConnections: number;
@@ -65,6 +70,8 @@ export interface ProxyConfig {
   refusalDetails: boolean;
   logLevel: LogLevel;
   logFormat: LogFormat;
+  /** The live-lookup budget of this proxy's clients together (--live-lookup-*, --no-live-lookups). */
+  liveLookups: LiveLookupSettings;
   /** The logs' budget and the decision log's rotation (as for serve); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
 }
@@ -113,6 +120,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
     'After a CONNECT (or SOCKS5 CONNECT) to :443/:80, the tunnel is held until its TLS SNI or HTTP Host has been read and compared with the requested host; a tunnel that names nothing in this long is closed. Nothing is dialed before.',
   ),
   shared('decision-log'),
+  shared('refuse-ech', 'Refuse every tunnel whose TLS ClientHello carries encrypted_client_hello (reason "ech"): only the outer SNI could be checked. GREASE ECH looks the same, so clients that send it by default (Chrome) are refused too; see README.'),
   shared(
     'mode',
     'enforce refuses what the rules do not allow; audit lets every target through (cloud metadata 169.254.0.0/16 excepted) and records each one the rules would have refused as "would-block" in the decision log, so `moat learn` can propose an allowlist.',
@@ -141,6 +149,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
     'refusal-details',
     "A refusal's 403 body also lists the allow rules (for debugging). Off, it names the host, the reason and the decision id only: the rules would tell a client what else it may reach and which wildcards are resolved live.",
   ),
+  ...LIVE_LOOKUP_FLAG_NAMES.map((name) => shared(name)),
   shared('api', 'Serve the control API on a unix socket: GET /stats, GET /healthz, GET and PUT /allowlist (replace the rules at run time).'),
   shared('config', 'Read settings from a JSON file whose keys are these flag names ({"listen": "127.0.0.1:3128", "allow": ["github.com"]}). Flags given on the command line override it.'),
   shared('log-level'),
@@ -228,6 +237,7 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       peekTimeoutMs: parsePeekTimeout(raw),
       decisionLog: parseDecisionLog(raw),
       mode: parseMode(raw),
+      refuseEch: parseRefuseEch(raw, true),
       apiSocket,
       maxConnections,
       listenPublic,
@@ -236,6 +246,7 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       refusalDetails: raw.get('refusal-details')?.value === true,
       logLevel,
       logFormat,
+      liveLookups: parseLiveLookupFlags(raw),
       logLimits,
     },
   };

@@ -24,11 +24,11 @@
 import { Agent, createServer, request as httpRequest, type ClientRequest, type ClientRequestArgs, type IncomingMessage, type RequestOptions, type Server, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import type { Egress } from '../egress/egress.js';
+import type { Egress, InFlight } from '../egress/egress.js';
 import { forbiddenResponse } from '../egress/refusals.js';
 import type { Logger } from '../log.js';
 import { PROXY_AUTHENTICATE, type AuthFailureLog, type ProxyCredentials } from './auth.js';
-import { admit, type Admission } from './targets.js';
+import { admit, admittedInFlight, type Admission } from './targets.js';
 import type { Dialer } from './tunnel.js';
 
 /** What the HTTP listener needs from the proxy core. */
@@ -51,9 +51,16 @@ const VIA = '1.1 moat';
 
 /** Upstream connections: pooled keep-alive ones, and one-shot ones for requests with a framing doubt. */
 export interface ProxyAgents {
-  pooled: Agent;
-  oneShot: Agent;
-  /** Closes every upstream connection (on reload with drop, and at shutdown). */
+  pooled: DialByNameAgent;
+  oneShot: DialByNameAgent;
+  /**
+   * An allowlist reload with ?drop=1: each upstream connection, idle or
+   * carrying a request, is re-decided as the request that dialed it was
+   * admitted (Egress.recheck, a decision record per refusal); refused ones
+   * are closed (a request on one gets the 403). Returns how many.
+   */
+  dropRefused(): number;
+  /** Closes every upstream connection (at shutdown). */
   destroy(): void;
 }
 
@@ -63,6 +70,7 @@ export function createHttpProxy(host: HttpProxyHost, opts: { maxConnections: num
   const agents: ProxyAgents = {
     pooled,
     oneShot,
+    dropRefused: () => pooled.dropRefused(host.egress()) + oneShot.dropRefused(host.egress()),
     destroy: () => {
       pooled.destroy();
       oneShot.destroy();
@@ -211,6 +219,12 @@ interface Forwarding {
  * pooled connection that dies before answering a bodyless idempotent
  * request is replaced by a fresh one (RFC 9112 9.3.1), else the client gets
  * a 502: never a hang.
+ *
+ * The upstream connection is handed to the request only if the rules still
+ * allow what it was dialed for (issue 14 finding 4): a request admitted
+ * before a reload whose dial completes after it, or that waited for a pooled
+ * connection, is re-decided then (Egress.recheck) and refused with a 403
+ * before a byte is written upstream.
  */
 function forward(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage, res: ServerResponse, f: Forwarding): void {
   const method = req.method ?? 'GET';
@@ -221,18 +235,28 @@ function forward(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage,
   // with a hex chunk-size line that no server takes for a request line.
   const framing: Forwarding['framing'] = doubt ? { kind: 'chunked' } : f.framing;
   let current: ClientRequest | null = null;
+  const admitted = admittedInFlight(f.a);
   const attempt = (n: number): void => {
+    const agent = doubt ? agents.oneShot : agents.pooled;
     const upReq = httpRequest({
-      agent: doubt ? agents.oneShot : agents.pooled,
+      agent,
       host: f.a.name ?? f.a.addresses[0],
       port: f.port,
       method,
       path: f.path,
       headers: framedHeaders(forwardedHeaders(req.rawHeaders, f.authority), framing),
       moatAddresses: f.a.addresses,
+      moatInFlight: admitted,
     } as RequestOptions);
     current = upReq;
     let answered = false;
+    // node emits 'socket' before it writes anything to the socket: the last moment to re-decide.
+    upReq.on('socket', (socket: Socket) => {
+      const decided = agent.decisionOf(socket) ?? admitted;
+      if (decided === undefined) return;
+      const r = host.egress().recheck(decided, upReq.reusedSocket ? 'while pooled' : 'while dialing', socket.remoteAddress);
+      if (!r.keep) upReq.destroy(new ReloadRefusal(r.id, r.reason));
+    });
     upReq.on('response', (upRes: IncomingMessage) => {
       answered = true;
       // Answered before the body was all sent: the connection's state is in doubt, never pool it.
@@ -242,6 +266,12 @@ function forward(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage,
       upRes.on('error', () => res.destroy());
     });
     upReq.on('error', (err) => {
+      if (err instanceof ReloadRefusal) {
+        host.counters.refused++;
+        if (res.headersSent) res.destroy();
+        else sendRefusal(res, forbiddenResponse({ host: f.a.name ?? f.a.addresses[0]!, reason: err.reason, id: err.id, rules: host.egress().options.refusalDetails ? host.egress().policy.ruleTexts : null }));
+        return;
+      }
       if (!answered && upReq.reusedSocket && !hasBody && IDEMPOTENT.has(method) && n < MAX_RETRIES && !res.destroyed) {
         host.log.debug('proxy request retried on a fresh connection', { dst: f.a.dst, error: err.message });
         attempt(n + 1);
@@ -373,13 +403,28 @@ function plainResponse(status: number, message: string, body: string, extra: Rec
   return Buffer.concat([Buffer.from(head, 'latin1'), b]);
 }
 
+/** An upstream connection the rules refuse now (after a reload): the request gets a 403 naming the decision. */
+class ReloadRefusal extends Error {
+  constructor(
+    readonly id: string,
+    readonly reason: string,
+  ) {
+    super(`refused: the allowlist changed (decision ${id}, ${reason})`);
+  }
+}
+
 /**
  * An Agent whose connections go to the addresses admission chose (passed
  * as `moatAddresses` in the request options), dialed by connectFirst:
  * node never resolves the name itself. Pooled per host:port by node's own
- * key, keep-alive (or one request per connection), bounded in total.
+ * key, keep-alive (or one request per connection), bounded in total. Each
+ * connection keeps what the request that dialed it was admitted as
+ * (`moatInFlight`), so that a later request on it, or a reload with drop,
+ * re-decides that.
  */
 class DialByNameAgent extends Agent {
+  private readonly decisions = new WeakMap<Duplex, InFlight>();
+
   constructor(
     private readonly dialer: Dialer,
     maxTotal: number,
@@ -391,8 +436,10 @@ class DialByNameAgent extends Agent {
   override createConnection(options: ClientRequestArgs, callback?: (err: Error | null, stream: Duplex) => void): Duplex | null | undefined {
     const addresses = (options as { moatAddresses?: readonly string[] }).moatAddresses ?? [];
     const port = Number(options.port ?? 80);
+    const decided = (options as { moatInFlight?: InFlight }).moatInFlight;
     this.dialer.connectFirst(addresses, port).then(
       (s) => {
+        if (decided !== undefined) this.decisions.set(s, decided);
         // The dialer's sockets are half-open (the NAT needs that); node's
         // client only watches 'end' during a request, so a pooled socket the
         // server closed would stay in the pool, take the next request, and
@@ -403,5 +450,33 @@ class DialByNameAgent extends Agent {
       (e: Error) => callback?.(e, undefined as unknown as Duplex),
     );
     return undefined;
+  }
+
+  /** What the request that dialed `socket` was admitted as (undefined: unknown, never re-decided). */
+  decisionOf(socket: Duplex): InFlight | undefined {
+    return this.decisions.get(socket);
+  }
+
+  /** See ProxyAgents.dropRefused. */
+  dropRefused(egress: Egress): number {
+    let closed = 0;
+    for (const [lists, inUse] of [
+      [this.sockets, true],
+      [this.freeSockets, false],
+    ] as const) {
+      for (const list of Object.values(lists)) {
+        for (const socket of [...(list ?? [])]) {
+          const decided = this.decisions.get(socket);
+          if (decided === undefined) continue;
+          const r = egress.recheck(decided, 'while open', socket.remoteAddress);
+          if (r.keep) continue;
+          // A request on it fails with the refusal (403, or cut if its answer began); an idle one just closes.
+          if (inUse) socket.destroy(new ReloadRefusal(r.id, r.reason));
+          else socket.destroy();
+          closed++;
+        }
+      }
+    }
+    return closed;
   }
 }

@@ -14,6 +14,7 @@
 import type { AddressInfo, Server, Socket } from 'node:net';
 import type { Resolver } from '../../dns/preresolve.js';
 import { NodeDnsResolver } from '../allowlist/resolver.js';
+import type { LiveBudgetStats } from '../../dns/live-budget.js';
 import { ApiServer, type AllowlistControl } from '../api-server.js';
 import { MonotonicClock } from '../clock.js';
 import { DEFAULT_SUBNET, formatUpstream, type DnsUpstream } from '../config.js';
@@ -29,7 +30,7 @@ import { AuthFailureLog } from './auth.js';
 import { exposureWarnings } from './exposure.js';
 import { createHttpProxy } from './http-proxy.js';
 import { createSocks5Server } from './socks5.js';
-import { decideAddress, type Admission } from './targets.js';
+import type { Admission } from './targets.js';
 import { Tunnel, type Dialer } from './tunnel.js';
 
 export { parseProxyArgs, proxyHelp, PROXY_FLAGS, type ProxyConfig } from './config.js';
@@ -67,6 +68,8 @@ export interface ProxyStats {
   tunnels: { open: number; peeking: number; opened: number; bytesUp: number; bytesDown: number; peekBufferedBytes: number };
   decisions: { allowed: number; blocked: number; wouldBlock: number; suppressedLines: number };
   connections: { http: number; socks: number };
+  /** The live-lookup budget of all clients together (dns/live-budget.ts). */
+  liveBudget: LiveBudgetStats & { enabled: boolean };
   /** What the main log's and the decision log's budgets wrote and held back (as serve's /stats.logs). */
   logs: Record<string, unknown>;
 }
@@ -117,7 +120,8 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         admitResolved: config.admitResolved,
         hostAliasExempt: false,
         allowLinkLocal: false,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails, refuseEch: config.refuseEch },
+        liveLookups: config.liveLookups,
         now: d.now,
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,
@@ -172,19 +176,9 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         const result = await runtime.reload(texts);
         let dropped = 0;
         if (drop) {
-          // Re-admit each tunnel's target by the new policy; those it refuses are closed.
-          for (const t of [...tunnels]) {
-            const p = t.plan;
-            const still =
-              p.name !== null
-                ? egress.policy.decideName('tcp', p.name, p.port).verdict === 'allow'
-                : decideAddress(egress, 'tcp', p.addresses[0]!, p.port).verdict === 'allow';
-            if (!still) {
-              t.destroy();
-              dropped++;
-            }
-          }
-          agents.destroy(); // pooled upstream connections are re-dialed (and re-decided) on the next request
+          // Each tunnel and upstream connection is re-decided as it was admitted (Egress.recheck, one record per refusal); refused ones are closed.
+          for (const t of [...tunnels]) if (!t.recheck()) dropped++;
+          dropped += agents.dropRefused();
         }
         log.info('allowlist reloaded', { allow: result.rules, dropped });
         return { ...result, dropped };
@@ -208,6 +202,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         ...counters,
         tunnels: { open, peeking, opened: finished.opened, bytesUp: up, bytesDown: down, peekBufferedBytes: buffered },
         decisions: { ...egress.decisions.stats },
+        liveBudget: { enabled: runtime.liveBudget.enabled, ...runtime.liveBudget.stats },
         connections: { http: httpSockets.size, socks: socksSockets?.size ?? 0 },
         logs: logStats(log, egress.decisions, sink),
       };

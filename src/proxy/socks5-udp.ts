@@ -21,7 +21,6 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import type { Socket } from 'node:net';
 import type { Egress } from '../egress/egress.js';
 import type { Logger } from '../log.js';
-import { decideAddress } from './targets.js';
 
 /** Destinations one association remembers for replies; the oldest is forgotten beyond it. */
 const MAX_PEERS = 256;
@@ -157,7 +156,7 @@ export async function openUdpAssociation(
       return;
     }
     const e = egress();
-    const d = decideAddress(e, 'udp', h.address, h.port);
+    const d = e.decideAddress('udp', h.address, h.port);
     const key = `${h.address}:${h.port}`;
     if (d.verdict !== 'allow') {
       counters.udpDropped++;

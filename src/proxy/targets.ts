@@ -9,10 +9,9 @@
  *    (policy.admitResolved). The client never chooses the address.
  *  - An IP literal is decided by address (EgressPolicy.decide without a
  *    peek): IP/CIDR rules, the link-local refusal, pins on non-web ports;
- *    then the same rebinding filter as a resolved name (decideAddress).
- *    A 'peek' answer there means only hostname rules cover the port; the
- *    proxy refuses it, because an address target has no name to check
- *    (RFC 6066 3 forbids literal addresses in SNI).
+ *    then the same rebinding filter as a resolved name; a port only
+ *    hostname rules cover is refused (Egress.decideAddress, which a
+ *    re-decision after a reload uses too).
  *
  * Every outcome is one decision record whose id the refusal carries.
  *
@@ -23,7 +22,8 @@
 import { isIP } from 'node:net';
 import { canonicalHostname } from '../../dns/rules.js';
 import type { Decision } from '../../sni/policy.js';
-import type { Egress } from '../egress/egress.js';
+import { LiveLookupRefusedError } from '../egress/dial-targets.js';
+import type { Egress, InFlight } from '../egress/egress.js';
 import type { Logger } from '../log.js';
 
 export type TargetHost = { kind: 'name'; name: string } | { kind: 'ipv4'; address: string } | { kind: 'ipv6'; address: string };
@@ -72,6 +72,19 @@ export type Admission =
       detail?: string;
     };
 
+/**
+ * What an admitted target was decided as, for Egress.recheck when the rules
+ * change before (or after) its upstream connects: by name or by address, as
+ * admit() decided it. undefined: decided under no version (never rechecked).
+ */
+export function admittedInFlight(a: { name: string | null; addresses: readonly string[]; port: number; version?: number | undefined }): InFlight | undefined {
+  const first = a.addresses[0];
+  if (a.version === undefined || first === undefined) return undefined;
+  return a.name !== null
+    ? { version: a.version, target: { kind: 'name', name: a.name, port: a.port }, dial: { kind: 'name', name: a.name }, via: 'target' }
+    : { version: a.version, target: { kind: 'address', proto: 'tcp', address: first, port: a.port }, dial: { kind: 'address', address: first }, via: 'target' };
+}
+
 /** Admissions re-made because the allowlist changed while one was resolving, before giving up and letting the tunnel's own re-check decide. */
 const MAX_READMISSIONS = 2;
 
@@ -100,27 +113,8 @@ async function admitTarget(egress: Egress, host: string, port: number, log: Logg
   return admitName(egress, t.name, port, log);
 }
 
-/**
- * The decision for an address a proxy client named (TCP target or UDP
- * datagram): EgressPolicy.decide, then the rebinding filter names get
- * (policy.admitResolved), so that a literal cannot reach what a name
- * resolving to it could not: under --allow-all (no IP rules) loopback,
- * private and link-local addresses are refused unless --admit-resolved
- * admits them; an address an IP rule allows passes (the rule admits it).
- */
-export function decideAddress(egress: Egress, proto: 'tcp' | 'udp', address: string, port: number): Decision {
-  const d = egress.decide({ proto, dst: address, port });
-  if (d.verdict !== 'allow') return d;
-  const { refused } = egress.policy.admitResolved([address], port);
-  if (refused.length === 0) return d;
-  return { verdict: 'block', reason: 'rebinding', rule: null, name: null, detail: `${address} is in a special range (${refused[0]!.range}) nothing admits` };
-}
-
 function admitAddress(egress: Egress, address: string, port: number): Admission {
-  let d: Decision = decideAddress(egress, 'tcp', address, port);
-  if (d.verdict === 'peek') {
-    d = { verdict: 'block', reason: 'no-rule', rule: null, name: null, detail: 'an address target needs an IP/CIDR rule (hostname rules cover this port: connect by name)' };
-  }
+  const d = egress.decideAddress('tcp', address, port);
   const id = egress.record(d, 'tcp', address, port, 'target');
   if (d.verdict === 'block' && egress.audit && d.reason !== 'link-local') {
     return { ok: true, id, name: null, addresses: [address], port, peek: 'none', dst: `${address}:${port}` };
@@ -145,6 +139,11 @@ async function admitName(egress: Egress, host: string, port: number, log: Logger
   try {
     resolved = await egress.targets.addressesFor(name);
   } catch (err) {
+    if (err instanceof LiveLookupRefusedError) {
+      // A new name the live-lookup budget cannot pay for (or live lookups off): refused by policy, not unresolved.
+      const id = egress.recordBlock(err.reason, 'tcp', name, port, name, 'target', err.message);
+      return { ok: false, id, kind: 'blocked', reason: err.reason, name, detail: err.message };
+    }
     log.info('proxy target did not resolve', { name, port, error: (err as Error).message });
     const id = egress.recordBlock('unresolved', 'tcp', name, port, name, 'target', (err as Error).message);
     return { ok: false, id, kind: 'unresolved', reason: 'unresolved', name, detail: (err as Error).message };

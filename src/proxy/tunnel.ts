@@ -13,6 +13,14 @@
  *            socket high-water marks (backpressure pauses the reader), not
  *            by a queue of ours.
  *
+ * A tunnel whose first bytes were TLS or HTTP stays watched once piped
+ * (FlowWatch, as in `moat serve`): every later HTTP request must name the
+ * CONNECT host too (else the server finishes what came before, then the
+ * client gets a 403 and the close), and a second ClientHello the same SNI
+ * and ECH presence (else both sides are reset). Watched tunnels are piped by
+ * hand (write/drain) instead of stream.pipe(), so every client chunk passes
+ * the watch first.
+ *
  * Refusals speak the client's protocol where we can: a TLS access_denied
  * alert, an HTTP 403 (forbiddenResponse, as `moat serve`), else a close.
  */
@@ -20,9 +28,11 @@ import type { Socket } from 'node:net';
 import { canonicalHostname } from '../../dns/rules.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Egress, InFlight } from '../egress/egress.js';
+import { FlowWatch } from '../egress/flow-watch.js';
 import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from '../egress/refusals.js';
+import type { InspectVerdict } from '../nat/tcp-pipe.js';
 import type { Logger } from '../log.js';
-import type { PeekMode } from './targets.js';
+import { admittedInFlight, type PeekMode } from './targets.js';
 
 /** How the proxy dials (TcpFlowTable.connectFirst in production). */
 export interface Dialer {
@@ -53,18 +63,24 @@ export interface TunnelContext {
   serverFirstGraceMs: number;
 }
 
-type State = 'peeking' | 'dialing' | 'piped' | 'refusing' | 'closed';
+type State = 'peeking' | 'dialing' | 'piped' | 'refusing' | 'answering' | 'closed';
 
 export class Tunnel {
   private state: State = 'peeking';
   private readonly peeker = new NamePeeker();
   private readonly held: Buffer[] = [];
+  /** What admission decided, re-decided by Egress.recheck when the rules change (undefined: never). */
+  private readonly inFlight: InFlight | undefined;
   private heldBytes = 0;
   private timer: NodeJS.Timeout | undefined;
   private upstream: Socket | undefined;
   private clientEnded = false;
   /** plan.peek, until an 'optional' peek sees TLS/HTTP begin and becomes 'required'. */
   private mode: PeekMode;
+  /** Whether the ClientHello carried ECH (TLS tunnels), for the decision records. */
+  private ech: boolean | undefined;
+  /** The protocol whose name the peek read and accepted: the piped tunnel is watched in it. */
+  private named: 'tls' | 'http' | null = null;
   bytesUp = 0;
   bytesDown = 0;
 
@@ -75,6 +91,7 @@ export class Tunnel {
     private readonly onDone: (t: Tunnel) => void,
   ) {
     this.mode = plan.peek;
+    this.inFlight = admittedInFlight(plan);
   }
 
   get phase(): State {
@@ -155,6 +172,11 @@ export class Tunnel {
       }
       case 'name': {
         const via = r.protocol === 'tls' ? 'sni' : 'host';
+        if (r.protocol === 'tls') this.ech = r.ech;
+        if (r.ech && this.ctx.egress.options.refuseEch === true) {
+          this.refuse(this.block('ech', r.name?.slice(0, 256) ?? null, via, 'the ClientHello carries encrypted_client_hello'), 'tls', null, 'ech');
+          return;
+        }
         if (r.name === null) {
           this.refuse(this.block('no-name', null, via, `no ${via === 'sni' ? 'SNI' : 'Host'} in the tunnel`), r.protocol, null, 'no-name');
           return;
@@ -167,6 +189,7 @@ export class Tunnel {
           this.refuse(this.block(reason, shown, via, `the tunnel was requested for ${this.plan.dst}`), r.protocol, shown, reason);
           return;
         }
+        this.named = r.protocol;
         void this.dial();
         return;
       }
@@ -195,8 +218,12 @@ export class Tunnel {
   }
 
   private block(reason: string, name: string | null, via: string | null, detail?: string): string {
-    const colon = this.plan.dst.lastIndexOf(':');
-    return this.ctx.egress.recordBlock(reason, 'tcp', this.plan.dst.slice(0, colon), this.plan.port, name ?? this.plan.name, via, detail);
+    return this.ctx.egress.recordBlock(reason, 'tcp', this.dstHost, this.plan.port, name ?? this.plan.name, via, detail, this.ech);
+  }
+
+  /** plan.dst without its port, as the records show destinations. */
+  private get dstHost(): string {
+    return this.plan.dst.slice(0, this.plan.dst.lastIndexOf(':'));
   }
 
   // --- dialing and piping ----------------------------------------------
@@ -235,7 +262,13 @@ export class Tunnel {
     this.upstream = up;
     this.state = 'piped';
     up.on('error', () => this.destroy());
-    up.on('close', () => this.destroy());
+    // While answering a refusal, the client side closes itself once the answer is out (or the linger timer fires).
+    up.on('close', () => (this.state === 'answering' ? undefined : this.destroy()));
+    // Only a tunnel whose first bytes named the host is watched: server-first and other protocols on a named port are not HTTP or TLS.
+    if (this.named !== null) {
+      this.pipeWatched(up, new FlowWatch(this.named, this.ctx.egress, { dst: this.dstHost, port: this.plan.port }));
+      return;
+    }
     for (const chunk of this.held) {
       this.bytesUp += chunk.length;
       up.write(chunk);
@@ -251,15 +284,110 @@ export class Tunnel {
     this.client.resume();
   }
 
+  /** Client -> upstream through the watch (by hand, with backpressure); upstream -> client piped. */
+  private pipeWatched(up: Socket, watch: FlowWatch): void {
+    let inspecting: FlowWatch | null = watch;
+    let heldForWatch = false;
+    let pausedForUpstream = false;
+    let endPending = false;
+    const forward = (b: Uint8Array): void => {
+      if (up.destroyed || up.writableEnded) return;
+      this.bytesUp += b.length;
+      // Views of the client's own chunks (never reused) or of the watch's released buffers.
+      if (!up.write(b) && !pausedForUpstream) {
+        pausedForUpstream = true;
+        this.client.pause();
+        up.once('drain', () => {
+          pausedForUpstream = false;
+          if (!heldForWatch && this.state === 'piped') this.client.resume();
+        });
+      }
+    };
+    const endUpstream = (): void => {
+      if (heldForWatch) endPending = true;
+      else if (!up.destroyed) up.end();
+    };
+    const apply = (v: InspectVerdict): void => {
+      switch (v) {
+        case 'pass':
+          return;
+        case 'hold':
+          heldForWatch = true;
+          this.client.pause();
+          return;
+        case 'release':
+        case 'done':
+          if (v === 'done') inspecting = null;
+          if (heldForWatch) {
+            heldForWatch = false;
+            if (!pausedForUpstream) this.client.resume();
+            if (endPending) up.end();
+          }
+          return;
+        case 'reset':
+          inspecting = null;
+          this.client.resetAndDestroy();
+          up.resetAndDestroy();
+          this.destroy();
+          return;
+        case 'answer':
+          inspecting = null;
+          this.answerAfterUpstream(up, watch);
+          return;
+      }
+    };
+    const fromClient = (c: Buffer): void => {
+      if (this.state !== 'piped') return; // refused: the rest is dropped
+      if (inspecting === null) forward(c);
+      else apply(inspecting.guest(c, forward));
+    };
+    up.on('data', (c: Buffer) => {
+      this.bytesDown += c.length;
+      if (inspecting !== null && inspecting.watchingHost) apply(inspecting.host(c, forward));
+    });
+    // The upstream's answers go to the client; its end is passed on by hand (a refusal may have to follow it).
+    up.pipe(this.client, { end: false });
+    up.on('end', () => {
+      if (this.state === 'answering') this.endClientWith(watch.answer);
+      else if (this.state === 'piped') this.client.end();
+    });
+    const held = this.held.splice(0);
+    this.heldBytes = 0;
+    for (const chunk of held) fromClient(chunk);
+    this.client.on('data', fromClient);
+    this.client.on('end', endUpstream);
+    if (this.clientEnded) endUpstream();
+    if (this.state === 'piped' && !heldForWatch) this.client.resume();
+  }
+
+  /** A refused request on a watched HTTP tunnel: the upstream finishes what it was sent, then the 403 and the close. */
+  private answerAfterUpstream(up: Socket, watch: FlowWatch): void {
+    this.state = 'answering';
+    this.client.pause();
+    if (!up.destroyed) up.end();
+    if (up.readableEnded) this.endClientWith(watch.answer);
+    this.timer = setTimeout(() => this.destroy(), this.ctx.egress.options.refusalLingerMs);
+  }
+
+  private endClientWith(bytes: Uint8Array | null): void {
+    if (bytes === null) this.client.end();
+    else this.client.end(bytes);
+  }
+
   private stillAdmitted(connected: string | undefined, why: string): boolean {
-    const p = this.plan;
-    const first = p.addresses[0];
-    if (p.version === undefined || first === undefined) return true;
-    const f: InFlight =
-      p.name !== null
-        ? { version: p.version, target: { kind: 'name', name: p.name, port: p.port }, dial: { kind: 'name', name: p.name }, via: 'target' }
-        : { version: p.version, target: { kind: 'flow', flow: { proto: 'tcp', dst: first, port: p.port } }, dial: { kind: 'address', address: first }, via: 'target' };
-    return this.ctx.egress.recheck(f, why, connected).keep;
+    return this.inFlight === undefined || this.ctx.egress.recheck(this.inFlight, why, connected).keep;
+  }
+
+  /**
+   * An allowlist reload with ?drop=1: is this tunnel still allowed by the
+   * current rules, whatever its phase? A refused one is closed now, with a
+   * decision record (Egress.recheck); returns false for it.
+   */
+  recheck(): boolean {
+    const why = this.state === 'peeking' ? 'while peeking' : this.state === 'dialing' ? 'while dialing' : this.state === 'piped' ? 'while open' : null;
+    if (why === null || this.stillAdmitted(this.upstream?.remoteAddress, why)) return true;
+    this.destroy();
+    return false;
   }
 
   // --- refusing --------------------------------------------------------

@@ -2,7 +2,7 @@
  * Test doubles for dns/: virtual time that advances itself when nothing else
  * can happen, and a scriptable fake upstream resolver.
  */
-import type { ResolvedAddresses, Resolver, Timers } from '../../dns/preresolve.js';
+import type { ResolvedAddresses, Resolver, ServiceRecords, ServiceType, Timers } from '../../dns/preresolve.js';
 import { NXDOMAIN_CODE } from '../../dns/preresolve.js';
 
 interface Pending {
@@ -100,6 +100,22 @@ export class FakeResolver implements Resolver {
   host(name: string, a: string[], aaaa: string[] = [], ttl = 300): this {
     this.script('A', name, { answer: { addresses: a, ttl } });
     return this.script('AAAA', name, { answer: { addresses: aaaa, ttl } });
+  }
+
+  /** HTTPS/SVCB records (raw RDATA) that `name` always answers with; unscripted names are NXDOMAIN. */
+  service(type: ServiceType, name: string, records: Uint8Array[], ttl = 300): this {
+    this.services.set(`${type} ${name}`, { records, ttl });
+    return this;
+  }
+
+  private readonly services = new Map<string, ServiceRecords>();
+
+  async resolveService(name: string, type: ServiceType, signal: AbortSignal): Promise<ServiceRecords> {
+    signal.throwIfAborted();
+    this.calls.push(`${type} ${name}`);
+    const r = this.services.get(`${type} ${name}`);
+    if (r === undefined) throw nxdomain();
+    return r;
   }
 
   callsFor(family: 'A' | 'AAAA', name: string): number {

@@ -66,6 +66,32 @@ while True:
     threading.Thread(target=serve, args=(c, p[0]), daemon=True).start()
 `;
 
+/** Upstream that reads and never answers: a flow stays established until something closes it. Args: ADDR PORT. */
+const SILENT_SERVER_PY = `
+import socket, sys, threading
+addr, port = sys.argv[1], int(sys.argv[2])
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((addr, port))
+srv.listen(8)
+print('ready', flush=True)
+def serve(c, peer):
+    while True:
+        try:
+            d = c.recv(65536)
+        except OSError:
+            break
+        if not d:
+            break
+        print('data %s %d' % (peer, len(d)), flush=True)
+    print('closed %s' % peer, flush=True)
+    c.close()
+while True:
+    c, p = srv.accept()
+    print('conn %s' % p[0], flush=True)
+    threading.Thread(target=serve, args=(c, p[0]), daemon=True).start()
+`;
+
 interface DecisionLine {
   decision: string;
   reason: string;
@@ -167,5 +193,25 @@ describe.skipIf(gate.skip)('moat serve e2e: a reload covers connections still di
       () => decisions().some((d) => d.decision === 'blocked' && d.name === WWW && d.reason === 'name-not-allowed' && /allowlist changed while dialing/.test(d.detail ?? '')),
       { timeoutMs: 5_000, intervalMs: 50 },
     );
+  }, 40_000);
+
+  it('?drop=1 resets an established flow Moat dialed by the name it peeked, counts it, and records it once', async () => {
+    const other = fx.topo.internetAddrs[2]!;
+    const server = nsSpawn(fx.remoteNs, 'python3', ['-c', SILENT_SERVER_PY, other, '80']);
+    servers.push(server);
+    await waitForOutput(server, /^ready$/m, { stream: 'stdout', timeoutMs: 10_000 });
+    const restore = await fx.api('PUT', '/allowlist', { allow: [WWW, OTHER] });
+    expect(restore.status, restore.text).toBe(200);
+    const curl = fx.guestRun('curl', ['-sS', '--max-time', '15', '--resolve', `${OTHER}:80:${other}`, `http://${OTHER}/open`], { timeoutMs: 20_000 });
+    await waitFor('the request to reach the server', () => fromMoat(server, 'data').length > 0, { timeoutMs: 10_000, intervalMs: 50 });
+
+    const put = await fx.api('PUT', '/allowlist?drop=1', { allow: [WWW] });
+    expect(put.status, put.text).toBe(200);
+    expect((put.body as { dropped: number }).dropped, put.text + evidence()).toBe(1);
+    const r = await curl;
+    expect(r.status, r.stdout + r.stderr + evidence()).not.toBe(0);
+    await waitFor('the upstream side to be closed', () => linesStartingWith(server.stdout(), `closed ${fx.topo.hostAddr}`).length === 1, { timeoutMs: 5_000, intervalMs: 50 });
+    const dropped = decisions().filter((d) => d.name === OTHER && /allowlist changed while open/.test(d.detail ?? ''));
+    expect(dropped, JSON.stringify(decisions()) + evidence()).toMatchObject([{ decision: 'blocked', reason: 'name-not-allowed', via: 'host' }]);
   }, 40_000);
 });

@@ -45,7 +45,7 @@ import {
 const repoRoot = REPO_ROOT;
 export const MOAT_BIN = join(repoRoot, 'bin', 'moat.mjs');
 const MOAT_CLI_JS = join(repoRoot, 'dist', 'src', 'cli.js');
-const DNS_PACKET_PATH = createRequire(import.meta.url).resolve('dns-packet');
+export const DNS_PACKET_PATH = createRequire(import.meta.url).resolve('dns-packet');
 
 /** Moat's defaults for 192.168.127.0/24 (see `moat serve --help`). */
 export const GATEWAY_IP = '192.168.127.1';
@@ -85,6 +85,8 @@ export interface MoatFixtureOptions {
   dns?: boolean;
   /** Records the remote DNS server answers (default: DEFAULT_ZONE(fixture)). */
   dnsZone?: (topo: Topology) => DnsZone;
+  /** Code of the remote DNS server (default DNS_SERVER_JS); run as `node -e CODE ADDR 53 ZONE_JSON`, it must print "ready". */
+  dnsServerJs?: string;
   /** Write a pcap of the guest link (--pcap) into the fixture's directory. */
   pcap?: boolean;
   /** Run udhcpc after the shim is up (default true). */
@@ -530,7 +532,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
     const dnsServerAddr = topo.remoteAddr;
     if (options.dns ?? true) {
       const zone = (options.dnsZone ?? defaultZone)(topo);
-      dnsServer = await startNodeServer(topo.remoteNs, DNS_SERVER_JS, [dnsServerAddr, '53', JSON.stringify(zone)]);
+      dnsServer = await startNodeServer(topo.remoteNs, options.dnsServerJs ?? DNS_SERVER_JS, [dnsServerAddr, '53', JSON.stringify(zone)]);
     }
 
     const link = options.link ?? 'relay';

@@ -44,7 +44,7 @@ class Bench {
   accepts = 0;
   private deferred: (() => void)[] = [];
 
-  constructor(readonly port = 40000, tcp: Partial<typeof DEFAULT_STACK_CONFIG.tcp> = {}) {
+  constructor(public port = 40000, tcp: Partial<typeof DEFAULT_STACK_CONFIG.tcp> = {}) {
     this.stack = createStack(
       { ...DEFAULT_STACK_CONFIG, tcp: { ...DEFAULT_STACK_CONFIG.tcp, recvBufferBytes: RECV_BUFFER, oooBytes: OOO_BYTES, ...tcp } },
       {
@@ -126,6 +126,7 @@ class Bench {
 
   handshake(isn = PEER_ISN): void {
     this.sndNxt = (isn + 1) >>> 0;
+    this.rcvNxt = 0; // a new connection: Moat's next ISN is not comparable with the last one's numbers
     this.send(isn, TCP_SYN, { ack: 0, tsval: this.tsval() });
     const synAck = this.out.at(-1)!;
     if ((synAck.flags & (TCP_SYN | TCP_ACK)) !== (TCP_SYN | TCP_ACK)) throw new Error('no SYN-ACK');
@@ -137,6 +138,12 @@ class Bench {
     const at = (this.sndNxt - PEER_ISN - 1) >>> 0;
     this.send(this.sndNxt, flags, { payload: stream(at, len) });
     this.sndNxt = (this.sndNxt + len) >>> 0;
+  }
+
+  /** Moat's state for the peer's four-tuple: the socket's, or TIME-WAIT while the stack's TIME-WAIT table holds it. */
+  state(): string | undefined {
+    const st = this.sock?.state;
+    return st === 'CLOSED' && this.stack.inTimeWait({ src: GUEST, srcPort: this.port, dst: SERVER, dstPort: 80 }) ? 'TIME-WAIT' : st;
   }
 
   lastAckFromMoat(): number {
@@ -193,7 +200,7 @@ function inState(state: string): Bench {
       b.sndNxt = (b.sndNxt + 1) >>> 0;
       break;
   }
-  const got = state === 'SYN-RECEIVED' ? b.sock?.state : s.state;
+  const got = b.state();
   if (got !== state) throw new Error(`wanted ${state}, got ${got}`);
   return b;
 }
@@ -204,10 +211,10 @@ describe('hostile TCP: RST and SYN in every state (RFC 9293 3.10.7.4, RFC 5961)'
   it('SYN-RECEIVED: an exact RST ends the half-open connection; an in-window one earns a challenge ACK', () => {
     const b = new Bench();
     b.send(PEER_ISN, TCP_SYN, { ack: 0 });
-    expect(b.sock!.state).toBe('SYN-RECEIVED');
+    expect(b.state()).toBe('SYN-RECEIVED');
     const before = b.out.length;
     b.send(b.sndNxt + 100, TCP_RST);
-    expect(b.sock!.state).toBe('SYN-RECEIVED');
+    expect(b.state()).toBe('SYN-RECEIVED');
     expect(b.out.length).toBe(before + 1);
     expect(b.out.at(-1)!.flags).toBe(TCP_ACK);
     b.send(b.sndNxt, TCP_RST);
@@ -221,7 +228,7 @@ describe('hostile TCP: RST and SYN in every state (RFC 9293 3.10.7.4, RFC 5961)'
       for (const delta of [1, 1000, -1, 0x40000000]) {
         const before = b.out.length;
         b.send(b.sndNxt + delta, TCP_RST);
-        expect(b.sock!.state, `RST at RCV.NXT${delta >= 0 ? '+' : ''}${delta}`).toBe(state);
+        expect(b.state(), `RST at RCV.NXT${delta >= 0 ? '+' : ''}${delta}`).toBe(state);
         // At most one segment back, and never a RST (no reset war).
         expect(b.out.length - before).toBeLessThanOrEqual(1);
         for (const s of b.out.slice(before)) expect(s.flags & TCP_RST).toBe(0);
@@ -232,7 +239,7 @@ describe('hostile TCP: RST and SYN in every state (RFC 9293 3.10.7.4, RFC 5961)'
     it(`${state}: RST at exactly RCV.NXT ends it`, () => {
       const b = inState(state);
       b.send(b.sndNxt, TCP_RST);
-      expect(b.sock!.state).toBe('CLOSED');
+      expect(b.state()).toBe('CLOSED');
       expect(b.stack.tableSizes().connections).toBe(0);
       // TIME-WAIT and a completed close have already told the owner 'closed'; elsewhere it is a reset.
       expect(b.closed).toBe(state === 'TIME-WAIT' ? 'closed' : 'reset');
@@ -245,7 +252,7 @@ describe('hostile TCP: RST and SYN in every state (RFC 9293 3.10.7.4, RFC 5961)'
           const before = b.out.length;
           b.tick(1_000); // past the challenge-ACK rate limit
           b.send(seq, TCP_SYN, { ack: 0 });
-          expect(b.sock!.state).toBe(state);
+          expect(b.state()).toBe(state);
           const answers = b.out.slice(before);
           expect(answers.length).toBeLessThanOrEqual(2); // a due retransmission may leave in the same tick
           expect(answers.some((s) => s.flags === TCP_ACK && s.ack === b.sndNxt), `challenge ACK for SYN at ${seq}`).toBe(true);
@@ -270,13 +277,13 @@ describe('hostile TCP: TIME-WAIT reuse (RFC 9293 3.10.7.4, RFC 6191)', () => {
       b.send(isn, TCP_SYN, { ack: 0 });
       expect(b.accepts).toBe(2);
       expect(b.sock).not.toBe(old);
-      expect(b.sock!.state).toBe('SYN-RECEIVED');
+      expect(b.state()).toBe('SYN-RECEIVED');
       const synAck = b.out.slice(before).find((s) => (s.flags & (TCP_SYN | TCP_ACK)) === (TCP_SYN | TCP_ACK));
       expect(synAck?.ack).toBe((isn + 1) >>> 0);
       b.sndNxt = (isn + 1) >>> 0;
       b.rcvNxt = (synAck!.seq + 1) >>> 0; // a new ISN: not comparable with the old connection's numbers
       b.send(b.sndNxt, TCP_ACK, { ack: b.rcvNxt });
-      expect(b.sock!.state).toBe('ESTABLISHED');
+      expect(b.state()).toBe('ESTABLISHED');
       expect(b.stack.tableSizes().connections).toBe(1);
     });
   }
@@ -286,7 +293,76 @@ describe('hostile TCP: TIME-WAIT reuse (RFC 9293 3.10.7.4, RFC 6191)', () => {
     b.send(PEER_ISN + 5, TCP_SYN | TCP_ACK);
     b.send(PEER_ISN + 9, TCP_ACK);
     expect(b.accepts).toBe(1);
-    expect(b.sock!.state).toBe('TIME-WAIT');
+    expect(b.state()).toBe('TIME-WAIT');
+  });
+});
+
+describe('hostile TCP: TIME-WAIT outside the connection limit, bounded on its own (issue 16 defect 2)', () => {
+  /** The server (Moat's owner) closes first on a new source port: Moat holds that four-tuple in TIME-WAIT. */
+  function closedByServer(b: Bench, port: number): void {
+    b.port = port;
+    b.handshake();
+    b.sock!.end();
+    b.flush();
+    b.send(b.sndNxt, TCP_FIN | TCP_ACK);
+    b.sndNxt = (b.sndNxt + 1) >>> 0;
+    if (b.state() !== 'TIME-WAIT') throw new Error(`port ${port}: wanted TIME-WAIT, got ${b.state()}`);
+  }
+
+  it('four-tuples in TIME-WAIT do not count against maxConnections: server-closed connections beyond it are all accepted', () => {
+    const b = new Bench(40000, { maxConnections: 4 });
+    for (let i = 0; i < 20; i++) closedByServer(b, 41000 + i);
+    expect(b.accepts).toBe(20);
+    expect(b.stack.stats.drops['tcp:connection-limit']).toBeUndefined();
+    expect(b.stack.tableSizes()).toMatchObject({ connections: 0, timeWait: 20 });
+    expect(b.stack.stats.tcpTimeWait).toBe(20);
+  });
+
+  it('TIME-WAIT answers a retransmitted FIN with an ACK (timestamps echoed), restarts its 60 s, then leaves nothing behind', () => {
+    const b = new Bench();
+    closedByServer(b, 42000);
+    const finAck = b.out.at(-1)!;
+    expect(finAck.flags).toBe(TCP_ACK);
+    expect(finAck.ack).toBe(b.sndNxt);
+    b.tick(30_000);
+    const before = b.out.length;
+    b.send((b.sndNxt - 1) >>> 0, TCP_FIN | TCP_ACK); // our ACK of the guest's FIN was lost
+    const again = b.out.slice(before);
+    expect(again).toHaveLength(1);
+    expect(again[0]!).toMatchObject({ flags: TCP_ACK, seq: finAck.seq, ack: b.sndNxt, window: finAck.window });
+    expect(again[0]!.options.timestamp?.echo).toBe(b.tsval());
+    b.tick(59_000); // 89 s after the first FIN, 59 s after the retransmission
+    expect(b.stack.tableSizes().timeWait).toBe(1);
+    b.tick(2_000);
+    expect(b.stack.tableSizes()).toMatchObject({ connections: 0, timeWait: 0, timers: 0 });
+    // Now the four-tuple is unknown: a stray ACK gets a reset.
+    b.send(b.sndNxt, TCP_ACK);
+    expect(b.out.at(-1)!.flags & TCP_RST).toBe(TCP_RST);
+  });
+
+  it('at maxTimeWait the oldest four-tuple is recycled first; the newest keep answering', () => {
+    const b = new Bench(40000, { maxTimeWait: 3 });
+    const ports = [43000, 43001, 43002, 43003, 43004];
+    const moatSeqs: number[] = [];
+    for (const p of ports) {
+      closedByServer(b, p);
+      moatSeqs.push(b.rcvNxt);
+      b.tick(10);
+    }
+    expect(b.stack.tableSizes().timeWait).toBe(3);
+    expect(b.stack.stats.tcpTimeWaitRecycled).toBe(2);
+    // A stray ACK on each: the recycled (oldest) ones are unknown now (RST), the rest are in TIME-WAIT (silent).
+    const answers = ports.map((p, i) => {
+      b.port = p;
+      const before = b.out.length;
+      b.send((PEER_ISN + 2) >>> 0, TCP_ACK, { ack: moatSeqs[i]! });
+      return b.out.slice(before).map((s) => (s.flags & TCP_RST ? 'rst' : 'ack'));
+    });
+    expect(answers).toEqual([['rst'], ['rst'], [], [], []]);
+  });
+
+  it('maxTimeWait must be a positive integer', () => {
+    expect(() => new Bench(40000, { maxTimeWait: 0 })).toThrow(/tcp\.maxTimeWait/);
   });
 });
 
@@ -370,11 +446,11 @@ describe('hostile TCP: fast-check sequences against a live connection', () => {
         expect(b.stack.stats.drops['stack:internal-error']).toBeUndefined();
         // Only an exact RST may kill a connection, and the generator never sends one.
         expect(b.closed, `closed after ${makers.length} hostile segments`).toBeUndefined();
-        expect(['ESTABLISHED', 'CLOSE-WAIT']).toContain(b.sock!.state);
+        expect(['ESTABLISHED', 'CLOSE-WAIT']).toContain(b.state());
         // Recovery: the peer behaves again from Moat's RCV.NXT; every byte delivered is the stream's.
         b.sndNxt = b.lastAckFromMoat();
         const target = 12_000;
-        while (b.sock!.state === 'ESTABLISHED' && ((b.sndNxt - PEER_ISN - 1) >>> 0) < target) {
+        while (b.state() === 'ESTABLISHED' && ((b.sndNxt - PEER_ISN - 1) >>> 0) < target) {
           b.sendData(Math.min(1000, target - ((b.sndNxt - PEER_ISN - 1) >>> 0)));
           b.sndNxt = b.lastAckFromMoat();
         }

@@ -5,59 +5,7 @@ import { TimerWheel } from '../../netstack/timer-wheel.js';
 import { TcpConnection, rstForUnknown, type TcpConfig } from '../../netstack/tcp/connection.js';
 import { TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, type TcpRepr } from '../../netstack/tcp/header.js';
 import { seqAdd, seqLt, seqGt, seqDiff } from '../../netstack/tcp/seq.js';
-import { FakeHost, Recorder, TUPLE, MIRROR, linuxSyn, seg, flagsText, Network } from './tcp-harness.js';
-
-const CFG: TcpConfig = { sendBufferBytes: 64 * 1024, recvBufferBytes: 64 * 1024, oooBytes: 32 * 1024, timeWaitMs: 60_000 };
-const GUEST_ISN = 5000;
-const OUR_ISN = 1000;
-
-function bytes(n: number, salt = 0): Uint8Array {
-  return new Uint8Array(n).map((_, i) => (i + salt) & 0xff);
-}
-
-/** A connection accepted from a Linux-like SYN (with or without timestamps) and established. */
-function established(opts: { ts?: boolean; cfg?: TcpConfig; window?: number } = {}) {
-  const clock = new ManualClock(10_000);
-  const timers = new TimerWheel(clock);
-  const host = new FakeHost(clock, timers, 1460, OUR_ISN);
-  const rec = new Recorder();
-  const ts = opts.ts ?? true;
-  const syn = linuxSyn(ts ? {} : { timestamp: null });
-  const conn = TcpConnection.acceptSyn(host, opts.cfg ?? CFG, TUPLE, syn, rec);
-  const synAck = host.take();
-  let peerTs = 100;
-  const g = {
-    clock, timers, host, rec, conn, synAck,
-    rcv: GUEST_ISN + 1, // guest's next seq
-    una: OUR_ISN + 1, // what the guest acknowledges
-    ts,
-    /** A guest segment with its timestamp (echoing the last TSval we sent). */
-    send(f: { seq?: number; ack?: number; flags?: number; window?: number; payload?: Uint8Array; sack?: number[] | null; tsval?: number }) {
-      const last = host.sent.length > 0 ? host.sent[host.sent.length - 1]! : synAck[0]!;
-      const echo = last.options.timestamp?.value ?? 0;
-      const r = seg({
-        seq: f.seq ?? g.rcv,
-        ack: f.ack ?? g.una,
-        flags: f.flags ?? TCP_ACK,
-        window: f.window ?? 2000, // scaled by 7: 256000 bytes
-        payload: f.payload,
-        ts: ts ? { value: f.tsval ?? peerTs++, echo } : null,
-        sack: f.sack ?? null,
-      });
-      conn.input(r);
-      host.flush();
-    },
-    tick(ms: number) {
-      clock.advance(ms);
-      timers.advance();
-      host.flush();
-    },
-  };
-  g.send({ seq: GUEST_ISN + 1, ack: OUR_ISN + 1 });
-  expect(conn.state).toBe('ESTABLISHED');
-  host.take();
-  return g;
-}
+import { FakeHost, Recorder, TUPLE, MIRROR, linuxSyn, seg, flagsText, Network, CFG, GUEST_ISN, OUR_ISN, bytes, established } from './tcp-harness.js';
 
 describe('passive open (answering a Linux SYN)', () => {
   it('negotiates MSS, window scale, SACK and timestamps only as offered', () => {
@@ -418,7 +366,8 @@ describe('sending and loss recovery', () => {
   });
 
   it('retransmits on RTO with doubling backoff, then times out with RST', () => {
-    const g = established({ cfg: { ...CFG, maxRetries: 4 } });
+    // Without SACK: no tail loss probe comes before the RTO.
+    const g = established({ sack: false, cfg: { ...CFG, maxRetries: 4 } });
     g.conn.write(bytes(100));
     g.host.flush();
     g.host.take();
@@ -432,7 +381,7 @@ describe('sending and loss recovery', () => {
   });
 
   it('fast-retransmits after three duplicate ACKs and handles a NewReno partial ACK', () => {
-    const g = established();
+    const g = established({ sack: false });
     g.conn.write(bytes(1448 * 10));
     g.host.flush();
     const first = g.host.take();
@@ -454,6 +403,35 @@ describe('sending and loss recovery', () => {
     g.send({ ack: seqAdd(s[9]!, 1448) });
     expect(g.conn.debug.inRecovery).toBe(false);
     expect(g.conn.bufferedAmount).toBe(0);
+  });
+
+  it('with SACK but no blocks on the duplicates, three duplicate ACKs still resend the first segment', () => {
+    const g = established();
+    g.conn.write(bytes(1448 * 10));
+    g.host.flush();
+    const first = g.host.take();
+    for (let i = 0; i < 2; i++) g.send({ ack: first[0]!.seq });
+    expect(g.host.take().filter((x) => x.seq === first[0]!.seq)).toHaveLength(0);
+    g.send({ ack: first[0]!.seq });
+    expect(g.host.take().filter((x) => x.seq === first[0]!.seq && x.payload.length === 1448)).toHaveLength(1);
+    expect(g.conn.debug.inRecovery).toBe(true);
+  });
+
+  it('with SACK, a lost tail draws a tail loss probe (the last segment again) before any RTO', () => {
+    const g = established();
+    g.send({ payload: bytes(10), tsval: 500 }); // an RTT sample: the handshake's was 0 ms
+    g.rcv += 10;
+    g.host.take();
+    g.conn.write(bytes(1448 * 4));
+    g.host.flush();
+    const sent = g.host.take().filter((x) => x.payload.length > 0);
+    expect(sent).toHaveLength(4);
+    const times: [number, number][] = [];
+    const start = g.clock.now();
+    g.host.onTransmit = (s) => times.push([g.clock.now() - start, s.seq]);
+    for (let i = 0; i < 30; i++) g.tick(5);
+    // The probe: the last segment again, 2 x SRTT (floored at 10 ms) after the flight left; the RTO (200 ms) has not fired.
+    expect(times).toEqual([[10, sent[3]!.seq]]);
   });
 
   it('probes a zero window with backoff and resumes when it opens', () => {

@@ -3,6 +3,7 @@
  * through the real wire format (tcpHeaderLength + emitTcpHeader + parseTcp),
  * and a two-connection "network" with a deterministic lossy link.
  */
+import { expect } from 'vitest';
 import { ManualClock } from '../../netstack/clock.js';
 import { TimerWheel } from '../../netstack/timer-wheel.js';
 import type { FourTuple, TcpCloseReason, TcpHandlers } from '../../netstack/api.js';
@@ -277,3 +278,58 @@ export class Network {
     return done();
   }
 }
+
+// ---------------------------------------------------------------- one connection against a scripted guest
+
+export const CFG: TcpConfig = { sendBufferBytes: 64 * 1024, recvBufferBytes: 64 * 1024, oooBytes: 32 * 1024, timeWaitMs: 60_000 };
+export const GUEST_ISN = 5000;
+export const OUR_ISN = 1000;
+
+export function bytes(n: number, salt = 0): Uint8Array {
+  return new Uint8Array(n).map((_, i) => (i + salt) & 0xff);
+}
+
+/** A connection accepted from a Linux-like SYN (with or without timestamps) and established. */
+export function established(opts: { ts?: boolean; sack?: boolean; cfg?: TcpConfig; window?: number } = {}) {
+  const clock = new ManualClock(10_000);
+  const timers = new TimerWheel(clock);
+  const host = new FakeHost(clock, timers, 1460, OUR_ISN);
+  const rec = new Recorder();
+  const ts = opts.ts ?? true;
+  const syn = linuxSyn({ ...(ts ? {} : { timestamp: null }), ...(opts.sack === false ? { sackPermitted: false } : {}) });
+  const conn = TcpConnection.acceptSyn(host, opts.cfg ?? CFG, TUPLE, syn, rec);
+  const synAck = host.take();
+  let peerTs = 100;
+  const g = {
+    clock, timers, host, rec, conn, synAck,
+    rcv: GUEST_ISN + 1, // guest's next seq
+    una: OUR_ISN + 1, // what the guest acknowledges
+    ts,
+    /** A guest segment with its timestamp (echoing the last TSval we sent). */
+    send(f: { seq?: number; ack?: number; flags?: number; window?: number; payload?: Uint8Array; sack?: number[] | null; tsval?: number }) {
+      const last = host.sent.length > 0 ? host.sent[host.sent.length - 1]! : synAck[0]!;
+      const echo = last.options.timestamp?.value ?? 0;
+      const r = seg({
+        seq: f.seq ?? g.rcv,
+        ack: f.ack ?? g.una,
+        flags: f.flags ?? TCP_ACK,
+        window: f.window ?? 2000, // scaled by 7: 256000 bytes
+        payload: f.payload,
+        ts: ts ? { value: f.tsval ?? peerTs++, echo } : null,
+        sack: f.sack ?? null,
+      });
+      conn.input(r);
+      host.flush();
+    },
+    tick(ms: number) {
+      clock.advance(ms);
+      timers.advance();
+      host.flush();
+    },
+  };
+  g.send({ seq: GUEST_ISN + 1, ack: OUR_ISN + 1 });
+  expect(conn.state).toBe('ESTABLISHED');
+  host.take();
+  return g;
+}
+

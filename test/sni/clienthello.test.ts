@@ -153,11 +153,15 @@ describe('ClientHelloReader: built hellos', () => {
     expect(r).toEqual({ kind: 'found', sni: 'public.ech.example', alpn: ['h2'], ech: true });
   });
 
-  it('ignores server_name entries of unknown name_type, but still finds the host_name', () => {
-    expect(parseWhole(helloRecords({ serverNames: [{ type: 7, name: 'opaque' }] }))).toMatchObject({ kind: 'found', sni: null });
-    expect(
-      parseWhole(helloRecords({ serverNames: [{ type: 7, name: 'opaque' }, { type: 0, name: 'real.example' }] })),
-    ).toMatchObject({ kind: 'found', sni: 'real.example' });
+  it('a server_name list must hold exactly one host_name entry: any other type, or a second entry, is malformed', () => {
+    // Issue 14 finding 9: this exact list used to be accepted as raw.test.
+    const finding = helloRecords({ serverNames: [{ type: 1, name: 'blocked.test' }, { type: 0, name: 'raw.test' }] });
+    expect(parseWhole(finding)).toEqual({ kind: 'malformed', reason: 'tls:bad-server-name-type' });
+    expect(reasonOf(parseWhole(helloRecords({ serverNames: [{ type: 7, name: 'opaque' }] })))).toBe('tls:bad-server-name-type');
+    expect(reasonOf(parseWhole(helloRecords({ serverNames: [{ type: 0, name: 'raw.test' }, { type: 1, name: 'blocked.test' }] })))).toBe(
+      'tls:multiple-server-names',
+    );
+    expect(parseWhole(helloRecords({ serverNames: [{ type: 0, name: 'raw.test' }] }))).toMatchObject({ kind: 'found', sni: 'raw.test' });
   });
 
   it('accepts record versions 3.0 to 3.3', () => {
@@ -261,7 +265,7 @@ describe('ClientHelloReader: malformed', () => {
 
   it('server_name: two host_names, empty or non-ASCII names, inconsistent list lengths, a second extension', () => {
     const two = helloRecords({ serverNames: [{ type: 0, name: 'allowed.example' }, { type: 0, name: 'evil.example' }] });
-    expect(reasonOf(parseWhole(two))).toBe('tls:duplicate-host-name');
+    expect(reasonOf(parseWhole(two))).toBe('tls:multiple-server-names');
     expect(reasonOf(parseWhole(helloRecords({ serverNames: [{ type: 0, name: '' }] })))).toBe('tls:bad-server-name');
     expect(reasonOf(parseWhole(helloRecords({ serverNames: [{ type: 0, name: 'b\u00e4d.example' }] })))).toBe(
       'tls:bad-server-name',

@@ -75,7 +75,7 @@ describe('NamePeeker: dispatch', () => {
       reason: 'http:duplicate-host',
     });
     const twoNames = toRecords(buildClientHello({ serverNames: [{ type: 0, name: 'a.example' }, { type: 0, name: 'b.example' }] }));
-    expect(peek(twoNames)).toEqual({ kind: 'malformed', reason: 'tls:duplicate-host-name' });
+    expect(peek(twoNames)).toEqual({ kind: 'malformed', reason: 'tls:multiple-server-names' });
   });
 
   it('passes its bounds to the readers', () => {

@@ -153,3 +153,34 @@ describe('buildAllowlistTable (real adapter, fail closed)', () => {
     expect((err as Error).message).toBe('SIGTERM');
   });
 });
+
+describe('NodeDnsResolver.resolveService (HTTPS/SVCB over UDP; c-ares has no such query)', () => {
+  const rdata = Uint8Array.from([0, 1, 0, 0, 1, 0, 3, 2, 0x68, 0x32, 0, 5, 0, 2, 0xab, 0xcd]);
+
+  it('returns the records as raw RDATA with their TTL, asking the configured server', async () => {
+    const u = await upstream({ 'svc.test': { a: ['192.0.2.1'], https: [rdata], ttl: 77 } });
+    const r = new NodeDnsResolver([{ host: '127.0.0.1', port: u.port }]);
+    expect(await r.resolveService('svc.test', 'HTTPS', never)).toEqual({ records: [rdata], ttl: 77 });
+    expect(u.queries).toEqual(['svc.test UNKNOWN_65']);
+  });
+
+  it('NODATA is an empty answer, NXDOMAIN is ENOTFOUND, SERVFAIL a plain failure, silence a timeout', async () => {
+    const u = await upstream({ 'plain.test': { a: ['192.0.2.1'] }, 'broken.test': 'servfail', 'slow.test': 'hang' });
+    const r = new NodeDnsResolver([{ host: '127.0.0.1', port: u.port }], { timeout: 200, tries: 1 });
+    expect(await r.resolveService('plain.test', 'HTTPS', never)).toEqual({ records: [], ttl: 0 });
+    expect(isNxdomain(await r.resolveService('missing.test', 'HTTPS', never).catch((e: unknown) => e))).toBe(true);
+    const sf = await r.resolveService('broken.test', 'HTTPS', never).catch((e: unknown) => e);
+    expect((sf as { code?: string }).code).toBe('ESERVFAIL');
+    const slow = await r.resolveService('slow.test', 'HTTPS', never).catch((e: unknown) => e);
+    expect((slow as { code?: string }).code).toBe('ETIMEOUT');
+  });
+
+  it('an abort ends the query at once with the abort reason', async () => {
+    const u = await upstream({ 'slow.test': 'hang' });
+    const r = new NodeDnsResolver([{ host: '127.0.0.1', port: u.port }], { timeout: 10_000, tries: 1 });
+    const ac = new AbortController();
+    const pending = r.resolveService('slow.test', 'HTTPS', ac.signal).catch((e: unknown) => e);
+    ac.abort(new Error('stop'));
+    expect(((await pending) as Error).message).toBe('stop');
+  });
+});

@@ -8,7 +8,7 @@ import type { AddressInfo } from 'node:net';
 import dnsPacket from 'dns-packet';
 
 export type UpstreamEntry =
-  | { a?: string[]; aaaa?: string[]; ttl?: number }
+  | { a?: string[]; aaaa?: string[]; ttl?: number; /** HTTPS (type 65) records as raw RDATA. */ https?: Uint8Array[] }
   | 'hang' // never answers
   | 'servfail';
 
@@ -45,6 +45,9 @@ export async function startTestUpstream(zone: Record<string, UpstreamEntry>): Pr
       const ttl = entry.ttl ?? 60;
       if (question.type === 'A') for (const a of entry.a ?? []) answers.push({ name: question.name, type: 'A', class: 'IN', ttl, data: a });
       if (question.type === 'AAAA') for (const a of entry.aaaa ?? []) answers.push({ name: question.name, type: 'AAAA', class: 'IN', ttl, data: a });
+      if ((question.type as string) === 'UNKNOWN_65') {
+        for (const d of entry.https ?? []) answers.push({ name: question.name, type: 'UNKNOWN_65', class: 'IN', ttl, data: Buffer.from(d) } as unknown as dnsPacket.Answer);
+      }
     }
     const reply = dnsPacket.encode({
       type: 'response',

@@ -20,6 +20,8 @@ import { AllowlistRuntime } from '../../src/egress/allowlist-runtime.js';
 import { DEFAULT_EGRESS_OPTIONS, type EgressOptions } from '../../src/egress/egress.js';
 import { TLS_ACCESS_DENIED_ALERT } from '../../src/egress/refusals.js';
 import { createLogger } from '../../src/log.js';
+import { DEFAULT_LIVE_BUDGET } from '../../dns/live-budget.js';
+import type { LiveLookupSettings } from '../../src/allowlist/live-lookup-flags.js';
 import { Nat } from '../../src/nat/index.js';
 import { FakePendingTcp, FakeStack, type FakeTcpSocket, waitFor } from './nat-fake-stack.js';
 
@@ -81,7 +83,7 @@ interface Setup {
   logLines: Record<string, unknown>[];
 }
 
-async function setup(rules: string[], opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]> } = {}): Promise<Setup> {
+async function setup(rules: string[], opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]>; liveLookups?: LiveLookupSettings } = {}): Promise<Setup> {
   const resolver = new MapResolver(opts.names ?? { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'deep.cdn.t.test': ['127.0.0.1'] });
   const logLines: Record<string, unknown>[] = [];
   const log = createLogger({ level: 'debug', format: 'json', stream: { write: (l: string) => logLines.push(JSON.parse(l) as Record<string, unknown>) } });
@@ -98,6 +100,7 @@ async function setup(rules: string[], opts: { admit?: string[]; egress?: Partial
       allowLinkLocal: false,
       egress: { ...DEFAULT_EGRESS_OPTIONS, ...opts.egress },
       now: () => performance.now(),
+      ...(opts.liveLookups ? { liveLookups: opts.liveLookups } : {}),
     },
     log,
   );
@@ -238,6 +241,51 @@ describe('egress through the NAT', () => {
     const sock = await acceptedSocket(p);
     sock.guestSend(Buffer.from('GET / HTTP/1.0\r\nHost: deep.cdn.t.test\r\n\r\n'));
     await waitFor(() => text(sock).startsWith('ok:'), 3000);
+    expect(s.dialed).toEqual([`127.0.0.1:${srv.port}`]);
+  });
+
+  it('dial-by-name spends from the live-lookup budget: over it the connection is refused (live-budget), nothing resolved or dialed', async () => {
+    const srv = await server();
+    const names = Object.fromEntries(['a', 'b', 'c'].map((n) => [`${n}.cdn.t.test`, ['127.0.0.1']]));
+    // One new name at once, none more for the test's life.
+    const s = await setup([`*.cdn.t.test:${srv.port}`], { names, liveLookups: { ...DEFAULT_LIVE_BUDGET, nameBurst: 1, namesPerSecond: 0, enabled: true } });
+    const open = async (host: string): Promise<FakeTcpSocket> => {
+      const p = syn(FRONTED, srv.port);
+      s.nat.onTcpSyn(p);
+      const sock = await acceptedSocket(p);
+      sock.guestSend(Buffer.from(`GET / HTTP/1.0\r\nHost: ${host}\r\n\r\n`));
+      return sock;
+    };
+    const first = await open('a.cdn.t.test');
+    await waitFor(() => text(first).startsWith('ok:'), 3000);
+    const second = await open('b.cdn.t.test');
+    await waitFor(() => second.endCalled, 3000);
+    expect(text(second)).toContain('x-moat-reason: live-budget');
+    expect(decisions(s).at(-1)).toMatchObject({ decision: 'blocked', reason: 'live-budget', name: 'b.cdn.t.test', detail: expect.stringContaining('live lookup budget exhausted') });
+    // A name already resolved (pinned) is free: it still goes through.
+    const again = await open('a.cdn.t.test');
+    await waitFor(() => text(again).startsWith('ok:'), 3000);
+    expect(s.dialed).toEqual([`127.0.0.1:${srv.port}`, `127.0.0.1:${srv.port}`]);
+    expect(s.runtime.liveBudget.stats).toMatchObject({ spent: 1, overBudget: 1 });
+    expect(s.runtime.dns.stats().liveBudget).toMatchObject({ enabled: true, overBudget: 1 });
+  });
+
+  it('with live lookups off a name below a wildcard is refused (live-off), a host the rules name still goes through', async () => {
+    const srv = await server();
+    const s = await setup([`www.t.test:${srv.port}`, `*.cdn.t.test:${srv.port}`], { liveLookups: { ...DEFAULT_LIVE_BUDGET, enabled: false } });
+    // Start-up says which rules now reach only the hosts named exactly.
+    expect(s.logLines.find((l) => String(l['msg']).startsWith('live lookups are off'))).toMatchObject({ rules: [`*.cdn.t.test:${srv.port}`] });
+    const p = syn(FRONTED, srv.port);
+    s.nat.onTcpSyn(p);
+    const sock = await acceptedSocket(p);
+    sock.guestSend(Buffer.from('GET / HTTP/1.0\r\nHost: deep.cdn.t.test\r\n\r\n'));
+    await waitFor(() => sock.endCalled, 3000);
+    expect(text(sock)).toContain('x-moat-reason: live-off');
+    const ok = syn(FRONTED, srv.port);
+    s.nat.onTcpSyn(ok);
+    const okSock = await acceptedSocket(ok);
+    okSock.guestSend(Buffer.from('GET / HTTP/1.0\r\nHost: www.t.test\r\n\r\n'));
+    await waitFor(() => text(okSock).startsWith('ok:'), 3000);
     expect(s.dialed).toEqual([`127.0.0.1:${srv.port}`]);
   });
 

@@ -13,6 +13,7 @@
  * completes is the test's to choose.
  */
 import { afterEach, describe, expect, it } from 'vitest';
+import { createSocket } from 'node:dgram';
 import { createServer, Socket, type AddressInfo, type NetConnectOpts } from 'node:net';
 import { ipv4, parseIPv4, type IPv4 } from '../../netstack/addr.js';
 import { parseRules } from '../../dns/rules.js';
@@ -307,6 +308,62 @@ describe('reload with drop while connections are held for their name', () => {
     expect(s.nat.dropRefusedFlows()).toBe(1);
     await waitFor(() => sock.abortCalled || sock.closedWith !== undefined, 'the flow to be reset');
     expect(s.records.filter((r) => r.detail === 'allowlist changed while open')).toMatchObject([{ decision: 'blocked', reason: 'host-alias', dst: `${ALIAS}:${up.port}` }]);
+  });
+});
+
+describe('reload with drop: flows piped after their held connection (dialed by name)', () => {
+  /** A held connection for `name`, dialed and piped: the server has its head. */
+  async function piped(s: Setup, port: number, name: string, up: Upstream, i: number): Promise<FakeTcpSocket> {
+    const sock = await heldDialing(s, port, name);
+    s.dials[i]!.release();
+    await waitFor(() => up.received[i]?.toString().startsWith('GET / HTTP/1.1') === true, 'the held head to reach the server');
+    return sock;
+  }
+
+  it('one refused by the new rules is reset, counted, and recorded once (allowlist changed while open); one still allowed stays', async () => {
+    const up = await upstream();
+    const s = await setup([`www.t.test:${up.port}`, `api.t.test:${up.port}`]);
+    const www = await piped(s, up.port, 'www.t.test', up, 0);
+    const api = await piped(s, up.port, 'api.t.test', up, 1);
+    expect(s.nat.stats().held).toBe(0);
+    await s.runtime.reload([`api.t.test:${up.port}`]);
+    expect(s.nat.dropRefusedFlows()).toBe(1);
+    await waitFor(() => www.abortCalled || www.closedWith !== undefined, 'the refused flow to be reset');
+    expect(api.abortCalled).toBe(false);
+    expect(reloadRecords(s)).toMatchObject([
+      { decision: 'blocked', reason: 'name-not-allowed', name: 'www.t.test', via: 'host', dst: `${FRONTED}:${up.port}`, detail: 'allowlist changed while open (connected to 127.0.0.1)' },
+    ]);
+    expect(reloadRecords(s)).toHaveLength(1);
+  });
+
+  it('audit mode: recorded as would-block and kept, as every other audit refusal', async () => {
+    const up = await upstream();
+    const s = await setup([`www.t.test:${up.port}`, `api.t.test:${up.port}`], 'audit');
+    const www = await piped(s, up.port, 'www.t.test', up, 0);
+    await s.runtime.reload([`api.t.test:${up.port}`]);
+    expect(s.nat.dropRefusedFlows()).toBe(0);
+    expect(www.abortCalled).toBe(false);
+    expect(reloadRecords(s)).toMatchObject([{ decision: 'would-block', reason: 'name-not-allowed', name: 'www.t.test', detail: 'allowlist changed while open (connected to 127.0.0.1)' }]);
+  });
+});
+
+describe('reload with drop: UDP flows', () => {
+  it('a UDP flow the new rules refuse is closed, counted, and recorded once; audit mode keeps it as would-block', async () => {
+    for (const mode of ['enforce', 'audit'] as const) {
+      const sink = createSocket('udp4');
+      await new Promise<void>((r) => sink.bind(0, '127.0.0.1', r));
+      cleanups.push(() => new Promise<void>((r) => sink.close(() => r())));
+      const port = (sink.address() as AddressInfo).port;
+      const s = await setup([`${ALIAS}:${port}`, 'www.t.test'], mode);
+      s.nat.onUdp({ src: GUEST, srcPort: 5000, dst: parseIPv4(ALIAS)! as IPv4, dstPort: port, payload: new Uint8Array(4) });
+      expect(s.nat.stats().udpFlows).toBe(1);
+      await s.runtime.reload(['www.t.test']);
+      expect(s.nat.dropRefusedFlows()).toBe(mode === 'enforce' ? 1 : 0);
+      expect(s.nat.stats().udpFlows).toBe(mode === 'enforce' ? 0 : 1);
+      expect(reloadRecords(s)).toMatchObject([
+        { decision: mode === 'enforce' ? 'blocked' : 'would-block', reason: 'host-alias', proto: 'udp', dst: `${ALIAS}:${port}`, detail: 'allowlist changed while open' },
+      ]);
+    }
   });
 });
 

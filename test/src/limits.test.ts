@@ -33,8 +33,11 @@ describe('limit flags', () => {
     const stack = stackConfigFor(c);
     expect(stack.tcp.maxHeldSyns).toBe(8);
     expect(stack.fragments.maxDatagrams).toBe(4);
-    // The stack's own connection bound is never below its default (TIME-WAIT entries live there too).
+    // The stack's own connection bound is never below its default (port-forward connections live there too).
     expect(stack.tcp.maxConnections).toBeGreaterThanOrEqual(16_384);
+    expect(stack.tcp.maxTimeWait).toBe(65_536);
+    expect(stackConfigFor(serveArgs(['--max-time-wait', '100'])).tcp.maxTimeWait).toBe(100);
+    expect(() => serveArgs(['--max-time-wait', '0'])).toThrow(/--max-time-wait/);
     const nat = natOptionsFor(c);
     expect(nat).toMatchObject({ maxTcpFlows: 20, maxUdpFlows: 16, totalBufferBytes: 1_048_576, dnsMaxInFlight: 3 });
   });

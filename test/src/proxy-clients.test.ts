@@ -271,6 +271,21 @@ describe('moat proxy: reload with drop', () => {
     expect(proxy.stats().tunnels.open).toBe(0);
     await proxy.allowlist.reload(['secure.test', 'plain.test', 'echo.test:7000'], false);
   });
+
+  it('closes the pooled upstream connections of absolute-form requests to hosts the new rules refuse, counts them and records each', async () => {
+    // curl's absolute-form request leaves a pooled upstream connection to plain.test (earlier tests may have left more).
+    const r = await curl(['-x', `http://${proxy.http}`, 'http://plain.test/pooled']);
+    expect(r.stdout).toMatch(/^hello from plain \/pooled/);
+    const before = decisions.length;
+    const result = await proxy.allowlist.reload(['secure.test', 'echo.test:7000'], true);
+    expect(result.dropped).toBeGreaterThanOrEqual(1);
+    const records = decisions.slice(before).filter((d) => /allowlist changed while open/.test(d.detail ?? ''));
+    expect(records).toHaveLength(result.dropped);
+    for (const d of records) expect(d).toMatchObject({ decision: 'blocked', reason: 'name-not-allowed', name: 'plain.test', via: 'target' });
+    // A second drop has nothing left to close.
+    expect((await proxy.allowlist.reload(['secure.test', 'echo.test:7000'], true)).dropped).toBe(0);
+    await proxy.allowlist.reload(['secure.test', 'plain.test', 'echo.test:7000'], false);
+  });
 });
 
 describe('moat proxy: SOCKS5 UDP ASSOCIATE', () => {

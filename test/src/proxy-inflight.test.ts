@@ -59,7 +59,7 @@ async function listen(onConn?: (s: Socket) => void): Promise<{ port: number; rec
   return { port: (srv.address() as AddressInfo).port, received };
 }
 
-async function setup(rules: string[], resolver: GatedResolver, mode: 'enforce' | 'audit' = 'enforce') {
+async function setup(rules: string[], resolver: GatedResolver, mode: 'enforce' | 'audit' = 'enforce', admitResolved: string[] = ['127.0.0.0/8']) {
   const runtime = await AllowlistRuntime.start(
     {
       rules: parseRules(rules),
@@ -68,7 +68,7 @@ async function setup(rules: string[], resolver: GatedResolver, mode: 'enforce' |
       hostAliasIpv4: '192.168.127.254',
       sinkhole: 'zero',
       guestSubnet: { network: '192.168.127.0', prefix: 24 },
-      admitResolved: ['127.0.0.0/8'],
+      admitResolved,
       hostAliasExempt: false,
       allowLinkLocal: false,
       egress: { ...DEFAULT_EGRESS_OPTIONS, mode },
@@ -160,6 +160,93 @@ describe('moat proxy: reload while a tunnel is dialing', () => {
     const a = await pending;
     expect(a.ok).toBe(false);
     if (!a.ok) expect(a.reason).toBe('name-not-allowed');
+  });
+});
+
+describe('moat proxy: an address target re-decided as it was first decided', () => {
+  it('a tunnel to an address the new rules put behind the rebinding filter is refused at dial completion, with the reason admission gives now', async () => {
+    const upstream = await listen();
+    const resolver = new GatedResolver({});
+    // No --admit-resolved: loopback is opened only by a rule inside 127/8.
+    const s = await setup([`127.0.0.1:${upstream.port}`], resolver, 'enforce', []);
+    const a = await admit(s.egress, '127.0.0.1', upstream.port, NULL_LOGGER);
+    if (!a.ok) throw new Error(`admission refused: ${a.reason}`);
+
+    let release!: () => void;
+    const dialer: Dialer = {
+      connectFirst: (addresses, port) =>
+        new Promise((resolve, reject) => {
+          release = () => {
+            const up = connect({ host: addresses[0]!, port, allowHalfOpen: true });
+            up.once('connect', () => resolve(up));
+            up.once('error', reject);
+          };
+        }),
+    };
+    let clientSide!: Socket;
+    const front = await listen((sock) => (clientSide = sock));
+    const app = connect({ host: '127.0.0.1', port: front.port });
+    app.on('error', () => {});
+    await waitFor(() => clientSide !== undefined, 'the client connection');
+    let done = false;
+    const t = new Tunnel(clientSide, a, { egress: s.egress, dialer, log: NULL_LOGGER, serverFirstGraceMs: 50 }, () => (done = true));
+    t.start(Buffer.from('hello'));
+    await waitFor(() => t.phase === 'dialing', 'the tunnel to dial');
+
+    // 0.0.0.0/0 contains 127.0.0.1 but does not lie inside 127/8: the rebinding filter refuses it.
+    await s.runtime.reload([`0.0.0.0/0:${upstream.port}`]);
+    const now = await admit(s.egress, '127.0.0.1', upstream.port, NULL_LOGGER);
+    expect(now).toMatchObject({ ok: false, reason: 'rebinding' });
+    release();
+    await waitFor(() => done, 'the tunnel to close');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(upstream.received.every((b) => b.length === 0)).toBe(true);
+    const rechecked = s.records.filter((r) => r.decision === 'blocked' && r.detail?.startsWith('allowlist changed') === true);
+    expect(rechecked).toMatchObject([{ reason: now.ok ? 'allowed' : now.reason, dst: `127.0.0.1:${upstream.port}`, via: 'target' }]);
+    app.destroy();
+  });
+});
+
+describe('moat proxy: reload with drop, tunnel by tunnel', () => {
+  it('an open tunnel the new rules refuse is closed with one decision record; one they allow stays', async () => {
+    const upstream = await listen();
+    const resolver = new GatedResolver({ 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'] });
+    const s = await setup([`www.t.test:${upstream.port}`, `api.t.test:${upstream.port}`], resolver);
+    const dialer: Dialer = {
+      connectFirst: (addresses, port) =>
+        new Promise((resolve, reject) => {
+          const up = connect({ host: addresses[0]!, port, allowHalfOpen: true });
+          up.once('connect', () => resolve(up));
+          up.once('error', reject);
+        }),
+    };
+    const open = async (name: string): Promise<{ t: Tunnel; done: () => boolean }> => {
+      const a = await admit(s.egress, name, upstream.port, NULL_LOGGER);
+      if (!a.ok) throw new Error(`admission refused: ${a.reason}`);
+      let clientSide: Socket | undefined;
+      const front = await listen((sock) => (clientSide = sock));
+      const app = connect({ host: '127.0.0.1', port: front.port });
+      app.on('error', () => {});
+      cleanups.push(() => void app.destroy());
+      await waitFor(() => clientSide !== undefined, 'the client connection');
+      let done = false;
+      const t = new Tunnel(clientSide!, a, { egress: s.egress, dialer, log: NULL_LOGGER, serverFirstGraceMs: 50 }, () => (done = true));
+      t.start();
+      app.write(`GET / HTTP/1.1\r\nHost: ${name}\r\n\r\n`);
+      await waitFor(() => t.phase === 'piped', 'the tunnel to open');
+      return { t, done: () => done };
+    };
+    const www = await open('www.t.test');
+    const api = await open('api.t.test');
+    await s.runtime.reload([`api.t.test:${upstream.port}`]);
+    expect(www.t.recheck()).toBe(false);
+    expect(api.t.recheck()).toBe(true);
+    expect(www.done()).toBe(true);
+    expect(api.t.phase).toBe('piped');
+    expect(s.records.filter((r) => r.decision === 'blocked' && r.detail?.startsWith('allowlist changed while open') === true)).toMatchObject([
+      { reason: 'name-not-allowed', name: 'www.t.test', via: 'target' },
+    ]);
+    api.t.destroy();
   });
 });
 

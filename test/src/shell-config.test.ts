@@ -276,10 +276,17 @@ describe('config file and flag precedence', () => {
       'peek-timeout-ms': 2500,
       'decision-log': '/tmp/decisions.jsonl',
       'allow-host-alias': true,
+      'refuse-ech': true,
       mode: 'audit',
       'refusal-details': true,
       // The limit flags (src/limits.ts), each at a value inside its bounds.
       ...Object.fromEntries(LIMIT_SPECS.map((l) => [l.flag, l.min])),
+      // The live-lookup budget (src/allowlist/live-lookup-flags.ts).
+      'live-lookup-rate': 5,
+      'live-lookup-burst': 32,
+      'live-lookup-bytes': 512,
+      'live-lookup-burst-bytes': 4096,
+      'no-live-lookups': false,
       // The logs' budget and rotation flags (src/log-flags.ts), likewise.
       ...Object.fromEntries(LOG_FLAG_SPECS.map((l) => [l.flag, l.min])),
     };

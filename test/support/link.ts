@@ -61,6 +61,10 @@ export interface LinkOptions {
   copyFrames?: boolean;
   /** Staging-buffer allocator for both stacks (the bench passes Buffer.allocUnsafe, as the service does). */
   allocate?: (size: number) => Uint8Array;
+  /** Pins each stack's initial sequence numbers (see StackOptions.isn). */
+  isn?: { moat?: () => number; guest?: () => number };
+  /** Loses exactly the frames it returns true for (before the random faults): scripted loss patterns. */
+  dropIf?: (to: 'moat' | 'guest', frame: Uint8Array) => boolean;
   /** Sees every frame handed to the link, before faults: for traces and pcaps. */
   onFrame?: (to: 'moat' | 'guest', frame: Uint8Array, lost: boolean) => void;
 }
@@ -78,6 +82,7 @@ export class Link {
   private readonly faults: LinkFaults;
   private readonly copyFrames: boolean;
   private readonly onFrame: LinkOptions['onFrame'];
+  private readonly dropIf: LinkOptions['dropIf'];
   private readonly perfect: boolean;
   private toMoat: Uint8Array[] = [];
   private toGuest: Uint8Array[] = [];
@@ -89,6 +94,7 @@ export class Link {
     this.rng = prng(opts.seed ?? 1);
     this.copyFrames = opts.copyFrames ?? true;
     this.onFrame = opts.onFrame;
+    this.dropIf = opts.dropIf;
     const f = this.faults;
     this.perfect = f.drop === 0 && f.duplicate === 0 && f.reorder === 0 && f.delayMs === 0 && f.jitterMs === 0;
     const mtu = opts.mtu ?? 1500;
@@ -98,7 +104,7 @@ export class Link {
       { ...opts.moatEvents, onOutput: (b) => this.carry(b, 'guest') },
       this.clock,
       defer,
-      { allocate: opts.allocate, random: prng((opts.seed ?? 1) * 7 + 1) },
+      { allocate: opts.allocate, random: prng((opts.seed ?? 1) * 7 + 1), isn: opts.isn?.moat },
     );
     this.guest = createStack(
       {
@@ -113,13 +119,13 @@ export class Link {
       { ...opts.guestEvents, onOutput: (b) => this.carry(b, 'moat') },
       this.clock,
       defer,
-      { allocate: opts.allocate, random: prng((opts.seed ?? 1) * 13 + 2) },
+      { allocate: opts.allocate, random: prng((opts.seed ?? 1) * 13 + 2), isn: opts.isn?.guest },
     );
   }
 
   private carry(batch: OutputBatch, to: 'moat' | 'guest'): void {
     const f = this.faults;
-    if (this.perfect && this.onFrame === undefined) {
+    if (this.perfect && this.onFrame === undefined && this.dropIf === undefined) {
       // No faults, no delay: hand the frames straight over (the bench's path,
       // so that it measures the stacks rather than this harness).
       const direct = to === 'moat' ? this.toMoat : this.toGuest;
@@ -134,7 +140,7 @@ export class Link {
     }
     batch.forEachFrame((frame) => {
       this.sent++;
-      const lost = f.drop > 0 && this.rng() < f.drop;
+      const lost = this.dropIf?.(to, frame) === true || (f.drop > 0 && this.rng() < f.drop);
       this.onFrame?.(to, frame, lost);
       if (lost) {
         this.lost++;

@@ -185,3 +185,29 @@ export function splitAt(bytes: Uint8Array, offsets: readonly number[]): Uint8Arr
 export function byteByByte(bytes: Uint8Array): Uint8Array[] {
   return Array.from(bytes, (b) => Uint8Array.of(b));
 }
+
+/** One TLS record of any content type. */
+export function record(type: number, payload: Uint8Array, version = 0x0303): Uint8Array {
+  return concat([u8(type), u16(version), u16(payload.length), payload]);
+}
+
+/** SHA-256("HelloRetryRequest"): the random of a HelloRetryRequest (RFC 8446 4.1.3). */
+export const HRR_RANDOM = Uint8Array.from([
+  0xcf, 0x21, 0xad, 0x74, 0xe5, 0x9a, 0x61, 0x11, 0xbe, 0x1d, 0x8c, 0x02, 0x1e, 0x65, 0xb8, 0x91,
+  0xc2, 0xa2, 0x11, 0x16, 0x7a, 0xbb, 0x8c, 0x5e, 0x07, 0x9e, 0x09, 0xe2, 0xc8, 0xa8, 0x33, 0x9c,
+]);
+
+/**
+ * A ServerHello handshake message (a plausible one: version, random, empty
+ * session id, TLS_AES_128_GCM_SHA256, null compression, supported_versions
+ * 1.3); with `hrr` its random is the HelloRetryRequest constant.
+ */
+export function buildServerHello(opts: { hrr?: boolean } = {}): Uint8Array {
+  const random = opts.hrr ? HRR_RANDOM : new Uint8Array(32).fill(0x42);
+  const exts = extension(43, Uint8Array.of(0x03, 0x04));
+  const body = concat([u16(0x0303), random, u8(0), u16(0x1301), u8(0), vec16(exts)]);
+  return concat([u8(2), u24(body.length), body]);
+}
+
+/** change_cipher_spec as a TLS 1.3 client sends it for middlebox compatibility (RFC 8446 D.4). */
+export const CHANGE_CIPHER_SPEC = Uint8Array.of(20, 3, 3, 0, 1, 1);
