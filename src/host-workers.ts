@@ -50,6 +50,8 @@ export interface WorkerPoolOptions {
   logLevel: LogLevel;
   logFormat: LogFormat;
   configIo?: ConfigIo;
+  /** The worker's script (tests: a stand-in speaking the same messages); default host-worker.js. */
+  workerUrl?: URL;
 }
 
 export class WorkerPool implements RouteTable {
@@ -81,7 +83,7 @@ export class WorkerPool implements RouteTable {
 
   private spawn(index: number): Promise<void> {
     const setup: WorkerSetup = { index, logLevel: this.options.logLevel, logFormat: this.options.logFormat };
-    const worker = new Worker(new URL('./host-worker.js', import.meta.url), { workerData: setup });
+    const worker = new Worker(this.options.workerUrl ?? new URL('./host-worker.js', import.meta.url), { workerData: setup });
     const slot: WorkerSlot = { index, worker, pending: new Map(), nextId: 1, dead: undefined };
     this.slots[index] = slot;
     return new Promise<void>((resolve, reject) => {
