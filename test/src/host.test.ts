@@ -284,6 +284,36 @@ describe('moat host on the command line', () => {
     expect(workers.err.join('')).toContain('--workers');
   });
 
+  it('gives each network a log budget of its own: a flood in one does not silence another', async () => {
+    let stop!: (s: string) => void;
+    const io = fakeIo(new Promise((r) => (stop = r)));
+    const sock = join(dir, 'cli-log.sock');
+    const done = runCli(['host', '--api', `unix://${sock}`, '--log-format', 'json'], io);
+    await until(() => existsSync(sock));
+    const saved = apiSock;
+    apiSock = sock;
+    try {
+      // IP rules need no resolver. Network a may write 2 lines and then 1 a second; b has the defaults.
+      expect((await call('POST', '/networks', network('a', { allow: ['192.0.2.1'], resolver: '127.0.0.1:9', 'log-line-burst': 2, 'log-lines-per-sec': 1 }))).status).toBe(201);
+      expect((await call('POST', '/networks', network('b', { allow: ['192.0.2.1'], resolver: '127.0.0.1:9' }))).status).toBe(201);
+      // Each refused reload logs one warning in its network.
+      for (let i = 0; i < 10; i++) expect((await call('PUT', '/networks/a/allowlist', { allow: ['*.'] })).status).toBe(400);
+      expect((await call('PUT', '/networks/b/allowlist', { allow: ['*.'] })).status).toBe(400);
+    } finally {
+      apiSock = saved;
+    }
+    stop('SIGTERM');
+    expect(await done).toBe(EXIT_OK);
+    const lines = io.err
+      .join('')
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
+    const refused = (net: string) => lines.filter((l) => l['network'] === net && l['msg'] === 'allowlist reload refused; the running allowlist is unchanged').length;
+    expect(refused('a')).toBeLessThan(10); // a's own budget held its flood back
+    expect(refused('b')).toBe(1); // and b's line still came out
+  });
+
   it('runs until SIGTERM with its API up, then closes every network', async () => {
     let stop!: (s: string) => void;
     const io = fakeIo(new Promise((r) => (stop = r)));
