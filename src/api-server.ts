@@ -289,6 +289,17 @@ export function errorResponse(e: unknown): { status: number; body: { error: stri
 
 /** Reads a JSON body of at most `max` bytes. */
 export async function readJsonBody(req: IncomingMessage, max: number): Promise<unknown> {
+  const text = (await readBody(req, max)).toString('utf8');
+  if (text.trim() === '') throw new HttpError(400, 'request body is empty; expected JSON');
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new HttpError(400, `request body is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+/** Reads a body of at most `max` bytes (413 beyond, the connection left for the answer). */
+export async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > max) {
     throw new HttpError(413, `request body of ${declared} bytes exceeds ${max} bytes`);
@@ -314,11 +325,5 @@ export async function readJsonBody(req: IncomingMessage, max: number): Promise<u
     req.once('end', onEnd);
     req.once('error', reject);
   });
-  const text = Buffer.concat(chunks).toString('utf8');
-  if (text.trim() === '') throw new HttpError(400, 'request body is empty; expected JSON');
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new HttpError(400, `request body is not valid JSON: ${(e as Error).message}`);
-  }
+  return Buffer.concat(chunks);
 }

@@ -13,7 +13,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { Worker } from 'node:worker_threads';
-import { HttpError, readJsonBody, MAX_BODY_BYTES, type Answer, type Handler, type RouteTable } from './api-server.js';
+import { HttpError, readBody, readJsonBody, MAX_BODY_BYTES, type Answer, type Handler, type RouteTable } from './api-server.js';
 import { NODE_CONFIG_IO, type ConfigIo } from './config.js';
 import { parseNetworkRequest } from './host-config.js';
 import { HostFullError, hostHttpError, NetworkExistsError, type NetworkSummary } from './host.js';
@@ -215,7 +215,7 @@ export class WorkerPool implements RouteTable {
       }
       throw new HttpError(409, `network "${name}" failed: ${placement.failure}`);
     }
-    const body = await readRawBody(req, FORWARD_MAX_BODY_BYTES);
+    const body = await readBody(req, FORWARD_MAX_BODY_BYTES);
     const reply = await this.ask(placement.worker, { op: 'request', method: req.method ?? 'GET', url: req.url ?? '/', body });
     if (whole && req.method === 'DELETE' && reply.status === 200) this.names.delete(name);
     const answer: Answer = { status: reply.status, body: reply.body };
@@ -254,16 +254,4 @@ export class WorkerPool implements RouteTable {
     );
     this.names.clear();
   }
-}
-
-/** A request body as bytes, at most `max` (413 beyond). */
-async function readRawBody(req: IncomingMessage, max: number): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    size += chunk.length;
-    if (size > max) throw new HttpError(413, `request body exceeds ${max} bytes`);
-    parts.push(chunk);
-  }
-  return Buffer.concat(parts);
 }
