@@ -55,7 +55,7 @@ export const HOST_FLAGS: readonly FlagDoc[] = [
     type: 'string',
     value: 'unix:///PATH',
     default: 'none (required)',
-    help: 'The control API (HTTP on a unix socket): POST/GET/DELETE /networks, and each network\'s gvproxy paths under /networks/{name}/. Whoever can connect to it can create networks that listen and write files where Moat may: keep it private (mode 0600 by umask).',
+    help: 'The control API (HTTP on a unix socket): POST/GET/DELETE /networks, and each network\'s gvproxy paths under /networks/{name}/. Whoever can connect to it can create networks that listen and write files where Moat may: the socket is made owner-only (mode 0600).',
     example: 'unix:///run/moat/host.sock',
   },
   {

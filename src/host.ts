@@ -16,6 +16,7 @@
  * state "failed" with why, until it is deleted: whoever drives the host sees
  * what happened rather than a name that vanished.
  */
+import { chmodSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { PreresolveError } from '../dns/preresolve.js';
 import { ApiServer, countingTooLarge, HttpError, MAX_BODY_BYTES, readJsonBody, type Handler, type RouteTable } from './api-server.js';
@@ -297,7 +298,11 @@ export async function startHost(
   }
   const api = config.apiSocket === undefined ? undefined : new ApiServer(table, log);
   try {
-    if (api !== undefined) await api.listen(config.apiSocket!);
+    if (api !== undefined) {
+      await api.listen(config.apiSocket!);
+      // Whoever can connect creates networks that listen and write files: owner only, whatever the umask.
+      chmodSync(config.apiSocket!, 0o600);
+    }
   } catch (e) {
     await table.close();
     throw e;

@@ -6,7 +6,7 @@
  * on each network's unix socket (QEMU stream framing).
  */
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { request } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -104,6 +104,8 @@ async function lookup(g: { sock: Socket; frames: Uint8Array[] }, name: string, i
 
 describe('moat host: networks over the control API', () => {
   it('creates, lists, reads and deletes networks; each has its own serve API under /networks/{name}/', async () => {
+    // The control socket is owner-only: it creates listeners and writes files.
+    expect(statSync(apiSock).mode & 0o777).toBe(0o600);
     const a = await call('POST', '/networks', network('a'));
     expect(a.status).toBe(201);
     expect(a.body).toMatchObject({ name: 'a', state: 'running', listen: [`unix://${join(dir, 'a.sock')}`], guestConnected: false });
