@@ -12,6 +12,7 @@ import type { ResolvedAddresses, Resolver } from '../../dns/preresolve.js';
 import { AllowlistRuntime } from '../../src/egress/allowlist-runtime.js';
 import { DEFAULT_EGRESS_OPTIONS, type EgressOptions } from '../../src/egress/egress.js';
 import { createLogger } from '../../src/log.js';
+import type { LiveLookupSettings } from '../../src/allowlist/live-lookup-flags.js';
 import { Nat } from '../../src/nat/index.js';
 import { FakePendingTcp, FakeStack, type FakeTcpSocket } from './nat-fake-stack.js';
 
@@ -43,7 +44,7 @@ export interface EgressNat {
 
 export async function startEgressNat(
   rules: string[],
-  opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]> } = {},
+  opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]>; liveLookups?: LiveLookupSettings } = {},
 ): Promise<EgressNat> {
   const resolver = new MapResolver(opts.names ?? { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'blocked.test': ['127.0.0.1'] });
   const logLines: Record<string, unknown>[] = [];
@@ -61,6 +62,7 @@ export async function startEgressNat(
       allowLinkLocal: false,
       egress: { ...DEFAULT_EGRESS_OPTIONS, ...opts.egress },
       now: () => performance.now(),
+      ...(opts.liveLookups ? { liveLookups: opts.liveLookups } : {}),
     },
     log,
   );

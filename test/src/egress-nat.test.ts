@@ -12,41 +12,17 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { readFileSync } from 'node:fs';
-import { connect as netConnect, createServer, type AddressInfo, type NetConnectOpts, type Socket } from 'node:net';
-import { ipv4, parseIPv4, type IPv4 } from '../../netstack/addr.js';
-import { parseRules } from '../../dns/rules.js';
-import type { ResolvedAddresses, Resolver } from '../../dns/preresolve.js';
-import { AllowlistRuntime } from '../../src/egress/allowlist-runtime.js';
-import { DEFAULT_EGRESS_OPTIONS, type EgressOptions } from '../../src/egress/egress.js';
+import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { parseIPv4 } from '../../netstack/addr.js';
 import { TLS_ACCESS_DENIED_ALERT } from '../../src/egress/refusals.js';
-import { createLogger } from '../../src/log.js';
 import { DEFAULT_LIVE_BUDGET } from '../../dns/live-budget.js';
-import type { LiveLookupSettings } from '../../src/allowlist/live-lookup-flags.js';
-import { Nat } from '../../src/nat/index.js';
-import { FakePendingTcp, FakeStack, type FakeTcpSocket, waitFor } from './nat-fake-stack.js';
-
-const GUEST = ipv4(192, 168, 127, 2);
-/** Destinations the guest "chooses": never dialed (connectHost below throws for them). */
-const FRONTED = '198.51.100.7';
+import { type FakeTcpSocket, waitFor } from './nat-fake-stack.js';
+import { acceptedSocket, decisions, FRONTED, GUEST, received, startEgressNat, syn, type EgressNat } from './egress-nat-support.js';
 
 const cleanups: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c();
 });
-
-class MapResolver implements Resolver {
-  calls: string[] = [];
-  constructor(private readonly a: Record<string, string[]>) {}
-  async resolve4(name: string): Promise<ResolvedAddresses> {
-    this.calls.push(name);
-    const addresses = this.a[name];
-    if (addresses === undefined) throw Object.assign(new Error(`${name}: not found`), { code: 'ENOTFOUND' });
-    return { addresses, ttl: 60 };
-  }
-  async resolve6(): Promise<ResolvedAddresses> {
-    return { addresses: [], ttl: 60 };
-  }
-}
 
 interface Server {
   port: number;
@@ -76,67 +52,15 @@ async function server(answer = true): Promise<Server> {
   return { port: (srv.address() as AddressInfo).port, received };
 }
 
-interface Setup {
-  nat: Nat;
-  runtime: AllowlistRuntime;
-  dialed: string[];
-  logLines: Record<string, unknown>[];
+type Setup = EgressNat;
+
+async function setup(rules: string[], opts: Parameters<typeof startEgressNat>[1] = {}): Promise<Setup> {
+  const s = await startEgressNat(rules, { names: { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'deep.cdn.t.test': ['127.0.0.1'] }, ...opts });
+  cleanups.push(() => s.close());
+  return s;
 }
 
-async function setup(rules: string[], opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]>; liveLookups?: LiveLookupSettings } = {}): Promise<Setup> {
-  const resolver = new MapResolver(opts.names ?? { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'deep.cdn.t.test': ['127.0.0.1'] });
-  const logLines: Record<string, unknown>[] = [];
-  const log = createLogger({ level: 'debug', format: 'json', stream: { write: (l: string) => logLines.push(JSON.parse(l) as Record<string, unknown>) } });
-  const runtime = await AllowlistRuntime.start(
-    {
-      rules: parseRules(rules),
-      resolver,
-      gatewayIpv4: '192.168.127.1',
-      hostAliasIpv4: '192.168.127.254',
-      sinkhole: 'zero',
-      guestSubnet: { network: '192.168.127.0', prefix: 24 },
-      admitResolved: opts.admit ?? ['127.0.0.0/8'],
-      hostAliasExempt: false,
-      allowLinkLocal: false,
-      egress: { ...DEFAULT_EGRESS_OPTIONS, ...opts.egress },
-      now: () => performance.now(),
-      ...(opts.liveLookups ? { liveLookups: opts.liveLookups } : {}),
-    },
-    log,
-  );
-  const dialed: string[] = [];
-  const connectHost = (o: NetConnectOpts): Socket => {
-    const host = (o as { host?: string }).host ?? '';
-    dialed.push(`${host}:${(o as { port?: number }).port}`);
-    // The safety net: nothing in this file may leave loopback.
-    if (!host.startsWith('127.')) throw new Error(`test refused to dial ${host}`);
-    return netConnect(o);
-  };
-  const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], connectHost }, log, runtime.dns, runtime.egress);
-  nat.attach(new FakeStack());
-  cleanups.push(async () => {
-    await nat.close();
-    await runtime.close();
-  });
-  return { nat, runtime, dialed, logLines };
-}
-
-let nextPort = 41000;
-function syn(dst: string, dstPort: number): FakePendingTcp {
-  return new FakePendingTcp({ src: GUEST, srcPort: nextPort++, dst: parseIPv4(dst)! as IPv4, dstPort });
-}
-
-async function acceptedSocket(p: FakePendingTcp): Promise<FakeTcpSocket> {
-  const o = await p.decided;
-  if (o.kind !== 'accepted') throw new Error(`expected accept, got ${o.kind}`);
-  return o.socket;
-}
-
-const text = (s: FakeTcpSocket): string => {
-  s.consume();
-  return s.receivedConcat().toString("latin1");
-};
-const decisions = (s: Setup): Record<string, unknown>[] => s.logLines.filter((l) => l['msg'] === 'egress decision');
+const text = received;
 
 describe('egress through the NAT', () => {
   it('holds a connection for its Host, then dials the NAME (not the guest\'s address) and replays the head', async () => {
