@@ -1,5 +1,9 @@
 /**
- * `moat serve`: wires the parts into one running service.
+ * One guest network (GuestNetwork, startGuestNetwork) and `moat serve`,
+ * which is one such network plus the control API over its routes. `moat
+ * host` (src/host.ts) runs many networks side by side. (The network lives in
+ * this file, where `serve()` built it before, so that the wiring other
+ * branches add here merges in place; it is a pure move to src/network.ts.)
  *
  *   guest socket --frames--> QemuStreamServer --input()--> Stack --events--> Nat --> host sockets
  *        ^                                                   |
