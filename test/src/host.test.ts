@@ -11,7 +11,7 @@ import { request } from 'node:http';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { GUEST, GW_IP, udpFrame } from '../support/frames.js';
+import { GUEST, GW_IP, HOST_ALIAS, udpFrame } from '../support/frames.js';
 import { FrameDecoder } from '../../src/transport/frame-decoder.js';
 import { startHost, type RunningHost } from '../../src/host.js';
 import { host as embedHost, NetworkConfigError, NetworkExistsError } from '../../src/index.js';
@@ -201,6 +201,26 @@ describe('moat host: networks over the control API', () => {
         ['a', 'github.com'],
         ['a', 'example.com'],
       ]);
+    } finally {
+      ga.sock.destroy();
+      gb.sock.destroy();
+    }
+  });
+
+  it("one guest filling its flow table leaves another network's table empty and open", async () => {
+    expect((await call('POST', '/networks', network('a', { 'max-udp-flows': 2 }))).status).toBe(201);
+    expect((await call('POST', '/networks', network('b', { 'max-udp-flows': 2 }))).status).toBe(201);
+    const ga = await guest('a');
+    const gb = await guest('b');
+    try {
+      // Guest a: five UDP flows to the host alias (127.0.0.1, discard port numbers nobody listens on); two fit.
+      ga.sock.write(frameStream([1, 2, 3, 4, 5].map((n) => udpFrame(GUEST, 41000 + n, HOST_ALIAS, 9, Buffer.from('x')))));
+      await until(async () => (await call('GET', '/networks/a/stats')).body.limits.udpFlows.refused === 3);
+      gb.sock.write(frameStream([udpFrame(GUEST, 42000, HOST_ALIAS, 9, Buffer.from('y'))]));
+      await until(async () => (await call('GET', '/networks/b/stats')).body.limits.udpFlows.current === 1);
+      const b = (await call('GET', '/networks/b/stats')).body.limits.udpFlows;
+      expect(b).toMatchObject({ max: 2, current: 1, refused: 0 });
+      expect((await call('GET', '/networks/a/stats')).body.limits.udpFlows).toMatchObject({ max: 2, current: 2, refused: 3 });
     } finally {
       ga.sock.destroy();
       gb.sock.destroy();
