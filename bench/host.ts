@@ -2,7 +2,8 @@
  * `moat host` next to `moat serve`, started the same way on this machine:
  *
  *  - `moat serve` start to ready (spawn -> the "moat ready" line), and its
- *    idle RSS (no guest attached), over --runs runs;
+ *    idle RSS (no guest attached), over --runs runs; passt (if installed)
+ *    the same way, start to its socket (gvproxy is not installed here);
  *  - `moat host` start to ready, its idle RSS with no network, then with
  *    --networks networks created over the API (no guests): RSS per added
  *    network, and each POST /networks round trip (create to ready: the answer
@@ -17,7 +18,7 @@
  * includes the workers' isolates; their memory is in the same process).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -39,6 +40,10 @@ function rssKiB(pid: number): number {
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+function hasProgram(name: string): boolean {
+  return (process.env['PATH'] ?? '').split(':').some((d) => d !== '' && existsSync(join(d, name)));
+}
 
 /** Spawns `moat args...` and resolves with the ms until its stderr has `line`. */
 function startUntil(args: string[], line: string): Promise<{ child: ChildProcess; ms: number }> {
@@ -99,6 +104,35 @@ async function main(): Promise<void> {
       await stop(child);
     }
     result['serve'] = { startToReadyMs: serveMs.map(Math.round), medianMs: Math.round(median(serveMs)), idleRssKiB: serveRss, medianIdleRssMiB: +(median(serveRss) / 1024).toFixed(1) };
+
+    // passt (QEMU stream mode, as bench:compare starts it), when installed: start to socket, idle RSS.
+    if (hasProgram('passt')) {
+      const passtMs: number[] = [];
+      const passtRss: number[] = [];
+      for (let i = 0; i < RUNS; i++) {
+        // Its own directory in /tmp: passt drops to "nobody" when started as root, who must reach it.
+        const pdir = mkdtempSync(join(tmpdir(), 'moat-bench-passt-'));
+        chmodSync(pdir, 0o777);
+        const sock = join(pdir, 'passt.sock');
+        const started = performance.now();
+        // Pipes, not /dev/null: passt leaves at once when its stdin is /dev/null (seen here).
+        const child = spawn('passt', ['-f', '-q', '-1', '-4', '-s', sock, '-a', '192.168.127.2', '-n', '24', '-g', '192.168.127.1', '--no-dhcp', '--no-ndp', '--no-dhcpv6', '--no-ra'], {
+          stdio: 'pipe',
+        });
+        child.stdout!.resume();
+        child.stderr!.resume();
+        while (!existsSync(sock)) {
+          if (child.exitCode !== null) throw new Error(`passt exited ${child.exitCode}`);
+          await sleep(2);
+        }
+        passtMs.push(performance.now() - started);
+        await sleep(1000);
+        passtRss.push(rssKiB(child.pid!));
+        await stop(child);
+        rmSync(pdir, { recursive: true, force: true });
+      }
+      result['passt'] = { startToSocketMs: passtMs.map(Math.round), medianMs: Math.round(median(passtMs)), idleRssKiB: passtRss, medianIdleRssMiB: +(median(passtRss) / 1024).toFixed(1) };
+    }
 
     // moat host: start, RSS with no network, then with NETWORKS networks.
     const api = join(dir, 'host.sock');
