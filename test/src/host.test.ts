@@ -134,7 +134,9 @@ describe('moat host: networks over the control API', () => {
   });
 
   it('answers 409 for a name in use and 503 beyond --max-networks', async () => {
-    expect((await call('POST', '/networks', network('a'))).status).toBe(201);
+    // Two requests for one name at once: the name is taken while the first starts, so exactly one wins.
+    const racing = await Promise.all([call('POST', '/networks', network('a')), call('POST', '/networks', { ...network('a'), 'listen-qemu': `unix://${join(dir, 'a2.sock')}` })]);
+    expect(racing.map((r) => r.status).sort()).toEqual([201, 409]);
     const again = await call('POST', '/networks', { ...network('a'), 'listen-qemu': `unix://${join(dir, 'other.sock')}` });
     expect(again.status).toBe(409);
     expect(again.body.error).toContain('"a"');
