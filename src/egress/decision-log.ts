@@ -42,6 +42,8 @@ export interface DecisionRecord {
   via: string | null;
   /** Extra facts (the address dialed, a refused range...). */
   detail?: string;
+  /** The `moat host` network whose guest it was (absent under `moat serve`). */
+  network?: string;
   /** TLS flows: whether the ClientHello carried encrypted_client_hello (its real name is hidden). */
   ech?: boolean;
 }
@@ -59,6 +61,8 @@ export interface DecisionLogOptions {
   budget?: LogBudgetLimits;
   /** For the budget's summary timer (tests). */
   schedule?: Schedule;
+  /** The `moat host` network these decisions belong to: every record carries it. */
+  network?: string;
 }
 
 export const DEFAULT_DECISION_LOG_LIMITS = Object.freeze({ burst: 20, windowMs: 10_000, maxDestinations: 4096 });
@@ -171,6 +175,7 @@ export class DecisionLog {
   }
 
   record(r: DecisionRecord): void {
+    if (this.opts.network !== undefined) r.network = this.opts.network;
     if (r.decision === 'allowed') this.stats.allowed++;
     else if (r.decision === 'blocked') this.stats.blocked++;
     else this.stats.wouldBlock++;
