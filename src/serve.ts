@@ -616,6 +616,8 @@ function limitStats(limits: Limits, stack: NetStack, nat: Partial<NatStats>, api
     },
     peek: { max: limits.maxHeldConnections, current: nat.held ?? 0, bytes: nat.heldBytes ?? 0, refused: nat.heldRefused ?? 0 },
     dnsInFlight: { max: limits.dnsMaxInFlight, current: nat.dnsInFlight ?? 0, refused: nat.dnsRefused ?? 0 },
+    // UDP flows held for the name in their QUIC Initial (with --allow; src/nat/quic-flows.ts).
+    ...(nat.quic ? { quic: { max: nat.quic.max, current: nat.quic.held, bytes: nat.quic.heldBytes, refused: nat.quic.heldRefused } } : {}),
     apiBody: { max: limits.apiMaxBodyBytes, refused: api?.tooLarge ?? 0 },
   };
 }

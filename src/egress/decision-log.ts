@@ -24,7 +24,8 @@ import { BudgetedWriter, DEFAULT_LOG_BUDGET, LogBudget, type LogBudgetLimits, ty
 import { RotatingFile, type RotationOptions } from '../rotating-file.js';
 
 export type DecisionVerdict = 'allowed' | 'blocked' | 'would-block';
-export type DecisionProto = 'tcp' | 'udp' | 'dns';
+/** 'quic': a UDP flow decided by the name in its QUIC Initial. */
+export type DecisionProto = 'tcp' | 'udp' | 'quic' | 'dns';
 
 export interface DecisionRecord {
   id: string;
