@@ -15,6 +15,12 @@
  *            a request body in 64 KiB chunks (bytes/s), and
  *            TlsHandshakeWatcher over a hello + the server's answer (per
  *            connection; then it stops).
+ *  quic      QuicInitialReader over each captured client flight (test/
+ *            fixtures/quic/: chromium's 2-packet post-quantum hello, ngtcp2),
+ *            one datagram at a time with node:crypto's AES-GCM/ECB and HMAC
+ *            (key derivation, header protection, decryption, reassembly,
+ *            the hello parse): the work done once per UDP flow held for its
+ *            name, in µs per flow.
  *
  * Prints operations per second and ns per operation, medians of --runs runs.
  *
@@ -29,6 +35,8 @@ import { NamePeeker } from '../sni/peek.js';
 import { TlsHandshakeWatcher } from '../sni/tls-watch.js';
 import { PinTable } from '../sni/pins.js';
 import { EgressPolicy, type FlowInput } from '../sni/policy.js';
+import { QuicInitialReader } from '../sni/quic-initial.js';
+import { nodeQuicCrypto } from '../src/egress/quic-crypto.js';
 
 const args = process.argv.slice(2);
 const flag = (name: string, fallback: number): number => {
@@ -135,6 +143,25 @@ const watchTls = measure((i) => {
   if (w.fromServer(serverHello) === 'done') sink++;
 });
 
+// QUIC: a whole Initial flight per op (each datagram as the NAT hands it over).
+const quicDir = join(repoRoot(), 'test', 'fixtures', 'quic');
+const quicFlights = readdirSync(quicDir)
+  .filter((f) => f.endsWith('.json'))
+  .sort()
+  .map((f) => {
+    const meta = JSON.parse(readFileSync(join(quicDir, f), 'utf8')) as { datagrams: string[] };
+    return { name: f.slice(0, -5), datagrams: meta.datagrams.map((h) => new Uint8Array(Buffer.from(h, 'hex'))) };
+  });
+const QUIC_OPS = Math.max(1, Math.floor(OPS / 20));
+const readFlight = (datagrams: readonly Uint8Array[]): void => {
+  const r = new QuicInitialReader(nodeQuicCrypto);
+  for (const d of datagrams) {
+    const x = r.push(d);
+    if (x.kind === 'found') sink += x.sni?.length ?? 0;
+  }
+};
+const quicPerFlight = quicFlights.map((f) => ({ name: f.name, packets: f.datagrams.length, ns: measure(() => readFlight(f.datagrams), QUIC_OPS) }));
+
 const row = (what: string, ns: number): string => `${what.padEnd(34)} ${(1e9 / ns).toFixed(0).padStart(10)} ops/s  ${ns.toFixed(0).padStart(6)} ns/op`;
 console.log(`sni bench: medians of ${RUNS} runs x ${OPS} ops (node ${process.version})`);
 console.log(row(`peek, whole (${hellos.length} hellos + 1 head)`, peekWhole));
@@ -143,4 +170,7 @@ console.log(row('decide (SYN, peeked name, IP rule)', decide));
 console.log(row('watch: a kept-alive request (64/op)', watchRequests));
 console.log(`${'watch: request body, 64 KiB chunks'.padEnd(34)} ${(1 / watchBodyNsPerByte).toFixed(1).padStart(10)} GB/s`);
 console.log(row('watch: TLS hello + ServerHello', watchTls));
+for (const q of quicPerFlight) {
+  console.log(`${`quic: ${q.name} Initial flight (${q.packets} pkt)`.padEnd(34)} ${(1e9 / q.ns).toFixed(0).padStart(10)} flows/s ${(q.ns / 1000).toFixed(1).padStart(6)} µs/flow`);
+}
 if (sink < 0) console.log(sink); // keep the results alive

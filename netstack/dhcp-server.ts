@@ -158,6 +158,8 @@ interface LeaseRecord {
   state: 'offered' | 'bound';
   expiresAt: number;
   hostname?: string;
+  /** Its guest went away (guestLeft): still listed until it expires, but any client may take the address. */
+  orphaned?: boolean;
 }
 
 /** Options every ACK/OFFER carries, in the order used when the client asks for no particular order. */
@@ -318,6 +320,21 @@ export class DhcpServer {
   forgetLeases(): void {
     this.byMac.clear();
     this.byIp.clear();
+  }
+
+  /**
+   * The one guest this server serves went away (the VMM disconnected). Its
+   * bound leases stay listed until they expire (as gvproxy keeps them: an
+   * operator still sees who had which address), but its successor, rebooted
+   * or new, gets the preferred address again whatever its MAC, because an
+   * orphaned lease yields its address to any client. Offers in flight are
+   * forgotten.
+   */
+  guestLeft(): void {
+    for (const r of [...this.byIp.values()]) {
+      if (r.state === 'offered') this.forget(r);
+      else r.orphaned = true;
+    }
   }
 
   /** Bound, unexpired leases (offers in flight and expired records are not listed). */
@@ -590,7 +607,7 @@ export class DhcpServer {
   private availableTo(ip: IPv4, mac: Mac): boolean {
     if (!this.isDynamic(ip) || this.isDeclined(ip)) return false;
     const holder = this.byIp.get(ip);
-    return holder === undefined || holder.mac === mac || holder.expiresAt <= this.clock.now();
+    return holder === undefined || holder.mac === mac || holder.orphaned === true || holder.expiresAt <= this.clock.now();
   }
 
   /** The lowest dynamic address with no record and not declined, or undefined (O(1) when none is left). */

@@ -572,8 +572,9 @@ export class Stack implements NetStack, TcpHost {
     this.countTimeWait();
     this.neighbors.clear();
     this.reassembler.clear();
-    // A new guest (another MAC after a VM re-create) must still get the guest address.
-    this.dhcp.forgetLeases();
+    // A new guest (another MAC after a VM re-create) must still get the guest
+    // address; the old lease stays listed until it expires.
+    this.dhcp.guestLeft();
     this.clearFlushQueue();
     // Whatever was queued for the old guest would reach the new one: drop it.
     this.arena.take();

@@ -14,8 +14,12 @@
  *     or /32); a CIDR containing it (`192.168.0.0/16`) does not.
  *     warnings() names the rules that contain either without opening it.
  *  3. An IP/CIDR rule containing dst (port matching) allows, dialed by address.
- *  4. UDP stops here: it can only be allowed by IP/CIDR rule (QUIC to a
- *     hostname then fails fast and clients fall back to TCP).
+ *  4. UDP: a port no hostname rule covers for UDP is refused
+ *     'udp-needs-ip-rule'. A hostname rule covers UDP on its own port, or
+ *     on 443 for a rule without one (QUIC, HTTP/3; never 80). Such a flow
+ *     is peeked (the SNI of its QUIC Initial, sni/quic-initial.ts) and
+ *     decided by step 7 with via 'quic'; pins never let UDP out by
+ *     address (step 6 is TCP's).
  *  5. Hostname rules must "cover" the port: their own port, or 80/443 for a
  *     rule without one.
  *  6. Before a peek: on a port that is not 80/443, a destination Moat itself
@@ -90,11 +94,11 @@ export interface FlowInput {
   /** IPv4 dotted quad the guest addressed. */
   dst: string;
   port: number;
-  /** undefined = not peeked yet. */
-  peeked?: { via: 'sni' | 'host'; name: string | null };
+  /** undefined = not peeked yet. 'quic': the SNI of a QUIC Initial (UDP). */
+  peeked?: { via: 'sni' | 'host' | 'quic'; name: string | null };
 }
 
-export type AllowReason = 'no-allowlist' | 'ip-rule' | 'host-alias-exempt' | 'name-sni' | 'name-host' | 'pinned' | 'name-target';
+export type AllowReason = 'no-allowlist' | 'ip-rule' | 'host-alias-exempt' | 'name-sni' | 'name-host' | 'name-quic' | 'pinned' | 'name-target';
 
 /**
  * How a name given to decideName() was learnt: peeked from the bytes (SNI,
@@ -173,6 +177,11 @@ function nameRuleCovers(rulePort: number | null, port: number): boolean {
   return rulePort === port || (rulePort === null && isDefaultPort(port));
 }
 
+/** UDP (QUIC): a hostname rule's own port, or 443 for a rule without one (HTTP/3 is never on 80). */
+function nameRuleCoversUdp(rulePort: number | null, port: number): boolean {
+  return rulePort === port || (rulePort === null && port === 443);
+}
+
 function ipRuleCovers(rulePort: number | null, port: number): boolean {
   return rulePort === null || rulePort === port;
 }
@@ -198,6 +207,8 @@ export class EgressPolicy {
     private readonly wildcards: ReadonlyMap<string, readonly NameEntry[]>,
     /** Texts of the hostname rules covering each port (80/443 include the portless rules). */
     private readonly coveringByPort: ReadonlyMap<number, readonly string[]>,
+    /** The same for UDP (QUIC): portless rules cover 443 only. */
+    private readonly udpCoveringByPort: ReadonlyMap<number, readonly string[]>,
   ) {
     this.empty = rules.length === 0;
     this.ruleTexts = Object.freeze(rules.map((r) => r.text));
@@ -230,11 +241,13 @@ export class EgressPolicy {
     const hosts = new Map<string, NameEntry[]>();
     const wildcards = new Map<string, NameEntry[]>();
     const covering = new Map<number, string[]>();
-    const addCovering = (port: number, text: string): void => {
-      let list = covering.get(port);
-      if (list === undefined) covering.set(port, (list = []));
+    const udpCovering = new Map<number, string[]>();
+    const addTo = (m: Map<number, string[]>, port: number, text: string): void => {
+      let list = m.get(port);
+      if (list === undefined) m.set(port, (list = []));
       list.push(text);
     };
+    const addCovering = (port: number, text: string): void => addTo(covering, port, text);
     const file = (m: Map<string, NameEntry[]>, key: string, e: NameEntry): void => {
       let list = m.get(key);
       if (list === undefined) m.set(key, (list = []));
@@ -264,6 +277,7 @@ export class EgressPolicy {
             addCovering(80, r.text);
             addCovering(443, r.text);
           } else addCovering(r.port, r.text);
+          addTo(udpCovering, r.port ?? 443, r.text);
           break;
         }
       }
@@ -272,6 +286,8 @@ export class EgressPolicy {
     cidrs.sort((a, b) => b.prefix - a.prefix);
     const frozenCovering = new Map<number, readonly string[]>();
     for (const [port, texts] of covering) frozenCovering.set(port, Object.freeze(texts));
+    const frozenUdp = new Map<number, readonly string[]>();
+    for (const [port, texts] of udpCovering) frozenUdp.set(port, Object.freeze(texts));
 
     return new EgressPolicy(
       opts.rules,
@@ -285,6 +301,7 @@ export class EgressPolicy {
       hosts,
       wildcards,
       frozenCovering,
+      frozenUdp,
     );
   }
 
@@ -322,14 +339,16 @@ export class EgressPolicy {
     const ip = this.ipRuleFor(dst, port);
     if (ip !== null) return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
 
-    // 4. Nothing to peek in a datagram flow.
-    if (flow.proto !== 'tcp') return block('udp-needs-ip-rule', null, null);
+    // 4. A datagram flow has a name only in a QUIC Initial, on a port a hostname rule covers for UDP.
+    const udp = flow.proto !== 'tcp';
+    const covering = udp ? this.udpCovering(port) : (this.coveringByPort.get(port) ?? NO_RULES);
+    if (udp && covering.length === 0) return block('udp-needs-ip-rule', null, null);
 
     // 5. Some hostname rule must apply to this port at all.
-    const covering = this.coveringByPort.get(port) ?? NO_RULES;
     if (covering.length === 0) return block('no-rule', null, null);
 
     const peeked = flow.peeked;
+    if (udp && (peeked === undefined || peeked === null)) return { verdict: 'peek', rules: covering };
     if (peeked === undefined || peeked === null) {
       // 6. Ports we cannot expect to peek (ssh, ...) go only to addresses
       //    Moat resolved for an allowed name. 80/443 always peek: the name on
@@ -355,11 +374,13 @@ export class EgressPolicy {
       const reported = raw.length > MAX_REPORTED_NAME ? raw.slice(0, MAX_REPORTED_NAME) : raw;
       return block(isIpLiteral(raw, canonical) ? 'ip-literal-name' : 'bad-name', null, reported, canonical.reason);
     }
-    const rule = this.nameRuleFor(canonical, port);
+    // A QUIC name on a TCP flow (or a TLS name on a UDP one) is a caller's bug: refused.
+    if ((peeked.via === 'quic') !== udp) return block('no-name', null, null, `a ${peeked.via} name on a ${flow.proto} flow`);
+    const rule = this.nameRuleFor(canonical, port, udp);
     if (rule === null) return block('name-not-allowed', null, canonical);
     return {
       verdict: 'allow',
-      reason: peeked.via === 'host' ? 'name-host' : 'name-sni',
+      reason: peeked.via === 'host' ? 'name-host' : peeked.via === 'quic' ? 'name-quic' : 'name-sni',
       rule: rule.text,
       name: canonical,
       dial: { kind: 'name', name: canonical },
@@ -476,15 +497,21 @@ export class EgressPolicy {
    * the wildcard of the longest domain strictly above the name (a wildcard
    * never matches its own apex, RFC 4592 semantics as dns/rules.ts defines).
    */
-  private nameRuleFor(name: string, port: number): NameEntry | null {
+  private nameRuleFor(name: string, port: number, udp = false): NameEntry | null {
+    const covers = udp ? nameRuleCoversUdp : nameRuleCovers;
     const exact = this.hosts.get(name);
-    if (exact !== undefined) for (const e of exact) if (nameRuleCovers(e.port, port)) return e;
+    if (exact !== undefined) for (const e of exact) if (covers(e.port, port)) return e;
     if (this.wildcards.size === 0) return null;
     for (let dot = name.indexOf('.'); dot >= 0; dot = name.indexOf('.', dot + 1)) {
       const list = this.wildcards.get(name.slice(dot + 1));
-      if (list !== undefined) for (const e of list) if (nameRuleCovers(e.port, port)) return e;
+      if (list !== undefined) for (const e of list) if (covers(e.port, port)) return e;
     }
     return null;
+  }
+
+  /** Texts of the hostname rules covering UDP `port` (see step 4). */
+  private udpCovering(port: number): readonly string[] {
+    return this.udpCoveringByPort.get(port) ?? NO_RULES;
   }
 }
 

@@ -58,55 +58,50 @@ export interface AllowlistControl {
   reload(rules: readonly string[], drop: boolean): Promise<{ rules: string[]; zones: string[]; dropped: number }>;
 }
 
-class HttpError extends Error {
+export class HttpError extends Error {
   constructor(
     readonly status: number,
     message: string,
+    /** More of the answer's JSON next to "error" (a list of every bad field). */
+    readonly extra: Record<string, unknown> = {},
   ) {
     super(message);
   }
 }
 
-type Handler = (req: IncomingMessage) => Promise<{ status: number; body: unknown }>;
+export type Handler = (req: IncomingMessage) => Promise<{ status: number; body: unknown }>;
 
+/** Methods by path: what a server answers. One network's routes, or `moat host`'s router over many. */
+export interface RouteTable {
+  /** The handlers for `path` by method, or undefined for an unknown path. */
+  match(path: string): ReadonlyMap<string, Handler> | undefined;
+  /** Requests refused 413, when the table counts them. */
+  readonly tooLarge?: number;
+}
+
+/**
+ * The HTTP server: a unix socket, a route table, JSON in and out. It knows
+ * nothing of networks; `moat serve` gives it one network's routes, `moat
+ * host` its router.
+ */
 export class ApiServer {
   private readonly server: Server;
-  private readonly routes: Map<string, Map<string, Handler>>;
+  private readonly routes: RouteTable;
   private addr: ListenAddress | undefined;
   private readonly log: Logger;
-  private readonly maxBodyBytes: number;
-  /** Requests answered 413 (body over maxBodyBytes). */
-  tooLarge = 0;
 
-  constructor(
-    private readonly backend: ApiBackend,
-    log: Logger,
-    private readonly options: Partial<ApiServerOptions> = {},
-  ) {
-    this.maxBodyBytes = options.maxBodyBytes ?? MAX_BODY_BYTES;
+  constructor(backend: ApiBackend | RouteTable, log: Logger, options: Partial<ApiServerOptions> = {}) {
     this.log = log.child({ component: 'api' });
-    this.routes = new Map([
-      ['/services/forwarder/expose', new Map([['POST', (req) => this.expose(req)]])],
-      ['/services/forwarder/unexpose', new Map([['POST', (req) => this.unexpose(req)]])],
-      ['/services/forwarder/all', new Map([['GET', async () => ({ status: 200, body: this.backend.forwards.list() })]])],
-      ['/services/dhcp/leases', new Map([['GET', async () => ({ status: 200, body: this.leases() })]])],
-      ['/stats', new Map([['GET', async () => ({ status: 200, body: this.backend.stats() })]])],
-      [
-        '/allowlist',
-        new Map<string, Handler>([
-          ['GET', async () => ({ status: 200, body: { allow: this.allowlist().rules(), zones: this.allowlist().zones() } })],
-          ['PUT', (req) => this.putAllowlist(req)],
-        ]),
-      ],
-      [
-        '/healthz',
-        new Map([['GET', async () => ({ status: 200, body: { status: 'ok', guestConnected: this.backend.guestConnected() } })]]),
-      ],
-    ]);
+    this.routes = isRouteTable(backend) ? backend : new NetworkRoutes(backend, log, options);
     this.server = createServer((req, res) => void this.handle(req, res));
     // A client that opens a connection and sends nothing must not hold it forever.
     this.server.requestTimeout = 10_000;
     this.server.headersTimeout = 10_000;
+  }
+
+  /** Requests answered 413 (body over the limit). */
+  get tooLarge(): number {
+    return this.routes.tooLarge ?? 0;
   }
 
   /** Listens on a unix socket (stale files removed, live servers left alone). */
@@ -127,32 +122,109 @@ export class ApiServer {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    let status: number;
-    let body: unknown;
-    try {
-      const path = new URL(req.url ?? '/', 'http://moat').pathname;
-      const methods = this.routes.get(path);
-      if (methods === undefined) throw new HttpError(404, `no such path: ${path}`);
-      const handler = methods.get(req.method ?? '');
-      if (handler === undefined) {
-        res.setHeader('Allow', [...methods.keys()].join(', '));
-        throw new HttpError(405, `${req.method} not allowed on ${path}; use ${[...methods.keys()].join(', ')}`);
-      }
-      ({ status, body } = await handler(req));
-    } catch (e) {
-      ({ status, body } = errorResponse(e));
-      if (status >= 500) this.log.error('api request failed', { method: req.method, url: req.url, error: e });
-      else this.log.debug('api request refused', { method: req.method, url: req.url, status, error: (body as { error: string }).error });
-    }
-    if (status === 413) {
-      this.tooLarge++;
-      this.options.onTooLarge?.({ method: req.method, url: req.url, max: this.maxBodyBytes });
-      // The rest of the body is not read: close the connection rather than drain an oversized upload.
-      res.setHeader('Connection', 'close');
-    }
+    const { status, body, allow } = await dispatch(this.routes, req, this.log);
+    if (allow !== undefined) res.setHeader('Allow', allow);
+    // The rest of an oversized body is not read: close the connection rather than drain the upload.
+    if (status === 413) res.setHeader('Connection', 'close');
     const text = body === undefined ? '' : JSON.stringify(body);
     res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
     res.end(text);
+  }
+}
+
+/** What a request gets: status, JSON body, and the Allow header of a 405. */
+export interface Answer {
+  status: number;
+  body: unknown;
+  allow?: string;
+}
+
+/**
+ * Routes one request through a table and turns every error into its JSON
+ * answer. The HTTP server uses it, and so does a `moat host` worker thread
+ * for the requests the API thread hands it.
+ */
+export async function dispatch(routes: RouteTable, req: IncomingMessage, log: Logger): Promise<Answer> {
+  let allow: string | undefined;
+  try {
+    const path = new URL(req.url ?? '/', 'http://moat').pathname;
+    const methods = routes.match(path);
+    if (methods === undefined) throw new HttpError(404, `no such path: ${path}`);
+    const handler = methods.get(req.method ?? '');
+    if (handler === undefined) {
+      allow = [...methods.keys()].join(', ');
+      throw new HttpError(405, `${req.method} not allowed on ${path}; use ${allow}`);
+    }
+    return await handler(req);
+  } catch (e) {
+    const { status, body } = errorResponse(e);
+    if (status >= 500) log.error('api request failed', { method: req.method, url: req.url, error: e });
+    else log.debug('api request refused', { method: req.method, url: req.url, status, error: body.error });
+    return { status, body, ...(allow !== undefined ? { allow } : {}) };
+  }
+}
+
+function isRouteTable(x: ApiBackend | RouteTable): x is RouteTable {
+  return typeof (x as Partial<RouteTable>).match === 'function';
+}
+
+/**
+ * Counts a handler's 413 refusals (and reports them for the limits' log):
+ * each route table owns its own count, so one network's /stats.limits.apiBody
+ * is its own.
+ */
+export function countingTooLarge(handler: Handler, owner: { tooLarge: number }, onTooLarge?: (fields: Record<string, unknown>) => void, max?: number): Handler {
+  return async (req) => {
+    try {
+      return await handler(req);
+    } catch (e) {
+      if (e instanceof HttpError && e.status === 413) {
+        owner.tooLarge++;
+        onTooLarge?.({ method: req.method, url: req.url, max });
+      }
+      throw e;
+    }
+  };
+}
+
+/** One guest network's routes: gvproxy's paths, /stats, /healthz, /allowlist. */
+export class NetworkRoutes implements RouteTable {
+  private readonly routes: Map<string, Map<string, Handler>>;
+  private readonly log: Logger;
+  private readonly maxBodyBytes: number;
+  /** Requests answered 413 (body over maxBodyBytes). */
+  tooLarge = 0;
+
+  constructor(
+    private readonly backend: ApiBackend,
+    log: Logger,
+    options: Partial<ApiServerOptions> = {},
+  ) {
+    this.maxBodyBytes = options.maxBodyBytes ?? MAX_BODY_BYTES;
+    this.log = log.child({ component: 'api' });
+    const counted = (h: Handler): Handler => countingTooLarge(h, this, options.onTooLarge, this.maxBodyBytes);
+    this.routes = new Map([
+      ['/services/forwarder/expose', new Map([['POST', counted((req) => this.expose(req))]])],
+      ['/services/forwarder/unexpose', new Map([['POST', counted((req) => this.unexpose(req))]])],
+      ['/services/forwarder/all', new Map([['GET', async () => ({ status: 200, body: this.backend.forwards.list() })]])],
+      ['/services/dhcp/leases', new Map([['GET', async () => ({ status: 200, body: this.leases() })]])],
+      ['/stats', new Map([['GET', async () => ({ status: 200, body: this.backend.stats() })]])],
+      [
+        '/allowlist',
+        new Map<string, Handler>([
+          ['GET', async () => ({ status: 200, body: { allow: this.allowlist().rules(), zones: this.allowlist().zones() } })],
+          ['PUT', counted((req) => this.putAllowlist(req))],
+        ]),
+      ],
+      [
+        '/healthz',
+        new Map([['GET', async () => ({ status: 200, body: { status: 'ok', guestConnected: this.backend.guestConnected() } })]]),
+      ],
+    ]);
+  }
+
+  match(path: string): ReadonlyMap<string, Handler> | undefined {
+    return this.routes.get(path);
   }
 
   private async expose(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
@@ -202,8 +274,8 @@ export class ApiServer {
   }
 }
 
-function errorResponse(e: unknown): { status: number; body: { error: string } } {
-  if (e instanceof HttpError) return { status: e.status, body: { error: e.message } };
+export function errorResponse(e: unknown): { status: number; body: { error: string } } {
+  if (e instanceof HttpError) return { status: e.status, body: { error: e.message, ...e.extra } };
   if (e instanceof ForwardError) {
     const status = e.kind === 'invalid' ? 400 : e.kind === 'not-found' ? 404 : 409;
     return { status, body: { error: e.message } };
@@ -216,7 +288,18 @@ function errorResponse(e: unknown): { status: number; body: { error: string } } 
 }
 
 /** Reads a JSON body of at most `max` bytes. */
-async function readJsonBody(req: IncomingMessage, max: number): Promise<unknown> {
+export async function readJsonBody(req: IncomingMessage, max: number): Promise<unknown> {
+  const text = (await readBody(req, max)).toString('utf8');
+  if (text.trim() === '') throw new HttpError(400, 'request body is empty; expected JSON');
+  try {
+    return JSON.parse(text);
+  } catch (e) {
+    throw new HttpError(400, `request body is not valid JSON: ${(e as Error).message}`);
+  }
+}
+
+/** Reads a body of at most `max` bytes (413 beyond, the connection left for the answer). */
+export async function readBody(req: IncomingMessage, max: number): Promise<Buffer> {
   const declared = Number(req.headers['content-length']);
   if (Number.isFinite(declared) && declared > max) {
     throw new HttpError(413, `request body of ${declared} bytes exceeds ${max} bytes`);
@@ -242,11 +325,5 @@ async function readJsonBody(req: IncomingMessage, max: number): Promise<unknown>
     req.once('end', onEnd);
     req.once('error', reject);
   });
-  const text = Buffer.concat(chunks).toString('utf8');
-  if (text.trim() === '') throw new HttpError(400, 'request body is empty; expected JSON');
-  try {
-    return JSON.parse(text);
-  } catch (e) {
-    throw new HttpError(400, `request body is not valid JSON: ${(e as Error).message}`);
-  }
+  return Buffer.concat(chunks);
 }

@@ -55,6 +55,12 @@ export class TimerDriver {
     private readonly timers: TimerApi = NODE_TIMERS,
     /** How deferred work is scheduled; setImmediate runs after the current I/O callbacks, so their output coalesces. */
     private readonly scheduleSoon: (fn: () => void) => void = (fn) => setImmediate(fn),
+    /**
+     * A throw from the stack's timers or deferred work: the owner's network
+     * closes (one network's fault must not end the process). Without it the
+     * throw propagates, as from any timer.
+     */
+    private readonly onFault?: (e: unknown) => void,
   ) {}
 
   /** The stack is created after the driver (it needs `defer`), so it is attached afterwards. */
@@ -76,7 +82,8 @@ export class TimerDriver {
     this.scheduleSoon(this.runDeferredBound);
   };
 
-  private readonly runDeferredBound = (): void => this.runDeferred();
+  private readonly runDeferredBound = (): void => this.guarded(this.runDeferredFn);
+  private readonly runDeferredFn = (): void => this.runDeferred();
 
   private runDeferred(): void {
     this.deferScheduled = false;
@@ -106,7 +113,18 @@ export class TimerDriver {
     this.handle = this.timers.setTimeout(this.fireBound, delay);
   }
 
-  private readonly fireBound = (): void => this.fire();
+  private readonly fireBound = (): void => this.guarded(this.fireFn);
+  private readonly fireFn = (): void => this.fire();
+
+  private guarded(fn: () => void): void {
+    if (this.onFault === undefined) return fn();
+    try {
+      fn();
+    } catch (e) {
+      this.deferredCount = 0;
+      this.onFault(e);
+    }
+  }
 
   private fire(): void {
     this.handle = undefined;

@@ -975,6 +975,7 @@ export function mainHelp(): string {
     '  explain  Say which rule matches a host or IP, what DNS answers and what a connection gets (moat explain --help).',
     '  learn    Print the smallest allowlist that lets what a decision log recorded pass (moat learn --help).',
     '  proxy    An HTTP (CONNECT and plain) and SOCKS5 proxy with the same allowlist, for processes (moat proxy --help).',
+    '  host     A daemon serving many guests, one network each, created over its API (moat host --help).',
     '  help     Show this help, or a command\'s help (moat help serve, moat help zones).',
     '',
     'Example:',

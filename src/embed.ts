@@ -20,16 +20,16 @@ import type { ReloadResult } from './egress/allowlist-runtime.js';
 import { ConfigError, NODE_CONFIG_IO, parseServeArgs, type ConfigIo, type ServeConfig } from './config.js';
 import { createLogger, NULL_LOGGER, type Logger, type LogStream } from './log.js';
 import { mainLogBudget } from './log-flags.js';
-import { serve as startService, type RunningServer, type ServeDeps } from './serve.js';
+import { serve as startService, type GuestNetwork, type RunningServer, type ServeDeps } from './serve.js';
+import { parseHostArgs } from './host-config.js';
+import { startHost, type NetworkSummary } from './host.js';
 import type { NetStack } from '../netstack/api.js';
 import { parseProxyArgs, type ProxyConfig } from './proxy/config.js';
 import { startProxy, type ProxyDeps, type ProxyStats, type RunningProxy } from './proxy/index.js';
 
-/** One flag value: a string or number, true for a boolean flag, a list for a repeatable one. */
-export type ServeFlagValue = string | number | boolean | readonly (string | number)[] | undefined;
+import { flagsToArgs, type ServeFlags } from './flags.js';
 
-/** `moat serve` flags by name: `{ 'listen-qemu': 'unix:///tmp/m.sock' }` or `{ listenQemu: ... }`. */
-export type ServeFlags = Readonly<Record<string, ServeFlagValue>>;
+export { flagsToArgs, type ServeFlags, type ServeFlagValue } from './flags.js';
 
 export interface EmbedOptions {
   /**
@@ -100,38 +100,23 @@ function isArgv(flags: ServeFlags | readonly string[]): flags is readonly string
   return Array.isArray(flags);
 }
 
-/**
- * `{ listenQemu: 'x', allow: ['a', 'b'], allowLinkLocal: true }` →
- * `['--listen-qemu=x', '--allow=a', '--allow=b', '--allow-link-local']`.
- * `--name=value` keeps a value that starts with "-" a value. false and
- * undefined leave a flag out; a boolean flag given a string is left to the
- * parser to refuse.
- */
-export function flagsToArgs(flags: ServeFlags): string[] {
-  const args: string[] = [];
-  for (const [key, value] of Object.entries(flags)) {
-    const name = key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
-    if (value === undefined || value === false) continue;
-    if (value === true) args.push(`--${name}`);
-    else if (Array.isArray(value)) for (const v of value as readonly (string | number)[]) args.push(`--${name}=${String(v)}`);
-    else if (typeof value === 'string' || typeof value === 'number') args.push(`--${name}=${String(value)}`);
-    else throw new ConfigError(`--${name}: must be a string, number, boolean or list, got ${JSON.stringify(value)}`);
-  }
-  return args;
-}
-
-function loggerFor(log: Logger | LogStream | undefined, config: Pick<ServeConfig, 'logLevel' | 'logFormat' | 'logLimits'>): Logger {
+function loggerFor(log: Logger | LogStream | undefined, config: Pick<ServeConfig, 'logLevel' | 'logFormat'> & { logLimits?: ServeConfig['logLimits'] }): Logger {
   if (log === undefined) return NULL_LOGGER;
   if (typeof (log as Logger).child === 'function') return log as Logger;
   return createLogger({ level: config.logLevel, format: config.logFormat, stream: log as LogStream, budget: mainLogBudget(config) });
 }
 
+/** The parts of a running service the library exposes, from a `moat serve` or one `moat host` network. */
+type Exposed = Pick<RunningServer, 'listen' | 'stack' | 'stats' | 'allowlist' | 'decisions' | 'close'>;
+
 function wrap(running: RunningServer, config: ServeConfig): MoatServer {
+  return { ...exposed(running), apiSocket: running.apiSocket, config };
+}
+
+function exposed(running: Exposed): Omit<MoatServer, 'apiSocket' | 'config'> {
   const decisions: DecisionLog | undefined = running.decisions;
   return {
     listen: running.listen,
-    apiSocket: running.apiSocket,
-    config,
     stack: running.stack,
     stats: () => running.stats(),
     rules: () => running.allowlist?.rules(),
@@ -188,6 +173,89 @@ export async function proxy(flags: ServeFlags | readonly string[], options: Prox
     rules: () => running.allowlist.rules(),
     setAllowlist: (rules, opts = {}) => running.allowlist.reload([...rules], opts.drop === true),
     onDecision: (fn) => running.onDecision(fn),
+    close: () => running.close(),
+  };
+}
+
+export interface HostEmbedOptions {
+  /** As serve's: a Logger, or a stream written with --log-level and --log-format. Default: nothing is logged. */
+  log?: Logger | LogStream;
+  /** Reads /etc/resolv.conf for networks without --dns-upstream; replace it to run without the file system. */
+  configIo?: ConfigIo;
+  /** Replaces parts of every network (tests: a fake resolver). */
+  deps?: Partial<ServeDeps>;
+}
+
+/** One network of a host: what serve() gives for its one guest, plus its name and state. */
+export interface MoatNetwork extends Omit<MoatServer, 'apiSocket' | 'close'> {
+  readonly name: string;
+  /** 'running'; 'failed' once a fault inside it closed it (`failure` says why). */
+  readonly state: GuestNetwork['state'];
+  readonly failure: string | undefined;
+  /** DHCP leases (kept after the guest disconnects, until they expire). */
+  leases(): { ip: string; mac: string }[];
+}
+
+/** A running `moat host`, as host() returns it. */
+export interface MoatHost {
+  /** The control API's socket, if `api` was given. */
+  readonly apiSocket: string | undefined;
+  /**
+   * Creates a network: `moat serve` settings by flag name plus `name`.
+   * Resolves once its guest socket listens. Rejects with NetworkConfigError
+   * (`errors` names every bad field), NetworkExistsError for a name in use,
+   * or the start-up error; nothing is left open then.
+   */
+  addNetwork(settings: ServeFlags & { name: string }): Promise<MoatNetwork>;
+  /** Closes the network (its socket, every flow) and forgets it; false if there is none by that name. */
+  removeNetwork(name: string): Promise<boolean>;
+  network(name: string): MoatNetwork | undefined;
+  networks(): NetworkSummary[];
+  /** Closes every network and the API. */
+  close(): Promise<void>;
+}
+
+/**
+ * Starts `moat host` in this process: `{ api: 'unix:///run/moat.sock',
+ * maxNetworks: 100 }` (both optional here) or an argv array. Networks come
+ * from addNetwork() or POST /networks.
+ */
+export async function host(flags: ServeFlags | readonly string[] = {}, options: HostEmbedOptions = {}): Promise<MoatHost> {
+  const args = isArgv(flags) ? [...flags] : flagsToArgs(flags);
+  const io = options.configIo ?? NODE_CONFIG_IO;
+  const parsed = parseHostArgs(args, io, false);
+  if (parsed.kind === 'help') throw new ConfigError('"help" is not a setting (the flags are listed by moat host --help)');
+  if (parsed.config.workers > 0) throw new ConfigError('--workers: not in-process: host() keeps its networks on this thread (moat host --workers N places them on threads)');
+  const hostLog = loggerFor(options.log, parsed.config);
+  const stream = options.log !== undefined && typeof (options.log as Logger).child !== 'function' ? (options.log as LogStream) : undefined;
+  const started = await startHost(parsed.config, hostLog, {
+    configIo: io,
+    ...(options.deps ? { deps: options.deps } : {}),
+    // Given a stream, each network logs with a budget of its own, as under the CLI.
+    ...(stream ? { networkLogger: (name: string, c: ServeConfig) => loggerFor(stream, { ...c, logLevel: parsed.config.logLevel, logFormat: parsed.config.logFormat }).child({ network: name }) } : {}),
+  });
+  const running = { ...started, networks: started.networks! };
+  const wrapNetwork = (n: GuestNetwork): MoatNetwork => ({
+    ...exposed(n),
+    config: n.config,
+    name: n.name!,
+    get state() {
+      return n.state;
+    },
+    get failure() {
+      return n.failure;
+    },
+    leases: () => n.leases(),
+  });
+  return {
+    apiSocket: running.apiSocket,
+    addNetwork: async (settings) => wrapNetwork(await running.networks.add(settings)),
+    removeNetwork: (name) => running.networks.remove(name),
+    network: (name) => {
+      const n = running.networks.get(name);
+      return n === undefined ? undefined : wrapNetwork(n);
+    },
+    networks: () => running.networks.list(),
     close: () => running.close(),
   };
 }

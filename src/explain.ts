@@ -59,7 +59,13 @@ function explainAddress(c: ExplainConfig, runtime: AllowlistRuntime): Explanatio
     lines.push('             host\'s own addresses, not to this one');
   }
   const u = runtime.egress.decide({ proto: 'udp', dst: c.target, port: c.port });
-  lines.push(`udp          ${u.verdict === 'allow' ? `allowed (${u.reason}${u.rule ? `, rule ${u.rule}` : ''})` : `blocked (${u.verdict === 'block' ? u.reason : 'needs an IP rule'})`}`);
+  const udp =
+    u.verdict === 'allow'
+      ? `allowed (${u.reason}${u.rule ? `, rule ${u.rule}` : ''})`
+      : u.verdict === 'peek'
+        ? `QUIC only: held for the SNI in its Initial (${u.rules.join(', ')}); an allowed name is sent to that name's addresses`
+        : `blocked (${u.reason})`;
+  lines.push(`udp          ${udp}`);
   return { lines, allowed: d.verdict === 'allow' && !(d.dial.kind === 'address' && natRefuses(d.dial.address, c)) };
 }
 

@@ -1,5 +1,5 @@
 /**
- * The `moat` package root: the service and the proxy, embeddable (serve, proxy), and the
+ * The `moat` package root: the service, the many-guest host and the proxy, embeddable (serve, host, proxy), and the
  * allowlist learner. The pure libraries have their own entries, which never
  * import this folder: `moat/netstack` (TCP/IP stack), `moat/dns` (rules,
  * zone table, responder) and `moat/sni` (ClientHello/Host peeking, egress
@@ -7,8 +7,12 @@
  */
 export {
   flagsToArgs,
+  host,
   proxy,
   serve,
+  type HostEmbedOptions,
+  type MoatHost,
+  type MoatNetwork,
   type MoatProxy,
   type ProxyEmbedOptions,
   type AllowlistUpdate,
@@ -19,6 +23,8 @@ export {
   type SetAllowlistOptions,
 } from './embed.js';
 export { ConfigError, type ServeConfig } from './config.js';
+export { NetworkConfigError, type FieldError } from './host-config.js';
+export { HostFullError, NetworkExistsError, type NetworkSummary } from './host.js';
 export type { DecisionProto, DecisionRecord, DecisionVerdict } from './egress/decision-log.js';
 export {
   DEFAULT_HOST_ALIAS,

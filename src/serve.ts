@@ -1,5 +1,9 @@
 /**
- * `moat serve`: wires the parts into one running service.
+ * One guest network (GuestNetwork, startGuestNetwork) and `moat serve`,
+ * which is one such network plus the control API over its routes. `moat
+ * host` (src/host.ts) runs many networks side by side. (The network lives in
+ * this file, where `serve()` built it before, so that the wiring other
+ * branches add here merges in place; it is a pure move to src/network.ts.)
  *
  *   guest socket --frames--> QemuStreamServer --input()--> Stack --events--> Nat --> host sockets
  *        ^                                                   |
@@ -24,13 +28,14 @@ import { randomBytes } from 'node:crypto';
 import { createStack, DEFAULT_STACK_CONFIG, type StackOptions } from '../netstack/stack.js';
 import type { Resolver } from '../dns/preresolve.js';
 import { NodeDnsResolver } from './allowlist/resolver.js';
-import { ApiServer, type AllowlistControl } from './api-server.js';
+import { ApiServer, NetworkRoutes, type AllowlistControl } from './api-server.js';
 import { AllowlistRuntime, zoneNames } from './egress/allowlist-runtime.js';
 import { decisionFileError, logStats, openDecisionLog } from './egress/decision-log.js';
 import type { DecisionLog } from './egress/decision-log.js';
 import type { RotatingFile } from './rotating-file.js';
 import { DEFAULT_EGRESS_OPTIONS, type Egress } from './egress/egress.js';
 import { MonotonicClock, NODE_TIMERS, TimerDriver } from './clock.js';
+import { networkScope } from './fault-scope.js';
 import { describeConfig, type DnsUpstream, type ServeConfig } from './config.js';
 import type { GatewayDns } from './gateway-dns.js';
 import type { Logger } from './log.js';
@@ -175,9 +180,119 @@ export interface ServeOptions {
   signal?: AbortSignal;
 }
 
+/** What startGuestNetwork takes besides the config. */
+export interface GuestNetworkOptions extends ServeOptions {
+  /** The network's name under `moat host` (in its logs and decision records); undefined for `moat serve`. */
+  name?: string;
+  /**
+   * Run guest input inside this network's fault scope (src/fault-scope.ts),
+   * so that an exception in a host socket callback the NAT set up is routed
+   * to this network. `moat host` sets it; it costs async context tracking.
+   */
+  faultScope?: boolean;
+}
+
+/** running; failed (a fault inside it closed it, `failure` says why); closed (by its owner). */
+export type NetworkState = 'running' | 'failed' | 'closed';
+
+/**
+ * Everything one guest has: its link (the QEMU stream listener, or a TAP
+ * descriptor under `moat serve`), Stack, NAT, allowlist (zones, pins, policy,
+ * decision log), gateway DNS, DHCP leases, port forwards, pcap, limits and
+ * counters. Nothing in it is shared with another network, so `moat host`
+ * runs many of these side by side; `moat serve` is one of them plus the API.
+ */
+export interface GuestNetwork {
+  readonly name: string | undefined;
+  readonly config: ServeConfig;
+  /** The guest listen addresses as bound (tcp with the real port). */
+  readonly listen: readonly string[];
+  readonly stack: NetStack;
+  readonly forwards: PortForwards;
+  /** The running allowlist (undefined without --allow): its rules and reload. */
+  readonly allowlist: AllowlistControl | undefined;
+  /** The allowlist's decision log (undefined without --allow). */
+  readonly decisions: DecisionLog | undefined;
+  /** The API's routes over this network (/stats, /services/*, /allowlist, /healthz); `moat host` mounts them under /networks/{name}. */
+  readonly routes: NetworkRoutes;
+  /** Everything /stats reports. */
+  stats(): Record<string, unknown>;
+  /** DHCP leases as text addresses (kept after the guest disconnects, until they expire). */
+  leases(): { ip: string; mac: string }[];
+  guestConnected(): boolean;
+  readonly state: NetworkState;
+  /** Why a fault closed the network (state 'failed'), else undefined. */
+  readonly failure: string | undefined;
+  /**
+   * Resolves (with why) when the network ends by itself: its --tap-fd device
+   * disappeared, or a fault inside its stack or NAT closed it. Never resolves
+   * otherwise (a --listen-qemu guest may always reconnect).
+   */
+  readonly ended: Promise<string>;
+  /** Closes the link, every flow and host socket, and frees the tables; safe to call more than once. */
+  close(): Promise<void>;
+}
+
+/** `moat serve`: one guest network and, with --api, the control API over it. */
 export async function serve(config: ServeConfig, log: Logger, deps: Partial<ServeDeps> = {}, options: ServeOptions = {}): Promise<RunningServer> {
-  const d: ServeDeps = { ...DEFAULT_SERVE_DEPS, ...deps };
   log.info('moat starting', describeConfig(config));
+  const network = await startGuestNetwork(config, log, deps, options);
+  let api: ApiServer | undefined;
+  if (config.apiSocket !== undefined) {
+    api = new ApiServer(network.routes, log);
+    try {
+      await api.listen(config.apiSocket);
+    } catch (e) {
+      await network.close();
+      throw e;
+    }
+  }
+  log.info('moat ready', {
+    listen: network.listen,
+    api: config.apiSocket === undefined ? undefined : `unix://${config.apiSocket}`,
+    forwards: network.forwards.list().map((f) => `${f.local}=${f.remote}/${f.protocol}`),
+    pcap: config.pcapFile,
+  });
+  let closing: Promise<void> | undefined;
+  const closeAll = async (): Promise<void> => {
+    // The API first (nothing may drive a network being closed), then the network.
+    try {
+      await api?.close();
+    } catch (e) {
+      log.error('error while closing', { error: e });
+    }
+    await network.close();
+  };
+  return {
+    listen: network.listen,
+    apiSocket: config.apiSocket,
+    stack: network.stack,
+    stats: () => network.stats(),
+    allowlist: network.allowlist,
+    decisions: network.decisions,
+    linkLost: network.ended,
+    close: () => {
+      closing ??= closeAll().then(() => {
+        log.info('moat stopped');
+        log.flush?.(); // the main log's last "log lines suppressed" summary
+      });
+      return closing;
+    },
+  };
+}
+
+/**
+ * Builds one guest network and opens its link; resolves once the link
+ * listens (or, with --tap-fd, reads). Rejects, with everything it opened
+ * closed again, if any part fails to start.
+ */
+export async function startGuestNetwork(
+  config: ServeConfig,
+  log: Logger,
+  deps: Partial<ServeDeps> = {},
+  options: GuestNetworkOptions = {},
+): Promise<GuestNetwork> {
+  const d: ServeDeps = { ...DEFAULT_SERVE_DEPS, ...deps };
   const allowlist = config.allow.length > 0;
   if (!allowlist && config.dnsUpstreams.length === 0) log.warn('no DNS upstream: none given and /etc/resolv.conf names none; guest DNS queries will fail');
   if (allowlist) {
@@ -205,12 +320,36 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
     }
   };
 
+  let state: NetworkState = 'running';
+  let failure: string | undefined;
+  let closing: Promise<void> | undefined;
+  const close = (): Promise<void> => {
+    closing ??= closeAll().then(() => {
+      if (state === 'running') state = 'closed';
+    });
+    return closing;
+  };
+  let onEnded: (why: string) => void = () => {};
+  const ended = new Promise<string>((resolve) => (onEnded = resolve));
+  // A throw inside this network's stack or NAT (from guest input, a timer or
+  // deferred output) ends this network only: it is logged and closed, never
+  // the process or another network.
+  const fault = (e: unknown): void => {
+    if (state !== 'running') return;
+    state = 'failed';
+    failure = e instanceof Error ? e.message : String(e);
+    log.error('network fault: closing this network', { network: options.name, error: e });
+    onEnded(`fault: ${failure}`);
+    void close();
+  };
+  const faultHook = testFaultHook();
+
   try {
     // Deferred output (host bytes for the guest) leaves once the current
     // callback is done. Over a TAP every frame is its own write anyway, so it
     // goes in a microtask, at once; over a stream socket it waits for
     // setImmediate, so that the whole poll round's frames share one writev.
-    const driver = new TimerDriver(d.clock, NODE_TIMERS, config.tapFd === undefined ? (fn) => setImmediate(fn) : (fn) => queueMicrotask(fn));
+    const driver = new TimerDriver(d.clock, NODE_TIMERS, config.tapFd === undefined ? (fn) => setImmediate(fn) : (fn) => queueMicrotask(fn), fault);
     closers.push(() => driver.stop());
 
     // Every refusal by a limit is counted; at most one log line per limit per interval.
@@ -218,7 +357,7 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
     const refusals = new RefusalLog(log.child({ component: 'limits' }));
     closers.push(() => refusals.close());
 
-    const runtime = allowlist ? await startAllowlist(config, d, log, options.signal) : undefined;
+    const runtime = allowlist ? await startAllowlist(config, d, log, options.signal, options.name) : undefined;
     if (runtime !== undefined) closers.push(() => runtime.close());
     const nat = d.createNat(
       { ...natOptionsFor(config), onLimit: (limit, fields) => refusals.refused(limit, fields) },
@@ -231,23 +370,33 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
 
     // The link is created before the stack (the stack's onOutput needs it) and listens after.
     let stack: NetStack | undefined;
-    const sink: GuestSink = {
-      input(frames, marks) {
+    const input = (frames: readonly Uint8Array[], marks?: ArrayLike<number>): void => {
+      if (state !== 'running') return;
+      try {
+        faultHook?.(frames);
         stack!.input(frames, marks);
         driver.reschedule();
-      },
+      } catch (e) {
+        fault(e);
+      }
+    };
+    const sink: GuestSink = {
+      input: options.faultScope === true ? (frames, marks) => networkScope.run(fault, input, frames, marks) : input,
       guestGone() {
-        stack!.resetGuest();
-        nat.resetGuest();
-        driver.reschedule();
+        if (state !== 'running') return;
+        try {
+          stack!.resetGuest();
+          nat.resetGuest();
+          driver.reschedule();
+        } catch (e) {
+          fault(e);
+        }
       },
     };
-    let onLinkLost: (why: string) => void = () => {};
-    const linkLost = new Promise<string>((resolve) => (onLinkLost = resolve));
     const link: GuestLink =
       config.tapFd === undefined
         ? new QemuStreamServer(sink, log, d.link)
-        : new TapFdLink({ fd: config.tapFd, vnetHdr: config.tapVnetHdr === true, offload: config.tapOffload === true, mtu: config.mtu }, sink, log, (why) => onLinkLost(why));
+        : new TapFdLink({ fd: config.tapFd, vnetHdr: config.tapVnetHdr === true, offload: config.tapOffload === true, mtu: config.mtu }, sink, log, (why) => onEnded(why));
 
     const dropLog = log.child({ component: 'stack' });
     const events: StackEvents = {
@@ -294,66 +443,71 @@ export async function serve(config: ServeConfig, log: Logger, deps: Partial<Serv
       }
     }
 
-    let api: ApiServer | undefined;
+    const leases = (): { ip: string; mac: string }[] => theStack.dhcpLeases().map((l) => ({ ip: formatIPv4(l.ip), mac: formatMac(l.mac) }));
+    const guestConnected = (): boolean => link.guestConnected;
+    let routes: NetworkRoutes | undefined;
     const stats = (): Record<string, unknown> => {
       const s = collectStats(theStack, link, nat, pcap, forwards);
       const decisions = runtime?.runtime.egress.decisions;
       return {
         ...s,
-        limits: limitStats(limits, theStack, s.nat as Partial<NatStats>, api),
+        limits: limitStats(limits, theStack, s.nat as Partial<NatStats>, routes),
         ...(decisions === undefined ? {} : { decisions: { ...decisions.stats } }),
         logs: logStats(log, decisions, runtime?.file),
       };
     };
-
-    if (config.apiSocket !== undefined) {
-      api = new ApiServer(
-        {
-          forwards,
-          leases: () => theStack.dhcpLeases().map((l) => ({ ip: formatIPv4(l.ip), mac: formatMac(l.mac) })),
-          stats,
-          guestConnected: () => link.guestConnected,
-          ...(allowlistControl ? { allowlist: allowlistControl } : {}),
-        },
-        log,
-        { maxBodyBytes: limits.apiMaxBodyBytes, onTooLarge: (fields) => refusals.refused('apiBody', fields) },
-      );
-      const a = api;
-      closers.push(() => a.close());
-      await api.listen(config.apiSocket);
-    }
+    routes = new NetworkRoutes(
+      { forwards, leases, stats, guestConnected, ...(allowlistControl ? { allowlist: allowlistControl } : {}) },
+      log,
+      { maxBodyBytes: limits.apiMaxBodyBytes, onTooLarge: (fields) => refusals.refused('apiBody', fields) },
+    );
 
     closers.push(() => link.close());
     const urls = link instanceof TapFdLink ? link.start() : await link.listen(config.listen);
 
-    log.info('moat ready', {
-      listen: urls,
-      api: config.apiSocket === undefined ? undefined : `unix://${config.apiSocket}`,
-      forwards: forwards.list().map((f) => `${f.local}=${f.remote}/${f.protocol}`),
-      pcap: config.pcapFile,
-    });
-
-    let closing: Promise<void> | undefined;
+    const theRoutes = routes;
     return {
+      name: options.name,
+      config,
       listen: urls,
-      apiSocket: config.apiSocket,
       stack: theStack,
-      stats,
+      forwards,
       allowlist: allowlistControl,
       decisions: runtime?.runtime.egress.decisions,
-      linkLost,
-      close: () => {
-        closing ??= closeAll().then(() => {
-          log.info('moat stopped');
-          log.flush?.(); // the main log's last "log lines suppressed" summary
-        });
-        return closing;
+      routes: theRoutes,
+      stats,
+      leases,
+      guestConnected,
+      get state() {
+        return state;
       },
+      get failure() {
+        return failure;
+      },
+      ended,
+      close,
     };
   } catch (e) {
     await closeAll();
     throw e;
   }
+}
+
+/**
+ * A fault injected on purpose, for the tests that prove a fault stays inside
+ * its network: with MOAT_TEST_FAULT=<marker> in the environment, a guest
+ * frame containing <marker> (at least 8 bytes) throws inside the network's
+ * input. Read once at start; without the variable there is no hook and no cost.
+ */
+function testFaultHook(): ((frames: readonly Uint8Array[]) => void) | undefined {
+  const marker = process.env['MOAT_TEST_FAULT'];
+  if (marker === undefined || marker.length < 8) return undefined;
+  const needle = Buffer.from(marker);
+  return (frames) => {
+    for (const f of frames) {
+      if (Buffer.from(f.buffer, f.byteOffset, f.byteLength).includes(needle)) throw new Error('injected fault (MOAT_TEST_FAULT)');
+    }
+  };
 }
 
 /**
@@ -366,6 +520,7 @@ async function startAllowlist(
   d: ServeDeps,
   log: Logger,
   signal: AbortSignal | undefined,
+  network: string | undefined,
 ): Promise<{ runtime: AllowlistRuntime; file: RotatingFile | undefined; close(): Promise<void> }> {
   const resolver = d.createDnsResolver(config.resolvers);
   const started = d.clock.now();
@@ -389,6 +544,7 @@ async function startAllowlist(
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,
+        ...(network !== undefined ? { network } : {}),
         ...(signal ? { signal } : {}),
       },
       log,
@@ -440,7 +596,7 @@ const STACK_LIMIT_DROPS: Readonly<Record<string, string>> = {
  * /stats.limits: each limit's bound, what it holds now and how much it
  * refused (the newest work, as counted where it was refused).
  */
-function limitStats(limits: Limits, stack: NetStack, nat: Partial<NatStats>, api: ApiServer | undefined): Record<string, unknown> {
+function limitStats(limits: Limits, stack: NetStack, nat: Partial<NatStats>, api: { tooLarge: number } | undefined): Record<string, unknown> {
   const drops = stack.stats.drops;
   const tables = (stack as Partial<{ tableSizes(): { fragmentDatagrams: number; fragmentBytes: number } }>).tableSizes?.();
   return {
@@ -462,6 +618,8 @@ function limitStats(limits: Limits, stack: NetStack, nat: Partial<NatStats>, api
     },
     peek: { max: limits.maxHeldConnections, current: nat.held ?? 0, bytes: nat.heldBytes ?? 0, refused: nat.heldRefused ?? 0 },
     dnsInFlight: { max: limits.dnsMaxInFlight, current: nat.dnsInFlight ?? 0, refused: nat.dnsRefused ?? 0 },
+    // UDP flows held for the name in their QUIC Initial (with --allow; src/nat/quic-flows.ts).
+    ...(nat.quic ? { quic: { max: nat.quic.max, current: nat.quic.held, bytes: nat.quic.heldBytes, refused: nat.quic.heldRefused } } : {}),
     apiBody: { max: limits.apiMaxBodyBytes, refused: api?.tooLarge ?? 0 },
   };
 }

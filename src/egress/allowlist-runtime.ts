@@ -44,6 +44,8 @@ export interface AllowlistRuntimeOptions {
   decisionSink?: LogStream;
   /** That file's global budget (--log-lines-per-sec ...); DEFAULT_LOG_BUDGET when absent. */
   decisionBudget?: LogBudgetLimits;
+  /** The `moat host` network (every decision record names it). */
+  network?: string;
   /** Monotonic milliseconds, for pin expiry and log rate limits. */
   now: () => number;
   signal?: AbortSignal;
@@ -79,7 +81,7 @@ export class AllowlistRuntime {
     const pins = new PinTable(o.now);
     seedPins(pins, table);
     const decisions = new DecisionLog(
-      { ...DEFAULT_DECISION_LOG_LIMITS, now: o.now, ...(o.decisionSink ? { sink: o.decisionSink } : {}), ...(o.decisionBudget ? { budget: o.decisionBudget } : {}) },
+      { ...DEFAULT_DECISION_LOG_LIMITS, now: o.now, ...(o.decisionSink ? { sink: o.decisionSink } : {}), ...(o.decisionBudget ? { budget: o.decisionBudget } : {}), ...(o.network !== undefined ? { network: o.network } : {}) },
       log.child({ component: 'egress' }),
     );
     const liveBudget = new LiveLookupBudget({ ...(o.liveLookups ?? { ...DEFAULT_LIVE_BUDGET, enabled: true }), now: o.now });

@@ -24,7 +24,8 @@ import { BudgetedWriter, DEFAULT_LOG_BUDGET, LogBudget, type LogBudgetLimits, ty
 import { RotatingFile, type RotationOptions } from '../rotating-file.js';
 
 export type DecisionVerdict = 'allowed' | 'blocked' | 'would-block';
-export type DecisionProto = 'tcp' | 'udp' | 'dns';
+/** 'quic': a UDP flow decided by the name in its QUIC Initial. */
+export type DecisionProto = 'tcp' | 'udp' | 'quic' | 'dns';
 
 export interface DecisionRecord {
   id: string;
@@ -41,6 +42,8 @@ export interface DecisionRecord {
   via: string | null;
   /** Extra facts (the address dialed, a refused range...). */
   detail?: string;
+  /** The `moat host` network whose guest it was (absent under `moat serve`). */
+  network?: string;
   /** TLS flows: whether the ClientHello carried encrypted_client_hello (its real name is hidden). */
   ech?: boolean;
 }
@@ -58,6 +61,8 @@ export interface DecisionLogOptions {
   budget?: LogBudgetLimits;
   /** For the budget's summary timer (tests). */
   schedule?: Schedule;
+  /** The `moat host` network these decisions belong to: every record carries it. */
+  network?: string;
 }
 
 export const DEFAULT_DECISION_LOG_LIMITS = Object.freeze({ burst: 20, windowMs: 10_000, maxDestinations: 4096 });
@@ -170,6 +175,7 @@ export class DecisionLog {
   }
 
   record(r: DecisionRecord): void {
+    if (this.opts.network !== undefined) r.network = this.opts.network;
     if (r.decision === 'allowed') this.stats.allowed++;
     else if (r.decision === 'blocked') this.stats.blocked++;
     else this.stats.wouldBlock++;

@@ -13,6 +13,9 @@ import type { PinTable } from '../../sni/pins.js';
 import type { DecisionLog, DecisionRecord } from './decision-log.js';
 import type { DialTargets } from './dial-targets.js';
 
+/** The proto of a flow's decision record: 'quic' for a UDP flow read by its QUIC Initial. */
+export type FlowProto = 'tcp' | 'udp' | 'quic';
+
 /** enforce: refusals are refused. audit: everything flows and each refusal is recorded as 'would-block'. */
 export type EgressMode = 'enforce' | 'audit';
 
@@ -139,7 +142,8 @@ export class Egress {
       return KEEP;
     }
     const name = refusal.name ?? (t.kind === 'name' ? t.name : t.kind === 'flow' ? (t.flow.peeked?.name ?? null) : null);
-    const id = this.recordBlock(refusal.reason, t.kind === 'flow' ? t.flow.proto : t.kind === 'address' ? t.proto : 'tcp', dst, port, name, f.via, connected === undefined ? detail : `${detail} (connected to ${connected})`);
+    const proto: FlowProto = t.kind === 'flow' ? (t.flow.peeked?.via === 'quic' ? 'quic' : t.flow.proto) : t.kind === 'address' ? t.proto : 'tcp';
+    const id = this.recordBlock(refusal.reason, proto, dst, port, name, f.via, connected === undefined ? detail : `${detail} (connected to ${connected})`);
     if (this.audit && refusal.reason !== 'link-local') {
       f.version = this.generation;
       return KEEP;
@@ -162,6 +166,8 @@ export class Egress {
    */
   decideAddress(proto: 'tcp' | 'udp', address: string, port: number): Decision {
     const d = this.decide({ proto, dst: address, port });
+    // UDP a hostname rule covers is peeked for a QUIC name only on the NAT's guest flows; a proxy's UDP datagram (SOCKS5) has no such reader: IP rules alone, as before.
+    if (d.verdict === 'peek' && proto === 'udp') return { verdict: 'block', reason: 'udp-needs-ip-rule', rule: null, name: null };
     if (d.verdict === 'peek') {
       return { verdict: 'block', reason: 'no-rule', rule: null, name: null, detail: 'an address target needs an IP/CIDR rule (hostname rules cover this port: connect by name)' };
     }
@@ -200,7 +206,7 @@ export class Egress {
   }
 
   /** Logs a decision (rate-limited per destination) and returns its id. `ech`: for TLS flows. */
-  record(decision: Decision, proto: 'tcp' | 'udp', dst: string, port: number, via: string | null, detail?: string, ech?: boolean): string {
+  record(decision: Decision, proto: FlowProto, dst: string, port: number, via: string | null, detail?: string, ech?: boolean): string {
     const id = this.decisions.nextId();
     const r: DecisionRecord = {
       id,
@@ -223,7 +229,7 @@ export class Egress {
   }
 
   /** Logs a refusal decided outside the policy (peek timeout, unreadable first bytes...). */
-  recordBlock(reason: string, proto: 'tcp' | 'udp', dst: string, port: number, name: string | null, via: string | null, detail?: string, ech?: boolean): string {
+  recordBlock(reason: string, proto: FlowProto, dst: string, port: number, name: string | null, via: string | null, detail?: string, ech?: boolean): string {
     const id = this.decisions.nextId();
     this.decisions.record({
       id, decision: this.refusedVerdict(), reason, rule: null, proto, dst: `${dst}:${port}`, name, via,

@@ -44,7 +44,7 @@ import { formatIpv4, parseIpv4 } from '../../sni/ranges.js';
 export interface LearnRecord {
   decision: 'allowed' | 'blocked' | 'would-block';
   reason: string;
-  proto: 'tcp' | 'udp' | 'dns';
+  proto: 'tcp' | 'udp' | 'quic' | 'dns';
   /** "ip:port" for flows, the queried name for DNS. */
   dst: string;
   name: string | null;
@@ -130,9 +130,12 @@ export function learnAllowlist(records: Iterable<LearnRecord>, options: LearnOpt
     used++;
     const linkLocal = (flow.ip & 0xffff0000) >>> 0 === LINK_LOCAL_PREFIX;
     const byAddressOnly = linkLocal || flow.ip === hostAlias;
-    const name = r.proto === 'tcp' && r.name !== null && !byAddressOnly ? canonicalHostname(r.name) : null;
+    // A QUIC record's name is an SNI like TCP's: a hostname rule (portless on 443) covers UDP there too.
+    const name = (r.proto === 'tcp' || r.proto === 'quic') && r.name !== null && !byAddressOnly ? canonicalHostname(r.name) : null;
     if (typeof name === 'string') {
-      addName(flow.port === 80 || flow.port === 443 ? 'web' : flow.port, name);
+      // A portless rule covers TCP 80/443 but UDP only on 443 (sni/policy.ts step 4): QUIC elsewhere needs the port.
+      const web = flow.port === 443 || (flow.port === 80 && r.proto !== 'quic');
+      addName(web ? 'web' : flow.port, name);
       if (r.reason === 'rebinding') rebinding.add(name);
       continue;
     }

@@ -17,7 +17,7 @@ export interface ReadResult {
 }
 
 const DECISIONS = new Set(['allowed', 'blocked', 'would-block']);
-const PROTOS = new Set(['tcp', 'udp', 'dns']);
+const PROTOS = new Set(['tcp', 'udp', 'quic', 'dns']);
 
 /** One line → a record, or null when the line is not a decision record. */
 export function parseDecisionLine(line: string): LearnRecord | null {

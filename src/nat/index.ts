@@ -5,6 +5,8 @@
  *   TCP   SYN -> classify destination -> dial on the host -> SYN-ACK (or RST)
  *         gateway:53 -> DNS over TCP, served by the GatewayDns
  *   UDP   datagram -> per-four-tuple host socket (idle timeout, LRU bound)
+ *         with an allowlist, UDP a hostname rule covers (443) -> held for the
+ *         SNI of its QUIC Initial, then NATed to the name's address (quic-flows.ts)
  *         gateway:53 -> the GatewayDns; gateway:<claimed port> -> port forwarder
  *
  * The GatewayDns (src/gateway-dns.ts) is the forwarder of src/dns-forward.ts
@@ -37,6 +39,8 @@ import { classifyDestination } from './destination.js';
 import { natOptions, type NatOptions } from './options.js';
 import { TcpFlowTable, type TcpFlowStats } from './tcp-flows.js';
 import { describe, UdpFlowTable, type UdpFlowStats } from './udp-flows.js';
+import { DEFAULT_QUIC_FLOW_OPTIONS, QuicFlows, type QuicFlowStats } from './quic-flows.js';
+import { looksLikeQuicInitial } from '../../sni/quic-initial.js';
 
 export { DEFAULT_NAT_OPTIONS, natOptions, type NatOptions, type DnsUpstream } from './options.js';
 export { classifyDestination, type Destination, type DestinationRefusal } from './destination.js';
@@ -70,6 +74,8 @@ export interface NatStats {
   heldRefused: number;
   /** Guest DNS-over-TCP connections to the gateway: open now, the bound, refused by it. */
   dnsTcp: { sessions: number; max: number; refused: number };
+  /** UDP flows held for (or allowed by) the name in their QUIC Initial; undefined without an egress policy. */
+  quic: QuicFlowStats | undefined;
   /** Flows the egress policy refused, by transport. */
   policyBlocked: { tcp: number; udp: number };
   /** Guest DNS queries over UDP waiting for an answer, and those answered SERVFAIL at once because dnsMaxInFlight were. */
@@ -96,6 +102,7 @@ export class Nat implements GatewayUdpClaims {
   private readonly budget: BufferBudget | undefined;
   private readonly policyBlocked = { tcp: 0, udp: 0 };
   private readonly held = new Set<HeldConnection>();
+  private readonly quic: QuicFlows | undefined;
   private closed = false;
 
   /**
@@ -136,6 +143,14 @@ export class Nat implements GatewayUdpClaims {
       (from, fromPort, to, toPort, payload) => this.stack?.sendUdp(from, fromPort, to, toPort, payload),
       log,
     );
+    if (egress !== undefined) {
+      this.quic = new QuicFlows(
+        { ...DEFAULT_QUIC_FLOW_OPTIONS, ...this.options.quic, ...(onLimit ? { onLimit } : {}) },
+        egress,
+        this.udp,
+        log,
+      );
+    }
     // Without an allowlist the gateway still answers its own names (as gvproxy does) and forwards the rest.
     this.dns =
       dns ??
@@ -280,16 +295,31 @@ export class Nat implements GatewayUdpClaims {
         return;
       }
       case 'host':
-        if (this.egress !== undefined && !this.udpAllowed(d, this.egress)) return;
+        if (this.egress !== undefined && !this.udpAllowed(d, this.egress, dest.address)) return;
         this.udp.send(d, dest.address, d.payload);
         return;
     }
   }
 
-  /** UDP leaves only by an IP/CIDR rule; a known flow was decided by its first datagram. */
-  private udpAllowed(d: UdpDatagram, egress: Egress): boolean {
+  /**
+   * UDP leaves by an IP/CIDR rule, or by the name in its QUIC Initial (the
+   * QuicFlows gate takes the datagram and returns false here); a known
+   * flow was decided by its first datagram(s).
+   */
+  private udpAllowed(d: UdpDatagram, egress: Egress, hostAddress: string): boolean {
+    const quic = this.quic!;
+    if (quic.owns(d)) {
+      quic.onDatagram(d, hostAddress);
+      return false;
+    }
     if (this.udp.has(d)) return true;
     const decision = egress.decideFlow('udp', d.dst, d.dstPort);
+    // Audit: QUIC to 443 no rule covers is still read, so that its record (and moat learn) carries the name.
+    const peekToLearn = egress.audit && decision.verdict === 'block' && decision.reason === 'udp-needs-ip-rule' && d.dstPort === 443 && looksLikeQuicInitial(d.payload);
+    if (decision.verdict === 'peek' || peekToLearn) {
+      quic.onDatagram(d, hostAddress);
+      return false;
+    }
     egress.record(decision, 'udp', formatIPv4(d.dst), d.dstPort, null);
     if (decision.verdict === 'allow') return true;
     if (egress.audit && decision.verdict === 'block' && decision.reason !== 'link-local') return true;
@@ -323,7 +353,11 @@ export class Nat implements GatewayUdpClaims {
     let dropped = this.tcp.recheckDials();
     for (const h of [...this.held]) if (!h.recheck()) dropped++;
     dropped += this.tcp.recheckOpen();
+    dropped += this.quic?.recheckHeld() ?? 0;
     dropped += this.udp.closeWhere((t) => {
+      // A flow let out by its QUIC name is re-decided as that (name and dial), like a TCP flow.
+      const admitted = this.quic?.admitted(t);
+      if (admitted !== undefined) return admitted('while open');
       // A UDP flow keeps no decision of its own (its first datagram was decided): re-decided as one made under no current version.
       const flow = { proto: 'udp', dst: formatIPv4(t.dst), port: t.dstPort } as const;
       return egress.recheck({ version: -1, target: { kind: 'flow', flow }, dial: { kind: 'address', address: flow.dst }, via: null }, 'while open').keep;
@@ -336,6 +370,7 @@ export class Nat implements GatewayUdpClaims {
     for (const h of [...this.held]) h.destroy();
     this.held.clear();
     this.tcp.closeAll();
+    this.quic?.closeAll();
     this.udp.closeAll();
   }
 
@@ -360,6 +395,7 @@ export class Nat implements GatewayUdpClaims {
       heldBytes: [...this.held].reduce((n, h) => n + h.bufferedBytes, 0),
       heldRefused: this.heldRefused,
       dnsTcp: { sessions: this.dnsTcpSessions, max: MAX_DNS_TCP_SESSIONS, refused: this.dnsTcpRefused },
+      quic: this.quic?.stats(),
       policyBlocked: { ...this.policyBlocked },
       dnsInFlight: this.dnsInFlight,
       dnsRefused: this.dnsRefused,

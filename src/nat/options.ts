@@ -1,5 +1,6 @@
 import type { NetConnectOpts, Socket } from 'node:net';
 import { ipv4, type IPv4 } from '../../netstack/addr.js';
+import type { QuicFlowOptions } from './quic-flows.js';
 
 /** An upstream DNS resolver on the host side. */
 export interface DnsUpstream {
@@ -52,6 +53,8 @@ export interface NatOptions {
    * logs at most one line per interval. Without it refusals are logged at debug.
    */
   onLimit?: (limit: string, fields: Record<string, unknown>) => void;
+  /** With an egress policy: UDP flows held for the name in their QUIC Initial (src/nat/quic-flows.ts); defaults there. */
+  quic?: Partial<Omit<QuicFlowOptions, 'onLimit'>>;
   /**
    * How host TCP sockets are opened (default: node:net connect). Tests
    * replace it to prove where a flow would be dialed without dialing it.

@@ -81,12 +81,20 @@ export class UdpFlowTable {
     return { flows: this.flows.size, ...this.counters };
   }
 
-  /** Sends one guest datagram to `hostAddress:dstPort`, opening the flow if needed. */
   /** Is there a flow for this four-tuple (its first datagram was already let through)? */
   has(tuple: FourTuple): boolean {
     return this.flows.has(udpFlowKey(tuple.src, tuple.srcPort, tuple.dst, tuple.dstPort));
   }
 
+  /** Sends one guest datagram on the flow's own socket; never opens one (false, dropped, when there is none). */
+  sendOnFlow(tuple: FourTuple, payload: Uint8Array): boolean {
+    const flow = this.flows.get(udpFlowKey(tuple.src, tuple.srcPort, tuple.dst, tuple.dstPort));
+    if (flow === undefined) return false;
+    this.send(tuple, '', payload); // the address is only used to open a flow
+    return true;
+  }
+
+  /** Sends one guest datagram to `hostAddress:dstPort`, opening the flow if needed. */
   send(tuple: FourTuple, hostAddress: string, payload: Uint8Array): void {
     const key = udpFlowKey(tuple.src, tuple.srcPort, tuple.dst, tuple.dstPort);
     let flow = this.flows.get(key);

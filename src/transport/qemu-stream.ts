@@ -38,9 +38,17 @@ export interface FrameTap {
 export interface QemuStreamOptions {
   /** Unsent bytes allowed in the guest socket before output is dropped. */
   maxQueuedBytes: number;
+  /**
+   * Guest bytes taken before the link yields: it stops reading until the
+   * next event-loop turn (setImmediate), so that other links in the process
+   * get theirs (libuv otherwise reads a busy socket up to 32 times in a
+   * row). So no turn takes much more than this from one link. Infinity:
+   * never yield (`moat serve`, one link per process).
+   */
+  turnBudgetBytes: number;
 }
 
-export const DEFAULT_QEMU_STREAM_OPTIONS: QemuStreamOptions = { maxQueuedBytes: 4 * 1024 * 1024 };
+export const DEFAULT_QEMU_STREAM_OPTIONS: QemuStreamOptions = { maxQueuedBytes: 4 * 1024 * 1024, turnBudgetBytes: Infinity };
 
 export interface LinkStats {
   guestConnected: boolean;
@@ -58,6 +66,8 @@ export interface LinkStats {
   outputDroppedNoGuest: number;
   /** Output frames the device refused (a TAP answering EINVAL to one frame); the link goes on. */
   outputRejected: number;
+  /** Turns in which the link took its budget of guest bytes and yielded to other links. */
+  turnYields: number;
   /** Input frames the link itself dropped, by reason (a TAP's virtio-net header it does not believe); absent when none. */
   inputDropped?: Record<string, number>;
   /** Input frames that came as one unsegmented TCP segment (receive offload, GSO); absent without offload. */
@@ -79,6 +89,7 @@ export function newLinkStats(): LinkStats {
     outputDroppedBackpressure: 0,
     outputDroppedNoGuest: 0,
     outputRejected: 0,
+    turnYields: 0,
   };
 }
 
@@ -87,6 +98,10 @@ interface GuestConnection {
   readonly socket: Socket;
   readonly decoder: FrameDecoder;
   readonly peer: string;
+  /** Bytes read in this turn (for turnBudgetBytes). */
+  turnBytes: number;
+  /** Paused until the next turn. */
+  yielding: boolean;
 }
 
 export class QemuStreamServer {
@@ -141,7 +156,7 @@ export class QemuStreamServer {
       this.log.warn('new guest connection replaces the active one', { old: old.id, oldPeer: old.peer, peer });
       this.endGuest(old, 'replaced');
     }
-    const conn: GuestConnection = { id: this.nextId++, socket, decoder: new FrameDecoder(), peer };
+    const conn: GuestConnection = { id: this.nextId++, socket, decoder: new FrameDecoder(), peer, turnBytes: 0, yielding: false };
     this.guest = conn;
     this.stats.connections++;
     this.stats.guestConnected = true;
@@ -159,6 +174,8 @@ export class QemuStreamServer {
   private onData(conn: GuestConnection, chunk: Buffer): void {
     if (this.guest !== conn) return; // replaced; its last bytes are not for the new guest's stack state
     this.stats.chunksIn++;
+    conn.turnBytes += chunk.length;
+    if (conn.turnBytes >= this.opts.turnBudgetBytes && !conn.yielding) this.yieldTurn(conn);
     const frames = conn.decoder.push(chunk);
     if (frames.length > 0) {
       this.stats.framesIn += frames.length;
@@ -177,6 +194,22 @@ export class QemuStreamServer {
       });
       this.endGuest(conn, error.reason);
     }
+  }
+
+  /**
+   * Stops reading this guest until the next turn. The chunk in hand is still
+   * processed; a paused socket is never left paused (the guest's input
+   * carries the ACKs that free our buffers).
+   */
+  private yieldTurn(conn: GuestConnection): void {
+    conn.yielding = true;
+    this.stats.turnYields++;
+    conn.socket.pause();
+    setImmediate(() => {
+      conn.yielding = false;
+      conn.turnBytes = 0;
+      if (this.guest === conn && !conn.socket.destroyed) conn.socket.resume();
+    });
   }
 
   /** Forgets the connection, destroys its socket and tells the sink (once per connection). */

@@ -26,6 +26,11 @@ function tableFor(ruleTexts: string[]): ZoneTable {
 function oracle(zones: readonly Zone[], name: string): string {
   const exactBuiltin = zones.find((z) => z.kind === 'builtin' && z.name === name);
   if (exactBuiltin) return exactBuiltin.name;
+  return apexAbove(zones, name, longestSuffixZone(zones, name), (n) => longestSuffixZone(zones, n));
+}
+
+/** The allowed zone whose name is the longest label-suffix of `name` ('' for none: the root). */
+function longestSuffixZone(zones: readonly Zone[], name: string): string {
   const q = name.split('.');
   let best: string[] | null = null;
   for (const z of zones) {
@@ -35,15 +40,19 @@ function oracle(zones: readonly Zone[], name: string): string {
     const tail = q.slice(q.length - zl.length);
     if (tail.every((l, i) => l === zl[i]) && (best === null || zl.length > best.length)) best = zl;
   }
-  if (best === null) return '';
-  return apexAbove(zones, name, best.join('.'), (n) => oracle(zones, n));
+  return best === null ? '' : best.join('.');
 }
 
-/** The apex of a wildcard-only zone goes to the zone above it when that one resolves its subdomains live (dns/zones.ts match). */
-function apexAbove(zones: readonly Zone[], name: string, picked: string, pickFor: (n: string) => string): string {
+/**
+ * The apex of a wildcard-only zone goes to the zone above it when that one resolves its subdomains live
+ * (dns/zones.ts match). "Above" is the plain longest suffix of the parent name: the parent's own apex rule
+ * does not apply, since `name` is a subdomain of that zone, not its apex (a.containers.merck under
+ * *.containers.merck is live there even though containers.merck itself goes further up).
+ */
+function apexAbove(zones: readonly Zone[], name: string, picked: string, zoneAbove: (parent: string) => string): string {
   const z = zones.find((x) => x.kind === 'allowed' && x.name === picked);
   if (z === undefined || z.name !== name || z.apex !== null || !name.includes('.')) return picked;
-  const above = pickFor(name.slice(name.indexOf('.') + 1));
+  const above = zoneAbove(name.slice(name.indexOf('.') + 1));
   return zones.find((x) => x.name === above)?.liveSubdomains === true ? above : picked;
 }
 
@@ -81,10 +90,14 @@ function allowedByRules(texts: readonly string[], q: string): boolean {
 
 /** What the issue describes: the first zone in table order that matches. */
 function firstMatchInOrder(zones: readonly Zone[], name: string): string {
+  const first = firstSuffixInOrder(zones, name, true);
+  return apexAbove(zones, name, first, (n) => firstSuffixInOrder(zones, n, false));
+}
+
+/** The first zone in table order whose name is `name` or a label-suffix of it (built-ins only by exact name, and only if asked). */
+function firstSuffixInOrder(zones: readonly Zone[], name: string, builtins: boolean): string {
   for (const z of zones) {
-    if (z.kind === 'builtin' ? z.name === name : z.name === '' || name === z.name || name.endsWith(`.${z.name}`)) {
-      return apexAbove(zones, name, z.name, (n) => firstMatchInOrder(zones, n));
-    }
+    if (z.kind === 'builtin' ? builtins && z.name === name : z.name === '' || name === z.name || name.endsWith(`.${z.name}`)) return z.name;
   }
   throw new Error('no zone matched, not even root');
 }
@@ -130,6 +143,12 @@ describe('ZoneTable', () => {
     const z = tableFor(['*.github.com']).match('github.com');
     expect(z.apex).toBeNull();
     expect(z.liveSubdomains).toBe(true);
+  });
+
+  it('a nested wildcard\'s apex goes to the nearest live zone above it, not the top one (property counterexample, seed 554682196)', () => {
+    const t = tableFor(['*.a.containers.merck', '*.merck', '*.containers.merck']);
+    expect(t.match('a.containers.merck').name).toBe('containers.merck');
+    expect(t.match('containers.merck').name).toBe('merck');
   });
 
   it('a zone below a wildcard does not hide the wildcard: names below a host, and a nested wildcard\'s apex, are resolved live', () => {

@@ -239,3 +239,39 @@ except OSError as e:
 export function linesStartingWith(stdout: string, prefix: string): string[] {
   return stdout.split('\n').filter((l) => l.startsWith(prefix));
 }
+
+/**
+ * A UDP logger on port PORT of every ADDR given: logs
+ * "udp-datagram LOCAL REMOTE LEN HEX8" (HEX8: the first 8 bytes) for every
+ * datagram that reaches it, answers nothing. Prints "ready" once all are bound.
+ * Args: PORT ADDR...
+ */
+export const UDP_LOGGER_JS = `
+const dgram = require('node:dgram');
+const [port, ...addrs] = process.argv.slice(1);
+let up = 0;
+for (const addr of addrs) {
+  const s = dgram.createSocket('udp4');
+  s.on('message', (m, r) => console.log('udp-datagram ' + addr + ' ' + r.address + ' ' + m.length + ' ' + m.subarray(0, 8).toString('hex')));
+  s.bind(Number(port), addr, () => { if (++up === addrs.length) console.log('ready'); });
+}
+`;
+
+/**
+ * Guest probe: sends each HEX argument as one UDP datagram to ADDR:PORT from
+ * one socket (one four-tuple), GAP_MS apart; prints "local-port N" then "sent N".
+ * Args: ADDR PORT GAP_MS HEX...
+ */
+export const UDP_REPLAY_PY = `
+import socket, sys, time
+addr, port, gap = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 0))
+print('local-port', s.getsockname()[1], flush=True)
+n = 0
+for h in sys.argv[4:]:
+    s.sendto(bytes.fromhex(h), (addr, port))
+    n += 1
+    time.sleep(gap / 1000.0)
+print('sent', n, flush=True)
+`;

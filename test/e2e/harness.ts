@@ -170,8 +170,11 @@ function runAsync(argv0: string, argv: string[], opts: Omit<ExecOptions, 'allowF
       }
     }
   }, timeoutMs);
-  return p.exited.then(({ code }) => {
+  return p.exited.then(async ({ code }) => {
     clearTimeout(timer);
+    // 'exit' can come before the last output is read (under load: dig exit 0, no stdout yet); wait
+    // for the pipes to close, but not for a grandchild that keeps them open.
+    await Promise.race([p.closed, new Promise((r) => setTimeout(r, 2_000).unref())]);
     return { status: code, stdout: p.stdout(), stderr: p.stderr() };
   });
 }
@@ -185,6 +188,8 @@ export interface TrackedProcess {
   stderr(): string;
   /** Resolves when the process has exited (code/signal). */
   exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Resolves when its stdio pipes have closed too (all output read), or it failed to start. */
+  closed: Promise<void>;
 }
 
 const OUTPUT_LIMIT = 1024 * 1024;
@@ -214,7 +219,11 @@ export function spawnTracked(cmd: string, args: string[], opts: SpawnOptions = {
       resolve({ code: null, signal: null });
     });
   });
-  return { child, stdout: () => out, stderr: () => err, exited };
+  const closed = new Promise<void>((resolve) => {
+    child.once('close', () => resolve());
+    child.once('error', () => resolve());
+  });
+  return { child, stdout: () => out, stderr: () => err, exited, closed };
 }
 
 /** Spawn `cmd` inside namespace `ns` (`ip netns exec` execs it, so the PID is the command's). */

@@ -454,6 +454,15 @@ describe.skipIf(gate.skip)('moat serve e2e: NAT, DNS forwarder, port forwards, s
     }
   });
 
+  it('keeps the lease listed while the guest is away (as gvproxy), and the guest gets the same address back', async () => {
+    const mac = await fx.tapMac();
+    await fx.restartShim({ dhcp: false });
+    // The old connection ended (a new one replaced it), no DHCP yet: the lease is still there.
+    expect((await fx.api('GET', '/services/dhcp/leases')).body).toEqual({ [GUEST_IP]: mac });
+    const lease = await fx.dhcp();
+    expect(lease.ip).toBe(GUEST_IP);
+  });
+
   it('survives a shim restart: a new shim connection, a new TAP, DHCP again, traffic again', async () => {
     const before = await fx.stats();
     const connectionsBefore = (before['link'] as { connections: number }).connections;

@@ -385,6 +385,35 @@ describe('DhcpServer: RELEASE, DECLINE, INFORM', () => {
   });
 });
 
+describe('DhcpServer: the guest leaves (guestLeft)', () => {
+  it('keeps listing a bound lease after its guest disconnects, until it expires (as gvproxy does)', () => {
+    const clock = new ManualClock(1_000);
+    const server = new DhcpServer(config(), clock);
+    lease(server, MAC_A);
+    server.guestLeft();
+    expect(server.leases()).toEqual([expect.objectContaining({ mac: MAC_A, ip: GUEST })]);
+    // The same guest back (a reconnecting shim) gets the same address.
+    expect(decode(server.handle(udhcpc.discover(MAC_A), MAC_A)).yiaddr).toBe(GUEST);
+    clock.advance(7_200_000);
+    expect(server.leases()).toEqual([]);
+  });
+
+  it('a new guest with another MAC still gets the preferred address, and its lease replaces the old one', () => {
+    const server = new DhcpServer(config(), new ManualClock(1_000));
+    lease(server, MAC_A);
+    server.guestLeft();
+    expect(lease(server, MAC_B)).toBe(GUEST);
+    expect(server.leases()).toEqual([expect.objectContaining({ mac: MAC_B, ip: GUEST })]);
+  });
+
+  it('forgets offers in flight (an offer is not a lease)', () => {
+    const server = new DhcpServer(config(), new ManualClock(1_000));
+    server.handle(udhcpc.discover(MAC_A), MAC_A);
+    server.guestLeft();
+    expect(decode(server.handle(udhcpc.discover(MAC_B), MAC_B)).yiaddr).toBe(GUEST);
+  });
+});
+
 describe('DhcpServer: static leases, reserved addresses, exhaustion, expiry', () => {
   it('gives a static MAC its address whatever it asks, NAKs anything else, never gives it to others', () => {
     const fixed = ipv4(192, 168, 127, 2);

@@ -28,7 +28,8 @@ const peek = (...rules: string[]): Decision => ({ verdict: 'peek', rules });
 
 const tcp = (dst: string, port: number, peeked?: FlowInput['peeked']): FlowInput =>
   peeked === undefined ? { proto: 'tcp', dst, port } : { proto: 'tcp', dst, port, peeked };
-const udp = (dst: string, port: number): FlowInput => ({ proto: 'udp', dst, port });
+const udp = (dst: string, port: number, peeked?: FlowInput['peeked']): FlowInput => (peeked === undefined ? { proto: 'udp', dst, port } : { proto: 'udp', dst, port, peeked });
+const quic = (name: string | null): FlowInput['peeked'] => ({ via: 'quic', name });
 const sni = (name: string | null): FlowInput['peeked'] => ({ via: 'sni', name });
 const host = (name: string | null): FlowInput['peeked'] => ({ via: 'host', name });
 
@@ -90,11 +91,23 @@ const matrix: Row[] = [
   { title: 'ip: bare address, any port', flow: tcp('192.0.2.1', 65535), want: allowAddress('ip-rule', '192.0.2.1', '192.0.2.1') },
   { title: 'ip: next to the CIDR is not in it', flow: tcp('203.0.114.1', 22), want: peek('git.example.com:22') },
 
-  // UDP: IP rules only.
+  // UDP: IP rules, or a QUIC Initial's name on a port a hostname rule covers for UDP (its own, or 443 for a portless rule).
   { title: 'udp: CIDR rule', flow: udp('203.0.113.9', 53), want: allowAddress('ip-rule', '203.0.113.0/24', '203.0.113.9') },
   { title: 'udp: address rule with its port', flow: udp('198.51.100.7', 443), want: allowAddress('ip-rule', '198.51.100.7:443', '198.51.100.7') },
   { title: 'udp: address rule, other port', flow: udp('198.51.100.7', 444), want: blocked('udp-needs-ip-rule') },
-  { title: 'udp: QUIC to a hostname-only destination', flow: udp(PUBLIC, 443), want: blocked('udp-needs-ip-rule') },
+  { title: 'udp: QUIC to a hostname-only destination is peeked', flow: udp(PUBLIC, 443), want: peek('github.com', '*.example.org') },
+  { title: 'udp: QUIC name allowed, dialed by name', flow: udp(PUBLIC, 443, quic('GitHub.com.')), want: allowName('name-quic', 'github.com', 'github.com') },
+  { title: 'udp: QUIC wildcard name allowed', flow: udp(PUBLIC, 443, quic('a.example.org')), want: allowName('name-quic', '*.example.org', 'a.example.org') },
+  { title: 'udp: QUIC name not allowed', flow: udp(PUBLIC, 443, quic('evil.test')), want: blocked('name-not-allowed', null, 'evil.test') },
+  { title: 'udp: QUIC without SNI', flow: udp(PUBLIC, 443, quic(null)), want: blocked('no-name') },
+  { title: 'udp: QUIC IP-literal SNI', flow: udp(PUBLIC, 443, quic('1.2.3.4')), want: blocked('ip-literal-name', null, '1.2.3.4', 'rule:numeric-name') },
+  { title: 'udp: portless rules do not cover UDP 80', flow: udp(PUBLIC, 80), want: blocked('udp-needs-ip-rule') },
+  { title: 'udp: a rule with its port covers UDP there', flow: udp(PUBLIC, 8443), want: peek('api.example.net:8443') },
+  { title: 'udp: ... and allows its QUIC name', flow: udp(PUBLIC, 8443, quic('api.example.net')), want: allowName('name-quic', 'api.example.net:8443', 'api.example.net') },
+  { title: 'udp: a pin never lets UDP out by address', flow: udp(PUBLIC, 22), pins: { [PUBLIC]: ['git.example.com'] }, want: peek('git.example.com:22') },
+  { title: 'udp: a TLS name on a UDP flow is a caller bug, refused', flow: udp(PUBLIC, 443, sni('github.com')), want: blocked('no-name', null, null, 'a sni name on a udp flow') },
+  { title: 'tcp: a QUIC name on a TCP flow is refused', flow: tcp(PUBLIC, 443, quic('github.com')), want: blocked('no-name', null, null, 'a quic name on a tcp flow') },
+  { title: 'udp: metadata stays shut to a QUIC name', flow: udp('169.254.169.254', 443, quic('github.com')), want: blocked('link-local') },
 
   // The host alias follows the rules unless exempted.
   { title: 'host alias: blocked by default, even on a port name rules cover', flow: tcp(HOST_ALIAS, 443, sni('github.com')), want: blocked('host-alias') },

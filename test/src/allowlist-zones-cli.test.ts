@@ -179,6 +179,13 @@ describe('moat explain', () => {
     expect(other.code).toBe(3);
   });
 
+  it('an address on 443: UDP is held for its QUIC name (issue 17), on 53 it needs an IP rule', async () => {
+    const quic = await run(['198.51.100.7:443']);
+    expect(quic.out).toContain('udp          QUIC only: held for the SNI in its Initial (github.com)');
+    const dns = await run(['198.51.100.7:53']);
+    expect(dns.out).toContain('udp          blocked (udp-needs-ip-rule)');
+  });
+
   it('the host alias: says Moat dials the host loopback, and that a containing CIDR does not open it (issue 14 finding 5)', async () => {
     const exact = cliIo();
     expect(await runCli(['explain', '--allow', '192.168.127.254:18080', ...resolverArgs(), '192.168.127.254:18080'], exact)).toBe(EXIT_OK);

@@ -13,7 +13,7 @@ import { AllowlistRuntime } from '../../src/egress/allowlist-runtime.js';
 import { DEFAULT_EGRESS_OPTIONS, type EgressOptions } from '../../src/egress/egress.js';
 import { createLogger } from '../../src/log.js';
 import type { LiveLookupSettings } from '../../src/allowlist/live-lookup-flags.js';
-import { Nat } from '../../src/nat/index.js';
+import { Nat, type NatOptions } from '../../src/nat/index.js';
 import { FakePendingTcp, FakeStack, type FakeTcpSocket } from './nat-fake-stack.js';
 
 export const GUEST = ipv4(192, 168, 127, 2);
@@ -44,7 +44,7 @@ export interface EgressNat {
 
 export async function startEgressNat(
   rules: string[],
-  opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]>; liveLookups?: LiveLookupSettings } = {},
+  opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]>; liveLookups?: LiveLookupSettings; quic?: NatOptions['quic'] } = {},
 ): Promise<EgressNat> {
   const resolver = new MapResolver(opts.names ?? { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'blocked.test': ['127.0.0.1'] });
   const logLines: Record<string, unknown>[] = [];
@@ -73,7 +73,7 @@ export async function startEgressNat(
     if (!host.startsWith('127.')) throw new Error(`test refused to dial ${host}`);
     return netConnect(o);
   };
-  const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], connectHost }, log, runtime.dns, runtime.egress);
+  const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], connectHost, ...(opts.quic ? { quic: opts.quic } : {}) }, log, runtime.dns, runtime.egress);
   nat.attach(new FakeStack());
   return {
     nat,

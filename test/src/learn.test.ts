@@ -28,8 +28,9 @@ function flowOf(r: LearnRecord): FlowInput | null {
   if (r.proto === 'udp') return { proto: 'udp', dst: ip, port };
   const byAddress = isLinkLocal(ip) || ip === HOST_ALIAS;
   const name = r.name === null || byAddress ? null : canonicalHostname(r.name);
-  if (typeof name === 'string') return { proto: 'tcp', dst: ip, port, peeked: { via: 'sni', name } };
-  return { proto: 'tcp', dst: ip, port };
+  const proto = r.proto === 'quic' ? 'udp' : 'tcp';
+  if (typeof name === 'string') return { proto, dst: ip, port, peeked: { via: r.proto === 'quic' ? 'quic' : 'sni', name } };
+  return { proto, dst: ip, port };
 }
 
 function allowsAll(policy: EgressPolicy, flows: readonly FlowInput[]): boolean {
@@ -56,7 +57,7 @@ const flowRecordArb: fc.Arbitrary<LearnRecord> = fc
   .record({
     decision: decisionArb,
     reason: fc.constantFrom('no-rule', 'name-not-allowed', 'name-sni', 'ip-rule', 'pinned', 'no-name', 'peek'),
-    proto: fc.constantFrom<'tcp' | 'udp'>('tcp', 'tcp', 'udp'),
+    proto: fc.constantFrom<'tcp' | 'udp' | 'quic'>('tcp', 'tcp', 'udp', 'quic'),
     ip: ipArb,
     port: portArb,
     name: fc.option(fc.oneof(nameArb, fc.constantFrom('1.2.3.4', 'bad name', '[::1]')), { nil: null }),
@@ -123,7 +124,8 @@ describe('learnAllowlist: properties', () => {
         // An address:port the job never used is not allowed by address (a 80/443 TCP flow may still be held for its name).
         const used = records.some((r) => r.proto !== 'dns' && r.dst === `${ip}:${port}`);
         if (!used) {
-          expect(policy.decide({ proto: 'udp', dst: ip, port }, NO_PINS).verdict).toBe('block');
+          // UDP on a port a hostname rule covers is held for its QUIC name (issue 17): never allowed by address.
+          expect(policy.decide({ proto: 'udp', dst: ip, port }, NO_PINS).verdict).not.toBe('allow');
           expect(policy.decide({ proto: 'tcp', dst: ip, port }, NO_PINS).verdict).not.toBe('allow');
         }
       }),
@@ -160,7 +162,7 @@ describe('learnAllowlist: properties', () => {
         const { rules } = learnAllowlist(records, options);
         const names = new Set(
           records
-            .filter((r) => r.proto === 'tcp' && r.name !== null && r.reason !== 'peek')
+            .filter((r) => (r.proto === 'tcp' || r.proto === 'quic') && r.name !== null && r.reason !== 'peek')
             .map((r) => canonicalHostname(r.name!))
             .filter((n): n is string => !(n instanceof RuleError)),
         );

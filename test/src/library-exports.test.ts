@@ -111,7 +111,7 @@ describe('package.json exports', () => {
       const dns = await import('${pkg.name}/dns');
       const sni = await import('${pkg.name}/sni');
       console.log(JSON.stringify({
-        root: [typeof root.serve, typeof root.learnAllowlist, typeof root.ConfigError],
+        root: [typeof root.serve, typeof root.learnAllowlist, typeof root.ConfigError, typeof root.host, typeof root.NetworkConfigError, typeof root.NetworkExistsError],
         netstack: [typeof netstack.createStack, typeof netstack.ManualClock, typeof netstack.parseIPv4],
         dns: [typeof dns.parseRules, typeof dns.ZoneTable, typeof dns.DnsResponder],
         sni: [typeof sni.ClientHelloReader, typeof sni.EgressPolicy, typeof sni.NamePeeker],
@@ -121,7 +121,7 @@ describe('package.json exports', () => {
       console.log(deep);`;
     const out = execFileSync(process.execPath, ['--input-type=module', '-e', script], { cwd: ROOT, encoding: 'utf8' }).trim().split('\n');
     expect(JSON.parse(out[0]!)).toEqual({
-      root: ['function', 'function', 'function'],
+      root: ['function', 'function', 'function', 'function', 'function', 'function'],
       netstack: ['function', 'function', 'function'],
       dns: ['function', 'function', 'function'],
       sni: ['function', 'function', 'function'],

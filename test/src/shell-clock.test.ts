@@ -142,6 +142,34 @@ describe('TimerDriver', () => {
     expect([...timers.armed.values()].map((t) => t.ms)).toEqual([10]);
   });
 
+  it('hands a throw from advance() or deferred work to onFault (one network closes), and throws without it', () => {
+    const clock = new ManualClock(0);
+    const timers = new FakeTimers();
+    const soon: (() => void)[] = [];
+    const stack = new DeadlineStack();
+    stack.deadline = 5;
+    const faults: string[] = [];
+    const driver = new TimerDriver(clock, timers, (fn) => soon.push(fn), (e) => faults.push((e as Error).message));
+    driver.attach(stack);
+    stack.onAdvance = () => {
+      throw new Error('in advance');
+    };
+    expect(() => timers.fireAll()).not.toThrow();
+    driver.defer(() => {
+      throw new Error('in deferred');
+    });
+    driver.defer(() => faults.push('not reached: the pass stops at the fault'));
+    expect(() => soon.shift()!()).not.toThrow();
+    expect(faults).toEqual(['in advance', 'in deferred']);
+
+    // Without onFault (moat serve's driver before, any embedder): the throw propagates as from any timer.
+    const bare = new TimerDriver(clock, new FakeTimers(), (fn) => soon.push(fn));
+    bare.defer(() => {
+      throw new Error('propagates');
+    });
+    expect(() => soon.shift()!()).toThrow('propagates');
+  });
+
   it('stop() disarms and ignores later defers and fires', () => {
     const clock = new ManualClock(0);
     const timers = new FakeTimers();

@@ -207,3 +207,52 @@ describe('QemuStreamServer', () => {
     expect(existsSync(filePath)).toBe(true);
   });
 });
+
+describe('QemuStreamServer: bounded work per turn', () => {
+  /** Guest bytes the link hands the sink in each event-loop turn while a guest floods it over loopback TCP. */
+  async function perTurnBytes(turnBudgetBytes: number): Promise<{ max: number; total: number; yields: number }> {
+    let turn = 0;
+    let done = false;
+    const tick = (): void => {
+      turn++;
+      if (!done) setImmediate(tick);
+    };
+    tick();
+    const byTurn = new Map<number, number>();
+    let total = 0;
+    const sink: GuestSink = {
+      input(frames) {
+        for (const f of frames) {
+          byTurn.set(turn, (byTurn.get(turn) ?? 0) + f.length + 4);
+          total += f.length + 4;
+        }
+      },
+      guestGone() {},
+    };
+    const srv = new QemuStreamServer(sink, captureLogger().log, { turnBudgetBytes });
+    const [url] = await srv.listen([{ kind: 'tcp', host: '127.0.0.1', port: 0, url: 'tcp://127.0.0.1:0' }]);
+    const port = Number(new URL(url!).port);
+    const sock: Socket = await new Promise((resolve) => {
+      const s = connect(port, '127.0.0.1', () => resolve(s));
+    });
+    const frame = new Uint8Array(1500).fill(7);
+    const flood = frameStream(Array.from({ length: 4000 }, () => frame)); // ~6 MiB in one write
+    sock.write(flood);
+    try {
+      await waitFor(() => total >= flood.length, 20_000);
+    } finally {
+      done = true;
+      sock.destroy();
+      await srv.close();
+    }
+    return { max: Math.max(...byTurn.values()), total, yields: srv.stats.turnYields };
+  }
+
+  it('a flooding guest is read at most its budget (plus the read in hand) per turn, then yields; nothing is lost', async () => {
+    const budget = 64 * 1024;
+    const bounded = await perTurnBytes(budget);
+    expect(bounded.yields).toBeGreaterThan(0);
+    // One read is at most 64 KiB: the turn that crosses the budget finishes that read.
+    expect(bounded.max).toBeLessThanOrEqual(budget + 64 * 1024);
+  });
+});
