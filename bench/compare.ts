@@ -19,7 +19,7 @@ import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { checkPrerequisites, cleanupAll, REPO_ROOT } from '../test/e2e/harness.js';
-import { BACKENDS, backendMissing, startLink, type BackendName, type GuestLink } from './compare/backends.js';
+import { BACKENDS, backendMissing, MOAT_BACKENDS, startLink, type BackendName, type GuestLink } from './compare/backends.js';
 import {
   connectionRate,
   dnsRate,
@@ -285,7 +285,7 @@ async function profile(o: Options): Promise<void> {
   const before = new Set(readdirSync(dir));
   const mtu = Math.max(...o.mtus);
   // The first Moat backend named by --backends (default: moat, through the relay).
-  const backend = o.backends.find((b) => b === 'moat' || b === 'moat-exec') ?? 'moat';
+  const backend = o.backends.find((b) => MOAT_BACKENDS.includes(b)) ?? 'moat';
   const link = await startLink(backend, { prefix: PREFIX, mtu, moatNodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir] });
   const servers = await startServers(link);
   const out: Record<string, unknown> = { command: `${process.argv.slice(1).join(' ')}`, backend, mtu };

@@ -168,8 +168,10 @@ export interface NetStack {
    * Processes a batch of Ethernet frames from the guest (no length prefix).
    * Never throws on bad input: malformed frames are dropped and counted.
    * ACKs are coalesced over the batch; output leaves in one onOutput call.
+   * marks (optional, one per frame): what the link checked (rx-marks.ts:
+   * RX_L4_CHECKSUM_OK, RX_GSO_TCP); absent or 0, the stack checks everything.
    */
-  input(frames: readonly Uint8Array[]): void;
+  input(frames: readonly Uint8Array[], marks?: ArrayLike<number>): void;
   /** Fires due timers (retransmissions, TIME-WAIT, reassembly...) and flushes output. */
   advance(now?: number): void;
   /** When advance() should next be called, or undefined if no timer is armed. */
@@ -251,6 +253,15 @@ export interface StackConfig {
      * Only for links that do that: on a wire such frames are oversize.
      */
     segmentOffloadBytes?: number;
+    /**
+     * Checksum offload on output: every TCP segment leaves with only the
+     * pseudo-header sum in its checksum field (as Linux leaves a
+     * CHECKSUM_PARTIAL packet), for a link that marks it to be completed (a
+     * TAP with a virtio-net header: NEEDS_CSUM) and so saves a pass over
+     * every byte to the guest. Only for such links: on a wire these frames
+     * carry a wrong checksum.
+     */
+    checksumOffload?: boolean;
   };
   fragments: { maxBytes: number; maxDatagrams: number; timeoutMs: number };
 }

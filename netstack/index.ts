@@ -21,6 +21,7 @@ export type {
   TcpSocket,
   UdpDatagram,
 } from './api.js';
+export { MAX_GSO_FRAME, RX_GSO_TCP, RX_L4_CHECKSUM_OK } from './rx-marks.js';
 export { createStack, DEFAULT_STACK_CONFIG, MAX_MTU, MIN_MTU, Stack, type StackOptions } from './stack.js';
 export {
   formatIPv4,

@@ -52,6 +52,7 @@ import {
 } from './ipv4.js';
 import { NeighborTable } from './neighbors.js';
 import { Reassembler } from './reassembly.js';
+import { MAX_GSO_FRAME, RX_GSO_TCP, RX_L4_CHECKSUM_OK } from './rx-marks.js';
 import { TcpConnection, rstForUnknown, type TcpConfig, type TcpHost } from './tcp/connection.js';
 import {
   emitTcpHeader,
@@ -244,14 +245,14 @@ export class Stack implements NetStack, TcpHost {
 
   // ---------------------------------------------------------------- input
 
-  input(frames: readonly Uint8Array[]): void {
+  input(frames: readonly Uint8Array[], marks?: ArrayLike<number>): void {
     this.inBatch = true;
     for (let i = 0; i < frames.length; i++) {
       const frame = frames[i]!;
       this.stats.framesIn++;
       this.stats.bytesIn += frame.length;
       try {
-        this.inputFrame(frame);
+        this.inputFrame(frame, marks === undefined ? 0 : marks[i]! | 0);
       } catch (err) {
         // A bug here or in an owner's callback must cost one frame, not the service.
         this.drop('stack:internal-error');
@@ -271,19 +272,20 @@ export class Stack implements NetStack, TcpHost {
     return this.timers.nextDeadline();
   }
 
-  private inputFrame(frame: Uint8Array): void {
-    if (frame.length > MAX_MTU + ETH_HEADER_LEN) return this.drop('eth:oversized');
+  private inputFrame(frame: Uint8Array, mark: number): void {
+    if (frame.length > ((mark & RX_GSO_TCP) !== 0 ? MAX_GSO_FRAME : MAX_MTU + ETH_HEADER_LEN)) return this.drop('eth:oversized');
     const eth = parseEthernet(frame);
     if (eth instanceof ParseError) return this.drop(eth.reason);
     // Unicast to anyone but us is not ours (a bridge would flood it; we are not one).
     if (eth.dst !== this.config.gatewayMac && eth.dst !== MAC_BROADCAST) {
       return this.drop(isMulticastMac(eth.dst) ? 'eth:multicast' : 'eth:not-for-us');
     }
+    if (mark & RX_GSO_TCP && eth.etherType !== ETHERTYPE_IPV4) return this.drop('offload:gso-not-tcp');
     switch (eth.etherType) {
       case ETHERTYPE_ARP:
         return this.inputArp(eth);
       case ETHERTYPE_IPV4:
-        return this.inputIpv4(eth);
+        return this.inputIpv4(eth, mark);
       case ETHERTYPE_IPV6:
         return this.drop('ipv6:unsupported');
       default:
@@ -311,15 +313,17 @@ export class Stack implements NetStack, TcpHost {
     this.commitFrame(ETH_HEADER_LEN + ARP_LEN);
   }
 
-  private inputIpv4(eth: EthernetRepr): void {
+  private inputIpv4(eth: EthernetRepr, mark: number): void {
     let ip = parseIpv4(eth.payload);
     if (ip instanceof ParseError) return this.drop(ip.reason);
+    if (mark & RX_GSO_TCP && (ip.protocol !== IPPROTO_TCP || ip.moreFragments || ip.fragmentOffset !== 0)) return this.drop('offload:gso-not-tcp');
     if (this.isVirtualIp(ip.src) || ip.src === this.broadcastIp) return this.drop('ipv4:spoofed-source');
     if (ip.src !== 0) {
       if (!this.isGuestAddress(ip.src)) return this.drop('ipv4:source-outside-subnet');
       this.neighbors.learn(ip.src, eth.src);
     }
     if (ip.moreFragments || ip.fragmentOffset !== 0) {
+      mark = 0; // a mark speaks for one frame, never for a reassembled datagram
       const whole = this.reassembler.push(ip);
       if (whole === null) return;
       if (whole instanceof ParseError) return this.drop(whole.reason);
@@ -331,9 +335,9 @@ export class Stack implements NetStack, TcpHost {
     switch (ip.protocol) {
       case IPPROTO_TCP:
         if (broadcast || ip.src === 0) return this.drop('tcp:broadcast');
-        return this.inputTcp(ip);
+        return this.inputTcp(ip, mark);
       case IPPROTO_UDP:
-        return this.inputUdp(eth, ip, broadcast);
+        return this.inputUdp(eth, ip, broadcast, mark);
       case IPPROTO_ICMP:
         if (broadcast || ip.src === 0) return this.drop('icmp:broadcast');
         return this.inputIcmp(ip);
@@ -357,8 +361,8 @@ export class Stack implements NetStack, TcpHost {
     this.events.onIcmp(ip.src, ip.dst, ip.payload);
   }
 
-  private inputUdp(eth: EthernetRepr, ip: Ipv4Repr, broadcast: boolean): void {
-    const udp = parseUdp(ip.payload, ip.src, ip.dst);
+  private inputUdp(eth: EthernetRepr, ip: Ipv4Repr, broadcast: boolean, mark: number): void {
+    const udp = parseUdp(ip.payload, ip.src, ip.dst, (mark & RX_L4_CHECKSUM_OK) !== 0);
     if (udp instanceof ParseError) return this.drop(udp.reason);
     if (udp.dstPort === DHCP_SERVER_PORT && (broadcast || ip.dst === this.config.gatewayIp)) {
       const reply = this.dhcp.handle(udp.payload, eth.src);
@@ -383,8 +387,8 @@ export class Stack implements NetStack, TcpHost {
     });
   }
 
-  private inputTcp(ip: Ipv4Repr): void {
-    const seg = parseTcp(ip.payload, ip.src, ip.dst);
+  private inputTcp(ip: Ipv4Repr, mark: number): void {
+    const seg = parseTcp(ip.payload, ip.src, ip.dst, (mark & RX_L4_CHECKSUM_OK) !== 0);
     if (seg instanceof ParseError) return this.drop(seg.reason);
     const conn = this.connections.get(ip.src, seg.srcPort, ip.dst, seg.dstPort);
     if (conn !== undefined) {
@@ -483,7 +487,7 @@ export class Stack implements NetStack, TcpHost {
     if (l4 < 0) return;
     const buf = this.arena.buf;
     if (len > 0 && source !== null) source.copyOut(from, buf, l4 + hl, len);
-    emitTcpHeader(buf, l4, seg, t.dst, t.src, len);
+    emitTcpHeader(buf, l4, seg, t.dst, t.src, len, this.config.tcp.checksumOffload === true);
     this.commitIpv4(hl + len);
     if (!this.inBatch) this.kick();
   }
@@ -691,7 +695,7 @@ export class Stack implements NetStack, TcpHost {
     const hl = tcpHeaderLength(seg);
     const l4 = this.beginIpv4(src, dst, IPPROTO_TCP, hl);
     if (l4 < 0) return;
-    emitTcpHeader(this.arena.buf, l4, seg, src, dst, 0);
+    emitTcpHeader(this.arena.buf, l4, seg, src, dst, 0, this.config.tcp.checksumOffload === true);
     this.commitIpv4(hl);
   }
 

@@ -46,6 +46,8 @@ export interface ServeConfig {
   tapFd?: number;
   /** The --tap-fd device was opened with IFF_VNET_HDR: frames carry a virtio-net header, TCP leaves in 64 KiB GSO segments. */
   tapVnetHdr?: boolean;
+  /** The --tap-fd device was given TUNSETOFFLOAD (moat-shim --offload): the guest's TCP arrives in up to 64 KiB, checksums unfinished. */
+  tapOffload?: boolean;
   mtu: number;
   network: IPv4;
   prefix: number;
@@ -143,6 +145,12 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     type: 'boolean',
     default: 'off',
     help: 'The --tap-fd device was opened with IFF_VNET_HDR (moat-shim tap --vnet-hdr --exec): every frame carries a 10-byte virtio-net header, and TCP to the guest leaves in segments of up to 64 KiB marked for segmentation offload, whatever the MTU. Command line only.',
+  },
+  {
+    name: 'tap-offload',
+    type: 'boolean',
+    default: 'off',
+    help: "Receive offload: the --tap-vnet-hdr device was given TUNSETOFFLOAD (moat-shim tap --vnet-hdr --offload --exec), so the guest's TCP arrives in segments of up to 64 KiB with checksums left to complete; Moat checks each virtio-net header against its frame and drops (and counts) any it does not believe. Needs --tap-vnet-hdr. Command line only.",
   },
   { name: 'mtu', type: 'string', value: 'N', default: String(DEFAULT_MTU), help: `Link MTU, ${MTU_MIN}..${MTU_MAX}. Handed to the guest by DHCP.` },
   { name: 'subnet', type: 'string', value: 'CIDR', default: DEFAULT_SUBNET, help: 'The virtual network (prefix /0../30).' },
@@ -250,7 +258,7 @@ export const ZONES_FLAG_NAMES: readonly string[] = ['allow', 'resolver', 'sinkho
 export const ZONES_FLAGS: readonly FlagDoc[] = SERVE_FLAGS.filter((f) => ZONES_FLAG_NAMES.includes(f.name));
 
 /** Flags a config file cannot set: help and config themselves, and a descriptor, which only the starting process can hand over. */
-const COMMAND_LINE_ONLY = new Set(['help', 'config', 'tap-fd', 'tap-vnet-hdr']);
+const COMMAND_LINE_ONLY = new Set(['help', 'config', 'tap-fd', 'tap-vnet-hdr', 'tap-offload']);
 const FILE_KEYS = new Set(SERVE_FLAGS.map((f) => f.name).filter((n) => !COMMAND_LINE_ONLY.has(n)));
 
 export type ParsedServeArgs = { kind: 'help' } | { kind: 'config'; config: ServeConfig };
@@ -600,6 +608,8 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   }
   const tapVnetHdr = raw.get('tap-vnet-hdr')?.value === true;
   if (tapVnetHdr && tapFd === undefined) throw new ConfigError('--tap-vnet-hdr: describes the --tap-fd device; give --tap-fd N too');
+  const tapOffload = raw.get('tap-offload')?.value === true;
+  if (tapOffload && !tapVnetHdr) throw new ConfigError('--tap-offload: offloaded frames are described by the virtio-net header; give --tap-vnet-hdr (and moat-shim --vnet-hdr --offload) too');
   if (listenRaw.items.length === 0 && tapFd === undefined) {
     throw new ConfigError(
       '--listen-qemu: at least one listen address is required (e.g. --listen-qemu unix:///tmp/moat.sock), or --tap-fd N for a TAP handed over by moat-shim tap --exec',
@@ -692,7 +702,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const allowLinkLocal = raw.get('allow-link-local');
   return {
     listen,
-    ...(tapFd === undefined ? {} : { tapFd, tapVnetHdr }),
+    ...(tapFd === undefined ? {} : { tapFd, tapVnetHdr, tapOffload }),
     mtu,
     network,
     prefix,
@@ -844,7 +854,7 @@ export function nameserversFromResolvConf(text: string): DnsUpstream[] {
 export function describeConfig(c: ServeConfig): Record<string, unknown> {
   return {
     listen: c.listen.map((l) => l.url),
-    ...(c.tapFd === undefined ? {} : { tapFd: c.tapFd, tapVnetHdr: c.tapVnetHdr }),
+    ...(c.tapFd === undefined ? {} : { tapFd: c.tapFd, tapVnetHdr: c.tapVnetHdr, tapOffload: c.tapOffload }),
     mtu: c.mtu,
     subnet: `${formatIPv4(c.network)}/${c.prefix}`,
     gatewayIp: formatIPv4(c.gatewayIp),
@@ -893,7 +903,8 @@ const SHIM_EXAMPLE = `  moat serve --listen-qemu unix:///tmp/moat.sock
 
   moat-shim tap --dev tap0 --netns guest --vnet-hdr --exec moat serve --tap-fd 3 --tap-vnet-hdr
   # the same TAP, handed to Moat itself (no relay process: lower latency;
-  # with the virtio-net header, 64 KiB TCP segments to the guest at any MTU)`;
+  # with the virtio-net header, 64 KiB TCP segments to the guest at any MTU;
+  # add moat-shim --offload and --tap-offload for 64 KiB segments from the guest too)`;
 
 export function flagLines(flags: readonly FlagDoc[]): string[] {
   const lines: string[] = [];

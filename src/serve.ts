@@ -125,6 +125,8 @@ export function stackConfigFor(config: ServeConfig): StackConfig {
       maxTimeWait: limits.maxTimeWait,
       // A TAP with a virtio-net header takes TCP segments beyond the MTU (the link marks them GSO).
       ...(config.tapFd !== undefined && config.tapVnetHdr === true ? { segmentOffloadBytes: TAP_GSO_SEGMENT_BYTES } : {}),
+      // With offloads on, the TAP completes TCP checksums too (the link marks every TCP frame NEEDS_CSUM).
+      ...(config.tapFd !== undefined && config.tapOffload === true ? { checksumOffload: true } : {}),
     },
     fragments: { ...DEFAULT_STACK_CONFIG.fragments, maxBytes: limits.maxFragmentBytes, maxDatagrams: limits.maxFragmentDatagrams },
     mtu: config.mtu,
@@ -368,18 +370,18 @@ export async function startGuestNetwork(
 
     // The link is created before the stack (the stack's onOutput needs it) and listens after.
     let stack: NetStack | undefined;
-    const input = (frames: readonly Uint8Array[]): void => {
+    const input = (frames: readonly Uint8Array[], marks?: ArrayLike<number>): void => {
       if (state !== 'running') return;
       try {
         faultHook?.(frames);
-        stack!.input(frames);
+        stack!.input(frames, marks);
         driver.reschedule();
       } catch (e) {
         fault(e);
       }
     };
     const sink: GuestSink = {
-      input: options.faultScope === true ? (frames) => networkScope.run(fault, input, frames) : input,
+      input: options.faultScope === true ? (frames, marks) => networkScope.run(fault, input, frames, marks) : input,
       guestGone() {
         if (state !== 'running') return;
         try {
@@ -394,7 +396,7 @@ export async function startGuestNetwork(
     const link: GuestLink =
       config.tapFd === undefined
         ? new QemuStreamServer(sink, log, d.link)
-        : new TapFdLink({ fd: config.tapFd, vnetHdr: config.tapVnetHdr === true, mtu: config.mtu }, sink, log, (why) => onEnded(why));
+        : new TapFdLink({ fd: config.tapFd, vnetHdr: config.tapVnetHdr === true, offload: config.tapOffload === true, mtu: config.mtu }, sink, log, (why) => onEnded(why));
 
     const dropLog = log.child({ component: 'stack' });
     const events: StackEvents = {
@@ -636,6 +638,7 @@ function collectStats(
   if (l.outputDroppedBackpressure > 0) drops['link:guest-queue-full'] = l.outputDroppedBackpressure;
   if (l.outputDroppedNoGuest > 0) drops['link:no-guest'] = l.outputDroppedNoGuest;
   if (l.outputRejected > 0) drops['link:rejected-by-device'] = l.outputRejected;
+  for (const [reason, n] of Object.entries(l.inputDropped ?? {})) drops[reason] = n;
   return {
     frames: { in: l.framesIn, out: l.framesOut },
     bytes: { in: l.bytesIn, out: l.bytesOut },

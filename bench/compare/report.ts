@@ -2,7 +2,7 @@
  * Turning a comparison run into a table (Moat's ratio to each baseline and to
  * the issue's targets) and an SVG bar chart. Pure functions of the results.
  */
-import type { BackendName } from './backends.js';
+import { MOAT_BACKENDS, type BackendName } from './backends.js';
 
 /** One figure of one backend: the median and every run's value. */
 export interface Figure {
@@ -126,7 +126,7 @@ function ratio(a: number | undefined, b: number | undefined): string {
 
 /** The Moat configurations in a run (relay and/or exec), each compared with every baseline. */
 export function moatBackends(backends: readonly BackendName[]): BackendName[] {
-  return backends.filter((b) => b === 'moat' || b === 'moat-exec');
+  return backends.filter((b) => MOAT_BACKENDS.includes(b));
 }
 
 /** Plain-text table: one row per metric, a column per backend, each Moat configuration's ratios, the target. */
@@ -162,7 +162,7 @@ export function table(figures: Figures, metrics: readonly Metric[], backends: re
   return rows.map((r) => r.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
 }
 
-const COLORS: Record<BackendName, string> = { moat: '#d9480f', 'moat-exec': '#f08c00', passt: '#1971c2', slirp4netns: '#2f9e44', veth: '#868e96' };
+const COLORS: Record<BackendName, string> = { moat: '#d9480f', 'moat-exec': '#f08c00', 'moat-offload': '#e8590c', passt: '#1971c2', slirp4netns: '#2f9e44', veth: '#868e96' };
 
 function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');

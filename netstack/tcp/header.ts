@@ -87,14 +87,14 @@ function put32(b: Uint8Array, o: number, v: number): void {
  * Unknown options are skipped by their length (RFC 9293 §3.1, MUST-68);
  * options with an impossible length are 'tcp:bad-option'.
  */
-export function parseTcp(segment: Uint8Array, srcIp: IPv4, dstIp: IPv4): TcpRepr | ParseError {
+export function parseTcp(segment: Uint8Array, srcIp: IPv4, dstIp: IPv4, checksumOk = false): TcpRepr | ParseError {
   const len = segment.length;
   if (len < TCP_HEADER_LEN) return ERR_TRUNCATED;
   const headerLength = (segment[12]! >>> 4) * 4;
   if (headerLength < TCP_HEADER_LEN) return ERR_BAD_OFFSET;
   if (headerLength > len) return ERR_TRUNCATED;
-  const sum = sumBytes(segment, 0, len, sumPseudoHeader(srcIp, dstIp, IP_PROTO_TCP, len));
-  if (finishChecksum(sum) !== 0) return ERR_BAD_CHECKSUM;
+  // checksumOk: the link vouched for it (receive offload, netstack/rx-marks.ts).
+  if (!checksumOk && finishChecksum(sumBytes(segment, 0, len, sumPseudoHeader(srcIp, dstIp, IP_PROTO_TCP, len))) !== 0) return ERR_BAD_CHECKSUM;
 
   const options: TcpOptions = { mss: null, windowScale: null, sackPermitted: false, timestamp: null, sackBlocks: null };
   let i = TCP_HEADER_LEN;
@@ -190,6 +190,8 @@ export function tcpHeaderLength(f: TcpSegmentFields): number {
 /**
  * Writes the header and options at `off` and the checksum over header,
  * options and the `payloadLength` bytes already placed right after the header.
+ * partialChecksum: write only the folded pseudo-header sum instead, for a link
+ * that completes it (checksum offload, StackConfig.tcp.checksumOffload).
  * Returns off + header length.
  */
 export function emitTcpHeader(
@@ -199,6 +201,7 @@ export function emitTcpHeader(
   srcIp: IPv4,
   dstIp: IPv4,
   payloadLength: number,
+  partialChecksum = false,
 ): number {
   put16(buf, off, f.srcPort);
   put16(buf, off + 2, f.dstPort);
@@ -250,7 +253,8 @@ export function emitTcpHeader(
   const headerLength = p - off;
   buf[off + 12] = (headerLength >>> 2) << 4;
   const total = headerLength + payloadLength;
-  const sum = sumBytes(buf, off, total, sumPseudoHeader(srcIp, dstIp, IP_PROTO_TCP, total));
-  put16(buf, off + 16, finishChecksum(sum));
+  const pseudo = sumPseudoHeader(srcIp, dstIp, IP_PROTO_TCP, total);
+  // Partial: what the completer adds the segment's own sum to (Linux: ~tcp_v4_check(len, saddr, daddr, 0)).
+  put16(buf, off + 16, partialChecksum ? ~finishChecksum(pseudo) & 0xffff : finishChecksum(sumBytes(buf, off, total, pseudo)));
   return p;
 }

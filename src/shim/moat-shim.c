@@ -21,7 +21,7 @@
 static const char usage_text[] =
     "usage:\n"
     "  moat-shim tap --dev NAME [--netns NAME|PATH] [--mtu N] --connect URL\n"
-    "  moat-shim tap --dev NAME [--netns NAME|PATH] [--mtu N] [--vnet-hdr] --exec COMMAND [ARG...]\n"
+    "  moat-shim tap --dev NAME [--netns NAME|PATH] [--mtu N] [--vnet-hdr [--offload]] --exec COMMAND [ARG...]\n"
     "  moat-shim unixgram --listen PATH --connect URL\n"
     "  moat-shim vsock --port N --connect URL\n"
     "  moat-shim --help\n"
@@ -50,6 +50,10 @@ static const char usage_text[] =
     "                                 frame), for moat serve --tap-vnet-hdr, which\n"
     "                                 then sends TCP in segments of up to 64 KiB\n"
     "                                 (GSO) whatever the MTU.\n"
+    "              --offload          with --vnet-hdr: TUNSETOFFLOAD (checksum and\n"
+    "                                 TSO4), so the guest's TCP reaches Moat in\n"
+    "                                 segments of up to 64 KiB with the checksum\n"
+    "                                 left to complete (moat serve --tap-offload).\n"
     "  unixgram  Bind a unix datagram socket at PATH (a stale socket file is\n"
     "            replaced): one frame per datagram, as vfkit, libkrun and QEMU\n"
     "            -netdev dgram use. Frames from Moat go to the first sender; a\n"
@@ -123,6 +127,7 @@ struct args {
     long port; /* -1: not given */
     char **exec_argv; /* tap --exec: the command (NULL-terminated), else NULL */
     bool vnet_hdr;    /* tap --exec --vnet-hdr: open the TAP with IFF_VNET_HDR */
+    bool offload;     /* tap --exec --vnet-hdr --offload: TUNSETOFFLOAD csum + TSO4 */
 };
 
 static long parse_number(const char *opt, const char *s, long lo, long hi)
@@ -167,6 +172,10 @@ static void parse_args(int argc, char **argv, struct args *a)
             a->vnet_hdr = true;
             continue;
         }
+        if (strcmp(opt, "--offload") == 0) {
+            a->offload = true;
+            continue;
+        }
         /* Accept both "--opt value" and "--opt=value". */
         char name[32];
         const char *val = NULL;
@@ -206,6 +215,8 @@ static void parse_args(int argc, char **argv, struct args *a)
         usage_error("tap: give either --connect URL (relay) or --exec COMMAND (hand over the TAP), not both");
     if (a->vnet_hdr && !a->exec_argv)
         usage_error("--vnet-hdr needs --exec (the relay speaks plain frames)");
+    if (a->offload && !a->vnet_hdr)
+        usage_error("--offload needs --vnet-hdr (offloaded frames are described by the virtio-net header)");
     if (!a->connect && !a->exec_argv)
         usage_error("%s: --connect URL is required%s", a->mode, is_tap ? " (or --exec COMMAND)" : "");
     bool is_ug = strcmp(a->mode, "unixgram") == 0;
@@ -267,7 +278,7 @@ static int run_tap(const struct args *a)
     int moat_fd = net_connect_url(a->connect);
     if (a->netns)
         net_enter_netns(a->netns);
-    int tap_fd = net_open_tap(a->dev, (int)a->mtu, false);
+    int tap_fd = net_open_tap(a->dev, (int)a->mtu, false, false);
     char mtu_text[24] = "unchanged";
     if (a->mtu)
         snprintf(mtu_text, sizeof mtu_text, "%ld", a->mtu);
@@ -297,7 +308,7 @@ static _Noreturn void exec_with_tap(const struct args *a)
             shim_die(EXIT_ERR, "cannot open /proc/self/ns/net: %s", strerror(errno));
         net_enter_netns(a->netns);
     }
-    int tap_fd = net_open_tap(a->dev, (int)a->mtu, a->vnet_hdr);
+    int tap_fd = net_open_tap(a->dev, (int)a->mtu, a->vnet_hdr, a->offload);
     if (own_ns >= 0) {
         if (setns(own_ns, CLONE_NEWNET) < 0)
             shim_die(EXIT_ERR, "setns back to the shim's own namespace: %s", strerror(errno));

@@ -49,7 +49,7 @@ void net_enter_netns(const char *name_or_path);
  * vnet_hdr: every read and write then starts with a 10-byte struct
  * virtio_net_hdr) in the current network namespace, set its MTU when mtu > 0
  * and bring it up. Returns a non-blocking fd. Exits on failure. */
-int net_open_tap(const char *name, int mtu, bool vnet_hdr);
+int net_open_tap(const char *name, int mtu, bool vnet_hdr, bool offload);
 
 /* Bind a non-blocking unix datagram socket at PATH (a stale file is unlinked
  * first). Exits on failure. */

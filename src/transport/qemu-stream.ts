@@ -23,8 +23,8 @@ import { closeServer, listenOn } from './listen.js';
 
 /** Where the frames go, and who hears that the guest left. */
 export interface GuestSink {
-  /** A batch of frames from one socket chunk; views valid only during the call. */
-  input(frames: readonly Uint8Array[]): void;
+  /** A batch of frames from one socket chunk; views valid only during the call. marks: see NetStack.input. */
+  input(frames: readonly Uint8Array[], marks?: ArrayLike<number>): void;
   /** The guest connection ended (closed, failed, broke framing or was replaced). */
   guestGone(): void;
 }
@@ -68,6 +68,10 @@ export interface LinkStats {
   outputRejected: number;
   /** Turns in which the link took its budget of guest bytes and yielded to other links. */
   turnYields: number;
+  /** Input frames the link itself dropped, by reason (a TAP's virtio-net header it does not believe); absent when none. */
+  inputDropped?: Record<string, number>;
+  /** Input frames that came as one unsegmented TCP segment (receive offload, GSO); absent without offload. */
+  gsoFramesIn?: number;
 }
 
 /** Every link's counters, all zero (each guest link keeps the same set for /stats). */

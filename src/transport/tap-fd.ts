@@ -22,7 +22,9 @@ import { fstatSync, readFileSync, readSync, writeSync, writevSync } from 'node:f
 import { Socket } from 'node:net';
 import type { OutputBatch } from '../../netstack/api.js';
 import type { Logger } from '../log.js';
+import { RX_GSO_TCP } from '../../netstack/index.js';
 import { newLinkStats, type FrameTap, type GuestSink, type LinkStats } from './qemu-stream.js';
+import { readVnetHeader, VNET_HDR_BYTES } from './vnet-header.js';
 
 /** Largest read from a TAP: a virtio-net header, MTU 65535 and the Ethernet header (as the frame decoder's bound). */
 const READ_BUFFER_BYTES = 10 + 65535 + 14;
@@ -68,13 +70,19 @@ export interface TapFdOptions {
   fd: number;
   /** The TAP was opened with IFF_VNET_HDR: a struct virtio_net_hdr (10 bytes) precedes every frame both ways. */
   vnetHdr: boolean;
+  /**
+   * The TAP was given TUNSETOFFLOAD (moat-shim --offload): the guest's TCP
+   * arrives unsegmented and its checksums unfinished, as the virtio-net
+   * header says (vnetHdr only; see vnet-header.ts for what is believed).
+   */
+  offload?: boolean;
   /** The link MTU: TCP frames with more payload than it allows are marked GSO (vnetHdr only). */
   mtu: number;
 }
-
-/** struct virtio_net_hdr without num_buffers (the TAP's default TUNSETVNETHDRSZ). */
-const VNET_HDR_BYTES = 10;
 const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
+const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
+/** Where the checksum sits in a TCP header. */
+const TCP_CHECKSUM_OFFSET = 16;
 /**
  * The TCP payload Moat puts in one segment on a TAP with a virtio-net header:
  * the kernel takes it whole and hands it to the guest's TCP as one
@@ -119,6 +127,9 @@ export class TapFdLink {
   /** Bytes before each frame in every read and write: 0, or the virtio-net header. */
   private readonly headroom: number;
   private readonly mtu: number;
+  private readonly offload: boolean;
+  /** Stack marks of the frames of the batch being read (receive offload), parallel to its frames. */
+  private readonly marks: number[] = [];
   /** The virtio-net header written before each frame (rewritten per frame when vnetHdr). */
   private readonly vnetHeader = Buffer.alloc(VNET_HDR_BYTES);
   private readonly iov: Uint8Array[] = [this.vnetHeader, new Uint8Array(0)];
@@ -134,6 +145,8 @@ export class TapFdLink {
     this.fd = options.fd;
     this.headroom = options.vnetHdr ? VNET_HDR_BYTES : 0;
     this.mtu = options.mtu;
+    this.offload = options.vnetHdr && options.offload === true;
+    if (this.offload) this.stats.gsoFramesIn = 0;
   }
 
   get guestConnected(): boolean {
@@ -156,7 +169,7 @@ export class TapFdLink {
     this.up = true;
     this.stats.connections = 1;
     this.stats.guestConnected = true;
-    this.log.info('guest link up', { tapFd: this.fd, device, vnetHdr: this.headroom > 0 });
+    this.log.info('guest link up', { tapFd: this.fd, device, vnetHdr: this.headroom > 0, offload: this.offload });
     return [`tap-fd://${this.fd}`];
   }
 
@@ -172,9 +185,10 @@ export class TapFdLink {
     if (!this.up) return false;
     this.stats.chunksIn++; // for this link: wake-ups (framesIn / chunksIn = frames per batch)
     const frames: Uint8Array[] = [];
-    this.accept(frames, buf.subarray(this.headroom, n));
+    this.marks.length = 0;
+    this.accept(frames, buf, 0, n);
     if (!this.worthDraining(n)) {
-      if (frames.length > 0) this.sink.input(frames);
+      if (frames.length > 0) this.deliver(frames);
       return true;
     }
     let used = 0;
@@ -185,7 +199,7 @@ export class TapFdLink {
       while (frames.length < MAX_BATCH_FRAMES && used + READ_BUFFER_BYTES <= this.batch.length) {
         const got = readSync(this.fd, this.batch, used, READ_BUFFER_BYTES, null);
         if (got <= 0) break;
-        this.accept(frames, this.batch.subarray(used + this.headroom, used + got));
+        this.accept(frames, this.batch, used, used + got);
         used += got;
       }
     } catch (e) {
@@ -199,8 +213,14 @@ export class TapFdLink {
       Error.stackTraceLimit = limit;
     }
     this.inBurst = used > 0;
-    if (frames.length > 0) this.sink.input(frames);
+    if (frames.length > 0) this.deliver(frames);
     return true;
+  }
+
+  /** Hands a batch to the stack, with the marks only when some frame has one (receive offload). */
+  private deliver(frames: Uint8Array[]): void {
+    if (this.offload) this.sink.input(frames, this.marks);
+    else this.sink.input(frames);
   }
 
   /**
@@ -216,16 +236,33 @@ export class TapFdLink {
     return firstFrameBytes >= BULK_FRAME_BYTES || this.inBurst || (this.wakeups & 7) === 0;
   }
 
-  /** Counts a frame read from the TAP and queues it, or drops a runt. */
-  private accept(frames: Uint8Array[], frame: Uint8Array): void {
+  /**
+   * Counts one read (buf[start..end): the virtio-net header if any, then the
+   * frame) and queues its frame, or drops a runt or a frame whose header is
+   * not believed (counted by reason, see vnet-header.ts).
+   */
+  private accept(frames: Uint8Array[], buf: Uint8Array, start: number, end: number): void {
+    const frame = buf.subarray(start + this.headroom, end);
     if (frame.length < ETHERNET_HEADER_BYTES) {
       this.stats.framingErrors++;
       return;
+    }
+    let mark = 0;
+    if (this.headroom > 0) {
+      const verdict = readVnetHeader(buf, start, frame, this.offload, this.mtu);
+      if (typeof verdict === 'string') {
+        const dropped = (this.stats.inputDropped ??= {});
+        dropped[verdict] = (dropped[verdict] ?? 0) + 1;
+        return;
+      }
+      mark = verdict;
+      if (mark & RX_GSO_TCP) this.stats.gsoFramesIn!++;
     }
     this.stats.framesIn++;
     this.stats.bytesIn += frame.length;
     this.tap?.frameIn(frame);
     frames.push(frame);
+    if (this.offload) this.marks.push(mark);
   }
 
   /** Writes each frame of the batch to the TAP (one write(2) each); drops it when the link is down. */
@@ -248,7 +285,7 @@ export class TapFdLink {
         writeSync(this.fd, buf, offset, length);
       } else {
         // One frame = one write: the header and the frame leave together as an iovec.
-        writeVnetHeader(this.vnetHeader, buf, offset, length, this.mtu);
+        writeVnetHeader(this.vnetHeader, buf, offset, length, this.mtu, this.offload);
         this.iov[1] = buf.subarray(offset, offset + length);
         writevSync(this.fd, this.iov);
       }
@@ -305,10 +342,13 @@ export class TapFdLink {
  * include/uapi/linux/virtio_net.h). An IPv4 TCP frame carrying more payload
  * than one MTU-sized segment holds is marked GSO TCPv4 with that segment size,
  * so the kernel treats it as the receive offload of a NIC would; every other
- * frame gets an all-zero header. Checksums are complete in every frame (no
- * NEEDS_CSUM), so the guest verifies them as it would on any wire.
+ * frame gets an all-zero header. Without csumOffload checksums are complete in
+ * every frame (no NEEDS_CSUM), so the guest verifies them as it would on any
+ * wire; with it (the stack's tcp.checksumOffload, --tap-offload) every IPv4
+ * TCP frame holds only the pseudo-header sum and is marked NEEDS_CSUM at its
+ * TCP checksum, which the guest's kernel takes as a locally made packet.
  */
-export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: number, length: number, mtu: number): void {
+export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: number, length: number, mtu: number, csumOffload = false): void {
   hdr.fill(0);
   if (length < 14 + 20 + 20) return;
   const f = offset;
@@ -316,6 +356,13 @@ export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: numb
   const ip = f + 14;
   const ihl = (frame[ip]! & 0x0f) * 4;
   if (frame[ip + 9] !== 6 || ihl < 20) return; // not TCP
+  if (csumOffload) {
+    const start = 14 + ihl;
+    hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+    hdr[6] = start & 0xff; // csum_start
+    hdr[7] = start >> 8;
+    hdr[8] = TCP_CHECKSUM_OFFSET; // csum_offset
+  }
   const totalLength = (frame[ip + 2]! << 8) | frame[ip + 3]!;
   const tcpHeader = ((frame[ip + ihl + 12]! >> 4) & 0x0f) * 4;
   const payload = totalLength - ihl - tcpHeader;

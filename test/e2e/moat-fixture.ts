@@ -103,6 +103,8 @@ export interface MoatFixtureOptions {
   link?: 'relay' | 'exec';
   /** With link "exec": open the TAP with a virtio-net header (moat-shim --vnet-hdr, moat --tap-vnet-hdr). Default true. */
   vnetHdr?: boolean;
+  /** With a virtio-net header: receive offload (moat-shim --offload, moat --tap-offload). Default false. */
+  offload?: boolean;
 }
 
 /** What udhcpc's script saw in the lease (environment variables from busybox). */
@@ -537,11 +539,12 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
 
     const link = options.link ?? 'relay';
     const vnetHdr = link === 'exec' && (options.vnetHdr ?? true);
+    const offload = vnetHdr && options.offload === true;
     const args = [
       ...(options.nodeArgs ?? []),
       options.moatBin ?? MOAT_BIN,
       'serve',
-      ...(link === 'exec' ? ['--tap-fd', '3', ...(vnetHdr ? ['--tap-vnet-hdr'] : [])] : ['--listen-qemu', `unix://${moatSocket}`]),
+      ...(link === 'exec' ? ['--tap-fd', '3', ...(vnetHdr ? ['--tap-vnet-hdr'] : []), ...(offload ? ['--tap-offload'] : [])] : ['--listen-qemu', `unix://${moatSocket}`]),
       '--api',
       `unix://${apiSocket}`,
       // Never the host's resolver: our DNS server in remote (or, without one, a closed port there).
@@ -557,7 +560,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
       ...(typeof options.extraMoatArgs === 'function' ? options.extraMoatArgs(topo) : (options.extraMoatArgs ?? [])),
     ];
     if (link === 'exec') {
-      const shimArgs = ['tap', '--dev', tap, '--netns', topo.guestNs, ...(vnetHdr ? ['--vnet-hdr'] : [])];
+      const shimArgs = ['tap', '--dev', tap, '--netns', topo.guestNs, ...(vnetHdr ? ['--vnet-hdr'] : []), ...(offload ? ['--offload'] : [])];
       moat = spawnTracked(ensureShimBuilt(), [...shimArgs, '--exec', process.execPath, ...args]);
       shim = moat;
       await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat-shim tap --exec moat serve');

@@ -424,6 +424,7 @@ describe.skipIf(gate.skip)('moat-shim tap --exec: the TAP handed to a command on
     ['--exec in unixgram mode', ['unixgram', '--listen', '/nonexistent-tf.sock', '--exec', 'true'], 'unixgram: --exec belongs to tap mode'],
     ['--exec with no command', ['tap', '--dev', 'tfx0', '--exec'], '--exec needs a command'],
     ['--vnet-hdr without --exec', ['tap', '--dev', 'tfx0', '--vnet-hdr', '--connect', 'unix:///nonexistent.sock'], '--vnet-hdr needs --exec (the relay speaks plain frames)'],
+    ['--offload without --vnet-hdr', ['tap', '--dev', 'tfx0', '--offload', '--exec', 'true'], '--offload needs --vnet-hdr (offloaded frames are described by the virtio-net header)'],
   ])('usage error: %s exits 2 with a message, creating nothing', (_label, args, message) => {
     const r = hostRun(shimPath, args);
     expect(r.status, r.stderr).toBe(2);

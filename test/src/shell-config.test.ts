@@ -80,6 +80,10 @@ describe('parseServeArgs defaults', () => {
     expect(parse(['--tap-fd', '3', '--tap-vnet-hdr']).tapVnetHdr).toBe(true);
     expect(parse(['--tap-fd', '3']).tapVnetHdr).toBe(false);
     expect(errorOf([...LISTEN, '--tap-vnet-hdr'])).toMatch(/^--tap-vnet-hdr: .*give --tap-fd N too/);
+    // --tap-offload describes a --tap-vnet-hdr device.
+    expect(parse(['--tap-fd', '3', '--tap-vnet-hdr', '--tap-offload']).tapOffload).toBe(true);
+    expect(parse(['--tap-fd', '3', '--tap-vnet-hdr']).tapOffload).toBe(false);
+    expect(errorOf(['--tap-fd', '3', '--tap-offload'])).toMatch(/^--tap-offload: .*give --tap-vnet-hdr/);
   });
 
   it('returns help for --help and -h', () => {
@@ -252,7 +256,7 @@ describe('config file and flag precedence', () => {
   });
 
   it('accepts every flag (except help/config) as a file key', () => {
-    const keys = SERVE_FLAGS.map((f) => f.name).filter((n) => !['help', 'config', 'tap-fd', 'tap-vnet-hdr'].includes(n));
+    const keys = SERVE_FLAGS.map((f) => f.name).filter((n) => !['help', 'config', 'tap-fd', 'tap-vnet-hdr', 'tap-offload'].includes(n));
     // A key the file does not know is an error, so reading each known key with a valid value proves acceptance.
     const values: Record<string, unknown> = {
       'listen-qemu': ['unix:///tmp/q'],

@@ -3,6 +3,10 @@ import { closeSync, openSync } from 'node:fs';
 import type { OutputBatch } from '../../netstack/api.js';
 import { createLogger } from '../../src/log.js';
 import { TapFdLink, writeVnetHeader } from '../../src/transport/tap-fd.js';
+import { ipv4 } from '../../netstack/addr.js';
+import { finishChecksum, sumBytes } from '../../netstack/checksum.js';
+import { ParseError } from '../../netstack/errors.js';
+import { emitTcpHeader, parseTcp, TCP_ACK, tcpHeaderLength } from '../../netstack/tcp/header.js';
 
 /** An Ethernet + IPv4 + TCP frame with `payload` bytes and a TCP header of `tcpHeader` bytes. */
 function tcpFrame(payload: number, tcpHeader = 32, protocol = 6, etherType = 0x0800): Uint8Array {
@@ -43,6 +47,38 @@ describe('writeVnetHeader (virtio-net header for a TAP opened with IFF_VNET_HDR)
     const buf = new Uint8Array(100 + f.length);
     buf.set(f, 100);
     expect(header(f, 1500, 100, buf)).toEqual([0, 1, 54, 0, 1460 & 0xff, 1460 >> 8, 0, 0, 0, 0]);
+  });
+});
+
+describe('checksum offload on output (--tap-offload)', () => {
+  it('every IPv4 TCP frame is marked NEEDS_CSUM at its TCP checksum (GSO or not); other frames are not', () => {
+    const h = (frame: Uint8Array) => {
+      const b = new Uint8Array(10).fill(0xee);
+      writeVnetHeader(b, frame, 0, frame.length, 1500, true);
+      return [...b];
+    };
+    expect(h(tcpFrame(65_160))).toEqual([1, 1, 66, 0, 1448 & 0xff, 1448 >> 8, 34, 0, 16, 0]);
+    expect(h(tcpFrame(0))).toEqual([1, 0, 0, 0, 0, 0, 34, 0, 16, 0]);
+    expect(h(tcpFrame(5000, 32, 17))).toEqual(new Array(10).fill(0));
+  });
+
+  it('emitTcpHeader(partial) leaves the pseudo-header sum that, completed over the segment as a NIC does, is the full checksum', () => {
+    const payload = Uint8Array.from({ length: 3001 }, (_, i) => (i * 31 + 7) & 0xff);
+    const seg = { srcPort: 80, dstPort: 40000, seq: 0xfffffff0, ack: 12345, flags: TCP_ACK, window: 5000, options: { timestamp: { value: 1, echo: 2 } } };
+    const hl = tcpHeaderLength(seg);
+    const full = new Uint8Array(hl + payload.length);
+    const partial = new Uint8Array(hl + payload.length);
+    full.set(payload, hl);
+    partial.set(payload, hl);
+    const src = ipv4(192, 168, 127, 254);
+    const dst = ipv4(192, 168, 127, 2);
+    emitTcpHeader(full, 0, seg, src, dst, payload.length);
+    emitTcpHeader(partial, 0, seg, src, dst, payload.length, true);
+    expect([partial[16], partial[17]]).not.toEqual([full[16], full[17]]);
+    // The completer: fold and complement the sum over csum_start..end, field included, and store it.
+    const completed = finishChecksum(sumBytes(partial, 0, partial.length));
+    expect(completed).toBe((full[16]! << 8) | full[17]!);
+    expect(parseTcp(full, src, dst)).not.toBeInstanceOf(ParseError);
   });
 });
 

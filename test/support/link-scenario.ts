@@ -84,6 +84,8 @@ export interface Scenario {
   writeChunk: number;
   mtu: number;
   pauseEvery: number;
+  /** Offloads both ways (Link's offload): partial checksums, super-segments, link marks. */
+  offload?: boolean;
 }
 
 export function runScenario(s: Scenario, onFrame?: ConstructorParameters<typeof Link>[0]['onFrame']) {
@@ -92,6 +94,7 @@ export function runScenario(s: Scenario, onFrame?: ConstructorParameters<typeof 
     sendBufferBytes: s.sendBuffer,
     recvBufferBytes: s.recvBuffer,
     oooBytes: s.oooBytes,
+    ...(s.offload === true ? { checksumOffload: true, segmentOffloadBytes: 65_000 } : {}),
   };
   const guestSide = new Endpoint(streamBytes(s.seed, s.up), s.writeChunk);
   const moatSide = new Endpoint(streamBytes(s.seed + 1, s.down), s.writeChunk);
@@ -100,6 +103,7 @@ export function runScenario(s: Scenario, onFrame?: ConstructorParameters<typeof 
     faults: s.faults,
     seed: s.seed,
     mtu: s.mtu,
+    offload: s.offload,
     moatConfig: { tcp },
     guestConfig: { tcp },
     moatEvents: {

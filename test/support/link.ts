@@ -13,6 +13,7 @@ import type { OutputBatch, StackConfig, StackEvents } from '../../netstack/api.j
 import { ipv4 } from '../../netstack/addr.js';
 import { ManualClock } from '../../netstack/clock.js';
 import { createStack, DEFAULT_STACK_CONFIG, type Stack } from '../../netstack/stack.js';
+import { RX_GSO_TCP, RX_L4_CHECKSUM_OK } from '../../netstack/rx-marks.js';
 import { prng } from './prng.js';
 
 export { prng };
@@ -67,6 +68,22 @@ export interface LinkOptions {
   dropIf?: (to: 'moat' | 'guest', frame: Uint8Array) => boolean;
   /** Sees every frame handed to the link, before faults: for traces and pcaps. */
   onFrame?: (to: 'moat' | 'guest', frame: Uint8Array, lost: boolean) => void;
+  /**
+   * Offloads both ways, as a TAP with --tap-offload: both stacks leave TCP
+   * checksums partial and may send super-segments (set their tcp config:
+   * checksumOffload, segmentOffloadBytes), and every TCP frame is delivered
+   * with the marks the link would give it (checksum vouched for; GSO past the MTU).
+   */
+  offload?: boolean;
+}
+
+/** The marks a TAP with offloads gives each frame: IPv4 TCP frames have their checksum vouched for, and GSO past the MTU. */
+function offloadMarks(frames: readonly Uint8Array[], mtu: number): number[] {
+  return frames.map((f) => {
+    const tcp = f.length >= 34 && f[12] === 0x08 && f[13] === 0x00 && f[23] === 6 && ((f[20]! & 0x3f) | f[21]!) === 0;
+    if (!tcp) return 0;
+    return RX_L4_CHECKSUM_OK | (f.length > mtu + 14 ? RX_GSO_TCP : 0);
+  });
 }
 
 export class Link {
@@ -88,8 +105,12 @@ export class Link {
   private toGuest: Uint8Array[] = [];
   private toRelease: OutputBatch[] = [];
   private seq = 0;
+  private readonly offload: boolean;
+  private readonly mtu: number;
 
   constructor(opts: LinkOptions) {
+    this.offload = opts.offload === true;
+    this.mtu = opts.mtu ?? 1500;
     this.faults = opts.faults ?? PERFECT_LINK;
     this.rng = prng(opts.seed ?? 1);
     this.copyFrames = opts.copyFrames ?? true;
@@ -157,6 +178,11 @@ export class Link {
     batch.release();
   }
 
+  private deliver(toMoat: Uint8Array[], toGuest: Uint8Array[]): void {
+    if (toMoat.length > 0) this.moat.input(toMoat, this.offload ? offloadMarks(toMoat, this.mtu) : undefined);
+    if (toGuest.length > 0) this.guest.input(toGuest, this.offload ? offloadMarks(toGuest, this.mtu) : undefined);
+  }
+
   /** Runs deferred flushes until none is left. */
   private runDeferred(): boolean {
     let ran = false;
@@ -185,8 +211,7 @@ export class Link {
         this.toGuest = [];
         const done = this.toRelease;
         this.toRelease = [];
-        if (toMoat.length > 0) this.moat.input(toMoat);
-        if (toGuest.length > 0) this.guest.input(toGuest);
+        this.deliver(toMoat, toGuest);
         for (const b of done) b.release();
         continue;
       }
@@ -213,8 +238,7 @@ export class Link {
         this.queue.push(...rest);
         const toMoat = due.filter((q) => q.to === 'moat').map((q) => q.frame);
         const toGuest = due.filter((q) => q.to === 'guest').map((q) => q.frame);
-        if (toMoat.length > 0) this.moat.input(toMoat);
-        if (toGuest.length > 0) this.guest.input(toGuest);
+        this.deliver(toMoat, toGuest);
       }
       this.moat.advance();
       this.guest.advance();
