@@ -313,16 +313,6 @@ export class DhcpServer {
   }
 
   /**
-   * Forgets every lease: the one guest this server serves went away (the VMM
-   * disconnected). Its successor, rebooted or new, then gets the preferred
-   * address again whatever its MAC; static leases still apply.
-   */
-  forgetLeases(): void {
-    this.byMac.clear();
-    this.byIp.clear();
-  }
-
-  /**
    * The one guest this server serves went away (the VMM disconnected). Its
    * bound leases stay listed until they expire (as gvproxy keeps them: an
    * operator still sees who had which address), but its successor, rebooted
