@@ -19,6 +19,7 @@
  * passwords must not be able to fill the disk through the log).
  */
 import { createHash, timingSafeEqual } from 'node:crypto';
+import { RefusalLog, REFUSAL_LOG_INTERVAL_MS, type RefusalLogLines } from '../limits.js';
 import type { Logger } from '../log.js';
 
 /** RFC 1929 carries each of user and password in 1..255 bytes; HTTP gets the same bound. */
@@ -125,33 +126,37 @@ export function parseUserPass(b: Uint8Array): UserPassParse {
 export const USERPASS_OK: Uint8Array = Uint8Array.from([0x01, 0x00]);
 export const USERPASS_FAILED: Uint8Array = Uint8Array.from([0x01, 0x01]);
 
-/** One log line per this many milliseconds at most, counting the failures it covers. */
-export const AUTH_FAILURE_LOG_INTERVAL_MS = 10_000;
-
 /**
  * Counts authentication failures (every one, for /stats) and logs them
- * rate-limited: the first failure after a quiet interval gets a line, and
- * that line says how many failures there were since the previous one.
+ * through the limits' RefusalLog: the first failure of a burst per listener
+ * gets a line, then one summary line per interval says how many followed.
  */
+const AUTH_FAILURE_LINES: RefusalLogLines = {
+  level: 'info',
+  first: 'proxy authentication failed',
+  summary: 'proxy authentication still failing: failures since the last line',
+  keyField: 'listener',
+};
+
 export class AuthFailureLog {
-  private lastLineAt = -Infinity;
-  private unlogged = 0;
+  private readonly lines: RefusalLog;
 
   constructor(
     private readonly counters: { authFailures: number },
-    private readonly log: Logger,
-    private readonly now: () => number,
-    private readonly intervalMs = AUTH_FAILURE_LOG_INTERVAL_MS,
-  ) {}
+    log: Logger,
+    intervalMs = REFUSAL_LOG_INTERVAL_MS,
+  ) {
+    this.lines = new RefusalLog(log, intervalMs, AUTH_FAILURE_LINES);
+  }
 
   /** `presented`: whether the client offered credentials at all (never what they were). */
   record(listener: 'http' | 'socks', client: string | undefined, presented: boolean): void {
     this.counters.authFailures++;
-    this.unlogged++;
-    const t = this.now();
-    if (t - this.lastLineAt < this.intervalMs) return;
-    this.log.info('proxy authentication failed', { listener, client, presented, failures: this.unlogged });
-    this.lastLineAt = t;
-    this.unlogged = 0;
+    this.lines.refused(listener, { client, presented });
+  }
+
+  /** Writes the pending summaries and stops their timers. */
+  close(): void {
+    this.lines.close();
   }
 }

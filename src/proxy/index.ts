@@ -152,7 +152,8 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       for (const t of [...tunnels]) t.destroy();
     });
 
-    const authFailures = new AuthFailureLog(counters, tlog, d.now);
+    const authFailures = new AuthFailureLog(counters, tlog);
+    closers.push(() => authFailures.close());
     const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters, auth: config.auth, authFailures };
     const { server: httpServer, agents } = createHttpProxy(core, { maxConnections: config.maxConnections, headersTimeoutMs: config.peekTimeoutMs });
     closers.push(() => agents.destroy());

@@ -6,7 +6,7 @@
  * against servers on loopback. Credentials never appear in the logs, the
  * decision log or /stats.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import fc from 'fast-check';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
@@ -289,20 +289,25 @@ describe('credentials (src/proxy/auth.ts)', () => {
 });
 
 describe('AuthFailureLog', () => {
-  it('counts every failure and logs at most one line per interval, saying how many it covers', () => {
-    const lines: Record<string, unknown>[] = [];
-    const log = { info: (_msg: string, fields?: Record<string, unknown>) => void lines.push(fields ?? {}) } as unknown as Logger;
-    let t = 0;
-    const counters = { authFailures: 0 };
-    const f = new AuthFailureLog(counters, log, () => t, 10_000);
-    for (let i = 0; i < 1000; i++) f.record('http', '127.0.0.1', true);
-    expect(counters.authFailures).toBe(1000);
-    expect(lines).toEqual([{ listener: 'http', client: '127.0.0.1', presented: true, failures: 1 }]);
-    t = 9_999;
-    f.record('socks', '127.0.0.2', false);
-    expect(lines).toHaveLength(1);
-    t = 10_000;
-    f.record('socks', '127.0.0.2', false);
-    expect(lines[1]).toEqual({ listener: 'socks', client: '127.0.0.2', presented: false, failures: 1001 });
+  it('counts every failure and logs the first of a burst per listener, then one summary per interval saying how many', () => {
+    vi.useFakeTimers();
+    try {
+      const lines: Record<string, unknown>[] = [];
+      const log = { info: (msg: string, fields?: Record<string, unknown>) => void lines.push({ msg, ...fields }) } as unknown as Logger;
+      const counters = { authFailures: 0 };
+      const f = new AuthFailureLog(counters, log, 10_000);
+      for (let i = 0; i < 1000; i++) f.record('http', '127.0.0.1', true);
+      expect(counters.authFailures).toBe(1000);
+      expect(lines).toEqual([{ msg: 'proxy authentication failed', listener: 'http', client: '127.0.0.1', presented: true, refusedTotal: 1, quietForMs: 10_000 }]);
+      vi.advanceTimersByTime(9_999);
+      expect(lines).toHaveLength(1);
+      vi.advanceTimersByTime(1);
+      expect(lines[1]).toEqual({ msg: 'proxy authentication still failing: failures since the last line', listener: 'http', refused: 999, refusedTotal: 1000, intervalMs: 10_000 });
+      f.record('socks', '127.0.0.2', false);
+      expect(lines[2]).toMatchObject({ listener: 'socks', client: '127.0.0.2', presented: false });
+      f.close();
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });

@@ -127,7 +127,7 @@ async function setup(rules: string[], opts: { gated: boolean; maxUpstream?: numb
       throw new Error('no CONNECT in this file');
     },
     auth: undefined,
-    authFailures: new AuthFailureLog(counters, NULL_LOGGER, () => performance.now()),
+    authFailures: new AuthFailureLog(counters, NULL_LOGGER),
     counters,
   };
   const { server, agents } = createHttpProxy(host, { maxConnections: opts.maxUpstream ?? 64, headersTimeoutMs: 5_000 });
