@@ -24,7 +24,7 @@ import { describeConfig, NODE_CONFIG_IO, type ConfigIo, type ServeConfig } from 
 import type { HostConfig } from './host-config.js';
 import { NetworkConfigError, parseNetworkRequest } from './host-config.js';
 import type { Logger } from './log.js';
-import { startGuestNetwork, type GuestNetwork, type ServeDeps } from './serve.js';
+import { startGuestNetwork, type GuestNetwork, type ServeDeps } from './network.js';
 
 /**
  * Guest bytes a network's link takes before it yields to the other links

@@ -24,7 +24,7 @@ import { DEFAULT_LOG_LIMITS } from '../log-flags.js';
 import { DEFAULT_EGRESS_OPTIONS, type Egress } from '../egress/egress.js';
 import type { Logger } from '../log.js';
 import { TcpFlowTable } from '../nat/tcp-flows.js';
-import { UnavailablePortForwards } from '../serve.js';
+import { UnavailablePortForwards } from '../network.js';
 import type { ProxyConfig } from './config.js';
 import { AuthFailureLog } from './auth.js';
 import { exposureWarnings } from './exposure.js';

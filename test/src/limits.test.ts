@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { ApiServer } from '../../src/api-server.js';
 import { parseServeArgs, serveHelp, ConfigError } from '../../src/config.js';
 import { BufferBudget, DEFAULT_LIMITS, LIMIT_SPECS, parseLimits, RefusalLog, type BudgetMember } from '../../src/limits.js';
-import { limitsOf, natOptionsFor, stackConfigFor } from '../../src/serve.js';
+import { limitsOf, natOptionsFor, stackConfigFor } from '../../src/network.js';
 import { captureLogger, FakeForwards } from './shell-fakes.js';
 
 const NO_FILES = { readFile: (p: string): string => { throw new Error(`no file ${p}`); }, readResolvConf: () => 'nameserver 192.0.2.53\n' };
