@@ -13,7 +13,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   createTopology,
@@ -30,6 +30,7 @@ import {
   type TrackedProcess,
 } from './harness.js';
 import { DNS_SERVER_JS, FIXTURE_TOOLS, GATEWAY_IP, GUEST_IP, MOAT_BIN, unixHttp } from './moat-fixture.js';
+import { defaultWorkers } from '../../src/host-config.js';
 
 const gate = e2eGate([...FIXTURE_TOOLS, 'dig']);
 const FAULT_MARKER = 'MOAT-E2E-FAULT-7f3a';
@@ -50,9 +51,13 @@ interface Guest {
   shim: TrackedProcess | undefined;
 }
 
-// Once with every network on the API thread, once placed on two worker threads (--workers 2).
-describe.skipIf(gate.skip).each([0, 2])('moat host --workers %i e2e: many guests, one process, a policy each', (workers) => {
-  const dir = mkdtempSync(join(tmpdir(), `mh5-host${workers}-`));
+// Once as the daemon starts by default (a worker thread per core: 2 on a 2-core machine), once with
+// every network on the API thread (--workers 0).
+describe.skipIf(gate.skip).each([
+  { flag: 'default', workers: defaultWorkers(availableParallelism()), args: [] as string[] },
+  { flag: '0', workers: 0, args: ['--workers', '0'] },
+])('moat host --workers $flag e2e: many guests, one process, a policy each', ({ workers, args }) => {
+  const dir = mkdtempSync(join(tmpdir(), `mh5-host${args.length}-`));
   const apiSocket = join(dir, 'host.sock');
   const procs: TrackedProcess[] = [];
   let moat: TrackedProcess;
@@ -103,7 +108,7 @@ describe.skipIf(gate.skip).each([0, 2])('moat host --workers %i e2e: many guests
   beforeAll(async () => {
     onCleanup(() => rmSync(dir, { recursive: true, force: true }));
     for (const name of ['ga', 'gb']) {
-      const topo = createTopology({ prefix: `mh5${workers}${name}-`, internetAddresses: 1 });
+      const topo = createTopology({ prefix: `mh5${args.length}${name}-`, internetAddresses: 1 });
       topo.assertRoutes([topo.remoteAddr, ...topo.internetAddrs]);
       guests[name] = { topo, name, socket: join(dir, `${name}.sock`), shim: undefined };
     }
@@ -116,7 +121,7 @@ describe.skipIf(gate.skip).each([0, 2])('moat host --workers %i e2e: many guests
       const dns = spawnIn(g.topo.remoteNs, process.execPath, ['-e', DNS_SERVER_JS, g.topo.remoteAddr, '53', JSON.stringify(zone)]);
       await waitForOutput(dns, /^ready/m, { timeoutMs: 10_000, stream: 'stdout' });
     }
-    moat = spawnTracked(process.execPath, [MOAT_BIN, 'host', '--api', `unix://${apiSocket}`, '--workers', String(workers), '--log-format', 'json'], {
+    moat = spawnTracked(process.execPath, [MOAT_BIN, 'host', '--api', `unix://${apiSocket}`, ...args, '--log-format', 'json'], {
       env: { ...process.env, MOAT_TEST_FAULT: FAULT_MARKER },
     });
     procs.push(moat);
