@@ -10,7 +10,10 @@
  * Needs root (namespaces), busybox, dig, curl, a C compiler for moat-shim.
  * Run from dist/ (npm run build):
  *
- *   node dist/bench/host-guests.js [--guests 10] [--workers 0] [--load [--seconds 5]] [--out FILE]
+ *   node dist/bench/host-guests.js [--guests 10] [--workers N] [--load [--seconds 5]] [--out FILE]
+ *
+ * Without --workers the daemon places networks as it does by default (one
+ * worker thread per core).
  *
  * --load (K >= 2) then measures, between guests 0 and 1: guest 1's TCP
  * request/response p99 alone and while guest 0 runs iperf3 flat out
@@ -20,21 +23,22 @@
 import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { request } from 'node:http';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cleanupAll, createTopology, killTracked, nsRunAsync, nsSpawn, spawnTracked, startShim, waitFor, waitForOutput, type Topology, type TrackedProcess } from '../test/e2e/harness.js';
 import { DNS_SERVER_JS, GATEWAY_IP, HTTP_SERVER_JS, MOAT_BIN } from '../test/e2e/moat-fixture.js';
 import { parseIperfJson } from '../test/e2e/bulk-support.js';
+import { defaultWorkers } from '../src/host-config.js';
 import { ECHO_SERVER_JS, parseClientJson, RR_CLIENT_PY } from './compare/scripts.js';
 
 const { values } = parseArgs({
-  options: { guests: { type: 'string', default: '10' }, workers: { type: 'string', default: '0' }, load: { type: 'boolean', default: false }, seconds: { type: 'string', default: '5' }, out: { type: 'string' } },
+  options: { guests: { type: 'string', default: '10' }, workers: { type: 'string' }, load: { type: 'boolean', default: false }, seconds: { type: 'string', default: '5' }, out: { type: 'string' } },
 });
 const LOAD = values.load === true;
 const SECONDS = Number(values.seconds);
 const K = Number(values.guests);
-const WORKERS = Number(values.workers);
+const WORKERS = values.workers === undefined ? defaultWorkers() : Number(values.workers);
 const TAP = 'moat0';
 
 const UDHCPC_SCRIPT = `#!/bin/sh
@@ -87,7 +91,7 @@ async function main(): Promise<void> {
   const procs: TrackedProcess[] = [];
   const topos: Topology[] = [];
   const api = join(dir, 'host.sock');
-  const result: Record<string, unknown> = { date: new Date().toISOString(), guests: K, workers: WORKERS };
+  const result: Record<string, unknown> = { date: new Date().toISOString(), guests: K, workers: WORKERS, loadBefore: loadavg().map((l) => +l.toFixed(2)) };
   try {
     for (let i = 0; i < K; i++) {
       const topo = createTopology({ prefix: `mh6g${i}-`, internetAddresses: 1 });
@@ -174,6 +178,7 @@ async function main(): Promise<void> {
     cleanupAll();
     rmSync(dir, { recursive: true, force: true });
   }
+  result['loadAfter'] = loadavg().map((l) => +l.toFixed(2));
   const text = JSON.stringify(result, null, 2);
   console.log(text);
   if (values.out !== undefined) writeFileSync(values.out, `${text}\n`);
