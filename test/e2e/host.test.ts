@@ -63,7 +63,7 @@ describe.skipIf(gate.skip).each([
   let moat: TrackedProcess;
   const guests: Record<string, Guest> = {};
 
-  const api = (method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown) => unixHttp(apiSocket, method, path, body);
+  const api = (method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown) => unixHttp(apiSocket, method, path, body);
 
   const spawnIn = (ns: string, cmd: string, args: string[]): TrackedProcess => {
     const p = nsSpawn(ns, cmd, args);
@@ -168,6 +168,33 @@ describe.skipIf(gate.skip).each([
     // Each network's decisions are logged with its name.
     const lines = moat.stderr().split('\n').filter((l) => l.includes('"egress decision"'));
     expect(lines.some((l) => l.includes('"network":"gb"') && l.includes('a.mh5.test'))).toBe(true);
+  }, 60_000);
+
+  it("each network's serve API answers under its prefix wherever the network runs: stats, leases, forwarder, allowlist reload", async () => {
+    const ga = guests['ga']!;
+    const stats = await api('GET', '/networks/ga/stats');
+    expect(stats.status).toBe(200);
+    expect((stats.body as { frames: { in: number } }).frames.in).toBeGreaterThan(0);
+    const leases = await api('GET', '/networks/ga/services/dhcp/leases');
+    expect(leases.status).toBe(200);
+    expect(typeof leases.body).toBe('object');
+    // A forward on the host's loopback (a port picked at random), listed for ga only, then removed.
+    const forward = { local: `127.0.0.1:${20_000 + Math.floor(Math.random() * 20_000)}`, remote: `${GUEST_IP}:7100`, protocol: 'tcp' };
+    const exposed = await api('POST', '/networks/ga/services/forwarder/expose', forward);
+    expect(exposed.status, exposed.text).toBe(200);
+    const listed = (await api('GET', '/networks/ga/services/forwarder/all')).body as { local: string; remote: string }[];
+    expect(listed.map((f) => f.remote)).toEqual([forward.remote]);
+    expect((await api('GET', '/networks/gb/services/forwarder/all')).body).toEqual([]);
+    expect((await api('POST', '/networks/ga/services/forwarder/unexpose', { local: forward.local, protocol: 'tcp' })).status).toBe(200);
+    expect((await api('GET', '/networks/ga/services/forwarder/all')).body).toEqual([]);
+    // The allowlist reloaded through the host: ga now sees b.mh5.test and no longer a.mh5.test; gb is untouched.
+    const reload = await api('PUT', '/networks/ga/allowlist', { allow: ['b.mh5.test', ga.topo.internetAddrs[0]!] });
+    expect(reload.status, reload.text).toBe(200);
+    expect(await dig(ga, 'b.mh5.test')).toBe(ga.topo.internetAddrs[0]);
+    expect(await dig(ga, 'a.mh5.test')).toBe('0.0.0.0');
+    expect(await dig(guests['gb']!, 'a.mh5.test')).toBe('0.0.0.0');
+    expect((await api('PUT', '/networks/ga/allowlist', { allow: ['a.mh5.test', ga.topo.internetAddrs[0]!] })).status).toBe(200);
+    expect(await dig(ga, 'a.mh5.test')).toBe(ga.topo.internetAddrs[0]);
   }, 60_000);
 
   it("one network's injected fault closes it, says why, and leaves the other serving", async () => {
