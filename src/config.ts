@@ -998,6 +998,7 @@ export function mainHelp(): string {
     '  learn    Print the smallest allowlist that lets what a decision log recorded pass (moat learn --help).',
     '  proxy    An HTTP (CONNECT and plain) and SOCKS5 proxy with the same allowlist, for processes (moat proxy --help).',
     '  host     A daemon serving many guests, one network each, created over its API (moat host --help).',
+    '  gvproxy  A drop-in for gvproxy: its command line and API paths, served by Moat (moat gvproxy -h, docs/gvproxy.md).',
     '  help     Show this help, or a command\'s help (moat help serve, moat help zones).',
     '',
     'Example:',
