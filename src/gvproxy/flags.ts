@@ -154,8 +154,7 @@ export function parseGoInt(s: string): number | undefined {
   else if (/^0[oO]/.test(digits)) [base, digits] = [8, digits.slice(2)];
   else if (/^0[bB]/.test(digits)) [base, digits] = [2, digits.slice(2)];
   else if (digits.length > 1 && digits[0] === '0') [base, digits] = [8, digits.slice(1)];
-  // Go allows "_" only between digits, after a base prefix.
-  if (digits.startsWith('_') && base !== 8) return undefined;
+  // Go allows "_" only with a base prefix (the decimal pattern has none), between digits or right after the prefix.
   if (digits.endsWith('_') || digits.includes('__')) return undefined;
   digits = digits.replace(/_/g, '');
   if (digits === '') return base === 8 ? 0 : undefined;
