@@ -52,6 +52,23 @@ const UNSUPPORTED: Readonly<Record<string, string>> = {
     'Moat opens no single metadata address; --allow-link-local (moat serve) opens all of 169.254.0.0/16, which is more than this flag asks, so it is not mapped',
 };
 
+/** moat serve flags a gvproxy flag sets (or that make no sense under it), refused after "--". */
+const RESERVED_SERVE_FLAGS: ReadonlyMap<string, string> = new Map([
+  ['listen-qemu', '-listen-qemu'],
+  ['tap-fd', '-listen-qemu'],
+  ['tap-vnet-hdr', '-listen-qemu'],
+  ['tap-offload', '-listen-qemu'],
+  ['mtu', '-mtu'],
+  ['subnet', '-subnet'],
+  ['gateway-ip', '-gatewayIP'],
+  ['guest-ip', '-deviceIP'],
+  ['host-ip', '-hostIP'],
+  ['pcap', '-pcap'],
+  ['notification', '-notification'],
+  ['api', '-listen or -services'],
+  ['config', 'moat serve --config'],
+]);
+
 /** serve's flag → gvproxy's, to reword serve's errors in the words of the command line given. */
 const LABELS: readonly [string, string][] = [
   ['--listen-qemu', '-listen-qemu'],
@@ -62,7 +79,6 @@ const LABELS: readonly [string, string][] = [
   ['--host-ip', '-hostIP'],
   ['--pcap', '-pcap'],
   ['--notification', '-notification'],
-  ['--forward', '-ssh-port'],
 ];
 
 export function parseGvproxyArgs(argv: readonly string[], io: ConfigIo = NODE_CONFIG_IO, fileExists: (p: string) => boolean = existsSync): ParsedGvproxyArgs {
@@ -111,9 +127,16 @@ export function parseGvproxyArgs(argv: readonly string[], io: ConfigIo = NODE_CO
   const sshPort = a.ints.get('ssh-port') ?? GVPROXY_DEFAULT_SSH_PORT;
   if ((sshPort !== -1 && sshPort < 1024) || sshPort > 65535) throw new ConfigError(`-ssh-port: ssh-port value must be between 1024 and 65535, got ${sshPort}`);
 
+  // After "--": moat serve's own flags (an allowlist, a DNS upstream...), but none that a gvproxy flag sets.
+  for (const arg of a.moatArgs) {
+    const name = /^--([a-z0-9-]+)/.exec(arg)?.[1];
+    if (name !== undefined && RESERVED_SERVE_FLAGS.has(name)) {
+      throw new ConfigError(`--${name} (after --): set by gvproxy's flags in moat gvproxy (${RESERVED_SERVE_FLAGS.get(name)}); give it there`);
+    }
+  }
   let serve: ServeConfig;
   try {
-    const r = parseServeArgs(serveArgs, io);
+    const r = parseServeArgs([...serveArgs, ...a.moatArgs], io);
     if (r.kind !== 'config') throw new ConfigError('internal: serve flags asked for help');
     serve = r.config;
   } catch (e) {

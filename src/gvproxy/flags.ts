@@ -15,7 +15,9 @@
  * - parsing stops at `--` or the first argument that is not a flag.
  *
  * gvproxy ignores arguments after the flags; Moat refuses them (a mistyped
- * command line must not start a different network).
+ * command line must not start a different network), except after `--`,
+ * where `moat serve` flags may follow (`moat gvproxy -listen-qemu ... --
+ * --allow github.com`): gvproxy's own launchers never put anything there.
  */
 
 export type GvproxyFlagType = 'string' | 'bool' | 'int' | 'list';
@@ -68,6 +70,8 @@ export interface GvproxyArgs {
   lists: Map<string, string[]>;
   /** Every flag name given, in order of first appearance (for "unsupported flag" errors). */
   given: string[];
+  /** What followed `--`: `moat serve` flags. */
+  moatArgs: string[];
 }
 
 /** A command-line mistake, worded as Go's flag package words it. */
@@ -82,8 +86,9 @@ export type ParsedGvproxyFlags = { kind: 'help' } | { kind: 'args'; args: Gvprox
 
 /** Parses gvproxy's argv (without the program name). Throws GvproxyFlagError. */
 export function parseGvproxyFlags(argv: readonly string[]): ParsedGvproxyFlags {
-  const out: GvproxyArgs = { strings: new Map(), bools: new Map(), ints: new Map(), lists: new Map(), given: [] };
+  const out: GvproxyArgs = { strings: new Map(), bools: new Map(), ints: new Map(), lists: new Map(), given: [], moatArgs: [] };
   let i = 0;
+  let terminated = false;
   while (i < argv.length) {
     const s = argv[i]!;
     if (s.length < 2 || s[0] !== '-') break; // the first non-flag argument ends the flags
@@ -92,6 +97,7 @@ export function parseGvproxyFlags(argv: readonly string[]): ParsedGvproxyFlags {
       minuses = 2;
       if (s.length === 2) {
         i++; // "--" ends the flags and is consumed
+        terminated = true;
         break;
       }
     }
@@ -131,7 +137,8 @@ export function parseGvproxyFlags(argv: readonly string[]): ParsedGvproxyFlags {
       out.strings.set(name, value);
     }
   }
-  if (i < argv.length) {
+  if (terminated) out.moatArgs = argv.slice(i);
+  else if (i < argv.length) {
     throw new GvproxyFlagError(`unexpected argument "${argv[i]}": gvproxy takes flags only (a bool flag takes its value as -flag=false)`);
   }
   return { kind: 'args', args: out };
@@ -171,6 +178,8 @@ export function gvproxyUsage(): string {
     lines.push(`  -${f.name}${arg}`, `    \t${f.usage}`);
   }
   lines.push(
+    '',
+    'After "--", moat serve flags may follow (moat gvproxy -listen-qemu unix:///q.sock -- --allow github.com).',
     '',
     'Not supported (start-up stops naming the flag): -config (gvproxy YAML), -listen-vpnkit, -listen-bess,',
     '-listen-stdio, -listen-vfkit (use moat-shim unixgram), -ec2-metadata-access, -listen vsock://.',

@@ -73,7 +73,9 @@ describe("gvproxy's flags, parsed by Go's flag rules", () => {
     expect(parseGvproxyFlags(['-h']).kind).toBe('help');
     expect(parseGvproxyFlags(['--help']).kind).toBe('help');
     expect(parseGvproxyFlags(['-debug', '--']).kind).toBe('args');
-    expect(() => parseGvproxyFlags(['--', 'extra'])).toThrow(/unexpected argument "extra"/);
+    expect(() => parseGvproxyFlags(['-debug', 'extra'])).toThrow(/unexpected argument "extra"/);
+    const r = parseGvproxyFlags(['-debug', '--', '--allow', 'x.test']);
+    expect(r.kind === 'args' && r.args.moatArgs).toEqual(['--allow', 'x.test']);
   });
 
   it('integers as strconv.ParseInt(s, 0, 64)', () => {
@@ -177,6 +179,16 @@ describe('gvproxy flags onto moat serve', () => {
     expect(error([...QEMU, ...fwd('/tmp/p.sock', '/x:y')])).toMatch(/^-forward-dest: /);
     expect(error([...QEMU, ...fwd('/tmp/p.sock', '/x', '-oProxyCommand=sh')])).toMatch(/^-forward-user: /);
     expect(config([...QEMU, ...fwd('unix:///tmp/p.sock')]).sshForwards[0]!.socket).toBe('/tmp/p.sock');
+  });
+
+  it('after "--", moat serve flags: an allowlist and a DNS upstream; none a gvproxy flag sets', () => {
+    const c = config([...QEMU, '--', '--allow', 'example.test', '--resolver', '127.0.0.1', '--dns-upstream', '127.0.0.1:5353']);
+    expect(c.serve.allow.map((r) => r.text)).toEqual(['example.test']);
+    expect(c.serve.dnsUpstreams).toEqual([{ host: '127.0.0.1', port: 5353 }]);
+    expect(error([...QEMU, '--', '--mtu', '9000'])).toBe("--mtu (after --): set by gvproxy's flags in moat gvproxy (-mtu); give it there");
+    expect(error([...QEMU, '--', '--api=unix:///tmp/x'])).toMatch(/^--api \(after --\)/);
+    expect(error([...QEMU, '--', 'stray'])).toMatch(/unexpected argument "stray"/);
+    expect(error([...QEMU, '--', '--allow', 'bad rule!'])).toMatch(/^--allow: /);
   });
 
   it('-version and -h', () => {
