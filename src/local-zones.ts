@@ -68,8 +68,18 @@ export class LocalZonesError extends Error {
 /** What a lookup found: an address, NXDOMAIN, or (undefined) no zone holds the name. */
 export type LocalAnswer = { ip: string } | 'nxdomain';
 
+/** A zone as looked up: its key and suffix, and record names in lower case, computed once when added. */
+interface IndexedZone {
+  key: string;
+  suffix: string;
+  records: Map<string, string>;
+  defaultIp: string;
+}
+
 export class LocalZones {
   private readonly zones: LocalZone[] = [];
+  /** zones[i], indexed for lookup (the first record of a name wins, as gvproxy's loop). */
+  private index: IndexedZone[] = [];
   private recordCount = 0;
 
   constructor(initial: readonly LocalZone[] = []) {
@@ -99,6 +109,7 @@ export class LocalZones {
       this.zones.push({ name: zone.name, records: copy(zone.records), defaultIp: zone.defaultIp });
     }
     this.recordCount += added;
+    this.index = this.zones.map(indexZone);
   }
 
   /** `GET /services/dns/all`: gvproxy's JSON, zones in order. */
@@ -112,17 +123,27 @@ export class LocalZones {
 
   /** The answer for an A query of `name` (lower case, no trailing dot), or undefined when no zone holds it. */
   lookup(name: string): LocalAnswer | undefined {
-    for (const z of this.zones) {
-      const key = zoneKey(z.name);
+    for (const z of this.index) {
       let rest: string;
-      if (key === '') rest = name; // gvproxy: zone "" has suffix ".", which every name has
-      else if (name.endsWith(`.${key}`)) rest = name.slice(0, name.length - key.length - 1);
+      if (z.key === '') rest = name; // gvproxy: zone "" has suffix ".", which every name has
+      else if (name.endsWith(z.suffix)) rest = name.slice(0, name.length - z.suffix.length);
       else continue;
-      for (const r of z.records ?? []) if (r.name !== '' && r.name.toLowerCase() === rest) return { ip: r.ip };
+      const ip = z.records.get(rest);
+      if (ip !== undefined) return { ip };
       return z.defaultIp !== '' ? { ip: z.defaultIp } : 'nxdomain';
     }
     return undefined;
   }
+}
+
+function indexZone(z: LocalZone): IndexedZone {
+  const key = zoneKey(z.name);
+  const records = new Map<string, string>();
+  for (const r of z.records ?? []) {
+    const n = r.name.toLowerCase();
+    if (n !== '' && !records.has(n)) records.set(n, r.ip);
+  }
+  return { key, suffix: `.${key}`, records, defaultIp: z.defaultIp };
 }
 
 function zoneKey(name: string): string {
