@@ -46,7 +46,7 @@ export const MAX_NETWORKS_LIMIT = 10_000;
 /**
  * `--workers` when it is not given: one worker per core, so that guests that
  * move data use every core (capped at MAX_WORKERS). On a 1-core machine, 0:
- * a worker there buys no parallelism, only an isolate (~10 MiB) and a thread
+ * a worker there buys no parallelism, only an isolate (~15 MiB measured) and a thread
  * hop for every API request, so the networks stay on the API thread.
  */
 export function defaultWorkers(cores: number = availableParallelism()): number {
