@@ -44,6 +44,7 @@ import { DEFAULT_LOG_LIMITS } from './log-flags.js';
 import { PortForwarder } from './forwarder.js';
 import { Nat, type GatewayUdpClaims, type NatOptions, type NatStats } from './nat/index.js';
 import { PcapWriter } from './pcap-writer.js';
+import { DecisionCounts, networkMetrics, renderExposition } from './metrics.js';
 import { ForwardError, type ForwardKey, type ForwardSpec, type PortForwards } from './port-forwards.js';
 import { QemuStreamServer, type GuestSink, type QemuStreamOptions } from './transport/qemu-stream.js';
 import { TapFdLink, TAP_GSO_SEGMENT_BYTES } from './transport/tap-fd.js';
@@ -388,8 +389,13 @@ export async function startGuestNetwork(
         logs: logStats(log, decisions, runtime?.file),
       };
     };
+    // Decisions by verdict and reason for /metrics (/stats has the verdict totals).
+    const decisionCounts = runtime === undefined ? undefined : new DecisionCounts();
+    if (decisionCounts !== undefined) closers.push(runtime!.runtime.egress.decisions.subscribe(decisionCounts.record));
+    const metrics = (): string =>
+      renderExposition(networkMetrics({ stats: stats(), rss: process.memoryUsage.rss(), ...(decisionCounts ? { decisions: decisionCounts } : {}) }));
     routes = new NetworkRoutes(
-      { forwards, leases, stats, guestConnected, ...(allowlistControl ? { allowlist: allowlistControl } : {}) },
+      { forwards, leases, stats, guestConnected, metrics, ...(allowlistControl ? { allowlist: allowlistControl } : {}) },
       log,
       { maxBodyBytes: limits.apiMaxBodyBytes, onTooLarge: (fields) => refusals.refused('apiBody', fields) },
     );
