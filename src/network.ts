@@ -48,6 +48,7 @@ import { DecisionCounts, networkMetrics, renderExposition } from './metrics.js';
 import { ForwardError, type ForwardKey, type ForwardSpec, type PortForwards } from './port-forwards.js';
 import { QemuStreamServer, type GuestSink, type QemuStreamOptions } from './transport/qemu-stream.js';
 import { TapFdLink, TAP_GSO_SEGMENT_BYTES } from './transport/tap-fd.js';
+import { openPingSocket } from './transport/ping-socket.js';
 
 /** The guest's side of the wire: a QEMU stream listener or a TAP descriptor. */
 type GuestLink = QemuStreamServer | TapFdLink;
@@ -144,6 +145,8 @@ export function natOptionsFor(config: ServeConfig): Partial<NatOptions> {
     prefix: config.prefix,
     allowLinkLocal: config.allowLinkLocal,
     dnsUpstreams: config.dnsUpstreams,
+    maxIcmpEcho: limits.maxIcmpEcho,
+    icmpEchoPerSec: limits.icmpEchoPerSec,
   };
 }
 
@@ -292,8 +295,11 @@ export async function startGuestNetwork(
 
     const runtime = allowlist ? await startAllowlist(config, d, log, options.signal, options.name) : undefined;
     if (runtime !== undefined) closers.push(() => runtime.close());
+    // --icmp-fd: the ping socket moat-shim handed over (the NAT closes it).
+    const pingSocket = config.icmpFd === undefined ? undefined : await openPingSocket(config.icmpFd);
+    if (pingSocket !== undefined) log.info('icmp echo beyond the gateway: through the ping socket', { icmpFd: config.icmpFd });
     const nat = d.createNat(
-      { ...natOptionsFor(config), onLimit: (limit, fields) => refusals.refused(limit, fields) },
+      { ...natOptionsFor(config), ...(pingSocket ? { pingSocket } : {}), onLimit: (limit, fields) => refusals.refused(limit, fields) },
       log.child({ component: 'nat' }),
       runtime?.runtime.dns,
       runtime?.runtime.egress,
@@ -559,6 +565,9 @@ function limitStats(limits: Limits, stack: NetStack, nat: Partial<NatStats>, api
     // UDP flows held for the name in their QUIC Initial (with --allow; src/nat/quic-flows.ts).
     ...(nat.quic ? { quic: { max: nat.quic.max, current: nat.quic.held, bytes: nat.quic.heldBytes, refused: nat.quic.heldRefused } } : {}),
     apiBody: { max: limits.apiMaxBodyBytes, refused: api?.tooLarge ?? 0 },
+    ...(nat.icmpEcho
+      ? { icmpEcho: { max: nat.icmpEcho.max, current: nat.icmpEcho.current, perSec: limits.icmpEchoPerSec, refused: nat.icmpEcho.outstandingFull + nat.icmpEcho.rateLimited } }
+      : {}),
   };
 }
 

@@ -105,6 +105,8 @@ export interface MoatFixtureOptions {
   vnetHdr?: boolean;
   /** With a virtio-net header: receive offload (moat-shim --offload, moat --tap-offload). Default false. */
   offload?: boolean;
+  /** With link "exec": more moat-shim flags before --exec (e.g. ['--icmp']). */
+  shimArgs?: string[];
 }
 
 /** What udhcpc's script saw in the lease (environment variables from busybox). */
@@ -560,7 +562,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
       ...(typeof options.extraMoatArgs === 'function' ? options.extraMoatArgs(topo) : (options.extraMoatArgs ?? [])),
     ];
     if (link === 'exec') {
-      const shimArgs = ['tap', '--dev', tap, '--netns', topo.guestNs, ...(vnetHdr ? ['--vnet-hdr'] : []), ...(offload ? ['--offload'] : [])];
+      const shimArgs = ['tap', '--dev', tap, '--netns', topo.guestNs, ...(vnetHdr ? ['--vnet-hdr'] : []), ...(offload ? ['--offload'] : []), ...(options.shimArgs ?? [])];
       moat = spawnTracked(ensureShimBuilt(), [...shimArgs, '--exec', process.execPath, ...args]);
       shim = moat;
       await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat-shim tap --exec moat serve');
