@@ -158,6 +158,18 @@ function dnsOutcomes(dns: Obj): Sample[] {
   ];
 }
 
+/** moat_icmp_echo_total's outcomes and their /stats.nat.icmpEcho fields. */
+const ICMP_OUTCOMES: Readonly<Record<string, string>> = {
+  forwarded: 'forwarded',
+  replied: 'replied',
+  refused: 'refused',
+  'rate-limited': 'rateLimited',
+  'outstanding-full': 'outstandingFull',
+  unavailable: 'unavailable',
+  'send-error': 'sendErrors',
+  unmatched: 'unmatched',
+};
+
 /** What one network's /metrics is built from. */
 export interface NetworkMetricsInput {
   /** The network's /stats object. */
@@ -226,12 +238,9 @@ export function networkMetrics(input: NetworkMetricsInput): MetricFamily[] {
   if (nat['icmpEcho'] !== undefined) {
     families.push({
       name: 'moat_icmp_echo_total',
-      help: 'Guest ICMP echo requests beyond the gateway, by outcome (forwarded, replied, refused by policy, rate-limited, over the outstanding bound, unavailable without a ping socket).',
+      help: 'ICMP echo beyond the gateway, by outcome: requests forwarded, refused (policy), rate-limited, outstanding-full, unavailable (no ping socket), send-error; replies replied (to the guest) or unmatched (dropped).',
       type: 'counter',
-      samples: ['forwarded', 'replied', 'refused', 'rate-limited', 'outstanding-full', 'unavailable'].map((outcome) => ({
-        labels: { outcome },
-        value: num(icmp[outcome === 'rate-limited' ? 'rateLimited' : outcome === 'outstanding-full' ? 'outstandingFull' : outcome]),
-      })),
+      samples: Object.entries(ICMP_OUTCOMES).map(([outcome, key]) => ({ labels: { outcome }, value: num(icmp[key]) })),
     });
   }
   if (input.decisions !== undefined) {
