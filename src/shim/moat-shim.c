@@ -25,6 +25,7 @@ static const char usage_text[] =
     "  moat-shim tap --dev NAME [--netns NAME|PATH] [--mtu N] [--vnet-hdr [--offload]] [--icmp] --exec COMMAND [ARG...]\n"
     "  moat-shim unixgram --listen PATH --connect URL\n"
     "  moat-shim vsock --port N --connect URL\n"
+    "  moat-shim icmp --exec COMMAND [ARG...]\n"
     "  moat-shim --help\n"
     "\n"
     "Moves Ethernet frames between a guest-side device and Moat's stream socket.\n"
@@ -68,6 +69,10 @@ static const char usage_text[] =
     "            4-byte \"VFKT\" hello datagram is accepted and discarded.\n"
     "  vsock     Listen on AF_VSOCK port N (any CID) and serve one connection at\n"
     "            a time with the same 4-byte framing on both sides.\n"
+    "  icmp      Open an unprivileged ICMP echo socket on descriptor 4 (as\n"
+    "            tap --icmp does) and replace itself with COMMAND: for Moat\n"
+    "            behind any other link (the relay, QEMU -netdev stream), e.g.\n"
+    "            --exec moat serve --listen-qemu unix:///tmp/moat.sock --icmp-fd 4.\n"
     "\n"
     "URL: unix:///path/to/socket or tcp://HOST:PORT\n"
     "\n"
@@ -161,8 +166,8 @@ static void parse_args(int argc, char **argv, struct args *a)
     }
     a->mode = argv[1];
     if (strcmp(a->mode, "tap") != 0 && strcmp(a->mode, "unixgram") != 0 &&
-        strcmp(a->mode, "vsock") != 0)
-        usage_error("unknown mode '%s' (expected tap, unixgram or vsock)", a->mode);
+        strcmp(a->mode, "vsock") != 0 && strcmp(a->mode, "icmp") != 0)
+        usage_error("unknown mode '%s' (expected tap, unixgram, vsock or icmp)", a->mode);
 
     for (int i = 2; i < argc; i++) {
         const char *opt = argv[i];
@@ -222,6 +227,13 @@ static void parse_args(int argc, char **argv, struct args *a)
     }
 
     bool is_tap = strcmp(a->mode, "tap") == 0;
+    if (strcmp(a->mode, "icmp") == 0) {
+        if (!a->exec_argv)
+            usage_error("icmp: --exec COMMAND is required");
+        if (a->dev || a->netns || a->mtu || a->connect || a->listen || a->port >= 0 || a->vnet_hdr || a->offload || a->icmp)
+            usage_error("icmp: takes only --exec COMMAND");
+        return;
+    }
     if (a->exec_argv && !is_tap)
         usage_error("%s: --exec belongs to tap mode", a->mode);
     if (a->exec_argv && a->connect)
@@ -229,7 +241,7 @@ static void parse_args(int argc, char **argv, struct args *a)
     if (a->vnet_hdr && !a->exec_argv)
         usage_error("--vnet-hdr needs --exec (the relay speaks plain frames)");
     if (a->icmp && !a->exec_argv)
-        usage_error("--icmp needs --exec (the relay carries Ethernet frames only; Moat gets the ping socket as descriptor 4)");
+        usage_error("--icmp needs --exec (the relay carries Ethernet frames only; for Moat behind the relay start it with moat-shim icmp --exec)");
     if (a->offload && !a->vnet_hdr)
         usage_error("--offload needs --vnet-hdr (offloaded frames are described by the virtio-net header)");
     if (!a->connect && !a->exec_argv)
@@ -359,6 +371,15 @@ static _Noreturn void exec_with_tap(const struct args *a)
     shim_die(EXIT_ERR, "--exec %s: %s", a->exec_argv[0], strerror(errno));
 }
 
+/* icmp --exec: the ping socket on descriptor 4, then exec. Never returns. */
+static _Noreturn void exec_with_ping(const struct args *a)
+{
+    hand_over(net_open_ping(), EXEC_ICMP_FD, "icmp socket");
+    shim_log("ready: icmp socket on fd %d; exec %s", EXEC_ICMP_FD, a->exec_argv[0]);
+    execvp(a->exec_argv[0], a->exec_argv);
+    shim_die(EXIT_ERR, "--exec %s: %s", a->exec_argv[0], strerror(errno));
+}
+
 static int run_unixgram(const struct args *a)
 {
     int moat_fd = net_connect_url(a->connect);
@@ -421,6 +442,8 @@ int main(int argc, char **argv)
     install_signals();
     if (strcmp(a.mode, "tap") == 0 && a.exec_argv)
         exec_with_tap(&a);
+    if (strcmp(a.mode, "icmp") == 0)
+        exec_with_ping(&a);
     if (strcmp(a.mode, "tap") == 0)
         return run_tap(&a);
     if (strcmp(a.mode, "unixgram") == 0)

@@ -279,18 +279,21 @@ int net_open_ping(void)
             fclose(f);
             range[strcspn(range, "\n")] = '\0';
         }
+        for (char *c = range; *c; c++)
+            if (*c == '\t')
+                *c = ' ';
         if (err == EACCES || err == EPERM)
             shim_die(EXIT_ERR,
-                     "--icmp: the kernel refused an ICMP ping socket (%s): group %u is outside "
+                     "icmp socket: the kernel refused an ICMP ping socket (%s): group %u is outside "
                      "net.ipv4.ping_group_range (%s); allow it (sysctl -w net.ipv4.ping_group_range=\"%u %u\") "
-                     "or drop --icmp (ping beyond the gateway is then dropped and counted)",
+                     "or run without ICMP echo (ping beyond the gateway is then dropped and counted)",
                      strerror(err), (unsigned)getegid(), range, (unsigned)getegid(), (unsigned)getegid());
-        shim_die(EXIT_ERR, "--icmp: socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP): %s", strerror(err));
+        shim_die(EXIT_ERR, "icmp socket: socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP): %s", strerror(err));
     }
     /* Bound now, so that the kernel lists it in /proc/net/icmp (Moat checks
      * --icmp-fd there) and its identifier is fixed. */
     struct sockaddr_in any = {.sin_family = AF_INET, .sin_port = 0, .sin_addr = {.s_addr = htonl(INADDR_ANY)}};
     if (bind(fd, (struct sockaddr *)&any, sizeof any) < 0)
-        shim_die(EXIT_ERR, "--icmp: bind ping socket: %s", strerror(errno));
+        shim_die(EXIT_ERR, "icmp socket: bind: %s", strerror(errno));
     return fd;
 }

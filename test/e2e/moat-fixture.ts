@@ -107,6 +107,8 @@ export interface MoatFixtureOptions {
   offload?: boolean;
   /** With link "exec": more moat-shim flags before --exec (e.g. ['--icmp']). */
   shimArgs?: string[];
+  /** With link "relay": a command Moat is started through (e.g. [shim, 'icmp', '--exec']); node and its arguments follow. */
+  moatLauncher?: string[];
 }
 
 /** What udhcpc's script saw in the lease (environment variables from busybox). */
@@ -567,7 +569,8 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
       shim = moat;
       await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat-shim tap --exec moat serve');
     } else {
-      moat = spawnTracked(process.execPath, args);
+      const launcher = options.moatLauncher ?? [];
+      moat = launcher.length === 0 ? spawnTracked(process.execPath, args) : spawnTracked(launcher[0]!, [...launcher.slice(1), process.execPath, ...args]);
       await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat serve');
       shim = await startShimNow();
     }

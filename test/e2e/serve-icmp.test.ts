@@ -3,7 +3,10 @@
  * addresses in the fake internet (the remote namespace) through
  * `moat-shim tap --icmp --exec moat serve --tap-fd 3 --icmp-fd 4`; the shim
  * opens an unprivileged ICMP ping socket in its own (the root) namespace and
- * Moat forwards the guest's echo requests through it.
+ * Moat forwards the guest's echo requests through it. Behind the relay
+ * (moat-shim tap --connect) Moat is started through `moat-shim icmp --exec`,
+ * which only opens the ping socket. Where the range leaves the group out (a
+ * fresh namespace), the shim exits naming the sysctl.
  *
  * Prerequisite: the kernel creates a ping socket only for a group inside
  * net.ipv4.ping_group_range, root included (no capability bypasses it), and
@@ -24,7 +27,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
-import { cleanupAll, e2eGate, ensureShimBuilt, hostRun, nsRun, onCleanup } from './harness.js';
+import { cleanupAll, createNetns, deleteNetns, e2eGate, ensureShimBuilt, hostRun, nsRun, onCleanup, uniqueName } from './harness.js';
 import { FIXTURE_TOOLS, startMoatFixture, type MoatFixture } from './moat-fixture.js';
 
 const gate = e2eGate([...FIXTURE_TOOLS]);
@@ -42,6 +45,24 @@ interface EchoStats {
   max: number;
 }
 
+// The ping socket needs group 0 inside the root namespace's ping_group_range for this file's run.
+let savedRange: string | undefined;
+const restoreRange = (): void => {
+  if (savedRange !== undefined) writeFileSync(RANGE_FILE, savedRange);
+  savedRange = undefined;
+};
+beforeAll(() => {
+  if (gate.skip) return;
+  const current = readFileSync(RANGE_FILE, 'utf8').trim();
+  const [lo, hi] = current.split(/\s+/).map(Number) as [number, number];
+  if (!(lo <= 0 && 0 <= hi)) {
+    savedRange = current;
+    onCleanup(restoreRange);
+    writeFileSync(RANGE_FILE, '0 0');
+  }
+});
+afterAll(() => restoreRange());
+
 describe.skipIf(gate.skip)('moat serve e2e: ICMP echo beyond the gateway through moat-shim --icmp', () => {
   let fx: MoatFixture;
   let metadataIp = '';
@@ -51,20 +72,8 @@ describe.skipIf(gate.skip)('moat serve e2e: ICMP echo beyond the gateway through
     if (routeAdded) hostRun('ip', ['route', 'del', ...routeArgs]);
     routeAdded = false;
   };
-  let savedRange: string | undefined;
-  const restoreRange = (): void => {
-    if (savedRange !== undefined) writeFileSync(RANGE_FILE, savedRange);
-    savedRange = undefined;
-  };
 
   beforeAll(async () => {
-    const current = readFileSync(RANGE_FILE, 'utf8').trim();
-    const [lo, hi] = current.split(/\s+/).map(Number) as [number, number];
-    if (!(lo <= 0 && 0 <= hi)) {
-      savedRange = current;
-      onCleanup(restoreRange);
-      writeFileSync(RANGE_FILE, '0 0');
-    }
     fx = await startMoatFixture({
       prefix: 'mic-',
       link: 'exec',
@@ -96,8 +105,6 @@ describe.skipIf(gate.skip)('moat serve e2e: ICMP echo beyond the gateway through
   afterAll(async () => {
     await fx?.stop();
     removeRoute();
-    restoreRange();
-    cleanupAll();
   }, 30_000);
 
   const echo = async (): Promise<EchoStats> => ((await fx.stats())['nat'] as { icmpEcho: EchoStats }).icmpEcho;
@@ -168,10 +175,53 @@ async function fetchMetrics(fx: MoatFixture): Promise<string> {
   return r.stdout;
 }
 
+describe.skipIf(gate.skip)('moat serve e2e: ICMP echo behind the relay (Moat started through moat-shim icmp --exec)', () => {
+  let fx: MoatFixture;
+
+  beforeAll(async () => {
+    fx = await startMoatFixture({
+      prefix: 'micr-',
+      moatLauncher: [ensureShimBuilt(), 'icmp', '--exec'],
+      extraMoatArgs: (topo) => ['--icmp-fd', '4', '--allow', topo.internetAddrs[0]!, '--resolver', `${topo.remoteAddr}:53`],
+    });
+  }, 90_000);
+
+  afterAll(async () => {
+    await fx?.stop();
+  }, 30_000);
+
+  it('ping -c 3 through the relay gets 3 replies', async () => {
+    const allowed = fx.topo.internetAddrs[0]!;
+    fx.topo.assertRoutes([allowed]);
+    expect(fx.moat.stderr()).toMatch(/moat-shim: ready: icmp socket on fd 4; exec /);
+    const r = await fx.guestRun('busybox', ['ping', '-c', '3', '-W', '3', allowed], { timeoutMs: 15_000 });
+    expect(r.status, `ping: ${r.stdout}${r.stderr}\n${fx.moatLog().slice(-2000)}`).toBe(0);
+    expect(r.stdout).toMatch(/3 packets transmitted, 3 packets received/);
+    const echo = ((await fx.stats())['nat'] as { icmpEcho: { replied: number } }).icmpEcho;
+    expect(echo.replied).toBe(3);
+  });
+});
+
 describe.skipIf(gate.skip)('moat-shim --icmp: what it says when it cannot', () => {
+  afterAll(() => cleanupAll());
+
   it('--icmp without --exec is a usage error naming why (the relay carries frames only)', () => {
     const r = spawnSync(ensureShimBuilt(), ['tap', '--dev', 'x', '--icmp', '--connect', 'unix:///nonexistent'], { encoding: 'utf8' });
     expect(r.status).toBe(2);
     expect(r.stderr).toMatch(/--icmp needs --exec/);
+  });
+
+  it('where ping_group_range leaves the group out (a fresh namespace: "1 0"), it exits naming the sysctl and never runs the command', () => {
+    const ns = uniqueName('micn-');
+    createNetns(ns);
+    try {
+      expect(nsRun(ns, 'cat', [RANGE_FILE]).stdout.trim().split(/\s+/)).toEqual(['1', '0']);
+      const r = nsRun(ns, ensureShimBuilt(), ['icmp', '--exec', 'echo', 'RAN']);
+      expect(r.status).toBe(1);
+      expect(r.stdout).not.toContain('RAN');
+      expect(r.stderr).toMatch(/group 0 is outside net\.ipv4\.ping_group_range \(1 0\); allow it \(sysctl -w net\.ipv4\.ping_group_range="0 0"\)/);
+    } finally {
+      deleteNetns(ns);
+    }
   });
 });
