@@ -127,6 +127,9 @@ describe.skipIf(gate.skip)('moat serve e2e: ICMP echo beyond the gateway through
     const after = await echo();
     expect(after.forwarded - before.forwarded).toBe(3);
     expect(after.replied - before.replied).toBe(3);
+    // Figures for the report: the guest's round trip through Moat, and the root namespace's own (no Moat).
+    const direct = hostRun('busybox', ['ping', '-c', '3', '-W', '2', allowed]).stdout;
+    console.log(`icmp: via Moat ${/round-trip.*$/m.exec(r.stdout)?.[0]}; direct from the root namespace ${/round-trip.*$/m.exec(direct)?.[0]}`);
   });
 
   it('refused addresses get no reply and are counted: a port-only rule, no rule, link-local under a containing CIDR', async () => {
@@ -162,6 +165,7 @@ describe.skipIf(gate.skip)('moat serve e2e: ICMP echo beyond the gateway through
     const forwarded = after.forwarded - before.forwarded;
     const limited = after.rateLimited - before.rateLimited;
     expect(forwarded + limited, `${r.stdout}${await evidence()}`).toBe(200);
+    console.log(`icmp flood: 200 requests, ${forwarded} forwarded, ${limited} rate-limited; ${/\d+ packets received/.exec(r.stdout)?.[0]}`);
     expect(limited).toBeGreaterThan(100);
     // Burst 20 plus 20/s for the few seconds the flood lasts.
     expect(forwarded).toBeLessThan(100);
