@@ -14,6 +14,10 @@ import { IcmpEcho, type PingSocket } from '../../src/nat/icmp-echo.js';
 import { pingSocketProblem } from '../../src/transport/ping-socket.js';
 import { parseServeArgs } from '../../src/config.js';
 import { parseNetworkRequest } from '../../src/host-config.js';
+import { Nat } from '../../src/nat/index.js';
+import { NULL_LOGGER } from '../../src/log.js';
+import { FakeStack } from './nat-fake-stack.js';
+import { decisions, startEgressNat } from './egress-nat-support.js';
 
 const KERNEL_ID = 0xb703;
 const GUEST = ipv4(192, 168, 127, 2);
@@ -191,5 +195,74 @@ describe('--icmp-fd', () => {
   });
   it('moat host refuses icmp-fd from an API client (it would name the daemon\'s descriptors)', () => {
     expect(() => parseNetworkRequest({ name: 'a', 'listen-qemu': 'unix:///tmp/a.sock', 'icmp-fd': '4' }, IO)).toThrow(/icmp-fd/);
+  });
+});
+
+describe('Nat.onIcmp: echo decided like UDP, every drop counted', () => {
+  const natWith = (socket?: FakePing) => {
+    const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], ...(socket ? { pingSocket: socket } : {}) }, NULL_LOGGER);
+    const stack = new FakeStack();
+    nat.attach(stack);
+    return { nat, stack };
+  };
+
+  it('without an allowlist: a host address is forwarded and the reply reaches the guest; refused ranges and non-echo ICMP are not', async () => {
+    const socket = new FakePing();
+    const { nat, stack } = natWith(socket);
+    nat.onIcmp(GUEST, DST, request(0x77, 3));
+    expect(socket.sent.map((x) => x.address)).toEqual(['198.51.100.7']);
+    socket.answer(0);
+    expect(stack.icmpSent).toHaveLength(1);
+    expect(stack.icmpSent[0]!.icmp.readUInt16BE(4)).toBe(0x77);
+    for (const dst of [ipv4(127, 0, 0, 1), ipv4(224, 0, 0, 1), ipv4(169, 254, 169, 254), ipv4(192, 168, 127, 77), ipv4(0, 1, 2, 3)]) nat.onIcmp(GUEST, dst, request(1, 1));
+    const unreachable = request(1, 1);
+    unreachable[0] = 3; // destination unreachable: never forwarded
+    nat.onIcmp(GUEST, DST, unreachable);
+    expect(socket.sent).toHaveLength(1);
+    expect(nat.stats().icmpEcho).toMatchObject({ forwarded: 1, replied: 1, refused: 5 });
+    expect(nat.stats().icmpDropped).toBe(6);
+    await nat.close();
+  });
+
+  it('without a ping socket: counted unavailable, nothing faked', async () => {
+    const { nat, stack } = natWith();
+    nat.onIcmp(GUEST, DST, request(1, 1));
+    expect(stack.icmpSent).toHaveLength(0);
+    expect(nat.stats().icmpEcho).toMatchObject({ unavailable: 1, forwarded: 0 });
+    await nat.close();
+  });
+
+  it('with an allowlist: only an IP rule without a port lets it out; each decision recorded with proto icmp', async () => {
+    const socket = new FakePing();
+    const s = await startEgressNat(['198.51.100.0/24', '203.0.113.5:443'], { nat: { pingSocket: socket } });
+    try {
+      s.nat.onIcmp(GUEST, DST, request(1, 1));
+      s.nat.onIcmp(GUEST, ipv4(203, 0, 113, 5), request(1, 2));
+      s.nat.onIcmp(GUEST, ipv4(203, 0, 113, 6), request(1, 3));
+      expect(socket.sent.map((x) => x.address)).toEqual(['198.51.100.7']);
+      expect(s.nat.stats().icmpEcho).toMatchObject({ forwarded: 1, refused: 2 });
+      const d = decisions(s).filter((r) => r['proto'] === 'icmp');
+      expect(d.map((r) => [r['decision'], r['reason'], r['dst']])).toEqual([
+        ['allowed', 'ip-rule', '198.51.100.7:0'],
+        ['blocked', 'icmp-needs-ip-rule', '203.0.113.5:0'],
+        ['blocked', 'icmp-needs-ip-rule', '203.0.113.6:0'],
+      ]);
+    } finally {
+      await s.close();
+    }
+  });
+
+  it('audit mode: a refused echo goes out (recorded would-block), but never to link-local', async () => {
+    const socket = new FakePing();
+    const s = await startEgressNat(['203.0.113.5:443'], { nat: { pingSocket: socket }, egress: { mode: 'audit' } });
+    try {
+      s.nat.onIcmp(GUEST, DST, request(1, 1));
+      s.nat.onIcmp(GUEST, ipv4(169, 254, 169, 254), request(1, 2));
+      expect(socket.sent.map((x) => x.address)).toEqual(['198.51.100.7']);
+      // (Audit records every refusal as would-block, link-local too, as for TCP; it is still not sent.)
+      expect(decisions(s).filter((r) => r['proto'] === 'icmp').map((r) => r['reason'])).toEqual(['icmp-needs-ip-rule', 'link-local']);
+    } finally {
+      await s.close();
+    }
   });
 });
