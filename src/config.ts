@@ -146,7 +146,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     name: 'icmp-fd',
     type: 'string',
     value: 'N',
-    help: 'An unprivileged ICMP socket (SOCK_DGRAM, IPPROTO_ICMP) open on descriptor N: guest ping to addresses beyond the gateway is forwarded through it (policy as for UDP: with --allow only an IP rule without a port opens an address; --icmp-echo-per-sec, --max-icmp-echo). moat-shim tap --icmp --exec puts one on descriptor 4. Without it such echo is dropped and counted. Command line only.',
+    help: 'An unprivileged ICMP socket (SOCK_DGRAM, IPPROTO_ICMP) open on descriptor N: guest ping to addresses beyond the gateway is forwarded through it (policy as for UDP: with --allow only an IP rule without a port opens an address; --icmp-echo-per-sec, --max-icmp-echo). moat-shim tap --icmp --exec (or, for any other link, moat-shim icmp --exec) puts one on descriptor 4. Without it such echo is dropped and counted. Command line only.',
     example: '4',
   },
   {
