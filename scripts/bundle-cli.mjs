@@ -17,7 +17,12 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const out = join(root, 'dist', 'bundle');
 rmSync(out, { recursive: true, force: true });
 await build({
-  input: { moat: join(root, 'dist', 'src', 'cli.js'), 'host-worker': join(root, 'dist', 'src', 'host-worker.js') },
+  input: {
+    moat: join(root, 'dist', 'src', 'cli.js'),
+    'host-worker': join(root, 'dist', 'src', 'host-worker.js'),
+    // bin/moat.mjs starts the launcher watch before the CLI loads.
+    'parent-watch': join(root, 'dist', 'src', 'parent-watch.js'),
+  },
   platform: 'node',
   logLevel: 'warn',
   output: { dir: out, format: 'esm', entryFileNames: '[name].js', chunkFileNames: '[name].js' },

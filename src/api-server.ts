@@ -14,6 +14,7 @@
  *                                      (src/local-zones.ts; a record grants no flow under an allowlist)
  *   GET  /stats                        frames, bytes, drops by reason, flows
  *   GET  /healthz                      {"status":"ok","guestConnected":bool}
+ *   GET  /metrics                      Prometheus text format 0.0.4 (docs/metrics.md)
  *   GET  /allowlist                    {"allow":[rules],"zones":[...]}  (with --allow)
  *   PUT  /allowlist[?drop=1]           {"allow":[rules]}: resolve, then swap DNS zones and egress
  *                                      policy at once; 400 invalid rule, 502 a host did not resolve
@@ -34,6 +35,7 @@ import type { Logger } from './log.js';
 import { LocalZonesError, parseZoneJson, type LocalZones } from './local-zones.js';
 import { ForwardError, parseForwardKey, parseForwardSpec, type PortForwards } from './port-forwards.js';
 import { closeServer, listenOn } from './transport/listen.js';
+import { CONTENT_TYPE as METRICS_CONTENT_TYPE } from './metrics.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
 
@@ -56,6 +58,8 @@ export interface ApiBackend {
   allowlist?: AllowlistControl;
   /** DNS records added at run time (/services/dns/*); without it those paths are 404. */
   dnsZones?: LocalZones;
+  /** GET /metrics in the Prometheus text format; without it /metrics answers 404. */
+  metrics?(): string;
 }
 
 /** The allowlist as the API sees it. */
@@ -77,7 +81,8 @@ export class HttpError extends Error {
   }
 }
 
-export type Handler = (req: IncomingMessage) => Promise<{ status: number; body: unknown }>;
+/** A handler's answer: JSON `body`, or with `contentType` a string sent as it is. */
+export type Handler = (req: IncomingMessage) => Promise<{ status: number; body: unknown; contentType?: string }>;
 
 /** Methods by path: what a server answers. One network's routes, or `moat host`'s router over many. */
 export interface RouteTable {
@@ -135,12 +140,13 @@ export class ApiServer {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const { status, body, allow } = await dispatch(this.routes, req, this.log);
+    const { status, body, allow, contentType } = await dispatch(this.routes, req, this.log);
     if (allow !== undefined) res.setHeader('Allow', allow);
     // The rest of an oversized body is not read: close the connection rather than drain the upload.
     if (status === 413) res.setHeader('Connection', 'close');
-    const text = body === undefined ? '' : JSON.stringify(body);
-    res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
+    const raw = contentType !== undefined && typeof body === 'string';
+    const text = raw ? body : body === undefined ? '' : JSON.stringify(body);
+    res.writeHead(status, { 'Content-Type': raw ? contentType : 'application/json', 'Content-Length': Buffer.byteLength(text) });
     res.end(text);
   }
 }
@@ -150,6 +156,8 @@ export interface Answer {
   status: number;
   body: unknown;
   allow?: string;
+  /** Set when `body` is text to send as it is (/metrics), not JSON. */
+  contentType?: string;
 }
 
 /**
@@ -236,6 +244,8 @@ export class NetworkRoutes implements RouteTable {
       ],
       ...(backend.dnsZones === undefined ? [] : this.dnsRoutes(backend.dnsZones, counted)),
     ]);
+    const metrics = this.backend.metrics?.bind(this.backend);
+    if (metrics !== undefined) this.routes.set('/metrics', new Map([['GET', async () => ({ status: 200, body: metrics(), contentType: METRICS_CONTENT_TYPE })]]));
   }
 
   match(path: string): ReadonlyMap<string, Handler> | undefined {

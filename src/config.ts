@@ -44,6 +44,8 @@ export interface ServeConfig {
   listen: ListenAddress[];
   /** An open TAP descriptor to serve instead of listening (`moat-shim tap --exec`), else undefined. */
   tapFd?: number;
+  /** --icmp-fd: an ICMP ping socket open on this descriptor (moat-shim --icmp); echo beyond the gateway goes through it. */
+  icmpFd?: number;
   /** The --tap-fd device was opened with IFF_VNET_HDR: frames carry a virtio-net header, TCP leaves in 64 KiB GSO segments. */
   tapVnetHdr?: boolean;
   /** The --tap-fd device was given TUNSETOFFLOAD (moat-shim --offload): the guest's TCP arrives in up to 64 KiB, checksums unfinished. */
@@ -141,6 +143,13 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     value: 'N',
     help: 'Serve the TAP device open on descriptor N instead of listening: one frame per read and write, no relay process in between. moat-shim tap --exec starts Moat this way (the TAP is on descriptor 3). Not with --listen-qemu; command line only (not a --config key).',
     example: '3',
+  },
+  {
+    name: 'icmp-fd',
+    type: 'string',
+    value: 'N',
+    help: 'An unprivileged ICMP socket (SOCK_DGRAM, IPPROTO_ICMP) open on descriptor N: guest ping to addresses beyond the gateway is forwarded through it (policy as for UDP: with --allow only an IP rule without a port opens an address; --icmp-echo-per-sec, --max-icmp-echo). moat-shim tap --icmp --exec (or, for any other link, moat-shim icmp --exec) puts one on descriptor 4. Without it such echo is dropped and counted. Command line only.',
+    example: '4',
   },
   {
     name: 'tap-vnet-hdr',
@@ -268,7 +277,7 @@ export const ZONES_FLAG_NAMES: readonly string[] = ['allow', 'resolver', 'sinkho
 export const ZONES_FLAGS: readonly FlagDoc[] = SERVE_FLAGS.filter((f) => ZONES_FLAG_NAMES.includes(f.name));
 
 /** Flags a config file cannot set: help and config themselves, and a descriptor, which only the starting process can hand over. */
-const COMMAND_LINE_ONLY = new Set(['help', 'config', 'tap-fd', 'tap-vnet-hdr', 'tap-offload']);
+const COMMAND_LINE_ONLY = new Set(['help', 'config', 'tap-fd', 'tap-vnet-hdr', 'tap-offload', 'icmp-fd']);
 const FILE_KEYS = new Set(SERVE_FLAGS.map((f) => f.name).filter((n) => !COMMAND_LINE_ONLY.has(n)));
 
 export type ParsedServeArgs = { kind: 'help' } | { kind: 'config'; config: ServeConfig };
@@ -613,6 +622,8 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   // --listen-qemu / --tap-fd
   const listenRaw = list('listen-qemu');
   const tapFd = parseTapFd(str('tap-fd'));
+  const icmpFd = parseTapFd(str('icmp-fd'));
+  if (icmpFd !== undefined && icmpFd === tapFd) throw new ConfigError(`--icmp-fd: descriptor ${icmpFd} is the --tap-fd device; moat-shim --icmp puts the ping socket on 4`);
   if (tapFd !== undefined && listenRaw.items.length > 0) {
     throw new ConfigError('--tap-fd: serves one TAP device; it cannot be combined with --listen-qemu');
   }
@@ -716,6 +727,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   return {
     listen,
     ...(tapFd === undefined ? {} : { tapFd, tapVnetHdr, tapOffload }),
+    ...(icmpFd === undefined ? {} : { icmpFd }),
     mtu,
     network,
     prefix,
@@ -876,6 +888,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
   return {
     listen: c.listen.map((l) => l.url),
     ...(c.tapFd === undefined ? {} : { tapFd: c.tapFd, tapVnetHdr: c.tapVnetHdr, tapOffload: c.tapOffload }),
+    ...(c.icmpFd === undefined ? {} : { icmpFd: c.icmpFd }),
     mtu: c.mtu,
     subnet: `${formatIPv4(c.network)}/${c.prefix}`,
     gatewayIp: formatIPv4(c.gatewayIp),

@@ -165,6 +165,7 @@ const NOT_PER_NETWORK: Readonly<Record<string, string>> = {
   config: 'no file is read on behalf of an API client; give the settings themselves',
   'tap-fd': 'a TAP handed over by descriptor is a moat serve feature (moat-shim tap --exec); use listen-qemu',
   'tap-vnet-hdr': 'a TAP handed over by descriptor is a moat serve feature (moat-shim tap --exec); use listen-qemu',
+  'icmp-fd': "an API client may not name the daemon's descriptors; the ping socket is a moat serve feature (moat-shim tap --icmp --exec)",
   'log-level': "set for the whole host (moat host --log-level)",
   'log-format': "set for the whole host (moat host --log-format)",
   help: 'not a setting',

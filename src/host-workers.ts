@@ -11,6 +11,7 @@
  * memory) takes its networks with it: they are listed as failed, with why,
  * until deleted; the other workers and the API go on.
  */
+import { CONTENT_TYPE as METRICS_CONTENT_TYPE, hostMetrics } from './metrics.js';
 import type { IncomingMessage } from 'node:http';
 import { Worker } from 'node:worker_threads';
 import { HttpError, readBody, readJsonBody, MAX_BODY_BYTES, type Answer, type Handler, type RouteTable } from './api-server.js';
@@ -161,6 +162,9 @@ export class WorkerPool implements RouteTable {
         ['GET', async () => ({ status: 200, body: { status: 'ok', networks: this.names.size, workers: this.slots.filter((s) => s.dead === undefined).length } })],
       ]);
     }
+    if (path === '/metrics') {
+      return new Map<string, Handler>([['GET', async () => ({ status: 200, body: hostMetrics(this.names.size, process.memoryUsage.rss()), contentType: METRICS_CONTENT_TYPE })]]);
+    }
     const m = /^\/networks\/([^/]+)(\/.*)?$/.exec(path);
     if (m === null) return undefined;
     const name = decodeURIComponent(m[1]!);
@@ -220,6 +224,7 @@ export class WorkerPool implements RouteTable {
     if (whole && req.method === 'DELETE' && reply.status === 200) this.names.delete(name);
     const answer: Answer = { status: reply.status, body: reply.body };
     if (reply.allow !== undefined) answer.allow = reply.allow;
+    if (reply.contentType !== undefined) answer.contentType = reply.contentType;
     if (whole && req.method === 'GET' && reply.status === 200) answer.body = { ...(reply.body as object), worker: placement.worker };
     return answer;
   }

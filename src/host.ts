@@ -16,6 +16,7 @@
  * state "failed" with why, until it is deleted: whoever drives the host sees
  * what happened rather than a name that vanished.
  */
+import { CONTENT_TYPE as METRICS_CONTENT_TYPE, hostMetrics } from './metrics.js';
 import { chmodSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { PreresolveError } from '../dns/preresolve.js';
@@ -101,6 +102,7 @@ export class NetworkHost implements RouteTable {
         ]),
       ],
       ['/healthz', new Map<string, Handler>([['GET', async () => ({ status: 200, body: { status: 'ok', networks: this.slots.size } })]])],
+      ['/metrics', new Map<string, Handler>([['GET', async () => ({ status: 200, body: hostMetrics(this.slots.size, process.memoryUsage.rss()), contentType: METRICS_CONTENT_TYPE })]])],
     ]);
   }
 

@@ -44,12 +44,14 @@ import { DEFAULT_LOG_LIMITS } from './log-flags.js';
 import { PortForwarder } from './forwarder.js';
 import { Nat, type GatewayUdpClaims, type NatOptions, type NatStats } from './nat/index.js';
 import { PcapWriter } from './pcap-writer.js';
+import { DecisionCounts, networkMetrics, renderExposition } from './metrics.js';
 import { ForwardError, type ForwardKey, type ForwardSpec, type PortForwards } from './port-forwards.js';
 import { QemuStreamServer, type GuestSink, type QemuStreamOptions } from './transport/qemu-stream.js';
 import { LocalZones, type LocalZone } from './local-zones.js';
 import { LocalZonesDns } from './local-zones-dns.js';
 import { limitNotifier, NO_NOTIFIER, NotificationSender, type NotificationMessage, type Notifier } from './notification.js';
 import { TapFdLink, TAP_GSO_SEGMENT_BYTES } from './transport/tap-fd.js';
+import { openPingSocket } from './transport/ping-socket.js';
 
 /** The guest's side of the wire: a QEMU stream listener or a TAP descriptor. */
 type GuestLink = QemuStreamServer | TapFdLink;
@@ -146,6 +148,8 @@ export function natOptionsFor(config: ServeConfig): Partial<NatOptions> {
     prefix: config.prefix,
     allowLinkLocal: config.allowLinkLocal,
     dnsUpstreams: config.dnsUpstreams,
+    maxIcmpEcho: limits.maxIcmpEcho,
+    icmpEchoPerSec: limits.icmpEchoPerSec,
   };
 }
 
@@ -310,8 +314,11 @@ export async function startGuestNetwork(
 
     const runtime = allowlist ? await startAllowlist(config, d, log, options.signal, options.name) : undefined;
     if (runtime !== undefined) closers.push(() => runtime.close());
+    // --icmp-fd: the ping socket moat-shim handed over (the NAT closes it).
+    const pingSocket = config.icmpFd === undefined ? undefined : await openPingSocket(config.icmpFd);
+    if (pingSocket !== undefined) log.info('icmp echo beyond the gateway: through the ping socket', { icmpFd: config.icmpFd });
     const nat = d.createNat(
-      { ...natOptionsFor(config), onLimit, wrapDns: (dns) => new LocalZonesDns(dns, zones) },
+      { ...natOptionsFor(config), ...(pingSocket ? { pingSocket } : {}), onLimit, wrapDns: (dns) => new LocalZonesDns(dns, zones) },
       log.child({ component: 'nat' }),
       runtime?.runtime.dns,
       runtime?.runtime.egress,
@@ -419,8 +426,13 @@ export async function startGuestNetwork(
         BytesReceived: (s.bytes as { in: number }).in,
       };
     };
+    // Decisions by verdict and reason for /metrics (/stats has the verdict totals).
+    const decisionCounts = runtime === undefined ? undefined : new DecisionCounts();
+    if (decisionCounts !== undefined) closers.push(runtime!.runtime.egress.decisions.subscribe(decisionCounts.record));
+    const metrics = (): string =>
+      renderExposition(networkMetrics({ stats: stats(), rss: process.memoryUsage.rss(), ...(decisionCounts ? { decisions: decisionCounts } : {}) }));
     routes = new NetworkRoutes(
-      { forwards, leases, stats, guestConnected, dnsZones: zones, ...(allowlistControl ? { allowlist: allowlistControl } : {}) },
+      { forwards, leases, stats, guestConnected, dnsZones: zones, metrics, ...(allowlistControl ? { allowlist: allowlistControl } : {}) },
       log,
       { maxBodyBytes: limits.apiMaxBodyBytes, onTooLarge: (fields) => onLimit('apiBody', fields) },
     );
@@ -586,6 +598,9 @@ function limitStats(limits: Limits, stack: NetStack, nat: Partial<NatStats>, api
     // UDP flows held for the name in their QUIC Initial (with --allow; src/nat/quic-flows.ts).
     ...(nat.quic ? { quic: { max: nat.quic.max, current: nat.quic.held, bytes: nat.quic.heldBytes, refused: nat.quic.heldRefused } } : {}),
     apiBody: { max: limits.apiMaxBodyBytes, refused: api?.tooLarge ?? 0 },
+    ...(nat.icmpEcho
+      ? { icmpEcho: { max: nat.icmpEcho.max, current: nat.icmpEcho.current, perSec: limits.icmpEchoPerSec, refused: nat.icmpEcho.outstandingFull + nat.icmpEcho.rateLimited } }
+      : {}),
   };
 }
 

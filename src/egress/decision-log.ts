@@ -24,8 +24,8 @@ import { BudgetedWriter, DEFAULT_LOG_BUDGET, LogBudget, type LogBudgetLimits, ty
 import { RotatingFile, type RotationOptions } from '../rotating-file.js';
 
 export type DecisionVerdict = 'allowed' | 'blocked' | 'would-block';
-/** 'quic': a UDP flow decided by the name in its QUIC Initial. */
-export type DecisionProto = 'tcp' | 'udp' | 'quic' | 'dns';
+/** 'quic': a UDP flow decided by the name in its QUIC Initial. 'icmp': an echo request (dst "ip:0"). */
+export type DecisionProto = 'tcp' | 'udp' | 'quic' | 'dns' | 'icmp';
 
 export interface DecisionRecord {
   id: string;

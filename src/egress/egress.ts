@@ -14,7 +14,7 @@ import type { DecisionLog, DecisionRecord } from './decision-log.js';
 import type { DialTargets } from './dial-targets.js';
 
 /** The proto of a flow's decision record: 'quic' for a UDP flow read by its QUIC Initial. */
-export type FlowProto = 'tcp' | 'udp' | 'quic';
+export type FlowProto = 'tcp' | 'udp' | 'quic' | 'icmp';
 
 /** enforce: refusals are refused. audit: everything flows and each refusal is recorded as 'would-block'. */
 export type EgressMode = 'enforce' | 'audit';
@@ -193,7 +193,7 @@ export class Egress {
   }
 
   /** Decision for a fresh flow from the guest (no bytes seen yet). */
-  decideFlow(proto: 'tcp' | 'udp', dst: IPv4, port: number): Decision {
+  decideFlow(proto: 'tcp' | 'udp' | 'icmp', dst: IPv4, port: number): Decision {
     return this.decide({ proto, dst: formatIPv4(dst), port });
   }
 

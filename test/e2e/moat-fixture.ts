@@ -113,6 +113,10 @@ export interface MoatFixtureOptions {
   moatCommand?: (ctx: { moatSocket: string; apiSocket: string; dnsServerAddr: string; dir: string; mtu: number; topo: Topology }) => string[];
   /** Resolves once that Moat is ready (default: its "moat ready" log line on stderr). */
   moatReady?: (moat: TrackedProcess) => Promise<void>;
+  /** With link "exec": more moat-shim flags before --exec (e.g. ['--icmp']). */
+  shimArgs?: string[];
+  /** With link "relay": a command Moat is started through (e.g. [shim, 'icmp', '--exec']); node and its arguments follow. */
+  moatLauncher?: string[];
 }
 
 /** What udhcpc's script saw in the lease (environment variables from busybox). */
@@ -568,13 +572,15 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
       ...(typeof options.extraMoatArgs === 'function' ? options.extraMoatArgs(topo) : (options.extraMoatArgs ?? [])),
     ];
     if (link === 'exec') {
-      const shimArgs = ['tap', '--dev', tap, '--netns', topo.guestNs, ...(vnetHdr ? ['--vnet-hdr'] : []), ...(offload ? ['--offload'] : [])];
+      const shimArgs = ['tap', '--dev', tap, '--netns', topo.guestNs, ...(vnetHdr ? ['--vnet-hdr'] : []), ...(offload ? ['--offload'] : []), ...(options.shimArgs ?? [])];
       moat = spawnTracked(ensureShimBuilt(), [...shimArgs, '--exec', process.execPath, ...args]);
       shim = moat;
       await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat-shim tap --exec moat serve');
     } else {
       const command = options.moatCommand?.({ moatSocket, apiSocket, dnsServerAddr, dir, mtu, topo });
-      moat = spawnTracked(process.execPath, command === undefined ? args : [...(options.nodeArgs ?? []), options.moatBin ?? MOAT_BIN, ...command]);
+      const argv = command === undefined ? args : [...(options.nodeArgs ?? []), options.moatBin ?? MOAT_BIN, ...command];
+      const launcher = options.moatLauncher ?? [];
+      moat = launcher.length === 0 ? spawnTracked(process.execPath, argv) : spawnTracked(launcher[0]!, [...launcher.slice(1), process.execPath, ...argv]);
       if (options.moatReady !== undefined) {
         const m = moat;
         const exited = m.exited.then(({ code, signal }) => {

@@ -36,6 +36,7 @@ export class MapResolver implements Resolver {
 
 export interface EgressNat {
   nat: Nat;
+  stack: FakeStack;
   runtime: AllowlistRuntime;
   dialed: string[];
   logLines: Record<string, unknown>[];
@@ -44,7 +45,7 @@ export interface EgressNat {
 
 export async function startEgressNat(
   rules: string[],
-  opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]>; liveLookups?: LiveLookupSettings; quic?: NatOptions['quic'] } = {},
+  opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]>; liveLookups?: LiveLookupSettings; quic?: NatOptions['quic']; nat?: Partial<NatOptions> } = {},
 ): Promise<EgressNat> {
   const resolver = new MapResolver(opts.names ?? { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'blocked.test': ['127.0.0.1'] });
   const logLines: Record<string, unknown>[] = [];
@@ -73,10 +74,12 @@ export async function startEgressNat(
     if (!host.startsWith('127.')) throw new Error(`test refused to dial ${host}`);
     return netConnect(o);
   };
-  const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], connectHost, ...(opts.quic ? { quic: opts.quic } : {}) }, log, runtime.dns, runtime.egress);
-  nat.attach(new FakeStack());
+  const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], connectHost, ...(opts.quic ? { quic: opts.quic } : {}), ...opts.nat }, log, runtime.dns, runtime.egress);
+  const stack = new FakeStack();
+  nat.attach(stack);
   return {
     nat,
+    stack,
     runtime,
     dialed,
     logLines,

@@ -256,7 +256,7 @@ describe('config file and flag precedence', () => {
   });
 
   it('accepts every flag (except help/config) as a file key', () => {
-    const keys = SERVE_FLAGS.map((f) => f.name).filter((n) => !['help', 'config', 'tap-fd', 'tap-vnet-hdr', 'tap-offload'].includes(n));
+    const keys = SERVE_FLAGS.map((f) => f.name).filter((n) => !['help', 'config', 'tap-fd', 'tap-vnet-hdr', 'tap-offload', 'icmp-fd'].includes(n));
     // A key the file does not know is an error, so reading each known key with a valid value proves acceptance.
     const values: Record<string, unknown> = {
       'listen-qemu': ['unix:///tmp/q'],
