@@ -61,6 +61,9 @@ describe('bin/moat.mjs', () => {
     writeFileSync(join(dir, 'package.json'), '{"type":"module"}\n');
     writeFileSync(join(dir, 'dist', 'bundle', 'moat.js'), "export async function main() { console.log('bundle'); }\n");
     writeFileSync(join(dir, 'dist', 'src', 'cli.js'), "export async function main() { console.log('modules'); }\n");
+    // The launcher also starts the parent watch from the same tree (a no-op stand-in here).
+    writeFileSync(join(dir, 'dist', 'bundle', 'parent-watch.js'), 'export function watchLauncher() {}\n');
+    writeFileSync(join(dir, 'dist', 'src', 'parent-watch.js'), 'export function watchLauncher() {}\n');
     const run = () => spawnSync(process.execPath, [join(dir, 'bin', 'moat.mjs')], { encoding: 'utf8' }).stdout.trim();
     const at = (path: string, seconds: number) => utimesSync(join(dir, path), seconds, seconds);
     at('dist/bundle/moat.js', 2_000_000);
