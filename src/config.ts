@@ -19,6 +19,8 @@ import type { SinkholeMode } from '../dns/zones.js';
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js';
 import { limitFlagDocs, parseLimits, type Limits } from './limits.js';
 import { liveLookupFlagDocs, parseLiveLookups, type LiveLookupSettings } from './allowlist/live-lookup-flags.js';
+import { askFlagDocs, parseAskFlags } from './egress/ask-flags.js';
+import type { AskSettings } from './egress/ask-gate.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from './log-flags.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
 
@@ -90,6 +92,8 @@ export interface ServeConfig {
   liveLookups?: LiveLookupSettings;
   /** The logs' budget and the decision log's rotation (--log-lines-per-sec ..., src/log-flags.ts); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
+  /** Ask mode (--on-unlisted ask, --ask-timeout-ms); absent: refuse. */
+  ask?: AskSettings;
 }
 
 /** What `moat zones` needs: the allowlist and the built-in addresses. */
@@ -246,6 +250,8 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
   },
   // The live-lookup budget: described once in src/allowlist/live-lookup-flags.ts.
   ...liveLookupFlagDocs(),
+  // Ask mode: described once in src/egress/ask-flags.ts.
+  ...askFlagDocs(),
   // Resource limits: described once in src/limits.ts LIMIT_SPECS.
   ...limitFlagDocs(),
   // The logs' budget and the decision log's rotation: described once in src/log-flags.ts.
@@ -692,6 +698,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const mode = parseMode(raw);
   const decisionLog = parseDecisionLog(raw);
   const liveLookups = parseLiveLookupFlags(raw);
+  const ask = parseAskFlagsOrThrow(raw, allowlist.allow.length > 0, mode === 'audit');
 
   // --max-tcp-flows ... --api-max-body-bytes
   const limits = parseLimits(str);
@@ -728,7 +735,15 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     refusalDetails: raw.get('refusal-details')?.value === true,
     liveLookups,
     logLimits,
+    ...(ask === undefined ? {} : { ask }),
   };
+}
+
+/** --on-unlisted, --ask-timeout-ms (shared by serve and proxy). */
+export function parseAskFlagsOrThrow(raw: Map<string, Raw>, hasRules: boolean, audit: boolean): AskSettings | undefined {
+  const r = parseAskFlags(getters(raw).str, { hasRules, audit });
+  if (typeof r === 'string') throw new ConfigError(r);
+  return r;
 }
 
 /** --live-lookup-rate, --live-lookup-burst, --live-lookup-bytes, --live-lookup-burst-bytes, --no-live-lookups. Shared by serve and proxy. */
@@ -881,6 +896,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
           refuseEch: c.refuseEch,
           mode: c.mode,
           refusalDetails: c.refusalDetails ?? false,
+          ...(c.ask === undefined ? {} : { onUnlisted: 'ask', askTimeoutMs: c.ask.timeoutMs }),
         }),
   };
 }

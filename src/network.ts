@@ -30,6 +30,7 @@ import type { Resolver } from '../dns/preresolve.js';
 import { NodeDnsResolver } from './allowlist/resolver.js';
 import { NetworkRoutes, type AllowlistControl } from './api-server.js';
 import { AllowlistRuntime, zoneNames } from './egress/allowlist-runtime.js';
+import type { AskCallback } from './egress/ask-gate.js';
 import { decisionFileError, logStats, openDecisionLog } from './egress/decision-log.js';
 import type { DecisionLog } from './egress/decision-log.js';
 import type { RotatingFile } from './rotating-file.js';
@@ -158,6 +159,8 @@ export const DEFAULT_SERVE_DEPS: ServeDeps = {
 export interface ServeOptions {
   /** Aborts start-up (pre-resolution of allowed hosts); the CLI aborts it on SIGINT/SIGTERM. */
   signal?: AbortSignal;
+  /** Ask mode's callback (the library's serve({ ask })): answers each pending decision, alongside the API. */
+  ask?: AskCallback;
 }
 
 /** What startGuestNetwork takes besides the config. */
@@ -289,7 +292,7 @@ export async function startGuestNetwork(
     const refusals = new RefusalLog(log.child({ component: 'limits' }));
     closers.push(() => refusals.close());
 
-    const runtime = allowlist ? await startAllowlist(config, d, log, options.signal, options.name) : undefined;
+    const runtime = allowlist ? await startAllowlist(config, d, log, options.signal, options.name, options.ask) : undefined;
     if (runtime !== undefined) closers.push(() => runtime.close());
     const nat = d.createNat(
       { ...natOptionsFor(config), onLimit: (limit, fields) => refusals.refused(limit, fields) },
@@ -385,11 +388,13 @@ export async function startGuestNetwork(
         ...s,
         limits: limitStats(limits, theStack, s.nat as Partial<NatStats>, routes),
         ...(decisions === undefined ? {} : { decisions: { ...decisions.stats } }),
+        ...(askGate === undefined ? {} : { ask: askGate.stats() }),
         logs: logStats(log, decisions, runtime?.file),
       };
     };
+    const askGate = runtime?.runtime.ask;
     routes = new NetworkRoutes(
-      { forwards, leases, stats, guestConnected, ...(allowlistControl ? { allowlist: allowlistControl } : {}) },
+      { forwards, leases, stats, guestConnected, ...(allowlistControl ? { allowlist: allowlistControl } : {}), ...(askGate ? { ask: askGate } : {}) },
       log,
       { maxBodyBytes: limits.apiMaxBodyBytes, onTooLarge: (fields) => refusals.refused('apiBody', fields) },
     );
@@ -453,6 +458,7 @@ async function startAllowlist(
   log: Logger,
   signal: AbortSignal | undefined,
   network: string | undefined,
+  askCallback: AskCallback | undefined,
 ): Promise<{ runtime: AllowlistRuntime; file: RotatingFile | undefined; close(): Promise<void> }> {
   const resolver = d.createDnsResolver(config.resolvers);
   const started = d.clock.now();
@@ -473,6 +479,7 @@ async function startAllowlist(
         allowLinkLocal: config.allowLinkLocal,
         egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false, refuseEch: config.refuseEch },
         ...(config.liveLookups ? { liveLookups: config.liveLookups } : {}),
+        ...(config.ask ? { ask: { settings: config.ask, ...(askCallback ? { callback: askCallback } : {}) } } : {}),
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,

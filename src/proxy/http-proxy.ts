@@ -133,7 +133,9 @@ async function handleConnect(host: HttpProxyHost, req: IncomingMessage, socket: 
     socket.end(plainResponse(400, 'Bad Request', `CONNECT needs host:port, got ${JSON.stringify((req.url ?? '').slice(0, 200))}\n`));
     return;
   }
-  const a = await admit(host.egress(), target.host, target.port, host.log);
+  const gone = new AbortController();
+  socket.once('close', () => gone.abort());
+  const a = await admit(host.egress(), target.host, target.port, host.log, gone.signal);
   if (socket.destroyed) return;
   if (!a.ok) {
     host.counters.refused++;
@@ -184,7 +186,9 @@ async function handleRequest(host: HttpProxyHost, agents: ProxyAgents, req: Inco
     return;
   }
   const port = url.port === '' ? 80 : Number(url.port);
-  const a = await admit(host.egress(), url.hostname, port, host.log);
+  const gone = new AbortController();
+  res.once('close', () => gone.abort());
+  const a = await admit(host.egress(), url.hostname, port, host.log, gone.signal);
   if (!a.ok) {
     host.counters.refused++;
     sendRefusal(res, refusalBytes(host.egress(), a, url.hostname));
