@@ -285,6 +285,7 @@ export function describeProxyConfig(c: ProxyConfig): Record<string, unknown> {
     auth: c.auth === undefined ? undefined : { file: c.authFile, users: c.auth.size },
     refusalDetails: c.refusalDetails,
     ...(c.logLimits === undefined ? {} : { logLimits: c.logLimits }),
+    ...(c.ask === undefined ? {} : { onUnlisted: 'ask', askTimeoutMs: c.ask.timeoutMs }),
   };
 }
 
