@@ -303,7 +303,9 @@ export class NetworkRoutes implements RouteTable {
 
   private async postDecision(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
     const control = this.ask();
-    const id = new URL(req.url ?? '/', 'http://moat').pathname.slice('/decisions/'.length);
+    // The id is the path's last segment: under `moat host` the path is /networks/{name}/decisions/{id}.
+    const path = new URL(req.url ?? '/', 'http://moat').pathname;
+    const id = path.slice(path.lastIndexOf('/decisions/') + '/decisions/'.length);
     const body = await readJsonBody(req, this.maxBodyBytes);
     const verdict = (body as { verdict?: unknown } | null)?.verdict;
     if (!ASK_VERDICTS.includes(verdict as AskVerdict)) throw new HttpError(400, `expected {"verdict": one of ${ASK_VERDICTS.map((v) => `"${v}"`).join(', ')}}`);
