@@ -38,6 +38,7 @@ export interface AskSettings {
   timeoutMs: number;
   maxPending: number;
   maxWaitersPerName: number;
+  maxWaiters: number;
   maxDeniedNames: number;
   /** Event-stream subscribers at once (GET /decisions/events); beyond, 503. */
   maxSubscribers: number;
@@ -89,6 +90,7 @@ export class AskGate {
     this.table = new AskTable({
       maxPending: settings.maxPending,
       maxWaitersPerName: settings.maxWaitersPerName,
+      maxWaiters: settings.maxWaiters,
       maxDeniedNames: settings.maxDeniedNames,
       timeoutMs: settings.timeoutMs,
       now: deps.now,

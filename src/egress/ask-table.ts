@@ -16,6 +16,8 @@
  * Bounds (each refused at entry with its own reason, and counted):
  *   maxPending          decisions at once (a guest flooding unique names)
  *   maxWaitersPerName   waiters on one decision (thousands of connections to one name)
+ *   maxWaiters          waiters on all decisions together (so the worst case is
+ *                       not maxPending x maxWaitersPerName)
  *   maxDeniedNames      names remembered by deny-name; beyond it the oldest
  *                       is forgotten (that name is asked again, never let
  *                       through silently)
@@ -74,6 +76,7 @@ export interface PendingView {
 export interface AskTableOptions {
   maxPending: number;
   maxWaitersPerName: number;
+  maxWaiters: number;
   maxDeniedNames: number;
   timeoutMs: number;
   /** Monotonic milliseconds. */
@@ -84,10 +87,12 @@ export interface AskTableOptions {
   newId: () => string;
 }
 
-export const DEFAULT_ASK_LIMITS = Object.freeze({ maxPending: 256, maxWaitersPerName: 1024, maxDeniedNames: 4096 });
+export const DEFAULT_ASK_LIMITS = Object.freeze({ maxPending: 256, maxWaitersPerName: 1024, maxWaiters: 4096, maxDeniedNames: 4096 });
 
 export interface AskStats {
   pending: number;
+  /** Requests waiting on all decisions now. */
+  waiting: number;
   asked: number;
   joined: number;
   allowedOnce: number;
@@ -98,6 +103,7 @@ export interface AskStats {
   failed: number;
   refusedPendingFull: number;
   refusedWaitersFull: number;
+  refusedAllWaitersFull: number;
   refusedDeniedName: number;
   deniedNames: number;
   deniedNamesForgotten: number;
@@ -132,7 +138,9 @@ export class AskTable {
   private readonly byId = new Map<string, Entry>();
   /** deny-name: insertion order is age (the oldest is forgotten first). */
   private readonly denied = new Set<string>();
-  readonly counters: Omit<AskStats, 'pending' | 'deniedNames'> = {
+  /** Waiters on every decision together (maxWaiters). */
+  private waiting = 0;
+  readonly counters: Omit<AskStats, 'pending' | 'waiting' | 'deniedNames'> = {
     asked: 0,
     joined: 0,
     allowedOnce: 0,
@@ -143,12 +151,13 @@ export class AskTable {
     failed: 0,
     refusedPendingFull: 0,
     refusedWaitersFull: 0,
+    refusedAllWaitersFull: 0,
     refusedDeniedName: 0,
     deniedNamesForgotten: 0,
   };
 
   constructor(private readonly o: AskTableOptions) {
-    for (const k of ['maxPending', 'maxWaitersPerName', 'maxDeniedNames', 'timeoutMs'] as const) {
+    for (const k of ['maxPending', 'maxWaitersPerName', 'maxWaiters', 'maxDeniedNames', 'timeoutMs'] as const) {
       if (!(Number.isInteger(o[k]) && o[k] >= 1)) throw new RangeError(`ask table: ${k} must be a positive integer, got ${o[k]}`);
     }
   }
@@ -162,6 +171,10 @@ export class AskTable {
     if (this.denied.has(request.name)) {
       this.counters.refusedDeniedName++;
       return { allow: false, reason: 'ask-denied-name', by: null, id: null };
+    }
+    if (this.waiting >= this.o.maxWaiters) {
+      this.counters.refusedAllWaitersFull++;
+      return { allow: false, reason: 'ask-waiters-full', by: null, id: null, detail: `${this.o.maxWaiters} requests already wait on decisions` };
     }
     let entry = this.byName.get(request.name);
     let created = false;
@@ -182,13 +195,14 @@ export class AskTable {
     } else this.counters.joined++;
     const t: TicketImpl = { id: entry.id, created, entry, fn };
     entry.waiters.add(t);
+    this.waiting++;
     return t;
   }
 
   /** The request went away (connection closed): it gets no outcome. Its decision stays until answered or expired. */
   leave(ticket: Ticket): void {
     const t = ticket as TicketImpl;
-    t.entry.waiters.delete(t);
+    if (t.entry.waiters.delete(t)) this.waiting--;
   }
 
   /** The pending (not yet taken) decisions, oldest first. */
@@ -237,6 +251,7 @@ export class AskTable {
     else if (verdict === 'failed') c.failed++;
     const waiters = [...e.waiters];
     e.waiters.clear();
+    this.waiting -= waiters.length;
     for (const w of waiters) (w as TicketImpl).fn(outcome);
     return waiters.length;
   }
@@ -268,7 +283,7 @@ export class AskTable {
   }
 
   stats(): AskStats {
-    return { pending: this.byId.size, deniedNames: this.denied.size, ...this.counters };
+    return { pending: this.byId.size, waiting: this.waiting, deniedNames: this.denied.size, ...this.counters };
   }
 
   private rememberDenied(name: string): void {

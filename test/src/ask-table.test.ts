@@ -10,7 +10,7 @@ import { allowNameRule, AskTable, type AskOutcome, type AskRequest, type AskTabl
 function table(over: Partial<AskTableOptions> = {}): { t: AskTable; clock: { now: number } } {
   const clock = { now: 0 };
   let n = 0;
-  const t = new AskTable({ maxPending: 4, maxWaitersPerName: 3, maxDeniedNames: 2, timeoutMs: 1000, now: () => clock.now, wallNow: () => 0, newId: () => `id${n++}`, ...over });
+  const t = new AskTable({ maxPending: 4, maxWaitersPerName: 3, maxWaiters: 100, maxDeniedNames: 2, timeoutMs: 1000, now: () => clock.now, wallNow: () => 0, newId: () => `id${n++}`, ...over });
   return { t, clock };
 }
 
@@ -61,6 +61,21 @@ describe('AskTable', () => {
     expect(t.enter(req('one.test'), () => {})).toMatchObject({ allow: false, reason: 'ask-waiters-full', id: 'id0' });
     expect(t.stats()).toMatchObject({ refusedWaitersFull: 1 });
     expect(t.list()[0]!.waiters).toBe(3);
+  });
+
+  it('refuses past maxWaiters over all decisions (ask-waiters-full), counted; leaving and settling free places', () => {
+    const { t } = table({ maxWaiters: 4, maxWaitersPerName: 3 });
+    const a = t.enter(req('a.test'), () => {}) as Ticket;
+    t.enter(req('a.test'), () => {});
+    t.enter(req('b.test'), () => {});
+    t.enter(req('c.test'), () => {});
+    expect(t.enter(req('d.test'), () => {})).toMatchObject({ allow: false, reason: 'ask-waiters-full', id: null });
+    expect(t.stats()).toMatchObject({ waiting: 4, refusedAllWaitersFull: 1, pending: 3 });
+    t.leave(a);
+    expect(isTicket(t.enter(req('d.test'), () => {}))).toBe(true);
+    const k = t.take(a.id)!;
+    t.settle(k.id, k.name, 'deny', { allow: false, reason: 'ask-denied', by: 'api', id: k.id });
+    expect(t.stats().waiting).toBe(3);
   });
 
   it('a waiter that leaves gets no outcome and frees its place', () => {
@@ -160,7 +175,7 @@ describe('AskTable', () => {
           const expected = w.ticket === null || w.left ? 0 : 1;
           if (w.outcomes !== expected) return false;
         }
-        return t.list().length === 0 && t.open().length === 0;
+        return t.list().length === 0 && t.open().length === 0 && t.stats().waiting === 0;
       }),
       { numRuns: 300 },
     );
