@@ -193,6 +193,8 @@ export class AllowlistRuntime {
       this.egress.setPolicy(policy);
       this.rules = rules;
       warnBroadRules(policy, this.log);
+      // Ask mode: requests waiting on a name the new rules cover need no answer any more.
+      this.egress.ask?.releaseCovered((name) => coversName(table, name));
       return { rules: rules.map((r) => r.text), zones: zoneNames(table) };
     });
     this.reloading = run.catch(() => undefined);
@@ -255,4 +257,10 @@ function seedPins(pins: PinTable, table: ZoneTable): void {
   for (const z of table.zones) {
     if (z.kind === 'allowed' && z.apex !== null && z.apex.a.length > 0) pins.pin(z.name, z.apex.a, Infinity);
   }
+}
+
+/** Does the table answer `name` from an allowed (or built-in) zone, as a rule naming it or a wildcard above it would? */
+function coversName(table: ZoneTable, name: string): boolean {
+  const z = table.match(name);
+  return z.kind !== 'root' && !(z.name === name && z.apex === null && z.kind === 'allowed');
 }

@@ -184,7 +184,22 @@ export class AskGate {
     this.subscribers.clear();
   }
 
-  private settle(taken: { id: string; name: string }, verdict: AskVerdict | 'timeout' | 'failed', outcome: AskOutcome): number {
+  /**
+   * After an allowlist reload: pending decisions whose name the rules now
+   * cover are released as if allowed by name (each waiter re-decides under
+   * the new rules, as after allow-name); answered by 'reload'.
+   */
+  releaseCovered(covered: (name: string) => boolean): number {
+    const hit = this.table.takeWhere((r) => covered(r.name));
+    for (const d of hit) this.settle(d, 'reload', { allow: true, verdict: 'allow-name', by: 'reload', id: d.id });
+    if (hit.length > 0) {
+      this.arm();
+      this.log.info('ask: pending decisions released by an allowlist reload', { names: hit.map((d) => d.name) });
+    }
+    return hit.length;
+  }
+
+  private settle(taken: { id: string; name: string }, verdict: AskVerdict | 'timeout' | 'failed' | 'reload', outcome: AskOutcome): number {
     const waiters = this.table.settle(taken.id, taken.name, verdict, outcome);
     this.emit('decided', { id: taken.id, name: taken.name, verdict, by: outcome.by, waiters, ...(outcome.allow ? {} : { reason: outcome.reason }) });
     return waiters;

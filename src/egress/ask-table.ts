@@ -26,8 +26,12 @@
 export type AskVerdict = 'allow-once' | 'allow-name' | 'deny' | 'deny-name';
 export const ASK_VERDICTS: readonly AskVerdict[] = ['allow-once', 'allow-name', 'deny', 'deny-name'];
 
-/** Who answered a decision: an operator over the API, the embedder's callback, or nobody in time. */
-export type AskAnswerer = 'api' | 'callback' | 'timeout';
+/**
+ * Who answered a decision: an operator over the API, the embedder's
+ * callback, nobody in time, or an allowlist reload that came to cover the
+ * name (PUT /allowlist, SIGHUP, setAllowlist).
+ */
+export type AskAnswerer = 'api' | 'callback' | 'timeout' | 'reload';
 
 /** What asked: 'dns' a gateway query, 'tcp' a held guest connection, 'quic' a UDP flow's Initial, 'proxy' a proxy target. */
 export type AskProto = 'dns' | 'tcp' | 'quic' | 'proxy';
@@ -101,6 +105,7 @@ export interface AskStats {
   deniedName: number;
   timeouts: number;
   failed: number;
+  releasedByReload: number;
   refusedPendingFull: number;
   refusedWaitersFull: number;
   refusedAllWaitersFull: number;
@@ -149,6 +154,7 @@ export class AskTable {
     deniedName: 0,
     timeouts: 0,
     failed: 0,
+    releasedByReload: 0,
     refusedPendingFull: 0,
     refusedWaitersFull: 0,
     refusedAllWaitersFull: 0,
@@ -236,7 +242,7 @@ export class AskTable {
    * and a deny-name outcome remembers the name. `verdict` is what was
    * answered, for the counters.
    */
-  settle(id: string, name: string, verdict: AskVerdict | 'timeout' | 'failed' | 'closed', outcome: AskOutcome): number {
+  settle(id: string, name: string, verdict: AskVerdict | 'timeout' | 'failed' | 'closed' | 'reload', outcome: AskOutcome): number {
     const e = this.byName.get(name);
     if (e === undefined || e.id !== id || !e.taken) return 0;
     this.byName.delete(name);
@@ -249,11 +255,20 @@ export class AskTable {
       this.rememberDenied(name);
     } else if (verdict === 'timeout') c.timeouts++;
     else if (verdict === 'failed') c.failed++;
+    else if (verdict === 'reload') c.releasedByReload++;
     const waiters = [...e.waiters];
     e.waiters.clear();
     this.waiting -= waiters.length;
     for (const w of waiters) (w as TicketImpl).fn(outcome);
     return waiters.length;
+  }
+
+  /** Pending decisions whose request `pred` accepts, taken (the caller settles them). */
+  takeWhere(pred: (r: AskRequest) => boolean): { id: string; name: string }[] {
+    const hit: { id: string; name: string }[] = [];
+    for (const e of this.byId.values()) if (pred(e.request)) hit.push({ id: e.id, name: e.request.name });
+    for (const h of hit) this.take(h.id);
+    return hit;
   }
 
   /** Decisions whose deadline has passed, taken (the caller settles them as timed out), oldest first. */

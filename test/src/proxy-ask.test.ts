@@ -257,6 +257,22 @@ describe('moat proxy --on-unlisted ask', () => {
     c2.close();
   });
 
+  it('a reload whose rules come to cover a pending name releases its waiters (answered by reload)', async () => {
+    const { proxy, api, records } = await start();
+    const c = connectHead(proxy, 'race2.test');
+    const other = connectHead(proxy, 'gone.test');
+    await pendingFor(api, 'race2.test');
+    await pendingFor(api, 'gone.test');
+    await proxy.allowlist.reload(['listed.test', 'race2.test'], false);
+    expect(await c.head).toMatch(/^HTTP\/1\.1 200/);
+    c.close();
+    expect(records.find((r) => r.name === 'race2.test')).toMatchObject({ decision: 'allowed', asked: true, answeredBy: 'reload' });
+    // A name the new rules do not cover still waits.
+    expect(((await apiCall(api, 'GET', '/decisions/pending')).body as { name: string }[]).map((p) => p.name)).toEqual(['gone.test']);
+    other.close();
+    expect(proxy.stats().ask).toMatchObject({ releasedByReload: 1 });
+  });
+
   it('GET /decisions/events streams pending and decided events', async () => {
     const { proxy, api } = await start();
     const events: string[] = [];
