@@ -162,7 +162,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
   { name: 'gateway-mac', type: 'string', value: 'MAC', default: DEFAULT_GATEWAY_MAC, help: "The gateway's MAC address." },
   { name: 'guest-ip', type: 'string', value: 'IP', default: 'second address of --subnet (192.168.127.2)', help: 'The address DHCP gives the guest.' },
   { name: 'host-ip', type: 'string', value: 'IP', default: 'last usable address of --subnet (192.168.127.254)', help: "A virtual address that reaches the host's loopback (127.0.0.1)." },
-  { name: 'api', type: 'string', value: 'unix:///PATH', default: 'none (no API)', help: 'Serve the HTTP control API (gvproxy-compatible /services/forwarder/*, /services/dhcp/leases, /stats, /healthz) on a unix socket.', example: 'unix:///tmp/moat-api.sock' },
+  { name: 'api', type: 'string', value: 'unix:///PATH', default: 'none (no API)', help: 'Serve the HTTP control API (gvproxy-compatible /services/forwarder/*, /services/dhcp/leases, /stats, /healthz; /allowlist and, with --on-unlisted ask, /decisions/*) on a unix socket.', example: 'unix:///tmp/moat-api.sock' },
   {
     name: 'forward',
     type: 'string',

@@ -158,7 +158,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
   ),
   ...LIVE_LOOKUP_FLAG_NAMES.map((name) => shared(name)),
   ...ASK_FLAG_NAMES.map((name) => shared(name)),
-  shared('api', 'Serve the control API on a unix socket: GET /stats, GET /healthz, GET and PUT /allowlist (replace the rules at run time).'),
+  shared('api', 'Serve the control API on a unix socket: GET /stats, GET /healthz, GET and PUT /allowlist (replace the rules at run time), /decisions/* (--on-unlisted ask).'),
   shared('config', 'Read settings from a JSON file whose keys are these flag names ({"listen": "127.0.0.1:3128", "allow": ["github.com"]}). Flags given on the command line override it.'),
   shared('log-level'),
   shared('log-format'),
