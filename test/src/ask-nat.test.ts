@@ -174,6 +174,14 @@ describe('ask mode in the NAT and the gateway DNS', () => {
     expect(s.runtime.egress.policy.decideName('tcp', 'new.t.test', 443).verdict).toBe('allow');
     expect(s.records.find((r) => r.proto === 'dns' && r.name === 'new.t.test')).toMatchObject({ decision: 'allowed', asked: true, answeredBy: 'api' });
 
+    // allow-once: this query is answered (resolved upstream), no rule is added.
+    const once = s.runtime.dns.resolve(query('www.example.org', 4), 'udp');
+    await waitFor(() => ask(s).pending().length === 1, 3000);
+    await ask(s).answer(ask(s).pending()[0]!.id, 'allow-once', 'api');
+    expect(answerA(await once)).toEqual(['127.0.0.1']);
+    expect(s.runtime.ruleTexts).toEqual(['www.t.test', 'new.t.test']);
+    expect(s.records.find((r) => r.proto === 'dns' && r.name === 'www.example.org')).toMatchObject({ decision: 'allowed', reason: 'asked-once', asked: true });
+
     const denied = s.runtime.dns.resolve(query('evil.t.test', 3), 'udp');
     await waitFor(() => ask(s).pending().length === 1, 3000);
     await ask(s).answer(ask(s).pending()[0]!.id, 'deny', 'api');
