@@ -96,6 +96,11 @@ async function pendingFor(api: string, name: string, waiters = 1): Promise<{ id:
   throw new Error(`no pending decision for ${name}`);
 }
 
+async function waitForText(text: () => string, re: RegExp): Promise<void> {
+  for (let i = 0; i < 200 && !re.test(text()); i++) await new Promise((r) => setTimeout(r, 10));
+  expect(text()).toMatch(re);
+}
+
 const settled = async <T>(p: Promise<T>, ms = 150): Promise<boolean> => Promise.race([p.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), ms))]);
 
 describe('moat proxy --on-unlisted ask', () => {
@@ -175,6 +180,25 @@ describe('moat proxy --on-unlisted ask', () => {
     next.close();
   });
 
+  it('bytes a CONNECT client sends while it waits reach the tunnel after allow-once', async () => {
+    const { proxy, api } = await start();
+    const [h, port] = proxy.http.split(':');
+    const s = connect(Number(port), h!, () => s.write('CONNECT once.test:443 HTTP/1.1\r\nHost: once.test:443\r\n\r\n'));
+    let got = '';
+    s.on('data', (d) => (got += d.toString('latin1')));
+    s.on('error', () => {});
+    const p = await pendingFor(api, 'once.test');
+    s.write('GET / HTTP/1.1\r\nHost: once.test\r\n\r\n'); // early, before the 200: held for the tunnel's peek
+    await new Promise((r) => setTimeout(r, 50));
+    await apiCall(api, 'POST', `/decisions/${p.id}`, { verdict: 'allow-once' });
+    // The tunnel peeks the early bytes: an HTTP Host on :443's tunnel names once.test (nothing listens: the dial fails, the peek passed).
+    await waitForText(() => got, /^HTTP\/1\.1 200/);
+    // Peeked at once (not left waiting for bytes that were lost): the tunnel is past its peek.
+    for (let i = 0; i < 100 && proxy.stats().tunnels.peeking > 0; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(proxy.stats().tunnels.peeking).toBe(0);
+    s.destroy();
+  });
+
   it('the ask callback answers (proxy({ ask })), recorded as answeredBy callback', async () => {
     const seen: string[] = [];
     const { proxy, records } = await start([], async (pending) => {
@@ -208,7 +232,7 @@ describe('moat proxy --on-unlisted ask', () => {
     expect(all[3]).toBe(0x02); // reply: connection not allowed by ruleset
   });
 
-  it('API: 400 for a bad verdict, 404 for an unknown id, 409 without ask mode; a client gone does not end the decision', async () => {
+  it('API: 400 for a bad verdict, 404 for an unknown id, 409 without ask mode; a client gone leaves its waiter, the decision stays', async () => {
     const { proxy, api } = await start();
     const c = connectHead(proxy, 'gone.test');
     const p = await pendingFor(api, 'gone.test');
@@ -217,9 +241,11 @@ describe('moat proxy --on-unlisted ask', () => {
     expect((await apiCall(api, 'POST', '/decisions/0123456789abcdef0123456789abcdef', { verdict: 'deny' })).status).toBe(404);
     expect((await apiCall(api, 'GET', '/decisions/pending')).body).toHaveLength(1); // nothing above answered it
     c.close();
-    await new Promise((r) => setTimeout(r, 50));
-    expect((await apiCall(api, 'GET', '/decisions/pending')).body).toHaveLength(1);
-    expect((await apiCall(api, 'POST', `/decisions/${p.id}`, { verdict: 'deny' })).status).toBe(200);
+    // The client gone: its waiter leaves (the decision stays for others).
+    await pendingFor(api, 'gone.test', 0);
+    for (let i = 0; i < 100 && ((await apiCall(api, 'GET', '/decisions/pending')).body as { waiters: number }[])[0]!.waiters !== 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(((await apiCall(api, 'GET', '/decisions/pending')).body as { waiters: number }[])[0]!.waiters).toBe(0);
+    expect((await apiCall(api, 'POST', `/decisions/${p.id}`, { verdict: 'deny' })).body.waiters).toBe(0);
 
     const api2 = join(dir, 'plain.sock');
     const parsed = parseProxyArgs(['--listen', '127.0.0.1:0', '--allow', 'listed.test', '--resolver', `127.0.0.1:${dns.port}`, '--api', `unix://${api2}`]);
