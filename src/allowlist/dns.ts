@@ -155,7 +155,12 @@ export class AllowlistDns implements GatewayDns {
   }
 }
 
-/** A name ask mode can ask about: a hostname in canonical form (not a malformed or numeric name, not the root). */
+/**
+ * A name ask mode can ask about: a hostname in canonical form (not a
+ * malformed or numeric name, not the root), and not a reverse-lookup name
+ * (in-addr.arpa, ip6.arpa: a guest's resolver asks those by itself; no rule
+ * could name them usefully).
+ */
 function isHostname(name: string): boolean {
-  return name !== '' && canonicalHostname(name) === name;
+  return name !== '' && canonicalHostname(name) === name && name !== 'arpa' && !name.endsWith('.arpa');
 }

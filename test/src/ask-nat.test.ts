@@ -182,6 +182,10 @@ describe('ask mode in the NAT and the gateway DNS', () => {
     expect(s.runtime.ruleTexts).toEqual(['www.t.test', 'new.t.test']);
     expect(s.records.find((r) => r.proto === 'dns' && r.name === 'www.example.org')).toMatchObject({ decision: 'allowed', reason: 'asked-once', asked: true });
 
+    // A reverse lookup is sinkholed at once, never asked about.
+    expect(answerA(await s.runtime.dns.resolve(query('7.100.51.198.in-addr.arpa', 5), 'udp'))).toEqual(['0.0.0.0']);
+    expect(ask(s).pending()).toEqual([]);
+
     const denied = s.runtime.dns.resolve(query('evil.t.test', 3), 'udp');
     await waitFor(() => ask(s).pending().length === 1, 3000);
     await ask(s).answer(ask(s).pending()[0]!.id, 'deny', 'api');
