@@ -31,6 +31,7 @@ import { NodeDnsResolver } from './allowlist/resolver.js';
 import { NetworkRoutes, type AllowlistControl } from './api-server.js';
 import { AllowlistRuntime, zoneNames } from './egress/allowlist-runtime.js';
 import type { AskCallback } from './egress/ask-gate.js';
+import { unansweredAskWarning } from './egress/ask-flags.js';
 import { decisionFileError, logStats, openDecisionLog } from './egress/decision-log.js';
 import type { DecisionLog } from './egress/decision-log.js';
 import type { RotatingFile } from './rotating-file.js';
@@ -293,6 +294,8 @@ export async function startGuestNetwork(
     closers.push(() => refusals.close());
 
     const runtime = allowlist ? await startAllowlist(config, d, log, options.signal, options.name, options.ask) : undefined;
+    // Under `moat host` the host's API answers; alone, only --api or the callback can.
+    if (config.ask !== undefined && options.name === undefined && config.apiSocket === undefined && options.ask === undefined) log.warn(unansweredAskWarning(config.ask.timeoutMs));
     if (runtime !== undefined) closers.push(() => runtime.close());
     const nat = d.createNat(
       { ...natOptionsFor(config), onLimit: (limit, fields) => refusals.refused(limit, fields) },

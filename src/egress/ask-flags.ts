@@ -10,7 +10,7 @@ import { DEFAULT_ASK_SETTINGS, type AskSettings } from './ask-gate.js';
 export type OnUnlisted = 'refuse' | 'ask';
 
 const ON_UNLISTED_HELP =
-  'With --allow: what a request for a name no rule covers gets. refuse (today\'s behaviour): refused at once. ask: held as a pending decision (a DNS query, a connection by its SNI/Host, a QUIC flow by its Initial, a proxy target) until an operator answers over the API (GET /decisions/pending, GET /decisions/events, POST /decisions/ID {"verdict": "allow-once|allow-name|deny|deny-name"}) or --ask-timeout-ms passes (then refused, reason ask-timeout). Requests for one name share one decision.';
+  'With --allow: what a request for a name no rule covers gets. refuse: refused at once. ask: held as a pending decision (a DNS query, a connection by its SNI/Host, a QUIC flow by its Initial, a proxy target) until an operator answers over the API (GET /decisions/pending, GET /decisions/events, POST /decisions/ID {"verdict": "allow-once|allow-name|deny|deny-name"}) or --ask-timeout-ms passes (then refused, reason ask-timeout). Requests for one name share one decision.';
 const TIMEOUT_HELP = 'With --on-unlisted ask: how long a request waits for a verdict before it is refused (reason ask-timeout).';
 
 export const ASK_TIMEOUT_MIN_MS = 100;
@@ -49,4 +49,9 @@ export function parseAskFlags(get: (flag: string) => { text: string; label: stri
   if (!ctx.hasRules) return `${mode.label}: ask needs --allow rules (without them no name is unlisted)`;
   if (ctx.audit) return `${mode.label}: ask cannot be combined with --mode audit (audit lets unlisted names through)`;
   return { ...DEFAULT_ASK_SETTINGS, timeoutMs };
+}
+
+/** Ask mode with nobody to answer (no --api, no library callback): every unlisted request would wait out the timeout. */
+export function unansweredAskWarning(timeoutMs: number): string {
+  return `--on-unlisted ask without --api (or a library ask callback): nobody can answer, so every request for an unlisted name waits ${timeoutMs} ms and is then refused`;
 }

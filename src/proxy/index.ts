@@ -27,6 +27,7 @@ import { TcpFlowTable } from '../nat/tcp-flows.js';
 import { UnavailablePortForwards } from '../network.js';
 import type { ProxyConfig } from './config.js';
 import type { AskCallback, AskGate } from '../egress/ask-gate.js';
+import { unansweredAskWarning } from '../egress/ask-flags.js';
 import { AuthFailureLog } from './auth.js';
 import { exposureWarnings } from './exposure.js';
 import { createHttpProxy } from './http-proxy.js';
@@ -134,6 +135,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       log,
     );
     closers.push(() => runtime.close());
+    if (config.ask !== undefined && config.apiSocket === undefined && options.ask === undefined) log.warn(unansweredAskWarning(config.ask.timeoutMs));
     const egress = runtime.egress;
 
     const flows = new TcpFlowTable({ maxFlows: Infinity, connectTimeoutMs: d.connectTimeoutMs, perFlowBufferBytes: 256 * 1024 }, log.child({ component: 'proxy' }));

@@ -8,6 +8,7 @@ import { ConfigError, proxy, serve, type DecisionRecord, type PendingView } from
 import type { Resolver } from '../../dns/preresolve.js';
 import { GUEST, GW_IP, udpFrame } from '../support/frames.js';
 import { dnsQuery } from './allowlist-upstream.js';
+import { captureLogger } from './shell-fakes.js';
 
 const ADDRESSES: Record<string, string[]> = { 'api.example.test': ['192.0.2.10'], 'new.example.test': ['192.0.2.11'] };
 const fakeResolver: Resolver = {
@@ -51,6 +52,13 @@ describe('ask mode from the library', () => {
     expect(asked.map((p) => [p.name, p.proto])).toEqual([['new.example.test', 'dns']]);
     expect(records.find((r) => r.name === 'new.example.test')).toMatchObject({ decision: 'allowed', proto: 'dns', asked: true, answeredBy: 'callback' });
     expect(moat.rules()).toEqual(['api.example.test', 'new.example.test']);
+  });
+
+  it('ask mode with nobody to answer (no --api, no callback) says so at start', async () => {
+    const { log, lines } = captureLogger('info');
+    const moat = await serve({ listenQemu: 'tcp://127.0.0.1:0', allow: ['api.example.test'], resolver: ['127.0.0.1'], 'on-unlisted': 'ask' }, { deps: { createDnsResolver: () => fakeResolver }, log });
+    closers.push(() => moat.close());
+    expect(lines.some((l) => l['level'] === 'warn' && String(l['msg']).startsWith('--on-unlisted ask without --api'))).toBe(true);
   });
 
   it('proxy({ ask }) turns ask mode on; ask without rules is a ConfigError', async () => {
