@@ -7,6 +7,11 @@
  *   POST /services/forwarder/unexpose  {"local":"127.0.0.1:8080","protocol":"tcp"}
  *   GET  /services/forwarder/all       [{"local","remote","protocol"}, ...]
  *   GET  /services/dhcp/leases         {"192.168.127.2": "5a:94:ef:00:00:01"}  (IP -> MAC, as gvproxy)
+ *   GET  /leases                       the same (gvproxy's second path for it)
+ *   GET  /services/dns/all             [{"Name":"containers.internal.","Records":[{"Name":"host","IP":"..."}],"DefaultIP":""}]
+ *   POST /services/dns/add             one zone in that shape: its A records are answered by the gateway
+ *                                      from now on (merged into a zone of the same name); 200, empty body
+ *                                      (src/local-zones.ts; a record grants no flow under an allowlist)
  *   GET  /stats                        frames, bytes, drops by reason, flows
  *   GET  /healthz                      {"status":"ok","guestConnected":bool}
  *   GET  /allowlist                    {"allow":[rules],"zones":[...]}  (with --allow)
@@ -30,6 +35,7 @@ import { PreresolveError } from '../dns/preresolve.js';
 import { EmptyAllowlistError } from './egress/allowlist-runtime.js';
 import type { ListenAddress } from './config.js';
 import type { Logger } from './log.js';
+import { LocalZonesError, parseZoneJson, type LocalZones } from './local-zones.js';
 import { ForwardError, parseForwardKey, parseForwardSpec, type PortForwards } from './port-forwards.js';
 import { closeServer, listenOn } from './transport/listen.js';
 import type { AnswerResult, EventSink } from './egress/ask-gate.js';
@@ -57,6 +63,8 @@ export interface ApiBackend {
   guestConnected(): boolean;
   /** The running allowlist; without it /allowlist answers 409. */
   allowlist?: AllowlistControl;
+  /** DNS records added at run time (/services/dns/*); without it those paths are 404. */
+  dnsZones?: LocalZones;
   /** Ask mode's gate (--on-unlisted ask); without it /decisions/* answer 409. */
   ask?: AskControl;
 }
@@ -133,8 +141,13 @@ export class ApiServer {
 
   /** Listens on a unix socket (stale files removed, live servers left alone). */
   async listen(path: string): Promise<string> {
-    this.addr = { kind: 'unix', path, url: `unix://${path}` };
-    return listenOn(this.server, this.addr);
+    return this.listenAt({ kind: 'unix', path, url: `unix://${path}` });
+  }
+
+  /** Listens on a unix socket or (`moat gvproxy -listen tcp://127.0.0.1:PORT`, loopback only) a TCP address. */
+  async listenAt(addr: ListenAddress): Promise<string> {
+    this.addr = addr;
+    return listenOn(this.server, addr);
   }
 
   /** The underlying server, for tests that listen on a TCP port instead. */
@@ -267,6 +280,7 @@ export class NetworkRoutes implements RouteTable {
       ['/services/forwarder/unexpose', new Map([['POST', counted((req) => this.unexpose(req))]])],
       ['/services/forwarder/all', new Map([['GET', async () => ({ status: 200, body: this.backend.forwards.list() })]])],
       ['/services/dhcp/leases', new Map([['GET', async () => ({ status: 200, body: this.leases() })]])],
+      ['/leases', new Map([['GET', async () => ({ status: 200, body: this.leases() })]])],
       ['/stats', new Map([['GET', async () => ({ status: 200, body: this.backend.stats() })]])],
       [
         '/allowlist',
@@ -281,6 +295,7 @@ export class NetworkRoutes implements RouteTable {
       ],
       ['/decisions/pending', new Map([['GET', async () => ({ status: 200, body: this.ask().pending() })]])],
       ['/decisions/events', new Map([['GET', async () => ({ status: 200, body: new EventStreamAnswer((sink) => this.ask().subscribe(sink)) })]])],
+      ...(backend.dnsZones === undefined ? [] : this.dnsRoutes(backend.dnsZones, counted)),
     ]);
     this.decisionRoute = new Map([['POST', counted((req) => this.postDecision(req))]]);
   }
@@ -320,6 +335,27 @@ export class NetworkRoutes implements RouteTable {
     if (!r.found) throw new HttpError(404, `no pending decision ${id.slice(0, 64)} (unknown, already answered or expired)`);
     this.log.info('api: decision answered', { id: r.id, name: r.name, verdict: r.verdict, waiters: r.waiters });
     return { status: 200, body: { id: r.id, name: r.name, verdict: r.verdict, waiters: r.waiters } };
+  }
+
+  private dnsRoutes(zones: LocalZones, counted: (h: Handler) => Handler): [string, Map<string, Handler>][] {
+    return [
+      ['/services/dns/all', new Map([['GET', async () => ({ status: 200, body: zones.toJson() })]])],
+      [
+        '/services/dns/add',
+        new Map([
+          [
+            'POST',
+            counted(async (req) => {
+              const zone = parseZoneJson(await readJsonBody(req, this.maxBodyBytes));
+              zones.add(zone);
+              this.log.info('api: dns zone added', { zone: zone.name, records: zone.records?.length ?? 0, defaultIp: zone.defaultIp || undefined });
+              // gvproxy answers 200 with no body.
+              return { status: 200, body: undefined };
+            }),
+          ],
+        ]),
+      ],
+    ];
   }
 
   private async expose(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
@@ -371,6 +407,7 @@ export class NetworkRoutes implements RouteTable {
 
 export function errorResponse(e: unknown): { status: number; body: { error: string } } {
   if (e instanceof HttpError) return { status: e.status, body: { error: e.message, ...e.extra } };
+  if (e instanceof LocalZonesError) return { status: e.kind === 'invalid' ? 400 : 409, body: { error: e.message } };
   if (e instanceof ForwardError) {
     const status = e.kind === 'invalid' ? 400 : e.kind === 'not-found' ? 404 : 409;
     return { status, body: { error: e.message } };
