@@ -19,12 +19,17 @@ let running: RunningHost;
 let apiSock: string;
 let upstream: TestUpstream;
 
+async function startWith(workers: number): Promise<void> {
+  const { log } = captureLogger('info');
+  // Worker threads load the built host-worker.js: with workers, the built host (npm run build) runs.
+  const start: typeof startHost = workers === 0 ? startHost : ((await import(new URL('../../dist/src/host.js', import.meta.url).href)) as { startHost: typeof startHost }).startHost;
+  running = await start({ apiSocket: apiSock, maxNetworks: 3, workers, logLevel: 'info', logFormat: 'json' }, log, { configIo: { readFile: () => '', readResolvConf: () => undefined } });
+}
+
 beforeEach(async () => {
   dir = mkdtempSync(join(tmpdir(), 'moat-host-ask-'));
   apiSock = join(dir, 'api.sock');
   upstream = await startTestUpstream({ 'github.com': { a: ['192.0.2.10'] }, 'new.test': { a: ['192.0.2.11'] } });
-  const { log } = captureLogger('info');
-  running = await startHost({ apiSocket: apiSock, maxNetworks: 3, workers: 0, logLevel: 'info', logFormat: 'json' }, log, { configIo: { readFile: () => '', readResolvConf: () => undefined } });
 });
 
 afterEach(async () => {
@@ -49,8 +54,9 @@ function call(method: string, path: string, body?: unknown): Promise<{ status: n
   });
 }
 
-describe('moat host: ask mode per network', () => {
+describe.each([0, 1])('moat host (--workers %i): ask mode per network', (workers) => {
   it('GET /networks/{name}/decisions/pending and POST /networks/{name}/decisions/{id}; a network without ask mode: 409', async () => {
+    await startWith(workers);
     const net = (name: string, extra: Record<string, unknown>) => ({ name, 'listen-qemu': `unix://${join(dir, `${name}.sock`)}`, allow: ['github.com'], resolver: `127.0.0.1:${upstream.port}`, ...extra });
     expect((await call('POST', '/networks', net('a', { 'on-unlisted': 'ask' }))).status).toBe(201);
     expect((await call('POST', '/networks', net('b', {}))).status).toBe(201);
@@ -70,6 +76,8 @@ describe('moat host: ask mode per network', () => {
     const answered = await call("POST", `/networks/a/decisions/${pending[0]!.id}`, { verdict: "deny" });
     expect(answered.body, JSON.stringify(answered)).toMatchObject({ name: 'new.test', verdict: 'deny', waiters: 1 });
     expect((await call('GET', '/networks/a/decisions/pending')).body).toEqual([]);
+    // The event stream is served where the network lives on the API thread; across a worker thread it is 501 (poll pending).
+    if (workers > 0) expect((await call('GET', '/networks/a/decisions/events')).status).toBe(501);
     sock.destroy();
   });
 });
