@@ -102,7 +102,8 @@ export interface FlowInput {
   peeked?: { via: 'sni' | 'host' | 'quic'; name: string | null };
 }
 
-export type AllowReason = 'no-allowlist' | 'ip-rule' | 'host-alias-exempt' | 'name-sni' | 'name-host' | 'name-quic' | 'pinned' | 'name-target';
+/** 'asked-once': not the policy's; ask mode's allow-once verdict (src/egress/ask-gate.ts) let this one request through. */
+export type AllowReason = 'no-allowlist' | 'ip-rule' | 'host-alias-exempt' | 'name-sni' | 'name-host' | 'name-quic' | 'pinned' | 'name-target' | 'asked-once';
 
 /**
  * How a name given to decideName() was learnt: peeked from the bytes (SNI,

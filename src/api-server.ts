@@ -20,6 +20,10 @@
  *                                      policy at once; 400 invalid rule, 502 a host did not resolve
  *                                      (nothing changes on error); drop=1 also resets the flows the
  *                                      new rules refuse (otherwise existing flows go on)
+ *   GET  /decisions/pending            ask mode (--on-unlisted ask): [{id,name,proto,port,dst,via,since,waiters}]
+ *   GET  /decisions/events             text/event-stream: `pending` and `decided` events (503 past the subscriber bound)
+ *   POST /decisions/{id}               {"verdict":"allow-once|allow-name|deny|deny-name"}: 404 unknown or
+ *                                      expired id, 400 bad verdict, 502 allow-name whose host did not resolve
  *
  * Errors are JSON {"error": "..."} naming the problem: 400 malformed request,
  * 404 unknown path (or unknown forward), 405 wrong method, 409 conflict
@@ -36,8 +40,13 @@ import { LocalZonesError, parseZoneJson, type LocalZones } from './local-zones.j
 import { ForwardError, parseForwardKey, parseForwardSpec, type PortForwards } from './port-forwards.js';
 import { closeServer, listenOn } from './transport/listen.js';
 import { CONTENT_TYPE as METRICS_CONTENT_TYPE } from './metrics.js';
+import type { AnswerResult, EventSink } from './egress/ask-gate.js';
+import { ASK_VERDICTS, type AskVerdict, type PendingView } from './egress/ask-table.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
+
+/** A decision id as the gate makes them (hex); anything else is not a route. */
+const DECISION_ID = /^[0-9A-Za-z_-]{1,64}$/;
 
 export interface ApiServerOptions {
   /** Largest request body (--api-max-body-bytes); default MAX_BODY_BYTES. */
@@ -60,6 +69,24 @@ export interface ApiBackend {
   dnsZones?: LocalZones;
   /** GET /metrics in the Prometheus text format; without it /metrics answers 404. */
   metrics?(): string;
+  /** Ask mode's gate (--on-unlisted ask); without it /decisions/* answer 409. */
+  ask?: AskControl;
+}
+
+/** Ask mode as the API sees it (src/egress/ask-gate.ts AskGate). */
+export interface AskControl {
+  pending(): PendingView[];
+  answer(id: string, verdict: AskVerdict, by: 'api'): Promise<AnswerResult>;
+  subscribe(sink: EventSink): (() => void) | null;
+}
+
+/**
+ * A handler's answer that is not JSON but a server-sent event stream
+ * (GET /decisions/events): the server attaches the response as the sink.
+ * `attach` returns the unsubscribe, or null when the stream is refused (503).
+ */
+export class EventStreamAnswer {
+  constructor(readonly attach: (sink: EventSink) => (() => void) | null) {}
 }
 
 /** The allowlist as the API sees it. */
@@ -133,6 +160,10 @@ export class ApiServer {
     return this.server;
   }
 
+  private stream(a: EventStreamAnswer, req: IncomingMessage, res: ServerResponse): void {
+    streamEvents(a, req, res);
+  }
+
   async close(): Promise<void> {
     this.server.closeAllConnections();
     if (this.addr !== undefined) await closeServer(this.server, this.addr);
@@ -140,7 +171,12 @@ export class ApiServer {
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const { status, body, allow, contentType } = await dispatch(this.routes, req, this.log);
+    const answer = await dispatch(this.routes, req, this.log);
+    if (answer.body instanceof EventStreamAnswer) {
+      this.stream(answer.body, req, res);
+      return;
+    }
+    const { status, body, allow, contentType } = answer;
     if (allow !== undefined) res.setHeader('Allow', allow);
     // The rest of an oversized body is not read: close the connection rather than drain the upload.
     if (status === 413) res.setHeader('Connection', 'close');
@@ -149,6 +185,29 @@ export class ApiServer {
     res.writeHead(status, { 'Content-Type': raw ? contentType : 'application/json', 'Content-Length': Buffer.byteLength(text) });
     res.end(text);
   }
+}
+
+/** Turns the response into an event stream; 503 when the gate has its maximum of subscribers. */
+function streamEvents(a: EventStreamAnswer, req: IncomingMessage, res: ServerResponse): void {
+  const sink: EventSink = {
+    write: (chunk) => res.write(chunk),
+    get writableLength() {
+      return res.writableLength;
+    },
+    close: () => res.destroy(), // a dropped subscriber's unread backlog is discarded with its socket
+  };
+  const unsubscribe = a.attach(sink);
+  if (unsubscribe === null) {
+    const text = JSON.stringify({ error: 'too many event-stream subscribers; close one and retry' });
+    res.writeHead(503, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
+    res.end(text);
+    return;
+  }
+  // A stream is long-lived: the API's request timeout is for requests.
+  req.socket.setTimeout(0);
+  res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
+  res.write(': moat decision events\n\n');
+  res.once('close', unsubscribe);
 }
 
 /** What a request gets: status, JSON body, and the Allow header of a 405. */
@@ -242,14 +301,50 @@ export class NetworkRoutes implements RouteTable {
         '/healthz',
         new Map([['GET', async () => ({ status: 200, body: { status: 'ok', guestConnected: this.backend.guestConnected() } })]]),
       ],
+      ['/decisions/pending', new Map([['GET', async () => ({ status: 200, body: this.ask().pending() })]])],
+      ['/decisions/events', new Map([['GET', async () => ({ status: 200, body: new EventStreamAnswer((sink) => this.ask().subscribe(sink)) })]])],
       ...(backend.dnsZones === undefined ? [] : this.dnsRoutes(backend.dnsZones, counted)),
     ]);
     const metrics = this.backend.metrics?.bind(this.backend);
     if (metrics !== undefined) this.routes.set('/metrics', new Map([['GET', async () => ({ status: 200, body: metrics(), contentType: METRICS_CONTENT_TYPE })]]));
+    this.decisionRoute = new Map([['POST', counted((req) => this.postDecision(req))]]);
   }
 
+  /** POST /decisions/{id}: one route for every id. */
+  private readonly decisionRoute: ReadonlyMap<string, Handler>;
+
   match(path: string): ReadonlyMap<string, Handler> | undefined {
-    return this.routes.get(path);
+    const exact = this.routes.get(path);
+    if (exact !== undefined) return exact;
+    if (path.startsWith('/decisions/') && DECISION_ID.test(path.slice('/decisions/'.length))) return this.decisionRoute;
+    return undefined;
+  }
+
+  private ask(): AskControl {
+    const a = this.backend.ask;
+    if (a === undefined) throw new HttpError(409, 'ask mode is off: start with --allow rules and --on-unlisted ask to use /decisions');
+    return a;
+  }
+
+  private async postDecision(req: IncomingMessage): Promise<{ status: number; body: unknown }> {
+    const control = this.ask();
+    // The id is the path's last segment: under `moat host` the path is /networks/{name}/decisions/{id}.
+    const path = new URL(req.url ?? '/', 'http://moat').pathname;
+    const id = path.slice(path.lastIndexOf('/decisions/') + '/decisions/'.length);
+    const body = await readJsonBody(req, this.maxBodyBytes);
+    const verdict = (body as { verdict?: unknown } | null)?.verdict;
+    if (!ASK_VERDICTS.includes(verdict as AskVerdict)) throw new HttpError(400, `expected {"verdict": one of ${ASK_VERDICTS.map((v) => `"${v}"`).join(', ')}}`);
+    let r: AnswerResult;
+    try {
+      r = await control.answer(id, verdict as AskVerdict, 'api');
+    } catch (e) {
+      if (e instanceof RuleSetError || e instanceof EmptyAllowlistError) throw new HttpError(400, e.message);
+      if (e instanceof PreresolveError) throw new HttpError(502, `allow-name failed, the requests were refused: ${e.message}`);
+      throw e;
+    }
+    if (!r.found) throw new HttpError(404, `no pending decision ${id.slice(0, 64)} (unknown, already answered or expired)`);
+    this.log.info('api: decision answered', { id: r.id, name: r.name, verdict: r.verdict, waiters: r.waiters });
+    return { status: 200, body: { id: r.id, name: r.name, verdict: r.verdict, waiters: r.waiters } };
   }
 
   private dnsRoutes(zones: LocalZones, counted: (h: Handler) => Handler): [string, Map<string, Handler>][] {

@@ -19,6 +19,8 @@ import type { SinkholeMode } from '../dns/zones.js';
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js';
 import { limitFlagDocs, parseLimits, type Limits } from './limits.js';
 import { liveLookupFlagDocs, parseLiveLookups, type LiveLookupSettings } from './allowlist/live-lookup-flags.js';
+import { askFlagDocs, parseAskFlags } from './egress/ask-flags.js';
+import type { AskSettings } from './egress/ask-gate.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from './log-flags.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
 
@@ -92,6 +94,8 @@ export interface ServeConfig {
   liveLookups?: LiveLookupSettings;
   /** The logs' budget and the decision log's rotation (--log-lines-per-sec ..., src/log-flags.ts); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
+  /** Ask mode (--on-unlisted ask, --ask-timeout-ms); absent: refuse. */
+  ask?: AskSettings;
   /** Unix socket path lifecycle events go to as JSON lines (--notification, src/notification.ts), or undefined. */
   notification?: string;
 }
@@ -169,7 +173,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
   { name: 'gateway-mac', type: 'string', value: 'MAC', default: DEFAULT_GATEWAY_MAC, help: "The gateway's MAC address." },
   { name: 'guest-ip', type: 'string', value: 'IP', default: 'second address of --subnet (192.168.127.2)', help: 'The address DHCP gives the guest.' },
   { name: 'host-ip', type: 'string', value: 'IP', default: 'last usable address of --subnet (192.168.127.254)', help: "A virtual address that reaches the host's loopback (127.0.0.1)." },
-  { name: 'api', type: 'string', value: 'unix:///PATH', default: 'none (no API)', help: 'Serve the HTTP control API (gvproxy-compatible /services/forwarder/*, /services/dhcp/leases, /stats, /healthz) on a unix socket.', example: 'unix:///tmp/moat-api.sock' },
+  { name: 'api', type: 'string', value: 'unix:///PATH', default: 'none (no API)', help: 'Serve the HTTP control API (gvproxy-compatible /services/forwarder/*, /services/dhcp/leases, /stats, /healthz; /allowlist and, with --on-unlisted ask, /decisions/*) on a unix socket.', example: 'unix:///tmp/moat-api.sock' },
   {
     name: 'forward',
     type: 'string',
@@ -265,6 +269,8 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
   },
   // The live-lookup budget: described once in src/allowlist/live-lookup-flags.ts.
   ...liveLookupFlagDocs(),
+  // Ask mode: described once in src/egress/ask-flags.ts.
+  ...askFlagDocs(),
   // Resource limits: described once in src/limits.ts LIMIT_SPECS.
   ...limitFlagDocs(),
   // The logs' budget and the decision log's rotation: described once in src/log-flags.ts.
@@ -716,6 +722,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const mode = parseMode(raw);
   const decisionLog = parseDecisionLog(raw);
   const liveLookups = parseLiveLookupFlags(raw);
+  const ask = parseAskFlagsOrThrow(raw, allowlist.allow.length > 0, mode === 'audit');
 
   // --max-tcp-flows ... --api-max-body-bytes
   const limits = parseLimits(str);
@@ -753,8 +760,16 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     refusalDetails: raw.get('refusal-details')?.value === true,
     liveLookups,
     logLimits,
+    ...(ask === undefined ? {} : { ask }),
     ...(notification === undefined ? {} : { notification }),
   };
+}
+
+/** --on-unlisted, --ask-timeout-ms (shared by serve and proxy). */
+export function parseAskFlagsOrThrow(raw: Map<string, Raw>, hasRules: boolean, audit: boolean): AskSettings | undefined {
+  const r = parseAskFlags(getters(raw).str, { hasRules, audit });
+  if (typeof r === 'string') throw new ConfigError(r);
+  return r;
 }
 
 /** --notification unix:///PATH (gvproxy accepts only unix:// too): the socket path. */
@@ -916,6 +931,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
           refuseEch: c.refuseEch,
           mode: c.mode,
           refusalDetails: c.refusalDetails ?? false,
+          ...(c.ask === undefined ? {} : { onUnlisted: 'ask', askTimeoutMs: c.ask.timeoutMs }),
         }),
   };
 }

@@ -30,6 +30,8 @@ import type { Resolver } from '../dns/preresolve.js';
 import { NodeDnsResolver } from './allowlist/resolver.js';
 import { NetworkRoutes, type AllowlistControl } from './api-server.js';
 import { AllowlistRuntime, zoneNames } from './egress/allowlist-runtime.js';
+import type { AskCallback } from './egress/ask-gate.js';
+import { unansweredAskWarning } from './egress/ask-flags.js';
 import { decisionFileError, logStats, openDecisionLog } from './egress/decision-log.js';
 import type { DecisionLog } from './egress/decision-log.js';
 import type { RotatingFile } from './rotating-file.js';
@@ -165,6 +167,8 @@ export const DEFAULT_SERVE_DEPS: ServeDeps = {
 export interface ServeOptions {
   /** Aborts start-up (pre-resolution of allowed hosts); the CLI aborts it on SIGINT/SIGTERM. */
   signal?: AbortSignal;
+  /** Ask mode's callback (the library's serve({ ask })): answers each pending decision, alongside the API. */
+  ask?: AskCallback;
 }
 
 /** What startGuestNetwork takes besides the config. */
@@ -312,7 +316,9 @@ export async function startGuestNetwork(
     // Records added over the API (/services/dns/add), answered in front of the gateway's DNS.
     const zones = new LocalZones(options.dnsZones ?? []);
 
-    const runtime = allowlist ? await startAllowlist(config, d, log, options.signal, options.name) : undefined;
+    const runtime = allowlist ? await startAllowlist(config, d, log, options.signal, options.name, options.ask) : undefined;
+    // Under `moat host` the host's API answers; alone, only --api or the callback can.
+    if (config.ask !== undefined && options.name === undefined && config.apiSocket === undefined && options.ask === undefined) log.warn(unansweredAskWarning(config.ask.timeoutMs));
     if (runtime !== undefined) closers.push(() => runtime.close());
     // --icmp-fd: the ping socket moat-shim handed over (the NAT closes it).
     const pingSocket = config.icmpFd === undefined ? undefined : await openPingSocket(config.icmpFd);
@@ -419,6 +425,7 @@ export async function startGuestNetwork(
         ...s,
         limits: limitStats(limits, theStack, s.nat as Partial<NatStats>, routes),
         ...(decisions === undefined ? {} : { decisions: { ...decisions.stats } }),
+        ...(askGate === undefined ? {} : { ask: askGate.stats() }),
         logs: logStats(log, decisions, runtime?.file),
         ...(sender === undefined ? {} : { notifications: { path: sender.path, ...sender.stats } }),
         // gvproxy's /stats keys (pkg/virtualnetwork/stats.go): bytes sent to and received from the guest.
@@ -431,8 +438,9 @@ export async function startGuestNetwork(
     if (decisionCounts !== undefined) closers.push(runtime!.runtime.egress.decisions.subscribe(decisionCounts.record));
     const metrics = (): string =>
       renderExposition(networkMetrics({ stats: stats(), rss: process.memoryUsage.rss(), ...(decisionCounts ? { decisions: decisionCounts } : {}) }));
+    const askGate = runtime?.runtime.ask;
     routes = new NetworkRoutes(
-      { forwards, leases, stats, guestConnected, dnsZones: zones, metrics, ...(allowlistControl ? { allowlist: allowlistControl } : {}) },
+      { forwards, leases, stats, guestConnected, dnsZones: zones, metrics, ...(allowlistControl ? { allowlist: allowlistControl } : {}), ...(askGate ? { ask: askGate } : {}) },
       log,
       { maxBodyBytes: limits.apiMaxBodyBytes, onTooLarge: (fields) => onLimit('apiBody', fields) },
     );
@@ -497,6 +505,7 @@ async function startAllowlist(
   log: Logger,
   signal: AbortSignal | undefined,
   network: string | undefined,
+  askCallback: AskCallback | undefined,
 ): Promise<{ runtime: AllowlistRuntime; file: RotatingFile | undefined; close(): Promise<void> }> {
   const resolver = d.createDnsResolver(config.resolvers);
   const started = d.clock.now();
@@ -517,6 +526,7 @@ async function startAllowlist(
         allowLinkLocal: config.allowLinkLocal,
         egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false, refuseEch: config.refuseEch },
         ...(config.liveLookups ? { liveLookups: config.liveLookups } : {}),
+        ...(config.ask ? { ask: { settings: config.ask, ...(askCallback ? { callback: askCallback } : {}) } } : {}),
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,

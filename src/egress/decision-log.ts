@@ -46,6 +46,12 @@ export interface DecisionRecord {
   network?: string;
   /** TLS flows: whether the ClientHello carried encrypted_client_hello (its real name is hidden). */
   ech?: boolean;
+  /** Ask mode (--on-unlisted ask): the request waited on a pending decision. */
+  asked?: true;
+  /** Who answered it: 'api', 'callback', 'timeout', or 'reload' (a reload came to cover the name); absent: refused before anyone could, e.g. the table was full. */
+  answeredBy?: 'api' | 'callback' | 'timeout' | 'reload';
+  /** The pending decision's id (GET /decisions/pending), when there was one. */
+  askId?: string;
 }
 
 export interface DecisionLogOptions {

@@ -42,7 +42,7 @@ import type { Logger } from '../log.js';
 import type { DialAdmission } from '../nat/tcp-flows.js';
 import { LiveLookupRefusedError } from './dial-targets.js';
 import type { FlowInspector } from '../nat/tcp-pipe.js';
-import type { Egress, InFlight } from './egress.js';
+import { askMark, type Egress, type InFlight } from './egress.js';
 import { FlowWatch } from './flow-watch.js';
 import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from './refusals.js';
 
@@ -54,7 +54,8 @@ export interface HeldConnectionHost {
   adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit: DialAdmission, inspector?: FlowInspector): TcpHandlers;
 }
 
-type State = 'peeking' | 'dialing' | 'piped' | 'refusing' | 'closed';
+/** asking: named, refused by the rules, waiting on ask mode's pending decision (guest paused). */
+type State = 'peeking' | 'asking' | 'dialing' | 'piped' | 'refusing' | 'closed';
 
 export class HeldConnection {
   readonly handlers: TcpHandlers;
@@ -78,6 +79,8 @@ export class HeldConnection {
    * once piped.
    */
   private inFlight: InFlight | undefined;
+  /** Aborted when the guest goes away while asking: its wait on the pending decision ends. */
+  private asking: AbortController | undefined;
 
   constructor(
     private readonly syn: SynInfo,
@@ -193,6 +196,10 @@ export class HeldConnection {
   }
 
   private decided(d: Decision, via: 'sni' | 'host', protocol: 'tls' | 'http', name: string | null): void {
+    if (this.egress.askable(d)) {
+      void this.ask(d.name, via, protocol, name);
+      return;
+    }
     if (d.verdict === 'allow') {
       this.egress.record(d, 'tcp', this.dst, this.syn.dstPort, via, undefined, this.ech);
       void this.dial(d, protocol, via);
@@ -210,6 +217,38 @@ export class HeldConnection {
       this.ech,
     );
     this.refuse(id, protocol, name, d.verdict === 'block' ? d.reason : 'no-name');
+  }
+
+  /**
+   * Ask mode: the name is unlisted; hold the connection (guest paused, no
+   * peek timeout) until a verdict. allow-name re-decides under the rules
+   * that now name it; allow-once dials this connection only; a refusal
+   * answers as any refusal does. One decision record, marked asked.
+   */
+  private async ask(canonical: string, via: 'sni' | 'host', protocol: 'tls' | 'http', name: string | null): Promise<void> {
+    this.state = 'asking';
+    this.clearTimer();
+    this.tcp?.pause();
+    const port = this.syn.dstPort;
+    this.asking = new AbortController();
+    const o = await this.egress.ask!.ask({ name: canonical, proto: 'tcp', port, dst: this.dst, via }, this.asking.signal);
+    if (this.state !== 'asking') return;
+    const mark = askMark(o);
+    if (!o.allow) {
+      const id = this.egress.recordBlock(o.reason, 'tcp', this.dst, port, canonical, via, o.detail, this.ech, mark);
+      this.refuse(id, protocol, name, o.reason);
+      return;
+    }
+    const d = o.verdict === 'allow-once' ? this.egress.askedOnce(canonical) : this.egress.decide({ proto: 'tcp', dst: this.dst, port, peeked: { via, name } });
+    if (d.verdict === 'allow') {
+      this.egress.record(d, 'tcp', this.dst, port, via, undefined, this.ech, mark);
+      void this.dial(d, protocol, via);
+      return;
+    }
+    // allow-name, but a reload since took the name away again: refused under the rules as they are.
+    const refusal = d.verdict === 'block' ? d : ({ verdict: 'block', reason: 'no-name', rule: null, name: canonical } as const);
+    const id = this.egress.record(refusal, 'tcp', this.dst, port, via, undefined, this.ech, mark);
+    this.refuse(id, protocol, name, refusal.reason);
   }
 
   // --- dialing ---------------------------------------------------------
@@ -375,6 +414,7 @@ export class HeldConnection {
     if (this.state === 'closed') return;
     const wasPiped = this.state === 'piped';
     this.state = 'closed';
+    this.asking?.abort();
     this.clearTimer();
     this.held.length = 0;
     this.heldBytes = 0;

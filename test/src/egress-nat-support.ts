@@ -14,6 +14,7 @@ import { DEFAULT_EGRESS_OPTIONS, type EgressOptions } from '../../src/egress/egr
 import { createLogger } from '../../src/log.js';
 import type { LiveLookupSettings } from '../../src/allowlist/live-lookup-flags.js';
 import { Nat, type NatOptions } from '../../src/nat/index.js';
+import type { AskSettings } from '../../src/egress/ask-gate.js';
 import { FakePendingTcp, FakeStack, type FakeTcpSocket } from './nat-fake-stack.js';
 
 export const GUEST = ipv4(192, 168, 127, 2);
@@ -45,7 +46,7 @@ export interface EgressNat {
 
 export async function startEgressNat(
   rules: string[],
-  opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]>; liveLookups?: LiveLookupSettings; quic?: NatOptions['quic']; nat?: Partial<NatOptions> } = {},
+  opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]>; liveLookups?: LiveLookupSettings; quic?: NatOptions['quic']; nat?: Partial<NatOptions>; ask?: AskSettings } = {},
 ): Promise<EgressNat> {
   const resolver = new MapResolver(opts.names ?? { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'blocked.test': ['127.0.0.1'] });
   const logLines: Record<string, unknown>[] = [];
@@ -64,6 +65,7 @@ export async function startEgressNat(
       egress: { ...DEFAULT_EGRESS_OPTIONS, ...opts.egress },
       now: () => performance.now(),
       ...(opts.liveLookups ? { liveLookups: opts.liveLookups } : {}),
+      ...(opts.ask ? { ask: { settings: opts.ask } } : {}),
     },
     log,
   );
