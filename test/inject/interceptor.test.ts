@@ -1,0 +1,128 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { connect as h2connect } from 'node:http2';
+import { request as httpsRequest, Agent } from 'node:https';
+import { connect as tlsConnect } from 'node:tls';
+import { startFixture, VALUE, type Fixture } from './support.js';
+
+let fx: Fixture | undefined;
+afterEach(async () => {
+  await fx?.close();
+  fx = undefined;
+});
+
+function h1(f: Fixture, agent: Agent, headers: Record<string, string>, path = '/'): Promise<{ status: number; headers: Record<string, unknown>; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest({ host: '127.0.0.1', port: f.frontPort, servername: 'api.test', ca: f.moatCa.certPem, agent, path, headers: { host: `api.test:${f.upstreamPort}`, ...headers } }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('interceptor (loopback)', () => {
+  it('HTTP/1.1: the placeholder becomes the value upstream, on every request of a kept-alive connection; echoes come back masked', async () => {
+    fx = await startFixture();
+    const agent = new Agent({ keepAlive: true, maxSockets: 1, ALPNProtocols: ['http/1.1'] });
+    const a = await h1(fx, agent, { authorization: 'Bearer moat-secret-api' });
+    const b = await h1(fx, agent, { authorization: 'Bearer moat-secret-api' });
+    agent.destroy();
+    expect(fx.seen.map((s) => s.headers['authorization'])).toEqual([`Bearer ${VALUE}`, `Bearer ${VALUE}`]);
+    expect(fx.seen.every((s) => s.version === '1.1')).toBe(true);
+    expect(fx.injector.intercepted).toBe(1); // both requests on one intercepted connection
+    for (const r of [a, b]) {
+      expect(r.status).toBe(200);
+      expect(r.body).not.toContain(VALUE);
+      expect(r.body).toContain('*'.repeat(VALUE.length));
+      expect(String(r.headers['x-echo-auth'])).toBe(`Bearer ${'*'.repeat(VALUE.length)}`);
+    }
+    expect(fx.records.filter((x) => x.kind === 'injected').map((x) => x.names)).toEqual([['api'], ['api']]);
+    expect(JSON.stringify(fx.records)).not.toContain(VALUE);
+  });
+
+  it('HTTP/1.1: a request without the header gets it set from the template', async () => {
+    fx = await startFixture();
+    const agent = new Agent({ ALPNProtocols: ['http/1.1'] });
+    await h1(fx, agent, {});
+    expect(fx.seen[0]!.headers['authorization']).toBe(`Bearer ${VALUE}`);
+  });
+
+  it('HTTP/1.1: a Host naming another host on the intercepted connection gets 421 and is never forwarded', async () => {
+    fx = await startFixture();
+    const agent = new Agent({ keepAlive: true, maxSockets: 1, ALPNProtocols: ['http/1.1'] });
+    const r = await h1(fx, agent, { host: 'other.test', authorization: 'Bearer moat-secret-api' });
+    const r2 = await h1(fx, new Agent({ ALPNProtocols: ['http/1.1'] }), { host: `api.test:1`, authorization: 'Bearer moat-secret-api' });
+    const r3 = await h1(fx, new Agent({ ALPNProtocols: ['http/1.1'] }), { authorization: 'Bearer moat-secret-api' }, 'https://other.test/');
+    agent.destroy();
+    expect([r.status, r2.status, r3.status]).toEqual([421, 421, 421]);
+    expect(fx.seen).toEqual([]);
+    expect(fx.records.filter((x) => x.kind === 'refused').map((x) => x.reason)).toEqual(['inject-host-mismatch', 'inject-host-mismatch', 'inject-host-mismatch']);
+  });
+
+  it('HTTP/2: every stream is injected; a stream whose :authority names another host gets 421 and is not forwarded', async () => {
+    fx = await startFixture();
+    const session = h2connect(`https://127.0.0.1:${fx.frontPort}`, { servername: 'api.test', ca: fx.moatCa.certPem });
+    const get = (authority: string): Promise<{ status: number; body: string; echo: unknown }> =>
+      new Promise((resolve, reject) => {
+        const s = session.request({ ':path': '/', ':authority': authority, authorization: 'Bearer moat-secret-api' });
+        let status = 0;
+        let echo: unknown;
+        let body = '';
+        s.on('response', (h) => {
+          status = Number(h[':status']);
+          echo = h['x-echo-auth'];
+        });
+        s.on('data', (c: Buffer) => (body += c.toString()));
+        s.on('end', () => resolve({ status, body, echo }));
+        s.on('error', reject);
+        s.end();
+      });
+    const a = await get(`api.test:${fx.upstreamPort}`);
+    const b = await get(`api.test:${fx.upstreamPort}`);
+    const c = await get('other.test');
+    session.close();
+    expect([a.status, b.status, c.status]).toEqual([200, 200, 421]);
+    expect(fx.seen.map((s) => [s.version, s.headers['authorization']])).toEqual([
+      ['2.0', `Bearer ${VALUE}`],
+      ['2.0', `Bearer ${VALUE}`],
+    ]);
+    expect(a.body + b.body + String(a.echo)).not.toContain(VALUE);
+    expect(fx.injector.intercepted).toBe(1);
+  });
+
+  it('an upstream that fails verification is never sent a request (upstream-tls)', async () => {
+    fx = await startFixture({ upstreamTrusted: false });
+    const guest = tlsConnect({ host: '127.0.0.1', port: fx.frontPort, servername: 'api.test', ca: fx.moatCa.certPem });
+    const outcome = await new Promise<string>((resolve) => {
+      guest.on('secureConnect', () => resolve('connected'));
+      guest.on('error', (e) => resolve(`error ${e.message}`));
+      guest.on('close', () => resolve('closed'));
+    });
+    expect(outcome).not.toBe('connected');
+    expect(fx.seen).toEqual([]);
+    expect(fx.records.map((r) => r.reason)).toEqual(['upstream-tls']);
+  });
+
+  it('the guest sees a leaf for the host issued by Moat\'s CA (and only a client trusting that CA accepts it)', async () => {
+    fx = await startFixture();
+    const untrusting = tlsConnect({ host: '127.0.0.1', port: fx.frontPort, servername: 'api.test' });
+    const err = await new Promise<string>((resolve) => {
+      untrusting.on('secureConnect', () => resolve('connected'));
+      untrusting.on('error', (e) => resolve((e as NodeJS.ErrnoException).code ?? e.message));
+    });
+    expect(err).toMatch(/SELF_SIGNED|UNABLE_TO_GET_ISSUER|UNABLE_TO_VERIFY/);
+    const ok = tlsConnect({ host: '127.0.0.1', port: fx.frontPort, servername: 'api.test', ca: fx.moatCa.certPem, ALPNProtocols: ['http/1.1'] });
+    const cert = await new Promise<{ subject: string; issuer: string; san: string }>((resolve, reject) => {
+      ok.on('secureConnect', () => {
+        const c = ok.getPeerX509Certificate()!;
+        resolve({ subject: c.subject, issuer: c.issuer, san: c.subjectAltName ?? '' });
+      });
+      ok.on('error', reject);
+    });
+    ok.destroy();
+    expect(cert.san).toBe('DNS:api.test');
+    expect(cert.issuer).toContain('Moat credential injection CA');
+  });
+});
