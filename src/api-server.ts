@@ -48,6 +48,28 @@ export interface ApiBackend {
   guestConnected(): boolean;
   /** The running allowlist; without it /allowlist answers 409. */
   allowlist?: AllowlistControl;
+  /** Credential injection (--inject): GET /secrets (placeholders, never values) and GET /ca.pem; without it both answer 404. */
+  inject?: InjectControl;
+}
+
+export interface InjectControl {
+  /** Each secret's name, placeholder and rules, without its value. */
+  secrets(): unknown;
+  /** The CA certificate guests must trust, PEM. */
+  caPem(): string;
+}
+
+/** A body that is not JSON (GET /ca.pem). A plain object, so it crosses a worker thread (structured clone) as it is. */
+export interface RawBody {
+  rawBody: { contentType: string; text: string };
+}
+
+export function rawBody(contentType: string, text: string): RawBody {
+  return { rawBody: { contentType, text } };
+}
+
+function isRawBody(body: unknown): body is RawBody {
+  return typeof body === 'object' && body !== null && 'rawBody' in body && typeof (body as RawBody).rawBody?.text === 'string';
 }
 
 /** The allowlist as the API sees it. */
@@ -126,8 +148,9 @@ export class ApiServer {
     if (allow !== undefined) res.setHeader('Allow', allow);
     // The rest of an oversized body is not read: close the connection rather than drain the upload.
     if (status === 413) res.setHeader('Connection', 'close');
-    const text = body === undefined ? '' : JSON.stringify(body);
-    res.writeHead(status, { 'Content-Type': 'application/json', 'Content-Length': Buffer.byteLength(text) });
+    const raw = isRawBody(body) ? body.rawBody : undefined;
+    const text = raw !== undefined ? raw.text : body === undefined ? '' : JSON.stringify(body);
+    res.writeHead(status, { 'Content-Type': raw?.contentType ?? 'application/json', 'Content-Length': Buffer.byteLength(text) });
     res.end(text);
   }
 }
@@ -216,6 +239,8 @@ export class NetworkRoutes implements RouteTable {
           ['PUT', counted((req) => this.putAllowlist(req))],
         ]),
       ],
+      ['/secrets', new Map([['GET', async () => this.injectAnswer((c) => ({ status: 200, body: { secrets: c.secrets() } }))]])],
+      ['/ca.pem', new Map([['GET', async () => this.injectAnswer((c) => ({ status: 200, body: rawBody('application/x-pem-file', c.caPem()) }))]])],
       [
         '/healthz',
         new Map([['GET', async () => ({ status: 200, body: { status: 'ok', guestConnected: this.backend.guestConnected() } })]]),
@@ -225,6 +250,11 @@ export class NetworkRoutes implements RouteTable {
 
   match(path: string): ReadonlyMap<string, Handler> | undefined {
     return this.routes.get(path);
+  }
+
+  private injectAnswer(f: (c: InjectControl) => { status: number; body: unknown }): { status: number; body: unknown } {
+    const c = this.backend.inject;
+    return c === undefined ? { status: 404, body: { error: 'no credential injection configured (--secret, --inject)' } } : f(c);
   }
 
   private async expose(req: IncomingMessage): Promise<{ status: number; body: unknown }> {

@@ -31,6 +31,8 @@ import { mainLogBudget } from './log-flags.js';
 import { serve, type RunningServer, type ServeDeps } from './serve.js';
 import { parseProxyArgs, proxyHelp, type ProxyConfig } from './proxy/config.js';
 import type { ProxyDeps, RunningProxy } from './proxy/index.js';
+import { caHelp, parseCaArgs } from './inject/ca-command.js';
+import { loadOrCreateCa } from './inject/ca.js';
 
 // What one command needs is loaded when that command runs: `moat serve`
 // starts without the learner (tldts: ~180 ms and ~12 MB), the proxy or the host.
@@ -74,6 +76,7 @@ export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): 
     else if (rest[0] === 'proxy') io.stdout.write(proxyHelp());
     else if (rest[0] === 'learn') io.stdout.write((await loadLearn()).learnHelp());
     else if (rest[0] === 'host') io.stdout.write(hostHelp());
+    else if (rest[0] === 'ca') io.stdout.write(caHelp());
     else io.stdout.write(mainHelp());
     return EXIT_OK;
   }
@@ -83,6 +86,7 @@ export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): 
   if (command === 'proxy') return runProxy(rest, io);
   if (command === 'learn') return (await loadLearn()).runLearn(rest, learnIo(io));
   if (command === 'host') return runHost(rest, io);
+  if (command === 'ca') return runCa(rest, io);
   io.stderr.write(`moat: unknown command "${command}" (see moat --help)\n`);
   return EXIT_USAGE;
 }
@@ -93,6 +97,26 @@ function stopping(io: CliIo): { signal: AbortSignal; stopped: Promise<string> } 
   const stopped = io.stopSignal();
   void stopped.then((name) => controller.abort(new Error(`stopped by ${name}`)));
   return { signal: controller.signal, stopped };
+}
+
+/** `moat ca [--state-dir DIR]`: the PEM guests must trust for --inject (the CA is created if the directory has none). */
+function runCa(args: readonly string[], io: CliIo): number {
+  const r = parseCaArgs(args);
+  if (r === 'help') {
+    io.stdout.write(caHelp());
+    return EXIT_OK;
+  }
+  if (typeof r !== 'object') {
+    io.stderr.write(`moat ca: ${r}\n`);
+    return EXIT_USAGE;
+  }
+  try {
+    io.stdout.write(loadOrCreateCa(r.stateDir).certPem);
+    return EXIT_OK;
+  } catch (e) {
+    io.stderr.write(`moat ca: --state-dir: ${(e as Error).message}\n`);
+    return EXIT_RUNTIME_ERROR;
+  }
 }
 
 async function runZones(args: readonly string[], io: CliIo): Promise<number> {

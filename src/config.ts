@@ -21,6 +21,8 @@ import { limitFlagDocs, parseLimits, type Limits } from './limits.js';
 import { liveLookupFlagDocs, parseLiveLookups, type LiveLookupSettings } from './allowlist/live-lookup-flags.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from './log-flags.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
+import { injectFlagDocs, parseInjectFlags } from './inject/flags.js';
+import type { InjectSettings } from './inject/interceptor.js';
 
 /** A usage or configuration mistake: the CLI prints the message and exits with 2. */
 export class ConfigError extends Error {
@@ -90,6 +92,8 @@ export interface ServeConfig {
   liveLookups?: LiveLookupSettings;
   /** The logs' budget and the decision log's rotation (--log-lines-per-sec ..., src/log-flags.ts); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
+  /** Credential injection (--secret, --inject, --upstream-ca, --state-dir, src/inject/); absent = none. */
+  inject?: InjectSettings;
 }
 
 /** What `moat zones` needs: the allowlist and the built-in addresses. */
@@ -250,6 +254,8 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
   ...limitFlagDocs(),
   // The logs' budget and the decision log's rotation: described once in src/log-flags.ts.
   ...logFlagDocs(),
+  // Credential injection: described once in src/inject/flags.ts.
+  ...injectFlagDocs(),
   { name: 'help', type: 'boolean', help: 'Show this help.' },
 ];
 
@@ -268,6 +274,8 @@ export interface ConfigIo {
   readFile(path: string): string;
   /** The text of /etc/resolv.conf, or undefined when there is none. */
   readResolvConf(): string | undefined;
+  /** An environment variable (--secret NAME=env:VAR); process.env when absent. */
+  readEnv?(name: string): string | undefined;
 }
 
 export const NODE_CONFIG_IO: ConfigIo = {
@@ -699,6 +707,8 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const logLimits = parseLogLimits(str);
   if (typeof logLimits === 'string') throw new ConfigError(logLimits);
 
+  const inject = parseInjectFlagsOf(raw, io, allowlist.allow.length > 0);
+
   const allowLinkLocal = raw.get('allow-link-local');
   return {
     listen,
@@ -728,7 +738,16 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     refusalDetails: raw.get('refusal-details')?.value === true,
     liveLookups,
     logLimits,
+    ...(inject !== undefined ? { inject } : {}),
   };
+}
+
+/** --secret, --inject, --upstream-ca, --state-dir (shared by serve and proxy). */
+export function parseInjectFlagsOf(raw: Map<string, Raw>, io: ConfigIo, hasAllow: boolean): InjectSettings | undefined {
+  const { list, str } = getters(raw);
+  const r = parseInjectFlags(list, str, { readEnv: io.readEnv ?? ((n) => process.env[n]), readFile: io.readFile }, hasAllow);
+  if (typeof r === 'string') throw new ConfigError(r);
+  return r;
 }
 
 /** --live-lookup-rate, --live-lookup-burst, --live-lookup-bytes, --live-lookup-burst-bytes, --no-live-lookups. Shared by serve and proxy. */
@@ -976,6 +995,7 @@ export function mainHelp(): string {
     '  learn    Print the smallest allowlist that lets what a decision log recorded pass (moat learn --help).',
     '  proxy    An HTTP (CONNECT and plain) and SOCKS5 proxy with the same allowlist, for processes (moat proxy --help).',
     '  host     A daemon serving many guests, one network each, created over its API (moat host --help).',
+    '  ca       Print the CA certificate guests trust for --inject, creating it if needed (moat ca [--state-dir DIR]).',
     '  help     Show this help, or a command\'s help (moat help serve, moat help zones).',
     '',
     'Example:',

@@ -47,6 +47,7 @@ import { PcapWriter } from './pcap-writer.js';
 import { ForwardError, type ForwardKey, type ForwardSpec, type PortForwards } from './port-forwards.js';
 import { QemuStreamServer, type GuestSink, type QemuStreamOptions } from './transport/qemu-stream.js';
 import { TapFdLink, TAP_GSO_SEGMENT_BYTES } from './transport/tap-fd.js';
+import { injectControl, startInjector, type Injector } from './inject/index.js';
 
 /** The guest's side of the wire: a QEMU stream listener or a TAP descriptor. */
 type GuestLink = QemuStreamServer | TapFdLink;
@@ -389,7 +390,7 @@ export async function startGuestNetwork(
       };
     };
     routes = new NetworkRoutes(
-      { forwards, leases, stats, guestConnected, ...(allowlistControl ? { allowlist: allowlistControl } : {}) },
+      { forwards, leases, stats, guestConnected, ...(allowlistControl ? { allowlist: allowlistControl } : {}), ...(runtime?.injector ? { inject: injectControl(runtime.injector) } : {}) },
       log,
       { maxBodyBytes: limits.apiMaxBodyBytes, onTooLarge: (fields) => refusals.refused('apiBody', fields) },
     );
@@ -453,7 +454,9 @@ async function startAllowlist(
   log: Logger,
   signal: AbortSignal | undefined,
   network: string | undefined,
-): Promise<{ runtime: AllowlistRuntime; file: RotatingFile | undefined; close(): Promise<void> }> {
+): Promise<{ runtime: AllowlistRuntime; file: RotatingFile | undefined; injector: Injector | undefined; close(): Promise<void> }> {
+  // The CA first: a bad --state-dir stops start-up before anything is resolved or opened.
+  const injector = config.inject === undefined ? undefined : startInjector(config.inject, log);
   const resolver = d.createDnsResolver(config.resolvers);
   const started = d.clock.now();
   const logLimits = config.logLimits ?? DEFAULT_LOG_LIMITS;
@@ -471,7 +474,7 @@ async function startAllowlist(
         admitResolved: config.admitResolved,
         hostAliasExempt: config.allowHostAlias,
         allowLinkLocal: config.allowLinkLocal,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false, refuseEch: config.refuseEch },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false, refuseEch: config.refuseEch, ...(injector ? { injector } : {}) },
         ...(config.liveLookups ? { liveLookups: config.liveLookups } : {}),
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
@@ -490,6 +493,7 @@ async function startAllowlist(
   return {
     runtime,
     file: sink,
+    injector,
     close: async () => {
       await runtime.close();
       if (sink) await new Promise<void>((resolve) => sink.end(resolve));

@@ -46,6 +46,8 @@ export interface DecisionRecord {
   network?: string;
   /** TLS flows: whether the ClientHello carried encrypted_client_hello (its real name is hidden). */
   ech?: boolean;
+  /** An intercepted request (--inject): the names of the secrets injected into it, comma-separated (never a value). */
+  injected?: string;
 }
 
 export interface DecisionLogOptions {

@@ -13,6 +13,8 @@ import type { PinTable } from '../../sni/pins.js';
 import type { DecisionLog, DecisionRecord } from './decision-log.js';
 import type { DialTargets } from './dial-targets.js';
 
+import type { Injector } from '../inject/interceptor.js';
+
 /** The proto of a flow's decision record: 'quic' for a UDP flow read by its QUIC Initial. */
 export type FlowProto = 'tcp' | 'udp' | 'quic';
 
@@ -33,6 +35,8 @@ export interface EgressOptions {
   refusalDetails: boolean;
   /** Refuse TLS ClientHellos that carry encrypted_client_hello (reason 'ech'), GREASE ECH included. */
   refuseEch?: boolean;
+  /** Credential injection (src/inject/): connections to a host with an --inject rule are intercepted. */
+  injector?: Injector;
 }
 
 export const DEFAULT_EGRESS_OPTIONS: Readonly<EgressOptions> = Object.freeze({

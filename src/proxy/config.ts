@@ -19,6 +19,7 @@ import {
   NODE_CONFIG_IO,
   parseAdmitResolved,
   parseDecisionLog,
+  parseInjectFlagsOf,
   parseLiveLookupFlags,
   parseLogSettings,
   parseMode,
@@ -33,6 +34,8 @@ import {
 } from '../config.js';
 import { parseHostPort } from '../port-forwards.js';
 import { LIVE_LOOKUP_FLAG_NAMES, type LiveLookupSettings } from '../allowlist/live-lookup-flags.js';
+import { INJECT_FLAG_NAMES } from '../inject/flags.js';
+import type { InjectSettings } from '../inject/interceptor.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from '../log-flags.js';
 import { ProxyCredentials } from './auth.js';
 import { isLoopbackHost } from './exposure.js';
@@ -72,6 +75,8 @@ export interface ProxyConfig {
   logFormat: LogFormat;
   /** The live-lookup budget of this proxy's clients together (--live-lookup-*, --no-live-lookups). */
   liveLookups: LiveLookupSettings;
+  /** Credential injection into CONNECT tunnels to declared hosts (--secret, --inject ...); absent = none. */
+  inject?: InjectSettings;
   /** The logs' budget and the decision log's rotation (as for serve); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
 }
@@ -150,6 +155,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
     "A refusal's 403 body also lists the allow rules (for debugging). Off, it names the host, the reason and the decision id only: the rules would tell a client what else it may reach and which wildcards are resolved live.",
   ),
   ...LIVE_LOOKUP_FLAG_NAMES.map((name) => shared(name)),
+  ...INJECT_FLAG_NAMES.map((name) => shared(name)),
   shared('api', 'Serve the control API on a unix socket: GET /stats, GET /healthz, GET and PUT /allowlist (replace the rules at run time).'),
   shared('config', 'Read settings from a JSON file whose keys are these flag names ({"listen": "127.0.0.1:3128", "allow": ["github.com"]}). Flags given on the command line override it.'),
   shared('log-level'),
@@ -248,8 +254,13 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       logFormat,
       liveLookups: parseLiveLookupFlags(raw),
       logLimits,
+      ...injectOf(parseInjectFlagsOf(raw, io, allowlist.allow.length > 0 || allowAll)),
     },
   };
+}
+
+function injectOf(inject: InjectSettings | undefined): { inject?: InjectSettings } {
+  return inject === undefined ? {} : { inject };
 }
 
 /** HOST:PORT with an IP address host ([ADDR]:PORT for IPv6); port 0 asks for a free one. */
