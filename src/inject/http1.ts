@@ -57,8 +57,11 @@ export function bridgeHttp1(guest: TLSSocket, first: TLSSocket, ctx: InterceptCo
   server.emit('connection', guest);
 
   function misdirected(req: IncomingMessage): boolean {
-    const ok = sameAuthority(req.headers.host, ctx.host, ctx.port) && targetAllowed(req.url ?? '', req.method ?? '', ctx.host, ctx.port);
-    if (!ok) ctx.refused('inject-host-mismatch', `HTTP/1.1 ${req.method ?? '?'} with Host "${(req.headers.host ?? '').slice(0, 256)}" on a connection to ${ctx.host}:${ctx.port}`);
+    // node keeps the first of two Host fields and drops the rest from req.headers, but rawHeaders (what is forwarded) has both.
+    let hosts = 0;
+    for (let i = 0; i < req.rawHeaders.length; i += 2) if (req.rawHeaders[i]!.toLowerCase() === 'host') hosts++;
+    const ok = hosts === 1 && sameAuthority(req.headers.host, ctx.host, ctx.port) && targetAllowed(req.url ?? '', req.method ?? '', ctx.host, ctx.port);
+    if (!ok) ctx.refused('inject-host-mismatch', `HTTP/1.1 ${req.method ?? '?'} with ${hosts === 1 ? `Host "${(req.headers.host ?? '').slice(0, 256)}"` : `${hosts} Host fields`} on a connection to ${ctx.host}:${ctx.port}`);
     return !ok;
   }
 

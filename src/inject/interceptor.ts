@@ -87,7 +87,10 @@ export class Injector {
     readonly settings: InjectSettings,
     readonly ca: CertificateAuthority,
   ) {
-    this.leaves = new LeafCertificates(ca, settings.maxLeaves ?? DEFAULT_MAX_LEAVES);
+    const hosts = new Set(settings.rules.rules.map((r) => r.host));
+    this.leaves = new LeafCertificates(ca, Math.max(settings.maxLeaves ?? DEFAULT_MAX_LEAVES, hosts.size));
+    // Issued now, not on a guest's first connection: a leaf costs milliseconds of CPU on the event loop.
+    for (const h of hosts) this.leaves.contextFor(h);
     this.trust = settings.upstreamCa === undefined ? undefined : [...rootCertificates, settings.upstreamCa];
   }
 

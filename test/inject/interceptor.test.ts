@@ -126,3 +126,81 @@ describe('interceptor (loopback)', () => {
     expect(cert.issuer).toContain('Moat credential injection CA');
   });
 });
+
+/** A raw TLS client: writes `chunks` (each its own TLS record when `split`), returns everything the server sent until close. */
+async function raw(f: Fixture, chunks: string[], wait = 1500): Promise<string> {
+  const s = tlsConnect({ host: '127.0.0.1', port: f.frontPort, servername: 'api.test', ca: f.moatCa.certPem, ALPNProtocols: ['http/1.1'] });
+  await new Promise<void>((resolve, reject) => {
+    s.on('secureConnect', resolve);
+    s.on('error', reject);
+  });
+  let out = '';
+  s.on('data', (c: Buffer) => (out += c.toString()));
+  s.on('error', () => undefined);
+  for (const c of chunks) {
+    s.write(c);
+    await new Promise((r) => setImmediate(r));
+  }
+  await new Promise<void>((resolve) => {
+    const t = setTimeout(resolve, wait);
+    s.on('close', () => {
+      clearTimeout(t);
+      resolve();
+    });
+  });
+  s.destroy();
+  return out;
+}
+
+describe('interceptor: hostile HTTP/1.1 (raw TLS client)', () => {
+  const host = (f: Fixture): string => `api.test:${f.upstreamPort}`;
+
+  it('a placeholder split across many TLS records / TCP segments is still replaced', async () => {
+    fx = await startFixture();
+    const req = `GET /split HTTP/1.1\r\nHost: ${host(fx)}\r\nAuthorization: Bearer moat-secret-api\r\nConnection: close\r\n\r\n`;
+    const out = await raw(fx, [...req]); // one byte per write
+    expect(out).toMatch(/^HTTP\/1\.1 200/);
+    expect(fx.seen.map((s) => s.headers['authorization'])).toEqual([`Bearer ${VALUE}`]);
+  });
+
+  it('request smuggling: Content-Length with Transfer-Encoding, two Content-Lengths, a bad chunk — 400, nothing after it forwarded', async () => {
+    fx = await startFixture();
+    const smuggled = `GET /inner HTTP/1.1\r\nHost: other.test\r\nAuthorization: Bearer moat-secret-api\r\n\r\n`;
+    const attempts = [
+      `POST /a HTTP/1.1\r\nHost: ${host(fx)}\r\nContent-Length: ${4 + smuggled.length}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n${smuggled}`,
+      `POST /b HTTP/1.1\r\nHost: ${host(fx)}\r\nContent-Length: 0\r\nContent-Length: ${smuggled.length}\r\n\r\n${smuggled}`,
+      `POST /c HTTP/1.1\r\nHost: ${host(fx)}\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n${smuggled}`,
+      `POST /d HTTP/1.1\r\nHost: ${host(fx)}\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n${smuggled}`,
+    ];
+    for (const a of attempts) {
+      const out = await raw(fx, [a]);
+      expect(out, a).toMatch(/^HTTP\/1\.1 400/);
+    }
+    // Nothing reached the server with another Host, and the value went nowhere but api.test.
+    expect(fx.seen.filter((s) => s.authority !== host(fx))).toEqual([]);
+    expect(fx.seen.filter((s) => s.headers['authorization'] !== undefined && !String(s.authority).startsWith('api.test'))).toEqual([]);
+  });
+
+  it('header folding (obs-fold) and a bare LF: 400; two Host fields: 421; none forwarded', async () => {
+    fx = await startFixture();
+    const attempts = [
+      `GET /fold HTTP/1.1\r\nHost: ${host(fx)}\r\nAuthorization: Bearer\r\n moat-secret-api\r\n\r\n`,
+      `GET /twohosts HTTP/1.1\r\nHost: ${host(fx)}\r\nHost: other.test\r\n\r\n`, // 421 (two Hosts), below
+      `GET /lf HTTP/1.1\nHost: ${host(fx)}\nX: y\n\n`,
+    ];
+    const outs: string[] = [];
+    for (const a of attempts) outs.push(await raw(fx, [a]));
+    // Folding and a bare LF do not parse (400); two Host fields parse, and are refused as misdirected (421).
+    expect(outs.map((o) => o.slice(0, 12))).toEqual(['HTTP/1.1 400', 'HTTP/1.1 421', 'HTTP/1.1 400']);
+    expect(fx.seen).toEqual([]);
+  });
+
+  it('pipelined requests: each is checked; the one naming another host gets 421 and the connection closes', async () => {
+    fx = await startFixture();
+    const ok = `GET /1 HTTP/1.1\r\nHost: ${host(fx)}\r\nAuthorization: Bearer moat-secret-api\r\n\r\n`;
+    const bad = `GET /2 HTTP/1.1\r\nHost: other.test\r\nAuthorization: Bearer moat-secret-api\r\n\r\n`;
+    const out = await raw(fx, [ok + bad + ok]);
+    expect(out.match(/HTTP\/1\.1 \d{3}/g)).toEqual(['HTTP/1.1 200', 'HTTP/1.1 421']);
+    expect(fx.seen.length).toBe(1);
+  });
+});
