@@ -5,9 +5,10 @@
  * by as many '*' as it has bytes. Same length, so Content-Length and every
  * other framing stays right.
  *
- * The body is scanned as it streams, holding back only the last
- * (longest value - 1) bytes of each chunk (at most MAX_SECRET_BYTES - 1), so
- * a value split across chunks is still found. The limit, documented: a body
+ * The body is scanned as it streams; the only bytes held back are a chunk's
+ * tail that could be the start of a value (at most MAX_SECRET_BYTES - 1), so
+ * a value split across chunks is still found and a streamed answer is not
+ * delayed. The limits, documented: a body
  * the server compresses (Content-Encoding gzip, br...) or otherwise encodes
  * (base64, JSON escapes of the value's characters) is not recognised.
  */
@@ -38,20 +39,56 @@ export class ValueMask {
     }
   }
 
-  /** A Transform that masks a byte stream, holding back at most `carry` bytes. */
-  stream(): Transform {
+  /**
+   * How many bytes at the end of `buf` could be the start of a value (the
+   * longest suffix that is a proper prefix of one): those wait for the next
+   * chunk. Everything else may go now.
+   */
+  private partialTail(buf: Buffer): number {
+    const from = Math.max(0, buf.length - this.carry);
+    for (let i = from; i < buf.length; i++) {
+      const k = buf.length - i;
+      for (const n of this.needles) if (n.length > k && buf[i] === n[0] && buf.compare(n, 0, k, i) === 0) return k;
+    }
+    return 0;
+  }
+
+  /**
+   * A Transform that masks a byte stream. It holds back only a tail that
+   * could begin a value, so a streamed answer (SSE, WebSocket frames) is not
+   * delayed; a tail still held after `idleMs` without more bytes goes on as
+   * it is (a value the server splits across such a pause is not masked).
+   */
+  stream(idleMs = 50): Transform {
     let tail: Buffer = Buffer.alloc(0);
-    const carry = this.carry;
-    return new Transform({
+    let timer: NodeJS.Timeout | undefined;
+    const t: Transform = new Transform({
       transform: (chunk: Buffer, _enc, cb: TransformCallback) => {
+        if (timer !== undefined) clearTimeout(timer);
+        timer = undefined;
         // A copy: the chunk may be a view of a buffer its producer reuses, and we write into it.
         const buf = Buffer.concat([tail, chunk]);
         this.bytes(buf);
-        const keep = Math.min(carry, buf.length);
+        const keep = this.partialTail(buf);
         tail = buf.subarray(buf.length - keep);
+        if (keep > 0)
+          timer = setTimeout(() => {
+            timer = undefined;
+            const rest = tail;
+            tail = Buffer.alloc(0);
+            if (rest.length > 0 && !t.destroyed) t.push(rest);
+          }, idleMs);
         cb(null, buf.length - keep > 0 ? buf.subarray(0, buf.length - keep) : undefined);
       },
-      flush: (cb: TransformCallback) => cb(null, tail.length > 0 ? tail : undefined),
+      flush: (cb: TransformCallback) => {
+        if (timer !== undefined) clearTimeout(timer);
+        cb(null, tail.length > 0 ? tail : undefined);
+      },
+      destroy: (err, cb) => {
+        if (timer !== undefined) clearTimeout(timer);
+        cb(err);
+      },
     });
+    return t;
   }
 }

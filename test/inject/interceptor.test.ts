@@ -204,3 +204,38 @@ describe('interceptor: hostile HTTP/1.1 (raw TLS client)', () => {
     expect(fx.seen.length).toBe(1);
   });
 });
+
+describe('interceptor: WebSocket', () => {
+  it('the upgrade request is injected (and Host-checked), then frames pass both ways untouched', async () => {
+    fx = await startFixture();
+    const upgrades: string[] = [];
+    fx.upstream.on('upgrade', (req: { headers: Record<string, string> }, socket: import('node:net').Socket) => {
+      upgrades.push(String(req.headers['authorization']));
+      socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+      socket.on('data', (d: Buffer) => socket.write(Buffer.concat([Buffer.from('echo:'), d])));
+    });
+    const head = (h: string): string => `GET /ws HTTP/1.1\r\nHost: ${h}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nAuthorization: Bearer moat-secret-api\r\n\r\n`;
+    const s = tlsConnect({ host: '127.0.0.1', port: fx.frontPort, servername: 'api.test', ca: fx.moatCa.certPem, ALPNProtocols: ['http/1.1'] });
+    let out = '';
+    s.on('data', (c: Buffer) => (out += c.toString()));
+    await new Promise<void>((r) => s.on('secureConnect', r));
+    s.write(head(`api.test:${fx.upstreamPort}`));
+    await waitUntil(() => out.includes('101'), 3000, () => `out=${out} upgrades=${upgrades.join()} seen=${fx!.seen.length} records=${JSON.stringify(fx!.records)}`);
+    s.write('frame-1');
+    await waitUntil(() => out.includes('echo:frame-1'));
+    s.destroy();
+    expect(upgrades).toEqual([`Bearer ${VALUE}`]);
+    // Another Host on the upgrade: 421, no upgrade reaches the server.
+    const bad = await raw(fx, [head('other.test')], 800);
+    expect(bad).toMatch(/^HTTP\/1\.1 421/);
+    expect(upgrades.length).toBe(1);
+  });
+});
+
+async function waitUntil(cond: () => boolean, ms = 5000, why: () => string = () => ''): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting ${why()}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
