@@ -386,6 +386,7 @@ export async function startGuestNetwork(
         ...s,
         limits: limitStats(limits, theStack, s.nat as Partial<NatStats>, routes),
         ...(decisions === undefined ? {} : { decisions: { ...decisions.stats } }),
+        ...(runtime?.injector ? { inject: runtime.injector.stats() } : {}),
         logs: logStats(log, decisions, runtime?.file),
       };
     };

@@ -38,6 +38,8 @@ export function bridgeHttp2(guest: TLSSocket, upstream: TLSSocket, ctx: Intercep
   client.on('close', closeAll);
   guest.on('close', closeAll);
   server.on('sessionError', closeAll);
+  // nghttp2 reads the TLS socket itself: the guest going away shows as the session closing, not as a socket event.
+  server.on('session', (session) => session.on('close', closeAll));
   server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => onStream(stream, headers));
   server.emit('connection', guest);
 

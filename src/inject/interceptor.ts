@@ -94,6 +94,11 @@ export class Injector {
     this.trust = settings.upstreamCa === undefined ? undefined : [...rootCertificates, settings.upstreamCa];
   }
 
+  /** For /stats: counts only (never a name's value). */
+  stats(): { intercepted: number; open: number; leaves: number; leavesIssued: number } {
+    return { intercepted: this.intercepted, open: this.open, leaves: this.leaves.size, leavesIssued: this.leaves.issued };
+  }
+
   /** The rules for a canonical host and port: non-empty means the connection is intercepted. */
   rulesFor(host: string, port: number): readonly InjectRule[] {
     return this.settings.rules.for(host, port);
@@ -179,6 +184,9 @@ export class Injector {
       ctx.closed();
     });
     guest.on('close', () => ctx.closed());
+    // TLS carries HTTP here, which needs no half-close: the guest's FIN ends the connection. (The TLS socket
+    // takes this from the stream it wraps; with half-open allowed, an HTTP/2 session never heard the guest leave.)
+    guest.allowHalfOpen = false;
     terminator.emit('connection', guest);
     return () => {
       tls?.destroy();

@@ -54,6 +54,8 @@ export const DEFAULT_PROXY_DEPS: ProxyDeps = {
 };
 
 export interface ProxyStats {
+  /** Credential injection (--inject): tunnels intercepted, open now, leaf certificates cached and issued. */
+  inject?: { intercepted: number; open: number; leaves: number; leavesIssued: number };
   connects: number;
   socksConnects: number;
   requests: number;
@@ -209,6 +211,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         liveBudget: { enabled: runtime.liveBudget.enabled, ...runtime.liveBudget.stats },
         connections: { http: httpSockets.size, socks: socksSockets?.size ?? 0 },
         logs: logStats(log, egress.decisions, sink),
+        ...(injector ? { inject: injector.stats() } : {}),
       };
     };
 

@@ -170,6 +170,15 @@ describe.skipIf(gate.skip)('moat serve credential injection e2e: guest -> moat-s
   });
 
   it('6. the value appears in no file Moat wrote (log, decision log, pcap, CA state), no API answer, nothing the guest received', async () => {
+    // Every intercepted connection ended with its curl (HTTP/2 ones too): none is left open.
+    let inject: { open: number; intercepted: number } | undefined;
+    for (let i = 0; i < 100; i++) {
+      inject = ((await fx.api('GET', '/stats')).body as { inject?: { open: number; intercepted: number } }).inject;
+      if (inject?.open === 0) break;
+      await new Promise((r) => setTimeout(r, 30));
+    }
+    expect(inject?.open).toBe(0);
+    expect(inject?.intercepted).toBeGreaterThanOrEqual(4);
     const stats = await fx.api('GET', '/stats');
     const secrets = await fx.api('GET', '/secrets');
     const files = [decisionLogFile, fx.pcapFile!, ...readdirSync(stateDir).map((f) => join(stateDir, f))];

@@ -90,6 +90,8 @@ describe('interceptor (loopback)', () => {
     ]);
     expect(a.body + b.body + String(a.echo)).not.toContain(VALUE);
     expect(fx.injector.intercepted).toBe(1);
+    // The guest's session closing closes the interception (nghttp2 reads the socket itself: no socket event says so).
+    await waitUntil(() => fx!.injector.open === 0, 3000, () => `open=${fx!.injector.open}`);
   });
 
   it('an upstream that fails verification is never sent a request (upstream-tls)', async () => {

@@ -137,5 +137,8 @@ describe('moat proxy: credential injection into CONNECT tunnels to a declared ho
       expect(text.includes(VALUE), `${what} holds the value`).toBe(false);
     }
     expect(log.join('')).toContain(PLACEHOLDER); // the start-up line names the placeholder
+    // Only tunnels to api.test:443 were intercepted (2 curl runs + 2 refused-Host runs); other.test and :8443 were not.
+    for (let i = 0; i < 100 && p.stats().inject?.open !== 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(p.stats().inject).toMatchObject({ intercepted: 4, open: 0, leaves: 1 });
   });
 });
