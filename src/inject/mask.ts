@@ -66,9 +66,12 @@ export class ValueMask {
       transform: (chunk: Buffer, _enc, cb: TransformCallback) => {
         if (timer !== undefined) clearTimeout(timer);
         timer = undefined;
-        // A copy: the chunk may be a view of a buffer its producer reuses, and we write into it.
-        const buf = Buffer.concat([tail, chunk]);
-        this.bytes(buf);
+        let buf: Buffer = tail.length === 0 ? chunk : Buffer.concat([tail, chunk]);
+        if (this.needles.some((n) => buf.includes(n))) {
+          // Written in place: a copy, as the chunk may be a view of a buffer its producer reuses.
+          if (buf === chunk) buf = Buffer.from(chunk);
+          this.bytes(buf);
+        }
         const keep = this.partialTail(buf);
         tail = buf.subarray(buf.length - keep);
         if (keep > 0)
