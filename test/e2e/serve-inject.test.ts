@@ -7,6 +7,7 @@
  *
  *   api.mzsi.test   -> internetAddrs[0]  --inject 'api.mzsi.test Authorization: Bearer ${api}'
  *   other.mzsi.test -> internetAddrs[1]  allowed, no injection rule (never intercepted)
+ *   untrusted.mzsi.test -> internetAddrs[2]  an injection rule, but a certificate Moat does not trust
  *
  * Each server answers h2 and HTTP/1.1 (ALPN), logs one line per TLS
  * connection and per request (protocol, Host/:authority, Authorization),
@@ -17,7 +18,7 @@
  * routes into our namespaces; names reach curl only through --resolve).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { e2eGate, type TrackedProcess } from './harness.js';
@@ -28,6 +29,7 @@ const gate = e2eGate([...FIXTURE_TOOLS, 'curl', 'openssl']);
 
 const API = 'api.mzsi.test';
 const OTHER = 'other.mzsi.test';
+const UNTRUSTED = 'untrusted.mzsi.test';
 const VALUE = 'sk-e2e-REAL-VALUE-51f0c2d9a7';
 const PLACEHOLDER = 'moat-secret-api';
 
@@ -65,19 +67,24 @@ describe.skipIf(gate.skip)('moat serve credential injection e2e: guest -> moat-s
   let other: TrackedProcess;
   let apiIp: string;
   let otherIp: string;
+  let untrustedIp: string;
+  let untrusted: TrackedProcess;
   /** Everything the guest received (curl stdout/stderr), for the final grep. */
   const guestSaw: string[] = [];
 
   beforeAll(async () => {
     cert = makeSelfSignedCert(dir, [API, OTHER]);
+    mkdirSync(join(dir, 'rogue'));
     writeFileSync(secretFile, `${VALUE}\n`, { mode: 0o600 });
     fx = await startMoatFixture({
       prefix: 'mzsi-',
-      internetAddresses: 2,
+      internetAddresses: 3,
       pcap: true,
       extraMoatArgs: (topo) => [
         '--allow', API,
         '--allow', OTHER,
+        '--allow', UNTRUSTED,
+        '--inject', `${UNTRUSTED} Authorization: Bearer \${api}`,
         '--resolver', `${topo.remoteAddr}:53`,
         '--admit-resolved', topo.internetSubnet,
         '--decision-log', decisionLogFile,
@@ -89,9 +96,12 @@ describe.skipIf(gate.skip)('moat serve credential injection e2e: guest -> moat-s
       dnsZone: (topo) => ({
         [API]: [{ type: 'A', data: topo.internetAddrs[0]! }],
         [OTHER]: [{ type: 'A', data: topo.internetAddrs[1]! }],
+        [UNTRUSTED]: [{ type: 'A', data: topo.internetAddrs[2]! }],
       }),
     });
-    [apiIp, otherIp] = fx.topo.internetAddrs as [string, string];
+    [apiIp, otherIp, untrustedIp] = fx.topo.internetAddrs as [string, string, string];
+    const rogue = makeSelfSignedCert(join(dir, 'rogue'), [UNTRUSTED]);
+    untrusted = await fx.startNodeServer(fx.remoteNs, ECHO_SERVER_JS, [untrustedIp, 'untrusted', rogue.certFile, rogue.keyFile]);
     api = await fx.startNodeServer(fx.remoteNs, ECHO_SERVER_JS, [apiIp, 'api', cert.certFile, cert.keyFile]);
     other = await fx.startNodeServer(fx.remoteNs, ECHO_SERVER_JS, [otherIp, 'other', cert.certFile, cert.keyFile]);
     const ca = await fx.api('GET', '/ca.pem');
@@ -167,6 +177,14 @@ describe.skipIf(gate.skip)('moat serve credential injection e2e: guest -> moat-s
     // Moat's CA does not vouch for other: it was not intercepted.
     const mitm = await curl(['--cacert', moatCaFile, '--resolve', `${OTHER}:443:${otherIp}`, `https://${OTHER}/`]);
     expect(mitm.status).not.toBe(0);
+  });
+
+  it('5b. an upstream whose certificate does not verify gets no request: the guest gets a TLS alert, the decision says upstream-tls', async () => {
+    const r = await curl(['--cacert', moatCaFile, '--resolve', `${UNTRUSTED}:443:${untrustedIp}`, '-H', `Authorization: Bearer ${PLACEHOLDER}`, `https://${UNTRUSTED}/`]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/alert|reset/i);
+    expect(requests(untrusted)).toEqual([]);
+    expect(decisions().some((d) => d['reason'] === 'upstream-tls' && d['name'] === UNTRUSTED)).toBe(true);
   });
 
   it('6. the value appears in no file Moat wrote (log, decision log, pcap, CA state), no API answer, nothing the guest received', async () => {
