@@ -94,6 +94,24 @@ describe('interceptor (loopback)', () => {
     await waitUntil(() => fx!.injector.open === 0, 3000, () => `open=${fx!.injector.open}`);
   });
 
+  it('HTTP/2: a placeholder in a header block spread over HEADERS + CONTINUATION frames is replaced', async () => {
+    fx = await startFixture();
+    const session = h2connect(`https://127.0.0.1:${fx.frontPort}`, { servername: 'api.test', ca: fx.moatCa.certPem });
+    // 40,000 characters (~30 KB after HPACK's Huffman code) before the placeholder: past the 16 KiB frame size, so node's client continues the block in CONTINUATION frames.
+    const status = await new Promise<number>((resolve, reject) => {
+      const s = session.request({ ':path': '/cont', ':authority': `api.test:${fx!.upstreamPort}`, 'x-pad': 'p'.repeat(40_000), authorization: 'Bearer moat-secret-api' });
+      let st = 0;
+      s.on('response', (h) => (st = Number(h[':status'])));
+      s.on('data', () => undefined);
+      s.on('end', () => resolve(st));
+      s.on('error', reject);
+      s.end();
+    });
+    session.close();
+    expect(status).toBe(200);
+    expect(fx.seen.map((x) => x.headers['authorization'])).toEqual([`Bearer ${VALUE}`]);
+  });
+
   it('an upstream that fails verification is never sent a request (upstream-tls)', async () => {
     fx = await startFixture({ upstreamTrusted: false });
     const guest = tlsConnect({ host: '127.0.0.1', port: fx.frontPort, servername: 'api.test', ca: fx.moatCa.certPem });
