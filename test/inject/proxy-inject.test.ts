@@ -6,6 +6,7 @@
  *   api.test    127.66.21.10:443   --inject 'api.test Authorization: Bearer ${api}'
  *   api.test    127.66.21.10:8443  the same host on another port: allowed, no rule
  *   other.test  127.66.21.11:443   allowed, no rule
+ *   rogue.test  127.66.21.12:443   a rule, but a certificate from a CA Moat does not trust
  *
  * Servers answer h2 and HTTP/1.1 with certificates from a test CA (made by
  * src/inject/ca.ts in its own directory), trusted by Moat via --upstream-ca.
@@ -28,6 +29,7 @@ const VALUE = 'sk-proxy-REAL-VALUE-0c1d2e3f';
 const PLACEHOLDER = 'moat-secret-api';
 const API_IP = '127.66.21.10';
 const OTHER_IP = '127.66.21.11';
+const ROGUE_IP = '127.66.21.12';
 
 describe('moat proxy: credential injection into CONNECT tunnels to a declared host', () => {
   const dir = mkdtempSync(join(tmpdir(), 'mz21p-'));
@@ -57,16 +59,23 @@ describe('moat proxy: credential injection into CONNECT tunnels to a declared ho
       await new Promise<void>((r) => s.listen(port, ip, r));
       servers.push(s);
     }
-    dns = await startTestUpstream({ 'api.test': { a: [API_IP] }, 'other.test': { a: [OTHER_IP] } });
+    const rogueLeaves = new LeafCertificates(loadOrCreateCa(join(dir, 'rogue-ca')));
+    const rogue = createSecureServer({ allowHTTP1: true, SNICallback: (sni, cb) => cb(null, rogueLeaves.contextFor(sni)) }, (req, res) => {
+      seen.push(`rogue ${req.httpVersion} ${String(req.headers['authorization'] ?? '-')}`);
+      res.end('rogue\n');
+    });
+    await new Promise<void>((r) => rogue.listen(443, ROGUE_IP, r));
+    servers.push(rogue);
+    dns = await startTestUpstream({ 'api.test': { a: [API_IP] }, 'other.test': { a: [OTHER_IP] }, 'rogue.test': { a: [ROGUE_IP] } });
     process.env['MZ21P_SECRET'] = VALUE;
     p = await proxy(
       {
         listen: '127.0.0.1:0',
         resolver: `127.0.0.1:${dns.port}`,
         admitResolved: '127.66.21.0/24',
-        allow: ['api.test', 'api.test:8443', 'other.test'],
+        allow: ['api.test', 'api.test:8443', 'other.test', 'rogue.test'],
         secret: ['api=env:MZ21P_SECRET'],
-        inject: ['api.test Authorization: Bearer ${api}'],
+        inject: ['api.test Authorization: Bearer ${api}', 'rogue.test Authorization: Bearer ${api}'],
         upstreamCa: upstreamCaFile,
         stateDir,
         decisionLog,
@@ -129,6 +138,15 @@ describe('moat proxy: credential injection into CONNECT tunnels to a declared ho
     expect(seen).toEqual([`other 2.0 Bearer ${PLACEHOLDER}`, `api8443 2.0 Bearer ${PLACEHOLDER}`]);
   });
 
+  it('a declared host whose certificate does not verify gets no request: the client gets a TLS alert (upstream-tls)', async () => {
+    seen.length = 0;
+    const r = await curl(['--cacert', moatCaFile, '-H', `Authorization: Bearer ${PLACEHOLDER}`, 'https://rogue.test/']);
+    expect(r.code).not.toBe(0);
+    expect(r.out).toMatch(/alert|reset/i);
+    expect(seen).toEqual([]);
+    expect(readFileSync(decisionLog, 'utf8')).toMatch(/"reason":"upstream-tls"[^\n]*"name":"rogue.test"/);
+  });
+
   it('decisions record the secret by name; the value is in no log, decision record or anything curl received', async () => {
     const records = readFileSync(decisionLog, 'utf8');
     expect(records).toContain('"injected":"api"');
@@ -139,6 +157,6 @@ describe('moat proxy: credential injection into CONNECT tunnels to a declared ho
     expect(log.join('')).toContain(PLACEHOLDER); // the start-up line names the placeholder
     // Only tunnels to api.test:443 were intercepted (2 curl runs + 2 refused-Host runs); other.test and :8443 were not.
     for (let i = 0; i < 100 && p.stats().inject?.open !== 0; i++) await new Promise((r) => setTimeout(r, 20));
-    expect(p.stats().inject).toMatchObject({ intercepted: 4, open: 0, leaves: 1 });
+    expect(p.stats().inject).toMatchObject({ intercepted: 4, open: 0, leaves: 2 }); // leaves: api.test and rogue.test, issued at start-up
   });
 });
