@@ -23,6 +23,10 @@
  * The held bytes go through that watch too, so a request pipelined behind
  * the first in the same segment is checked like any other.
  *
+ * A TLS flow the policy allowed to a host with an --inject rule is not piped:
+ * it is handed to the interceptor (src/inject/), which terminates the guest's
+ * TLS and injects the secret; it stays in the held table until it ends.
+ *
  * With `refuseEch`, a ClientHello carrying encrypted_client_hello is refused
  * (reason 'ech'); every TLS decision records `ech`.
  *

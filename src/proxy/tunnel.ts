@@ -21,6 +21,9 @@
  * hand (write/drain) instead of stream.pipe(), so every client chunk passes
  * the watch first.
  *
+ * A TLS tunnel to a host with an --inject rule is handed to the interceptor
+ * (src/inject/) instead of being piped.
+ *
  * Refusals speak the client's protocol where we can: a TLS access_denied
  * alert, an HTTP 403 (forbiddenResponse, as `moat serve`), else a close.
  */
