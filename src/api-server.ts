@@ -7,6 +7,11 @@
  *   POST /services/forwarder/unexpose  {"local":"127.0.0.1:8080","protocol":"tcp"}
  *   GET  /services/forwarder/all       [{"local","remote","protocol"}, ...]
  *   GET  /services/dhcp/leases         {"192.168.127.2": "5a:94:ef:00:00:01"}  (IP -> MAC, as gvproxy)
+ *   GET  /leases                       the same (gvproxy's second path for it)
+ *   GET  /services/dns/all             [{"Name":"containers.internal.","Records":[{"Name":"host","IP":"..."}],"DefaultIP":""}]
+ *   POST /services/dns/add             one zone in that shape: its A records are answered by the gateway
+ *                                      from now on (merged into a zone of the same name); 200, empty body
+ *                                      (src/local-zones.ts; a record grants no flow under an allowlist)
  *   GET  /stats                        frames, bytes, drops by reason, flows
  *   GET  /healthz                      {"status":"ok","guestConnected":bool}
  *   GET  /allowlist                    {"allow":[rules],"zones":[...]}  (with --allow)
@@ -26,6 +31,7 @@ import { PreresolveError } from '../dns/preresolve.js';
 import { EmptyAllowlistError } from './egress/allowlist-runtime.js';
 import type { ListenAddress } from './config.js';
 import type { Logger } from './log.js';
+import { LocalZonesError, parseZoneJson, type LocalZones } from './local-zones.js';
 import { ForwardError, parseForwardKey, parseForwardSpec, type PortForwards } from './port-forwards.js';
 import { closeServer, listenOn } from './transport/listen.js';
 
@@ -48,6 +54,8 @@ export interface ApiBackend {
   guestConnected(): boolean;
   /** The running allowlist; without it /allowlist answers 409. */
   allowlist?: AllowlistControl;
+  /** DNS records added at run time (/services/dns/*); without it those paths are 404. */
+  dnsZones?: LocalZones;
   /** Credential injection (--inject): GET /secrets (placeholders, never values) and GET /ca.pem; without it both answer 404. */
   inject?: InjectControl;
 }
@@ -128,8 +136,13 @@ export class ApiServer {
 
   /** Listens on a unix socket (stale files removed, live servers left alone). */
   async listen(path: string): Promise<string> {
-    this.addr = { kind: 'unix', path, url: `unix://${path}` };
-    return listenOn(this.server, this.addr);
+    return this.listenAt({ kind: 'unix', path, url: `unix://${path}` });
+  }
+
+  /** Listens on a unix socket or (`moat gvproxy -listen tcp://127.0.0.1:PORT`, loopback only) a TCP address. */
+  async listenAt(addr: ListenAddress): Promise<string> {
+    this.addr = addr;
+    return listenOn(this.server, addr);
   }
 
   /** The underlying server, for tests that listen on a TCP port instead. */
@@ -231,6 +244,7 @@ export class NetworkRoutes implements RouteTable {
       ['/services/forwarder/unexpose', new Map([['POST', counted((req) => this.unexpose(req))]])],
       ['/services/forwarder/all', new Map([['GET', async () => ({ status: 200, body: this.backend.forwards.list() })]])],
       ['/services/dhcp/leases', new Map([['GET', async () => ({ status: 200, body: this.leases() })]])],
+      ['/leases', new Map([['GET', async () => ({ status: 200, body: this.leases() })]])],
       ['/stats', new Map([['GET', async () => ({ status: 200, body: this.backend.stats() })]])],
       [
         '/allowlist',
@@ -245,11 +259,33 @@ export class NetworkRoutes implements RouteTable {
         '/healthz',
         new Map([['GET', async () => ({ status: 200, body: { status: 'ok', guestConnected: this.backend.guestConnected() } })]]),
       ],
+      ...(backend.dnsZones === undefined ? [] : this.dnsRoutes(backend.dnsZones, counted)),
     ]);
   }
 
   match(path: string): ReadonlyMap<string, Handler> | undefined {
     return this.routes.get(path);
+  }
+
+  private dnsRoutes(zones: LocalZones, counted: (h: Handler) => Handler): [string, Map<string, Handler>][] {
+    return [
+      ['/services/dns/all', new Map([['GET', async () => ({ status: 200, body: zones.toJson() })]])],
+      [
+        '/services/dns/add',
+        new Map([
+          [
+            'POST',
+            counted(async (req) => {
+              const zone = parseZoneJson(await readJsonBody(req, this.maxBodyBytes));
+              zones.add(zone);
+              this.log.info('api: dns zone added', { zone: zone.name, records: zone.records?.length ?? 0, defaultIp: zone.defaultIp || undefined });
+              // gvproxy answers 200 with no body.
+              return { status: 200, body: undefined };
+            }),
+          ],
+        ]),
+      ],
+    ];
   }
 
   private injectAnswer(f: (c: InjectControl) => { status: number; body: unknown }): { status: number; body: unknown } {
@@ -306,6 +342,7 @@ export class NetworkRoutes implements RouteTable {
 
 export function errorResponse(e: unknown): { status: number; body: { error: string } } {
   if (e instanceof HttpError) return { status: e.status, body: { error: e.message, ...e.extra } };
+  if (e instanceof LocalZonesError) return { status: e.kind === 'invalid' ? 400 : 409, body: { error: e.message } };
   if (e instanceof ForwardError) {
     const status = e.kind === 'invalid' ? 400 : e.kind === 'not-found' ? 404 : 409;
     return { status, body: { error: e.message } };

@@ -94,6 +94,8 @@ export interface ServeConfig {
   logLimits?: LogLimits;
   /** Credential injection (--secret, --inject, --upstream-ca, --state-dir, src/inject/); absent = none. */
   inject?: InjectSettings;
+  /** Unix socket path lifecycle events go to as JSON lines (--notification, src/notification.ts), or undefined. */
+  notification?: string;
 }
 
 /** What `moat zones` needs: the allowlist and the built-in addresses. */
@@ -171,6 +173,14 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     default: 'none',
     help: 'Forward a host address into the guest (tcp unless /udp is given). An empty LOCAL host (":2222") listens on every interface. Repeatable.',
     example: '127.0.0.1:2222=192.168.127.2:22',
+  },
+  {
+    name: 'notification',
+    type: 'string',
+    value: 'unix:///PATH',
+    default: 'none',
+    help: 'Send lifecycle events to a unix socket someone listens on, one connection and one JSON line each, as gvproxy: {"notification_type":"ready"}, "connection_established"/"connection_closed" (with "mac_address"), and Moat\'s own "allowlist_reloaded" and "limit_hit". A listener that is absent or slow costs a log line, never the service; at most 100 events wait.',
+    example: 'unix:///run/user/1000/moat-events.sock',
   },
   { name: 'pcap', type: 'string', value: 'FILE', default: 'none', help: 'Write every frame to and from the guest to FILE in libpcap format (read it with tcpdump -r FILE).' },
   { name: 'config', type: 'string', value: 'FILE', default: 'none', help: 'Read settings from a JSON file whose keys are these flag names ({"mtu": 9000, "forward": ["127.0.0.1:2222=192.168.127.2:22"]}). Flags given on the command line override it; a repeatable flag on the command line replaces the list from the file.' },
@@ -677,6 +687,9 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     forwards.push(spec);
   }
 
+  // --notification
+  const notification = parseNotification(str('notification'));
+
   // --pcap
   const pcapRaw = str('pcap');
   if (pcapRaw !== undefined && pcapRaw.text === '') throw new ConfigError(`${pcapRaw.label}: needs a file name, got ""`);
@@ -739,6 +752,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     liveLookups,
     logLimits,
     ...(inject !== undefined ? { inject } : {}),
+    ...(notification === undefined ? {} : { notification }),
   };
 }
 
@@ -748,6 +762,13 @@ export function parseInjectFlagsOf(raw: Map<string, Raw>, io: ConfigIo, hasAllow
   const r = parseInjectFlags(list, str, { readEnv: io.readEnv ?? ((n) => process.env[n]), readFile: io.readFile }, hasAllow);
   if (typeof r === 'string') throw new ConfigError(r);
   return r;
+}
+
+/** --notification unix:///PATH (gvproxy accepts only unix:// too): the socket path. */
+function parseNotification(raw: { text: string; label: string } | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  if (!raw.text.startsWith('unix://')) throw new ConfigError(`${raw.label}: must be a unix:///PATH address, got "${raw.text}"`);
+  return parseListenUrl(raw.text, raw.label).kind === 'unix' ? raw.text.slice('unix://'.length) : undefined;
 }
 
 /** --live-lookup-rate, --live-lookup-burst, --live-lookup-bytes, --live-lookup-burst-bytes, --no-live-lookups. Shared by serve and proxy. */
@@ -883,6 +904,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
     api: c.apiSocket,
     forwards: c.forwards.map((f) => `${f.local}=${f.remote}/${f.protocol}`),
     pcap: c.pcapFile,
+    ...(c.notification === undefined ? {} : { notification: c.notification }),
     allowLinkLocal: c.allowLinkLocal,
     dnsUpstreams: c.dnsUpstreams.map(formatUpstream),
     ...(c.limits === undefined ? {} : { limits: { ...c.limits } }),
@@ -996,6 +1018,7 @@ export function mainHelp(): string {
     '  proxy    An HTTP (CONNECT and plain) and SOCKS5 proxy with the same allowlist, for processes (moat proxy --help).',
     '  host     A daemon serving many guests, one network each, created over its API (moat host --help).',
     '  ca       Print the CA certificate guests trust for --inject, creating it if needed (moat ca [--state-dir DIR]).',
+    '  gvproxy  A drop-in for gvproxy: its command line and API paths, served by Moat (moat gvproxy -h, docs/gvproxy.md).',
     '  help     Show this help, or a command\'s help (moat help serve, moat help zones).',
     '',
     'Example:',

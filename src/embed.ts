@@ -223,7 +223,7 @@ export interface MoatHost {
 export async function host(flags: ServeFlags | readonly string[] = {}, options: HostEmbedOptions = {}): Promise<MoatHost> {
   const args = isArgv(flags) ? [...flags] : flagsToArgs(flags);
   const io = options.configIo ?? NODE_CONFIG_IO;
-  const parsed = parseHostArgs(args, io, false);
+  const parsed = parseHostArgs(args, io, false, 0);
   if (parsed.kind === 'help') throw new ConfigError('"help" is not a setting (the flags are listed by moat host --help)');
   if (parsed.config.workers > 0) throw new ConfigError('--workers: not in-process: host() keeps its networks on this thread (moat host --workers N places them on threads)');
   const hostLog = loggerFor(options.log, parsed.config);

@@ -1,6 +1,6 @@
 /** `moat ca` flags and help. */
 import { resolve } from 'node:path';
-import { defaultStateDir } from './ca.js';
+import { defaultStateDir } from './state-dir.js';
 
 export function parseCaArgs(args: readonly string[]): { stateDir: string } | 'help' | string {
   let stateDir: string | undefined;

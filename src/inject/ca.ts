@@ -14,7 +14,6 @@
  */
 import { createPrivateKey, createPublicKey, generateKeyPairSync, X509Certificate, type KeyObject } from 'node:crypto';
 import { chmodSync, closeSync, constants, fstatSync, mkdirSync, openSync, readFileSync, statSync, writeFileSync } from 'node:fs';
-import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { caIdentity, issue, toPem } from './x509.js';
 import type { Name } from '@peculiar/asn1-x509';
@@ -32,13 +31,7 @@ export interface CertificateAuthority {
 /** Years the CA is valid: long, because every guest image that trusts it would need the new one. */
 const CA_YEARS = 10;
 
-/** $XDG_STATE_HOME/moat, else ~/.local/state/moat; /var/lib/moat for root. */
-export function defaultStateDir(env: NodeJS.ProcessEnv = process.env, uid = process.getuid?.() ?? -1): string {
-  if (uid === 0) return '/var/lib/moat';
-  const xdg = env['XDG_STATE_HOME'];
-  if (xdg !== undefined && xdg.startsWith('/')) return join(xdg, 'moat');
-  return join(homedir(), '.local', 'state', 'moat');
-}
+export { defaultStateDir } from './state-dir.js';
 
 export class CaError extends Error {
   constructor(message: string) {

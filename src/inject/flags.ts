@@ -7,7 +7,7 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { resolve } from 'node:path';
-import { defaultStateDir } from './ca.js';
+import { defaultStateDir } from './state-dir.js';
 import type { InjectSettings } from './interceptor.js';
 import { InjectRules, parseInjectRule, parseSecret, PLACEHOLDER_PREFIX, type InjectRule, type Secret, type SecretSource } from './secrets.js';
 

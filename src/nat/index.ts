@@ -152,7 +152,7 @@ export class Nat implements GatewayUdpClaims {
       );
     }
     // Without an allowlist the gateway still answers its own names (as gvproxy does) and forwards the rest.
-    this.dns =
+    const gatewayDns =
       dns ??
       new BuiltinNamesDns(
         new DnsForwarder(
@@ -165,6 +165,7 @@ export class Nat implements GatewayUdpClaims {
         ),
         { gatewayIpv4: formatIPv4(this.options.gatewayIp), hostAliasIpv4: formatIPv4(this.options.hostIp) },
       );
+    this.dns = this.options.wrapDns ? this.options.wrapDns(gatewayDns) : gatewayDns;
   }
 
   /** The stack whose flows this NAT serves (replies are sent through it). */

@@ -1,3 +1,4 @@
+import type { GatewayDns } from '../gateway-dns.js';
 import type { NetConnectOpts, Socket } from 'node:net';
 import { ipv4, type IPv4 } from '../../netstack/addr.js';
 import type { QuicFlowOptions } from './quic-flows.js';
@@ -53,6 +54,8 @@ export interface NatOptions {
    * logs at most one line per interval. Without it refusals are logged at debug.
    */
   onLimit?: (limit: string, fields: Record<string, unknown>) => void;
+  /** Puts a layer in front of the gateway's DNS, whichever it is (the API's run-time records: src/local-zones-dns.ts). */
+  wrapDns?: (dns: GatewayDns) => GatewayDns;
   /** With an egress policy: UDP flows held for the name in their QUIC Initial (src/nat/quic-flows.ts); defaults there. */
   quic?: Partial<Omit<QuicFlowOptions, 'onLimit'>>;
   /**

@@ -16,7 +16,6 @@ import type { Resolver } from '../../dns/preresolve.js';
 import { NodeDnsResolver } from '../allowlist/resolver.js';
 import type { LiveBudgetStats } from '../../dns/live-budget.js';
 import { ApiServer, type AllowlistControl } from '../api-server.js';
-import { injectControl, startInjector } from '../inject/index.js';
 import { MonotonicClock } from '../clock.js';
 import { DEFAULT_SUBNET, formatUpstream, type DnsUpstream } from '../config.js';
 import { AllowlistRuntime, zoneNames } from '../egress/allowlist-runtime.js';
@@ -111,7 +110,8 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
   try {
     const logLimits = config.logLimits ?? DEFAULT_LOG_LIMITS;
     // The CA first: a bad --state-dir stops start-up before anything is resolved or opened.
-    const injector = config.inject === undefined ? undefined : startInjector(config.inject, log);
+    const injectModule = config.inject === undefined ? undefined : await import('../inject/index.js');
+    const injector = config.inject === undefined || injectModule === undefined ? undefined : injectModule.startInjector(config.inject, log);
     const sink = config.decisionLog === undefined ? undefined : await openDecisionLog(config.decisionLog, logLimits.decisionLogRotation, decisionFileError(log));
     if (sink) closers.push(() => new Promise<void>((r) => sink.end(r)));
     const runtime = await AllowlistRuntime.start(
@@ -217,7 +217,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
 
     if (config.apiSocket !== undefined) {
       const api = new ApiServer(
-        { forwards: new UnavailablePortForwards(), leases: () => [], stats: () => ({ ...stats() }), guestConnected: () => false, allowlist, ...(injector ? { inject: injectControl(injector) } : {}) },
+        { forwards: new UnavailablePortForwards(), leases: () => [], stats: () => ({ ...stats() }), guestConnected: () => false, allowlist, ...(injector && injectModule ? { inject: injectModule.injectControl(injector) } : {}) },
         log,
       );
       closers.push(() => api.close());

@@ -105,6 +105,14 @@ export interface MoatFixtureOptions {
   vnetHdr?: boolean;
   /** With a virtio-net header: receive offload (moat-shim --offload, moat --tap-offload). Default false. */
   offload?: boolean;
+  /**
+   * Moat's whole command line after bin/moat.mjs instead of `serve ...` (e.g.
+   * `moat gvproxy` with gvproxy's flags); it must listen for the guest at
+   * `moatSocket` and serve the API at `apiSocket`. Link "relay" only.
+   */
+  moatCommand?: (ctx: { moatSocket: string; apiSocket: string; dnsServerAddr: string; dir: string; mtu: number; topo: Topology }) => string[];
+  /** Resolves once that Moat is ready (default: its "moat ready" log line on stderr). */
+  moatReady?: (moat: TrackedProcess) => Promise<void>;
 }
 
 /** What udhcpc's script saw in the lease (environment variables from busybox). */
@@ -565,8 +573,16 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
       shim = moat;
       await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat-shim tap --exec moat serve');
     } else {
-      moat = spawnTracked(process.execPath, args);
-      await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat serve');
+      const command = options.moatCommand?.({ moatSocket, apiSocket, dnsServerAddr, dir, mtu, topo });
+      moat = spawnTracked(process.execPath, command === undefined ? args : [...(options.nodeArgs ?? []), options.moatBin ?? MOAT_BIN, ...command]);
+      if (options.moatReady !== undefined) {
+        const m = moat;
+        const exited = m.exited.then(({ code, signal }) => {
+          throw new Error(`moat exited (${code ?? signal}) before it was ready; stderr: ${m.stderr().slice(-2000)}`);
+        });
+        exited.catch(() => {});
+        await Promise.race([options.moatReady(m), exited]);
+      } else await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat serve');
       shim = await startShimNow();
     }
     await waitFor(

@@ -271,6 +271,7 @@ describe('config file and flag precedence', () => {
       api: 'unix:///tmp/api',
       forward: [],
       pcap: '/tmp/p.pcap',
+      notification: 'unix:///tmp/events.sock',
       'log-level': 'warn',
       'log-format': 'pretty',
       'allow-link-local': false,
