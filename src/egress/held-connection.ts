@@ -387,7 +387,15 @@ export class HeldConnection {
     this.stopIntercept = injector.serve(
       guest,
       up,
-      { host: name, port, dial: () => this.host.connectFirst(addresses, port) },
+      {
+        host: name,
+        port,
+        // A new upstream connection (the server closed the kept-alive one) is decided again under the current rules.
+        dial: async () => {
+          if (this.inFlight !== undefined && !this.egress.recheck(this.inFlight, 'while open').keep) throw new Error('the allowlist no longer allows this host');
+          return this.host.connectFirst(addresses, port);
+        },
+      },
       injectionReporter(this.egress, this.dst, port, name, 'sni', () => this.finish()),
     );
   }

@@ -328,7 +328,15 @@ export class Tunnel {
     this.stopIntercept = injector.serve(
       this.client,
       up,
-      { host: name, port: this.plan.port, dial: () => this.ctx.dialer.connectFirst(this.plan.addresses, this.plan.port) },
+      {
+        host: name,
+        port: this.plan.port,
+        // A new upstream connection (the server closed the kept-alive one) is admitted again under the current rules.
+        dial: async () => {
+          if (!this.stillAdmitted(undefined, 'while open')) throw new Error('the allowlist no longer allows this host');
+          return this.ctx.dialer.connectFirst(this.plan.addresses, this.plan.port);
+        },
+      },
       injectionReporter(this.ctx.egress, this.dstHost, this.plan.port, name, 'sni', () => this.destroy()),
     );
   }
