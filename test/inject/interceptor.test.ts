@@ -42,6 +42,18 @@ describe('interceptor (loopback)', () => {
     expect(JSON.stringify(fx.records)).not.toContain(VALUE);
   });
 
+  it('HTTP/1.1: when the server closes the kept-alive upstream connection, the next request re-dials (pinned address) and is injected too', async () => {
+    fx = await startFixture();
+    const agent = new Agent({ keepAlive: true, maxSockets: 1, ALPNProtocols: ['http/1.1'] });
+    const a = await h1(fx, agent, { authorization: 'Bearer moat-secret-api' }, '/close');
+    const b = await h1(fx, agent, { authorization: 'Bearer moat-secret-api' });
+    agent.destroy();
+    expect([a.status, b.status]).toEqual([200, 200]);
+    expect(fx.injector.intercepted).toBe(1); // one guest connection
+    expect(fx.upstreamConnections).toBe(2); // two upstream connections
+    expect(fx.seen.map((s) => s.headers['authorization'])).toEqual([`Bearer ${VALUE}`, `Bearer ${VALUE}`]);
+  });
+
   it('HTTP/1.1: a request without the header gets it set from the template', async () => {
     fx = await startFixture();
     const agent = new Agent({ ALPNProtocols: ['http/1.1'] });

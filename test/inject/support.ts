@@ -52,6 +52,8 @@ export interface Fixture {
   frontPort: number;
   injector: Injector;
   seen: Seen[];
+  /** TLS connections the upstream accepted. */
+  readonly upstreamConnections: number;
   records: { kind: 'injected' | 'refused'; names?: string[]; reason?: string; detail: string }[];
   close(): Promise<void>;
 }
@@ -75,16 +77,20 @@ export async function startFixture(opts: { host?: string; rules?: (port: number,
   const upstreamCa = loadOrCreateCa(dirs[0]!);
   const upLeaves = new LeafCertificates(upstreamCa);
   const seen: Seen[] = [];
+  let upstreamConnections = 0;
   const upstream = createSecureServer({ allowHTTP1: true, SNICallback: (name, cb) => cb(null, upLeaves.contextFor(name)) }, (req, res) => {
     let body = '';
     req.on('data', (c: Buffer) => (body += c.toString()));
     req.on('end', () => {
       seen.push({ authority: req.headers[':authority'] as string | undefined ?? req.headers.host, headers: { ...req.headers }, version: req.httpVersion, body });
       const text = JSON.stringify({ headers: req.headers, body });
+      // /close: an HTTP/1.1 server that closes the kept-alive connection after answering.
+      if (req.url === '/close' && req.httpVersion === '1.1') res.setHeader('connection', 'close');
       res.writeHead(200, { 'content-type': 'application/json', 'x-echo-auth': String(req.headers['authorization'] ?? ''), 'content-length': Buffer.byteLength(text) });
       res.end(text);
     });
   });
+  upstream.on('secureConnection', () => upstreamConnections++);
   await new Promise<void>((r) => upstream.listen(0, '127.0.0.1', r));
   const upstreamPort = (upstream.address() as { port: number }).port;
   const moatCa = loadOrCreateCa(dirs[1]!);
@@ -120,6 +126,9 @@ export async function startFixture(opts: { host?: string; rules?: (port: number,
   const frontPort = (front.address() as { port: number }).port;
   return {
     dirs, upstreamCa, moatCa, upstream, upstreamPort, front, frontPort, injector, seen, records,
+    get upstreamConnections() {
+      return upstreamConnections;
+    },
     close: async () => {
       front.close();
       upstream.close();
