@@ -71,6 +71,8 @@ export interface ApiBackend {
   metrics?(): string;
   /** Ask mode's gate (--on-unlisted ask); without it /decisions/* answer 409. */
   ask?: AskControl;
+  /** Credential injection (--inject): GET /secrets (placeholders, never values) and GET /ca.pem; without it both answer 404. */
+  inject?: InjectControl;
 }
 
 /** Ask mode as the API sees it (src/egress/ask-gate.ts AskGate). */
@@ -87,6 +89,26 @@ export interface AskControl {
  */
 export class EventStreamAnswer {
   constructor(readonly attach: (sink: EventSink) => (() => void) | null) {}
+}
+
+export interface InjectControl {
+  /** Each secret's name, placeholder and rules, without its value. */
+  secrets(): unknown;
+  /** The CA certificate guests must trust, PEM. */
+  caPem(): string;
+}
+
+/** A body that is not JSON (GET /ca.pem). A plain object, so it crosses a worker thread (structured clone) as it is. */
+export interface RawBody {
+  rawBody: { contentType: string; text: string };
+}
+
+export function rawBody(contentType: string, text: string): RawBody {
+  return { rawBody: { contentType, text } };
+}
+
+function isRawBody(body: unknown): body is RawBody {
+  return typeof body === 'object' && body !== null && 'rawBody' in body && typeof (body as RawBody).rawBody?.text === 'string';
 }
 
 /** The allowlist as the API sees it. */
@@ -108,8 +130,8 @@ export class HttpError extends Error {
   }
 }
 
-/** A handler's answer: JSON `body`, or with `contentType` a string sent as it is. */
-export type Handler = (req: IncomingMessage) => Promise<{ status: number; body: unknown; contentType?: string }>;
+/** A handler's answer: a JSON `body`, or a RawBody (rawBody()) sent as it is. */
+export type Handler = (req: IncomingMessage) => Promise<{ status: number; body: unknown }>;
 
 /** Methods by path: what a server answers. One network's routes, or `moat host`'s router over many. */
 export interface RouteTable {
@@ -176,13 +198,13 @@ export class ApiServer {
       this.stream(answer.body, req, res);
       return;
     }
-    const { status, body, allow, contentType } = answer;
+    const { status, body, allow } = answer;
     if (allow !== undefined) res.setHeader('Allow', allow);
     // The rest of an oversized body is not read: close the connection rather than drain the upload.
     if (status === 413) res.setHeader('Connection', 'close');
-    const raw = contentType !== undefined && typeof body === 'string';
-    const text = raw ? body : body === undefined ? '' : JSON.stringify(body);
-    res.writeHead(status, { 'Content-Type': raw ? contentType : 'application/json', 'Content-Length': Buffer.byteLength(text) });
+    const raw = isRawBody(body) ? body.rawBody : undefined;
+    const text = raw !== undefined ? raw.text : body === undefined ? '' : JSON.stringify(body);
+    res.writeHead(status, { 'Content-Type': raw?.contentType ?? 'application/json', 'Content-Length': Buffer.byteLength(text) });
     res.end(text);
   }
 }
@@ -215,8 +237,6 @@ export interface Answer {
   status: number;
   body: unknown;
   allow?: string;
-  /** Set when `body` is text to send as it is (/metrics), not JSON. */
-  contentType?: string;
 }
 
 /**
@@ -297,6 +317,8 @@ export class NetworkRoutes implements RouteTable {
           ['PUT', counted((req) => this.putAllowlist(req))],
         ]),
       ],
+      ['/secrets', new Map([['GET', async () => this.injectAnswer((c) => ({ status: 200, body: { secrets: c.secrets() } }))]])],
+      ['/ca.pem', new Map([['GET', async () => this.injectAnswer((c) => ({ status: 200, body: rawBody('application/x-pem-file', c.caPem()) }))]])],
       [
         '/healthz',
         new Map([['GET', async () => ({ status: 200, body: { status: 'ok', guestConnected: this.backend.guestConnected() } })]]),
@@ -306,7 +328,7 @@ export class NetworkRoutes implements RouteTable {
       ...(backend.dnsZones === undefined ? [] : this.dnsRoutes(backend.dnsZones, counted)),
     ]);
     const metrics = this.backend.metrics?.bind(this.backend);
-    if (metrics !== undefined) this.routes.set('/metrics', new Map([['GET', async () => ({ status: 200, body: metrics(), contentType: METRICS_CONTENT_TYPE })]]));
+    if (metrics !== undefined) this.routes.set('/metrics', new Map([['GET', async () => ({ status: 200, body: rawBody(METRICS_CONTENT_TYPE, metrics()) })]]));
     this.decisionRoute = new Map([['POST', counted((req) => this.postDecision(req))]]);
   }
 
@@ -366,6 +388,11 @@ export class NetworkRoutes implements RouteTable {
         ]),
       ],
     ];
+  }
+
+  private injectAnswer(f: (c: InjectControl) => { status: number; body: unknown }): { status: number; body: unknown } {
+    const c = this.backend.inject;
+    return c === undefined ? { status: 404, body: { error: 'no credential injection configured (--secret, --inject)' } } : f(c);
   }
 
   private async expose(req: IncomingMessage): Promise<{ status: number; body: unknown }> {

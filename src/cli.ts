@@ -31,6 +31,7 @@ import { mainLogBudget } from './log-flags.js';
 import { serve, type RunningServer, type ServeDeps, type ServeExtras } from './serve.js';
 import { parseProxyArgs, proxyHelp, type ProxyConfig } from './proxy/config.js';
 import type { ProxyDeps, RunningProxy } from './proxy/index.js';
+import { caHelp, parseCaArgs } from './inject/ca-command.js';
 
 // What one command needs is loaded when that command runs: `moat serve`
 // starts without the learner (tldts: ~180 ms and ~12 MB), the proxy or the host.
@@ -75,6 +76,7 @@ export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): 
     else if (rest[0] === 'proxy') io.stdout.write(proxyHelp());
     else if (rest[0] === 'learn') io.stdout.write((await loadLearn()).learnHelp());
     else if (rest[0] === 'host') io.stdout.write(hostHelp());
+    else if (rest[0] === 'ca') io.stdout.write(caHelp());
     else if (rest[0] === 'gvproxy') io.stdout.write((await loadGvproxy()).gvproxyHelp());
     else io.stdout.write(mainHelp());
     return EXIT_OK;
@@ -85,6 +87,7 @@ export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): 
   if (command === 'proxy') return runProxy(rest, io);
   if (command === 'learn') return (await loadLearn()).runLearn(rest, learnIo(io));
   if (command === 'host') return runHost(rest, io);
+  if (command === 'ca') return runCa(rest, io);
   if (command === 'gvproxy') return (await loadGvproxy()).runGvproxy(rest, io);
   io.stderr.write(`moat: unknown command "${command}" (see moat --help)\n`);
   return EXIT_USAGE;
@@ -96,6 +99,28 @@ function stopping(io: CliIo): { signal: AbortSignal; stopped: Promise<string> } 
   const stopped = io.stopSignal();
   void stopped.then((name) => controller.abort(new Error(`stopped by ${name}`)));
   return { signal: controller.signal, stopped };
+}
+
+/** `moat ca [--state-dir DIR]`: the PEM guests must trust for --inject (the CA is created if the directory has none). */
+async function runCa(args: readonly string[], io: CliIo): Promise<number> {
+  const r = parseCaArgs(args);
+  if (r === 'help') {
+    io.stdout.write(caHelp());
+    return EXIT_OK;
+  }
+  if (typeof r !== 'object') {
+    io.stderr.write(`moat ca: ${r}\n`);
+    return EXIT_USAGE;
+  }
+  try {
+    // The X.509 code loads only for this command (and for --inject).
+    const { loadOrCreateCa } = await import('./inject/ca.js');
+    io.stdout.write(loadOrCreateCa(r.stateDir).certPem);
+    return EXIT_OK;
+  } catch (e) {
+    io.stderr.write(`moat ca: --state-dir: ${(e as Error).message}\n`);
+    return EXIT_RUNTIME_ERROR;
+  }
 }
 
 async function runZones(args: readonly string[], io: CliIo): Promise<number> {

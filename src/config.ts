@@ -23,6 +23,8 @@ import { askFlagDocs, parseAskFlags } from './egress/ask-flags.js';
 import type { AskSettings } from './egress/ask-gate.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from './log-flags.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
+import { injectFlagDocs, parseInjectFlags } from './inject/flags.js';
+import type { InjectSettings } from './inject/interceptor.js';
 
 /** A usage or configuration mistake: the CLI prints the message and exits with 2. */
 export class ConfigError extends Error {
@@ -96,6 +98,8 @@ export interface ServeConfig {
   logLimits?: LogLimits;
   /** Ask mode (--on-unlisted ask, --ask-timeout-ms); absent: refuse. */
   ask?: AskSettings;
+  /** Credential injection (--secret, --inject, --upstream-ca, --state-dir, src/inject/); absent = none. */
+  inject?: InjectSettings;
   /** Unix socket path lifecycle events go to as JSON lines (--notification, src/notification.ts), or undefined. */
   notification?: string;
 }
@@ -275,6 +279,8 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
   ...limitFlagDocs(),
   // The logs' budget and the decision log's rotation: described once in src/log-flags.ts.
   ...logFlagDocs(),
+  // Credential injection: described once in src/inject/flags.ts.
+  ...injectFlagDocs(),
   { name: 'help', type: 'boolean', help: 'Show this help.' },
 ];
 
@@ -293,6 +299,8 @@ export interface ConfigIo {
   readFile(path: string): string;
   /** The text of /etc/resolv.conf, or undefined when there is none. */
   readResolvConf(): string | undefined;
+  /** An environment variable (--secret NAME=env:VAR); process.env when absent. */
+  readEnv?(name: string): string | undefined;
 }
 
 export const NODE_CONFIG_IO: ConfigIo = {
@@ -730,6 +738,8 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const logLimits = parseLogLimits(str);
   if (typeof logLimits === 'string') throw new ConfigError(logLimits);
 
+  const inject = parseInjectFlagsOf(raw, io, allowlist.allow.length > 0);
+
   const allowLinkLocal = raw.get('allow-link-local');
   return {
     listen,
@@ -761,6 +771,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     liveLookups,
     logLimits,
     ...(ask === undefined ? {} : { ask }),
+    ...(inject !== undefined ? { inject } : {}),
     ...(notification === undefined ? {} : { notification }),
   };
 }
@@ -768,6 +779,14 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
 /** --on-unlisted, --ask-timeout-ms (shared by serve and proxy). */
 export function parseAskFlagsOrThrow(raw: Map<string, Raw>, hasRules: boolean, audit: boolean): AskSettings | undefined {
   const r = parseAskFlags(getters(raw).str, { hasRules, audit });
+  if (typeof r === 'string') throw new ConfigError(r);
+  return r;
+}
+
+/** --secret, --inject, --upstream-ca, --state-dir (shared by serve and proxy). */
+export function parseInjectFlagsOf(raw: Map<string, Raw>, io: ConfigIo, hasAllow: boolean): InjectSettings | undefined {
+  const { list, str } = getters(raw);
+  const r = parseInjectFlags(list, str, { readEnv: io.readEnv ?? ((n) => process.env[n]), readFile: io.readFile }, hasAllow);
   if (typeof r === 'string') throw new ConfigError(r);
   return r;
 }
@@ -1027,6 +1046,7 @@ export function mainHelp(): string {
     '  learn    Print the smallest allowlist that lets what a decision log recorded pass (moat learn --help).',
     '  proxy    An HTTP (CONNECT and plain) and SOCKS5 proxy with the same allowlist, for processes (moat proxy --help).',
     '  host     A daemon serving many guests, one network each, created over its API (moat host --help).',
+    '  ca       Print the CA certificate guests trust for --inject, creating it if needed (moat ca [--state-dir DIR]).',
     '  gvproxy  A drop-in for gvproxy: its command line and API paths, served by Moat (moat gvproxy -h, docs/gvproxy.md).',
     '  help     Show this help, or a command\'s help (moat help serve, moat help zones).',
     '',

@@ -29,7 +29,7 @@ export type WorkerRequest =
   | { id: number; op: 'close' };
 
 /** Worker -> API thread. */
-export type WorkerReply = { id: number; status: number; body: unknown; allow?: string; contentType?: string };
+export type WorkerReply = { id: number; status: number; body: unknown; allow?: string };
 
 const setup = workerData as WorkerSetup;
 const port = parentPort!;

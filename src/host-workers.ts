@@ -14,7 +14,7 @@
 import { CONTENT_TYPE as METRICS_CONTENT_TYPE, hostMetrics } from './metrics.js';
 import type { IncomingMessage } from 'node:http';
 import { Worker } from 'node:worker_threads';
-import { HttpError, readBody, readJsonBody, MAX_BODY_BYTES, type Answer, type Handler, type RouteTable } from './api-server.js';
+import { HttpError, readBody, readJsonBody, MAX_BODY_BYTES, rawBody, type Answer, type Handler, type RouteTable } from './api-server.js';
 import { NODE_CONFIG_IO, type ConfigIo } from './config.js';
 import { parseNetworkRequest } from './host-config.js';
 import { HostFullError, hostHttpError, NetworkExistsError, type NetworkSummary } from './host.js';
@@ -163,7 +163,7 @@ export class WorkerPool implements RouteTable {
       ]);
     }
     if (path === '/metrics') {
-      return new Map<string, Handler>([['GET', async () => ({ status: 200, body: hostMetrics(this.names.size, process.memoryUsage.rss()), contentType: METRICS_CONTENT_TYPE })]]);
+      return new Map<string, Handler>([['GET', async () => ({ status: 200, body: rawBody(METRICS_CONTENT_TYPE, hostMetrics(this.names.size, process.memoryUsage.rss())) })]]);
     }
     const m = /^\/networks\/([^/]+)(\/.*)?$/.exec(path);
     if (m === null) return undefined;
@@ -224,7 +224,6 @@ export class WorkerPool implements RouteTable {
     if (whole && req.method === 'DELETE' && reply.status === 200) this.names.delete(name);
     const answer: Answer = { status: reply.status, body: reply.body };
     if (reply.allow !== undefined) answer.allow = reply.allow;
-    if (reply.contentType !== undefined) answer.contentType = reply.contentType;
     if (whole && req.method === 'GET' && reply.status === 200) answer.body = { ...(reply.body as object), worker: placement.worker };
     return answer;
   }

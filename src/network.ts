@@ -54,6 +54,8 @@ import { LocalZonesDns } from './local-zones-dns.js';
 import { limitNotifier, NO_NOTIFIER, NotificationSender, type NotificationMessage, type Notifier } from './notification.js';
 import { TapFdLink, TAP_GSO_SEGMENT_BYTES } from './transport/tap-fd.js';
 import { openPingSocket } from './transport/ping-socket.js';
+import type { InjectControl } from './api-server.js';
+import type { Injector } from './inject/interceptor.js';
 
 /** The guest's side of the wire: a QEMU stream listener or a TAP descriptor. */
 type GuestLink = QemuStreamServer | TapFdLink;
@@ -426,6 +428,7 @@ export async function startGuestNetwork(
         limits: limitStats(limits, theStack, s.nat as Partial<NatStats>, routes),
         ...(decisions === undefined ? {} : { decisions: { ...decisions.stats } }),
         ...(askGate === undefined ? {} : { ask: askGate.stats() }),
+        ...(runtime?.injector ? { inject: runtime.injector.stats() } : {}),
         logs: logStats(log, decisions, runtime?.file),
         ...(sender === undefined ? {} : { notifications: { path: sender.path, ...sender.stats } }),
         // gvproxy's /stats keys (pkg/virtualnetwork/stats.go): bytes sent to and received from the guest.
@@ -440,7 +443,7 @@ export async function startGuestNetwork(
       renderExposition(networkMetrics({ stats: stats(), rss: process.memoryUsage.rss(), ...(decisionCounts ? { decisions: decisionCounts } : {}) }));
     const askGate = runtime?.runtime.ask;
     routes = new NetworkRoutes(
-      { forwards, leases, stats, guestConnected, dnsZones: zones, metrics, ...(allowlistControl ? { allowlist: allowlistControl } : {}), ...(askGate ? { ask: askGate } : {}) },
+      { forwards, leases, stats, guestConnected, dnsZones: zones, metrics, ...(allowlistControl ? { allowlist: allowlistControl } : {}), ...(askGate ? { ask: askGate } : {}), ...(runtime?.injectApi ? { inject: runtime.injectApi } : {}) },
       log,
       { maxBodyBytes: limits.apiMaxBodyBytes, onTooLarge: (fields) => onLimit('apiBody', fields) },
     );
@@ -506,7 +509,10 @@ async function startAllowlist(
   signal: AbortSignal | undefined,
   network: string | undefined,
   askCallback: AskCallback | undefined,
-): Promise<{ runtime: AllowlistRuntime; file: RotatingFile | undefined; close(): Promise<void> }> {
+): Promise<{ runtime: AllowlistRuntime; file: RotatingFile | undefined; injector: Injector | undefined; injectApi: InjectControl | undefined; close(): Promise<void> }> {
+  // The CA first: a bad --state-dir stops start-up before anything is resolved or opened. The X.509 code loads only with --inject.
+  const injectModule = config.inject === undefined ? undefined : await import('./inject/index.js');
+  const injector = config.inject === undefined || injectModule === undefined ? undefined : injectModule.startInjector(config.inject, log);
   const resolver = d.createDnsResolver(config.resolvers);
   const started = d.clock.now();
   const logLimits = config.logLimits ?? DEFAULT_LOG_LIMITS;
@@ -524,7 +530,7 @@ async function startAllowlist(
         admitResolved: config.admitResolved,
         hostAliasExempt: config.allowHostAlias,
         allowLinkLocal: config.allowLinkLocal,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false, refuseEch: config.refuseEch },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false, refuseEch: config.refuseEch, ...(injector ? { injector } : {}) },
         ...(config.liveLookups ? { liveLookups: config.liveLookups } : {}),
         ...(config.ask ? { ask: { settings: config.ask, ...(askCallback ? { callback: askCallback } : {}) } } : {}),
         now: () => d.clock.now(),
@@ -544,6 +550,8 @@ async function startAllowlist(
   return {
     runtime,
     file: sink,
+    injector,
+    injectApi: injector === undefined ? undefined : injectModule?.injectControl(injector),
     close: async () => {
       await runtime.close();
       if (sink) await new Promise<void>((resolve) => sink.end(resolve));

@@ -52,6 +52,8 @@ export interface DecisionRecord {
   answeredBy?: 'api' | 'callback' | 'timeout' | 'reload';
   /** The pending decision's id (GET /decisions/pending), when there was one. */
   askId?: string;
+  /** An intercepted request (--inject): the names of the secrets injected into it, comma-separated (never a value). */
+  injected?: string;
 }
 
 export interface DecisionLogOptions {

@@ -15,6 +15,8 @@ import type { AskGate } from './ask-gate.js';
 import type { AskOutcome } from './ask-table.js';
 import type { DialTargets } from './dial-targets.js';
 
+import type { Injector } from '../inject/interceptor.js';
+
 /** The proto of a flow's decision record: 'quic' for a UDP flow read by its QUIC Initial. */
 export type FlowProto = 'tcp' | 'udp' | 'quic' | 'icmp';
 
@@ -35,6 +37,8 @@ export interface EgressOptions {
   refusalDetails: boolean;
   /** Refuse TLS ClientHellos that carry encrypted_client_hello (reason 'ech'), GREASE ECH included. */
   refuseEch?: boolean;
+  /** Credential injection (src/inject/): connections to a host with an --inject rule are intercepted. */
+  injector?: Injector;
 }
 
 export const DEFAULT_EGRESS_OPTIONS: Readonly<EgressOptions> = Object.freeze({

@@ -55,6 +55,8 @@ export const DEFAULT_PROXY_DEPS: ProxyDeps = {
 };
 
 export interface ProxyStats {
+  /** Credential injection (--inject): tunnels intercepted, open now, leaf certificates cached and issued. */
+  inject?: { intercepted: number; open: number; leaves: number; leavesIssued: number };
   connects: number;
   socksConnects: number;
   requests: number;
@@ -111,6 +113,9 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
   };
   try {
     const logLimits = config.logLimits ?? DEFAULT_LOG_LIMITS;
+    // The CA first: a bad --state-dir stops start-up before anything is resolved or opened.
+    const injectModule = config.inject === undefined ? undefined : await import('../inject/index.js');
+    const injector = config.inject === undefined || injectModule === undefined ? undefined : injectModule.startInjector(config.inject, log);
     const sink = config.decisionLog === undefined ? undefined : await openDecisionLog(config.decisionLog, logLimits.decisionLogRotation, decisionFileError(log));
     if (sink) closers.push(() => new Promise<void>((r) => sink.end(r)));
     const runtime = await AllowlistRuntime.start(
@@ -124,7 +129,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         admitResolved: config.admitResolved,
         hostAliasExempt: false,
         allowLinkLocal: false,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails, refuseEch: config.refuseEch },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails, refuseEch: config.refuseEch, ...(injector ? { injector } : {}) },
         liveLookups: config.liveLookups,
         ...(config.ask ? { ask: { settings: config.ask, ...(options.ask ? { callback: options.ask } : {}) } } : {}),
         now: d.now,
@@ -213,12 +218,13 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         connections: { http: httpSockets.size, socks: socksSockets?.size ?? 0 },
         logs: logStats(log, egress.decisions, sink),
         ...(runtime.ask ? { ask: runtime.ask.stats() } : {}),
+        ...(injector ? { inject: injector.stats() } : {}),
       };
     };
 
     if (config.apiSocket !== undefined) {
       const api = new ApiServer(
-        { forwards: new UnavailablePortForwards(), leases: () => [], stats: () => ({ ...stats() }), guestConnected: () => false, allowlist, ...(runtime.ask ? { ask: runtime.ask } : {}) },
+        { forwards: new UnavailablePortForwards(), leases: () => [], stats: () => ({ ...stats() }), guestConnected: () => false, allowlist, ...(runtime.ask ? { ask: runtime.ask } : {}), ...(injector && injectModule ? { inject: injectModule.injectControl(injector) } : {}) },
         log,
       );
       closers.push(() => api.close());
