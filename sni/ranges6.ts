@@ -79,6 +79,8 @@ export function parseIpv6(text: string): bigint | null {
 
 /** RFC 5952 text (lower case, longest zero run compressed; mapped addresses as `::ffff:a.b.c.d`). */
 export function formatIpv6(address: bigint): string {
+  // RFC 5952 5: an IPv4-mapped address keeps its dotted quad (inet_ntop does the same).
+  if (address >> 32n === 0xffffn) return `::ffff:${formatIpv4(Number(address & 0xffffffffn))}`;
   return Address6.fromBigInt(address).correctForm();
 }
 
