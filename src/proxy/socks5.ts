@@ -201,8 +201,11 @@ function handshake(host: Socks5Host, socket: Socket, timeoutMs: number): void {
         return;
       }
       socket.write(reply(REP.succeeded));
-      host.openTunnel(socket, a, rest);
+      // Resume BEFORE the tunnel takes the socket: a tunnel that dials at once (an address target)
+      // pauses it again until it is piped; resumed after, the client's first bytes (sent on our reply)
+      // flowed to no listener while the dial was in flight and were lost.
       socket.resume();
+      host.openTunnel(socket, a, rest);
     });
   };
   socket.on('data', onData);

@@ -17,6 +17,12 @@ import { parseProxyArgs } from '../../src/proxy/config.js';
 import { startProxy, type RunningProxy } from '../../src/proxy/index.js';
 import { startTestUpstream, type TestUpstream } from './allowlist-upstream.js';
 import { rawExchange } from './proxy-raw-upstream.js';
+import { parseRules } from '../../dns/rules.js';
+import { AllowlistRuntime } from '../../src/egress/allowlist-runtime.js';
+import { DEFAULT_EGRESS_OPTIONS } from '../../src/egress/egress.js';
+import { AuthFailureLog } from '../../src/proxy/auth.js';
+import { createSocks5Server } from '../../src/proxy/socks5.js';
+import { Tunnel } from '../../src/proxy/tunnel.js';
 
 const V4 = '127.66.19.1';
 const PORT = 7019;
@@ -201,6 +207,58 @@ describe('moat proxy --mode audit: IPv6 metadata stays refused', () => {
       expect(decisions.at(-1)).toMatchObject({ decision: 'would-block', dst: `[::1]:${PORT}` });
     } finally {
       await p.close();
+    }
+  });
+});
+
+describe('SOCKS5: bytes the client sends while an address target is still being dialed', () => {
+  // Found by test/e2e/proxy-ipv6.test.ts: curl's request, sent on the SOCKS5 reply, was lost when the
+  // upstream connect took longer than the client (IPv4 and IPv6 alike): the listener resumed the
+  // client socket after handing it to a tunnel that had paused it for its dial.
+  it('reach the upstream once it connects (a dialer that takes 150 ms)', async () => {
+    const runtime = await AllowlistRuntime.start(
+      {
+        rules: parseRules([`${V4}:${PORT}`, `[::1]:${PORT}`]),
+        resolver: { resolve4: async () => ({ addresses: [], ttl: 1 }), resolve6: async () => ({ addresses: [], ttl: 1 }) },
+        gatewayIpv4: '192.168.127.1',
+        hostAliasIpv4: '192.168.127.254',
+        sinkhole: 'zero',
+        guestSubnet: { network: '192.168.127.0', prefix: 24 },
+        admitResolved: [],
+        hostAliasExempt: false,
+        allowLinkLocal: false,
+        egress: DEFAULT_EGRESS_OPTIONS,
+        now: () => performance.now(),
+      },
+      NULL_LOGGER,
+    );
+    const slow = {
+      connectFirst: async (addresses: readonly string[], port: number): Promise<Socket> => {
+        await new Promise((r) => setTimeout(r, 150));
+        const s = connect({ host: addresses[0]!, port, allowHalfOpen: true });
+        await new Promise<void>((resolve, reject) => s.once('connect', resolve).once('error', reject));
+        return s;
+      },
+    };
+    const counters = { socksConnects: 0, refused: 0, udpAssociations: 0, udpDropped: 0, udpIn: 0, udpOut: 0, authFailures: 0 };
+    const server = createSocks5Server(
+      {
+        egress: () => runtime.egress,
+        log: NULL_LOGGER,
+        openTunnel: (client, a, head) => new Tunnel(client, a, { egress: runtime.egress, dialer: slow, log: NULL_LOGGER, serverFirstGraceMs: 1000 }, () => {}).start(head),
+        auth: undefined,
+        authFailures: new AuthFailureLog(counters, NULL_LOGGER),
+        counters,
+      },
+      { maxConnections: 16, handshakeTimeoutMs: 5000 },
+    );
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    try {
+      const at = `127.0.0.1:${(server.address() as { port: number }).port}`;
+      expect(await socksConnectIpv6(at, LOOPBACK6, PORT, 'sent-while-dialing')).toEqual({ rep: 0, echo: 'sent-while-dialing' });
+    } finally {
+      server.close();
+      await runtime.close();
     }
   });
 });
