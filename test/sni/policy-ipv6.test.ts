@@ -71,6 +71,24 @@ describe('EgressPolicy.decide: IPv6 destinations', () => {
     expect(policy(rules, opts).decide(tcp(dst, port, peeked), NO_PINS)).toEqual(want);
   });
 
+  it.each([
+    ['host', '[::ffff:127.0.0.1]'],
+    ['host', '[::FFFF:7F00:1]'],
+    ['host', '[0:0:0:0:0:ffff:127.0.0.1]'],
+    ['host', '[64:ff9b::a9fe:a9fe]'],
+    ['host', '[fd00:ec2::254]'],
+    ['sni', '::ffff:127.0.0.1'],
+    ['sni', 'fd00:ec2::254'],
+  ] as const)('a %s naming an IPv6 literal (%s) is refused, never dialed', (via, name) => {
+    const d = policy(['github.com']).decide(tcp('2606:4700::1', 443, { via, name }), NO_PINS);
+    expect(d).toMatchObject({ verdict: 'block', reason: 'ip-literal-name' });
+  });
+
+  it('a Host with a zone id is refused as a bad name', () => {
+    expect(policy(['github.com']).decide(tcp('2606:4700::1', 80, { via: 'host', name: '[fe80::1%25eth0]' }), NO_PINS)).toMatchObject({ verdict: 'block' });
+    expect(policy(['github.com']).decideName('tcp', '[fe80::1%eth0]', 443)).toMatchObject({ verdict: 'block', reason: 'ip-literal-name' });
+  });
+
   it('pins an IPv6 address for a name on an unpeekable port, in any spelling; a special pinned address is rebinding', () => {
     let now = 0;
     const pins = new PinTable(() => now);
