@@ -440,10 +440,7 @@ export class EgressPolicy {
     const ip = this.ipRuleFor(dst, port);
     if (ip !== null) return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
 
-    return this.nameSteps(flow, port, byAddress, pins, () => {
-      const range = specialRangeOfIpv4(dst, this.guest);
-      return range !== null && !this.admitsResolved(dst, port) ? range : null;
-    });
+    return this.nameSteps(flow, port, byAddress, pins, dst);
   }
 
   /**
@@ -488,23 +485,20 @@ export class EgressPolicy {
     // 3. IPv6 rules.
     const ip = this.ip6RuleFor(dst, port);
     if (ip !== null) return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
-    return this.nameSteps({ ...flow, dst: text }, port, byAddress, pins, () => {
-      const range = specialRangeOfIpv6(dst, this.v6.guest, this.guest);
-      return range !== null && !this.admitsResolved6(dst, port) ? range : null;
-    });
+    return this.nameSteps({ ...flow, dst: text }, port, byAddress, pins, dst);
   }
 
   /**
    * Steps 4-7, the same for both families: `flow.dst` is the address's one
-   * text form (the pin table's key); `unadmittedRange` says whether the
-   * address is a special range nothing admits (step 6's rebinding guard).
+   * text form (the pin table's key), `dst` the address as a number (a
+   * bigint for IPv6), for step 6's rebinding guard.
    */
   private nameSteps(
     flow: FlowInput,
     port: number,
     byAddress: { readonly kind: 'address'; readonly address: string },
     pins: PinView,
-    unadmittedRange: () => SpecialRange | null,
+    dst: number | bigint,
   ): Decision {
     // 4. A datagram flow has a name only in a QUIC Initial, on a port a hostname rule covers for UDP.
     const udp = flow.proto !== 'tcp';
@@ -524,7 +518,7 @@ export class EgressPolicy {
         for (const name of pins.namesFor(flow.dst)) {
           const rule = this.nameRuleFor(name, port);
           if (rule === null) continue;
-          const range = unadmittedRange();
+          const range = this.unadmittedRange(dst, port);
           if (range !== null) return block('rebinding', rule.text, name, range);
           return { verdict: 'allow', reason: 'pinned', rule: rule.text, name, dial: byAddress };
         }
@@ -604,6 +598,16 @@ export class EgressPolicy {
       else refused.push({ address, range });
     }
     return { admitted, refused };
+  }
+
+  /** Step 6's guard: the special range of `dst` (either family) that nothing admits on `port`, or null. */
+  private unadmittedRange(dst: number | bigint, port: number): SpecialRange | null {
+    if (typeof dst === 'number') {
+      const range = specialRangeOfIpv4(dst, this.guest);
+      return range !== null && !this.admitsResolved(dst, port) ? range : null;
+    }
+    const range = specialRangeOfIpv6(dst, this.v6.guest, this.guest);
+    return range !== null && !this.admitsResolved6(dst, port) ? range : null;
   }
 
   /** admitResolved for one address: null (admitted) or the special range nothing admits. */

@@ -1,4 +1,5 @@
 import { describe, it, expect } from 'vitest';
+import { Address6 } from 'ip-address';
 import fc from 'fast-check';
 import { ipv4Network, specialRangeOfIpv4 } from '../../sni/ranges.js';
 import { embeddedForms, PUBLIC4, spellings } from './support/ipv6-forms.js';
@@ -62,6 +63,35 @@ describe('parseIpv6', () => {
         for (let i = 0; i < 16; i++) bytes[i] = Number((n >> BigInt(120 - 8 * i)) & 0xffn);
         expect(ipv6FromBytes(bytes)).toBe(n);
       }),
+    );
+  });
+
+  it('reads every string exactly as ip-address does, minus zone ids and prefixes (property, the oracle)', () => {
+    const chunk = fc.constantFrom('0', '1', 'f', 'F', 'ffff', '0000', '12345', ':', ':', '::', '.', '1.2.3.4', '255.255.255.255', '01.2.3.4', '%eth0', '/64', 'g');
+    fc.assert(
+      fc.property(fc.array(chunk, { maxLength: 14 }).map((xs) => xs.join('')), (text) => {
+        const mine = parseIpv6(text);
+        let theirs: bigint | null = null;
+        try {
+          theirs = Address6.isValid(text) && /^[0-9A-Fa-f:.]+$/.test(text) ? new Address6(text).bigInt() : null;
+        } catch {
+          theirs = null;
+        }
+        expect({ text, mine }).toEqual({ text, mine: theirs });
+      }),
+      { numRuns: 20000 },
+    );
+  });
+
+  it('formats as ip-address does (RFC 5952), but IPv4-mapped with its dotted quad (property)', () => {
+    const groups = fc.array(fc.oneof(fc.constant(0), fc.constant(0), fc.integer({ min: 0, max: 0xffff })), { minLength: 8, maxLength: 8 });
+    fc.assert(
+      fc.property(groups, (g) => {
+        const n = g.reduce((acc, x) => (acc << 16n) | BigInt(x), 0n);
+        const want = n >> 32n === 0xffffn ? new Address6(Address6.fromBigInt(n).correctForm()).to4in6() : Address6.fromBigInt(n).correctForm();
+        expect(formatIpv6(n)).toBe(want);
+      }),
+      { numRuns: 20000 },
     );
   });
 
