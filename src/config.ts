@@ -201,7 +201,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     help: 'Resolver that allowed names are looked up at (port 53 unless given; IPv6 as [ADDR]:PORT). Used with --allow only. Repeatable.',
     example: '1.1.1.1',
   },
-  { name: 'sinkhole', type: 'string', value: 'MODE', default: 'zero', help: 'What a name outside the --allow list gets: zero (A 0.0.0.0, other types no records) or nxdomain.' },
+  { name: 'sinkhole', type: 'string', value: 'MODE', default: 'zero', help: 'What a name outside the --allow list gets: zero (A 0.0.0.0, AAAA :: when the guest network has IPv6, other types no records) or nxdomain.' },
   {
     name: 'admit-resolved',
     type: 'string',
