@@ -61,6 +61,9 @@
  *    even with an empty rule set: the caller has a bug, not a flow.
  *  - A protocol other than 'tcp' is treated like UDP (IP rules only): only
  *    TCP streams can be peeked.
+ *  - 'icmp' (an echo request) has no port: its port is ignored and only an
+ *    IP rule without a port (one that opens every UDP port too) allows it;
+ *    otherwise 'icmp-needs-ip-rule'. Steps 1-3 apply as to UDP.
  *  - When several IP rules contain dst, the reported rule is the most
  *    specific (exact address, then longest prefix, then rule order). When
  *    several name rules match, the exact host rule wins, then the wildcard of
@@ -130,7 +133,8 @@ export interface PolicyOptions {
 }
 
 export interface FlowInput {
-  proto: 'tcp' | 'udp';
+  /** 'icmp': an echo request; `port` is ignored (see the choices above). */
+  proto: 'tcp' | 'udp' | 'icmp';
   /** The address the guest addressed: IPv4 dotted quad or IPv6 text (any RFC 4291 spelling, no zone id). */
   dst: string;
   port: number;
@@ -138,7 +142,8 @@ export interface FlowInput {
   peeked?: { via: 'sni' | 'host' | 'quic'; name: string | null };
 }
 
-export type AllowReason = 'no-allowlist' | 'ip-rule' | 'host-alias-exempt' | 'name-sni' | 'name-host' | 'name-quic' | 'pinned' | 'name-target';
+/** 'asked-once': not the policy's; ask mode's allow-once verdict (src/egress/ask-gate.ts) let this one request through. */
+export type AllowReason = 'no-allowlist' | 'ip-rule' | 'host-alias-exempt' | 'name-sni' | 'name-host' | 'name-quic' | 'pinned' | 'name-target' | 'asked-once';
 
 /**
  * How a name given to decideName() was learnt: peeked from the bytes (SNI,
@@ -151,6 +156,7 @@ export type BlockReason =
   | 'host-alias'
   | 'no-rule'
   | 'udp-needs-ip-rule'
+  | 'icmp-needs-ip-rule'
   | 'name-not-allowed'
   | 'no-name'
   | 'ip-literal-name'
@@ -409,8 +415,9 @@ export class EgressPolicy {
       if (dst6 === null) return block('no-rule', null, null, 'invalid destination address');
       return this.decide6(flow, dst6, pins);
     }
-    const port = flow.port;
-    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    // Echo has no port; 0 is covered only by IP rules without one (ipRuleCovers).
+    const port = flow.proto === 'icmp' ? 0 : flow.port;
+    if (flow.proto !== 'icmp' && (!Number.isInteger(port) || port < 1 || port > 65535)) {
       return block('no-rule', null, null, 'invalid destination port');
     }
     const byAddress = { kind: 'address', address: flow.dst } as const;
@@ -440,6 +447,7 @@ export class EgressPolicy {
     const ip = this.ipRuleFor(dst, port);
     if (ip !== null) return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
 
+    if (flow.proto === 'icmp') return block('icmp-needs-ip-rule', null, null);
     return this.nameSteps(flow, port, byAddress, pins, dst);
   }
 
@@ -449,8 +457,8 @@ export class EgressPolicy {
    * rules, then the same name steps as IPv4.
    */
   private decide6(flow: FlowInput, dst: bigint, pins: PinView): Decision {
-    const port = flow.port;
-    if (!Number.isInteger(port) || port < 1 || port > 65535) return block('no-rule', null, null, 'invalid destination port');
+    const port = flow.proto === 'icmp' ? 0 : flow.port;
+    if (flow.proto !== 'icmp' && (!Number.isInteger(port) || port < 1 || port > 65535)) return block('no-rule', null, null, 'invalid destination port');
     const embedded = embeddedIpv4(dst);
     if (embedded !== null && embedded.same) return this.decide({ ...flow, dst: formatIpv4(embedded.ipv4[0]!) }, pins);
     if (embedded !== null) {
@@ -485,6 +493,7 @@ export class EgressPolicy {
     // 3. IPv6 rules.
     const ip = this.ip6RuleFor(dst, port);
     if (ip !== null) return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
+    if (flow.proto === 'icmp') return block('icmp-needs-ip-rule', null, null);
     return this.nameSteps({ ...flow, dst: text }, port, byAddress, pins, dst);
   }
 

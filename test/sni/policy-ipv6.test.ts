@@ -89,6 +89,15 @@ describe('EgressPolicy.decide: IPv6 destinations', () => {
     expect(policy(['github.com']).decideName('tcp', '[fe80::1%eth0]', 443)).toMatchObject({ verdict: 'block', reason: 'ip-literal-name' });
   });
 
+  it('ICMP echo to IPv6: only a portless IPv6 rule allows it; mapped forms as their IPv4 address; metadata guarded', () => {
+    const p = policy(['github.com', '2606:4700::/32', '[2a00:1450::1]:443', '8.8.8.8']);
+    const echo = (dst: string): Decision => p.decide({ proto: 'icmp', dst, port: 0 }, NO_PINS);
+    expect(echo('2606:4700::1')).toEqual(allowAddress('ip-rule', '2606:4700::/32', '2606:4700::1'));
+    expect(echo('2a00:1450::1')).toEqual(blocked('icmp-needs-ip-rule'));
+    expect(echo('::ffff:8.8.8.8')).toEqual(allowAddress('ip-rule', '8.8.8.8', '8.8.8.8'));
+    expect(echo('fd00:ec2::254')).toEqual(blocked('link-local'));
+  });
+
   it('pins an IPv6 address for a name on an unpeekable port, in any spelling; a special pinned address is rebinding', () => {
     let now = 0;
     const pins = new PinTable(() => now);
