@@ -46,8 +46,10 @@ export interface AllowlistDnsOptions {
   ask?: AskGate;
   /** The runtime's live-lookup budget (shared with dial-by-name). */
   budget?: LiveLookupBudget;
-  /** Addresses Moat pinned for a name: what an HTTPS/SVCB answer's ipv4hint may keep. */
+  /** Addresses Moat pinned for a name: what an HTTPS/SVCB answer's ipv4hint/ipv6hint may keep. */
   pinned?: (name: string) => readonly string[];
+  /** The guest network carries IPv6: AAAA answered like A (dns/responder.ts). Default false. */
+  ipv6?: boolean;
 }
 
 export type AllowlistDnsStats = GatewayDnsStats &
@@ -73,7 +75,7 @@ export class AllowlistDns implements GatewayDns {
       table: opts.table,
       resolver: opts.resolver,
       timers: opts.timers ?? realTimers,
-      ipv6: GUEST_IPV6,
+      ipv6: opts.ipv6 ?? GUEST_IPV6,
       ...(opts.decisionId ? { decisionId: opts.decisionId } : {}),
       ...(opts.audit ? { audit: true } : {}),
       ...(opts.budget ? { budget: opts.budget } : {}),
