@@ -35,7 +35,7 @@
 import type { Socket } from 'node:net';
 import { canonicalHostname } from '../../dns/rules.js';
 import type { SynInfo, TcpCloseReason, TcpHandlers, TcpSocket } from '../../netstack/api.js';
-import { formatIPv4 } from '../../netstack/addr.js';
+import { formatIp, formatIPv4 } from '../../netstack/addr.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Logger } from '../log.js';
@@ -88,7 +88,7 @@ export class HeldConnection {
     private readonly log: Logger,
     private readonly onDone: (held: HeldConnection) => void,
   ) {
-    this.dst = formatIPv4(syn.dst);
+    this.dst = formatIp(syn.dst);
     // Route every callback to the pipe once it exists: the stack keeps the handlers it was given at accept().
     this.handlers = {
       onData: (d) => (this.pipe ? this.pipe.onData(d) : this.guestData(d)),
