@@ -830,6 +830,8 @@ export class Stack implements NetStack, TcpHost {
     if (this.isVirtualIp6(src, v6) || src === v6.prefix) return this.drop('ipv6:spoofed-source');
     if (!unspecified && !isLinkLocal6(src) && !inPrefix6(src, v6.prefix, 64)) return this.drop('ipv6:source-outside-prefix');
     const dstMulticast = isMulticast6(dst);
+    // A multicast frame (let in for NDP and DHCPv6) must carry a packet for the group its MAC maps to (RFC 2464 §7).
+    if (isMulticastMac(eth.dst) && eth.dst !== MAC_BROADCAST && !(dstMulticast && multicastMac(dst) === eth.dst)) return this.drop('eth:multicast');
     if (dstMulticast) {
       if (!this.isOurGroup(dst, v6)) return this.drop('ipv6:multicast');
     } else if (isLinkLocal6(dst) ? dst !== v6.linkLocal : inPrefix6(dst, v6.prefix, 64) && !this.isVirtualIp6(dst, v6)) {
