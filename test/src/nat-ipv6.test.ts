@@ -7,6 +7,7 @@ import { classifyDestination, DEFAULT_NAT_OPTIONS, Nat, type NatOptions } from '
 import { ipv6HostLoopback } from '../../src/network.js';
 import { ConfigError, parseIpv6Flags, parseServeArgs } from '../../src/config.js';
 import { FakePendingTcp, FakeStack, waitFor, type FakeTcpSocket } from './nat-fake-stack.js';
+import { startEgressNat } from './egress-nat-support.js';
 
 const P = (t: string): IPv6 => parseIPv6(t)!;
 const PREFIX = P('fd6d:6f61:7400::');
@@ -133,6 +134,22 @@ describe('NAT over IPv6', () => {
     await waitFor(() => stack.udpSent.length === 1, 'the UDP reply');
     expect(stack.udpSent[0]).toMatchObject({ from: HOST6, to: GUEST6, toPort: 5353 });
     expect(stack.udpSent[0]!.payload.toString()).toBe('re:hi');
+  });
+});
+
+describe('NAT over IPv6 under an allowlist (until the policy decides IPv6)', () => {
+  it('refuses every IPv6 flow, even to a destination an IPv4 rule of the same form would allow, and dials nothing', async () => {
+    const s = await startEgressNat(['*.t.test', '0.0.0.0/0:443'], { ipv6: IPV6_RULES });
+    cleanups.push(() => s.close());
+    for (const dst of [HOST6, P('2001:db8::5'), P('2a00:1450:4001:81c::200e')]) {
+      const p = syn6(dst, 443);
+      s.nat.onTcpSyn(p);
+      expect((await p.decided).kind, String(dst)).toBe('refused');
+      s.nat.onUdp({ src: GUEST6, srcPort: 5000, dst, dstPort: 443, payload: new Uint8Array(1200) });
+    }
+    expect(s.dialed).toEqual([]);
+    expect(s.nat.stats().policyBlocked).toEqual({ tcp: 3, udp: 3 });
+    expect(s.nat.stats().udpFlows).toBe(0);
   });
 });
 
