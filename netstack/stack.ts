@@ -69,6 +69,7 @@ import {
   NDP_OPT_TARGET_LL, parseNdpOptions, parseNeighborMessage, routerAdvertBodyLength, routerAdvertRest, type RouterAdvert,
 } from './ndp.js';
 import { MAX_GSO_FRAME, RX_GSO_TCP, RX_L4_CHECKSUM_OK } from './rx-marks.js';
+import { answerDhcp6, DHCP6_SERVER_PORT } from './dhcp6.js';
 import { TcpConnection, rstForUnknown, type TcpConfig, type TcpHost } from './tcp/connection.js';
 import {
   emitTcpHeader,
@@ -167,10 +168,8 @@ const MAX_OFFLOAD_SEGMENT_BYTES = 65535 - 20 - 60;
 
 /** DHCP runs on these ports (RFC 2131 §4.1). */
 const DHCP_SERVER_PORT = 67;
-/** DHCPv6 servers listen here (RFC 8415 §7.2). */
-const DHCP6_SERVER_PORT = 547;
-/** Whether the RA's O flag sends guests to DHCPv6 for DNS settings. */
-const DHCP6_ANSWERS = false;
+/** The RA's O flag: guests ask stateless DHCPv6 (dhcp6.ts) for DNS settings too. */
+const DHCP6_ANSWERS = true;
 
 /** Ethernet + IPv4 header bytes before the L4 header of every IPv4 frame we build. */
 const L4_OFFSET = ETH_HEADER_LEN + IPV4_HEADER_LEN;
@@ -910,9 +909,12 @@ export class Stack implements NetStack, TcpHost {
     this.events.onUdp({ src, srcPort: udp.srcPort, dst, dstPort: udp.dstPort, payload: udp.payload });
   }
 
-  /** Stateless DHCPv6 (RFC 8415 §18.2.6 Information-request) is answered by a later step; until then it is dropped and counted. */
-  private inputDhcp6(_v6: V6, _src: IPv6, _srcPort: number, _payload: Uint8Array): void {
-    this.drop('dhcp6:unsupported');
+  /** Stateless DHCPv6 (RFC 8415 §18.2.6): an Information-request from the guest's link-local address gets DNS and the search list. */
+  private inputDhcp6(v6: V6, src: IPv6, srcPort: number, payload: Uint8Array): void {
+    if (!isLinkLocal6(src)) return this.drop('dhcp6:not-link-local');
+    const reply = answerDhcp6(payload, { serverMac: this.config.gatewayMac, dnsServers: v6.dnsServers, searchDomains: this.config.searchDomains });
+    if (reply instanceof ParseError) return this.drop(reply.reason);
+    this.sendUdp6(v6.linkLocal, DHCP6_SERVER_PORT, src, srcPort, reply, undefined);
   }
 
   private inputIcmp6(eth: EthernetRepr, v6: V6, ip: Ipv6Repr, packet: Uint8Array, upper: Uint8Array, dstMulticast: boolean): void {

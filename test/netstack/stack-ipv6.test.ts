@@ -436,3 +436,55 @@ describe('Stack IPv6: TCP (the one TCP implementation)', () => {
   });
 });
 
+
+describe('Stack IPv6: stateless DHCPv6 (RFC 8415 Information-request)', () => {
+  const ALL_DHCP = parseIPv6('ff02::1:2')!;
+  const infoRequest = (type = 11, extra: number[] = []) =>
+    new Uint8Array([type, 0xab, 0xcd, 0xef, 0, 1, 0, 10, 0, 3, 0, 1, 0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0, 6, 0, 4, 0, 23, 0, 24, ...extra]);
+
+  it('answers from the link-local address with the client id, our DUID, DNS servers, search list and refresh time', () => {
+    const h = harness({ searchDomains: ['corp.example', 'example.org'] });
+    h.stack.input([udp6Frame(GUEST_LL, 546, ALL_DHCP, 547, infoRequest())]);
+    expect(h.out).toHaveLength(1);
+    const s = sent(h.out[0]!);
+    expect(s.ip).toMatchObject({ src: GW_LL, dst: GUEST_LL });
+    const u = parseUdp(s.upper, s.ip.src, s.ip.dst);
+    if (u instanceof ParseError) throw new Error(u.reason);
+    expect(u).toMatchObject({ srcPort: 547, dstPort: 546 });
+    const m = u.payload;
+    expect([...m.subarray(0, 4)]).toEqual([7, 0xab, 0xcd, 0xef]);
+    const opts = new Map<number, Uint8Array>();
+    for (let i = 4; i < m.length; ) {
+      const code = (m[i]! << 8) | m[i + 1]!;
+      const len = (m[i + 2]! << 8) | m[i + 3]!;
+      opts.set(code, m.subarray(i + 4, i + 4 + len));
+      i += 4 + len;
+    }
+    expect([...opts.get(1)!]).toEqual([0, 3, 0, 1, 0x02, 0xaa, 0xbb, 0xcc, 0xdd, 0xee]);
+    expect([...opts.get(2)!]).toEqual([0, 3, 0, 1, 0x5a, 0x94, 0xef, 0xe4, 0x0c, 0xdd]);
+    expect(opts.get(23)!.length).toBe(16);
+    expect(Buffer.from(opts.get(24)!).toString('latin1')).toBe('\x04corp\x07example\x00\x07example\x03org\x00');
+    expect([...opts.get(32)!]).toEqual([0, 1, 0x51, 0x80]);
+  });
+
+  it('the RA says "other configuration" (O flag) so that guests ask', () => {
+    const h = harness();
+    h.stack.input([icmp6Frame(GUEST_LL, ALL_ROUTERS, ICMP6_ROUTER_SOLICIT, 0, 0, new Uint8Array(0), { hopLimit: 255 })]);
+    expect((icmpOut(h.out[0]!).m.rest >>> 16) & 0x40).toBe(0x40);
+  });
+
+  it('refuses Solicit (no stateful DHCPv6), another server id, IA options, truncated options, a global source', () => {
+    const h = harness();
+    h.stack.input([
+      udp6Frame(GUEST_LL, 546, ALL_DHCP, 547, infoRequest(1)),
+      udp6Frame(GUEST_LL, 546, ALL_DHCP, 547, infoRequest(11, [0, 2, 0, 10, 0, 3, 0, 1, 1, 2, 3, 4, 5, 6])),
+      udp6Frame(GUEST_LL, 546, ALL_DHCP, 547, infoRequest(11, [0, 3, 0, 12, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0])),
+      udp6Frame(GUEST_LL, 546, ALL_DHCP, 547, infoRequest(11, [0, 24, 0, 9, 1])),
+      udp6Frame(GUEST6, 546, GW6, 547, infoRequest()),
+    ]);
+    expect(h.out).toHaveLength(0);
+    expect(h.drops).toMatchObject({
+      'dhcp6:stateful-unsupported': 1, 'dhcp6:not-our-server-id': 1, 'dhcp6:ia-in-information-request': 1, 'dhcp6:truncated': 1, 'dhcp6:not-link-local': 1,
+    });
+  });
+});
