@@ -14,7 +14,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import {
-  formatIPv4, formatIPv6, formatMac, inSubnet, ipv6, isLinkLocal6, isMulticast6, parseCidr, parseIPv4, parseIPv6, parseMac, prefixMask,
+  formatIPv4, formatIPv6, formatMac, inPrefix6, inSubnet, ipv6, isLinkLocal6, isMulticast6, parseCidr, parseIPv4, parseIPv6, parseMac, prefixMask,
   withInterfaceId, type IPv4, type IPv6, type Mac,
 } from '../netstack/addr.js';
 import { parseRules, RuleSetError, type Rule } from '../dns/rules.js';
@@ -680,9 +680,18 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   for (const text of fwdRaw.items) {
     const spec = parseForwardFlag(text);
     if (typeof spec === 'string') throw new ConfigError(`${fwdRaw.label}: ${spec}`);
-    const guest = parseIPv4(spec.remote.slice(0, spec.remote.lastIndexOf(':')))!;
-    if (!inSubnet(guest, network, prefix)) {
-      throw new ConfigError(`${fwdRaw.label}: guest address ${formatIPv4(guest)} is outside --subnet ${subnetRaw.text} in "${text}"`);
+    const hostText = spec.remote.slice(0, spec.remote.lastIndexOf(':'));
+    if (hostText.startsWith('[')) {
+      const guest6 = parseIPv6(hostText.slice(1, -1));
+      if (ipv6 === undefined) throw new ConfigError(`${fwdRaw.label}: an IPv6 guest address needs IPv6 on (it is off: --ipv6 off or --mtu below ${IPV6_MIN_LINK_MTU}) in "${text}"`);
+      if (guest6 === undefined || !inPrefix6(guest6, ipv6.prefix, 64) || guest6 === ipv6.prefix || guest6 === ipv6.gatewayIp || guest6 === ipv6.hostIp) {
+        throw new ConfigError(`${fwdRaw.label}: guest address ${hostText} is not a guest address in --ipv6-prefix ${formatIPv6(ipv6.prefix)}/64 in "${text}"`);
+      }
+    } else {
+      const guest = parseIPv4(hostText)!;
+      if (!inSubnet(guest, network, prefix)) {
+        throw new ConfigError(`${fwdRaw.label}: guest address ${formatIPv4(guest)} is outside --subnet ${subnetRaw.text} in "${text}"`);
+      }
     }
     if (forwards.some((f) => f.local === spec.local && f.protocol === spec.protocol)) {
       throw new ConfigError(`${fwdRaw.label}: ${spec.local}/${spec.protocol} is forwarded twice ("${text}")`);

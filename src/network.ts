@@ -604,7 +604,7 @@ function collectStats(
 
 /** The real forwarder (src/forwarder.ts); forwarded connections come from the gateway's address. */
 function createPortForwarder(ctx: PortForwardsContext): PortForwards {
-  const fwd = new PortForwarder({ gatewayIp: ctx.config.gatewayIp }, ctx.log, ctx.nat);
+  const fwd = new PortForwarder({ gatewayIp: ctx.config.gatewayIp, gatewayIp6: ctx.config.ipv6?.gatewayIp }, ctx.log, ctx.nat);
   fwd.attach(ctx.stack);
   return fwd;
 }

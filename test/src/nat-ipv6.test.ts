@@ -182,3 +182,39 @@ describe('--ipv6 and --ipv6-prefix', () => {
     expect(parseIpv6Flags(undefined, undefined, 1000)).toBeUndefined();
   });
 });
+
+describe('port forwards to the guest IPv6 address', () => {
+  it('a host connection becomes connectTcp from the gateway ::1 to the guest address; UDP peers likewise', async () => {
+    const { PortForwarder } = await import('../../src/forwarder.js');
+    const { nat, stack } = makeNat();
+    const fwd = new PortForwarder({ gatewayIp: DEFAULT_NAT_OPTIONS.gatewayIp, gatewayIp6: GW6, firstPort: 50000, lastPort: 50010 }, NULL_LOGGER, nat);
+    fwd.attach(stack);
+    cleanups.push(() => fwd.close());
+    const probe = createServer();
+    await new Promise<void>((r) => probe.listen(0, '127.0.0.1', r));
+    const port = (probe.address() as AddressInfo).port;
+    await new Promise<void>((r) => probe.close(() => r()));
+    await fwd.expose({ local: `127.0.0.1:${port}`, remote: `[${'fd6d:6f61:7400::2'}]:22`, protocol: 'tcp' });
+    const c = new Socket();
+    c.on('error', () => {});
+    c.connect(port, '127.0.0.1');
+    cleanups.push(() => void c.destroy());
+    await waitFor(() => stack.connects.length === 1, 'connectTcp');
+    expect(stack.connects[0]!.endpoints).toMatchObject({ from: GW6, to: P('fd6d:6f61:7400::2'), toPort: 22 });
+  });
+
+  it('an IPv6 forward is refused when IPv6 is off, and --forward checks the address is in the prefix', async () => {
+    const { PortForwarder } = await import('../../src/forwarder.js');
+    const { nat, stack } = makeNat();
+    const fwd = new PortForwarder({ gatewayIp: DEFAULT_NAT_OPTIONS.gatewayIp, firstPort: 50000, lastPort: 50010 }, NULL_LOGGER, nat);
+    fwd.attach(stack);
+    cleanups.push(() => fwd.close());
+    await expect(fwd.expose({ local: '127.0.0.1:1', remote: '[fd6d:6f61:7400::2]:22', protocol: 'tcp' })).rejects.toThrow(/IPv6 is off/);
+    const io = { readFile: () => { throw new Error('no file'); }, readResolvConf: () => 'nameserver 127.0.0.53\n' };
+    const parse = (...a: string[]) => parseServeArgs(['--listen-qemu', 'unix:///tmp/x.sock', ...a], io);
+    expect(parse('--forward', '127.0.0.1:2222=[fd6d:6f61:7400::2]:22').kind).toBe('config');
+    expect(() => parse('--forward', '127.0.0.1:2222=[2001:db8::2]:22')).toThrow(/--forward: guest address \[2001:db8::2\] is not a guest address in --ipv6-prefix/);
+    expect(() => parse('--forward', '127.0.0.1:2222=[fd6d:6f61:7400::1]:22')).toThrow(/not a guest address/);
+    expect(() => parse('--ipv6', 'off', '--forward', '127.0.0.1:2222=[fd6d:6f61:7400::2]:22')).toThrow(/needs IPv6 on/);
+  });
+});
