@@ -107,6 +107,8 @@ export interface MoatFixtureOptions {
   offload?: boolean;
   /** Leave IPv6 on in the guest namespace (SLAAC from Moat's RAs); default off (no RS/MLD noise). */
   guestIpv6?: boolean;
+  /** IPv6 "internet" addresses in remote (topology internetIpv6). */
+  internetIpv6?: boolean;
 }
 
 /** What udhcpc's script saw in the lease (environment variables from busybox). */
@@ -437,7 +439,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
   ensureShimBuilt();
   const mtu = options.mtu ?? 1500;
   const tap = options.tapName ?? 'moat0';
-  const topo = createTopology({ prefix: options.prefix ?? 'me8-', internetAddresses: options.internetAddresses ?? 4, guestIpv6: options.guestIpv6 ?? false });
+  const topo = createTopology({ prefix: options.prefix ?? 'me8-', internetAddresses: options.internetAddresses ?? 4, guestIpv6: options.guestIpv6 ?? false, internetIpv6: options.internetIpv6 ?? false });
   const dir = mkdtempSync(join(tmpdir(), `${options.prefix ?? 'me8-'}moat-`));
   let stopped = false;
   const procs: TrackedProcess[] = [];

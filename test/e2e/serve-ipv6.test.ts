@@ -9,10 +9,13 @@
  * Addresses: the ULA /64 fd6d:6f61:7400::/64 exists only on the guest's TAP
  * (checked with `ip -6 route get` inside the guest namespace); the host side
  * is ::1 and 127.0.0.1 only (checked with `ip -6 route get` / `ip route get`
- * in the root namespace, where Moat dials). 2001:db8::8 is a DNS answer the
- * guest only reads; nothing is sent to it.
+ * in the root namespace, where Moat dials); the "internet" server's IPv6
+ * address lives on remote's lo and routes via the topology's veth (checked
+ * by the harness with `ip route get`). 2001:db8::8 is a DNS answer the guest
+ * only reads; nothing is sent to it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
 import { cleanupAll, e2eGate, hostRun, hostRunAsync, nsRunAsync } from './harness.js';
@@ -45,7 +48,7 @@ describe.skipIf(gate.skip)('moat serve over IPv6 (kernel guest, SLAAC)', () => {
     hostServer = createServer((req, res) => res.end(`host ${req.url} from ${req.socket.remoteAddress}\n`));
     await new Promise<void>((r) => hostServer.listen(0, '::1', r));
     hostPort = (hostServer.address() as AddressInfo).port;
-    fx = await startMoatFixture({ prefix: 'm6-', guestIpv6: true });
+    fx = await startMoatFixture({ prefix: 'm6-', guestIpv6: true, internetIpv6: true });
     // SLAAC: the kernel asks for an RA when the TAP comes up; wait for a global address in the prefix (after DAD).
     const deadline = Date.now() + 20_000;
     while (Date.now() < deadline) {
@@ -105,6 +108,41 @@ describe.skipIf(gate.skip)('moat serve over IPv6 (kernel guest, SLAAC)', () => {
     const r = await hostRunAsync('curl', ['-sS', '--max-time', '10', `http://127.0.0.1:${local}/fwd`], { timeoutMs: 20_000 });
     expect(r.stdout, r.stderr).toBe(`guest6 /fwd from ${GW6}\n`);
   });
+
+  const MIB20 = 20 * 1024 * 1024;
+
+  it('downloads 20 MiB from an IPv6 server in the fake internet (sha256 matches)', async () => {
+    const addr = fx.topo.internetAddrs6[0]!;
+    const server = await fx.startNodeServer(fx.remoteNs, HTTP_SERVER_JS, [addr, '0', 'remote6']);
+    const port = Number(/^ready (\d+)/m.exec(server.stdout())![1]);
+    const r = await nsRunAsync(fx.guestNs, 'sh', ['-c', `curl -sS --max-time 60 http://[${addr}]:${port}/bytes/${MIB20} | sha256sum`], { timeoutMs: 90_000 });
+    expect(r.stdout.split(' ')[0], r.stderr).toBe(createHash('sha256').update(Buffer.alloc(MIB20, 120)).digest('hex'));
+  }, 120_000);
+
+  it('uploads 20 MiB to it over IPv6 with a half-close, and reads the answer sent after it', async () => {
+    const addr = fx.topo.internetAddrs6[1]!;
+    const sink = `
+const net = require('node:net'); const crypto = require('node:crypto');
+const s = net.createServer({ allowHalfOpen: true }, (c) => {
+  const h = crypto.createHash('sha256'); let n = 0;
+  c.on('data', (d) => { h.update(d); n += d.length; });
+  c.on('end', () => c.end(n + ' ' + h.digest('hex')));
+});
+s.listen(0, process.argv[1], () => console.log('ready ' + s.address().port));`;
+    const server = await fx.startNodeServer(fx.remoteNs, sink, [addr]);
+    const port = Number(/^ready (\d+)/m.exec(server.stdout())![1]);
+    const client = `
+const net = require('node:net');
+const [addr, port, size] = process.argv.slice(1);
+const data = Buffer.alloc(Number(size)); for (let i = 0; i < data.length; i++) data[i] = (i * 131 + (i >> 8)) & 0xff;
+const c = net.connect({ host: addr, port: Number(port), allowHalfOpen: true }, () => { c.end(data); });
+let reply = ''; c.on('data', (d) => reply += d); c.on('end', () => { console.log(reply); c.destroy(); });
+c.on('error', (e) => { console.error(e.message); process.exit(1); });`;
+    const r = await nsRunAsync(fx.guestNs, process.execPath, ['-e', client, addr, String(port), String(MIB20)], { timeoutMs: 90_000 });
+    const data = Buffer.alloc(MIB20);
+    for (let i = 0; i < data.length; i++) data[i] = (i * 131 + (i >> 8)) & 0xff;
+    expect(r.stdout.trim(), r.stderr).toBe(`${MIB20} ${createHash('sha256').update(data).digest('hex')}`);
+  }, 120_000);
 
   it('counted no internal error, and IPv6 frames were handled (not dropped as unsupported)', async () => {
     const stats = await fx.stats();
