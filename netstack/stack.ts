@@ -185,6 +185,12 @@ const FE80 = ipv6(0xfe80, 0, 0, 0, 0, 0, 0, 0);
 const MIN_DELAY_BETWEEN_RAS_MS = 3000;
 /** Router lifetime, prefix lifetimes and RDNSS lifetime announced (RFC 4861 defaults; RFC 8106 asks RDNSS >= 3 x MaxRtrAdvInterval). */
 const ROUTER_LIFETIME_SEC = 1800;
+/**
+ * RFC 4861 §6.2.1 MaxRtrAdvInterval (default 600 s): unsolicited RAs keep the
+ * guest's default route (lifetime 1800 s, three intervals) alive; a guest
+ * solicits only when its link comes up.
+ */
+const UNSOLICITED_RA_INTERVAL_MS = 600_000;
 const PREFIX_VALID_SEC = 86400;
 const PREFIX_PREFERRED_SEC = 14400;
 const RDNSS_LIFETIME_SEC = 1800;
@@ -232,6 +238,7 @@ export class Stack implements NetStack, TcpHost {
   private readonly neighbors6: NeighborTable<IPv6>;
   private readonly reassembler6: Reassembler;
   private lastMulticastRa = -Infinity;
+  private readonly raTimer = new Timer(() => this.unsolicitedRa());
   private icmp6Tokens = ICMP6_ERROR_BURST;
   private icmp6TokensAt = 0;
   private fragId6 = 0;
@@ -292,6 +299,7 @@ export class Stack implements NetStack, TcpHost {
       dnsServers: c6.dnsServers,
     };
     this.neighbors6 = new NeighborTable<IPv6>(c6?.maxNeighbors ?? 256);
+    if (this.v6 !== undefined) this.timers.arm(this.raTimer, UNSOLICITED_RA_INTERVAL_MS);
     this.timeWait = new TimeWaitTable(config.tcp.maxTimeWait ?? DEFAULT_MAX_TIME_WAIT, TIME_WAIT_MS, clock, this.timers, (t, seg) => {
       this.transmitRaw(t.dst, t.src, seg);
       if (!this.inBatch) this.kick();
@@ -1006,6 +1014,15 @@ export class Stack implements NetStack, TcpHost {
     } else {
       this.sendRouterAdvert(v6, ip.src, opts.sourceLinkAddr ?? eth.src);
     }
+  }
+
+  /** Every UNSOLICITED_RA_INTERVAL_MS: an RA to all-nodes, so that the guest's default route never expires. */
+  private unsolicitedRa(): void {
+    const v6 = this.v6!;
+    this.timers.arm(this.raTimer, UNSOLICITED_RA_INTERVAL_MS);
+    this.lastMulticastRa = this.clock.now();
+    this.sendRouterAdvert(v6, ALL_NODES, multicastMac(ALL_NODES));
+    this.kick();
   }
 
   /** The RA (RFC 4861 §4.2): the prefix for SLAAC (L and A), the MTU, RDNSS and DNSSL (RFC 8106). */

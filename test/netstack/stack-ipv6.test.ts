@@ -488,3 +488,28 @@ describe('Stack IPv6: stateless DHCPv6 (RFC 8415 Information-request)', () => {
     });
   });
 });
+
+describe('Stack IPv6: unsolicited router advertisements', () => {
+  it('sends an RA to all-nodes every 600 s, well inside the 1800 s router lifetime', () => {
+    const h = harness();
+    h.clock.advance(599_000);
+    h.stack.advance();
+    expect(h.out).toHaveLength(0);
+    for (let i = 1; i <= 3; i++) {
+      h.clock.advance(i === 1 ? 1_000 : 600_000);
+      h.stack.advance();
+      expect(h.out).toHaveLength(i);
+      const { ip, m } = icmpOut(h.out.at(-1)!);
+      expect(ip).toMatchObject({ src: GW_LL, dst: ALL_NODES, hopLimit: 255 });
+      expect(m.type).toBe(ICMP6_ROUTER_ADVERT);
+    }
+  });
+
+  it('sends none with IPv6 off', () => {
+    const h = harness({ ipv6: undefined });
+    h.clock.advance(3_600_000);
+    h.stack.advance();
+    expect(h.out).toHaveLength(0);
+    expect(h.stack.nextDeadline()).toBeUndefined();
+  });
+});
