@@ -363,7 +363,7 @@ export class Stack implements NetStack, TcpHost {
         return this.inputIpv4(eth, mark);
       case ETHERTYPE_IPV6:
         if (this.v6 === undefined) return this.drop('ipv6:unsupported');
-        return this.inputIpv6(eth, this.v6, frame.length);
+        return this.inputIpv6(eth, this.v6, mark);
       default:
         return this.drop('eth:unsupported-ethertype');
     }
@@ -827,7 +827,7 @@ export class Stack implements NetStack, TcpHost {
    * same bounds as IPv4's), then ICMPv6/NDP, UDP or TCP, the last two through
    * the same code as IPv4.
    */
-  private inputIpv6(eth: EthernetRepr, v6: V6, frameLength: number): void {
+  private inputIpv6(eth: EthernetRepr, v6: V6, mark: number): void {
     const ip = parseIpv6(eth.payload);
     if (ip instanceof ParseError) return this.drop(ip.reason);
     const packet = eth.payload.subarray(0, IPV6_HEADER_LEN + ip.payload.length);
@@ -846,7 +846,7 @@ export class Stack implements NetStack, TcpHost {
       return this.drop('ipv6:not-for-us');
     }
     if (!unspecified) this.neighbors6.learn(src, eth.src);
-    if (packet.length > this.config.mtu && frameLength > 0) {
+    if (packet.length > this.config.mtu) {
       // Bigger than the link's MTU (the RA announced it): say so, as a router on the path would (RFC 4443 §3.2).
       this.sendIcmp6Error(ip, packet, dstMulticast, ICMP6_PACKET_TOO_BIG, 0, this.config.mtu);
       return this.drop('ipv6:packet-too-big');
@@ -859,6 +859,8 @@ export class Stack implements NetStack, TcpHost {
     let protocol = chain.protocol;
     let upper = ip.payload.subarray(chain.offset);
     const frag = chain.fragment;
+    // A link's checksum mark speaks for TCP/UDP right after the fixed header only (src/transport/vnet-header.ts), never for a reassembled datagram.
+    if (chain.offset !== 0 || frag !== null) mark = 0;
     if (frag !== null) {
       let data = ip.payload.subarray(frag.dataOffset);
       if (frag.offset === 0 && frag.more && !this.firstFragmentComplete(data, frag.nextHeader, dstMulticast)) {
@@ -883,9 +885,9 @@ export class Stack implements NetStack, TcpHost {
     switch (protocol) {
       case IPPROTO_TCP:
         if (dstMulticast || !this.isFlowEndpoint6(src, dst)) return this.drop('tcp:not-unicast-global');
-        return this.inputTcp(src, dst, upper, 0);
+        return this.inputTcp(src, dst, upper, mark);
       case IPPROTO_UDP:
-        return this.inputUdp6(v6, src, dst, upper, dstMulticast);
+        return this.inputUdp6(v6, src, dst, upper, dstMulticast, mark);
       case IPPROTO_ICMPV6:
         return this.inputIcmp6(eth, v6, ip, packet, upper, dstMulticast);
       default:
@@ -906,8 +908,8 @@ export class Stack implements NetStack, TcpHost {
     return src !== IPV6_ANY && !isLinkLocal6(src) && !isLinkLocal6(dst);
   }
 
-  private inputUdp6(v6: V6, src: IPv6, dst: IPv6, upper: Uint8Array, dstMulticast: boolean): void {
-    const udp = parseUdp(upper, src, dst);
+  private inputUdp6(v6: V6, src: IPv6, dst: IPv6, upper: Uint8Array, dstMulticast: boolean, mark: number): void {
+    const udp = parseUdp(upper, src, dst, (mark & RX_L4_CHECKSUM_OK) !== 0);
     if (udp instanceof ParseError) return this.drop(udp.reason);
     if (udp.dstPort === DHCP6_SERVER_PORT && (dst === ALL_DHCP || dst === v6.linkLocal || dst === v6.gatewayIp)) {
       return this.inputDhcp6(v6, src, udp.srcPort, udp.payload);
