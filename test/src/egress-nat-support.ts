@@ -14,6 +14,7 @@ import { DEFAULT_EGRESS_OPTIONS, type EgressOptions } from '../../src/egress/egr
 import { createLogger } from '../../src/log.js';
 import type { LiveLookupSettings } from '../../src/allowlist/live-lookup-flags.js';
 import { Nat, type NatOptions } from '../../src/nat/index.js';
+import type { AskSettings } from '../../src/egress/ask-gate.js';
 import { FakePendingTcp, FakeStack, type FakeTcpSocket } from './nat-fake-stack.js';
 
 export const GUEST = ipv4(192, 168, 127, 2);
@@ -36,6 +37,7 @@ export class MapResolver implements Resolver {
 
 export interface EgressNat {
   nat: Nat;
+  stack: FakeStack;
   runtime: AllowlistRuntime;
   dialed: string[];
   logLines: Record<string, unknown>[];
@@ -44,7 +46,7 @@ export interface EgressNat {
 
 export async function startEgressNat(
   rules: string[],
-  opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]>; liveLookups?: LiveLookupSettings; quic?: NatOptions['quic']; ipv6?: NatOptions['ipv6'] } = {},
+  opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]>; liveLookups?: LiveLookupSettings; quic?: NatOptions['quic']; nat?: Partial<NatOptions>; ask?: AskSettings } = {},
 ): Promise<EgressNat> {
   const resolver = new MapResolver(opts.names ?? { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'blocked.test': ['127.0.0.1'] });
   const logLines: Record<string, unknown>[] = [];
@@ -63,6 +65,7 @@ export async function startEgressNat(
       egress: { ...DEFAULT_EGRESS_OPTIONS, ...opts.egress },
       now: () => performance.now(),
       ...(opts.liveLookups ? { liveLookups: opts.liveLookups } : {}),
+      ...(opts.ask ? { ask: { settings: opts.ask } } : {}),
     },
     log,
   );
@@ -73,10 +76,12 @@ export async function startEgressNat(
     if (!host.startsWith('127.')) throw new Error(`test refused to dial ${host}`);
     return netConnect(o);
   };
-  const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], connectHost, ...(opts.quic ? { quic: opts.quic } : {}), ...(opts.ipv6 ? { ipv6: opts.ipv6 } : {}) }, log, runtime.dns, runtime.egress);
-  nat.attach(new FakeStack());
+  const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], connectHost, ...(opts.quic ? { quic: opts.quic } : {}), ...opts.nat }, log, runtime.dns, runtime.egress);
+  const stack = new FakeStack();
+  nat.attach(stack);
   return {
     nat,
+    stack,
     runtime,
     dialed,
     logLines,

@@ -139,7 +139,7 @@ describe('NAT over IPv6', () => {
 
 describe('NAT over IPv6 under an allowlist (until the policy decides IPv6)', () => {
   it('refuses every IPv6 flow, even to a destination an IPv4 rule of the same form would allow, and dials nothing', async () => {
-    const s = await startEgressNat(['*.t.test', '0.0.0.0/0:443'], { ipv6: IPV6_RULES });
+    const s = await startEgressNat(['*.t.test', '0.0.0.0/0:443'], { nat: { ipv6: IPV6_RULES } });
     cleanups.push(() => s.close());
     for (const dst of [HOST6, P('2001:db8::5'), P('2a00:1450:4001:81c::200e')]) {
       const p = syn6(dst, 443);
