@@ -115,7 +115,9 @@ export type BlockReason =
   | 'no-name'
   | 'ip-literal-name'
   | 'bad-name'
-  | 'rebinding';
+  | 'rebinding'
+  // Never decided here: the service turns an allow into this when the rule's byte budget is spent (src/traffic/byte-budgets.ts).
+  | 'budget';
 
 export type Decision =
   | {

@@ -20,6 +20,7 @@ import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js
 import { limitFlagDocs, parseLimits, type Limits } from './limits.js';
 import { liveLookupFlagDocs, parseLiveLookups, type LiveLookupSettings } from './allowlist/live-lookup-flags.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from './log-flags.js';
+import { parseTrafficFlags, trafficFlagDocs, type TrafficSettings } from './traffic/flags.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
 
 /** A usage or configuration mistake: the CLI prints the message and exits with 2. */
@@ -90,6 +91,8 @@ export interface ServeConfig {
   liveLookups?: LiveLookupSettings;
   /** The logs' budget and the decision log's rotation (--log-lines-per-sec ..., src/log-flags.ts); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
+  /** Rate limits and byte budgets (--rate-*, --budget, src/traffic/flags.ts); none when absent. */
+  traffic?: TrafficSettings;
 }
 
 /** What `moat zones` needs: the allowlist and the built-in addresses. */
@@ -250,6 +253,8 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
   ...limitFlagDocs(),
   // The logs' budget and the decision log's rotation: described once in src/log-flags.ts.
   ...logFlagDocs(),
+  // Rate limits and byte budgets: described once in src/traffic/flags.ts.
+  ...trafficFlagDocs('guest'),
   { name: 'help', type: 'boolean', help: 'Show this help.' },
 ];
 
@@ -698,6 +703,8 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   if (typeof limits === 'string') throw new ConfigError(limits);
   const logLimits = parseLogLimits(str);
   if (typeof logLimits === 'string') throw new ConfigError(logLimits);
+  const traffic = parseTrafficFlags(str, list, allowlist.allow.map((r) => r.text));
+  if (typeof traffic === 'string') throw new ConfigError(traffic);
 
   const allowLinkLocal = raw.get('allow-link-local');
   return {
@@ -728,6 +735,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     refusalDetails: raw.get('refusal-details')?.value === true,
     liveLookups,
     logLimits,
+    traffic,
   };
 }
 

@@ -143,6 +143,8 @@ export function natOptionsFor(config: ServeConfig): Partial<NatOptions> {
     prefix: config.prefix,
     allowLinkLocal: config.allowLinkLocal,
     dnsUpstreams: config.dnsUpstreams,
+    ...(config.traffic?.rateEgress ? { rateEgress: config.traffic.rateEgress } : {}),
+    ...(config.traffic?.rateIngress ? { rateIngress: config.traffic.rateIngress } : {}),
   };
 }
 
@@ -385,6 +387,7 @@ export async function startGuestNetwork(
         ...s,
         limits: limitStats(limits, theStack, s.nat as Partial<NatStats>, routes),
         ...(decisions === undefined ? {} : { decisions: { ...decisions.stats } }),
+        ...(runtime === undefined || runtime.runtime.budgets.size === 0 ? {} : { budgets: runtime.runtime.budgets.stats() }),
         logs: logStats(log, decisions, runtime?.file),
       };
     };
@@ -473,6 +476,7 @@ async function startAllowlist(
         allowLinkLocal: config.allowLinkLocal,
         egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false, refuseEch: config.refuseEch },
         ...(config.liveLookups ? { liveLookups: config.liveLookups } : {}),
+        ...(config.traffic ? { budgets: config.traffic.budgets, budgetDirection: config.traffic.budgetDirection } : {}),
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,
@@ -502,10 +506,11 @@ function allowlistControlFor(runtime: AllowlistRuntime, nat: NatLike, log: Logge
   return {
     rules: () => runtime.ruleTexts,
     zones: () => zoneNames(runtime.zoneTable),
-    reload: async (texts, drop) => {
+    budgets: () => runtime.budgets.stats(),
+    reload: async (texts, drop, budgets) => {
       let result;
       try {
-        result = await runtime.reload(texts);
+        result = await runtime.reload(texts, budgets);
       } catch (e) {
         log.warn('allowlist reload refused; the running allowlist is unchanged', { allow: texts, error: e });
         throw e;

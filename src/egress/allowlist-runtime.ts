@@ -25,6 +25,7 @@ import type { LogBudgetLimits } from '../log-budget.js';
 import { DecisionLog, DEFAULT_DECISION_LOG_LIMITS } from './decision-log.js';
 import { DialTargets } from './dial-targets.js';
 import { Egress, type EgressOptions } from './egress.js';
+import { ByteBudgets, type BudgetDirection, type BudgetSpec } from '../traffic/byte-budgets.js';
 
 export interface AllowlistRuntimeOptions {
   rules: readonly Rule[];
@@ -51,6 +52,10 @@ export interface AllowlistRuntimeOptions {
   signal?: AbortSignal;
   /** The live-lookup budget (--live-lookup-*); DEFAULT_LIVE_BUDGET, enabled, when absent. */
   liveLookups?: LiveLookupSettings;
+  /** Byte budgets per rule (--budget); each must name one of `rules`. */
+  budgets?: readonly BudgetSpec[];
+  /** What budgets count (--budget-direction): 'egress' when absent. */
+  budgetDirection?: BudgetDirection;
 }
 
 /** Live lookups of names below `*.domain` for dial-by-name, at once. */
@@ -59,6 +64,22 @@ const MAX_DIAL_LOOKUPS = 64;
 export interface ReloadResult {
   rules: string[];
   zones: string[];
+  budgets: BudgetSpec[];
+}
+
+/** A budget whose rule is not in the allowlist: it would count nothing, silently. */
+export class BudgetRuleError extends Error {
+  constructor(readonly rules: readonly string[]) {
+    super(`budget names no allow rule: ${rules.map((r) => `"${r}"`).join(', ')} (a budget's RULE must be one of the --allow rules, written the same way)`);
+    this.name = 'BudgetRuleError';
+  }
+}
+
+/** Throws BudgetRuleError naming every budget whose rule is not one of `rules`. */
+export function checkBudgetRules(budgets: readonly BudgetSpec[], rules: readonly Rule[]): void {
+  const texts = new Set(rules.map((r) => r.text));
+  const missing = budgets.filter((b) => !texts.has(b.rule)).map((b) => b.rule);
+  if (missing.length > 0) throw new BudgetRuleError(missing);
 }
 
 export class AllowlistRuntime {
@@ -76,6 +97,7 @@ export class AllowlistRuntime {
 
   static async start(o: AllowlistRuntimeOptions, log: Logger): Promise<AllowlistRuntime> {
     const policy = compilePolicy(o, o.rules); // an invalid --admit-resolved fails before any lookup
+    checkBudgetRules(o.budgets ?? [], o.rules);
     warnBroadRules(policy, log);
     const table = await buildTable(o, o.rules, o.signal);
     const pins = new PinTable(o.now);
@@ -90,7 +112,8 @@ export class AllowlistRuntime {
       log.warn('live lookups are off: names below these wildcards are answered only when a rule names them exactly', { rules: wildcards });
     }
     const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS, budget: liveBudget });
-    const egress = new Egress(policy, pins, decisions, targets, o.egress);
+    const budgets = new ByteBudgets(o.budgets ?? [], o.budgetDirection ?? 'egress', o.now, o.egress.mode === 'audit');
+    const egress = new Egress(policy, pins, decisions, targets, o.egress, budgets);
     const dns = new AllowlistDns(
       {
         table,
@@ -129,15 +152,24 @@ export class AllowlistRuntime {
     return this.dns.responder.zoneTable;
   }
 
+  /** The byte budgets (--budget), reloaded with the rules. */
+  get budgets(): ByteBudgets {
+    return this.egress.budgets!;
+  }
+
   /**
    * Replace the rules: parse (RuleSetError names every bad rule), resolve
    * (PreresolveError names every host that failed), then swap. Throws
-   * without changing anything on any failure.
+   * without changing anything on any failure. `budgets`: the new byte
+   * budgets; absent, the current ones are kept (and must still name rules:
+   * a budget is never dropped silently by a reload that forgot it).
    */
-  reload(texts: readonly string[]): Promise<ReloadResult> {
+  reload(texts: readonly string[], budgets?: readonly BudgetSpec[]): Promise<ReloadResult> {
     const run = this.reloading.then(async () => {
       const rules = parseRules(texts);
       if (rules.length === 0) throw new EmptyAllowlistError();
+      const nextBudgets = budgets ?? this.budgets.specs();
+      checkBudgetRules(nextBudgets, rules);
       const policy = compilePolicy(this.o, rules);
       const table = await buildTable(this.o, rules, undefined);
       // Nothing above changed any state; from here on everything swaps at once.
@@ -145,9 +177,10 @@ export class AllowlistRuntime {
       this.egress.pins.clear();
       seedPins(this.egress.pins, table);
       this.egress.setPolicy(policy);
+      this.budgets.replace(nextBudgets);
       this.rules = rules;
       warnBroadRules(policy, this.log);
-      return { rules: rules.map((r) => r.text), zones: zoneNames(table) };
+      return { rules: rules.map((r) => r.text), zones: zoneNames(table), budgets: this.budgets.specs() };
     });
     this.reloading = run.catch(() => undefined);
     return run;

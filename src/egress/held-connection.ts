@@ -51,7 +51,7 @@ export interface HeldConnectionHost {
   /** Connects to the first of `addresses` that accepts on `port`. */
   connectFirst(addresses: readonly string[], port: number): Promise<Socket>;
   /** Joins the accepted guest connection to the connected host socket; returns the handlers that take over. `admit`: asked again on a reload with drop; `inspector`: the watch the piped flow stays under. */
-  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit: DialAdmission, inspector?: FlowInspector): TcpHandlers;
+  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit: DialAdmission, inspector?: FlowInspector, rule?: string | null): TcpHandlers;
 }
 
 type State = 'peeking' | 'dialing' | 'piped' | 'refusing' | 'closed';
@@ -254,7 +254,7 @@ export class HeldConnection {
       this.finish();
       return;
     }
-    await this.pipeTo(addresses, d.name);
+    await this.pipeTo(addresses, d.name, d.rule);
   }
 
   private startDialing(): void {
@@ -288,7 +288,8 @@ export class HeldConnection {
     await this.pipeTo(addresses, named ? canonical : null);
   }
 
-  private async pipeTo(addresses: readonly string[], name: string | null): Promise<void> {
+  /** `rule`: the rule that allowed the flow (its bytes are charged to its budget); null for audit pass-through. */
+  private async pipeTo(addresses: readonly string[], name: string | null, rule: string | null = null): Promise<void> {
     const port = this.syn.dstPort;
     let socket: Socket;
     try {
@@ -316,7 +317,7 @@ export class HeldConnection {
     this.state = 'piped';
     const inFlight = this.inFlight;
     const connected = socket.remoteAddress;
-    const pipe = this.host.adopt(this.syn, this.tcp, socket, (why) => inFlight === undefined || this.egress.recheck(inFlight, why, connected).keep, watch);
+    const pipe = this.host.adopt(this.syn, this.tcp, socket, (why) => inFlight === undefined || this.egress.recheck(inFlight, why, connected).keep, watch, rule);
     this.pipe = pipe;
     this.onDone(this);
     const held = this.held.splice(0);

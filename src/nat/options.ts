@@ -1,6 +1,7 @@
 import type { NetConnectOpts, Socket } from 'node:net';
 import { ipv4, type IPv4 } from '../../netstack/addr.js';
 import type { QuicFlowOptions } from './quic-flows.js';
+import type { RateLimitSpec } from '../traffic/rate-limiter.js';
 
 /** An upstream DNS resolver on the host side. */
 export interface DnsUpstream {
@@ -60,6 +61,9 @@ export interface NatOptions {
    * replace it to prove where a flow would be dialed without dialing it.
    */
   connectHost?: (opts: NetConnectOpts) => Socket;
+  /** The guest's rate limits (--rate-egress, --rate-ingress): one token bucket per direction for all its flows. */
+  rateEgress?: RateLimitSpec;
+  rateIngress?: RateLimitSpec;
 }
 
 export const DEFAULT_NAT_OPTIONS: Readonly<NatOptions> = Object.freeze({

@@ -17,6 +17,8 @@ import type { PendingTcp, SynInfo, TcpHandlers, TcpSocket } from '../../netstack
 import { RefusalLog, type BufferBudget } from '../limits.js';
 import type { Logger } from '../log.js';
 import { TcpPipe, type FlowInspector } from './tcp-pipe.js';
+import type { RateLimiter } from '../traffic/rate-limiter.js';
+import type { ByteBudgets } from '../traffic/byte-budgets.js';
 import { describe } from './udp-flows.js';
 
 export interface TcpFlowTableOptions {
@@ -30,6 +32,12 @@ export interface TcpFlowTableOptions {
   extraFlows?: () => number;
   /** A SYN refused because maxFlows flows exist; logged by the caller's RefusalLog (per-refusal lines would flood). */
   onLimit?: (fields: Record<string, unknown>) => void;
+  /** The guest's rate limits (--rate-egress, --rate-ingress), shared by all its flows. */
+  rate?: { egress?: RateLimiter | undefined; ingress?: RateLimiter | undefined };
+  /** Byte budgets per rule (--budget): a flow is charged to the rule that allowed it. */
+  budgets?: ByteBudgets;
+  /** A flow reset because its rule's budget ran out (the caller records it). */
+  onBudgetSpent?: (syn: SynInfo, rule: string, pipe: TcpPipe) => void;
 }
 
 export interface TcpFlowStats {
@@ -61,6 +69,8 @@ interface Dial {
   readonly socket: Socket;
   readonly timer: NodeJS.Timeout;
   readonly admit: DialAdmission | undefined;
+  /** The rule that allowed it (charged with its bytes when it has a budget). */
+  readonly rule: string | null;
 }
 
 /**
@@ -147,7 +157,7 @@ export class TcpFlowTable {
   }
 
   /** Dials `hostAddress:dstPort` for the guest's SYN; answers the SYN when the dial settles (and `admit`, if given, still says yes). */
-  dial(pending: PendingTcp, hostAddress: string, admit?: DialAdmission): void {
+  dial(pending: PendingTcp, hostAddress: string, admit?: DialAdmission, rule: string | null = null): void {
     if (this.atLimit()) {
       this.refuseAtLimit(pending);
       return;
@@ -165,6 +175,7 @@ export class TcpFlowTable {
         pending.ignore();
       }, this.opts.connectTimeoutMs),
       admit,
+      rule,
     };
     this.dials.add(dial);
     const onError = (err: NodeJS.ErrnoException): void => {
@@ -233,8 +244,8 @@ export class TcpFlowTable {
    * reload with drop asks whether the flow may go on (recheckOpen);
    * `inspector`: the watch the piped flow stays under (one connection, one name).
    */
-  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit?: DialAdmission, inspector?: FlowInspector): TcpHandlers {
-    const pipe = this.newPipe(syn, socket, inspector);
+  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit?: DialAdmission, inspector?: FlowInspector, rule: string | null = null): TcpHandlers {
+    const pipe = this.newPipe(syn, socket, inspector, rule);
     if (admit !== undefined) this.admissions.set(pipe, admit);
     this.counters.opened++;
     this.log.debug('tcp flow open', describe(syn));
@@ -300,11 +311,18 @@ export class TcpFlowTable {
     for (const pipe of [...this.pipes]) pipe.destroy();
   }
 
-  private newPipe(syn: SynInfo, socket: Socket, inspector?: FlowInspector): TcpPipe {
+  private newPipe(syn: SynInfo, socket: Socket, inspector?: FlowInspector, rule: string | null = null): TcpPipe {
+    // The meter exists before the pipe: another flow may spend the budget first, which cuts this one.
+    let self: TcpPipe | undefined;
+    const meter = this.opts.budgets?.open(rule, () => self?.cutByBudget());
+    const onSpent = this.opts.onBudgetSpent;
     const pipe = new TcpPipe(socket, {
       waitForConnect: false,
       ...(inspector !== undefined ? { inspector } : {}),
       ...(this.opts.budget ? { budget: this.opts.budget } : {}),
+      ...(this.opts.rate ? { rate: this.opts.rate } : {}),
+      ...(meter !== undefined ? { meter } : {}),
+      ...(meter !== undefined && onSpent !== undefined ? { onBudgetSpent: (p: TcpPipe) => onSpent(syn, meter.rule, p) } : {}),
       onFinished: (p, reason) => {
         this.pipes.delete(p);
         this.admissions.delete(p);
@@ -319,6 +337,7 @@ export class TcpFlowTable {
         });
       },
     });
+    self = pipe;
     this.pipes.add(pipe);
     return pipe;
   }
@@ -339,7 +358,7 @@ export class TcpFlowTable {
   }
 
   private connected(dial: Dial): void {
-    const pipe = this.newPipe(dial.pending.syn, dial.socket);
+    const pipe = this.newPipe(dial.pending.syn, dial.socket, undefined, dial.rule);
     this.readers.set(dial.socket, pipe);
     if (dial.admit !== undefined) this.admissions.set(pipe, dial.admit);
     let tcp;
@@ -348,6 +367,7 @@ export class TcpFlowTable {
     } catch (err) {
       // The stack gave up on this SYN meanwhile (held too long, guest reset).
       this.pipes.delete(pipe);
+      pipe.releaseMeter();
       dial.socket.destroy();
       this.log.debug('tcp flow dropped', { ...describe(dial.pending.syn), reason: 'accept-failed', error: String(err) });
       return;

@@ -13,11 +13,21 @@
  * work is refused, busy flows are never cut).
  * Datagrams that arrive while a flow's socket is still connecting wait in a
  * small bounded queue; beyond it they are dropped, as UDP allows.
+ *
+ * Rate limits and byte budgets (src/traffic/): a datagram cannot wait
+ * without a queue that would add latency and need a bound anyway, so one
+ * over the guest's rate is dropped (counted in /stats rate.*.droppedDatagrams);
+ * UDP senders (QUIC's congestion control, iperf3 -u) treat that as loss and
+ * slow down. A flow opened for a rule with a byte budget charges each
+ * datagram whole; the datagram that does not fit is dropped and the flow
+ * closed (its later datagrams open no new flow: the policy refuses the rule).
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { formatIPv4, type IPv4 } from '../../netstack/addr.js';
 import type { FourTuple } from '../../netstack/api.js';
 import type { Logger } from '../log.js';
+import type { RateLimiter } from '../traffic/rate-limiter.js';
+import type { ByteBudgets, FlowMeter } from '../traffic/byte-budgets.js';
 
 export type SendToGuest = (from: IPv4, fromPort: number, to: IPv4, toPort: number, payload: Uint8Array) => void;
 
@@ -32,6 +42,12 @@ export interface UdpFlowTableOptions {
   evictIdleMs: number;
   /** A new flow refused at maxFlows (for the caller's rate-limited RefusalLog). */
   onLimit?: (fields: Record<string, unknown>) => void;
+  /** The guest's rate limits: datagrams over them are dropped. */
+  rate?: { egress?: RateLimiter | undefined; ingress?: RateLimiter | undefined };
+  /** Byte budgets per rule: a flow opened for a rule is charged every datagram. */
+  budgets?: ByteBudgets;
+  /** A flow closed because its rule's budget ran out (the caller records it). */
+  onBudgetSpent?: (tuple: FourTuple, rule: string) => void;
 }
 
 export interface UdpFlowStats {
@@ -56,6 +72,8 @@ interface UdpFlow {
   pending: Buffer[];
   idleTimer: NodeJS.Timeout;
   closed: boolean;
+  /** The budget of the rule that allowed it, if it has one. */
+  meter: FlowMeter | undefined;
 }
 
 export function udpFlowKey(src: IPv4, srcPort: number, dst: IPv4, dstPort: number): string {
@@ -94,19 +112,21 @@ export class UdpFlowTable {
     return true;
   }
 
-  /** Sends one guest datagram to `hostAddress:dstPort`, opening the flow if needed. */
-  send(tuple: FourTuple, hostAddress: string, payload: Uint8Array): void {
+  /** Sends one guest datagram to `hostAddress:dstPort`, opening the flow if needed (charged to `rule`'s budget, if it has one). */
+  send(tuple: FourTuple, hostAddress: string, payload: Uint8Array, rule: string | null = null): void {
     const key = udpFlowKey(tuple.src, tuple.srcPort, tuple.dst, tuple.dstPort);
     let flow = this.flows.get(key);
+    if (this.opts.rate?.egress !== undefined && !this.opts.rate.egress.admitDatagram(payload.length)) return;
     if (flow === undefined) {
       if (!this.makeRoom(tuple)) return;
-      flow = this.open(key, tuple, hostAddress);
+      flow = this.open(key, tuple, hostAddress, rule);
     } else {
       this.flows.delete(key);
       this.flows.set(key, flow);
       flow.idleTimer.refresh();
       flow.lastUsed = performance.now();
     }
+    if (flow.meter !== undefined && !this.charge(flow, payload.length, 'egress')) return;
     this.counters.datagramsToHost++;
     const copy = Buffer.from(payload); // the view dies with the callback
     if (!flow.connected) {
@@ -156,7 +176,27 @@ export class UdpFlowTable {
     return true;
   }
 
-  private open(key: string, tuple: FourTuple, hostAddress: string): UdpFlow {
+  /**
+   * Charges a datagram whole to the flow's budget; false: it does not fit
+   * and is dropped. Once the budget is spent the flow is closed (after this
+   * datagram, when it still fitted).
+   */
+  private charge(flow: UdpFlow, n: number, dir: 'egress' | 'ingress'): boolean {
+    const m = flow.meter!;
+    const fits = m.charge(n, dir) === n;
+    if (!fits) this.counters.dropped++;
+    if (m.ended) queueMicrotask(() => this.budgetSpent(flow));
+    return fits;
+  }
+
+  private budgetSpent(flow: UdpFlow): void {
+    if (flow.closed) return;
+    const rule = flow.meter?.rule;
+    this.close(flow, 'budget');
+    if (rule !== undefined) this.opts.onBudgetSpent?.(flow.tuple, rule);
+  }
+
+  private open(key: string, tuple: FourTuple, hostAddress: string, rule: string | null = null): UdpFlow {
     const socket = createSocket('udp4');
     const flow: UdpFlow = {
       key,
@@ -170,7 +210,9 @@ export class UdpFlowTable {
         this.close(flow, 'idle');
       }, this.opts.idleTimeoutMs),
       closed: false,
+      meter: undefined,
     };
+    flow.meter = this.opts.budgets?.open(rule, () => this.budgetSpent(flow));
     flow.idleTimer.unref();
     this.flows.set(key, flow);
     this.counters.opened++;
@@ -182,6 +224,8 @@ export class UdpFlowTable {
         this.flows.delete(key);
         this.flows.set(key, flow);
       }
+      if (this.opts.rate?.ingress !== undefined && !this.opts.rate.ingress.admitDatagram(msg.length)) return;
+      if (flow.meter !== undefined && !this.charge(flow, msg.length, 'ingress')) return;
       this.counters.datagramsToGuest++;
       this.sendToGuest(tuple.dst, tuple.dstPort, tuple.src, tuple.srcPort, msg);
     });
@@ -219,6 +263,7 @@ export class UdpFlowTable {
   private close(flow: UdpFlow, why: string): void {
     if (flow.closed) return;
     flow.closed = true;
+    flow.meter?.close();
     clearTimeout(flow.idleTimer);
     if (this.flows.get(flow.key) === flow) this.flows.delete(flow.key);
     try {

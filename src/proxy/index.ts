@@ -173,8 +173,9 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     const allowlist: AllowlistControl = {
       rules: () => runtime.ruleTexts,
       zones: () => zoneNames(runtime.zoneTable),
-      reload: async (texts, drop) => {
-        const result = await runtime.reload(texts);
+      budgets: () => runtime.budgets.stats(),
+      reload: async (texts, drop, budgets) => {
+        const result = await runtime.reload(texts, budgets);
         let dropped = 0;
         if (drop) {
           // Each tunnel and upstream connection is re-decided as it was admitted (Egress.recheck, one record per refusal); refused ones are closed.

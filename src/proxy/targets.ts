@@ -125,7 +125,7 @@ function admitAddress(egress: Egress, address: string, port: number): Admission 
 }
 
 async function admitName(egress: Egress, host: string, port: number, log: Logger): Promise<Admission> {
-  const d = egress.policy.decideName('tcp', host, port, 'target');
+  const d = egress.decideName('tcp', host, port, 'target');
   const shown = d.verdict !== 'peek' && d.name !== null ? d.name : host.slice(0, 256);
   if (d.verdict !== 'allow') {
     // decideName never answers 'peek'; were it to, refuse rather than hang.
