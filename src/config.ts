@@ -703,7 +703,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   if (typeof limits === 'string') throw new ConfigError(limits);
   const logLimits = parseLogLimits(str);
   if (typeof logLimits === 'string') throw new ConfigError(logLimits);
-  const traffic = parseTrafficFlags(str, list, allowlist.allow.map((r) => r.text));
+  const traffic = parseTrafficFlags(str, list, allowlist.allow);
   if (typeof traffic === 'string') throw new ConfigError(traffic);
 
   const allowLinkLocal = raw.get('allow-link-local');

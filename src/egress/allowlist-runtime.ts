@@ -26,6 +26,7 @@ import { DecisionLog, DEFAULT_DECISION_LOG_LIMITS } from './decision-log.js';
 import { DialTargets } from './dial-targets.js';
 import { Egress, type EgressOptions } from './egress.js';
 import { ByteBudgets, type BudgetDirection, type BudgetSpec } from '../traffic/byte-budgets.js';
+import { matchBudgetRules } from '../traffic/flags.js';
 
 export interface AllowlistRuntimeOptions {
   rules: readonly Rule[];
@@ -75,11 +76,11 @@ export class BudgetRuleError extends Error {
   }
 }
 
-/** Throws BudgetRuleError naming every budget whose rule is not one of `rules`. */
-export function checkBudgetRules(budgets: readonly BudgetSpec[], rules: readonly Rule[]): void {
-  const texts = new Set(rules.map((r) => r.text));
-  const missing = budgets.filter((b) => !texts.has(b.rule)).map((b) => b.rule);
-  if (missing.length > 0) throw new BudgetRuleError(missing);
+/** The budgets named by the allow rules they mean (their text, as decisions carry it); throws BudgetRuleError naming every budget whose rule is not one of `rules`. */
+export function checkBudgetRules(budgets: readonly BudgetSpec[], rules: readonly Rule[]): BudgetSpec[] {
+  const m = matchBudgetRules(budgets, rules);
+  if ('missing' in m) throw new BudgetRuleError(m.missing);
+  return m.budgets;
 }
 
 export class AllowlistRuntime {
@@ -97,7 +98,7 @@ export class AllowlistRuntime {
 
   static async start(o: AllowlistRuntimeOptions, log: Logger): Promise<AllowlistRuntime> {
     const policy = compilePolicy(o, o.rules); // an invalid --admit-resolved fails before any lookup
-    checkBudgetRules(o.budgets ?? [], o.rules);
+    const initialBudgets = checkBudgetRules(o.budgets ?? [], o.rules);
     warnBroadRules(policy, log);
     const table = await buildTable(o, o.rules, o.signal);
     const pins = new PinTable(o.now);
@@ -112,7 +113,7 @@ export class AllowlistRuntime {
       log.warn('live lookups are off: names below these wildcards are answered only when a rule names them exactly', { rules: wildcards });
     }
     const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS, budget: liveBudget });
-    const budgets = new ByteBudgets(o.budgets ?? [], o.budgetDirection ?? 'egress', o.now, o.egress.mode === 'audit');
+    const budgets = new ByteBudgets(initialBudgets, o.budgetDirection ?? 'egress', o.now, o.egress.mode === 'audit');
     const egress = new Egress(policy, pins, decisions, targets, o.egress, budgets);
     const dns = new AllowlistDns(
       {
@@ -168,8 +169,7 @@ export class AllowlistRuntime {
     const run = this.reloading.then(async () => {
       const rules = parseRules(texts);
       if (rules.length === 0) throw new EmptyAllowlistError();
-      const nextBudgets = budgets ?? this.budgets.specs();
-      checkBudgetRules(nextBudgets, rules);
+      const nextBudgets = checkBudgetRules(budgets ?? this.budgets.specs(), rules);
       const policy = compilePolicy(this.o, rules);
       const table = await buildTable(this.o, rules, undefined);
       // Nothing above changed any state; from here on everything swaps at once.

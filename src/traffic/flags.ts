@@ -6,7 +6,7 @@
  * parsers that return an error message naming the flag (config.ts turns it
  * into a ConfigError). The grammar of the values is src/traffic/units.ts.
  */
-import { parseRules, RuleSetError } from '../../dns/rules.js';
+import { parseRule, parseRules, RuleError, RuleSetError, type Rule } from '../../dns/rules.js';
 import type { BudgetDirection, BudgetSpec } from './byte-budgets.js';
 import { defaultBurst, type RateLimitSpec } from './rate-limiter.js';
 import { parsePeriod, parseRate, parseSize } from './units.js';
@@ -55,7 +55,10 @@ export function trafficFlagDocs(who: 'guest' | 'client address'): { name: string
   ];
 }
 
-/** One `RULE=SIZE[/PERIOD]`; the rule in its canonical text (so that it compares with the allowlist's). */
+/**
+ * One `RULE=SIZE[/PERIOD]`. The rule is checked here and kept as written;
+ * matchBudgetRules() ties it to the allow rule it means.
+ */
 export function parseBudgetSpec(text: string): BudgetSpec | string {
   const eq = text.lastIndexOf('=');
   if (eq <= 0) return `must be RULE=SIZE[/PERIOD] (e.g. api.example.com=50MiB/1h), got "${text}"`;
@@ -65,7 +68,7 @@ export function parseBudgetSpec(text: string): BudgetSpec | string {
   try {
     const rules = parseRules([ruleText]);
     if (rules.length !== 1) return `"${text}": needs one rule before "="`;
-    rule = rules[0]!.text;
+    rule = rules[0]!.text.trim();
   } catch (e) {
     return `"${text}": ${e instanceof RuleSetError ? e.message : String(e)}`;
   }
@@ -79,16 +82,44 @@ export function parseBudgetSpec(text: string): BudgetSpec | string {
   return { rule, bytes, periodMs };
 }
 
+/** What a rule means, independent of how it was written (case, IPv6 spelling): its kind, host/domain/network and port. */
+export function ruleKey(r: Rule): string {
+  const what = r.kind === 'host' ? r.host : r.kind === 'wildcard' ? r.domain : r.kind === 'address' ? r.address : `${r.network}/${r.prefixLength}`;
+  return `${r.kind} ${what} ${r.port ?? '*'}`;
+}
+
 /** Every budget of a list; an error names the first bad one. Two budgets for one rule are an error. */
 export function parseBudgetList(items: readonly string[], label: string): BudgetSpec[] | string {
   const out: BudgetSpec[] = [];
+  const keys = new Set<string>();
   for (const item of items) {
     const b = parseBudgetSpec(item);
     if (typeof b === 'string') return `${label}: ${b}`;
-    if (out.some((o) => o.rule === b.rule)) return `${label}: rule "${b.rule}" has two budgets`;
+    const key = ruleKey(parseRule(b.rule) as Rule);
+    if (keys.has(key)) return `${label}: rule "${b.rule}" has two budgets`;
+    keys.add(key);
     out.push(b);
   }
   return out;
+}
+
+/**
+ * Ties each budget to the allow rule it means (same kind, name and port,
+ * however written) and names it by that rule's text, which is what the
+ * policy's decisions carry. Returns the budgets so named, or the rules of
+ * the budgets that name no allow rule.
+ */
+export function matchBudgetRules(budgets: readonly BudgetSpec[], rules: readonly Rule[]): { budgets: BudgetSpec[] } | { missing: string[] } {
+  const byKey = new Map(rules.map((r) => [ruleKey(r), r.text]));
+  const out: BudgetSpec[] = [];
+  const missing: string[] = [];
+  for (const b of budgets) {
+    const parsed = parseRule(b.rule);
+    const text = parsed instanceof RuleError ? undefined : byKey.get(ruleKey(parsed));
+    if (text === undefined) missing.push(b.rule);
+    else out.push({ ...b, rule: text });
+  }
+  return missing.length > 0 ? { missing } : { budgets: out };
 }
 
 function parseLimit(rateFlag: string, burstFlag: string, str: Getter): RateLimitSpec | undefined | string {
@@ -105,8 +136,8 @@ function parseLimit(rateFlag: string, burstFlag: string, str: Getter): RateLimit
   return { rate, burst };
 }
 
-/** Reads the traffic flags; an error message naming the flag when one is bad. `ruleTexts`: the --allow rules, which each budget must name. */
-export function parseTrafficFlags(str: Getter, list: ListGetter, ruleTexts: readonly string[]): TrafficSettings | string {
+/** Reads the traffic flags; an error message naming the flag when one is bad. `rules`: the --allow rules, which each budget must name. */
+export function parseTrafficFlags(str: Getter, list: ListGetter, rules: readonly Rule[]): TrafficSettings | string {
   const rateEgress = parseLimit('rate-egress', 'rate-egress-burst', str);
   if (typeof rateEgress === 'string') return rateEgress;
   const rateIngress = parseLimit('rate-ingress', 'rate-ingress-burst', str);
@@ -114,15 +145,15 @@ export function parseTrafficFlags(str: Getter, list: ListGetter, ruleTexts: read
   const b = list('budget');
   const budgets = parseBudgetList(b.items, b.label);
   if (typeof budgets === 'string') return budgets;
-  if (budgets.length > 0 && ruleTexts.length === 0) return `${b.label}: needs --allow rules (a budget belongs to a rule)`;
-  const missing = budgets.filter((x) => !ruleTexts.includes(x.rule)).map((x) => `"${x.rule}"`);
-  if (missing.length > 0) return `${b.label}: names no --allow rule: ${missing.join(', ')} (write the RULE as one of the --allow rules)`;
+  if (budgets.length > 0 && rules.length === 0) return `${b.label}: needs --allow rules (a budget belongs to a rule)`;
+  const matched = matchBudgetRules(budgets, rules);
+  if ('missing' in matched) return `${b.label}: names no --allow rule: ${matched.missing.map((r) => `"${r}"`).join(', ')} (the RULE must be one of the --allow rules)`;
   const d = str('budget-direction');
   if (d !== undefined && d.text !== 'egress' && d.text !== 'both') return `${d.label}: must be egress or both, got "${d.text}"`;
   return {
     ...(rateEgress !== undefined ? { rateEgress } : {}),
     ...(rateIngress !== undefined ? { rateIngress } : {}),
-    budgets,
+    budgets: matched.budgets,
     budgetDirection: (d?.text as BudgetDirection | undefined) ?? 'egress',
   };
 }
