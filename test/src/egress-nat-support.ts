@@ -15,6 +15,7 @@ import { createLogger } from '../../src/log.js';
 import type { LiveLookupSettings } from '../../src/allowlist/live-lookup-flags.js';
 import { Nat, type NatOptions } from '../../src/nat/index.js';
 import { FakePendingTcp, FakeStack, type FakeTcpSocket } from './nat-fake-stack.js';
+import type { BudgetDirection, BudgetSpec } from '../../src/traffic/byte-budgets.js';
 
 export const GUEST = ipv4(192, 168, 127, 2);
 /** A destination the guest "chooses": never dialed (connectHost throws for it). */
@@ -44,7 +45,16 @@ export interface EgressNat {
 
 export async function startEgressNat(
   rules: string[],
-  opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]>; liveLookups?: LiveLookupSettings; quic?: NatOptions['quic'] } = {},
+  opts: {
+    admit?: string[];
+    egress?: Partial<EgressOptions>;
+    names?: Record<string, string[]>;
+    liveLookups?: LiveLookupSettings;
+    quic?: NatOptions['quic'];
+    budgets?: BudgetSpec[];
+    budgetDirection?: BudgetDirection;
+    nat?: Partial<NatOptions>;
+  } = {},
 ): Promise<EgressNat> {
   const resolver = new MapResolver(opts.names ?? { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'blocked.test': ['127.0.0.1'] });
   const logLines: Record<string, unknown>[] = [];
@@ -63,6 +73,8 @@ export async function startEgressNat(
       egress: { ...DEFAULT_EGRESS_OPTIONS, ...opts.egress },
       now: () => performance.now(),
       ...(opts.liveLookups ? { liveLookups: opts.liveLookups } : {}),
+      ...(opts.budgets ? { budgets: opts.budgets } : {}),
+      ...(opts.budgetDirection ? { budgetDirection: opts.budgetDirection } : {}),
     },
     log,
   );
@@ -73,7 +85,7 @@ export async function startEgressNat(
     if (!host.startsWith('127.')) throw new Error(`test refused to dial ${host}`);
     return netConnect(o);
   };
-  const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], connectHost, ...(opts.quic ? { quic: opts.quic } : {}) }, log, runtime.dns, runtime.egress);
+  const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], connectHost, ...(opts.quic ? { quic: opts.quic } : {}), ...opts.nat }, log, runtime.dns, runtime.egress);
   nat.attach(new FakeStack());
   return {
     nat,
