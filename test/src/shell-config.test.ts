@@ -293,6 +293,13 @@ describe('config file and flag precedence', () => {
       'no-live-lookups': false,
       // The logs' budget and rotation flags (src/log-flags.ts), likewise.
       ...Object.fromEntries(LOG_FLAG_SPECS.map((l) => [l.flag, l.min])),
+      // Rate limits and byte budgets (src/traffic/flags.ts).
+      'rate-egress': '50Mbit',
+      'rate-egress-burst': '1MiB',
+      'rate-ingress': '10MiB/s',
+      'rate-ingress-burst': '256KiB',
+      budget: ['github.com=50MiB/1h'],
+      'budget-direction': 'both',
     };
     expect(Object.keys(values).sort()).toEqual([...keys].sort());
     const c = parse(['--config', '/all.json'], { '/all.json': JSON.stringify(values) });
