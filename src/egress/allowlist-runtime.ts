@@ -112,6 +112,9 @@ export class AllowlistRuntime {
     if (!liveBudget.enabled && wildcards.length > 0) {
       log.warn('live lookups are off: names below these wildcards are answered only when a rule names them exactly', { rules: wildcards });
     }
+    // DNS for a name is refused when every name rule covering it has a spent byte budget (no rule left to allow a flow to it).
+    let runtime: AllowlistRuntime | undefined;
+    const spentRuleFor = (name: string): string | null => (runtime === undefined ? null : runtime.spentRuleFor(name));
     const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS, budget: liveBudget });
     const budgets = new ByteBudgets(initialBudgets, o.budgetDirection ?? 'egress', o.now, o.egress.mode === 'audit');
     const egress = new Egress(policy, pins, decisions, targets, o.egress, budgets);
@@ -124,12 +127,18 @@ export class AllowlistRuntime {
         audit: o.egress.mode === 'audit',
         budget: liveBudget,
         pinned: (name) => pins.addressesFor(name),
+        refuseName: (name) => {
+          const rule = spentRuleFor(name);
+          return rule === null ? null : `byte budget of rule ${rule} is spent`;
+        },
         onDecision: (d) => {
           // The responder clamps live TTLs (at least 5 s), so a pin always outlives the answer's use.
           if (d.addresses.length > 0 && d.ttl !== null && (d.outcome === 'live' || d.outcome === 'audit-live')) {
             pins.pin(d.name, d.addresses, d.ttl * 1000);
           }
-          if ((d.outcome === 'sinkholed' || d.outcome === 'live-off' || d.outcome === 'audit-live') && d.id !== undefined) {
+          if (d.outcome === 'budget' && d.id !== undefined) {
+            decisions.record({ id: d.id, decision: 'blocked', reason: 'budget', rule: spentRuleFor(d.name), proto: 'dns', dst: d.name, name: d.name, via: 'dns', detail: d.type });
+          } else if ((d.outcome === 'sinkholed' || d.outcome === 'live-off' || d.outcome === 'audit-live') && d.id !== undefined) {
             const decision = d.outcome === 'audit-live' ? 'would-block' : 'blocked';
             const reason = d.outcome === 'live-off' ? 'live-off' : 'dns-sinkhole';
             decisions.record({ id: d.id, decision, reason, rule: null, proto: 'dns', dst: d.name, name: d.name, via: 'dns', detail: d.type });
@@ -142,7 +151,26 @@ export class AllowlistRuntime {
       },
       log.child({ component: 'dns' }),
     );
-    return new AllowlistRuntime(o, dns, egress, o.rules, log, liveBudget);
+    runtime = new AllowlistRuntime(o, dns, egress, o.rules, log, liveBudget);
+    return runtime;
+  }
+
+  /**
+   * The rule to name when DNS for `name` is refused for budgets: the first
+   * host or wildcard rule covering the name, when every such rule has a
+   * spent budget (audit mode never refuses); null otherwise.
+   */
+  spentRuleFor(name: string): string | null {
+    const budgets = this.egress.budgets;
+    if (budgets === undefined || budgets.size === 0 || this.egress.audit) return null;
+    let first: string | null = null;
+    for (const r of this.rules) {
+      const covers = r.kind === 'host' ? r.host === name : r.kind === 'wildcard' ? name.endsWith(`.${r.domain}`) : false;
+      if (!covers) continue;
+      if (!budgets.spent(r.text)) return null;
+      first ??= r.text;
+    }
+    return first;
   }
 
   get ruleTexts(): string[] {

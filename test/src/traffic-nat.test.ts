@@ -10,6 +10,7 @@ import { DEFAULT_NAT_OPTIONS, Nat, type NatOptions } from '../../src/nat/index.j
 import { FakePendingTcp, FakeStack, type FakeTcpSocket, waitFor } from './nat-fake-stack.js';
 import { acceptedSocket, decisions, received, startEgressNat, syn, type EgressNat } from './egress-nat-support.js';
 import { ipv4 } from '../../netstack/addr.js';
+import { decodeAnswer, dnsQuery } from './allowlist-upstream.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -279,4 +280,16 @@ describe('byte budgets (moat serve NAT)', () => {
     s.nat.onTcpSyn(free);
     expect((await free.decided).kind).toBe('accepted');
   }, 20_000);
+
+  it('abuse: DNS for a name whose only rules are spent gets the refusal (sinkhole + EDE naming the budget); a name another rule still covers is answered', async () => {
+    const s = await budgeted(['www.t.test', '*.t.test', 'blocked.test'], [{ rule: 'www.t.test', bytes: 1000 }, { rule: 'blocked.test', bytes: 1000 }]);
+    const ask = async (name: string): Promise<ReturnType<typeof decodeAnswer>> => decodeAnswer((await s.runtime.dns.resolve(dnsQuery(name, 'A'), 'udp'))!);
+    expect((await ask('blocked.test')).addresses).toEqual(['127.0.0.1']);
+    s.runtime.budgets.open('blocked.test', () => {})!.charge(1000, 'egress');
+    s.runtime.budgets.open('www.t.test', () => {})!.charge(1000, 'egress');
+    expect((await ask('blocked.test')).addresses).toEqual(['0.0.0.0']);
+    expect(decisions(s).at(-1)).toMatchObject({ decision: 'blocked', reason: 'budget', rule: 'blocked.test', proto: 'dns', name: 'blocked.test' });
+    // www.t.test is also covered by *.t.test (no budget): DNS still answers it; its flows are the policy's to refuse.
+    expect((await ask('www.t.test')).addresses).toEqual(['127.0.0.1']);
+  });
 });
