@@ -34,6 +34,7 @@ import {
 import { parseHostPort } from '../port-forwards.js';
 import { LIVE_LOOKUP_FLAG_NAMES, type LiveLookupSettings } from '../allowlist/live-lookup-flags.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from '../log-flags.js';
+import { parseTrafficFlags, trafficFlagDocs, type TrafficSettings } from '../traffic/flags.js';
 import { ProxyCredentials } from './auth.js';
 import { isLoopbackHost } from './exposure.js';
 
@@ -74,6 +75,8 @@ export interface ProxyConfig {
   liveLookups: LiveLookupSettings;
   /** The logs' budget and the decision log's rotation (as for serve); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
+  /** Rate limits per client address and byte budgets per rule (--rate-*, --budget); none when absent. */
+  traffic?: TrafficSettings;
 }
 
 export const DEFAULT_PROXY_LISTEN = '127.0.0.1:3128';
@@ -155,6 +158,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
   shared('log-level'),
   shared('log-format'),
   ...logFlagDocs(),
+  ...trafficFlagDocs('client address'),
   shared('help'),
 ];
 
@@ -224,6 +228,8 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
   const { logLevel, logFormat } = parseLogSettings(raw);
   const logLimits = parseLogLimits(str);
   if (typeof logLimits === 'string') throw new ConfigError(logLimits);
+  const traffic = parseTrafficFlags(str, getters(raw).list, allowlist.allow);
+  if (typeof traffic === 'string') throw new ConfigError(traffic);
 
   return {
     kind: 'config',
@@ -248,6 +254,7 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       logFormat,
       liveLookups: parseLiveLookupFlags(raw),
       logLimits,
+      traffic,
     },
   };
 }

@@ -19,6 +19,7 @@ import { ApiServer, type AllowlistControl } from '../api-server.js';
 import { MonotonicClock } from '../clock.js';
 import { DEFAULT_SUBNET, formatUpstream, type DnsUpstream } from '../config.js';
 import { AllowlistRuntime, zoneNames } from '../egress/allowlist-runtime.js';
+import { ClientRates } from '../traffic/client-rates.js';
 import { decisionFileError, logStats, openDecisionLog } from '../egress/decision-log.js';
 import { DEFAULT_LOG_LIMITS } from '../log-flags.js';
 import { DEFAULT_EGRESS_OPTIONS, type Egress } from '../egress/egress.js';
@@ -122,6 +123,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         allowLinkLocal: false,
         egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails, refuseEch: config.refuseEch },
         liveLookups: config.liveLookups,
+        ...(config.traffic ? { budgets: config.traffic.budgets, budgetDirection: config.traffic.budgetDirection } : {}),
         now: d.now,
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,
@@ -138,9 +140,13 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     const finished = { opened: 0, bytesUp: 0, bytesDown: 0 };
     const counters = { requests: 0, connects: 0, socksConnects: 0, refused: 0, authFailures: 0, udpAssociations: 0, udpOut: 0, udpIn: 0, udpDropped: 0, udpSendErrors: 0 };
     const tlog = log.child({ component: 'proxy' });
+    // Rate limits per client address: every tunnel and forwarded request of one address shares them.
+    const clientRates = new ClientRates(config.traffic?.rateEgress, config.traffic?.rateIngress);
     const openTunnel = (client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void => {
       finished.opened++;
-      const t = new Tunnel(client, a, { egress, dialer, log: tlog, serverFirstGraceMs: d.serverFirstGraceMs }, (done) => {
+      const rate = clientRates.acquire(client.remoteAddress);
+      const t = new Tunnel(client, a, { egress, dialer, log: tlog, serverFirstGraceMs: d.serverFirstGraceMs, rate }, (done) => {
+        rate?.release();
         if (!tunnels.delete(done)) return;
         finished.bytesUp += done.bytesUp;
         finished.bytesDown += done.bytesDown;
@@ -154,7 +160,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
 
     const authFailures = new AuthFailureLog(counters, tlog);
     closers.push(() => authFailures.close());
-    const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters, auth: config.auth, authFailures };
+    const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters, auth: config.auth, authFailures, clientRates };
     const { server: httpServer, agents } = createHttpProxy(core, { maxConnections: config.maxConnections, headersTimeoutMs: config.peekTimeoutMs });
     closers.push(() => agents.destroy());
     const httpSockets = track(httpServer);
@@ -207,6 +213,8 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         liveBudget: { enabled: runtime.liveBudget.enabled, ...runtime.liveBudget.stats },
         connections: { http: httpSockets.size, socks: socksSockets?.size ?? 0 },
         logs: logStats(log, egress.decisions, sink),
+        ...(clientRates.enabled ? { rate: clientRates.stats() } : {}),
+        ...(runtime.budgets.size > 0 ? { budgets: runtime.budgets.stats() } : {}),
       };
     };
 

@@ -61,6 +61,8 @@ export type Admission =
       dst: string;
       /** Egress.version it was decided under: the tunnel re-decides it if the rules change before its dial completes. */
       version?: number;
+      /** The rule that allowed it (its bytes are charged to that rule's budget); absent for audit pass-through. */
+      rule?: string | null;
     }
   | {
       ok: false;
@@ -121,7 +123,7 @@ function admitAddress(egress: Egress, address: string, port: number): Admission 
   }
   if (d.verdict === 'block') return { ok: false, id, kind: 'blocked', reason: d.reason, name: null, ...(d.detail !== undefined ? { detail: d.detail } : {}) };
   const dial = d.verdict === 'allow' && d.dial.kind === 'address' ? d.dial.address : address;
-  return { ok: true, id, name: null, addresses: [dial], port, peek: 'none', dst: `${address}:${port}` };
+  return { ok: true, id, name: null, addresses: [dial], port, peek: 'none', dst: `${address}:${port}`, rule: d.verdict === 'allow' ? d.rule : null };
 }
 
 async function admitName(egress: Egress, host: string, port: number, log: Logger): Promise<Admission> {
@@ -159,7 +161,7 @@ async function admitName(egress: Egress, host: string, port: number, log: Logger
   }
   const id = egress.record(d, 'tcp', name, port, 'target', `dial ${admitted.join(',')}`);
   const peek: PeekMode = port === 80 || port === 443 ? 'required' : 'optional';
-  return { ok: true, id, name, addresses: admitted, port, peek, dst: `${name}:${port}` };
+  return { ok: true, id, name, addresses: admitted, port, peek, dst: `${name}:${port}`, rule: d.rule };
 }
 
 /** Audit mode: a name the rules refuse still goes to its own addresses (no peek: nothing would be refused). */
