@@ -48,6 +48,23 @@ export interface DecisionRecord {
   ech?: boolean;
 }
 
+/**
+ * A flow that was open, at its close: the bytes it moved each way and what
+ * allowed it (`moat learn --budgets` reads these lines). Not a decision: its
+ * line has `"flow": "closed"` and no `decision` field.
+ */
+export interface FlowBytesRecord {
+  proto: 'tcp' | 'udp' | 'quic';
+  /** "ip:port" as the guest (client) sent it, or "name:port" for a proxy target. */
+  dst: string;
+  /** The rule that allowed it, and the name it was allowed for. */
+  rule: string | null;
+  name: string | null;
+  /** Guest (client) -> world, and back. */
+  bytesUp: number;
+  bytesDown: number;
+}
+
 export interface DecisionLogOptions {
   /** Where every decision is written as one JSON line (the --decision-log file), or undefined. */
   sink?: LogStream;
@@ -200,6 +217,20 @@ export class DecisionLog {
     } else {
       this.log.info('egress decision', line);
     }
+  }
+
+  /**
+   * One line per closed flow with its bytes, in the file only (and the main
+   * log at debug). Not limited per destination: every flow's bytes count for
+   * what `moat learn --budgets` proposes; the file's global budget still
+   * bounds them (suppressed lines are counted there, reason flow-closed).
+   */
+  flowClosed(f: FlowBytesRecord): void {
+    if (f.bytesUp === 0 && f.bytesDown === 0) return;
+    const line: Record<string, unknown> = { flow: 'closed', ...f };
+    if (this.opts.network !== undefined) line['network'] = this.opts.network;
+    this.file?.write('flow-closed', () => JSON.stringify({ time: new Date().toISOString(), ...line }) + '\n');
+    if (this.log.enabled('debug')) this.log.debug('flow closed', line);
   }
 }
 

@@ -39,7 +39,7 @@ import { formatIPv4 } from '../../netstack/addr.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Logger } from '../log.js';
-import type { DialAdmission } from '../nat/tcp-flows.js';
+import type { DialAdmission, FlowTag } from '../nat/tcp-flows.js';
 import { LiveLookupRefusedError } from './dial-targets.js';
 import type { FlowInspector } from '../nat/tcp-pipe.js';
 import type { Egress, InFlight } from './egress.js';
@@ -51,7 +51,7 @@ export interface HeldConnectionHost {
   /** Connects to the first of `addresses` that accepts on `port`. */
   connectFirst(addresses: readonly string[], port: number): Promise<Socket>;
   /** Joins the accepted guest connection to the connected host socket; returns the handlers that take over. `admit`: asked again on a reload with drop; `inspector`: the watch the piped flow stays under. */
-  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit: DialAdmission, inspector?: FlowInspector, rule?: string | null): TcpHandlers;
+  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit: DialAdmission, inspector?: FlowInspector, tag?: FlowTag): TcpHandlers;
 }
 
 type State = 'peeking' | 'dialing' | 'piped' | 'refusing' | 'closed';
@@ -254,7 +254,7 @@ export class HeldConnection {
       this.finish();
       return;
     }
-    await this.pipeTo(addresses, d.name, d.rule);
+    await this.pipeTo(addresses, d.name, { rule: d.rule, name: d.name });
   }
 
   private startDialing(): void {
@@ -289,7 +289,7 @@ export class HeldConnection {
   }
 
   /** `rule`: the rule that allowed the flow (its bytes are charged to its budget); null for audit pass-through. */
-  private async pipeTo(addresses: readonly string[], name: string | null, rule: string | null = null): Promise<void> {
+  private async pipeTo(addresses: readonly string[], name: string | null, tag?: FlowTag): Promise<void> {
     const port = this.syn.dstPort;
     let socket: Socket;
     try {
@@ -317,7 +317,7 @@ export class HeldConnection {
     this.state = 'piped';
     const inFlight = this.inFlight;
     const connected = socket.remoteAddress;
-    const pipe = this.host.adopt(this.syn, this.tcp, socket, (why) => inFlight === undefined || this.egress.recheck(inFlight, why, connected).keep, watch, rule);
+    const pipe = this.host.adopt(this.syn, this.tcp, socket, (why) => inFlight === undefined || this.egress.recheck(inFlight, why, connected).keep, watch, tag ?? { rule: null, name });
     this.pipe = pipe;
     this.onDone(this);
     const held = this.held.splice(0);

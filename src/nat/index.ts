@@ -145,6 +145,12 @@ export class Nat implements GatewayUdpClaims {
         ...(budgets !== undefined && egress !== undefined
           ? { budgets, onBudgetSpent: (syn, rule) => egress.recordBudgetCut('tcp', formatIPv4(syn.dst), syn.dstPort, rule, null, null) }
           : {}),
+        ...(egress !== undefined
+          ? {
+              onClosed: (syn, tag, up, down) =>
+                egress.decisions.flowClosed({ proto: 'tcp', dst: `${formatIPv4(syn.dst)}:${syn.dstPort}`, rule: tag.rule, name: tag.name, bytesUp: up, bytesDown: down }),
+            }
+          : {}),
       },
       log,
     );
@@ -158,6 +164,15 @@ export class Nat implements GatewayUdpClaims {
         ...(this.rate ? { rate: this.rate } : {}),
         ...(budgets !== undefined && egress !== undefined
           ? { budgets, onBudgetSpent: (t, rule) => egress.recordBudgetCut('udp', formatIPv4(t.dst), t.dstPort, rule, null, null) }
+          : {}),
+        ...(egress !== undefined
+          ? {
+              onClosed: (t, rule, up, down) => {
+                // A flow let out by its QUIC name carries that name (moat learn maps it to a hostname rule).
+                const name = this.quic?.admittedName(t) ?? null;
+                egress.decisions.flowClosed({ proto: name === null ? 'udp' : 'quic', dst: `${formatIPv4(t.dst)}:${t.dstPort}`, rule, name, bytesUp: up, bytesDown: down });
+              },
+            }
           : {}),
       },
       (from, fromPort, to, toPort, payload) => this.stack?.sendUdp(from, fromPort, to, toPort, payload),
@@ -256,7 +271,7 @@ export class Nat implements GatewayUdpClaims {
         via,
         ...(d.reason === 'pinned' && d.name !== null ? { pinnedName: d.name } : {}),
       };
-      this.tcp.dial(pending, hostAddress, (why) => egress.recheck(inFlight, why).keep, d.rule);
+      this.tcp.dial(pending, hostAddress, (why) => egress.recheck(inFlight, why).keep, { rule: d.rule, name: d.name });
       return;
     }
     // 'peek': the connection must be accepted for its first bytes to arrive.

@@ -168,6 +168,11 @@ export class QuicFlows {
     return this.held.has(key) || (this.allowed.has(key) && this.udp.has(t));
   }
 
+  /** The name an allowed flow was let out for (its QUIC SNI), or undefined. */
+  admittedName(t: FourTuple): string | undefined {
+    return this.allowed.get(udpFlowKey(t.src, t.srcPort, t.dst, t.dstPort))?.name ?? undefined;
+  }
+
   /** The re-decision of an allowed flow on a reload with drop (Egress.recheck with what it was decided as). */
   admitted(t: FourTuple): ((why: string) => boolean) | undefined {
     const a = this.allowed.get(udpFlowKey(t.src, t.srcPort, t.dst, t.dstPort));

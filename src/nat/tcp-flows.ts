@@ -38,7 +38,17 @@ export interface TcpFlowTableOptions {
   budgets?: ByteBudgets;
   /** A flow reset because its rule's budget ran out (the caller records it). */
   onBudgetSpent?: (syn: SynInfo, rule: string, pipe: TcpPipe) => void;
+  /** Every flow that was open, when it closes, with its bytes (the decision log's flow lines: moat learn --budgets reads them). */
+  onClosed?: (syn: SynInfo, tag: FlowTag, bytesToHost: number, bytesToGuest: number) => void;
 }
+
+/** What allowed a flow: the rule (charged with its bytes when it has a budget) and the name it was allowed for. */
+export interface FlowTag {
+  readonly rule: string | null;
+  readonly name: string | null;
+}
+
+const UNTAGGED: FlowTag = Object.freeze({ rule: null, name: null });
 
 export interface TcpFlowStats {
   /** Flows dialing or open. */
@@ -69,8 +79,8 @@ interface Dial {
   readonly socket: Socket;
   readonly timer: NodeJS.Timeout;
   readonly admit: DialAdmission | undefined;
-  /** The rule that allowed it (charged with its bytes when it has a budget). */
-  readonly rule: string | null;
+  /** What allowed it. */
+  readonly tag: FlowTag;
 }
 
 /**
@@ -157,7 +167,7 @@ export class TcpFlowTable {
   }
 
   /** Dials `hostAddress:dstPort` for the guest's SYN; answers the SYN when the dial settles (and `admit`, if given, still says yes). */
-  dial(pending: PendingTcp, hostAddress: string, admit?: DialAdmission, rule: string | null = null): void {
+  dial(pending: PendingTcp, hostAddress: string, admit?: DialAdmission, tag: FlowTag = UNTAGGED): void {
     if (this.atLimit()) {
       this.refuseAtLimit(pending);
       return;
@@ -175,7 +185,7 @@ export class TcpFlowTable {
         pending.ignore();
       }, this.opts.connectTimeoutMs),
       admit,
-      rule,
+      tag,
     };
     this.dials.add(dial);
     const onError = (err: NodeJS.ErrnoException): void => {
@@ -244,8 +254,8 @@ export class TcpFlowTable {
    * reload with drop asks whether the flow may go on (recheckOpen);
    * `inspector`: the watch the piped flow stays under (one connection, one name).
    */
-  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit?: DialAdmission, inspector?: FlowInspector, rule: string | null = null): TcpHandlers {
-    const pipe = this.newPipe(syn, socket, inspector, rule);
+  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit?: DialAdmission, inspector?: FlowInspector, tag: FlowTag = UNTAGGED): TcpHandlers {
+    const pipe = this.newPipe(syn, socket, inspector, tag);
     if (admit !== undefined) this.admissions.set(pipe, admit);
     this.counters.opened++;
     this.log.debug('tcp flow open', describe(syn));
@@ -311,10 +321,10 @@ export class TcpFlowTable {
     for (const pipe of [...this.pipes]) pipe.destroy();
   }
 
-  private newPipe(syn: SynInfo, socket: Socket, inspector?: FlowInspector, rule: string | null = null): TcpPipe {
+  private newPipe(syn: SynInfo, socket: Socket, inspector?: FlowInspector, tag: FlowTag = UNTAGGED): TcpPipe {
     // The meter exists before the pipe: another flow may spend the budget first, which cuts this one.
     let self: TcpPipe | undefined;
-    const meter = this.opts.budgets?.open(rule, () => self?.cutByBudget());
+    const meter = this.opts.budgets?.open(tag.rule, () => self?.cutByBudget());
     const onSpent = this.opts.onBudgetSpent;
     const pipe = new TcpPipe(socket, {
       waitForConnect: false,
@@ -328,6 +338,7 @@ export class TcpFlowTable {
         this.admissions.delete(p);
         this.counters.bytesToHost += p.bytesToHost;
         this.counters.bytesToGuest += p.bytesToGuest;
+        this.opts.onClosed?.(syn, tag, p.bytesToHost, p.bytesToGuest);
         this.log.debug('tcp flow close', {
           ...describe(syn),
           reason,
@@ -358,7 +369,7 @@ export class TcpFlowTable {
   }
 
   private connected(dial: Dial): void {
-    const pipe = this.newPipe(dial.pending.syn, dial.socket, undefined, dial.rule);
+    const pipe = this.newPipe(dial.pending.syn, dial.socket, undefined, dial.tag);
     this.readers.set(dial.socket, pipe);
     if (dial.admit !== undefined) this.admissions.set(pipe, dial.admit);
     let tcp;

@@ -48,6 +48,8 @@ export interface UdpFlowTableOptions {
   budgets?: ByteBudgets;
   /** A flow closed because its rule's budget ran out (the caller records it). */
   onBudgetSpent?: (tuple: FourTuple, rule: string) => void;
+  /** A flow closed, with the payload bytes it carried each way and the rule it was opened for. */
+  onClosed?: (tuple: FourTuple, rule: string | null, bytesUp: number, bytesDown: number) => void;
 }
 
 export interface UdpFlowStats {
@@ -74,6 +76,9 @@ interface UdpFlow {
   closed: boolean;
   /** The budget of the rule that allowed it, if it has one. */
   meter: FlowMeter | undefined;
+  readonly rule: string | null;
+  bytesUp: number;
+  bytesDown: number;
 }
 
 export function udpFlowKey(src: IPv4, srcPort: number, dst: IPv4, dstPort: number): string {
@@ -128,6 +133,7 @@ export class UdpFlowTable {
     }
     if (flow.meter !== undefined && !this.charge(flow, payload.length, 'egress')) return;
     this.counters.datagramsToHost++;
+    flow.bytesUp += payload.length;
     const copy = Buffer.from(payload); // the view dies with the callback
     if (!flow.connected) {
       if (flow.pending.length >= this.opts.pendingDatagrams) {
@@ -211,6 +217,9 @@ export class UdpFlowTable {
       }, this.opts.idleTimeoutMs),
       closed: false,
       meter: undefined,
+      rule,
+      bytesUp: 0,
+      bytesDown: 0,
     };
     flow.meter = this.opts.budgets?.open(rule, () => this.budgetSpent(flow));
     flow.idleTimer.unref();
@@ -227,6 +236,7 @@ export class UdpFlowTable {
       if (this.opts.rate?.ingress !== undefined && !this.opts.rate.ingress.admitDatagram(msg.length)) return;
       if (flow.meter !== undefined && !this.charge(flow, msg.length, 'ingress')) return;
       this.counters.datagramsToGuest++;
+      flow.bytesDown += msg.length;
       this.sendToGuest(tuple.dst, tuple.dstPort, tuple.src, tuple.srcPort, msg);
     });
     socket.on('error', (err) => {
@@ -264,6 +274,7 @@ export class UdpFlowTable {
     if (flow.closed) return;
     flow.closed = true;
     flow.meter?.close();
+    this.opts.onClosed?.(flow.tuple, flow.rule, flow.bytesUp, flow.bytesDown);
     clearTimeout(flow.idleTimer);
     if (this.flows.get(flow.key) === flow) this.flows.delete(flow.key);
     try {

@@ -148,6 +148,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       const t = new Tunnel(client, a, { egress, dialer, log: tlog, serverFirstGraceMs: d.serverFirstGraceMs, rate }, (done) => {
         rate?.release();
         if (!tunnels.delete(done)) return;
+        egress.decisions.flowClosed({ proto: 'tcp', dst: done.plan.dst, rule: done.plan.rule ?? null, name: done.plan.name, bytesUp: done.bytesUp, bytesDown: done.bytesDown });
         finished.bytesUp += done.bytesUp;
         finished.bytesDown += done.bytesDown;
       });

@@ -292,4 +292,19 @@ describe('byte budgets (moat serve NAT)', () => {
     // www.t.test is also covered by *.t.test (no budget): DNS still answers it; its flows are the policy's to refuse.
     expect((await ask('www.t.test')).addresses).toEqual(['127.0.0.1']);
   });
+
+  it('a flow that closes leaves a flow line with its bytes, rule and name (what moat learn --budgets reads)', async () => {
+    const srv = await countingServer(1000);
+    const rule = `www.t.test:${srv.port}`;
+    const s = await budgeted([rule], []);
+    const p = syn('203.0.113.9', srv.port);
+    s.nat.onTcpSyn(p);
+    const sock = await acceptedSocket(p);
+    const req = Buffer.from(`POST / HTTP/1.1\r\nHost: www.t.test\r\nContent-Length: 5000\r\n\r\n${'x'.repeat(5000)}`);
+    sock.guestSend(req);
+    await waitFor(() => srv.received() === req.length, 'sent');
+    sock.guestFin();
+    await waitFor(() => s.logLines.some((l) => l['msg'] === 'flow closed'), 'the flow line', 10_000);
+    expect(s.logLines.find((l) => l['msg'] === 'flow closed')).toMatchObject({ flow: 'closed', proto: 'tcp', rule, name: 'www.t.test', bytesUp: req.length, bytesDown: 1000 });
+  }, 20_000);
 });
