@@ -876,6 +876,8 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
     dnsUpstreams: c.dnsUpstreams.map(formatUpstream),
     ...(c.limits === undefined ? {} : { limits: { ...c.limits } }),
     ...(c.logLimits === undefined ? {} : { logLimits: { ...c.logLimits } }),
+    ...(c.traffic?.rateEgress === undefined ? {} : { rateEgress: c.traffic.rateEgress }),
+    ...(c.traffic?.rateIngress === undefined ? {} : { rateIngress: c.traffic.rateIngress }),
     ...(c.allow.length === 0
       ? {}
       : {
@@ -889,6 +891,10 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
           refuseEch: c.refuseEch,
           mode: c.mode,
           refusalDetails: c.refusalDetails ?? false,
+          // Reloaded with the rules (SIGHUP): budget; budgetDirection needs a restart.
+          ...(c.traffic === undefined || c.traffic.budgets.length === 0
+            ? {}
+            : { budget: c.traffic.budgets.map((b) => `${b.rule}=${b.bytes}B${b.periodMs === undefined ? '' : `/${b.periodMs / 1000}s`}`), budgetDirection: c.traffic.budgetDirection }),
         }),
   };
 }

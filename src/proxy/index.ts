@@ -290,6 +290,10 @@ export function describeProxyConfig(c: ProxyConfig): Record<string, unknown> {
     auth: c.auth === undefined ? undefined : { file: c.authFile, users: c.auth.size },
     refusalDetails: c.refusalDetails,
     ...(c.logLimits === undefined ? {} : { logLimits: c.logLimits }),
+    // Rates and the budget direction need a restart; budgets reload with the rules (SIGHUP, PUT /allowlist).
+    ...(c.traffic?.rateEgress === undefined ? {} : { rateEgress: c.traffic.rateEgress }),
+    ...(c.traffic?.rateIngress === undefined ? {} : { rateIngress: c.traffic.rateIngress }),
+    ...(c.traffic === undefined || c.traffic.budgets.length === 0 ? {} : { budget: c.traffic.budgets, budgetDirection: c.traffic.budgetDirection }),
   };
 }
 
