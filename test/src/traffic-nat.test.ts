@@ -8,9 +8,11 @@ import { createServer, type AddressInfo, type Socket } from 'node:net';
 import { NULL_LOGGER } from '../../src/log.js';
 import { DEFAULT_NAT_OPTIONS, Nat, type NatOptions } from '../../src/nat/index.js';
 import { FakePendingTcp, FakeStack, type FakeTcpSocket, waitFor } from './nat-fake-stack.js';
-import { acceptedSocket, decisions, received, startEgressNat, syn, type EgressNat } from './egress-nat-support.js';
-import { ipv4 } from '../../netstack/addr.js';
+import { acceptedSocket, decisions, FRONTED, GUEST, received, startEgressNat, syn, type EgressNat } from './egress-nat-support.js';
 import { decodeAnswer, dnsQuery } from './allowlist-upstream.js';
+import { createSocket } from 'node:dgram';
+import { ipv4, parseIPv4, type IPv4 } from '../../netstack/addr.js';
+import { loadQuicFixtures } from '../sni/support/quic.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -306,5 +308,33 @@ describe('byte budgets (moat serve NAT)', () => {
     sock.guestFin();
     await waitFor(() => s.logLines.some((l) => l['msg'] === 'flow closed'), 'the flow line', 10_000);
     expect(s.logLines.find((l) => l['msg'] === 'flow closed')).toMatchObject({ flow: 'closed', proto: 'tcp', rule, name: 'www.t.test', bytesUp: req.length, bytesDown: 1000 });
+  }, 20_000);
+
+  it('abuse: QUIC to a budgeted name is charged to the rule its SNI was allowed by; past the budget the flow is closed and a new QUIC flow refused', async () => {
+    const chromium = loadQuicFixtures().find((f) => f.name === 'chromium')!;
+    const got: Buffer[] = [];
+    const sock = createSocket('udp4');
+    sock.on('message', (m) => got.push(m));
+    await new Promise<void>((r) => sock.bind(0, '127.0.0.1', r));
+    cleanups.push(() => new Promise<void>((r) => sock.close(() => r())));
+    const port = sock.address().port;
+    const rule = `www.example.org:${port}`;
+    const flight = chromium.datagrams.reduce((n, d) => n + d.length, 0);
+    const s = await startEgressNat([rule], { names: { 'www.example.org': ['127.0.0.1'] }, budgets: [{ rule, bytes: flight + 2500 }] });
+    cleanups.push(() => s.close());
+    const udp = (srcPort: number, payload: Uint8Array): void => s.nat.onUdp({ src: GUEST, srcPort, dst: parseIPv4(FRONTED)! as IPv4, dstPort: port, payload });
+    for (const d of chromium.datagrams) udp(46001, d);
+    await waitFor(() => got.length === chromium.datagrams.length, 'the flight passes');
+    for (let i = 0; i < 10; i++) udp(46001, new Uint8Array(1000));
+    await new Promise((r) => setTimeout(r, 100));
+    const sent = got.reduce((n, b) => n + b.length, 0);
+    expect(sent).toBeLessThanOrEqual(flight + 2500);
+    expect(got.length).toBe(chromium.datagrams.length + 2);
+    expect(decisions(s).find((d) => d['reason'] === 'budget')).toMatchObject({ rule });
+    // A new QUIC flow to the same name: refused by the spent rule (recorded), nothing sent.
+    for (const d of chromium.datagrams) udp(46002, d);
+    await new Promise((r) => setTimeout(r, 100));
+    expect(got.length).toBe(chromium.datagrams.length + 2);
+    expect(decisions(s).filter((d) => d['reason'] === 'budget' && d['proto'] === 'quic').length).toBeGreaterThan(0);
   }, 20_000);
 });
