@@ -197,7 +197,7 @@ describe('byte budgets (moat serve NAT)', () => {
       s.nat.onTcpSyn(p);
       const o = await p.decided;
       if (o.kind === 'refused') refused++;
-      else await guestSend(o.socket, randomBytes(20 * KiB));
+      else if (o.kind === 'accepted') await guestSend(o.socket, randomBytes(20 * KiB));
     }
     await new Promise((r) => setTimeout(r, 100));
     expect(srv.received()).toBeLessThanOrEqual(100 * KiB);
