@@ -12,6 +12,7 @@ import { startProxy, type RunningProxy } from '../../src/proxy/index.js';
 import { createLogger } from '../../src/log.js';
 import { startTestUpstream } from './allowlist-upstream.js';
 import { waitFor } from './nat-fake-stack.js';
+import { proxy as embedProxy } from '../../src/embed.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -156,4 +157,18 @@ describe('moat proxy: rate limits per client address', () => {
     t.s.destroy();
     await waitFor(() => (proxy.stats() as unknown as { rate: { clients: number } }).rate.clients === 0, 'the client address is forgotten with its last connection');
   }, 20_000);
+});
+
+describe('library: setAllowlist takes budgets', () => {
+  it('sets, reports and refuses budgets as PUT /allowlist does', async () => {
+    const dns = await startTestUpstream({ 'up.p.test': { a: ['127.0.0.1'] } });
+    cleanups.push(() => dns.close());
+    const p = await embedProxy(['--listen', '127.0.0.1:0', '--allow', 'up.p.test', '--resolver', `127.0.0.1:${dns.port}`, '--admit-resolved', '127.0.0.0/8']);
+    cleanups.push(() => p.close());
+    const r = await p.setAllowlist(['up.p.test'], { budgets: ['up.p.test=2MiB/1h'] });
+    expect(r.budgets).toEqual([{ rule: 'up.p.test', bytes: 2 * MiB, periodMs: 3_600_000 }]);
+    await expect(p.setAllowlist(['up.p.test'], { budgets: ['up.p.test=2Mb'] })).rejects.toThrow(/budgets: .*unit "Mb"/);
+    await expect(p.setAllowlist(['up.p.test'], { budgets: ['gone.test=1MiB'] })).rejects.toThrow(/"gone.test"/);
+    expect(p.rules()).toEqual(['up.p.test']);
+  });
 });
