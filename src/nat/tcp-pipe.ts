@@ -43,6 +43,9 @@ import type { RateLimiter } from '../traffic/rate-limiter.js';
 import type { FlowMeter } from '../traffic/byte-budgets.js';
 import { CopySlabs } from './copy-slabs.js';
 
+/** How long a flow cut by its budget may take to hand the host what was already charged before it is reset. */
+export const BUDGET_LINGER_MS = 5_000;
+
 /** Copies of guest bytes waiting in host sockets' write queues, shared by every pipe (one thread). */
 const GUEST_COPIES = new CopySlabs();
 
@@ -183,14 +186,21 @@ export class TcpPipe implements BudgetMember {
 
   /**
    * The byte budget of the flow's rule ran out (this flow spent it, or
-   * another one under the same rule did): the owner is told, then both
-   * sides are reset. Bytes still queued towards the host are not sent.
+   * another one under the same rule did): the owner is told and the guest
+   * is reset at once. The host still gets the bytes already charged (queued
+   * in its socket: a reset would drop them, and on a slow server most of
+   * the budget with them), then FIN; one that has not closed within
+   * BUDGET_LINGER_MS is reset. Bytes the rate limit still held were not
+   * charged and are dropped.
    */
   cutByBudget(): void {
     if (this.budgetCut || this.finished) return;
     this.budgetCut = true;
     this.opts.onBudgetSpent?.(this);
-    this.destroy();
+    this.egressQueue = undefined;
+    this.guestEndPending = false;
+    if (this.tcpClosed || this.tcp === undefined) this.destroy();
+    else this.abortGuest(); // guestClosed ends the host gracefully for a cut flow
   }
 
   /** A pipe that never got its guest socket (accept failed): its budget account is closed. */
@@ -415,6 +425,12 @@ export class TcpPipe implements BudgetMember {
       // by itself once its writing side has finished. Bytes the rate limit
       // still holds go first (egressWake ends the host after them).
       if (!this.host.destroyed && this.egressQueue === undefined) this.host.end();
+    } else if (!this.host.destroyed && this.budgetCut) {
+      // Cut by its budget: what was charged reaches the host, then FIN (see cutByBudget); its answers are read and dropped.
+      this.host.end();
+      this.host.resume();
+      this.lingerTimer ??= setTimeout(() => this.host.resetAndDestroy(), BUDGET_LINGER_MS);
+      this.lingerTimer.unref?.();
     } else if (!this.host.destroyed) {
       // The guest reset, timed out or refused: reset the host side too, so
       // its peer sees ECONNRESET rather than a clean end of stream.

@@ -39,6 +39,7 @@ import type { InspectVerdict } from '../nat/tcp-pipe.js';
 import type { Logger } from '../log.js';
 import { admittedInFlight, type PeekMode } from './targets.js';
 import { MeteredStream } from '../traffic/metered-stream.js';
+import { BUDGET_LINGER_MS } from '../nat/tcp-pipe.js';
 import type { RateLimiter } from '../traffic/rate-limiter.js';
 import type { FlowMeter } from '../traffic/byte-budgets.js';
 
@@ -152,7 +153,14 @@ export class Tunnel {
     const rule = this.meter?.rule ?? this.plan.rule ?? '';
     this.ctx.egress.recordBudgetCut('tcp', this.dstHost, this.plan.port, rule, this.plan.name, 'target');
     this.client.resetAndDestroy();
-    this.upstream?.resetAndDestroy();
+    // The upstream gets what its socket already holds (charged), then FIN; reset if it has not closed within the linger.
+    const up = this.upstream;
+    this.upstream = undefined;
+    if (up !== undefined && !up.destroyed) {
+      up.end();
+      up.resume();
+      setTimeout(() => up.destroy(), BUDGET_LINGER_MS).unref();
+    }
     this.destroy();
   }
 

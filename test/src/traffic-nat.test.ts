@@ -159,8 +159,10 @@ describe('byte budgets (moat serve NAT)', () => {
     await waitFor(() => sock.closedWith !== undefined, 'the flow is reset');
     expect(sock.abortCalled).toBe(true);
     await new Promise((r) => setTimeout(r, 100));
-    expect(srv.received()).toBeLessThanOrEqual(256 * KiB);
-    expect(srv.received()).toBeGreaterThan(128 * KiB);
+    // Exactly the budget: what was charged reaches the server (then FIN), nothing more.
+    await waitFor(() => srv.received() === 256 * KiB, 'the charged bytes reach the server');
+    await new Promise((r) => setTimeout(r, 100));
+    expect(srv.received()).toBe(256 * KiB);
     const cut = decisions(s).find((d) => d['reason'] === 'budget');
     expect(cut).toMatchObject({ decision: 'blocked', rule, detail: expect.stringMatching(/spent while open/) });
 
