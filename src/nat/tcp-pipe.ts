@@ -493,16 +493,18 @@ export class TcpPipe implements BudgetMember {
       this.bytesToGuest += taken;
       return taken;
     }
+    // Offered: what the rate and the budget allow now; charged: only what the send ring took (the rest stays held).
     let n = bytes.length;
     if (limiter !== undefined) {
-      n = Math.min(n, tcp.writableSpace, limiter.allowance());
+      n = Math.min(n, limiter.allowance());
       if (n < bytes.length && n < tcp.writableSpace) limiter.wait(this.ingressWake);
     }
-    if (meter !== undefined && n > 0) n = meter.charge(n, 'ingress');
+    if (meter !== undefined) n = Math.min(n, meter.remaining('ingress'));
     const taken = n > 0 ? tcp.write(n < bytes.length ? bytes.subarray(0, n) : bytes) : 0;
     limiter?.spend(taken);
+    if (meter !== undefined && taken > 0) meter.charge(taken, 'ingress');
     this.bytesToGuest += taken;
-    if (meter?.ended === true) this.cutByBudget();
+    if (meter?.ended === true || (meter !== undefined && n < bytes.length && meter.remaining('ingress') === 0)) this.cutByBudget();
     return taken;
   }
 

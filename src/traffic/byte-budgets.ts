@@ -60,6 +60,8 @@ export interface FlowMeter {
   charge(n: number, dir: 'egress' | 'ingress'): number;
   /** The budget ran out under this flow: nothing more may pass. */
   readonly ended: boolean;
+  /** Bytes that may still pass `dir` now (Infinity when that direction is not counted); charge() what did pass. */
+  remaining(dir: 'egress' | 'ingress'): number;
   /** The flow ended. */
   close(): void;
 }
@@ -89,6 +91,12 @@ class MeterImpl implements FlowMeter {
     if (this.unmetered) return n;
     if (this.ended) return 0;
     return this.closed ? n : this.owner.charge(this, n, dir);
+  }
+
+  remaining(dir: 'egress' | 'ingress'): number {
+    if (this.unmetered || this.closed) return Infinity;
+    if (this.ended) return 0;
+    return this.owner.remaining(this, dir);
   }
 
   close(): void {
@@ -185,6 +193,15 @@ export class ByteBudgets {
       this.endFlows(a);
     }
     return passed;
+  }
+
+  /** @internal (MeterImpl) */
+  remaining(m: MeterImpl, dir: 'egress' | 'ingress'): number {
+    if ((dir === 'ingress' && this.direction === 'egress') || this.audit) return Infinity;
+    const a = this.accounts.get(m.rule);
+    if (a === undefined || !a.flows.has(m)) return Infinity;
+    this.roll(a);
+    return Math.max(0, a.spec.bytes - a.used);
   }
 
   /** @internal (MeterImpl) */

@@ -247,6 +247,18 @@ describe('byte budgets (moat serve NAT)', () => {
     expect(sock.receivedBytes + sock.bufferedAmount).toBeLessThanOrEqual(64 * KiB);
   }, 20_000);
 
+  it('direction both: a download through a small guest window is charged once per byte (held bytes are not charged twice)', async () => {
+    const srv = await countingServer(256 * KiB);
+    const rule = `${ALIAS}:${srv.port}`;
+    const s = await startEgressNat([rule], { budgets: [{ rule, bytes: 10 * MiB }], budgetDirection: 'both' });
+    cleanups.push(() => s.close());
+    const p = aliasSyn(srv.port, { capacity: 8 * KiB, autoConsume: true });
+    s.nat.onTcpSyn(p);
+    const sock = await acceptedSocket(p);
+    await waitFor(() => sock.receivedBytes === 256 * KiB, 'the whole download', 10_000);
+    expect(s.runtime.budgets.stats()[0]!.used).toBe(256 * KiB);
+  }, 20_000);
+
   it('abuse: UDP to a budgeted rule is charged per datagram and its flow closed when spent; later datagrams refused (reason budget)', async () => {
     const rule = `${ALIAS}:9999`;
     const s = await budgeted([rule], [{ rule, bytes: 3000 }]);
