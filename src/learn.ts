@@ -68,7 +68,7 @@ export function learnHelp(): string {
     '  --include-dns        Also allow names that were only looked up in DNS.',
     '  --host-ip IP         The host alias of the run (moat serve --host-ip); flows to it get IP rules. Default: 192.168.127.254.',
     '  --budgets            Also propose a byte budget per rule (--budget RULE=SIZE): what its flows moved in the log (the',
-    '                       decision log\'s "flow": "closed" lines) times --budget-margin, rounded up (at least 64KiB). No period.',
+    '                       decision log\'s "reason": "flow-closed" lines) times --budget-margin, rounded up (at least 64KiB). No period.',
     `  --budget-margin X    The margin over what was observed, 1 or more. Default: ${DEFAULT_BUDGET_MARGIN}.`,
     '  --budget-direction D egress (guest -> world, default) or both: what the proposed budgets count (pass the same to moat serve).',
     '  --help, -h           Show this help.',

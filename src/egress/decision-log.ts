@@ -50,8 +50,11 @@ export interface DecisionRecord {
 
 /**
  * A flow that was open, at its close: the bytes it moved each way and what
- * allowed it (`moat learn --budgets` reads these lines). Not a decision: its
- * line has `"flow": "closed"` and no `decision` field.
+ * allowed it (`moat learn --budgets` reads these lines). Written with every
+ * field a decision line has (so readers of the file see one shape): a fresh
+ * id, decision "allowed", reason "flow-closed", plus bytesUp and bytesDown.
+ * It is not a new decision: not counted in /stats.decisions, not passed to
+ * onDecision listeners, and `moat learn` does not read it as one.
  */
 export interface FlowBytesRecord {
   proto: 'tcp' | 'udp' | 'quic';
@@ -64,6 +67,9 @@ export interface FlowBytesRecord {
   bytesUp: number;
   bytesDown: number;
 }
+
+/** The reason of a flow line (FlowBytesRecord). */
+export const FLOW_CLOSED = 'flow-closed';
 
 export interface DecisionLogOptions {
   /** Where every decision is written as one JSON line (the --decision-log file), or undefined. */
@@ -227,9 +233,20 @@ export class DecisionLog {
    */
   flowClosed(f: FlowBytesRecord): void {
     if (f.bytesUp === 0 && f.bytesDown === 0) return;
-    const line: Record<string, unknown> = { flow: 'closed', ...f };
+    const line: Record<string, unknown> = {
+      id: this.nextId(),
+      decision: 'allowed',
+      reason: FLOW_CLOSED,
+      rule: f.rule,
+      proto: f.proto,
+      dst: f.dst,
+      name: f.name,
+      via: null,
+      bytesUp: f.bytesUp,
+      bytesDown: f.bytesDown,
+    };
     if (this.opts.network !== undefined) line['network'] = this.opts.network;
-    this.file?.write('flow-closed', () => JSON.stringify({ time: new Date().toISOString(), ...line }) + '\n');
+    this.file?.write(FLOW_CLOSED, () => JSON.stringify({ time: new Date().toISOString(), ...line }) + '\n');
     if (this.log.enabled('debug')) this.log.debug('flow closed', line);
   }
 }

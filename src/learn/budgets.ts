@@ -1,8 +1,8 @@
 /**
  * `moat learn --budgets`: byte budgets for learned rules, from the flow lines
- * of a decision log (src/egress/decision-log.ts flowClosed: `{"flow":
- * "closed", proto, dst, name, bytesUp, bytesDown, ...}`, one per flow that
- * moved bytes). Pure: no I/O.
+ * of a decision log (src/egress/decision-log.ts flowClosed: `{"reason":
+ * "flow-closed", proto, dst, name, bytesUp, bytesDown, ...}`, one per flow
+ * that moved bytes). Pure: no I/O.
  *
  * Each flow is charged to the learned rule the policy would allow it by,
  * exactly as `moat serve` would charge it (sni/policy.ts: by its name when
@@ -41,7 +41,7 @@ const PROTOS = new Set(['tcp', 'udp', 'quic']);
 /** One line → a flow's bytes, or null when the line is not a flow line. */
 export function parseFlowBytesLine(line: string): FlowBytes | null {
   const text = line.trim();
-  if (!text.startsWith('{') || !text.includes('"flow"')) return null;
+  if (!text.startsWith('{') || !text.includes('"flow-closed"')) return null;
   let o: unknown;
   try {
     o = JSON.parse(text);
@@ -50,7 +50,7 @@ export function parseFlowBytesLine(line: string): FlowBytes | null {
   }
   if (typeof o !== 'object' || o === null) return null;
   const r = o as Record<string, unknown>;
-  if (r['flow'] !== 'closed' || typeof r['proto'] !== 'string' || !PROTOS.has(r['proto']) || typeof r['dst'] !== 'string') return null;
+  if (r['reason'] !== 'flow-closed' || typeof r['proto'] !== 'string' || !PROTOS.has(r['proto']) || typeof r['dst'] !== 'string') return null;
   const up = r['bytesUp'];
   const down = r['bytesDown'];
   if (typeof up !== 'number' || typeof down !== 'number' || !(up >= 0) || !(down >= 0)) return null;

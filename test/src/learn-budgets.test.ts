@@ -5,6 +5,7 @@
 import { describe, expect, it } from 'vitest';
 import { runCli, type CliIo } from '../../src/cli.js';
 import { parseFlowBytesLine, proposeBudgets, roundedSize } from '../../src/learn/budgets.js';
+import { parseDecisionLine } from '../../src/learn/read.js';
 import { DecisionLog } from '../../src/egress/decision-log.js';
 import { NULL_LOGGER } from '../../src/log.js';
 
@@ -39,12 +40,14 @@ function runLog(): string {
 }
 
 describe('moat learn --budgets', () => {
-  it('the decision log carries one flow line per flow that moved bytes (not a decision: no "decision" field)', () => {
+  it('the decision log carries one flow line per flow that moved bytes (every field of a decision line, reason flow-closed; learn does not read it as a decision)', () => {
     const lines = runLog().trim().split('\n');
     const flows = lines.map(parseFlowBytesLine).filter((f) => f !== null);
     expect(flows).toHaveLength(4);
     expect(flows[0]).toEqual({ proto: 'tcp', dst: '140.82.112.3:443', name: 'api.github.com', bytesUp: 3 * MiB, bytesDown: 1000 });
-    expect(lines.filter((l) => l.includes('"flow":"closed"')).every((l) => !l.includes('"decision"'))).toBe(true);
+    const flowLines = lines.filter((l) => l.includes('"flow-closed"')).map((l) => JSON.parse(l) as Record<string, unknown>);
+    for (const f of flowLines) for (const k of ['id', 'decision', 'reason', 'rule', 'proto', 'dst', 'name', 'via']) expect(f).toHaveProperty(k);
+    expect(lines.map(parseDecisionLine).filter((r) => r !== null)).toHaveLength(2); // the two decisions only
   });
 
   it('proposes the egress of every flow of a rule, summed over connections, times the margin, rounded up', () => {

@@ -321,7 +321,7 @@ describe('byte budgets (moat serve NAT)', () => {
     await waitFor(() => srv.received() === req.length, 'sent');
     sock.guestFin();
     await waitFor(() => s.logLines.some((l) => l['msg'] === 'flow closed'), 'the flow line', 10_000);
-    expect(s.logLines.find((l) => l['msg'] === 'flow closed')).toMatchObject({ flow: 'closed', proto: 'tcp', rule, name: 'www.t.test', bytesUp: req.length, bytesDown: 1000 });
+    expect(s.logLines.find((l) => l['msg'] === 'flow closed')).toMatchObject({ decision: 'allowed', reason: 'flow-closed', proto: 'tcp', rule, name: 'www.t.test', bytesUp: req.length, bytesDown: 1000 });
   }, 20_000);
 
   it('abuse: QUIC to a budgeted name is charged to the rule its SNI was allowed by; past the budget the flow is closed and a new QUIC flow refused', async () => {
