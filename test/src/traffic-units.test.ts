@@ -2,6 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { parsePeriod, parseRate, parseSize } from '../../src/traffic/units.js';
 import { parseBudgetSpec, parseTrafficFlags } from '../../src/traffic/flags.js';
 import { parseRules } from '../../dns/rules.js';
+import { ConfigError, parseServeArgs } from '../../src/config.js';
+import { parseProxyArgs } from '../../src/proxy/config.js';
 
 describe('rate grammar', () => {
   it.each([
@@ -82,5 +84,34 @@ describe('--budget and the traffic flags', () => {
     expect(r).toMatchObject({ rateEgress: { rate: 6_250_000, burst: 625_000 }, budgets: [], budgetDirection: 'egress' });
     const s = parseTrafficFlags(get({ 'rate-ingress': '1Mbit', 'rate-ingress-burst': '16KiB' }), list({}), []);
     expect(s).toMatchObject({ rateIngress: { rate: 125_000, burst: 16384 } });
+  });
+});
+
+describe('start-up: moat serve and moat proxy stop on a bad traffic flag, naming it', () => {
+  const io = { readFile: (): string => { throw new Error('no file'); }, readResolvConf: () => 'nameserver 192.0.2.53\n' };
+  const serve = (extra: string[]): unknown => parseServeArgs(['--listen-qemu', 'unix:///tmp/h18b.sock', '--allow', 'allowed.test', ...extra], io);
+  const proxy = (extra: string[]): unknown => parseProxyArgs(['--allow', 'allowed.test', ...extra], io);
+
+  it.each([
+    [['--budget', 'other.test=1MiB'], /--budget: names no --allow rule: "other.test"/],
+    [['--rate-egress', '50'], /--rate-egress: "50" has no unit/],
+    [['--rate-ingress', '10Mbps'], /--rate-ingress: unit "Mbps"/],
+    [['--budget', 'allowed.test=1MiB/5m'], /--budget: .*minutes or months/],
+  ])('%j', (extra, message) => {
+    for (const parse of [serve, proxy]) {
+      let err: unknown;
+      try {
+        parse(extra as string[]);
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(ConfigError);
+      expect((err as Error).message).toMatch(message);
+    }
+  });
+
+  it('valid flags reach the config', () => {
+    const c = serve(['--rate-egress', '50Mbit', '--budget', 'allowed.test=1MiB']) as { kind: string; config: { traffic: unknown } };
+    expect(c.config.traffic).toMatchObject({ rateEgress: { rate: 6_250_000 }, budgets: [{ rule: 'allowed.test', bytes: 1048576 }] });
   });
 });
