@@ -10,31 +10,39 @@
  * Needs root (namespaces), busybox, dig, curl, a C compiler for moat-shim.
  * Run from dist/ (npm run build):
  *
- *   node dist/bench/host-guests.js [--guests 10] [--workers 0] [--load [--seconds 5]] [--out FILE]
+ *   node dist/bench/host-guests.js [--guests 10] [--workers N] [--load [--seconds 5]] [--out FILE]
+ *
+ * Without --workers the daemon places networks as it does by default (one
+ * worker thread per core).
  *
  * --load (K >= 2) then measures, between guests 0 and 1: guest 1's TCP
  * request/response p99 alone and while guest 0 runs iperf3 flat out
  * (fairness), and iperf3 throughput of guest 0 alone next to guests 0 and 1
- * at once (what a second guest adds: compare --workers 0 and 2).
+ * at once (what a second guest adds: compare --workers 0 and 2), with the CPU
+ * each Moat thread used and how busy the machine was meanwhile. --reverse:
+ * the guests download (iperf3 -R) instead of uploading.
  */
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { request } from 'node:http';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { cleanupAll, createTopology, killTracked, nsRunAsync, nsSpawn, spawnTracked, startShim, waitFor, waitForOutput, type Topology, type TrackedProcess } from '../test/e2e/harness.js';
 import { DNS_SERVER_JS, GATEWAY_IP, HTTP_SERVER_JS, MOAT_BIN } from '../test/e2e/moat-fixture.js';
 import { parseIperfJson } from '../test/e2e/bulk-support.js';
+import { defaultWorkers } from '../src/host-config.js';
 import { ECHO_SERVER_JS, parseClientJson, RR_CLIENT_PY } from './compare/scripts.js';
 
 const { values } = parseArgs({
-  options: { guests: { type: 'string', default: '10' }, workers: { type: 'string', default: '0' }, load: { type: 'boolean', default: false }, seconds: { type: 'string', default: '5' }, out: { type: 'string' } },
+  options: { guests: { type: 'string', default: '10' }, workers: { type: 'string' }, load: { type: 'boolean', default: false }, reverse: { type: 'boolean', default: false }, seconds: { type: 'string', default: '5' }, out: { type: 'string' } },
 });
 const LOAD = values.load === true;
+/** The flooding guest downloads (iperf3 -R: host -> guest) instead of uploading. */
+const REVERSE = values.reverse === true;
 const SECONDS = Number(values.seconds);
 const K = Number(values.guests);
-const WORKERS = Number(values.workers);
+const WORKERS = values.workers === undefined ? defaultWorkers() : Number(values.workers);
 const TAP = 'moat0';
 
 const UDHCPC_SCRIPT = `#!/bin/sh
@@ -87,7 +95,7 @@ async function main(): Promise<void> {
   const procs: TrackedProcess[] = [];
   const topos: Topology[] = [];
   const api = join(dir, 'host.sock');
-  const result: Record<string, unknown> = { date: new Date().toISOString(), guests: K, workers: WORKERS };
+  const result: Record<string, unknown> = { date: new Date().toISOString(), guests: K, workers: WORKERS, reverse: REVERSE, loadBefore: loadavg().map((l) => +l.toFixed(2)) };
   try {
     for (let i = 0; i < K; i++) {
       const topo = createTopology({ prefix: `mh6g${i}-`, internetAddresses: 1 });
@@ -156,7 +164,7 @@ async function main(): Promise<void> {
         };
       }),
     );
-    if (LOAD && K >= 2) result['load'] = await measureLoad(topos, procs);
+    if (LOAD && K >= 2) result['load'] = await measureLoad(topos, procs, moat.child.pid!);
     result['rss'] = {
       noNetworkMiB: +(rss0 / 1024).toFixed(1),
       withNetworksMiB: +(rssNetworks / 1024).toFixed(1),
@@ -174,13 +182,57 @@ async function main(): Promise<void> {
     cleanupAll();
     rmSync(dir, { recursive: true, force: true });
   }
+  result['loadAfter'] = loadavg().map((l) => +l.toFixed(2));
   const text = JSON.stringify(result, null, 2);
   console.log(text);
   if (values.out !== undefined) writeFileSync(values.out, `${text}\n`);
 }
 
 /** Fairness and added throughput between guests 0 and 1 (servers in their remotes). */
-async function measureLoad(topos: Topology[], procs: TrackedProcess[]): Promise<Record<string, unknown>> {
+/** CPU ns per thread of a process (schedstat), by thread id. */
+function threadCpuNs(pid: number): Map<string, { name: string; ns: number }> {
+  const out = new Map<string, { name: string; ns: number }>();
+  for (const task of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const ns = Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]);
+      out.set(task, { name: readFileSync(`/proc/${pid}/task/${task}/comm`, 'utf8').trim(), ns });
+    } catch {
+      /* the thread ended */
+    }
+  }
+  return out;
+}
+
+/** The machine's busy and total jiffies (/proc/stat, all CPUs). */
+function machineJiffies(): { busy: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const total = f.reduce((a, b) => a + b, 0);
+  const idle = f[3]! + f[4]!;
+  return { busy: total - idle, total };
+}
+
+/**
+ * Where the CPU went while `run` ran: each Moat thread's share of one core
+ * (the API thread is "node"; worker threads are named by Node), and how busy
+ * the whole machine was (1.0 = every core busy).
+ */
+async function cpuDuring<T>(pid: number, run: () => Promise<T>): Promise<{ value: T; moatThreads: Record<string, number>; machineBusy: number }> {
+  const before = threadCpuNs(pid);
+  const m0 = machineJiffies();
+  const t0 = performance.now();
+  const value = await run();
+  const ms = performance.now() - t0;
+  const m1 = machineJiffies();
+  const after = threadCpuNs(pid);
+  const moatThreads: Record<string, number> = {};
+  for (const [tid, a] of after) {
+    const share = (a.ns - (before.get(tid)?.ns ?? 0)) / 1e6 / ms;
+    if (share >= 0.02) moatThreads[tid === String(pid) ? 'api-thread' : `thread-${tid}`] = +share.toFixed(2);
+  }
+  return { value, moatThreads, machineBusy: +((m1.busy - m0.busy) / (m1.total - m0.total)).toFixed(2) };
+}
+
+async function measureLoad(topos: Topology[], procs: TrackedProcess[], moatPid: number): Promise<Record<string, unknown>> {
   const [a, b] = [topos[0]!, topos[1]!];
   for (const t of [a, b]) {
     const iperf = nsSpawn(t.remoteNs, 'iperf3', ['-s', '--forceflush', '-B', t.internetAddrs[0]!, '-p', '5201']);
@@ -195,7 +247,7 @@ async function measureLoad(topos: Topology[], procs: TrackedProcess[]): Promise<
     return parseClientJson(r.stdout, r.stderr, 'rr');
   };
   const iperf = async (t: Topology, seconds: number): Promise<number> => {
-    const r = await nsRun(t.guestNs, 'iperf3', ['-c', t.internetAddrs[0]!, '-p', '5201', '-t', String(seconds), '-J'], (seconds + 20) * 1000);
+    const r = await nsRun(t.guestNs, 'iperf3', ['-c', t.internetAddrs[0]!, '-p', '5201', '-t', String(seconds), '-J', ...(REVERSE ? ['-R'] : [])], (seconds + 20) * 1000);
     return parseIperfJson(r.stdout).receivedBps;
   };
   const rrAlone = await rr();
@@ -204,8 +256,10 @@ async function measureLoad(topos: Topology[], procs: TrackedProcess[]): Promise<
   await sleep(1500);
   const rrLoaded = await rr();
   const floodBps = await flood;
-  const aloneBps = await iperf(a, SECONDS);
-  const [pairA, pairB] = await Promise.all([iperf(a, SECONDS), iperf(b, SECONDS)]);
+  const alone = await cpuDuring(moatPid, () => iperf(a, SECONDS));
+  const aloneBps = alone.value;
+  const pair = await cpuDuring(moatPid, () => Promise.all([iperf(a, SECONDS), iperf(b, SECONDS)]));
+  const [pairA, pairB] = pair.value;
   return {
     rrAlone,
     rrWhileOtherGuestFloods: rrLoaded,
@@ -214,6 +268,8 @@ async function measureLoad(topos: Topology[], procs: TrackedProcess[]): Promise<
     iperfOneGuestBps: Math.round(aloneBps),
     iperfTwoGuestsBps: Math.round(pairA + pairB),
     twoGuestsOverOne: +((pairA + pairB) / aloneBps).toFixed(2),
+    cpuOneGuest: { moatThreads: alone.moatThreads, machineBusy: alone.machineBusy },
+    cpuTwoGuests: { moatThreads: pair.moatThreads, machineBusy: pair.machineBusy },
   };
 }
 

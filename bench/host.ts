@@ -1,9 +1,12 @@
 /**
  * `moat host` next to `moat serve`, started the same way on this machine:
  *
- *  - `moat serve` start to ready (spawn -> the "moat ready" line), and its
- *    idle RSS (no guest attached), over --runs runs; passt (if installed)
- *    the same way, start to its socket (gvproxy is not installed here);
+ *  - `moat serve` start to ready (spawn -> the "moat ready" line), the CPU
+ *    it used by then, and its idle RSS (no guest attached), over --runs runs,
+ *    interleaved with: the same CLI loaded from the unbundled modules
+ *    (dist/src/cli.js, what bin/moat.mjs ran before the bundle), node alone
+ *    printing the line (the floor), and passt if installed, start to its
+ *    socket (gvproxy is not installed here);
  *  - `moat host` start to ready, its idle RSS with no network, then with
  *    --networks networks created over the API (no guests): RSS per added
  *    network, and each POST /networks round trip (create to ready: the answer
@@ -12,27 +15,30 @@
  * Everything listens on unix sockets in a temporary directory; no guest, no
  * traffic, no namespace. Run from dist/ (npm run build):
  *
- *   node dist/bench/host.js [--networks 100] [--runs 5] [--workers 0] [--out FILE]
+ *   node dist/bench/host.js [--networks 100] [--runs 5] [--workers N] [--out FILE]
  *
- * With --workers N the host places its networks on N threads (RSS then
- * includes the workers' isolates; their memory is in the same process).
+ * The host places its networks as it does by default (a worker per core)
+ * unless --workers N says otherwise (RSS includes the workers' isolates:
+ * their memory is in the same process).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
+import { defaultWorkers } from '../src/host-config.js';
 
 const ROOT = resolve(import.meta.dirname, '..', '..');
 const MOAT = join(ROOT, 'bin', 'moat.mjs');
 
 const { values } = parseArgs({
-  options: { networks: { type: 'string', default: '100' }, runs: { type: 'string', default: '5' }, workers: { type: 'string', default: '0' }, out: { type: 'string' } },
+  options: { networks: { type: 'string', default: '100' }, runs: { type: 'string', default: '5' }, workers: { type: 'string' }, out: { type: 'string' } },
 });
 const NETWORKS = Number(values.networks);
 const RUNS = Number(values.runs);
-const WORKERS = Number(values.workers);
+const WORKERS = values.workers === undefined ? defaultWorkers() : Number(values.workers);
 
 function rssKiB(pid: number): number {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -45,18 +51,50 @@ function hasProgram(name: string): boolean {
   return (process.env['PATH'] ?? '').split(':').some((d) => d !== '' && existsSync(join(d, name)));
 }
 
-/** Spawns `moat args...` and resolves with the ms until its stderr has `line`. */
-function startUntil(args: string[], line: string): Promise<{ child: ChildProcess; ms: number }> {
+/** CPU time a process has used so far, every thread (schedstat: nanoseconds on a CPU). */
+function cpuMsOf(pid: number): number {
+  let ns = 0;
+  for (const task of readdirSync(`/proc/${pid}/task`)) ns += Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'utf8').split(' ')[0]);
+  return ns / 1e6;
+}
+
+function serveArgs(sock: string): string[] {
+  return ['--listen-qemu', `unix://${sock}`, '--dns-upstream', '127.0.0.1:9', '--log-format', 'json'];
+}
+
+/** Spawns `node args...` and resolves with the ms until its stderr has `line`, and the CPU it used by then. */
+function startUntil(args: string[], line: string): Promise<{ child: ChildProcess; ms: number; cpuMs: number }> {
   const started = performance.now();
-  const child = spawn(process.execPath, [MOAT, ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'pipe'] });
   return new Promise((resolvePromise, reject) => {
     let err = '';
     child.stderr!.setEncoding('utf8').on('data', (d: string) => {
       err += d;
-      if (err.includes(line)) resolvePromise({ child, ms: performance.now() - started });
+      if (err.includes(line)) resolvePromise({ child, ms: performance.now() - started, cpuMs: cpuMsOf(child.pid!) });
     });
-    child.once('exit', (code) => reject(new Error(`moat ${args[0]} exited ${code}: ${err}`)));
+    child.once('exit', (code) => reject(new Error(`${args.join(' ')} exited ${code}: ${err}`)));
   });
+}
+
+/** passt in QEMU stream mode, as bench:compare starts it: start to its socket. */
+async function startPasst(): Promise<{ child: ChildProcess; ms: number; cpuMs: number }> {
+  // Its own directory in /tmp: passt drops to "nobody" when started as root, who must reach it.
+  const pdir = mkdtempSync(join(tmpdir(), 'moat-bench-passt-'));
+  chmodSync(pdir, 0o777);
+  const sock = join(pdir, 'passt.sock');
+  const started = performance.now();
+  // Pipes, not /dev/null: passt leaves at once when its stdin is /dev/null (seen here).
+  const child = spawn('passt', ['-f', '-q', '-1', '-4', '-s', sock, '-a', '192.168.127.2', '-n', '24', '-g', '192.168.127.1', '--no-dhcp', '--no-ndp', '--no-dhcpv6', '--no-ra'], {
+    stdio: 'pipe',
+  });
+  child.stdout!.resume();
+  child.stderr!.resume();
+  child.once('exit', () => rmSync(pdir, { recursive: true, force: true }));
+  while (!existsSync(sock)) {
+    if (child.exitCode !== null) throw new Error(`passt exited ${child.exitCode}`);
+    await sleep(2);
+  }
+  return { child, ms: performance.now() - started, cpuMs: cpuMsOf(child.pid!) };
 }
 
 async function stop(child: ChildProcess): Promise<void> {
@@ -90,53 +128,47 @@ function quantile(xs: readonly number[], q: number): number {
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'moat-bench-host-'));
-  const result: Record<string, unknown> = { date: new Date().toISOString(), node: process.version, networks: NETWORKS, runs: RUNS, workers: WORKERS };
+  const result: Record<string, unknown> = { date: new Date().toISOString(), node: process.version, networks: NETWORKS, runs: RUNS, workers: WORKERS, loadBefore: loadavg().map((l) => +l.toFixed(2)) };
   try {
-    // moat serve: start to ready, idle RSS.
-    const serveMs: number[] = [];
-    const serveRss: number[] = [];
+    // Start to ready, interleaved run by run so that the machine's load falls on every variant alike:
+    // `moat serve` as installed (bin/moat.mjs: the bundle), the same CLI from the unbundled modules,
+    // node itself (a script that prints the ready line: the floor), and passt (to its socket) if installed.
+    // Wall time moves with the machine's load; the CPU time the process used until ready moves less.
+    const launcher = join(dir, 'modules.mjs');
+    writeFileSync(launcher, `import { main } from ${JSON.stringify(pathToFileURL(join(ROOT, 'dist', 'src', 'cli.js')).href)};\nawait main();\n`);
+    const floor = join(dir, 'floor.mjs');
+    writeFileSync(floor, `process.stderr.write('"moat ready"\\n'); setInterval(() => {}, 1000);\n`);
+    const variants: { label: string; start(sock: string): Promise<{ child: ChildProcess; ms: number; cpuMs: number }> }[] = [
+      { label: 'serve', start: (sock) => startUntil([MOAT, 'serve', ...serveArgs(sock)], '"moat ready"') },
+      { label: 'serveModules', start: (sock) => startUntil([launcher, 'serve', ...serveArgs(sock)], '"moat ready"') },
+      { label: 'nodeFloor', start: () => startUntil([floor], '"moat ready"') },
+    ];
+    if (hasProgram('passt')) variants.push({ label: 'passt', start: startPasst });
+    const startMs = new Map<string, number[]>(variants.map((v) => [v.label, []]));
+    const cpuMs = new Map<string, number[]>(variants.map((v) => [v.label, []]));
+    const rss = new Map<string, number[]>(variants.map((v) => [v.label, []]));
     for (let i = 0; i < RUNS; i++) {
-      const sock = join(dir, `serve-${i}.sock`);
-      const { child, ms } = await startUntil(['serve', '--listen-qemu', `unix://${sock}`, '--dns-upstream', '127.0.0.1:9', '--log-format', 'json'], '"moat ready"');
-      serveMs.push(ms);
-      await sleep(1000);
-      serveRss.push(rssKiB(child.pid!));
-      await stop(child);
-    }
-    result['serve'] = { startToReadyMs: serveMs.map(Math.round), medianMs: Math.round(median(serveMs)), idleRssKiB: serveRss, medianIdleRssMiB: +(median(serveRss) / 1024).toFixed(1) };
-
-    // passt (QEMU stream mode, as bench:compare starts it), when installed: start to socket, idle RSS.
-    if (hasProgram('passt')) {
-      const passtMs: number[] = [];
-      const passtRss: number[] = [];
-      for (let i = 0; i < RUNS; i++) {
-        // Its own directory in /tmp: passt drops to "nobody" when started as root, who must reach it.
-        const pdir = mkdtempSync(join(tmpdir(), 'moat-bench-passt-'));
-        chmodSync(pdir, 0o777);
-        const sock = join(pdir, 'passt.sock');
-        const started = performance.now();
-        // Pipes, not /dev/null: passt leaves at once when its stdin is /dev/null (seen here).
-        const child = spawn('passt', ['-f', '-q', '-1', '-4', '-s', sock, '-a', '192.168.127.2', '-n', '24', '-g', '192.168.127.1', '--no-dhcp', '--no-ndp', '--no-dhcpv6', '--no-ra'], {
-          stdio: 'pipe',
-        });
-        child.stdout!.resume();
-        child.stderr!.resume();
-        while (!existsSync(sock)) {
-          if (child.exitCode !== null) throw new Error(`passt exited ${child.exitCode}`);
-          await sleep(2);
-        }
-        passtMs.push(performance.now() - started);
+      for (const v of variants) {
+        const { child, ms, cpuMs: cpu } = await v.start(join(dir, `${v.label}-${i}.sock`));
+        startMs.get(v.label)!.push(ms);
+        cpuMs.get(v.label)!.push(cpu);
         await sleep(1000);
-        passtRss.push(rssKiB(child.pid!));
+        rss.get(v.label)!.push(rssKiB(child.pid!));
         await stop(child);
-        rmSync(pdir, { recursive: true, force: true });
       }
-      result['passt'] = { startToSocketMs: passtMs.map(Math.round), medianMs: Math.round(median(passtMs)), idleRssKiB: passtRss, medianIdleRssMiB: +(median(passtRss) / 1024).toFixed(1) };
+    }
+    for (const v of variants) {
+      result[v.label] = {
+        startToReadyMs: startMs.get(v.label)!.map(Math.round),
+        medianMs: Math.round(median(startMs.get(v.label)!)),
+        medianCpuMs: Math.round(median(cpuMs.get(v.label)!)),
+        medianIdleRssMiB: +(median(rss.get(v.label)!) / 1024).toFixed(1),
+      };
     }
 
     // moat host: start, RSS with no network, then with NETWORKS networks.
     const api = join(dir, 'host.sock');
-    const { child, ms: hostMs } = await startUntil(['host', '--api', `unix://${api}`, '--workers', String(WORKERS), '--log-format', 'json', '--max-networks', String(Math.max(NETWORKS, 1))], '"moat host ready"');
+    const { child, ms: hostMs } = await startUntil([MOAT, 'host', '--api', `unix://${api}`, '--workers', String(WORKERS), '--log-format', 'json', '--max-networks', String(Math.max(NETWORKS, 1))], '"moat host ready"');
     await sleep(1000);
     const rss0 = rssKiB(child.pid!);
     const createMs: number[] = [];
@@ -161,6 +193,7 @@ async function main(): Promise<void> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+  result['loadAfter'] = loadavg().map((l) => +l.toFixed(2));
   const text = JSON.stringify(result, null, 2);
   console.log(text);
   if (values.out !== undefined) writeFileSync(values.out, `${text}\n`);

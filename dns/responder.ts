@@ -279,8 +279,11 @@ export class DnsResponder {
   /**
    * Answer one DNS message. Resolves null when the message is dropped.
    * `signal` cancels a live upstream lookup (the answer is then SERVFAIL).
+   * `once.resolveUnlisted`: this one query is answered as audit mode would
+   * (a name outside the allowlist resolved upstream, outcome 'audit-live'):
+   * ask mode's allow-once verdict for a held query.
    */
-  async respond(query: Uint8Array, transport: DnsTransport, signal?: AbortSignal): Promise<DnsReply | null> {
+  async respond(query: Uint8Array, transport: DnsTransport, signal?: AbortSignal, once?: { resolveUnlisted?: boolean }): Promise<DnsReply | null> {
     this.stats.queries++;
     if (query.length < HEADER || (query[2]! & 0x80) !== 0) {
       this.stats.dropped++;
@@ -306,13 +309,13 @@ export class DnsResponder {
       return { bytes: this.encode(query, parsed, emptyPlan('BADVERS', decision), limit), decision };
     }
 
-    const plan = await this.plan(parsed, signal);
+    const plan = await this.plan(parsed, signal, once?.resolveUnlisted === true);
     const decision: DnsDecision = { ...plan.decision, rcode: plan.rcode };
     this.count(decision);
     return { bytes: this.encode(query, parsed, plan, limit), decision };
   }
 
-  private async plan(q: ParsedQuery, signal: AbortSignal | undefined): Promise<Plan> {
+  private async plan(q: ParsedQuery, signal: AbortSignal | undefined, resolveUnlisted: boolean): Promise<Plan> {
     if (q.qclass !== 'IN') return emptyPlan('REFUSED', questionDecision(q, null, false, 'refused'));
     const canonical = canonicalHostname(q.name);
     const name = canonical instanceof RuleError ? q.name : canonical;
@@ -340,7 +343,7 @@ export class DnsResponder {
     if (zone.liveSubdomains && name !== zone.name) {
       return this.live(q, name, { name, type: q.type, zone: `${zone.name}.`, allowed: true, outcome: 'live' }, signal);
     }
-    if (this.opts.audit === true && !(canonical instanceof RuleError)) {
+    if ((this.opts.audit === true || resolveUnlisted) && !(canonical instanceof RuleError)) {
       const id = this.opts.decisionId?.();
       return this.live(q, name, { name, type: q.type, zone: zoneName, allowed: false, outcome: 'audit-live', ...(id === undefined ? {} : { id }) }, signal);
     }

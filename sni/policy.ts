@@ -40,6 +40,9 @@
  *    even with an empty rule set: the caller has a bug, not a flow.
  *  - A protocol other than 'tcp' is treated like UDP (IP rules only): only
  *    TCP streams can be peeked.
+ *  - 'icmp' (an echo request) has no port: its port is ignored and only an
+ *    IP rule without a port (one that opens every UDP port too) allows it;
+ *    otherwise 'icmp-needs-ip-rule'. Steps 1-3 apply as to UDP.
  *  - When several IP rules contain dst, the reported rule is the most
  *    specific (exact address, then longest prefix, then rule order). When
  *    several name rules match, the exact host rule wins, then the wildcard of
@@ -90,7 +93,8 @@ export interface PolicyOptions {
 }
 
 export interface FlowInput {
-  proto: 'tcp' | 'udp';
+  /** 'icmp': an echo request; `port` is ignored (see the choices above). */
+  proto: 'tcp' | 'udp' | 'icmp';
   /** IPv4 dotted quad the guest addressed. */
   dst: string;
   port: number;
@@ -98,7 +102,8 @@ export interface FlowInput {
   peeked?: { via: 'sni' | 'host' | 'quic'; name: string | null };
 }
 
-export type AllowReason = 'no-allowlist' | 'ip-rule' | 'host-alias-exempt' | 'name-sni' | 'name-host' | 'name-quic' | 'pinned' | 'name-target';
+/** 'asked-once': not the policy's; ask mode's allow-once verdict (src/egress/ask-gate.ts) let this one request through. */
+export type AllowReason = 'no-allowlist' | 'ip-rule' | 'host-alias-exempt' | 'name-sni' | 'name-host' | 'name-quic' | 'pinned' | 'name-target' | 'asked-once';
 
 /**
  * How a name given to decideName() was learnt: peeked from the bytes (SNI,
@@ -111,6 +116,7 @@ export type BlockReason =
   | 'host-alias'
   | 'no-rule'
   | 'udp-needs-ip-rule'
+  | 'icmp-needs-ip-rule'
   | 'name-not-allowed'
   | 'no-name'
   | 'ip-literal-name'
@@ -310,8 +316,9 @@ export class EgressPolicy {
   decide(flow: FlowInput, pins: PinView): Decision {
     const dst = typeof flow.dst === 'string' ? parseIpv4(flow.dst) : null;
     if (dst === null) return block('no-rule', null, null, 'invalid destination address');
-    const port = flow.port;
-    if (!Number.isInteger(port) || port < 1 || port > 65535) {
+    // Echo has no port; 0 is covered only by IP rules without one (ipRuleCovers).
+    const port = flow.proto === 'icmp' ? 0 : flow.port;
+    if (flow.proto !== 'icmp' && (!Number.isInteger(port) || port < 1 || port > 65535)) {
       return block('no-rule', null, null, 'invalid destination port');
     }
     const byAddress = { kind: 'address', address: flow.dst } as const;
@@ -340,6 +347,8 @@ export class EgressPolicy {
     // 3. IP/CIDR rules decide by address alone.
     const ip = this.ipRuleFor(dst, port);
     if (ip !== null) return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
+
+    if (flow.proto === 'icmp') return block('icmp-needs-ip-rule', null, null);
 
     // 4. A datagram flow has a name only in a QUIC Initial, on a port a hostname rule covers for UDP.
     const udp = flow.proto !== 'tcp';

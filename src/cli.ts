@@ -28,15 +28,17 @@ import type { LearnIo } from './learn.js';
 import { formatIPv4 } from '../netstack/addr.js';
 import { createLogger, type Logger, type LogStream } from './log.js';
 import { mainLogBudget } from './log-flags.js';
-import { serve, type RunningServer, type ServeDeps } from './serve.js';
+import { serve, type RunningServer, type ServeDeps, type ServeExtras } from './serve.js';
 import { parseProxyArgs, proxyHelp, type ProxyConfig } from './proxy/config.js';
 import type { ProxyDeps, RunningProxy } from './proxy/index.js';
 import type { BudgetSpec } from './traffic/byte-budgets.js';
+import { caHelp, parseCaArgs } from './inject/ca-command.js';
 
 // What one command needs is loaded when that command runs: `moat serve`
 // starts without the learner (tldts: ~180 ms and ~12 MB), the proxy or the host.
 const loadLearn = () => import('./learn.js');
 const loadProxy = () => import('./proxy/index.js');
+const loadGvproxy = () => import('./gvproxy/run.js');
 
 export const EXIT_OK = 0;
 export const EXIT_RUNTIME_ERROR = 1;
@@ -75,6 +77,8 @@ export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): 
     else if (rest[0] === 'proxy') io.stdout.write(proxyHelp());
     else if (rest[0] === 'learn') io.stdout.write((await loadLearn()).learnHelp());
     else if (rest[0] === 'host') io.stdout.write(hostHelp());
+    else if (rest[0] === 'ca') io.stdout.write(caHelp());
+    else if (rest[0] === 'gvproxy') io.stdout.write((await loadGvproxy()).gvproxyHelp());
     else io.stdout.write(mainHelp());
     return EXIT_OK;
   }
@@ -84,6 +88,8 @@ export async function runCli(args: readonly string[], io: CliIo = nodeCliIo()): 
   if (command === 'proxy') return runProxy(rest, io);
   if (command === 'learn') return (await loadLearn()).runLearn(rest, learnIo(io));
   if (command === 'host') return runHost(rest, io);
+  if (command === 'ca') return runCa(rest, io);
+  if (command === 'gvproxy') return (await loadGvproxy()).runGvproxy(rest, io);
   io.stderr.write(`moat: unknown command "${command}" (see moat --help)\n`);
   return EXIT_USAGE;
 }
@@ -94,6 +100,28 @@ function stopping(io: CliIo): { signal: AbortSignal; stopped: Promise<string> } 
   const stopped = io.stopSignal();
   void stopped.then((name) => controller.abort(new Error(`stopped by ${name}`)));
   return { signal: controller.signal, stopped };
+}
+
+/** `moat ca [--state-dir DIR]`: the PEM guests must trust for --inject (the CA is created if the directory has none). */
+async function runCa(args: readonly string[], io: CliIo): Promise<number> {
+  const r = parseCaArgs(args);
+  if (r === 'help') {
+    io.stdout.write(caHelp());
+    return EXIT_OK;
+  }
+  if (typeof r !== 'object') {
+    io.stderr.write(`moat ca: ${r}\n`);
+    return EXIT_USAGE;
+  }
+  try {
+    // The X.509 code loads only for this command (and for --inject).
+    const { loadOrCreateCa } = await import('./inject/ca.js');
+    io.stdout.write(loadOrCreateCa(r.stateDir).certPem);
+    return EXIT_OK;
+  } catch (e) {
+    io.stderr.write(`moat ca: --state-dir: ${(e as Error).message}\n`);
+    return EXIT_RUNTIME_ERROR;
+  }
 }
 
 async function runZones(args: readonly string[], io: CliIo): Promise<number> {
@@ -177,17 +205,33 @@ async function runServe(args: readonly string[], io: CliIo): Promise<number> {
   }
   const config = parsed.config;
   const log: Logger = createLogger({ level: config.logLevel, format: config.logFormat, stream: io.stderr, budget: mainLogBudget(config) });
+  return serveUntilStopped(config, args, io, log);
+}
 
+/**
+ * Starts serve() and runs it until SIGINT/SIGTERM (or a lost --tap-fd link),
+ * with SIGHUP reloads; `moat serve` and `moat gvproxy` share it. `started`
+ * runs once the service is up (gvproxy mode starts its ssh forwards there).
+ */
+export async function serveUntilStopped(
+  config: ServeConfig,
+  args: readonly string[],
+  io: CliIo,
+  log: Logger,
+  extras: ServeExtras = {},
+  started?: (server: RunningServer) => void,
+): Promise<number> {
   // Asked before start-up: a SIGINT while allowed hosts are being resolved aborts that.
   const stop = stopping(io);
   let server: RunningServer;
   try {
-    server = await serve(config, log, io.serveDeps ?? {}, { signal: stop.signal });
+    server = await serve(config, log, io.serveDeps ?? {}, { ...extras, signal: stop.signal });
   } catch (e) {
     if (stop.signal.aborted && !(e instanceof PreresolveError)) log.error('moat start-up cancelled', { reason: stop.signal.reason });
     else log.error('moat failed to start', { error: e });
     return EXIT_RUNTIME_ERROR;
   }
+  started?.(server);
   // SIGHUP: re-read --config and apply what can change live (the allowlist), one reload at a time.
   let running = config;
   let reloading = Promise.resolve();
@@ -441,5 +485,5 @@ export async function main(): Promise<void> {
   const code = await runCli(process.argv.slice(2));
   process.exitCode = code;
   // A clean shutdown closes every handle; anything left (a straggling host socket) must not keep us alive.
-  if (process.argv[2] === 'serve' || process.argv[2] === 'proxy' || process.argv[2] === 'host') setTimeout(() => process.exit(code), 2000).unref();
+  if (['serve', 'proxy', 'host', 'gvproxy'].includes(process.argv[2] ?? '')) setTimeout(() => process.exit(code), 2000).unref();
 }

@@ -19,9 +19,13 @@ import type { SinkholeMode } from '../dns/zones.js';
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js';
 import { limitFlagDocs, parseLimits, type Limits } from './limits.js';
 import { liveLookupFlagDocs, parseLiveLookups, type LiveLookupSettings } from './allowlist/live-lookup-flags.js';
+import { askFlagDocs, parseAskFlags } from './egress/ask-flags.js';
+import type { AskSettings } from './egress/ask-gate.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from './log-flags.js';
 import { parseTrafficFlags, trafficFlagDocs, type TrafficSettings } from './traffic/flags.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
+import { injectFlagDocs, parseInjectFlags } from './inject/flags.js';
+import type { InjectSettings } from './inject/interceptor.js';
 
 /** A usage or configuration mistake: the CLI prints the message and exits with 2. */
 export class ConfigError extends Error {
@@ -45,6 +49,8 @@ export interface ServeConfig {
   listen: ListenAddress[];
   /** An open TAP descriptor to serve instead of listening (`moat-shim tap --exec`), else undefined. */
   tapFd?: number;
+  /** --icmp-fd: an ICMP ping socket open on this descriptor (moat-shim --icmp); echo beyond the gateway goes through it. */
+  icmpFd?: number;
   /** The --tap-fd device was opened with IFF_VNET_HDR: frames carry a virtio-net header, TCP leaves in 64 KiB GSO segments. */
   tapVnetHdr?: boolean;
   /** The --tap-fd device was given TUNSETOFFLOAD (moat-shim --offload): the guest's TCP arrives in up to 64 KiB, checksums unfinished. */
@@ -93,6 +99,12 @@ export interface ServeConfig {
   logLimits?: LogLimits;
   /** Rate limits and byte budgets (--rate-*, --budget, src/traffic/flags.ts); none when absent. */
   traffic?: TrafficSettings;
+  /** Ask mode (--on-unlisted ask, --ask-timeout-ms); absent: refuse. */
+  ask?: AskSettings;
+  /** Credential injection (--secret, --inject, --upstream-ca, --state-dir, src/inject/); absent = none. */
+  inject?: InjectSettings;
+  /** Unix socket path lifecycle events go to as JSON lines (--notification, src/notification.ts), or undefined. */
+  notification?: string;
 }
 
 /** What `moat zones` needs: the allowlist and the built-in addresses. */
@@ -144,6 +156,13 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     example: '3',
   },
   {
+    name: 'icmp-fd',
+    type: 'string',
+    value: 'N',
+    help: 'An unprivileged ICMP socket (SOCK_DGRAM, IPPROTO_ICMP) open on descriptor N: guest ping to addresses beyond the gateway is forwarded through it (policy as for UDP: with --allow only an IP rule without a port opens an address; --icmp-echo-per-sec, --max-icmp-echo). moat-shim tap --icmp --exec (or, for any other link, moat-shim icmp --exec) puts one on descriptor 4. Without it such echo is dropped and counted. Command line only.',
+    example: '4',
+  },
+  {
     name: 'tap-vnet-hdr',
     type: 'boolean',
     default: 'off',
@@ -161,7 +180,7 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
   { name: 'gateway-mac', type: 'string', value: 'MAC', default: DEFAULT_GATEWAY_MAC, help: "The gateway's MAC address." },
   { name: 'guest-ip', type: 'string', value: 'IP', default: 'second address of --subnet (192.168.127.2)', help: 'The address DHCP gives the guest.' },
   { name: 'host-ip', type: 'string', value: 'IP', default: 'last usable address of --subnet (192.168.127.254)', help: "A virtual address that reaches the host's loopback (127.0.0.1)." },
-  { name: 'api', type: 'string', value: 'unix:///PATH', default: 'none (no API)', help: 'Serve the HTTP control API (gvproxy-compatible /services/forwarder/*, /services/dhcp/leases, /stats, /healthz) on a unix socket.', example: 'unix:///tmp/moat-api.sock' },
+  { name: 'api', type: 'string', value: 'unix:///PATH', default: 'none (no API)', help: 'Serve the HTTP control API (gvproxy-compatible /services/forwarder/*, /services/dhcp/leases, /stats, /healthz; /allowlist and, with --on-unlisted ask, /decisions/*) on a unix socket.', example: 'unix:///tmp/moat-api.sock' },
   {
     name: 'forward',
     type: 'string',
@@ -170,6 +189,14 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     default: 'none',
     help: 'Forward a host address into the guest (tcp unless /udp is given). An empty LOCAL host (":2222") listens on every interface. Repeatable.',
     example: '127.0.0.1:2222=192.168.127.2:22',
+  },
+  {
+    name: 'notification',
+    type: 'string',
+    value: 'unix:///PATH',
+    default: 'none',
+    help: 'Send lifecycle events to a unix socket someone listens on, one connection and one JSON line each, as gvproxy: {"notification_type":"ready"}, "connection_established"/"connection_closed" (with "mac_address"), and Moat\'s own "allowlist_reloaded" and "limit_hit". A listener that is absent or slow costs a log line, never the service; at most 100 events wait.',
+    example: 'unix:///run/user/1000/moat-events.sock',
   },
   { name: 'pcap', type: 'string', value: 'FILE', default: 'none', help: 'Write every frame to and from the guest to FILE in libpcap format (read it with tcpdump -r FILE).' },
   { name: 'config', type: 'string', value: 'FILE', default: 'none', help: 'Read settings from a JSON file whose keys are these flag names ({"mtu": 9000, "forward": ["127.0.0.1:2222=192.168.127.2:22"]}). Flags given on the command line override it; a repeatable flag on the command line replaces the list from the file.' },
@@ -249,12 +276,16 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
   },
   // The live-lookup budget: described once in src/allowlist/live-lookup-flags.ts.
   ...liveLookupFlagDocs(),
+  // Ask mode: described once in src/egress/ask-flags.ts.
+  ...askFlagDocs(),
   // Resource limits: described once in src/limits.ts LIMIT_SPECS.
   ...limitFlagDocs(),
   // The logs' budget and the decision log's rotation: described once in src/log-flags.ts.
   ...logFlagDocs(),
   // Rate limits and byte budgets: described once in src/traffic/flags.ts.
   ...trafficFlagDocs('guest'),
+  // Credential injection: described once in src/inject/flags.ts.
+  ...injectFlagDocs(),
   { name: 'help', type: 'boolean', help: 'Show this help.' },
 ];
 
@@ -263,7 +294,7 @@ export const ZONES_FLAG_NAMES: readonly string[] = ['allow', 'resolver', 'sinkho
 export const ZONES_FLAGS: readonly FlagDoc[] = SERVE_FLAGS.filter((f) => ZONES_FLAG_NAMES.includes(f.name));
 
 /** Flags a config file cannot set: help and config themselves, and a descriptor, which only the starting process can hand over. */
-const COMMAND_LINE_ONLY = new Set(['help', 'config', 'tap-fd', 'tap-vnet-hdr', 'tap-offload']);
+const COMMAND_LINE_ONLY = new Set(['help', 'config', 'tap-fd', 'tap-vnet-hdr', 'tap-offload', 'icmp-fd']);
 const FILE_KEYS = new Set(SERVE_FLAGS.map((f) => f.name).filter((n) => !COMMAND_LINE_ONLY.has(n)));
 
 export type ParsedServeArgs = { kind: 'help' } | { kind: 'config'; config: ServeConfig };
@@ -273,6 +304,8 @@ export interface ConfigIo {
   readFile(path: string): string;
   /** The text of /etc/resolv.conf, or undefined when there is none. */
   readResolvConf(): string | undefined;
+  /** An environment variable (--secret NAME=env:VAR); process.env when absent. */
+  readEnv?(name: string): string | undefined;
 }
 
 export const NODE_CONFIG_IO: ConfigIo = {
@@ -608,6 +641,8 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   // --listen-qemu / --tap-fd
   const listenRaw = list('listen-qemu');
   const tapFd = parseTapFd(str('tap-fd'));
+  const icmpFd = parseTapFd(str('icmp-fd'));
+  if (icmpFd !== undefined && icmpFd === tapFd) throw new ConfigError(`--icmp-fd: descriptor ${icmpFd} is the --tap-fd device; moat-shim --icmp puts the ping socket on 4`);
   if (tapFd !== undefined && listenRaw.items.length > 0) {
     throw new ConfigError('--tap-fd: serves one TAP device; it cannot be combined with --listen-qemu');
   }
@@ -674,6 +709,9 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     forwards.push(spec);
   }
 
+  // --notification
+  const notification = parseNotification(str('notification'));
+
   // --pcap
   const pcapRaw = str('pcap');
   if (pcapRaw !== undefined && pcapRaw.text === '') throw new ConfigError(`${pcapRaw.label}: needs a file name, got ""`);
@@ -697,6 +735,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const mode = parseMode(raw);
   const decisionLog = parseDecisionLog(raw);
   const liveLookups = parseLiveLookupFlags(raw);
+  const ask = parseAskFlagsOrThrow(raw, allowlist.allow.length > 0, mode === 'audit');
 
   // --max-tcp-flows ... --api-max-body-bytes
   const limits = parseLimits(str);
@@ -706,10 +745,13 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const traffic = parseTrafficFlags(str, list, allowlist.allow);
   if (typeof traffic === 'string') throw new ConfigError(traffic);
 
+  const inject = parseInjectFlagsOf(raw, io, allowlist.allow.length > 0);
+
   const allowLinkLocal = raw.get('allow-link-local');
   return {
     listen,
     ...(tapFd === undefined ? {} : { tapFd, tapVnetHdr, tapOffload }),
+    ...(icmpFd === undefined ? {} : { icmpFd }),
     mtu,
     network,
     prefix,
@@ -736,7 +778,32 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     liveLookups,
     logLimits,
     traffic,
+    ...(ask === undefined ? {} : { ask }),
+    ...(inject !== undefined ? { inject } : {}),
+    ...(notification === undefined ? {} : { notification }),
   };
+}
+
+/** --on-unlisted, --ask-timeout-ms (shared by serve and proxy). */
+export function parseAskFlagsOrThrow(raw: Map<string, Raw>, hasRules: boolean, audit: boolean): AskSettings | undefined {
+  const r = parseAskFlags(getters(raw).str, { hasRules, audit });
+  if (typeof r === 'string') throw new ConfigError(r);
+  return r;
+}
+
+/** --secret, --inject, --upstream-ca, --state-dir (shared by serve and proxy). */
+export function parseInjectFlagsOf(raw: Map<string, Raw>, io: ConfigIo, hasAllow: boolean): InjectSettings | undefined {
+  const { list, str } = getters(raw);
+  const r = parseInjectFlags(list, str, { readEnv: io.readEnv ?? ((n) => process.env[n]), readFile: io.readFile }, hasAllow);
+  if (typeof r === 'string') throw new ConfigError(r);
+  return r;
+}
+
+/** --notification unix:///PATH (gvproxy accepts only unix:// too): the socket path. */
+function parseNotification(raw: { text: string; label: string } | undefined): string | undefined {
+  if (raw === undefined) return undefined;
+  if (!raw.text.startsWith('unix://')) throw new ConfigError(`${raw.label}: must be a unix:///PATH address, got "${raw.text}"`);
+  return parseListenUrl(raw.text, raw.label).kind === 'unix' ? raw.text.slice('unix://'.length) : undefined;
 }
 
 /** --live-lookup-rate, --live-lookup-burst, --live-lookup-bytes, --live-lookup-burst-bytes, --no-live-lookups. Shared by serve and proxy. */
@@ -863,6 +930,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
   return {
     listen: c.listen.map((l) => l.url),
     ...(c.tapFd === undefined ? {} : { tapFd: c.tapFd, tapVnetHdr: c.tapVnetHdr, tapOffload: c.tapOffload }),
+    ...(c.icmpFd === undefined ? {} : { icmpFd: c.icmpFd }),
     mtu: c.mtu,
     subnet: `${formatIPv4(c.network)}/${c.prefix}`,
     gatewayIp: formatIPv4(c.gatewayIp),
@@ -872,6 +940,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
     api: c.apiSocket,
     forwards: c.forwards.map((f) => `${f.local}=${f.remote}/${f.protocol}`),
     pcap: c.pcapFile,
+    ...(c.notification === undefined ? {} : { notification: c.notification }),
     allowLinkLocal: c.allowLinkLocal,
     dnsUpstreams: c.dnsUpstreams.map(formatUpstream),
     ...(c.limits === undefined ? {} : { limits: { ...c.limits } }),
@@ -895,6 +964,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
           ...(c.traffic === undefined || c.traffic.budgets.length === 0
             ? {}
             : { budget: c.traffic.budgets.map((b) => `${b.rule}=${b.bytes}B${b.periodMs === undefined ? '' : `/${b.periodMs / 1000}s`}`), budgetDirection: c.traffic.budgetDirection }),
+          ...(c.ask === undefined ? {} : { onUnlisted: 'ask', askTimeoutMs: c.ask.timeoutMs }),
         }),
   };
 }
@@ -990,6 +1060,8 @@ export function mainHelp(): string {
     '  learn    Print the smallest allowlist that lets what a decision log recorded pass (moat learn --help).',
     '  proxy    An HTTP (CONNECT and plain) and SOCKS5 proxy with the same allowlist, for processes (moat proxy --help).',
     '  host     A daemon serving many guests, one network each, created over its API (moat host --help).',
+    '  ca       Print the CA certificate guests trust for --inject, creating it if needed (moat ca [--state-dir DIR]).',
+    '  gvproxy  A drop-in for gvproxy: its command line and API paths, served by Moat (moat gvproxy -h, docs/gvproxy.md).',
     '  help     Show this help, or a command\'s help (moat help serve, moat help zones).',
     '',
     'Example:',

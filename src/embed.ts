@@ -30,6 +30,7 @@ import { startProxy, type ProxyDeps, type ProxyStats, type RunningProxy } from '
 import { flagsToArgs, type ServeFlags } from './flags.js';
 import { parseBudgetList } from './traffic/flags.js';
 import type { BudgetSpec } from './traffic/byte-budgets.js';
+import { DEFAULT_ASK_SETTINGS, type AskCallback, type AskSettings } from './egress/ask-gate.js';
 
 export { flagsToArgs, type ServeFlags, type ServeFlagValue } from './flags.js';
 
@@ -45,6 +46,15 @@ export interface EmbedOptions {
   configIo?: ConfigIo;
   /** Replaces parts of the service (tests: a fake resolver). */
   deps?: Partial<ServeDeps>;
+  /**
+   * Ask mode's answer: called once per pending decision (a request for a
+   * name no rule covers) with { id, name, proto, port, dst, via, since };
+   * return 'allow-once', 'allow-name', 'deny' or 'deny-name'. Giving it turns
+   * ask mode on (as --on-unlisted ask; the API may answer too, the first
+   * answer wins). A throw or no verdict leaves the decision to the API or
+   * --ask-timeout-ms.
+   */
+  ask?: AskCallback;
 }
 
 export interface SetAllowlistOptions {
@@ -102,10 +112,18 @@ export async function serve(flags: ServeFlags | readonly string[], options: Embe
   const args = isArgv(flags) ? [...flags] : flagsToArgs(flags);
   const parsed = parseServeArgs(args, options.configIo ?? NODE_CONFIG_IO);
   if (parsed.kind === 'help') throw new ConfigError('"help" is not a setting (the flags are listed by moat serve --help)');
-  const config = parsed.config;
+  const config = withAsk(parsed.config, options.ask);
   const log = loggerFor(options.log, config);
-  const running = await startService(config, log, options.deps ?? {}, options.signal ? { signal: options.signal } : {});
+  const running = await startService(config, log, options.deps ?? {}, { ...(options.signal ? { signal: options.signal } : {}), ...(options.ask ? { ask: options.ask } : {}) });
   return wrap(running, config);
+}
+
+/** An `ask` callback turns ask mode on (the flags' --ask-timeout-ms, or the default), with the flags' own checks. */
+function withAsk<C extends { allow: readonly unknown[]; mode: string; ask?: AskSettings }>(config: C, ask: AskCallback | undefined): C {
+  if (ask === undefined || config.ask !== undefined) return config;
+  if (config.allow.length === 0) throw new ConfigError('ask: needs allow rules (without them no name is unlisted)');
+  if (config.mode === 'audit') throw new ConfigError('ask: cannot be combined with mode audit (audit lets unlisted names through)');
+  return { ...config, ask: { ...DEFAULT_ASK_SETTINGS } };
 }
 
 function isArgv(flags: ServeFlags | readonly string[]): flags is readonly string[] {
@@ -173,8 +191,8 @@ export async function proxy(flags: ServeFlags | readonly string[], options: Prox
   const args = isArgv(flags) ? [...flags] : flagsToArgs(flags);
   const parsed = parseProxyArgs(args, options.configIo ?? NODE_CONFIG_IO);
   if (parsed.kind === 'help') throw new ConfigError('"help" is not a setting (the flags are listed by moat proxy --help)');
-  const config = parsed.config;
-  const running: RunningProxy = await startProxy(config, loggerFor(options.log, config), options.deps ?? {}, options.signal ? { signal: options.signal } : {});
+  const config = withAsk(parsed.config, options.ask);
+  const running: RunningProxy = await startProxy(config, loggerFor(options.log, config), options.deps ?? {}, { ...(options.signal ? { signal: options.signal } : {}), ...(options.ask ? { ask: options.ask } : {}) });
   return {
     http: running.http,
     socks: running.socks,
@@ -235,7 +253,7 @@ export interface MoatHost {
 export async function host(flags: ServeFlags | readonly string[] = {}, options: HostEmbedOptions = {}): Promise<MoatHost> {
   const args = isArgv(flags) ? [...flags] : flagsToArgs(flags);
   const io = options.configIo ?? NODE_CONFIG_IO;
-  const parsed = parseHostArgs(args, io, false);
+  const parsed = parseHostArgs(args, io, false, 0);
   if (parsed.kind === 'help') throw new ConfigError('"help" is not a setting (the flags are listed by moat host --help)');
   if (parsed.config.workers > 0) throw new ConfigError('--workers: not in-process: host() keeps its networks on this thread (moat host --workers N places them on threads)');
   const hostLog = loggerFor(options.log, parsed.config);

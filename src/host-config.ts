@@ -24,6 +24,7 @@ import {
   type FlagDoc,
   type ServeConfig,
 } from './config.js';
+import { availableParallelism } from 'node:os';
 import { flagName, flagsToArgs, type ServeFlags } from './flags.js';
 import type { LogFormat, LogLevel } from './log.js';
 
@@ -32,7 +33,7 @@ export interface HostConfig {
   apiSocket: string | undefined;
   /** Networks held at once; POST /networks beyond it is refused. */
   maxNetworks: number;
-  /** Worker threads the networks are placed on; 0: all on the API's thread. */
+  /** Worker threads the networks are placed on (default: defaultWorkers()); 0: all on the API's thread. */
   workers: number;
   logLevel: LogLevel;
   logFormat: LogFormat;
@@ -41,6 +42,16 @@ export interface HostConfig {
 export const DEFAULT_MAX_NETWORKS = 256;
 export const MAX_WORKERS = 64;
 export const MAX_NETWORKS_LIMIT = 10_000;
+
+/**
+ * `--workers` when it is not given: one worker per core, so that guests that
+ * move data use every core (capped at MAX_WORKERS). On a 1-core machine, 0:
+ * a worker there buys no parallelism, only an isolate (~15 MiB measured) and a thread
+ * hop for every API request, so the networks stay on the API thread.
+ */
+export function defaultWorkers(cores: number = availableParallelism()): number {
+  return cores <= 1 ? 0 : Math.min(cores, MAX_WORKERS);
+}
 
 /** Serve's description of a shared flag. */
 function shared(name: string): FlagDoc {
@@ -69,8 +80,8 @@ export const HOST_FLAGS: readonly FlagDoc[] = [
     name: 'workers',
     type: 'string',
     value: 'N',
-    default: '0 (every network on the API thread)',
-    help: `Place networks on N worker threads (0..${MAX_WORKERS}), the one holding the fewest first, so that guests use every core; the API thread only routes. A worker that dies takes its networks (listed as failed until deleted), not the others. Command line only, not in-process (host()).`,
+    default: `the number of cores (os.availableParallelism(), at most ${MAX_WORKERS}); 0 on a 1-core machine`,
+    help: `Place networks on N worker threads (0..${MAX_WORKERS}), the one holding the fewest first, so that guests use every core; the API thread only routes. 0 keeps every network on the API thread (one process, no worker). A worker that dies takes its networks (listed as failed until deleted), not the others. Command line only: host() in-process keeps its networks on the caller's thread.`,
   },
   shared('log-level'),
   shared('log-format'),
@@ -79,8 +90,11 @@ export const HOST_FLAGS: readonly FlagDoc[] = [
 
 export type ParsedHostArgs = { kind: 'help' } | { kind: 'config'; config: HostConfig };
 
-/** Parses `moat host` arguments (without "host" itself). Throws ConfigError. */
-export function parseHostArgs(args: readonly string[], io: ConfigIo = NODE_CONFIG_IO, apiRequired = true): ParsedHostArgs {
+/**
+ * Parses `moat host` arguments (without "host" itself). Throws ConfigError.
+ * `workersDefault` is --workers when it is not given (host() in-process: 0).
+ */
+export function parseHostArgs(args: readonly string[], io: ConfigIo = NODE_CONFIG_IO, apiRequired = true, workersDefault: number = defaultWorkers()): ParsedHostArgs {
   // No --config file: the daemon's flags are few, and networks come over the API.
   const raw = readFlags(args, HOST_FLAGS, 'host', io, undefined, HOST_FLAGS);
   if (raw === 'help') return { kind: 'help' };
@@ -96,7 +110,7 @@ export function parseHostArgs(args: readonly string[], io: ConfigIo = NODE_CONFI
     if (!(n >= 1 && n <= MAX_NETWORKS_LIMIT)) throw new ConfigError(`${maxRaw.label}: must be an integer 1..${MAX_NETWORKS_LIMIT}, got "${maxRaw.text}"`);
     maxNetworks = n;
   }
-  let workers = 0;
+  let workers = workersDefault;
   const workersRaw = str('workers');
   if (workersRaw !== undefined) {
     const n = /^\d{1,3}$/.test(workersRaw.text) ? Number(workersRaw.text) : NaN;
@@ -133,7 +147,8 @@ export function hostHelp(): string {
     '  moat host --api unix:///tmp/moat-host.sock &',
     "  curl --unix-socket /tmp/moat-host.sock -X POST http://moat/networks -d '{\"name\":\"vm1\",\"listen-qemu\":\"unix:///tmp/vm1.sock\"}'",
     '',
-    'With --workers N the networks are placed on N threads; the paths are the same (GET /networks says which worker).',
+    'Networks are placed on worker threads, one per core by default (--workers 0: all on the API thread); the paths',
+    'are the same either way (GET /networks says which worker holds each).',
     '',
     'Signals: SIGTERM/SIGINT close every network and exit. Exit status: 0 after a clean shutdown, 2 for a usage error,',
     '1 for a runtime error.',
@@ -150,6 +165,7 @@ const NOT_PER_NETWORK: Readonly<Record<string, string>> = {
   config: 'no file is read on behalf of an API client; give the settings themselves',
   'tap-fd': 'a TAP handed over by descriptor is a moat serve feature (moat-shim tap --exec); use listen-qemu',
   'tap-vnet-hdr': 'a TAP handed over by descriptor is a moat serve feature (moat-shim tap --exec); use listen-qemu',
+  'icmp-fd': "an API client may not name the daemon's descriptors; the ping socket is a moat serve feature (moat-shim tap --icmp --exec)",
   'log-level': "set for the whole host (moat host --log-level)",
   'log-format': "set for the whole host (moat host --log-format)",
   help: 'not a setting',

@@ -9,7 +9,7 @@
 import { Readable } from 'node:stream';
 import type { IncomingMessage } from 'node:http';
 import { parentPort, workerData } from 'node:worker_threads';
-import { dispatch } from './api-server.js';
+import { dispatch, EventStreamAnswer } from './api-server.js';
 import { installFaultRouter } from './fault-scope.js';
 import { mainLogBudget } from './log-flags.js';
 import { createLogger, type LogFormat, type LogLevel } from './log.js';
@@ -58,7 +58,8 @@ port.on('message', (m: WorkerRequest) => {
     let reply: WorkerReply;
     if (m.op === 'request') {
       const answer = await dispatch(host, requestOf(m), log);
-      reply = { id: m.id, ...answer };
+      // An event stream cannot cross threads (each request is answered whole): say so instead of failing to clone it.
+      reply = answer.body instanceof EventStreamAnswer ? { id: m.id, status: 501, body: { error: 'GET /decisions/events is not available for a network on a worker thread (--workers); poll GET /decisions/pending' } } : { id: m.id, ...answer };
     } else if (m.op === 'list') {
       reply = { id: m.id, status: 200, body: host.list() };
     } else {

@@ -11,9 +11,10 @@
  * memory) takes its networks with it: they are listed as failed, with why,
  * until deleted; the other workers and the API go on.
  */
+import { CONTENT_TYPE as METRICS_CONTENT_TYPE, hostMetrics } from './metrics.js';
 import type { IncomingMessage } from 'node:http';
 import { Worker } from 'node:worker_threads';
-import { HttpError, readBody, readJsonBody, MAX_BODY_BYTES, type Answer, type Handler, type RouteTable } from './api-server.js';
+import { HttpError, readBody, readJsonBody, MAX_BODY_BYTES, rawBody, type Answer, type Handler, type RouteTable } from './api-server.js';
 import { NODE_CONFIG_IO, type ConfigIo } from './config.js';
 import { parseNetworkRequest } from './host-config.js';
 import { HostFullError, hostHttpError, NetworkExistsError, type NetworkSummary } from './host.js';
@@ -160,6 +161,9 @@ export class WorkerPool implements RouteTable {
       return new Map<string, Handler>([
         ['GET', async () => ({ status: 200, body: { status: 'ok', networks: this.names.size, workers: this.slots.filter((s) => s.dead === undefined).length } })],
       ]);
+    }
+    if (path === '/metrics') {
+      return new Map<string, Handler>([['GET', async () => ({ status: 200, body: rawBody(METRICS_CONTENT_TYPE, hostMetrics(this.names.size, process.memoryUsage.rss())) })]]);
     }
     const m = /^\/networks\/([^/]+)(\/.*)?$/.exec(path);
     if (m === null) return undefined;

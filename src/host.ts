@@ -16,10 +16,11 @@
  * state "failed" with why, until it is deleted: whoever drives the host sees
  * what happened rather than a name that vanished.
  */
+import { CONTENT_TYPE as METRICS_CONTENT_TYPE, hostMetrics } from './metrics.js';
 import { chmodSync } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
 import { PreresolveError } from '../dns/preresolve.js';
-import { ApiServer, countingTooLarge, HttpError, MAX_BODY_BYTES, readJsonBody, type Handler, type RouteTable } from './api-server.js';
+import { ApiServer, countingTooLarge, HttpError, MAX_BODY_BYTES, rawBody, readJsonBody, type Handler, type RouteTable } from './api-server.js';
 import { describeConfig, NODE_CONFIG_IO, type ConfigIo, type ServeConfig } from './config.js';
 import type { HostConfig } from './host-config.js';
 import { NetworkConfigError, parseNetworkRequest } from './host-config.js';
@@ -101,6 +102,7 @@ export class NetworkHost implements RouteTable {
         ]),
       ],
       ['/healthz', new Map<string, Handler>([['GET', async () => ({ status: 200, body: { status: 'ok', networks: this.slots.size } })]])],
+      ['/metrics', new Map<string, Handler>([['GET', async () => ({ status: 200, body: rawBody(METRICS_CONTENT_TYPE, hostMetrics(this.slots.size, process.memoryUsage.rss())) })]])],
     ]);
   }
 

@@ -26,6 +26,8 @@ export { ConfigError, type ServeConfig } from './config.js';
 export { NetworkConfigError, type FieldError } from './host-config.js';
 export { HostFullError, NetworkExistsError, type NetworkSummary } from './host.js';
 export type { DecisionProto, DecisionRecord, DecisionVerdict } from './egress/decision-log.js';
+export type { AskCallback } from './egress/ask-gate.js';
+export type { AskProto, AskVerdict, PendingView } from './egress/ask-table.js';
 export {
   DEFAULT_HOST_ALIAS,
   DEFAULT_WILDCARD_MIN,

@@ -50,6 +50,10 @@ export interface Limits {
   connectTimeoutMs: number;
   /** Control API request bodies larger than this are answered 413. */
   apiMaxBodyBytes: number;
+  /** ICMP echo requests (beyond the gateway, through --icmp-fd) awaiting a reply at once; the newest beyond it is dropped. */
+  maxIcmpEcho: number;
+  /** ICMP echo requests forwarded per second (burst the same); beyond it they are dropped. */
+  icmpEchoPerSec: number;
 }
 
 /** An integer flag with a default and bounds: the limits here, the log budget in src/log-flags.ts. */
@@ -173,6 +177,22 @@ export const LIMIT_SPECS: readonly LimitSpec[] = [
     min: 1 * KiB,
     max: 16 * MiB,
     help: 'Largest control API request body; a larger one is answered 413 and its connection closed. /stats: limits.apiBody.',
+  },
+  {
+    flag: 'max-icmp-echo',
+    key: 'maxIcmpEcho',
+    default: 64,
+    min: 1,
+    max: 4096,
+    help: 'With --icmp-fd: ICMP echo requests awaiting a reply at once (one is forgotten 10 s after it was sent); the newest beyond it is dropped. /stats: limits.icmpEcho.',
+  },
+  {
+    flag: 'icmp-echo-per-sec',
+    key: 'icmpEchoPerSec',
+    default: 20,
+    min: 1,
+    max: 10_000,
+    help: 'With --icmp-fd: ICMP echo requests forwarded per second (a burst of as many); a ping flood beyond it is dropped and counted. /stats: limits.icmpEcho.',
   },
 ];
 

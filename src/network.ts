@@ -30,6 +30,8 @@ import type { Resolver } from '../dns/preresolve.js';
 import { NodeDnsResolver } from './allowlist/resolver.js';
 import { NetworkRoutes, type AllowlistControl } from './api-server.js';
 import { AllowlistRuntime, zoneNames } from './egress/allowlist-runtime.js';
+import type { AskCallback } from './egress/ask-gate.js';
+import { unansweredAskWarning } from './egress/ask-flags.js';
 import { decisionFileError, logStats, openDecisionLog } from './egress/decision-log.js';
 import type { DecisionLog } from './egress/decision-log.js';
 import type { RotatingFile } from './rotating-file.js';
@@ -39,14 +41,21 @@ import { networkScope } from './fault-scope.js';
 import type { DnsUpstream, ServeConfig } from './config.js';
 import type { GatewayDns } from './gateway-dns.js';
 import type { Logger } from './log.js';
-import { DEFAULT_LIMITS, RefusalLog, type Limits } from './limits.js';
+import { DEFAULT_LIMITS, RefusalLog, REFUSAL_LOG_INTERVAL_MS, type Limits } from './limits.js';
 import { DEFAULT_LOG_LIMITS } from './log-flags.js';
 import { PortForwarder } from './forwarder.js';
 import { Nat, type GatewayUdpClaims, type NatOptions, type NatStats } from './nat/index.js';
 import { PcapWriter } from './pcap-writer.js';
+import { DecisionCounts, networkMetrics, renderExposition } from './metrics.js';
 import { ForwardError, type ForwardKey, type ForwardSpec, type PortForwards } from './port-forwards.js';
 import { QemuStreamServer, type GuestSink, type QemuStreamOptions } from './transport/qemu-stream.js';
+import { LocalZones, type LocalZone } from './local-zones.js';
+import { LocalZonesDns } from './local-zones-dns.js';
+import { limitNotifier, NO_NOTIFIER, NotificationSender, type NotificationMessage, type Notifier } from './notification.js';
 import { TapFdLink, TAP_GSO_SEGMENT_BYTES } from './transport/tap-fd.js';
+import { openPingSocket } from './transport/ping-socket.js';
+import type { InjectControl } from './api-server.js';
+import type { Injector } from './inject/interceptor.js';
 
 /** The guest's side of the wire: a QEMU stream listener or a TAP descriptor. */
 type GuestLink = QemuStreamServer | TapFdLink;
@@ -145,6 +154,8 @@ export function natOptionsFor(config: ServeConfig): Partial<NatOptions> {
     dnsUpstreams: config.dnsUpstreams,
     ...(config.traffic?.rateEgress ? { rateEgress: config.traffic.rateEgress } : {}),
     ...(config.traffic?.rateIngress ? { rateIngress: config.traffic.rateIngress } : {}),
+    maxIcmpEcho: limits.maxIcmpEcho,
+    icmpEchoPerSec: limits.icmpEchoPerSec,
   };
 }
 
@@ -160,6 +171,8 @@ export const DEFAULT_SERVE_DEPS: ServeDeps = {
 export interface ServeOptions {
   /** Aborts start-up (pre-resolution of allowed hosts); the CLI aborts it on SIGINT/SIGTERM. */
   signal?: AbortSignal;
+  /** Ask mode's callback (the library's serve({ ask })): answers each pending decision, alongside the API. */
+  ask?: AskCallback;
 }
 
 /** What startGuestNetwork takes besides the config. */
@@ -172,6 +185,8 @@ export interface GuestNetworkOptions extends ServeOptions {
    * to this network. `moat host` sets it; it costs async context tracking.
    */
   faultScope?: boolean;
+  /** DNS zones the gateway answers from the start (`moat gvproxy`: gvproxy's containers.internal. and docker.internal.); more come over the API. */
+  dnsZones?: readonly LocalZone[];
 }
 
 /** running; failed (a fault inside it closed it, `failure` says why); closed (by its owner). */
@@ -199,6 +214,8 @@ export interface GuestNetwork {
   readonly routes: NetworkRoutes;
   /** Everything /stats reports. */
   stats(): Record<string, unknown>;
+  /** Sends a lifecycle event to --notification (nothing without it); serve() sends "ready". */
+  notify(msg: NotificationMessage): void;
   /** DHCP leases as text addresses (kept after the guest disconnects, until they expire). */
   leases(): { ip: string; mac: string }[];
   guestConnected(): boolean;
@@ -291,23 +308,46 @@ export async function startGuestNetwork(
     const refusals = new RefusalLog(log.child({ component: 'limits' }));
     closers.push(() => refusals.close());
 
-    const runtime = allowlist ? await startAllowlist(config, d, log, options.signal, options.name) : undefined;
+    // --notification: lifecycle events to a listener's unix socket (never fatal, bounded queue).
+    const sender = config.notification === undefined ? undefined : new NotificationSender(config.notification, log.child({ component: 'notification' }));
+    if (sender !== undefined) closers.push(() => sender.close());
+    const notifier: Notifier = sender ?? NO_NOTIFIER;
+    const notifyLimit = limitNotifier(notifier, REFUSAL_LOG_INTERVAL_MS);
+    const onLimit = (limit: string, fields: Record<string, unknown>): void => {
+      refusals.refused(limit, fields);
+      notifyLimit(limit);
+    };
+    // Records added over the API (/services/dns/add), answered in front of the gateway's DNS.
+    const zones = new LocalZones(options.dnsZones ?? []);
+
+    const runtime = allowlist ? await startAllowlist(config, d, log, options.signal, options.name, options.ask) : undefined;
+    // Under `moat host` the host's API answers; alone, only --api or the callback can.
+    if (config.ask !== undefined && options.name === undefined && config.apiSocket === undefined && options.ask === undefined) log.warn(unansweredAskWarning(config.ask.timeoutMs));
     if (runtime !== undefined) closers.push(() => runtime.close());
+    // --icmp-fd: the ping socket moat-shim handed over (the NAT closes it).
+    const pingSocket = config.icmpFd === undefined ? undefined : await openPingSocket(config.icmpFd);
+    if (pingSocket !== undefined) log.info('icmp echo beyond the gateway: through the ping socket', { icmpFd: config.icmpFd });
     const nat = d.createNat(
-      { ...natOptionsFor(config), onLimit: (limit, fields) => refusals.refused(limit, fields) },
+      { ...natOptionsFor(config), ...(pingSocket ? { pingSocket } : {}), onLimit, wrapDns: (dns) => new LocalZonesDns(dns, zones) },
       log.child({ component: 'nat' }),
       runtime?.runtime.dns,
       runtime?.runtime.egress,
     );
     closers.push(() => nat.close());
-    const allowlistControl = runtime === undefined ? undefined : allowlistControlFor(runtime.runtime, nat, log);
+    const allowlistControl = runtime === undefined ? undefined : allowlistControlFor(runtime.runtime, nat, log, notifier);
 
     // The link is created before the stack (the stack's onOutput needs it) and listens after.
     let stack: NetStack | undefined;
+    // The guest's MAC as its first frame gives it, for gvproxy's connection_established/closed events.
+    let guestMac: string | undefined;
     const input = (frames: readonly Uint8Array[], marks?: ArrayLike<number>): void => {
       if (state !== 'running') return;
       try {
         faultHook?.(frames);
+        if (guestMac === undefined && sender !== undefined && frames.length > 0 && frames[0]!.length >= 12) {
+          guestMac = sourceMac(frames[0]!);
+          notifier.send({ notification_type: 'connection_established', mac_address: guestMac });
+        }
         stack!.input(frames, marks);
         driver.reschedule();
       } catch (e) {
@@ -318,6 +358,8 @@ export async function startGuestNetwork(
       input: options.faultScope === true ? (frames, marks) => networkScope.run(fault, input, frames, marks) : input,
       guestGone() {
         if (state !== 'running') return;
+        if (guestMac !== undefined) notifier.send({ notification_type: 'connection_closed', mac_address: guestMac });
+        guestMac = undefined;
         try {
           stack!.resetGuest();
           nat.resetGuest();
@@ -340,7 +382,7 @@ export async function startGuestNetwork(
       onOutput: (batch) => link.send(batch),
       onDrop: (reason) => {
         const limit = STACK_LIMIT_DROPS[reason];
-        if (limit !== undefined) refusals.refused(limit, { reason });
+        if (limit !== undefined) onLimit(limit, { reason });
         else if (dropLog.enabled('debug')) dropLog.debug('frame dropped', { reason });
       },
     };
@@ -388,13 +430,25 @@ export async function startGuestNetwork(
         limits: limitStats(limits, theStack, s.nat as Partial<NatStats>, routes),
         ...(decisions === undefined ? {} : { decisions: { ...decisions.stats } }),
         ...(runtime === undefined || runtime.runtime.budgets.size === 0 ? {} : { budgets: runtime.runtime.budgets.stats() }),
+        ...(askGate === undefined ? {} : { ask: askGate.stats() }),
+        ...(runtime?.injector ? { inject: runtime.injector.stats() } : {}),
         logs: logStats(log, decisions, runtime?.file),
+        ...(sender === undefined ? {} : { notifications: { path: sender.path, ...sender.stats } }),
+        // gvproxy's /stats keys (pkg/virtualnetwork/stats.go): bytes sent to and received from the guest.
+        BytesSent: (s.bytes as { out: number }).out,
+        BytesReceived: (s.bytes as { in: number }).in,
       };
     };
+    // Decisions by verdict and reason for /metrics (/stats has the verdict totals).
+    const decisionCounts = runtime === undefined ? undefined : new DecisionCounts();
+    if (decisionCounts !== undefined) closers.push(runtime!.runtime.egress.decisions.subscribe(decisionCounts.record));
+    const metrics = (): string =>
+      renderExposition(networkMetrics({ stats: stats(), rss: process.memoryUsage.rss(), ...(decisionCounts ? { decisions: decisionCounts } : {}) }));
+    const askGate = runtime?.runtime.ask;
     routes = new NetworkRoutes(
-      { forwards, leases, stats, guestConnected, ...(allowlistControl ? { allowlist: allowlistControl } : {}) },
+      { forwards, leases, stats, guestConnected, dnsZones: zones, metrics, ...(allowlistControl ? { allowlist: allowlistControl } : {}), ...(askGate ? { ask: askGate } : {}), ...(runtime?.injectApi ? { inject: runtime.injectApi } : {}) },
       log,
-      { maxBodyBytes: limits.apiMaxBodyBytes, onTooLarge: (fields) => refusals.refused('apiBody', fields) },
+      { maxBodyBytes: limits.apiMaxBodyBytes, onTooLarge: (fields) => onLimit('apiBody', fields) },
     );
 
     closers.push(() => link.close());
@@ -411,6 +465,7 @@ export async function startGuestNetwork(
       decisions: runtime?.runtime.egress.decisions,
       routes: theRoutes,
       stats,
+      notify: (msg) => notifier.send(msg),
       leases,
       guestConnected,
       get state() {
@@ -456,7 +511,11 @@ async function startAllowlist(
   log: Logger,
   signal: AbortSignal | undefined,
   network: string | undefined,
-): Promise<{ runtime: AllowlistRuntime; file: RotatingFile | undefined; close(): Promise<void> }> {
+  askCallback: AskCallback | undefined,
+): Promise<{ runtime: AllowlistRuntime; file: RotatingFile | undefined; injector: Injector | undefined; injectApi: InjectControl | undefined; close(): Promise<void> }> {
+  // The CA first: a bad --state-dir stops start-up before anything is resolved or opened. The X.509 code loads only with --inject.
+  const injectModule = config.inject === undefined ? undefined : await import('./inject/index.js');
+  const injector = config.inject === undefined || injectModule === undefined ? undefined : injectModule.startInjector(config.inject, log);
   const resolver = d.createDnsResolver(config.resolvers);
   const started = d.clock.now();
   const logLimits = config.logLimits ?? DEFAULT_LOG_LIMITS;
@@ -474,9 +533,10 @@ async function startAllowlist(
         admitResolved: config.admitResolved,
         hostAliasExempt: config.allowHostAlias,
         allowLinkLocal: config.allowLinkLocal,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false, refuseEch: config.refuseEch },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false, refuseEch: config.refuseEch, ...(injector ? { injector } : {}) },
         ...(config.liveLookups ? { liveLookups: config.liveLookups } : {}),
         ...(config.traffic ? { budgets: config.traffic.budgets, budgetDirection: config.traffic.budgetDirection } : {}),
+        ...(config.ask ? { ask: { settings: config.ask, ...(askCallback ? { callback: askCallback } : {}) } } : {}),
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,
@@ -494,6 +554,8 @@ async function startAllowlist(
   return {
     runtime,
     file: sink,
+    injector,
+    injectApi: injector === undefined ? undefined : injectModule?.injectControl(injector),
     close: async () => {
       await runtime.close();
       if (sink) await new Promise<void>((resolve) => sink.end(resolve));
@@ -502,7 +564,7 @@ async function startAllowlist(
 }
 
 /** What the API's /allowlist routes drive. */
-function allowlistControlFor(runtime: AllowlistRuntime, nat: NatLike, log: Logger): AllowlistControl {
+function allowlistControlFor(runtime: AllowlistRuntime, nat: NatLike, log: Logger, notifier: Notifier): AllowlistControl {
   return {
     rules: () => runtime.ruleTexts,
     zones: () => zoneNames(runtime.zoneTable),
@@ -517,6 +579,7 @@ function allowlistControlFor(runtime: AllowlistRuntime, nat: NatLike, log: Logge
       }
       const dropped = drop ? nat.dropRefusedFlows() : 0;
       log.info('allowlist reloaded', { allow: result.rules, zones: result.zones, dropped });
+      notifier.send({ notification_type: 'allowlist_reloaded', rules: result.rules.length, dropped });
       return { ...result, dropped };
     },
   };
@@ -558,6 +621,9 @@ function limitStats(limits: Limits, stack: NetStack, nat: Partial<NatStats>, api
     // UDP flows held for the name in their QUIC Initial (with --allow; src/nat/quic-flows.ts).
     ...(nat.quic ? { quic: { max: nat.quic.max, current: nat.quic.held, bytes: nat.quic.heldBytes, refused: nat.quic.heldRefused } } : {}),
     apiBody: { max: limits.apiMaxBodyBytes, refused: api?.tooLarge ?? 0 },
+    ...(nat.icmpEcho
+      ? { icmpEcho: { max: nat.icmpEcho.max, current: nat.icmpEcho.current, perSec: limits.icmpEchoPerSec, refused: nat.icmpEcho.outstandingFull + nat.icmpEcho.rateLimited } }
+      : {}),
   };
 }
 
@@ -607,4 +673,11 @@ export class UnavailablePortForwards implements PortForwards {
     return [];
   }
   async close(): Promise<void> {}
+}
+
+/** An Ethernet frame's source MAC as text (bytes 6..11). */
+function sourceMac(frame: Uint8Array): string {
+  let out = '';
+  for (let i = 6; i < 12; i++) out += (i > 6 ? ':' : '') + frame[i]!.toString(16).padStart(2, '0');
+  return out;
 }

@@ -4,7 +4,8 @@
  */
 import { ApiServer, type AllowlistControl } from './api-server.js';
 import type { DecisionLog } from './egress/decision-log.js';
-import { describeConfig, type ServeConfig } from './config.js';
+import { describeConfig, type ListenAddress, type ServeConfig } from './config.js';
+import type { LocalZone } from './local-zones.js';
 import type { Logger } from './log.js';
 import type { NetStack } from '../netstack/api.js';
 import { startGuestNetwork, type ServeDeps, type ServeOptions } from './network.js';
@@ -30,6 +31,8 @@ export interface RunningServer {
   /** The guest listen addresses as bound (tcp with the real port). */
   readonly listen: readonly string[];
   readonly apiSocket: string | undefined;
+  /** Every address the API listens on (--api, and `moat gvproxy`'s -listen/-services). */
+  readonly apis: readonly string[];
   readonly stack: NetStack;
   stats(): Record<string, unknown>;
   /** The running allowlist (undefined without --allow): its rules and reload. */
@@ -46,39 +49,58 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
+/** What `moat gvproxy` adds to a serve: more API addresses, and the DNS zones gvproxy starts with. */
+export interface ServeExtras extends ServeOptions {
+  /** API addresses besides --api (gvproxy's -listen and -services). */
+  apiListen?: readonly ListenAddress[];
+  dnsZones?: readonly LocalZone[];
+}
+
 /** `moat serve`: one guest network and, with --api, the control API over it. */
-export async function serve(config: ServeConfig, log: Logger, deps: Partial<ServeDeps> = {}, options: ServeOptions = {}): Promise<RunningServer> {
+export async function serve(config: ServeConfig, log: Logger, deps: Partial<ServeDeps> = {}, options: ServeExtras = {}): Promise<RunningServer> {
   log.info('moat starting', describeConfig(config));
   const network = await startGuestNetwork(config, log, deps, options);
-  let api: ApiServer | undefined;
-  if (config.apiSocket !== undefined) {
-    api = new ApiServer(network.routes, log);
-    try {
-      await api.listen(config.apiSocket);
-    } catch (e) {
-      await network.close();
-      throw e;
+  const apiAddrs: ListenAddress[] = [
+    ...(config.apiSocket === undefined ? [] : [{ kind: 'unix' as const, path: config.apiSocket, url: `unix://${config.apiSocket}` }]),
+    ...(options.apiListen ?? []),
+  ];
+  const apiServers: ApiServer[] = [];
+  const apis: string[] = [];
+  try {
+    for (const addr of apiAddrs) {
+      const api = new ApiServer(network.routes, log);
+      apiServers.push(api);
+      apis.push(await api.listenAt(addr));
     }
+  } catch (e) {
+    for (const a of apiServers) await a.close().catch(() => {});
+    await network.close();
+    throw e;
   }
+  // Everything listens: the --notification listener hears "ready" (gvproxy sends it once its API listens).
+  network.notify({ notification_type: 'ready' });
   log.info('moat ready', {
     listen: network.listen,
-    api: config.apiSocket === undefined ? undefined : `unix://${config.apiSocket}`,
+    api: apis.length === 0 ? undefined : apis.length === 1 ? apis[0] : apis,
     forwards: network.forwards.list().map((f) => `${f.local}=${f.remote}/${f.protocol}`),
     pcap: config.pcapFile,
   });
   let closing: Promise<void> | undefined;
   const closeAll = async (): Promise<void> => {
     // The API first (nothing may drive a network being closed), then the network.
-    try {
-      await api?.close();
-    } catch (e) {
-      log.error('error while closing', { error: e });
+    for (const api of apiServers) {
+      try {
+        await api.close();
+      } catch (e) {
+        log.error('error while closing', { error: e });
+      }
     }
     await network.close();
   };
   return {
     listen: network.listen,
     apiSocket: config.apiSocket,
+    apis,
     stack: network.stack,
     stats: () => network.stats(),
     allowlist: network.allowlist,

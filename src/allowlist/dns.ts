@@ -10,6 +10,7 @@
  * TCP connections (2-byte framing, several queries, answers in order) use
  * the same DnsTcpSession as the forwarder.
  */
+import { canonicalHostname } from '../../dns/rules.js';
 import { DnsResponder, type DnsDecision, type ResponderStats } from '../../dns/responder.js';
 import type { Resolver, Timers } from '../../dns/preresolve.js';
 import type { LiveBudgetStats, LiveLookupBudget } from '../../dns/live-budget.js';
@@ -20,6 +21,8 @@ import type { Logger } from '../log.js';
 import { realTimers } from './resolver.js';
 import { PerKeyRateLimit } from '../egress/decision-log.js';
 import { GUEST_IPV6 } from './zones.js';
+import type { AskGate } from '../egress/ask-gate.js';
+import type { AskOutcome } from '../egress/ask-table.js';
 
 export interface AllowlistDnsOptions {
   table: ZoneTable;
@@ -31,8 +34,16 @@ export interface AllowlistDnsOptions {
   decisionId?: () => string;
   /** Audit mode: names outside the allowlist are resolved upstream instead of sinkholed (see DnsResponder). */
   audit?: boolean;
-  /** Sees every decision after it is answered: the egress wall pins the addresses the guest was given. */
-  onDecision?: (decision: DnsDecision) => void;
+  /** Sees every decision after it is answered: the egress wall pins the addresses the guest was given. `asked`: the query waited on ask mode's decision. */
+  onDecision?: (decision: DnsDecision, asked?: AskOutcome) => void;
+  /**
+   * Ask mode (--on-unlisted ask): a query for a name outside the allowlist
+   * waits here instead of being sinkholed at once. allow-name: answered
+   * from the table the verdict added the name to (its pinned addresses);
+   * allow-once: resolved upstream for this query only; a refusal or the
+   * timeout: the sinkhole's answer, as without ask mode.
+   */
+  ask?: AskGate;
   /** The runtime's live-lookup budget (shared with dial-by-name). */
   budget?: LiveLookupBudget;
   /** Addresses Moat pinned for a name: what an HTTPS/SVCB answer's ipv4hint may keep. */
@@ -50,7 +61,8 @@ export class AllowlistDns implements GatewayDns {
   private readonly sessions = new Set<DnsTcpSession>();
   /** Aborted on close(): live lookups in flight end (SERVFAIL, then dropped). */
   private readonly closing = new AbortController();
-  private readonly onDecision: ((d: DnsDecision) => void) | undefined;
+  private readonly onDecision: ((d: DnsDecision, asked?: AskOutcome) => void) | undefined;
+  private readonly ask: AskGate | undefined;
   /** A guest asking one name in a loop must not fill the log: a few lines per name and type per window, then a count. */
   private readonly lineLimit: PerKeyRateLimit;
   private readonly budget: LiveLookupBudget | undefined;
@@ -72,6 +84,7 @@ export class AllowlistDns implements GatewayDns {
     });
     this.budget = opts.budget;
     this.onDecision = opts.onDecision;
+    this.ask = opts.ask;
     const timers = opts.timers ?? realTimers;
     this.lineLimit = new PerKeyRateLimit({ now: () => timers.now(), burst: 5, windowMs: 10_000, maxKeys: 4096 });
     this.tcpLimits = {
@@ -87,12 +100,17 @@ export class AllowlistDns implements GatewayDns {
 
   async resolve(query: Uint8Array, via: DnsVia): Promise<Uint8Array | undefined> {
     if (this.closing.signal.aborted) return undefined;
-    const reply = await this.responder.respond(query, via, this.closing.signal);
+    let reply = await this.responder.respond(query, via, this.closing.signal);
+    let asked: AskOutcome | undefined;
+    if (reply !== null && this.ask !== undefined && reply.decision.outcome === 'sinkholed' && isHostname(reply.decision.name) && !this.closing.signal.aborted) {
+      asked = await this.ask.ask({ name: reply.decision.name, proto: 'dns', port: 53, dst: reply.decision.name, via: 'dns' }, this.closing.signal);
+      if (asked.allow) reply = await this.responder.respond(query, via, this.closing.signal, { resolveUnlisted: asked.verdict === 'allow-once' });
+    }
     if (reply === null || this.closing.signal.aborted) return undefined;
     // Over budget every query is a new name: one line per interval with the count, not one per query.
     if (reply.decision.outcome === 'live-budget') this.reportBudget(reply.decision.name);
     else this.logDecision(reply.decision, via);
-    this.onDecision?.(reply.decision);
+    this.onDecision?.(reply.decision, asked);
     return reply.bytes;
   }
 
@@ -138,4 +156,14 @@ export class AllowlistDns implements GatewayDns {
       ...(d.addresses.length > 0 ? { addresses: d.addresses, ttl: d.ttl } : {}),
     });
   }
+}
+
+/**
+ * A name ask mode can ask about: a hostname in canonical form (not a
+ * malformed or numeric name, not the root), and not a reverse-lookup name
+ * (in-addr.arpa, ip6.arpa: a guest's resolver asks those by itself; no rule
+ * could name them usefully).
+ */
+function isHostname(name: string): boolean {
+  return name !== '' && canonicalHostname(name) === name && name !== 'arpa' && !name.endsWith('.arpa');
 }

@@ -17,6 +17,7 @@ import type { Resolver, Timers } from '../../dns/preresolve.js';
 import { DEFAULT_LIVE_BUDGET, LiveLookupBudget } from '../../dns/live-budget.js';
 import type { LiveLookupSettings } from '../allowlist/live-lookup-flags.js';
 import type { SinkholeMode, ZoneTable } from '../../dns/zones.js';
+import type { DnsDecision } from '../../dns/responder.js';
 import { AllowlistDns } from '../allowlist/dns.js';
 import { realTimers } from '../allowlist/resolver.js';
 import { buildAllowlistTable } from '../allowlist/zones.js';
@@ -24,7 +25,9 @@ import type { Logger, LogStream } from '../log.js';
 import type { LogBudgetLimits } from '../log-budget.js';
 import { DecisionLog, DEFAULT_DECISION_LOG_LIMITS } from './decision-log.js';
 import { DialTargets } from './dial-targets.js';
-import { Egress, type EgressOptions } from './egress.js';
+import { askMark, Egress, type EgressOptions } from './egress.js';
+import { AskGate, type AskCallback, type AskSettings } from './ask-gate.js';
+import type { AskOutcome } from './ask-table.js';
 import { ByteBudgets, type BudgetDirection, type BudgetSpec } from '../traffic/byte-budgets.js';
 import { matchBudgetRules } from '../traffic/flags.js';
 
@@ -57,6 +60,8 @@ export interface AllowlistRuntimeOptions {
   budgets?: readonly BudgetSpec[];
   /** What budgets count (--budget-direction): 'egress' when absent. */
   budgetDirection?: BudgetDirection;
+  /** Ask mode (--on-unlisted ask): requests for unlisted names wait for a verdict; absent: refused at once. */
+  ask?: { settings: AskSettings; callback?: AskCallback };
 }
 
 /** Live lookups of names below `*.domain` for dial-by-name, at once. */
@@ -118,6 +123,13 @@ export class AllowlistRuntime {
     const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS, budget: liveBudget });
     const budgets = new ByteBudgets(initialBudgets, o.budgetDirection ?? 'egress', o.now, o.egress.mode === 'audit');
     const egress = new Egress(policy, pins, decisions, targets, o.egress, budgets);
+    // allow-name adds its rule through the runtime built below (the gate needs it, it needs the gate).
+    let self: AllowlistRuntime | undefined;
+    const ask =
+      o.ask === undefined
+        ? undefined
+        : new AskGate(o.ask.settings, { addHost: async (rule) => void (await self!.addHost(rule)), now: o.now, ...(o.ask.callback ? { callback: o.ask.callback } : {}) }, log.child({ component: 'ask' }));
+    egress.ask = ask;
     const dns = new AllowlistDns(
       {
         table,
@@ -131,12 +143,14 @@ export class AllowlistRuntime {
           const rule = spentRuleFor(name);
           return rule === null ? null : `byte budget of rule ${rule} is spent`;
         },
-        onDecision: (d) => {
+        ...(ask ? { ask } : {}),
+        onDecision: (d, asked) => {
           // The responder clamps live TTLs (at least 5 s), so a pin always outlives the answer's use.
           if (d.addresses.length > 0 && d.ttl !== null && (d.outcome === 'live' || d.outcome === 'audit-live')) {
             pins.pin(d.name, d.addresses, d.ttl * 1000);
           }
-          if (d.outcome === 'budget' && d.id !== undefined) {
+          if (asked !== undefined) recordAsked(d, asked);
+          else if (d.outcome === 'budget' && d.id !== undefined) {
             decisions.record({ id: d.id, decision: 'blocked', reason: 'budget', rule: spentRuleFor(d.name), proto: 'dns', dst: d.name, name: d.name, via: 'dns', detail: d.type });
           } else if ((d.outcome === 'sinkholed' || d.outcome === 'live-off' || d.outcome === 'audit-live') && d.id !== undefined) {
             const decision = d.outcome === 'audit-live' ? 'would-block' : 'blocked';
@@ -151,7 +165,17 @@ export class AllowlistRuntime {
       },
       log.child({ component: 'dns' }),
     );
+    /** A query that waited on ask mode: one record, marked asked, whatever the verdict. */
+    const recordAsked = (d: DnsDecision, asked: AskOutcome): void => {
+      const base = { proto: 'dns' as const, dst: d.name, name: d.name, via: 'dns', detail: d.type, ...askMark(asked) };
+      if (!asked.allow) decisions.record({ id: d.id ?? decisions.nextId(), decision: 'blocked', reason: asked.reason, rule: null, ...base });
+      else if (d.allowed || d.outcome === 'audit-live') {
+        const reason = asked.verdict === 'allow-once' ? 'asked-once' : 'dns-allowed';
+        decisions.record({ id: decisions.nextId(), decision: 'allowed', reason, rule: d.zone === null || asked.verdict === 'allow-once' ? null : d.zone.slice(0, -1), ...base });
+      } else decisions.record({ id: d.id ?? decisions.nextId(), decision: 'blocked', reason: d.outcome === 'sinkholed' ? 'dns-sinkhole' : d.outcome, rule: null, ...base });
+    };
     runtime = new AllowlistRuntime(o, dns, egress, o.rules, log, liveBudget);
+    self = runtime;
     return runtime;
   }
 
@@ -171,6 +195,11 @@ export class AllowlistRuntime {
       first ??= r.text;
     }
     return first;
+  }
+
+  /** Ask mode's gate (undefined unless --on-unlisted ask). */
+  get ask(): AskGate | undefined {
+    return this.egress.ask;
   }
 
   get ruleTexts(): string[] {
@@ -194,7 +223,23 @@ export class AllowlistRuntime {
    * a budget is never dropped silently by a reload that forgot it).
    */
   reload(texts: readonly string[], budgets?: readonly BudgetSpec[]): Promise<ReloadResult> {
+    return this.update(() => texts, budgets);
+  }
+
+  /**
+   * Ask mode's allow-name: `name` becomes an exact host rule, resolved and
+   * pinned first, through the same serialised path as reload(): the rules it
+   * adds to are the ones current when its turn comes, so a reload racing it
+   * is neither lost nor undone. A name a rule already names exactly changes
+   * nothing. The byte budgets stay as they are.
+   */
+  addHost(name: string): Promise<ReloadResult> {
+    return this.update((current) => (current.includes(name) ? current : [...current, name]));
+  }
+
+  private update(next: (current: readonly string[]) => readonly string[], budgets?: readonly BudgetSpec[]): Promise<ReloadResult> {
     const run = this.reloading.then(async () => {
+      const texts = next(this.rules.map((r) => r.text));
       const rules = parseRules(texts);
       if (rules.length === 0) throw new EmptyAllowlistError();
       const nextBudgets = checkBudgetRules(budgets ?? this.budgets.specs(), rules);
@@ -208,6 +253,8 @@ export class AllowlistRuntime {
       this.budgets.replace(nextBudgets);
       this.rules = rules;
       warnBroadRules(policy, this.log);
+      // Ask mode: requests waiting on a name the new rules cover need no answer any more.
+      this.egress.ask?.releaseCovered((name) => coversName(table, name));
       return { rules: rules.map((r) => r.text), zones: zoneNames(table), budgets: this.budgets.specs() };
     });
     this.reloading = run.catch(() => undefined);
@@ -215,6 +262,7 @@ export class AllowlistRuntime {
   }
 
   async close(): Promise<void> {
+    this.egress.ask?.close(); // every waiter refused (ask-closed) before the DNS and flows go
     await this.dns.close();
     this.egress.decisions.close(); // the decision log's last "log lines suppressed" summary
   }
@@ -269,4 +317,10 @@ function seedPins(pins: PinTable, table: ZoneTable): void {
   for (const z of table.zones) {
     if (z.kind === 'allowed' && z.apex !== null && z.apex.a.length > 0) pins.pin(z.name, z.apex.a, Infinity);
   }
+}
+
+/** Does the table answer `name` from an allowed (or built-in) zone, as a rule naming it or a wildcard above it would? */
+function coversName(table: ZoneTable, name: string): boolean {
+  const z = table.match(name);
+  return z.kind !== 'root' && !(z.name === name && z.apex === null && z.kind === 'allowed');
 }

@@ -24,8 +24,8 @@ import { BudgetedWriter, DEFAULT_LOG_BUDGET, LogBudget, type LogBudgetLimits, ty
 import { RotatingFile, type RotationOptions } from '../rotating-file.js';
 
 export type DecisionVerdict = 'allowed' | 'blocked' | 'would-block';
-/** 'quic': a UDP flow decided by the name in its QUIC Initial. */
-export type DecisionProto = 'tcp' | 'udp' | 'quic' | 'dns';
+/** 'quic': a UDP flow decided by the name in its QUIC Initial. 'icmp': an echo request (dst "ip:0"). */
+export type DecisionProto = 'tcp' | 'udp' | 'quic' | 'dns' | 'icmp';
 
 export interface DecisionRecord {
   id: string;
@@ -46,6 +46,14 @@ export interface DecisionRecord {
   network?: string;
   /** TLS flows: whether the ClientHello carried encrypted_client_hello (its real name is hidden). */
   ech?: boolean;
+  /** Ask mode (--on-unlisted ask): the request waited on a pending decision. */
+  asked?: true;
+  /** Who answered it: 'api', 'callback', 'timeout', or 'reload' (a reload came to cover the name); absent: refused before anyone could, e.g. the table was full. */
+  answeredBy?: 'api' | 'callback' | 'timeout' | 'reload';
+  /** The pending decision's id (GET /decisions/pending), when there was one. */
+  askId?: string;
+  /** An intercepted request (--inject): the names of the secrets injected into it, comma-separated (never a value). */
+  injected?: string;
 }
 
 /**

@@ -52,6 +52,13 @@ export class LookupOverloadedError extends Error {
 export class DialTargets {
   private inFlight = 0;
   lookups = 0;
+  /**
+   * Lookups in flight by name (callers without a signal): many connections
+   * released at once for one name (ask mode's allow-once of a hundred
+   * waiters) share one lookup and one slot of maxLookups. At most
+   * maxLookups entries, one per lookup in flight.
+   */
+  private readonly shared = new Map<string, Promise<readonly string[]>>();
 
   constructor(private readonly opts: DialTargetsOptions) {}
 
@@ -59,6 +66,17 @@ export class DialTargets {
   async addressesFor(name: string, signal?: AbortSignal): Promise<readonly string[]> {
     const pinned = this.opts.pins.addressesFor(name);
     if (pinned.length > 0) return pinned;
+    if (signal !== undefined) return this.live(name, signal);
+    const running = this.shared.get(name);
+    if (running !== undefined) return running;
+    const p = this.live(name, undefined);
+    this.shared.set(name, p);
+    const forget = (): void => void (this.shared.get(name) === p && this.shared.delete(name));
+    p.then(forget, forget);
+    return p;
+  }
+
+  private async live(name: string, signal: AbortSignal | undefined): Promise<readonly string[]> {
     if (this.inFlight >= this.opts.maxLookups) throw new LookupOverloadedError();
     const budget = this.opts.budget;
     const spend = budget?.spend(name);

@@ -11,11 +11,15 @@ import { formatIPv4, type IPv4 } from '../../netstack/addr.js';
 import type { Decision, EgressPolicy, FlowInput } from '../../sni/policy.js';
 import type { PinTable } from '../../sni/pins.js';
 import type { DecisionLog, DecisionRecord } from './decision-log.js';
+import type { AskGate } from './ask-gate.js';
+import type { AskOutcome } from './ask-table.js';
 import type { DialTargets } from './dial-targets.js';
 import type { ByteBudgets } from '../traffic/byte-budgets.js';
 
+import type { Injector } from '../inject/interceptor.js';
+
 /** The proto of a flow's decision record: 'quic' for a UDP flow read by its QUIC Initial. */
-export type FlowProto = 'tcp' | 'udp' | 'quic';
+export type FlowProto = 'tcp' | 'udp' | 'quic' | 'icmp';
 
 /** enforce: refusals are refused. audit: everything flows and each refusal is recorded as 'would-block'. */
 export type EgressMode = 'enforce' | 'audit';
@@ -34,6 +38,8 @@ export interface EgressOptions {
   refusalDetails: boolean;
   /** Refuse TLS ClientHellos that carry encrypted_client_hello (reason 'ech'), GREASE ECH included. */
   refuseEch?: boolean;
+  /** Credential injection (src/inject/): connections to a host with an --inject rule are intercepted. */
+  injector?: Injector;
 }
 
 export const DEFAULT_EGRESS_OPTIONS: Readonly<EgressOptions> = Object.freeze({
@@ -76,9 +82,18 @@ export interface InFlight {
 export type Recheck = { keep: true } | { keep: false; id: string; reason: string };
 const KEEP: Recheck = Object.freeze({ keep: true });
 
+/** The fields an asked request's decision record carries (DecisionRecord.asked, answeredBy, askId). */
+export type AskMark = Pick<DecisionRecord, 'asked' | 'answeredBy' | 'askId'>;
+
+export function askMark(o: AskOutcome): AskMark {
+  return { asked: true, ...(o.by === null ? {} : { answeredBy: o.by }), ...(o.id === null ? {} : { askId: o.id }) };
+}
+
 export class Egress {
   private current: EgressPolicy;
   private generation = 0;
+  /** Ask mode (--on-unlisted ask): where a request for an unlisted name waits; undefined: refuse. */
+  ask: AskGate | undefined;
 
   constructor(
     policy: EgressPolicy,
@@ -95,6 +110,20 @@ export class Egress {
   /** Audit mode: callers let refused flows through (link-local excepted) after recording them. */
   get audit(): boolean {
     return this.options.mode === 'audit';
+  }
+
+  /**
+   * Ask mode: is this refusal one to ask about? Only a name no rule covers
+   * (never an address, a bad name, link-local or rebinding), and never in
+   * audit mode (which lets it through anyway).
+   */
+  askable(d: Decision): d is Extract<Decision, { verdict: 'block' }> & { name: string } {
+    return this.ask !== undefined && !this.audit && d.verdict === 'block' && d.reason === 'name-not-allowed' && d.name !== null;
+  }
+
+  /** Ask mode's allow-once: this request (only) goes to `name`, dialed by name like any name the rules allow. */
+  askedOnce(name: string): Extract<Decision, { verdict: 'allow' }> {
+    return { verdict: 'allow', reason: 'asked-once', rule: null, name, dial: { kind: 'name', name } };
   }
 
   get policy(): EgressPolicy {
@@ -217,7 +246,7 @@ export class Egress {
   }
 
   /** Decision for a fresh flow from the guest (no bytes seen yet). */
-  decideFlow(proto: 'tcp' | 'udp', dst: IPv4, port: number): Decision {
+  decideFlow(proto: 'tcp' | 'udp' | 'icmp', dst: IPv4, port: number): Decision {
     return this.decide({ proto, dst: formatIPv4(dst), port });
   }
 
@@ -230,7 +259,7 @@ export class Egress {
   }
 
   /** Logs a decision (rate-limited per destination) and returns its id. `ech`: for TLS flows. */
-  record(decision: Decision, proto: FlowProto, dst: string, port: number, via: string | null, detail?: string, ech?: boolean): string {
+  record(decision: Decision, proto: FlowProto, dst: string, port: number, via: string | null, detail?: string, ech?: boolean, mark?: AskMark): string {
     const id = this.decisions.nextId();
     const r: DecisionRecord = {
       id,
@@ -243,6 +272,7 @@ export class Egress {
       via,
       ...(detail !== undefined ? { detail } : decision.verdict === 'block' && decision.detail !== undefined ? { detail: decision.detail } : {}),
       ...(ech !== undefined ? { ech } : {}),
+      ...mark,
     };
     this.decisions.record(r);
     return id;
@@ -253,12 +283,13 @@ export class Egress {
   }
 
   /** Logs a refusal decided outside the policy (peek timeout, unreadable first bytes...). */
-  recordBlock(reason: string, proto: FlowProto, dst: string, port: number, name: string | null, via: string | null, detail?: string, ech?: boolean): string {
+  recordBlock(reason: string, proto: FlowProto, dst: string, port: number, name: string | null, via: string | null, detail?: string, ech?: boolean, mark?: AskMark): string {
     const id = this.decisions.nextId();
     this.decisions.record({
       id, decision: this.refusedVerdict(), reason, rule: null, proto, dst: `${dst}:${port}`, name, via,
       ...(detail !== undefined ? { detail } : {}),
       ...(ech !== undefined ? { ech } : {}),
+      ...mark,
     });
     return id;
   }

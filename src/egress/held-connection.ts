@@ -23,6 +23,10 @@
  * The held bytes go through that watch too, so a request pipelined behind
  * the first in the same segment is checked like any other.
  *
+ * A TLS flow the policy allowed to a host with an --inject rule is not piped:
+ * it is handed to the interceptor (src/inject/), which terminates the guest's
+ * TLS and injects the secret; it stays in the held table until it ends.
+ *
  * With `refuseEch`, a ClientHello carrying encrypted_client_hello is refused
  * (reason 'ech'); every TLS decision records `ech`.
  *
@@ -33,6 +37,10 @@
  * Every outcome is one decision record; refusals carry its id to the client.
  */
 import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import { GuestStream } from '../inject/guest-stream.js';
+import type { Injector } from '../inject/interceptor.js';
+import { injectionReporter } from '../inject/records.js';
 import { canonicalHostname } from '../../dns/rules.js';
 import type { SynInfo, TcpCloseReason, TcpHandlers, TcpSocket } from '../../netstack/api.js';
 import { formatIPv4 } from '../../netstack/addr.js';
@@ -42,7 +50,7 @@ import type { Logger } from '../log.js';
 import type { DialAdmission, FlowTag } from '../nat/tcp-flows.js';
 import { LiveLookupRefusedError } from './dial-targets.js';
 import type { FlowInspector } from '../nat/tcp-pipe.js';
-import type { Egress, InFlight } from './egress.js';
+import { askMark, type Egress, type InFlight } from './egress.js';
 import { FlowWatch } from './flow-watch.js';
 import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from './refusals.js';
 
@@ -54,7 +62,8 @@ export interface HeldConnectionHost {
   adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit: DialAdmission, inspector?: FlowInspector, tag?: FlowTag): TcpHandlers;
 }
 
-type State = 'peeking' | 'dialing' | 'piped' | 'refusing' | 'closed';
+/** asking: named, refused by the rules, waiting on ask mode's pending decision (guest paused). intercepted: handed to the credential injector (src/inject/). */
+type State = 'peeking' | 'asking' | 'dialing' | 'piped' | 'intercepted' | 'refusing' | 'closed';
 
 export class HeldConnection {
   readonly handlers: TcpHandlers;
@@ -71,6 +80,12 @@ export class HeldConnection {
   private ech: boolean | undefined;
   /** The protocol whose name the peek read: the piped flow is watched in it (not set for unreadable first bytes). */
   private named: 'tls' | 'http' | null = null;
+  /** The ALPN protocols the ClientHello offered (an intercepted connection offers them upstream). */
+  private alpn: string[] = [];
+  /** The policy allowed the peeked name (not audit mode letting a refusal through): only then may a secret be injected. */
+  private allowed = false;
+  /** Tears down an intercepted connection (src/inject/). */
+  private stopIntercept: (() => void) | undefined;
   /**
    * What was decided: set when the policy allowed the peeked name, or when
    * audit mode let a refused connection through. Re-decided if the
@@ -78,6 +93,8 @@ export class HeldConnection {
    * once piped.
    */
   private inFlight: InFlight | undefined;
+  /** Aborted when the guest goes away while asking: its wait on the pending decision ends. */
+  private asking: AbortController | undefined;
 
   constructor(
     private readonly syn: SynInfo,
@@ -124,6 +141,8 @@ export class HeldConnection {
       this.egress.record(d, 'tcp', this.dst, this.syn.dstPort, null, 'allowlist changed while held for its name');
     } else if (this.state === 'dialing' && this.inFlight !== undefined) {
       if (this.egress.recheck(this.inFlight, 'while dialing').keep) return true;
+    } else if (this.state === 'intercepted' && this.inFlight !== undefined) {
+      if (this.egress.recheck(this.inFlight, 'while open').keep) return true;
     } else return true;
     this.tcp?.abort();
     this.finish();
@@ -179,6 +198,7 @@ export class HeldConnection {
       case 'name': {
         const via = r.protocol === 'tls' ? 'sni' : 'host';
         this.named = r.protocol;
+        this.alpn = r.alpn;
         if (r.protocol === 'tls') this.ech = r.ech;
         if (r.ech && this.egress.options.refuseEch === true) {
           const id = this.egress.recordBlock('ech', 'tcp', this.dst, this.syn.dstPort, r.name === null ? null : canonicalOr(r.name), via, 'the ClientHello carries encrypted_client_hello', true);
@@ -193,7 +213,12 @@ export class HeldConnection {
   }
 
   private decided(d: Decision, via: 'sni' | 'host', protocol: 'tls' | 'http', name: string | null): void {
+    if (this.egress.askable(d)) {
+      void this.ask(d.name, via, protocol, name);
+      return;
+    }
     if (d.verdict === 'allow') {
+      this.allowed = true;
       this.egress.record(d, 'tcp', this.dst, this.syn.dstPort, via, undefined, this.ech);
       void this.dial(d, protocol, via);
       return;
@@ -210,6 +235,38 @@ export class HeldConnection {
       this.ech,
     );
     this.refuse(id, protocol, name, d.verdict === 'block' ? d.reason : 'no-name');
+  }
+
+  /**
+   * Ask mode: the name is unlisted; hold the connection (guest paused, no
+   * peek timeout) until a verdict. allow-name re-decides under the rules
+   * that now name it; allow-once dials this connection only; a refusal
+   * answers as any refusal does. One decision record, marked asked.
+   */
+  private async ask(canonical: string, via: 'sni' | 'host', protocol: 'tls' | 'http', name: string | null): Promise<void> {
+    this.state = 'asking';
+    this.clearTimer();
+    this.tcp?.pause();
+    const port = this.syn.dstPort;
+    this.asking = new AbortController();
+    const o = await this.egress.ask!.ask({ name: canonical, proto: 'tcp', port, dst: this.dst, via }, this.asking.signal);
+    if (this.state !== 'asking') return;
+    const mark = askMark(o);
+    if (!o.allow) {
+      const id = this.egress.recordBlock(o.reason, 'tcp', this.dst, port, canonical, via, o.detail, this.ech, mark);
+      this.refuse(id, protocol, name, o.reason);
+      return;
+    }
+    const d = o.verdict === 'allow-once' ? this.egress.askedOnce(canonical) : this.egress.decide({ proto: 'tcp', dst: this.dst, port, peeked: { via, name } });
+    if (d.verdict === 'allow') {
+      this.egress.record(d, 'tcp', this.dst, port, via, undefined, this.ech, mark);
+      void this.dial(d, protocol, via);
+      return;
+    }
+    // allow-name, but a reload since took the name away again: refused under the rules as they are.
+    const refusal = d.verdict === 'block' ? d : ({ verdict: 'block', reason: 'no-name', rule: null, name: canonical } as const);
+    const id = this.egress.record(refusal, 'tcp', this.dst, port, via, undefined, this.ech, mark);
+    this.refuse(id, protocol, name, refusal.reason);
   }
 
   // --- dialing ---------------------------------------------------------
@@ -312,6 +369,12 @@ export class HeldConnection {
       this.finish();
       return;
     }
+    // A host with an --inject rule: Moat terminates the guest's TLS and injects (src/inject/) instead of piping.
+    const injector = this.egress.options.injector;
+    if (injector !== undefined && this.allowed && this.named === 'tls' && name !== null && injector.rulesFor(name, port).length > 0) {
+      void this.intercept(socket, name, addresses, injector);
+      return;
+    }
     // The pipe takes over; the bytes that named the destination go first, through its watch like all later ones.
     const watch = this.named === null ? undefined : new FlowWatch(this.named, this.egress, { dst: this.dst, port });
     this.state = 'piped';
@@ -326,6 +389,55 @@ export class HeldConnection {
     if (this.guestEnded) pipe.onEnd();
     // A watch that holds the guest (an upgrade waiting for the server) or refused it resumes it itself, or never.
     if (watch === undefined || (!watch.holding && watch.refusal === null)) this.tcp.resume();
+  }
+
+  // --- intercepting (credential injection) ------------------------------
+
+  /**
+   * The upstream TLS first (verified; a failure refuses the guest with a TLS
+   * alert and a record, reason upstream-tls), then the guest's bytes (the
+   * held ClientHello first) go to the interceptor through a GuestStream.
+   * The connection stays in the held table (it counts against maxHeld and is
+   * closed with the NAT) until it ends.
+   */
+  private async intercept(raw: Socket, name: string, addresses: readonly string[], injector: Injector): Promise<void> {
+    const port = this.syn.dstPort;
+    let up: TLSSocket;
+    try {
+      up = await injector.connectUpstream(raw, name, this.alpn);
+    } catch (err) {
+      if (this.state !== 'dialing') return;
+      const id = this.egress.recordBlock('upstream-tls', 'tcp', this.dst, port, name, 'sni', (err as Error).message.slice(0, 300), this.ech);
+      // Never intercepted again: audit mode lets the refused connection through end to end, without the value.
+      this.allowed = false;
+      this.refuse(id, 'tls', name, 'upstream-tls');
+      return;
+    }
+    if (this.state !== 'dialing' || this.tcp === undefined) {
+      up.destroy();
+      return;
+    }
+    this.state = 'intercepted';
+    const guest = new GuestStream(this.tcp);
+    this.pipe = guest.handlers;
+    const held = this.held.splice(0);
+    this.heldBytes = 0;
+    for (const chunk of held) guest.handlers.onData(chunk);
+    if (this.guestEnded) guest.handlers.onEnd();
+    this.stopIntercept = injector.serve(
+      guest,
+      up,
+      {
+        host: name,
+        port,
+        // A new upstream connection (the server closed the kept-alive one) is decided again under the current rules.
+        dial: async () => {
+          if (this.inFlight !== undefined && !this.egress.recheck(this.inFlight, 'while open').keep) throw new Error('the allowlist no longer allows this host');
+          return this.host.connectFirst(addresses, port);
+        },
+      },
+      injectionReporter(this.egress, this.dst, port, name, 'sni', () => this.finish()),
+    );
   }
 
   // --- refusing --------------------------------------------------------
@@ -376,6 +488,8 @@ export class HeldConnection {
     if (this.state === 'closed') return;
     const wasPiped = this.state === 'piped';
     this.state = 'closed';
+    this.asking?.abort();
+    this.stopIntercept?.();
     this.clearTimer();
     this.held.length = 0;
     this.heldBytes = 0;

@@ -11,10 +11,12 @@
  *
  * The GatewayDns (src/gateway-dns.ts) is the forwarder of src/dns-forward.ts
  * unless the caller hands in another one (the allowlist's responder).
- *   ICMP  not forwarded: echo to a non-virtual address needs an ICMP socket,
- *         which Node cannot open (no SOCK_DGRAM/IPPROTO_ICMP in node:dgram),
- *         and faking replies would lie about reachability. Dropped and
- *         counted. (The stack itself answers echo for its virtual addresses.)
+ *   ICMP  echo requests to a host address go through the ICMP ping socket
+ *         moat-shim handed over (--icmp-fd; icmp-echo.ts), decided like a
+ *         UDP flow, rate-limited and bounded; without the socket they are
+ *         dropped and counted (Node cannot open one, and faking replies
+ *         would lie about reachability). Other ICMP is dropped and counted.
+ *         (The stack itself answers echo for its virtual addresses.)
  *
  * What is refused (RST for TCP, silent drop for UDP): see destination.ts.
  *
@@ -42,6 +44,7 @@ import { describe, UdpFlowTable, type UdpFlowStats } from './udp-flows.js';
 import { DEFAULT_QUIC_FLOW_OPTIONS, QuicFlows, type QuicFlowStats } from './quic-flows.js';
 import { looksLikeQuicInitial } from '../../sni/quic-initial.js';
 import { RateLimiter, type RateLimiterStats } from '../traffic/rate-limiter.js';
+import { DEFAULT_ICMP_ECHO_TIMEOUT_MS, ICMP_ECHO_REQUEST, IcmpEcho, type IcmpEchoStats } from './icmp-echo.js';
 
 export { DEFAULT_NAT_OPTIONS, natOptions, type NatOptions, type DnsUpstream } from './options.js';
 export { classifyDestination, type Destination, type DestinationRefusal } from './destination.js';
@@ -67,7 +70,10 @@ export interface NatStats {
   udp: UdpFlowStats;
   dns: GatewayDnsStats;
   udpRefused: number;
+  /** ICMP from the guest that is not forwarded (not an echo request, or an echo that was not sent: see icmpEcho). */
   icmpDropped: number;
+  /** Echo requests beyond the gateway (icmp-echo.ts). */
+  icmpEcho: IcmpEchoStats;
   /** Connections held for their SNI/Host right now, and the bytes they hold. */
   held: number;
   heldBytes: number;
@@ -107,6 +113,7 @@ export class Nat implements GatewayUdpClaims {
   private readonly held = new Set<HeldConnection>();
   private readonly quic: QuicFlows | undefined;
   private readonly rate: { egress?: RateLimiter | undefined; ingress?: RateLimiter | undefined } | undefined;
+  private readonly echo: IcmpEcho;
   private closed = false;
 
   /**
@@ -123,12 +130,12 @@ export class Nat implements GatewayUdpClaims {
     if (dns === undefined && this.options.dnsUpstreams.length === 0) this.options.dnsUpstreams = systemUpstreams();
     this.budget = this.options.totalBufferBytes > 0 ? new BufferBudget(this.options.totalBufferBytes) : undefined;
     const onLimit = this.options.onLimit;
-    const now = (): number => performance.now();
+    const rateNow = this.options.now ?? ((): number => performance.now());
     const { rateEgress, rateIngress } = this.options;
     this.rate =
       rateEgress === undefined && rateIngress === undefined
         ? undefined
-        : { egress: rateEgress && new RateLimiter(rateEgress, now), ingress: rateIngress && new RateLimiter(rateIngress, now) };
+        : { egress: rateEgress && new RateLimiter(rateEgress, rateNow), ingress: rateIngress && new RateLimiter(rateIngress, rateNow) };
     // Byte budgets per rule live in the allowlist (reloaded with it); a flow cut by one is recorded as a refusal naming the rule.
     const budgets = egress?.budgets;
     this.tcp = new TcpFlowTable(
@@ -186,8 +193,14 @@ export class Nat implements GatewayUdpClaims {
         log,
       );
     }
+    const now = this.options.now ?? (() => performance.now());
+    this.echo = new IcmpEcho(
+      this.options.pingSocket,
+      { maxOutstanding: this.options.maxIcmpEcho, perSecond: this.options.icmpEchoPerSec, timeoutMs: DEFAULT_ICMP_ECHO_TIMEOUT_MS, now },
+      (from, to, icmp) => this.stack?.sendIcmp(from, to, icmp),
+    );
     // Without an allowlist the gateway still answers its own names (as gvproxy does) and forwards the rest.
-    this.dns =
+    const gatewayDns =
       dns ??
       new BuiltinNamesDns(
         new DnsForwarder(
@@ -200,6 +213,7 @@ export class Nat implements GatewayUdpClaims {
         ),
         { gatewayIpv4: formatIPv4(this.options.gatewayIp), hostAliasIpv4: formatIPv4(this.options.hostIp) },
       );
+    this.dns = this.options.wrapDns ? this.options.wrapDns(gatewayDns) : gatewayDns;
   }
 
   /** The stack whose flows this NAT serves (replies are sent through it). */
@@ -367,8 +381,40 @@ export class Nat implements GatewayUdpClaims {
     return false;
   }
 
-  onIcmp(_src: IPv4, _dst: IPv4, _icmp: Uint8Array): void {
-    this.icmpDropped++;
+  /**
+   * ICMP from the guest to an address the stack does not answer itself.
+   * An echo request is decided like a UDP flow (destination refusals, then
+   * the egress policy: an IP rule without a port), then forwarded through
+   * the ping socket; everything else is dropped. Every drop is counted.
+   */
+  onIcmp(src: IPv4, dst: IPv4, icmp: Uint8Array): void {
+    if (this.closed || icmp.length < 8 || icmp[0] !== ICMP_ECHO_REQUEST || icmp[1] !== 0) {
+      this.icmpDropped++;
+      return;
+    }
+    const dest = classifyDestination(dst, this.destinationRules());
+    if (dest.kind !== 'host' || dest.address !== formatIPv4(dst)) {
+      // Refused ranges, the gateway's other addresses; the host alias (127.0.0.1) is answered by the stack.
+      this.echo.refused();
+      this.icmpDropped++;
+      return;
+    }
+    const egress = this.egress;
+    if (egress !== undefined) {
+      const d = egress.decideFlow('icmp', dst, 0);
+      egress.record(d, 'icmp', dest.address, 0, null);
+      const letThrough = d.verdict === 'allow' || (egress.audit && d.verdict === 'block' && d.reason !== 'link-local');
+      if (!letThrough) {
+        this.echo.refused();
+        this.icmpDropped++;
+        return;
+      }
+    }
+    const why = this.echo.request(src, dst, dest.address, icmp);
+    if (why !== undefined) {
+      this.icmpDropped++;
+      if (why !== 'unavailable') this.options.onLimit?.(why === 'rate-limited' ? 'icmpEchoRate' : 'icmpEcho', { dst: dest.address });
+    }
   }
 
   claimGatewayUdp(port: number, handler: GatewayUdpHandler): () => void {
@@ -411,12 +457,14 @@ export class Nat implements GatewayUdpClaims {
     this.tcp.closeAll();
     this.quic?.closeAll();
     this.udp.closeAll();
+    this.echo.reset();
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     this.resetGuest();
+    this.echo.close();
     this.budget?.close();
     this.rate?.egress?.close();
     this.rate?.ingress?.close();
@@ -432,6 +480,7 @@ export class Nat implements GatewayUdpClaims {
       dns: this.dns.stats(),
       udpRefused: this.udpRefused,
       icmpDropped: this.icmpDropped,
+      icmpEcho: this.echo.stats(),
       held: this.held.size,
       heldBytes: [...this.held].reduce((n, h) => n + h.bufferedBytes, 0),
       heldRefused: this.heldRefused,

@@ -1,7 +1,9 @@
+import type { GatewayDns } from '../gateway-dns.js';
 import type { NetConnectOpts, Socket } from 'node:net';
 import { ipv4, type IPv4 } from '../../netstack/addr.js';
 import type { QuicFlowOptions } from './quic-flows.js';
 import type { RateLimitSpec } from '../traffic/rate-limiter.js';
+import type { PingSocket } from './icmp-echo.js';
 
 /** An upstream DNS resolver on the host side. */
 export interface DnsUpstream {
@@ -54,8 +56,18 @@ export interface NatOptions {
    * logs at most one line per interval. Without it refusals are logged at debug.
    */
   onLimit?: (limit: string, fields: Record<string, unknown>) => void;
+  /** Puts a layer in front of the gateway's DNS, whichever it is (the API's run-time records: src/local-zones-dns.ts). */
+  wrapDns?: (dns: GatewayDns) => GatewayDns;
   /** With an egress policy: UDP flows held for the name in their QUIC Initial (src/nat/quic-flows.ts); defaults there. */
   quic?: Partial<Omit<QuicFlowOptions, 'onLimit'>>;
+  /** The ICMP ping socket echo beyond the gateway goes through (--icmp-fd); without it such echo is dropped, counted 'unavailable'. */
+  pingSocket?: PingSocket;
+  /** Echo requests awaiting a reply at once (--max-icmp-echo). */
+  maxIcmpEcho: number;
+  /** Echo requests forwarded per second, burst the same (--icmp-echo-per-sec). */
+  icmpEchoPerSec: number;
+  /** Monotonic milliseconds (the echo rate and expiry); default performance.now. */
+  now?: () => number;
   /**
    * How host TCP sockets are opened (default: node:net connect). Tests
    * replace it to prove where a flow would be dialed without dialing it.
@@ -85,6 +97,8 @@ export const DEFAULT_NAT_OPTIONS: Readonly<NatOptions> = Object.freeze({
   perFlowBufferBytes: 256 * 1024,
   totalBufferBytes: 64 * 1024 * 1024,
   maxHeldConnections: 0,
+  maxIcmpEcho: 64,
+  icmpEchoPerSec: 20,
 });
 
 /** Fills the gaps of a partial options object with the defaults (dnsUpstreams empty = read /etc/resolv.conf). */

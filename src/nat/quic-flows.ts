@@ -39,7 +39,7 @@ import type { FourTuple, UdpDatagram } from '../../netstack/api.js';
 import { longHeaderDcid, looksLikeQuicInitial, QuicInitialReader, type QuicInitialResult, type QuicVersionName } from '../../sni/quic-initial.js';
 import type { Decision } from '../../sni/policy.js';
 import { LiveLookupRefusedError } from '../egress/dial-targets.js';
-import type { Egress, InFlight } from '../egress/egress.js';
+import { askMark, type AskMark, type Egress, type InFlight } from '../egress/egress.js';
 import { nodeQuicCrypto } from '../egress/quic-crypto.js';
 import type { Logger } from '../log.js';
 import { udpFlowKey, type UdpFlowTable } from './udp-flows.js';
@@ -64,7 +64,8 @@ export const DEFAULT_QUIC_FLOW_OPTIONS: Readonly<QuicFlowOptions> = Object.freez
   holdMs: 3_000,
 });
 
-type HoldState = 'reading' | 'resolving' | 'refused';
+/** asking: named, unlisted, waiting on ask mode's pending decision (--on-unlisted ask). */
+type HoldState = 'reading' | 'asking' | 'resolving' | 'refused';
 
 interface Held {
   readonly key: string;
@@ -80,6 +81,8 @@ interface Held {
   inFlight?: InFlight;
   /** Re-reading an allowed flow's new Initial: the name it was allowed for. */
   rewatch?: { name: string; dcid: Uint8Array };
+  /** Asking: aborted when the hold ends first (its wait on the decision ends). */
+  asking?: AbortController;
 }
 
 /** What an allowed flow keeps: its name, the DCID it was decided by, what to re-decide on a reload. */
@@ -236,8 +239,8 @@ export class QuicFlows {
 
   private hold(h: Held, payload: Uint8Array): void {
     if (h.state === 'refused') return; // its retransmissions: dropped silently until the hold time ends
-    if (h.state === 'resolving') {
-      // Still bounded while the name resolves: the rest waits with the first ones.
+    if (h.state === 'resolving' || h.state === 'asking') {
+      // Still bounded while the name resolves (or a verdict is awaited): the rest waits with the first ones.
       if (h.datagrams.length < this.opts.holdDatagrams && h.bytes + payload.length <= this.opts.holdBytes) {
         h.datagrams.push(Buffer.from(payload));
         h.bytes += payload.length;
@@ -291,17 +294,46 @@ export class QuicFlows {
     }
   }
 
-  private decided(h: Held, d: Decision, name: string | null, dcid: Uint8Array, ech: boolean, version: QuicVersionName): void {
+  private decided(h: Held, d: Decision, name: string | null, dcid: Uint8Array, ech: boolean, version: QuicVersionName, mark?: AskMark): void {
     const port = h.tuple.dstPort;
+    if (mark === undefined && h.rewatch === undefined && this.egress.askable(d)) {
+      void this.ask(h, d.name, name, dcid, ech, version);
+      return;
+    }
     if (d.verdict === 'allow') {
-      this.egress.record(d, 'quic', h.dst, port, 'quic', undefined, ech);
+      this.egress.record(d, 'quic', h.dst, port, 'quic', undefined, ech, mark);
       const bytes = h.reader.helloBytes;
       void this.dial(h, d, dcid, bytes === null ? null : { bytes, version });
       return;
     }
     const record: Decision = d.verdict === 'block' ? (d.name === null && name !== null ? { ...d, name: canonicalOr(name) } : d) : { verdict: 'block', reason: 'no-name', rule: null, name };
-    const id = this.egress.record(record, 'quic', h.dst, port, 'quic', undefined, ech);
+    const id = this.egress.record(record, 'quic', h.dst, port, 'quic', undefined, ech, mark);
     this.refuse(h, id, name, d.verdict === 'block' && d.reason === 'link-local');
+  }
+
+  /**
+   * Ask mode: the flow's name is unlisted; its datagrams stay held (bounded
+   * as while resolving) until a verdict, then it is decided again: allow-name
+   * under the rules that now name it, allow-once as this flow only. A
+   * refusal swallows its retransmissions for the hold time, as any refusal.
+   */
+  private async ask(h: Held, canonical: string, name: string | null, dcid: Uint8Array, ech: boolean, version: QuicVersionName): Promise<void> {
+    const port = h.tuple.dstPort;
+    h.state = 'asking';
+    clearTimeout(h.timer); // the wait is the decision's (--ask-timeout-ms), not the hold's
+    h.asking = new AbortController();
+    const o = await this.egress.ask!.ask({ name: canonical, proto: 'quic', port, dst: h.dst, via: 'quic' }, h.asking.signal);
+    if (this.held.get(h.key) !== h || h.state !== 'asking') return;
+    h.state = 'reading';
+    h.timer = setTimeout(() => this.timedOut(h), this.opts.holdMs);
+    h.timer.unref();
+    const mark = askMark(o);
+    if (!o.allow) {
+      this.refuse(h, this.egress.recordBlock(o.reason, 'quic', h.dst, port, canonical, 'quic', o.detail, ech, mark), name);
+      return;
+    }
+    const d = o.verdict === 'allow-once' ? this.egress.askedOnce(canonical) : this.egress.decide({ proto: 'udp', dst: h.dst, port, peeked: { via: 'quic', name } });
+    this.decided(h, d, name, dcid, ech, version, mark);
   }
 
   private async dial(h: Held, d: Extract<Decision, { verdict: 'allow' }>, dcid: Uint8Array | null, hello: Allowed['hello']): Promise<void> {
@@ -406,6 +438,7 @@ export class QuicFlows {
   /** Out of the hold table (the datagrams stay with the caller). */
   private finishHold(h: Held): void {
     clearTimeout(h.timer);
+    h.asking?.abort();
     if (this.held.get(h.key) === h) this.held.delete(h.key);
   }
 

@@ -19,9 +19,11 @@ import {
   NODE_CONFIG_IO,
   parseAdmitResolved,
   parseDecisionLog,
+  parseInjectFlagsOf,
   parseLiveLookupFlags,
   parseLogSettings,
   parseMode,
+  parseAskFlagsOrThrow,
   parseListenUrl,
   parsePeekTimeout,
   parseRefuseEch,
@@ -33,6 +35,12 @@ import {
 } from '../config.js';
 import { parseHostPort } from '../port-forwards.js';
 import { LIVE_LOOKUP_FLAG_NAMES, type LiveLookupSettings } from '../allowlist/live-lookup-flags.js';
+import { ASK_FLAG_NAMES } from '../egress/ask-flags.js';
+import type { AskSettings } from '../egress/ask-gate.js';
+
+const askOf = (ask: AskSettings | undefined): { ask?: AskSettings } => (ask === undefined ? {} : { ask });
+import { INJECT_FLAG_NAMES } from '../inject/flags.js';
+import type { InjectSettings } from '../inject/interceptor.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from '../log-flags.js';
 import { parseTrafficFlags, trafficFlagDocs, type TrafficSettings } from '../traffic/flags.js';
 import { ProxyCredentials } from './auth.js';
@@ -73,6 +81,10 @@ export interface ProxyConfig {
   logFormat: LogFormat;
   /** The live-lookup budget of this proxy's clients together (--live-lookup-*, --no-live-lookups). */
   liveLookups: LiveLookupSettings;
+  /** Ask mode (--on-unlisted ask, --ask-timeout-ms); absent: refuse. */
+  ask?: AskSettings;
+  /** Credential injection into CONNECT tunnels to declared hosts (--secret, --inject ...); absent = none. */
+  inject?: InjectSettings;
   /** The logs' budget and the decision log's rotation (as for serve); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
   /** Rate limits per client address and byte budgets per rule (--rate-*, --budget); none when absent. */
@@ -153,7 +165,9 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
     "A refusal's 403 body also lists the allow rules (for debugging). Off, it names the host, the reason and the decision id only: the rules would tell a client what else it may reach and which wildcards are resolved live.",
   ),
   ...LIVE_LOOKUP_FLAG_NAMES.map((name) => shared(name)),
-  shared('api', 'Serve the control API on a unix socket: GET /stats, GET /healthz, GET and PUT /allowlist (replace the rules at run time).'),
+  ...ASK_FLAG_NAMES.map((name) => shared(name)),
+  ...INJECT_FLAG_NAMES.map((name) => shared(name)),
+  shared('api', 'Serve the control API on a unix socket: GET /stats, GET /healthz, GET and PUT /allowlist (replace the rules at run time), /decisions/* (--on-unlisted ask).'),
   shared('config', 'Read settings from a JSON file whose keys are these flag names ({"listen": "127.0.0.1:3128", "allow": ["github.com"]}). Flags given on the command line override it.'),
   shared('log-level'),
   shared('log-format'),
@@ -253,10 +267,16 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       logLevel,
       logFormat,
       liveLookups: parseLiveLookupFlags(raw),
+      ...askOf(parseAskFlagsOrThrow(raw, !allowAll, parseMode(raw) === 'audit')),
       logLimits,
       traffic,
+      ...injectOf(parseInjectFlagsOf(raw, io, allowlist.allow.length > 0 || allowAll)),
     },
   };
+}
+
+function injectOf(inject: InjectSettings | undefined): { inject?: InjectSettings } {
+  return inject === undefined ? {} : { inject };
 }
 
 /** HOST:PORT with an IP address host ([ADDR]:PORT for IPv6); port 0 asks for a free one. */

@@ -137,7 +137,12 @@ async function handleConnect(host: HttpProxyHost, req: IncomingMessage, socket: 
     socket.end(plainResponse(400, 'Bad Request', `CONNECT needs host:port, got ${JSON.stringify((req.url ?? '').slice(0, 200))}\n`));
     return;
   }
-  const a = await admit(host.egress(), target.host, target.port, host.log);
+  const gone = new AbortController();
+  socket.once('close', () => gone.abort());
+  // Ask mode may hold the CONNECT for seconds: read meanwhile, so that a client that gives up is seen at once.
+  const early = host.egress().ask === undefined ? undefined : readWhileDeciding(socket, gone);
+  const a = await admit(host.egress(), target.host, target.port, host.log, gone.signal);
+  const extra = early?.stop() ?? [];
   if (socket.destroyed) return;
   if (!a.ok) {
     host.counters.refused++;
@@ -145,7 +150,39 @@ async function handleConnect(host: HttpProxyHost, req: IncomingMessage, socket: 
     return;
   }
   socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-  host.openTunnel(socket, a, head);
+  host.openTunnel(socket, a, extra.length === 0 ? head : Buffer.concat([head, ...extra]));
+}
+
+/** Bytes a CONNECT client may send before its answer (a client speaking early); beyond, it is closed. */
+const MAX_EARLY_BYTES = 64 * 1024;
+
+/**
+ * Reads a CONNECT client's socket while its target is decided: its end (the
+ * client gave up) ends the wait, and what it sent early is kept (bounded)
+ * for the tunnel. stop() must run in the same turn as the tunnel's start,
+ * so that no byte falls between the two listeners.
+ */
+function readWhileDeciding(socket: Socket, gone: AbortController): { stop(): Buffer[] } {
+  const chunks: Buffer[] = [];
+  let bytes = 0;
+  const onData = (d: Buffer): void => {
+    bytes += d.length;
+    if (bytes > MAX_EARLY_BYTES) socket.destroy();
+    else chunks.push(d);
+  };
+  const onEnd = (): void => {
+    gone.abort();
+    socket.destroy();
+  };
+  socket.on('data', onData);
+  socket.once('end', onEnd);
+  return {
+    stop: () => {
+      socket.off('data', onData);
+      socket.off('end', onEnd);
+      return chunks;
+    },
+  };
 }
 
 async function handleRequest(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -188,7 +225,9 @@ async function handleRequest(host: HttpProxyHost, agents: ProxyAgents, req: Inco
     return;
   }
   const port = url.port === '' ? 80 : Number(url.port);
-  const a = await admit(host.egress(), url.hostname, port, host.log);
+  const gone = new AbortController();
+  res.once('close', () => gone.abort());
+  const a = await admit(host.egress(), url.hostname, port, host.log, gone.signal);
   if (!a.ok) {
     host.counters.refused++;
     sendRefusal(res, refusalBytes(host.egress(), a, url.hostname));

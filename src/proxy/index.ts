@@ -27,6 +27,8 @@ import type { Logger } from '../log.js';
 import { TcpFlowTable } from '../nat/tcp-flows.js';
 import { UnavailablePortForwards } from '../network.js';
 import type { ProxyConfig } from './config.js';
+import type { AskCallback, AskGate } from '../egress/ask-gate.js';
+import { unansweredAskWarning } from '../egress/ask-flags.js';
 import { AuthFailureLog } from './auth.js';
 import { exposureWarnings } from './exposure.js';
 import { createHttpProxy } from './http-proxy.js';
@@ -54,6 +56,8 @@ export const DEFAULT_PROXY_DEPS: ProxyDeps = {
 };
 
 export interface ProxyStats {
+  /** Credential injection (--inject): tunnels intercepted, open now, leaf certificates cached and issued. */
+  inject?: { intercepted: number; open: number; leaves: number; leavesIssued: number };
   connects: number;
   socksConnects: number;
   requests: number;
@@ -73,6 +77,8 @@ export interface ProxyStats {
   liveBudget: LiveBudgetStats & { enabled: boolean };
   /** What the main log's and the decision log's budgets wrote and held back (as serve's /stats.logs). */
   logs: Record<string, unknown>;
+  /** Ask mode's pending decisions and verdicts (--on-unlisted ask only). */
+  ask?: ReturnType<AskGate['stats']>;
 }
 
 export interface RunningProxy {
@@ -93,7 +99,7 @@ export interface RunningProxy {
 /** Placeholder addresses for the runtime's unused DNS half and the policy's guest range (serve's defaults). */
 const PROXY_NETWORK = { network: DEFAULT_SUBNET.split('/')[0]!, prefix: Number(DEFAULT_SUBNET.split('/')[1]) };
 
-export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial<ProxyDeps> = {}, options: { signal?: AbortSignal } = {}): Promise<RunningProxy> {
+export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial<ProxyDeps> = {}, options: { signal?: AbortSignal; ask?: AskCallback } = {}): Promise<RunningProxy> {
   const d: ProxyDeps = { ...DEFAULT_PROXY_DEPS, ...deps };
   log.info('moat proxy starting', describeProxyConfig(config));
   const closers: (() => Promise<void> | void)[] = [];
@@ -108,6 +114,9 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
   };
   try {
     const logLimits = config.logLimits ?? DEFAULT_LOG_LIMITS;
+    // The CA first: a bad --state-dir stops start-up before anything is resolved or opened.
+    const injectModule = config.inject === undefined ? undefined : await import('../inject/index.js');
+    const injector = config.inject === undefined || injectModule === undefined ? undefined : injectModule.startInjector(config.inject, log);
     const sink = config.decisionLog === undefined ? undefined : await openDecisionLog(config.decisionLog, logLimits.decisionLogRotation, decisionFileError(log));
     if (sink) closers.push(() => new Promise<void>((r) => sink.end(r)));
     const runtime = await AllowlistRuntime.start(
@@ -121,9 +130,10 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         admitResolved: config.admitResolved,
         hostAliasExempt: false,
         allowLinkLocal: false,
-        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails, refuseEch: config.refuseEch },
+        egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails, refuseEch: config.refuseEch, ...(injector ? { injector } : {}) },
         liveLookups: config.liveLookups,
         ...(config.traffic ? { budgets: config.traffic.budgets, budgetDirection: config.traffic.budgetDirection } : {}),
+        ...(config.ask ? { ask: { settings: config.ask, ...(options.ask ? { callback: options.ask } : {}) } } : {}),
         now: d.now,
         ...(sink ? { decisionSink: sink } : {}),
         decisionBudget: logLimits.budget,
@@ -132,6 +142,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
       log,
     );
     closers.push(() => runtime.close());
+    if (config.ask !== undefined && config.apiSocket === undefined && options.ask === undefined) log.warn(unansweredAskWarning(config.ask.timeoutMs));
     const egress = runtime.egress;
 
     const flows = new TcpFlowTable({ maxFlows: Infinity, connectTimeoutMs: d.connectTimeoutMs, perFlowBufferBytes: 256 * 1024 }, log.child({ component: 'proxy' }));
@@ -216,12 +227,14 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         logs: logStats(log, egress.decisions, sink),
         ...(clientRates.enabled ? { rate: clientRates.stats() } : {}),
         ...(runtime.budgets.size > 0 ? { budgets: runtime.budgets.stats() } : {}),
+        ...(runtime.ask ? { ask: runtime.ask.stats() } : {}),
+        ...(injector ? { inject: injector.stats() } : {}),
       };
     };
 
     if (config.apiSocket !== undefined) {
       const api = new ApiServer(
-        { forwards: new UnavailablePortForwards(), leases: () => [], stats: () => ({ ...stats() }), guestConnected: () => false, allowlist },
+        { forwards: new UnavailablePortForwards(), leases: () => [], stats: () => ({ ...stats() }), guestConnected: () => false, allowlist, ...(runtime.ask ? { ask: runtime.ask } : {}), ...(injector && injectModule ? { inject: injectModule.injectControl(injector) } : {}) },
         log,
       );
       closers.push(() => api.close());
@@ -294,6 +307,7 @@ export function describeProxyConfig(c: ProxyConfig): Record<string, unknown> {
     ...(c.traffic?.rateEgress === undefined ? {} : { rateEgress: c.traffic.rateEgress }),
     ...(c.traffic?.rateIngress === undefined ? {} : { rateIngress: c.traffic.rateIngress }),
     ...(c.traffic === undefined || c.traffic.budgets.length === 0 ? {} : { budget: c.traffic.budgets, budgetDirection: c.traffic.budgetDirection }),
+    ...(c.ask === undefined ? {} : { onUnlisted: 'ask', askTimeoutMs: c.ask.timeoutMs }),
   };
 }
 

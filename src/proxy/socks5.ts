@@ -188,9 +188,13 @@ function handshake(host: Socks5Host, socket: Socket, timeoutMs: number): void {
     }
     stage = 'deciding';
     socket.pause();
+    // The handshake is complete: the wait from here is the decision's (ask mode may hold it up to --ask-timeout-ms), not the client's.
+    clearTimeout(timer);
     const rest = buf.subarray(r.used);
     const target = r.address.atyp === 'domain' ? r.address.host : r.address.host;
-    void admit(host.egress(), target, r.port, host.log).then((a) => {
+    const gone = new AbortController();
+    socket.once('close', () => gone.abort());
+    void admit(host.egress(), target, r.port, host.log, gone.signal).then((a) => {
       clearTimeout(timer);
       socket.off('data', onData);
       if (socket.destroyed) return;

@@ -23,7 +23,7 @@ import { isIP } from 'node:net';
 import { canonicalHostname } from '../../dns/rules.js';
 import type { Decision } from '../../sni/policy.js';
 import { LiveLookupRefusedError } from '../egress/dial-targets.js';
-import type { Egress, InFlight } from '../egress/egress.js';
+import { askMark, type AskMark, type Egress, type InFlight } from '../egress/egress.js';
 import type { Logger } from '../log.js';
 
 export type TargetHost = { kind: 'name'; name: string } | { kind: 'ipv4'; address: string } | { kind: 'ipv6'; address: string };
@@ -63,6 +63,8 @@ export type Admission =
       version?: number;
       /** The rule that allowed it (its bytes are charged to that rule's budget); absent for audit pass-through. */
       rule?: string | null;
+      /** Ask mode answered it (not admitted again if the rules changed meanwhile: that would ask twice). */
+      asked?: boolean;
     }
   | {
       ok: false;
@@ -72,6 +74,7 @@ export type Admission =
       reason: string;
       name: string | null;
       detail?: string;
+      asked?: boolean;
     };
 
 /**
@@ -96,15 +99,17 @@ const MAX_READMISSIONS = 2;
  * the new rules (issue 14 finding 4). The result carries the policy version
  * it was decided under, for the re-check when the dial completes (tunnel.ts).
  */
-export async function admit(egress: Egress, host: string, port: number, log: Logger): Promise<Admission> {
+export async function admit(egress: Egress, host: string, port: number, log: Logger, signal?: AbortSignal): Promise<Admission> {
   for (let i = 0; ; i++) {
     const version = egress.version;
-    const a = await admitTarget(egress, host, port, log);
+    const a = await admitTarget(egress, host, port, log, signal);
+    // An asked target was answered for this request: its own re-check at dial time covers a reload since.
+    if (a.asked === true) return a.ok ? { ...a, version: egress.version } : a;
     if (egress.version === version || i >= MAX_READMISSIONS) return a.ok ? { ...a, version } : a;
   }
 }
 
-async function admitTarget(egress: Egress, host: string, port: number, log: Logger): Promise<Admission> {
+async function admitTarget(egress: Egress, host: string, port: number, log: Logger, signal?: AbortSignal): Promise<Admission> {
   const t = classifyHost(host);
   if (t.kind === 'ipv6') {
     // The allowlist is IPv4 (sni/policy.ts): an IPv6 target cannot be decided, so it is refused.
@@ -112,7 +117,7 @@ async function admitTarget(egress: Egress, host: string, port: number, log: Logg
     return { ok: false, id, kind: 'unsupported', reason: 'ipv6-target', name: null };
   }
   if (t.kind === 'ipv4') return admitAddress(egress, t.address, port);
-  return admitName(egress, t.name, port, log);
+  return admitName(egress, t.name, port, log, signal);
 }
 
 function admitAddress(egress: Egress, address: string, port: number): Admission {
@@ -126,13 +131,31 @@ function admitAddress(egress: Egress, address: string, port: number): Admission 
   return { ok: true, id, name: null, addresses: [dial], port, peek: 'none', dst: `${address}:${port}`, rule: d.verdict === 'allow' ? d.rule : null };
 }
 
-async function admitName(egress: Egress, host: string, port: number, log: Logger): Promise<Admission> {
-  const d = egress.decideName('tcp', host, port, 'target');
+async function admitName(egress: Egress, host: string, port: number, log: Logger, signal?: AbortSignal): Promise<Admission> {
+  let d = egress.decideName('tcp', host, port, 'target');
+  let mark: AskMark | undefined;
+  if (egress.askable(d)) {
+    // Ask mode: the target waits for a verdict (its client connection stays open, nothing is dialed).
+    const o = await egress.ask!.ask({ name: d.name, proto: 'proxy', port, dst: `${d.name}:${port}`, via: 'target' }, signal);
+    mark = askMark(o);
+    if (!o.allow) {
+      const id = egress.recordBlock(o.reason, 'tcp', d.name, port, d.name, 'target', o.detail, undefined, mark);
+      return { ok: false, id, kind: 'blocked', reason: o.reason, name: d.name, asked: true, ...(o.detail !== undefined ? { detail: o.detail } : {}) };
+    }
+    // allow-name: decided again under the rules that now name it; allow-once: this target only.
+    d = o.verdict === 'allow-once' ? egress.askedOnce(d.name) : egress.decideName('tcp', host, port, 'target');
+    const a = await admitDecided(egress, d, host, port, log, mark);
+    return { ...a, asked: true };
+  }
+  return admitDecided(egress, d, host, port, log, undefined);
+}
+
+async function admitDecided(egress: Egress, d: Decision, host: string, port: number, log: Logger, mark: AskMark | undefined): Promise<Admission> {
   const shown = d.verdict !== 'peek' && d.name !== null ? d.name : host.slice(0, 256);
   if (d.verdict !== 'allow') {
     // decideName never answers 'peek'; were it to, refuse rather than hang.
     const block: Extract<Decision, { verdict: 'block' }> = d.verdict === 'block' ? d : { verdict: 'block', reason: 'no-name', rule: null, name: null };
-    const id = egress.record(block, 'tcp', shown, port, 'target');
+    const id = egress.record(block, 'tcp', shown, port, 'target', undefined, undefined, mark);
     if (egress.audit) return auditName(egress, id, host, port, log);
     return { ok: false, id, kind: 'blocked', reason: block.reason, name: block.name, ...(block.detail !== undefined ? { detail: block.detail } : {}) };
   }
@@ -159,7 +182,7 @@ async function admitName(egress: Egress, host: string, port: number, log: Logger
     if (audited.length > 0) return { ok: true, id, name, addresses: audited, port, peek: 'none', dst: `${name}:${port}` };
     return { ok: false, id, kind: 'blocked', reason: 'rebinding', name, detail };
   }
-  const id = egress.record(d, 'tcp', name, port, 'target', `dial ${admitted.join(',')}`);
+  const id = egress.record(d, 'tcp', name, port, 'target', `dial ${admitted.join(',')}`, undefined, mark);
   const peek: PeekMode = port === 80 || port === 443 ? 'required' : 'optional';
   return { ok: true, id, name, addresses: admitted, port, peek, dst: `${name}:${port}`, rule: d.rule };
 }

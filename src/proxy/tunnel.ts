@@ -25,11 +25,16 @@
  * admitted the tunnel sit between the sockets as MeteredStreams
  * (src/traffic/metered-stream.ts): over the rate a side is simply not read;
  * a spent budget resets both sides, recorded (reason budget).
+ * A TLS tunnel to a host with an --inject rule is handed to the interceptor
+ * (src/inject/) instead of being piped.
  *
  * Refusals speak the client's protocol where we can: a TLS access_denied
  * alert, an HTTP 403 (forbiddenResponse, as `moat serve`), else a close.
  */
 import type { Socket } from 'node:net';
+import type { TLSSocket } from 'node:tls';
+import type { Injector } from '../inject/interceptor.js';
+import { injectionReporter } from '../inject/records.js';
 import { canonicalHostname } from '../../dns/rules.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Egress, InFlight } from '../egress/egress.js';
@@ -94,6 +99,11 @@ export class Tunnel {
   private ech: boolean | undefined;
   /** The protocol whose name the peek read and accepted: the piped tunnel is watched in it. */
   private named: 'tls' | 'http' | null = null;
+  /** The ALPN protocols the ClientHello offered (an intercepted tunnel offers them upstream). */
+  private alpn: string[] = [];
+  private stopIntercept: (() => void) | undefined;
+  /** The upstream failed verification: in audit mode the tunnel goes through end to end, never intercepted. */
+  private injectRefused = false;
   bytesUp = 0;
   bytesDown = 0;
   /** The budget of the admitting rule, if it has one. */
@@ -138,6 +148,7 @@ export class Tunnel {
   destroy(): void {
     if (this.state === 'closed') return;
     this.state = 'closed';
+    this.stopIntercept?.();
     this.clearTimer();
     this.held.length = 0;
     this.heldBytes = 0;
@@ -238,6 +249,7 @@ export class Tunnel {
           return;
         }
         this.named = r.protocol;
+        this.alpn = r.alpn;
         void this.dial();
         return;
       }
@@ -309,6 +321,12 @@ export class Tunnel {
     }
     this.upstream = up;
     this.state = 'piped';
+    // A CONNECT to a host with an --inject rule: Moat terminates the client's TLS and injects (src/inject/).
+    const injector = this.ctx.egress.options.injector;
+    if (injector !== undefined && !this.injectRefused && this.named === 'tls' && this.plan.name !== null && injector.rulesFor(this.plan.name, this.plan.port).length > 0) {
+      void this.intercept(up, this.plan.name, injector);
+      return;
+    }
     up.on('error', () => this.destroy());
     // While answering a refusal, the client side closes itself once the answer is out (or the linger timer fires).
     up.on('close', () => (this.state === 'answering' ? undefined : this.destroy()));
@@ -339,6 +357,44 @@ export class Tunnel {
     else up.pipe(this.client);
     if (this.clientEnded) toUp.end();
     this.client.resume();
+  }
+
+  /** As HeldConnection.intercept: verified upstream TLS first (else a TLS alert, reason upstream-tls), then the held ClientHello and the rest of the client's bytes to the interceptor. */
+  private async intercept(raw: Socket, name: string, injector: Injector): Promise<void> {
+    let up: TLSSocket;
+    try {
+      up = await injector.connectUpstream(raw, name, this.alpn);
+    } catch (err) {
+      if (this.state !== 'piped') return;
+      const id = this.block('upstream-tls', name, 'sni', (err as Error).message.slice(0, 300));
+      this.injectRefused = true;
+      this.upstream = undefined;
+      this.state = 'peeking'; // refuse() answers only a tunnel not yet piped
+      this.refuse(id, 'tls', name, 'upstream-tls');
+      return;
+    }
+    if (this.state !== 'piped') {
+      up.destroy();
+      return;
+    }
+    this.upstream = up;
+    const held = this.held.splice(0);
+    this.heldBytes = 0;
+    if (held.length > 0) this.client.unshift(Buffer.concat(held));
+    this.stopIntercept = injector.serve(
+      this.client,
+      up,
+      {
+        host: name,
+        port: this.plan.port,
+        // A new upstream connection (the server closed the kept-alive one) is admitted again under the current rules.
+        dial: async () => {
+          if (!this.stillAdmitted(undefined, 'while open')) throw new Error('the allowlist no longer allows this host');
+          return this.ctx.dialer.connectFirst(this.plan.addresses, this.plan.port);
+        },
+      },
+      injectionReporter(this.ctx.egress, this.dstHost, this.plan.port, name, 'sni', () => this.destroy()),
+    );
   }
 
   /** Client -> upstream through the watch (by hand, with backpressure); upstream -> client piped. */

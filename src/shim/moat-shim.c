@@ -2,8 +2,9 @@
  * stream to Moat's unix stream socket (QEMU stream framing: u32 big-endian
  * length, then the Ethernet frame). Node cannot open those three; this can.
  *
- * What it does not do: no IFF_VNET_HDR/GSO offloads, no multiqueue, no
- * reconnecting to Moat (Moat closing ends the shim), one guest at a time. */
+ * What it does not do: no multiqueue, no reconnecting to Moat (Moat closing
+ * ends the shim), one guest at a time; virtio-net headers (offloads) and the
+ * ICMP ping socket only with tap --exec (the relay carries plain frames). */
 #define _GNU_SOURCE
 #include "shim.h"
 
@@ -21,9 +22,10 @@
 static const char usage_text[] =
     "usage:\n"
     "  moat-shim tap --dev NAME [--netns NAME|PATH] [--mtu N] --connect URL\n"
-    "  moat-shim tap --dev NAME [--netns NAME|PATH] [--mtu N] [--vnet-hdr [--offload]] --exec COMMAND [ARG...]\n"
+    "  moat-shim tap --dev NAME [--netns NAME|PATH] [--mtu N] [--vnet-hdr [--offload]] [--icmp] --exec COMMAND [ARG...]\n"
     "  moat-shim unixgram --listen PATH --connect URL\n"
     "  moat-shim vsock --port N --connect URL\n"
+    "  moat-shim icmp --exec COMMAND [ARG...]\n"
     "  moat-shim --help\n"
     "\n"
     "Moves Ethernet frames between a guest-side device and Moat's stream socket.\n"
@@ -54,12 +56,23 @@ static const char usage_text[] =
     "                                 TSO4), so the guest's TCP reaches Moat in\n"
     "                                 segments of up to 64 KiB with the checksum\n"
     "                                 left to complete (moat serve --tap-offload).\n"
+    "              --icmp             with --exec: also open an unprivileged ICMP\n"
+    "                                 echo socket (SOCK_DGRAM, IPPROTO_ICMP) in the\n"
+    "                                 shim's own namespace and put it on descriptor\n"
+    "                                 4, for moat serve --icmp-fd 4 (guest ping\n"
+    "                                 beyond the gateway). Needs the shim's group\n"
+    "                                 inside net.ipv4.ping_group_range; exits\n"
+    "                                 with a message naming it otherwise.\n"
     "  unixgram  Bind a unix datagram socket at PATH (a stale socket file is\n"
     "            replaced): one frame per datagram, as vfkit, libkrun and QEMU\n"
     "            -netdev dgram use. Frames from Moat go to the first sender; a\n"
     "            4-byte \"VFKT\" hello datagram is accepted and discarded.\n"
     "  vsock     Listen on AF_VSOCK port N (any CID) and serve one connection at\n"
     "            a time with the same 4-byte framing on both sides.\n"
+    "  icmp      Open an unprivileged ICMP echo socket on descriptor 4 (as\n"
+    "            tap --icmp does) and replace itself with COMMAND: for Moat\n"
+    "            behind any other link (the relay, QEMU -netdev stream), e.g.\n"
+    "            --exec moat serve --listen-qemu unix:///tmp/moat.sock --icmp-fd 4.\n"
     "\n"
     "URL: unix:///path/to/socket or tcp://HOST:PORT\n"
     "\n"
@@ -128,6 +141,7 @@ struct args {
     char **exec_argv; /* tap --exec: the command (NULL-terminated), else NULL */
     bool vnet_hdr;    /* tap --exec --vnet-hdr: open the TAP with IFF_VNET_HDR */
     bool offload;     /* tap --exec --vnet-hdr --offload: TUNSETOFFLOAD csum + TSO4 */
+    bool icmp;        /* tap --exec --icmp: an ICMP ping socket on descriptor 4 */
 };
 
 static long parse_number(const char *opt, const char *s, long lo, long hi)
@@ -152,8 +166,8 @@ static void parse_args(int argc, char **argv, struct args *a)
     }
     a->mode = argv[1];
     if (strcmp(a->mode, "tap") != 0 && strcmp(a->mode, "unixgram") != 0 &&
-        strcmp(a->mode, "vsock") != 0)
-        usage_error("unknown mode '%s' (expected tap, unixgram or vsock)", a->mode);
+        strcmp(a->mode, "vsock") != 0 && strcmp(a->mode, "icmp") != 0)
+        usage_error("unknown mode '%s' (expected tap, unixgram, vsock or icmp)", a->mode);
 
     for (int i = 2; i < argc; i++) {
         const char *opt = argv[i];
@@ -174,6 +188,10 @@ static void parse_args(int argc, char **argv, struct args *a)
         }
         if (strcmp(opt, "--offload") == 0) {
             a->offload = true;
+            continue;
+        }
+        if (strcmp(opt, "--icmp") == 0) {
+            a->icmp = true;
             continue;
         }
         /* Accept both "--opt value" and "--opt=value". */
@@ -209,12 +227,21 @@ static void parse_args(int argc, char **argv, struct args *a)
     }
 
     bool is_tap = strcmp(a->mode, "tap") == 0;
+    if (strcmp(a->mode, "icmp") == 0) {
+        if (!a->exec_argv)
+            usage_error("icmp: --exec COMMAND is required");
+        if (a->dev || a->netns || a->mtu || a->connect || a->listen || a->port >= 0 || a->vnet_hdr || a->offload || a->icmp)
+            usage_error("icmp: takes only --exec COMMAND");
+        return;
+    }
     if (a->exec_argv && !is_tap)
         usage_error("%s: --exec belongs to tap mode", a->mode);
     if (a->exec_argv && a->connect)
         usage_error("tap: give either --connect URL (relay) or --exec COMMAND (hand over the TAP), not both");
     if (a->vnet_hdr && !a->exec_argv)
         usage_error("--vnet-hdr needs --exec (the relay speaks plain frames)");
+    if (a->icmp && !a->exec_argv)
+        usage_error("--icmp needs --exec (the relay carries Ethernet frames only; for Moat behind the relay start it with moat-shim icmp --exec)");
     if (a->offload && !a->vnet_hdr)
         usage_error("--offload needs --vnet-hdr (offloaded frames are described by the virtio-net header)");
     if (!a->connect && !a->exec_argv)
@@ -295,6 +322,20 @@ static int run_tap(const struct args *a)
 
 /* The descriptor the TAP has in the --exec command. 0..2 are stdio. */
 #define EXEC_TAP_FD 3
+/* The descriptor the --icmp ping socket has in the --exec command. */
+#define EXEC_ICMP_FD 4
+
+/* Put FD on descriptor TARGET for the exec'd command (close-on-exec cleared). */
+static void hand_over(int fd, int target, const char *what)
+{
+    if (fd != target) {
+        if (dup2(fd, target) < 0)
+            shim_die(EXIT_ERR, "dup2(%s, %d): %s", what, target, strerror(errno));
+        close(fd);
+    } else if (fcntl(fd, F_SETFD, 0) < 0) {
+        shim_die(EXIT_ERR, "fcntl(%s, F_SETFD): %s", what, strerror(errno));
+    }
+}
 
 /* tap --exec: create the TAP (inside --netns if given), go back to our own
  * namespace so that COMMAND's sockets are the host's, put the TAP on fd 3 and
@@ -315,18 +356,26 @@ static _Noreturn void exec_with_tap(const struct args *a)
         close(own_ns);
     }
     /* dup2 onto 3 (clears close-on-exec); when it already is 3, clear it by hand. */
-    if (tap_fd != EXEC_TAP_FD) {
-        if (dup2(tap_fd, EXEC_TAP_FD) < 0)
-            shim_die(EXIT_ERR, "dup2(tap, %d): %s", EXEC_TAP_FD, strerror(errno));
-        close(tap_fd);
-    } else if (fcntl(tap_fd, F_SETFD, 0) < 0) {
-        shim_die(EXIT_ERR, "fcntl(tap, F_SETFD): %s", strerror(errno));
-    }
+    hand_over(tap_fd, EXEC_TAP_FD, "tap");
+    /* The ping socket is opened in the shim's own namespace (Moat's): echo
+     * leaves from the host like every other flow. Descriptor 4 may be free
+     * or anything inherited; dup2 replaces it either way. */
+    if (a->icmp)
+        hand_over(net_open_ping(), EXEC_ICMP_FD, "icmp socket");
     char mtu_text[24] = "unchanged";
     if (a->mtu)
         snprintf(mtu_text, sizeof mtu_text, "%ld", a->mtu);
-    shim_log("ready: tap %s (netns %s, mtu %s) on fd %d; exec %s", a->dev, a->netns ? a->netns : "-",
-             mtu_text, EXEC_TAP_FD, a->exec_argv[0]);
+    shim_log("ready: tap %s (netns %s, mtu %s) on fd %d%s; exec %s", a->dev, a->netns ? a->netns : "-",
+             mtu_text, EXEC_TAP_FD, a->icmp ? ", icmp socket on fd 4" : "", a->exec_argv[0]);
+    execvp(a->exec_argv[0], a->exec_argv);
+    shim_die(EXIT_ERR, "--exec %s: %s", a->exec_argv[0], strerror(errno));
+}
+
+/* icmp --exec: the ping socket on descriptor 4, then exec. Never returns. */
+static _Noreturn void exec_with_ping(const struct args *a)
+{
+    hand_over(net_open_ping(), EXEC_ICMP_FD, "icmp socket");
+    shim_log("ready: icmp socket on fd %d; exec %s", EXEC_ICMP_FD, a->exec_argv[0]);
     execvp(a->exec_argv[0], a->exec_argv);
     shim_die(EXIT_ERR, "--exec %s: %s", a->exec_argv[0], strerror(errno));
 }
@@ -393,6 +442,8 @@ int main(int argc, char **argv)
     install_signals();
     if (strcmp(a.mode, "tap") == 0 && a.exec_argv)
         exec_with_tap(&a);
+    if (strcmp(a.mode, "icmp") == 0)
+        exec_with_ping(&a);
     if (strcmp(a.mode, "tap") == 0)
         return run_tap(&a);
     if (strcmp(a.mode, "unixgram") == 0)

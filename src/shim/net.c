@@ -11,6 +11,7 @@
 #include <linux/if_tun.h>
 #include <linux/vm_sockets.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -262,5 +263,37 @@ int net_listen_vsock(unsigned port)
         shim_log_errno("vsock: listen port %u", port);
         exit(EXIT_ERR);
     }
+    return fd;
+}
+
+int net_open_ping(void)
+{
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, IPPROTO_ICMP);
+    if (fd < 0) {
+        int err = errno;
+        char range[64] = "?";
+        FILE *f = fopen("/proc/sys/net/ipv4/ping_group_range", "r");
+        if (f) {
+            if (!fgets(range, sizeof range, f))
+                strcpy(range, "?");
+            fclose(f);
+            range[strcspn(range, "\n")] = '\0';
+        }
+        for (char *c = range; *c; c++)
+            if (*c == '\t')
+                *c = ' ';
+        if (err == EACCES || err == EPERM)
+            shim_die(EXIT_ERR,
+                     "icmp socket: the kernel refused an ICMP ping socket (%s): group %u is outside "
+                     "net.ipv4.ping_group_range (%s); allow it (sysctl -w net.ipv4.ping_group_range=\"%u %u\") "
+                     "or run without ICMP echo (ping beyond the gateway is then dropped and counted)",
+                     strerror(err), (unsigned)getegid(), range, (unsigned)getegid(), (unsigned)getegid());
+        shim_die(EXIT_ERR, "icmp socket: socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP): %s", strerror(err));
+    }
+    /* Bound now, so that the kernel lists it in /proc/net/icmp (Moat checks
+     * --icmp-fd there) and its identifier is fixed. */
+    struct sockaddr_in any = {.sin_family = AF_INET, .sin_port = 0, .sin_addr = {.s_addr = htonl(INADDR_ANY)}};
+    if (bind(fd, (struct sockaddr *)&any, sizeof any) < 0)
+        shim_die(EXIT_ERR, "icmp socket: bind: %s", strerror(errno));
     return fd;
 }

@@ -55,6 +55,12 @@ int net_open_tap(const char *name, int mtu, bool vnet_hdr, bool offload);
  * first). Exits on failure. */
 int net_bind_unixgram(const char *path);
 
+/* Open an unprivileged ICMP echo socket (AF_INET, SOCK_DGRAM, IPPROTO_ICMP)
+ * in the current network namespace and bind it (the kernel picks its echo
+ * identifier), close-on-exec. Exits with a message naming
+ * net.ipv4.ping_group_range when the kernel refuses it. */
+int net_open_ping(void);
+
 /* Listen on AF_VSOCK port PORT (any CID). Exits with a clear message when the
  * kernel has no vsock support. */
 int net_listen_vsock(unsigned port);

@@ -13,7 +13,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   createTopology,
@@ -30,6 +30,7 @@ import {
   type TrackedProcess,
 } from './harness.js';
 import { DNS_SERVER_JS, FIXTURE_TOOLS, GATEWAY_IP, GUEST_IP, MOAT_BIN, unixHttp } from './moat-fixture.js';
+import { defaultWorkers } from '../../src/host-config.js';
 
 const gate = e2eGate([...FIXTURE_TOOLS, 'dig']);
 const FAULT_MARKER = 'MOAT-E2E-FAULT-7f3a';
@@ -50,15 +51,19 @@ interface Guest {
   shim: TrackedProcess | undefined;
 }
 
-// Once with every network on the API thread, once placed on two worker threads (--workers 2).
-describe.skipIf(gate.skip).each([0, 2])('moat host --workers %i e2e: many guests, one process, a policy each', (workers) => {
-  const dir = mkdtempSync(join(tmpdir(), `mh5-host${workers}-`));
+// Once as the daemon starts by default (a worker thread per core: 2 on a 2-core machine), once with
+// every network on the API thread (--workers 0).
+describe.skipIf(gate.skip).each([
+  { flag: 'default', workers: defaultWorkers(availableParallelism()), args: [] as string[] },
+  { flag: '0', workers: 0, args: ['--workers', '0'] },
+])('moat host --workers $flag e2e: many guests, one process, a policy each', ({ workers, args }) => {
+  const dir = mkdtempSync(join(tmpdir(), `mh5-host${args.length}-`));
   const apiSocket = join(dir, 'host.sock');
   const procs: TrackedProcess[] = [];
   let moat: TrackedProcess;
   const guests: Record<string, Guest> = {};
 
-  const api = (method: 'GET' | 'POST' | 'DELETE', path: string, body?: unknown) => unixHttp(apiSocket, method, path, body);
+  const api = (method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown) => unixHttp(apiSocket, method, path, body);
 
   const spawnIn = (ns: string, cmd: string, args: string[]): TrackedProcess => {
     const p = nsSpawn(ns, cmd, args);
@@ -103,7 +108,7 @@ describe.skipIf(gate.skip).each([0, 2])('moat host --workers %i e2e: many guests
   beforeAll(async () => {
     onCleanup(() => rmSync(dir, { recursive: true, force: true }));
     for (const name of ['ga', 'gb']) {
-      const topo = createTopology({ prefix: `mh5${workers}${name}-`, internetAddresses: 1 });
+      const topo = createTopology({ prefix: `mh5${args.length}${name}-`, internetAddresses: 1 });
       topo.assertRoutes([topo.remoteAddr, ...topo.internetAddrs]);
       guests[name] = { topo, name, socket: join(dir, `${name}.sock`), shim: undefined };
     }
@@ -116,7 +121,7 @@ describe.skipIf(gate.skip).each([0, 2])('moat host --workers %i e2e: many guests
       const dns = spawnIn(g.topo.remoteNs, process.execPath, ['-e', DNS_SERVER_JS, g.topo.remoteAddr, '53', JSON.stringify(zone)]);
       await waitForOutput(dns, /^ready/m, { timeoutMs: 10_000, stream: 'stdout' });
     }
-    moat = spawnTracked(process.execPath, [MOAT_BIN, 'host', '--api', `unix://${apiSocket}`, '--workers', String(workers), '--log-format', 'json'], {
+    moat = spawnTracked(process.execPath, [MOAT_BIN, 'host', '--api', `unix://${apiSocket}`, ...args, '--log-format', 'json'], {
       env: { ...process.env, MOAT_TEST_FAULT: FAULT_MARKER },
     });
     procs.push(moat);
@@ -163,6 +168,33 @@ describe.skipIf(gate.skip).each([0, 2])('moat host --workers %i e2e: many guests
     // Each network's decisions are logged with its name.
     const lines = moat.stderr().split('\n').filter((l) => l.includes('"egress decision"'));
     expect(lines.some((l) => l.includes('"network":"gb"') && l.includes('a.mh5.test'))).toBe(true);
+  }, 60_000);
+
+  it("each network's serve API answers under its prefix wherever the network runs: stats, leases, forwarder, allowlist reload", async () => {
+    const ga = guests['ga']!;
+    const stats = await api('GET', '/networks/ga/stats');
+    expect(stats.status).toBe(200);
+    expect((stats.body as { frames: { in: number } }).frames.in).toBeGreaterThan(0);
+    const leases = await api('GET', '/networks/ga/services/dhcp/leases');
+    expect(leases.status).toBe(200);
+    expect(typeof leases.body).toBe('object');
+    // A forward on the host's loopback (a port picked at random), listed for ga only, then removed.
+    const forward = { local: `127.0.0.1:${20_000 + Math.floor(Math.random() * 20_000)}`, remote: `${GUEST_IP}:7100`, protocol: 'tcp' };
+    const exposed = await api('POST', '/networks/ga/services/forwarder/expose', forward);
+    expect(exposed.status, exposed.text).toBe(200);
+    const listed = (await api('GET', '/networks/ga/services/forwarder/all')).body as { local: string; remote: string }[];
+    expect(listed.map((f) => f.remote)).toEqual([forward.remote]);
+    expect((await api('GET', '/networks/gb/services/forwarder/all')).body).toEqual([]);
+    expect((await api('POST', '/networks/ga/services/forwarder/unexpose', { local: forward.local, protocol: 'tcp' })).status).toBe(200);
+    expect((await api('GET', '/networks/ga/services/forwarder/all')).body).toEqual([]);
+    // The allowlist reloaded through the host: ga now sees b.mh5.test and no longer a.mh5.test; gb is untouched.
+    const reload = await api('PUT', '/networks/ga/allowlist', { allow: ['b.mh5.test', ga.topo.internetAddrs[0]!] });
+    expect(reload.status, reload.text).toBe(200);
+    expect(await dig(ga, 'b.mh5.test')).toBe(ga.topo.internetAddrs[0]);
+    expect(await dig(ga, 'a.mh5.test')).toBe('0.0.0.0');
+    expect(await dig(guests['gb']!, 'a.mh5.test')).toBe('0.0.0.0');
+    expect((await api('PUT', '/networks/ga/allowlist', { allow: ['a.mh5.test', ga.topo.internetAddrs[0]!] })).status).toBe(200);
+    expect(await dig(ga, 'a.mh5.test')).toBe(ga.topo.internetAddrs[0]);
   }, 60_000);
 
   it("one network's injected fault closes it, says why, and leaves the other serving", async () => {

@@ -105,6 +105,18 @@ export interface MoatFixtureOptions {
   vnetHdr?: boolean;
   /** With a virtio-net header: receive offload (moat-shim --offload, moat --tap-offload). Default false. */
   offload?: boolean;
+  /**
+   * Moat's whole command line after bin/moat.mjs instead of `serve ...` (e.g.
+   * `moat gvproxy` with gvproxy's flags); it must listen for the guest at
+   * `moatSocket` and serve the API at `apiSocket`. Link "relay" only.
+   */
+  moatCommand?: (ctx: { moatSocket: string; apiSocket: string; dnsServerAddr: string; dir: string; mtu: number; topo: Topology }) => string[];
+  /** Resolves once that Moat is ready (default: its "moat ready" log line on stderr). */
+  moatReady?: (moat: TrackedProcess) => Promise<void>;
+  /** With link "exec": more moat-shim flags before --exec (e.g. ['--icmp']). */
+  shimArgs?: string[];
+  /** With link "relay": a command Moat is started through (e.g. [shim, 'icmp', '--exec']); node and its arguments follow. */
+  moatLauncher?: string[];
 }
 
 /** What udhcpc's script saw in the lease (environment variables from busybox). */
@@ -560,13 +572,23 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
       ...(typeof options.extraMoatArgs === 'function' ? options.extraMoatArgs(topo) : (options.extraMoatArgs ?? [])),
     ];
     if (link === 'exec') {
-      const shimArgs = ['tap', '--dev', tap, '--netns', topo.guestNs, ...(vnetHdr ? ['--vnet-hdr'] : []), ...(offload ? ['--offload'] : [])];
+      const shimArgs = ['tap', '--dev', tap, '--netns', topo.guestNs, ...(vnetHdr ? ['--vnet-hdr'] : []), ...(offload ? ['--offload'] : []), ...(options.shimArgs ?? [])];
       moat = spawnTracked(ensureShimBuilt(), [...shimArgs, '--exec', process.execPath, ...args]);
       shim = moat;
       await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat-shim tap --exec moat serve');
     } else {
-      moat = spawnTracked(process.execPath, args);
-      await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat serve');
+      const command = options.moatCommand?.({ moatSocket, apiSocket, dnsServerAddr, dir, mtu, topo });
+      const argv = command === undefined ? args : [...(options.nodeArgs ?? []), options.moatBin ?? MOAT_BIN, ...command];
+      const launcher = options.moatLauncher ?? [];
+      moat = launcher.length === 0 ? spawnTracked(process.execPath, argv) : spawnTracked(launcher[0]!, [...launcher.slice(1), process.execPath, ...argv]);
+      if (options.moatReady !== undefined) {
+        const m = moat;
+        const exited = m.exited.then(({ code, signal }) => {
+          throw new Error(`moat exited (${code ?? signal}) before it was ready; stderr: ${m.stderr().slice(-2000)}`);
+        });
+        exited.catch(() => {});
+        await Promise.race([options.moatReady(m), exited]);
+      } else await waitForReady(moat, /"msg":"moat ready"/, 'stderr', 15_000, 'moat serve');
       shim = await startShimNow();
     }
     await waitFor(

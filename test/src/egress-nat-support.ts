@@ -14,6 +14,7 @@ import { DEFAULT_EGRESS_OPTIONS, type EgressOptions } from '../../src/egress/egr
 import { createLogger } from '../../src/log.js';
 import type { LiveLookupSettings } from '../../src/allowlist/live-lookup-flags.js';
 import { Nat, type NatOptions } from '../../src/nat/index.js';
+import type { AskSettings } from '../../src/egress/ask-gate.js';
 import { FakePendingTcp, FakeStack, type FakeTcpSocket } from './nat-fake-stack.js';
 import type { BudgetDirection, BudgetSpec } from '../../src/traffic/byte-budgets.js';
 
@@ -37,6 +38,7 @@ export class MapResolver implements Resolver {
 
 export interface EgressNat {
   nat: Nat;
+  stack: FakeStack;
   runtime: AllowlistRuntime;
   dialed: string[];
   logLines: Record<string, unknown>[];
@@ -54,6 +56,7 @@ export async function startEgressNat(
     budgets?: BudgetSpec[];
     budgetDirection?: BudgetDirection;
     nat?: Partial<NatOptions>;
+    ask?: AskSettings;
   } = {},
 ): Promise<EgressNat> {
   const resolver = new MapResolver(opts.names ?? { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'blocked.test': ['127.0.0.1'] });
@@ -75,6 +78,7 @@ export async function startEgressNat(
       ...(opts.liveLookups ? { liveLookups: opts.liveLookups } : {}),
       ...(opts.budgets ? { budgets: opts.budgets } : {}),
       ...(opts.budgetDirection ? { budgetDirection: opts.budgetDirection } : {}),
+      ...(opts.ask ? { ask: { settings: opts.ask } } : {}),
     },
     log,
   );
@@ -86,9 +90,11 @@ export async function startEgressNat(
     return netConnect(o);
   };
   const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], connectHost, ...(opts.quic ? { quic: opts.quic } : {}), ...opts.nat }, log, runtime.dns, runtime.egress);
-  nat.attach(new FakeStack());
+  const stack = new FakeStack();
+  nat.attach(stack);
   return {
     nat,
+    stack,
     runtime,
     dialed,
     logLines,

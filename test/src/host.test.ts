@@ -18,7 +18,8 @@ import { host as embedHost, NetworkConfigError, NetworkExistsError } from '../..
 import { decodeAnswer, dnsQuery, startTestUpstream, type TestUpstream } from './allowlist-upstream.js';
 import { captureLogger, frameStream } from './shell-fakes.js';
 import { EXIT_OK, EXIT_USAGE, runCli, type CliIo } from '../../src/cli.js';
-import { HOST_FLAGS } from '../../src/host-config.js';
+import { defaultWorkers, HOST_FLAGS, MAX_WORKERS, parseHostArgs } from '../../src/host-config.js';
+import { availableParallelism } from 'node:os';
 
 const IO = { readFile: () => '', readResolvConf: () => undefined };
 
@@ -308,11 +309,37 @@ describe('moat host on the command line', () => {
     expect(workers.err.join('')).toContain('--workers');
   });
 
+  it('without --workers, one worker per core (none on a 1-core machine); --workers 0 keeps networks on the API thread; host() in-process never uses workers', async () => {
+    expect(defaultWorkers(1)).toBe(0);
+    expect(defaultWorkers(2)).toBe(2);
+    expect(defaultWorkers(8)).toBe(8);
+    expect(defaultWorkers(1000)).toBe(MAX_WORKERS);
+    const parsed = (args: string[]) => {
+      const p = parseHostArgs(['--api', `unix://${join(dir, 'h.sock')}`, ...args], IO);
+      if (p.kind !== 'config') throw new Error('help');
+      return p.config.workers;
+    };
+    expect(parsed([])).toBe(defaultWorkers(availableParallelism()));
+    expect(parsed(['--workers', '0'])).toBe(0);
+    expect(parsed(['--workers=3'])).toBe(3);
+    const io = fakeIo();
+    expect(await runCli(['host', '--help'], io)).toBe(EXIT_OK);
+    expect(io.out.join('')).toContain('Default: the number of cores');
+    // The library keeps its networks on the caller's thread whatever the core count.
+    const h = await embedHost({ maxNetworks: 1 }, { configIo: IO });
+    try {
+      expect((await h.addNetwork({ name: 'inproc', ...network('inproc') } as never)).name).toBe('inproc');
+    } finally {
+      await h.close();
+    }
+  });
+
+  // The two tests below run the CLI in this process with fake I/O, so they keep the networks on this thread.
   it('gives each network a log budget of its own: a flood in one does not silence another', async () => {
     let stop!: (s: string) => void;
     const io = fakeIo(new Promise((r) => (stop = r)));
     const sock = join(dir, 'cli-log.sock');
-    const done = runCli(['host', '--api', `unix://${sock}`, '--log-format', 'json'], io);
+    const done = runCli(['host', '--api', `unix://${sock}`, '--workers', '0', '--log-format', 'json'], io);
     await until(() => existsSync(sock));
     const saved = apiSock;
     apiSock = sock;
@@ -342,7 +369,7 @@ describe('moat host on the command line', () => {
     let stop!: (s: string) => void;
     const io = fakeIo(new Promise((r) => (stop = r)));
     const sock = join(dir, 'cli.sock');
-    const done = runCli(['host', '--api', `unix://${sock}`, '--log-level', 'error'], io);
+    const done = runCli(['host', '--api', `unix://${sock}`, '--workers', '0', '--log-level', 'error'], io);
     await until(() => existsSync(sock));
     const saved = apiSock;
     apiSock = sock;

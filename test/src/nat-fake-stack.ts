@@ -232,8 +232,10 @@ export class FakeStack implements NetStack {
     this.udpWaiters = [];
     for (const w of waiters) w();
   }
-  sendIcmp(): void {
-    throw new Error('the NAT must not send ICMP');
+  /** ICMP the NAT sent to the guest (echo replies through the ping socket). */
+  readonly icmpSent: { from: IPv4; to: IPv4; icmp: Buffer }[] = [];
+  sendIcmp(from: IPv4, to: IPv4, icmp: Uint8Array): void {
+    this.icmpSent.push({ from, to, icmp: Buffer.from(icmp) });
   }
   resetGuest(): void {}
   dhcpLeases(): { mac: number; ip: number; expiresAt: number }[] {

@@ -1,3 +1,5 @@
+import { generateKeyPairSync } from 'node:crypto';
+import { issue, toPem } from '../../src/inject/x509.js';
 import { LIMIT_SPECS } from '../../src/limits.js';
 import { LOG_FLAG_SPECS } from '../../src/log-flags.js';
 import { describe, expect, it } from 'vitest';
@@ -256,7 +258,8 @@ describe('config file and flag precedence', () => {
   });
 
   it('accepts every flag (except help/config) as a file key', () => {
-    const keys = SERVE_FLAGS.map((f) => f.name).filter((n) => !['help', 'config', 'tap-fd', 'tap-vnet-hdr', 'tap-offload'].includes(n));
+    // ask-timeout-ms needs --on-unlisted ask, which the audit mode below excludes: ask-config.test.ts reads both from a file.
+    const keys = SERVE_FLAGS.map((f) => f.name).filter((n) => !['help', 'config', 'tap-fd', 'tap-vnet-hdr', 'tap-offload', 'icmp-fd', 'ask-timeout-ms'].includes(n));
     // A key the file does not know is an error, so reading each known key with a valid value proves acceptance.
     const values: Record<string, unknown> = {
       'listen-qemu': ['unix:///tmp/q'],
@@ -269,6 +272,7 @@ describe('config file and flag precedence', () => {
       api: 'unix:///tmp/api',
       forward: [],
       pcap: '/tmp/p.pcap',
+      notification: 'unix:///tmp/events.sock',
       'log-level': 'warn',
       'log-format': 'pretty',
       'allow-link-local': false,
@@ -291,6 +295,8 @@ describe('config file and flag precedence', () => {
       'live-lookup-bytes': 512,
       'live-lookup-burst-bytes': 4096,
       'no-live-lookups': false,
+      // Ask mode (src/egress/ask-flags.ts).
+      'on-unlisted': 'refuse',
       // The logs' budget and rotation flags (src/log-flags.ts), likewise.
       ...Object.fromEntries(LOG_FLAG_SPECS.map((l) => [l.flag, l.min])),
       // Rate limits and byte budgets (src/traffic/flags.ts).
@@ -300,9 +306,18 @@ describe('config file and flag precedence', () => {
       'rate-ingress-burst': '256KiB',
       budget: ['github.com=50MiB/1h'],
       'budget-direction': 'both',
+      // Credential injection (src/inject/flags.ts).
+      secret: ['gh=file:/gh.key'],
+      inject: ['github.com Authorization: Bearer ${gh}'],
+      'upstream-ca': '/up-ca.pem',
+      'state-dir': '/tmp/moat-state',
     };
     expect(Object.keys(values).sort()).toEqual([...keys].sort());
-    const c = parse(['--config', '/all.json'], { '/all.json': JSON.stringify(values) });
+    const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+    const upCa = toPem(issue({ commonName: 'test', publicKey, signingKey: privateKey, notBefore: new Date(), notAfter: new Date(Date.now() + 86400_000), kind: { ca: true } }).der);
+    const c = parse(['--config', '/all.json'], { '/all.json': JSON.stringify(values), '/gh.key': 'ghp_x', '/up-ca.pem': upCa });
+    expect(c.inject?.rules.size).toBe(1);
+    expect(c.inject?.stateDir).toBe('/tmp/moat-state');
     expect(c.logLevel).toBe('warn');
     expect(c.apiSocket).toBe('/tmp/api');
     expect(c.dnsUpstreams).toEqual([{ host: '1.0.0.1', port: 53 }]);

@@ -157,9 +157,15 @@ export interface BaseImage {
   modules: string[];
 }
 
+/** More for a test file's guest: modules to load at boot (with their dependencies), files to add. */
+export interface GuestExtras {
+  modules?: readonly string[];
+  files?: readonly CpioEntry[];
+}
+
 /** Build the base initramfs archive (gzip'd cpio) from the host's busybox and kernel modules. */
-export function buildBaseImage(kernel: GuestKernel, busyboxPath = '/bin/busybox'): BaseImage {
-  const order = moduleLoadOrder(kernel.modulesDir, GUEST_MODULES);
+export function buildBaseImage(kernel: GuestKernel, busyboxPath = '/bin/busybox', extra: GuestExtras = {}): BaseImage {
+  const order = moduleLoadOrder(kernel.modulesDir, [...GUEST_MODULES, ...(extra.modules ?? [])]);
   const entries: CpioEntry[] = [];
   for (const d of ['bin', 'dev', 'etc', 'lib', 'lib/modules', 'proc', 'sys', 'tmp', 'www', 'root']) {
     entries.push({ path: d, mode: S_IFDIR | 0o755 });
@@ -176,6 +182,7 @@ export function buildBaseImage(kernel: GuestKernel, busyboxPath = '/bin/busybox'
     entries.push({ path: `lib/modules/${name}`, mode: S_IFREG | 0o644, data: moduleBytes(join(kernel.modulesDir, rel)) });
   }
   entries.push({ path: 'lib/modules/order', mode: S_IFREG | 0o644, data: Buffer.from(names.join('\n') + '\n') });
+  entries.push(...(extra.files ?? []));
   return { gz: gzipSync(cpioNewc(entries), { level: 6 }), modules: names };
 }
 

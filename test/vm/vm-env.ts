@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { assertRoutesInto, checkPrerequisites, onCleanup } from '../e2e/harness.js';
 import { ipv4Literals } from '../e2e/moat-fixture.js';
-import { buildBaseImage, findGuestKernel, writeCaseInitramfs, type BaseImage, type GuestKernel } from './guest-image.js';
+import { buildBaseImage, findGuestKernel, writeCaseInitramfs, type BaseImage, type GuestExtras, type GuestKernel } from './guest-image.js';
 import { qemuAvailable } from './qemu.js';
 
 export const GATEWAY_IP = '192.168.127.1';
@@ -49,13 +49,13 @@ export interface VmEnv {
 }
 
 /** Build the guest image in a fresh temporary directory (removed by the harness's cleanup). */
-export function createVmEnv(prefix: string): VmEnv {
+export function createVmEnv(prefix: string, extra: GuestExtras = {}): VmEnv {
   const kernel = findGuestKernel();
   if (!kernel) throw new Error('no guest kernel (linux-image-amd64)');
   const dir = mkdtempSync(join(tmpdir(), prefix));
   onCleanup(() => rmSync(dir, { recursive: true, force: true }));
   const t0 = Date.now();
-  const base = buildBaseImage(kernel);
+  const base = buildBaseImage(kernel, '/bin/busybox', extra);
   console.log(
     `vm: initramfs built in ${Date.now() - t0} ms (${(base.gz.length / 1024).toFixed(0)} KiB gzip, kernel ${kernel.release}, modules ${base.modules.join(' ')})`,
   );
