@@ -21,8 +21,11 @@
  *    a new name over budget gets SERVFAIL with Extended DNS Error 15 naming
  *    the budget; with live lookups off it gets the sinkhole's answer.
  *  - HTTPS/SVCB (types 65/64) of allowed names are asked upstream and passed
- *    on without `ech`, without `ipv6hint`, with `ipv4hint` cut to the
- *    addresses Moat pinned (dns/svcb-filter.ts); sinkholed names get NODATA.
+ *    on without `ech`, with `ipv4hint` (and, when the guest network carries
+ *    IPv6, `ipv6hint`; else it is removed) cut to the addresses Moat pinned
+ *    (dns/svcb-filter.ts); sinkholed names get NODATA.
+ *  - AAAA (guest network with IPv6): pre-resolved for exact hosts, live below
+ *    wildcards, `::` from the sinkhole as A gets 0.0.0.0.
  *
  * dns-packet validates and decodes the query; the answer is written by hand
  * because it is small and must reuse the query's own question bytes.
@@ -108,7 +111,11 @@ export interface ResponderOptions {
   table: ZoneTable;
   resolver: Resolver;
   timers: Timers;
-  /** Does the guest network carry IPv6? If not, AAAA below wildcards is NODATA without a lookup. */
+  /**
+   * Does the guest network carry IPv6? Then AAAA is answered like A (pre-resolved, live, sinkhole
+   * `::`) and an HTTPS/SVCB ipv6hint is kept cut to pinned addresses. If not, AAAA is NODATA
+   * without a lookup and ipv6hint is removed.
+   */
   ipv6: boolean;
   policy?: RetryPolicy;
   ttlClamp?: TtlClamp;
@@ -137,7 +144,7 @@ export interface ResponderOptions {
   budget?: LiveLookupBudget;
   /**
    * Addresses Moat pinned for a name (the egress pin table): an HTTPS/SVCB
-   * answer's ipv4hint keeps only these. Default: the zone table's
+   * answer's ipv4hint (and ipv6hint) keeps only these. Default: the zone table's
    * pre-resolved addresses of an exact host.
    */
   pinned?: (name: string) => readonly string[];
@@ -331,7 +338,7 @@ export class DnsResponder {
       if (zone.kind === 'allowed' && isServiceType(q.type)) {
         return this.upstream(q, name, null, false, { name, type: q.type, zone: zoneName, allowed: true, outcome: 'allowed' }, signal);
       }
-      const family = q.type === 'A' ? zone.apex.a : q.type === 'AAAA' ? zone.apex.aaaa : [];
+      const family = q.type === 'A' ? zone.apex.a : q.type === 'AAAA' && this.opts.ipv6 ? zone.apex.aaaa : [];
       return this.addresses(q.type, family, zone.apex.ttl, true, {
         name,
         type: q.type,
@@ -408,7 +415,7 @@ export class DnsResponder {
     }
   }
 
-  /** HTTPS/SVCB from upstream, each record filtered (no ech, no ipv6hint, ipv4hint only to pinned addresses). */
+  /** HTTPS/SVCB from upstream, each record filtered (no ech; ipv4hint, and ipv6hint on an IPv6 guest, only to pinned addresses). */
   private async service(
     q: ParsedQuery,
     name: string,
@@ -433,7 +440,7 @@ export class DnsResponder {
     for (const raw of records) {
       const record = parseSvcb(raw);
       if (record instanceof SvcbError) continue; // a record the guest could not use either
-      const filtered = filterServiceRecord(record, this.pinned(targetText(record) || name));
+      const filtered = filterServiceRecord(record, this.pinned(targetText(record) || name), this.opts.ipv6);
       if (filtered.echRemoved) this.stats.echRemoved++;
       if (filtered.record !== null) rdata.push(emitSvcb(filtered.record));
     }
@@ -444,7 +451,8 @@ export class DnsResponder {
   private pinned(name: string): readonly string[] {
     if (this.opts.pinned) return this.opts.pinned(name);
     const zone = this.table.match(name);
-    return zone.kind !== 'root' && zone.apex !== null && zone.name === name ? zone.apex.a : [];
+    if (zone.kind === 'root' || zone.apex === null || zone.name !== name) return [];
+    return this.opts.ipv6 ? [...zone.apex.a, ...zone.apex.aaaa] : zone.apex.a;
   }
 
   /** SERVFAIL (try again later) with EDE 15 naming the budget; nothing asked upstream. */
@@ -468,6 +476,11 @@ export class DnsResponder {
     const ede = id === undefined ? undefined : blockedText(name, id, why ?? (outcome === 'live-off' ? 'live lookups are off and it was not resolved at start-up' : 'is not allowed'));
     const extra = ede === undefined ? {} : { ede };
     if (this.table.sinkhole === 'nxdomain') return { ...emptyPlan('NXDOMAIN', decision), aa: true, ...extra };
+    // AAAA gets `::` exactly when the guest network carries IPv6: the unspecified address of the family
+    // asked, as A gets 0.0.0.0, so a dual-stack client fails the same way on both families (at once, in
+    // the guest) and an IPv6-first client is not told "no address" (NODATA) where an IPv4 one is told
+    // "nowhere". An IPv4-only guest gets NODATA for AAAA, as for every other type.
+    if (q.type === 'AAAA' && this.opts.ipv6) return { rcode: 'NOERROR', aa: true, recordType: TYPE_AAAA, ttl: this.sinkholeTtl, rdata: [new Uint8Array(16)], decision, ...extra };
     if (q.type !== 'A') return { ...emptyPlan('NOERROR', decision), aa: true, ...extra };
     return { rcode: 'NOERROR', aa: true, recordType: TYPE_A, ttl: this.sinkholeTtl, rdata: [new Uint8Array(4)], decision, ...extra };
   }

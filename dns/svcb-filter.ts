@@ -5,17 +5,19 @@
  * only sees the outer name; so `ech` never reaches the guest. Address hints
  * would let a client connect somewhere Moat did not resolve; Moat dials by
  * name anyway, but the hints are still cut to the addresses Moat pinned for
- * the target (the guest is IPv4 only, so `ipv6hint` goes).
+ * the target, ipv4hint and ipv6hint alike (on an IPv4-only guest network
+ * ipv6hint goes: the guest could not use it).
  *
  * ServiceMode keeps only the keys a client needs to connect the way the
  * server prefers (mandatory, alpn, no-default-alpn, port, filtered
- * ipv4hint); every other key is removed: ech, ipv6hint, and keys Moat does
+ * ipv4hint, ipv6hint if the guest has IPv6); every other key is removed: ech, and keys Moat does
  * not know (so an upstream cannot hand the guest arbitrary data through
  * them). A record whose `mandatory` list names a key that was removed would
  * be unusable (RFC 9460 8), so it is dropped; so is a record whose kept
  * values are malformed. AliasMode records keep their target and lose their
  * params (which clients ignore, RFC 9460 2.4.2).
  */
+import { Address4, Address6 } from 'ip-address';
 import { SVC_KEY, type SvcbRecord, type SvcParam } from './svcb.js';
 
 export interface FilteredService {
@@ -26,16 +28,19 @@ export interface FilteredService {
 }
 
 const KEPT = new Set<number>([SVC_KEY.mandatory, SVC_KEY.alpn, SVC_KEY.noDefaultAlpn, SVC_KEY.port, SVC_KEY.ipv4hint]);
+const KEPT_V6 = new Set<number>([...KEPT, SVC_KEY.ipv6hint]);
 
-export function filterServiceRecord(r: SvcbRecord, pinned: readonly string[]): FilteredService {
+/** `pinned`: addresses of either family (any spelling); `ipv6`: does the guest network carry IPv6. */
+export function filterServiceRecord(r: SvcbRecord, pinned: readonly string[], ipv6 = false): FilteredService {
+  const kept = ipv6 ? KEPT_V6 : KEPT;
   const echRemoved = r.params.some((p) => p.key === SVC_KEY.ech);
   if (r.priority === 0) return { record: { ...r, params: [] }, echRemoved };
   const params: SvcParam[] = [];
   for (const p of r.params) {
-    if (!KEPT.has(p.key)) continue;
+    if (!kept.has(p.key)) continue;
     if (!wellFormed(p)) return { record: null, echRemoved };
-    if (p.key === SVC_KEY.ipv4hint) {
-      const hint = pinnedHints(p.value, pinned);
+    if (p.key === SVC_KEY.ipv4hint || p.key === SVC_KEY.ipv6hint) {
+      const hint = pinnedHints(p.value, pinned, p.key === SVC_KEY.ipv4hint ? 4 : 16);
       if (hint !== null) params.push({ key: p.key, value: hint });
     } else params.push(p);
   }
@@ -60,6 +65,8 @@ function wellFormed(p: SvcParam): boolean {
       return v.length === 2;
     case SVC_KEY.ipv4hint:
       return v.length > 0 && v.length % 4 === 0;
+    case SVC_KEY.ipv6hint:
+      return v.length > 0 && v.length % 16 === 0;
     case SVC_KEY.alpn: {
       if (v.length === 0) return false;
       for (let off = 0; off < v.length; off += 1 + v[off]!) {
@@ -72,15 +79,35 @@ function wellFormed(p: SvcParam): boolean {
   }
 }
 
-/** The hint's addresses that Moat pinned, in the hint's order; null when none is. */
-function pinnedHints(value: Uint8Array, pinned: readonly string[]): Uint8Array | null {
-  const allowed = new Set(pinned);
+/**
+ * The hint's addresses (`size` bytes each: 4 or 16) that Moat pinned, in the
+ * hint's order; null when none is. Compared as numbers, so the pin's
+ * spelling does not matter.
+ */
+function pinnedHints(value: Uint8Array, pinned: readonly string[], size: 4 | 16): Uint8Array | null {
+  const allowed = new Set<bigint>();
+  for (const p of pinned) {
+    const n = addressNumber(p, size);
+    if (n !== null) allowed.add(n);
+  }
   const kept: number[] = [];
-  for (let off = 0; off < value.length; off += 4) {
-    if (allowed.has(`${value[off]}.${value[off + 1]}.${value[off + 2]}.${value[off + 3]}`)) kept.push(off);
+  for (let off = 0; off < value.length; off += size) {
+    let n = 0n;
+    for (let i = 0; i < size; i++) n = (n << 8n) | BigInt(value[off + i]!);
+    if (allowed.has(n)) kept.push(off);
   }
   if (kept.length === 0) return null;
-  const out = new Uint8Array(kept.length * 4);
-  kept.forEach((off, i) => out.set(value.subarray(off, off + 4), i * 4));
+  const out = new Uint8Array(kept.length * size);
+  kept.forEach((off, i) => out.set(value.subarray(off, off + size), i * size));
   return out;
+}
+
+/** A pinned address of the hint's family as a number, or null (other family, or not an address). */
+function addressNumber(text: string, size: 4 | 16): bigint | null {
+  try {
+    if (size === 4) return Address4.isValid(text) ? new Address4(text).bigInt() : null;
+    return text.includes(':') && Address6.isValid(text) && !text.includes('%') ? new Address6(text).bigInt() : null;
+  } catch {
+    return null;
+  }
 }

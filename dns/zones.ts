@@ -28,7 +28,7 @@ export interface HostRecords {
   readonly ttl: number;
 }
 
-/** What a sinkholed name gets: A → 0.0.0.0 and NODATA for other types, or NXDOMAIN for all. */
+/** What a sinkholed name gets: A → 0.0.0.0 (and AAAA → :: on a guest network with IPv6) and NODATA for other types, or NXDOMAIN for all. */
 export type SinkholeMode = 'zero' | 'nxdomain';
 
 export type ZoneKind = 'builtin' | 'allowed' | 'root';

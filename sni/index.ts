@@ -26,3 +26,4 @@ export {
   type PolicyOptions,
 } from './policy.js';
 export { specialRangeOf, type SpecialRange } from './ranges.js';
+export { embeddedIpv4, formatIpv6, parseIp, parseIpv6, specialRangeOfAddress, type EmbeddedIpv4 } from './ranges6.js';

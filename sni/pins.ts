@@ -11,8 +11,9 @@
  *    on the hot path; a non-canonical name simply never matches (fails closed).
  *  - Addresses are compared as text: pass them as the resolver prints them
  *    (dotted quads without leading zeros, which is also how the policy sees
- *    the guest's destination). IPv6 pins may be stored; they never match an
- *    IPv4 destination.
+ *    the guest's destination). IPv6 addresses are stored in their RFC 5952
+ *    form (ranges6.ts formatIpv6), whatever spelling pin() was given, and
+ *    looked up as given: the policy asks with that form.
  *  - The unit is the (name, address) pair. A new pin() of a name does NOT
  *    replace that name's other addresses: each pair keeps the LATEST expiry
  *    it was ever given. DNS answers for one name rotate (round-robin, CDN),
@@ -38,6 +39,14 @@
  * outnumber the live pairs, so it stays O(maxEntries) too.
  */
 import type { PinView } from './policy.js';
+import { formatIpv6, parseIpv6 } from './ranges6.js';
+
+/** IPv6 text in its one RFC 5952 form (the resolver's spelling may differ); anything else as given. */
+function canonicalAddress(address: string): string {
+  if (!address.includes(':')) return address;
+  const n = parseIpv6(address);
+  return n === null ? address : formatIpv6(n);
+}
 
 export const DEFAULT_MAX_PIN_ENTRIES = 65536;
 
@@ -84,7 +93,8 @@ export class PinTable implements PinView {
     const expiresAt = ttlMs === Infinity ? Infinity : t + ttlMs;
     if (Number.isNaN(expiresAt)) return;
     this.dropExpired(t);
-    for (const address of addresses) {
+    for (const given of addresses) {
+      const address = canonicalAddress(given);
       let forName = this.byName.get(name);
       const existing = forName?.get(address);
       if (existing !== undefined) {

@@ -32,10 +32,31 @@
  *     is what defeats "SNI of an allowed name sent to the attacker's IP".
  * An empty rule set allows everything except 169.254/16 (unless allowLinkLocal).
  *
+ * IPv6 (issue 19: no family may become the bypass). A dst is either family;
+ * the same steps decide an IPv6 one, with IPv6 rules, the guest's IPv6
+ * prefix and host alias, and sni/ranges6.ts's ranges:
+ *  - An IPv6 address that IS an IPv4 address (IPv4-mapped ::ffff:0:0/96,
+ *    -compatible ::/96, SIIT ::ffff:0:0:0/96, NAT64 64:ff9b::/96 and
+ *    64:ff9b:1::/96) is decided as that IPv4 address, by IPv4 rules alone,
+ *    and dialed at it (Moat acts as the NAT64): `::/0` opens none of them,
+ *    `::ffff:169.254.169.254` is 169.254.169.254.
+ *  - 6to4 (2002::/16) and Teredo (2001::/32) go THROUGH their embedded
+ *    IPv4 relays: if any relay is a special IPv4 address the flow is refused
+ *    (as 'link-local' for 169.254/16, else 'special-range') whatever the
+ *    rules, even with an empty allowlist; otherwise it is an ordinary IPv6
+ *    address.
+ *  - Step 1's guarded ranges are fe80::/10 and fd00:ec2::/32 (cloud
+ *    metadata, fd00:ec2::254): only an IPv6 rule lying inside one opens it;
+ *    refused as 'link-local', so audit mode never lets them out either.
+ *    admitResolved also guards ::1 as it guards 127/8.
+ *  - IPv6 rules never match IPv4 destinations and IPv4 rules never match
+ *    IPv6 ones (other than the embedded forms above). An IPv6 rule inside
+ *    one such /96 (`::ffff:1.2.3.4`, `[64:ff9b::10.0.0.0/104]:443`) is
+ *    compiled as the IPv4 rule it spells.
+ *
  * Choices where the spec is silent (a firewall fails closed):
- *  - IPv6 rules are kept in ruleTexts but never match: the guest network is
- *    IPv4, and IPv6 rules never match IPv4 destinations.
- *  - A dst that is not a strict dotted quad, or a port outside 1..65535
+ *  - A dst that is neither a strict dotted quad nor an IPv6 address as
+ *    ranges6.ts parseIpv6 takes it (no zone id), or a port outside 1..65535
  *    (port 0 cannot be connected to), is blocked 'no-rule' with a detail,
  *    even with an empty rule set: the caller has a bug, not a flow.
  *  - A protocol other than 'tcp' is treated like UDP (IP rules only): only
@@ -49,8 +70,8 @@
  *    the longest domain, then rule order.
  *  - `name` in a block decision for an unusable peeked name is the name as
  *    sent, cut to 256 characters (a Host header may be kilobytes).
- *  - An address in admitResolved that is not IPv4 is refused as 'reserved':
- *    it cannot be dialed for an IPv4 guest.
+ *  - An address in admitResolved that is not an IP address is refused as
+ *    'reserved'.
  *  - admitResolved applies step 1's "inside" test to link-local AND loopback
  *    answers (a name resolving to 127.0.0.1 reaches the host as the alias
  *    does): only an IP rule or --admit-resolved network inside 169.254/16
@@ -72,6 +93,21 @@ import {
   type Ipv4Network,
   type SpecialRange,
 } from './ranges.js';
+import {
+  formatIpv6,
+  embeddedIpv4,
+  inIpv6Network,
+  ipv6Network,
+  ipv6NetInside,
+  LINK_LOCAL6,
+  LOOPBACK6,
+  METADATA6,
+  parseIp,
+  parseIpv6,
+  parseIpv6Cidr,
+  specialRangeOfIpv6,
+  type Ipv6Network,
+} from './ranges6.js';
 
 /** What the policy needs from the pin table (see sni/pins.ts PinTable). */
 export interface PinView {
@@ -86,6 +122,10 @@ export interface PolicyOptions {
   guestSubnet: { network: string; prefix: number };
   /** The host alias address, e.g. '192.168.127.254', or null for none. */
   hostAlias: string | null;
+  /** The guest's IPv6 prefix (its own ULA), or absent/null for an IPv4-only guest. */
+  guestPrefix6?: { network: string; prefix: number } | null;
+  /** The IPv6 host alias (the host's ::1 seen from the guest), or absent/null. Same rules as hostAlias. */
+  hostAlias6?: string | null;
   /** Default false: the host alias needs an IP rule like any address. */
   hostAliasExempt?: boolean;
   /** Default false. Only matters with an empty allowlist. */
@@ -95,7 +135,7 @@ export interface PolicyOptions {
 export interface FlowInput {
   /** 'icmp': an echo request; `port` is ignored (see the choices above). */
   proto: 'tcp' | 'udp' | 'icmp';
-  /** IPv4 dotted quad the guest addressed. */
+  /** The address the guest addressed: IPv4 dotted quad or IPv6 text (any RFC 4291 spelling, no zone id). */
   dst: string;
   port: number;
   /** undefined = not peeked yet. 'quic': the SNI of a QUIC Initial (UDP). */
@@ -122,6 +162,7 @@ export type BlockReason =
   | 'ip-literal-name'
   | 'bad-name'
   | 'rebinding'
+  | 'special-range'
   // Never decided here: the service turns an allow into this when the rule's byte budget is spent (src/traffic/byte-budgets.ts).
   | 'budget';
 
@@ -145,6 +186,21 @@ interface IpEntry {
   readonly text: string;
 }
 
+/** An IPv6 address/CIDR rule. */
+interface Ip6Entry extends Ipv6Network {
+  readonly port: number | null;
+  readonly text: string;
+}
+
+/** Everything IPv6 about a policy (compiled once). */
+interface V6Config {
+  readonly guest: Ipv6Network | null;
+  readonly hostAlias: bigint | null;
+  readonly admitNets: readonly Ipv6Network[];
+  /** Longest prefix first (/128 rules first), then rule order. */
+  readonly rules: readonly Ip6Entry[];
+}
+
 /** A host or wildcard rule, filed under its name/domain. */
 interface NameEntry {
   readonly port: number | null;
@@ -164,6 +220,18 @@ function guardedRange(address: number): Ipv4Network | null {
   if (inIpv4Network(address, LINK_LOCAL)) return LINK_LOCAL;
   if (inIpv4Network(address, LOOPBACK)) return LOOPBACK;
   return null;
+}
+
+/** IPv6's step-1 ranges (see the header), or null. */
+function guardedRange6(address: bigint): Ipv6Network | null {
+  if (inIpv6Network(address, METADATA6)) return METADATA6;
+  if (inIpv6Network(address, LINK_LOCAL6)) return LINK_LOCAL6;
+  return null;
+}
+
+/** admitResolved's guarded ranges for IPv6: step 1's and ::1. */
+function admitGuard6(address: bigint): Ipv6Network | null {
+  return address === 1n ? LOOPBACK6 : guardedRange6(address);
 }
 
 /** A rule that contains the host alias or link-local space without opening it (see warnings()). */
@@ -217,6 +285,7 @@ export class EgressPolicy {
     private readonly coveringByPort: ReadonlyMap<number, readonly string[]>,
     /** The same for UDP (QUIC): portless rules cover 443 only. */
     private readonly udpCoveringByPort: ReadonlyMap<number, readonly string[]>,
+    private readonly v6: V6Config,
   ) {
     this.empty = rules.length === 0;
     this.ruleTexts = Object.freeze(rules.map((r) => r.text));
@@ -233,16 +302,31 @@ export class EgressPolicy {
       hostAlias = parseIpv4(opts.hostAlias);
       if (hostAlias === null) throw new Error(`invalid host alias ${JSON.stringify(opts.hostAlias)}: expected an IPv4 address`);
     }
+    let guest6: Ipv6Network | null = null;
+    if (opts.guestPrefix6 != null) {
+      guest6 = ipv6Network(opts.guestPrefix6.network, opts.guestPrefix6.prefix);
+      if (guest6 === null) throw new Error(`invalid guest IPv6 prefix ${JSON.stringify(opts.guestPrefix6.network)}/${String(opts.guestPrefix6.prefix)}`);
+    }
+    let hostAlias6: bigint | null = null;
+    if (opts.hostAlias6 != null) {
+      hostAlias6 = parseIpv6(opts.hostAlias6);
+      if (hostAlias6 === null) throw new Error(`invalid IPv6 host alias ${JSON.stringify(opts.hostAlias6)}: expected an IPv6 address`);
+    }
     const admitNets: Ipv4Network[] = [];
+    const admitNets6: Ipv6Network[] = [];
     for (const text of opts.admitResolved ?? []) {
-      const n = parseIpv4Cidr(text.trim());
-      if (n === null) {
+      const t = text.trim();
+      const n = parseIpv4Cidr(t);
+      const n6 = n === null ? parseIpv6Cidr(t) : null;
+      if (n === null && n6 === null) {
         throw new Error(
-          `invalid --admit-resolved ${JSON.stringify(text)}: expected an IPv4 CIDR like 10.0.0.0/8 (host bits zero) or an IPv4 address`,
+          `invalid --admit-resolved ${JSON.stringify(text)}: expected a CIDR like 10.0.0.0/8 or fd00:1234::/48 (host bits zero) or an IPv4 or IPv6 address (no zone id)`,
         );
       }
-      admitNets.push(n);
+      if (n !== null) admitNets.push(n);
+      else admitNets6.push(n6!);
     }
+    const rules6: Ip6Entry[] = [];
 
     const exact = new Map<number, IpEntry[]>();
     const cidrs: IpEntry[] = [];
@@ -266,9 +350,20 @@ export class EgressPolicy {
       switch (r.kind) {
         case 'address':
         case 'cidr': {
-          if (r.family !== 4) break; // see header: IPv6 rules never match an IPv4 guest's flows
           const text = r.kind === 'address' ? r.address : `${r.network}/${r.prefixLength}`;
-          const n = parseIpv4Cidr(text);
+          let n: Ipv4Network | null;
+          if (r.family === 6) {
+            const n6 = parseIpv6Cidr(text);
+            if (n6 === null) throw new Error(`rule ${JSON.stringify(r.text)}: not an IPv6 address or network`);
+            // A rule inside one /96 that IS IPv4 (`::ffff:1.2.3.4`, `64:ff9b::10.0.0.0/104`) is that IPv4
+            // rule: such destinations are decided as IPv4 (see the header), so as an IPv6 rule it would match nothing.
+            const same = n6.prefix >= 96 ? embeddedIpv4(n6.network) : null;
+            if (same === null || !same.same) {
+              rules6.push({ ...n6, port: r.port, text: r.text });
+              break;
+            }
+            n = { network: same.ipv4[0]!, mask: prefixMask(n6.prefix - 96), prefix: n6.prefix - 96 };
+          } else n = parseIpv4Cidr(text);
           if (n === null) throw new Error(`rule ${JSON.stringify(r.text)}: not an IPv4 address or network`);
           const e: IpEntry = { ...n, port: r.port, text: r.text };
           if (n.prefix === 32) {
@@ -292,6 +387,7 @@ export class EgressPolicy {
     }
     // Array.prototype.sort is stable: equal prefixes stay in rule order.
     cidrs.sort((a, b) => b.prefix - a.prefix);
+    rules6.sort((a, b) => b.prefix - a.prefix);
     const frozenCovering = new Map<number, readonly string[]>();
     for (const [port, texts] of covering) frozenCovering.set(port, Object.freeze(texts));
     const frozenUdp = new Map<number, readonly string[]>();
@@ -310,12 +406,17 @@ export class EgressPolicy {
       wildcards,
       frozenCovering,
       frozenUdp,
+      { guest: guest6, hostAlias: hostAlias6, admitNets: admitNets6, rules: rules6 },
     );
   }
 
   decide(flow: FlowInput, pins: PinView): Decision {
     const dst = typeof flow.dst === 'string' ? parseIpv4(flow.dst) : null;
-    if (dst === null) return block('no-rule', null, null, 'invalid destination address');
+    if (dst === null) {
+      const dst6 = typeof flow.dst === 'string' ? parseIpv6(flow.dst) : null;
+      if (dst6 === null) return block('no-rule', null, null, 'invalid destination address');
+      return this.decide6(flow, dst6, pins);
+    }
     // Echo has no port; 0 is covered only by IP rules without one (ipRuleCovers).
     const port = flow.proto === 'icmp' ? 0 : flow.port;
     if (flow.proto !== 'icmp' && (!Number.isInteger(port) || port < 1 || port > 65535)) {
@@ -349,7 +450,67 @@ export class EgressPolicy {
     if (ip !== null) return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
 
     if (flow.proto === 'icmp') return block('icmp-needs-ip-rule', null, null);
+    return this.nameSteps(flow, port, byAddress, pins, dst);
+  }
 
+  /**
+   * decide() for an IPv6 destination (see the header's IPv6 paragraph): the
+   * embedded-IPv4 forms first, then steps 1-3 with IPv6's ranges, alias and
+   * rules, then the same name steps as IPv4.
+   */
+  private decide6(flow: FlowInput, dst: bigint, pins: PinView): Decision {
+    const port = flow.proto === 'icmp' ? 0 : flow.port;
+    if (flow.proto !== 'icmp' && (!Number.isInteger(port) || port < 1 || port > 65535)) return block('no-rule', null, null, 'invalid destination port');
+    const embedded = embeddedIpv4(dst);
+    if (embedded !== null && embedded.same) return this.decide({ ...flow, dst: formatIpv4(embedded.ipv4[0]!) }, pins);
+    if (embedded !== null) {
+      for (const relay of embedded.ipv4) {
+        const range = specialRangeOfIpv4(relay, this.guest);
+        if (range === null) continue;
+        const detail = `${embedded.form} through ${formatIpv4(relay)} (${range})`;
+        return block(range === 'link-local' ? 'link-local' : 'special-range', null, null, detail);
+      }
+    }
+    const text = formatIpv6(dst);
+    const byAddress = { kind: 'address', address: text } as const;
+    const guarded = guardedRange6(dst);
+
+    if (this.empty) {
+      if (guarded !== null && !this.allowLinkLocal) return block('link-local', null, null);
+      return { verdict: 'allow', reason: 'no-allowlist', rule: null, name: null, dial: byAddress };
+    }
+    // 1. fe80::/10 and the metadata fd00:ec2::/32: only a rule inside them.
+    if (guarded !== null) {
+      const ip = this.ip6RuleFor(dst, port, guarded);
+      if (ip === null) return block('link-local', null, null);
+      return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
+    }
+    // 2. The IPv6 host alias, as the IPv4 one.
+    if (dst === this.v6.hostAlias) {
+      if (this.hostAliasExempt) return { verdict: 'allow', reason: 'host-alias-exempt', rule: null, name: null, dial: byAddress };
+      const ip = this.ip6RuleFor(dst, port, { network: dst, mask: (1n << 128n) - 1n, prefix: 128 });
+      if (ip === null) return block('host-alias', null, null);
+      return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
+    }
+    // 3. IPv6 rules.
+    const ip = this.ip6RuleFor(dst, port);
+    if (ip !== null) return { verdict: 'allow', reason: 'ip-rule', rule: ip.text, name: null, dial: byAddress };
+    if (flow.proto === 'icmp') return block('icmp-needs-ip-rule', null, null);
+    return this.nameSteps({ ...flow, dst: text }, port, byAddress, pins, dst);
+  }
+
+  /**
+   * Steps 4-7, the same for both families: `flow.dst` is the address's one
+   * text form (the pin table's key), `dst` the address as a number (a
+   * bigint for IPv6), for step 6's rebinding guard.
+   */
+  private nameSteps(
+    flow: FlowInput,
+    port: number,
+    byAddress: { readonly kind: 'address'; readonly address: string },
+    pins: PinView,
+    dst: number | bigint,
+  ): Decision {
     // 4. A datagram flow has a name only in a QUIC Initial, on a port a hostname rule covers for UDP.
     const udp = flow.proto !== 'tcp';
     const covering = udp ? this.udpCovering(port) : (this.coveringByPort.get(port) ?? NO_RULES);
@@ -368,8 +529,8 @@ export class EgressPolicy {
         for (const name of pins.namesFor(flow.dst)) {
           const rule = this.nameRuleFor(name, port);
           if (rule === null) continue;
-          const range = specialRangeOfIpv4(dst, this.guest);
-          if (range !== null && !this.admitsResolved(dst, port)) return block('rebinding', rule.text, name, range);
+          const range = this.unadmittedRange(dst, port);
+          if (range !== null) return block('rebinding', rule.text, name, range);
           return { verdict: 'allow', reason: 'pinned', rule: rule.text, name, dial: byAddress };
         }
       }
@@ -443,16 +604,58 @@ export class EgressPolicy {
     const admitted: string[] = [];
     const refused: { address: string; range: SpecialRange }[] = [];
     for (const address of addresses) {
-      const n = parseIpv4(address);
-      if (n === null) {
-        refused.push({ address, range: 'reserved' });
-        continue;
-      }
-      const range = specialRangeOfIpv4(n, this.guest);
-      if (range === null || this.admitsResolved(n, port)) admitted.push(address);
+      const range = this.unadmitted(address, port);
+      if (range === null) admitted.push(address);
       else refused.push({ address, range });
     }
     return { admitted, refused };
+  }
+
+  /** Step 6's guard: the special range of `dst` (either family) that nothing admits on `port`, or null. */
+  private unadmittedRange(dst: number | bigint, port: number): SpecialRange | null {
+    if (typeof dst === 'number') {
+      const range = specialRangeOfIpv4(dst, this.guest);
+      return range !== null && !this.admitsResolved(dst, port) ? range : null;
+    }
+    const range = specialRangeOfIpv6(dst, this.v6.guest, this.guest);
+    return range !== null && !this.admitsResolved6(dst, port) ? range : null;
+  }
+
+  /** admitResolved for one address: null (admitted) or the special range nothing admits. */
+  private unadmitted(address: string, port: number): SpecialRange | null {
+    const ip = parseIp(address);
+    if (ip === null) return 'reserved';
+    let v4 = ip.family === 4 ? ip.address : null;
+    if (ip.family === 6) {
+      const embedded = embeddedIpv4(ip.address);
+      if (embedded !== null && embedded.same) v4 = embedded.ipv4[0]!;
+      else {
+        // A 6to4/Teredo relay in a special range is never admitted (decide6).
+        if (embedded !== null) for (const relay of embedded.ipv4) {
+          const r = specialRangeOfIpv4(relay, this.guest);
+          if (r !== null) return r;
+        }
+        const range = specialRangeOfIpv6(ip.address, this.v6.guest, this.guest);
+        return range === null || this.admitsResolved6(ip.address, port) ? null : range;
+      }
+    }
+    const range = specialRangeOfIpv4(v4!, this.guest);
+    return range === null || this.admitsResolved(v4!, port) ? null : range;
+  }
+
+  private admitsResolved6(address: bigint, port: number): boolean {
+    const guarded = admitGuard6(address);
+    if (this.ip6RuleFor(address, port, guarded ?? undefined) !== null) return true;
+    for (const n of this.v6.admitNets) if (inIpv6Network(address, n) && (guarded === null || ipv6NetInside(n, guarded))) return true;
+    return false;
+  }
+
+  /** The most specific IPv6 rule containing `address` whose port allows `port` (with `within`: lying inside it). */
+  private ip6RuleFor(address: bigint, port: number, within?: Ipv6Network): Ip6Entry | null {
+    for (const e of this.v6.rules) {
+      if ((address & e.mask) === e.network && ipRuleCovers(e.port, port) && (within === undefined || ipv6NetInside(e, within))) return e;
+    }
+    return null;
   }
 
   private admitsResolved(address: number, port: number): boolean {
@@ -478,6 +681,20 @@ export class EgressPolicy {
       // Overlaps 169.254/16 without lying inside it: it contains all of it.
       if (e.prefix < LINK_LOCAL.prefix && inIpv4Network(LINK_LOCAL.network, e)) {
         out.push({ rule: e.text, contains: 'link-local', message: `rule ${e.text} contains 169.254.0.0/16 (cloud metadata) but does not open it: only a rule inside 169.254.0.0/16 does` });
+      }
+    }
+    const rules6 = [...this.v6.rules].sort((a, b) => this.ruleTexts.indexOf(a.text) - this.ruleTexts.indexOf(b.text));
+    for (const e of rules6) {
+      const alias = this.v6.hostAlias;
+      if (alias !== null && !this.hostAliasExempt && e.prefix < 128 && inIpv6Network(alias, e)) {
+        const a = formatIpv6(alias);
+        out.push({ rule: e.text, contains: 'host-alias', message: `rule ${e.text} contains the IPv6 host alias ${a} but does not open it (the host's loopback): add --allow ${a} to allow it` });
+      }
+      for (const g of [METADATA6, LINK_LOCAL6]) {
+        if (e.prefix < g.prefix && inIpv6Network(g.network, e)) {
+          const what = g === METADATA6 ? 'fd00:ec2::/32 (cloud metadata)' : 'fe80::/10 (link-local)';
+          out.push({ rule: e.text, contains: 'link-local', message: `rule ${e.text} contains ${what} but does not open it: only a rule inside it does` });
+        }
       }
     }
     return out;

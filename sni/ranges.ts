@@ -29,7 +29,10 @@ export type SpecialRange =
   | 'multicast'
   | 'reserved'
   | 'broadcast'
-  | 'guest-subnet';
+  | 'guest-subnet'
+  // IPv6 only (ranges6.ts):
+  | 'site-local'
+  | 'documentation';
 
 /** An IPv4 network as numbers: `address & mask === network` is membership. */
 export interface Ipv4Network {
@@ -151,9 +154,8 @@ export function specialRangeOfIpv4(address: number, guestSubnet: Ipv4Network | n
  * The special range of an address given as text.
  *
  * Text that is not a strict IPv4 dotted quad (IPv6, names, junk) is
- * classified 'reserved': the guest network is IPv4-only, so such an address
- * can never be dialed for a guest, and null ("ordinary address") would be the
- * unsafe answer. Throws only for an invalid `guestSubnet`, which is
+ * classified 'reserved': null ("ordinary address") would be the unsafe
+ * answer. For either family use ranges6.ts specialRangeOfAddress. Throws only for an invalid `guestSubnet`, which is
  * configuration, not input.
  */
 export function specialRangeOf(address: string, guestSubnet: { network: string; prefix: number }): SpecialRange | null {

@@ -15,6 +15,7 @@ import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
 import { formatIPv4, formatMac, inSubnet, parseCidr, parseIPv4, parseMac, prefixMask, type IPv4, type Mac } from '../netstack/addr.js';
 import { parseRules, RuleSetError, type Rule } from '../dns/rules.js';
+import { parseIpv6, parseIpv6Cidr } from '../sni/ranges6.js';
 import type { SinkholeMode } from '../dns/zones.js';
 import { isLogFormat, isLogLevel, type LogFormat, type LogLevel } from './log.js';
 import { limitFlagDocs, parseLimits, type Limits } from './limits.js';
@@ -230,14 +231,14 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
     help: 'Resolver that allowed names are looked up at (port 53 unless given; IPv6 as [ADDR]:PORT). Used with --allow only. Repeatable.',
     example: '1.1.1.1',
   },
-  { name: 'sinkhole', type: 'string', value: 'MODE', default: 'zero', help: 'What a name outside the --allow list gets: zero (A 0.0.0.0, other types no records) or nxdomain.' },
+  { name: 'sinkhole', type: 'string', value: 'MODE', default: 'zero', help: 'What a name outside the --allow list gets: zero (A 0.0.0.0, AAAA :: when the guest network has IPv6, other types no records) or nxdomain.' },
   {
     name: 'admit-resolved',
     type: 'string',
     multiple: true,
     value: 'CIDR',
     default: 'none',
-    help: "With --allow, a connection allowed by hostname is dialed to addresses Moat resolved for that name; answers in loopback, private, link-local, CGNAT, multicast or the guest's subnet are refused (DNS rebinding) unless an IP/CIDR rule or this range admits them. Use it for internal services behind allowed names. Repeatable.",
+    help: "With --allow, a connection allowed by hostname is dialed to addresses Moat resolved for that name; answers in loopback, private, link-local, CGNAT, multicast or the guest's subnet are refused (DNS rebinding) unless an IP/CIDR rule or this range admits them (IPv4 or IPv6; an IPv6 form of an IPv4 address, such as ::ffff:10.0.0.1 or 64:ff9b::a00:1, is admitted as that IPv4 address). Use it for internal services behind allowed names. Repeatable.",
     example: '10.20.0.0/16',
   },
   {
@@ -364,7 +365,7 @@ export interface ExplainConfig extends ZonesConfig {
   admitResolved: string[];
   allowHostAlias: boolean;
   allowLinkLocal: boolean;
-  /** A hostname or an IPv4 address, as given. */
+  /** A hostname or an address (IPv6 without brackets), as given. */
   target: string;
   /** The port asked about; 443 when none was given. */
   port: number;
@@ -379,13 +380,26 @@ export function parseExplainArgs(args: readonly string[], io: ConfigIo = NODE_CO
   if (raw === 'help') return { kind: 'help' };
   for (const key of [...raw.keys()]) if (!EXPLAIN_FLAG_NAMES.includes(key)) raw.delete(key);
   if (positionals.length !== 1) {
-    throw new ConfigError(`expected one destination (HOST[:PORT] or IP[:PORT]), got ${positionals.length === 0 ? 'none' : positionals.map((p) => `"${p}"`).join(' ')}`);
+    throw new ConfigError(`expected one destination (HOST[:PORT], IP[:PORT] or [IPv6]:PORT), got ${positionals.length === 0 ? 'none' : positionals.map((p) => `"${p}"`).join(' ')}`);
   }
   const text = positionals[0]!;
   let target = text;
   let port = 443;
   const colon = text.lastIndexOf(':');
-  if (colon >= 0) {
+  const bracketed = /^\[([^\]]*)\](?::(.*))?$/.exec(text);
+  if (bracketed !== null) {
+    // [IPv6] or [IPv6]:PORT
+    if (parseIpv6(bracketed[1]!) === null) throw new ConfigError(`destination "${text}": not an IPv6 address in brackets (no zone id)`);
+    target = bracketed[1]!;
+    if (bracketed[2] !== undefined) {
+      const p = parsePort(bracketed[2], false);
+      if (typeof p === 'string') throw new ConfigError(`destination "${text}": ${p}`);
+      port = p;
+    }
+  } else if (text.indexOf(':') !== colon) {
+    // Two or more colons: a bare IPv6 address, port 443 (a port needs brackets: [ADDR]:PORT).
+    if (parseIpv6(text) === null) throw new ConfigError(`destination "${text}": not an IPv6 address (a port needs brackets: [ADDR]:PORT; no zone id)`);
+  } else if (colon >= 0) {
     const p = parsePort(text.slice(colon + 1), false);
     if (typeof p === 'string') throw new ConfigError(`destination "${text}": ${p}`);
     port = p;
@@ -395,11 +409,7 @@ export function parseExplainArgs(args: readonly string[], io: ConfigIo = NODE_CO
   const addresses = buildAddresses(raw);
   const allowlist = buildAllowlist(raw, io);
   if (allowlist.allow.length === 0) throw new ConfigError('--allow: at least one rule is required (or --config with "allow")');
-  const admitRaw = getters(raw).list('admit-resolved');
-  for (const t of admitRaw.items) {
-    const c = parseCidr(t);
-    if (c === undefined || formatIPv4(c.network) !== t.split('/')[0]) throw new ConfigError(`${admitRaw.label}: must be an IPv4 CIDR with no host bits set, got "${t}"`);
-  }
+  const admitResolved = parseAdmitResolved(raw);
   return {
     kind: 'config',
     config: {
@@ -408,7 +418,7 @@ export function parseExplainArgs(args: readonly string[], io: ConfigIo = NODE_CO
       hostIp: addresses.hostIp,
       network: addresses.network,
       prefix: addresses.prefix,
-      admitResolved: admitRaw.items,
+      admitResolved,
       allowHostAlias: raw.get('allow-host-alias')?.value === true,
       allowLinkLocal: raw.get('allow-link-local')?.value === true,
       target,
@@ -419,7 +429,7 @@ export function parseExplainArgs(args: readonly string[], io: ConfigIo = NODE_CO
 
 export function explainHelp(): string {
   return [
-    'Usage: moat explain [--allow RULE... | --config FILE] [--resolver IP[:PORT]] HOST[:PORT] | IP[:PORT]',
+    'Usage: moat explain [--allow RULE... | --config FILE] [--resolver IP[:PORT]] HOST[:PORT] | IP[:PORT] | [IPv6][:PORT]',
     '',
     'Says what `moat serve` with this allowlist would do for one destination: which rule matches,',
     'what the gateway\'s DNS would answer for the name, and what a TCP connection to it would get',
@@ -813,13 +823,18 @@ export function parseLiveLookupFlags(raw: Map<string, Raw>): LiveLookupSettings 
   return settings;
 }
 
-/** --admit-resolved: IPv4 CIDRs with no host bits set (shared by serve and proxy). */
+/**
+ * --admit-resolved: IPv4 or IPv6 CIDRs with no host bits set, or single
+ * addresses (shared by serve, proxy and explain). IPv6 as the policy reads
+ * it (sni/ranges6.ts: no zone id, no brackets).
+ */
 export function parseAdmitResolved(raw: Map<string, Raw>): string[] {
   const admitRaw = getters(raw).list('admit-resolved');
   for (const text of admitRaw.items) {
     const c = parseCidr(text);
-    if (c === undefined || formatIPv4(c.network) !== text.split('/')[0]) {
-      throw new ConfigError(`${admitRaw.label}: must be an IPv4 CIDR with no host bits set (e.g. 10.20.0.0/16), got "${text}"`);
+    const v4 = c !== undefined && formatIPv4(c.network) === text.split('/')[0];
+    if (!v4 && (!text.includes(':') || parseIpv6Cidr(text) === null)) {
+      throw new ConfigError(`${admitRaw.label}: must be an IPv4 or IPv6 CIDR with no host bits set (e.g. 10.20.0.0/16, fd00:1234::/48) or one IPv6 address, got "${text}"`);
     }
   }
   return admitRaw.items;

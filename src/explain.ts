@@ -9,6 +9,7 @@ import { canonicalHostname, RuleError } from '../dns/rules.js';
 import type { Resolver } from '../dns/preresolve.js';
 import type { Decision } from '../sni/policy.js';
 import { formatIPv4, parseIPv4 } from '../netstack/addr.js';
+import { parseIpv6 } from '../sni/ranges6.js';
 import type { ExplainConfig } from './config.js';
 import { AllowlistRuntime } from './egress/allowlist-runtime.js';
 import { DEFAULT_EGRESS_OPTIONS } from './egress/egress.js';
@@ -20,6 +21,10 @@ export interface Explanation {
   allowed: boolean;
 }
 
+/** An address target (IPv4 as netstack reads it, or IPv6) is explained by address; anything else as a name. */
+function isAddress(target: string): boolean {
+  return IPV4.test(target) || parseIpv6(target) !== null;
+}
 const IPV4 = /^\d{1,3}(?:\.\d{1,3}){3}$/;
 
 export async function explain(c: ExplainConfig, resolver: Resolver, signal?: AbortSignal): Promise<Explanation> {
@@ -41,7 +46,7 @@ export async function explain(c: ExplainConfig, resolver: Resolver, signal?: Abo
     NULL_LOGGER,
   );
   try {
-    const e = IPV4.test(c.target) ? explainAddress(c, runtime) : await explainName(c, runtime);
+    const e = isAddress(c.target) ? explainAddress(c, runtime) : await explainName(c, runtime);
     // The rules serve would warn about at start-up (a CIDR containing the host alias or 169.254/16 does not open them).
     for (const w of runtime.egress.policy.warnings()) e.lines.push(`warning      ${w.message}`);
     return e;
@@ -51,7 +56,8 @@ export async function explain(c: ExplainConfig, resolver: Resolver, signal?: Abo
 }
 
 function explainAddress(c: ExplainConfig, runtime: AllowlistRuntime): Explanation {
-  const lines = [`destination  ${c.target}:${c.port} (an address: no DNS involved)`];
+  const shown = c.target.includes(':') ? `[${c.target}]` : c.target;
+  const lines = [`destination  ${shown}:${c.port} (an address: no DNS involved)`];
   const d = runtime.egress.decide({ proto: 'tcp', dst: c.target, port: c.port });
   lines.push(...describeDecision(d, 'tcp', c));
   if (d.verdict === 'peek') {
@@ -71,7 +77,7 @@ function explainAddress(c: ExplainConfig, runtime: AllowlistRuntime): Explanatio
 
 async function explainName(c: ExplainConfig, runtime: AllowlistRuntime): Promise<Explanation> {
   const canonical = canonicalHostname(c.target);
-  if (canonical instanceof RuleError) return { lines: [`destination  "${c.target}" is not a hostname or IPv4 address (${canonical.reason})`], allowed: false };
+  if (canonical instanceof RuleError) return { lines: [`destination  "${c.target}" is not a hostname or IP address (${canonical.reason})`], allowed: false };
   const lines = [`destination  ${canonical}:${c.port}`];
 
   // DNS: ask the very responder the gateway would use.

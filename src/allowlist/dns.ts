@@ -46,10 +46,12 @@ export interface AllowlistDnsOptions {
   ask?: AskGate;
   /** The runtime's live-lookup budget (shared with dial-by-name). */
   budget?: LiveLookupBudget;
-  /** Addresses Moat pinned for a name: what an HTTPS/SVCB answer's ipv4hint may keep. */
+  /** Addresses Moat pinned for a name: what an HTTPS/SVCB answer's ipv4hint/ipv6hint may keep. */
   pinned?: (name: string) => readonly string[];
   /** A name the rules allow that is refused anyway (its rules' byte budgets are spent), and why; see DnsResponder. */
   refuseName?: (name: string) => string | null;
+  /** The guest network carries IPv6: AAAA answered like A (dns/responder.ts). Default false. */
+  ipv6?: boolean;
 }
 
 export type AllowlistDnsStats = GatewayDnsStats &
@@ -75,7 +77,7 @@ export class AllowlistDns implements GatewayDns {
       table: opts.table,
       resolver: opts.resolver,
       timers: opts.timers ?? realTimers,
-      ipv6: GUEST_IPV6,
+      ipv6: opts.ipv6 ?? GUEST_IPV6,
       ...(opts.decisionId ? { decisionId: opts.decisionId } : {}),
       ...(opts.audit ? { audit: true } : {}),
       ...(opts.budget ? { budget: opts.budget } : {}),

@@ -24,17 +24,28 @@ export interface AllowlistTableOptions {
   signal?: AbortSignal;
   timers?: Timers;
   policy?: RetryPolicy;
+  /**
+   * The guest network carries IPv6 (issue 19): every allowed host is asked A
+   * and AAAA (one of them must have an address), and the built-in names get
+   * these AAAA addresses. Absent: IPv4 only, an allowed host needs an A record.
+   */
+  ipv6?: { gatewayIpv6?: string; hostAliasIpv6?: string };
 }
 
-/** The guest network is IPv4 only: an allowed host needs an A record. */
+/** Without `ipv6` options the guest network is IPv4 only: an allowed host needs an A record. */
 export const GUEST_IPV6 = false;
 
 export async function buildAllowlistTable(o: AllowlistTableOptions): Promise<ZoneTable> {
-  const builtins = builtinHosts({ gatewayIpv4: o.gatewayIpv4, hostAliasIpv4: o.hostAliasIpv4 });
+  const builtins = builtinHosts({
+    gatewayIpv4: o.gatewayIpv4,
+    hostAliasIpv4: o.hostAliasIpv4,
+    ...(o.ipv6?.gatewayIpv6 ? { gatewayIpv6: o.ipv6.gatewayIpv6 } : {}),
+    ...(o.ipv6?.hostAliasIpv6 ? { hostAliasIpv6: o.ipv6.hostAliasIpv6 } : {}),
+  });
   const resolved = await preresolve(hostsToResolve(o.rules, builtins), {
     resolver: o.resolver,
     timers: o.timers ?? realTimers,
-    ipv6: GUEST_IPV6,
+    ipv6: o.ipv6 !== undefined,
     ...(o.policy ? { policy: o.policy } : {}),
     ...(o.signal ? { signal: o.signal } : {}),
   });

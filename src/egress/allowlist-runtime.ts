@@ -62,6 +62,24 @@ export interface AllowlistRuntimeOptions {
   budgetDirection?: BudgetDirection;
   /** Ask mode (--on-unlisted ask): requests for unlisted names wait for a verdict; absent: refused at once. */
   ask?: { settings: AskSettings; callback?: AskCallback };
+  /** The guest network carries IPv6 (issue 19); absent or null: IPv4 only, as before. */
+  ipv6?: AllowlistIpv6Options | null;
+}
+
+/**
+ * What the allowlist needs to know of a guest network with IPv6. With it:
+ * allowed hosts are pre-resolved A and AAAA and both are pinned; the gateway
+ * answers AAAA (sinkhole `::`) and passes ipv6hint cut to pins; dial-by-name
+ * looks up both families; the policy knows the guest's prefix (its answers
+ * are 'guest-subnet' for the rebinding guard) and the IPv6 host alias.
+ */
+export interface AllowlistIpv6Options {
+  /** The guest's own IPv6 prefix (its ULA, e.g. fd00:6d6f:6174::/64). */
+  guestPrefix: { network: string; prefix: number };
+  /** The gateway's IPv6 address: gateway.containers.internal's AAAA. */
+  gatewayIpv6?: string;
+  /** The IPv6 host alias: host.containers.internal's AAAA; the policy treats it as it treats the IPv4 alias. */
+  hostAliasIpv6?: string;
 }
 
 /** Live lookups of names below `*.domain` for dial-by-name, at once. */
@@ -120,7 +138,7 @@ export class AllowlistRuntime {
     // DNS for a name is refused when every name rule covering it has a spent byte budget (no rule left to allow a flow to it).
     let runtime: AllowlistRuntime | undefined;
     const spentRuleFor = (name: string): string | null => (runtime === undefined ? null : runtime.spentRuleFor(name));
-    const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS, budget: liveBudget });
+    const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS, budget: liveBudget, ipv6: o.ipv6 != null });
     const budgets = new ByteBudgets(initialBudgets, o.budgetDirection ?? 'egress', o.now, o.egress.mode === 'audit');
     const egress = new Egress(policy, pins, decisions, targets, o.egress, budgets);
     // allow-name adds its rule through the runtime built below (the gate needs it, it needs the gate).
@@ -143,6 +161,7 @@ export class AllowlistRuntime {
           const rule = spentRuleFor(name);
           return rule === null ? null : `byte budget of rule ${rule} is spent`;
         },
+        ipv6: o.ipv6 != null,
         ...(ask ? { ask } : {}),
         onDecision: (d, asked) => {
           // The responder clamps live TTLs (at least 5 s), so a pin always outlives the answer's use.
@@ -288,6 +307,8 @@ function compilePolicy(o: AllowlistRuntimeOptions, rules: readonly Rule[]): Egre
     hostAlias: o.hostAliasIpv4,
     hostAliasExempt: o.hostAliasExempt,
     allowLinkLocal: o.allowLinkLocal,
+    guestPrefix6: o.ipv6?.guestPrefix ?? null,
+    hostAlias6: o.ipv6?.hostAliasIpv6 ?? null,
   });
 }
 
@@ -300,6 +321,7 @@ function buildTable(o: AllowlistRuntimeOptions, rules: readonly Rule[], signal: 
     sinkhole: o.sinkhole,
     ...(o.timers ? { timers: o.timers } : {}),
     ...(signal ? { signal } : {}),
+    ...(o.ipv6 != null ? { ipv6: { ...(o.ipv6.gatewayIpv6 ? { gatewayIpv6: o.ipv6.gatewayIpv6 } : {}), ...(o.ipv6.hostAliasIpv6 ? { hostAliasIpv6: o.ipv6.hostAliasIpv6 } : {}) } } : {}),
   });
 }
 
@@ -312,10 +334,12 @@ function warnBroadRules(policy: EgressPolicy, log: Logger): void {
   for (const w of policy.warnings()) log.warn('allow rule contains a range it does not open', { rule: w.rule, contains: w.contains, detail: w.message });
 }
 
-/** An exact host's pre-resolved addresses are where its name leads for as long as this allowlist lives. */
+/** An exact host's pre-resolved addresses (A, and AAAA when the guest has IPv6: the table holds none otherwise) are where its name leads for as long as this allowlist lives. */
 function seedPins(pins: PinTable, table: ZoneTable): void {
   for (const z of table.zones) {
-    if (z.kind === 'allowed' && z.apex !== null && z.apex.a.length > 0) pins.pin(z.name, z.apex.a, Infinity);
+    if (z.kind !== 'allowed' || z.apex === null) continue;
+    const addresses = [...z.apex.a, ...z.apex.aaaa];
+    if (addresses.length > 0) pins.pin(z.name, addresses, Infinity);
   }
 }
 

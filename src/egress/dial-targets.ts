@@ -16,10 +16,34 @@
  *
  * Which of the addresses may actually be dialed (the DNS-rebinding guard) is
  * the policy's call (EgressPolicy.admitResolved), not this module's.
+ *
+ * Families (issue 19): on a guest network with IPv6 (`ipv6`), a live lookup
+ * asks A and AAAA and the pins hold both, so a name is dialed in whichever
+ * family it resolved to on the host: dialOrder() puts the guest flow's own
+ * family first and the other after it, so an IPv6 guest flow reaches an
+ * IPv4-only host (and the reverse) and a dual-stack name keeps the family
+ * the guest chose.
  */
 import { clampTtl, DEFAULT_RETRY_POLICY, DEFAULT_TTL_CLAMP, isNxdomain, lookup, type Resolver, type Timers } from '../../dns/preresolve.js';
 import type { LiveLookupBudget } from '../../dns/live-budget.js';
 import type { PinTable } from '../../sni/pins.js';
+
+/**
+ * The order to dial a name's admitted addresses in, for a guest flow of
+ * family `prefer` (4 or 6): that family's addresses first, then the other's,
+ * each in the order given (resolver order; pins keep theirs).
+ */
+export function dialOrder(addresses: readonly string[], prefer: 4 | 6): string[] {
+  const first: string[] = [];
+  const then: string[] = [];
+  for (const a of addresses) ((a.includes(':') ? 6 : 4) === prefer ? first : then).push(a);
+  return [...first, ...then];
+}
+
+/** The family of an address as text (IPv6 has a colon, IPv4 never does). */
+export function familyOf(address: string): 4 | 6 {
+  return address.includes(':') ? 6 : 4;
+}
 
 export interface DialTargetsOptions {
   resolver: Resolver;
@@ -29,6 +53,8 @@ export interface DialTargetsOptions {
   maxLookups: number;
   /** The runtime's live-lookup budget (shared with its DNS); absent: unbudgeted. */
   budget?: LiveLookupBudget;
+  /** The guest network carries IPv6: live lookups ask A and AAAA. Default false (A only). */
+  ipv6?: boolean;
 }
 
 /** A live lookup the budget refused: 'live-budget' (over it) or 'live-off' (--no-live-lookups). The decision reason. */
@@ -62,7 +88,7 @@ export class DialTargets {
 
   constructor(private readonly opts: DialTargetsOptions) {}
 
-  /** IPv4 addresses for a canonical name; rejects when the name does not resolve. */
+  /** Addresses for a canonical name (IPv4, and IPv6 with `ipv6`); rejects when the name does not resolve. */
   async addressesFor(name: string, signal?: AbortSignal): Promise<readonly string[]> {
     const pinned = this.opts.pins.addressesFor(name);
     if (pinned.length > 0) return pinned;
@@ -85,11 +111,8 @@ export class DialTargets {
     this.inFlight++;
     this.lookups++;
     try {
-      const r = await lookup(this.opts.resolver, 'A', name, {
-        timers: this.opts.timers,
-        policy: DEFAULT_RETRY_POLICY,
-        ...(signal ? { signal } : {}),
-      });
+      const ctx = { timers: this.opts.timers, policy: DEFAULT_RETRY_POLICY, ...(signal ? { signal } : {}) };
+      const r = this.opts.ipv6 === true ? await lookupBoth(this.opts.resolver, name, ctx) : await lookup(this.opts.resolver, 'A', name, ctx);
       const ttl = clampTtl(r.ttl, DEFAULT_TTL_CLAMP);
       budget?.answered(name, ttl);
       if (r.addresses.length > 0) this.opts.pins.pin(name, r.addresses, ttl * 1000);
@@ -101,4 +124,21 @@ export class DialTargets {
       this.inFlight--;
     }
   }
+}
+
+/**
+ * A and AAAA at once: the addresses of both (A first), the shorter TTL of the
+ * families that answered. One family failing is fine when the other has an
+ * address (an upstream that times out on AAAA must not cut an IPv4 host
+ * off); both failing rethrows the A lookup's error (NXDOMAIN if it was one).
+ */
+async function lookupBoth(resolver: Resolver, name: string, ctx: Parameters<typeof lookup>[3]): Promise<{ addresses: string[]; ttl: number }> {
+  const [a, aaaa] = await Promise.allSettled([lookup(resolver, 'A', name, ctx), lookup(resolver, 'AAAA', name, ctx)]);
+  const answered = [a, aaaa].filter((r): r is PromiseFulfilledResult<Awaited<ReturnType<typeof lookup>>> => r.status === 'fulfilled' && r.value.addresses.length > 0);
+  if (answered.length === 0) {
+    if (a.status === 'rejected') throw a.reason;
+    if (aaaa.status === 'rejected' && !isNxdomain(aaaa.reason)) throw aaaa.reason;
+    return { addresses: [], ttl: a.status === 'fulfilled' ? a.value.ttl : DEFAULT_TTL_CLAMP.min };
+  }
+  return { addresses: answered.flatMap((r) => r.value.addresses), ttl: Math.min(...answered.map((r) => r.value.ttl)) };
 }

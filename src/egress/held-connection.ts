@@ -48,7 +48,7 @@ import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Logger } from '../log.js';
 import type { DialAdmission, FlowTag } from '../nat/tcp-flows.js';
-import { LiveLookupRefusedError } from './dial-targets.js';
+import { dialOrder, familyOf, LiveLookupRefusedError } from './dial-targets.js';
 import type { FlowInspector } from '../nat/tcp-pipe.js';
 import { askMark, type Egress, type InFlight } from './egress.js';
 import { FlowWatch } from './flow-watch.js';
@@ -284,12 +284,13 @@ export class HeldConnection {
         const { admitted, refused } = this.egress.policy.admitResolved(resolved, port);
         if (admitted.length === 0) {
           if (this.state !== 'dialing') return;
-          const detail = refused.map((x) => `${x.address} (${x.range})`).join(', ') || 'no IPv4 address';
+          const detail = refused.map((x) => `${x.address} (${x.range})`).join(', ') || 'no usable address';
           const id = this.egress.recordBlock('rebinding', 'tcp', this.dst, port, d.dial.name, protocol === 'tls' ? 'sni' : 'host', detail);
           this.refuse(id, protocol, d.dial.name, 'rebinding');
           return;
         }
-        addresses = admitted;
+        // Whichever family the name resolved to on the host; the guest's own family first (issue 19).
+        addresses = dialOrder(admitted, familyOf(this.dst));
       }
     } catch (err) {
       if (this.state !== 'dialing') return;

@@ -10,8 +10,9 @@
  *
  * CMD CONNECT (1) and UDP ASSOCIATE (3, socks5-udp.ts: each datagram needs
  * an IP/CIDR rule, as UDP does in `moat serve`); BIND (2) gets REP 0x07
- * "command not supported". ATYP domain (3) is decided by name, IPv4 (1) by address, IPv6
- * (4) gets 0x08 "address type not supported" (the allowlist is IPv4).
+ * "command not supported". ATYP domain (3) is decided by name, IPv4 (1) and
+ * IPv6 (4) by address (the same policy: IPv4-in-IPv6 forms as their IPv4
+ * address, fe80::/10 and the metadata fd00:ec2::/32 like 169.254/16).
  * Policy refusals get 0x02 "connection not allowed by ruleset"; a name that
  * does not resolve 0x04 "host unreachable". The success reply is sent
  * before the dial (the tunnel is peeked first), so its BND fields are zeros.
@@ -160,7 +161,7 @@ function handshake(host: Socks5Host, socket: Socket, timeoutMs: number): void {
     if (r.kind === 'need-more') return;
     if (r.kind === 'error') return fail(REP.generalFailure);
     host.counters.socksConnects++;
-    if (r.address === null || r.address.atyp === 'ipv6') {
+    if (r.address === null) {
       host.counters.refused++;
       return fail(REP.addressTypeNotSupported);
     }
@@ -191,7 +192,7 @@ function handshake(host: Socks5Host, socket: Socket, timeoutMs: number): void {
     // The handshake is complete: the wait from here is the decision's (ask mode may hold it up to --ask-timeout-ms), not the client's.
     clearTimeout(timer);
     const rest = buf.subarray(r.used);
-    const target = r.address.atyp === 'domain' ? r.address.host : r.address.host;
+    const target = r.address.host;
     const gone = new AbortController();
     socket.once('close', () => gone.abort());
     void admit(host.egress(), target, r.port, host.log, gone.signal).then((a) => {
@@ -204,8 +205,11 @@ function handshake(host: Socks5Host, socket: Socket, timeoutMs: number): void {
         return;
       }
       socket.write(reply(REP.succeeded));
-      host.openTunnel(socket, a, rest);
+      // Resume BEFORE the tunnel takes the socket: a tunnel that dials at once (an address target)
+      // pauses it again until it is piped; resumed after, the client's first bytes (sent on our reply)
+      // flowed to no listener while the dial was in flight and were lost.
       socket.resume();
+      host.openTunnel(socket, a, rest);
     });
   };
   socket.on('data', onData);

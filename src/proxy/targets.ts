@@ -7,8 +7,10 @@
  *    covering the port), then resolved by Moat (DialTargets: pins first,
  *    else a live lookup) and filtered by the rebinding guard
  *    (policy.admitResolved). The client never chooses the address.
- *  - An IP literal is decided by address (EgressPolicy.decide without a
- *    peek): IP/CIDR rules, the link-local refusal, pins on non-web ports;
+ *  - An IP literal, IPv4 or IPv6 (`[2001:db8::1]:443`, SOCKS5 ATYP 4), is
+ *    decided by address (EgressPolicy.decide without a peek): IP/CIDR
+ *    rules, the link-local refusal (169.254/16, fe80::/10, fd00:ec2::/32),
+ *    IPv4-in-IPv6 forms as their IPv4 address, pins on non-web ports;
  *    then the same rebinding filter as a resolved name; a port only
  *    hostname rules cover is refused (Egress.decideAddress, which a
  *    re-decision after a reload uses too).
@@ -17,10 +19,12 @@
  *
  * Audit mode: a refused target is recorded as would-block and admitted
  * anyway (to the name's own addresses, unfiltered, or to the address given),
- * except cloud metadata (169.254.0.0/16), which stays refused.
+ * except cloud metadata (169.254.0.0/16, fd00:ec2::/32, and their IPv6
+ * forms), which stays refused.
  */
-import { isIP } from 'node:net';
 import { canonicalHostname } from '../../dns/rules.js';
+import { parseIpv4 } from '../../sni/ranges.js';
+import { formatIpv6, parseIpv6 } from '../../sni/ranges6.js';
 import type { Decision } from '../../sni/policy.js';
 import { LiveLookupRefusedError } from '../egress/dial-targets.js';
 import { askMark, type AskMark, type Egress, type InFlight } from '../egress/egress.js';
@@ -28,12 +32,19 @@ import type { Logger } from '../log.js';
 
 export type TargetHost = { kind: 'name'; name: string } | { kind: 'ipv4'; address: string } | { kind: 'ipv6'; address: string };
 
-/** Classifies a host as the client wrote it ("example.com", "1.2.3.4", "[::1]"). */
+/**
+ * Classifies a host as the client wrote it ("example.com", "1.2.3.4",
+ * "[::1]"). IPv6 comes back in its one RFC 5952 form, whatever the
+ * spelling. The policy's own strict parsers decide what is an address: a
+ * zone id (`[fe80::1%eth0]`, which node:net would dial on that host
+ * interface) or an octal-looking quad is not one, so it is taken as a name
+ * and refused as an IP literal (decideName).
+ */
 export function classifyHost(host: string): TargetHost {
   const inner = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
-  const family = isIP(inner);
-  if (family === 4) return { kind: 'ipv4', address: inner };
-  if (family === 6) return { kind: 'ipv6', address: inner };
+  if (parseIpv4(inner) !== null) return { kind: 'ipv4', address: inner };
+  const v6 = parseIpv6(inner);
+  if (v6 !== null) return { kind: 'ipv6', address: formatIpv6(v6) };
   return { kind: 'name', name: host };
 }
 
@@ -111,24 +122,21 @@ export async function admit(egress: Egress, host: string, port: number, log: Log
 
 async function admitTarget(egress: Egress, host: string, port: number, log: Logger, signal?: AbortSignal): Promise<Admission> {
   const t = classifyHost(host);
-  if (t.kind === 'ipv6') {
-    // The allowlist is IPv4 (sni/policy.ts): an IPv6 target cannot be decided, so it is refused.
-    const id = egress.recordBlock('ipv6-target', 'tcp', `[${t.address}]`, port, null, 'target', 'IPv6 targets are not supported');
-    return { ok: false, id, kind: 'unsupported', reason: 'ipv6-target', name: null };
-  }
-  if (t.kind === 'ipv4') return admitAddress(egress, t.address, port);
+  if (t.kind !== 'name') return admitAddress(egress, t.address, port);
   return admitName(egress, t.name, port, log, signal);
 }
 
 function admitAddress(egress: Egress, address: string, port: number): Admission {
   const d = egress.decideAddress('tcp', address, port);
-  const id = egress.record(d, 'tcp', address, port, 'target');
+  const shown = address.includes(':') ? `[${address}]` : address;
+  const id = egress.record(d, 'tcp', shown, port, 'target');
   if (d.verdict === 'block' && egress.audit && d.reason !== 'link-local') {
-    return { ok: true, id, name: null, addresses: [address], port, peek: 'none', dst: `${address}:${port}` };
+    return { ok: true, id, name: null, addresses: [address], port, peek: 'none', dst: `${shown}:${port}` };
   }
   if (d.verdict === 'block') return { ok: false, id, kind: 'blocked', reason: d.reason, name: null, ...(d.detail !== undefined ? { detail: d.detail } : {}) };
+  // An IPv4-mapped or NAT64 target is dialed at the IPv4 address it was decided as.
   const dial = d.verdict === 'allow' && d.dial.kind === 'address' ? d.dial.address : address;
-  return { ok: true, id, name: null, addresses: [dial], port, peek: 'none', dst: `${address}:${port}`, rule: d.verdict === 'allow' ? d.rule : null };
+  return { ok: true, id, name: null, addresses: [dial], port, peek: 'none', dst: `${shown}:${port}`, rule: d.verdict === 'allow' ? d.rule : null };
 }
 
 async function admitName(egress: Egress, host: string, port: number, log: Logger, signal?: AbortSignal): Promise<Admission> {
@@ -175,7 +183,7 @@ async function admitDecided(egress: Egress, d: Decision, host: string, port: num
   }
   const { admitted, refused } = egress.policy.admitResolved(resolved, port);
   if (admitted.length === 0) {
-    const detail = refused.map((x) => `${x.address} (${x.range})`).join(', ') || 'no IPv4 address';
+    const detail = refused.map((x) => `${x.address} (${x.range})`).join(', ') || 'no usable address';
     const id = egress.recordBlock('rebinding', 'tcp', name, port, name, 'target', detail);
     // Audit lets rebinding through, but never to metadata.
     const audited = egress.audit ? egress.auditAddresses(resolved, port) : [];

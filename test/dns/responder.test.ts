@@ -110,6 +110,28 @@ describe('DnsResponder with the issue rule set', () => {
     expect(dataOf((await ask(v6, query('dual.test', 'AAAA'))).msg)).toEqual(['2001:db8::1']);
   });
 
+  it('IPv6 guest (issue 19): the sinkhole answers AAAA with :: as A with 0.0.0.0; other types NODATA; nxdomain mode unchanged', async () => {
+    const s = await setup(ISSUE_RULES, issueUpstream, { ipv6: true });
+    const aaaa = await ask(s, query('www.merck.com', 'AAAA'));
+    expect(aaaa.msg.rcode).toBe('NOERROR');
+    expect(aaaa.msg.flag_aa).toBe(true);
+    expect(dataOf(aaaa.msg)).toEqual(['::']);
+    expect(aaaa.msg.answers?.[0]).toMatchObject({ type: 'AAAA', ttl: 60 });
+    expect(aaaa.reply.decision).toMatchObject({ outcome: 'sinkholed', allowed: false, addresses: [] });
+    expect(dataOf((await ask(s, query('www.merck.com', 'A'))).msg)).toEqual(['0.0.0.0']);
+    expect((await ask(s, query('www.merck.com', 'MX'))).msg.answers).toEqual([]);
+    expect(s.resolver.callsFor('AAAA', 'www.merck.com')).toBe(0);
+    const nx = await setup(ISSUE_RULES, issueUpstream, { ipv6: true, sinkhole: 'nxdomain' });
+    expect((await ask(nx, query('www.merck.com', 'AAAA'))).msg.rcode).toBe('NXDOMAIN');
+  });
+
+  it('IPv6 guest: AAAA below a wildcard is looked up live and answered', async () => {
+    const s = await setup(['*.example.org'], (r) => r.host('www.example.org', ['198.51.100.7'], ['2606:4700::7']), { ipv6: true });
+    const { msg, reply } = await ask(s, query('www.example.org', 'AAAA'));
+    expect(dataOf(msg)).toEqual(['2606:4700::7']);
+    expect(reply.decision).toMatchObject({ outcome: 'live', addresses: ['2606:4700::7'] });
+  });
+
   it('answers the built-in names locally', async () => {
     const s = await setup([], () => {});
     const { reply, msg } = await ask(s, query('Host.Containers.Internal'));

@@ -90,4 +90,51 @@ describe('filterServiceRecord', () => {
     expect(filterServiceRecord(rec([[SVC_KEY.mandatory, [0, 4]], [SVC_KEY.ipv4hint, [1, 2, 3, 4]]]), []).record).toBeNull();
     expect(filterServiceRecord(rec([[SVC_KEY.mandatory, [0, 4]], [SVC_KEY.ipv4hint, [1, 2, 3, 4]]]), ['1.2.3.4']).record).not.toBeNull();
   });
+
+  // Issue 19: on a guest network with IPv6, ipv6hint is filtered exactly as ipv4hint is.
+  const v6 = (...groups: number[]): number[] => groups.flatMap((g) => [g >> 8, g & 0xff]);
+  const PINNED6 = v6(0x2606, 0x4700, 0, 0, 0, 0, 0, 0x10);
+  const OTHER6 = v6(0x2606, 0x4700, 0, 0, 0, 0, 0, 0x99);
+
+  it('IPv6 guest: ipv6hint cut to pinned addresses (any spelling of the pin), removed when none is; IPv4 guest: removed', () => {
+    const both = rec([[SVC_KEY.ipv4hint, [203, 0, 113, 10, 198, 51, 100, 9]], [SVC_KEY.ipv6hint, [...OTHER6, ...PINNED6]]]);
+    const pins = ['203.0.113.10', '2606:4700:0000:0:0:0:0:0010'];
+    const on = filterServiceRecord(both, pins, true).record!;
+    expect(on.params.map((p) => [p.key, [...p.value]])).toEqual([
+      [SVC_KEY.ipv4hint, [203, 0, 113, 10]],
+      [SVC_KEY.ipv6hint, PINNED6],
+    ]);
+    expect(filterServiceRecord(both, ['203.0.113.10'], true).record!.params.map((p) => p.key)).toEqual([SVC_KEY.ipv4hint]);
+    expect(filterServiceRecord(both, pins, false).record!.params.map((p) => p.key)).toEqual([SVC_KEY.ipv4hint]);
+    // An IPv4 pin never keeps an IPv6 hint (the IPv4-mapped form of a pin is not that pin), nor the reverse.
+    expect(filterServiceRecord(rec([[SVC_KEY.ipv6hint, v6(0, 0, 0, 0, 0, 0xffff, 0xcb00, 0x710a)]]), ['203.0.113.10'], true).record!.params).toEqual([]);
+  });
+
+  it('IPv6 guest: a malformed ipv6hint drops the record; a mandatory ipv6hint with nothing pinned drops it', () => {
+    expect(filterServiceRecord(rec([[SVC_KEY.ipv6hint, PINNED6.slice(1)]]), ['2606:4700::10'], true).record).toBeNull();
+    expect(filterServiceRecord(rec([[SVC_KEY.mandatory, [0, 6]], [SVC_KEY.ipv6hint, OTHER6]]), ['2606:4700::10'], true).record).toBeNull();
+    expect(filterServiceRecord(rec([[SVC_KEY.mandatory, [0, 6]], [SVC_KEY.ipv6hint, PINNED6]]), ['2606:4700::10'], true).record).not.toBeNull();
+    expect(filterServiceRecord(rec([[SVC_KEY.mandatory, [0, 6]], [SVC_KEY.ipv6hint, PINNED6]]), ['2606:4700::10'], false).record).toBeNull();
+  });
+
+  it('IPv6 guest: never lets an unpinned hint of either family through (property)', () => {
+    fc.assert(
+      fc.property(arbRecord, fc.array(fc.oneof(fc.ipV4(), fc.ipV6()), { maxLength: 4 }), (r, pinned) => {
+        const f = filterServiceRecord(r, pinned, true);
+        if (f.record === null) return;
+        for (const p of f.record.params) expect([0, 1, 2, 3, 4, 6]).toContain(p.key);
+        const norm = (t: string): string => (t.includes(':') ? new URL(`http://[${t}]`).hostname : t);
+        const pins = new Set(pinned.map(norm));
+        for (const p of f.record.params.filter((x) => x.key === SVC_KEY.ipv4hint || x.key === SVC_KEY.ipv6hint)) {
+          const size = p.key === SVC_KEY.ipv4hint ? 4 : 16;
+          for (let i = 0; i < p.value.length; i += size) {
+            const b = [...p.value.subarray(i, i + size)];
+            const text = size === 4 ? b.join('.') : norm(Array.from({ length: 8 }, (_, g) => ((b[2 * g]! << 8) | b[2 * g + 1]!).toString(16)).join(':'));
+            expect(pins.has(text)).toBe(true);
+          }
+        }
+      }),
+      { numRuns: 2000 },
+    );
+  });
 });

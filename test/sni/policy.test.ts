@@ -178,8 +178,10 @@ const matrix: Row[] = [
   { title: 'empty: UDP', rules: [], flow: udp(PUBLIC, 443), want: allowAddress('no-allowlist', null, PUBLIC) },
   { title: 'empty: a peeked IP literal is irrelevant', rules: [], flow: tcp(PUBLIC, 443, sni('1.2.3.4')), want: allowAddress('no-allowlist', null, PUBLIC) },
 
-  // IPv6 rules never match the IPv4 guest, but they make the allowlist non-empty.
-  { title: 'ipv6 rules: not empty, no IPv4 match', rules: ['2001:db8::/32', '::ffff:140.82.112.3'], flow: tcp(PUBLIC, 443), want: blocked('no-rule') },
+  // IPv6 rules never match IPv4 destinations, but they make the allowlist non-empty.
+  { title: 'ipv6 rules: not empty, no IPv4 match', rules: ['2001:db8::/32', '::ffff:140.82.112.4'], flow: tcp(PUBLIC, 443), want: blocked('no-rule') },
+  // ... except a rule spelling an IPv4 address in IPv6 (issue 19): it is that IPv4 rule.
+  { title: 'ipv6 rules: an IPv4-mapped rule is its IPv4 rule', rules: ['::ffff:140.82.112.3'], flow: tcp(PUBLIC, 443), want: allowAddress('ip-rule', '::ffff:140.82.112.3', PUBLIC) },
 
   // Most specific IP rule is reported.
   { title: 'ip: exact address beats CIDRs', rules: ['10.0.0.0/8', '10.1.0.0/16', '10.1.2.3'], flow: tcp('10.1.2.3', 1), want: allowAddress('ip-rule', '10.1.2.3', '10.1.2.3') },
@@ -231,7 +233,7 @@ describe('EgressPolicy.compile', () => {
     expect(p.decide(tcp(PUBLIC, 443, sni('github.com')), pinsOf())).toEqual(allowName('name-sni', 'GitHub.COM.', 'github.com'));
   });
 
-  it.each(['10.0.0.1/8', 'nope', '10.0.0.0/33', '2001:db8::/32', ''])('throws for --admit-resolved %j, naming it', (bad) => {
+  it.each(['10.0.0.1/8', 'nope', '10.0.0.0/33', '2001:db8::1/32', 'fe80::1%eth0', '[2001:db8::]', ''])('throws for --admit-resolved %j, naming it', (bad) => {
     expect(() => policy(['github.com'], { admitResolved: [bad] })).toThrow(new RegExp(`admit-resolved "${bad.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}"`));
   });
 
@@ -278,7 +280,7 @@ describe('EgressPolicy.admitResolved: the DNS-rebinding filter', () => {
       { address: '0.0.0.0', range: 'unspecified' },
       { address: '255.255.255.255', range: 'broadcast' },
       { address: '240.0.0.1', range: 'reserved' },
-      { address: '2001:db8::1', range: 'reserved' },
+      { address: '2001:db8::1', range: 'documentation' },
     ]);
   });
 

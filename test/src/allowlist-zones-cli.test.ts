@@ -200,6 +200,46 @@ describe('moat explain', () => {
     expect(b).toContain('warning      rule 0.0.0.0/0:80 contains 169.254.0.0/16 (cloud metadata) but does not open it');
   });
 
+  it('IPv6 addresses (issue 19): metadata and mapped forms refused like IPv4, an IPv6 rule allows its port, NAT64 dialed at IPv4', async () => {
+    const v6 = async (target: string): Promise<{ code: number; out: string; err: string }> => {
+      const io = cliIo();
+      const code = await runCli(['explain', '--allow', '[2606:4700::/32]:22', '--allow', '10.0.0.0/8:22', '--allow', 'github.com', ...resolverArgs(), target], io);
+      return { code, out: io.out.join(''), err: io.err.join('') };
+    };
+    const meta = await v6('[fd00:ec2::254]:80');
+    expect(meta.err).toBe('');
+    expect(meta.code).toBe(3);
+    expect(meta.out).toContain('destination  [fd00:ec2::254]:80 (an address: no DNS involved)');
+    expect(meta.out).toContain('blocked: link-local');
+    expect((await v6('[::ffff:169.254.169.254]:80')).out).toContain('blocked: link-local');
+    const rule = await v6('[2606:4700:0:0::1]:22');
+    expect(rule.code).toBe(EXIT_OK);
+    expect(rule.out).toContain('allowed: ip-rule (rule [2606:4700::/32]:22), dialed to 2606:4700::1');
+    expect((await v6('[2606:4700::1]:23')).code).toBe(3);
+    const nat64 = await v6('[64:ff9b::10.1.2.3]:22');
+    expect(nat64.code).toBe(EXIT_OK);
+    expect(nat64.out).toContain('allowed: ip-rule (rule 10.0.0.0/8:22), dialed to 10.1.2.3');
+    const bare = await v6('2606:4700::1');
+    expect(bare.out).toContain('destination  [2606:4700::1]:443');
+    expect(bare.out).toContain('needs a name: hostname rules for this port: github.com');
+    const broad = cliIo();
+    expect(await runCli(['explain', '--allow', '::/0', ...resolverArgs(), '[fe80::1]:80'], broad)).toBe(3);
+    expect(broad.out.join('')).toContain('warning      rule ::/0 contains fd00:ec2::/32 (cloud metadata) but does not open it');
+  });
+
+  it('IPv6 usage errors: a zone id, a bad bracket, a port without brackets', async () => {
+    for (const bad of ['[fe80::1%eth0]:80', 'fe80::1%eth0', '[github.com]:443', '[::1]:0', '2001:db8::1:99999x']) {
+      const r = await run([bad]);
+      expect({ bad, code: r.code }).toEqual({ bad, code: EXIT_USAGE });
+      expect(r.err).toContain(`destination "${bad}"`);
+    }
+    const admit = cliIo();
+    expect(await runCli(['explain', '--allow', 'github.com', '--admit-resolved', 'fd00::1/8', ...resolverArgs(), 'github.com'], admit)).toBe(EXIT_USAGE);
+    expect(admit.err.join('')).toContain('--admit-resolved: must be an IPv4 or IPv6 CIDR with no host bits set');
+    const ok = cliIo();
+    expect(await runCli(['explain', '--allow', 'github.com', '--admit-resolved', 'fd00::/8', '--admit-resolved', '::1', ...resolverArgs(), 'github.com'], ok)).toBe(EXIT_OK);
+  });
+
   it('usage errors exit 2 and name the problem', async () => {
     const none = await run([]);
     expect(none.code).toBe(EXIT_USAGE);

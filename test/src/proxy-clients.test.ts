@@ -214,9 +214,10 @@ function socksReply(address: string, request: number[]): Promise<number> {
 }
 
 describe('moat proxy: SOCKS5 edges', () => {
-  it('BIND is refused with 0x07; IPv6 with 0x08', async () => {
+  it('BIND is refused with 0x07; IPv6 is decided by the rules (::1 has none: 0x02); unknown ATYP 0x08', async () => {
     expect(await socksReply(proxy.socks!, [5, 2, 0, 1, 127, 66, 0, 11, 0, 80])).toBe(7);
-    expect(await socksReply(proxy.socks!, [5, 1, 0, 4, ...new Array(15).fill(0), 1, 0, 80])).toBe(8);
+    expect(await socksReply(proxy.socks!, [5, 1, 0, 4, ...new Array(15).fill(0), 1, 0, 80])).toBe(2);
+    expect(await socksReply(proxy.socks!, [5, 1, 0, 9, 0, 0, 0, 0, 0, 80])).toBe(8);
   });
 
   it('a name that does not resolve gets 0x04 (host unreachable), not a policy refusal', async () => {
