@@ -6,13 +6,17 @@
  * Addresses are numbers (see addr.ts). Byte views handed to callbacks are only
  * valid during the call: copy what you keep.
  */
-import type { IPv4, Mac } from './addr.js';
+import type { IPv4, IPv6, IpAddress, Mac } from './addr.js';
 
-/** A TCP or UDP flow as seen from the guest: `src` is the guest side. */
+/**
+ * A TCP or UDP flow as seen from the guest: `src` is the guest side. Both
+ * addresses are of one family: numbers (IPv4) or packed IPv6 strings
+ * (addr.ts); `typeof tuple.src === 'number'` says which.
+ */
 export interface FourTuple {
-  readonly src: IPv4;
+  readonly src: IpAddress;
   readonly srcPort: number;
-  readonly dst: IPv4;
+  readonly dst: IpAddress;
   readonly dstPort: number;
 }
 
@@ -181,11 +185,11 @@ export interface NetStack {
    * the guest is `to`. Handlers get onConnect, or onClose('refused'/'timeout').
    */
   connectTcp(
-    endpoints: { from: IPv4; fromPort: number; to: IPv4; toPort: number },
+    endpoints: { from: IpAddress; fromPort: number; to: IpAddress; toPort: number },
     handlers: TcpHandlers,
   ): TcpSocket;
   /** Sends a UDP datagram to the guest from any address (fragmented if larger than the MTU). */
-  sendUdp(from: IPv4, fromPort: number, to: IPv4, toPort: number, payload: Uint8Array): void;
+  sendUdp(from: IpAddress, fromPort: number, to: IpAddress, toPort: number, payload: Uint8Array): void;
   /** Sends raw ICMP bytes (checksum filled in by the stack) from `from` to the guest. */
   sendIcmp(from: IPv4, to: IPv4, icmp: Uint8Array): void;
   /**
@@ -264,4 +268,25 @@ export interface StackConfig {
     checksumOffload?: boolean;
   };
   fragments: { maxBytes: number; maxDatagrams: number; timeoutMs: number };
+  /** IPv6 on the link; absent: every IPv6 frame is dropped and counted ('ipv6:unsupported'). */
+  ipv6?: Ipv6StackConfig;
+}
+
+/**
+ * The IPv6 side of the link: one /64 the guest configures itself in by
+ * SLAAC from the gateway's router advertisements. The gateway also answers
+ * at fe80:: plus its MAC's EUI-64 (its link-local address, the guest's
+ * default router).
+ */
+export interface Ipv6StackConfig {
+  /** The /64 announced for SLAAC (a ULA by default: fd6d:6f61:7400::/64). Only the first 64 bits count. */
+  prefix: IPv6;
+  /** The gateway's address in the prefix (::1): DNS, DHCPv6 and ping answer there. */
+  gatewayIp: IPv6;
+  /** The host alias's address in the prefix (::fe): mapped to the host's loopback by the owner. */
+  hostIp: IPv6;
+  /** DNS servers announced by RA (RDNSS) and DHCPv6 (default: the gateway's address). */
+  dnsServers: IPv6[];
+  /** IPv6 neighbours (guest addresses) remembered at once; beyond it the oldest is forgotten. Default 256. */
+  maxNeighbors?: number;
 }

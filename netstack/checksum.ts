@@ -7,6 +7,7 @@
  * folds and complements. The loop reads eight bytes per iteration: the bound
  * checks and loop overhead, not the additions, are what cost in JavaScript.
  */
+import type { IpAddress, IPv6 } from './addr.js';
 
 /** Below this many bytes the plain byte loop wins over setting up a word view. */
 const WIDE_MIN = 128;
@@ -71,6 +72,23 @@ function fold16(sum: number): number {
 /** The IPv4 pseudo-header of TCP and UDP (RFC 9293 §3.1, RFC 768) as a partial sum. */
 export function sumPseudoHeader(src: number, dst: number, protocol: number, length: number): number {
   return (src >>> 16) + (src & 0xffff) + (dst >>> 16) + (dst & 0xffff) + protocol + length;
+}
+
+/**
+ * The IPv6 pseudo-header of TCP, UDP and ICMPv6 (RFC 8200 §8.1) as a partial
+ * sum: both addresses (packed, addr.ts), the 32-bit upper-layer length and
+ * the next header.
+ */
+export function sumPseudoHeader6(src: IPv6, dst: IPv6, nextHeader: number, length: number): number {
+  let s = nextHeader + (length >>> 16) + (length & 0xffff);
+  for (let i = 0; i < 8; i++) s += src.charCodeAt(i) + dst.charCodeAt(i);
+  return s;
+}
+
+/** Either family's pseudo-header: one `typeof` on the IPv4 path. */
+export function sumPseudoHeaderAny(src: IpAddress, dst: IpAddress, protocol: number, length: number): number {
+  if (typeof src === 'number') return sumPseudoHeader(src, dst as number, protocol, length);
+  return sumPseudoHeader6(src, dst as IPv6, protocol, length);
 }
 
 /** Folds a partial sum to 16 bits and complements it: the value to put on the wire. */

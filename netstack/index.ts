@@ -9,6 +9,7 @@
  */
 export type {
   FourTuple,
+  Ipv6StackConfig,
   NetStack,
   OutputBatch,
   PendingTcp,
@@ -24,8 +25,16 @@ export type {
 export { MAX_GSO_FRAME, RX_GSO_TCP, RX_L4_CHECKSUM_OK } from './rx-marks.js';
 export { createStack, DEFAULT_STACK_CONFIG, MAX_MTU, MIN_MTU, Stack, type StackOptions } from './stack.js';
 export {
+  formatIp,
   formatIPv4,
+  formatIPv6,
   formatMac,
+  isIPv6,
+  ipv6,
+  parseIp,
+  parseIPv6,
+  type IpAddress,
+  type IPv6,
   inSubnet,
   ipv4,
   IPV4_ANY,
@@ -41,5 +50,5 @@ export {
 export { isParseError, ParseError, type DropReason } from './errors.js';
 export { ManualClock, type Clock } from './clock.js';
 export { Timer, TimerWheel } from './timer-wheel.js';
-export { checksum, finishChecksum, sumBytes, sumPseudoHeader } from './checksum.js';
+export { checksum, finishChecksum, sumBytes, sumPseudoHeader, sumPseudoHeader6 } from './checksum.js';
 export { LINKTYPE_ETHERNET, pcapFileHeader, pcapRecordHeader, readPcap, readPcapFile, type PcapFile, type PcapRecord } from './pcap.js';

@@ -24,10 +24,29 @@
  *   'frag:limit' and the datagram it belongs to is dropped too (it could never
  *   complete), so that older datagrams keep their chance to finish.
  * Every datagram that ends (complete, dropped, expired) leaves no state behind.
+ *
+ * IPv6 (RFC 8200 §4.5) uses the same rules with its own instance: the stack
+ * passes the fragmentable part as the payload, the unfragmentable headers'
+ * length as `headerLength`, and the 32-bit identification; the 65535 bound
+ * then applies to the payload length as RFC 8200 states it.
  */
-import type { IPv4 } from './addr.js';
+import type { IpAddress } from './addr.js';
 import { ParseError, type DropReason } from './errors.js';
-import { IPV4_MAX_TOTAL_LEN, type Ipv4Repr } from './ipv4.js';
+import { IPV4_MAX_TOTAL_LEN } from './ipv4.js';
+
+/** One fragment as either family's parser sees it (Ipv4Repr is one). */
+export interface FragmentPiece {
+  src: IpAddress;
+  dst: IpAddress;
+  protocol: number;
+  id: number;
+  moreFragments: boolean;
+  /** In bytes. */
+  fragmentOffset: number;
+  /** Bytes of header before the fragment's data that count against the 65535 bound. */
+  headerLength: number;
+  payload: Uint8Array;
+}
 import { Timer, type TimerWheel } from './timer-wheel.js';
 
 export interface ReassemblyLimits {
@@ -58,8 +77,8 @@ interface Fragment {
 
 interface Datagram {
   readonly key: string;
-  readonly src: IPv4;
-  readonly dst: IPv4;
+  readonly src: IpAddress;
+  readonly dst: IpAddress;
   readonly protocol: number;
   readonly id: number;
   /** Sorted by offset, never overlapping. */
@@ -73,7 +92,7 @@ interface Datagram {
 
 export class Reassembler {
   /** Called when a datagram is given up, with why ('frag:timeout'); for counters and logs. */
-  onExpire?: (reason: DropReason, datagram: { src: IPv4; dst: IPv4; protocol: number; id: number; hadFirstFragment: boolean }) => void;
+  onExpire?: (reason: DropReason, datagram: { src: IpAddress; dst: IpAddress; protocol: number; id: number; hadFirstFragment: boolean }) => void;
 
   private readonly inProgress = new Map<string, Datagram>();
   private buffered = 0;
@@ -94,12 +113,12 @@ export class Reassembler {
   }
 
   /**
-   * Takes one IPv4 packet. Returns the whole payload (a fresh copy) when this
+   * Takes one fragment. Returns the whole payload (a fresh copy) when this
    * packet completes its datagram, null while more fragments are awaited, or
    * a ParseError when the fragment is refused. A packet that is not a
    * fragment is returned at once (copied, for the same ownership rule).
    */
-  push(ip: Ipv4Repr): Uint8Array | null | ParseError {
+  push(ip: FragmentPiece): Uint8Array | null | ParseError {
     const { fragmentOffset: offset, payload, moreFragments: more } = ip;
     if (!more && offset === 0) return payload.slice();
     const end = offset + payload.length;

@@ -23,7 +23,10 @@ import type {
   TcpHandlers,
   TcpSocket,
 } from './api.js';
-import { inSubnet, IPV4_BROADCAST, ipv4, MAC_BROADCAST, prefixMask, type IPv4, type Mac } from './addr.js';
+import {
+  inPrefix6, inSubnet, IPV4_BROADCAST, ipv4, ipv6, IPV6_ANY, isLinkLocal6, isMulticast6, linkLocalFromMac, MAC_BROADCAST,
+  multicastMac, prefixMask, solicitedNode, withInterfaceId, type IpAddress, type IPv4, type IPv6, type Mac,
+} from './addr.js';
 import { ARP_LEN, ARP_REPLY, ARP_REQUEST, emitArp, parseArp } from './arp.js';
 import type { Clock } from './clock.js';
 import { DhcpServer } from './dhcp-server.js';
@@ -52,7 +55,21 @@ import {
 } from './ipv4.js';
 import { NeighborTable } from './neighbors.js';
 import { Reassembler } from './reassembly.js';
+import {
+  emitFragmentHeader, emitIpv6Header, FRAGMENT_HEADER_LEN, fragmentPlan6, IPPROTO_ICMPV6, IPPROTO_NONE, IPV6_HEADER_LEN,
+  IPPROTO_FRAGMENT, IPV6_MIN_MTU, Ipv6Problem, PARAM_INCOMPLETE_CHAIN, parseIpv6, walkIpv6Chain, type Ipv6Repr,
+} from './ipv6.js';
+import {
+  emitIcmp6Header, ICMP6_ECHO_REPLY, ICMP6_ECHO_REQUEST, ICMP6_HEADER_LEN, ICMP6_MLD2_REPORT, ICMP6_MLD_DONE, ICMP6_MLD_QUERY,
+  ICMP6_MLD_REPORT, ICMP6_NEIGHBOR_ADVERT, ICMP6_NEIGHBOR_SOLICIT, ICMP6_PACKET_TOO_BIG, ICMP6_PARAM_PROBLEM, ICMP6_REDIRECT,
+  ICMP6_ROUTER_ADVERT, ICMP6_ROUTER_SOLICIT, icmp6ErrorQuote, isIcmp6Error, parseIcmp6, type Icmp6Repr,
+} from './icmp6.js';
+import {
+  emitNeighborBody, emitRouterAdvertBody, NA_OVERRIDE, NA_ROUTER, NA_SOLICITED, NDP_HOP_LIMIT, NDP_OPT_SOURCE_LL,
+  NDP_OPT_TARGET_LL, parseNdpOptions, parseNeighborMessage, routerAdvertBodyLength, routerAdvertRest, type RouterAdvert,
+} from './ndp.js';
 import { MAX_GSO_FRAME, RX_GSO_TCP, RX_L4_CHECKSUM_OK } from './rx-marks.js';
+import { answerDhcp6, DHCP6_SERVER_PORT } from './dhcp6.js';
 import { TcpConnection, rstForUnknown, type TcpConfig, type TcpHost } from './tcp/connection.js';
 import {
   emitTcpHeader,
@@ -151,9 +168,44 @@ const MAX_OFFLOAD_SEGMENT_BYTES = 65535 - 20 - 60;
 
 /** DHCP runs on these ports (RFC 2131 §4.1). */
 const DHCP_SERVER_PORT = 67;
+/** The RA's O flag: guests ask stateless DHCPv6 (dhcp6.ts) for DNS settings too. */
+const DHCP6_ANSWERS = true;
 
 /** Ethernet + IPv4 header bytes before the L4 header of every IPv4 frame we build. */
 const L4_OFFSET = ETH_HEADER_LEN + IPV4_HEADER_LEN;
+/** The same for IPv6 (we send no extension headers but the fragment header). */
+const L4_OFFSET6 = ETH_HEADER_LEN + IPV6_HEADER_LEN;
+
+/** ff02::1 all-nodes, ff02::2 all-routers, ff02::1:2 all DHCP agents (RFC 4291 §2.7.1, RFC 8415 §7.1). */
+const ALL_NODES = ipv6(0xff02, 0, 0, 0, 0, 0, 0, 1);
+const ALL_ROUTERS = ipv6(0xff02, 0, 0, 0, 0, 0, 0, 2);
+const ALL_DHCP = ipv6(0xff02, 0, 0, 0, 0, 0, 1, 2);
+const FE80 = ipv6(0xfe80, 0, 0, 0, 0, 0, 0, 0);
+/** RFC 4861 §10 MIN_DELAY_BETWEEN_RAS: a multicast RA at most every 3 s, whatever the guest solicits. */
+const MIN_DELAY_BETWEEN_RAS_MS = 3000;
+/** Router lifetime, prefix lifetimes and RDNSS lifetime announced (RFC 4861 defaults; RFC 8106 asks RDNSS >= 3 x MaxRtrAdvInterval). */
+const ROUTER_LIFETIME_SEC = 1800;
+/**
+ * RFC 4861 §6.2.1 MaxRtrAdvInterval (default 600 s): unsolicited RAs keep the
+ * guest's default route (lifetime 1800 s, three intervals) alive; a guest
+ * solicits only when its link comes up.
+ */
+const UNSOLICITED_RA_INTERVAL_MS = 600_000;
+const PREFIX_VALID_SEC = 86400;
+const PREFIX_PREFERRED_SEC = 14400;
+const RDNSS_LIFETIME_SEC = 1800;
+/** ICMPv6 errors the stack sends (RFC 4443 §2.4(f) asks for a bound): a bucket of this many, refilled this many per second. */
+const ICMP6_ERROR_BURST = 10;
+const ICMP6_ERRORS_PER_SEC = 10;
+
+/** The IPv6 side, resolved once (stack config ipv6 plus what follows from it). */
+interface V6 {
+  readonly prefix: IPv6;
+  readonly gatewayIp: IPv6;
+  readonly hostIp: IPv6;
+  readonly linkLocal: IPv6;
+  readonly dnsServers: IPv6[];
+}
 
 export class Stack implements NetStack, TcpHost {
   readonly config: Readonly<StackConfig>;
@@ -182,6 +234,14 @@ export class Stack implements NetStack, TcpHost {
   private readonly timeWait: TimeWaitTable;
   private readonly dhcp: DhcpServer;
   private readonly reassembler: Reassembler;
+  private readonly v6: V6 | undefined;
+  private readonly neighbors6: NeighborTable<IPv6>;
+  private readonly reassembler6: Reassembler;
+  private lastMulticastRa = -Infinity;
+  private readonly raTimer = new Timer(() => this.unsolicitedRa());
+  private icmp6Tokens = ICMP6_ERROR_BURST;
+  private icmp6TokensAt = 0;
+  private fragId6 = 0;
   private readonly tcpConfig: TcpConfig;
   private readonly broadcastIp: IPv4;
   /** Connections owed a flushAck() at the end of this batch, each once. */
@@ -229,6 +289,17 @@ export class Stack implements NetStack, TcpHost {
       clock,
     );
     this.reassembler = new Reassembler(config.fragments, this.timers);
+    this.reassembler6 = new Reassembler(config.fragments, this.timers);
+    const c6 = config.ipv6;
+    this.v6 = c6 === undefined ? undefined : {
+      prefix: withInterfaceId(c6.prefix, IPV6_ANY),
+      gatewayIp: c6.gatewayIp,
+      hostIp: c6.hostIp,
+      linkLocal: linkLocalFromMac(config.gatewayMac),
+      dnsServers: c6.dnsServers,
+    };
+    this.neighbors6 = new NeighborTable<IPv6>(c6?.maxNeighbors ?? 256);
+    if (this.v6 !== undefined) this.timers.arm(this.raTimer, UNSOLICITED_RA_INTERVAL_MS);
     this.timeWait = new TimeWaitTable(config.tcp.maxTimeWait ?? DEFAULT_MAX_TIME_WAIT, TIME_WAIT_MS, clock, this.timers, (t, seg) => {
       this.transmitRaw(t.dst, t.src, seg);
       if (!this.inBatch) this.kick();
@@ -277,8 +348,12 @@ export class Stack implements NetStack, TcpHost {
     const eth = parseEthernet(frame);
     if (eth instanceof ParseError) return this.drop(eth.reason);
     // Unicast to anyone but us is not ours (a bridge would flood it; we are not one).
+    // IPv6 multicast (33:33:...) carries NDP and DHCPv6: its IPv6 destination decides.
     if (eth.dst !== this.config.gatewayMac && eth.dst !== MAC_BROADCAST) {
-      return this.drop(isMulticastMac(eth.dst) ? 'eth:multicast' : 'eth:not-for-us');
+      const multicast = isMulticastMac(eth.dst);
+      if (!(multicast && eth.etherType === ETHERTYPE_IPV6 && this.v6 !== undefined)) {
+        return this.drop(multicast ? 'eth:multicast' : 'eth:not-for-us');
+      }
     }
     if (mark & RX_GSO_TCP && eth.etherType !== ETHERTYPE_IPV4) return this.drop('offload:gso-not-tcp');
     switch (eth.etherType) {
@@ -287,7 +362,8 @@ export class Stack implements NetStack, TcpHost {
       case ETHERTYPE_IPV4:
         return this.inputIpv4(eth, mark);
       case ETHERTYPE_IPV6:
-        return this.drop('ipv6:unsupported');
+        if (this.v6 === undefined) return this.drop('ipv6:unsupported');
+        return this.inputIpv6(eth, this.v6, mark);
       default:
         return this.drop('eth:unsupported-ethertype');
     }
@@ -335,7 +411,7 @@ export class Stack implements NetStack, TcpHost {
     switch (ip.protocol) {
       case IPPROTO_TCP:
         if (broadcast || ip.src === 0) return this.drop('tcp:broadcast');
-        return this.inputTcp(ip, mark);
+        return this.inputTcp(ip.src, ip.dst, ip.payload, mark);
       case IPPROTO_UDP:
         return this.inputUdp(eth, ip, broadcast, mark);
       case IPPROTO_ICMP:
@@ -387,10 +463,10 @@ export class Stack implements NetStack, TcpHost {
     });
   }
 
-  private inputTcp(ip: Ipv4Repr, mark: number): void {
-    const seg = parseTcp(ip.payload, ip.src, ip.dst, (mark & RX_L4_CHECKSUM_OK) !== 0);
+  private inputTcp(src: IpAddress, dst: IpAddress, payload: Uint8Array, mark: number): void {
+    const seg = parseTcp(payload, src, dst, (mark & RX_L4_CHECKSUM_OK) !== 0);
     if (seg instanceof ParseError) return this.drop(seg.reason);
-    const conn = this.connections.get(ip.src, seg.srcPort, ip.dst, seg.dstPort);
+    const conn = this.connections.get(src, seg.srcPort, dst, seg.dstPort);
     if (conn !== undefined) {
       // A new SYN on a tuple still in TIME-WAIT starts a new connection
       // (RFC 9293 §3.10.7.4 allows it; RFC 6191): never stall a guest that reuses ports.
@@ -401,14 +477,14 @@ export class Stack implements NetStack, TcpHost {
         return;
       }
     }
-    const tw = this.timeWait.get(ip.src, seg.srcPort, ip.dst, seg.dstPort);
+    const tw = this.timeWait.get(src, seg.srcPort, dst, seg.dstPort);
     if (tw !== undefined) {
       // A pure SYN reopens the four-tuple at once (RFC 6191); everything else is TIME-WAIT's to answer.
       if (this.timeWait.input(tw, seg) === 'done') return this.countTimeWait();
       this.timeWait.remove(tw);
       this.countTimeWait();
     }
-    const held = this.held.get(ip.src, seg.srcPort, ip.dst, seg.dstPort);
+    const held = this.held.get(src, seg.srcPort, dst, seg.dstPort);
     if (held !== undefined) {
       // The guest retransmitted its SYN while the owner decides: nothing new to say.
       if (seg.flags & TCP_RST) held.discard();
@@ -416,18 +492,18 @@ export class Stack implements NetStack, TcpHost {
       return;
     }
     if ((seg.flags & (TCP_SYN | TCP_ACK | TCP_RST | TCP_FIN)) === TCP_SYN) {
-      return this.newSyn(ip, seg);
+      return this.newSyn(src, dst, seg);
     }
     const rst = rstForUnknown(seg, seg.payload.length);
-    if (rst !== null) this.transmitRaw(ip.dst, ip.src, rst);
+    if (rst !== null) this.transmitRaw(dst, src, rst);
   }
 
-  private newSyn(ip: Ipv4Repr, seg: TcpRepr): void {
-    const tuple: FourTuple = { src: ip.src, srcPort: seg.srcPort, dst: ip.dst, dstPort: seg.dstPort };
+  private newSyn(src: IpAddress, dst: IpAddress, seg: TcpRepr): void {
+    const tuple: FourTuple = { src, srcPort: seg.srcPort, dst, dstPort: seg.dstPort };
     if (this.connections.size >= this.config.tcp.maxConnections) {
       this.drop('tcp:connection-limit');
       const rst = rstForUnknown(seg, seg.payload.length);
-      if (rst !== null) this.transmitRaw(ip.dst, ip.src, rst);
+      if (rst !== null) this.transmitRaw(dst, src, rst);
       return;
     }
     if (this.held.size >= this.config.tcp.maxHeldSyns) return this.drop('tcp:syn-backlog-full');
@@ -483,12 +559,13 @@ export class Stack implements NetStack, TcpHost {
   ): void {
     const t = conn.tuple;
     const hl = tcpHeaderLength(seg);
-    const l4 = this.beginIpv4(t.dst, t.src, IPPROTO_TCP, hl + len);
+    const v4 = typeof t.dst === 'number';
+    const l4 = v4 ? this.beginIpv4(t.dst as IPv4, t.src as IPv4, IPPROTO_TCP, hl + len) : this.beginIpv6(t.dst as IPv6, t.src as IPv6, IPPROTO_TCP, hl + len);
     if (l4 < 0) return;
     const buf = this.arena.buf;
     if (len > 0 && source !== null) source.copyOut(from, buf, l4 + hl, len);
     emitTcpHeader(buf, l4, seg, t.dst, t.src, len, this.config.tcp.checksumOffload === true);
-    this.commitIpv4(hl + len);
+    this.commitFrame((v4 ? L4_OFFSET : L4_OFFSET6) + hl + len);
     if (!this.inBatch) this.kick();
   }
 
@@ -525,9 +602,10 @@ export class Stack implements NetStack, TcpHost {
   // ---------------------------------------------------------------- owner API
 
   connectTcp(
-    endpoints: { from: IPv4; fromPort: number; to: IPv4; toPort: number },
+    endpoints: { from: IpAddress; fromPort: number; to: IpAddress; toPort: number },
     handlers: TcpHandlers,
   ): TcpSocket {
+    if (typeof endpoints.from !== typeof endpoints.to) throw new Error('connectTcp: both ends must be of one address family');
     const tuple: FourTuple = {
       src: endpoints.to,
       srcPort: endpoints.toPort,
@@ -550,8 +628,10 @@ export class Stack implements NetStack, TcpHost {
     return conn;
   }
 
-  sendUdp(from: IPv4, fromPort: number, to: IPv4, toPort: number, payload: Uint8Array): void {
-    this.sendUdpFrame(from, fromPort, to, toPort, payload, undefined);
+  sendUdp(from: IpAddress, fromPort: number, to: IpAddress, toPort: number, payload: Uint8Array): void {
+    if (typeof from === 'number' && typeof to === 'number') this.sendUdpFrame(from, fromPort, to, toPort, payload, undefined);
+    else if (typeof from === 'string' && typeof to === 'string') this.sendUdp6(from, fromPort, to, toPort, payload, undefined);
+    else throw new Error('sendUdp: both ends must be of one address family');
     this.kick();
   }
 
@@ -571,7 +651,10 @@ export class Stack implements NetStack, TcpHost {
     this.timeWait.clear();
     this.countTimeWait();
     this.neighbors.clear();
+    this.neighbors6.clear();
     this.reassembler.clear();
+    this.reassembler6.clear();
+    this.lastMulticastRa = -Infinity;
     // A new guest (another MAC after a VM re-create) must still get the guest
     // address; the old lease stays listed until it expires.
     this.dhcp.guestLeft();
@@ -581,14 +664,15 @@ export class Stack implements NetStack, TcpHost {
   }
 
   /** How full each table is: for /stats, and for tests that check nothing is left behind. */
-  tableSizes(): { connections: number; heldSyns: number; timeWait: number; fragmentDatagrams: number; fragmentBytes: number; neighbors: number; timers: number } {
+  tableSizes(): { connections: number; heldSyns: number; timeWait: number; fragmentDatagrams: number; fragmentBytes: number; neighbors: number; neighbors6: number; timers: number } {
     return {
       connections: this.connections.size,
       heldSyns: this.held.size,
       timeWait: this.timeWait.size,
-      fragmentDatagrams: this.reassembler.datagrams,
-      fragmentBytes: this.reassembler.bufferedBytes,
+      fragmentDatagrams: this.reassembler.datagrams + this.reassembler6.datagrams,
+      fragmentBytes: this.reassembler.bufferedBytes + this.reassembler6.bufferedBytes,
       neighbors: this.neighbors.size,
+      neighbors6: this.neighbors6.size,
       timers: this.timers.size,
     };
   }
@@ -691,12 +775,13 @@ export class Stack implements NetStack, TcpHost {
   }
 
   /** A TCP segment with no connection behind it (RST replies). */
-  private transmitRaw(src: IPv4, dst: IPv4, seg: TcpSegmentFields): void {
+  private transmitRaw(src: IpAddress, dst: IpAddress, seg: TcpSegmentFields): void {
     const hl = tcpHeaderLength(seg);
-    const l4 = this.beginIpv4(src, dst, IPPROTO_TCP, hl);
+    const v4 = typeof src === 'number';
+    const l4 = v4 ? this.beginIpv4(src, dst as IPv4, IPPROTO_TCP, hl) : this.beginIpv6(src, dst as IPv6, IPPROTO_TCP, hl);
     if (l4 < 0) return;
     emitTcpHeader(this.arena.buf, l4, seg, src, dst, 0, this.config.tcp.checksumOffload === true);
-    this.commitIpv4(hl);
+    this.commitFrame((v4 ? L4_OFFSET : L4_OFFSET6) + hl);
   }
 
   /**
@@ -734,6 +819,348 @@ export class Stack implements NetStack, TcpHost {
     }
   }
 
+  // ---------------------------------------------------------------- IPv6
+
+  /**
+   * An IPv6 packet from the guest: fixed header, source checks, the
+   * extension-header chain (RFC 8200 §4), fragments reassembled (with the
+   * same bounds as IPv4's), then ICMPv6/NDP, UDP or TCP, the last two through
+   * the same code as IPv4.
+   */
+  private inputIpv6(eth: EthernetRepr, v6: V6, mark: number): void {
+    const ip = parseIpv6(eth.payload);
+    if (ip instanceof ParseError) return this.drop(ip.reason);
+    const packet = eth.payload.subarray(0, IPV6_HEADER_LEN + ip.payload.length);
+    const { src, dst } = ip;
+    const unspecified = src === IPV6_ANY;
+    if (isMulticast6(src)) return this.drop('ipv6:multicast-source');
+    if (this.isVirtualIp6(src, v6) || src === v6.prefix) return this.drop('ipv6:spoofed-source');
+    if (!unspecified && !isLinkLocal6(src) && !inPrefix6(src, v6.prefix, 64)) return this.drop('ipv6:source-outside-prefix');
+    const dstMulticast = isMulticast6(dst);
+    // A multicast frame (let in for NDP and DHCPv6) must carry a packet for the group its MAC maps to (RFC 2464 §7).
+    if (isMulticastMac(eth.dst) && eth.dst !== MAC_BROADCAST && !(dstMulticast && multicastMac(dst) === eth.dst)) return this.drop('eth:multicast');
+    if (dstMulticast) {
+      if (!this.isOurGroup(dst, v6)) return this.drop('ipv6:multicast');
+    } else if (isLinkLocal6(dst) ? dst !== v6.linkLocal : inPrefix6(dst, v6.prefix, 64) && !this.isVirtualIp6(dst, v6)) {
+      // An address on the link that is not ours: another guest address (the guest talks to itself over lo) or nobody.
+      return this.drop('ipv6:not-for-us');
+    }
+    if (!unspecified) this.neighbors6.learn(src, eth.src);
+    if (packet.length > this.config.mtu) {
+      // Bigger than the link's MTU (the RA announced it): say so, as a router on the path would (RFC 4443 §3.2).
+      this.sendIcmp6Error(ip, packet, dstMulticast, ICMP6_PACKET_TOO_BIG, 0, this.config.mtu);
+      return this.drop('ipv6:packet-too-big');
+    }
+    const chain = walkIpv6Chain(ip.payload, ip.nextHeader, IPV6_HEADER_LEN, false, dstMulticast);
+    if (chain instanceof Ipv6Problem) {
+      if (chain.icmpCode !== null) this.sendIcmp6Error(ip, packet, dstMulticast, ICMP6_PARAM_PROBLEM, chain.icmpCode, chain.pointer);
+      return this.drop(chain.reason);
+    }
+    let protocol = chain.protocol;
+    let upper = ip.payload.subarray(chain.offset);
+    const frag = chain.fragment;
+    // A link's checksum mark speaks for TCP/UDP right after the fixed header only (src/transport/vnet-header.ts), never for a reassembled datagram.
+    if (chain.offset !== 0 || frag !== null) mark = 0;
+    if (frag !== null) {
+      let data = ip.payload.subarray(frag.dataOffset);
+      if (frag.offset === 0 && frag.more && !this.firstFragmentComplete(data, frag.nextHeader, dstMulticast)) {
+        // RFC 7112: the first fragment carries every header up to and including the upper-layer one.
+        this.sendIcmp6Error(ip, packet, dstMulticast, ICMP6_PARAM_PROBLEM, PARAM_INCOMPLETE_CHAIN, 0);
+        return this.drop('ipv6:first-fragment-incomplete');
+      }
+      if (frag.offset !== 0 || frag.more) {
+        const whole = this.reassembler6.push({
+          src, dst, protocol: frag.nextHeader, id: frag.id, moreFragments: frag.more, fragmentOffset: frag.offset,
+          headerLength: frag.dataOffset - FRAGMENT_HEADER_LEN, payload: data,
+        });
+        if (whole === null) return;
+        if (whole instanceof ParseError) return this.drop(whole.reason);
+        data = whole;
+      } // else an atomic fragment (RFC 6946): the data is the whole packet
+      const rest = walkIpv6Chain(data, frag.nextHeader, 0, true, dstMulticast);
+      if (rest instanceof Ipv6Problem) return this.drop(rest.reason);
+      protocol = rest.protocol;
+      upper = data.subarray(rest.offset);
+    }
+    switch (protocol) {
+      case IPPROTO_TCP:
+        if (dstMulticast || !this.isFlowEndpoint6(src, dst)) return this.drop('tcp:not-unicast-global');
+        return this.inputTcp(src, dst, upper, mark);
+      case IPPROTO_UDP:
+        return this.inputUdp6(v6, src, dst, upper, dstMulticast, mark);
+      case IPPROTO_ICMPV6:
+        return this.inputIcmp6(eth, v6, ip, packet, upper, dstMulticast);
+      default:
+        return this.drop('ipv6:no-next-header');
+    }
+  }
+
+  /** RFC 7112 for a first fragment: the rest of the chain and the upper-layer header's fixed part are in it. */
+  private firstFragmentComplete(data: Uint8Array, nextHeader: number, dstMulticast: boolean): boolean {
+    const chain = walkIpv6Chain(data, nextHeader, 0, true, dstMulticast);
+    if (chain instanceof Ipv6Problem) return chain.reason !== 'ipv6:truncated-extension-header';
+    const need = chain.protocol === IPPROTO_TCP ? 20 : chain.protocol === IPPROTO_NONE ? 0 : 8;
+    return data.length - chain.offset >= need;
+  }
+
+  /** TCP and UDP flows run between global addresses: the guest's in the prefix, ours or the world's. */
+  private isFlowEndpoint6(src: IPv6, dst: IPv6): boolean {
+    return src !== IPV6_ANY && !isLinkLocal6(src) && !isLinkLocal6(dst);
+  }
+
+  private inputUdp6(v6: V6, src: IPv6, dst: IPv6, upper: Uint8Array, dstMulticast: boolean, mark: number): void {
+    const udp = parseUdp(upper, src, dst, (mark & RX_L4_CHECKSUM_OK) !== 0);
+    if (udp instanceof ParseError) return this.drop(udp.reason);
+    if (udp.dstPort === DHCP6_SERVER_PORT && (dst === ALL_DHCP || dst === v6.linkLocal || dst === v6.gatewayIp)) {
+      return this.inputDhcp6(v6, src, udp.srcPort, udp.payload);
+    }
+    if (dstMulticast) return this.drop('udp:multicast');
+    if (!this.isFlowEndpoint6(src, dst)) return this.drop('udp:not-unicast-global');
+    this.events.onUdp({ src, srcPort: udp.srcPort, dst, dstPort: udp.dstPort, payload: udp.payload });
+  }
+
+  /** Stateless DHCPv6 (RFC 8415 §18.2.6): an Information-request from the guest's link-local address gets DNS and the search list. */
+  private inputDhcp6(v6: V6, src: IPv6, srcPort: number, payload: Uint8Array): void {
+    if (!isLinkLocal6(src)) return this.drop('dhcp6:not-link-local');
+    const reply = answerDhcp6(payload, { serverMac: this.config.gatewayMac, dnsServers: v6.dnsServers, searchDomains: this.config.searchDomains });
+    if (reply instanceof ParseError) return this.drop(reply.reason);
+    this.sendUdp6(v6.linkLocal, DHCP6_SERVER_PORT, src, srcPort, reply, undefined);
+  }
+
+  private inputIcmp6(eth: EthernetRepr, v6: V6, ip: Ipv6Repr, packet: Uint8Array, upper: Uint8Array, dstMulticast: boolean): void {
+    const m = parseIcmp6(upper, ip.src, ip.dst);
+    if (m instanceof ParseError) return this.drop(m.reason);
+    switch (m.type) {
+      case ICMP6_ECHO_REQUEST: {
+        if (m.code !== 0) return this.drop('icmp6:bad-code');
+        if (ip.src === IPV6_ANY) return this.drop('icmp6:unspecified-source');
+        // Only the gateway's own addresses answer; the world's are not reached by ping (as for IPv4 without an ICMP handler).
+        if (!dstMulticast && !this.isVirtualIp6(ip.dst, v6)) return this.drop('icmp6:unhandled');
+        const from = dstMulticast ? v6.linkLocal : ip.dst;
+        const len = ICMP6_HEADER_LEN + m.body.length;
+        const l4 = this.beginIpv6(from, ip.src, IPPROTO_ICMPV6, len);
+        if (l4 < 0) return;
+        this.arena.buf.set(m.body, l4 + ICMP6_HEADER_LEN);
+        emitIcmp6Header(this.arena.buf, l4, from, ip.src, ICMP6_ECHO_REPLY, 0, m.rest, m.body.length);
+        this.commitFrame(L4_OFFSET6 + len);
+        return;
+      }
+      case ICMP6_NEIGHBOR_SOLICIT:
+        return this.inputNeighborSolicit(eth, v6, ip, m);
+      case ICMP6_NEIGHBOR_ADVERT:
+        return this.inputNeighborAdvert(v6, ip, m);
+      case ICMP6_ROUTER_SOLICIT:
+        return this.inputRouterSolicit(eth, v6, ip, m);
+      case ICMP6_ROUTER_ADVERT:
+        // Only the gateway routes on this link: a guest's RA changes nothing here.
+        return this.drop('ndp:router-advert-from-guest');
+      case ICMP6_REDIRECT:
+        return this.drop('ndp:redirect-from-guest');
+      case ICMP6_MLD_QUERY:
+      case ICMP6_MLD_REPORT:
+      case ICMP6_MLD_DONE:
+      case ICMP6_MLD2_REPORT:
+        // We forward no multicast: group membership is noted by nobody.
+        return this.drop('icmp6:mld');
+      default:
+        if (m.type === ICMP6_PACKET_TOO_BIG) return this.drop('icmp6:packet-too-big-from-guest');
+        return this.drop(isIcmp6Error(m.type) ? 'icmp6:error-from-guest' : 'icmp6:unsupported-type');
+    }
+  }
+
+  /** RFC 4861 §7.1.1 validity, then an NA for our own addresses (§7.2.4); DAD probes for ours get an NA to all-nodes. */
+  private inputNeighborSolicit(eth: EthernetRepr, v6: V6, ip: Ipv6Repr, m: Icmp6Repr): void {
+    if (ip.hopLimit !== NDP_HOP_LIMIT || m.code !== 0) return this.drop('ndp:invalid');
+    const ns = parseNeighborMessage(m.body);
+    if (ns instanceof ParseError) return this.drop(ns.reason);
+    if (isMulticast6(ns.target)) return this.drop('ndp:invalid');
+    const dad = ip.src === IPV6_ANY;
+    const sll = ns.options.sourceLinkAddr;
+    if (dad && (ip.dst !== solicitedNode(ns.target) || sll !== undefined)) return this.drop('ndp:invalid');
+    if (!dad && sll !== undefined) this.neighbors6.learn(ip.src, sll);
+    if (!this.isVirtualIp6(ns.target, v6)) return this.drop('ndp:not-ours');
+    const to = dad ? ALL_NODES : ip.src;
+    const l4 = this.beginIpv6(ns.target, to, IPPROTO_ICMPV6, ICMP6_HEADER_LEN + 24, dad ? multicastMac(ALL_NODES) : (sll ?? eth.src), NDP_HOP_LIMIT);
+    if (l4 < 0) return;
+    emitNeighborBody(this.arena.buf, l4 + ICMP6_HEADER_LEN, ns.target, NDP_OPT_TARGET_LL, this.config.gatewayMac);
+    const flags = NA_ROUTER | NA_OVERRIDE | (dad ? 0 : NA_SOLICITED);
+    emitIcmp6Header(this.arena.buf, l4, ns.target, to, ICMP6_NEIGHBOR_ADVERT, 0, flags >>> 0, 24);
+    this.commitFrame(L4_OFFSET6 + ICMP6_HEADER_LEN + 24);
+  }
+
+  /** A guest's NA binds its own address to a MAC; one claiming any address of ours is refused and changes nothing. */
+  private inputNeighborAdvert(v6: V6, ip: Ipv6Repr, m: Icmp6Repr): void {
+    if (ip.hopLimit !== NDP_HOP_LIMIT || m.code !== 0) return this.drop('ndp:invalid');
+    const na = parseNeighborMessage(m.body);
+    if (na instanceof ParseError) return this.drop(na.reason);
+    if (isMulticast6(na.target)) return this.drop('ndp:invalid');
+    if (this.isVirtualIp6(na.target, v6) || na.target === v6.prefix) return this.drop('ndp:spoofed-target');
+    if (!this.isGuestAddress6(na.target, v6)) return this.drop('ndp:not-on-link');
+    const tll = na.options.targetLinkAddr;
+    if (tll !== undefined) this.neighbors6.learn(na.target, tll);
+  }
+
+  /** RFC 4861 §6.1.1 validity, then an RA: unicast to a soliciting address, or to all-nodes at most every 3 s. */
+  private inputRouterSolicit(eth: EthernetRepr, v6: V6, ip: Ipv6Repr, m: Icmp6Repr): void {
+    if (ip.hopLimit !== NDP_HOP_LIMIT || m.code !== 0) return this.drop('ndp:invalid');
+    const opts = parseNdpOptions(m.body, 0);
+    if (opts instanceof ParseError) return this.drop(opts.reason);
+    const unspecified = ip.src === IPV6_ANY;
+    if (unspecified && opts.sourceLinkAddr !== undefined) return this.drop('ndp:invalid');
+    if (!unspecified && opts.sourceLinkAddr !== undefined) this.neighbors6.learn(ip.src, opts.sourceLinkAddr);
+    if (unspecified) {
+      const now = this.clock.now();
+      if (now - this.lastMulticastRa < MIN_DELAY_BETWEEN_RAS_MS) return this.drop('ndp:ra-rate-limited');
+      this.lastMulticastRa = now;
+      this.sendRouterAdvert(v6, ALL_NODES, multicastMac(ALL_NODES));
+    } else {
+      this.sendRouterAdvert(v6, ip.src, opts.sourceLinkAddr ?? eth.src);
+    }
+  }
+
+  /** Every UNSOLICITED_RA_INTERVAL_MS: an RA to all-nodes, so that the guest's default route never expires. */
+  private unsolicitedRa(): void {
+    const v6 = this.v6!;
+    this.timers.arm(this.raTimer, UNSOLICITED_RA_INTERVAL_MS);
+    this.lastMulticastRa = this.clock.now();
+    this.sendRouterAdvert(v6, ALL_NODES, multicastMac(ALL_NODES));
+    this.kick();
+  }
+
+  /** The RA (RFC 4861 §4.2): the prefix for SLAAC (L and A), the MTU, RDNSS and DNSSL (RFC 8106). */
+  private sendRouterAdvert(v6: V6, to: IPv6, mac: Mac): void {
+    const ra: RouterAdvert = {
+      curHopLimit: 64,
+      otherConfig: DHCP6_ANSWERS,
+      routerLifetimeSec: ROUTER_LIFETIME_SEC,
+      sourceMac: this.config.gatewayMac,
+      mtu: this.config.mtu,
+      prefix: v6.prefix,
+      prefixLength: 64,
+      validLifetimeSec: PREFIX_VALID_SEC,
+      preferredLifetimeSec: PREFIX_PREFERRED_SEC,
+      dnsServers: v6.dnsServers,
+      dnsLifetimeSec: RDNSS_LIFETIME_SEC,
+      searchDomains: this.config.searchDomains,
+    };
+    const bodyLength = routerAdvertBodyLength(ra);
+    const l4 = this.beginIpv6(v6.linkLocal, to, IPPROTO_ICMPV6, ICMP6_HEADER_LEN + bodyLength, mac, NDP_HOP_LIMIT);
+    if (l4 < 0) return;
+    emitRouterAdvertBody(this.arena.buf, l4 + ICMP6_HEADER_LEN, ra);
+    emitIcmp6Header(this.arena.buf, l4, v6.linkLocal, to, ICMP6_ROUTER_ADVERT, 0, routerAdvertRest(ra), bodyLength);
+    this.commitFrame(L4_OFFSET6 + ICMP6_HEADER_LEN + bodyLength);
+  }
+
+  /**
+   * An ICMPv6 error about a guest packet (RFC 4443 §2.4): never about an
+   * error, an unspecified or multicast source, or (but for packet-too-big
+   * and an unrecognised option) a multicast destination; at most
+   * ICMP6_ERRORS_PER_SEC a second. It comes from the address the packet was
+   * for: the stack plays every destination.
+   */
+  private sendIcmp6Error(ip: Ipv6Repr, packet: Uint8Array, dstMulticast: boolean, type: number, code: number, rest: number): void {
+    const v6 = this.v6!;
+    if (ip.src === IPV6_ANY || isMulticast6(ip.src)) return;
+    if (dstMulticast && !(type === ICMP6_PACKET_TOO_BIG || (type === ICMP6_PARAM_PROBLEM && code === 2))) return;
+    if (ip.nextHeader === IPPROTO_ICMPV6 && (ip.payload[0] === undefined || isIcmp6Error(ip.payload[0]))) return;
+    const now = this.clock.now();
+    this.icmp6Tokens = Math.min(ICMP6_ERROR_BURST, this.icmp6Tokens + ((now - this.icmp6TokensAt) * ICMP6_ERRORS_PER_SEC) / 1000);
+    this.icmp6TokensAt = now;
+    if (this.icmp6Tokens < 1) return this.drop('icmp6:error-rate-limited');
+    this.icmp6Tokens -= 1;
+    const from = dstMulticast || isLinkLocal6(ip.dst) ? v6.linkLocal : ip.dst;
+    const quote = icmp6ErrorQuote(packet);
+    const l4 = this.beginIpv6(from, ip.src, IPPROTO_ICMPV6, ICMP6_HEADER_LEN + quote.length);
+    if (l4 < 0) return;
+    this.arena.buf.set(quote, l4 + ICMP6_HEADER_LEN);
+    emitIcmp6Header(this.arena.buf, l4, from, ip.src, type, code, rest >>> 0, quote.length);
+    this.commitFrame(L4_OFFSET6 + ICMP6_HEADER_LEN + quote.length);
+  }
+
+  /**
+   * Starts an IPv6 frame to a guest-side address (see beginIpv4); returns the
+   * arena offset of the upper-layer bytes, or -1 when the guest's MAC for
+   * `dst` is unknown (a Neighbor Solicitation goes out instead).
+   */
+  private beginIpv6(src: IPv6, dst: IPv6, nextHeader: number, l4Length: number, dstMac?: Mac, hopLimit = 64): number {
+    const mac = dstMac ?? (isMulticast6(dst) ? multicastMac(dst) : this.neighbors6.lookup(dst));
+    if (mac === undefined) {
+      this.drop('ipv6:no-neighbor');
+      this.sendNeighborSolicit(dst);
+      return -1;
+    }
+    const off = this.arena.begin(L4_OFFSET6 + l4Length);
+    const buf = this.arena.buf;
+    emitEthernetHeader(buf, off, mac, this.config.gatewayMac, ETHERTYPE_IPV6);
+    emitIpv6Header(buf, off + ETH_HEADER_LEN, { src, dst, nextHeader, hopLimit, payloadLength: l4Length });
+    return off + L4_OFFSET6;
+  }
+
+  /** RFC 4861 §7.2.2: ask the guest for the MAC of one of its addresses, at its solicited-node group. */
+  private sendNeighborSolicit(target: IPv6): void {
+    const v6 = this.v6;
+    if (v6 === undefined || !this.isGuestAddress6(target, v6)) return;
+    const group = solicitedNode(target);
+    const l4 = this.beginIpv6(v6.linkLocal, group, IPPROTO_ICMPV6, ICMP6_HEADER_LEN + 24, multicastMac(group), NDP_HOP_LIMIT);
+    emitNeighborBody(this.arena.buf, l4 + ICMP6_HEADER_LEN, target, NDP_OPT_SOURCE_LL, this.config.gatewayMac);
+    emitIcmp6Header(this.arena.buf, l4, v6.linkLocal, group, ICMP6_NEIGHBOR_SOLICIT, 0, 0, 24);
+    this.commitFrame(L4_OFFSET6 + ICMP6_HEADER_LEN + 24);
+    this.kick();
+  }
+
+  /** A UDP datagram to the guest over IPv6; over the MTU it leaves in fragments (RFC 8200 §4.5), the checksum over the whole. */
+  private sendUdp6(from: IPv6, fromPort: number, to: IPv6, toPort: number, payload: Uint8Array, dstMac: Mac | undefined): void {
+    const udpLength = UDP_HEADER_LEN + payload.length;
+    if (IPV6_HEADER_LEN + udpLength <= this.config.mtu) {
+      const l4 = this.beginIpv6(from, to, IPPROTO_UDP, udpLength, dstMac);
+      if (l4 < 0) return;
+      this.arena.buf.set(payload, l4 + UDP_HEADER_LEN);
+      emitUdpHeader(this.arena.buf, l4, from, to, fromPort, toPort, payload.length);
+      this.commitFrame(L4_OFFSET6 + udpLength);
+      return;
+    }
+    const whole = new Uint8Array(udpLength);
+    whole.set(payload, UDP_HEADER_LEN);
+    emitUdpHeader(whole, 0, from, to, fromPort, toPort, payload.length);
+    this.fragId6 = (this.fragId6 + 1) >>> 0;
+    for (const piece of fragmentPlan6(udpLength, this.config.mtu)) {
+      const l4 = this.beginIpv6(from, to, IPPROTO_FRAGMENT, FRAGMENT_HEADER_LEN + piece.length, dstMac);
+      if (l4 < 0) return;
+      emitFragmentHeader(this.arena.buf, l4, IPPROTO_UDP, piece.offset, piece.more, this.fragId6);
+      this.arena.buf.set(whole.subarray(piece.offset, piece.offset + piece.length), l4 + FRAGMENT_HEADER_LEN);
+      this.commitFrame(L4_OFFSET6 + FRAGMENT_HEADER_LEN + piece.length);
+    }
+  }
+
+  /** The gateway's addresses: its link-local one, its address in the prefix, the host alias. */
+  private isVirtualIp6(ip: IPv6, v6: V6): boolean {
+    return ip === v6.gatewayIp || ip === v6.hostIp || ip === v6.linkLocal;
+  }
+
+  /** Multicast groups the gateway listens to: all-nodes, all-routers, all-DHCP, its addresses' solicited-node groups. */
+  private isOurGroup(group: IPv6, v6: V6): boolean {
+    return group === ALL_NODES || group === ALL_ROUTERS || group === ALL_DHCP ||
+      group === solicitedNode(v6.linkLocal) || group === solicitedNode(v6.gatewayIp) || group === solicitedNode(v6.hostIp);
+  }
+
+  /** An address the guest may hold: link-local or in the prefix, not ours, not the subnet-router anycast. */
+  private isGuestAddress6(ip: IPv6, v6: V6): boolean {
+    return (isLinkLocal6(ip) || inPrefix6(ip, v6.prefix, 64)) && ip !== v6.prefix && ip !== FE80 && !this.isVirtualIp6(ip, v6) && !isMulticast6(ip);
+  }
+
+  /** The guest's IPv6 addresses in the prefix, newest first (as learned from its packets): where a port forward goes. */
+  guestIpv6Addresses(): IPv6[] {
+    const v6 = this.v6;
+    if (v6 === undefined) return [];
+    return this.neighbors6.addresses().filter((a) => inPrefix6(a, v6.prefix, 64)).reverse();
+  }
+
+  /** The IPv6 side as configured (with the link-local address derived from the MAC), or undefined when off. */
+  ipv6Addresses(): { prefix: IPv6; gatewayIp: IPv6; hostIp: IPv6; linkLocal: IPv6 } | undefined {
+    const v6 = this.v6;
+    return v6 === undefined ? undefined : { prefix: v6.prefix, gatewayIp: v6.gatewayIp, hostIp: v6.hostIp, linkLocal: v6.linkLocal };
+  }
+
   // ---------------------------------------------------------------- helpers
 
   private drop(reason: string): void {
@@ -747,8 +1174,9 @@ export class Stack implements NetStack, TcpHost {
     return this.ipId;
   }
 
-  /** Addresses the stack itself answers for (ARP, ICMP echo). */
-  isVirtualIp(ip: IPv4): boolean {
+  /** Addresses the stack itself answers for (ARP, NDP, ICMP echo). */
+  isVirtualIp(ip: IpAddress): boolean {
+    if (typeof ip !== 'number') return this.v6 !== undefined && this.isVirtualIp6(ip, this.v6);
     const c = this.config;
     return ip === c.gatewayIp || ip === c.hostIp || c.extraVirtualIps.includes(ip);
   }
@@ -820,6 +1248,17 @@ function validateConfig(c: StackConfig): void {
     if (!inSubnet(ip, c.network, c.prefix)) fail(name, 'must be inside the subnet');
   }
   if (new Set([c.gatewayIp, c.guestIp, c.hostIp]).size !== 3) fail('gatewayIp/guestIp/hostIp', 'must be distinct');
+  if (c.ipv6 !== undefined) {
+    const v6 = c.ipv6;
+    if (c.mtu < IPV6_MIN_MTU) fail('mtu', `must be at least ${IPV6_MIN_MTU} with IPv6 on (RFC 8200 §5), got ${c.mtu}`);
+    const prefix = withInterfaceId(v6.prefix, IPV6_ANY);
+    for (const [name, ip] of [['ipv6.gatewayIp', v6.gatewayIp], ['ipv6.hostIp', v6.hostIp]] as const) {
+      if (!inPrefix6(ip, prefix, 64)) fail(name, 'must be inside the IPv6 /64 prefix');
+      if (ip === prefix) fail(name, 'must not be the subnet-router anycast address (the prefix itself)');
+    }
+    if (v6.gatewayIp === v6.hostIp) fail('ipv6.gatewayIp/ipv6.hostIp', 'must be distinct');
+    if (isLinkLocal6(prefix) || isMulticast6(prefix)) fail('ipv6.prefix', 'must be a unicast prefix, not link-local or multicast');
+  }
   const tw = c.tcp.maxTimeWait;
   if (tw !== undefined && (!Number.isInteger(tw) || tw < 1)) fail('tcp.maxTimeWait', `must be a positive integer, got ${tw}`);
 }

@@ -1,9 +1,10 @@
 /**
- * UDP (RFC 768): an 8-byte header and a checksum over an IPv4 pseudo-header,
- * the UDP header and the payload.
+ * UDP (RFC 768): an 8-byte header and a checksum over a pseudo-header
+ * (IPv4's, or IPv6's: RFC 8200 §8.1), the UDP header and the payload.
+ * Over IPv6 the checksum is mandatory: a zero field is refused.
  */
-import type { IPv4 } from './addr.js';
-import { sumBytes, sumPseudoHeader, finishChecksum } from './checksum.js';
+import type { IpAddress } from './addr.js';
+import { sumBytes, sumPseudoHeaderAny, finishChecksum } from './checksum.js';
 import { ParseError } from './errors.js';
 import { IPPROTO_UDP } from './ipv4.js';
 
@@ -22,7 +23,7 @@ export interface UdpRepr {
  * Parses a UDP datagram (the reassembled IP payload). A checksum field of 0
  * means the sender computed none (RFC 768) and is accepted.
  */
-export function parseUdp(packet: Uint8Array, srcIp: IPv4, dstIp: IPv4, checksumOk = false): UdpRepr | ParseError {
+export function parseUdp(packet: Uint8Array, srcIp: IpAddress, dstIp: IpAddress, checksumOk = false): UdpRepr | ParseError {
   if (packet.length < UDP_HEADER_LEN) return ParseError.of('udp:truncated');
   const length = (packet[4]! << 8) | packet[5]!;
   // The length field counts the header; it may be shorter than the IP payload
@@ -30,8 +31,10 @@ export function parseUdp(packet: Uint8Array, srcIp: IPv4, dstIp: IPv4, checksumO
   if (length < UDP_HEADER_LEN || length > packet.length) return ParseError.of('udp:bad-length');
   const wireChecksum = (packet[6]! << 8) | packet[7]!;
   // checksumOk: the link vouched for it (receive offload, netstack/rx-marks.ts).
+  // RFC 8200 §8.1: an IPv6 receiver discards a zero UDP checksum.
+  if (wireChecksum === 0 && typeof srcIp !== 'number' && !checksumOk) return ParseError.of('udp:zero-checksum-ipv6');
   if (wireChecksum !== 0 && !checksumOk) {
-    const sum = sumBytes(packet, 0, length, sumPseudoHeader(srcIp, dstIp, IPPROTO_UDP, length));
+    const sum = sumBytes(packet, 0, length, sumPseudoHeaderAny(srcIp, dstIp, IPPROTO_UDP, length));
     if (finishChecksum(sum) !== 0) return ParseError.of('udp:bad-checksum');
   }
   return {
@@ -43,7 +46,7 @@ export function parseUdp(packet: Uint8Array, srcIp: IPv4, dstIp: IPv4, checksumO
 
 /** Copies `payload` after an 8-byte header at `off`, fills the checksum; returns the end offset. */
 export function emitUdp(
-  buf: Uint8Array, off: number, srcIp: IPv4, dstIp: IPv4, srcPort: number, dstPort: number, payload: Uint8Array,
+  buf: Uint8Array, off: number, srcIp: IpAddress, dstIp: IpAddress, srcPort: number, dstPort: number, payload: Uint8Array,
 ): number {
   buf.set(payload, off + UDP_HEADER_LEN);
   return emitUdpHeader(buf, off, srcIp, dstIp, srcPort, dstPort, payload.length);
@@ -57,7 +60,7 @@ export function emitUdp(
  * covers the datagram, not each fragment.
  */
 export function emitUdpHeader(
-  buf: Uint8Array, off: number, srcIp: IPv4, dstIp: IPv4, srcPort: number, dstPort: number, payloadLength: number,
+  buf: Uint8Array, off: number, srcIp: IpAddress, dstIp: IpAddress, srcPort: number, dstPort: number, payloadLength: number,
 ): number {
   const length = UDP_HEADER_LEN + payloadLength;
   if (!(payloadLength >= 0) || payloadLength > UDP_MAX_PAYLOAD) {
@@ -71,7 +74,7 @@ export function emitUdpHeader(
   buf[off + 5] = length & 0xff;
   buf[off + 6] = 0;
   buf[off + 7] = 0;
-  let sum = finishChecksum(sumBytes(buf, off, length, sumPseudoHeader(srcIp, dstIp, IPPROTO_UDP, length)));
+  let sum = finishChecksum(sumBytes(buf, off, length, sumPseudoHeaderAny(srcIp, dstIp, IPPROTO_UDP, length)));
   // A computed zero is sent as all ones: zero on the wire means "no checksum" (RFC 768).
   if (sum === 0) sum = 0xffff;
   buf[off + 6] = sum >>> 8;

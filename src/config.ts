@@ -13,7 +13,10 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
-import { formatIPv4, formatMac, inSubnet, parseCidr, parseIPv4, parseMac, prefixMask, type IPv4, type Mac } from '../netstack/addr.js';
+import {
+  formatIPv4, formatIPv6, formatMac, inPrefix6, inSubnet, ipv6, isLinkLocal6, isMulticast6, parseCidr, parseIPv4, parseIPv6, parseMac, prefixMask,
+  withInterfaceId, type IPv4, type IPv6, type Mac,
+} from '../netstack/addr.js';
 import { parseRules, RuleSetError, type Rule } from '../dns/rules.js';
 import { parseIpv6, parseIpv6Cidr } from '../sni/ranges6.js';
 import type { SinkholeMode } from '../dns/zones.js';
@@ -63,6 +66,8 @@ export interface ServeConfig {
   gatewayMac: Mac;
   guestIp: IPv4;
   hostIp: IPv4;
+  /** IPv6 on the guest link (--ipv6, --ipv6-prefix); undefined: IPv6 frames are dropped and counted. */
+  ipv6?: Ipv6Settings | undefined;
   /** Unix socket path of the control API, or undefined for no API. */
   apiSocket: string | undefined;
   forwards: ForwardSpec[];
@@ -121,6 +126,17 @@ export const MTU_MIN = 576; // RFC 791: every host must accept 576-byte datagram
 export const MTU_MAX = 65520; // the largest MTU Linux virtio-net and QEMU stream accept, as gvproxy
 export const DEFAULT_MTU = 1500;
 export const DEFAULT_SUBNET = '192.168.127.0/24';
+/** A ULA /64 (RFC 4193) whose 40-bit global ID spells "moat" (6d 6f 61 74 00). */
+export const DEFAULT_IPV6_PREFIX = 'fd6d:6f61:7400::/64';
+/** RFC 8200 §5: an IPv6 link carries 1280-byte packets. */
+export const IPV6_MIN_LINK_MTU = 1280;
+
+/** The guest link's IPv6 side: a /64 for SLAAC, the gateway at ::1 and the host alias at ::fe in it. */
+export interface Ipv6Settings {
+  prefix: IPv6;
+  gatewayIp: IPv6;
+  hostIp: IPv6;
+}
 export const DEFAULT_GATEWAY_MAC = '5a:94:ef:e4:0c:dd';
 /** sun_path is 108 bytes on Linux, including the terminating NUL. */
 const UNIX_PATH_MAX = 107;
@@ -181,6 +197,8 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
   { name: 'gateway-mac', type: 'string', value: 'MAC', default: DEFAULT_GATEWAY_MAC, help: "The gateway's MAC address." },
   { name: 'guest-ip', type: 'string', value: 'IP', default: 'second address of --subnet (192.168.127.2)', help: 'The address DHCP gives the guest.' },
   { name: 'host-ip', type: 'string', value: 'IP', default: 'last usable address of --subnet (192.168.127.254)', help: "A virtual address that reaches the host's loopback (127.0.0.1)." },
+  { name: 'ipv6', type: 'string', value: 'on|off', default: `on (off when --mtu is below ${IPV6_MIN_LINK_MTU})`, help: "IPv6 on the guest link: router advertisements for SLAAC (prefix, MTU, DNS), the gateway's DNS and ping at ::1 of the prefix, the host alias at ::fe (mapped to the host's ::1, or 127.0.0.1 on a host without an IPv6 loopback). off: IPv6 frames are dropped and counted." },
+  { name: 'ipv6-prefix', type: 'string', value: 'CIDR', default: DEFAULT_IPV6_PREFIX, help: 'The /64 the guest configures itself in (SLAAC needs exactly /64).' },
   { name: 'api', type: 'string', value: 'unix:///PATH', default: 'none (no API)', help: 'Serve the HTTP control API (gvproxy-compatible /services/forwarder/*, /services/dhcp/leases, /stats, /healthz; /allowlist and, with --on-unlisted ask, /decisions/*) on a unix socket.', example: 'unix:///tmp/moat-api.sock' },
   {
     name: 'forward',
@@ -686,6 +704,9 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   const { network, prefix, subnetText, gatewayIp, guestIp, hostIp } = buildAddresses(raw);
   const subnetRaw = { text: subnetText };
 
+  // --ipv6, --ipv6-prefix
+  const ipv6 = parseIpv6Flags(str('ipv6'), str('ipv6-prefix'), mtu);
+
   // --gateway-mac
   const macRaw = str('gateway-mac') ?? { text: DEFAULT_GATEWAY_MAC, label: '--gateway-mac' };
   const gatewayMac = parseMac(macRaw.text);
@@ -709,9 +730,18 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   for (const text of fwdRaw.items) {
     const spec = parseForwardFlag(text);
     if (typeof spec === 'string') throw new ConfigError(`${fwdRaw.label}: ${spec}`);
-    const guest = parseIPv4(spec.remote.slice(0, spec.remote.lastIndexOf(':')))!;
-    if (!inSubnet(guest, network, prefix)) {
-      throw new ConfigError(`${fwdRaw.label}: guest address ${formatIPv4(guest)} is outside --subnet ${subnetRaw.text} in "${text}"`);
+    const hostText = spec.remote.slice(0, spec.remote.lastIndexOf(':'));
+    if (hostText.startsWith('[')) {
+      const guest6 = parseIPv6(hostText.slice(1, -1));
+      if (ipv6 === undefined) throw new ConfigError(`${fwdRaw.label}: an IPv6 guest address needs IPv6 on (it is off: --ipv6 off or --mtu below ${IPV6_MIN_LINK_MTU}) in "${text}"`);
+      if (guest6 === undefined || !inPrefix6(guest6, ipv6.prefix, 64) || guest6 === ipv6.prefix || guest6 === ipv6.gatewayIp || guest6 === ipv6.hostIp) {
+        throw new ConfigError(`${fwdRaw.label}: guest address ${hostText} is not a guest address in --ipv6-prefix ${formatIPv6(ipv6.prefix)}/64 in "${text}"`);
+      }
+    } else {
+      const guest = parseIPv4(hostText)!;
+      if (!inSubnet(guest, network, prefix)) {
+        throw new ConfigError(`${fwdRaw.label}: guest address ${formatIPv4(guest)} is outside --subnet ${subnetRaw.text} in "${text}"`);
+      }
     }
     if (forwards.some((f) => f.local === spec.local && f.protocol === spec.protocol)) {
       throw new ConfigError(`${fwdRaw.label}: ${spec.local}/${spec.protocol} is forwarded twice ("${text}")`);
@@ -769,6 +799,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     gatewayMac,
     guestIp,
     hostIp,
+    ipv6,
     apiSocket,
     forwards,
     pcapFile: pcapRaw?.text,
@@ -952,6 +983,7 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
     gatewayMac: formatMac(c.gatewayMac),
     guestIp: formatIPv4(c.guestIp),
     hostIp: formatIPv4(c.hostIp),
+    ipv6: c.ipv6 === undefined ? 'off' : { prefix: `${formatIPv6(c.ipv6.prefix)}/64`, gatewayIp: formatIPv6(c.ipv6.gatewayIp), hostIp: formatIPv6(c.ipv6.hostIp) },
     api: c.apiSocket,
     forwards: c.forwards.map((f) => `${f.local}=${f.remote}/${f.protocol}`),
     pcap: c.pcapFile,
@@ -1086,4 +1118,33 @@ export function mainHelp(): string {
     zonesHelp(),
     explainHelp(),
   ].join('\n');
+}
+
+/**
+ * --ipv6 on|off and --ipv6-prefix. Default on, unless the MTU cannot carry
+ * IPv6 (an explicit --ipv6 on with such an MTU is an error). The prefix must
+ * be a unicast /64: SLAAC forms addresses from 64-bit interface identifiers.
+ */
+export function parseIpv6Flags(
+  mode: { text: string; label: string } | undefined,
+  prefixRaw: { text: string; label: string } | undefined,
+  mtu: number,
+): Ipv6Settings | undefined {
+  if (mode !== undefined && mode.text !== 'on' && mode.text !== 'off') throw new ConfigError(`${mode.label}: must be on or off, got "${mode.text}"`);
+  if (mode?.text === 'off') return undefined;
+  if (mtu < IPV6_MIN_LINK_MTU) {
+    if (mode?.text === 'on') throw new ConfigError(`${mode.label}: IPv6 needs --mtu ${IPV6_MIN_LINK_MTU} or more (RFC 8200), got ${mtu}`);
+    return undefined;
+  }
+  const p = prefixRaw ?? { text: DEFAULT_IPV6_PREFIX, label: '--ipv6-prefix' };
+  const slash = p.text.indexOf('/');
+  const addr = slash < 0 ? undefined : parseIPv6(p.text.slice(0, slash));
+  if (addr === undefined || p.text.slice(slash + 1) !== '64') {
+    throw new ConfigError(`${p.label}: must be an IPv6 /64 like ${DEFAULT_IPV6_PREFIX}, got "${p.text}"`);
+  }
+  if (isLinkLocal6(addr) || isMulticast6(addr) || addr.charCodeAt(0) === 0) {
+    throw new ConfigError(`${p.label}: must be a unicast prefix (not link-local, multicast, loopback or IPv4-mapped), got "${p.text}"`);
+  }
+  const prefix = withInterfaceId(addr, ipv6(0, 0, 0, 0, 0, 0, 0, 0));
+  return { prefix, gatewayIp: withInterfaceId(prefix, ipv6(0, 0, 0, 0, 0, 0, 0, 1)), hostIp: withInterfaceId(prefix, ipv6(0, 0, 0, 0, 0, 0, 0, 0xfe)) };
 }

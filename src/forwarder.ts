@@ -16,7 +16,7 @@
 import { createServer, type Server, type Socket } from 'node:net';
 import { createSocket, type RemoteInfo, type Socket as UdpSocket } from 'node:dgram';
 import { isIP } from 'node:net';
-import { ipv4, parseIPv4, type IPv4 } from '../netstack/addr.js';
+import { ipv4, parseIp, type IpAddress, type IPv4, type IPv6 } from '../netstack/addr.js';
 import type { NetStack, UdpDatagram } from '../netstack/api.js';
 import type { Logger } from './log.js';
 import type { GatewayUdpClaims } from './nat/index.js';
@@ -34,6 +34,8 @@ import {
 export interface PortForwarderOptions {
   /** The address the guest sees forwarded connections come from. */
   gatewayIp: IPv4;
+  /** The same for a forward to the guest's IPv6 address; absent, IPv6 forwards are refused. */
+  gatewayIp6?: IPv6 | undefined;
   /** Gateway-side source ports for forwarded TCP connections and UDP peers. */
   firstPort: number;
   lastPort: number;
@@ -101,6 +103,11 @@ export class PortForwarder implements PortForwards {
     return this.live().map((f) => ({ ...f.spec }));
   }
 
+  /** The gateway address of the guest address's family: forwarded flows come from it. */
+  private fromFor(guest: IpAddress): IpAddress {
+    return typeof guest === 'number' ? this.opts.gatewayIp : this.opts.gatewayIp6!;
+  }
+
   async expose(input: ForwardSpec): Promise<void> {
     const spec = parseForwardSpec(input);
     if (typeof spec === 'string') throw new ForwardError('invalid', spec);
@@ -108,7 +115,10 @@ export class PortForwarder implements PortForwards {
     if (this.forwards.has(key)) throw new ForwardError('conflict', `${spec.protocol} ${spec.local} is already forwarded`);
     const local = parseHostPort(spec.local, { allowEmptyHost: true }) as { host: string; port: number };
     const remoteHp = parseHostPort(spec.remote, { allowEmptyHost: false }) as { host: string; port: number };
-    const remote = { ip: parseIPv4(remoteHp.host)!, port: remoteHp.port };
+    const remote = { ip: parseIp(remoteHp.host)!, port: remoteHp.port };
+    if (typeof remote.ip !== 'number' && this.opts.gatewayIp6 === undefined) {
+      throw new ForwardError('invalid', `"remote": ${remoteHp.host} is an IPv6 address and IPv6 is off (--ipv6 off)`);
+    }
     // Reserve the key before awaiting, so two concurrent exposes cannot both listen.
     const placeholder = { kind: 'pending' } as unknown as Forward;
     this.forwards.set(key, placeholder);
@@ -172,7 +182,7 @@ export class PortForwarder implements PortForwards {
   private listenTcp(
     spec: ForwardSpec,
     local: { host: string; port: number },
-    remote: { ip: IPv4; port: number },
+    remote: { ip: IpAddress; port: number },
   ): Promise<Forward> {
     const pipes = new Set<TcpPipe>();
     const server = createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true });
@@ -188,7 +198,7 @@ export class PortForwarder implements PortForwards {
     });
   }
 
-  private acceptTcp(fwd: TcpForward, sock: Socket, remote: { ip: IPv4; port: number }): void {
+  private acceptTcp(fwd: TcpForward, sock: Socket, remote: { ip: IpAddress; port: number }): void {
     const stack = this.stack;
     const fromPort = stack === undefined ? undefined : this.tcpPorts.allocate();
     if (stack === undefined || fromPort === undefined || fwd.pipes.size >= this.opts.maxConnectionsPerForward) {
@@ -221,7 +231,7 @@ export class PortForwarder implements PortForwards {
     fwd.pipes.add(pipe);
     let tcp;
     try {
-      tcp = stack.connectTcp({ from: this.opts.gatewayIp, fromPort, to: remote.ip, toPort: remote.port }, pipe.handlers);
+      tcp = stack.connectTcp({ from: this.fromFor(remote.ip), fromPort, to: remote.ip, toPort: remote.port }, pipe.handlers);
     } catch (err) {
       this.log.info('forward connection refused', { local: fwd.spec.local, reason: 'connect-failed', error: String(err) });
       sock.destroy();
@@ -235,7 +245,7 @@ export class PortForwarder implements PortForwards {
   private bindUdp(
     spec: ForwardSpec,
     local: { host: string; port: number },
-    remote: { ip: IPv4; port: number },
+    remote: { ip: IpAddress; port: number },
   ): Promise<Forward> {
     const v6 = isIP(local.host) === 6;
     const socket = createSocket(v6 ? 'udp6' : 'udp4');
@@ -251,7 +261,7 @@ export class PortForwarder implements PortForwards {
     });
   }
 
-  private udpFromHost(fwd: UdpForward, msg: Buffer, rinfo: RemoteInfo, remote: { ip: IPv4; port: number }): void {
+  private udpFromHost(fwd: UdpForward, msg: Buffer, rinfo: RemoteInfo, remote: { ip: IpAddress; port: number }): void {
     const stack = this.stack;
     if (stack === undefined) return;
     const key = `${rinfo.address}|${rinfo.port}`;
@@ -264,10 +274,10 @@ export class PortForwarder implements PortForwards {
       peer = this.newPeer(fwd, key, rinfo, remote);
       if (peer === undefined) return;
     }
-    stack.sendUdp(this.opts.gatewayIp, peer.gatewayPort, remote.ip, remote.port, msg);
+    stack.sendUdp(this.fromFor(remote.ip), peer.gatewayPort, remote.ip, remote.port, msg);
   }
 
-  private newPeer(fwd: UdpForward, key: string, rinfo: RemoteInfo, remote: { ip: IPv4; port: number }): UdpPeer | undefined {
+  private newPeer(fwd: UdpForward, key: string, rinfo: RemoteInfo, remote: { ip: IpAddress; port: number }): UdpPeer | undefined {
     while (fwd.peers.size >= this.opts.maxUdpPeersPerForward) {
       this.dropPeer(fwd, fwd.peers.values().next().value as UdpPeer);
     }

@@ -25,6 +25,7 @@ import { formatIPv4, formatMac } from '../netstack/addr.js';
 import type { Clock } from '../netstack/clock.js';
 import type { NetStack, PendingTcp, StackConfig, StackEvents, UdpDatagram } from '../netstack/api.js';
 import { randomBytes } from 'node:crypto';
+import { networkInterfaces } from 'node:os';
 import { createStack, DEFAULT_STACK_CONFIG, type StackOptions } from '../netstack/stack.js';
 import type { Resolver } from '../dns/preresolve.js';
 import { NodeDnsResolver } from './allowlist/resolver.js';
@@ -127,7 +128,22 @@ export function stackConfigFor(config: ServeConfig): StackConfig {
     hostIp: config.hostIp,
     // The gateway answers DNS (forwarded to --dns-upstream); a different --gateway-ip moves it too.
     dnsServers: [config.gatewayIp],
+    ...(config.ipv6 === undefined ? {} : {
+      ipv6: { prefix: config.ipv6.prefix, gatewayIp: config.ipv6.gatewayIp, hostIp: config.ipv6.hostIp, dnsServers: [config.ipv6.gatewayIp] },
+    }),
   };
+}
+
+/**
+ * Where the IPv6 host alias leads: the host's ::1, or 127.0.0.1 when the
+ * host has no IPv6 loopback (IPv6 disabled in the kernel, or lo without ::1):
+ * the alias then still reaches the host, over IPv4.
+ */
+export function ipv6HostLoopback(interfaces: ReturnType<typeof networkInterfaces> = networkInterfaces()): '::1' | '127.0.0.1' {
+  for (const addrs of Object.values(interfaces)) {
+    for (const a of addrs ?? []) if (a.internal && a.family === 'IPv6' && a.address === '::1') return '::1';
+  }
+  return '127.0.0.1';
 }
 
 /** The config's limits, DEFAULT_LIMITS for any it does not set (configs built by hand). */
@@ -154,6 +170,9 @@ export function natOptionsFor(config: ServeConfig): Partial<NatOptions> {
     dnsUpstreams: config.dnsUpstreams,
     ...(config.traffic?.rateEgress ? { rateEgress: config.traffic.rateEgress } : {}),
     ...(config.traffic?.rateIngress ? { rateIngress: config.traffic.rateIngress } : {}),
+    ...(config.ipv6 === undefined ? {} : {
+      ipv6: { gatewayIp: config.ipv6.gatewayIp, hostIp: config.ipv6.hostIp, prefix: config.ipv6.prefix, hostLoopback: ipv6HostLoopback() },
+    }),
     maxIcmpEcho: limits.maxIcmpEcho,
     icmpEchoPerSec: limits.icmpEchoPerSec,
   };
@@ -656,7 +675,7 @@ function collectStats(
 
 /** The real forwarder (src/forwarder.ts); forwarded connections come from the gateway's address. */
 function createPortForwarder(ctx: PortForwardsContext): PortForwards {
-  const fwd = new PortForwarder({ gatewayIp: ctx.config.gatewayIp }, ctx.log, ctx.nat);
+  const fwd = new PortForwarder({ gatewayIp: ctx.config.gatewayIp, gatewayIp6: ctx.config.ipv6?.gatewayIp }, ctx.log, ctx.nat);
   fwd.attach(ctx.stack);
   return fwd;
 }

@@ -13,7 +13,8 @@ export type ForwardProtocol = 'tcp' | 'udp';
  * One forward: connections (or datagrams) to `local` on the host are relayed
  * to `remote` in the guest. Addresses are text exactly as gvproxy takes them:
  * `local` is "host:port" where an empty host (":8080") means every interface;
- * `remote` is "a.b.c.d:port", an address inside the virtual subnet.
+ * `remote` is "a.b.c.d:port", an address inside the virtual subnet, or
+ * "[v6]:port", the guest's address in the IPv6 prefix.
  */
 export interface ForwardSpec {
   local: string;
@@ -117,7 +118,8 @@ export function parseForwardSpec(body: unknown): ForwardSpec | string {
   if (typeof local === 'string') return `"local": ${local}`;
   const remote = parseHostPort(o.remote, { allowEmptyHost: false });
   if (typeof remote === 'string') return `"remote": ${remote}`;
-  if (isIP(remote.host) !== 4) return `"remote": the guest address must be an IPv4 address, got "${remote.host}"`;
+  // An IPv6 guest address comes in brackets ([fd6d:6f61:7400::2]:22): the guest's address in --ipv6-prefix.
+  if (isIP(remote.host) === 0) return `"remote": the guest address must be an IP address, got "${remote.host}"`;
   return { local: o.local, remote: o.remote, protocol };
 }
 

@@ -99,7 +99,7 @@ export interface TcpHost {
   scheduleFlush(conn: TcpConnection): void;
   /** The connection is finished: forget it. Called once. */
   released(conn: TcpConnection): void;
-  /** Largest segment this side can receive: MTU - 40. */
+  /** Largest segment this side can receive over IPv4: MTU - 40 (over IPv6 the connection takes 20 less: MTU - 60). */
   readonly localMss: number;
   /** Optional source of initial sequence numbers. */
   isn?(tuple: FourTuple): number;
@@ -361,6 +361,8 @@ export class TcpConnection implements TcpSocket {
   private dsackPending = false;
   private dsackStart = 0;
   private dsackEnd = 0;
+  /** Largest segment we can receive on this connection's family (see TcpHost.localMss). */
+  private readonly localMss: number;
 
   private constructor(
     private readonly host: TcpHost,
@@ -368,6 +370,8 @@ export class TcpConnection implements TcpSocket {
     readonly tuple: FourTuple,
     private handlers: TcpHandlers,
   ) {
+    // One TCP for both families: only the network header's size differs (IPv6's is 20 bytes longer).
+    this.localMss = typeof tuple.src === 'number' ? host.localMss : host.localMss - 20;
     this.cfg = resolveConfig(config);
     this.rcvShift = chooseShift(this.cfg.recvBufferBytes);
     this.recvSlack = (1 << this.rcvShift) - 1;
@@ -1011,7 +1015,7 @@ export class TcpConnection implements TcpSocket {
    */
   private mayDelayAck(): boolean {
     if (!this.pingpong || this.st !== St.ESTABLISHED) return false;
-    return seqDiff(this.rcvNxt, this.lastAckSent) < this.host.localMss - FULL_SEGMENT_SLACK;
+    return seqDiff(this.rcvNxt, this.lastAckSent) < this.localMss - FULL_SEGMENT_SLACK;
   }
 
   private onDelayedAckTimer(): void {
@@ -1289,7 +1293,7 @@ export class TcpConnection implements TcpSocket {
     o.window = wnd;
     // An active open does not know RCV.NXT yet: inputSynSent sets the edge from the peer's ISN.
     if (passive) this.rcvAdvRight = seqAdd(this.rcvNxt, wnd);
-    opts.mss = this.host.localMss;
+    opts.mss = this.localMss;
     // Active open offers everything; passive open echoes what the peer offered.
     opts.windowScale = !passive || this.wsOk ? this.rcvShift : null;
     opts.sackPermitted = !passive || this.sackOk;
@@ -1619,7 +1623,7 @@ export class TcpConnection implements TcpSocket {
   }
 
   private updateSmss(): void {
-    this.smss = Math.max(1, Math.min(this.peerMss, this.host.localMss) - (this.tsOk ? TS_OPTION_BYTES : 0));
+    this.smss = Math.max(1, Math.min(this.peerMss, this.localMss) - (this.tsOk ? TS_OPTION_BYTES : 0));
   }
 
   /**
@@ -1634,7 +1638,7 @@ export class TcpConnection implements TcpSocket {
     // holds (tap-fd.ts writeVnetHeader): offload only when that is this
     // connection's segment size. A guest whose MSS is smaller (a smaller MTU,
     // MSS clamping) would otherwise be handed segments larger than it asked for.
-    if (this.smss !== this.host.localMss - (this.tsOk ? TS_OPTION_BYTES : 0)) return mss;
+    if (this.smss !== this.localMss - (this.tsOk ? TS_OPTION_BYTES : 0)) return mss;
     return offload - (offload % mss);
   }
 

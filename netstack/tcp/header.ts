@@ -3,7 +3,7 @@
  * §3.7.1), window scale and timestamps (RFC 7323), SACK-permitted and SACK
  * blocks (RFC 2018).
  *
- * `parseTcp` validates a segment (length, data offset, checksum over the IPv4
+ * `parseTcp` validates a segment (length, data offset, checksum over the IPv4 or IPv6
  * pseudo header, option lengths) and returns a `TcpRepr` whose payload is a
  * view into the input. `emitTcpHeader` writes a header in place in front of a
  * payload that the caller has already copied into the frame, so that the
@@ -14,8 +14,8 @@
  * NOP NOP SACK. Byte-identical layouts make captures diff cleanly against a
  * Linux peer and keep every option 4-byte aligned.
  */
-import type { IPv4 } from '../addr.js';
-import { sumBytes, sumPseudoHeader, finishChecksum } from '../checksum.js';
+import type { IpAddress } from '../addr.js';
+import { sumBytes, sumPseudoHeaderAny, finishChecksum } from '../checksum.js';
 import { ParseError } from '../errors.js';
 
 export const TCP_FIN = 0x01, TCP_SYN = 0x02, TCP_RST = 0x04, TCP_PSH = 0x08, TCP_ACK = 0x10, TCP_URG = 0x20, TCP_ECE = 0x40, TCP_CWR = 0x80;
@@ -87,14 +87,14 @@ function put32(b: Uint8Array, o: number, v: number): void {
  * Unknown options are skipped by their length (RFC 9293 §3.1, MUST-68);
  * options with an impossible length are 'tcp:bad-option'.
  */
-export function parseTcp(segment: Uint8Array, srcIp: IPv4, dstIp: IPv4, checksumOk = false): TcpRepr | ParseError {
+export function parseTcp(segment: Uint8Array, srcIp: IpAddress, dstIp: IpAddress, checksumOk = false): TcpRepr | ParseError {
   const len = segment.length;
   if (len < TCP_HEADER_LEN) return ERR_TRUNCATED;
   const headerLength = (segment[12]! >>> 4) * 4;
   if (headerLength < TCP_HEADER_LEN) return ERR_BAD_OFFSET;
   if (headerLength > len) return ERR_TRUNCATED;
   // checksumOk: the link vouched for it (receive offload, netstack/rx-marks.ts).
-  if (!checksumOk && finishChecksum(sumBytes(segment, 0, len, sumPseudoHeader(srcIp, dstIp, IP_PROTO_TCP, len))) !== 0) return ERR_BAD_CHECKSUM;
+  if (!checksumOk && finishChecksum(sumBytes(segment, 0, len, sumPseudoHeaderAny(srcIp, dstIp, IP_PROTO_TCP, len))) !== 0) return ERR_BAD_CHECKSUM;
 
   const options: TcpOptions = { mss: null, windowScale: null, sackPermitted: false, timestamp: null, sackBlocks: null };
   let i = TCP_HEADER_LEN;
@@ -198,8 +198,8 @@ export function emitTcpHeader(
   buf: Uint8Array,
   off: number,
   f: TcpSegmentFields,
-  srcIp: IPv4,
-  dstIp: IPv4,
+  srcIp: IpAddress,
+  dstIp: IpAddress,
   payloadLength: number,
   partialChecksum = false,
 ): number {
@@ -253,7 +253,7 @@ export function emitTcpHeader(
   const headerLength = p - off;
   buf[off + 12] = (headerLength >>> 2) << 4;
   const total = headerLength + payloadLength;
-  const pseudo = sumPseudoHeader(srcIp, dstIp, IP_PROTO_TCP, total);
+  const pseudo = sumPseudoHeaderAny(srcIp, dstIp, IP_PROTO_TCP, total);
   // Partial: what the completer adds the segment's own sum to (Linux: ~tcp_v4_check(len, saddr, daddr, 0)).
   put16(buf, off + 16, partialChecksum ? ~finishChecksum(pseudo) & 0xffff : finishChecksum(sumBytes(buf, off, total, pseudo)));
   return p;

@@ -39,7 +39,13 @@ export class IsnGenerator {
 
   /** F(four-tuple, key): the part of the ISN an observer of other connections cannot predict. */
   keyed(t: FourTuple): number {
-    return halfSipHash24(this.k0, this.k1, t.src >>> 0, t.dst >>> 0, ((t.srcPort << 16) | t.dstPort) >>> 0);
+    const ports = ((t.srcPort << 16) | t.dstPort) >>> 0;
+    if (typeof t.src === 'number') return halfSipHash24(this.k0, this.k1, t.src >>> 0, (t.dst as number) >>> 0, ports);
+    // IPv6: the same function over all 36 bytes of the tuple (HalfSipHash takes any length; Linux hashes the whole tuple too).
+    const words: number[] = [];
+    for (const a of [t.src, t.dst as string]) for (let i = 0; i < 8; i += 2) words.push(((a.charCodeAt(i) << 16) | a.charCodeAt(i + 1)) >>> 0);
+    words.push(ports);
+    return halfSipHashWords(this.k0, this.k1, words);
   }
 }
 
@@ -49,6 +55,11 @@ function rotl(x: number, b: number): number {
 
 /** HalfSipHash-2-4 of three 32-bit words (12 bytes), 32-bit result. */
 export function halfSipHash24(k0: number, k1: number, w0: number, w1: number, w2: number): number {
+  return halfSipHashWords(k0, k1, [w0, w1, w2]);
+}
+
+/** HalfSipHash-2-4 of whole 32-bit words (little-endian message words as the reference reads them), 32-bit result. */
+export function halfSipHashWords(k0: number, k1: number, words: readonly number[]): number {
   let v0 = k0 | 0;
   let v1 = k1 | 0;
   let v2 = (0x6c796765 ^ k0) | 0;
@@ -65,7 +76,7 @@ export function halfSipHash24(k0: number, k1: number, w0: number, w1: number, w2
     v1 = rotl(v1, 13) ^ v2;
     v2 = rotl(v2, 16);
   };
-  for (const m of [w0, w1, w2, (12 << 24) | 0]) {
+  for (const m of [...words, ((words.length * 4) << 24) | 0]) {
     v3 ^= m;
     round();
     round();

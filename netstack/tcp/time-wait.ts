@@ -28,6 +28,8 @@
  * Deadlines are all `timeWaitMs` from the last (re)start, so insertion order
  * is deadline order: one timer at the oldest deadline serves the table.
  */
+import type { IpAddress } from '../addr.js';
+import { key6 } from '../flow-table.js';
 import type { FourTuple } from '../api.js';
 import type { Clock } from '../clock.js';
 import { Timer, type TimerWheel } from '../timer-wheel.js';
@@ -75,7 +77,9 @@ export interface TimeWaitStats {
  * record itself, and this table is looked up only for segments that match
  * no connection (new SYNs, strays), not per data segment.
  */
-function keyOf(src: number, srcPort: number, dst: number, dstPort: number): string {
+function keyOf(src: IpAddress, srcPort: number, dst: IpAddress, dstPort: number): string {
+  // IPv6 keys are fixed-width code units (flow-table.ts); IPv4 keys are digits and colons: the two never meet.
+  if (typeof src !== 'number') return key6(src, srcPort, dst, dstPort);
   return `${src}:${srcPort}:${dst}:${dstPort}`;
 }
 
@@ -110,7 +114,7 @@ export class TimeWaitTable {
     return { size: this.byAge.size, recycled: this.recycledCount };
   }
 
-  get(src: number, srcPort: number, dst: number, dstPort: number): TimeWaitRecord | undefined {
+  get(src: IpAddress, srcPort: number, dst: IpAddress, dstPort: number): TimeWaitRecord | undefined {
     return this.byAge.get(keyOf(src, srcPort, dst, dstPort));
   }
 

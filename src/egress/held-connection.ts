@@ -43,7 +43,7 @@ import type { Injector } from '../inject/interceptor.js';
 import { injectionReporter } from '../inject/records.js';
 import { canonicalHostname } from '../../dns/rules.js';
 import type { SynInfo, TcpCloseReason, TcpHandlers, TcpSocket } from '../../netstack/api.js';
-import { formatIPv4 } from '../../netstack/addr.js';
+import { formatIp, formatIPv4 } from '../../netstack/addr.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Logger } from '../log.js';
@@ -105,7 +105,7 @@ export class HeldConnection {
     private readonly log: Logger,
     private readonly onDone: (held: HeldConnection) => void,
   ) {
-    this.dst = formatIPv4(syn.dst);
+    this.dst = formatIp(syn.dst);
     // Route every callback to the pipe once it exists: the stack keeps the handlers it was given at accept().
     this.handlers = {
       onData: (d) => (this.pipe ? this.pipe.onData(d) : this.guestData(d)),

@@ -2,7 +2,9 @@
  * Where a guest flow's destination address leads on the host, or why it leads
  * nowhere. One function so that TCP and UDP refuse exactly the same things.
  */
-import { formatIPv4, inSubnet, prefixMask, type IPv4 } from '../../netstack/addr.js';
+import {
+  formatIPv4, formatIPv6, inPrefix6, inSubnet, ipv6, isLinkLocal6, isMulticast6, prefixMask, type IpAddress, type IPv4, type IPv6,
+} from '../../netstack/addr.js';
 
 export type DestinationRefusal =
   | 'unspecified' // 0.0.0.0/8: "this network" (RFC 1122 3.2.1.3), never a destination
@@ -12,7 +14,11 @@ export type DestinationRefusal =
   | 'reserved' // 240.0.0.0/4 (RFC 1112 4)
   | 'broadcast' // 255.255.255.255 or the virtual subnet's broadcast address
   | 'network-address' // the virtual subnet's network address
-  | 'virtual-network'; // another address inside the virtual subnet: no host-side counterpart
+  | 'virtual-network' // another address inside the virtual subnet (or the guest's IPv6 prefix): no host-side counterpart
+  | 'ipv4-mapped' // ::ffff:0:0/96 and ::/96 (RFC 4291 §2.5.5): a host socket would dial the IPv4 address inside
+  | 'nat64' // 64:ff9b::/96 (RFC 6052): a host with NAT64 would dial the IPv4 address inside
+  | 'ipv6-off' // an IPv6 destination while the NAT has no IPv6 side
+  | 'special-range'; // refused by the IPv6 special-range hook (DestinationRules.specialRange6)
 
 export type Destination =
   | { readonly kind: 'gateway' }
@@ -25,6 +31,26 @@ export interface DestinationRules {
   network: IPv4;
   prefix: number;
   allowLinkLocal: boolean;
+  /** The IPv6 side; absent, every IPv6 destination is refused ('ipv6-off'). */
+  ipv6?: Ipv6DestinationRules | undefined;
+}
+
+export interface Ipv6DestinationRules {
+  gatewayIp: IPv6;
+  hostIp: IPv6;
+  /** The guest's /64. */
+  prefix: IPv6;
+  /** Where the IPv6 host alias leads: '::1', or '127.0.0.1' on a host without an IPv6 loopback. */
+  hostLoopback: string;
+  /**
+   * HOOK for the IPv6 special-range policy (issue 19's policy side, dns/ +
+   * sni/ ranges): a refusal reason for a destination that must not be
+   * dialed (documentation, 6to4, Teredo, ULA, metadata fd00:ec2::254...),
+   * or undefined. The NAT itself refuses only what its host socket would
+   * turn into another destination (IPv4-mapped, NAT64) or what has no
+   * host-side counterpart (loopback, link-local, multicast, the guest's prefix).
+   */
+  specialRange6?: (dst: IPv6) => string | undefined;
 }
 
 const GATEWAY: Destination = { kind: 'gateway' };
@@ -39,7 +65,8 @@ function refused(reason: DestinationRefusal): Destination {
   return d;
 }
 
-export function classifyDestination(dst: IPv4, rules: DestinationRules): Destination {
+export function classifyDestination(dst: IpAddress, rules: DestinationRules): Destination {
+  if (typeof dst !== 'number') return classifyDestination6(dst, rules);
   if (dst === rules.gatewayIp) return GATEWAY;
   if (dst === rules.hostIp) return HOST_LOOPBACK;
   const top = dst >>> 24;
@@ -59,4 +86,36 @@ export function classifyDestination(dst: IPv4, rules: DestinationRules): Destina
     return refused('virtual-network');
   }
   return { kind: 'host', address: formatIPv4(dst) };
+}
+
+const NAT64_PREFIX = ipv6(0x64, 0xff9b, 0, 0, 0, 0, 0, 0);
+const hostLoopbacks = new Map<string, Destination>();
+
+/** The IPv6 rules, in the same spirit as IPv4's: the gateway, the host alias, then what leads nowhere or elsewhere. */
+function classifyDestination6(dst: IPv6, rules: DestinationRules): Destination {
+  const v6 = rules.ipv6;
+  if (v6 === undefined) return refused('ipv6-off');
+  if (dst === v6.gatewayIp) return GATEWAY;
+  if (dst === v6.hostIp) {
+    let d = hostLoopbacks.get(v6.hostLoopback);
+    if (d === undefined) {
+      d = { kind: 'host', address: v6.hostLoopback };
+      hostLoopbacks.set(v6.hostLoopback, d);
+    }
+    return d;
+  }
+  const g = (i: number) => dst.charCodeAt(i);
+  const firstFive = g(0) | g(1) | g(2) | g(3) | g(4);
+  if (firstFive === 0 && (g(5) === 0 || g(5) === 0xffff)) {
+    if (g(5) === 0 && g(6) === 0 && g(7) === 0) return refused('unspecified');
+    if (g(5) === 0 && g(6) === 0 && g(7) === 1) return refused('loopback');
+    return refused('ipv4-mapped');
+  }
+  if (inPrefix6(dst, NAT64_PREFIX, 96)) return refused('nat64');
+  if (isMulticast6(dst)) return refused('multicast');
+  // fe80::/10 has no meaning off the link (a host socket would need a zone): refused even where a rule opens 169.254/16.
+  if (isLinkLocal6(dst)) return refused('link-local');
+  if (inPrefix6(dst, v6.prefix, 64)) return refused('virtual-network');
+  if (v6.specialRange6?.(dst) !== undefined) return refused('special-range');
+  return { kind: 'host', address: formatIPv6(dst) };
 }

@@ -27,7 +27,7 @@
  * SNI or Host decides, and is then dialed to an address Moat resolved for
  * that name. The gateway's own services (DNS) are never subject to it.
  */
-import type { IPv4 } from '../../netstack/addr.js';
+import type { IpAddress, IPv4 } from '../../netstack/addr.js';
 import type { NetStack, PendingTcp, UdpDatagram } from '../../netstack/api.js';
 import { BuiltinNamesDns } from '../builtin-names-dns.js';
 import { DnsForwarder, servfailFor, systemUpstreams } from '../dns-forward.js';
@@ -36,7 +36,8 @@ import type { GatewayDns, GatewayDnsStats } from '../gateway-dns.js';
 import type { Logger } from '../log.js';
 import type { Egress, InFlight } from '../egress/egress.js';
 import { HeldConnection } from '../egress/held-connection.js';
-import { formatIPv4 } from '../../netstack/addr.js';
+import { formatIp, formatIPv4 } from '../../netstack/addr.js';
+import type { SynInfo } from '../../netstack/api.js';
 import { classifyDestination } from './destination.js';
 import { natOptions, type NatOptions } from './options.js';
 import { TcpFlowTable, type TcpFlowStats } from './tcp-flows.js';
@@ -150,12 +151,12 @@ export class Nat implements GatewayUdpClaims {
         ...(onLimit ? { onLimit: (f: Record<string, unknown>) => onLimit('tcpFlows', f) } : {}),
         ...(this.rate ? { rate: this.rate } : {}),
         ...(budgets !== undefined && egress !== undefined
-          ? { budgets, onBudgetSpent: (syn, rule) => egress.recordBudgetCut('tcp', formatIPv4(syn.dst), syn.dstPort, rule, null, null) }
+          ? { budgets, onBudgetSpent: (syn, rule) => egress.recordBudgetCut('tcp', formatIp(syn.dst), syn.dstPort, rule, null, null) }
           : {}),
         ...(egress !== undefined
           ? {
               onClosed: (syn, tag, up, down) =>
-                egress.decisions.flowClosed({ proto: 'tcp', dst: `${formatIPv4(syn.dst)}:${syn.dstPort}`, rule: tag.rule, name: tag.name, bytesUp: up, bytesDown: down }),
+                egress.decisions.flowClosed({ proto: 'tcp', dst: `${formatIp(syn.dst)}:${syn.dstPort}`, rule: tag.rule, name: tag.name, bytesUp: up, bytesDown: down }),
             }
           : {}),
       },
@@ -170,14 +171,14 @@ export class Nat implements GatewayUdpClaims {
         ...(onLimit ? { onLimit: (f: Record<string, unknown>) => onLimit('udpFlows', f) } : {}),
         ...(this.rate ? { rate: this.rate } : {}),
         ...(budgets !== undefined && egress !== undefined
-          ? { budgets, onBudgetSpent: (t, rule) => egress.recordBudgetCut('udp', formatIPv4(t.dst), t.dstPort, rule, null, null) }
+          ? { budgets, onBudgetSpent: (t, rule) => egress.recordBudgetCut('udp', formatIp(t.dst), t.dstPort, rule, null, null) }
           : {}),
         ...(egress !== undefined
           ? {
               onClosed: (t, rule, up, down) => {
                 // A flow let out by its QUIC name carries that name (moat learn maps it to a hostname rule).
                 const name = this.quic?.admittedName(t) ?? null;
-                egress.decisions.flowClosed({ proto: name === null ? 'udp' : 'quic', dst: `${formatIPv4(t.dst)}:${t.dstPort}`, rule, name, bytesUp: up, bytesDown: down });
+                egress.decisions.flowClosed({ proto: name === null ? 'udp' : 'quic', dst: `${formatIp(t.dst)}:${t.dstPort}`, rule, name, bytesUp: up, bytesDown: down });
               },
             }
           : {}),
@@ -241,9 +242,21 @@ export class Nat implements GatewayUdpClaims {
         return;
       case 'host':
         if (this.egress === undefined) this.tcp.dial(pending, dest.address);
-        else this.egressTcp(pending, this.egress, dest.address);
+        else if (typeof syn.dst !== 'number') this.egressTcp6(pending);
+        else this.egressTcp(pending, this.egress, dest.address, syn as SynInfo & { dst: IPv4 });
         return;
     }
+  }
+
+  /**
+   * HOOK for issue 19's policy side: an IPv6 flow under an allowlist. Until
+   * the egress policy decides IPv6 destinations (rules, special ranges,
+   * pins of AAAA answers), every such flow is refused: no family may become
+   * the bypass. Recorded like any refusal of the NAT.
+   */
+  private egressTcp6(pending: PendingTcp): void {
+    this.policyBlocked.tcp++;
+    this.tcp.refuse(pending, 'policy:ipv6-not-decided');
   }
 
   /** With an egress policy, link-local is the policy's call (a rule may name it), not the NAT's blanket refusal. */
@@ -251,8 +264,7 @@ export class Nat implements GatewayUdpClaims {
     return this.egress === undefined || this.options.allowLinkLocal ? this.options : { ...this.options, allowLinkLocal: true };
   }
 
-  private egressTcp(pending: PendingTcp, egress: Egress, hostAddress: string): void {
-    const syn = pending.syn;
+  private egressTcp(pending: PendingTcp, egress: Egress, hostAddress: string, syn: SynInfo & { dst: IPv4 }): void {
     const d = egress.decideFlow('tcp', syn.dst, syn.dstPort);
     // Audit: a web flow no hostname rule covers is still peeked, so that its
     // record (and what moat learn proposes) carries the name, not just an IP.
@@ -344,7 +356,13 @@ export class Nat implements GatewayUdpClaims {
         return;
       }
       case 'host':
-        if (this.egress !== undefined && !this.udpAllowed(d, this.egress, dest.address)) return;
+        if (this.egress !== undefined && typeof d.dst !== 'number') {
+          // HOOK (issue 19 policy side), as egressTcp6: IPv6 under an allowlist is refused until the policy decides it.
+          this.policyBlocked.udp++;
+          this.udpRefused++;
+          return;
+        }
+        if (this.egress !== undefined && !this.udpAllowed(d as UdpDatagram & { dst: IPv4 }, this.egress, dest.address)) return;
         this.udp.send(d, dest.address, d.payload);
         return;
     }
@@ -355,7 +373,7 @@ export class Nat implements GatewayUdpClaims {
    * QuicFlows gate takes the datagram and returns false here); a known
    * flow was decided by its first datagram(s).
    */
-  private udpAllowed(d: UdpDatagram, egress: Egress, hostAddress: string): boolean {
+  private udpAllowed(d: UdpDatagram & { dst: IPv4 }, egress: Egress, hostAddress: string): boolean {
     const quic = this.quic!;
     if (quic.owns(d)) {
       quic.onDatagram(d, hostAddress);
@@ -444,7 +462,7 @@ export class Nat implements GatewayUdpClaims {
       const admitted = this.quic?.admitted(t);
       if (admitted !== undefined) return admitted('while open');
       // A UDP flow keeps no decision of its own (its first datagram was decided): re-decided as one made under no current version.
-      const flow = { proto: 'udp', dst: formatIPv4(t.dst), port: t.dstPort } as const;
+      const flow = { proto: 'udp', dst: formatIp(t.dst), port: t.dstPort } as const;
       return egress.recheck({ version: -1, target: { kind: 'flow', flow }, dial: { kind: 'address', address: flow.dst }, via: null }, 'while open').keep;
     });
     return dropped;

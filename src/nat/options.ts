@@ -3,6 +3,7 @@ import type { NetConnectOpts, Socket } from 'node:net';
 import { ipv4, type IPv4 } from '../../netstack/addr.js';
 import type { QuicFlowOptions } from './quic-flows.js';
 import type { RateLimitSpec } from '../traffic/rate-limiter.js';
+import type { Ipv6DestinationRules } from './destination.js';
 import type { PingSocket } from './icmp-echo.js';
 
 /** An upstream DNS resolver on the host side. */
@@ -22,6 +23,8 @@ export interface NatOptions {
   prefix: number;
   /** Link-local 169.254.0.0/16 (cloud metadata lives there) is refused unless this is true. */
   allowLinkLocal: boolean;
+  /** The IPv6 side (gateway, host alias, prefix, where the alias leads); absent: IPv6 flows are refused ('ipv6-off'). */
+  ipv6?: Ipv6DestinationRules | undefined;
   /** A UDP flow with no datagram either way for this long is closed. */
   udpIdleTimeoutMs: number;
   /** UDP flows kept at once; a new flow beyond it is refused unless the least recently used one is idle udpEvictIdleMs. */

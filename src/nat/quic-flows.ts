@@ -34,7 +34,7 @@
  * ('quic'), like a SYN beyond the TCP peek bound.
  */
 import { canonicalHostname } from '../../dns/rules.js';
-import { formatIPv4 } from '../../netstack/addr.js';
+import { formatIp, formatIPv4 } from '../../netstack/addr.js';
 import type { FourTuple, UdpDatagram } from '../../netstack/api.js';
 import { longHeaderDcid, looksLikeQuicInitial, QuicInitialReader, type QuicInitialResult, type QuicVersionName } from '../../sni/quic-initial.js';
 import type { Decision } from '../../sni/policy.js';
@@ -144,7 +144,7 @@ export class QuicFlows {
           // The same connection's keys: any CRYPTO bytes must be the hello already read (a retransmission), never a second one.
           const r = QuicInitialReader.seeded(nodeQuicCrypto, { version: a.hello.version, dcid: a.dcid }, a.hello.bytes).push(d.payload);
           if (r.kind === 'malformed') {
-            this.egress.recordBlock('name-changed', 'quic', formatIPv4(d.dst), d.dstPort, a.name, 'quic', `an Initial on the flow's own connection ID that is not its hello (${r.reason})`);
+            this.egress.recordBlock('name-changed', 'quic', formatIp(d.dst), d.dstPort, a.name, 'quic', `an Initial on the flow's own connection ID that is not its hello (${r.reason})`);
             this.counters.refused++;
             this.allowed.delete(key);
             this.udp.closeWhere((t) => udpFlowKey(t.src, t.srcPort, t.dst, t.dstPort) !== key);
@@ -214,7 +214,7 @@ export class QuicFlows {
   private startHold(key: string, d: UdpDatagram, guestTarget: string, rewatch?: Held['rewatch']): Held | undefined {
     if (this.held.size >= this.opts.maxHeld) {
       this.counters.heldRefused++;
-      const fields = { src: `${formatIPv4(d.src)}:${d.srcPort}`, dst: `${formatIPv4(d.dst)}:${d.dstPort}`, max: this.opts.maxHeld };
+      const fields = { src: `${formatIp(d.src)}:${d.srcPort}`, dst: `${formatIp(d.dst)}:${d.dstPort}`, max: this.opts.maxHeld };
       if (this.opts.onLimit !== undefined) this.opts.onLimit('quic', fields);
       else this.log.debug('quic flow refused', { ...fields, reason: 'too-many-held-flows' });
       return undefined;
@@ -223,7 +223,7 @@ export class QuicFlows {
     const h: Held = {
       key,
       tuple,
-      dst: formatIPv4(d.dst),
+      dst: formatIp(d.dst),
       state: 'reading',
       reader: new QuicInitialReader(nodeQuicCrypto),
       datagrams: [],

@@ -23,13 +23,13 @@
  * closed (its later datagrams open no new flow: the policy refuses the rule).
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
-import { formatIPv4, type IPv4 } from '../../netstack/addr.js';
+import { formatIp, type IpAddress } from '../../netstack/addr.js';
 import type { FourTuple } from '../../netstack/api.js';
 import type { Logger } from '../log.js';
 import type { RateLimiter } from '../traffic/rate-limiter.js';
 import type { ByteBudgets, FlowMeter } from '../traffic/byte-budgets.js';
 
-export type SendToGuest = (from: IPv4, fromPort: number, to: IPv4, toPort: number, payload: Uint8Array) => void;
+export type SendToGuest = (from: IpAddress, fromPort: number, to: IpAddress, toPort: number, payload: Uint8Array) => void;
 
 export interface UdpFlowTableOptions {
   idleTimeoutMs: number;
@@ -81,8 +81,10 @@ interface UdpFlow {
   bytesDown: number;
 }
 
-export function udpFlowKey(src: IPv4, srcPort: number, dst: IPv4, dstPort: number): string {
-  return `${src}:${srcPort}>${dst}:${dstPort}`;
+export function udpFlowKey(src: IpAddress, srcPort: number, dst: IpAddress, dstPort: number): string {
+  if (typeof src === 'number') return `${src}:${srcPort}>${dst}:${dstPort}`;
+  // An IPv6 address is a packed 8-code-unit string (netstack/addr.ts): its text form keeps the key readable and apart from IPv4's.
+  return `${formatIp(src)}:${srcPort}>${formatIp(dst)}:${dstPort}`;
 }
 
 export class UdpFlowTable {
@@ -203,7 +205,8 @@ export class UdpFlowTable {
   }
 
   private open(key: string, tuple: FourTuple, hostAddress: string, rule: string | null = null): UdpFlow {
-    const socket = createSocket('udp4');
+    // The host side's family is the destination's (an IPv6 guest may reach an IPv4-only host by name, and the reverse).
+    const socket = createSocket(hostAddress.includes(':') ? 'udp6' : 'udp4');
     const flow: UdpFlow = {
       key,
       tuple,
@@ -287,5 +290,5 @@ export class UdpFlowTable {
 }
 
 export function describe(t: FourTuple): Record<string, unknown> {
-  return { src: `${formatIPv4(t.src)}:${t.srcPort}`, dst: `${formatIPv4(t.dst)}:${t.dstPort}` };
+  return { src: `${formatIp(t.src)}:${t.srcPort}`, dst: `${formatIp(t.dst)}:${t.dstPort}` };
 }

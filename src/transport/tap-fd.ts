@@ -80,6 +80,7 @@ export interface TapFdOptions {
   mtu: number;
 }
 const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
+const VIRTIO_NET_HDR_GSO_TCPV6 = 4;
 const VIRTIO_NET_HDR_F_NEEDS_CSUM = 1;
 /** Where the checksum sits in a TCP header. */
 const TCP_CHECKSUM_OFFSET = 16;
@@ -339,12 +340,12 @@ export class TapFdLink {
 
 /**
  * Fills the virtio-net header for one outgoing frame (RFC-less: see
- * include/uapi/linux/virtio_net.h). An IPv4 TCP frame carrying more payload
- * than one MTU-sized segment holds is marked GSO TCPv4 with that segment size,
+ * include/uapi/linux/virtio_net.h). A TCP frame carrying more payload than
+ * one MTU-sized segment holds is marked GSO TCPv4 (TCPv6 over IPv6) with that segment size,
  * so the kernel treats it as the receive offload of a NIC would; every other
  * frame gets an all-zero header. Without csumOffload checksums are complete in
  * every frame (no NEEDS_CSUM), so the guest verifies them as it would on any
- * wire; with it (the stack's tcp.checksumOffload, --tap-offload) every IPv4
+ * wire; with it (the stack's tcp.checksumOffload, --tap-offload) every
  * TCP frame holds only the pseudo-header sum and is marked NEEDS_CSUM at its
  * TCP checksum, which the guest's kernel takes as a locally made packet.
  */
@@ -352,10 +353,22 @@ export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: numb
   hdr.fill(0);
   if (length < 14 + 20 + 20) return;
   const f = offset;
-  if (frame[f + 12] !== 0x08 || frame[f + 13] !== 0x00) return; // not IPv4
   const ip = f + 14;
-  const ihl = (frame[ip]! & 0x0f) * 4;
-  if (frame[ip + 9] !== 6 || ihl < 20) return; // not TCP
+  let ihl: number;
+  let totalLength: number;
+  let gsoType = VIRTIO_NET_HDR_GSO_TCPV4;
+  if (frame[f + 12] === 0x86 && frame[f + 13] === 0xdd) {
+    // IPv6: the stack puts TCP right after the fixed header (it sends no extension headers but fragments, never for TCP).
+    if (length < 14 + 40 + 20 || frame[ip + 6] !== 6) return; // not TCP
+    ihl = 40;
+    totalLength = 40 + ((frame[ip + 4]! << 8) | frame[ip + 5]!);
+    gsoType = VIRTIO_NET_HDR_GSO_TCPV6;
+  } else {
+    if (frame[f + 12] !== 0x08 || frame[f + 13] !== 0x00) return; // not IP
+    ihl = (frame[ip]! & 0x0f) * 4;
+    if (frame[ip + 9] !== 6 || ihl < 20) return; // not TCP
+    totalLength = (frame[ip + 2]! << 8) | frame[ip + 3]!;
+  }
   if (csumOffload) {
     const start = 14 + ihl;
     hdr[0] = VIRTIO_NET_HDR_F_NEEDS_CSUM;
@@ -363,13 +376,12 @@ export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: numb
     hdr[7] = start >> 8;
     hdr[8] = TCP_CHECKSUM_OFFSET; // csum_offset
   }
-  const totalLength = (frame[ip + 2]! << 8) | frame[ip + 3]!;
   const tcpHeader = ((frame[ip + ihl + 12]! >> 4) & 0x0f) * 4;
   const payload = totalLength - ihl - tcpHeader;
   const segment = mtu - ihl - tcpHeader;
   if (segment <= 0 || payload <= segment) return;
   const headers = 14 + ihl + tcpHeader;
-  hdr[1] = VIRTIO_NET_HDR_GSO_TCPV4; // gso_type
+  hdr[1] = gsoType; // gso_type
   hdr[2] = headers & 0xff; // hdr_len (little-endian, as virtio on x86)
   hdr[3] = headers >> 8;
   hdr[4] = segment & 0xff; // gso_size

@@ -7,7 +7,7 @@
  *
  * With receive offload (moat-shim --offload: TUNSETOFFLOAD checksum + TSO4)
  * the guest's kernel leaves its TCP unsegmented (GSO TCPV4, up to 64 KiB)
- * and its TCP and UDP checksums unfinished (NEEDS_CSUM: the checksum field
+ * and its TCP and UDP checksums unfinished, over IPv4 and IPv6 alike (NEEDS_CSUM: the checksum field
  * holds only the pseudo-header sum, to be completed over csum_start..end).
  *
  * The guest writes these headers (a root user in the guest can inject frames
@@ -77,11 +77,14 @@ interface L4Place {
   end: number;
   /** Ethernet + IPv4 + L4 header bytes (TCP: with options). */
   headers: number;
+  /** An IPv6 packet (its checksum may be left to us; it is never GSO: the TAP is offered TSO4 only). */
+  ipv6: boolean;
 }
 
 function l4Place(frame: Uint8Array): L4Place | undefined {
+  if (frame.length >= ETH_HEADER + 40 && frame[12] === 0x86 && frame[13] === 0xdd) return l4Place6(frame);
   if (frame.length < ETH_HEADER + 20) return undefined;
-  if (frame[12] !== 0x08 || frame[13] !== 0x00) return undefined; // IPv4 only
+  if (frame[12] !== 0x08 || frame[13] !== 0x00) return undefined; // IPv4 or IPv6 only
   const vihl = frame[ETH_HEADER]!;
   if (vihl >> 4 !== 4) return undefined;
   const ihl = (vihl & 0x0f) * 4;
@@ -101,10 +104,27 @@ function l4Place(frame: Uint8Array): L4Place | undefined {
   } else if (protocol === IPPROTO_UDP) {
     l4Header = 8;
   } else {
-    return { protocol, l4, end, headers: l4 };
+    return { protocol, l4, end, headers: l4, ipv6: false };
   }
   if (l4 + l4Header > end) return undefined;
-  return { protocol, l4, end, headers: l4 + l4Header };
+  return { protocol, l4, end, headers: l4 + l4Header, ipv6: false };
+}
+
+/**
+ * An IPv6 packet whose TCP or UDP header follows the fixed header directly
+ * (what the guest's kernel sends; a checksum behind extension headers is not
+ * believed: its place would have to be found by walking them).
+ */
+function l4Place6(frame: Uint8Array): L4Place | undefined {
+  if (frame[ETH_HEADER]! >> 4 !== 6) return undefined;
+  const end = ETH_HEADER + 40 + ((frame[ETH_HEADER + 4]! << 8) | frame[ETH_HEADER + 5]!);
+  if (end > frame.length) return undefined;
+  const protocol = frame[ETH_HEADER + 6]!;
+  const l4 = ETH_HEADER + 40;
+  const l4Header = protocol === IPPROTO_TCP ? (l4 + 20 <= end ? (frame[l4 + 12]! >> 4) * 4 : 0) : protocol === IPPROTO_UDP ? 8 : -1;
+  if (l4Header < 0) return { protocol, l4, end, headers: l4, ipv6: true };
+  if (l4Header < 8 || l4 + l4Header > end) return undefined;
+  return { protocol, l4, end, headers: l4 + l4Header, ipv6: true };
 }
 
 /**
@@ -135,7 +155,7 @@ export function readVnetHeader(hdr: Uint8Array, at: number, frame: Uint8Array, o
   const place = l4Place(frame);
   if (gsoType !== GSO_NONE) {
     if ((gsoType & ~GSO_ECN) !== GSO_TCPV4) return 'vnet:gso-unsupported';
-    if (place === undefined || place.protocol !== IPPROTO_TCP) return 'vnet:gso-not-ipv4-tcp';
+    if (place === undefined || place.protocol !== IPPROTO_TCP || place.ipv6) return 'vnet:gso-not-ipv4-tcp';
     if (gsoSize < MIN_GSO_SIZE || gsoSize > mtu - 40) return 'vnet:bad-gso-size';
     // hdr_len is a hint (Linux puts the linear part's length there): it must at least cover the headers and stay inside the frame.
     if (hdrLen < place.headers || hdrLen > frame.length) return 'vnet:bad-hdr-len';
@@ -156,6 +176,7 @@ export function readVnetHeader(hdr: Uint8Array, at: number, frame: Uint8Array, o
   } else if (flags & F_DATA_VALID) {
     // The kernel checked this one (CHECKSUM_UNNECESSARY); we asked for offloads, so we take its word for TCP/UDP of an unfragmented packet only.
     if (place !== undefined && (place.protocol === IPPROTO_TCP || place.protocol === IPPROTO_UDP)) mark |= RX_L4_CHECKSUM_OK;
+    // (An IPv6 packet's place is only found right after the fixed header: the mark speaks for exactly that TCP/UDP header.)
   }
   return mark;
 }

@@ -628,6 +628,13 @@ export interface TopologyOptions {
   internetAddresses?: number;
   /** Keep IPv6 on in the guest namespace (default: off, to keep captures quiet). */
   guestIpv6?: boolean;
+  /**
+   * Give remote IPv6 "internet" addresses too (default off): the veth gets
+   * fd19:8180:K:1::1/64 (root) and ::2 (remote), remote's lo
+   * fd19:8180:K:2::n/128, and the root namespace routes fd19:8180:K:2::/64
+   * via remote; checked with `ip -6 route get` like the IPv4 ones.
+   */
+  internetIpv6?: boolean;
 }
 
 export interface Topology {
@@ -652,6 +659,8 @@ export interface Topology {
   readonly internetSubnet: string;
   /** assertRoutesInto(addresses, [hostVeth]). */
   assertRoutes(addresses: readonly string[]): void;
+  /** IPv6 addresses on remote's lo (with internetIpv6), routed via the veth; empty otherwise. */
+  readonly internetAddrs6: readonly string[];
   /** Delete everything this topology created (idempotent). */
   destroy(): void;
 }
@@ -725,6 +734,20 @@ export function createTopology(opts: TopologyOptions = {}): Topology {
     nsExec(remoteNs, 'ip', ['link', 'set', remoteVeth, 'up']);
     for (const a of internetAddrs) nsExec(remoteNs, 'ip', ['addr', 'add', `${a}/32`, 'dev', 'lo']);
     hostExec('ip', ['route', 'add', internetSubnet, 'via', remoteAddr, 'dev', hostVeth]);
+    const internetAddrs6: string[] = [];
+    if (opts.internetIpv6 === true) {
+      const p6 = `fd19:8180:${k.toString(16)}`;
+      if (hostRun('ip', ['-6', 'route', 'show', 'table', 'all', 'root', `${p6}::/48`]).stdout.trim() !== '') throw new Error(`${p6}::/48 is already routed on this host`);
+      hostRun('sysctl', ['-q', '-w', `net.ipv6.conf.${hostVeth}.disable_ipv6=0`]);
+      for (const key of ['all', 'default', 'lo', remoteVeth]) nsExec(remoteNs, 'sysctl', ['-q', '-w', `net.ipv6.conf.${key}.disable_ipv6=0`]);
+      hostExec('ip', ['-6', 'addr', 'add', `${p6}:1::1/64`, 'dev', hostVeth, 'nodad']);
+      nsExec(remoteNs, 'ip', ['-6', 'addr', 'add', `${p6}:1::2/64`, 'dev', remoteVeth, 'nodad']);
+      for (let i = 1; i <= 2; i++) {
+        internetAddrs6.push(`${p6}:2::${i}`);
+        nsExec(remoteNs, 'ip', ['-6', 'addr', 'add', `${p6}:2::${i}/128`, 'dev', 'lo']);
+      }
+      hostExec('ip', ['-6', 'route', 'add', `${p6}:2::/64`, 'via', `${p6}:1::2`, 'dev', hostVeth]);
+    }
     const topo: Topology = {
       prefix,
       guestNs,
@@ -737,9 +760,10 @@ export function createTopology(opts: TopologyOptions = {}): Topology {
       internetAddrs,
       internetSubnet,
       assertRoutes: (addresses) => assertRoutesInto(addresses, [hostVeth]),
+      internetAddrs6,
       destroy,
     };
-    topo.assertRoutes([remoteAddr, ...internetAddrs]);
+    topo.assertRoutes([remoteAddr, ...internetAddrs, ...internetAddrs6]);
     return topo;
   } catch (e) {
     destroy();

@@ -105,6 +105,10 @@ export interface MoatFixtureOptions {
   vnetHdr?: boolean;
   /** With a virtio-net header: receive offload (moat-shim --offload, moat --tap-offload). Default false. */
   offload?: boolean;
+  /** Leave IPv6 on in the guest namespace (SLAAC from Moat's RAs); default off (no RS/MLD noise). */
+  guestIpv6?: boolean;
+  /** IPv6 "internet" addresses in remote (topology internetIpv6). */
+  internetIpv6?: boolean;
   /**
    * Moat's whole command line after bin/moat.mjs instead of `serve ...` (e.g.
    * `moat gvproxy` with gvproxy's flags); it must listen for the guest at
@@ -447,7 +451,7 @@ export async function startMoatFixture(options: MoatFixtureOptions = {}): Promis
   ensureShimBuilt();
   const mtu = options.mtu ?? 1500;
   const tap = options.tapName ?? 'moat0';
-  const topo = createTopology({ prefix: options.prefix ?? 'me8-', internetAddresses: options.internetAddresses ?? 4 });
+  const topo = createTopology({ prefix: options.prefix ?? 'me8-', internetAddresses: options.internetAddresses ?? 4, guestIpv6: options.guestIpv6 ?? false, internetIpv6: options.internetIpv6 ?? false });
   const dir = mkdtempSync(join(tmpdir(), `${options.prefix ?? 'me8-'}moat-`));
   let stopped = false;
   const procs: TrackedProcess[] = [];

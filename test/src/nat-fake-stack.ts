@@ -14,7 +14,7 @@ import type {
   TcpSocket,
   UdpDatagram,
 } from '../../netstack/api.js';
-import type { IPv4 } from '../../netstack/addr.js';
+import type { IpAddress, IPv4 } from '../../netstack/addr.js';
 
 /** A guest-side TCP connection whose send buffer (towards the guest) holds `capacity` bytes until the test consumes them. */
 export class FakeTcpSocket implements TcpSocket {
@@ -198,9 +198,9 @@ export class FakePendingTcp implements PendingTcp {
 }
 
 export interface SentUdp {
-  from: IPv4;
+  from: IpAddress;
   fromPort: number;
-  to: IPv4;
+  to: IpAddress;
   toPort: number;
   payload: Buffer;
 }
@@ -208,7 +208,7 @@ export interface SentUdp {
 /** Records sendUdp/sendIcmp/connectTcp; everything frame-related is unused by the NAT and throws. */
 export class FakeStack implements NetStack {
   readonly udpSent: SentUdp[] = [];
-  readonly connects: { endpoints: { from: IPv4; fromPort: number; to: IPv4; toPort: number }; socket: FakeTcpSocket }[] = [];
+  readonly connects: { endpoints: { from: IpAddress; fromPort: number; to: IpAddress; toPort: number }; socket: FakeTcpSocket }[] = [];
   private udpWaiters: (() => void)[] = [];
   connectCapacity = 256 * 1024;
 
@@ -219,14 +219,14 @@ export class FakeStack implements NetStack {
   nextDeadline(): number | undefined {
     return undefined;
   }
-  connectTcp(endpoints: { from: IPv4; fromPort: number; to: IPv4; toPort: number }, handlers: TcpHandlers): TcpSocket {
+  connectTcp(endpoints: { from: IpAddress; fromPort: number; to: IpAddress; toPort: number }, handlers: TcpHandlers): TcpSocket {
     const tuple: FourTuple = { src: endpoints.to, srcPort: endpoints.toPort, dst: endpoints.from, dstPort: endpoints.fromPort };
     const socket = new FakeTcpSocket(tuple, handlers, this.connectCapacity, true);
     socket.state = 'SYN-SENT';
     this.connects.push({ endpoints, socket });
     return socket;
   }
-  sendUdp(from: IPv4, fromPort: number, to: IPv4, toPort: number, payload: Uint8Array): void {
+  sendUdp(from: IpAddress, fromPort: number, to: IpAddress, toPort: number, payload: Uint8Array): void {
     this.udpSent.push({ from, fromPort, to, toPort, payload: Buffer.from(payload) });
     const waiters = this.udpWaiters;
     this.udpWaiters = [];

@@ -91,7 +91,7 @@ describe('ApiServer: errors', () => {
     ['missing remote', '{"local":"127.0.0.1:1"}', /"remote" must be a string/],
     ['bad protocol', '{"local":"127.0.0.1:1","remote":"192.168.127.2:1","protocol":"sctp"}', /"protocol" must be "tcp" or "udp", got "sctp"/],
     ['bad port', '{"local":"127.0.0.1:99999","remote":"192.168.127.2:1"}', /"local": port must be an integer 1..65535, got "99999"/],
-    ['remote not IPv4', '{"local":"127.0.0.1:1","remote":"guest:1"}', /"remote": the guest address must be an IPv4 address/],
+    ['remote not IPv4', '{"local":"127.0.0.1:1","remote":"guest:1"}', /"remote": the guest address must be an IP address/],
     ['unknown field', '{"local":"127.0.0.1:1","remote":"192.168.127.2:1","extra":1}', /unknown field "extra"/],
   ];
   for (const [name, body, re] of bad) {

@@ -179,7 +179,7 @@ describe('parseServeArgs: errors name the flag and the value', () => {
     [[...LISTEN, '--forward', '127.0.0.1:2222=192.168.127.2:22/sctp'], /^--forward: protocol must be tcp or udp, got "sctp"/],
     [[...LISTEN, '--forward', '127.0.0.1:2222=10.0.0.2:22'], /^--forward: guest address 10.0.0.2 is outside --subnet/],
     [[...LISTEN, '--forward', '127.0.0.1:0=192.168.127.2:22'], /^--forward: "local": port must be an integer 1..65535, got "0"/],
-    [[...LISTEN, '--forward', '127.0.0.1:1=example.com:22'], /^--forward: "remote": the guest address must be an IPv4 address, got "example.com"/],
+    [[...LISTEN, '--forward', '127.0.0.1:1=example.com:22'], /^--forward: "remote": the guest address must be an IP address, got "example.com"/],
     [
       [...LISTEN, '--forward', '127.0.0.1:1=192.168.127.2:22', '--forward', '127.0.0.1:1=192.168.127.2:23'],
       /^--forward: 127.0.0.1:1\/tcp is forwarded twice/,
@@ -269,6 +269,8 @@ describe('config file and flag precedence', () => {
       'gateway-mac': '5a:94:ef:e4:0c:dd',
       'guest-ip': '192.168.127.2',
       'host-ip': '192.168.127.254',
+      ipv6: 'on',
+      'ipv6-prefix': 'fd12:3456:789a:1::/64',
       api: 'unix:///tmp/api',
       forward: [],
       pcap: '/tmp/p.pcap',

@@ -3,6 +3,7 @@ import { closeSync, openSync } from 'node:fs';
 import type { OutputBatch } from '../../netstack/api.js';
 import { createLogger } from '../../src/log.js';
 import { TapFdLink, writeVnetHeader } from '../../src/transport/tap-fd.js';
+import { EXTERNAL6, GUEST6, tcp6Frame, udp6Frame } from '../support/frames6.js';
 import { ipv4 } from '../../netstack/addr.js';
 import { finishChecksum, sumBytes } from '../../netstack/checksum.js';
 import { ParseError } from '../../netstack/errors.js';
@@ -132,5 +133,26 @@ describe('TapFdLink write errors', () => {
     } finally {
       closeSync(fd);
     }
+  });
+});
+
+describe('writeVnetHeader over IPv6', () => {
+  const seg = { srcPort: 80, dstPort: 40000, seq: 1, ack: 1, flags: TCP_ACK, window: 1000 };
+  const frame6 = (payloadLen: number) => tcp6Frame(EXTERNAL6, GUEST6, seg, new Uint8Array(payloadLen));
+  const header = (frame: Uint8Array, csum: boolean) => {
+    const h = new Uint8Array(10);
+    writeVnetHeader(h, frame, 0, frame.length, 1500, csum);
+    const v = new DataView(h.buffer);
+    return { flags: h[0], gsoType: h[1], hdrLen: v.getUint16(2, true), gsoSize: v.getUint16(4, true), csumStart: v.getUint16(6, true), csumOffset: v.getUint16(8, true) };
+  };
+
+  it('an IPv6 TCP super-segment is marked GSO TCPv6 with an MSS of MTU - 60', () => {
+    expect(header(frame6(10_000), false)).toMatchObject({ gsoType: 4, hdrLen: 14 + 40 + 20, gsoSize: 1500 - 60 });
+    expect(header(frame6(1000), false)).toMatchObject({ gsoType: 0, gsoSize: 0 });
+  });
+
+  it('with checksum offload, an IPv6 TCP frame is NEEDS_CSUM at its TCP checksum after the 40-byte header', () => {
+    expect(header(frame6(100), true)).toMatchObject({ flags: 1, csumStart: 54, csumOffset: 16 });
+    expect(header(udp6Frame(EXTERNAL6, 53, GUEST6, 5000, new Uint8Array(10)), true)).toMatchObject({ flags: 0, gsoType: 0 });
   });
 });

@@ -16,6 +16,7 @@ import { TCP_ACK } from '../../netstack/tcp/header.js';
 import { readVnetHeader, VNET_DROP_REASONS, VNET_HDR_BYTES } from '../../src/transport/vnet-header.js';
 import { arpFrame, GUEST, GUEST_MAC, GW_IP, icmpFrame, tcpFrame, udpFrame } from '../support/frames.js';
 import { bareStack, FUZZ_SEED, fuzzFrames } from '../support/fuzz-gen-run.js';
+import { EXTERNAL6, GUEST6, IPV6_CONFIG, tcp6Frame, udp6Frame } from '../support/frames6.js';
 
 const SERVER = ipv4(198, 18, 0, 5);
 const MTU = 1500;
@@ -193,4 +194,34 @@ describe('virtio-net header fuzz', () => {
     expect(seen.get(`mark:${RX_GSO_TCP | RX_L4_CHECKSUM_OK}`) ?? 0).toBeGreaterThan(0);
     expect([...seen.keys()].filter((k) => reasons.has(k)).length).toBeGreaterThanOrEqual(7);
   }, 120_000);
+});
+
+describe('virtio-net header: IPv6 (the guest leaves its IPv6 TCP/UDP checksums to the TAP too)', () => {
+  const L6 = ETH_HEADER_LEN + 40;
+  const tcp6 = () => tcp6Frame(GUEST6, EXTERNAL6, { srcPort: 40000, dstPort: 80, seq: 1, ack: 1, flags: TCP_ACK, window: 1000 }, payload(100));
+  const udp6f = () => udp6Frame(GUEST6, 5000, EXTERNAL6, 53, payload(20));
+
+  it('NEEDS_CSUM at the TCP or UDP checksum right after the fixed header is believed', () => {
+    expect(check({ flags: 1, csumStart: L6, csumOffset: 16 }, tcp6())).toBe(RX_L4_CHECKSUM_OK);
+    expect(check({ flags: 1, csumStart: L6, csumOffset: 6 }, udp6f())).toBe(RX_L4_CHECKSUM_OK);
+  });
+
+  it('a wrong place, or behind an extension header, is dropped; GSO TCPv4 on an IPv6 frame is a lie', () => {
+    expect(check({ flags: 1, csumStart: L6 - 4, csumOffset: 16 }, tcp6())).toBe('vnet:bad-csum-offsets');
+    expect(check({ flags: 1, csumStart: L6, csumOffset: 6 }, tcp6())).toBe('vnet:bad-csum-offsets');
+    expect(check({ flags: 1, gsoType: 1, hdrLen: L6 + 20, gsoSize: 1428, csumStart: L6, csumOffset: 16 }, tcp6())).toBe('vnet:gso-not-ipv4-tcp');
+  });
+
+  it('a stack with the mark takes a partially checksummed IPv6 TCP SYN and UDP datagram', () => {
+    const syns: unknown[] = [];
+    const udps: unknown[] = [];
+    const h = bareStack({ onTcpSyn: (p) => { syns.push(p.syn); p.refuse(); }, onUdp: (d) => udps.push(d) }, { ipv6: IPV6_CONFIG });
+    const syn = tcp6Frame(GUEST6, EXTERNAL6, { srcPort: 40000, dstPort: 80, seq: 1, ack: 0, flags: 2, window: 1000 });
+    syn[L6 + 16] ^= 0x55; // what a partial checksum looks like to a verifier: wrong
+    const u = udp6f();
+    u[L6 + 6] ^= 0x55;
+    h.stack.input([syn, u], [RX_L4_CHECKSUM_OK, RX_L4_CHECKSUM_OK]);
+    expect(syns).toHaveLength(1);
+    expect(udps).toHaveLength(1);
+  });
 });

@@ -5,7 +5,7 @@
  * FUZZ_FRAMES: frames per run (CI default below); FUZZ_SEED: replay a seed.
  */
 import fc from 'fast-check';
-import type { OutputBatch, PendingTcp, StackEvents } from '../../netstack/api.js';
+import type { OutputBatch, PendingTcp, StackConfig, StackEvents } from '../../netstack/api.js';
 import { ManualClock } from '../../netstack/clock.js';
 import { createStack, DEFAULT_STACK_CONFIG, type Stack } from '../../netstack/stack.js';
 import { emitEthernetHeader, ETHERTYPE_IPV4 } from '../../netstack/ethernet.js';
@@ -25,12 +25,12 @@ export function fuzzFrames(ciDefault: number): number {
 }
 
 /** A Moat stack with owner callbacks that do what the NAT does cheaply (refuse TCP, swallow UDP). */
-export function bareStack(events: Partial<StackEvents> = {}): { stack: Stack; clock: ManualClock; runDeferred(): void; outFrames(): number } {
+export function bareStack(events: Partial<StackEvents> = {}, config: Partial<StackConfig> = {}): { stack: Stack; clock: ManualClock; runDeferred(): void; outFrames(): number } {
   const clock = new ManualClock(0);
   const deferred: (() => void)[] = [];
   let out = 0;
   const stack = createStack(
-    DEFAULT_STACK_CONFIG,
+    { ...DEFAULT_STACK_CONFIG, ...config },
     {
       onTcpSyn: (p: PendingTcp) => p.refuse(),
       onUdp: () => {},

@@ -10,7 +10,7 @@
  * is the guest's active open into Moat, which sees an ordinary guest SYN.
  */
 import type { OutputBatch, StackConfig, StackEvents } from '../../netstack/api.js';
-import { ipv4 } from '../../netstack/addr.js';
+import { ipv4, parseIPv6, type IPv6 } from '../../netstack/addr.js';
 import { ManualClock } from '../../netstack/clock.js';
 import { createStack, DEFAULT_STACK_CONFIG, type Stack } from '../../netstack/stack.js';
 import { RX_GSO_TCP, RX_L4_CHECKSUM_OK } from '../../netstack/rx-marks.js';
@@ -21,6 +21,20 @@ export { prng };
 export const GUEST_IP = ipv4(192, 168, 127, 2);
 export const HOST_ALIAS = ipv4(192, 168, 127, 254);
 export const GUEST_MAC = 0x020000000002;
+
+/**
+ * The IPv6 mirror image: Moat has the default /64 (gateway ::1, host alias
+ * ::fe); the guest stack plays ::2 of it, so `guest.connectTcp({ from:
+ * GUEST_IP6, to: HOST_ALIAS6 })` is the guest's IPv6 open into Moat. Pass
+ * LINK_IPV6.moat / .guest as moatConfig / guestConfig.
+ */
+export const PREFIX6 = parseIPv6('fd6d:6f61:7400::')!;
+export const GUEST_IP6: IPv6 = parseIPv6('fd6d:6f61:7400::2')!;
+export const HOST_ALIAS6: IPv6 = parseIPv6('fd6d:6f61:7400::fe')!;
+export const LINK_IPV6: { moat: Partial<StackConfig>; guest: Partial<StackConfig> } = {
+  moat: { ipv6: { prefix: PREFIX6, gatewayIp: parseIPv6('fd6d:6f61:7400::1')!, hostIp: HOST_ALIAS6, dnsServers: [] } },
+  guest: { ipv6: { prefix: PREFIX6, gatewayIp: GUEST_IP6, hostIp: parseIPv6('fd6d:6f61:7400::fd')!, dnsServers: [] } },
+};
 
 export interface LinkFaults {
   /** Probability that a frame is lost. */
