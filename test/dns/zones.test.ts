@@ -91,6 +91,8 @@ function allowedByRules(texts: readonly string[], q: string): boolean {
 /** What the issue describes: the first zone in table order that matches. */
 function firstMatchInOrder(zones: readonly Zone[], name: string): string {
   const first = firstSuffixInOrder(zones, name, true);
+  // A built-in host answers its exact name itself, even where a wildcard-only zone has that name too.
+  if (zones.some((z) => z.kind === 'builtin' && z.name === first)) return first;
   return apexAbove(zones, name, first, (n) => firstSuffixInOrder(zones, n, false));
 }
 
@@ -203,6 +205,16 @@ describe('ZoneTable', () => {
     const name = fc.array(label, { minLength: 1, maxLength: 5 }).map((l) => l.join('.'));
     const ruleText = fc.tuple(fc.boolean(), name).map(([wild, n]) => (wild ? `*.${n}` : n));
     const ruleSet = fc.array(ruleText, { minLength: 0, maxLength: 40 });
+
+    it('a built-in name that is also a wildcard-only zone answers as the built-in (property counterexample, seed 427421705)', () => {
+      const texts = ['*.internal', '*.gateway.containers.internal'];
+      const t = tableFor(texts);
+      for (const q of ['gateway.containers.internal', 'a.gateway.containers.internal', 'containers.internal']) {
+        expect(t.match(q).name, q).toBe(oracle(t.zones, q));
+        expect(t.match(q).name, q).toBe(firstMatchInOrder(t.zones, q));
+      }
+      expect(t.match('gateway.containers.internal').kind).toBe('builtin');
+    });
 
     it('agrees with the brute-force oracle and with first-match-in-order', () => {
       fc.assert(
