@@ -27,7 +27,7 @@
  * SNI or Host decides, and is then dialed to an address Moat resolved for
  * that name. The gateway's own services (DNS) are never subject to it.
  */
-import type { IpAddress, IPv4 } from '../../netstack/addr.js';
+import type { IPv4 } from '../../netstack/addr.js';
 import type { NetStack, PendingTcp, UdpDatagram } from '../../netstack/api.js';
 import { BuiltinNamesDns } from '../builtin-names-dns.js';
 import { DnsForwarder, servfailFor, systemUpstreams } from '../dns-forward.js';
