@@ -5,7 +5,8 @@
 import {
   formatIPv4, formatIPv6, inPrefix6, inSubnet, isLinkLocal6, isMulticast6, prefixMask, type IpAddress, type IPv4, type IPv6,
 } from '../../netstack/addr.js';
-import { embeddedIpv4, specialRangeOfIpv6 } from '../../sni/ranges6.js';
+import { specialRangeOfIpv4 } from '../../sni/ranges.js';
+import { embeddedIpv4, inIpv6Network, METADATA6, type EmbeddedIpv4 } from '../../sni/ranges6.js';
 
 export type DestinationRefusal =
   | 'unspecified' // 0.0.0.0/8: "this network" (RFC 1122 3.2.1.3), never a destination
@@ -120,13 +121,38 @@ function classifyDestination6(dst: IPv6, rules: DestinationRules): Destination {
  * policy allowLinkLocal is on here and the policy's own guard decides).
  */
 function specialRange6(dst: IPv6, rules: DestinationRules): DestinationRefusal | undefined {
+  const { metadata, embedded } = rangesOf(dst);
+  if (metadata) return rules.allowLinkLocal ? undefined : 'link-local';
+  if (embedded === null) return undefined;
+  if (embedded.same) return embedded.form === 'nat64' || embedded.form === 'nat64-local' ? 'nat64' : 'ipv4-mapped';
+  // 6to4/Teredo: the ranges of their IPv4 relays, as the policy reads them (decide6).
+  const guest4 = { network: rules.network, mask: prefixMask(rules.prefix), prefix: rules.prefix };
+  for (const relay of embedded.ipv4) {
+    const range = specialRangeOfIpv4(relay, guest4);
+    if (range !== null) return range === 'link-local' ? 'link-local' : 'special-range';
+  }
+  return undefined;
+}
+
+/**
+ * The rules-independent facts specialRange6 needs, per address: read with
+ * sni/ranges6.ts over a bigint (~0.7 µs), so kept for the last addresses
+ * seen (a UDP flow asks once per datagram). Bounded: cleared when full.
+ */
+export const RANGES_CACHE_MAX = 1024;
+const rangesCache = new Map<IPv6, { readonly metadata: boolean; readonly embedded: EmbeddedIpv4 | null }>();
+function rangesOf(dst: IPv6): { readonly metadata: boolean; readonly embedded: EmbeddedIpv4 | null } {
+  let r = rangesCache.get(dst);
+  if (r !== undefined) return r;
   let a = 0n;
   for (let i = 0; i < 8; i++) a = (a << 16n) | BigInt(dst.charCodeAt(i));
-  const embedded = embeddedIpv4(a);
-  if (embedded?.same === true) return embedded.form === 'nat64' || embedded.form === 'nat64-local' ? 'nat64' : 'ipv4-mapped';
-  const guest4 = { network: rules.network, mask: prefixMask(rules.prefix), prefix: rules.prefix };
-  const range = specialRangeOfIpv6(a, null, guest4);
-  if (range === null) return undefined;
-  if (embedded !== null) return range === 'link-local' ? 'link-local' : 'special-range';
-  return range === 'link-local' && !rules.allowLinkLocal ? 'link-local' : undefined;
+  r = { metadata: inIpv6Network(a, METADATA6), embedded: embeddedIpv4(a) };
+  if (rangesCache.size >= RANGES_CACHE_MAX) rangesCache.clear();
+  rangesCache.set(dst, r);
+  return r;
+}
+
+/** For tests: how many addresses the range cache holds (bounded by RANGES_CACHE_MAX). */
+export function rangesCacheSize(): number {
+  return rangesCache.size;
 }

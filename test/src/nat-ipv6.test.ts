@@ -5,6 +5,7 @@ import { formatIPv6, parseIPv6, type IPv6 } from '../../netstack/addr.js';
 import { NULL_LOGGER } from '../../src/log.js';
 import { classifyDestination, DEFAULT_NAT_OPTIONS, Nat, type NatOptions } from '../../src/nat/index.js';
 import { ipv6HostLoopback } from '../../src/network.js';
+import { RANGES_CACHE_MAX, rangesCacheSize } from '../../src/nat/destination.js';
 import { ConfigError, parseIpv6Flags, parseServeArgs } from '../../src/config.js';
 import { FakePendingTcp, FakeStack, waitFor, type FakeTcpSocket } from './nat-fake-stack.js';
 import { acceptedSocket, received, startEgressNat, syn } from './egress-nat-support.js';
@@ -80,6 +81,15 @@ describe('NAT destinations over IPv6', () => {
   ])('the ranges of sni/ranges6.ts refused whatever the rules: %s -> %s', (text, expected) => {
     const d = classifyDestination(P(text), rules);
     expect(d.kind === 'host' ? `host ${d.address}` : d.kind === 'refused' ? `refused ${d.reason}` : d.kind).toBe(expected);
+  });
+
+  it('the per-address range cache is bounded: driven past RANGES_CACHE_MAX it stays within it and still answers right', () => {
+    for (let i = 0; i < RANGES_CACHE_MAX + 100; i++) {
+      expect(classifyDestination(P(`2a00:1450::${i.toString(16)}`), rules).kind).toBe('host');
+      expect(rangesCacheSize()).toBeLessThanOrEqual(RANGES_CACHE_MAX);
+    }
+    expect(classifyDestination(P('fd00:ec2::254'), rules)).toEqual({ kind: 'refused', reason: 'link-local' });
+    expect(classifyDestination(P('2002:7f00:1::1'), rules)).toEqual({ kind: 'refused', reason: 'special-range' });
   });
 
   it('the metadata prefix follows allowLinkLocal as 169.254/16 does (with an egress policy the policy decides it)', () => {
