@@ -66,6 +66,7 @@ export type DnsOutcome =
   | 'upstream-failed' // SERVFAIL after the retries
   | 'live-budget' // a new name below a wildcard, over the live-lookup budget: SERVFAIL + EDE 15, nothing asked
   | 'live-off' // a new name below a wildcard with live lookups turned off: the sinkhole's answer
+  | 'budget' // a name the rules allow, refused by the owner (refuseName: its rules' byte budgets are spent): the sinkhole's answer
   | 'refused' // class other than IN
   | 'formerr'
   | 'notimp';
@@ -147,6 +148,12 @@ export interface ResponderOptions {
    * pre-resolved addresses of an exact host.
    */
   pinned?: (name: string) => readonly string[];
+  /**
+   * A name the rules allow that must still be refused, and why (the owner's
+   * byte budgets: every rule covering it is spent), or null. The answer is
+   * the sinkhole's, with an Extended DNS Error 15 saying why.
+   */
+  refuseName?: (name: string) => string | null;
 }
 
 export interface ResponderStats {
@@ -322,6 +329,10 @@ export class DnsResponder {
     const zone = canonical instanceof RuleError ? this.table.zones[this.table.zones.length - 1]! : this.table.match(canonical);
     const zoneName = zone.name === '' ? '.' : `${zone.name}.`;
 
+    if (zone.kind === 'allowed' && this.opts.refuseName !== undefined && (name === zone.name || zone.liveSubdomains)) {
+      const why = this.opts.refuseName(name);
+      if (why !== null) return this.sinkhole(q, name, zoneName, 'budget', why);
+    }
     if (zone.kind !== 'root' && zone.apex !== null && name === zone.name) {
       // A name from the rules: its HTTPS/SVCB records are asked upstream, outside the budget (the rules bound these names).
       if (zone.kind === 'allowed' && isServiceType(q.type)) {
@@ -450,7 +461,7 @@ export class DnsResponder {
     return { ...emptyPlan('SERVFAIL', { ...base, outcome: 'live-budget', addresses: [], ttl: null }), ede: new TextEncoder().encode(text) };
   }
 
-  private sinkhole(q: ParsedQuery, name: string, zoneName: string, outcome: 'sinkholed' | 'live-off' = 'sinkholed'): Plan {
+  private sinkhole(q: ParsedQuery, name: string, zoneName: string, outcome: 'sinkholed' | 'live-off' | 'budget' = 'sinkholed', why?: string): Plan {
     const id = this.opts.decisionId?.();
     const decision = {
       name,
@@ -462,7 +473,7 @@ export class DnsResponder {
       ttl: null,
       ...(id === undefined ? {} : { id }),
     };
-    const ede = id === undefined ? undefined : blockedText(name, id, outcome === 'live-off' ? 'live lookups are off and it was not resolved at start-up' : 'is not allowed');
+    const ede = id === undefined ? undefined : blockedText(name, id, why ?? (outcome === 'live-off' ? 'live lookups are off and it was not resolved at start-up' : 'is not allowed'));
     const extra = ede === undefined ? {} : { ede };
     if (this.table.sinkhole === 'nxdomain') return { ...emptyPlan('NXDOMAIN', decision), aa: true, ...extra };
     // AAAA gets `::` exactly when the guest network carries IPv6: the unspecified address of the family
@@ -496,6 +507,7 @@ export class DnsResponder {
   private count(d: DnsDecision): void {
     switch (d.outcome) {
       case 'sinkholed':
+      case 'budget':
         this.stats.sinkholed++;
         break;
       case 'live':

@@ -162,7 +162,9 @@ export type BlockReason =
   | 'ip-literal-name'
   | 'bad-name'
   | 'rebinding'
-  | 'special-range';
+  | 'special-range'
+  // Never decided here: the service turns an allow into this when the rule's byte budget is spent (src/traffic/byte-budgets.ts).
+  | 'budget';
 
 export type Decision =
   | {

@@ -15,8 +15,8 @@
  *   GET  /stats                        frames, bytes, drops by reason, flows
  *   GET  /healthz                      {"status":"ok","guestConnected":bool}
  *   GET  /metrics                      Prometheus text format 0.0.4 (docs/metrics.md)
- *   GET  /allowlist                    {"allow":[rules],"zones":[...]}  (with --allow)
- *   PUT  /allowlist[?drop=1]           {"allow":[rules]}: resolve, then swap DNS zones and egress
+ *   GET  /allowlist                    {"allow":[rules],"zones":[...],"budgets":[{rule,limit,used,...}]}  (with --allow)
+ *   PUT  /allowlist[?drop=1]           {"allow":[rules],"budgets"?:["RULE=SIZE[/PERIOD]"]}: resolve, then swap DNS zones and egress
  *                                      policy at once; 400 invalid rule, 502 a host did not resolve
  *                                      (nothing changes on error); drop=1 also resets the flows the
  *                                      new rules refuse (otherwise existing flows go on)
@@ -33,7 +33,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { RuleSetError } from '../dns/rules.js';
 import { PreresolveError } from '../dns/preresolve.js';
-import { EmptyAllowlistError } from './egress/allowlist-runtime.js';
+import { BudgetRuleError, EmptyAllowlistError } from './egress/allowlist-runtime.js';
+import type { BudgetSpec, BudgetStats } from './traffic/byte-budgets.js';
+import { parseBudgetList } from './traffic/flags.js';
 import type { ListenAddress } from './config.js';
 import type { Logger } from './log.js';
 import { LocalZonesError, parseZoneJson, type LocalZones } from './local-zones.js';
@@ -115,8 +117,14 @@ function isRawBody(body: unknown): body is RawBody {
 export interface AllowlistControl {
   rules(): string[];
   zones(): string[];
-  /** Throws RuleSetError (400), EmptyAllowlistError (400) or PreresolveError (502); nothing changes then. */
-  reload(rules: readonly string[], drop: boolean): Promise<{ rules: string[]; zones: string[]; dropped: number }>;
+  /**
+   * Throws RuleSetError (400), EmptyAllowlistError (400), BudgetRuleError
+   * (400) or PreresolveError (502); nothing changes then. `budgets` absent:
+   * the current ones are kept.
+   */
+  reload(rules: readonly string[], drop: boolean, budgets?: readonly BudgetSpec[]): Promise<{ rules: string[]; zones: string[]; dropped: number; budgets: BudgetSpec[] }>;
+  /** The byte budgets and their use (--budget). */
+  budgets(): BudgetStats[];
 }
 
 export class HttpError extends Error {
@@ -313,7 +321,7 @@ export class NetworkRoutes implements RouteTable {
       [
         '/allowlist',
         new Map<string, Handler>([
-          ['GET', async () => ({ status: 200, body: { allow: this.allowlist().rules(), zones: this.allowlist().zones() } })],
+          ['GET', async () => ({ status: 200, body: { allow: this.allowlist().rules(), zones: this.allowlist().zones(), budgets: this.allowlist().budgets() } })],
           ['PUT', counted((req) => this.putAllowlist(req))],
         ]),
       ],
@@ -425,11 +433,19 @@ export class NetworkRoutes implements RouteTable {
       throw new HttpError(400, 'expected {"allow": ["rule", ...]}');
     }
     const drop = ['1', 'true'].includes(new URL(req.url ?? '/', 'http://moat').searchParams.get('drop') ?? '');
+    const budgetTexts = (body as { budgets?: unknown }).budgets;
+    let budgets: BudgetSpec[] | undefined;
+    if (budgetTexts !== undefined) {
+      if (!Array.isArray(budgetTexts) || !budgetTexts.every((r) => typeof r === 'string')) throw new HttpError(400, 'expected "budgets": ["RULE=SIZE[/PERIOD]", ...]');
+      const parsed = parseBudgetList(budgetTexts as string[], 'budgets');
+      if (typeof parsed === 'string') throw new HttpError(400, parsed);
+      budgets = parsed;
+    }
     try {
-      const result = await control.reload(allow as string[], drop);
-      return { status: 200, body: { ok: true, allow: result.rules, zones: result.zones, dropped: result.dropped } };
+      const result = await control.reload(allow as string[], drop, budgets);
+      return { status: 200, body: { ok: true, allow: result.rules, zones: result.zones, budgets: result.budgets, dropped: result.dropped } };
     } catch (e) {
-      if (e instanceof RuleSetError || e instanceof EmptyAllowlistError) throw new HttpError(400, e.message);
+      if (e instanceof RuleSetError || e instanceof EmptyAllowlistError || e instanceof BudgetRuleError) throw new HttpError(400, e.message);
       if (e instanceof PreresolveError) throw new HttpError(502, `allowlist not changed: ${e.message}`);
       throw e;
     }

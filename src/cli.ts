@@ -31,6 +31,7 @@ import { mainLogBudget } from './log-flags.js';
 import { serve, type RunningServer, type ServeDeps, type ServeExtras } from './serve.js';
 import { parseProxyArgs, proxyHelp, type ProxyConfig } from './proxy/config.js';
 import type { ProxyDeps, RunningProxy } from './proxy/index.js';
+import type { BudgetSpec } from './traffic/byte-budgets.js';
 import { caHelp, parseCaArgs } from './inject/ca-command.js';
 
 // What one command needs is loaded when that command runs: `moat serve`
@@ -333,7 +334,7 @@ export async function reloadServeConfig(args: readonly string[], io: CliIo, serv
  * the service runs one, name every other changed setting as "restart
  * needed". Fail closed: any error leaves the running configuration.
  */
-async function reloadAllowlistFromConfig<C extends { allow: readonly { text: string }[] }>(
+async function reloadAllowlistFromConfig<C extends { allow: readonly { text: string }[]; traffic?: { budgets: BudgetSpec[] } | undefined }>(
   args: readonly string[],
   current: C,
   log: Logger,
@@ -353,19 +354,22 @@ async function reloadAllowlistFromConfig<C extends { allow: readonly { text: str
   if (next === undefined) return current;
   const before = how.describe(current);
   const after = how.describe(next);
+  // The rules and their byte budgets reload live; everything else needs a restart.
   const restartNeeded = [...new Set([...Object.keys(before), ...Object.keys(after)])].filter(
-    (k) => k !== 'allow' && JSON.stringify(before[k]) !== JSON.stringify(after[k]),
+    (k) => k !== 'allow' && k !== 'budget' && JSON.stringify(before[k]) !== JSON.stringify(after[k]),
   );
   const rulesNext = next.allow.map((r) => r.text);
+  const budgetsNext = next.traffic?.budgets ?? [];
   let applied = current;
-  if (JSON.stringify(current.allow.map((r) => r.text)) !== JSON.stringify(rulesNext)) {
+  const budgetsChanged = JSON.stringify(current.traffic?.budgets ?? []) !== JSON.stringify(budgetsNext);
+  if (JSON.stringify(current.allow.map((r) => r.text)) !== JSON.stringify(rulesNext) || budgetsChanged) {
     if (how.control === undefined || rulesNext.length === 0) {
       // Switching the allowlist on, or off (everything open), is a different service: never done live.
       restartNeeded.push('allow');
     } else {
       try {
-        await how.control.reload(rulesNext, false);
-        applied = { ...current, allow: next.allow };
+        await how.control.reload(rulesNext, false, budgetsNext);
+        applied = { ...current, allow: next.allow, ...(next.traffic === undefined ? {} : { traffic: { ...(current.traffic ?? next.traffic), budgets: budgetsNext } }) };
       } catch (e) {
         log.warn('config reload refused: the running allowlist is unchanged', { error: (e as Error).message });
         return current;

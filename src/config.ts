@@ -26,6 +26,7 @@ import { liveLookupFlagDocs, parseLiveLookups, type LiveLookupSettings } from '.
 import { askFlagDocs, parseAskFlags } from './egress/ask-flags.js';
 import type { AskSettings } from './egress/ask-gate.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from './log-flags.js';
+import { parseTrafficFlags, trafficFlagDocs, type TrafficSettings } from './traffic/flags.js';
 import { parseForwardFlag, parseForwardSpec, parseHostPort, parsePort, type ForwardSpec } from './port-forwards.js';
 import { injectFlagDocs, parseInjectFlags } from './inject/flags.js';
 import type { InjectSettings } from './inject/interceptor.js';
@@ -102,6 +103,8 @@ export interface ServeConfig {
   liveLookups?: LiveLookupSettings;
   /** The logs' budget and the decision log's rotation (--log-lines-per-sec ..., src/log-flags.ts); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
+  /** Rate limits and byte budgets (--rate-*, --budget, src/traffic/flags.ts); none when absent. */
+  traffic?: TrafficSettings;
   /** Ask mode (--on-unlisted ask, --ask-timeout-ms); absent: refuse. */
   ask?: AskSettings;
   /** Credential injection (--secret, --inject, --upstream-ca, --state-dir, src/inject/); absent = none. */
@@ -298,6 +301,8 @@ export const SERVE_FLAGS: readonly FlagDoc[] = [
   ...limitFlagDocs(),
   // The logs' budget and the decision log's rotation: described once in src/log-flags.ts.
   ...logFlagDocs(),
+  // Rate limits and byte budgets: described once in src/traffic/flags.ts.
+  ...trafficFlagDocs('guest'),
   // Credential injection: described once in src/inject/flags.ts.
   ...injectFlagDocs(),
   { name: 'help', type: 'boolean', help: 'Show this help.' },
@@ -777,6 +782,8 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
   if (typeof limits === 'string') throw new ConfigError(limits);
   const logLimits = parseLogLimits(str);
   if (typeof logLimits === 'string') throw new ConfigError(logLimits);
+  const traffic = parseTrafficFlags(str, list, allowlist.allow);
+  if (typeof traffic === 'string') throw new ConfigError(traffic);
 
   const inject = parseInjectFlagsOf(raw, io, allowlist.allow.length > 0);
 
@@ -811,6 +818,7 @@ function buildConfig(raw: Map<string, Raw>, io: ConfigIo): ServeConfig {
     refusalDetails: raw.get('refusal-details')?.value === true,
     liveLookups,
     logLimits,
+    traffic,
     ...(ask === undefined ? {} : { ask }),
     ...(inject !== undefined ? { inject } : {}),
     ...(notification === undefined ? {} : { notification }),
@@ -984,6 +992,8 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
     dnsUpstreams: c.dnsUpstreams.map(formatUpstream),
     ...(c.limits === undefined ? {} : { limits: { ...c.limits } }),
     ...(c.logLimits === undefined ? {} : { logLimits: { ...c.logLimits } }),
+    ...(c.traffic?.rateEgress === undefined ? {} : { rateEgress: c.traffic.rateEgress }),
+    ...(c.traffic?.rateIngress === undefined ? {} : { rateIngress: c.traffic.rateIngress }),
     ...(c.allow.length === 0
       ? {}
       : {
@@ -997,6 +1007,10 @@ export function describeConfig(c: ServeConfig): Record<string, unknown> {
           refuseEch: c.refuseEch,
           mode: c.mode,
           refusalDetails: c.refusalDetails ?? false,
+          // Reloaded with the rules (SIGHUP): budget; budgetDirection needs a restart.
+          ...(c.traffic === undefined || c.traffic.budgets.length === 0
+            ? {}
+            : { budget: c.traffic.budgets.map((b) => `${b.rule}=${b.bytes}B${b.periodMs === undefined ? '' : `/${b.periodMs / 1000}s`}`), budgetDirection: c.traffic.budgetDirection }),
           ...(c.ask === undefined ? {} : { onUnlisted: 'ask', askTimeoutMs: c.ask.timeoutMs }),
         }),
   };

@@ -28,6 +28,8 @@ import { parseProxyArgs, type ProxyConfig } from './proxy/config.js';
 import { startProxy, type ProxyDeps, type ProxyStats, type RunningProxy } from './proxy/index.js';
 
 import { flagsToArgs, type ServeFlags } from './flags.js';
+import { parseBudgetList } from './traffic/flags.js';
+import type { BudgetSpec } from './traffic/byte-budgets.js';
 import { DEFAULT_ASK_SETTINGS, type AskCallback, type AskSettings } from './egress/ask-gate.js';
 
 export { flagsToArgs, type ServeFlags, type ServeFlagValue } from './flags.js';
@@ -58,6 +60,16 @@ export interface EmbedOptions {
 export interface SetAllowlistOptions {
   /** Also reset the open flows the new rules refuse (PUT /allowlist?drop=1). Default false. */
   drop?: boolean;
+  /** New byte budgets, `RULE=SIZE[/PERIOD]` as --budget takes them; absent: the current ones are kept. */
+  budgets?: readonly string[];
+}
+
+/** The budgets of SetAllowlistOptions, parsed (a bad one throws ConfigError naming it). */
+function budgetsOption(opts: SetAllowlistOptions): BudgetSpec[] | undefined {
+  if (opts.budgets === undefined) return undefined;
+  const parsed = parseBudgetList(opts.budgets, 'budgets');
+  if (typeof parsed === 'string') throw new ConfigError(parsed);
+  return parsed;
 }
 
 export interface AllowlistUpdate extends ReloadResult {
@@ -141,7 +153,7 @@ function exposed(running: Exposed): Omit<MoatServer, 'apiSocket' | 'config'> {
     setAllowlist: async (rules, opts = {}) => {
       const control = running.allowlist;
       if (control === undefined) throw new Error('no allowlist is running: start the service with at least one "allow" rule to change it later');
-      return control.reload([...rules], opts.drop === true);
+      return control.reload([...rules], opts.drop === true, budgetsOption(opts));
     },
     onDecision: (fn) => (decisions === undefined ? () => {} : decisions.subscribe(fn)),
     close: () => running.close(),
@@ -189,7 +201,7 @@ export async function proxy(flags: ServeFlags | readonly string[], options: Prox
     config,
     stats: () => running.stats(),
     rules: () => running.allowlist.rules(),
-    setAllowlist: (rules, opts = {}) => running.allowlist.reload([...rules], opts.drop === true),
+    setAllowlist: async (rules, opts = {}) => running.allowlist.reload([...rules], opts.drop === true, budgetsOption(opts)),
     onDecision: (fn) => running.onDecision(fn),
     close: () => running.close(),
   };

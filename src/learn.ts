@@ -8,6 +8,7 @@ import { parseArgs } from 'node:util';
 import { parseIpv4 } from '../sni/ranges.js';
 import { DEFAULT_HOST_ALIAS, DEFAULT_WILDCARD_MIN, learnAllowlist, type LearnRecord } from './learn/core.js';
 import { readDecisionRecords } from './learn/read.js';
+import { DEFAULT_BUDGET_MARGIN, proposeBudgets, readFlowBytes, type FlowBytes } from './learn/budgets.js';
 import type { LogStream } from './log.js';
 
 export { collapse, DEFAULT_HOST_ALIAS, DEFAULT_WILDCARD_MIN, learnAllowlist, registrableDomain, type LearnOptions, type LearnRecord, type LearnResult } from './learn/core.js';
@@ -22,26 +23,31 @@ export interface LearnIo {
   readStdin(): Promise<string>;
 }
 
-/** Formats rules for printing: one per line, as `--allow` flags (shell-quoted), or as a --config JSON file. */
-export function formatRules(rules: readonly string[], format: LearnFormat): string {
+/**
+ * Formats rules (and budgets, with --budgets) for printing: one per line
+ * (budgets after the rules as `--budget RULE=SIZE` lines), as `--allow` /
+ * `--budget` flags (shell-quoted), or as a --config JSON file.
+ */
+export function formatRules(rules: readonly string[], format: LearnFormat, budgets?: readonly string[]): string {
+  const b = budgets ?? [];
   switch (format) {
     case 'lines':
-      return rules.map((r) => `${r}\n`).join('');
+      return rules.map((r) => `${r}\n`).join('') + b.map((x) => `--budget ${x}\n`).join('');
     case 'flags':
-      return rules.length === 0 ? '' : `${rules.map((r) => `--allow ${shellQuote(r)}`).join(' ')}\n`;
+      return rules.length === 0 ? '' : `${[...rules.map((r) => `--allow ${shellQuote(r)}`), ...b.map((x) => `--budget ${shellQuote(x)}`)].join(' ')}\n`;
     case 'json':
-      return `${JSON.stringify({ allow: rules }, null, 2)}\n`;
+      return `${JSON.stringify(budgets === undefined ? { allow: rules } : { allow: rules, budget: b }, null, 2)}\n`;
   }
 }
 
-/** Rules are letters, digits and `._:/-*[]`; `*` and brackets need quoting for a POSIX shell. */
+/** Rules are letters, digits and `._:/-*[]` (budgets add `=`); `*` and brackets need quoting for a POSIX shell. */
 function shellQuote(rule: string): string {
-  return /^[A-Za-z0-9._:/-]+$/.test(rule) ? rule : `'${rule.replace(/'/g, `'\\''`)}'`;
+  return /^[A-Za-z0-9._:/=-]+$/.test(rule) ? rule : `'${rule.replace(/'/g, `'\\''`)}'`;
 }
 
 export function learnHelp(): string {
   return [
-    'Usage: moat learn [--format lines|flags|json] [--wildcard-min N] [--refused-only] [--include-dns] [--host-ip IP] LOGFILE... | -',
+    'Usage: moat learn [--format lines|flags|json] [--wildcard-min N] [--refused-only] [--include-dns] [--host-ip IP] [--budgets [--budget-margin X] [--budget-direction egress|both]] LOGFILE... | -',
     '',
     'Reads egress decision logs (moat serve --decision-log FILE, or the main log with --log-format json;',
     '"-" reads standard input) and prints the smallest allowlist under which the same job passes:',
@@ -61,6 +67,10 @@ export function learnHelp(): string {
     '  --refused-only       Only blocked and would-block decisions: rules to add to the ones you keep.',
     '  --include-dns        Also allow names that were only looked up in DNS.',
     '  --host-ip IP         The host alias of the run (moat serve --host-ip); flows to it get IP rules. Default: 192.168.127.254.',
+    '  --budgets            Also propose a byte budget per rule (--budget RULE=SIZE): what its flows moved in the log (the',
+    '                       decision log\'s "reason": "flow-closed" lines) times --budget-margin, rounded up (at least 64KiB). No period.',
+    `  --budget-margin X    The margin over what was observed, 1 or more. Default: ${DEFAULT_BUDGET_MARGIN}.`,
+    '  --budget-direction D egress (guest -> world, default) or both: what the proposed budgets count (pass the same to moat serve).',
     '  --help, -h           Show this help.',
     '',
     'Example:',
@@ -85,6 +95,9 @@ export async function runLearn(args: readonly string[], io: LearnIo): Promise<nu
         'refused-only': { type: 'boolean' },
         'include-dns': { type: 'boolean' },
         'host-ip': { type: 'string' },
+        budgets: { type: 'boolean' },
+        'budget-margin': { type: 'string' },
+        'budget-direction': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
       },
       strict: true,
@@ -119,12 +132,27 @@ export async function runLearn(args: readonly string[], io: LearnIo): Promise<nu
     io.stderr.write(`moat learn: --host-ip: must be an IPv4 address, got "${hostAlias}"\n`);
     return 2;
   }
+  const margin = values['budget-margin'] === undefined ? DEFAULT_BUDGET_MARGIN : Number(values['budget-margin']);
+  if (!(margin >= 1 && margin <= 1000)) {
+    io.stderr.write(`moat learn: --budget-margin: must be a number 1..1000, got "${String(values['budget-margin'])}"\n`);
+    return 2;
+  }
+  const direction = (values['budget-direction'] as string | undefined) ?? 'egress';
+  if (direction !== 'egress' && direction !== 'both') {
+    io.stderr.write(`moat learn: --budget-direction: must be egress or both, got "${direction}"\n`);
+    return 2;
+  }
+  if ((values['budget-margin'] !== undefined || values['budget-direction'] !== undefined) && values.budgets !== true) {
+    io.stderr.write(`moat learn: --budget-margin and --budget-direction need --budgets\n`);
+    return 2;
+  }
   if (files.length === 0) {
     io.stderr.write('moat learn: give at least one decision log file, or - for standard input (see moat learn --help)\n');
     return 2;
   }
 
   const records: LearnRecord[] = [];
+  const flows: FlowBytes[] = [];
   let skipped = 0;
   for (const file of files) {
     let text: string;
@@ -136,7 +164,10 @@ export async function runLearn(args: readonly string[], io: LearnIo): Promise<nu
     }
     const read = readDecisionRecords(text);
     for (const r of read.records) records.push(r);
-    skipped += read.skipped;
+    // Flow lines are not decisions, but they are not noise either: not counted as skipped.
+    const flowLines = readFlowBytes(text);
+    if (values.budgets === true) for (const f of flowLines) flows.push(f);
+    skipped += read.skipped - flowLines.length;
   }
 
   const result = learnAllowlist(records, {
@@ -151,7 +182,13 @@ export async function runLearn(args: readonly string[], io: LearnIo): Promise<nu
     io.stderr.write(`moat learn: no flow to allow in ${records.length} decision record(s)${skipped > 0 ? ` (${skipped} other line(s) skipped)` : ''}\n`);
     return 1;
   }
-  io.stdout.write(formatRules(result.rules, format));
+  let budgets: string[] | undefined;
+  if (values.budgets === true) {
+    const proposal = proposeBudgets(result.rules, flows, { margin, direction, hostAlias });
+    for (const note of proposal.notes) io.stderr.write(`moat learn: note: ${note}\n`);
+    budgets = proposal.budgets;
+  }
+  io.stdout.write(formatRules(result.rules, format, budgets));
   io.stderr.write(
     `moat learn: ${result.rules.length} rule(s) from ${result.used} decision(s)${skipped > 0 ? `; ${skipped} line(s) that are not decisions skipped` : ''}\n`,
   );

@@ -168,6 +168,8 @@ export function natOptionsFor(config: ServeConfig): Partial<NatOptions> {
     prefix: config.prefix,
     allowLinkLocal: config.allowLinkLocal,
     dnsUpstreams: config.dnsUpstreams,
+    ...(config.traffic?.rateEgress ? { rateEgress: config.traffic.rateEgress } : {}),
+    ...(config.traffic?.rateIngress ? { rateIngress: config.traffic.rateIngress } : {}),
     ...(config.ipv6 === undefined ? {} : {
       ipv6: { gatewayIp: config.ipv6.gatewayIp, hostIp: config.ipv6.hostIp, prefix: config.ipv6.prefix, hostLoopback: ipv6HostLoopback() },
     }),
@@ -446,6 +448,7 @@ export async function startGuestNetwork(
         ...s,
         limits: limitStats(limits, theStack, s.nat as Partial<NatStats>, routes),
         ...(decisions === undefined ? {} : { decisions: { ...decisions.stats } }),
+        ...(runtime === undefined || runtime.runtime.budgets.size === 0 ? {} : { budgets: runtime.runtime.budgets.stats() }),
         ...(askGate === undefined ? {} : { ask: askGate.stats() }),
         ...(runtime?.injector ? { inject: runtime.injector.stats() } : {}),
         logs: logStats(log, decisions, runtime?.file),
@@ -555,6 +558,7 @@ async function startAllowlist(
         allowLinkLocal: config.allowLinkLocal,
         egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, mode: config.mode, refusalDetails: config.refusalDetails ?? false, refuseEch: config.refuseEch, ...(injector ? { injector } : {}) },
         ...(config.liveLookups ? { liveLookups: config.liveLookups } : {}),
+        ...(config.traffic ? { budgets: config.traffic.budgets, budgetDirection: config.traffic.budgetDirection } : {}),
         ...(config.ask ? { ask: { settings: config.ask, ...(askCallback ? { callback: askCallback } : {}) } } : {}),
         now: () => d.clock.now(),
         ...(sink ? { decisionSink: sink } : {}),
@@ -587,10 +591,11 @@ function allowlistControlFor(runtime: AllowlistRuntime, nat: NatLike, log: Logge
   return {
     rules: () => runtime.ruleTexts,
     zones: () => zoneNames(runtime.zoneTable),
-    reload: async (texts, drop) => {
+    budgets: () => runtime.budgets.stats(),
+    reload: async (texts, drop, budgets) => {
       let result;
       try {
-        result = await runtime.reload(texts);
+        result = await runtime.reload(texts, budgets);
       } catch (e) {
         log.warn('allowlist reload refused; the running allowlist is unchanged', { allow: texts, error: e });
         throw e;

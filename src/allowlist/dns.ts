@@ -48,6 +48,8 @@ export interface AllowlistDnsOptions {
   budget?: LiveLookupBudget;
   /** Addresses Moat pinned for a name: what an HTTPS/SVCB answer's ipv4hint/ipv6hint may keep. */
   pinned?: (name: string) => readonly string[];
+  /** A name the rules allow that is refused anyway (its rules' byte budgets are spent), and why; see DnsResponder. */
+  refuseName?: (name: string) => string | null;
   /** The guest network carries IPv6: AAAA answered like A (dns/responder.ts). Default false. */
   ipv6?: boolean;
 }
@@ -80,6 +82,7 @@ export class AllowlistDns implements GatewayDns {
       ...(opts.audit ? { audit: true } : {}),
       ...(opts.budget ? { budget: opts.budget } : {}),
       ...(opts.pinned ? { pinned: opts.pinned } : {}),
+      ...(opts.refuseName ? { refuseName: opts.refuseName } : {}),
     });
     this.budget = opts.budget;
     this.onDecision = opts.onDecision;

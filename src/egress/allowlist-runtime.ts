@@ -28,6 +28,8 @@ import { DialTargets } from './dial-targets.js';
 import { askMark, Egress, type EgressOptions } from './egress.js';
 import { AskGate, type AskCallback, type AskSettings } from './ask-gate.js';
 import type { AskOutcome } from './ask-table.js';
+import { ByteBudgets, type BudgetDirection, type BudgetSpec } from '../traffic/byte-budgets.js';
+import { matchBudgetRules } from '../traffic/flags.js';
 
 export interface AllowlistRuntimeOptions {
   rules: readonly Rule[];
@@ -54,6 +56,10 @@ export interface AllowlistRuntimeOptions {
   signal?: AbortSignal;
   /** The live-lookup budget (--live-lookup-*); DEFAULT_LIVE_BUDGET, enabled, when absent. */
   liveLookups?: LiveLookupSettings;
+  /** Byte budgets per rule (--budget); each must name one of `rules`. */
+  budgets?: readonly BudgetSpec[];
+  /** What budgets count (--budget-direction): 'egress' when absent. */
+  budgetDirection?: BudgetDirection;
   /** Ask mode (--on-unlisted ask): requests for unlisted names wait for a verdict; absent: refused at once. */
   ask?: { settings: AskSettings; callback?: AskCallback };
   /** The guest network carries IPv6 (issue 19); absent or null: IPv4 only, as before. */
@@ -82,6 +88,22 @@ const MAX_DIAL_LOOKUPS = 64;
 export interface ReloadResult {
   rules: string[];
   zones: string[];
+  budgets: BudgetSpec[];
+}
+
+/** A budget whose rule is not in the allowlist: it would count nothing, silently. */
+export class BudgetRuleError extends Error {
+  constructor(readonly rules: readonly string[]) {
+    super(`budget names no allow rule: ${rules.map((r) => `"${r}"`).join(', ')} (a budget's RULE must be one of the --allow rules, written the same way)`);
+    this.name = 'BudgetRuleError';
+  }
+}
+
+/** The budgets named by the allow rules they mean (their text, as decisions carry it); throws BudgetRuleError naming every budget whose rule is not one of `rules`. */
+export function checkBudgetRules(budgets: readonly BudgetSpec[], rules: readonly Rule[]): BudgetSpec[] {
+  const m = matchBudgetRules(budgets, rules);
+  if ('missing' in m) throw new BudgetRuleError(m.missing);
+  return m.budgets;
 }
 
 export class AllowlistRuntime {
@@ -99,6 +121,7 @@ export class AllowlistRuntime {
 
   static async start(o: AllowlistRuntimeOptions, log: Logger): Promise<AllowlistRuntime> {
     const policy = compilePolicy(o, o.rules); // an invalid --admit-resolved fails before any lookup
+    const initialBudgets = checkBudgetRules(o.budgets ?? [], o.rules);
     warnBroadRules(policy, log);
     const table = await buildTable(o, o.rules, o.signal);
     const pins = new PinTable(o.now);
@@ -112,8 +135,12 @@ export class AllowlistRuntime {
     if (!liveBudget.enabled && wildcards.length > 0) {
       log.warn('live lookups are off: names below these wildcards are answered only when a rule names them exactly', { rules: wildcards });
     }
+    // DNS for a name is refused when every name rule covering it has a spent byte budget (no rule left to allow a flow to it).
+    let runtime: AllowlistRuntime | undefined;
+    const spentRuleFor = (name: string): string | null => (runtime === undefined ? null : runtime.spentRuleFor(name));
     const targets = new DialTargets({ resolver: o.resolver, timers: o.timers ?? realTimers, pins, maxLookups: MAX_DIAL_LOOKUPS, budget: liveBudget, ipv6: o.ipv6 != null });
-    const egress = new Egress(policy, pins, decisions, targets, o.egress);
+    const budgets = new ByteBudgets(initialBudgets, o.budgetDirection ?? 'egress', o.now, o.egress.mode === 'audit');
+    const egress = new Egress(policy, pins, decisions, targets, o.egress, budgets);
     // allow-name adds its rule through the runtime built below (the gate needs it, it needs the gate).
     let self: AllowlistRuntime | undefined;
     const ask =
@@ -130,6 +157,10 @@ export class AllowlistRuntime {
         audit: o.egress.mode === 'audit',
         budget: liveBudget,
         pinned: (name) => pins.addressesFor(name),
+        refuseName: (name) => {
+          const rule = spentRuleFor(name);
+          return rule === null ? null : `byte budget of rule ${rule} is spent`;
+        },
         ipv6: o.ipv6 != null,
         ...(ask ? { ask } : {}),
         onDecision: (d, asked) => {
@@ -138,7 +169,9 @@ export class AllowlistRuntime {
             pins.pin(d.name, d.addresses, d.ttl * 1000);
           }
           if (asked !== undefined) recordAsked(d, asked);
-          else if ((d.outcome === 'sinkholed' || d.outcome === 'live-off' || d.outcome === 'audit-live') && d.id !== undefined) {
+          else if (d.outcome === 'budget' && d.id !== undefined) {
+            decisions.record({ id: d.id, decision: 'blocked', reason: 'budget', rule: spentRuleFor(d.name), proto: 'dns', dst: d.name, name: d.name, via: 'dns', detail: d.type });
+          } else if ((d.outcome === 'sinkholed' || d.outcome === 'live-off' || d.outcome === 'audit-live') && d.id !== undefined) {
             const decision = d.outcome === 'audit-live' ? 'would-block' : 'blocked';
             const reason = d.outcome === 'live-off' ? 'live-off' : 'dns-sinkhole';
             decisions.record({ id: d.id, decision, reason, rule: null, proto: 'dns', dst: d.name, name: d.name, via: 'dns', detail: d.type });
@@ -160,9 +193,27 @@ export class AllowlistRuntime {
         decisions.record({ id: decisions.nextId(), decision: 'allowed', reason, rule: d.zone === null || asked.verdict === 'allow-once' ? null : d.zone.slice(0, -1), ...base });
       } else decisions.record({ id: d.id ?? decisions.nextId(), decision: 'blocked', reason: d.outcome === 'sinkholed' ? 'dns-sinkhole' : d.outcome, rule: null, ...base });
     };
-    const runtime = new AllowlistRuntime(o, dns, egress, o.rules, log, liveBudget);
+    runtime = new AllowlistRuntime(o, dns, egress, o.rules, log, liveBudget);
     self = runtime;
     return runtime;
+  }
+
+  /**
+   * The rule to name when DNS for `name` is refused for budgets: the first
+   * host or wildcard rule covering the name, when every such rule has a
+   * spent budget (audit mode never refuses); null otherwise.
+   */
+  spentRuleFor(name: string): string | null {
+    const budgets = this.egress.budgets;
+    if (budgets === undefined || budgets.size === 0 || this.egress.audit) return null;
+    let first: string | null = null;
+    for (const r of this.rules) {
+      const covers = r.kind === 'host' ? r.host === name : r.kind === 'wildcard' ? name.endsWith(`.${r.domain}`) : false;
+      if (!covers) continue;
+      if (!budgets.spent(r.text)) return null;
+      first ??= r.text;
+    }
+    return first;
   }
 
   /** Ask mode's gate (undefined unless --on-unlisted ask). */
@@ -178,13 +229,20 @@ export class AllowlistRuntime {
     return this.dns.responder.zoneTable;
   }
 
+  /** The byte budgets (--budget), reloaded with the rules. */
+  get budgets(): ByteBudgets {
+    return this.egress.budgets!;
+  }
+
   /**
    * Replace the rules: parse (RuleSetError names every bad rule), resolve
    * (PreresolveError names every host that failed), then swap. Throws
-   * without changing anything on any failure.
+   * without changing anything on any failure. `budgets`: the new byte
+   * budgets; absent, the current ones are kept (and must still name rules:
+   * a budget is never dropped silently by a reload that forgot it).
    */
-  reload(texts: readonly string[]): Promise<ReloadResult> {
-    return this.update(() => texts);
+  reload(texts: readonly string[], budgets?: readonly BudgetSpec[]): Promise<ReloadResult> {
+    return this.update(() => texts, budgets);
   }
 
   /**
@@ -192,17 +250,18 @@ export class AllowlistRuntime {
    * pinned first, through the same serialised path as reload(): the rules it
    * adds to are the ones current when its turn comes, so a reload racing it
    * is neither lost nor undone. A name a rule already names exactly changes
-   * nothing.
+   * nothing. The byte budgets stay as they are.
    */
   addHost(name: string): Promise<ReloadResult> {
     return this.update((current) => (current.includes(name) ? current : [...current, name]));
   }
 
-  private update(next: (current: readonly string[]) => readonly string[]): Promise<ReloadResult> {
+  private update(next: (current: readonly string[]) => readonly string[], budgets?: readonly BudgetSpec[]): Promise<ReloadResult> {
     const run = this.reloading.then(async () => {
       const texts = next(this.rules.map((r) => r.text));
       const rules = parseRules(texts);
       if (rules.length === 0) throw new EmptyAllowlistError();
+      const nextBudgets = checkBudgetRules(budgets ?? this.budgets.specs(), rules);
       const policy = compilePolicy(this.o, rules);
       const table = await buildTable(this.o, rules, undefined);
       // Nothing above changed any state; from here on everything swaps at once.
@@ -210,11 +269,12 @@ export class AllowlistRuntime {
       this.egress.pins.clear();
       seedPins(this.egress.pins, table);
       this.egress.setPolicy(policy);
+      this.budgets.replace(nextBudgets);
       this.rules = rules;
       warnBroadRules(policy, this.log);
       // Ask mode: requests waiting on a name the new rules cover need no answer any more.
       this.egress.ask?.releaseCovered((name) => coversName(table, name));
-      return { rules: rules.map((r) => r.text), zones: zoneNames(table) };
+      return { rules: rules.map((r) => r.text), zones: zoneNames(table), budgets: this.budgets.specs() };
     });
     this.reloading = run.catch(() => undefined);
     return run;

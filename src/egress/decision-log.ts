@@ -56,6 +56,29 @@ export interface DecisionRecord {
   injected?: string;
 }
 
+/**
+ * A flow that was open, at its close: the bytes it moved each way and what
+ * allowed it (`moat learn --budgets` reads these lines). Written with every
+ * field a decision line has (so readers of the file see one shape): a fresh
+ * id, decision "allowed", reason "flow-closed", plus bytesUp and bytesDown.
+ * It is not a new decision: not counted in /stats.decisions, not passed to
+ * onDecision listeners, and `moat learn` does not read it as one.
+ */
+export interface FlowBytesRecord {
+  proto: 'tcp' | 'udp' | 'quic';
+  /** "ip:port" as the guest (client) sent it, or "name:port" for a proxy target. */
+  dst: string;
+  /** The rule that allowed it, and the name it was allowed for. */
+  rule: string | null;
+  name: string | null;
+  /** Guest (client) -> world, and back. */
+  bytesUp: number;
+  bytesDown: number;
+}
+
+/** The reason of a flow line (FlowBytesRecord). */
+export const FLOW_CLOSED = 'flow-closed';
+
 export interface DecisionLogOptions {
   /** Where every decision is written as one JSON line (the --decision-log file), or undefined. */
   sink?: LogStream;
@@ -208,6 +231,31 @@ export class DecisionLog {
     } else {
       this.log.info('egress decision', line);
     }
+  }
+
+  /**
+   * One line per closed flow with its bytes, in the file only (and the main
+   * log at debug). Not limited per destination: every flow's bytes count for
+   * what `moat learn --budgets` proposes; the file's global budget still
+   * bounds them (suppressed lines are counted there, reason flow-closed).
+   */
+  flowClosed(f: FlowBytesRecord): void {
+    if (f.bytesUp === 0 && f.bytesDown === 0) return;
+    const line: Record<string, unknown> = {
+      id: this.nextId(),
+      decision: 'allowed',
+      reason: FLOW_CLOSED,
+      rule: f.rule,
+      proto: f.proto,
+      dst: f.dst,
+      name: f.name,
+      via: null,
+      bytesUp: f.bytesUp,
+      bytesDown: f.bytesDown,
+    };
+    if (this.opts.network !== undefined) line['network'] = this.opts.network;
+    this.file?.write(FLOW_CLOSED, () => JSON.stringify({ time: new Date().toISOString(), ...line }) + '\n');
+    if (this.log.enabled('debug')) this.log.debug('flow closed', line);
   }
 }
 

@@ -14,6 +14,7 @@ import type { DecisionLog, DecisionRecord } from './decision-log.js';
 import type { AskGate } from './ask-gate.js';
 import type { AskOutcome } from './ask-table.js';
 import type { DialTargets } from './dial-targets.js';
+import type { ByteBudgets } from '../traffic/byte-budgets.js';
 
 import type { Injector } from '../inject/interceptor.js';
 
@@ -100,6 +101,8 @@ export class Egress {
     readonly decisions: DecisionLog,
     readonly targets: DialTargets,
     readonly options: EgressOptions,
+    /** Byte budgets per rule (--budget): an allow by a rule whose budget is spent becomes a refusal, reason 'budget'. */
+    readonly budgets?: ByteBudgets,
   ) {
     this.current = policy;
   }
@@ -154,7 +157,7 @@ export class Egress {
   recheck(f: InFlight, why: string, connected?: string): Recheck {
     if (f.version === this.generation) return KEEP;
     const t = f.target;
-    const fresh = t.kind === 'flow' ? this.decide(t.flow) : t.kind === 'name' ? this.current.decideName('tcp', t.name, t.port) : this.decideAddress(t.proto, t.address, t.port);
+    const fresh = t.kind === 'flow' ? this.decide(t.flow) : t.kind === 'name' ? this.decideName('tcp', t.name, t.port) : this.decideAddress(t.proto, t.address, t.port);
     const port = t.kind === 'flow' ? t.flow.port : t.port;
     const dst = t.kind === 'flow' ? t.flow.dst : t.kind === 'name' ? t.name : t.address;
     const detail = `allowlist changed ${why}`;
@@ -218,7 +221,28 @@ export class Egress {
   }
 
   decide(flow: FlowInput): Decision {
-    return this.current.decide(flow, this.pins);
+    return this.withBudget(this.current.decide(flow, this.pins));
+  }
+
+  /** The policy's decision for a target named by name (the proxy), with the rule's byte budget applied. */
+  decideName(proto: 'tcp' | 'udp', name: string, port: number, via: 'target' | 'sni' | 'host' = 'target'): Decision {
+    return this.withBudget(this.current.decideName(proto, name, port, via));
+  }
+
+  /** An allow by a rule whose byte budget is spent is a refusal (reason 'budget', the rule named). */
+  private withBudget(d: Decision): Decision {
+    if (d.verdict !== 'allow' || this.budgets === undefined || this.budgets.size === 0 || !this.budgets.spent(d.rule, true)) return d;
+    return { verdict: 'block', reason: 'budget', rule: d.rule, name: d.name, detail: `byte budget ${this.budgets.describe(d.rule!) ?? d.rule} is spent` };
+  }
+
+  /** A flow cut because its rule's byte budget ran out while it was open: one refusal record naming the rule. */
+  recordBudgetCut(proto: FlowProto, dst: string, port: number, rule: string, name: string | null, via: string | null): string {
+    const id = this.decisions.nextId();
+    this.decisions.record({
+      id, decision: this.refusedVerdict(), reason: 'budget', rule, proto, dst: `${dst}:${port}`, name, via,
+      detail: `byte budget ${this.budgets?.describe(rule) ?? rule} spent while open: reset`,
+    });
+    return id;
   }
 
   /** Decision for a fresh flow from the guest (no bytes seen yet). */
@@ -228,7 +252,7 @@ export class Egress {
 
   /** A pinned flow's name still allowed on its port, its address still past the rebinding filter: null; else why not. */
   private pinStillAllowed(name: string, address: string, port: number): { reason: string; rule: string | null; name: string | null } | null {
-    const byName = this.current.decideName('tcp', name, port, 'target');
+    const byName = this.decideName('tcp', name, port, 'target');
     if (byName.verdict !== 'allow') return { reason: byName.verdict === 'block' ? byName.reason : 'name-not-allowed', rule: null, name };
     if (this.current.admitResolved([address], port).admitted.length === 0) return { reason: 'rebinding', rule: byName.rule, name };
     return null;

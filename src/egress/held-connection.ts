@@ -47,7 +47,7 @@ import { formatIp, formatIPv4 } from '../../netstack/addr.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Logger } from '../log.js';
-import type { DialAdmission } from '../nat/tcp-flows.js';
+import type { DialAdmission, FlowTag } from '../nat/tcp-flows.js';
 import { dialOrder, familyOf, LiveLookupRefusedError } from './dial-targets.js';
 import type { FlowInspector } from '../nat/tcp-pipe.js';
 import { askMark, type Egress, type InFlight } from './egress.js';
@@ -59,7 +59,7 @@ export interface HeldConnectionHost {
   /** Connects to the first of `addresses` that accepts on `port`. */
   connectFirst(addresses: readonly string[], port: number): Promise<Socket>;
   /** Joins the accepted guest connection to the connected host socket; returns the handlers that take over. `admit`: asked again on a reload with drop; `inspector`: the watch the piped flow stays under. */
-  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit: DialAdmission, inspector?: FlowInspector): TcpHandlers;
+  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit: DialAdmission, inspector?: FlowInspector, tag?: FlowTag): TcpHandlers;
 }
 
 /** asking: named, refused by the rules, waiting on ask mode's pending decision (guest paused). intercepted: handed to the credential injector (src/inject/). */
@@ -312,7 +312,7 @@ export class HeldConnection {
       this.finish();
       return;
     }
-    await this.pipeTo(addresses, d.name);
+    await this.pipeTo(addresses, d.name, { rule: d.rule, name: d.name });
   }
 
   private startDialing(): void {
@@ -346,7 +346,8 @@ export class HeldConnection {
     await this.pipeTo(addresses, named ? canonical : null);
   }
 
-  private async pipeTo(addresses: readonly string[], name: string | null): Promise<void> {
+  /** `rule`: the rule that allowed the flow (its bytes are charged to its budget); null for audit pass-through. */
+  private async pipeTo(addresses: readonly string[], name: string | null, tag?: FlowTag): Promise<void> {
     const port = this.syn.dstPort;
     let socket: Socket;
     try {
@@ -380,7 +381,7 @@ export class HeldConnection {
     this.state = 'piped';
     const inFlight = this.inFlight;
     const connected = socket.remoteAddress;
-    const pipe = this.host.adopt(this.syn, this.tcp, socket, (why) => inFlight === undefined || this.egress.recheck(inFlight, why, connected).keep, watch);
+    const pipe = this.host.adopt(this.syn, this.tcp, socket, (why) => inFlight === undefined || this.egress.recheck(inFlight, why, connected).keep, watch, tag ?? { rule: null, name });
     this.pipe = pipe;
     this.onDone(this);
     const held = this.held.splice(0);

@@ -97,10 +97,16 @@ export function learnAllowlist(records: Iterable<LearnRecord>, options: LearnOpt
   const rebinding = new Set<string>();
   let used = 0;
 
-  const addName = (cls: PortClass, name: string): void => {
+  // Names whose only portless ("web") use was TCP to port 80: if QUIC to
+  // port 80 also gave them a NAME:80 rule, that rule carries TCP 80 too and
+  // the portless one would be redundant (dropped after the loop).
+  const webOnly80 = new Set<string>();
+  const webElsewhere = new Set<string>();
+  const addName = (cls: PortClass, name: string, tcpPort80 = false): void => {
     let set = namesByClass.get(cls);
     if (set === undefined) namesByClass.set(cls, (set = new Set()));
     set.add(name);
+    if (cls === 'web') (tcpPort80 ? webOnly80 : webElsewhere).add(name);
   };
 
   for (const r of records) {
@@ -135,7 +141,7 @@ export function learnAllowlist(records: Iterable<LearnRecord>, options: LearnOpt
     if (typeof name === 'string') {
       // A portless rule covers TCP 80/443 but UDP only on 443 (sni/policy.ts step 4): QUIC elsewhere needs the port.
       const web = flow.port === 443 || (flow.port === 80 && r.proto !== 'quic');
-      addName(web ? 'web' : flow.port, name);
+      addName(web ? 'web' : flow.port, name, flow.port === 80);
       if (r.reason === 'rebinding') rebinding.add(name);
       continue;
     }
@@ -144,6 +150,13 @@ export function learnAllowlist(records: Iterable<LearnRecord>, options: LearnOpt
       continue;
     }
     ipFlows.set(`${flow.ip}:${flow.port}`, flow);
+  }
+
+  const web = namesByClass.get('web');
+  const port80 = namesByClass.get(80);
+  if (web !== undefined && port80 !== undefined) {
+    for (const n of webOnly80) if (!webElsewhere.has(n) && port80.has(n)) web.delete(n);
+    if (web.size === 0) namesByClass.delete('web');
   }
 
   const nameRules: { key: string; port: number; text: string }[] = [];

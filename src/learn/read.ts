@@ -35,6 +35,8 @@ export function parseDecisionLine(line: string): LearnRecord | null {
   if ('msg' in r && r['msg'] !== 'egress decision') return null;
   const { decision, reason, proto, dst, name } = r;
   if (typeof decision !== 'string' || !DECISIONS.has(decision)) return null;
+  // A flow's bytes at its close (moat learn --budgets reads those): not a decision of its own.
+  if (reason === 'flow-closed') return null;
   if (typeof proto !== 'string' || !PROTOS.has(proto)) return null;
   if (typeof dst !== 'string' || typeof reason !== 'string') return null;
   if (name !== null && name !== undefined && typeof name !== 'string') return null;

@@ -44,6 +44,7 @@ import { TcpFlowTable, type TcpFlowStats } from './tcp-flows.js';
 import { describe, UdpFlowTable, type UdpFlowStats } from './udp-flows.js';
 import { DEFAULT_QUIC_FLOW_OPTIONS, QuicFlows, type QuicFlowStats } from './quic-flows.js';
 import { looksLikeQuicInitial } from '../../sni/quic-initial.js';
+import { RateLimiter, type RateLimiterStats } from '../traffic/rate-limiter.js';
 import { DEFAULT_ICMP_ECHO_TIMEOUT_MS, ICMP_ECHO_REQUEST, IcmpEcho, type IcmpEchoStats } from './icmp-echo.js';
 
 export { DEFAULT_NAT_OPTIONS, natOptions, type NatOptions, type DnsUpstream } from './options.js';
@@ -90,6 +91,8 @@ export interface NatStats {
   dnsRefused: number;
   /** The cap on bytes buffered over all TCP flows (undefined when totalBufferBytes is 0). */
   buffers: BufferBudgetStats | undefined;
+  /** The guest's rate limits (--rate-egress, --rate-ingress), absent when unlimited. */
+  rate?: { egress?: RateLimiterStats; ingress?: RateLimiterStats };
 }
 
 export class Nat implements GatewayUdpClaims {
@@ -110,6 +113,7 @@ export class Nat implements GatewayUdpClaims {
   private readonly policyBlocked = { tcp: 0, udp: 0 };
   private readonly held = new Set<HeldConnection>();
   private readonly quic: QuicFlows | undefined;
+  private readonly rate: { egress?: RateLimiter | undefined; ingress?: RateLimiter | undefined } | undefined;
   private readonly echo: IcmpEcho;
   private closed = false;
 
@@ -127,6 +131,14 @@ export class Nat implements GatewayUdpClaims {
     if (dns === undefined && this.options.dnsUpstreams.length === 0) this.options.dnsUpstreams = systemUpstreams();
     this.budget = this.options.totalBufferBytes > 0 ? new BufferBudget(this.options.totalBufferBytes) : undefined;
     const onLimit = this.options.onLimit;
+    const rateNow = this.options.now ?? ((): number => performance.now());
+    const { rateEgress, rateIngress } = this.options;
+    this.rate =
+      rateEgress === undefined && rateIngress === undefined
+        ? undefined
+        : { egress: rateEgress && new RateLimiter(rateEgress, rateNow), ingress: rateIngress && new RateLimiter(rateIngress, rateNow) };
+    // Byte budgets per rule live in the allowlist (reloaded with it); a flow cut by one is recorded as a refusal naming the rule.
+    const budgets = egress?.budgets;
     this.tcp = new TcpFlowTable(
       {
         maxFlows: this.options.maxTcpFlows,
@@ -137,6 +149,16 @@ export class Nat implements GatewayUdpClaims {
         // Connections held for their name are TCP flows too: they count against maxTcpFlows.
         extraFlows: () => this.held.size,
         ...(onLimit ? { onLimit: (f: Record<string, unknown>) => onLimit('tcpFlows', f) } : {}),
+        ...(this.rate ? { rate: this.rate } : {}),
+        ...(budgets !== undefined && egress !== undefined
+          ? { budgets, onBudgetSpent: (syn, rule) => egress.recordBudgetCut('tcp', formatIp(syn.dst), syn.dstPort, rule, null, null) }
+          : {}),
+        ...(egress !== undefined
+          ? {
+              onClosed: (syn, tag, up, down) =>
+                egress.decisions.flowClosed({ proto: 'tcp', dst: `${formatIp(syn.dst)}:${syn.dstPort}`, rule: tag.rule, name: tag.name, bytesUp: up, bytesDown: down }),
+            }
+          : {}),
       },
       log,
     );
@@ -147,6 +169,19 @@ export class Nat implements GatewayUdpClaims {
         pendingDatagrams: this.options.udpPendingDatagrams,
         evictIdleMs: this.options.udpEvictIdleMs,
         ...(onLimit ? { onLimit: (f: Record<string, unknown>) => onLimit('udpFlows', f) } : {}),
+        ...(this.rate ? { rate: this.rate } : {}),
+        ...(budgets !== undefined && egress !== undefined
+          ? { budgets, onBudgetSpent: (t, rule) => egress.recordBudgetCut('udp', formatIp(t.dst), t.dstPort, rule, null, null) }
+          : {}),
+        ...(egress !== undefined
+          ? {
+              onClosed: (t, rule, up, down) => {
+                // A flow let out by its QUIC name carries that name (moat learn maps it to a hostname rule).
+                const name = this.quic?.admittedName(t) ?? null;
+                egress.decisions.flowClosed({ proto: name === null ? 'udp' : 'quic', dst: `${formatIp(t.dst)}:${t.dstPort}`, rule, name, bytesUp: up, bytesDown: down });
+              },
+            }
+          : {}),
       },
       (from, fromPort, to, toPort, payload) => this.stack?.sendUdp(from, fromPort, to, toPort, payload),
       log,
@@ -263,7 +298,7 @@ export class Nat implements GatewayUdpClaims {
         via,
         ...(d.reason === 'pinned' && d.name !== null ? { pinnedName: d.name } : {}),
       };
-      this.tcp.dial(pending, hostAddress, (why) => egress.recheck(inFlight, why).keep);
+      this.tcp.dial(pending, hostAddress, (why) => egress.recheck(inFlight, why).keep, { rule: d.rule, name: d.name });
       return;
     }
     // 'peek': the connection must be accepted for its first bytes to arrive.
@@ -349,7 +384,11 @@ export class Nat implements GatewayUdpClaims {
       return false;
     }
     egress.record(decision, 'udp', dst, d.dstPort, null);
-    if (decision.verdict === 'allow') return true;
+    if (decision.verdict === 'allow') {
+      // The flow opens here, charged to the rule that allowed it.
+      this.udp.send(d, hostAddress, d.payload, decision.rule);
+      return false;
+    }
     if (egress.audit && decision.verdict === 'block' && decision.reason !== 'link-local') return true;
     this.policyBlocked.udp++;
     this.udpRefused++;
@@ -441,6 +480,8 @@ export class Nat implements GatewayUdpClaims {
     this.resetGuest();
     this.echo.close();
     this.budget?.close();
+    this.rate?.egress?.close();
+    this.rate?.ingress?.close();
     await this.dns.close();
   }
 
@@ -463,6 +504,7 @@ export class Nat implements GatewayUdpClaims {
       dnsInFlight: this.dnsInFlight,
       dnsRefused: this.dnsRefused,
       buffers: this.budget?.stats(),
+      ...(this.rate === undefined ? {} : { rate: { ...(this.rate.egress ? { egress: this.rate.egress.stats() } : {}), ...(this.rate.ingress ? { ingress: this.rate.ingress.stats() } : {}) } }),
     };
   }
 

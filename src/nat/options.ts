@@ -2,6 +2,7 @@ import type { GatewayDns } from '../gateway-dns.js';
 import type { NetConnectOpts, Socket } from 'node:net';
 import { ipv4, type IPv4 } from '../../netstack/addr.js';
 import type { QuicFlowOptions } from './quic-flows.js';
+import type { RateLimitSpec } from '../traffic/rate-limiter.js';
 import type { Ipv6DestinationRules } from './destination.js';
 import type { PingSocket } from './icmp-echo.js';
 
@@ -75,6 +76,9 @@ export interface NatOptions {
    * replace it to prove where a flow would be dialed without dialing it.
    */
   connectHost?: (opts: NetConnectOpts) => Socket;
+  /** The guest's rate limits (--rate-egress, --rate-ingress): one token bucket per direction for all its flows. */
+  rateEgress?: RateLimitSpec;
+  rateIngress?: RateLimitSpec;
 }
 
 export const DEFAULT_NAT_OPTIONS: Readonly<NatOptions> = Object.freeze({

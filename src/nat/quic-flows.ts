@@ -171,6 +171,11 @@ export class QuicFlows {
     return this.held.has(key) || (this.allowed.has(key) && this.udp.has(t));
   }
 
+  /** The name an allowed flow was let out for (its QUIC SNI), or undefined. */
+  admittedName(t: FourTuple): string | undefined {
+    return this.allowed.get(udpFlowKey(t.src, t.srcPort, t.dst, t.dstPort))?.name ?? undefined;
+  }
+
   /** The re-decision of an allowed flow on a reload with drop (Egress.recheck with what it was decided as). */
   admitted(t: FourTuple): ((why: string) => boolean) | undefined {
     const a = this.allowed.get(udpFlowKey(t.src, t.srcPort, t.dst, t.dstPort));
@@ -363,18 +368,18 @@ export class QuicFlows {
       this.release(h);
       return;
     }
-    this.pass(h, address, inFlight, d.name, dcid, hello);
+    this.pass(h, address, inFlight, d.name, dcid, hello, d.rule);
   }
 
   /** The flow goes out to `address`: held datagrams first. */
-  private pass(h: Held, address: string, inFlight: InFlight, name: string | null, dcid: Uint8Array | null, hello: Allowed['hello'] = null): void {
+  private pass(h: Held, address: string, inFlight: InFlight, name: string | null, dcid: Uint8Array | null, hello: Allowed['hello'] = null, rule: string | null = null): void {
     this.finishHold(h);
     this.udp.closeWhere((t) => udpFlowKey(t.src, t.srcPort, t.dst, t.dstPort) !== h.key); // a stale flow of this tuple (audit, earlier attempt)
     this.allowed.set(h.key, { tuple: h.tuple, name, dcid, hello, inFlight });
     // Entries outlive their UDP flow (idle timeout, eviction) until pruned here: bounded by the flow table.
     if (this.allowed.size > 2 * this.udp.size + 64) for (const [k, a] of this.allowed) if (!this.udp.has(a.tuple)) this.allowed.delete(k);
     this.counters.allowed++;
-    for (const p of h.datagrams) this.udp.send(h.tuple, address, p);
+    for (const p of h.datagrams) this.udp.send(h.tuple, address, p, rule); // the flow's bytes are charged to the rule that allowed it
   }
 
   /**

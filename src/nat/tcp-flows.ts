@@ -17,6 +17,8 @@ import type { PendingTcp, SynInfo, TcpHandlers, TcpSocket } from '../../netstack
 import { RefusalLog, type BufferBudget } from '../limits.js';
 import type { Logger } from '../log.js';
 import { TcpPipe, type FlowInspector } from './tcp-pipe.js';
+import type { RateLimiter } from '../traffic/rate-limiter.js';
+import type { ByteBudgets } from '../traffic/byte-budgets.js';
 import { describe } from './udp-flows.js';
 
 export interface TcpFlowTableOptions {
@@ -30,7 +32,23 @@ export interface TcpFlowTableOptions {
   extraFlows?: () => number;
   /** A SYN refused because maxFlows flows exist; logged by the caller's RefusalLog (per-refusal lines would flood). */
   onLimit?: (fields: Record<string, unknown>) => void;
+  /** The guest's rate limits (--rate-egress, --rate-ingress), shared by all its flows. */
+  rate?: { egress?: RateLimiter | undefined; ingress?: RateLimiter | undefined };
+  /** Byte budgets per rule (--budget): a flow is charged to the rule that allowed it. */
+  budgets?: ByteBudgets;
+  /** A flow reset because its rule's budget ran out (the caller records it). */
+  onBudgetSpent?: (syn: SynInfo, rule: string, pipe: TcpPipe) => void;
+  /** Every flow that was open, when it closes, with its bytes (the decision log's flow lines: moat learn --budgets reads them). */
+  onClosed?: (syn: SynInfo, tag: FlowTag, bytesToHost: number, bytesToGuest: number) => void;
 }
+
+/** What allowed a flow: the rule (charged with its bytes when it has a budget) and the name it was allowed for. */
+export interface FlowTag {
+  readonly rule: string | null;
+  readonly name: string | null;
+}
+
+const UNTAGGED: FlowTag = Object.freeze({ rule: null, name: null });
 
 export interface TcpFlowStats {
   /** Flows dialing or open. */
@@ -61,6 +79,8 @@ interface Dial {
   readonly socket: Socket;
   readonly timer: NodeJS.Timeout;
   readonly admit: DialAdmission | undefined;
+  /** What allowed it. */
+  readonly tag: FlowTag;
 }
 
 /**
@@ -147,7 +167,7 @@ export class TcpFlowTable {
   }
 
   /** Dials `hostAddress:dstPort` for the guest's SYN; answers the SYN when the dial settles (and `admit`, if given, still says yes). */
-  dial(pending: PendingTcp, hostAddress: string, admit?: DialAdmission): void {
+  dial(pending: PendingTcp, hostAddress: string, admit?: DialAdmission, tag: FlowTag = UNTAGGED): void {
     if (this.atLimit()) {
       this.refuseAtLimit(pending);
       return;
@@ -165,6 +185,7 @@ export class TcpFlowTable {
         pending.ignore();
       }, this.opts.connectTimeoutMs),
       admit,
+      tag,
     };
     this.dials.add(dial);
     const onError = (err: NodeJS.ErrnoException): void => {
@@ -233,8 +254,8 @@ export class TcpFlowTable {
    * reload with drop asks whether the flow may go on (recheckOpen);
    * `inspector`: the watch the piped flow stays under (one connection, one name).
    */
-  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit?: DialAdmission, inspector?: FlowInspector): TcpHandlers {
-    const pipe = this.newPipe(syn, socket, inspector);
+  adopt(syn: SynInfo, tcp: TcpSocket, socket: Socket, admit?: DialAdmission, inspector?: FlowInspector, tag: FlowTag = UNTAGGED): TcpHandlers {
+    const pipe = this.newPipe(syn, socket, inspector, tag);
     if (admit !== undefined) this.admissions.set(pipe, admit);
     this.counters.opened++;
     this.log.debug('tcp flow open', describe(syn));
@@ -300,16 +321,24 @@ export class TcpFlowTable {
     for (const pipe of [...this.pipes]) pipe.destroy();
   }
 
-  private newPipe(syn: SynInfo, socket: Socket, inspector?: FlowInspector): TcpPipe {
+  private newPipe(syn: SynInfo, socket: Socket, inspector?: FlowInspector, tag: FlowTag = UNTAGGED): TcpPipe {
+    // The meter exists before the pipe: another flow may spend the budget first, which cuts this one.
+    let self: TcpPipe | undefined;
+    const meter = this.opts.budgets?.open(tag.rule, () => self?.cutByBudget());
+    const onSpent = this.opts.onBudgetSpent;
     const pipe = new TcpPipe(socket, {
       waitForConnect: false,
       ...(inspector !== undefined ? { inspector } : {}),
       ...(this.opts.budget ? { budget: this.opts.budget } : {}),
+      ...(this.opts.rate ? { rate: this.opts.rate } : {}),
+      ...(meter !== undefined ? { meter } : {}),
+      ...(meter !== undefined && onSpent !== undefined ? { onBudgetSpent: (p: TcpPipe) => onSpent(syn, meter.rule, p) } : {}),
       onFinished: (p, reason) => {
         this.pipes.delete(p);
         this.admissions.delete(p);
         this.counters.bytesToHost += p.bytesToHost;
         this.counters.bytesToGuest += p.bytesToGuest;
+        this.opts.onClosed?.(syn, tag, p.bytesToHost, p.bytesToGuest);
         this.log.debug('tcp flow close', {
           ...describe(syn),
           reason,
@@ -319,6 +348,7 @@ export class TcpFlowTable {
         });
       },
     });
+    self = pipe;
     this.pipes.add(pipe);
     return pipe;
   }
@@ -339,7 +369,7 @@ export class TcpFlowTable {
   }
 
   private connected(dial: Dial): void {
-    const pipe = this.newPipe(dial.pending.syn, dial.socket);
+    const pipe = this.newPipe(dial.pending.syn, dial.socket, undefined, dial.tag);
     this.readers.set(dial.socket, pipe);
     if (dial.admit !== undefined) this.admissions.set(pipe, dial.admit);
     let tcp;
@@ -348,6 +378,7 @@ export class TcpFlowTable {
     } catch (err) {
       // The stack gave up on this SYN meanwhile (held too long, guest reset).
       this.pipes.delete(pipe);
+      pipe.releaseMeter();
       dial.socket.destroy();
       this.log.debug('tcp flow dropped', { ...describe(dial.pending.syn), reason: 'accept-failed', error: String(err) });
       return;

@@ -26,11 +26,25 @@
  * inspector before they reach the host, and host bytes too while the
  * inspector asks for them. Flows without one pay one property check per
  * chunk; an inspector that is done is dropped.
+ *
+ * Rate limits (optional, `rate`): guest bytes beyond what the egress
+ * limiter allows now are kept (one chunk: the guest side is paused at once,
+ * so its window closes) and written when the limiter wakes the pipe; host
+ * bytes beyond what the ingress limiter allows stay in `held` with the host
+ * socket paused, exactly as when the guest's send buffer is full. Nothing
+ * is dropped. Byte budget (optional, `meter`): every byte that passes is
+ * charged to the budget of the rule that allowed the flow; when it runs
+ * out, what it still allowed passes and the flow is reset (cutByBudget).
  */
 import type { Socket } from 'node:net';
 import type { TcpCloseReason, TcpHandlers, TcpSocket } from '../../netstack/api.js';
 import type { BudgetMember, BufferBudget } from '../limits.js';
+import type { RateLimiter } from '../traffic/rate-limiter.js';
+import type { FlowMeter } from '../traffic/byte-budgets.js';
 import { CopySlabs } from './copy-slabs.js';
+
+/** How long a flow cut by its budget may take to hand the host what was already charged before it is reset. */
+export const BUDGET_LINGER_MS = 5_000;
 
 /** Copies of guest bytes waiting in host sockets' write queues, shared by every pipe (one thread). */
 const GUEST_COPIES = new CopySlabs();
@@ -80,6 +94,12 @@ export interface TcpPipeOptions {
   budget?: BufferBudget;
   /** Checks guest bytes (and host bytes while it asks) before they pass; see FlowInspector. */
   inspector?: FlowInspector;
+  /** The guest's (client's) rate limits: egress = guest bytes to the host, ingress = host bytes to the guest. */
+  rate?: { egress?: RateLimiter | undefined; ingress?: RateLimiter | undefined };
+  /** The byte budget of the rule that allowed the flow. */
+  meter?: FlowMeter;
+  /** The budget ran out under this flow: called once, just before both sides are reset (the owner records it). */
+  onBudgetSpent?(pipe: TcpPipe): void;
 }
 
 export class TcpPipe implements BudgetMember {
@@ -112,6 +132,10 @@ export class TcpPipe implements BudgetMember {
   /** Bytes the guest gets after the host's last byte, before its FIN (a refusal). */
   private trailer: Uint8Array | undefined;
   private lingerTimer: NodeJS.Timeout | undefined;
+  /** Guest bytes the egress rate limit did not let pass yet: the guest side is paused until they are written. */
+  private egressQueue: Uint8Array | undefined;
+  private guestPausedForRate = false;
+  private budgetCut = false;
 
   constructor(
     readonly host: Socket,
@@ -151,8 +175,37 @@ export class TcpPipe implements BudgetMember {
     }
     if (this.guestPausedForBudget) {
       this.guestPausedForBudget = false;
-      if (!this.guestPausedForHost && !this.guestPausedForInspector && !this.tcpClosed) this.tcp?.resume();
+      this.resumeGuest();
     }
+  }
+
+  /** Reads the guest again unless something else still holds it. */
+  private resumeGuest(): void {
+    if (!this.tcpClosed && !this.guestPausedForHost && !this.guestPausedForBudget && !this.guestPausedForInspector && !this.guestPausedForRate) this.tcp?.resume();
+  }
+
+  /**
+   * The byte budget of the flow's rule ran out (this flow spent it, or
+   * another one under the same rule did): the owner is told and the guest
+   * is reset at once. The host still gets the bytes already charged (queued
+   * in its socket: a reset would drop them, and on a slow server most of
+   * the budget with them), then FIN; one that has not closed within
+   * BUDGET_LINGER_MS is reset. Bytes the rate limit still held were not
+   * charged and are dropped.
+   */
+  cutByBudget(): void {
+    if (this.budgetCut || this.finished) return;
+    this.budgetCut = true;
+    this.opts.onBudgetSpent?.(this);
+    this.egressQueue = undefined;
+    this.guestEndPending = false;
+    if (this.tcpClosed || this.tcp === undefined) this.destroy();
+    else this.abortGuest(); // guestClosed ends the host gracefully for a cut flow
+  }
+
+  /** A pipe that never got its guest socket (accept failed): its budget account is closed. */
+  releaseMeter(): void {
+    this.opts.meter?.close();
   }
 
   /** Gives the pipe its guest socket (returned by accept() or connectTcp()). */
@@ -198,6 +251,62 @@ export class TcpPipe implements BudgetMember {
   };
 
   private writeToHost(data: Uint8Array): void {
+    const limiter = this.opts.rate?.egress;
+    if (limiter !== undefined) {
+      if (this.egressQueue !== undefined) {
+        // Already waiting: keep the order (an inspector may forward more than one view per guest chunk).
+        this.egressQueue = concat(this.egressQueue, data);
+        return;
+      }
+      const n = Math.min(data.length, limiter.allowance());
+      if (n < data.length) {
+        this.egressQueue = Buffer.from(data.subarray(n));
+        if (!this.guestPausedForRate) {
+          this.guestPausedForRate = true;
+          this.tcp?.pause();
+        }
+        limiter.wait(this.egressWake);
+      }
+      if (n === 0) return;
+      limiter.spend(n);
+      data = data.subarray(0, n);
+    }
+    this.passToHost(data);
+  }
+
+  /** The egress limiter has room again: write what waited, then read the guest again once nothing waits. */
+  private readonly egressWake = (): void => {
+    const limiter = this.opts.rate?.egress;
+    const q = this.egressQueue;
+    if (limiter === undefined || q === undefined || this.host.destroyed || this.host.writableEnded || this.finished) return;
+    const n = Math.min(q.length, limiter.allowance());
+    limiter.spend(n);
+    this.egressQueue = n < q.length ? q.subarray(n) : undefined;
+    if (n > 0) this.passToHost(q.subarray(0, n));
+    if (this.egressQueue !== undefined) {
+      limiter.wait(this.egressWake);
+      return;
+    }
+    this.guestPausedForRate = false;
+    this.resumeGuest();
+    if (this.guestEndPending && !this.guestPausedForInspector) {
+      this.guestEndPending = false;
+      this.guestEnd();
+    }
+  };
+
+  /** Guest bytes the rate limit let pass: charged to the budget, then written to the host. */
+  private passToHost(data: Uint8Array): void {
+    const meter = this.opts.meter;
+    if (meter !== undefined) {
+      const ok = meter.charge(data.length, 'egress');
+      if (ok < data.length) data = data.subarray(0, ok);
+    }
+    if (data.length > 0) this.rawWriteToHost(data);
+    if (meter?.ended === true) this.cutByBudget();
+  }
+
+  private rawWriteToHost(data: Uint8Array): void {
     this.bytesToHost += data.length;
     // One input batch delivers many segments: cork so that they leave in one
     // writev once the batch is done, not one write syscall per segment.
@@ -228,11 +337,11 @@ export class TcpPipe implements BudgetMember {
   private hostDrain(): void {
     if (!this.guestPausedForHost) return;
     this.guestPausedForHost = false;
-    if (!this.tcpClosed && !this.guestPausedForBudget && !this.guestPausedForInspector) this.tcp?.resume();
+    this.resumeGuest();
   }
 
   private guestEnd(): void {
-    if (this.guestPausedForInspector) {
+    if (this.guestPausedForInspector || this.egressQueue !== undefined) {
       this.guestEndPending = true;
       return;
     }
@@ -271,7 +380,7 @@ export class TcpPipe implements BudgetMember {
   private unhold(): void {
     if (!this.guestPausedForInspector) return;
     this.guestPausedForInspector = false;
-    if (!this.tcpClosed && !this.guestPausedForHost && !this.guestPausedForBudget) this.tcp?.resume();
+    this.resumeGuest();
     if (this.guestEndPending) {
       this.guestEndPending = false;
       this.guestEnd();
@@ -313,8 +422,15 @@ export class TcpPipe implements BudgetMember {
     if (reason === 'closed') {
       // Both FINs were exchanged (so the host already sent its FIN): let the
       // host socket flush what it still buffers towards the server; it closes
-      // by itself once its writing side has finished.
-      if (!this.host.destroyed) this.host.end();
+      // by itself once its writing side has finished. Bytes the rate limit
+      // still holds go first (egressWake ends the host after them).
+      if (!this.host.destroyed && this.egressQueue === undefined) this.host.end();
+    } else if (!this.host.destroyed && this.budgetCut) {
+      // Cut by its budget: what was charged reaches the host, then FIN (see cutByBudget); its answers are read and dropped.
+      this.host.end();
+      this.host.resume();
+      this.lingerTimer ??= setTimeout(() => this.host.resetAndDestroy(), BUDGET_LINGER_MS);
+      this.lingerTimer.unref?.();
     } else if (!this.host.destroyed) {
       // The guest reset, timed out or refused: reset the host side too, so
       // its peer sees ECONNRESET rather than a clean end of stream.
@@ -346,9 +462,8 @@ export class TcpPipe implements BudgetMember {
       return;
     }
     // The send ring copies what it takes.
-    const taken = this.tcp.write(chunk);
-    this.bytesToGuest += taken;
-    if (taken < chunk.length) {
+    const taken = this.writeToGuest(chunk);
+    if (taken < chunk.length && !this.tcpClosed) {
       const rest = chunk.subarray(taken);
       this.held = reused ? Buffer.from(rest) : rest;
       this.host.pause();
@@ -363,13 +478,47 @@ export class TcpPipe implements BudgetMember {
     this.flushHeld();
   }
 
+  /**
+   * Writes host bytes to the guest's send ring: at most what the ingress
+   * rate limit allows now (when that is what stops it, the pipe waits for
+   * the limiter; when the ring is full, for onDrain) and what the budget
+   * allows (when it runs out: cut). Returns how many were taken.
+   */
+  private writeToGuest(bytes: Uint8Array): number {
+    const tcp = this.tcp!;
+    const limiter = this.opts.rate?.ingress;
+    const meter = this.opts.meter;
+    if (limiter === undefined && meter === undefined) {
+      const taken = tcp.write(bytes);
+      this.bytesToGuest += taken;
+      return taken;
+    }
+    // Offered: what the rate and the budget allow now; charged: only what the send ring took (the rest stays held).
+    let n = bytes.length;
+    if (limiter !== undefined) {
+      n = Math.min(n, limiter.allowance());
+      if (n < bytes.length && n < tcp.writableSpace) limiter.wait(this.ingressWake);
+    }
+    if (meter !== undefined) n = Math.min(n, meter.remaining('ingress'));
+    const taken = n > 0 ? tcp.write(n < bytes.length ? bytes.subarray(0, n) : bytes) : 0;
+    limiter?.spend(taken);
+    if (meter !== undefined && taken > 0) meter.charge(taken, 'ingress');
+    this.bytesToGuest += taken;
+    if (meter?.ended === true || (meter !== undefined && n < bytes.length && meter.remaining('ingress') === 0)) this.cutByBudget();
+    return taken;
+  }
+
+  private readonly ingressWake = (): void => {
+    if (!this.finished) this.flushHeld();
+  };
+
   /** Writes held bytes to the guest; resumes the host (or sends FIN) once nothing is held. */
   private flushHeld(): void {
     const tcp = this.tcp;
     if (tcp === undefined || this.tcpClosed || !this.guestConnected) return;
     if (this.held !== undefined) {
-      const taken = tcp.write(this.held);
-      this.bytesToGuest += taken;
+      const taken = this.writeToGuest(this.held);
+      if (this.tcpClosed) return;
       if (taken < this.held.length) {
         this.held = this.held.subarray(taken);
         return;
@@ -422,6 +571,10 @@ export class TcpPipe implements BudgetMember {
     if (this.finished || !this.tcpClosed || !this.hostClosed) return;
     this.finished = true;
     if (this.lingerTimer !== undefined) clearTimeout(this.lingerTimer);
+    this.opts.rate?.egress?.cancel(this.egressWake);
+    this.opts.rate?.ingress?.cancel(this.ingressWake);
+    this.opts.meter?.close();
+    this.egressQueue = undefined;
     this.opts.budget?.remove(this);
     this.opts.onFinished(this, this.hostError !== undefined ? 'host-error' : (this.tcpCloseReason ?? 'aborted'));
   }

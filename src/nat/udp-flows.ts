@@ -13,11 +13,21 @@
  * work is refused, busy flows are never cut).
  * Datagrams that arrive while a flow's socket is still connecting wait in a
  * small bounded queue; beyond it they are dropped, as UDP allows.
+ *
+ * Rate limits and byte budgets (src/traffic/): a datagram cannot wait
+ * without a queue that would add latency and need a bound anyway, so one
+ * over the guest's rate is dropped (counted in /stats rate.*.droppedDatagrams);
+ * UDP senders (QUIC's congestion control, iperf3 -u) treat that as loss and
+ * slow down. A flow opened for a rule with a byte budget charges each
+ * datagram whole; the datagram that does not fit is dropped and the flow
+ * closed (its later datagrams open no new flow: the policy refuses the rule).
  */
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { formatIp, type IpAddress } from '../../netstack/addr.js';
 import type { FourTuple } from '../../netstack/api.js';
 import type { Logger } from '../log.js';
+import type { RateLimiter } from '../traffic/rate-limiter.js';
+import type { ByteBudgets, FlowMeter } from '../traffic/byte-budgets.js';
 
 export type SendToGuest = (from: IpAddress, fromPort: number, to: IpAddress, toPort: number, payload: Uint8Array) => void;
 
@@ -32,6 +42,14 @@ export interface UdpFlowTableOptions {
   evictIdleMs: number;
   /** A new flow refused at maxFlows (for the caller's rate-limited RefusalLog). */
   onLimit?: (fields: Record<string, unknown>) => void;
+  /** The guest's rate limits: datagrams over them are dropped. */
+  rate?: { egress?: RateLimiter | undefined; ingress?: RateLimiter | undefined };
+  /** Byte budgets per rule: a flow opened for a rule is charged every datagram. */
+  budgets?: ByteBudgets;
+  /** A flow closed because its rule's budget ran out (the caller records it). */
+  onBudgetSpent?: (tuple: FourTuple, rule: string) => void;
+  /** A flow closed, with the payload bytes it carried each way and the rule it was opened for. */
+  onClosed?: (tuple: FourTuple, rule: string | null, bytesUp: number, bytesDown: number) => void;
 }
 
 export interface UdpFlowStats {
@@ -56,6 +74,11 @@ interface UdpFlow {
   pending: Buffer[];
   idleTimer: NodeJS.Timeout;
   closed: boolean;
+  /** The budget of the rule that allowed it, if it has one. */
+  meter: FlowMeter | undefined;
+  readonly rule: string | null;
+  bytesUp: number;
+  bytesDown: number;
 }
 
 export function udpFlowKey(src: IpAddress, srcPort: number, dst: IpAddress, dstPort: number): string {
@@ -96,20 +119,23 @@ export class UdpFlowTable {
     return true;
   }
 
-  /** Sends one guest datagram to `hostAddress:dstPort`, opening the flow if needed. */
-  send(tuple: FourTuple, hostAddress: string, payload: Uint8Array): void {
+  /** Sends one guest datagram to `hostAddress:dstPort`, opening the flow if needed (charged to `rule`'s budget, if it has one). */
+  send(tuple: FourTuple, hostAddress: string, payload: Uint8Array, rule: string | null = null): void {
     const key = udpFlowKey(tuple.src, tuple.srcPort, tuple.dst, tuple.dstPort);
     let flow = this.flows.get(key);
+    if (this.opts.rate?.egress !== undefined && !this.opts.rate.egress.admitDatagram(payload.length)) return;
     if (flow === undefined) {
       if (!this.makeRoom(tuple)) return;
-      flow = this.open(key, tuple, hostAddress);
+      flow = this.open(key, tuple, hostAddress, rule);
     } else {
       this.flows.delete(key);
       this.flows.set(key, flow);
       flow.idleTimer.refresh();
       flow.lastUsed = performance.now();
     }
+    if (flow.meter !== undefined && !this.charge(flow, payload.length, 'egress')) return;
     this.counters.datagramsToHost++;
+    flow.bytesUp += payload.length;
     const copy = Buffer.from(payload); // the view dies with the callback
     if (!flow.connected) {
       if (flow.pending.length >= this.opts.pendingDatagrams) {
@@ -158,7 +184,27 @@ export class UdpFlowTable {
     return true;
   }
 
-  private open(key: string, tuple: FourTuple, hostAddress: string): UdpFlow {
+  /**
+   * Charges a datagram whole to the flow's budget; false: it does not fit
+   * and is dropped. Once the budget is spent the flow is closed (after this
+   * datagram, when it still fitted).
+   */
+  private charge(flow: UdpFlow, n: number, dir: 'egress' | 'ingress'): boolean {
+    const m = flow.meter!;
+    const fits = m.charge(n, dir) === n;
+    if (!fits) this.counters.dropped++;
+    if (m.ended) queueMicrotask(() => this.budgetSpent(flow));
+    return fits;
+  }
+
+  private budgetSpent(flow: UdpFlow): void {
+    if (flow.closed) return;
+    const rule = flow.meter?.rule;
+    this.close(flow, 'budget');
+    if (rule !== undefined) this.opts.onBudgetSpent?.(flow.tuple, rule);
+  }
+
+  private open(key: string, tuple: FourTuple, hostAddress: string, rule: string | null = null): UdpFlow {
     // The host side's family is the destination's (an IPv6 guest may reach an IPv4-only host by name, and the reverse).
     const socket = createSocket(hostAddress.includes(':') ? 'udp6' : 'udp4');
     const flow: UdpFlow = {
@@ -173,7 +219,12 @@ export class UdpFlowTable {
         this.close(flow, 'idle');
       }, this.opts.idleTimeoutMs),
       closed: false,
+      meter: undefined,
+      rule,
+      bytesUp: 0,
+      bytesDown: 0,
     };
+    flow.meter = this.opts.budgets?.open(rule, () => this.budgetSpent(flow));
     flow.idleTimer.unref();
     this.flows.set(key, flow);
     this.counters.opened++;
@@ -185,7 +236,10 @@ export class UdpFlowTable {
         this.flows.delete(key);
         this.flows.set(key, flow);
       }
+      if (this.opts.rate?.ingress !== undefined && !this.opts.rate.ingress.admitDatagram(msg.length)) return;
+      if (flow.meter !== undefined && !this.charge(flow, msg.length, 'ingress')) return;
       this.counters.datagramsToGuest++;
+      flow.bytesDown += msg.length;
       this.sendToGuest(tuple.dst, tuple.dstPort, tuple.src, tuple.srcPort, msg);
     });
     socket.on('error', (err) => {
@@ -222,6 +276,8 @@ export class UdpFlowTable {
   private close(flow: UdpFlow, why: string): void {
     if (flow.closed) return;
     flow.closed = true;
+    flow.meter?.close();
+    this.opts.onClosed?.(flow.tuple, flow.rule, flow.bytesUp, flow.bytesDown);
     clearTimeout(flow.idleTimer);
     if (this.flows.get(flow.key) === flow) this.flows.delete(flow.key);
     try {

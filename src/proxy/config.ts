@@ -42,6 +42,7 @@ const askOf = (ask: AskSettings | undefined): { ask?: AskSettings } => (ask === 
 import { INJECT_FLAG_NAMES } from '../inject/flags.js';
 import type { InjectSettings } from '../inject/interceptor.js';
 import { logFlagDocs, parseLogLimits, type LogLimits } from '../log-flags.js';
+import { parseTrafficFlags, trafficFlagDocs, type TrafficSettings } from '../traffic/flags.js';
 import { ProxyCredentials } from './auth.js';
 import { isLoopbackHost } from './exposure.js';
 
@@ -86,6 +87,8 @@ export interface ProxyConfig {
   inject?: InjectSettings;
   /** The logs' budget and the decision log's rotation (as for serve); DEFAULT_LOG_LIMITS where absent. */
   logLimits?: LogLimits;
+  /** Rate limits per client address and byte budgets per rule (--rate-*, --budget); none when absent. */
+  traffic?: TrafficSettings;
 }
 
 export const DEFAULT_PROXY_LISTEN = '127.0.0.1:3128';
@@ -169,6 +172,7 @@ export const PROXY_FLAGS: readonly FlagDoc[] = [
   shared('log-level'),
   shared('log-format'),
   ...logFlagDocs(),
+  ...trafficFlagDocs('client address'),
   shared('help'),
 ];
 
@@ -238,6 +242,8 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
   const { logLevel, logFormat } = parseLogSettings(raw);
   const logLimits = parseLogLimits(str);
   if (typeof logLimits === 'string') throw new ConfigError(logLimits);
+  const traffic = parseTrafficFlags(str, getters(raw).list, allowlist.allow);
+  if (typeof traffic === 'string') throw new ConfigError(traffic);
 
   return {
     kind: 'config',
@@ -263,6 +269,7 @@ export function parseProxyArgs(args: readonly string[], io: ConfigIo = NODE_CONF
       liveLookups: parseLiveLookupFlags(raw),
       ...askOf(parseAskFlagsOrThrow(raw, !allowAll, parseMode(raw) === 'audit')),
       logLimits,
+      traffic,
       ...injectOf(parseInjectFlagsOf(raw, io, allowlist.allow.length > 0 || allowAll)),
     },
   };

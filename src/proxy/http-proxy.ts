@@ -30,6 +30,8 @@ import type { Logger } from '../log.js';
 import { PROXY_AUTHENTICATE, type AuthFailureLog, type ProxyCredentials } from './auth.js';
 import { admit, admittedInFlight, type Admission } from './targets.js';
 import type { Dialer } from './tunnel.js';
+import { MeteredStream } from '../traffic/metered-stream.js';
+import type { ClientRates } from '../traffic/client-rates.js';
 
 /** What the HTTP listener needs from the proxy core. */
 export interface HttpProxyHost {
@@ -42,6 +44,8 @@ export interface HttpProxyHost {
   auth: ProxyCredentials | undefined;
   authFailures: AuthFailureLog;
   counters: { requests: number; connects: number; refused: number };
+  /** Rate limits per client address (a forwarded request's body and answer pass through them). */
+  clientRates?: ClientRates;
 }
 
 /** RFC 9110 7.6.1: hop-by-hop fields never forwarded (plus those the Connection field lists). */
@@ -275,6 +279,8 @@ function forward(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage,
   const framing: Forwarding['framing'] = doubt ? { kind: 'chunked' } : f.framing;
   let current: ClientRequest | null = null;
   const admitted = admittedInFlight(f.a);
+  // The client's rate limits and the admitting rule's budget: the body up and the answer down pass through meters.
+  const m = requestMeters(host, req, res, f);
   const attempt = (n: number): void => {
     const agent = doubt ? agents.oneShot : agents.pooled;
     const upReq = httpRequest({
@@ -301,7 +307,8 @@ function forward(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage,
       // Answered before the body was all sent: the connection's state is in doubt, never pool it.
       if (!upReq.writableFinished) upReq.shouldKeepAlive = false;
       res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, forwardedHeaders(upRes.rawHeaders, null));
-      upRes.pipe(res);
+      if (m !== undefined) upRes.pipe(m.down).pipe(res);
+      else upRes.pipe(res);
       upRes.on('error', () => res.destroy());
     });
     upReq.on('error', (err) => {
@@ -320,14 +327,44 @@ function forward(host: HttpProxyHost, agents: ProxyAgents, req: IncomingMessage,
       if (!res.headersSent) send(res, 502, 'Bad Gateway', `Moat could not reach ${f.a.dst}: ${err.message}\n`);
       else res.destroy();
     });
-    if (hasBody) req.pipe(upReq);
-    else upReq.end();
+    if (hasBody) {
+      if (m !== undefined) req.pipe(m.up).pipe(upReq);
+      else req.pipe(upReq);
+    } else upReq.end();
   };
   req.on('error', () => current?.destroy());
   res.on('close', () => {
     if (!res.writableFinished) current?.destroy();
   });
   attempt(0);
+}
+
+/**
+ * The meters of one forwarded request (undefined when no rate or budget
+ * applies). A spent budget ends both the request and the client connection
+ * (recorded, reason budget); its client is never answered 200.
+ */
+function requestMeters(host: HttpProxyHost, req: IncomingMessage, res: ServerResponse, f: Forwarding): { up: MeteredStream; down: MeteredStream } | undefined {
+  const egress = host.egress();
+  let cut = false;
+  const onCut = (): void => {
+    if (cut) return;
+    cut = true;
+    egress.recordBudgetCut('tcp', f.a.name ?? f.a.addresses[0]!, f.port, f.a.rule ?? '', f.a.name, 'target');
+    req.socket.resetAndDestroy();
+    res.destroy();
+  };
+  const meter = egress.budgets?.open(f.a.rule ?? null, onCut);
+  const rate = host.clientRates?.acquire(req.socket.remoteAddress);
+  if (meter === undefined && rate === undefined) return undefined;
+  res.once('close', () => {
+    meter?.close();
+    rate?.release();
+  });
+  return {
+    up: new MeteredStream({ limiter: rate?.egress, meter, direction: 'egress', onCut }),
+    down: new MeteredStream({ limiter: rate?.ingress, meter, direction: 'ingress', onCut }),
+  };
 }
 
 /** A request body's framing as node:http parsed it (RFC 9112 6.3), or why it cannot be forwarded. */

@@ -19,6 +19,7 @@ import { ApiServer, type AllowlistControl } from '../api-server.js';
 import { MonotonicClock } from '../clock.js';
 import { DEFAULT_SUBNET, formatUpstream, type DnsUpstream } from '../config.js';
 import { AllowlistRuntime, zoneNames } from '../egress/allowlist-runtime.js';
+import { ClientRates } from '../traffic/client-rates.js';
 import { decisionFileError, logStats, openDecisionLog } from '../egress/decision-log.js';
 import { DEFAULT_LOG_LIMITS } from '../log-flags.js';
 import { DEFAULT_EGRESS_OPTIONS, type Egress } from '../egress/egress.js';
@@ -131,6 +132,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         allowLinkLocal: false,
         egress: { ...DEFAULT_EGRESS_OPTIONS, peekTimeoutMs: config.peekTimeoutMs, maxHeld: config.maxConnections, mode: config.mode, refusalDetails: config.refusalDetails, refuseEch: config.refuseEch, ...(injector ? { injector } : {}) },
         liveLookups: config.liveLookups,
+        ...(config.traffic ? { budgets: config.traffic.budgets, budgetDirection: config.traffic.budgetDirection } : {}),
         ...(config.ask ? { ask: { settings: config.ask, ...(options.ask ? { callback: options.ask } : {}) } } : {}),
         now: d.now,
         ...(sink ? { decisionSink: sink } : {}),
@@ -149,10 +151,15 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     const finished = { opened: 0, bytesUp: 0, bytesDown: 0 };
     const counters = { requests: 0, connects: 0, socksConnects: 0, refused: 0, authFailures: 0, udpAssociations: 0, udpOut: 0, udpIn: 0, udpDropped: 0, udpSendErrors: 0 };
     const tlog = log.child({ component: 'proxy' });
+    // Rate limits per client address: every tunnel and forwarded request of one address shares them.
+    const clientRates = new ClientRates(config.traffic?.rateEgress, config.traffic?.rateIngress);
     const openTunnel = (client: Socket, a: Extract<Admission, { ok: true }>, head: Uint8Array): void => {
       finished.opened++;
-      const t = new Tunnel(client, a, { egress, dialer, log: tlog, serverFirstGraceMs: d.serverFirstGraceMs }, (done) => {
+      const rate = clientRates.acquire(client.remoteAddress);
+      const t = new Tunnel(client, a, { egress, dialer, log: tlog, serverFirstGraceMs: d.serverFirstGraceMs, rate }, (done) => {
+        rate?.release();
         if (!tunnels.delete(done)) return;
+        egress.decisions.flowClosed({ proto: 'tcp', dst: done.plan.dst, rule: done.plan.rule ?? null, name: done.plan.name, bytesUp: done.bytesUp, bytesDown: done.bytesDown });
         finished.bytesUp += done.bytesUp;
         finished.bytesDown += done.bytesDown;
       });
@@ -165,7 +172,7 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
 
     const authFailures = new AuthFailureLog(counters, tlog);
     closers.push(() => authFailures.close());
-    const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters, auth: config.auth, authFailures };
+    const core = { egress: () => egress, dialer, log: tlog, openTunnel, counters, auth: config.auth, authFailures, clientRates };
     const { server: httpServer, agents } = createHttpProxy(core, { maxConnections: config.maxConnections, headersTimeoutMs: config.peekTimeoutMs });
     closers.push(() => agents.destroy());
     const httpSockets = track(httpServer);
@@ -184,8 +191,9 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
     const allowlist: AllowlistControl = {
       rules: () => runtime.ruleTexts,
       zones: () => zoneNames(runtime.zoneTable),
-      reload: async (texts, drop) => {
-        const result = await runtime.reload(texts);
+      budgets: () => runtime.budgets.stats(),
+      reload: async (texts, drop, budgets) => {
+        const result = await runtime.reload(texts, budgets);
         let dropped = 0;
         if (drop) {
           // Each tunnel and upstream connection is re-decided as it was admitted (Egress.recheck, one record per refusal); refused ones are closed.
@@ -217,6 +225,8 @@ export async function startProxy(config: ProxyConfig, log: Logger, deps: Partial
         liveBudget: { enabled: runtime.liveBudget.enabled, ...runtime.liveBudget.stats },
         connections: { http: httpSockets.size, socks: socksSockets?.size ?? 0 },
         logs: logStats(log, egress.decisions, sink),
+        ...(clientRates.enabled ? { rate: clientRates.stats() } : {}),
+        ...(runtime.budgets.size > 0 ? { budgets: runtime.budgets.stats() } : {}),
         ...(runtime.ask ? { ask: runtime.ask.stats() } : {}),
         ...(injector ? { inject: injector.stats() } : {}),
       };
@@ -293,6 +303,10 @@ export function describeProxyConfig(c: ProxyConfig): Record<string, unknown> {
     auth: c.auth === undefined ? undefined : { file: c.authFile, users: c.auth.size },
     refusalDetails: c.refusalDetails,
     ...(c.logLimits === undefined ? {} : { logLimits: c.logLimits }),
+    // Rates and the budget direction need a restart; budgets reload with the rules (SIGHUP, PUT /allowlist).
+    ...(c.traffic?.rateEgress === undefined ? {} : { rateEgress: c.traffic.rateEgress }),
+    ...(c.traffic?.rateIngress === undefined ? {} : { rateIngress: c.traffic.rateIngress }),
+    ...(c.traffic === undefined || c.traffic.budgets.length === 0 ? {} : { budget: c.traffic.budgets, budgetDirection: c.traffic.budgetDirection }),
     ...(c.ask === undefined ? {} : { onUnlisted: 'ask', askTimeoutMs: c.ask.timeoutMs }),
   };
 }

@@ -21,6 +21,7 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import type { Socket } from 'node:net';
 import type { Egress } from '../egress/egress.js';
 import type { Logger } from '../log.js';
+import type { FlowMeter } from '../traffic/byte-budgets.js';
 
 /** Destinations one association remembers for replies; the oldest is forgotten beyond it. */
 const MAX_PEERS = 256;
@@ -86,7 +87,11 @@ export async function openUdpAssociation(
   const bindIp = (control.localAddress ?? '127.0.0.1').replace(/^::ffff:/, '');
   const relay: UdpSocket = createSocket('udp4');
   const out: UdpSocket = createSocket('udp4');
+  // Byte budgets: this association's datagrams are charged whole to the rule that allowed each (one meter per rule).
+  const meters = new Map<string, FlowMeter>();
   const close = (): void => {
+    for (const m of meters.values()) m.close();
+    meters.clear();
     for (const s of [relay, out]) {
       try {
         s.close();
@@ -169,7 +174,20 @@ export async function openUdpAssociation(
       if (peers.size >= MAX_PEERS) peers.delete(peers.values().next().value!);
       peers.add(key);
     }
-    out.send(msg.subarray(h.dataOffset), h.port, h.address, sent('udpOut'));
+    const payload = msg.subarray(h.dataOffset);
+    if (d.rule !== null && e.budgets !== undefined && e.budgets.size > 0) {
+      let m = meters.get(d.rule);
+      if (m === undefined || m.ended) {
+        m = e.budgets.open(d.rule, () => {});
+        if (m !== undefined) meters.set(d.rule, m);
+      }
+      if (m !== undefined && m.charge(payload.length, 'egress') < payload.length) {
+        counters.udpDropped++;
+        e.recordBudgetCut('udp', h.address, h.port, d.rule, null, 'target');
+        return;
+      }
+    }
+    out.send(payload, h.port, h.address, sent('udpOut'));
   };
 
   const a = relay.address();

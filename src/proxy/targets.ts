@@ -72,6 +72,8 @@ export type Admission =
       dst: string;
       /** Egress.version it was decided under: the tunnel re-decides it if the rules change before its dial completes. */
       version?: number;
+      /** The rule that allowed it (its bytes are charged to that rule's budget); absent for audit pass-through. */
+      rule?: string | null;
       /** Ask mode answered it (not admitted again if the rules changed meanwhile: that would ask twice). */
       asked?: boolean;
     }
@@ -134,11 +136,11 @@ function admitAddress(egress: Egress, address: string, port: number): Admission 
   if (d.verdict === 'block') return { ok: false, id, kind: 'blocked', reason: d.reason, name: null, ...(d.detail !== undefined ? { detail: d.detail } : {}) };
   // An IPv4-mapped or NAT64 target is dialed at the IPv4 address it was decided as.
   const dial = d.verdict === 'allow' && d.dial.kind === 'address' ? d.dial.address : address;
-  return { ok: true, id, name: null, addresses: [dial], port, peek: 'none', dst: `${shown}:${port}` };
+  return { ok: true, id, name: null, addresses: [dial], port, peek: 'none', dst: `${shown}:${port}`, rule: d.verdict === 'allow' ? d.rule : null };
 }
 
 async function admitName(egress: Egress, host: string, port: number, log: Logger, signal?: AbortSignal): Promise<Admission> {
-  let d = egress.policy.decideName('tcp', host, port, 'target');
+  let d = egress.decideName('tcp', host, port, 'target');
   let mark: AskMark | undefined;
   if (egress.askable(d)) {
     // Ask mode: the target waits for a verdict (its client connection stays open, nothing is dialed).
@@ -149,7 +151,7 @@ async function admitName(egress: Egress, host: string, port: number, log: Logger
       return { ok: false, id, kind: 'blocked', reason: o.reason, name: d.name, asked: true, ...(o.detail !== undefined ? { detail: o.detail } : {}) };
     }
     // allow-name: decided again under the rules that now name it; allow-once: this target only.
-    d = o.verdict === 'allow-once' ? egress.askedOnce(d.name) : egress.policy.decideName('tcp', host, port, 'target');
+    d = o.verdict === 'allow-once' ? egress.askedOnce(d.name) : egress.decideName('tcp', host, port, 'target');
     const a = await admitDecided(egress, d, host, port, log, mark);
     return { ...a, asked: true };
   }
@@ -190,7 +192,7 @@ async function admitDecided(egress: Egress, d: Decision, host: string, port: num
   }
   const id = egress.record(d, 'tcp', name, port, 'target', `dial ${admitted.join(',')}`, undefined, mark);
   const peek: PeekMode = port === 80 || port === 443 ? 'required' : 'optional';
-  return { ok: true, id, name, addresses: admitted, port, peek, dst: `${name}:${port}` };
+  return { ok: true, id, name, addresses: admitted, port, peek, dst: `${name}:${port}`, rule: d.rule };
 }
 
 /** Audit mode: a name the rules refuse still goes to its own addresses (no peek: nothing would be refused). */

@@ -21,6 +21,10 @@
  * hand (write/drain) instead of stream.pipe(), so every client chunk passes
  * the watch first.
  *
+ * Rate limits (the client address's) and the byte budget of the rule that
+ * admitted the tunnel sit between the sockets as MeteredStreams
+ * (src/traffic/metered-stream.ts): over the rate a side is simply not read;
+ * a spent budget resets both sides, recorded (reason budget).
  * A TLS tunnel to a host with an --inject rule is handed to the interceptor
  * (src/inject/) instead of being piped.
  *
@@ -39,6 +43,10 @@ import { forbiddenResponse, TLS_ACCESS_DENIED_ALERT } from '../egress/refusals.j
 import type { InspectVerdict } from '../nat/tcp-pipe.js';
 import type { Logger } from '../log.js';
 import { admittedInFlight, type PeekMode } from './targets.js';
+import { MeteredStream } from '../traffic/metered-stream.js';
+import { BUDGET_LINGER_MS } from '../nat/tcp-pipe.js';
+import type { RateLimiter } from '../traffic/rate-limiter.js';
+import type { FlowMeter } from '../traffic/byte-budgets.js';
 
 /** How the proxy dials (TcpFlowTable.connectFirst in production). */
 export interface Dialer {
@@ -55,6 +63,8 @@ export interface TunnelPlan {
   dst: string;
   /** Egress.version the admission was decided under (targets.ts); undefined: never re-checked. */
   version?: number;
+  /** The rule that admitted it: its byte budget is charged. */
+  rule?: string | null;
 }
 
 export interface TunnelContext {
@@ -67,6 +77,8 @@ export interface TunnelContext {
    * (SMTP, MySQL...) never speak first.
    */
   serverFirstGraceMs: number;
+  /** The client address's rate limits (--rate-egress/--rate-ingress), if any. */
+  rate?: { egress: RateLimiter | undefined; ingress: RateLimiter | undefined } | undefined;
 }
 
 type State = 'peeking' | 'dialing' | 'piped' | 'refusing' | 'answering' | 'closed';
@@ -94,6 +106,8 @@ export class Tunnel {
   private injectRefused = false;
   bytesUp = 0;
   bytesDown = 0;
+  /** The budget of the admitting rule, if it has one. */
+  private meter: FlowMeter | undefined;
 
   constructor(
     private readonly client: Socket,
@@ -140,7 +154,40 @@ export class Tunnel {
     this.heldBytes = 0;
     this.client.destroy();
     this.upstream?.destroy();
+    this.meter?.close();
     this.onDone(this);
+  }
+
+  /** The admitting rule's budget ran out: recorded, both sides reset. */
+  private budgetCut(): void {
+    if (this.state === 'closed') return;
+    const rule = this.meter?.rule ?? this.plan.rule ?? '';
+    this.ctx.egress.recordBudgetCut('tcp', this.dstHost, this.plan.port, rule, this.plan.name, 'target');
+    this.client.resetAndDestroy();
+    // The upstream gets what its socket already holds (charged), then FIN; reset if it has not closed within the linger.
+    const up = this.upstream;
+    this.upstream = undefined;
+    if (up !== undefined && !up.destroyed) {
+      up.end();
+      up.resume();
+      setTimeout(() => up.destroy(), BUDGET_LINGER_MS).unref();
+    }
+    this.destroy();
+  }
+
+  /**
+   * Streams between the sockets for the rate limits and the budget, or
+   * undefined (the sockets are piped directly) when neither applies.
+   */
+  private meters(): { up: MeteredStream; down: MeteredStream } | undefined {
+    this.meter = this.ctx.egress.budgets?.open(this.plan.rule ?? null, () => this.budgetCut());
+    const rate = this.ctx.rate;
+    if (this.meter === undefined && rate?.egress === undefined && rate?.ingress === undefined) return undefined;
+    const onCut = (): void => this.budgetCut();
+    return {
+      up: new MeteredStream({ limiter: rate?.egress, meter: this.meter, direction: 'egress', onCut }),
+      down: new MeteredStream({ limiter: rate?.ingress, meter: this.meter, direction: 'ingress', onCut }),
+    };
   }
 
   // --- peeking ---------------------------------------------------------
@@ -283,23 +330,32 @@ export class Tunnel {
     up.on('error', () => this.destroy());
     // While answering a refusal, the client side closes itself once the answer is out (or the linger timer fires).
     up.on('close', () => (this.state === 'answering' ? undefined : this.destroy()));
+    const m = this.meters();
     // Only a tunnel whose first bytes named the host is watched: server-first and other protocols on a named port are not HTTP or TLS.
     if (this.named !== null) {
-      this.pipeWatched(up, new FlowWatch(this.named, this.ctx.egress, { dst: this.dstHost, port: this.plan.port }));
+      this.pipeWatched(up, new FlowWatch(this.named, this.ctx.egress, { dst: this.dstHost, port: this.plan.port }), m);
       return;
+    }
+    // With meters: client -> up meter -> upstream, upstream -> down meter -> client.
+    const toUp: NodeJS.WritableStream = m?.up ?? up;
+    if (m !== undefined) {
+      m.up.pipe(up);
+      m.up.on('error', () => this.destroy());
+      m.down.on('error', () => this.destroy());
     }
     for (const chunk of this.held) {
       this.bytesUp += chunk.length;
-      up.write(chunk);
+      toUp.write(chunk);
     }
     this.held.length = 0;
     this.heldBytes = 0;
     this.client.on('data', (c: Buffer) => (this.bytesUp += c.length));
     up.on('data', (c: Buffer) => (this.bytesDown += c.length));
     // pipe() ends the destination when the source ends: half-close passes through (both sockets allowHalfOpen).
-    this.client.pipe(up);
-    up.pipe(this.client);
-    if (this.clientEnded) up.end();
+    this.client.pipe(toUp);
+    if (m !== undefined) up.pipe(m.down).pipe(this.client);
+    else up.pipe(this.client);
+    if (this.clientEnded) toUp.end();
     this.client.resume();
   }
 
@@ -342,19 +398,28 @@ export class Tunnel {
   }
 
   /** Client -> upstream through the watch (by hand, with backpressure); upstream -> client piped. */
-  private pipeWatched(up: Socket, watch: FlowWatch): void {
+  private pipeWatched(up: Socket, watch: FlowWatch, m: { up: MeteredStream; down: MeteredStream } | undefined): void {
+    // With meters the client's bytes go through the up meter, and the upstream's answers through the down meter.
+    const toUp: NodeJS.WritableStream & { destroyed: boolean; writableEnded: boolean } = m?.up ?? up;
+    const fromUp: NodeJS.ReadableStream = m?.down ?? up;
+    if (m !== undefined) {
+      m.up.pipe(up);
+      up.pipe(m.down);
+      m.up.on('error', () => this.destroy());
+      m.down.on('error', () => this.destroy());
+    }
     let inspecting: FlowWatch | null = watch;
     let heldForWatch = false;
     let pausedForUpstream = false;
     let endPending = false;
     const forward = (b: Uint8Array): void => {
-      if (up.destroyed || up.writableEnded) return;
+      if (up.destroyed || up.writableEnded || toUp.destroyed || toUp.writableEnded) return;
       this.bytesUp += b.length;
       // Views of the client's own chunks (never reused) or of the watch's released buffers.
-      if (!up.write(b) && !pausedForUpstream) {
+      if (!toUp.write(b) && !pausedForUpstream) {
         pausedForUpstream = true;
         this.client.pause();
-        up.once('drain', () => {
+        toUp.once('drain', () => {
           pausedForUpstream = false;
           if (!heldForWatch && this.state === 'piped') this.client.resume();
         });
@@ -362,7 +427,7 @@ export class Tunnel {
     };
     const endUpstream = (): void => {
       if (heldForWatch) endPending = true;
-      else if (!up.destroyed) up.end();
+      else if (!toUp.destroyed) toUp.end();
     };
     const apply = (v: InspectVerdict): void => {
       switch (v) {
@@ -378,7 +443,7 @@ export class Tunnel {
           if (heldForWatch) {
             heldForWatch = false;
             if (!pausedForUpstream) this.client.resume();
-            if (endPending) up.end();
+            if (endPending) toUp.end();
           }
           return;
         case 'reset':
@@ -389,7 +454,7 @@ export class Tunnel {
           return;
         case 'answer':
           inspecting = null;
-          this.answerAfterUpstream(up, watch);
+          this.answerAfterUpstream(up, watch, fromUp);
           return;
       }
     };
@@ -403,8 +468,8 @@ export class Tunnel {
       if (inspecting !== null && inspecting.watchingHost) apply(inspecting.host(c, forward));
     });
     // The upstream's answers go to the client; its end is passed on by hand (a refusal may have to follow it).
-    up.pipe(this.client, { end: false });
-    up.on('end', () => {
+    fromUp.pipe(this.client, { end: false });
+    fromUp.on('end', () => {
       if (this.state === 'answering') this.endClientWith(watch.answer);
       else if (this.state === 'piped') this.client.end();
     });
@@ -418,11 +483,11 @@ export class Tunnel {
   }
 
   /** A refused request on a watched HTTP tunnel: the upstream finishes what it was sent, then the 403 and the close. */
-  private answerAfterUpstream(up: Socket, watch: FlowWatch): void {
+  private answerAfterUpstream(up: Socket, watch: FlowWatch, fromUp: NodeJS.ReadableStream): void {
     this.state = 'answering';
     this.client.pause();
     if (!up.destroyed) up.end();
-    if (up.readableEnded) this.endClientWith(watch.answer);
+    if ((fromUp as Socket).readableEnded) this.endClientWith(watch.answer);
     this.timer = setTimeout(() => this.destroy(), this.ctx.egress.options.refusalLingerMs);
   }
 

@@ -98,7 +98,7 @@ describe.skipIf(gate.skip)('moat serve e2e: flow limits driven over their bound 
     expect(l['tcpFlows']).toMatchObject({ max: 20, current: 20 });
     expect(l['tcpFlows']!.refused).toBeGreaterThanOrEqual(10);
     // Every limit reports itself, with the flag's value as its bound.
-    expect(Object.keys(l).sort()).toEqual(['apiBody', 'buffers', 'dnsInFlight', 'fragments', 'halfOpen', 'peek', 'tcpFlows', 'timeWait', 'udpFlows']);
+    expect(Object.keys(l).sort()).toEqual(['apiBody', 'buffers', 'dnsInFlight', 'fragments', 'halfOpen', 'icmpEcho', 'peek', 'tcpFlows', 'timeWait', 'udpFlows']);
     expect(l['fragments']).toMatchObject({ maxBytes: 4 * 1024 * 1024, maxDatagrams: 256, datagrams: 0, bytes: 0, refused: 0 });
     expect(l['halfOpen']!.max).toBe(8);
     expect(rssKiB(moatPid(fx))).toBeLessThan(RSS_BOUND_KIB);

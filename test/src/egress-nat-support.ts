@@ -16,6 +16,7 @@ import type { LiveLookupSettings } from '../../src/allowlist/live-lookup-flags.j
 import { Nat, type NatOptions } from '../../src/nat/index.js';
 import type { AskSettings } from '../../src/egress/ask-gate.js';
 import { FakePendingTcp, FakeStack, type FakeTcpSocket } from './nat-fake-stack.js';
+import type { BudgetDirection, BudgetSpec } from '../../src/traffic/byte-budgets.js';
 
 export const GUEST = ipv4(192, 168, 127, 2);
 /** A destination the guest "chooses": never dialed (connectHost throws for it). */
@@ -50,7 +51,19 @@ export interface EgressNat {
 
 export async function startEgressNat(
   rules: string[],
-  opts: { admit?: string[]; egress?: Partial<EgressOptions>; names?: Record<string, string[]>; names6?: Record<string, string[]>; ipv6?: AllowlistIpv6Options; liveLookups?: LiveLookupSettings; quic?: NatOptions['quic']; nat?: Partial<NatOptions>; ask?: AskSettings } = {},
+  opts: {
+    admit?: string[];
+    egress?: Partial<EgressOptions>;
+    names?: Record<string, string[]>;
+    names6?: Record<string, string[]>;
+    ipv6?: AllowlistIpv6Options;
+    liveLookups?: LiveLookupSettings;
+    quic?: NatOptions['quic'];
+    budgets?: BudgetSpec[];
+    budgetDirection?: BudgetDirection;
+    nat?: Partial<NatOptions>;
+    ask?: AskSettings;
+  } = {},
 ): Promise<EgressNat> {
   const resolver = new MapResolver(opts.names ?? { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'blocked.test': ['127.0.0.1'] }, opts.names6);
   const logLines: Record<string, unknown>[] = [];
@@ -69,6 +82,8 @@ export async function startEgressNat(
       egress: { ...DEFAULT_EGRESS_OPTIONS, ...opts.egress },
       now: () => performance.now(),
       ...(opts.liveLookups ? { liveLookups: opts.liveLookups } : {}),
+      ...(opts.budgets ? { budgets: opts.budgets } : {}),
+      ...(opts.budgetDirection ? { budgetDirection: opts.budgetDirection } : {}),
       ...(opts.ask ? { ask: { settings: opts.ask } } : {}),
       ...(opts.ipv6 ? { ipv6: opts.ipv6 } : {}),
     },

@@ -133,6 +133,19 @@ describe('learnAllowlist: properties', () => {
     );
   });
 
+  it('TCP and QUIC to one name on port 80 give only NAME:80 (it carries TCP 80 too; a portless rule beside it would be redundant)', () => {
+    // The property below found this (seed -1906782829): the portless rule was emitted beside NAME:80.
+    const records: LearnRecord[] = [
+      { decision: 'allowed', reason: 'name-sni', proto: 'tcp', name: 's3.amazonaws.com', dst: '0.0.0.0:80' },
+      { decision: 'allowed', reason: 'name-sni', proto: 'quic', name: 's3.amazonaws.com', dst: '0.0.0.0:80' },
+      { decision: 'allowed', reason: 'dns-sinkhole', proto: 'dns', name: 'a.example.com', dst: 'a.example.com' },
+    ];
+    expect(learnAllowlist(records, { wildcardMin: 2 }).rules).toEqual(['s3.amazonaws.com:80']);
+    // With TCP 443 too, the portless rule is needed for it.
+    const with443 = [...records, { decision: 'allowed', reason: 'name-sni', proto: 'tcp', name: 's3.amazonaws.com', dst: '0.0.0.0:443' } as LearnRecord];
+    expect(learnAllowlist(with443, { wildcardMin: 2 }).rules).toEqual(['s3.amazonaws.com', 's3.amazonaws.com:80']);
+  });
+
   it('every rule is needed: without any one of them some flow of the log is refused', () => {
     // A named flow is checked at an address the job never used: its name's
     // addresses may change by the next run, so its name rule must carry it

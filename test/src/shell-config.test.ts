@@ -301,6 +301,13 @@ describe('config file and flag precedence', () => {
       'on-unlisted': 'refuse',
       // The logs' budget and rotation flags (src/log-flags.ts), likewise.
       ...Object.fromEntries(LOG_FLAG_SPECS.map((l) => [l.flag, l.min])),
+      // Rate limits and byte budgets (src/traffic/flags.ts).
+      'rate-egress': '50Mbit',
+      'rate-egress-burst': '1MiB',
+      'rate-ingress': '10MiB/s',
+      'rate-ingress-burst': '256KiB',
+      budget: ['github.com=50MiB/1h'],
+      'budget-direction': 'both',
       // Credential injection (src/inject/flags.ts).
       secret: ['gh=file:/gh.key'],
       inject: ['github.com Authorization: Bearer ${gh}'],
