@@ -23,7 +23,8 @@ export class BuiltinNamesDns implements GatewayDns {
 
   constructor(
     private readonly inner: GatewayDns,
-    addresses: { gatewayIpv4: string; hostAliasIpv4: string },
+    /** With the IPv6 addresses (an IPv6 guest link), the names answer AAAA too; without, AAAA is NODATA. */
+    addresses: { gatewayIpv4: string; hostAliasIpv4: string; gatewayIpv6?: string; hostAliasIpv6?: string },
   ) {
     const builtins = builtinHosts(addresses);
     this.names = new Set(builtins.map((b) => b.name));
@@ -35,7 +36,7 @@ export class BuiltinNamesDns implements GatewayDns {
         resolve6: () => Promise.reject(new Error('no upstream for built-in names')),
       },
       timers: realTimers,
-      ipv6: false,
+      ipv6: addresses.gatewayIpv6 !== undefined || addresses.hostAliasIpv6 !== undefined,
     });
   }
 

@@ -21,7 +21,7 @@
  * AllowlistRuntime, which the API's PUT /allowlist reloads.
  */
 import type { IPv4 } from '../netstack/addr.js';
-import { formatIPv4, formatMac } from '../netstack/addr.js';
+import { formatIPv4, formatIPv6, formatMac } from '../netstack/addr.js';
 import type { Clock } from '../netstack/clock.js';
 import type { NetStack, PendingTcp, StackConfig, StackEvents, UdpDatagram } from '../netstack/api.js';
 import { randomBytes } from 'node:crypto';
@@ -549,6 +549,10 @@ async function startAllowlist(
         hostAliasIpv4: formatIPv4(config.hostIp),
         sinkhole: config.sinkhole,
         guestSubnet: { network: formatIPv4(config.network), prefix: config.prefix },
+        // IPv6 on the link: AAAA zones and pins, the guest's prefix and IPv6 host alias in the policy (issue 19).
+        ...(config.ipv6 === undefined ? {} : {
+          ipv6: { guestPrefix: { network: formatIPv6(config.ipv6.prefix), prefix: 64 }, gatewayIpv6: formatIPv6(config.ipv6.gatewayIp), hostAliasIpv6: formatIPv6(config.ipv6.hostIp) },
+        }),
         admitResolved: config.admitResolved,
         hostAliasExempt: config.allowHostAlias,
         allowLinkLocal: config.allowLinkLocal,

@@ -27,7 +27,7 @@
  * SNI or Host decides, and is then dialed to an address Moat resolved for
  * that name. The gateway's own services (DNS) are never subject to it.
  */
-import type { IpAddress, IPv4 } from '../../netstack/addr.js';
+import type { IPv4 } from '../../netstack/addr.js';
 import type { NetStack, PendingTcp, UdpDatagram } from '../../netstack/api.js';
 import { BuiltinNamesDns } from '../builtin-names-dns.js';
 import { DnsForwarder, servfailFor, systemUpstreams } from '../dns-forward.js';
@@ -36,7 +36,7 @@ import type { GatewayDns, GatewayDnsStats } from '../gateway-dns.js';
 import type { Logger } from '../log.js';
 import type { Egress, InFlight } from '../egress/egress.js';
 import { HeldConnection } from '../egress/held-connection.js';
-import { formatIp, formatIPv4 } from '../../netstack/addr.js';
+import { formatIp, formatIPv4, formatIPv6 } from '../../netstack/addr.js';
 import type { SynInfo } from '../../netstack/api.js';
 import { classifyDestination } from './destination.js';
 import { natOptions, type NatOptions } from './options.js';
@@ -212,7 +212,11 @@ export class Nat implements GatewayUdpClaims {
           },
           log,
         ),
-        { gatewayIpv4: formatIPv4(this.options.gatewayIp), hostAliasIpv4: formatIPv4(this.options.hostIp) },
+        {
+          gatewayIpv4: formatIPv4(this.options.gatewayIp),
+          hostAliasIpv4: formatIPv4(this.options.hostIp),
+          ...(this.options.ipv6 ? { gatewayIpv6: formatIPv6(this.options.ipv6.gatewayIp), hostAliasIpv6: formatIPv6(this.options.ipv6.hostIp) } : {}),
+        },
       );
     this.dns = this.options.wrapDns ? this.options.wrapDns(gatewayDns) : gatewayDns;
   }
@@ -242,21 +246,9 @@ export class Nat implements GatewayUdpClaims {
         return;
       case 'host':
         if (this.egress === undefined) this.tcp.dial(pending, dest.address);
-        else if (typeof syn.dst !== 'number') this.egressTcp6(pending);
-        else this.egressTcp(pending, this.egress, dest.address, syn as SynInfo & { dst: IPv4 });
+        else this.egressTcp(pending, this.egress, dest.address, syn);
         return;
     }
-  }
-
-  /**
-   * HOOK for issue 19's policy side: an IPv6 flow under an allowlist. Until
-   * the egress policy decides IPv6 destinations (rules, special ranges,
-   * pins of AAAA answers), every such flow is refused: no family may become
-   * the bypass. Recorded like any refusal of the NAT.
-   */
-  private egressTcp6(pending: PendingTcp): void {
-    this.policyBlocked.tcp++;
-    this.tcp.refuse(pending, 'policy:ipv6-not-decided');
   }
 
   /** With an egress policy, link-local is the policy's call (a rule may name it), not the NAT's blanket refusal. */
@@ -264,12 +256,21 @@ export class Nat implements GatewayUdpClaims {
     return this.egress === undefined || this.options.allowLinkLocal ? this.options : { ...this.options, allowLinkLocal: true };
   }
 
-  private egressTcp(pending: PendingTcp, egress: Egress, hostAddress: string, syn: SynInfo & { dst: IPv4 }): void {
-    const d = egress.decideFlow('tcp', syn.dst, syn.dstPort);
+  /**
+   * Either family (issue 19: no family may become the bypass): an IPv6
+   * destination is decided by the same policy (sni/policy.ts decide6: IPv6
+   * rules, its special ranges, the IPv6 host alias), held and dialed by name
+   * like an IPv4 one (HeldConnection puts the flow's own family first).
+   * `hostAddress` is the guest's own text but for the host alias; the forms
+   * that ARE an IPv4 address (where the policy's dial address would differ)
+   * never get here: classifyDestination refuses them.
+   */
+  private egressTcp(pending: PendingTcp, egress: Egress, hostAddress: string, syn: SynInfo): void {
+    const flow = { proto: 'tcp', dst: formatIp(syn.dst), port: syn.dstPort } as const;
+    const d = egress.decide(flow);
     // Audit: a web flow no hostname rule covers is still peeked, so that its
     // record (and what moat learn proposes) carries the name, not just an IP.
     const peekToLearn = egress.audit && d.verdict === 'block' && d.reason === 'no-rule' && (syn.dstPort === 80 || syn.dstPort === 443);
-    const flow = { proto: 'tcp', dst: formatIPv4(syn.dst), port: syn.dstPort } as const;
     if (d.verdict === 'block' && !peekToLearn) {
       const via = d.name === null ? null : 'pin';
       const id = egress.record(d, 'tcp', flow.dst, syn.dstPort, via);
@@ -356,13 +357,7 @@ export class Nat implements GatewayUdpClaims {
         return;
       }
       case 'host':
-        if (this.egress !== undefined && typeof d.dst !== 'number') {
-          // HOOK (issue 19 policy side), as egressTcp6: IPv6 under an allowlist is refused until the policy decides it.
-          this.policyBlocked.udp++;
-          this.udpRefused++;
-          return;
-        }
-        if (this.egress !== undefined && !this.udpAllowed(d as UdpDatagram & { dst: IPv4 }, this.egress, dest.address)) return;
+        if (this.egress !== undefined && !this.udpAllowed(d, this.egress, dest.address)) return;
         this.udp.send(d, dest.address, d.payload);
         return;
     }
@@ -371,23 +366,24 @@ export class Nat implements GatewayUdpClaims {
   /**
    * UDP leaves by an IP/CIDR rule, or by the name in its QUIC Initial (the
    * QuicFlows gate takes the datagram and returns false here); a known
-   * flow was decided by its first datagram(s).
+   * flow was decided by its first datagram(s). Either family, as egressTcp.
    */
-  private udpAllowed(d: UdpDatagram & { dst: IPv4 }, egress: Egress, hostAddress: string): boolean {
+  private udpAllowed(d: UdpDatagram, egress: Egress, hostAddress: string): boolean {
     const quic = this.quic!;
     if (quic.owns(d)) {
       quic.onDatagram(d, hostAddress);
       return false;
     }
     if (this.udp.has(d)) return true;
-    const decision = egress.decideFlow('udp', d.dst, d.dstPort);
+    const dst = formatIp(d.dst);
+    const decision = egress.decide({ proto: 'udp', dst, port: d.dstPort });
     // Audit: QUIC to 443 no rule covers is still read, so that its record (and moat learn) carries the name.
     const peekToLearn = egress.audit && decision.verdict === 'block' && decision.reason === 'udp-needs-ip-rule' && d.dstPort === 443 && looksLikeQuicInitial(d.payload);
     if (decision.verdict === 'peek' || peekToLearn) {
       quic.onDatagram(d, hostAddress);
       return false;
     }
-    egress.record(decision, 'udp', formatIPv4(d.dst), d.dstPort, null);
+    egress.record(decision, 'udp', dst, d.dstPort, null);
     if (decision.verdict === 'allow') {
       // The flow opens here, charged to the rule that allowed it.
       this.udp.send(d, hostAddress, d.payload, decision.rule);

@@ -38,7 +38,7 @@ import { formatIp, formatIPv4 } from '../../netstack/addr.js';
 import type { FourTuple, UdpDatagram } from '../../netstack/api.js';
 import { longHeaderDcid, looksLikeQuicInitial, QuicInitialReader, type QuicInitialResult, type QuicVersionName } from '../../sni/quic-initial.js';
 import type { Decision } from '../../sni/policy.js';
-import { LiveLookupRefusedError } from '../egress/dial-targets.js';
+import { dialOrder, familyOf, LiveLookupRefusedError } from '../egress/dial-targets.js';
 import { askMark, type AskMark, type Egress, type InFlight } from '../egress/egress.js';
 import { nodeQuicCrypto } from '../egress/quic-crypto.js';
 import type { Logger } from '../log.js';
@@ -349,11 +349,12 @@ export class QuicFlows {
         const { admitted, refused } = this.egress.policy.admitResolved(resolved, port);
         if (this.held.get(h.key) !== h || h.state !== 'resolving') return;
         if (admitted.length === 0) {
-          const detail = refused.map((x) => `${x.address} (${x.range})`).join(', ') || 'no IPv4 address';
+          const detail = refused.map((x) => `${x.address} (${x.range})`).join(', ') || 'no usable address';
           this.refuse(h, this.egress.recordBlock('rebinding', 'quic', h.dst, port, d.dial.name, 'quic', detail), d.dial.name);
           return;
         }
-        address = admitted[0]!;
+        // The flow's own family first (issue 19): one datagram socket, one address.
+        address = dialOrder(admitted, familyOf(h.dst))[0]!;
       }
     } catch (err) {
       if (this.held.get(h.key) !== h || h.state !== 'resolving') return;

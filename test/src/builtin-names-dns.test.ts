@@ -6,7 +6,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import dnsPacket from 'dns-packet';
-import { ipv4 } from '../../netstack/addr.js';
+import { ipv4, parseIPv6 } from '../../netstack/addr.js';
 import { firstQuestionName } from '../../src/builtin-names-dns.js';
 import { NULL_LOGGER } from '../../src/log.js';
 import { DEFAULT_NAT_OPTIONS, Nat } from '../../src/nat/index.js';
@@ -34,8 +34,8 @@ async function upstream(): Promise<{ port: number; asked: string[] }> {
   return { port: sock.address().port, asked };
 }
 
-async function ask(nat: Nat, stack: FakeStack, name: string, n: number): Promise<string[]> {
-  const q = dnsPacket.encode({ type: 'query', id: n, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: 'A', name, class: 'IN' }] });
+async function ask(nat: Nat, stack: FakeStack, name: string, n: number, type: 'A' | 'AAAA' = 'A'): Promise<string[]> {
+  const q = dnsPacket.encode({ type: 'query', id: n, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name, class: 'IN' }] });
   nat.onUdp({ src: GUEST, srcPort: 40000 + n, dst: DEFAULT_NAT_OPTIONS.gatewayIp, dstPort: 53, payload: q });
   const sent = await stack.waitUdp(n);
   return (dnsPacket.decode(sent[n - 1]!.payload).answers ?? []).map((a) => String((a as { data: unknown }).data));
@@ -52,6 +52,21 @@ describe('the gateway answers its own names when forwarding', () => {
     expect(await ask(nat, stack, 'Gateway.Containers.Internal', 2)).toEqual(['192.168.127.1']);
     expect(await ask(nat, stack, 'example.test', 3)).toEqual(['10.9.9.9']);
     expect(up.asked).toEqual(['example.test']);
+  });
+
+  it('on an IPv6 link the names answer AAAA with the IPv6 gateway and host alias (issue 19); without IPv6, NODATA', async () => {
+    const up = await upstream();
+    const P = (t: string) => parseIPv6(t)!;
+    const ipv6 = { gatewayIp: P('fd6d:6f61:7400::1'), hostIp: P('fd6d:6f61:7400::fe'), prefix: P('fd6d:6f61:7400::'), hostLoopback: '::1' };
+    for (const [opts, want] of [[{ ipv6 }, [['fd6d:6f61:7400::fe'], ['fd6d:6f61:7400::1']]], [{}, [[], []]]] as const) {
+      const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: up.port }], ...opts }, NULL_LOGGER);
+      const stack = new FakeStack();
+      nat.attach(stack);
+      cleanups.push(() => nat.close());
+      expect(await ask(nat, stack, 'host.containers.internal', 1, 'AAAA')).toEqual(want[0]);
+      expect(await ask(nat, stack, 'gateway.containers.internal', 2, 'AAAA')).toEqual(want[1]);
+    }
+    expect(up.asked).toEqual([]);
   });
 
   it('firstQuestionName reads plain names and refuses what it cannot read', () => {

@@ -9,7 +9,7 @@ import { connect as netConnect, type NetConnectOpts, type Socket } from 'node:ne
 import { ipv4, parseIPv4, type IPv4 } from '../../netstack/addr.js';
 import { parseRules } from '../../dns/rules.js';
 import type { ResolvedAddresses, Resolver } from '../../dns/preresolve.js';
-import { AllowlistRuntime } from '../../src/egress/allowlist-runtime.js';
+import { AllowlistRuntime, type AllowlistIpv6Options } from '../../src/egress/allowlist-runtime.js';
 import { DEFAULT_EGRESS_OPTIONS, type EgressOptions } from '../../src/egress/egress.js';
 import { createLogger } from '../../src/log.js';
 import type { LiveLookupSettings } from '../../src/allowlist/live-lookup-flags.js';
@@ -24,15 +24,19 @@ export const FRONTED = '198.51.100.7';
 
 export class MapResolver implements Resolver {
   calls: string[] = [];
-  constructor(private readonly a: Record<string, string[]>) {}
+  /** `aaaa`: the names' IPv6 answers (an IPv6 guest network asks both). */
+  constructor(
+    private readonly a: Record<string, string[]>,
+    private readonly aaaa: Record<string, string[]> = {},
+  ) {}
   async resolve4(name: string): Promise<ResolvedAddresses> {
     this.calls.push(name);
     const addresses = this.a[name];
     if (addresses === undefined) throw Object.assign(new Error(`${name}: not found`), { code: 'ENOTFOUND' });
     return { addresses, ttl: 60 };
   }
-  async resolve6(): Promise<ResolvedAddresses> {
-    return { addresses: [], ttl: 60 };
+  async resolve6(name: string): Promise<ResolvedAddresses> {
+    return { addresses: this.aaaa[name] ?? [], ttl: 60 };
   }
 }
 
@@ -51,6 +55,8 @@ export async function startEgressNat(
     admit?: string[];
     egress?: Partial<EgressOptions>;
     names?: Record<string, string[]>;
+    names6?: Record<string, string[]>;
+    ipv6?: AllowlistIpv6Options;
     liveLookups?: LiveLookupSettings;
     quic?: NatOptions['quic'];
     budgets?: BudgetSpec[];
@@ -59,7 +65,7 @@ export async function startEgressNat(
     ask?: AskSettings;
   } = {},
 ): Promise<EgressNat> {
-  const resolver = new MapResolver(opts.names ?? { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'blocked.test': ['127.0.0.1'] });
+  const resolver = new MapResolver(opts.names ?? { 'www.t.test': ['127.0.0.1'], 'api.t.test': ['127.0.0.1'], 'blocked.test': ['127.0.0.1'] }, opts.names6);
   const logLines: Record<string, unknown>[] = [];
   const log = createLogger({ level: 'debug', format: 'json', stream: { write: (l: string) => logLines.push(JSON.parse(l) as Record<string, unknown>) } });
   const runtime = await AllowlistRuntime.start(
@@ -79,6 +85,7 @@ export async function startEgressNat(
       ...(opts.budgets ? { budgets: opts.budgets } : {}),
       ...(opts.budgetDirection ? { budgetDirection: opts.budgetDirection } : {}),
       ...(opts.ask ? { ask: { settings: opts.ask } } : {}),
+      ...(opts.ipv6 ? { ipv6: opts.ipv6 } : {}),
     },
     log,
   );
@@ -86,7 +93,7 @@ export async function startEgressNat(
   const connectHost = (o: NetConnectOpts): Socket => {
     const host = (o as { host?: string }).host ?? '';
     dialed.push(`${host}:${(o as { port?: number }).port}`);
-    if (!host.startsWith('127.')) throw new Error(`test refused to dial ${host}`);
+    if (!host.startsWith('127.') && host !== '::1') throw new Error(`test refused to dial ${host}`);
     return netConnect(o);
   };
   const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], connectHost, ...(opts.quic ? { quic: opts.quic } : {}), ...opts.nat }, log, runtime.dns, runtime.egress);

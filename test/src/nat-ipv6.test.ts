@@ -1,13 +1,14 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createServer, Socket, type AddressInfo, type NetConnectOpts, type Server } from 'node:net';
 import { createSocket } from 'node:dgram';
-import { parseIPv6, type IPv6 } from '../../netstack/addr.js';
+import { formatIPv6, parseIPv6, type IPv6 } from '../../netstack/addr.js';
 import { NULL_LOGGER } from '../../src/log.js';
 import { classifyDestination, DEFAULT_NAT_OPTIONS, Nat, type NatOptions } from '../../src/nat/index.js';
 import { ipv6HostLoopback } from '../../src/network.js';
+import { RANGES_CACHE_MAX, rangesCacheSize } from '../../src/nat/destination.js';
 import { ConfigError, parseIpv6Flags, parseServeArgs } from '../../src/config.js';
 import { FakePendingTcp, FakeStack, waitFor, type FakeTcpSocket } from './nat-fake-stack.js';
-import { startEgressNat } from './egress-nat-support.js';
+import { acceptedSocket, received, startEgressNat, syn } from './egress-nat-support.js';
 
 const P = (t: string): IPv6 => parseIPv6(t)!;
 const PREFIX = P('fd6d:6f61:7400::');
@@ -64,11 +65,36 @@ describe('NAT destinations over IPv6', () => {
     expect(got).toBe(expected);
   });
 
-  it('refuses every IPv6 destination when the NAT has no IPv6 side, and asks the special-range hook', () => {
+  it('refuses every IPv6 destination when the NAT has no IPv6 side', () => {
     expect(classifyDestination(P('2001:db8::5'), DEFAULT_NAT_OPTIONS)).toEqual({ kind: 'refused', reason: 'ipv6-off' });
-    const hooked = { ...rules, ipv6: { ...IPV6_RULES, specialRange6: (d: IPv6) => (d === P('2001:db8::5') ? 'documentation' : undefined) } };
-    expect(classifyDestination(P('2001:db8::5'), hooked)).toEqual({ kind: 'refused', reason: 'special-range' });
-    expect(classifyDestination(P('2001:db8::6'), hooked).kind).toBe('host');
+  });
+
+  it.each([
+    ['::ffff:0:7f00:1', 'refused ipv4-mapped'], // SIIT: IS 127.0.0.1
+    ['64:ff9b:1::7f00:1', 'refused nat64'], // RFC 8215 local-use NAT64
+    ['2002:a9fe:a9fe::1', 'refused link-local'], // 6to4 through 169.254.169.254
+    ['2002:7f00:1::1', 'refused special-range'], // 6to4 through 127.0.0.1
+    ['2001:0:7f00:1::1', 'refused special-range'], // Teredo server 127.0.0.1
+    ['fd00:ec2::254', 'refused link-local'], // cloud metadata, as 169.254.169.254
+    ['2002:808:808::1', 'host 2002:808:808::1'], // 6to4 through an ordinary relay
+    ['fd12:3456::1', 'host fd12:3456::1'], // another ULA: reachable as RFC 1918 is over IPv4
+  ])('the ranges of sni/ranges6.ts refused whatever the rules: %s -> %s', (text, expected) => {
+    const d = classifyDestination(P(text), rules);
+    expect(d.kind === 'host' ? `host ${d.address}` : d.kind === 'refused' ? `refused ${d.reason}` : d.kind).toBe(expected);
+  });
+
+  it('the per-address range cache is bounded: driven past RANGES_CACHE_MAX it stays within it and still answers right', () => {
+    for (let i = 0; i < RANGES_CACHE_MAX + 100; i++) {
+      expect(classifyDestination(P(`2a00:1450::${i.toString(16)}`), rules).kind).toBe('host');
+      expect(rangesCacheSize()).toBeLessThanOrEqual(RANGES_CACHE_MAX);
+    }
+    expect(classifyDestination(P('fd00:ec2::254'), rules)).toEqual({ kind: 'refused', reason: 'link-local' });
+    expect(classifyDestination(P('2002:7f00:1::1'), rules)).toEqual({ kind: 'refused', reason: 'special-range' });
+  });
+
+  it('the metadata prefix follows allowLinkLocal as 169.254/16 does (with an egress policy the policy decides it)', () => {
+    expect(classifyDestination(P('fd00:ec2::254'), { ...rules, allowLinkLocal: true })).toEqual({ kind: 'host', address: 'fd00:ec2::254' });
+    expect(classifyDestination(P('2002:a9fe:a9fe::1'), { ...rules, allowLinkLocal: true }).kind).toBe('refused');
   });
 
   it("maps the host alias to ::1 when the host's loopback has it, else to 127.0.0.1", () => {
@@ -137,19 +163,135 @@ describe('NAT over IPv6', () => {
   });
 });
 
-describe('NAT over IPv6 under an allowlist (until the policy decides IPv6)', () => {
-  it('refuses every IPv6 flow, even to a destination an IPv4 rule of the same form would allow, and dials nothing', async () => {
-    const s = await startEgressNat(['*.t.test', '0.0.0.0/0:443'], { nat: { ipv6: IPV6_RULES } });
-    cleanups.push(() => s.close());
-    for (const dst of [HOST6, P('2001:db8::5'), P('2a00:1450:4001:81c::200e')]) {
-      const p = syn6(dst, 443);
+/** The runtime's IPv6 side, as src/network.ts passes it for --ipv6 on. */
+const RUNTIME_IPV6 = { guestPrefix: { network: 'fd6d:6f61:7400::', prefix: 64 }, gatewayIpv6: 'fd6d:6f61:7400::1', hostAliasIpv6: 'fd6d:6f61:7400::fe' };
+
+async function egress6(rules: string[], opts: Parameters<typeof startEgressNat>[1] = {}) {
+  const s = await startEgressNat(rules, {
+    names: { 'www.t.test': ['127.0.0.1'], 'v4only.t.test': ['127.0.0.1'] },
+    names6: { 'www.t.test': ['::1'] },
+    admit: ['127.0.0.0/8', '::1/128'],
+    ipv6: RUNTIME_IPV6,
+    ...opts,
+    nat: { ipv6: IPV6_RULES, ...opts.nat },
+  });
+  cleanups.push(() => s.close());
+  return s;
+}
+
+/** A dual-stack server on [::] (so both 127.0.0.1 and ::1 reach it): answers "ok" to a complete head. */
+async function dualServer(): Promise<number> {
+  const { port } = await listen('::', (s) => s.on('data', (d) => (d.includes('\r\n\r\n') ? s.end('ok') : undefined)));
+  return port;
+}
+
+async function listen(host: string, onConn: (s: Socket) => void): Promise<{ port: number }> {
+  const conns = new Set<Socket>();
+  const server = createServer((s) => {
+    conns.add(s);
+    s.on('error', () => {});
+    onConn(s);
+  });
+  await new Promise<void>((r) => server.listen(0, host, r));
+  cleanups.push(() => {
+    for (const c of conns) c.destroy();
+    return new Promise<void>((r) => server.close(() => r()));
+  });
+  return { port: (server.address() as AddressInfo).port };
+}
+
+const headFor = (name: string) => Buffer.from(`GET / HTTP/1.1\r\nHost: ${name}\r\n\r\n`);
+const egressDecisions = (s: { logLines: Record<string, unknown>[] }) => s.logLines.filter((l) => l['msg'] === 'egress decision');
+
+describe('NAT over IPv6 under an allowlist (issue 19: the same policy for both families)', () => {
+  it('holds an IPv6 flow for its Host and dials the NAME, the flow\'s own family first; an IPv4-only name from an IPv6 flow over IPv4', async () => {
+    const port = await dualServer();
+    const s = await egress6([`www.t.test:${port}`, `v4only.t.test:${port}`]);
+    // The guest's address is never dialed: 2001:db8::5 would leave the test (connectHost refuses it).
+    for (const [name, dst, want] of [
+      ['www.t.test', P('2001:db8::5'), `::1:${port}`],
+      ['v4only.t.test', P('2001:db8::6'), `127.0.0.1:${port}`],
+    ] as const) {
+      const p = syn6(dst, port);
       s.nat.onTcpSyn(p);
-      expect((await p.decided).kind, String(dst)).toBe('refused');
-      s.nat.onUdp({ src: GUEST6, srcPort: 5000, dst, dstPort: 443, payload: new Uint8Array(1200) });
+      const o = await p.decided;
+      expect(o.kind, name).toBe('accepted');
+      const sock = (o as { socket: FakeTcpSocket }).socket;
+      sock.guestSend(headFor(name));
+      await waitFor(() => sock.receivedBytes === 2, `the reply through ${name}`);
+      expect(s.dialed.at(-1)).toBe(want);
+      expect(egressDecisions(s).at(-1)).toMatchObject({ decision: 'allowed', reason: 'name-host', name, dst: `${formatIPv6(dst)}:${port}` });
     }
+    // The IPv4 flow to the same dual-stack name is dialed over IPv4.
+    const p4 = syn('198.51.100.7', port);
+    s.nat.onTcpSyn(p4);
+    const sock4 = await acceptedSocket(p4);
+    sock4.guestSend(headFor('www.t.test'));
+    await waitFor(() => sock4.receivedBytes === 2, 'the IPv4 reply');
+    expect(s.dialed.at(-1)).toBe(`127.0.0.1:${port}`);
+  });
+
+  it('a Host outside the rules over IPv6 gets the same 403 as over IPv4; nothing is dialed', async () => {
+    const port = await dualServer();
+    const s = await egress6([`www.t.test:${port}`]);
+    const p = syn6(P('2001:db8::5'), port);
+    s.nat.onTcpSyn(p);
+    const o = await p.decided;
+    const sock = (o as { socket: FakeTcpSocket }).socket;
+    sock.guestSend(headFor('evil.t.test'));
+    await waitFor(() => sock.endCalled, 'the refusal');
+    expect(received(sock)).toMatch(/^HTTP\/1\.1 403 Forbidden\r\n[^]*x-moat-reason: name-not-allowed/);
     expect(s.dialed).toEqual([]);
-    expect(s.nat.stats().policyBlocked).toEqual({ tcp: 3, udp: 3 });
-    expect(s.nat.stats().udpFlows).toBe(0);
+  });
+
+  it('an IPv4 rule opens no IPv6 destination; the IPv6 host alias needs its own exact rule, then leads to ::1', async () => {
+    const { port } = await listen('::1', (c) => c.end('hi'));
+    const s = await egress6(['0.0.0.0/0:8443', `[fd6d:6f61:7400::fe]:${port}`]);
+    const refusedFlows: [IPv6, number, string][] = [
+      [P('2a00:1450:4001:81c::200e'), 8443, 'no-rule'],
+      [HOST6, 8443, 'host-alias'],
+    ];
+    for (const [dst, dport, reason] of refusedFlows) {
+      const p = syn6(dst, dport);
+      s.nat.onTcpSyn(p);
+      expect((await p.decided).kind, formatIPv6(dst)).toBe('refused');
+      expect(egressDecisions(s).at(-1)).toMatchObject({ decision: 'blocked', reason, dst: `${formatIPv6(dst)}:${dport}` });
+    }
+    const p = syn6(HOST6, port);
+    s.nat.onTcpSyn(p);
+    expect((await p.decided).kind).toBe('accepted');
+    expect(s.dialed).toEqual([`::1:${port}`]);
+    expect(s.nat.stats().policyBlocked.tcp).toBe(2);
+  });
+
+  it('UDP over IPv6 by IP rule only: the alias with its exact rule is relayed to ::1, without one it is dropped and counted', async () => {
+    const server = createSocket('udp6');
+    await new Promise<void>((r) => server.bind(0, '::1', r));
+    cleanups.push(() => new Promise<void>((r) => server.close(() => r())));
+    server.on('message', (m, rinfo) => server.send(Buffer.concat([Buffer.from('re:'), m]), rinfo.port, rinfo.address));
+    const uport = server.address().port;
+    const s = await egress6([`[fd6d:6f61:7400::fe]:${uport}`, 'www.t.test']);
+    s.nat.onUdp({ src: GUEST6, srcPort: 5353, dst: HOST6, dstPort: uport, payload: new TextEncoder().encode('hi') });
+    await waitFor(() => s.stack.udpSent.length === 1, 'the UDP reply');
+    expect(s.stack.udpSent[0]).toMatchObject({ from: HOST6, to: GUEST6, toPort: 5353 });
+    s.nat.onUdp({ src: GUEST6, srcPort: 5354, dst: HOST6, dstPort: uport + 1 === 65536 ? 1 : uport + 1, payload: new Uint8Array(4) });
+    s.nat.onUdp({ src: GUEST6, srcPort: 5355, dst: P('2001:db8::5'), dstPort: 53, payload: new Uint8Array(4) });
+    expect(s.nat.stats().policyBlocked.udp).toBe(2);
+    expect(s.nat.stats().udpFlows).toBe(1);
+  });
+
+  it('metadata, the IPv4 forms (mapped, SIIT, NAT64) and 6to4/Teredo through special relays are refused under ::/0 and 0.0.0.0/0, even in audit mode', async () => {
+    for (const mode of ['enforce', 'audit'] as const) {
+      const s = await egress6(['::/0', '0.0.0.0/0'], { egress: { mode } });
+      for (const text of ['fd00:ec2::254', '::ffff:169.254.169.254', '::ffff:0:7f00:1', '64:ff9b::a9fe:a9fe', '64:ff9b:1::7f00:1', '2002:a9fe:a9fe::1', '2002:7f00:1::1', '2001:0:7f00:1::1']) {
+        const p = syn6(P(text), 80);
+        s.nat.onTcpSyn(p);
+        expect((await p.decided).kind, `${mode} ${text}`).toBe('refused');
+        s.nat.onUdp({ src: GUEST6, srcPort: 5000, dst: P(text), dstPort: 80, payload: new Uint8Array(4) });
+      }
+      expect(s.dialed, mode).toEqual([]);
+      expect(s.nat.stats().udpFlows, mode).toBe(0);
+    }
   });
 });
 

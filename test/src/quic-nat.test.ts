@@ -8,7 +8,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { DEFAULT_LIVE_BUDGET } from '../../dns/live-budget.js';
-import { parseIPv4, type IPv4 } from '../../netstack/addr.js';
+import { parseIPv4, parseIPv6, type IPv4 } from '../../netstack/addr.js';
 import { waitFor } from './nat-fake-stack.js';
 import { decisions, FRONTED, GUEST, startEgressNat, type EgressNat } from './egress-nat-support.js';
 import { buildClientHello } from '../sni/support/hello-builder.js';
@@ -213,5 +213,34 @@ describe('QUIC by name through the NAT', () => {
     send(s, 443, chromium.datagrams); // let through to www.example.org's address (127.0.0.1:443 here, loopback)
     await waitFor(() => decisions(s).length > 0, 3000);
     expect(decisions(s).at(-1)).toMatchObject({ decision: 'would-block', reason: 'udp-needs-ip-rule', proto: 'quic', name: 'www.example.org' });
+  });
+});
+
+describe('QUIC by name over IPv6 (issue 19)', () => {
+  it('an IPv6 flow is held for its QUIC name and sent to the name\'s IPv6 address first; an IPv4 flow to the same name over IPv4', async () => {
+    const got: { from: string; bytes: number }[] = [];
+    const sock: UdpSocket = createSocket({ type: 'udp6', ipv6Only: false });
+    sock.on('message', (m, r) => got.push({ from: r.address, bytes: m.length }));
+    await new Promise<void>((r) => sock.bind(0, '::', r));
+    cleanups.push(() => new Promise<void>((r) => sock.close(() => r())));
+    const port = sock.address().port;
+    const P6 = (t: string) => parseIPv6(t)!;
+    const s = await setup([`www.example.org:${port}`], {
+      names: { 'www.example.org': ['127.0.0.1'], 'v4only.example.org': ['127.0.0.1'] },
+      names6: { 'www.example.org': ['::1'] },
+      admit: ['127.0.0.0/8', '::1/128'],
+      ipv6: { guestPrefix: { network: 'fd6d:6f61:7400::', prefix: 64 }, gatewayIpv6: 'fd6d:6f61:7400::1', hostAliasIpv6: 'fd6d:6f61:7400::fe' },
+      nat: { ipv6: { gatewayIp: P6('fd6d:6f61:7400::1'), hostIp: P6('fd6d:6f61:7400::fe'), prefix: P6('fd6d:6f61:7400::'), hostLoopback: '::1' } },
+    });
+    const guest6 = P6('fd6d:6f61:7400::2');
+    // 2001:db8::7 is what the guest chose: never sent to (the name decides where the flow goes).
+    for (const payload of chromium.datagrams) s.nat.onUdp({ src: guest6, srcPort: 46000, dst: P6('2001:db8::7'), dstPort: port, payload });
+    await waitFor(() => got.length === 2, 3000);
+    expect(got.map((g) => g.from)).toEqual(['::1', '::1']);
+    expect(decisions(s).at(-1)).toMatchObject({ decision: 'allowed', reason: 'name-quic', proto: 'quic', name: 'www.example.org', dst: `2001:db8::7:${port}` });
+    send(s, port, chromium.datagrams);
+    await waitFor(() => got.length === 4, 3000);
+    expect(got.slice(2).map((g) => g.from)).toEqual(['::ffff:127.0.0.1', '::ffff:127.0.0.1']);
+    expect(s.dialed).toEqual([]); // UDP opens no TCP dial
   });
 });
