@@ -43,7 +43,7 @@ import type { Injector } from '../inject/interceptor.js';
 import { injectionReporter } from '../inject/records.js';
 import { canonicalHostname } from '../../dns/rules.js';
 import type { SynInfo, TcpCloseReason, TcpHandlers, TcpSocket } from '../../netstack/api.js';
-import { formatIp, formatIPv4 } from '../../netstack/addr.js';
+import { formatIp } from '../../netstack/addr.js';
 import { NamePeeker, type PeekResult } from '../../sni/peek.js';
 import type { Decision } from '../../sni/policy.js';
 import type { Logger } from '../log.js';

@@ -22,7 +22,6 @@ import type { Duplex } from 'node:stream';
 import type { TLSSocket } from 'node:tls';
 import { sameAuthority, targetAllowed } from './authority.js';
 import type { InterceptContext } from './interceptor.js';
-import { injectHeader } from './secrets.js';
 
 /** Per-connection, hop-by-hop: never forwarded (node frames each side itself). */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'transfer-encoding', 'te', 'upgrade', 'expect', 'http2-settings']);

@@ -34,7 +34,7 @@
  * ('quic'), like a SYN beyond the TCP peek bound.
  */
 import { canonicalHostname } from '../../dns/rules.js';
-import { formatIp, formatIPv4 } from '../../netstack/addr.js';
+import { formatIp } from '../../netstack/addr.js';
 import type { FourTuple, UdpDatagram } from '../../netstack/api.js';
 import { longHeaderDcid, looksLikeQuicInitial, QuicInitialReader, type QuicInitialResult, type QuicVersionName } from '../../sni/quic-initial.js';
 import type { Decision } from '../../sni/policy.js';

@@ -66,7 +66,7 @@ export class RateLimiter {
 
   constructor(
     readonly spec: RateLimitSpec,
-    private readonly now: () => number,
+    now: () => number,
     private readonly timers: LimiterTimers = NODE_LIMITER_TIMERS,
   ) {
     if (!(spec.rate > 0)) throw new RangeError(`rate must be > 0 bytes/s, got ${spec.rate}`);
