@@ -7,7 +7,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { assertRoutesInto, checkPrerequisites, onCleanup } from '../e2e/harness.js';
-import { ipv4Literals } from '../e2e/moat-fixture.js';
+import { ipv4Literals, ipv6Literals } from '../e2e/moat-fixture.js';
 import { inPrefix6, parseIPv6, type IPv6 } from '../../netstack/addr.js';
 import { DEFAULT_IPV6_PREFIX } from '../../src/config.js';
 import { buildBaseImage, findGuestKernel, writeCaseInitramfs, type BaseImage, type GuestExtras, type GuestKernel } from './guest-image.js';
@@ -23,14 +23,19 @@ export const HOST6 = `${PREFIX6}:fe`;
 const PREFIX6_NET = parseIPv6(DEFAULT_IPV6_PREFIX.replace(/\/64$/, '')) as IPv6;
 const LINK_LOCAL6 = parseIPv6('fe80::') as IPv6;
 
-/** IPv6 literals anywhere in `text` (two colons or more that parse as an address; "[a::b]:80" gives a::b). */
-export function ipv6Literals(text: string): string[] {
-  const out: string[] = [];
-  for (const m of text.matchAll(/[0-9a-fA-F:.]*:[0-9a-fA-F:.]*:[0-9a-fA-F:.]*/g)) {
-    const t = m[0].replace(/\.+$/, '');
-    if (parseIPv6(t) !== undefined) out.push(t);
+/**
+ * Addresses a case script names that nothing checked: IPv4 ones not in
+ * `allowed`, and IPv6 ones not in `allowed`, not in Moat's own /64 (they end
+ * at Moat; its host alias ::fe at the host's ::1, loopback) and not
+ * link-local (they never leave the guest's link, which is Moat).
+ */
+export function unguardedAddresses(caseScript: string, allowed: ReadonlySet<string>): string[] {
+  const bad = ipv4Literals([caseScript]).filter((a) => !allowed.has(a));
+  for (const a of ipv6Literals([caseScript])) {
+    const ip = parseIPv6(a)!;
+    if (!allowed.has(a) && !inPrefix6(ip, PREFIX6_NET, 64) && !inPrefix6(ip, LINK_LOCAL6, 10)) bad.push(a);
   }
-  return out;
+  return bad;
 }
 
 /** What is missing for the VM tests (root and namespaces too when `needRoot`). */
@@ -84,13 +89,7 @@ export function createVmEnv(prefix: string, extra: GuestExtras = {}): VmEnv {
     kernel,
     base,
     initrd(name, caseScript) {
-      const bad = ipv4Literals([caseScript]).filter((a) => !allowed.has(a));
-      // An address in Moat's own /64 ends at Moat (the host alias ::fe at the host's ::1: loopback), a link-local one
-      // never leaves the guest's link (Moat); any other IPv6 literal must be allowed like an IPv4 one.
-      for (const a of ipv6Literals(caseScript)) {
-        const ip = parseIPv6(a)!;
-        if (!allowed.has(a) && !inPrefix6(ip, PREFIX6_NET, 64) && !inPrefix6(ip, LINK_LOCAL6, 10)) bad.push(a);
-      }
+      const bad = unguardedAddresses(caseScript, allowed);
       if (bad.length > 0) throw new Error(`case ${name}: refusing addresses not checked by allowAddresses(): ${bad.join(', ')}`);
       return writeCaseInitramfs(base, caseScript, join(dir, `${name}.initrd`));
     },
