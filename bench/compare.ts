@@ -7,12 +7,13 @@
  *   npm run bench:compare                 # full run (~10 min on 2 cores)
  *   npm run bench:compare -- --quick      # 1 run per case, fewer cases
  *   npm run bench:compare -- --profile    # Moat under iperf3 with --cpu-prof; top self-time functions
- *   npm run bench:compare -- --ipv6-only  # only the IPv6 case: Moat's backends, 1 stream each way over IPv6 and IPv4 (paired), the ratio
+ *   npm run bench:compare -- --ipv6-only  # only the IPv6 case: Moat's backends and slirp4netns, 1 stream each way over IPv6 and IPv4 (paired), the ratio
  *
  * Options: --runs N, --seconds S (iperf3 time), --backends moat,passt,...,
  * --mtus 65520,1500, --idle N (connections for the idle-RSS case), --out FILE.
- * The IPv6 case runs at the largest MTU, for Moat's backends only (their
- * guests get IPv6 by SLAAC; the host alias ::fe reaches the host's ::1).
+ * The IPv6 case runs at the largest MTU, for IPV6_BACKENDS (Moat's and
+ * slirp4netns: their guests get IPv6 by SLAAC; the IPv6 host alias reaches
+ * the host's ::1).
  *
  * Runs as root (namespaces, TAP devices). Every process is tracked by PID and
  * every namespace by name through test/e2e/harness.ts, which removes them on
@@ -22,7 +23,7 @@ import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { checkPrerequisites, cleanupAll, REPO_ROOT } from '../test/e2e/harness.js';
-import { BACKENDS, backendMissing, MOAT_BACKENDS, startLink, type BackendName, type GuestLink } from './compare/backends.js';
+import { BACKENDS, backendMissing, IPV6_BACKENDS, MOAT_BACKENDS, startLink, type BackendName, type GuestLink } from './compare/backends.js';
 import {
   connectionRate,
   dnsRate,
@@ -46,7 +47,7 @@ const resultsDir = join(REPO_ROOT, 'bench', 'results');
 interface Options {
   quick: boolean;
   profile: boolean;
-  /** Only the IPv6 case (Moat's backends, largest MTU). */
+  /** Only the IPv6 case (IPV6_BACKENDS, largest MTU). */
   ipv6Only: boolean;
   runs: number;
   seconds: number;
@@ -122,7 +123,7 @@ function record(res: Results, key: string, backend: BackendName, value: number, 
 async function bringUp(backends: readonly BackendName[], mtu: number, res: Results, ipv6 = false): Promise<Map<BackendName, LinkState>> {
   const up = new Map<BackendName, LinkState>();
   for (const b of backends) {
-    const six = ipv6 && MOAT_BACKENDS.includes(b);
+    const six = ipv6 && IPV6_BACKENDS.includes(b);
     log(`starting ${b} at MTU ${mtu}${six ? ' with IPv6' : ''}`);
     try {
       const link = await startLink(b, { prefix: PREFIX, mtu, ipv6: six });
@@ -207,7 +208,7 @@ async function compare(o: Options): Promise<Results> {
   });
   const rrMtu = Math.max(...o.mtus);
   if (o.ipv6Only) {
-    const up = await bringUp(backends.filter((b) => MOAT_BACKENDS.includes(b)), rrMtu, res, true);
+    const up = await bringUp(backends.filter((b) => IPV6_BACKENDS.includes(b)), rrMtu, res, true);
     try {
       await ipv6Case(up, rrMtu, o, res);
     } finally {
@@ -372,7 +373,7 @@ async function main(): Promise<void> {
   const t0 = Date.now();
   const res = await compare(o);
   const rrMtu = Math.max(...o.mtus);
-  const backends = o.backends.filter((b) => res.skipped[b] === undefined && (!o.ipv6Only || MOAT_BACKENDS.includes(b)));
+  const backends = o.backends.filter((b) => res.skipped[b] === undefined && (!o.ipv6Only || IPV6_BACKENDS.includes(b)));
   const metrics = o.ipv6Only ? ipv6Metrics(rrMtu) : metricsFor(o.mtus, o.streams, rrMtu);
   const text = table(res.figures, metrics, backends);
   console.log(text);

@@ -52,6 +52,8 @@ export type BackendName = 'moat' | 'moat-exec' | 'moat-offload' | 'passt' | 'sli
 export const BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'moat-offload', 'passt', 'slirp4netns', 'veth'];
 /** Every Moat configuration (relay, TAP handed over, TAP handed over with receive offload). */
 export const MOAT_BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'moat-offload'];
+/** The backends the IPv6 case runs on (LinkOptions.ipv6): Moat's, and slirp4netns (--enable-ipv6). */
+export const IPV6_BACKENDS: readonly BackendName[] = [...MOAT_BACKENDS, 'slirp4netns'];
 
 /** The one name every DNS server answers (with a documentation address nobody dials). */
 export const DNS_NAME = 'www.mk7.test';
@@ -89,7 +91,7 @@ export interface LinkOptions {
   mtu: number;
   /** Extra node flags for Moat (e.g. --cpu-prof). */
   moatNodeArgs?: string[];
-  /** Give the guest IPv6 too (Moat backends): SLAAC from Moat, the host alias ::fe reaching the host's ::1. */
+  /** Give the guest IPv6 too (IPV6_BACKENDS): SLAAC from the backend's RA, an IPv6 host alias reaching the host's ::1. */
   ipv6?: boolean;
 }
 
@@ -112,12 +114,12 @@ async function dropDefaultRoute(ns: string): Promise<void> {
 const MOAT_HOST6 = DEFAULT_IPV6_PREFIX.replace(/::\/64$/, '::fe');
 
 /**
- * Wait for the guest's SLAAC address on `dev` (Moat's /64, DAD done), then
- * take away its IPv6 default route and keep later RAs from adding it back:
- * the guest then reaches its own /64 only (Moat's gateway and host alias).
+ * Wait for the guest's SLAAC address on `dev` (in the backend's /64 `prefix`,
+ * text up to "::"; DAD done), then take away its IPv6 default route and keep
+ * later RAs from adding it back: the guest then reaches its own /64 only
+ * (the backend's gateway and `hostAlias6`).
  */
-async function slaacOnLinkOnly(ns: string, dev: string): Promise<void> {
-  const prefix = DEFAULT_IPV6_PREFIX.replace(/::\/64$/, ':');
+async function slaacOnLinkOnly(ns: string, dev: string, prefix: string, hostAlias6: string): Promise<void> {
   await waitFor(
     `SLAAC address on ${dev}`,
     async () => {
@@ -131,8 +133,8 @@ async function slaacOnLinkOnly(ns: string, dev: string): Promise<void> {
   await nsRunAsync(ns, 'ip', ['-6', 'route', 'del', 'default']);
   const left = (await nsRunAsync(ns, 'ip', ['-6', 'route', 'show', 'default'])).stdout.trim();
   if (left !== '') throw new Error(`guest ${ns} still has an IPv6 default route: ${left}`);
-  const via = (await nsRunAsync(ns, 'ip', ['-6', 'route', 'get', MOAT_HOST6])).stdout;
-  if (!new RegExp(`\\bdev ${dev}\\b`).test(via)) throw new Error(`guest ${ns}: ${MOAT_HOST6} does not route via ${dev}: ${via}`);
+  const via = (await nsRunAsync(ns, 'ip', ['-6', 'route', 'get', hostAlias6])).stdout;
+  if (!new RegExp(`\\bdev ${dev}\\b`).test(via)) throw new Error(`guest ${ns}: ${hostAlias6} does not route via ${dev}: ${via}`);
 }
 
 /**
@@ -219,7 +221,7 @@ async function moatLink(o: LinkOptions, link: 'relay' | 'exec', offload = false)
     if (o.ipv6) {
       // Moat dials the IPv6 host alias at the host's ::1: it must be loopback.
       assertRoutesInto(['::1'], []);
-      await slaacOnLinkOnly(fx.guestNs, fx.tap);
+      await slaacOnLinkOnly(fx.guestNs, fx.tap, DEFAULT_IPV6_PREFIX.replace(/::\/64$/, ':'), MOAT_HOST6);
     }
     await deepenTapQueues(fx.guestNs);
     const procs: TrackedProcess[] = [];
@@ -324,9 +326,12 @@ async function passtLink(o: LinkOptions): Promise<GuestLink> {
 
 const SLIRP_HOST = '10.0.2.2';
 const SLIRP_DNS = '10.0.2.3';
+/** libslirp's IPv6 defaults: the guest's /64 fd00::/64 by RA, the host at fd00::2 (dialled at the host's ::1). */
+const SLIRP_PREFIX6 = 'fd00::';
+const SLIRP_HOST6 = 'fd00::2';
 
 async function slirpLink(o: LinkOptions): Promise<GuestLink> {
-  const topo = createTopology({ prefix: o.prefix, internetAddresses: 1 });
+  const topo = createTopology({ prefix: o.prefix, internetAddresses: 1, guestIpv6: o.ipv6 ?? false });
   const dir = mkdtempSync(join(tmpdir(), `${o.prefix}slirp-`));
   const procs: TrackedProcess[] = [];
   const teardown = async (): Promise<void> => {
@@ -344,8 +349,8 @@ async function slirpLink(o: LinkOptions): Promise<GuestLink> {
     // `exec` keeps the PID: the tracked PID is slirp4netns itself.
     const slirp = spawnTracked('unshare', [
       '-m', 'sh', '-c',
-      'mount --bind "$1" /etc/resolv.conf && exec slirp4netns --configure --mtu="$2" --netns-type=path "/run/netns/$3" tap0',
-      'sh', resolv, String(o.mtu), topo.guestNs,
+      'mount --bind "$1" /etc/resolv.conf && exec slirp4netns --configure $4 --mtu="$2" --netns-type=path "/run/netns/$3" tap0',
+      'sh', resolv, String(o.mtu), topo.guestNs, o.ipv6 ? '--enable-ipv6' : '',
     ]);
     procs.push(slirp);
     await waitFor(
@@ -357,6 +362,10 @@ async function slirpLink(o: LinkOptions): Promise<GuestLink> {
       { timeoutMs: 10_000, intervalMs: 50 },
     );
     await dropDefaultRoute(topo.guestNs);
+    if (o.ipv6) {
+      topo.assertRoutes(['::1']);
+      await slaacOnLinkOnly(topo.guestNs, 'tap0', SLIRP_PREFIX6, SLIRP_HOST6);
+    }
     await deepenTapQueues(topo.guestNs);
     return makeLink(
       {
@@ -367,9 +376,10 @@ async function slirpLink(o: LinkOptions): Promise<GuestLink> {
         dnsServer: SLIRP_DNS,
         serverNs: undefined,
         serverBind: '127.0.0.1',
+        ...(o.ipv6 ? { hostAlias6: SLIRP_HOST6, serverBind6: '::1' } : {}),
         costPids: [{ role: 'slirp4netns', pid: slirp.child.pid! }],
       },
-      [SLIRP_HOST, SLIRP_DNS],
+      o.ipv6 ? [SLIRP_HOST, SLIRP_DNS, SLIRP_HOST6] : [SLIRP_HOST, SLIRP_DNS],
       procs,
       teardown,
     );
