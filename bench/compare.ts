@@ -119,7 +119,7 @@ function record(res: Results, key: string, backend: BackendName, value: number, 
   (c[backend] ??= []).push(cpu);
 }
 
-/** `ipv6`: give Moat's backends an IPv6 guest too (the IPv6 case). */
+/** `ipv6`: give IPV6_BACKENDS an IPv6 guest too (the IPv6 case). */
 async function bringUp(backends: readonly BackendName[], mtu: number, res: Results, ipv6 = false): Promise<Map<BackendName, LinkState>> {
   const up = new Map<BackendName, LinkState>();
   for (const b of backends) {
