@@ -140,7 +140,7 @@ describe.skipIf(gate.skip)('a QEMU guest on Moat', () => {
     expect(stats.frames.out).toBeGreaterThan(http.bigSize / 1514);
   }, CASE_TIMEOUT_MS);
 
-  it('stream: IPv6 by SLAAC from Moat\'s RA (global /64 address, default route via the gateway\'s link-local), ping6 to the gateway, HTTP and 8 MiB with its checksum from [::1] via the IPv6 host alias; then IPv4 too (dual stack)', async () => {
+  it('stream: IPv6 by SLAAC from Moat\'s RA (global /64 address, default route via the gateway\'s link-local), ping6 to the gateway, DNS over IPv6 to the gateway, HTTP and 8 MiB with its checksum from [::1] via the IPv6 host alias; then IPv4 too (dual stack)', async () => {
     // The host alias ::fe is dialled at the host's ::1: the server listens there only, so a fetch that worked went over IPv6 end to end.
     env.allowAddresses(['::1']);
     const http6 = await startHostHttp(undefined, '::1');
@@ -165,6 +165,7 @@ echo "MOAT-VM-STEP SLAAC address $a6"
 r6=$(ip -6 route show default)
 case "$r6" in *"via fe80::"*"dev eth0"*) echo "MOAT-VM-STEP default route $r6" ;; *) fail "IPv6 default route: got '$r6'" ;; esac
 check "ping6 gateway" ping6 -c 2 -W 5 ${GATEWAY6}
+expect_eq "nslookup ${FORWARDED_NAME} over IPv6 (UDP to [${GATEWAY6}]:53)" "$(resolve ${FORWARDED_NAME} ${GATEWAY6})" ${FORWARDED_ADDR}
 expect_eq "wget hello via [${HOST6}]" "$(timeout 20 wget -q -O - ${url6}/hello)" "moat-vm hello"
 mark big6-start
 expect_eq "sha256 of ${http6.bigSize} bytes over IPv6" "$(timeout 60 wget -q -O - ${url6}/big | sha256sum | cut -d' ' -f1)" ${http6.bigSha256}
