@@ -7,9 +7,13 @@
  *   npm run bench:compare                 # full run (~10 min on 2 cores)
  *   npm run bench:compare -- --quick      # 1 run per case, fewer cases
  *   npm run bench:compare -- --profile    # Moat under iperf3 with --cpu-prof; top self-time functions
+ *   npm run bench:compare -- --ipv6-only  # only the IPv6 case: Moat's backends and slirp4netns, 1 stream each way over IPv6 and IPv4 (paired), the ratio
  *
  * Options: --runs N, --seconds S (iperf3 time), --backends moat,passt,...,
  * --mtus 65520,1500, --idle N (connections for the idle-RSS case), --out FILE.
+ * The IPv6 case runs at the largest MTU, for IPV6_BACKENDS (Moat's and
+ * slirp4netns: their guests get IPv6 by SLAAC; the IPv6 host alias reaches
+ * the host's ::1).
  *
  * Runs as root (namespaces, TAP devices). Every process is tracked by PID and
  * every namespace by name through test/e2e/harness.ts, which removes them on
@@ -19,7 +23,7 @@ import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { checkPrerequisites, cleanupAll, REPO_ROOT } from '../test/e2e/harness.js';
-import { BACKENDS, backendMissing, MOAT_BACKENDS, startLink, type BackendName, type GuestLink } from './compare/backends.js';
+import { BACKENDS, backendMissing, IPV6_BACKENDS, MOAT_BACKENDS, startLink, type BackendName, type GuestLink } from './compare/backends.js';
 import {
   connectionRate,
   dnsRate,
@@ -34,7 +38,7 @@ import {
   type IdleSample,
   type Servers,
 } from './compare/measure.js';
-import { iperfKey, metricsFor, svgChart, table, type Figures } from './compare/report.js';
+import { iperfFamilyKey, iperfKey, ipv6Metrics, ipv6Ratios, metricsFor, svgChart, table, type Figures } from './compare/report.js';
 
 const PREFIX = 'mk7-';
 // From the sources or from dist/: results live in the repository's bench/results.
@@ -43,6 +47,8 @@ const resultsDir = join(REPO_ROOT, 'bench', 'results');
 interface Options {
   quick: boolean;
   profile: boolean;
+  /** Only the IPv6 case (IPV6_BACKENDS, largest MTU). */
+  ipv6Only: boolean;
   runs: number;
   seconds: number;
   rateSeconds: number;
@@ -64,6 +70,7 @@ function parseArgs(argv: string[]): Options {
   const o: Options = {
     quick,
     profile: argv.includes('--profile'),
+    ipv6Only: argv.includes('--ipv6-only'),
     runs: Number(value('--runs') ?? (quick ? 1 : 3)),
     seconds: Number(value('--seconds') ?? 3),
     rateSeconds: quick ? 1 : 2,
@@ -112,12 +119,14 @@ function record(res: Results, key: string, backend: BackendName, value: number, 
   (c[backend] ??= []).push(cpu);
 }
 
-async function bringUp(backends: readonly BackendName[], mtu: number, res: Results): Promise<Map<BackendName, LinkState>> {
+/** `ipv6`: give IPV6_BACKENDS an IPv6 guest too (the IPv6 case). */
+async function bringUp(backends: readonly BackendName[], mtu: number, res: Results, ipv6 = false): Promise<Map<BackendName, LinkState>> {
   const up = new Map<BackendName, LinkState>();
   for (const b of backends) {
-    log(`starting ${b} at MTU ${mtu}`);
+    const six = ipv6 && IPV6_BACKENDS.includes(b);
+    log(`starting ${b} at MTU ${mtu}${six ? ' with IPv6' : ''}`);
     try {
-      const link = await startLink(b, { prefix: PREFIX, mtu });
+      const link = await startLink(b, { prefix: PREFIX, mtu, ipv6: six });
       const servers = await startServers(link).catch(async (e: unknown) => {
         await link.stop();
         throw e;
@@ -161,6 +170,24 @@ async function eachRun(
   }
 }
 
+/**
+ * One stream each way over IPv6 and, in the same run right after, over IPv4,
+ * through every link that has IPv6: the ratio of their medians is what the
+ * IPv6 path costs (issue 19 sets no target).
+ */
+async function ipv6Case(up: Map<BackendName, LinkState>, mtu: number, o: Options, res: Results): Promise<void> {
+  const six = new Map([...up].filter(([, s]) => s.link.hostAlias6 !== undefined));
+  for (const direction of ['guest->host', 'host->guest'] as Direction[]) {
+    log(`IPv6 and IPv4, ${direction}, MTU ${mtu}`);
+    await eachRun(six, o.runs, `ipv6 ${direction}`, res, async ({ link, servers }, b) => {
+      for (const family of [6, 4] as const) {
+        const s = await iperf(link, servers, { direction, streams: 1, seconds: o.seconds, family });
+        record(res, iperfFamilyKey(mtu, direction, family), b, s.bps, s.cpu);
+      }
+    });
+  }
+}
+
 async function compare(o: Options): Promise<Results> {
   const res: Results = {
     startedAt: new Date().toISOString(),
@@ -180,8 +207,17 @@ async function compare(o: Options): Promise<Results> {
     return why === undefined;
   });
   const rrMtu = Math.max(...o.mtus);
+  if (o.ipv6Only) {
+    const up = await bringUp(backends.filter((b) => IPV6_BACKENDS.includes(b)), rrMtu, res, true);
+    try {
+      await ipv6Case(up, rrMtu, o, res);
+    } finally {
+      await tearDown(up, rrMtu, res);
+    }
+    return res;
+  }
   for (const mtu of o.mtus) {
-    const up = await bringUp(backends, mtu, res);
+    const up = await bringUp(backends, mtu, res, mtu === rrMtu);
     try {
       for (const direction of ['guest->host', 'host->guest'] as Direction[]) {
         for (const streams of o.streams) {
@@ -214,6 +250,7 @@ async function compare(o: Options): Promise<Results> {
           if (s.wrongSource) res.errors.push(`dns via ${b}: ${s.wrongSource} answers from another address than ${link.dnsServer}`);
           record(res, 'dns perSec', b, s.perSec, s.cpu);
         });
+        await ipv6Case(up, mtu, o, res);
       }
     } finally {
       await tearDown(up, mtu, res);
@@ -335,10 +372,12 @@ async function main(): Promise<void> {
   }
   const t0 = Date.now();
   const res = await compare(o);
-  const backends = o.backends.filter((b) => res.skipped[b] === undefined);
-  const metrics = metricsFor(o.mtus, o.streams, Math.max(...o.mtus));
+  const rrMtu = Math.max(...o.mtus);
+  const backends = o.backends.filter((b) => res.skipped[b] === undefined && (!o.ipv6Only || IPV6_BACKENDS.includes(b)));
+  const metrics = o.ipv6Only ? ipv6Metrics(rrMtu) : metricsFor(o.mtus, o.streams, rrMtu);
   const text = table(res.figures, metrics, backends);
   console.log(text);
+  for (const line of ipv6Ratios(res.figures, rrMtu, backends)) console.log(line);
   for (const [b, why] of Object.entries(res.skipped)) console.log(`skipped ${b}: ${why}`);
   for (const [mtu, peaks] of Object.entries(res.peakRss)) {
     for (const [b, p] of Object.entries(peaks)) {
@@ -359,13 +398,13 @@ async function main(): Promise<void> {
   const seconds = Math.round((Date.now() - t0) / 1000);
   console.log(`took ${seconds} s`);
   const stamp = res.startedAt.replace(/[:.]/g, '-');
-  const name = o.quick ? 'quick' : 'full';
+  const name = o.ipv6Only ? 'ipv6' : o.quick ? 'quick' : 'full';
   const jsonFile = o.out ?? join(resultsDir, `compare-${name}-${stamp}.json`);
   writeFileSync(jsonFile, JSON.stringify({ ...res, seconds, table: text }, null, 2) + '\n');
   writeFileSync(join(resultsDir, `latest-${name}.json`), JSON.stringify({ ...res, seconds, table: text }, null, 2) + '\n');
   writeFileSync(
     join(resultsDir, `compare-${name}.svg`),
-    svgChart(res.figures, metrics, backends, `Moat vs passt, slirp4netns and veth (${res.machine.cpus} cores, ${res.startedAt.slice(0, 10)}, medians of ${o.runs})`),
+    svgChart(res.figures, metrics, backends, `${o.ipv6Only ? 'Moat over IPv6 and IPv4' : 'Moat vs passt, slirp4netns and veth'} (${res.machine.cpus} cores, ${res.startedAt.slice(0, 10)}, medians of ${o.runs})`),
   );
   log(`wrote ${jsonFile} and ${join(resultsDir, `compare-${name}.svg`)}`);
 }

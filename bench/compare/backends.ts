@@ -30,6 +30,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
+  assertRoutesInto,
   createTopology,
   hasTool,
   killTracked,
@@ -43,13 +44,16 @@ import {
   type ExecResult,
   type TrackedProcess,
 } from '../../test/e2e/harness.js';
-import { DNS_SERVER_JS, HOST_IP, GATEWAY_IP, ipv4Literals, startMoatFixture, type DnsZone } from '../../test/e2e/moat-fixture.js';
+import { DNS_SERVER_JS, HOST_IP, GATEWAY_IP, ipv4Literals, ipv6Literals, startMoatFixture, type DnsZone } from '../../test/e2e/moat-fixture.js';
+import { DEFAULT_IPV6_PREFIX } from '../../src/config.js';
 import { createVethPair } from '../../test/e2e/bulk-support.js';
 
 export type BackendName = 'moat' | 'moat-exec' | 'moat-offload' | 'passt' | 'slirp4netns' | 'veth';
 export const BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'moat-offload', 'passt', 'slirp4netns', 'veth'];
 /** Every Moat configuration (relay, TAP handed over, TAP handed over with receive offload). */
 export const MOAT_BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'moat-offload'];
+/** The backends the IPv6 case runs on (LinkOptions.ipv6): Moat's, and slirp4netns (--enable-ipv6). */
+export const IPV6_BACKENDS: readonly BackendName[] = [...MOAT_BACKENDS, 'slirp4netns'];
 
 /** The one name every DNS server answers (with a documentation address nobody dials). */
 export const DNS_NAME = 'www.mk7.test';
@@ -67,6 +71,9 @@ export interface GuestLink {
   readonly serverNs: string | undefined;
   /** Address the host-side servers bind. */
   readonly serverBind: string;
+  /** With LinkOptions.ipv6, where the guest's IPv6 clients connect (the backend's IPv6 host alias), and what the host-side IPv6 servers bind. */
+  readonly hostAlias6?: string;
+  readonly serverBind6?: string;
   /** Processes whose CPU and memory are the backend's cost (backend first; the shim if any). */
   readonly costPids: ReadonlyArray<{ role: string; pid: number }>;
   /** Run a command in the guest namespace (refuses IPv4 literals outside the allow-list). */
@@ -84,12 +91,14 @@ export interface LinkOptions {
   mtu: number;
   /** Extra node flags for Moat (e.g. --cpu-prof). */
   moatNodeArgs?: string[];
+  /** Give the guest IPv6 too (IPV6_BACKENDS): SLAAC from the backend's RA, an IPv6 host alias reaching the host's ::1. */
+  ipv6?: boolean;
 }
 
 function guard(allowed: readonly string[]): (cmd: string, args: readonly string[]) => void {
   const ok = new Set(allowed);
   return (cmd, args) => {
-    const bad = ipv4Literals([cmd, ...args]).filter((a) => !ok.has(a) && !a.startsWith('0.'));
+    const bad = [...ipv4Literals([cmd, ...args]).filter((a) => !a.startsWith('0.')), ...ipv6Literals([cmd, ...args])].filter((a) => !ok.has(a));
     if (bad.length > 0) throw new Error(`refusing to run "${cmd} ${args.join(' ')}" in the guest: ${bad.join(', ')} not allowed`);
   };
 }
@@ -99,6 +108,33 @@ async function dropDefaultRoute(ns: string): Promise<void> {
   await nsRunAsync(ns, 'ip', ['-4', 'route', 'del', 'default']);
   const left = (await nsRunAsync(ns, 'ip', ['-4', 'route', 'show', 'default'])).stdout.trim();
   if (left !== '') throw new Error(`guest ${ns} still has a default route: ${left}`);
+}
+
+/** Moat's IPv6 host alias (::fe of its default prefix): Moat dials it at the host's ::1. */
+const MOAT_HOST6 = DEFAULT_IPV6_PREFIX.replace(/::\/64$/, '::fe');
+
+/**
+ * Wait for the guest's SLAAC address on `dev` (in the backend's /64 `prefix`,
+ * text up to "::"; DAD done), then take away its IPv6 default route and keep
+ * later RAs from adding it back: the guest then reaches its own /64 only
+ * (the backend's gateway and `hostAlias6`).
+ */
+async function slaacOnLinkOnly(ns: string, dev: string, prefix: string, hostAlias6: string): Promise<void> {
+  await waitFor(
+    `SLAAC address on ${dev}`,
+    async () => {
+      const r = await nsRunAsync(ns, 'ip', ['-6', '-o', 'addr', 'show', 'dev', dev, 'scope', 'global']);
+      return r.stdout.split('\n').some((l) => l.includes(`inet6 ${prefix}`) && !l.includes('tentative'));
+    },
+    { timeoutMs: 20_000, intervalMs: 100 },
+  );
+  const sys = await nsRunAsync(ns, 'sysctl', ['-q', '-w', `net.ipv6.conf.${dev}.accept_ra_defrtr=0`]);
+  if (sys.status !== 0) throw new Error(`sysctl accept_ra_defrtr: ${sys.stderr}`);
+  await nsRunAsync(ns, 'ip', ['-6', 'route', 'del', 'default']);
+  const left = (await nsRunAsync(ns, 'ip', ['-6', 'route', 'show', 'default'])).stdout.trim();
+  if (left !== '') throw new Error(`guest ${ns} still has an IPv6 default route: ${left}`);
+  const via = (await nsRunAsync(ns, 'ip', ['-6', 'route', 'get', hostAlias6])).stdout;
+  if (!new RegExp(`\\bdev ${dev}\\b`).test(via)) throw new Error(`guest ${ns}: ${hostAlias6} does not route via ${dev}: ${via}`);
 }
 
 /**
@@ -178,9 +214,15 @@ async function moatLink(o: LinkOptions, link: 'relay' | 'exec', offload = false)
     logLevel: 'info', // 'moat ready' is an info line; flows are not logged at info (refusals are)
     dnsZone: () => ZONE,
     nodeArgs: o.moatNodeArgs ?? [],
+    guestIpv6: o.ipv6 ?? false,
   });
   try {
     await dropDefaultRoute(fx.guestNs);
+    if (o.ipv6) {
+      // Moat dials the IPv6 host alias at the host's ::1: it must be loopback.
+      assertRoutesInto(['::1'], []);
+      await slaacOnLinkOnly(fx.guestNs, fx.tap, DEFAULT_IPV6_PREFIX.replace(/::\/64$/, ':'), MOAT_HOST6);
+    }
     await deepenTapQueues(fx.guestNs);
     const procs: TrackedProcess[] = [];
     return makeLink(
@@ -192,6 +234,7 @@ async function moatLink(o: LinkOptions, link: 'relay' | 'exec', offload = false)
         dnsServer: GATEWAY_IP,
         serverNs: undefined,
         serverBind: '127.0.0.1',
+        ...(o.ipv6 ? { hostAlias6: MOAT_HOST6, serverBind6: '::1' } : {}),
         costPids:
           link === 'exec'
             ? [{ role: 'moat', pid: fx.moat.child.pid! }]
@@ -200,7 +243,7 @@ async function moatLink(o: LinkOptions, link: 'relay' | 'exec', offload = false)
                 { role: 'shim', pid: fx.shim.child.pid! },
               ],
       },
-      [HOST_IP, GATEWAY_IP],
+      o.ipv6 ? [HOST_IP, GATEWAY_IP, MOAT_HOST6] : [HOST_IP, GATEWAY_IP],
       procs,
       () => fx.stop(),
     );
@@ -283,9 +326,12 @@ async function passtLink(o: LinkOptions): Promise<GuestLink> {
 
 const SLIRP_HOST = '10.0.2.2';
 const SLIRP_DNS = '10.0.2.3';
+/** libslirp's IPv6 defaults: the guest's /64 fd00::/64 by RA, the host at fd00::2 (dialled at the host's ::1). */
+const SLIRP_PREFIX6 = 'fd00::';
+const SLIRP_HOST6 = 'fd00::2';
 
 async function slirpLink(o: LinkOptions): Promise<GuestLink> {
-  const topo = createTopology({ prefix: o.prefix, internetAddresses: 1 });
+  const topo = createTopology({ prefix: o.prefix, internetAddresses: 1, guestIpv6: o.ipv6 ?? false });
   const dir = mkdtempSync(join(tmpdir(), `${o.prefix}slirp-`));
   const procs: TrackedProcess[] = [];
   const teardown = async (): Promise<void> => {
@@ -303,8 +349,8 @@ async function slirpLink(o: LinkOptions): Promise<GuestLink> {
     // `exec` keeps the PID: the tracked PID is slirp4netns itself.
     const slirp = spawnTracked('unshare', [
       '-m', 'sh', '-c',
-      'mount --bind "$1" /etc/resolv.conf && exec slirp4netns --configure --mtu="$2" --netns-type=path "/run/netns/$3" tap0',
-      'sh', resolv, String(o.mtu), topo.guestNs,
+      'mount --bind "$1" /etc/resolv.conf && exec slirp4netns --configure $4 --mtu="$2" --netns-type=path "/run/netns/$3" tap0',
+      'sh', resolv, String(o.mtu), topo.guestNs, o.ipv6 ? '--enable-ipv6' : '',
     ]);
     procs.push(slirp);
     await waitFor(
@@ -316,6 +362,10 @@ async function slirpLink(o: LinkOptions): Promise<GuestLink> {
       { timeoutMs: 10_000, intervalMs: 50 },
     );
     await dropDefaultRoute(topo.guestNs);
+    if (o.ipv6) {
+      topo.assertRoutes(['::1']);
+      await slaacOnLinkOnly(topo.guestNs, 'tap0', SLIRP_PREFIX6, SLIRP_HOST6);
+    }
     await deepenTapQueues(topo.guestNs);
     return makeLink(
       {
@@ -326,9 +376,10 @@ async function slirpLink(o: LinkOptions): Promise<GuestLink> {
         dnsServer: SLIRP_DNS,
         serverNs: undefined,
         serverBind: '127.0.0.1',
+        ...(o.ipv6 ? { hostAlias6: SLIRP_HOST6, serverBind6: '::1' } : {}),
         costPids: [{ role: 'slirp4netns', pid: slirp.child.pid! }],
       },
-      [SLIRP_HOST, SLIRP_DNS],
+      o.ipv6 ? [SLIRP_HOST, SLIRP_DNS, SLIRP_HOST6] : [SLIRP_HOST, SLIRP_DNS],
       procs,
       teardown,
     );

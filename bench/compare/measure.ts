@@ -66,6 +66,8 @@ export interface Servers {
   echoPort: number;
   connPort: number;
   holdPort: number;
+  /** iperf3 -s on the link's serverBind6 (links with IPv6 only). */
+  iperf6Port?: number;
   stop(): Promise<void>;
 }
 
@@ -74,11 +76,18 @@ export async function startServers(link: GuestLink): Promise<Servers> {
   // Random high ports: other programs on this machine use the root namespace's loopback too.
   const base = 20_000 + Math.floor(Math.random() * 2_000) * 10;
   const procs: TrackedProcess[] = [];
-  const ports = { iperfPort: base, echoPort: base + 1, connPort: base + 2, holdPort: base + 3 };
+  const ports: Omit<Servers, 'stop'> = { iperfPort: base, echoPort: base + 1, connPort: base + 2, holdPort: base + 3 };
+  if (link.serverBind6 !== undefined) ports.iperf6Port = base + 4;
   try {
-    const iperf = link.serverSpawn('iperf3', ['-s', '--forceflush', '-B', link.serverBind, '-p', String(ports.iperfPort)]);
-    procs.push(iperf);
-    await waitForOutput(iperf, /Server listening/, { stream: 'stdout', timeoutMs: 5_000 });
+    for (const [bind, port] of [
+      [link.serverBind, ports.iperfPort],
+      [link.serverBind6, ports.iperf6Port],
+    ] as const) {
+      if (bind === undefined || port === undefined) continue;
+      const iperf = link.serverSpawn('iperf3', ['-s', '--forceflush', '-B', bind, '-p', String(port)]);
+      procs.push(iperf);
+      await waitForOutput(iperf, /Server listening/, { stream: 'stdout', timeoutMs: 5_000 });
+    }
     for (const [code, port] of [
       [ECHO_SERVER_JS, ports.echoPort],
       [ONE_BYTE_SERVER_JS, ports.connPort],
@@ -113,9 +122,12 @@ export interface IperfSample {
 export async function iperf(
   link: GuestLink,
   s: Servers,
-  o: { direction: Direction; streams: number; seconds: number },
+  o: { direction: Direction; streams: number; seconds: number; family?: 4 | 6 },
 ): Promise<IperfSample> {
-  const args = ['-c', link.hostAlias, '-p', String(s.iperfPort), '-t', String(o.seconds), '-J', '-P', String(o.streams)];
+  const six = o.family === 6;
+  const [alias, port] = six ? [link.hostAlias6, s.iperf6Port] : [link.hostAlias, s.iperfPort];
+  if (alias === undefined || port === undefined) throw new Error(`iperf over IPv6: ${link.backend} was started without IPv6`);
+  const args = ['-c', alias, '-p', String(port), '-t', String(o.seconds), '-J', '-P', String(o.streams)];
   if (o.direction === 'host->guest') args.push('-R');
   const { value: r, cpu } = await withCpu(link, () => link.guestRun('iperf3', args, { timeoutMs: (o.seconds + 20) * 1000 }));
   const fig = parseIperfJson(r.stdout);

@@ -32,6 +32,43 @@ export function iperfKey(mtu: number, direction: string, streams: number): strin
   return `iperf mtu=${mtu} ${direction} P${streams}`;
 }
 
+/** The IPv6 case: one stream over IPv6 (family 6), and over IPv4 in the same runs, interleaved (family 4), so their ratio sees the same load. */
+export function iperfFamilyKey(mtu: number, direction: string, family: 4 | 6): string {
+  return `iperf-pair mtu=${mtu} ${direction} IPv${family}`;
+}
+
+/** Table rows of the IPv6 case at `mtu`. */
+export function ipv6Metrics(mtu: number): Metric[] {
+  return ['guest->host', 'host->guest'].flatMap((direction) =>
+    ([6, 4] as const).map((family) => ({
+      key: iperfFamilyKey(mtu, direction, family),
+      label: `${direction} 1 stream over IPv${family}${family === 4 ? ' (paired with IPv6)' : ''}, MTU ${mtu}`,
+      unit: 'Gbit/s',
+      higherIsBetter: true,
+      scale: 1e9,
+      digits: 2,
+    })),
+  );
+}
+
+/** One line per backend and direction: the IPv6 median over the paired IPv4 median (no target: issue 19 asks for the ratio). */
+export function ipv6Ratios(figures: Figures, mtu: number, backends: readonly BackendName[]): string[] {
+  const out: string[] = [];
+  for (const direction of ['guest->host', 'host->guest']) {
+    for (const b of backends) {
+      const v6 = figures[iperfFamilyKey(mtu, direction, 6)]?.[b];
+      const v4 = figures[iperfFamilyKey(mtu, direction, 4)]?.[b];
+      if (v6 === undefined || v4 === undefined) continue;
+      const runs = (f: Figure): string => f.runs.map((x) => (x / 1e9).toFixed(2)).join(' ');
+      out.push(
+        `IPv6/IPv4 ${b} ${direction} MTU ${mtu}: ${(v6.median / 1e9).toFixed(2)} / ${(v4.median / 1e9).toFixed(2)} Gbit/s = ${ratio(v6.median, v4.median)} ` +
+          `(medians of ${v6.runs.length}; IPv6 runs ${runs(v6)}; IPv4 runs ${runs(v4)})`,
+      );
+    }
+  }
+  return out;
+}
+
 /** The metrics in display order, with the issue's targets attached where it sets one. */
 export function metricsFor(mtus: readonly number[], streams: readonly number[], rrMtu: number): Metric[] {
   const out: Metric[] = [];
@@ -110,6 +147,7 @@ export function metricsFor(mtus: readonly number[], streams: readonly number[], 
       },
     },
     { key: 'dns perSec', label: 'DNS queries per s (one at a time)', unit: '/s', higherIsBetter: true, scale: 1, digits: 0 },
+    ...ipv6Metrics(rrMtu),
   );
   return out;
 }

@@ -21,6 +21,7 @@
  */
 import { mkdtempSync, readFileSync, rmSync, writeFileSync, existsSync, statSync, chmodSync } from 'node:fs';
 import { request } from 'node:http';
+import { isIPv6 } from 'node:net';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -317,6 +318,18 @@ const IPV4_RE = /(?<![\d.])(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3})(?![\d.])/g;
 export function ipv4Literals(args: readonly string[]): string[] {
   const out: string[] = [];
   for (const a of args) for (const m of a.matchAll(IPV4_RE)) out.push(m[1]!);
+  return out;
+}
+
+/** IPv6 literals anywhere in `args` (two colons or more that parse as an address; "[a::b]:80" gives a::b). */
+export function ipv6Literals(args: readonly string[]): string[] {
+  const out: string[] = [];
+  for (const a of args) {
+    for (const m of a.matchAll(/[0-9a-fA-F:.]*:[0-9a-fA-F:.]*:[0-9a-fA-F:.]*/g)) {
+      const t = m[0].replace(/\.+$/, '');
+      if (isIPv6(t)) out.push(t);
+    }
+  }
   return out;
 }
 

@@ -7,13 +7,36 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { assertRoutesInto, checkPrerequisites, onCleanup } from '../e2e/harness.js';
-import { ipv4Literals } from '../e2e/moat-fixture.js';
+import { ipv4Literals, ipv6Literals } from '../e2e/moat-fixture.js';
+import { inPrefix6, parseIPv6, type IPv6 } from '../../netstack/addr.js';
+import { DEFAULT_IPV6_PREFIX } from '../../src/config.js';
 import { buildBaseImage, findGuestKernel, writeCaseInitramfs, type BaseImage, type GuestExtras, type GuestKernel } from './guest-image.js';
 import { qemuAvailable } from './qemu.js';
 
 export const GATEWAY_IP = '192.168.127.1';
 export const GUEST_IP = '192.168.127.2';
 export const HOST_IP = '192.168.127.254';
+/** Moat's default IPv6 prefix (--ipv6-prefix): the guest's SLAAC /64, the gateway at ::1, the host alias at ::fe. */
+export const PREFIX6 = DEFAULT_IPV6_PREFIX.replace(/::\/64$/, ':');
+export const GATEWAY6 = `${PREFIX6}:1`;
+export const HOST6 = `${PREFIX6}:fe`;
+const PREFIX6_NET = parseIPv6(DEFAULT_IPV6_PREFIX.replace(/\/64$/, '')) as IPv6;
+const LINK_LOCAL6 = parseIPv6('fe80::') as IPv6;
+
+/**
+ * Addresses a case script names that nothing checked: IPv4 ones not in
+ * `allowed`, and IPv6 ones not in `allowed`, not in Moat's own /64 (they end
+ * at Moat; its host alias ::fe at the host's ::1, loopback) and not
+ * link-local (they never leave the guest's link, which is Moat).
+ */
+export function unguardedAddresses(caseScript: string, allowed: ReadonlySet<string>): string[] {
+  const bad = ipv4Literals([caseScript]).filter((a) => !allowed.has(a));
+  for (const a of ipv6Literals([caseScript])) {
+    const ip = parseIPv6(a)!;
+    if (!allowed.has(a) && !inPrefix6(ip, PREFIX6_NET, 64) && !inPrefix6(ip, LINK_LOCAL6, 10)) bad.push(a);
+  }
+  return bad;
+}
 
 /** What is missing for the VM tests (root and namespaces too when `needRoot`). */
 export function vmProblems(needRoot: boolean): string[] {
@@ -66,7 +89,7 @@ export function createVmEnv(prefix: string, extra: GuestExtras = {}): VmEnv {
     kernel,
     base,
     initrd(name, caseScript) {
-      const bad = ipv4Literals([caseScript]).filter((a) => !allowed.has(a));
+      const bad = unguardedAddresses(caseScript, allowed);
       if (bad.length > 0) throw new Error(`case ${name}: refusing addresses not checked by allowAddresses(): ${bad.join(', ')}`);
       return writeCaseInitramfs(base, caseScript, join(dir, `${name}.initrd`));
     },

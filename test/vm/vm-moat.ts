@@ -3,7 +3,7 @@
  * for QEMU on a unix socket (no shim, no TAP: QEMU is the guest's wire), a
  * tiny DNS server on loopback standing in for --dns-upstream, and an HTTP
  * server on 127.0.0.1 that the guest reaches through Moat's host alias
- * 192.168.127.254.
+ * 192.168.127.254 (or on ::1, reached through the IPv6 host alias ::fe).
  *
  * Every process goes through the e2e harness (tracked by PID, killed on
  * every exit path); every server here listens on 127.0.0.1 only.
@@ -119,7 +119,8 @@ export interface HostHttp {
   close(): Promise<void>;
 }
 
-export async function startHostHttp(bigSize = 8 * 1024 * 1024): Promise<HostHttp> {
+/** `host`: 127.0.0.1, or ::1 for the IPv6 host alias (loopback either way). */
+export async function startHostHttp(bigSize = 8 * 1024 * 1024, host: '127.0.0.1' | '::1' = '127.0.0.1'): Promise<HostHttp> {
   const big = randomBytes(bigSize);
   const bigSha256 = createHash('sha256').update(big).digest('hex');
   const requests: string[] = [];
@@ -147,7 +148,10 @@ export async function startHostHttp(bigSize = 8 * 1024 * 1024): Promise<HostHttp
     res.writeHead(404);
     res.end();
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(0, host, resolve);
+  });
   return {
     port: (server.address() as AddressInfo).port,
     bigSize,

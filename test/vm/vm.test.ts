@@ -18,7 +18,7 @@ import { get } from 'node:http';
 import { join } from 'node:path';
 import { cleanupAll, killTracked, startShim, type TrackedProcess } from '../e2e/harness.js';
 import { startVm, type RunningVm } from './qemu.js';
-import { createVmEnv, vmGate, GATEWAY_IP, GUEST_IP, HOST_IP, type VmEnv } from './vm-env.js';
+import { createVmEnv, vmGate, GATEWAY_IP, GATEWAY6, GUEST_IP, HOST_IP, HOST6, PREFIX6, type VmEnv } from './vm-env.js';
 import { freeLoopbackPort, startDnsServer, startHostHttp, startMoat, type HostHttp, type VmMoat } from './vm-moat.js';
 
 const gate = vmGate(false);
@@ -138,6 +138,53 @@ describe.skipIf(gate.skip)('a QEMU guest on Moat', () => {
     const stats = await m.stats();
     expect(stats.bytes.out).toBeGreaterThan(http.bigSize);
     expect(stats.frames.out).toBeGreaterThan(http.bigSize / 1514);
+  }, CASE_TIMEOUT_MS);
+
+  it('stream: IPv6 by SLAAC from Moat\'s RA (global /64 address, default route via the gateway\'s link-local), ping6 to the gateway, DNS over IPv6 to the gateway, HTTP and 8 MiB with its checksum from [::1] via the IPv6 host alias; then IPv4 too (dual stack)', async () => {
+    // The host alias ::fe is dialled at the host's ::1: the server listens there only, so a fetch that worked went over IPv6 end to end.
+    env.allowAddresses(['::1']);
+    const http6 = await startHostHttp(undefined, '::1');
+    running.push({ stop: http6.close });
+    const m = await moat('stream-ipv6');
+    const url6 = `http://[${HOST6}]:${http6.port}`;
+    const vm = vmOn(
+      m,
+      'stream-ipv6',
+      `
+# No DHCP first: IPv6 alone must configure the guest (the kernel does SLAAC: accept_ra is on, forwarding off).
+expect_eq "accept_ra" "$(cat /proc/sys/net/ipv6/conf/eth0/accept_ra)" 1
+n=0
+while :; do
+  a6=$(ip -6 -o addr show dev eth0 scope global | grep -v tentative | grep -o '${PREFIX6}[0-9a-f:]*/64' | head -n 1)
+  [ -n "$a6" ] && break
+  n=$((n + 1)); [ $n -gt 300 ] && fail "no SLAAC address in ${PREFIX6}:/64: $(ip -6 addr show dev eth0 | tr '\n' ' ')"
+  usleep 100000
+done
+mark slaac
+echo "MOAT-VM-STEP SLAAC address $a6"
+r6=$(ip -6 route show default)
+case "$r6" in *"via fe80::"*"dev eth0"*) echo "MOAT-VM-STEP default route $r6" ;; *) fail "IPv6 default route: got '$r6'" ;; esac
+check "ping6 gateway" ping6 -c 2 -W 5 ${GATEWAY6}
+expect_eq "nslookup ${FORWARDED_NAME} over IPv6 (UDP to [${GATEWAY6}]:53)" "$(resolve ${FORWARDED_NAME} ${GATEWAY6})" ${FORWARDED_ADDR}
+expect_eq "wget hello via [${HOST6}]" "$(timeout 20 wget -q -O - ${url6}/hello)" "moat-vm hello"
+mark big6-start
+expect_eq "sha256 of ${http6.bigSize} bytes over IPv6" "$(timeout 60 wget -q -O - ${url6}/big | sha256sum | cut -d' ' -f1)" ${http6.bigSha256}
+mark big6-done
+dhcp
+expect_eq "wget hello via ${HOST_IP} (dual stack)" "$(timeout 20 wget -q -O - http://${HOST_IP}:${http.port}/hello)" "moat-vm hello"
+`,
+    );
+    const ms = await expectOk(vm, m);
+    expect(http6.requests).toEqual(['GET /hello', 'GET /big']);
+    const slaac = vm.marks().find((x) => x.name === 'slaac');
+    const secs = markGap(vm, 'big6-start', 'big6-done');
+    timing(
+      'stream-ipv6',
+      vm,
+      ms,
+      `link-up-to-SLAAC ${markGap(vm, 'link', 'slaac')?.toFixed(2)} s (guest uptime ${slaac?.guestS} s)` +
+        (secs === undefined ? '' : `; 8 MiB download over IPv6 ${secs.toFixed(2)} s (host clock, ${((http6.bigSize * 8) / secs / 1e6).toFixed(1)} Mbit/s)`),
+    );
   }, CASE_TIMEOUT_MS);
 
   it('stream: host.containers.internal resolves to the host alias (forwarding mode, no --allow)', async () => {
