@@ -8,12 +8,13 @@ import dnsPacket from 'dns-packet';
 import { canonicalHostname, RuleError } from '../dns/rules.js';
 import type { Resolver } from '../dns/preresolve.js';
 import type { Decision } from '../sni/policy.js';
-import { formatIPv4, parseIPv4 } from '../netstack/addr.js';
+import { formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from '../netstack/addr.js';
 import { parseIpv6 } from '../sni/ranges6.js';
 import type { ExplainConfig } from './config.js';
 import { AllowlistRuntime } from './egress/allowlist-runtime.js';
 import { DEFAULT_EGRESS_OPTIONS } from './egress/egress.js';
 import { NULL_LOGGER } from './log.js';
+import { ipv6HostLoopback } from './network.js';
 import { classifyDestination, type Destination } from './nat/destination.js';
 
 export interface Explanation {
@@ -36,6 +37,10 @@ export async function explain(c: ExplainConfig, resolver: Resolver, signal?: Abo
       hostAliasIpv4: formatIPv4(c.hostIp),
       sinkhole: c.sinkhole,
       guestSubnet: { network: formatIPv4(c.network), prefix: c.prefix },
+      // The IPv6 host alias and guest prefix, as serve passes them (src/network.ts): without them an IPv6 target would be decided as no guest sees it.
+      ...(c.ipv6 === undefined ? {} : {
+        ipv6: { guestPrefix: { network: formatIPv6(c.ipv6.prefix), prefix: 64 }, gatewayIpv6: formatIPv6(c.ipv6.gatewayIp), hostAliasIpv6: formatIPv6(c.ipv6.hostIp) },
+      }),
       admitResolved: c.admitResolved,
       hostAliasExempt: c.allowHostAlias,
       allowLinkLocal: c.allowLinkLocal,
@@ -146,9 +151,12 @@ function dialedAddress(address: string, c: ExplainConfig): string {
 }
 
 function natDestination(address: string, c: ExplainConfig): Destination | undefined {
-  const dst = parseIPv4(address);
+  const dst = parseIPv4(address) ?? parseIPv6(address);
   // Link-local is the policy's call once an allowlist runs (as in the NAT).
-  return dst === undefined ? undefined : classifyDestination(dst, { gatewayIp: c.gatewayIp, hostIp: c.hostIp, network: c.network, prefix: c.prefix, allowLinkLocal: true });
+  return dst === undefined ? undefined : classifyDestination(dst, {
+    gatewayIp: c.gatewayIp, hostIp: c.hostIp, network: c.network, prefix: c.prefix, allowLinkLocal: true,
+    ipv6: c.ipv6 === undefined ? undefined : { gatewayIp: c.ipv6.gatewayIp, hostIp: c.ipv6.hostIp, prefix: c.ipv6.prefix, hostLoopback: ipv6HostLoopback() },
+  });
 }
 
 function natRefuses(address: string, c: ExplainConfig): boolean {
