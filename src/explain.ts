@@ -85,15 +85,9 @@ async function explainName(c: ExplainConfig, runtime: AllowlistRuntime): Promise
   if (canonical instanceof RuleError) return { lines: [`destination  "${c.target}" is not a hostname or IP address (${canonical.reason})`], allowed: false };
   const lines = [`destination  ${canonical}:${c.port}`];
 
-  // DNS: ask the very responder the gateway would use.
-  const query = dnsPacket.encode({ type: 'query', id: 1, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: 'A', name: canonical, class: 'IN' }] });
-  const reply = await runtime.dns.responder.respond(query, 'udp');
-  const dns = reply?.decision;
-  if (dns === undefined) lines.push('dns          (no answer)');
-  else {
-    const answer = dns.addresses.length > 0 ? `A ${dns.addresses.join(', ')}` : dns.outcome === 'sinkholed' ? 'A 0.0.0.0 (sinkholed)' : dns.rcode;
-    lines.push(`dns          ${answer}  [zone ${dns.zone ?? '?'}, ${dns.outcome}]`);
-  }
+  // DNS: ask the very responder the gateway would use (AAAA too when serve's guest has IPv6: it answers both).
+  const dns = await askDns(runtime, canonical, 'A', lines);
+  if (c.ipv6 !== undefined) await askDns(runtime, canonical, 'AAAA', lines);
 
   // The connection: the guest dials what DNS gave it (or anything at all), sending this name.
   const dst = dns?.addresses[0] ?? '0.0.0.0';
@@ -116,6 +110,19 @@ async function explainName(c: ExplainConfig, runtime: AllowlistRuntime): Promise
     }
   }
   return { lines, allowed: d.verdict === 'allow' };
+}
+
+/** One question to the gateway's responder, its answer as a `dns` line; the decision, for the connection that follows. */
+async function askDns(runtime: AllowlistRuntime, name: string, type: 'A' | 'AAAA', lines: string[]) {
+  const query = dnsPacket.encode({ type: 'query', id: 1, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name, class: 'IN' }] });
+  const dns = (await runtime.dns.responder.respond(query, 'udp'))?.decision;
+  if (dns === undefined) lines.push(`dns          ${type}: (no answer)`);
+  else {
+    const sinkhole = type === 'A' ? '0.0.0.0' : '::';
+    const answer = dns.addresses.length > 0 ? `${type} ${dns.addresses.join(', ')}` : dns.outcome === 'sinkholed' ? `${type} ${sinkhole} (sinkholed)` : `${type} none (${dns.rcode})`;
+    lines.push(`dns          ${answer}  [zone ${dns.zone ?? '?'}, ${dns.outcome}]`);
+  }
+  return dns;
 }
 
 function describeDecision(d: Decision, proto: 'tcp' | 'udp', c: ExplainConfig): string[] {

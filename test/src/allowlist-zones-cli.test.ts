@@ -19,6 +19,7 @@ beforeEach(async () => {
     'iapi.merck.com': { a: ['192.0.2.13'], ttl: 1 },
     'broken.test': 'servfail',
     'inside6.test': { a: ['192.0.2.14'], aaaa: ['fd6d:6f61:7400::5'], ttl: 60 },
+    'dual6.test': { a: ['192.0.2.15'], aaaa: ['2606:4700::15'], ttl: 60 },
   });
 });
 afterEach(async () => {
@@ -261,6 +262,23 @@ describe('moat explain', () => {
     const bad = await ex(['--ipv6-prefix', 'fd00::/48', '--allow', 'github.com', 'github.com']);
     expect(bad.code).toBe(EXIT_USAGE);
     expect(bad.err).toContain('--ipv6-prefix: must be an IPv6 /64');
+  });
+
+  it('a name (issue 19): the AAAA answer beside the A one, both dialed; the sinkhole answers ::; --ipv6 off asks A only', async () => {
+    const ex = async (args: string[]): Promise<{ code: number; out: string }> => {
+      const io = cliIo();
+      const code = await runCli(['explain', ...resolverArgs(), ...args], io);
+      return { code, out: io.out.join('') };
+    };
+    const dual = await ex(['--allow', 'dual6.test', 'dual6.test']);
+    expect(dual.code).toBe(EXIT_OK);
+    expect(dual.out).toContain('dns          A 192.0.2.15  [zone dual6.test., allowed]');
+    expect(dual.out).toContain('dns          AAAA 2606:4700::15  [zone dual6.test., allowed]');
+    expect(dual.out).toMatch(/dial {9}(192\.0\.2\.15, 2606:4700::15|2606:4700::15, 192\.0\.2\.15) \(resolved by Moat\)/);
+    const sink = await ex(['--allow', 'dual6.test', 'evil.test']);
+    expect(sink.out).toContain('dns          AAAA :: (sinkholed)');
+    const off = await ex(['--ipv6', 'off', '--allow', 'dual6.test', 'dual6.test']);
+    expect(off.out).not.toContain('AAAA');
   });
 
   it('IPv6 usage errors: a zone id, a bad bracket, a port without brackets', async () => {
