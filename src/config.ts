@@ -372,6 +372,9 @@ export const EXPLAIN_FLAG_NAMES: readonly string[] = [
   'admit-resolved',
   'allow-host-alias',
   'allow-link-local',
+  // serve's IPv6 side (its host alias and guest prefix) decides IPv6 targets as serve would.
+  'ipv6',
+  'ipv6-prefix',
   'help',
 ];
 export const EXPLAIN_FLAGS: readonly FlagDoc[] = SERVE_FLAGS.filter((f) => EXPLAIN_FLAG_NAMES.includes(f.name));
@@ -383,6 +386,8 @@ export interface ExplainConfig extends ZonesConfig {
   admitResolved: string[];
   allowHostAlias: boolean;
   allowLinkLocal: boolean;
+  /** --ipv6, --ipv6-prefix as serve reads them (at the default MTU); undefined: serve would refuse every IPv6 destination. */
+  ipv6: Ipv6Settings | undefined;
   /** A hostname or an address (IPv6 without brackets), as given. */
   target: string;
   /** The port asked about; 443 when none was given. */
@@ -428,10 +433,13 @@ export function parseExplainArgs(args: readonly string[], io: ConfigIo = NODE_CO
   const allowlist = buildAllowlist(raw, io);
   if (allowlist.allow.length === 0) throw new ConfigError('--allow: at least one rule is required (or --config with "allow")');
   const admitResolved = parseAdmitResolved(raw);
+  const { str } = getters(raw);
+  const ipv6 = parseIpv6Flags(str('ipv6'), str('ipv6-prefix'), DEFAULT_MTU);
   return {
     kind: 'config',
     config: {
       ...allowlist,
+      ipv6,
       gatewayIp: addresses.gatewayIp,
       hostIp: addresses.hostIp,
       network: addresses.network,

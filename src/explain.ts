@@ -8,12 +8,13 @@ import dnsPacket from 'dns-packet';
 import { canonicalHostname, RuleError } from '../dns/rules.js';
 import type { Resolver } from '../dns/preresolve.js';
 import type { Decision } from '../sni/policy.js';
-import { formatIPv4, parseIPv4 } from '../netstack/addr.js';
+import { formatIPv4, formatIPv6, parseIPv4, parseIPv6 } from '../netstack/addr.js';
 import { parseIpv6 } from '../sni/ranges6.js';
 import type { ExplainConfig } from './config.js';
 import { AllowlistRuntime } from './egress/allowlist-runtime.js';
 import { DEFAULT_EGRESS_OPTIONS } from './egress/egress.js';
 import { NULL_LOGGER } from './log.js';
+import { ipv6HostLoopback } from './network.js';
 import { classifyDestination, type Destination } from './nat/destination.js';
 
 export interface Explanation {
@@ -36,6 +37,10 @@ export async function explain(c: ExplainConfig, resolver: Resolver, signal?: Abo
       hostAliasIpv4: formatIPv4(c.hostIp),
       sinkhole: c.sinkhole,
       guestSubnet: { network: formatIPv4(c.network), prefix: c.prefix },
+      // The IPv6 host alias and guest prefix, as serve passes them (src/network.ts): without them an IPv6 target would be decided as no guest sees it.
+      ...(c.ipv6 === undefined ? {} : {
+        ipv6: { guestPrefix: { network: formatIPv6(c.ipv6.prefix), prefix: 64 }, gatewayIpv6: formatIPv6(c.ipv6.gatewayIp), hostAliasIpv6: formatIPv6(c.ipv6.hostIp) },
+      }),
       admitResolved: c.admitResolved,
       hostAliasExempt: c.allowHostAlias,
       allowLinkLocal: c.allowLinkLocal,
@@ -80,15 +85,9 @@ async function explainName(c: ExplainConfig, runtime: AllowlistRuntime): Promise
   if (canonical instanceof RuleError) return { lines: [`destination  "${c.target}" is not a hostname or IP address (${canonical.reason})`], allowed: false };
   const lines = [`destination  ${canonical}:${c.port}`];
 
-  // DNS: ask the very responder the gateway would use.
-  const query = dnsPacket.encode({ type: 'query', id: 1, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type: 'A', name: canonical, class: 'IN' }] });
-  const reply = await runtime.dns.responder.respond(query, 'udp');
-  const dns = reply?.decision;
-  if (dns === undefined) lines.push('dns          (no answer)');
-  else {
-    const answer = dns.addresses.length > 0 ? `A ${dns.addresses.join(', ')}` : dns.outcome === 'sinkholed' ? 'A 0.0.0.0 (sinkholed)' : dns.rcode;
-    lines.push(`dns          ${answer}  [zone ${dns.zone ?? '?'}, ${dns.outcome}]`);
-  }
+  // DNS: ask the very responder the gateway would use (AAAA too when serve's guest has IPv6: it answers both).
+  const dns = await askDns(runtime, canonical, 'A', lines);
+  if (c.ipv6 !== undefined) await askDns(runtime, canonical, 'AAAA', lines);
 
   // The connection: the guest dials what DNS gave it (or anything at all), sending this name.
   const dst = dns?.addresses[0] ?? '0.0.0.0';
@@ -111,6 +110,19 @@ async function explainName(c: ExplainConfig, runtime: AllowlistRuntime): Promise
     }
   }
   return { lines, allowed: d.verdict === 'allow' };
+}
+
+/** One question to the gateway's responder, its answer as a `dns` line; the decision, for the connection that follows. */
+async function askDns(runtime: AllowlistRuntime, name: string, type: 'A' | 'AAAA', lines: string[]) {
+  const query = dnsPacket.encode({ type: 'query', id: 1, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name, class: 'IN' }] });
+  const dns = (await runtime.dns.responder.respond(query, 'udp'))?.decision;
+  if (dns === undefined) lines.push(`dns          ${type}: (no answer)`);
+  else {
+    const sinkhole = type === 'A' ? '0.0.0.0' : '::';
+    const answer = dns.addresses.length > 0 ? `${type} ${dns.addresses.join(', ')}` : dns.outcome === 'sinkholed' ? `${type} ${sinkhole} (sinkholed)` : `${type} none (${dns.rcode})`;
+    lines.push(`dns          ${answer}  [zone ${dns.zone ?? '?'}, ${dns.outcome}]`);
+  }
+  return dns;
 }
 
 function describeDecision(d: Decision, proto: 'tcp' | 'udp', c: ExplainConfig): string[] {
@@ -146,9 +158,12 @@ function dialedAddress(address: string, c: ExplainConfig): string {
 }
 
 function natDestination(address: string, c: ExplainConfig): Destination | undefined {
-  const dst = parseIPv4(address);
+  const dst = parseIPv4(address) ?? parseIPv6(address);
   // Link-local is the policy's call once an allowlist runs (as in the NAT).
-  return dst === undefined ? undefined : classifyDestination(dst, { gatewayIp: c.gatewayIp, hostIp: c.hostIp, network: c.network, prefix: c.prefix, allowLinkLocal: true });
+  return dst === undefined ? undefined : classifyDestination(dst, {
+    gatewayIp: c.gatewayIp, hostIp: c.hostIp, network: c.network, prefix: c.prefix, allowLinkLocal: true,
+    ipv6: c.ipv6 === undefined ? undefined : { gatewayIp: c.ipv6.gatewayIp, hostIp: c.ipv6.hostIp, prefix: c.ipv6.prefix, hostLoopback: ipv6HostLoopback() },
+  });
 }
 
 function natRefuses(address: string, c: ExplainConfig): boolean {

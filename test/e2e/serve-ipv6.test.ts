@@ -2,6 +2,7 @@
  * `moat serve` over IPv6 end to end (issue 19, netstack/NAT side), with the
  * real Linux kernel as the guest (see moat-fixture.ts for the topology):
  * the guest configures itself by SLAAC from Moat's router advertisements,
+ * asks for its DNS server by stateless DHCPv6 with a real client (dhclient),
  * pings the gateway's IPv6 address, resolves AAAA through it (forwarding
  * mode, no allowlist), reaches a server on the host's ::1 through the IPv6
  * host alias, and is reached through a port forward to its IPv6 address.
@@ -18,10 +19,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
 import { createServer, type Server } from 'node:http';
 import { createServer as createNetServer, type AddressInfo } from 'node:net';
-import { cleanupAll, e2eGate, hostRun, hostRunAsync, nsRunAsync } from './harness.js';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { cleanupAll, e2eGate, hostRun, hostRunAsync, killTracked, nsRunAsync, waitFor } from './harness.js';
 import { FIXTURE_TOOLS, HTTP_SERVER_JS, startMoatFixture, type MoatFixture } from './moat-fixture.js';
 
-const gate = e2eGate([...FIXTURE_TOOLS, 'curl', 'dig']);
+// dhclient (isc-dhcp-client): the real DHCPv6 client of the stateless information-request test.
+const gate = e2eGate([...FIXTURE_TOOLS, 'curl', 'dig', 'dhclient']);
 
 const PREFIX = 'fd6d:6f61:7400:';
 const GW6 = 'fd6d:6f61:7400::1';
@@ -94,6 +98,43 @@ describe.skipIf(gate.skip).each([
     const r = await nsRunAsync(fx.guestNs, 'dig', [`@${GW6}`, 'www.me8.test', 'AAAA', '+short', '+time=3', '+tries=2'], { timeoutMs: 20_000 });
     expect(r.stdout.trim()).toBe('2001:db8::8');
   });
+
+  it('a real DHCPv6 client (dhclient -6 -S) gets the gateway as DNS server by information-request, and dig AAAA through it answers', async () => {
+    // Everything dhclient writes stays in the fixture's temp dir: its own config, lease, DUID and pid files,
+    // and an event script that only records the options (dhclient-script would rewrite /etc/resolv.conf).
+    // It runs inside the guest namespace on the TAP only, so no interface of the root namespace is touched.
+    const out = join(fx.dir, 'dhcp6.env');
+    const script = join(fx.dir, 'dhcp6-script.sh');
+    const conf = join(fx.dir, 'dhclient6.conf');
+    writeFileSync(script, `#!/bin/sh
+# dhclient event script: record the stateless reply, configure nothing.
+echo "$reason" >> "${out}.log"
+# dhclient 4.4 reports a stateless Reply as RENEW6 (older ones said INFORM6).
+case "$reason" in
+  INFORM6|RENEW6) printf 'sid=%s\\nns=%s\\nsearch=%s\\n' "$new_dhcp6_server_id" "$new_dhcp6_name_servers" "$new_dhcp6_domain_search" > "${out}.tmp" && mv "${out}.tmp" "${out}" ;;
+esac
+exit 0
+`, { mode: 0o755 });
+    writeFileSync(conf, 'request dhcp6.name-servers, dhcp6.domain-search;\n');
+    const client = fx.guestSpawn('dhclient', ['-6', '-S', '-d', '-v', '-1', '-cf', conf, '-lf', join(fx.dir, 'dhclient6.leases'), '-df', join(fx.dir, 'dhclient6.duid'), '-pf', join(fx.dir, 'dhclient6.pid'), '-sf', script, fx.tap]);
+    try {
+      await waitFor('dhclient to record the Reply', () => existsSync(out), { timeoutMs: 30_000, intervalMs: 200 }).catch((e: Error) => {
+        throw new Error(`${e.message}\n${client.stderr()}\n${existsSync(out + '.log') ? `script ran for: ${readFileSync(out + '.log', 'utf8')}` : 'script never ran'}\n${fx.moatLog().slice(-2000)}`);
+      });
+    } finally {
+      await killTracked(client, 'SIGTERM').catch(() => killTracked(client));
+    }
+    const env = Object.fromEntries(readFileSync(out, 'utf8').trim().split('\n').map((l) => [l.slice(0, l.indexOf('=')), l.slice(l.indexOf('=') + 1)]));
+    // The Reply came from Moat: its server DUID is DUID-LL (type 3, Ethernet) of the gateway MAC 5a:94:ef:e4:0c:dd.
+    expect(env['sid']?.trim()).toBe('0:3:0:1:5a:94:ef:e4:c:dd');
+    // Exactly one server, the gateway's IPv6 address (DNS answers there).
+    expect(env['ns']?.trim(), client.stderr()).toBe(GW6);
+    // `moat serve` configures no search domains, so the Reply carries no domain list (option 24 absent).
+    expect(env['search']?.trim()).toBe('');
+    await assertRoute6(fx.guestNs, env['ns']!.trim(), [fx.tap]);
+    const r = await nsRunAsync(fx.guestNs, 'dig', [`@${env['ns']!.trim()}`, 'www.me8.test', 'AAAA', '+short', '+time=3', '+tries=2'], { timeoutMs: 20_000 });
+    expect(r.stdout.trim()).toBe('2001:db8::8');
+  }, 60_000);
 
   it("reaches a server on the host's ::1 through the IPv6 host alias", async () => {
     const r = await nsRunAsync(fx.guestNs, 'curl', ['-sS', '--max-time', '10', `http://[${HOST6}]:${hostPort}/hello`], { timeoutMs: 20_000 });

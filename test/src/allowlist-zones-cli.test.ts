@@ -18,6 +18,8 @@ beforeEach(async () => {
     'api.github.com': { a: ['192.0.2.11', '192.0.2.12'], ttl: 30 },
     'iapi.merck.com': { a: ['192.0.2.13'], ttl: 1 },
     'broken.test': 'servfail',
+    'inside6.test': { a: ['192.0.2.14'], aaaa: ['fd6d:6f61:7400::5'], ttl: 60 },
+    'dual6.test': { a: ['192.0.2.15'], aaaa: ['2606:4700::15'], ttl: 60 },
   });
 });
 afterEach(async () => {
@@ -226,6 +228,58 @@ describe('moat explain', () => {
     const broad = cliIo();
     expect(await runCli(['explain', '--allow', '::/0', ...resolverArgs(), '[fe80::1]:80'], broad)).toBe(3);
     expect(broad.out.join('')).toContain('warning      rule ::/0 contains fd00:ec2::/32 (cloud metadata) but does not open it');
+  });
+
+  it("IPv6 host alias and guest prefix (issue 19): explain runs the policy with serve's IPv6 side, and --ipv6 off drops it", async () => {
+    const ex = async (args: string[]): Promise<{ code: number; out: string; err: string }> => {
+      const io = cliIo();
+      const code = await runCli(['explain', ...resolverArgs(), ...args], io);
+      return { code, out: io.out.join(''), err: io.err.join('') };
+    };
+    // The IPv6 host alias, allowed exactly: Moat dials the host's loopback (::1, or 127.0.0.1 on a host without one), never the alias.
+    const exact = await ex(['--allow', '[fd6d:6f61:7400::fe]:18080', '[fd6d:6f61:7400::fe]:18080']);
+    expect(exact.err).toBe('');
+    expect(exact.code).toBe(EXIT_OK);
+    expect(exact.out).toMatch(/allowed: ip-rule \(rule \[fd6d:6f61:7400::fe\]:18080\), dialed to (::1|127\.0\.0\.1) \(the host's loopback: fd6d:6f61:7400::fe is the host alias\)/);
+    // A containing CIDR does not open it, and the start-up warning says so.
+    const broad = await ex(['--allow', '[fd6d::/16]:18080', '[fd6d:6f61:7400::fe]:18080']);
+    expect(broad.code).toBe(3);
+    expect(broad.out).toContain('blocked: host-alias');
+    expect(broad.out).toContain('warning      rule [fd6d::/16]:18080 contains the IPv6 host alias fd6d:6f61:7400::fe but does not open it');
+    // Another address in the guest's /64 leads nowhere on the host: an IP rule passes the policy but not the NAT
+    // (no host-side counterpart), and a name resolving into it is refused as the guest's own prefix (rebinding).
+    const guest = await ex(['--allow', '[fd6d:6f61:7400::/64]:80', '[fd6d:6f61:7400::5]:80']);
+    expect(guest.code).toBe(3);
+    expect(guest.out).toContain('but the NAT refuses it (virtual-network): nothing is dialed');
+    const named = await ex(['--allow', 'inside6.test', 'inside6.test']);
+    expect(named.out, named.out).toContain('refused      fd6d:6f61:7400::5 (guest-subnet; --admit-resolved to allow)');
+    // --ipv6-prefix moves both; the old alias is then an ordinary ULA that an exact rule allows.
+    const moved = await ex(['--ipv6-prefix', 'fd00:1:2:3::/64', '--allow', '[fd00:1:2:3::/64]:80', '[fd00:1:2:3::fe]:80']);
+    expect(moved.code).toBe(3);
+    expect(moved.out).toContain('blocked: host-alias');
+    const off = await ex(['--ipv6', 'off', '--allow', '[fd6d:6f61:7400::/64]:80', '[fd6d:6f61:7400::5]:80']);
+    expect(off.code).toBe(3);
+    expect(off.out).toContain('refuses it (ipv6-off)');
+    const bad = await ex(['--ipv6-prefix', 'fd00::/48', '--allow', 'github.com', 'github.com']);
+    expect(bad.code).toBe(EXIT_USAGE);
+    expect(bad.err).toContain('--ipv6-prefix: must be an IPv6 /64');
+  });
+
+  it('a name (issue 19): the AAAA answer beside the A one, both dialed; the sinkhole answers ::; --ipv6 off asks A only', async () => {
+    const ex = async (args: string[]): Promise<{ code: number; out: string }> => {
+      const io = cliIo();
+      const code = await runCli(['explain', ...resolverArgs(), ...args], io);
+      return { code, out: io.out.join('') };
+    };
+    const dual = await ex(['--allow', 'dual6.test', 'dual6.test']);
+    expect(dual.code).toBe(EXIT_OK);
+    expect(dual.out).toContain('dns          A 192.0.2.15  [zone dual6.test., allowed]');
+    expect(dual.out).toContain('dns          AAAA 2606:4700::15  [zone dual6.test., allowed]');
+    expect(dual.out).toMatch(/dial {9}(192\.0\.2\.15, 2606:4700::15|2606:4700::15, 192\.0\.2\.15) \(resolved by Moat\)/);
+    const sink = await ex(['--allow', 'dual6.test', 'evil.test']);
+    expect(sink.out).toContain('dns          AAAA :: (sinkholed)');
+    const off = await ex(['--ipv6', 'off', '--allow', 'dual6.test', 'dual6.test']);
+    expect(off.out).not.toContain('AAAA');
   });
 
   it('IPv6 usage errors: a zone id, a bad bracket, a port without brackets', async () => {
