@@ -14,7 +14,7 @@ import type { ExplainConfig } from './config.js';
 import { AllowlistRuntime } from './egress/allowlist-runtime.js';
 import { DEFAULT_EGRESS_OPTIONS } from './egress/egress.js';
 import { NULL_LOGGER } from './log.js';
-import { ipv6HostLoopback } from './network.js';
+import { ipv6HostLoopback } from './host-loopback.js';
 import { classifyDestination, type Destination } from './nat/destination.js';
 
 export interface Explanation {

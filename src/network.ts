@@ -25,7 +25,7 @@ import { formatIPv4, formatIPv6, formatMac } from '../netstack/addr.js';
 import type { Clock } from '../netstack/clock.js';
 import type { NetStack, PendingTcp, StackConfig, StackEvents, UdpDatagram } from '../netstack/api.js';
 import { randomBytes } from 'node:crypto';
-import { networkInterfaces } from 'node:os';
+import { ipv6HostLoopback } from './host-loopback.js';
 import { createStack, DEFAULT_STACK_CONFIG, type StackOptions } from '../netstack/stack.js';
 import type { Resolver } from '../dns/preresolve.js';
 import { NodeDnsResolver } from './allowlist/resolver.js';
@@ -132,18 +132,6 @@ export function stackConfigFor(config: ServeConfig): StackConfig {
       ipv6: { prefix: config.ipv6.prefix, gatewayIp: config.ipv6.gatewayIp, hostIp: config.ipv6.hostIp, dnsServers: [config.ipv6.gatewayIp] },
     }),
   };
-}
-
-/**
- * Where the IPv6 host alias leads: the host's ::1, or 127.0.0.1 when the
- * host has no IPv6 loopback (IPv6 disabled in the kernel, or lo without ::1):
- * the alias then still reaches the host, over IPv4.
- */
-export function ipv6HostLoopback(interfaces: ReturnType<typeof networkInterfaces> = networkInterfaces()): '::1' | '127.0.0.1' {
-  for (const addrs of Object.values(interfaces)) {
-    for (const a of addrs ?? []) if (a.internal && a.family === 'IPv6' && a.address === '::1') return '::1';
-  }
-  return '127.0.0.1';
 }
 
 /** The config's limits, DEFAULT_LIMITS for any it does not set (configs built by hand). */

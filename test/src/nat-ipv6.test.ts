@@ -4,7 +4,7 @@ import { createSocket } from 'node:dgram';
 import { formatIPv6, parseIPv6, type IPv6 } from '../../netstack/addr.js';
 import { NULL_LOGGER } from '../../src/log.js';
 import { classifyDestination, DEFAULT_NAT_OPTIONS, Nat, type NatOptions } from '../../src/nat/index.js';
-import { ipv6HostLoopback } from '../../src/network.js';
+import { ipv6HostLoopback } from '../../src/host-loopback.js';
 import { RANGES_CACHE_MAX, rangesCacheSize } from '../../src/nat/destination.js';
 import { ConfigError, parseIpv6Flags, parseServeArgs } from '../../src/config.js';
 import { FakePendingTcp, FakeStack, waitFor, type FakeTcpSocket } from './nat-fake-stack.js';
