@@ -53,6 +53,16 @@ export function parseIcmp(packet: Uint8Array): IcmpRepr | ParseError {
  */
 export function emitIcmp(buf: Uint8Array, off: number, type: number, code: number, rest: number, payload: Uint8Array): number {
   buf.set(payload, off + ICMP_HEADER_LEN);
+  return writeIcmpHeader(buf, off, type, code, rest, ICMP_HEADER_LEN + payload.length, 0);
+}
+
+/**
+ * The 8-byte ICMP/ICMPv6 header (both have this layout) at `off`, in front of
+ * a body already in place, with the checksum over `len` bytes from `off`
+ * started from `seed` (0 for ICMP; the pseudo-header sum for ICMPv6).
+ * Returns the end offset.
+ */
+export function writeIcmpHeader(buf: Uint8Array, off: number, type: number, code: number, rest: number, len: number, seed: number): number {
   buf[off] = type & 0xff;
   buf[off + 1] = code & 0xff;
   buf[off + 2] = 0;
@@ -61,8 +71,7 @@ export function emitIcmp(buf: Uint8Array, off: number, type: number, code: numbe
   buf[off + 5] = (rest >>> 16) & 0xff;
   buf[off + 6] = (rest >>> 8) & 0xff;
   buf[off + 7] = rest & 0xff;
-  const len = ICMP_HEADER_LEN + payload.length;
-  const sum = finishChecksum(sumBytes(buf, off, len));
+  const sum = finishChecksum(sumBytes(buf, off, len, seed));
   buf[off + 2] = sum >>> 8;
   buf[off + 3] = sum & 0xff;
   return off + len;

@@ -6,6 +6,7 @@
 import type { IPv6 } from './addr.js';
 import { finishChecksum, sumBytes, sumPseudoHeader6 } from './checksum.js';
 import { ParseError } from './errors.js';
+import { writeIcmpHeader } from './icmp.js';
 import { IPPROTO_ICMPV6, IPV6_HEADER_LEN, IPV6_MIN_MTU } from './ipv6.js';
 
 export const ICMP6_HEADER_LEN = 8;
@@ -58,19 +59,8 @@ export function parseIcmp6(packet: Uint8Array, src: IPv6, dst: IPv6): Icmp6Repr 
 export function emitIcmp6Header(
   buf: Uint8Array, off: number, src: IPv6, dst: IPv6, type: number, code: number, rest: number, bodyLength: number,
 ): number {
-  buf[off] = type & 0xff;
-  buf[off + 1] = code & 0xff;
-  buf[off + 2] = 0;
-  buf[off + 3] = 0;
-  buf[off + 4] = (rest >>> 24) & 0xff;
-  buf[off + 5] = (rest >>> 16) & 0xff;
-  buf[off + 6] = (rest >>> 8) & 0xff;
-  buf[off + 7] = rest & 0xff;
   const len = ICMP6_HEADER_LEN + bodyLength;
-  const sum = finishChecksum(sumBytes(buf, off, len, sumPseudoHeader6(src, dst, IPPROTO_ICMPV6, len)));
-  buf[off + 2] = sum >>> 8;
-  buf[off + 3] = sum & 0xff;
-  return off + len;
+  return writeIcmpHeader(buf, off, type, code, rest, len, sumPseudoHeader6(src, dst, IPPROTO_ICMPV6, len));
 }
 
 /** Whether an ICMPv6 type is an error message (RFC 4443 §2.1: types 0..127). Errors are never answered with errors. */

@@ -29,21 +29,13 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { cleanupAll, createNetns, deleteNetns, e2eGate, ensureShimBuilt, hostRun, nsRun, onCleanup, uniqueName } from './harness.js';
 import { FIXTURE_TOOLS, startMoatFixture, type MoatFixture } from './moat-fixture.js';
+import type { IcmpEchoStats } from '../../src/nat/icmp-echo.js';
 
 const gate = e2eGate([...FIXTURE_TOOLS]);
 const RANGE_FILE = '/proc/sys/net/ipv4/ping_group_range';
 
-interface EchoStats {
-  forwarded: number;
-  replied: number;
-  refused: number;
-  rateLimited: number;
-  outstandingFull: number;
-  unavailable: number;
-  unmatched: number;
-  current: number;
-  max: number;
-}
+/** /stats nat.icmpEcho, as the NAT reports it. */
+type EchoStats = IcmpEchoStats;
 
 // The ping socket needs group 0 inside the root namespace's ping_group_range for this file's run.
 let savedRange: string | undefined;
