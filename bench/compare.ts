@@ -10,7 +10,9 @@
  *   npm run bench:compare -- --ipv6-only  # only the IPv6 case: Moat's backends and slirp4netns, 1 stream each way over IPv6 and IPv4 (paired), the ratio
  *
  * Options: --runs N, --seconds S (iperf3 time), --backends moat,passt,...,
- * --mtus 65520,1500, --idle N (connections for the idle-RSS case), --out FILE.
+ * --mtus 65520,1500, --idle N (connections for the idle-RSS case), --out FILE,
+ * --base-bin OTHER_CHECKOUT/bin/moat.mjs with backend moat-offload-base (A/B
+ * of two builds, interleaved in one run).
  * The IPv6 case runs at the largest MTU, for IPV6_BACKENDS (Moat's and
  * slirp4netns: their guests get IPv6 by SLAAC; the IPv6 host alias reaches
  * the host's ::1).
@@ -19,11 +21,11 @@
  * every namespace by name through test/e2e/harness.ts, which removes them on
  * every exit path.
  */
-import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { cpus } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { checkPrerequisites, cleanupAll, REPO_ROOT } from '../test/e2e/harness.js';
-import { BACKENDS, backendMissing, IPV6_BACKENDS, MOAT_BACKENDS, startLink, type BackendName, type GuestLink } from './compare/backends.js';
+import { BACKENDS, DEFAULT_BACKENDS, backendMissing, IPV6_BACKENDS, MOAT_BACKENDS, startLink, type BackendName, type GuestLink } from './compare/backends.js';
 import {
   connectionRate,
   dnsRate,
@@ -59,6 +61,8 @@ interface Options {
   out: string | undefined;
   /** --profile: what load runs while Moat is profiled (iperf: 1 stream each way; rr; conn). */
   profileLoad: string[];
+  /** --base-bin: bin/moat.mjs of another build, run as the moat-offload-base backend. */
+  baseBin: string | undefined;
 }
 
 function parseArgs(argv: string[]): Options {
@@ -74,15 +78,19 @@ function parseArgs(argv: string[]): Options {
     runs: Number(value('--runs') ?? (quick ? 1 : 3)),
     seconds: Number(value('--seconds') ?? 3),
     rateSeconds: quick ? 1 : 2,
-    backends: (value('--backends')?.split(',') as BackendName[] | undefined) ?? [...BACKENDS],
+    backends: (value('--backends')?.split(',') as BackendName[] | undefined) ?? [...DEFAULT_BACKENDS],
     mtus: value('--mtus')?.split(',').map(Number) ?? [65520, 1500],
     streams: quick ? [1] : [1, 4],
     idle: Number(value('--idle') ?? 10_000),
     out: value('--out'),
     profileLoad: value('--profile-load')?.split(',') ?? ['iperf', 'rr', 'conn'],
+    baseBin: value('--base-bin'),
   };
   for (const l of o.profileLoad) if (!['iperf', 'rr', 'conn'].includes(l)) throw new Error(`--profile-load: unknown load ${l} (known: iperf, rr, conn)`);
   for (const b of o.backends) if (!BACKENDS.includes(b)) throw new Error(`unknown backend ${b} (known: ${BACKENDS.join(', ')})`);
+  if (o.backends.includes('moat-offload-base') && (o.baseBin === undefined || !existsSync(o.baseBin)))
+    throw new Error(`backend moat-offload-base needs --base-bin naming another build's bin/moat.mjs (got ${o.baseBin ?? 'nothing'})`);
+  if (o.baseBin !== undefined) o.baseBin = resolve(o.baseBin);
   return o;
 }
 
@@ -119,6 +127,9 @@ function record(res: Results, key: string, backend: BackendName, value: number, 
   (c[backend] ??= []).push(cpu);
 }
 
+/** --base-bin, once parsed: the build the moat-offload-base backend runs. */
+let baseBin: string | undefined;
+
 /** `ipv6`: give IPV6_BACKENDS an IPv6 guest too (the IPv6 case). */
 async function bringUp(backends: readonly BackendName[], mtu: number, res: Results, ipv6 = false): Promise<Map<BackendName, LinkState>> {
   const up = new Map<BackendName, LinkState>();
@@ -126,7 +137,7 @@ async function bringUp(backends: readonly BackendName[], mtu: number, res: Resul
     const six = ipv6 && IPV6_BACKENDS.includes(b);
     log(`starting ${b} at MTU ${mtu}${six ? ' with IPv6' : ''}`);
     try {
-      const link = await startLink(b, { prefix: PREFIX, mtu, ipv6: six });
+      const link = await startLink(b, { prefix: PREFIX, mtu, ipv6: six, baseBin });
       const servers = await startServers(link).catch(async (e: unknown) => {
         await link.stop();
         throw e;
@@ -323,7 +334,7 @@ async function profile(o: Options): Promise<void> {
   const mtu = Math.max(...o.mtus);
   // The first Moat backend named by --backends (default: moat, through the relay).
   const backend = o.backends.find((b) => MOAT_BACKENDS.includes(b)) ?? 'moat';
-  const link = await startLink(backend, { prefix: PREFIX, mtu, moatNodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir] });
+  const link = await startLink(backend, { prefix: PREFIX, mtu, moatNodeArgs: ['--cpu-prof', '--cpu-prof-dir', dir], baseBin: o.baseBin });
   const servers = await startServers(link);
   const out: Record<string, unknown> = { command: `${process.argv.slice(1).join(' ')}`, backend, mtu };
   const load = new Set(o.profileLoad);
@@ -363,6 +374,7 @@ async function profile(o: Options): Promise<void> {
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
+  baseBin = o.baseBin;
   const pre = checkPrerequisites(['ip', 'iperf3', 'python3', 'busybox', 'unshare', 'cc']);
   if (!pre.ok) throw new Error(`bench:compare needs: ${pre.problems.join('; ')}`);
   mkdirSync(resultsDir, { recursive: true });

@@ -48,10 +48,17 @@ import { DNS_SERVER_JS, HOST_IP, GATEWAY_IP, ipv4Literals, ipv6Literals, startMo
 import { DEFAULT_IPV6_PREFIX } from '../../src/config.js';
 import { createVethPair } from '../../test/e2e/bulk-support.js';
 
-export type BackendName = 'moat' | 'moat-exec' | 'moat-offload' | 'passt' | 'slirp4netns' | 'veth';
-export const BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'moat-offload', 'passt', 'slirp4netns', 'veth'];
-/** Every Moat configuration (relay, TAP handed over, TAP handed over with receive offload). */
-export const MOAT_BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'moat-offload'];
+export type BackendName = 'moat' | 'moat-exec' | 'moat-offload' | 'moat-offload-base' | 'passt' | 'slirp4netns' | 'veth';
+/**
+ * Every backend bench:compare knows. `moat-offload-base` is moat-offload run
+ * from another build (`--base-bin OTHER_CHECKOUT/bin/moat.mjs`): a change and
+ * the code before it measured side by side, interleaved, in the same run.
+ */
+export const BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'moat-offload', 'moat-offload-base', 'passt', 'slirp4netns', 'veth'];
+/** The backends run by default: every backend but the A/B one, which needs --base-bin. */
+export const DEFAULT_BACKENDS: readonly BackendName[] = BACKENDS.filter((b) => b !== 'moat-offload-base');
+/** Every Moat configuration (relay, TAP handed over, TAP handed over with receive offload, the same from another build). */
+export const MOAT_BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'moat-offload', 'moat-offload-base'];
 /** The backends the IPv6 case runs on (LinkOptions.ipv6): Moat's, and slirp4netns (--enable-ipv6). */
 export const IPV6_BACKENDS: readonly BackendName[] = [...MOAT_BACKENDS, 'slirp4netns'];
 
@@ -91,6 +98,8 @@ export interface LinkOptions {
   mtu: number;
   /** Extra node flags for Moat (e.g. --cpu-prof). */
   moatNodeArgs?: string[];
+  /** bin/moat.mjs of another build, for the moat-offload-base backend. */
+  baseBin?: string;
   /** Give the guest IPv6 too (IPV6_BACKENDS): SLAAC from the backend's RA, an IPv6 host alias reaching the host's ::1. */
   ipv6?: boolean;
 }
@@ -205,8 +214,9 @@ function makeLink(
 
 // ------------------------------------------------------------------ moat
 
-async function moatLink(o: LinkOptions, link: 'relay' | 'exec', offload = false): Promise<GuestLink> {
+async function moatLink(o: LinkOptions, link: 'relay' | 'exec', offload = false, moatBin?: string): Promise<GuestLink> {
   const fx = await startMoatFixture({
+    moatBin,
     link,
     offload,
     prefix: o.prefix,
@@ -227,7 +237,7 @@ async function moatLink(o: LinkOptions, link: 'relay' | 'exec', offload = false)
     const procs: TrackedProcess[] = [];
     return makeLink(
       {
-        backend: link === 'relay' ? 'moat' : offload ? 'moat-offload' : 'moat-exec',
+        backend: link === 'relay' ? 'moat' : moatBin !== undefined ? 'moat-offload-base' : offload ? 'moat-offload' : 'moat-exec',
         mtu: o.mtu,
         guestNs: fx.guestNs,
         hostAlias: HOST_IP,
@@ -434,6 +444,9 @@ export function startLink(name: BackendName, o: LinkOptions): Promise<GuestLink>
       return moatLink(o, 'exec');
     case 'moat-offload':
       return moatLink(o, 'exec', true);
+    case 'moat-offload-base':
+      if (o.baseBin === undefined) throw new Error('backend moat-offload-base needs --base-bin OTHER_CHECKOUT/bin/moat.mjs');
+      return moatLink(o, 'exec', true, o.baseBin);
     case 'passt':
       return passtLink(o);
     case 'slirp4netns':

@@ -200,7 +200,7 @@ export function table(figures: Figures, metrics: readonly Metric[], backends: re
   return rows.map((r) => r.map((c, i) => (i < 2 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join('  ')).join('\n');
 }
 
-const COLORS: Record<BackendName, string> = { moat: '#d9480f', 'moat-exec': '#f08c00', 'moat-offload': '#e8590c', passt: '#1971c2', slirp4netns: '#2f9e44', veth: '#868e96' };
+const COLORS: Record<BackendName, string> = { moat: '#d9480f', 'moat-exec': '#f08c00', 'moat-offload': '#e8590c', 'moat-offload-base': '#ffa94d', passt: '#1971c2', slirp4netns: '#2f9e44', veth: '#868e96' };
 
 function esc(s: string): string {
   return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
