@@ -228,7 +228,10 @@ export interface StackConfig {
   dhcpLeaseTimeSec: number;
   tcp: {
     sendBufferBytes: number;
+    /** The receive window's maximum per connection (the receive ring's capacity). */
     recvBufferBytes: number;
+    /** The receive window a connection starts with; it grows up to recvBufferBytes for a sender it limits. Default: recvBufferBytes. */
+    recvWindowInitialBytes?: number;
     /** Bound on out-of-order bytes queued per connection. */
     oooBytes: number;
     /** How long a guest SYN may wait for its owner's decision. */

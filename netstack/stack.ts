@@ -123,7 +123,9 @@ export const DEFAULT_STACK_CONFIG: StackConfig = Object.freeze({
   dhcpLeaseTimeSec: 3600,
   tcp: Object.freeze({
     sendBufferBytes: 1024 * 1024,
-    recvBufferBytes: 1024 * 1024,
+    // The receive window starts at 1 MiB and grows up to 4 MiB for a sender it limits (tcp/connection.ts growWindow).
+    recvBufferBytes: 4 * 1024 * 1024,
+    recvWindowInitialBytes: 1024 * 1024,
     oooBytes: 1024 * 1024,
     synHoldTimeoutMs: 30_000,
     maxConnections: 16_384,
@@ -307,6 +309,7 @@ export class Stack implements NetStack, TcpHost {
     this.tcpConfig = {
       sendBufferBytes: config.tcp.sendBufferBytes,
       recvBufferBytes: config.tcp.recvBufferBytes,
+      recvWindowInitialBytes: Math.min(config.tcp.recvWindowInitialBytes ?? config.tcp.recvBufferBytes, config.tcp.recvBufferBytes),
       oooBytes: config.tcp.oooBytes,
       delayedAckMs: config.tcp.delayedAckMs ?? DEFAULT_DELAYED_ACK_MS,
       segmentOffloadBytes: Math.min(config.tcp.segmentOffloadBytes ?? 0, MAX_OFFLOAD_SEGMENT_BYTES),

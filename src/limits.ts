@@ -112,7 +112,7 @@ export const LIMIT_SPECS: readonly LimitSpec[] = [
     default: 256 * KiB,
     min: 4 * KiB,
     max: 64 * MiB,
-    help: "Bytes one flow's host socket may buffer towards the host before the guest's window is closed. (The TCP windows towards and from the guest are 1 MiB each.)",
+    help: "Bytes one flow's host socket may buffer towards the host before the guest's window is closed. (The TCP window towards the guest is 1 MiB; the one from the guest starts at 1 MiB and grows up to 4 MiB while the guest fills it and the host keeps up.)",
   },
   {
     flag: 'total-buffer-bytes',

@@ -26,10 +26,15 @@ export class CopySlabs {
     private readonly keepFree = 2,
   ) {}
 
+  /** The largest copy cut from a slab; a larger one gets a buffer of its own. */
+  get maxCopyBytes(): number {
+    return this.slabBytes / 4;
+  }
+
   /** A copy of `data` that stays valid until the callback from releaseLast() runs. */
   copy(data: Uint8Array): Buffer {
     const len = data.length;
-    if (len > this.slabBytes / 4) {
+    if (len > this.maxCopyBytes) {
       // Rare (larger than any segment): a copy of its own.
       this.last = noop;
       return Buffer.from(data);
