@@ -42,6 +42,7 @@ import type { BudgetMember, BufferBudget } from '../limits.js';
 import type { RateLimiter } from '../traffic/rate-limiter.js';
 import type { FlowMeter } from '../traffic/byte-budgets.js';
 import { CopySlabs } from './copy-slabs.js';
+import { hostWriteMode, uncorkAtBatchEnd, type Uncorkable } from './host-write-batch.js';
 
 /** How long a flow cut by its budget may take to hand the host what was already charged before it is reset. */
 export const BUDGET_LINGER_MS = 5_000;
@@ -102,7 +103,7 @@ export interface TcpPipeOptions {
   onBudgetSpent?(pipe: TcpPipe): void;
 }
 
-export class TcpPipe implements BudgetMember {
+export class TcpPipe implements BudgetMember, Uncorkable {
   readonly handlers: TcpHandlers;
   bytesToHost = 0;
   bytesToGuest = 0;
@@ -308,12 +309,17 @@ export class TcpPipe implements BudgetMember {
 
   private rawWriteToHost(data: Uint8Array): void {
     this.bytesToHost += data.length;
-    // One input batch delivers many segments: cork so that they leave in one
-    // writev once the batch is done, not one write syscall per segment.
+    // A batch of several guest frames: cork so that its segments leave in one
+    // writev once the batch is done, not one write syscall per segment; a lone
+    // frame's bytes go at once (host-write-batch.ts).
     if (!this.corked) {
-      this.corked = true;
-      this.host.cork();
-      queueMicrotask(this.uncorkHost);
+      const mode = hostWriteMode();
+      if (mode !== 'now') {
+        this.corked = true;
+        this.host.cork();
+        if (mode === 'batch') uncorkAtBatchEnd(this);
+        else queueMicrotask(this.uncorkHost);
+      }
     }
     // The view is only valid during the call: copy it (into a recycled slab).
     const copy = GUEST_COPIES.copy(data);
@@ -329,10 +335,13 @@ export class TcpPipe implements BudgetMember {
   }
 
   private corked = false;
-  private readonly uncorkHost = (): void => {
+  private readonly uncorkHost = (): void => this.uncorkNow();
+
+  /** Writes what the cork held (host-write-batch.ts calls it at the end of a batch). */
+  uncorkNow(): void {
     this.corked = false;
     if (!this.host.destroyed) this.host.uncork();
-  };
+  }
 
   private hostDrain(): void {
     if (!this.guestPausedForHost) return;
