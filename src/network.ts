@@ -356,7 +356,7 @@ export async function startGuestNetwork(
           guestMac = sourceMac(frames[0]!);
           notifier.send({ notification_type: 'connection_established', mac_address: guestMac });
         }
-        beginHostWrites(frames.length);
+        beginHostWrites(frames);
         try {
           stack!.input(frames, marks);
         } finally {

@@ -6,7 +6,7 @@
 import { EventEmitter } from 'node:events';
 import type { Socket } from 'node:net';
 import { describe, expect, it } from 'vitest';
-import { beginHostWrites, endHostWrites } from '../../src/nat/host-write-batch.js';
+import { beginHostWrites, endHostWrites, LONE_FRAME_BYTES } from '../../src/nat/host-write-batch.js';
 import { TcpPipe } from '../../src/nat/tcp-pipe.js';
 
 /** The parts of a net.Socket TcpPipe uses, recording cork/uncork/write in order. */
@@ -44,11 +44,13 @@ function pipe(): { host: FakeHostSocket; guest: (n: number) => void } {
 }
 
 const microtasks = () => new Promise<void>((r) => setImmediate(r));
+/** A batch of n guest frames of `bytes` each (only their number and sizes matter here). */
+const frames = (n: number, bytes = 130) => Array.from({ length: n }, () => new Uint8Array(bytes));
 
 describe('TcpPipe host writes', () => {
   it("writes a lone frame's bytes at once, uncorked", async () => {
     const { host, guest } = pipe();
-    beginHostWrites(1);
+    beginHostWrites(frames(1));
     try {
       guest(64);
       expect(host.calls).toEqual(['write 64']);
@@ -62,7 +64,7 @@ describe('TcpPipe host writes', () => {
   it("corks through a batch of several frames and uncorks each socket once, when the batch ends", () => {
     const a = pipe();
     const b = pipe();
-    beginHostWrites(3);
+    beginHostWrites(frames(3));
     try {
       a.guest(1448);
       b.guest(100);
@@ -78,6 +80,18 @@ describe('TcpPipe host writes', () => {
     expect(a.host.calls.filter((c) => c === 'uncork')).toHaveLength(1);
   });
 
+  it('corks through a batch of one large frame (bulk: the stack ACKs the guest before the host write)', () => {
+    const { host, guest } = pipe();
+    beginHostWrites(frames(1, LONE_FRAME_BYTES));
+    try {
+      guest(LONE_FRAME_BYTES - 54);
+      expect(host.calls).toEqual([`cork`, `write ${LONE_FRAME_BYTES - 54} (corked)`]);
+    } finally {
+      endHostWrites();
+    }
+    expect(host.calls.at(-1)).toBe('uncork');
+  });
+
   it('outside a batch (a rate limit or drain resuming the guest) corks until the microtasks run', async () => {
     const { host, guest } = pipe();
     guest(10);
@@ -89,13 +103,13 @@ describe('TcpPipe host writes', () => {
 
   it('a socket destroyed during the batch is not uncorked; the next batch starts clean', () => {
     const a = pipe();
-    beginHostWrites(2);
+    beginHostWrites(frames(2));
     a.guest(5);
     a.host.destroyed = true;
     endHostWrites();
     expect(a.host.calls).toEqual(['cork', 'write 5 (corked)']);
     const b = pipe();
-    beginHostWrites(1);
+    beginHostWrites(frames(1));
     b.guest(7);
     endHostWrites();
     expect(b.host.calls).toEqual(['write 7']);
