@@ -101,6 +101,25 @@ describe('TcpPipe host writes', () => {
     expect(host.calls).toEqual(['cork', 'write 10 (corked)', 'write 20 (corked)', 'uncork']);
   });
 
+  it('a socket whose uncork throws does not leave the batch\'s other sockets corked; the error still surfaces', () => {
+    const a = pipe();
+    const b = pipe();
+    a.host.uncork = () => {
+      throw new Error('boom');
+    };
+    beginHostWrites(frames(2));
+    a.guest(5);
+    b.guest(6);
+    expect(() => endHostWrites()).toThrow('boom');
+    expect(b.host.calls).toEqual(['cork', 'write 6 (corked)', 'uncork']);
+    // The next batch is a fresh one.
+    const c = pipe();
+    beginHostWrites(frames(1));
+    c.guest(7);
+    endHostWrites();
+    expect(c.host.calls).toEqual(['write 7']);
+  });
+
   it('a socket destroyed during the batch is not uncorked; the next batch starts clean', () => {
     const a = pipe();
     beginHostWrites(frames(2));
