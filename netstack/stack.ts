@@ -338,7 +338,13 @@ export class Stack implements NetStack, TcpHost {
   }
 
   advance(now = this.clock.now()): void {
-    this.timers.advance(now);
+    // What the timers send leaves in the flush below, not in a second, deferred one.
+    this.inBatch = true;
+    try {
+      this.timers.advance(now);
+    } finally {
+      this.inBatch = false;
+    }
     this.flush();
   }
 
@@ -694,8 +700,16 @@ export class Stack implements NetStack, TcpHost {
   /** Sends the coalesced ACKs and everything queued, as one batch. */
   flush(): void {
     this.deferredFlush = false;
-    // flushAck() may transmit and even close connections: iterate over a stable list.
-    for (let i = 0; i < this.flushQueueLength; i++) this.flushQueue[i]!.flushAck();
+    // What flushAck() transmits is taken below: while it runs, transmit() must
+    // not kick() (a deferred flush per flush, finding nothing, and its hop).
+    const nested = this.inBatch;
+    this.inBatch = true;
+    try {
+      // flushAck() may transmit and even close connections: iterate over a stable list.
+      for (let i = 0; i < this.flushQueueLength; i++) this.flushQueue[i]!.flushAck();
+    } finally {
+      this.inBatch = nested;
+    }
     this.clearFlushQueue();
     const batch = this.arena.take();
     if (batch !== null) this.events.onOutput(batch);

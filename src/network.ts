@@ -26,6 +26,7 @@ import type { Clock } from '../netstack/clock.js';
 import type { NetStack, PendingTcp, StackConfig, StackEvents, UdpDatagram } from '../netstack/api.js';
 import { randomBytes } from 'node:crypto';
 import { ipv6HostLoopback } from './host-loopback.js';
+import { beginHostWrites, endHostWrites } from './nat/host-write-batch.js';
 import { createStack, DEFAULT_STACK_CONFIG, type StackOptions } from '../netstack/stack.js';
 import type { Resolver } from '../dns/preresolve.js';
 import { NodeDnsResolver } from './allowlist/resolver.js';
@@ -305,9 +306,9 @@ export async function startGuestNetwork(
   try {
     // Deferred output (host bytes for the guest) leaves once the current
     // callback is done. Over a TAP every frame is its own write anyway, so it
-    // goes in a microtask, at once; over a stream socket it waits for
+    // goes at once, in a microtask; over a stream socket it waits for
     // setImmediate, so that the whole poll round's frames share one writev.
-    const driver = new TimerDriver(d.clock, NODE_TIMERS, config.tapFd === undefined ? (fn) => setImmediate(fn) : (fn) => queueMicrotask(fn), fault);
+    const driver = new TimerDriver(d.clock, NODE_TIMERS, config.tapFd === undefined ? (fn) => setImmediate(fn) : soonAfterThisCallback, fault);
     closers.push(() => driver.stop());
 
     // Every refusal by a limit is counted; at most one log line per limit per interval.
@@ -355,7 +356,12 @@ export async function startGuestNetwork(
           guestMac = sourceMac(frames[0]!);
           notifier.send({ notification_type: 'connection_established', mac_address: guestMac });
         }
-        stack!.input(frames, marks);
+        beginHostWrites(frames);
+        try {
+          stack!.input(frames, marks);
+        } finally {
+          endHostWrites();
+        }
         driver.reschedule();
       } catch (e) {
         fault(e);
@@ -488,6 +494,17 @@ export async function startGuestNetwork(
     await closeAll();
     throw e;
   }
+}
+
+const RESOLVED = Promise.resolve();
+/**
+ * Runs fn once the current callback is done (a V8 microtask): over a TAP,
+ * where deferred output needs no coalescing. Not queueMicrotask, which wraps
+ * each call in an AsyncResource and a bound function (one per host read).
+ * fn must not throw (the TimerDriver's work is guarded by its fault handler).
+ */
+function soonAfterThisCallback(fn: () => void): void {
+  void RESOLVED.then(fn);
 }
 
 /**

@@ -23,6 +23,9 @@ const LOST = 2;
 /** Retransmitted at least once (its send time is the retransmission's). */
 const RETRANSMITTED = 4;
 
+/** Dead records kept behind head once everything is acknowledged, before the arrays are emptied (see ack()). */
+const REUSE_RECORDS = 64;
+
 export class Scoreboard {
   private start: number[] = [];
   private end: number[] = [];
@@ -64,6 +67,11 @@ export class Scoreboard {
   clear(): void {
     this.start.length = this.end.length = this.time.length = this.flags.length = 0;
     this.head = 0;
+    this.forgetAll();
+  }
+
+  /** No live record is left (head is at the end): the books start over. */
+  private forgetAll(): void {
     this.lostHint = 0;
     this.sackedBytes = this.lostBytes = 0;
     this.rackTime = -Infinity;
@@ -113,7 +121,12 @@ export class Scoreboard {
       this.start[i] = una;
     }
     if (this.head === n) {
-      this.clear();
+      // Everything was acknowledged. A request/response flow gets here on
+      // every answer: emptying the arrays (length = 0) frees their stores and
+      // the next sent() grows four new ones; below a few records the dead
+      // ones are left behind head instead, and dropped every REUSE_RECORDS.
+      if (n > REUSE_RECORDS) this.clear();
+      else this.forgetAll();
     } else if (this.head > 1024 && this.head * 2 > n) {
       this.compact();
     }

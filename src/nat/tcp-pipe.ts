@@ -42,6 +42,7 @@ import type { BudgetMember, BufferBudget } from '../limits.js';
 import type { RateLimiter } from '../traffic/rate-limiter.js';
 import type { FlowMeter } from '../traffic/byte-budgets.js';
 import { CopySlabs } from './copy-slabs.js';
+import { hostWriteMode, uncorkAtBatchEnd, type Uncorkable } from './host-write-batch.js';
 
 /** How long a flow cut by its budget may take to hand the host what was already charged before it is reset. */
 export const BUDGET_LINGER_MS = 5_000;
@@ -104,7 +105,7 @@ export interface TcpPipeOptions {
   onBudgetSpent?(pipe: TcpPipe): void;
 }
 
-export class TcpPipe implements BudgetMember {
+export class TcpPipe implements BudgetMember, Uncorkable {
   readonly handlers: TcpHandlers;
   bytesToHost = 0;
   bytesToGuest = 0;
@@ -310,12 +311,17 @@ export class TcpPipe implements BudgetMember {
 
   private rawWriteToHost(data: Uint8Array): void {
     this.bytesToHost += data.length;
-    // One input batch delivers many segments: cork so that they leave in one
-    // writev once the batch is done, not one write syscall per segment.
+    // A batch of several guest frames: cork so that its segments leave in one
+    // writev once the batch is done, not one write syscall per segment; a lone
+    // frame's bytes go at once (host-write-batch.ts).
     if (!this.corked) {
-      this.corked = true;
-      this.host.cork();
-      queueMicrotask(this.uncorkHost);
+      const mode = hostWriteMode();
+      if (mode !== 'now') {
+        this.corked = true;
+        this.host.cork();
+        if (mode === 'batch') uncorkAtBatchEnd(this);
+        else queueMicrotask(this.uncorkHost);
+      }
     }
     // The view is only valid during the call: copy it into recycled slabs, a
     // slab-sized piece at a time (a ring paused for a while hands over up to
@@ -324,11 +330,13 @@ export class TcpPipe implements BudgetMember {
       const piece = off === 0 && data.length <= COPY_PIECE_BYTES ? data : data.subarray(off, Math.min(data.length, off + COPY_PIECE_BYTES));
       this.host.write(GUEST_COPIES.copy(piece), GUEST_COPIES.releaseLast());
     }
-    // Whether the host keeps up is judged after the batch's writev (uncorkHost),
+    // Whether the host keeps up is judged after the batch's writev (uncorkNow),
     // not by write()'s answer here: while corked every byte of the batch counts
     // as buffered, so a batch larger than the flow buffer paused the guest (and
     // copied the rest of the batch into its receive ring) although the kernel
-    // then took the whole writev at once.
+    // then took the whole writev at once. A lone frame written at once is
+    // judged now.
+    if (!this.corked) this.pauseGuestIfHostBehind();
     if (this.opts.budget?.charge(this, data.length) === true && !this.guestPausedForBudget) {
       this.guestPausedForBudget = true;
       if (!this.guestPausedForHost) this.tcp?.pause();
@@ -336,24 +344,35 @@ export class TcpPipe implements BudgetMember {
   }
 
   private corked = false;
+  private readonly uncorkHost = (): void => this.uncorkNow();
+
   /**
-   * End of the batch: one writev of what it delivered. Whatever the kernel did
-   * not take stays in the socket's queue; past the flow buffer
-   * (writableHighWaterMark) the guest side is paused until 'drain' (write()
-   * returned false for it, so 'drain' comes once the queue is empty). So the
-   * host socket holds at most the flow buffer plus one batch, and a batch is
-   * bounded by the receive window the stack advertised.
+   * End of the batch (host-write-batch.ts calls it) or of the turn: one
+   * writev of what the cork held. Whatever the kernel did not take stays in
+   * the socket's queue; past the flow buffer the guest side is paused (see
+   * pauseGuestIfHostBehind). So the host socket holds at most the flow buffer
+   * plus one batch, and a batch is bounded by the receive window the stack
+   * advertised.
    */
-  private readonly uncorkHost = (): void => {
+  uncorkNow(): void {
     this.corked = false;
+    if (this.host.destroyed) return;
+    this.host.uncork();
+    this.pauseGuestIfHostBehind();
+  }
+
+  /**
+   * Past the flow buffer (writableHighWaterMark) the guest side is paused
+   * until 'drain' (write() returned false for those bytes, so 'drain' comes
+   * once the queue is empty).
+   */
+  private pauseGuestIfHostBehind(): void {
     const host = this.host;
-    if (host.destroyed) return;
-    host.uncork();
     if (host.writableLength >= host.writableHighWaterMark && !this.guestPausedForHost && !host.destroyed) {
       this.guestPausedForHost = true;
       this.tcp?.pause();
     }
-  };
+  }
 
   private hostDrain(): void {
     if (!this.guestPausedForHost) return;

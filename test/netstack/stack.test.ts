@@ -327,6 +327,49 @@ describe('Stack: bad input', () => {
   });
 });
 
+describe('Stack: deferred output', () => {
+  /** A guest connection to SERVER:80, accepted; returns its socket and how often the stack asked to be run later. */
+  function connected() {
+    let defers = 0;
+    const deferred: (() => void)[] = [];
+    const out: Uint8Array[] = [];
+    const syns: PendingTcp[] = [];
+    const stack = createStack(
+      DEFAULT_STACK_CONFIG,
+      { onTcpSyn: (p) => syns.push(p), onUdp: () => {}, onOutput: (b: OutputBatch) => b.forEachFrame((f) => out.push(f.slice())) },
+      new ManualClock(0),
+      (fn) => {
+        defers++;
+        deferred.push(fn);
+      },
+    );
+    const server = ipv4(198, 18, 0, 5);
+    const run = () => {
+      while (deferred.length) deferred.shift()!();
+    };
+    stack.input([tcpFrame(GUEST, server, { srcPort: 40000, dstPort: 80, seq: 1000, ack: 0, flags: TCP_SYN, window: 65535 })]);
+    const socket = syns[0]!.accept({ onData: () => {}, onEnd: () => {}, onDrain: () => {}, onClose: () => {} });
+    run();
+    const synAck = parseTcp(ipOf(out[out.length - 1]!).ip.payload, server, GUEST);
+    if (synAck instanceof ParseError) throw new Error(synAck.reason);
+    stack.input([tcpFrame(GUEST, server, { srcPort: 40000, dstPort: 80, seq: 1001, ack: synAck.seq + 1, flags: TCP_ACK, window: 65535 })]);
+    run();
+    out.length = 0;
+    return { socket, out, run, defers: () => defers };
+  }
+
+  it("an owner's write outside input is sent by one deferred flush, which defers nothing more", () => {
+    const c = connected();
+    const before = c.defers();
+    c.socket.write(new Uint8Array(64));
+    expect(c.defers()).toBe(before + 1);
+    c.run();
+    expect(c.out).toHaveLength(1); // the 64 bytes, in one frame
+    // The segment the flush transmitted is in that same batch: no second flush is asked for.
+    expect(c.defers()).toBe(before + 1);
+  });
+});
+
 describe('Stack: guest reset', () => {
   it('after resetGuest a guest with a new MAC is offered the configured guest address again', () => {
     const h = harness();
