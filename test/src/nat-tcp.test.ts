@@ -203,6 +203,34 @@ describe('NAT TCP', () => {
     await waitFor(() => nat.stats().tcpFlows === 0, 'flow removed');
   });
 
+  it('host closes first, guest sends its last bytes and FIN at once: the server gets every byte, then a clean end (no reset)', async () => {
+    const last = randomBytes(3 * 1024 * 1024); // more than a socket buffer: some of it is still queued when the guest side closes
+    const got: Buffer[] = [];
+    let serverEnded = false;
+    let serverError: Error | undefined;
+    const { port } = await listen((s) => {
+      s.end('k'); // the server closes first (the churn case: Moat's side sends the first FIN)
+      // Not read at first: the kernel's buffers fill and Moat's socket still holds bytes when the guest's FIN comes.
+      s.pause();
+      setTimeout(() => s.resume(), 300);
+      s.on('data', (c: Buffer) => got.push(c));
+      s.on('end', () => (serverEnded = true));
+      s.on('error', (e) => (serverError = e));
+    });
+    const { nat } = makeNat();
+    const p = syn(port);
+    nat.onTcpSyn(p);
+    const sock = await accepted(p);
+    await waitFor(() => sock.endCalled, 'FIN to guest');
+    await guestSendAll(sock, last);
+    sock.guestFin();
+    await waitFor(() => nat.stats().tcpFlows === 0, 'flow removed');
+    await waitFor(() => serverEnded || serverError !== undefined, 'server end');
+    expect(serverError).toBeUndefined();
+    expect(sha(Buffer.concat(got))).toBe(sha(last));
+    expect(sock.closedWith).toBe('closed');
+  });
+
   it('backpressure host -> guest: a guest that takes little pauses the host socket; memory stays bounded', async () => {
     const total = 8 * 1024 * 1024;
     const data = randomBytes(total);
