@@ -424,15 +424,7 @@ export class TcpPipe implements BudgetMember {
       // host socket flush what it still buffers towards the server; it closes
       // by itself once its writing side has finished. Bytes the rate limit
       // still holds go first (egressWake ends the host after them).
-      if (this.host.destroyed || this.egressQueue !== undefined) {
-        /* gone already, or egressWake ends it after the queued bytes */
-      } else if (this.hostEnded && this.host.writableLength === 0) {
-        // The server's FIN was read and nothing waits to be written: close()
-        // sends our FIN after whatever the kernel still holds (its receive
-        // queue is empty, so no RST), without the shutdown() call and the
-        // stream's finish round that end() would take first (connection churn).
-        this.host.destroy();
-      } else this.host.end();
+      if (!this.host.destroyed && this.egressQueue === undefined) this.host.end();
     } else if (!this.host.destroyed && this.budgetCut) {
       // Cut by its budget: what was charged reaches the host, then FIN (see cutByBudget); its answers are read and dropped.
       this.host.end();
