@@ -60,7 +60,6 @@ describe.skipIf(gate.skip)('moat serve e2e: server-closed connection churn from 
     expect(r.tcpTimeWaitMax).toBeGreaterThan(Math.min(1_000, (RATE * SECONDS) / 4));
     // ...outside the connection table, within their own bound.
     expect(r.tcpTimeWaitMax).toBeLessThanOrEqual(r.maxTimeWait);
-    expect(r.tcpConnectionsMax).toBeLessThan(2_000);
     // Memory bounded: a generous sanity bound (the figures are printed above).
     expect(r.rss.peak).toBeLessThan(768 * 2 ** 20);
   }, (SECONDS + 120) * 1000);
