@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer, Socket, type AddressInfo, type Server } from 'node:net';
 import fc from 'fast-check';
 import { ipv4, type IPv4 } from '../../netstack/addr.js';
 import { NULL_LOGGER } from '../../src/log.js';
@@ -201,6 +201,25 @@ describe('NAT TCP', () => {
     await waitFor(() => serverGot === 'still talking', 'guest bytes after host FIN');
     sock.guestFin();
     await waitFor(() => nat.stats().tcpFlows === 0, 'flow removed');
+  });
+
+  it('a dial that never completes leaves the SYN unanswered after connectTimeoutMs (ignored, counted), and the flow is forgotten', async () => {
+    const hung: Socket[] = [];
+    // A host socket that neither connects nor fails (a filtering firewall on the way).
+    const connectHost = (): Socket => {
+      const s = new Socket();
+      hung.push(s);
+      return s;
+    };
+    const { nat } = makeNat({ connectTimeoutMs: 80, connectHost });
+    const pendings = [syn(9), syn(9), syn(9)];
+    for (const p of pendings) nat.onTcpSyn(p);
+    expect(nat.stats().tcpFlows).toBe(3);
+    const outcomes = await Promise.all(pendings.map((p) => p.decided));
+    expect(outcomes.map((o) => o.kind)).toEqual(['ignored', 'ignored', 'ignored']);
+    expect(nat.stats().tcp.timedOut).toBe(3);
+    expect(nat.stats().tcpFlows).toBe(0);
+    expect(hung.every((s) => s.destroyed)).toBe(true);
   });
 
   it('host closes first, guest sends its last bytes and FIN at once: the server gets every byte, then a clean end (no reset)', async () => {
