@@ -106,11 +106,14 @@ export class TcpFlowTable {
    * counts the rest): a guest dialing a closed port in a loop must not fill the log.
    */
   private readonly refusals: RefusalLog;
+  /** Per-flow debug lines are written (the level is fixed for the logger's life). */
+  private readonly debug: boolean;
 
   constructor(
     private readonly opts: TcpFlowTableOptions,
     private readonly log: Logger,
   ) {
+    this.debug = log.enabled('debug');
     this.refusals = new RefusalLog(log, undefined, {
       level: 'info',
       first: 'tcp flow refused',
@@ -258,7 +261,7 @@ export class TcpFlowTable {
     const pipe = this.newPipe(syn, socket, inspector, tag);
     if (admit !== undefined) this.admissions.set(pipe, admit);
     this.counters.opened++;
-    this.log.debug('tcp flow open', describe(syn));
+    this.logOpen(syn);
     pipe.bind(tcp);
     return pipe.handlers;
   }
@@ -339,13 +342,15 @@ export class TcpFlowTable {
         this.counters.bytesToHost += p.bytesToHost;
         this.counters.bytesToGuest += p.bytesToGuest;
         this.opts.onClosed?.(syn, tag, p.bytesToHost, p.bytesToGuest);
-        this.log.debug('tcp flow close', {
-          ...describe(syn),
-          reason,
-          error: p.error?.message,
-          bytesToHost: p.bytesToHost,
-          bytesToGuest: p.bytesToGuest,
-        });
+        // Per-flow lines only at debug: their fields (two formatted addresses) are not built otherwise.
+        if (this.debug)
+          this.log.debug('tcp flow close', {
+            ...describe(syn),
+            reason,
+            error: p.error?.message,
+            bytesToHost: p.bytesToHost,
+            bytesToGuest: p.bytesToGuest,
+          });
       },
     });
     self = pipe;
@@ -380,11 +385,15 @@ export class TcpFlowTable {
       this.pipes.delete(pipe);
       pipe.releaseMeter();
       dial.socket.destroy();
-      this.log.debug('tcp flow dropped', { ...describe(dial.pending.syn), reason: 'accept-failed', error: String(err) });
+      if (this.debug) this.log.debug('tcp flow dropped', { ...describe(dial.pending.syn), reason: 'accept-failed', error: String(err) });
       return;
     }
     this.counters.opened++;
-    this.log.debug('tcp flow open', describe(dial.pending.syn));
+    this.logOpen(dial.pending.syn);
     pipe.bind(tcp);
+  }
+
+  private logOpen(syn: SynInfo): void {
+    if (this.debug) this.log.debug('tcp flow open', describe(syn));
   }
 }

@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { createServer, Socket, type AddressInfo, type Server } from 'node:net';
 import fc from 'fast-check';
 import { ipv4, type IPv4 } from '../../netstack/addr.js';
 import { NULL_LOGGER } from '../../src/log.js';
@@ -201,6 +201,53 @@ describe('NAT TCP', () => {
     await waitFor(() => serverGot === 'still talking', 'guest bytes after host FIN');
     sock.guestFin();
     await waitFor(() => nat.stats().tcpFlows === 0, 'flow removed');
+  });
+
+  it('a dial that never completes leaves the SYN unanswered after connectTimeoutMs (ignored, counted), and the flow is forgotten', async () => {
+    const hung: Socket[] = [];
+    // A host socket that neither connects nor fails (a filtering firewall on the way).
+    const connectHost = (): Socket => {
+      const s = new Socket();
+      hung.push(s);
+      return s;
+    };
+    const { nat } = makeNat({ connectTimeoutMs: 80, connectHost });
+    const pendings = [syn(9), syn(9), syn(9)];
+    for (const p of pendings) nat.onTcpSyn(p);
+    expect(nat.stats().tcpFlows).toBe(3);
+    const outcomes = await Promise.all(pendings.map((p) => p.decided));
+    expect(outcomes.map((o) => o.kind)).toEqual(['ignored', 'ignored', 'ignored']);
+    expect(nat.stats().tcp.timedOut).toBe(3);
+    expect(nat.stats().tcpFlows).toBe(0);
+    expect(hung.every((s) => s.destroyed)).toBe(true);
+  });
+
+  it('host closes first, guest sends its last bytes and FIN at once: the server gets every byte, then a clean end (no reset)', async () => {
+    const last = randomBytes(3 * 1024 * 1024); // more than a socket buffer: some of it is still queued when the guest side closes
+    const got: Buffer[] = [];
+    let serverEnded = false;
+    let serverError: Error | undefined;
+    const { port } = await listen((s) => {
+      s.end('k'); // the server closes first (the churn case: Moat's side sends the first FIN)
+      // Not read at first: the kernel's buffers fill and Moat's socket still holds bytes when the guest's FIN comes.
+      s.pause();
+      setTimeout(() => s.resume(), 300);
+      s.on('data', (c: Buffer) => got.push(c));
+      s.on('end', () => (serverEnded = true));
+      s.on('error', (e) => (serverError = e));
+    });
+    const { nat } = makeNat();
+    const p = syn(port);
+    nat.onTcpSyn(p);
+    const sock = await accepted(p);
+    await waitFor(() => sock.endCalled, 'FIN to guest');
+    await guestSendAll(sock, last);
+    sock.guestFin();
+    await waitFor(() => nat.stats().tcpFlows === 0, 'flow removed');
+    await waitFor(() => serverEnded || serverError !== undefined, 'server end');
+    expect(serverError).toBeUndefined();
+    expect(sha(Buffer.concat(got))).toBe(sha(last));
+    expect(sock.closedWith).toBe('closed');
   });
 
   it('backpressure host -> guest: a guest that takes little pauses the host socket; memory stays bounded', async () => {
