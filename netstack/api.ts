@@ -116,8 +116,14 @@ export interface OutputBatch {
   readonly frameCount: number;
   /** Calls fn once per frame (Ethernet header first, no length prefix). */
   forEachFrame(fn: (frame: Uint8Array) => void): void;
-  /** Calls fn once per frame with where it lies (no view is made): buf[offset, offset + length). */
-  forEachFrameAt(fn: (buf: Uint8Array, offset: number, length: number) => void): void;
+  /**
+   * Calls fn once per frame with where it lies (no view is made): buf[offset, offset + length).
+   * segmentSize is 0, or for a TCP super-segment (more payload than one
+   * segment of its connection: StackConfig tcp.segmentOffloadBytes) the
+   * payload bytes per segment its connection sends, which a link with
+   * segmentation offload passes on (a TAP's virtio-net gso_size).
+   */
+  forEachFrameAt(fn: (buf: Uint8Array, offset: number, length: number, segmentSize: number) => void): void;
   /**
    * Optional: "these bytes are written, reuse their memory". Reusing staging
    * buffers spares the page faults a fresh buffer costs on first touch (a

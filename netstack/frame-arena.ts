@@ -37,6 +37,8 @@ export class FrameArena {
   private frameStart = -1;
   private readonly done: Uint8Array[] = [];
   private count = 0;
+  /** Per frame of the batch being built: its segment size (OutputBatch.forEachFrameAt), 0 for most. */
+  private segmentSizes: number[] = [];
   private readonly pool: Uint8Array[] = [];
   /** The one batch object small batches are lent through (lendSmallBatches). */
   private readonly lent = new LentBatch();
@@ -76,10 +78,11 @@ export class FrameArena {
     return this.frameStart;
   }
 
-  commit(length: number): void {
+  /** segmentSize: the frame is a TCP super-segment cut at this size (see OutputBatch.forEachFrameAt), else 0. */
+  commit(length: number, segmentSize = 0): void {
     this.pos = this.frameStart + length;
     this.frameStart = -1;
-    this.count++;
+    this.segmentSizes[this.count++] = segmentSize;
   }
 
   abandon(): void {
@@ -94,7 +97,7 @@ export class FrameArena {
     if (this.done.length === 0 && this.pos <= COPY_OUT_LIMIT && this.lendSmallBatches) {
       // Lent: the staging buffer is next written by begin(), after the
       // consumer has written these frames. One view and one batch per flush.
-      this.lent.reset(this.buf, this.pos, this.count);
+      this.lent.reset(this.buf, this.pos, this.count, this.segmentSizes);
       this.pos = 0;
       this.count = 0;
       return this.lent;
@@ -113,7 +116,9 @@ export class FrameArena {
       owned = true;
     }
     this.pos = 0;
-    const batch = new FramedBatch(chunks, this.count, owned ? this : null);
+    // The batch keeps this batch's sizes; the next batch gets a fresh array (a lent batch shares one: it is done first).
+    const batch = new FramedBatch(chunks, this.count, owned ? this : null, this.segmentSizes);
+    this.segmentSizes = [];
     this.count = 0;
     return batch;
   }
@@ -134,14 +139,22 @@ export class FrameArena {
   }
 }
 
-/** Calls fn(buf, offset, length) for each length-prefixed frame in buf[from, to). */
-function forEachFramed(buf: Uint8Array, from: number, to: number, fn: (buf: Uint8Array, offset: number, length: number) => void): void {
+type FrameAtFn = (buf: Uint8Array, offset: number, length: number, segmentSize: number) => void;
+
+/**
+ * Calls fn(buf, offset, length, segmentSize) for each length-prefixed frame
+ * in buf[from, to), the first being frame number `index` of its batch;
+ * returns the index after the last.
+ */
+function forEachFramed(buf: Uint8Array, from: number, to: number, sizes: readonly number[], index: number, fn: FrameAtFn): number {
   let p = from;
+  let i = index;
   while (p + PREFIX <= to) {
     const len = ((buf[p]! << 24) | (buf[p + 1]! << 16) | (buf[p + 2]! << 8) | buf[p + 3]!) >>> 0;
-    fn(buf, p + PREFIX, len);
+    fn(buf, p + PREFIX, len, sizes[i++] ?? 0);
     p += PREFIX + len;
   }
+  return i;
 }
 
 /** An OutputBatch over length-prefixed chunks. */
@@ -150,10 +163,13 @@ export class FramedBatch implements OutputBatch {
     readonly framed: readonly Uint8Array[],
     readonly frameCount: number,
     private owner: FrameArena | null = null,
+    /** Per frame: its segment size (OutputBatch.forEachFrameAt); missing = 0. */
+    private readonly segmentSizes: readonly number[] = [],
   ) {}
 
-  forEachFrameAt(fn: (buf: Uint8Array, offset: number, length: number) => void): void {
-    for (const chunk of this.framed) forEachFramed(chunk, 0, chunk.length, fn);
+  forEachFrameAt(fn: FrameAtFn): void {
+    let index = 0;
+    for (const chunk of this.framed) index = forEachFramed(chunk, 0, chunk.length, this.segmentSizes, index, fn);
   }
 
   forEachFrame(fn: (frame: Uint8Array) => void): void {
@@ -176,12 +192,14 @@ export class FramedBatch implements OutputBatch {
 class LentBatch implements OutputBatch {
   private buf: Uint8Array = new Uint8Array(0);
   private length = 0;
+  private segmentSizes: readonly number[] = [];
   frameCount = 0;
 
-  reset(buf: Uint8Array, length: number, frameCount: number): void {
+  reset(buf: Uint8Array, length: number, frameCount: number, segmentSizes: readonly number[]): void {
     this.buf = buf;
     this.length = length;
     this.frameCount = frameCount;
+    this.segmentSizes = segmentSizes;
   }
 
   get framed(): readonly Uint8Array[] {
@@ -192,8 +210,8 @@ class LentBatch implements OutputBatch {
     this.forEachFrameAt((buf, offset, length) => fn(buf.subarray(offset, offset + length)));
   }
 
-  forEachFrameAt(fn: (buf: Uint8Array, offset: number, length: number) => void): void {
-    forEachFramed(this.buf, 0, this.length, fn);
+  forEachFrameAt(fn: FrameAtFn): void {
+    forEachFramed(this.buf, 0, this.length, this.segmentSizes, 0, fn);
   }
 
   release(): void {}

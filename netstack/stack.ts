@@ -565,7 +565,9 @@ export class Stack implements NetStack, TcpHost {
     const buf = this.arena.buf;
     if (len > 0 && source !== null) source.copyOut(from, buf, l4 + hl, len);
     emitTcpHeader(buf, l4, seg, t.dst, t.src, len, this.config.tcp.checksumOffload === true);
-    this.commitFrame((v4 ? L4_OFFSET : L4_OFFSET6) + hl + len);
+    // A super-segment carries its connection's segment size to the link (a TAP's gso_size): the guest's MSS, not the link MTU's.
+    const segmentSize = conn.segmentSize;
+    this.commitFrame((v4 ? L4_OFFSET : L4_OFFSET6) + hl + len, len > segmentSize ? segmentSize : 0);
     if (!this.inBatch) this.kick();
   }
 
@@ -752,8 +754,8 @@ export class Stack implements NetStack, TcpHost {
     this.commitFrame(L4_OFFSET + l4Length);
   }
 
-  private commitFrame(length: number): void {
-    this.arena.commit(length);
+  private commitFrame(length: number, segmentSize = 0): void {
+    this.arena.commit(length, segmentSize);
     this.stats.framesOut++;
     this.stats.bytesOut += length;
   }

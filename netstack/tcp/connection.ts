@@ -1634,12 +1634,19 @@ export class TcpConnection implements TcpSocket {
   private segmentLimit(mss: number): number {
     const offload = this.cfg.segmentOffloadBytes;
     if (offload <= mss || mss !== this.smss) return mss;
-    // The link marks a super-segment GSO with the size one MTU-sized segment
-    // holds (tap-fd.ts writeVnetHeader): offload only when that is this
-    // connection's segment size. A guest whose MSS is smaller (a smaller MTU,
-    // MSS clamping) would otherwise be handed segments larger than it asked for.
-    if (this.smss !== this.localMss - (this.tsOk ? TS_OPTION_BYTES : 0)) return mss;
+    // The host carries segmentSize with each super-segment to the link (a
+    // TAP's gso_size), so a guest whose MSS is below the link MTU's (MSS
+    // clamping, a smaller MTU inside) is cut at its own MSS.
     return offload - (offload % mss);
+  }
+
+  /**
+   * Payload bytes per segment on the wire (SMSS less the timestamp option):
+   * what a link with segmentation offload cuts this connection's
+   * super-segments into. A super-segment never carries SACK blocks (segmentLimit).
+   */
+  get segmentSize(): number {
+    return this.smss;
   }
 
   /** Payload bytes for the next data segment: SACK blocks take room from it (RFC 6691). */

@@ -76,7 +76,7 @@ export interface TapFdOptions {
    * header says (vnetHdr only; see vnet-header.ts for what is believed).
    */
   offload?: boolean;
-  /** The link MTU: TCP frames with more payload than it allows are marked GSO (vnetHdr only). */
+  /** The link MTU: the largest frame a virtio-net header without GSO may announce on input (vnetHdr only). */
   mtu: number;
 }
 const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
@@ -278,7 +278,7 @@ export class TapFdLink {
   }
 
   /** One function object for every frame (no closure per batch). */
-  private readonly writeFrame = (buf: Uint8Array, offset: number, length: number): void => {
+  private readonly writeFrame = (buf: Uint8Array, offset: number, length: number, segmentSize: number): void => {
     if (!this.up) return;
     this.tap?.frameOut(buf.subarray(offset, offset + length));
     try {
@@ -286,7 +286,7 @@ export class TapFdLink {
         writeSync(this.fd, buf, offset, length);
       } else {
         // One frame = one write: the header and the frame leave together as an iovec.
-        writeVnetHeader(this.vnetHeader, buf, offset, length, this.mtu, this.offload);
+        writeVnetHeader(this.vnetHeader, buf, offset, length, segmentSize, this.offload);
         this.iov[1] = buf.subarray(offset, offset + length);
         writevSync(this.fd, this.iov);
       }
@@ -340,16 +340,18 @@ export class TapFdLink {
 
 /**
  * Fills the virtio-net header for one outgoing frame (RFC-less: see
- * include/uapi/linux/virtio_net.h). A TCP frame carrying more payload than
- * one MTU-sized segment holds is marked GSO TCPv4 (TCPv6 over IPv6) with that segment size,
- * so the kernel treats it as the receive offload of a NIC would; every other
- * frame gets an all-zero header. Without csumOffload checksums are complete in
+ * include/uapi/linux/virtio_net.h). A TCP super-segment (segmentSize > 0:
+ * its connection's payload bytes per segment, OutputBatch.forEachFrameAt)
+ * carrying more than one segment is marked GSO TCPv4 (TCPv6 over IPv6) with
+ * that gso_size, so the kernel treats it as the receive offload of a NIC
+ * would and hands the guest's TCP segments of the MSS it asked for (not the
+ * link MTU's: a guest may clamp its MSS); every other frame gets an all-zero header. Without csumOffload checksums are complete in
  * every frame (no NEEDS_CSUM), so the guest verifies them as it would on any
  * wire; with it (the stack's tcp.checksumOffload, --tap-offload) every
  * TCP frame holds only the pseudo-header sum and is marked NEEDS_CSUM at its
  * TCP checksum, which the guest's kernel takes as a locally made packet.
  */
-export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: number, length: number, mtu: number, csumOffload = false): void {
+export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: number, length: number, segmentSize: number, csumOffload = false): void {
   hdr.fill(0);
   if (length < 14 + 20 + 20) return;
   const f = offset;
@@ -378,7 +380,7 @@ export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: numb
   }
   const tcpHeader = ((frame[ip + ihl + 12]! >> 4) & 0x0f) * 4;
   const payload = totalLength - ihl - tcpHeader;
-  const segment = mtu - ihl - tcpHeader;
+  const segment = segmentSize;
   if (segment <= 0 || payload <= segment) return;
   const headers = 14 + ihl + tcpHeader;
   hdr[1] = gsoType; // gso_type
