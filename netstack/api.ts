@@ -125,6 +125,17 @@ export interface OutputBatch {
    */
   forEachFrameAt(fn: (buf: Uint8Array, offset: number, length: number, segmentSize: number) => void): void;
   /**
+   * Optional, for a link that writes a frame from pieces (writev): calls fn
+   * once per frame with its head buf[offset, offset + headLength) followed
+   * by payload and payload2 (null: none), slices of a connection's send
+   * ring that are valid only during the call (StackOptions.gatherPayload).
+   * A frame without them is whole in its head. forEachFrameAt/framed give
+   * the same frames whole (copied).
+   */
+  forEachFramePart?(
+    fn: (buf: Uint8Array, offset: number, headLength: number, payload: Uint8Array | null, payload2: Uint8Array | null, segmentSize: number) => void,
+  ): void;
+  /**
    * Optional: "these bytes are written, reuse their memory". Reusing staging
    * buffers spares the page faults a fresh buffer costs on first touch (a
    * third of the CPU at MTU 65520). Call it only once nothing refers to the

@@ -88,6 +88,8 @@ import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from './seq.js';
 
 export interface PayloadSource {
   copyOut(from: number, dst: Uint8Array, dstOff: number, len: number): void;
+  /** The bytes from `from` on, as far as they lie in one piece (at most len): see SendBuffer.contiguous. */
+  contiguous(from: number, len: number): Uint8Array;
 }
 
 export interface TcpHost {

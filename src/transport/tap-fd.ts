@@ -23,6 +23,7 @@ import { Socket } from 'node:net';
 import type { OutputBatch } from '../../netstack/api.js';
 import type { Logger } from '../log.js';
 import { RX_GSO_TCP } from '../../netstack/index.js';
+import { wholeFrame } from '../../netstack/frame-arena.js';
 import { newLinkStats, type FrameTap, type GuestSink, type LinkStats } from './qemu-stream.js';
 import { readVnetHeader, VNET_HDR_BYTES } from './vnet-header.js';
 
@@ -55,6 +56,8 @@ function streamHandleFor(fd: number): PipeHandle {
   if (err !== 0) throw new Error(`--tap-fd ${fd}: cannot watch the descriptor (libuv error ${err})`);
   return handle;
 }
+
+const EMPTY = new Uint8Array(0);
 
 /** EBADFD: what read(2) on a TAP returns once its device was deleted (Node has no name for it). */
 const EBADFD = 77;
@@ -134,6 +137,9 @@ export class TapFdLink {
   /** The virtio-net header written before each frame (rewritten per frame when vnetHdr). */
   private readonly vnetHeader = Buffer.alloc(VNET_HDR_BYTES);
   private readonly iov: Uint8Array[] = [this.vnetHeader, new Uint8Array(0)];
+  /** The writev lists of a gathered frame: [virtio-net header,] head, payload[, payload2] (set per frame in the constructor's shape). */
+  private readonly iov3: Uint8Array[];
+  private readonly iov4: Uint8Array[];
 
   constructor(
     options: TapFdOptions,
@@ -148,6 +154,8 @@ export class TapFdLink {
     this.mtu = options.mtu;
     this.offload = options.vnetHdr && options.offload === true;
     if (this.offload) this.stats.gsoFramesIn = 0;
+    this.iov3 = this.headroom > 0 ? [this.vnetHeader, EMPTY, EMPTY] : [EMPTY, EMPTY];
+    this.iov4 = this.headroom > 0 ? [this.vnetHeader, EMPTY, EMPTY, EMPTY] : [EMPTY, EMPTY, EMPTY];
   }
 
   get guestConnected(): boolean {
@@ -273,9 +281,54 @@ export class TapFdLink {
       batch.release();
       return;
     }
-    batch.forEachFrameAt(this.writeFrame);
+    if (batch.forEachFramePart !== undefined) batch.forEachFramePart(this.writeParts);
+    else batch.forEachFrameAt(this.writeFrame);
     batch.release();
   }
+
+  /**
+   * A frame from pieces: its head (headers) in the batch, its TCP payload in
+   * one or two slices of the connection's send ring (StackOptions.gatherPayload).
+   * One writev still makes one frame; the payload is copied once, by the kernel.
+   */
+  private readonly writeParts = (
+    buf: Uint8Array,
+    offset: number,
+    headLength: number,
+    payload: Uint8Array | null,
+    payload2: Uint8Array | null,
+    segmentSize: number,
+  ): void => {
+    if (payload === null) {
+      this.writeFrame(buf, offset, headLength, segmentSize);
+      return;
+    }
+    if (!this.up) return;
+    const length = headLength + payload.length + (payload2 === null ? 0 : payload2.length);
+    const head = buf.subarray(offset, offset + headLength);
+    // The capture sees the frame whole (a copy, only with --pcap).
+    if (this.tap !== undefined) this.tap.frameOut(wholeFrame(buf, offset, headLength, payload, payload2));
+    const iov = payload2 === null ? this.iov3 : this.iov4;
+    let i = 0;
+    if (this.headroom > 0) {
+      writeVnetHeader(this.vnetHeader, buf, offset, length, segmentSize, this.offload);
+      i = 1;
+    }
+    iov[i] = head;
+    iov[i + 1] = payload;
+    if (payload2 !== null) iov[i + 2] = payload2;
+    try {
+      writevSync(this.fd, iov);
+      this.stats.framesOut++;
+      this.stats.bytesOut += length;
+    } catch (e) {
+      this.writeFailed(e as NodeJS.ErrnoException);
+    } finally {
+      // Drop the views: the ring's memory is not ours to pin.
+      iov[i + 1] = EMPTY;
+      if (payload2 !== null) iov[i + 2] = EMPTY;
+    }
+  };
 
   /** One function object for every frame (no closure per batch). */
   private readonly writeFrame = (buf: Uint8Array, offset: number, length: number, segmentSize: number): void => {
