@@ -67,6 +67,13 @@ export interface TcpSocket {
    * reading your source, and wait for onDrain.
    */
   write(data: Uint8Array): number;
+  /**
+   * Optional: the writer stops before a write could come up short (it reads
+   * in fixed-size chunks and would otherwise have to copy the rest it could
+   * not write); onDrain follows as after a short write. Returns false, and
+   * no onDrain follows, when the send buffer is half free or more already.
+   */
+  waitForRoom?(): boolean;
   /** Bytes written but not yet acknowledged by the peer. */
   readonly bufferedAmount: number;
   /** Room left in the send buffer. */

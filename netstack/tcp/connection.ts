@@ -467,6 +467,12 @@ export class TcpConnection implements TcpSocket {
     return n;
   }
 
+  waitForRoom(): boolean {
+    if (!this.canWrite() || this.sendBuf.free >= this.sendBuf.capacity / 2) return false;
+    this.writeBlocked = true; // onDrain once half the buffer is free, as after a short write
+    return true;
+  }
+
   end(): void {
     if (this.finQueued) return;
     switch (this.st) {
