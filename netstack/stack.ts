@@ -572,7 +572,13 @@ export class Stack implements NetStack, TcpHost {
     const segmentSize = len > conn.segmentSize ? conn.segmentSize : 0;
     const head = (v4 ? L4_OFFSET : L4_OFFSET6) + hl;
     if (len > 0 && source !== null && this.gatherPayload) {
-      // The payload stays in the send ring: the link writes header and ring slices as one frame (writev), one copy fewer.
+      // The payload stays in the send ring: the link writes header and ring
+      // slices as one frame (writev) before this turn ends, one copy fewer.
+      // Ring bytes are only ever rewritten after being acknowledged; should
+      // an ACK in this same input batch free bytes of a segment not yet
+      // written and the owner refill them, they lie below the guest's own
+      // RCV.NXT, so its TCP discards them (and they are this connection's bytes).
+      // Checksums are left to the link (checksumOffload): the sum would read the payload.
       emitTcpHeader(buf, l4, seg, t.dst, t.src, len, true);
       const payload = source.contiguous(from, len);
       const payload2 = payload.length < len ? source.contiguous(from + payload.length, len - payload.length) : null;
