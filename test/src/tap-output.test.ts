@@ -207,6 +207,14 @@ describe('a per-connection GSO size carried to the TAP (issue 16)', () => {
     for (const w of supers) expect(w).toMatchObject({ gsoType: 1, gsoSize: 1448 });
   });
 
+  it('a guest advertising the smallest MSS Moat sends to (48) gets super-segments of gso_size 36, not one frame per 36 bytes', () => {
+    const { written, sent } = sendThroughTap(1500, 48, 50_000);
+    const supers = written.filter((w) => w.payload.length > 36);
+    expect(supers.length).toBeGreaterThan(0);
+    for (const w of supers) expect(w).toMatchObject({ gsoType: 1, gsoSize: 36 });
+    expect(written.length).toBeLessThan(sent.length / 36 / 10);
+  });
+
   it('a guest whose MSS fills the MTU still gets gso_size MTU - 52', () => {
     const { written } = sendThroughTap(1500, 1460, 100_000);
     const smss = 1448;
