@@ -59,7 +59,7 @@ interface Options {
   streams: number[];
   idle: number;
   out: string | undefined;
-  /** --profile: what load runs while Moat is profiled (iperf: 1 stream each way; rr; conn). */
+  /** --profile: what load runs while Moat is profiled (iperf: 1 stream each way; iperf-up / iperf-down: one way; rr; conn). */
   profileLoad: string[];
   /** --base-bin: bin/moat.mjs of another build, run as the moat-offload-base backend. */
   baseBin: string | undefined;
@@ -86,7 +86,7 @@ function parseArgs(argv: string[]): Options {
     profileLoad: value('--profile-load')?.split(',') ?? ['iperf', 'rr', 'conn'],
     baseBin: value('--base-bin'),
   };
-  for (const l of o.profileLoad) if (!['iperf', 'rr', 'conn'].includes(l)) throw new Error(`--profile-load: unknown load ${l} (known: iperf, rr, conn)`);
+  for (const l of o.profileLoad) if (!['iperf', 'iperf-up', 'iperf-down', 'rr', 'conn'].includes(l)) throw new Error(`--profile-load: unknown load ${l} (known: iperf, iperf-up, iperf-down, rr, conn)`);
   for (const b of o.backends) if (!BACKENDS.includes(b)) throw new Error(`unknown backend ${b} (known: ${BACKENDS.join(', ')})`);
   if (o.backends.includes('moat-offload-base') && (o.baseBin === undefined || !existsSync(o.baseBin)))
     throw new Error(`backend moat-offload-base needs --base-bin naming another build's bin/moat.mjs (got ${o.baseBin ?? 'nothing'})`);
@@ -340,7 +340,8 @@ async function profile(o: Options): Promise<void> {
   const load = new Set(o.profileLoad);
   try {
     for (const direction of ['guest->host', 'host->guest'] as Direction[]) {
-      if (!load.has('iperf')) continue;
+      // iperf: both directions; iperf-up / iperf-down: guest->host / host->guest alone.
+      if (!load.has('iperf') && !load.has(direction === 'guest->host' ? 'iperf-up' : 'iperf-down')) continue;
       const s = await iperf(link, servers, { direction, streams: 1, seconds: 5 });
       out[direction] = { gbps: s.bps / 1e9, cpu: s.cpu };
       log(`profile run ${direction}: ${(s.bps / 1e9).toFixed(2)} Gbit/s, cpu ${JSON.stringify(s.cpu)}`);

@@ -67,6 +67,13 @@ export interface TcpSocket {
    * reading your source, and wait for onDrain.
    */
   write(data: Uint8Array): number;
+  /**
+   * Optional: the writer stops before a write could come up short (it reads
+   * in fixed-size chunks and would otherwise have to copy the rest it could
+   * not write); onDrain follows as after a short write. Returns false, and
+   * no onDrain follows, when the send buffer is half free or more already.
+   */
+  waitForRoom?(): boolean;
   /** Bytes written but not yet acknowledged by the peer. */
   readonly bufferedAmount: number;
   /** Room left in the send buffer. */
@@ -116,8 +123,25 @@ export interface OutputBatch {
   readonly frameCount: number;
   /** Calls fn once per frame (Ethernet header first, no length prefix). */
   forEachFrame(fn: (frame: Uint8Array) => void): void;
-  /** Calls fn once per frame with where it lies (no view is made): buf[offset, offset + length). */
-  forEachFrameAt(fn: (buf: Uint8Array, offset: number, length: number) => void): void;
+  /**
+   * Calls fn once per frame with where it lies (no view is made): buf[offset, offset + length).
+   * segmentSize is 0, or for a TCP super-segment (more payload than one
+   * segment of its connection: StackConfig tcp.segmentOffloadBytes) the
+   * payload bytes per segment its connection sends, which a link with
+   * segmentation offload passes on (a TAP's virtio-net gso_size).
+   */
+  forEachFrameAt(fn: (buf: Uint8Array, offset: number, length: number, segmentSize: number) => void): void;
+  /**
+   * Optional, for a link that writes a frame from pieces (writev): calls fn
+   * once per frame with its head buf[offset, offset + headLength) followed
+   * by payload and payload2 (null: none), slices of a connection's send
+   * ring that are valid only during the call (StackOptions.gatherPayload).
+   * A frame without them is whole in its head. forEachFrameAt/framed give
+   * the same frames whole (copied).
+   */
+  forEachFramePart?(
+    fn: (buf: Uint8Array, offset: number, headLength: number, payload: Uint8Array | null, payload2: Uint8Array | null, segmentSize: number) => void,
+  ): void;
   /**
    * Optional: "these bytes are written, reuse their memory". Reusing staging
    * buffers spares the page faults a fresh buffer costs on first touch (a

@@ -70,7 +70,7 @@ import {
 } from './ndp.js';
 import { MAX_GSO_FRAME, RX_GSO_TCP, RX_L4_CHECKSUM_OK } from './rx-marks.js';
 import { answerDhcp6, DHCP6_SERVER_PORT } from './dhcp6.js';
-import { TcpConnection, rstForUnknown, type TcpConfig, type TcpHost } from './tcp/connection.js';
+import { TcpConnection, rstForUnknown, type PayloadSource, type TcpConfig, type TcpHost } from './tcp/connection.js';
 import {
   emitTcpHeader,
   parseTcp,
@@ -163,6 +163,13 @@ export interface StackOptions {
    * a batch stays valid until release(), as a socket writer needs.
    */
   syncOutput?: boolean;
+  /**
+   * The owner writes each frame from pieces (OutputBatch.forEachFramePart)
+   * before onOutput returns: TCP payload is then not copied into the frame
+   * but handed over as slices of the send ring. Only with syncOutput and
+   * tcp.checksumOffload (a full checksum would have to read the payload anyway). Default false.
+   */
+  gatherPayload?: boolean;
 }
 
 /** An offloaded TCP segment still fits one IPv4 datagram: 65535 less the IPv4 header and the largest TCP header. */
@@ -226,6 +233,8 @@ export class Stack implements NetStack, TcpHost {
   readonly localMss: number;
 
   private readonly arena: FrameArena;
+  /** TCP payload leaves as send-ring slices (StackOptions.gatherPayload). */
+  private readonly gatherPayload: boolean;
   private readonly random: () => number;
   private readonly pinnedIsn: ((tuple: FourTuple) => number) | undefined;
   private readonly isnGenerator: IsnGenerator;
@@ -265,6 +274,7 @@ export class Stack implements NetStack, TcpHost {
   ) {
     validateConfig(config);
     this.arena = new FrameArena(options.allocate, undefined, options.syncOutput ?? false);
+    this.gatherPayload = options.gatherPayload === true && options.syncOutput === true && config.tcp.checksumOffload === true;
     this.random = options.random ?? Math.random;
     this.pinnedIsn = options.isn;
     this.isnGenerator = new IsnGenerator(() => clock.now(), this.random);
@@ -559,22 +569,36 @@ export class Stack implements NetStack, TcpHost {
 
   // ---------------------------------------------------------------- TcpHost
 
-  transmit(
-    conn: TcpConnection,
-    seg: TcpSegmentFields,
-    source: { copyOut(from: number, dst: Uint8Array, dstOff: number, len: number): void } | null,
-    from: number,
-    len: number,
-  ): void {
+  transmit(conn: TcpConnection, seg: TcpSegmentFields, source: PayloadSource | null, from: number, len: number): void {
     const t = conn.tuple;
     const hl = tcpHeaderLength(seg);
     const v4 = typeof t.dst === 'number';
     const l4 = v4 ? this.beginIpv4(t.dst as IPv4, t.src as IPv4, IPPROTO_TCP, hl + len) : this.beginIpv6(t.dst as IPv6, t.src as IPv6, IPPROTO_TCP, hl + len);
     if (l4 < 0) return;
     const buf = this.arena.buf;
-    if (len > 0 && source !== null) source.copyOut(from, buf, l4 + hl, len);
-    emitTcpHeader(buf, l4, seg, t.dst, t.src, len, this.config.tcp.checksumOffload === true);
-    this.commitFrame((v4 ? L4_OFFSET : L4_OFFSET6) + hl + len);
+    const checksumOffload = this.config.tcp.checksumOffload === true;
+    // A super-segment carries its connection's segment size to the link (a TAP's gso_size): the guest's MSS, not the link MTU's.
+    const segmentSize = len > conn.segmentSize ? conn.segmentSize : 0;
+    const head = (v4 ? L4_OFFSET : L4_OFFSET6) + hl;
+    if (len > 0 && source !== null && this.gatherPayload) {
+      // The payload stays in the send ring: the link writes header and ring
+      // slices as one frame (writev) before this turn ends, one copy fewer.
+      // Ring bytes are only ever rewritten after being acknowledged; should
+      // an ACK in this same input batch free bytes of a segment not yet
+      // written and the owner refill them, they lie below the guest's own
+      // RCV.NXT, so its TCP discards them (and they are this connection's bytes).
+      // Checksums are left to the link (checksumOffload): the sum would read the payload.
+      emitTcpHeader(buf, l4, seg, t.dst, t.src, len, true);
+      const payload = source.contiguous(from, len);
+      const payload2 = payload.length < len ? source.contiguous(from + payload.length, len - payload.length) : null;
+      this.arena.commitGathered(head, segmentSize, payload, payload2);
+      this.stats.framesOut++;
+      this.stats.bytesOut += head + len;
+    } else {
+      if (len > 0 && source !== null) source.copyOut(from, buf, l4 + hl, len);
+      emitTcpHeader(buf, l4, seg, t.dst, t.src, len, checksumOffload);
+      this.commitFrame(head + len, segmentSize);
+    }
     if (!this.inBatch) this.kick();
   }
 
@@ -769,8 +793,8 @@ export class Stack implements NetStack, TcpHost {
     this.commitFrame(L4_OFFSET + l4Length);
   }
 
-  private commitFrame(length: number): void {
-    this.arena.commit(length);
+  private commitFrame(length: number, segmentSize = 0): void {
+    this.arena.commit(length, segmentSize);
     this.stats.framesOut++;
     this.stats.bytesOut += length;
   }

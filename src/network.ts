@@ -404,6 +404,8 @@ export async function startGuestNetwork(
       allocate: (n) => Buffer.allocUnsafe(n),
       // The TAP link writes every frame before onOutput returns.
       syncOutput: link instanceof TapFdLink,
+      // ... from pieces (writev): TCP payload straight from the send ring (with --tap-offload: the TAP completes the checksum).
+      gatherPayload: link instanceof TapFdLink,
       // The ISN key (RFC 6528) from the OS, not Math.random, whose state its outputs reveal.
       random: () => randomBytes(4).readUInt32BE(0) / 0x100000000,
     });

@@ -88,6 +88,8 @@ import { seqAdd, seqDiff, seqGe, seqGt, seqLe, seqLt } from './seq.js';
 
 export interface PayloadSource {
   copyOut(from: number, dst: Uint8Array, dstOff: number, len: number): void;
+  /** The bytes from `from` on, as far as they lie in one piece (at most len): see SendBuffer.contiguous. */
+  contiguous(from: number, len: number): Uint8Array;
 }
 
 export interface TcpHost {
@@ -478,6 +480,12 @@ export class TcpConnection implements TcpSocket {
     if (n < data.length) this.writeBlocked = true;
     if (n > 0 && this.isSynchronized()) this.host.scheduleFlush(this);
     return n;
+  }
+
+  waitForRoom(): boolean {
+    if (!this.canWrite() || this.sendBuf.free >= this.sendBuf.capacity / 2) return false;
+    this.writeBlocked = true; // onDrain once half the buffer is free, as after a short write
+    return true;
   }
 
   end(): void {
@@ -1675,12 +1683,19 @@ export class TcpConnection implements TcpSocket {
   private segmentLimit(mss: number): number {
     const offload = this.cfg.segmentOffloadBytes;
     if (offload <= mss || mss !== this.smss) return mss;
-    // The link marks a super-segment GSO with the size one MTU-sized segment
-    // holds (tap-fd.ts writeVnetHeader): offload only when that is this
-    // connection's segment size. A guest whose MSS is smaller (a smaller MTU,
-    // MSS clamping) would otherwise be handed segments larger than it asked for.
-    if (this.smss !== this.localMss - (this.tsOk ? TS_OPTION_BYTES : 0)) return mss;
+    // The host carries segmentSize with each super-segment to the link (a
+    // TAP's gso_size), so a guest whose MSS is below the link MTU's (MSS
+    // clamping, a smaller MTU inside) is cut at its own MSS.
     return offload - (offload % mss);
+  }
+
+  /**
+   * Payload bytes per segment on the wire (SMSS less the timestamp option):
+   * what a link with segmentation offload cuts this connection's
+   * super-segments into. A super-segment never carries SACK blocks (segmentLimit).
+   */
+  get segmentSize(): number {
+    return this.smss;
   }
 
   /** Payload bytes for the next data segment: SACK blocks take room from it (RFC 6691). */

@@ -4,7 +4,8 @@
  * `capacity` whose memory grows on demand (4 KiB first, doubling), so an idle
  * connection does not hold a full buffer. Offset 0 is always SND.UNA's byte; the connection
  * maps sequence numbers to offsets. Segments are never stored: a
- * (re)transmission copies its range straight from the ring into the frame.
+ * (re)transmission copies its range straight from the ring into the frame,
+ * or a link that writes frames from pieces takes it as a view (contiguous).
  */
 export class SendBuffer {
   /** Physical storage: grows on demand up to `capacity` (see ring-storage note in recv-buffer.ts). */
@@ -70,6 +71,22 @@ export class SendBuffer {
     const first = Math.min(len, size - start);
     dst.set(this.ring.subarray(start, start + first), dstOff);
     if (first < len) dst.set(this.ring.subarray(0, len - first), dstOff + first);
+  }
+
+  /**
+   * A view of bytes [from, from+len) (offsets from the front) as far as they
+   * lie in one piece: all of them, or up to the end of the ring (call again
+   * for the rest). For writing a segment's payload without copying it; the
+   * view stays valid until the bytes are consumed and the memory written
+   * again, so it must be used at once (the stack's gathered output is
+   * written before the turn ends).
+   */
+  contiguous(from: number, len: number): Uint8Array {
+    if (from < 0 || len < 0 || from + len > this.len) throw new RangeError('SendBuffer.contiguous: out of range');
+    const size = this.ring.length;
+    let start = this.head + from;
+    if (start >= size) start -= size;
+    return this.ring.subarray(start, start + Math.min(len, size - start));
   }
 
   private grow(needed: number): void {

@@ -507,6 +507,10 @@ export class TcpPipe implements BudgetMember, Uncorkable {
       const rest = chunk.subarray(taken);
       this.held = reused ? Buffer.from(rest) : rest;
       this.host.pause();
+    } else if (reused && !this.tcpClosed && this.tcp.writableSpace < chunk.length && this.tcp.waitForRoom?.() === true) {
+      // The next read from the shared buffer may not fit: stop reading now
+      // rather than copy its rest aside (onDrain resumes, as after a short write).
+      this.host.pause();
     }
     if (this.opts.budget?.charge(this, chunk.length) === true && !this.hostPausedForBudget) {
       this.hostPausedForBudget = true;

@@ -23,6 +23,7 @@ import { Socket } from 'node:net';
 import type { OutputBatch } from '../../netstack/api.js';
 import type { Logger } from '../log.js';
 import { RX_GSO_TCP } from '../../netstack/index.js';
+import { wholeFrame } from '../../netstack/frame-arena.js';
 import { newLinkStats, type FrameTap, type GuestSink, type LinkStats } from './qemu-stream.js';
 import { readVnetHeader, VNET_HDR_BYTES } from './vnet-header.js';
 
@@ -56,6 +57,8 @@ function streamHandleFor(fd: number): PipeHandle {
   return handle;
 }
 
+const EMPTY = new Uint8Array(0);
+
 /** EBADFD: what read(2) on a TAP returns once its device was deleted (Node has no name for it). */
 const EBADFD = 77;
 
@@ -76,7 +79,7 @@ export interface TapFdOptions {
    * header says (vnetHdr only; see vnet-header.ts for what is believed).
    */
   offload?: boolean;
-  /** The link MTU: TCP frames with more payload than it allows are marked GSO (vnetHdr only). */
+  /** The link MTU: the largest frame a virtio-net header without GSO may announce on input (vnetHdr only). */
   mtu: number;
 }
 const VIRTIO_NET_HDR_GSO_TCPV4 = 1;
@@ -134,6 +137,9 @@ export class TapFdLink {
   /** The virtio-net header written before each frame (rewritten per frame when vnetHdr). */
   private readonly vnetHeader = Buffer.alloc(VNET_HDR_BYTES);
   private readonly iov: Uint8Array[] = [this.vnetHeader, new Uint8Array(0)];
+  /** The writev lists of a gathered frame: [virtio-net header,] head, payload[, payload2] (set per frame in the constructor's shape). */
+  private readonly iov3: Uint8Array[];
+  private readonly iov4: Uint8Array[];
 
   constructor(
     options: TapFdOptions,
@@ -148,6 +154,8 @@ export class TapFdLink {
     this.mtu = options.mtu;
     this.offload = options.vnetHdr && options.offload === true;
     if (this.offload) this.stats.gsoFramesIn = 0;
+    this.iov3 = this.headroom > 0 ? [this.vnetHeader, EMPTY, EMPTY] : [EMPTY, EMPTY];
+    this.iov4 = this.headroom > 0 ? [this.vnetHeader, EMPTY, EMPTY, EMPTY] : [EMPTY, EMPTY, EMPTY];
   }
 
   get guestConnected(): boolean {
@@ -273,12 +281,57 @@ export class TapFdLink {
       batch.release();
       return;
     }
-    batch.forEachFrameAt(this.writeFrame);
+    if (batch.forEachFramePart !== undefined) batch.forEachFramePart(this.writeParts);
+    else batch.forEachFrameAt(this.writeFrame);
     batch.release();
   }
 
+  /**
+   * A frame from pieces: its head (headers) in the batch, its TCP payload in
+   * one or two slices of the connection's send ring (StackOptions.gatherPayload).
+   * One writev still makes one frame; the payload is copied once, by the kernel.
+   */
+  private readonly writeParts = (
+    buf: Uint8Array,
+    offset: number,
+    headLength: number,
+    payload: Uint8Array | null,
+    payload2: Uint8Array | null,
+    segmentSize: number,
+  ): void => {
+    if (payload === null) {
+      this.writeFrame(buf, offset, headLength, segmentSize);
+      return;
+    }
+    if (!this.up) return;
+    const length = headLength + payload.length + (payload2 === null ? 0 : payload2.length);
+    const head = buf.subarray(offset, offset + headLength);
+    // The capture sees the frame whole (a copy, only with --pcap).
+    if (this.tap !== undefined) this.tap.frameOut(wholeFrame(buf, offset, headLength, payload, payload2));
+    const iov = payload2 === null ? this.iov3 : this.iov4;
+    let i = 0;
+    if (this.headroom > 0) {
+      writeVnetHeader(this.vnetHeader, buf, offset, length, segmentSize, this.offload);
+      i = 1;
+    }
+    iov[i] = head;
+    iov[i + 1] = payload;
+    if (payload2 !== null) iov[i + 2] = payload2;
+    try {
+      writevSync(this.fd, iov);
+      this.stats.framesOut++;
+      this.stats.bytesOut += length;
+    } catch (e) {
+      this.writeFailed(e as NodeJS.ErrnoException);
+    } finally {
+      // Drop the views: the ring's memory is not ours to pin.
+      iov[i + 1] = EMPTY;
+      if (payload2 !== null) iov[i + 2] = EMPTY;
+    }
+  };
+
   /** One function object for every frame (no closure per batch). */
-  private readonly writeFrame = (buf: Uint8Array, offset: number, length: number): void => {
+  private readonly writeFrame = (buf: Uint8Array, offset: number, length: number, segmentSize: number): void => {
     if (!this.up) return;
     this.tap?.frameOut(buf.subarray(offset, offset + length));
     try {
@@ -286,7 +339,7 @@ export class TapFdLink {
         writeSync(this.fd, buf, offset, length);
       } else {
         // One frame = one write: the header and the frame leave together as an iovec.
-        writeVnetHeader(this.vnetHeader, buf, offset, length, this.mtu, this.offload);
+        writeVnetHeader(this.vnetHeader, buf, offset, length, segmentSize, this.offload);
         this.iov[1] = buf.subarray(offset, offset + length);
         writevSync(this.fd, this.iov);
       }
@@ -340,16 +393,18 @@ export class TapFdLink {
 
 /**
  * Fills the virtio-net header for one outgoing frame (RFC-less: see
- * include/uapi/linux/virtio_net.h). A TCP frame carrying more payload than
- * one MTU-sized segment holds is marked GSO TCPv4 (TCPv6 over IPv6) with that segment size,
- * so the kernel treats it as the receive offload of a NIC would; every other
- * frame gets an all-zero header. Without csumOffload checksums are complete in
+ * include/uapi/linux/virtio_net.h). A TCP super-segment (segmentSize > 0:
+ * its connection's payload bytes per segment, OutputBatch.forEachFrameAt)
+ * carrying more than one segment is marked GSO TCPv4 (TCPv6 over IPv6) with
+ * that gso_size, so the kernel treats it as the receive offload of a NIC
+ * would and hands the guest's TCP segments of the MSS it asked for (not the
+ * link MTU's: a guest may clamp its MSS); every other frame gets an all-zero header. Without csumOffload checksums are complete in
  * every frame (no NEEDS_CSUM), so the guest verifies them as it would on any
  * wire; with it (the stack's tcp.checksumOffload, --tap-offload) every
  * TCP frame holds only the pseudo-header sum and is marked NEEDS_CSUM at its
  * TCP checksum, which the guest's kernel takes as a locally made packet.
  */
-export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: number, length: number, mtu: number, csumOffload = false): void {
+export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: number, length: number, segmentSize: number, csumOffload = false): void {
   hdr.fill(0);
   if (length < 14 + 20 + 20) return;
   const f = offset;
@@ -378,7 +433,7 @@ export function writeVnetHeader(hdr: Uint8Array, frame: Uint8Array, offset: numb
   }
   const tcpHeader = ((frame[ip + ihl + 12]! >> 4) & 0x0f) * 4;
   const payload = totalLength - ihl - tcpHeader;
-  const segment = mtu - ihl - tcpHeader;
+  const segment = segmentSize;
   if (segment <= 0 || payload <= segment) return;
   const headers = 14 + ihl + tcpHeader;
   hdr[1] = gsoType; // gso_type

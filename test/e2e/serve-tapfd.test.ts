@@ -584,3 +584,50 @@ describe.skipIf(gate.skip)('moat serve --tap-fd e2e: receive offload (moat-shim 
     expect(retrans['on']!).toBeLessThanOrEqual(retrans['off']! + 20);
   });
 });
+
+describe.skipIf(gate.skip)('moat serve --tap-fd e2e: send offload to a guest that clamps its MSS (a GSO size per connection)', () => {
+  let hostServer: Server;
+  let hostPort = 0;
+  const body = randomBytes(8 * 1024 * 1024 + 29);
+  const bodySha = createHash('sha256').update(body).digest('hex');
+
+  beforeAll(async () => {
+    ({ server: hostServer, port: hostPort } = await startHostServer(body));
+  }, 60_000);
+
+  afterAll(async () => {
+    await new Promise<void>((r) => (hostServer ? hostServer.close(() => r()) : r()));
+    cleanupAll();
+  }, 30_000);
+
+  // 1000: a clamped MSS; 48: the smallest Moat sends to (the GSO size is then 36, which the TAP must accept too).
+  for (const advmss of [1000, 48]) {
+    it(`a guest advertising MSS ${advmss} (ip route ... advmss ${advmss}) on an MTU 1500 TAP downloads 8 MiB byte-exact, sent as super-segments`, async () => {
+      const fx = await startMoatFixture({ link: 'exec', offload: true, prefix: `${PREFIX}m${advmss}` });
+      try {
+        // Only connections to the host alias advertise the small MSS (its own route, the rest of the subnet keeps 1460).
+        const route = await fx.guestRun('ip', ['route', 'add', `${HOST_IP}/32`, 'dev', 'moat0', 'advmss', String(advmss)]);
+        expect(route.status, route.stderr).toBe(0);
+        const retransBefore = await guestRetransSegs(fx);
+        const csumErrorsBefore = await guestTcpCounter(fx, 'InCsumErrors');
+        const before = await linkStats(fx);
+        const out = join(fx.dir, 'blob.bin');
+        const down = await fx.guestRun('curl', ['-sS', '--max-time', '40', '-o', out, `http://${HOST_IP}:${hostPort}/blob`], { timeoutMs: 45_000 });
+        expect(down.status, `curl: ${down.stderr}\n${await evidence(fx)}`).toBe(0);
+        expect(createHash('sha256').update(readFileSync(out)).digest('hex')).toBe(bodySha);
+        rmSync(out, { force: true });
+        const after = await linkStats(fx);
+        const frames = after.framesOut - before.framesOut;
+        // Without a GSO size of its own the connection got no send offload (one frame per 1000-byte segment).
+        expect((after.bytesOut - before.bytesOut) / frames, await evidence(fx)).toBeGreaterThan(4 * 1514);
+        expect(await guestTcpCounter(fx, 'InCsumErrors')).toBe(csumErrorsBefore);
+        const drops = (await fx.stats()).drops as Record<string, number>;
+        expect(Object.keys(drops).filter((r) => r.startsWith('vnet:') || r.startsWith('offload:') || r.endsWith(':bad-checksum') || r === 'stack:internal-error')).toEqual([]);
+        expect(((await linkStats(fx)) as LinkCounters & { outputRejected?: number }).outputRejected ?? 0).toBe(0); // the TAP took every virtio-net header
+        console.log(`advmss ${advmss}: ${frames} frames out (${Math.round((after.bytesOut - before.bytesOut) / frames)} B avg), guest RetransSegs +${(await guestRetransSegs(fx)) - retransBefore}`);
+      } finally {
+        await fx.stop();
+      }
+    }, 120_000);
+  }
+});

@@ -119,4 +119,41 @@ describe('FrameArena lending (a consumer that writes inside onOutput)', () => {
     expect(framesOf(big).map((h) => h.length / 2)).toEqual([3000, 3000]);
     expect(framesOf(big)[1]!.slice(0, 2)).toBe('02');
   });
+
+  it('gathered frames (head in the arena, payload elsewhere) are whole again for every consumer but forEachFramePart, across chunks', () => {
+    const arena = new FrameArena(undefined, 1024, true);
+    const payload = Uint8Array.from({ length: 700 }, (_, i) => i & 0xff);
+    writeFrame(arena, 60, 1);
+    for (let i = 0; i < 3; i++) {
+      const off = arena.begin(40 + payload.length); // reserves the whole frame, writes only the head
+      arena.buf.fill(9, off, off + 40);
+      arena.commitGathered(40, 500, payload.subarray(0, 300), i === 1 ? payload.subarray(300) : null);
+    }
+    writeFrame(arena, 70, 2);
+    const batch = arena.take()!;
+    expect(batch.frameCount).toBe(5);
+    const parts: unknown[] = [];
+    batch.forEachFramePart!((_b, _o, head, p, p2, seg) => parts.push([head, p?.length ?? null, p2?.length ?? null, seg]));
+    expect(parts).toEqual([[60, null, null, 0], [40, 300, null, 500], [40, 300, 400, 500], [40, 300, null, 500], [70, null, null, 0]]);
+    const whole: number[][] = [];
+    batch.forEachFrameAt((b, o, len, seg) => whole.push([len, b[o]!, b[o + len - 1]!, seg]));
+    expect(whole).toEqual([[60, 1, 1, 0], [340, 9, 43, 500], [740, 9, 187, 500], [340, 9, 43, 500], [70, 2, 2, 0]]);
+    // framed: the same whole frames, length-prefixed (what a stream writer would send).
+    const framed = Buffer.concat(batch.framed.map((c) => Buffer.from(c)));
+    expect(framed.length).toBe(5 * 4 + 60 + 340 + 740 + 340 + 70);
+    expect(framed.readUInt32BE(4 + 60)).toBe(340);
+  });
+
+  it('a lent batch\'s references to gathered payload are dropped once the next batch begins', () => {
+    const arena = new FrameArena(undefined, undefined, true);
+    const off = arena.begin(100);
+    arena.buf.fill(1, off, off + 40);
+    arena.commitGathered(40, 0, new Uint8Array(60), null);
+    arena.take()!;
+    const sides = (arena as unknown as { sides: { payload: unknown[]; gathered: number } }).sides;
+    expect(sides.payload.length).toBe(1);
+    writeFrame(arena, 60, 1);
+    expect(sides.payload.length).toBe(0);
+    expect(sides.gathered).toBe(0);
+  });
 });

@@ -365,6 +365,19 @@ describe('sending and loss recovery', () => {
     expect(g.conn.bufferedAmount).toBe(4000);
   });
 
+  it('waitForRoom: a writer that stops before a short write gets onDrain once half the buffer is free; not when it is already', () => {
+    const g = established({ cfg: { ...CFG, sendBufferBytes: 10_000 } });
+    expect(g.conn.waitForRoom()).toBe(false); // empty: nothing to wait for
+    expect(g.conn.write(bytes(9_000))).toBe(9_000); // all taken: no drain owed by write()
+    expect(g.conn.waitForRoom()).toBe(true);
+    g.host.flush();
+    g.host.take();
+    g.send({ ack: g.una + 2000 });
+    expect(g.rec.drains).toBe(0); // 3,000 free: not yet half
+    g.send({ ack: g.una + 6000 });
+    expect(g.rec.drains).toBe(1);
+  });
+
   it('retransmits on RTO with doubling backoff, then times out with RST', () => {
     // Without SACK: no tail loss probe comes before the RTO.
     const g = established({ sack: false, cfg: { ...CFG, maxRetries: 4 } });

@@ -364,8 +364,8 @@ describe('limited transmit (RFC 3042), without SACK', () => {
   });
 });
 
-describe('segmentation offload only at the segment size the link marks (issue 16 defect 6, GSO size)', () => {
-  it('a guest with MSS 1460 on a 65520-MTU offloading link gets 1448-byte segments, not super-segments the link would mark with the wrong size', () => {
+describe('segmentation offload at the connection\'s own segment size (issue 16 defect 6, GSO size)', () => {
+  it('a guest with MSS 1460 on a 65520-MTU offloading link gets super-segments of whole 1448-byte segments (the host marks them with segmentSize 1448)', () => {
     const clock = new ManualClock(0);
     const timers = new TimerWheel(clock);
     const host = new FakeHost(clock, timers, 65_480, 1000);
@@ -374,11 +374,13 @@ describe('segmentation offload only at the segment size the link marks (issue 16
     host.take();
     conn.input(seg({ seq: 5001, ack: 1001, flags: TCP_ACK, window: 0xffff, ts: { value: 78, echo: 0 } }));
     expect(conn.debug.smss).toBe(1448);
+    expect(conn.segmentSize).toBe(1448);
     conn.write(bytes(100_000));
     host.flush();
     const sizes = host.take().map((s) => s.payload.length).filter((n) => n > 0);
     expect(sizes.length).toBeGreaterThan(0);
-    expect(Math.max(...sizes)).toBe(1448);
+    expect(Math.max(...sizes)).toBe(10 * 1448); // the initial window, in one super-segment
+    for (const n of sizes) expect(n % 1448).toBe(0);
   });
 
   it('a guest whose MSS fills the link MTU still gets whole-MSS super-segments', () => {

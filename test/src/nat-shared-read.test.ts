@@ -6,11 +6,12 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
-import { createServer, type AddressInfo, type Socket } from 'node:net';
+import { createServer, Socket, type AddressInfo } from 'node:net';
 import { ipv4 } from '../../netstack/addr.js';
 import { NULL_LOGGER } from '../../src/log.js';
 import { DEFAULT_NAT_OPTIONS, Nat } from '../../src/nat/index.js';
-import { FakePendingTcp, FakeStack, type FakeTcpSocket, waitFor } from './nat-fake-stack.js';
+import { FakePendingTcp, FakeStack, FakeTcpSocket, waitFor } from './nat-fake-stack.js';
+import { TcpPipe } from '../../src/nat/tcp-pipe.js';
 
 const GUEST = ipv4(192, 168, 127, 2);
 const cleanups: (() => Promise<void> | void)[] = [];
@@ -63,4 +64,44 @@ describe('NAT host reads through the shared buffer', () => {
     expect(sha(socks[0]!.receivedConcat())).toBe(sha(payloads[0]!));
     expect(sha(socks[1]!.receivedConcat())).toBe(sha(payloads[1]!));
   }, 30_000);
+});
+
+describe('a host read that would not fit the guest\'s send buffer (issue 16)', () => {
+  it('stops reading before the buffer is too full for a whole read, instead of copying the rest aside; resumes on drain, bytes exact', async () => {
+    const host = new Socket(); // never connected: the test hands the pipe its reads, as the shared-buffer callback does
+    cleanups.push(() => void host.destroy());
+    const pipe = new TcpPipe(host, { waitForConnect: false, onFinished: () => {} });
+    const guest = new FakeTcpSocket({ src: GUEST, srcPort: 41000, dst: DEFAULT_NAT_OPTIONS.hostIp, dstPort: 80 }, pipe.handlers, 256 * 1024, false);
+    guest.waitForRoom = () => {
+      if (guest.writableSpace >= guest.capacity / 2) return false;
+      (guest as unknown as { shortWrite: boolean }).shortWrite = true;
+      return true;
+    };
+    pipe.bind(guest);
+    const shared = new Uint8Array(64 * 1024);
+    const sent: Uint8Array[] = [];
+    let paused = 0;
+    const realPause = host.pause.bind(host);
+    host.pause = () => {
+      paused++;
+      return realPause();
+    };
+    // Reads of 60,000 bytes: four fit 256 KiB, the fifth would not (16,144 bytes free).
+    for (let i = 0; i < 4; i++) {
+      shared.set(randomBytes(60_000));
+      sent.push(shared.slice(0, 60_000));
+      pipe.hostBytes(shared.subarray(0, 60_000));
+    }
+    expect(guest.bufferedAmount).toBe(240_000);
+    expect(paused).toBe(1); // stopped before the read that would not fit
+    expect(pipe.heldBytes).toBe(0); // and nothing copied aside
+    const resumed = new Promise<void>((r) => host.once('resume', () => r()));
+    guest.consume(200_000);
+    await resumed; // onDrain resumed reading
+    shared.set(randomBytes(60_000));
+    sent.push(shared.slice(0, 60_000));
+    pipe.hostBytes(shared.subarray(0, 60_000));
+    guest.consume();
+    expect(sha(Buffer.concat(guest.received))).toBe(sha(Buffer.concat(sent)));
+  });
 });

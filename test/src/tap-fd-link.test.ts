@@ -23,31 +23,35 @@ function tcpFrame(payload: number, tcpHeader = 32, protocol = 6, etherType = 0x0
   return f;
 }
 
-const header = (frame: Uint8Array, mtu: number, offset = 0, buf = frame): number[] => {
+/** The header for `frame`, sent as a super-segment of `segmentSize`-byte segments (0: not one). */
+const header = (frame: Uint8Array, segmentSize: number, offset = 0, buf = frame): number[] => {
   const h = new Uint8Array(10).fill(0xee); // stale bytes must be cleared
-  writeVnetHeader(h, buf, offset, frame.length, mtu);
+  writeVnetHeader(h, buf, offset, frame.length, segmentSize);
   return [...h];
 };
 
 describe('writeVnetHeader (virtio-net header for a TAP opened with IFF_VNET_HDR)', () => {
-  it('marks a TCP frame with more than one MTU-sized segment of payload as GSO TCPv4, segment = MTU - IP - TCP headers', () => {
+  it('marks a TCP super-segment as GSO TCPv4 with the segment size its connection sends', () => {
     const f = tcpFrame(65_160); // 45 x 1448
-    // flags 0 (checksums are complete), gso_type 1, hdr_len 14+20+32 = 66, gso_size 1500-20-32 = 1448, csum fields 0
-    expect(header(f, 1500)).toEqual([0, 1, 66, 0, 1448 & 0xff, 1448 >> 8, 0, 0, 0, 0]);
+    // flags 0 (checksums are complete), gso_type 1, hdr_len 14+20+32 = 66, gso_size 1448, csum fields 0
+    expect(header(f, 1448)).toEqual([0, 1, 66, 0, 1448 & 0xff, 1448 >> 8, 0, 0, 0, 0]);
+    // A guest that clamped its MSS to 1000 (988 with timestamps) gets gso_size 988, whatever the link MTU.
+    expect(header(tcpFrame(65 * 988), 988)).toEqual([0, 1, 66, 0, 988 & 0xff, 988 >> 8, 0, 0, 0, 0]);
   });
 
-  it('leaves the header all zero for frames that fit the MTU, non-TCP and non-IPv4 frames, and runts', () => {
-    expect(header(tcpFrame(1448), 1500)).toEqual(new Array(10).fill(0));
-    expect(header(tcpFrame(5000, 32, 17), 1500)).toEqual(new Array(10).fill(0)); // UDP
-    expect(header(tcpFrame(5000, 32, 6, 0x0806), 1500)).toEqual(new Array(10).fill(0)); // ARP ethertype
-    expect(header(new Uint8Array(40), 1500)).toEqual(new Array(10).fill(0));
+  it('leaves the header all zero for frames that are no super-segment, non-TCP and non-IPv4 frames, and runts', () => {
+    expect(header(tcpFrame(1448), 1448)).toEqual(new Array(10).fill(0));
+    expect(header(tcpFrame(5000), 0)).toEqual(new Array(10).fill(0)); // not marked by the stack
+    expect(header(tcpFrame(5000, 32, 17), 1448)).toEqual(new Array(10).fill(0)); // UDP
+    expect(header(tcpFrame(5000, 32, 6, 0x0806), 1448)).toEqual(new Array(10).fill(0)); // ARP ethertype
+    expect(header(new Uint8Array(40), 1448)).toEqual(new Array(10).fill(0));
   });
 
   it('reads the frame where it lies in a larger buffer (offset)', () => {
     const f = tcpFrame(3000, 20);
     const buf = new Uint8Array(100 + f.length);
     buf.set(f, 100);
-    expect(header(f, 1500, 100, buf)).toEqual([0, 1, 54, 0, 1460 & 0xff, 1460 >> 8, 0, 0, 0, 0]);
+    expect(header(f, 1460, 100, buf)).toEqual([0, 1, 54, 0, 1460 & 0xff, 1460 >> 8, 0, 0, 0, 0]);
   });
 });
 
@@ -55,7 +59,7 @@ describe('checksum offload on output (--tap-offload)', () => {
   it('every IPv4 TCP frame is marked NEEDS_CSUM at its TCP checksum (GSO or not); other frames are not', () => {
     const h = (frame: Uint8Array) => {
       const b = new Uint8Array(10).fill(0xee);
-      writeVnetHeader(b, frame, 0, frame.length, 1500, true);
+      writeVnetHeader(b, frame, 0, frame.length, frame.length > 1514 ? 1448 : 0, true);
       return [...b];
     };
     expect(h(tcpFrame(65_160))).toEqual([1, 1, 66, 0, 1448 & 0xff, 1448 >> 8, 34, 0, 16, 0]);
@@ -141,12 +145,12 @@ describe('writeVnetHeader over IPv6', () => {
   const frame6 = (payloadLen: number) => tcp6Frame(EXTERNAL6, GUEST6, seg, new Uint8Array(payloadLen));
   const header = (frame: Uint8Array, csum: boolean) => {
     const h = new Uint8Array(10);
-    writeVnetHeader(h, frame, 0, frame.length, 1500, csum);
+    writeVnetHeader(h, frame, 0, frame.length, 1440, csum);
     const v = new DataView(h.buffer);
     return { flags: h[0], gsoType: h[1], hdrLen: v.getUint16(2, true), gsoSize: v.getUint16(4, true), csumStart: v.getUint16(6, true), csumOffset: v.getUint16(8, true) };
   };
 
-  it('an IPv6 TCP super-segment is marked GSO TCPv6 with an MSS of MTU - 60', () => {
+  it('an IPv6 TCP super-segment is marked GSO TCPv6 with its segment size', () => {
     expect(header(frame6(10_000), false)).toMatchObject({ gsoType: 4, hdrLen: 14 + 40 + 20, gsoSize: 1500 - 60 });
     expect(header(frame6(1000), false)).toMatchObject({ gsoType: 0, gsoSize: 0 });
   });

@@ -139,7 +139,13 @@ export class Link {
       { ...opts.moatEvents, onOutput: (b) => this.carry(b, 'guest') },
       this.clock,
       defer,
-      { allocate: opts.allocate, random: prng((opts.seed ?? 1) * 7 + 1), isn: opts.isn?.moat },
+      {
+        allocate: opts.allocate,
+        random: prng((opts.seed ?? 1) * 7 + 1),
+        isn: opts.isn?.moat,
+        // Offloads on, frames copied as they cross: Moat writes TCP payload from its send rings, as over a TAP (StackOptions.gatherPayload).
+        ...(this.offload && this.copyFrames ? { syncOutput: true, gatherPayload: true } : {}),
+      },
     );
     this.guest = createStack(
       {
