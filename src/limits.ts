@@ -421,6 +421,8 @@ export class BufferBudget {
    * taken back).
    */
   growWindow(m: BudgetMember, bytes: number): boolean {
+    // A flow already removed (its pipe finished) would hold its grant forever.
+    if (!this.members.has(m)) return false;
     if (this.now() - this.countedAt >= RECOUNT_MS) this.recount();
     if (this.total + this.windowTotal + bytes > this.maxBytes) return false;
     // Grants never take more than half the cap: the rest stays for bytes actually buffered.
