@@ -18,6 +18,7 @@
  */
 import type { TcpSocket } from '../netstack/api.js';
 import { GUEST_IP, HOST_ALIAS, Link } from '../test/support/link.js';
+import { DEFAULT_STACK_CONFIG } from '../netstack/stack.js';
 
 export interface LossCase {
   name: string;
@@ -99,6 +100,9 @@ export function runCase(c: LossCase, rttMs: number): LossResult {
       onUdp() {},
     },
     guestEvents: { onTcpSyn: (p) => p.ignore(), onUdp() {} },
+    // The receiver's window is not what is measured: give it its full size from the start (as a
+    // Linux guest's, grown long before), not the stack's small initial one.
+    guestConfig: { tcp: { ...DEFAULT_STACK_CONFIG.tcp, recvWindowInitialBytes: DEFAULT_STACK_CONFIG.tcp.recvBufferBytes } },
   });
   const guest = link.guest.connectTcp(
     { from: GUEST_IP, fromPort: 40000, to: HOST_ALIAS, toPort: 80 },

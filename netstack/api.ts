@@ -54,6 +54,14 @@ export interface TcpHandlers {
   onClose(reason: TcpCloseReason): void;
   /** An active open (Stack.connectTcp) completed its handshake. */
   onConnect?(): void;
+  /**
+   * Receive-window autotuning wants to grow this connection's window by
+   * `bytes` (the peer fills it and the owner keeps up). True grants it: the
+   * owner answers for that much more memory (a shared budget counts it) for
+   * the connection's life. False keeps the window as it is (it is asked again
+   * after another window of data). Absent: growth is always granted.
+   */
+  mayGrowWindow?(bytes: number): boolean;
 }
 
 /** A TCP connection, as its owner uses it. */
@@ -76,6 +84,8 @@ export interface TcpSocket {
   waitForRoom?(): boolean;
   /** Bytes written but not yet acknowledged by the peer. */
   readonly bufferedAmount: number;
+  /** Bytes received but not yet handed to onData: in-order bytes waiting while paused, and out-of-order bytes. */
+  readonly recvBufferedAmount: number;
   /** Room left in the send buffer. */
   readonly writableSpace: number;
   /** Half-close: send FIN once everything written has been sent. */

@@ -123,9 +123,11 @@ export const DEFAULT_STACK_CONFIG: StackConfig = Object.freeze({
   dhcpLeaseTimeSec: 3600,
   tcp: Object.freeze({
     sendBufferBytes: 1024 * 1024,
-    // The receive window starts at 1 MiB and grows up to 4 MiB for a sender it limits (tcp/connection.ts growWindow).
+    // The receive window starts at 64 KiB (as Linux's, near) and grows up to 4 MiB for a sender it
+    // limits (tcp/connection.ts growWindow) while the owner grants it: what a guest can make the NAT
+    // hold in receive rings without its budget's consent is flows x this (src/limits.ts BufferBudget).
     recvBufferBytes: 4 * 1024 * 1024,
-    recvWindowInitialBytes: 1024 * 1024,
+    recvWindowInitialBytes: 64 * 1024,
     oooBytes: 1024 * 1024,
     synHoldTimeoutMs: 30_000,
     maxConnections: 16_384,

@@ -15,7 +15,11 @@
  *    or its guest side is paused (the stack's advertised window shrinks).
  *    New data is refused at the source rather than buffered; paused flows
  *    resume when the total falls below 3/4 of the cap or their own share
- *    drains.
+ *    drains. A paused guest side still receives what its advertised window
+ *    allows, into the stack's receive ring: those bytes are counted too, and
+ *    a flow's receive window grows beyond the stack's initial one only while
+ *    the budget has room for the growth (growWindow), so the windows
+ *    together stay under the cap plus flows x the initial window.
  *
  * When a limit is hit, the NEWEST work is refused (RST, dropped SYN or
  * datagram, SERVFAIL, 413) and what already runs keeps running.
@@ -112,7 +116,7 @@ export const LIMIT_SPECS: readonly LimitSpec[] = [
     default: 256 * KiB,
     min: 4 * KiB,
     max: 64 * MiB,
-    help: "Bytes one flow's host socket may buffer towards the host before the guest's window is closed. (The TCP window towards the guest is 1 MiB; the one from the guest starts at 1 MiB and grows up to 4 MiB while the guest fills it and the host keeps up.)",
+    help: "Bytes one flow's host socket may buffer towards the host before the guest's window is closed. (The TCP window towards the guest is 1 MiB; the one from the guest starts at 64 KiB and grows up to 4 MiB while the guest fills it, the host keeps up and --total-buffer-bytes has room.)",
   },
   {
     flag: 'total-buffer-bytes',
@@ -120,7 +124,7 @@ export const LIMIT_SPECS: readonly LimitSpec[] = [
     default: 64 * MiB,
     min: 64 * KiB,
     max: 16 * 1024 * MiB,
-    help: 'Bytes buffered over all TCP flows (both directions). Past it, every flow holding more than its fair share (this / flows, at most 64 KiB) stops taking data until the total is back under 3/4 of it: its host socket is not read, or its guest window closes; nothing is dropped. So the total stays under this + flows x 128 KiB, and a new flow still makes progress. /stats: limits.buffers.',
+    help: "Bytes buffered over all TCP flows (both directions, the stack's receive buffers included). Past it, every flow holding more than its fair share (this / flows, at most 64 KiB) stops taking data until the total is back under 3/4 of it: its host socket is not read, or its guest window closes; nothing is dropped. A flow's receive window grows beyond its initial 64 KiB only while the budget has room (window growth may take at most half of it). So the total stays under this + flows x 192 KiB (fair share, one read, initial window), and a new flow still makes progress. /stats: limits.buffers (windowBytes: window growth granted).",
   },
   {
     flag: 'max-fragment-bytes',
@@ -330,10 +334,22 @@ export class RefusalLog {
 
 // ------------------------------------------------------------------ BufferBudget
 
+/** What pausing `m` can stop from growing: its bytes less those already received into its window. */
+function sheddable(m: BudgetMember): number {
+  return m.bufferedBytes() - (m.receivedBytes?.() ?? 0);
+}
+
 /** A flow that buffers bytes and can be paused by the budget. */
 export interface BudgetMember {
   /** Bytes this flow holds in memory now (both directions). */
   bufferedBytes(): number;
+  /**
+   * Of those, the bytes its guest already sent into the window it was
+   * offered (the stack's receive ring). Pausing the flow does not shed them
+   * (only resuming it does), so they count in the total but do not decide
+   * whether the flow is paused or resumed.
+   */
+  receivedBytes?(): number;
   /** The budget lets this flow take data again (called once per pause). */
   resumeFromBudget(): void;
 }
@@ -348,6 +364,8 @@ export interface BufferBudgetStats {
   pausedFlows: number;
   /** Times a flow was paused by the budget. */
   pauses: number;
+  /** Receive-window growth granted to open flows (bytes a guest may still send beyond their initial windows). */
+  windowBytes: number;
 }
 
 /** The most one flow may hold while the budget is exhausted: enough for a new flow to make progress. */
@@ -370,6 +388,9 @@ export class BufferBudget {
   private total = 0;
   private peak = 0;
   private pauses = 0;
+  /** Receive-window growth granted per flow (growWindow), and its sum: room the budget keeps for bytes not yet sent. */
+  private readonly windows = new Map<BudgetMember, number>();
+  private windowTotal = 0;
   private countedAt = -Infinity;
   private timer: NodeJS.Timeout | undefined;
 
@@ -385,6 +406,30 @@ export class BufferBudget {
   remove(m: BudgetMember): void {
     this.members.delete(m);
     this.paused.delete(m);
+    this.windowTotal -= this.windows.get(m) ?? 0;
+    this.windows.delete(m);
+  }
+
+  /**
+   * `m`'s receive window wants to grow by `bytes` (TCP autotuning). Granted
+   * only while what is buffered plus every window already granted plus this
+   * growth fits under the cap, and the grants under half of it (so that
+   * grants alone never pause flows), like Linux's tcp_mem pressure clamping the
+   * window: a guest can then pin at most the cap plus flows x the initial
+   * window in receive rings, however many flows read fast and then stop. A
+   * grant is held until the flow is removed (an advertised window is never
+   * taken back).
+   */
+  growWindow(m: BudgetMember, bytes: number): boolean {
+    // A flow already removed (its pipe finished) would hold its grant forever.
+    if (!this.members.has(m)) return false;
+    if (this.now() - this.countedAt >= RECOUNT_MS) this.recount();
+    if (this.total + this.windowTotal + bytes > this.maxBytes) return false;
+    // Grants never take more than half the cap: the rest stays for bytes actually buffered.
+    if (this.windowTotal + bytes > this.maxBytes / 2) return false;
+    this.windows.set(m, (this.windows.get(m) ?? 0) + bytes);
+    this.windowTotal += bytes;
+    return true;
   }
 
   /**
@@ -392,7 +437,9 @@ export class BufferBudget {
    * never more than SHARE_CEILING. A ceiling rather than the share alone,
    * because flows that filled up while they were few (a large share) keep
    * their bytes; with the ceiling the total stays under
-   * maxBytes + flows x (SHARE_CEILING + one read chunk).
+   * maxBytes + flows x (SHARE_CEILING + one read chunk + the stack's initial
+   * receive window): what a paused guest side still receives lands in its
+   * ring, within a window that grew only by grants (growWindow).
    */
   private share(): number {
     return Math.min(SHARE_CEILING, this.maxBytes / Math.max(1, this.members.size));
@@ -405,9 +452,9 @@ export class BufferBudget {
   charge(m: BudgetMember, bytes: number): boolean {
     this.total += bytes;
     if (this.now() - this.countedAt >= RECOUNT_MS) this.recount();
-    if (this.total < this.maxBytes) return false;
+    if (this.total + this.windowTotal < this.maxBytes) return false;
     if (this.paused.has(m)) return true;
-    if (m.bufferedBytes() < this.share()) return false;
+    if (sheddable(m) < this.share()) return false;
     this.paused.add(m);
     this.pauses++;
     this.armResumeCheck();
@@ -416,7 +463,7 @@ export class BufferBudget {
 
   stats(): BufferBudgetStats {
     this.recount();
-    return { max: this.maxBytes, current: this.total, peak: this.peak, pausedFlows: this.paused.size, pauses: this.pauses };
+    return { max: this.maxBytes, current: this.total, peak: this.peak, pausedFlows: this.paused.size, pauses: this.pauses, windowBytes: this.windowTotal };
   }
 
   /** Resumes every paused flow and stops the timer (shutdown). */
@@ -441,7 +488,7 @@ export class BufferBudget {
       this.recount();
       const lowWater = this.maxBytes * 0.75;
       const halfShare = this.share() / 2;
-      const go = this.total < lowWater ? [...this.paused] : [...this.paused].filter((m) => m.bufferedBytes() < halfShare);
+      const go = this.total + this.windowTotal < lowWater ? [...this.paused] : [...this.paused].filter((m) => sheddable(m) < halfShare);
       this.resume(go);
       if (this.paused.size > 0) this.armResumeCheck();
     }, RESUME_CHECK_MS);

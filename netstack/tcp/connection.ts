@@ -470,6 +470,10 @@ export class TcpConnection implements TcpSocket {
     return this.sendBuf.length;
   }
 
+  get recvBufferedAmount(): number {
+    return this.recv.length + this.ooo.bytes;
+  }
+
   get writableSpace(): number {
     return this.canWrite() ? this.sendBuf.free : 0;
   }
@@ -976,13 +980,19 @@ export class TcpConnection implements TcpSocket {
    * paused, nothing waiting in the ring): an owner that pauses even once
    * within a window's worth of data (a host slower than the guest) restarts
    * the count, so its window does not grow and the ring holds at most the
-   * window it had.
+   * window it had. The owner has the last word (TcpHandlers.mayGrowWindow):
+   * the NAT grants growth only while its buffer budget has room for it.
    */
   private growWindow(): void {
     if (this.rcvSinceGrow < this.rcvWndCap || this.paused || this.recv.length > 0) return;
     if (seqDiff(this.rcvNxt, this.lastAckSent) < this.rcvWndCap / 4) return;
-    this.rcvWndCap = Math.min(this.cfg.recvBufferBytes, this.rcvWndCap * 2);
+    const next = Math.min(this.cfg.recvBufferBytes, this.rcvWndCap * 2);
     this.rcvSinceGrow = 0;
+    // The owner may refuse (a shared memory budget without room, as Linux's
+    // tcp_mem pressure clamps rcv_ssthresh): the window keeps its size, and
+    // the right edge already advertised stays where it is (RFC 9293).
+    if (this.handlers.mayGrowWindow !== undefined && !this.handlers.mayGrowWindow(next - this.rcvWndCap)) return;
+    this.rcvWndCap = next;
   }
 
   private receiveFin(): void {

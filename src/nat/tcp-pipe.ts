@@ -151,6 +151,8 @@ export class TcpPipe implements BudgetMember, Uncorkable {
       onDrain: () => this.guestDrain(),
       onClose: (reason) => this.guestClosed(reason),
       onConnect: () => this.guestConnect(),
+      // The receive window grows only while the buffer budget has room for it (see BufferBudget.growWindow).
+      mayGrowWindow: (bytes) => this.opts.budget?.growWindow(this, bytes) ?? true,
     };
     this.inspector = opts.inspector;
     if (!this.guestConnected) host.pause();
@@ -165,10 +167,19 @@ export class TcpPipe implements BudgetMember, Uncorkable {
     opts.budget?.add(this);
   }
 
-  /** Bytes this flow holds now: towards the guest (send buffer + held chunk) and towards the host (socket buffer). */
+  /**
+   * Bytes this flow holds now: towards the guest (send buffer + held chunk),
+   * from the guest (the stack's receive ring: what the guest sent into its
+   * window while this side was paused) and towards the host (socket buffer).
+   */
   bufferedBytes(): number {
-    const toGuest = this.tcpClosed || this.tcp === undefined ? 0 : this.tcp.bufferedAmount;
-    return toGuest + this.heldBytes + (this.host.destroyed ? 0 : this.host.writableLength);
+    const guest = this.tcpClosed || this.tcp === undefined ? 0 : this.tcp.bufferedAmount + this.tcp.recvBufferedAmount;
+    return guest + this.heldBytes + (this.host.destroyed ? 0 : this.host.writableLength);
+  }
+
+  /** Of bufferedBytes(), what the guest sent into its window that this side has not taken yet (the stack's receive ring). */
+  receivedBytes(): number {
+    return this.tcpClosed || this.tcp === undefined ? 0 : this.tcp.recvBufferedAmount;
   }
 
   resumeFromBudget(): void {

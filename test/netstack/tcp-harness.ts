@@ -290,14 +290,15 @@ export function bytes(n: number, salt = 0): Uint8Array {
 }
 
 /** A connection accepted from a Linux-like SYN (with or without timestamps) and established. */
-export function established(opts: { ts?: boolean; sack?: boolean; cfg?: TcpConfig; window?: number } = {}) {
+/** `mss`: both ends' MSS (default 1460); `handlers`: the owner (default the Recorder `rec`). */
+export function established(opts: { ts?: boolean; sack?: boolean; cfg?: TcpConfig; window?: number; mss?: number; handlers?: TcpHandlers } = {}) {
   const clock = new ManualClock(10_000);
   const timers = new TimerWheel(clock);
-  const host = new FakeHost(clock, timers, 1460, OUR_ISN);
+  const host = new FakeHost(clock, timers, opts.mss ?? 1460, OUR_ISN);
   const rec = new Recorder();
   const ts = opts.ts ?? true;
-  const syn = linuxSyn({ ...(ts ? {} : { timestamp: null }), ...(opts.sack === false ? { sackPermitted: false } : {}) });
-  const conn = TcpConnection.acceptSyn(host, opts.cfg ?? CFG, TUPLE, syn, rec);
+  const syn = linuxSyn({ ...(ts ? {} : { timestamp: null }), ...(opts.sack === false ? { sackPermitted: false } : {}), ...(opts.mss !== undefined ? { mss: opts.mss } : {}) });
+  const conn = TcpConnection.acceptSyn(host, opts.cfg ?? CFG, TUPLE, syn, opts.handlers ?? rec);
   const synAck = host.take();
   let peerTs = 100;
   const g = {

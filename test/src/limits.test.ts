@@ -118,6 +118,45 @@ describe('BufferBudget', () => {
     budget.close();
   });
 
+  it('receive-window growth is granted only while buffered + granted + growth fits the cap and the grants half of it; a grant is held until its flow goes', () => {
+    let now = 0;
+    const budget = new BufferBudget(1000, () => (now += 100));
+    const a = new FakeFlow(0);
+    const b = new FakeFlow(0);
+    budget.add(a);
+    budget.add(b);
+    expect(budget.growWindow(a, 300)).toBe(true);
+    expect(budget.growWindow(b, 300)).toBe(false); // grants would pass half the cap
+    expect(budget.growWindow(b, 200)).toBe(true);
+    expect(budget.stats().windowBytes).toBe(500);
+    budget.remove(a);
+    expect(budget.stats().windowBytes).toBe(200);
+    b.bytes = 700; // buffered 700 + granted 200 + 200 > 1000
+    expect(budget.growWindow(b, 200)).toBe(false);
+    expect(budget.growWindow(b, 100)).toBe(true);
+    // A flow that is gone gets nothing (its grant would never be released).
+    expect(budget.growWindow(a, 1)).toBe(false);
+    expect(budget.stats().windowBytes).toBe(300);
+    budget.close();
+  });
+
+  it("bytes already received into a flow's window count in the total but do not decide whether it is paused (pausing cannot shed them)", () => {
+    vi.useFakeTimers();
+    const budget = new BufferBudget(1000, () => 0);
+    const ring = Object.assign(new FakeFlow(1100), { received: 1100, receivedBytes(): number { return this.received; } });
+    budget.add(ring);
+    budget.add(new FakeFlow(0)); // two flows: a fair share of 500
+    expect(budget.charge(ring, 0)).toBe(false); // total 1100 is over the cap, but all of it is in the ring
+    expect(budget.stats().current).toBe(1100);
+    ring.bytes = 1700;
+    expect(budget.charge(ring, 600)).toBe(true); // 600 of its own beyond the ring: paused
+    // Its host drains; the ring still holds 1100 (the total stays over 3/4 of the cap): resumed all the same.
+    ring.bytes = 1100;
+    vi.advanceTimersByTime(60);
+    expect(ring.resumed).toBe(1);
+    budget.close();
+  });
+
   it('a paused flow that goes away is forgotten (never resumed)', () => {
     vi.useFakeTimers();
     const budget = new BufferBudget(100, () => 0);

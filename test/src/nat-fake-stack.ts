@@ -35,6 +35,8 @@ export class FakeTcpSocket implements TcpSocket {
   private guestFinSent = false;
   private finQueued = false;
   maxBuffered = 0;
+  /** The fake has no receive ring: bytes sent while paused wait on the guest's side (guestQueue), as behind a closed window. */
+  readonly recvBufferedAmount = 0;
 
   constructor(
     readonly tuple: FourTuple,
