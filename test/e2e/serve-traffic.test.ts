@@ -157,7 +157,13 @@ describe.skipIf(gate.skip)('moat serve rate limits and byte budgets e2e: guest -
     const next = await fx.guestRun('curl', ['-sS', '-o', '-', '-w', '\n%{http_code}', '--max-time', '10', '--resolve', `${ALLOWED}:80:${allowedIp}`, `http://${ALLOWED}/again`], { timeoutMs: 20_000 });
     expect(next.stdout, next.stderr).toMatch(/403$/);
     expect(next.stdout).toMatch(/budget/);
-    expect(decisions().filter((d) => d.reason === 'budget' && d.rule === ALLOWED && d.name === ALLOWED).length).toBeGreaterThanOrEqual(1);
+    // The decision line is written beside the 403, not before it: wait for it rather than race the log.
+    const refusal = await waitFor(
+      'the refusal to be recorded with reason budget',
+      () => decisions().find((d) => d.reason === 'budget' && d.rule === ALLOWED && d.name === ALLOWED),
+      { timeoutMs: 5_000 },
+    );
+    expect(refusal).toMatchObject({ decision: 'blocked' });
     expect(connBytes(allowedSrv).length, 'the refused connection never reached the server').toBe(1);
 
     // Other rules: a 2 MiB upload to other.test completes.
