@@ -108,7 +108,7 @@ describe('a host read that would not fit the guest\'s send buffer (issue 16)', (
 
 describe('host read size (h16-big)', () => {
   /** Largest single write a flow's host reads made into its guest socket, for a 4 MiB download into a send ring of `capacity`. */
-  async function largestRead(capacity: number): Promise<number> {
+  async function largestRead(capacity: number, totalBufferBytes?: number): Promise<number> {
     const payload = randomBytes(4 * 1024 * 1024);
     const conns = new Set<Socket>();
     const server = createServer({ allowHalfOpen: true }, (s) => {
@@ -121,7 +121,7 @@ describe('host read size (h16-big)', () => {
       for (const c of conns) c.destroy();
       return new Promise<void>((r) => server.close(() => r()));
     });
-    const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }] }, NULL_LOGGER);
+    const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], ...(totalBufferBytes !== undefined ? { totalBufferBytes } : {}) }, NULL_LOGGER);
     nat.attach(new FakeStack());
     cleanups.push(() => nat.close());
     const p = new FakePendingTcp(
@@ -147,5 +147,9 @@ describe('host read size (h16-big)', () => {
 
   it('reads at most 64 KiB at once into a send ring too small for a large read (what a pipe may hold stays one small read)', async () => {
     expect(await largestRead(200 * 1024)).toBeLessThanOrEqual(64 * 1024);
+  }, 30_000);
+
+  it('reads at most 64 KiB at once when the buffer budget has no room for a large read, even into a large send ring (the budget\'s overshoot stays one small read)', async () => {
+    expect(await largestRead(2 * 1024 * 1024, 200 * 1024)).toBeLessThanOrEqual(64 * 1024);
   }, 30_000);
 });
