@@ -71,8 +71,17 @@ export interface TcpFlowStats {
  * host->guest transfer that garbage was ~15% of Moat's CPU (bench:compare
  * --profile). Safe to share: the bytes are copied into the guest send ring
  * (or the pipe's held copy) before the callback returns, on one thread.
+ *
+ * A read is 256 KiB while the flow's send ring has room for all of it, else
+ * 64 KiB (HOST_READ_SMALL): each read costs a callback, a pass of the
+ * stack's output and a TAP write in which the guest's kernel receives, and
+ * a download through 64 KiB reads went out as one full segment plus a runt
+ * per read, the guest's window never more than one read deep (guest tcpdump;
+ * 1.6x the rate host->guest with 256 KiB, h16-big). What a pipe may have to
+ * hold aside stays one 64 KiB read: a read only gets large when it fits.
  */
-const HOST_READ_BUFFER = new Uint8Array(64 * 1024); // not a Buffer: its views are plain Uint8Arrays, whose slice() copies
+const HOST_READ_BUFFER = new Uint8Array(256 * 1024); // not a Buffer: its views are plain Uint8Arrays, whose slice() copies
+const HOST_READ_SMALL = HOST_READ_BUFFER.subarray(0, 64 * 1024);
 
 interface Dial {
   readonly pending: PendingTcp;
@@ -276,14 +285,19 @@ export class TcpFlowTable {
       writableHighWaterMark: this.opts.perFlowBufferBytes,
     } as NetConnectOpts; // Socket passes stream options on to its Duplex
     if (!sharedReads) return (this.opts.connectHost ?? netConnect)(opts);
-    const socket: Socket = (this.opts.connectHost ?? netConnect)({
+    // Node asks `buffer` for the next read's buffer once before connect() returns (socket is still unset then).
+    let socket: Socket | undefined;
+    socket = (this.opts.connectHost ?? netConnect)({
       ...opts,
       onread: {
-        buffer: HOST_READ_BUFFER,
+        buffer: (): Uint8Array => {
+          const pipe = socket === undefined ? undefined : this.readers.get(socket);
+          return pipe !== undefined && pipe.hostReadRoom >= HOST_READ_BUFFER.length ? HOST_READ_BUFFER : HOST_READ_SMALL;
+        },
         callback: (n: number, buf: Uint8Array): boolean => {
-          const pipe = this.readers.get(socket);
+          const pipe = this.readers.get(socket!);
           // Reading starts after 'connect', where the pipe is made; nothing else may read here.
-          if (pipe === undefined) socket.destroy(new Error('host bytes before the flow was joined'));
+          if (pipe === undefined) socket!.destroy(new Error('host bytes before the flow was joined'));
           else pipe.hostBytes(buf.subarray(0, n));
           return true;
         },

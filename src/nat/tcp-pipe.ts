@@ -238,6 +238,21 @@ export class TcpPipe implements BudgetMember, Uncorkable {
     return this.held?.length ?? 0;
   }
 
+  /**
+   * How many host bytes the next read may bring with none held aside: the
+   * guest send ring's free room; 0 while a read would not go to the ring
+   * whole (not connected yet, bytes already held, an ingress rate limit or
+   * meter that may take less), and never more than the buffer budget's room,
+   * so that what a flow may overshoot the budget by stays one small read. The
+   * shared host read buffer sizes reads by it.
+   */
+  get hostReadRoom(): number {
+    if (this.tcp === undefined || !this.guestConnected || this.held !== undefined || this.tcpClosed) return 0;
+    if (this.opts.rate?.ingress !== undefined || this.opts.meter !== undefined) return 0;
+    const room = this.tcp.writableSpace;
+    return this.opts.budget === undefined ? room : Math.min(room, this.opts.budget.room);
+  }
+
   /** Why the host socket failed, if it did. */
   get error(): Error | undefined {
     return this.hostError;

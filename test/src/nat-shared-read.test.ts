@@ -105,3 +105,51 @@ describe('a host read that would not fit the guest\'s send buffer (issue 16)', (
     expect(sha(Buffer.concat(guest.received))).toBe(sha(Buffer.concat(sent)));
   });
 });
+
+describe('host read size (h16-big)', () => {
+  /** Largest single write a flow's host reads made into its guest socket, for a 4 MiB download into a send ring of `capacity`. */
+  async function largestRead(capacity: number, totalBufferBytes?: number): Promise<number> {
+    const payload = randomBytes(4 * 1024 * 1024);
+    const conns = new Set<Socket>();
+    const server = createServer({ allowHalfOpen: true }, (s) => {
+      conns.add(s);
+      s.on('error', () => {});
+      s.end(payload);
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    cleanups.push(() => {
+      for (const c of conns) c.destroy();
+      return new Promise<void>((r) => server.close(() => r()));
+    });
+    const nat = new Nat({ dnsUpstreams: [{ host: '127.0.0.1', port: 9 }], ...(totalBufferBytes !== undefined ? { totalBufferBytes } : {}) }, NULL_LOGGER);
+    nat.attach(new FakeStack());
+    cleanups.push(() => nat.close());
+    const p = new FakePendingTcp(
+      { src: GUEST, srcPort: 41100, dst: DEFAULT_NAT_OPTIONS.hostIp, dstPort: (server.address() as AddressInfo).port },
+      { capacity, autoConsume: true },
+    );
+    nat.onTcpSyn(p);
+    const sock = await accepted(p);
+    let largest = 0;
+    const write = sock.write.bind(sock);
+    sock.write = (data: Uint8Array): number => {
+      largest = Math.max(largest, data.length);
+      return write(data);
+    };
+    await waitFor(() => sock.endCalled && sock.bufferedAmount === 0, 'download complete', 20_000);
+    expect(sha(sock.receivedConcat())).toBe(sha(payload));
+    return largest;
+  }
+
+  it('reads more than 64 KiB at once while the guest send ring has room for a whole large read', async () => {
+    expect(await largestRead(2 * 1024 * 1024)).toBeGreaterThan(64 * 1024);
+  }, 30_000);
+
+  it('reads at most 64 KiB at once into a send ring too small for a large read (what a pipe may hold stays one small read)', async () => {
+    expect(await largestRead(200 * 1024)).toBeLessThanOrEqual(64 * 1024);
+  }, 30_000);
+
+  it('reads at most 64 KiB at once when the buffer budget has no room for a large read, even into a large send ring (the budget\'s overshoot stays one small read)', async () => {
+    expect(await largestRead(2 * 1024 * 1024, 200 * 1024)).toBeLessThanOrEqual(64 * 1024);
+  }, 30_000);
+});
