@@ -163,9 +163,12 @@ describe.skipIf(gate.skip)('moat serve e2e: flow limits driven over their bound 
     await new Promise((r) => setTimeout(r, 1500));
     const b = (await limits(fx))["buffers"]!;
     process.stdout.write(`limits-flows: buffers with 8 stalled readers ${JSON.stringify(b)}\n`);
-    // Over the budget by at most one read chunk per flow (64 KiB) and one count interval.
-    expect(b['current']).toBeLessThanOrEqual(TOTAL_BUFFER + 9 * 128 * 1024);
-    expect(b['peak']).toBeLessThanOrEqual(TOTAL_BUFFER + 9 * 128 * 1024);
+    // The bound --total-buffer-bytes documents (src/limits.ts help): the budget plus, per flow, its fair
+    // share (64 KiB), one read (64 KiB) and the stack's initial receive window (64 KiB). 9 flows: 8 + the probe.
+    const bound = TOTAL_BUFFER + 9 * 192 * 1024;
+    expect(b['current']).toBeLessThanOrEqual(bound);
+    expect(b['peak']).toBeLessThanOrEqual(bound);
+    process.stdout.write(`limits-flows: over the budget by ${Math.max(0, b['peak']! - TOTAL_BUFFER)} B at peak (${Math.round(Math.max(0, b['peak']! - TOTAL_BUFFER) / 9 / 1024)} KiB per flow; documented bound 192 KiB per flow)\n`);
     expect(b['pauses']).toBeGreaterThan(0);
     // Stuck at the budget (without it the 8 flows would hold 1 MiB each in Moat's send buffers).
     expect(b['current']).toBeGreaterThanOrEqual(TOTAL_BUFFER / 2);
