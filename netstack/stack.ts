@@ -594,8 +594,7 @@ export class Stack implements NetStack, TcpHost {
       const payload = source.contiguous(from, len);
       const payload2 = payload.length < len ? source.contiguous(from + payload.length, len - payload.length) : null;
       this.arena.commitGathered(head, segmentSize, payload, payload2);
-      this.stats.framesOut++;
-      this.stats.bytesOut += head + len;
+      this.countFrameOut(head + len);
     } else {
       if (len > 0 && source !== null) source.copyOut(from, buf, l4 + hl, len);
       emitTcpHeader(buf, l4, seg, t.dst, t.src, len, checksumOffload);
@@ -797,6 +796,10 @@ export class Stack implements NetStack, TcpHost {
 
   private commitFrame(length: number, segmentSize = 0): void {
     this.arena.commit(length, segmentSize);
+    this.countFrameOut(length);
+  }
+
+  private countFrameOut(length: number): void {
     this.stats.framesOut++;
     this.stats.bytesOut += length;
   }

@@ -445,15 +445,15 @@ export class BufferBudget {
     return Math.min(SHARE_CEILING, this.maxBytes / Math.max(1, this.members.size));
   }
 
-  /**
-   * `m` just took `bytes` into its buffers. Returns true if it must stop
-   * taking more (pause its source) until resumeFromBudget() is called.
-   */
   /** Bytes that may still be buffered before the budget is reached (at the last count): a host read is only made large within it. */
   get room(): number {
     return Math.max(0, this.maxBytes - this.total - this.windowTotal);
   }
 
+  /**
+   * `m` just took `bytes` into its buffers. Returns true if it must stop
+   * taking more (pause its source) until resumeFromBudget() is called.
+   */
   charge(m: BudgetMember, bytes: number): boolean {
     this.total += bytes;
     if (this.now() - this.countedAt >= RECOUNT_MS) this.recount();
