@@ -286,6 +286,11 @@ const PASST_UPSTREAM_DNS = '127.0.0.1';
  */
 let passtDns: { users: number; procs: TrackedProcess[]; ready: Promise<void> } | undefined;
 
+/** For tests: how many passt links hold the shared DNS server, and its PIDs (undefined: none running). */
+export function passtDnsState(): { users: number; pids: number[] } | undefined {
+  return passtDns === undefined ? undefined : { users: passtDns.users, pids: passtDns.procs.map((p) => p.child.pid!) };
+}
+
 async function acquirePasstDns(): Promise<() => Promise<void>> {
   if (passtDns === undefined) {
     const procs: TrackedProcess[] = [];
