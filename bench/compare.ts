@@ -1,5 +1,5 @@
 /**
- * Moat against slirp4netns, passt and a plain veth pair (the ceiling), side by
+ * Moat against slirp4netns, passt (as pasta and behind a QEMU socket) and a plain veth pair (the ceiling), side by
  * side on this machine, through the same topology: a guest network namespace
  * whose interface is bridged to the backend, and servers on the host side.
  * See bench/README.md for what each figure means.
@@ -40,7 +40,7 @@ import {
   type IdleSample,
   type Servers,
 } from './compare/measure.js';
-import { iperfFamilyKey, iperfKey, ipv6Metrics, ipv6Ratios, metricsFor, svgChart, table, type Figures } from './compare/report.js';
+import { iperfFamilyKey, iperfKey, ipv6Metrics, ipv6Ratios, metricsFor, passtReferenceLines, retransPerGB, svgChart, table, type Figures } from './compare/report.js';
 
 const PREFIX = 'mk7-';
 // From the sources or from dist/: results live in the repository's bench/results.
@@ -118,11 +118,13 @@ interface Results {
   errors: string[];
 }
 
-function record(res: Results, key: string, backend: BackendName, value: number, cpu: CpuShare): void {
+/** `retransPerGB`: iperf only, the sender's retransmitted segments per GB moved in this run. */
+function record(res: Results, key: string, backend: BackendName, value: number, cpu: CpuShare, retransPerGB?: number): void {
   const f = (res.figures[key] ??= {});
   const fig = (f[backend] ??= { median: Number.NaN, runs: [] });
   fig.runs.push(value);
   fig.median = median(fig.runs);
+  if (retransPerGB !== undefined) (fig.retransPerGB ??= []).push(retransPerGB);
   const c = (res.cpu[key] ??= {});
   (c[backend] ??= []).push(cpu);
 }
@@ -236,7 +238,7 @@ async function compare(o: Options): Promise<Results> {
           log(key);
           await eachRun(up, o.runs, key, res, async ({ link, servers }, b) => {
             const s = await iperf(link, servers, { direction, streams, seconds: o.seconds });
-            record(res, key, b, s.bps, s.cpu);
+            record(res, key, b, s.bps, s.cpu, retransPerGB(s.retransmits, s.bps, o.seconds));
           });
         }
       }
@@ -388,7 +390,7 @@ async function main(): Promise<void> {
   const rrMtu = Math.max(...o.mtus);
   const backends = o.backends.filter((b) => res.skipped[b] === undefined && (!o.ipv6Only || IPV6_BACKENDS.includes(b)));
   const metrics = o.ipv6Only ? ipv6Metrics(rrMtu) : metricsFor(o.mtus, o.streams, rrMtu);
-  const text = table(res.figures, metrics, backends);
+  const text = [table(res.figures, metrics, backends), ...passtReferenceLines(res.figures, metrics)].join('\n');
   console.log(text);
   for (const line of ipv6Ratios(res.figures, rrMtu, backends)) console.log(line);
   for (const [b, why] of Object.entries(res.skipped)) console.log(`skipped ${b}: ${why}`);

@@ -8,6 +8,7 @@
  *   moat-offload as moat-exec, with receive offload (moat-shim --offload, --tap-offload)
  *                (moat-shim tap --exec: the shim opens the TAP and becomes Moat)
  *   passt        guest TAP ------------- pasta (passt's netns mode) -- host 127.0.0.1
+ *   passt-qemu   guest TAP -- moat-shim -- passt (qemu socket mode) -- host 127.0.0.1
  *   slirp4netns  guest TAP ------------- slirp4netns (libslirp)   -- host 127.0.0.1
  *   veth         guest veth ---------------------------------------- peer namespace (the ceiling)
  *
@@ -17,8 +18,11 @@
  * the root namespace over its veth); Moat gets it by --dns-upstream,
  * slirp4netns by a private mount namespace whose /etc/resolv.conf names it.
  * passt forwards only to a loopback resolver, so its server listens on the
- * root namespace's 127.0.0.1:53 (see passtLink). passt runs as pasta, its
- * own namespace mode (it opens the guest's TAP itself, like slirp4netns).
+ * root namespace's 127.0.0.1:53 (see passtLink; both passt links share it).
+ * `passt` runs as pasta, its own namespace mode (it opens the guest's TAP
+ * itself, like slirp4netns); `passt-qemu` is passt as a VM sees it, a QEMU
+ * stream socket, bridged to the guest's TAP by the same moat-shim relay as
+ * `moat`.
  *
  * Safety: before anything runs, the host-side addresses a backend will dial
  * (127.0.0.1 and the DNS server) are checked with the harness's
@@ -26,7 +30,7 @@
  * deleted, so the guest reaches only its own subnet; and every guest command
  * line is refused if it names an IPv4 address outside the link's allow-list.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
@@ -38,6 +42,7 @@ import {
   nsSpawn,
   onCleanup,
   spawnTracked,
+  startShim,
   waitFor,
   waitForOutput,
   type ExecOptions,
@@ -48,17 +53,19 @@ import { DNS_SERVER_JS, HOST_IP, GATEWAY_IP, ipv4Literals, ipv6Literals, startMo
 import { DEFAULT_IPV6_PREFIX } from '../../src/config.js';
 import { createVethPair } from '../../test/e2e/bulk-support.js';
 
-export type BackendName = 'moat' | 'moat-exec' | 'moat-offload' | 'moat-offload-base' | 'passt' | 'slirp4netns' | 'veth';
+export type BackendName = 'moat' | 'moat-exec' | 'moat-offload' | 'moat-offload-base' | 'passt' | 'passt-qemu' | 'slirp4netns' | 'veth';
 /**
  * Every backend bench:compare knows. `moat-offload-base` is moat-offload run
  * from another build (`--base-bin OTHER_CHECKOUT/bin/moat.mjs`): a change and
  * the code before it measured side by side, interleaved, in the same run.
  */
-export const BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'moat-offload', 'moat-offload-base', 'passt', 'slirp4netns', 'veth'];
+export const BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'moat-offload', 'moat-offload-base', 'passt', 'passt-qemu', 'slirp4netns', 'veth'];
 /** The backends run by default: every backend but the A/B one, which needs --base-bin. */
 export const DEFAULT_BACKENDS: readonly BackendName[] = BACKENDS.filter((b) => b !== 'moat-offload-base');
 /** Every Moat configuration (relay, TAP handed over, TAP handed over with receive offload, the same from another build). */
 export const MOAT_BACKENDS: readonly BackendName[] = ['moat', 'moat-exec', 'moat-offload', 'moat-offload-base'];
+/** passt's two modes: pasta on the guest's TAP, and passt's QEMU socket behind moat-shim. Either can be the passt reference (report.ts passtReference). */
+export const PASST_BACKENDS: readonly BackendName[] = ['passt', 'passt-qemu'];
 /** The backends the IPv6 case runs on (LinkOptions.ipv6): Moat's, and slirp4netns (--enable-ipv6). */
 export const IPV6_BACKENDS: readonly BackendName[] = [...MOAT_BACKENDS, 'slirp4netns'];
 
@@ -270,32 +277,103 @@ const PASST_GATEWAY = '192.168.127.1'; // passt maps TCP/UDP to the gateway onto
 const PASST_DNS = '192.168.127.3'; // --dns-forward: UDP :53 here goes to -D
 const PASST_UPSTREAM_DNS = '127.0.0.1';
 
+/**
+ * This passt forwards --dns-forward only to a loopback resolver at 127.0.0.1
+ * (with -D set to the topology's remote address, or to another 127/8
+ * address, queries went unanswered): one DNS server on the root namespace's
+ * 127.0.0.1:53 serves every passt link that is up (passt and passt-qemu run
+ * side by side), started by the first and stopped with the last.
+ */
+let passtDns: { users: number; procs: TrackedProcess[]; ready: Promise<void> } | undefined;
+
+/** For tests: how many passt links hold the shared DNS server, and its PIDs (undefined: none running). */
+export function passtDnsState(): { users: number; pids: number[] } | undefined {
+  return passtDns === undefined ? undefined : { users: passtDns.users, pids: passtDns.procs.map((p) => p.child.pid!) };
+}
+
+async function acquirePasstDns(): Promise<() => Promise<void>> {
+  if (passtDns === undefined) {
+    const procs: TrackedProcess[] = [];
+    passtDns = { users: 0, procs, ready: startDnsServer(undefined, PASST_UPSTREAM_DNS, procs) };
+  }
+  const dns = passtDns;
+  dns.users++;
+  let released = false;
+  const release = async (): Promise<void> => {
+    if (released) return;
+    released = true;
+    if (--dns.users > 0) return;
+    if (passtDns === dns) passtDns = undefined;
+    for (const p of dns.procs) await killTracked(p, 'SIGKILL').catch(() => {});
+  };
+  try {
+    await dns.ready;
+  } catch (e) {
+    await release();
+    throw e;
+  }
+  return release;
+}
+
+/** passt's options shared by both modes: the guest's address, gateway, MTU and DNS; IPv4 only, no DHCP/NDP/RA (the bench configures the guest). */
+function passtCommonArgs(mtu: number): string[] {
+  return [
+    '-a', PASST_GUEST, '-n', '24', '-g', PASST_GATEWAY,
+    '-m', String(mtu),
+    '-D', PASST_UPSTREAM_DNS, '--dns-forward', PASST_DNS,
+    '--no-dhcp', '--no-ndp', '--no-dhcpv6', '--no-ra',
+  ];
+}
+
+/** The GuestLink of a passt link once its guest interface pst0 is up. */
+async function passtGuestLink(
+  backend: BackendName,
+  mtu: number,
+  guestNs: string,
+  costPids: GuestLink['costPids'],
+  procs: TrackedProcess[],
+  teardown: () => Promise<void>,
+): Promise<GuestLink> {
+  await dropDefaultRoute(guestNs);
+  await deepenTapQueues(guestNs);
+  return makeLink(
+    {
+      backend,
+      mtu,
+      guestNs,
+      hostAlias: PASST_GATEWAY,
+      dnsServer: PASST_DNS,
+      serverNs: undefined,
+      serverBind: '127.0.0.1',
+      costPids,
+    },
+    [PASST_GATEWAY, PASST_DNS],
+    procs,
+    teardown,
+  );
+}
+
 async function passtLink(o: LinkOptions): Promise<GuestLink> {
   const topo = createTopology({ prefix: o.prefix, internetAddresses: 1 });
   const procs: TrackedProcess[] = [];
-  const teardown = async (): Promise<void> => topo.destroy();
+  let releaseDns = async (): Promise<void> => {};
+  const teardown = async (): Promise<void> => {
+    await releaseDns();
+    topo.destroy();
+  };
   try {
     topo.assertRoutes(['127.0.0.1']);
-    // This passt forwards --dns-forward only to a loopback resolver at
-    // 127.0.0.1 (with -D set to the topology's remote address, or to another
-    // 127/8 address, queries went unanswered): its DNS server listens on the
-    // root namespace's 127.0.0.1:53 while this link is up.
-    await startDnsServer(undefined, PASST_UPSTREAM_DNS, procs);
+    releaseDns = await acquirePasstDns();
     // pasta: passt's own namespace mode. It opens the TAP in the guest's
     // namespace itself, so, like slirp4netns and moat-exec, nothing sits
-    // between the TAP and the backend. (Behind moat-shim's relay, passt
-    // uploaded at 0.84-0.96 Gbit/s at MTU 65520 where pasta does 2.2-2.5 on
-    // the same loaded machine: the relay, not passt, was being measured.)
-    // As root it would drop to "nobody" and then fail to join the
-    // namespace: --runas 0 keeps it root. -t/-u/-T/-U none: no port forwards.
+    // between the TAP and the backend. As root it would drop to "nobody"
+    // and then fail to join the namespace: --runas 0 keeps it root.
+    // -t/-u/-T/-U none: no port forwards.
     const passt = spawnTracked('pasta', [
       '-f', '-q', '-4', '--runas', '0',
       '--netns', `/run/netns/${topo.guestNs}`, '--config-net', '-I', 'pst0',
-      '-a', PASST_GUEST, '-n', '24', '-g', PASST_GATEWAY,
-      '-m', String(o.mtu),
-      '-D', PASST_UPSTREAM_DNS, '--dns-forward', PASST_DNS,
+      ...passtCommonArgs(o.mtu),
       '-t', 'none', '-u', 'none', '-T', 'none', '-U', 'none',
-      '--no-dhcp', '--no-ndp', '--no-dhcpv6', '--no-ra',
     ]);
     procs.push(passt);
     await waitFor(
@@ -308,20 +386,66 @@ async function passtLink(o: LinkOptions): Promise<GuestLink> {
     );
     const mtuSet = await nsRunAsync(topo.guestNs, 'ip', ['link', 'set', 'pst0', 'mtu', String(o.mtu), 'up']);
     if (mtuSet.status !== 0) throw new Error(`ip link set pst0 mtu: ${mtuSet.stderr}`);
-    await dropDefaultRoute(topo.guestNs);
-    await deepenTapQueues(topo.guestNs);
-    return makeLink(
-      {
-        backend: 'passt',
-        mtu: o.mtu,
-        guestNs: topo.guestNs,
-        hostAlias: PASST_GATEWAY,
-        dnsServer: PASST_DNS,
-        serverNs: undefined,
-        serverBind: '127.0.0.1',
-        costPids: [{ role: 'passt', pid: passt.child.pid! }],
+    return await passtGuestLink('passt', o.mtu, topo.guestNs, [{ role: 'passt', pid: passt.child.pid! }], procs, teardown);
+  } catch (e) {
+    for (const p of procs) await killTracked(p).catch(() => {});
+    await teardown();
+    throw e;
+  }
+}
+
+/**
+ * passt as a VM meets it: passt's QEMU stream socket (`passt -s PATH`, the
+ * same length-prefixed frames as `-netdev stream`), bridged to the guest's
+ * TAP by moat-shim's relay, the bridge `moat` runs behind. It measures
+ * passt's own TCP/IP path without pasta's TAP reader.
+ */
+async function passtQemuLink(o: LinkOptions): Promise<GuestLink> {
+  const topo = createTopology({ prefix: o.prefix, internetAddresses: 1 });
+  const dir = mkdtempSync(join(tmpdir(), `${o.prefix}passt-`));
+  const procs: TrackedProcess[] = [];
+  let releaseDns = async (): Promise<void> => {};
+  const teardown = async (): Promise<void> => {
+    await releaseDns();
+    topo.destroy();
+    rmSync(dir, { recursive: true, force: true });
+  };
+  onCleanup(() => rmSync(dir, { recursive: true, force: true }));
+  try {
+    topo.assertRoutes(['127.0.0.1']);
+    releaseDns = await acquirePasstDns();
+    const sock = join(dir, 'passt.sock');
+    // passt started as root drops to "nobody": let it create its socket here.
+    chmodSync(dir, 0o777);
+    // -1: one client, then exit. Port forwards are off by default in passt mode.
+    const passt = spawnTracked('passt', ['-f', '-q', '-1', '-4', '-s', sock, ...passtCommonArgs(o.mtu)]);
+    procs.push(passt);
+    await waitFor(
+      `passt socket ${sock}`,
+      () => {
+        if (passt.child.exitCode !== null) throw new Error(`passt exited: ${passt.stderr().slice(-1000)}`);
+        return existsSync(sock);
       },
-      [PASST_GATEWAY, PASST_DNS],
+      { timeoutMs: 5_000 },
+    );
+    const shim = await startShim(['tap', '--dev', 'pst0', '--netns', topo.guestNs, '--mtu', String(o.mtu), '--connect', `unix://${sock}`], 10_000);
+    procs.push(shim);
+    for (const args of [
+      ['addr', 'add', `${PASST_GUEST}/24`, 'dev', 'pst0'],
+      ['link', 'set', 'pst0', 'mtu', String(o.mtu), 'up'],
+    ]) {
+      const r = await nsRunAsync(topo.guestNs, 'ip', args);
+      if (r.status !== 0) throw new Error(`ip ${args.join(' ')}: ${r.stderr}`);
+    }
+    // The guest's on-link route only: passtGuestLink deletes any default route.
+    return await passtGuestLink(
+      'passt-qemu',
+      o.mtu,
+      topo.guestNs,
+      [
+        { role: 'passt', pid: passt.child.pid! },
+        { role: 'shim', pid: shim.child.pid! },
+      ],
       procs,
       teardown,
     );
@@ -431,7 +555,7 @@ async function vethLink(o: LinkOptions): Promise<GuestLink> {
 
 /** Why `name` cannot run here (a missing program), or undefined when it can. */
 export function backendMissing(name: BackendName): string | undefined {
-  const tool = name === 'passt' ? 'pasta' : name === 'slirp4netns' ? 'slirp4netns' : undefined;
+  const tool = name === 'passt' ? 'pasta' : name === 'passt-qemu' ? 'passt' : name === 'slirp4netns' ? 'slirp4netns' : undefined;
   if (tool !== undefined && !hasTool(tool)) return `${tool} is not installed (apt-get install ${tool})`;
   return undefined;
 }
@@ -449,6 +573,8 @@ export function startLink(name: BackendName, o: LinkOptions): Promise<GuestLink>
       return moatLink(o, 'exec', true, o.baseBin);
     case 'passt':
       return passtLink(o);
+    case 'passt-qemu':
+      return passtQemuLink(o);
     case 'slirp4netns':
       return slirpLink(o);
     case 'veth':
