@@ -6,7 +6,7 @@
  * Python in the guest).
  *
  *   npm run build && node dist/bench/relay-floor.js [--rounds 3] [--seconds 5]
- *     [--backends slirp4netns,moat-offload,node-net,node-raw,c,veth] [--base-bin OTHER/bin/moat.mjs] [--out FILE]
+ *     [--backends slirp4netns,moat-offload,node-net,node-onread,node-onread-raw,node-raw,c,veth] [--base-bin OTHER/bin/moat.mjs] [--out FILE]
  *
  * The relays (bench/relay-floor/) run in the peer namespace of a veth pair:
  * the guest's kernel TCP reaches them over the veth, they dial the echo
@@ -15,6 +15,10 @@
  * the guest's TCP is terminated by the kernel, not parsed in user space: a
  * relay's cost is a lower bound on any user-space stack in that language.
  *   node-net  net.Socket, 'data' events, write()
+ *   node-onread  net.Socket read as Moat reads host sockets (onread, one
+ *             static buffer), each chunk copied and written with write()
+ *   node-onread-raw  the same, written with the libuv handle's writeBuffer
+ *             while net.Socket holds nothing queued (Moat's write path alone)
  *   node-raw  libuv TCP handles from process.binding('tcp_wrap'): static read
  *             buffer, writeBuffer with a reused WriteWrap (no net.Socket)
  *   c         an epoll relay in C (the same path without a runtime)
@@ -34,7 +38,7 @@ import { startLink, type BackendName, type GuestLink } from './compare/backends.
 import { median, startServers, type Servers } from './compare/measure.js';
 import { ECHO_SERVER_JS, parseClientJson, RR_CLIENT_PY } from './compare/scripts.js';
 
-const RELAYS = ['node-net', 'node-raw', 'c'] as const;
+const RELAYS = ['node-net', 'node-onread', 'node-onread-raw', 'node-raw', 'c'] as const;
 type Relay = (typeof RELAYS)[number];
 type Backend = BackendName | Relay;
 const KNOWN: readonly string[] = ['slirp4netns', 'moat-offload', 'moat-offload-base', 'veth', ...RELAYS];
@@ -98,7 +102,10 @@ async function relayTarget(kind: Relay | 'veth', prefix: string): Promise<Target
     const relayArgs = [link.serverBind, String(relayPort), '127.0.0.1', String(echoPort)];
     let relay: TrackedProcess;
     if (kind === 'c') relay = link.serverSpawn(buildC(), relayArgs);
-    else relay = link.serverSpawn(process.execPath, [join(REPO_ROOT, 'bench', 'relay-floor', kind === 'node-net' ? 'net-relay.cjs' : 'raw-relay.cjs'), ...relayArgs]);
+    else {
+      const script = kind === 'node-net' ? 'net-relay.cjs' : kind === 'node-raw' ? 'raw-relay.cjs' : 'onread-relay.cjs';
+      relay = link.serverSpawn(process.execPath, [join(REPO_ROOT, 'bench', 'relay-floor', script), ...relayArgs, ...(kind === 'node-onread-raw' ? ['raw'] : [])]);
+    }
     await waitForOutput(relay, /^ready/m, { stream: 'stdout', timeoutMs: 10_000 });
     return { link, addr: link.hostAlias, port: relayPort, pid: relay.child.pid!, stop: () => link.stop() };
   } catch (e) {
@@ -140,7 +147,7 @@ async function main(): Promise<void> {
   const rounds = Number(arg('--rounds') ?? 3);
   const seconds = Number(arg('--seconds') ?? 5);
   const baseBin = arg('--base-bin');
-  const backends = (arg('--backends') ?? 'slirp4netns,moat-offload,node-net,node-raw,c,veth').split(',') as Backend[];
+  const backends = (arg('--backends') ?? 'slirp4netns,moat-offload,node-net,node-onread,node-onread-raw,node-raw,c,veth').split(',') as Backend[];
   for (const b of backends) if (!KNOWN.includes(b)) throw new Error(`--backends: unknown ${b} (known: ${KNOWN.join(', ')})`);
   const targets = new Map<Backend, Target>();
   const samples = new Map<Backend, Sample[]>();
