@@ -6,7 +6,7 @@
  * Python in the guest).
  *
  *   npm run build && node dist/bench/relay-floor.js [--rounds 3] [--seconds 5]
- *     [--backends slirp4netns,moat-offload,node-net,node-onread,node-onread-raw,node-raw,c,veth] [--base-bin OTHER/bin/moat.mjs] [--out FILE]
+ *     [--warm N] [--backends slirp4netns,moat-offload,node-net,node-onread,node-onread-raw,node-raw,c,veth] [--base-bin OTHER/bin/moat.mjs] [--out FILE]
  *
  * The relays (bench/relay-floor/) run in the peer namespace of a veth pair:
  * the guest's kernel TCP reaches them over the veth, they dial the echo
@@ -145,6 +145,8 @@ async function main(): Promise<void> {
   const pre = checkPrerequisites(['ip', 'python3']);
   if (!pre.ok) throw new Error(pre.problems.join('; '));
   const rounds = Number(arg('--rounds') ?? 3);
+  // Unmeasured rounds first (each a new connection): Moat's JIT settles over several connections (bench/rr-mem.ts).
+  const warm = Number(arg('--warm') ?? 0);
   const seconds = Number(arg('--seconds') ?? 5);
   const baseBin = arg('--base-bin');
   const backends = (arg('--backends') ?? 'slirp4netns,moat-offload,node-net,node-onread,node-onread-raw,node-raw,c,veth').split(',') as Backend[];
@@ -157,6 +159,7 @@ async function main(): Promise<void> {
       const t = (RELAYS as readonly string[]).includes(b) || b === 'veth' ? await relayTarget(b as Relay | 'veth', 'rf-') : await backendTarget(b as BackendName, 'rf-', baseBin);
       targets.set(b, t);
     }
+    for (let r = 0; r < warm; r++) for (const b of backends) await measure(targets.get(b)!, 2);
     for (let r = 0; r < rounds; r++) {
       for (const b of backends) {
         const s = await measure(targets.get(b)!, seconds);
@@ -186,12 +189,12 @@ async function main(): Promise<void> {
     };
   });
   const loads = [...samples.values()].flat().map((s) => s.load1);
-  console.log(`request/response floor, MTU ${MTU}, medians of ${rounds} x ${seconds} s, load ${Math.min(...loads)}-${Math.max(...loads)}`);
+  console.log(`request/response floor, MTU ${MTU}, medians of ${rounds} x ${seconds} s after ${warm} unmeasured 2 s rounds, load ${Math.min(...loads)}-${Math.max(...loads)}`);
   console.log('| backend | exchanges/s | p50 us | p99 us | user us/exch | sys us/exch | rate / slirp4netns | p99 / slirp4netns |');
   console.log('|---|---|---|---|---|---|---|---|');
   for (const x of rows) console.log(`| ${x.backend} | ${x.perSec} | ${x.p50Us} | ${x.p99Us} | ${x.userUs} | ${x.sysUs} | ${x.vsSlirpRate ?? ''} | ${x.vsSlirpP99 ?? ''} |`);
   const out = arg('--out');
-  if (out !== undefined) writeFileSync(out, JSON.stringify({ startedAt, rounds, seconds, rows, samples: Object.fromEntries(samples) }, null, 2) + '\n');
+  if (out !== undefined) writeFileSync(out, JSON.stringify({ startedAt, rounds, seconds, warm, rows, samples: Object.fromEntries(samples) }, null, 2) + '\n');
 }
 
 main()
