@@ -5,7 +5,7 @@
  * (RR_CLIENT_PY: one connection, 64-byte request echoed back, blocking
  * Python in the guest).
  *
- *   npm run build && node dist/bench/relay-floor.js [--rounds 3] [--seconds 5]
+ *   npm run bench:relay-floor -- [--rounds 3] [--seconds 5]
  *     [--warm N] [--backends slirp4netns,moat-offload,node-net,node-onread,node-onread-raw,node-raw,c,veth] [--base-bin OTHER/bin/moat.mjs] [--out FILE]
  *
  * The relays (bench/relay-floor/) run in the peer namespace of a veth pair:

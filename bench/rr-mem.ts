@@ -12,7 +12,7 @@
  * a path the first did not): a short benchmark run on a fresh Moat measures
  * part of that.
  *
- *   npm run build && node dist/bench/rr-mem.js [CONNS=8] [EXCHANGES=20000] [random|small|big]
+ *   npm run bench:rr-mem -- [CONNS=8] [EXCHANGES=20000] [random|small|big]
  *
  * The last argument picks the initial sequence numbers of both sides: a fixed
  * mix below and above 2^30 (V8's small-integer bound), all small, or all
