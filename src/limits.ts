@@ -418,7 +418,11 @@ export class BufferBudget {
    * window: a guest can then pin at most the cap plus flows x the initial
    * window in receive rings, however many flows read fast and then stop. A
    * grant is held until the flow is removed (an advertised window is never
-   * taken back).
+   * taken back). Not even from a flow gone idle: its ring is empty, but its
+   * whole window is still offered (every ACK re-offers it), so the guest may
+   * fill it at any moment; lowering the window would only free the grant as
+   * the guest sends into it, which an idle guest never does. What an idle
+   * flow costs others is growth, never progress: grants stop at half the cap.
    */
   growWindow(m: BudgetMember, bytes: number): boolean {
     // A flow already removed (its pipe finished) would hold its grant forever.
