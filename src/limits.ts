@@ -391,6 +391,8 @@ export class BufferBudget {
   /** Receive-window growth granted per flow (growWindow), and its sum: room the budget keeps for bytes not yet sent. */
   private readonly windows = new Map<BudgetMember, number>();
   private windowTotal = 0;
+  /** Room held for host reads whose buffer was already chosen (reserve()). */
+  private reserved = 0;
   private countedAt = -Infinity;
   private timer: NodeJS.Timeout | undefined;
 
@@ -418,7 +420,11 @@ export class BufferBudget {
    * window: a guest can then pin at most the cap plus flows x the initial
    * window in receive rings, however many flows read fast and then stop. A
    * grant is held until the flow is removed (an advertised window is never
-   * taken back).
+   * taken back). Not even from a flow gone idle: its ring is empty, but its
+   * whole window is still offered (every ACK re-offers it), so the guest may
+   * fill it at any moment; lowering the window would only free the grant as
+   * the guest sends into it, which an idle guest never does. What an idle
+   * flow costs others is growth, never progress: grants stop at half the cap.
    */
   growWindow(m: BudgetMember, bytes: number): boolean {
     // A flow already removed (its pipe finished) would hold its grant forever.
@@ -445,9 +451,25 @@ export class BufferBudget {
     return Math.min(SHARE_CEILING, this.maxBytes / Math.max(1, this.members.size));
   }
 
-  /** Bytes that may still be buffered before the budget is reached (at the last count): a host read is only made large within it. */
+  /** Bytes that may still be buffered before the budget is reached (at the last count), less the room reserved: a host read is only made large within it. */
   get room(): number {
-    return Math.max(0, this.maxBytes - this.total - this.windowTotal);
+    return Math.max(0, this.maxBytes - this.total - this.windowTotal - this.reserved);
+  }
+
+  /**
+   * A host read of up to `bytes` was sized on room() and will land later:
+   * Node asks for the next read's buffer right after the previous read, and
+   * the read comes whenever the socket is next readable. Until it lands
+   * (release()), its room is not offered to other reads; without this every
+   * flow sized its next read on the same room, and each could land a 256 KiB
+   * read past the cap (224 KiB per flow over it, 8 flows).
+   */
+  reserve(bytes: number): void {
+    this.reserved += bytes;
+  }
+
+  release(bytes: number): void {
+    this.reserved = Math.max(0, this.reserved - bytes);
   }
 
   /**

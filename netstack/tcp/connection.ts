@@ -1423,25 +1423,32 @@ export class TcpConnection implements TcpSocket {
    * The raw window field for an outgoing segment, and the new right edge.
    * The edge only moves right, and only by a worthwhile amount (receiver SWS
    * avoidance, RFC 9293 §3.8.6.2.2); it never moves left (§3.8.6.2.1).
+   *
+   * The window is rounded up to the scale unit so that the edge already
+   * offered is not retracted, but only while the edge stays within one unit
+   * (the ring's slack) of the window granted (rcvWndCap) and the ring's
+   * room. Rounding up from RCV.NXT unchecked moved the edge right by up to
+   * a unit on every ACK: against a paused owner, a peer sending small
+   * segments never saw the window close, and the ring filled to
+   * recvBufferBytes whatever window the budget had granted (Linux has the
+   * same ratchet, fixed by tcp_shrink_window in 6.5). Past that bound the
+   * field is rounded down instead: the announced edge retracts by less than
+   * one unit, which RFC 7323 §2.4 expects senders to handle, and every byte
+   * up to the edge offered before is still accepted.
    */
   private windowField(): number {
-    const maxWnd = 0xffff * 2 ** this.rcvShift;
-    const candidateRight = seqAdd(this.rcvNxt, Math.min(this.freeForWindow(), maxWnd));
+    const unit = 2 ** this.rcvShift;
+    const avail = this.freeForWindow();
+    const candidateRight = seqAdd(this.rcvNxt, Math.min(avail, 0xffff * unit));
     let right = this.rcvAdvRight;
     if (seqGt(candidateRight, right)) {
       const grow = seqDiff(candidateRight, right);
       if (grow >= Math.min(this.smss, this.rcvWndCap / 2)) right = candidateRight;
     }
-    let wnd = Math.max(0, seqDiff(right, this.rcvNxt));
-    // Round up to the scale unit so the edge does not move left; the ring's slack holds the difference.
-    let raw = Math.ceil(wnd / 2 ** this.rcvShift);
-    if (raw > 0xffff) raw = 0xffff;
-    wnd = raw * 2 ** this.rcvShift;
-    if (wnd > this.recv.free) {
-      raw = Math.floor(this.recv.free / 2 ** this.rcvShift);
-      wnd = raw * 2 ** this.rcvShift;
-    }
-    this.rcvAdvRight = seqMaxEdge(this.rcvAdvRight, seqAdd(this.rcvNxt, wnd));
+    const wnd = Math.max(0, seqDiff(right, this.rcvNxt));
+    let raw = Math.min(0xffff, Math.ceil(wnd / unit));
+    if (raw * unit > Math.min(avail + this.recvSlack, this.recv.free)) raw = Math.floor(wnd / unit);
+    this.rcvAdvRight = seqMaxEdge(this.rcvAdvRight, seqAdd(this.rcvNxt, raw * unit));
     return raw;
   }
 

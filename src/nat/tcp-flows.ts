@@ -292,7 +292,10 @@ export class TcpFlowTable {
       onread: {
         buffer: (): Uint8Array => {
           const pipe = socket === undefined ? undefined : this.readers.get(socket);
-          return pipe !== undefined && pipe.hostReadRoom >= HOST_READ_BUFFER.length ? HOST_READ_BUFFER : HOST_READ_SMALL;
+          if (pipe === undefined || pipe.hostReadRoom < HOST_READ_BUFFER.length) return HOST_READ_SMALL;
+          // The read comes later: its room is held until it lands (BufferBudget.reserve).
+          pipe.reserveHostRead(HOST_READ_BUFFER.length);
+          return HOST_READ_BUFFER;
         },
         callback: (n: number, buf: Uint8Array): boolean => {
           const pipe = this.readers.get(socket!);

@@ -512,7 +512,24 @@ export class TcpPipe implements BudgetMember, Uncorkable {
    * buffer): valid only during the call; whatever is kept is copied.
    */
   hostBytes(view: Uint8Array): void {
+    this.releaseHostRead();
     this.hostData(view, true);
+  }
+
+  /** The flow table sized this pipe's next host read at `bytes` on the budget's room: hold that room until the read lands. */
+  reserveHostRead(bytes: number): void {
+    this.releaseHostRead();
+    if (this.opts.budget === undefined || this.finished) return;
+    this.opts.budget.reserve(bytes);
+    this.readReserved = bytes;
+  }
+
+  private readReserved = 0;
+
+  private releaseHostRead(): void {
+    if (this.readReserved === 0) return;
+    this.opts.budget?.release(this.readReserved);
+    this.readReserved = 0;
   }
 
   private hostData(chunk: Uint8Array, reused: boolean): void {
@@ -645,6 +662,7 @@ export class TcpPipe implements BudgetMember, Uncorkable {
     this.opts.rate?.ingress?.cancel(this.ingressWake);
     this.opts.meter?.close();
     this.egressQueue = undefined;
+    this.releaseHostRead();
     this.opts.budget?.remove(this);
     this.opts.onFinished(this, this.hostError !== undefined ? 'host-error' : (this.tcpCloseReason ?? 'aborted'));
   }

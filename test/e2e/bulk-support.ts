@@ -259,6 +259,17 @@ export interface SsSocket {
   bytesSent: number | undefined;
 }
 
+/**
+ * Bytes sent and not yet acknowledged (SND.NXT - SND.UNA): Send-Q
+ * (write_seq - snd_una) less `notsent` (write_seq - snd_nxt). Not
+ * bytes_sent - bytes_acked: tcpi_bytes_sent counts every transmission,
+ * retransmissions (TLP, RTO) and sends the device refused included, so it
+ * stays above bytes_acked for good once anything was sent twice.
+ */
+export function inFlightBytes(s: SsSocket): number {
+  return s.sendQ - Number(/\bnotsent:(\d+)/.exec(s.info)?.[1] ?? 0);
+}
+
 /** Parse `ss -tniH ...` output (each socket: a line, then an indented info line). */
 export function parseSs(text: string): SsSocket[] {
   const out: SsSocket[] = [];
