@@ -15,7 +15,9 @@
  * are handed on in order, exactly as libuv would have; an error is returned
  * for the caller to destroy the socket with, as Node does with a failed read
  * (read(2) reports ECONNRESET once: swallowing it would turn a reset into a
- * clean end). Nothing waiting (EAGAIN, the usual answer of a flow that stays
+ * clean end; and libuv itself, seeing POLLHUP after a short read, reports
+ * EOF without reading, so before this probe bytes followed at once by a reset
+ * reached the guest as a clean FIN). Nothing waiting (EAGAIN, the usual answer of a flow that stays
  * open) costs one failed read and a thrown error without a stack (~6 us), so
  * callers probe once per flow, not after every short read.
  */
