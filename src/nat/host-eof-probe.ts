@@ -43,16 +43,21 @@ function fdOf(socket: Socket): number {
   return typeof fd === 'number' && fd >= 0 ? fd : -1;
 }
 
-/** One non-blocking read of `socket` behind libuv's back (see the module comment). */
-export function probeHostEnd(socket: Socket): ProbeResult {
-  if (socket.destroyed || socket.readableEnded) return NOTHING;
+/**
+ * One non-blocking read of `socket` behind libuv's back (see the module
+ * comment), of at most `maxBytes` (capped at 16 KiB; the caller passes what it
+ * can take whole, so nothing read here is ever held aside). Nothing is read
+ * when maxBytes < 1: a zero-length read cannot tell an end from no data.
+ */
+export function probeHostEnd(socket: Socket, maxBytes = PROBE_BUFFER.length): ProbeResult {
+  if (maxBytes < 1 || socket.destroyed || socket.readableEnded) return NOTHING;
   const fd = fdOf(socket);
   if (fd < 0) return NOTHING;
   const limit = Error.stackTraceLimit;
   // The usual answer is EAGAIN, thrown: skip building a stack trace for it.
   Error.stackTraceLimit = 0;
   try {
-    const n = readSync(fd, PROBE_BUFFER, 0, PROBE_BUFFER.length, null);
+    const n = readSync(fd, PROBE_BUFFER, 0, Math.min(maxBytes, PROBE_BUFFER.length), null);
     return n === 0 ? END : { kind: 'bytes', bytes: PROBE_BUFFER.subarray(0, n) };
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;

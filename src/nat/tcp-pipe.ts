@@ -560,7 +560,8 @@ export class TcpPipe implements BudgetMember, Uncorkable {
     this.probedEnd = true;
     // Only while everything read went to the guest and reading goes on: a held chunk or a pause must keep the FIN behind it.
     if (this.tcpClosed || this.hostEnded || this.held !== undefined || this.hostPausedForBudget || this.host.isPaused()) return;
-    const r = probeHostEnd(this.host);
+    // At most what the guest's send ring and the buffer budget take whole (hostReadRoom): the probe adds nothing to what may be held.
+    const r = probeHostEnd(this.host, this.hostReadRoom);
     if (r.kind === 'end') this.hostEnd();
     else if (r.kind === 'bytes') this.hostData(r.bytes, true);
     else if (r.kind === 'error') this.host.destroy(r.error);

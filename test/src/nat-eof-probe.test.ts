@@ -192,4 +192,22 @@ describe('probeHostEnd', () => {
     expect(guest.receivedConcat().toString()).toBe('first more');
     expect(guest.endCalled).toBe(false);
   });
+
+  it('reads no more than it is allowed (what the guest takes whole): a nearly full send ring gets what fits, nothing is held aside', async () => {
+    const { client, server } = await quietPair();
+    await new Promise<void>((r) => server.write('0123456789', () => r()));
+    expect(probeHostEnd(client, 0).kind).toBe('nothing'); // a zero-length read cannot tell an end from no data
+    const pipe = new TcpPipe(client, { waitForConnect: false, onFinished: () => {} });
+    const guest = new FakeTcpSocket({ src: GUEST, srcPort: 41998, dst: DEFAULT_NAT_OPTIONS.hostIp, dstPort: 80 }, pipe.handlers, 8, false);
+    pipe.bind(guest);
+    client.resume();
+    pipe.hostBytes(Buffer.from('abcde')); // 3 bytes of room left
+    pipe.afterShortRead();
+    expect(guest.bufferedAmount).toBe(8);
+    expect(pipe.heldBytes).toBe(0);
+    guest.consume();
+    expect(guest.receivedConcat().toString()).toBe('abcde012');
+    // libuv reads the rest, in order.
+    await waitFor(() => (guest.consume(), guest.receivedConcat().toString() === 'abcde0123456789'), 'rest of the bytes');
+  });
 });
