@@ -302,6 +302,7 @@ export class TcpFlowTable {
           // Reading starts after 'connect', where the pipe is made; nothing else may read here.
           if (pipe === undefined) socket!.destroy(new Error('host bytes before the flow was joined'));
           else pipe.hostBytes(buf.subarray(0, n));
+          if (n < buf.length && pipe !== undefined) pipe.afterShortRead(); // a FIN may wait behind it (host-eof-probe.ts)
           return true;
         },
       },

@@ -43,6 +43,7 @@ import type { RateLimiter } from '../traffic/rate-limiter.js';
 import type { FlowMeter } from '../traffic/byte-budgets.js';
 import { CopySlabs } from './copy-slabs.js';
 import { hostWriteMode, uncorkAtBatchEnd, type Uncorkable } from './host-write-batch.js';
+import { probeHostEnd } from './host-eof-probe.js';
 
 /** How long a flow cut by its budget may take to hand the host what was already charged before it is reset. */
 export const BUDGET_LINGER_MS = 5_000;
@@ -559,6 +560,28 @@ export class TcpPipe implements BudgetMember, Uncorkable {
       this.hostPausedForBudget = true;
       this.host.pause();
     }
+  }
+
+  /** The flow's first short host read was probed for a FIN behind it. */
+  private probedEnd = false;
+
+  /**
+   * The host read just handed over did not fill its buffer. On the flow's
+   * first one, look whether the server's FIN is already queued behind it
+   * (host-eof-probe.ts): then the guest's FIN leaves in this turn, on the
+   * data's segment, instead of in a frame of its own a turn later. Once per
+   * flow: a flow that stays open pays one failed read, not one per exchange.
+   */
+  afterShortRead(): void {
+    if (this.probedEnd) return;
+    this.probedEnd = true;
+    // Only while everything read went to the guest and reading goes on: a held chunk or a pause must keep the FIN behind it.
+    if (this.tcpClosed || this.hostEnded || this.held !== undefined || this.hostPausedForBudget || this.host.isPaused()) return;
+    // At most what the guest's send ring and the buffer budget take whole (hostReadRoom): the probe adds nothing to what may be held.
+    const r = probeHostEnd(this.host, this.hostReadRoom);
+    if (r.kind === 'end') this.hostEnd();
+    else if (r.kind === 'bytes') this.hostData(r.bytes, true);
+    else if (r.kind === 'error') this.host.destroy(r.error);
   }
 
   private guestDrain(): void {

@@ -191,7 +191,7 @@ describe('TimerWheel', () => {
       fc.record({ kind: fc.constant('cancel' as const), timer: fc.nat({ max: 9 }) }),
       fc.record({ kind: fc.constant('advance' as const), by: fc.integer({ min: 0, max: 700 }) }),
     );
-    fc.assert(fc.property(fc.array(op, { maxLength: 80 }), fc.constantFrom(1, 3, 10), fc.constantFrom(4, 32, 512), (ops, tickMs, slots) => {
+    fc.assert(fc.property(fc.array(op, { maxLength: 80 }), fc.constantFrom(1, 3, 10), fc.constantFrom(4, 32, 200, 512), (ops, tickMs, slots) => {
       const clock = new ManualClock(0);
       const wheel = new TimerWheel(clock, tickMs, slots);
       const model = new Map<number, number>(); // timer index -> deadline
