@@ -26,14 +26,13 @@ import { RX_GSO_TCP } from '../../netstack/index.js';
 import { wholeFrame } from '../../netstack/frame-arena.js';
 import { newLinkStats, type FrameTap, type GuestSink, type LinkStats } from './qemu-stream.js';
 import { readVnetHeader, VNET_HDR_BYTES } from './vnet-header.js';
+import { TapDrainPolicy } from './tap-drain.js';
 
 /** Largest read from a TAP: a virtio-net header, MTU 65535 and the Ethernet header (as the frame decoder's bound). */
 const READ_BUFFER_BYTES = 10 + 65535 + 14;
 const ETHERNET_HEADER_BYTES = 14;
 /** At most this many frames reach the stack per wake-up, so that output (and timers) are not starved. */
 const MAX_BATCH_FRAMES = 64;
-/** A frame this large is bulk data: more are probably queued behind it. */
-const BULK_FRAME_BYTES = 1000;
 /** Room for the rest of a batch: 64 MTU-1500 frames, or 7 of the largest. */
 const BATCH_BUFFER_BYTES = 8 * READ_BUFFER_BYTES;
 
@@ -119,8 +118,7 @@ export class TapFdLink {
   private up = false;
   private closing = false;
   private readonly log: Logger;
-  private inBurst = false;
-  private wakeups = 0;
+  private readonly drain = new TapDrainPolicy();
   /** Frames read after the first of a wake-up (see onFrame). */
   private readonly batch = Buffer.allocUnsafe(BATCH_BUFFER_BYTES);
   readonly stats: LinkStats = newLinkStats();
@@ -196,7 +194,7 @@ export class TapFdLink {
     const frames: Uint8Array[] = [];
     this.marks.length = 0;
     this.accept(frames, buf, 0, n);
-    if (!this.worthDraining(n)) {
+    if (!this.drain.worthDraining(n)) {
       if (frames.length > 0) this.deliver(frames);
       return true;
     }
@@ -221,7 +219,7 @@ export class TapFdLink {
     } finally {
       Error.stackTraceLimit = limit;
     }
-    this.inBurst = used > 0;
+    this.drain.drained(used);
     if (frames.length > 0) this.deliver(frames);
     return true;
   }
@@ -230,19 +228,6 @@ export class TapFdLink {
   private deliver(frames: Uint8Array[]): void {
     if (this.offload) this.sink.input(frames, this.marks);
     else this.sink.input(frames);
-  }
-
-  /**
-   * Whether to look for more frames behind this one. The look that finds the
-   * TAP empty costs a failed read(2) and a thrown EAGAIN (~6 us here), which a
-   * lone request of a request/response exchange should not pay. So: look
-   * behind a full-sized frame (bulk data), while the last look found frames
-   * (a burst), and at every 8th wake-up otherwise (to notice a burst of small
-   * frames, e.g. ACKs).
-   */
-  private worthDraining(firstFrameBytes: number): boolean {
-    this.wakeups++;
-    return firstFrameBytes >= BULK_FRAME_BYTES || this.inBurst || (this.wakeups & 7) === 0;
   }
 
   /**
