@@ -21,7 +21,7 @@
  * open) costs one failed read and a thrown error without a stack (~6 us), so
  * callers probe once per flow, not after every short read.
  */
-import { readSync } from 'node:fs';
+import { readNonBlocking, WOULD_BLOCK } from '../read-nonblocking.js';
 import type { Socket } from 'node:net';
 
 /** Where probed bytes land (valid until the next probe; the caller copies what it keeps). Bytes beyond it stay in the socket for libuv. */
@@ -53,20 +53,14 @@ export function probeHostEnd(socket: Socket, maxBytes = PROBE_BUFFER.length): Pr
   if (maxBytes < 1 || socket.destroyed || socket.readableEnded) return NOTHING;
   const fd = fdOf(socket);
   if (fd < 0) return NOTHING;
-  const limit = Error.stackTraceLimit;
-  // The usual answer is EAGAIN, thrown: skip building a stack trace for it.
-  Error.stackTraceLimit = 0;
   try {
-    const n = readSync(fd, PROBE_BUFFER, 0, Math.min(maxBytes, PROBE_BUFFER.length), null);
+    const n = readNonBlocking(fd, PROBE_BUFFER, 0, Math.min(maxBytes, PROBE_BUFFER.length));
+    if (n === WOULD_BLOCK) return NOTHING;
     return n === 0 ? END : { kind: 'bytes', bytes: PROBE_BUFFER.subarray(0, n) };
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'EAGAIN' || code === 'EWOULDBLOCK' || code === 'EINTR') return NOTHING;
-    Error.stackTraceLimit = limit;
     const err = new Error(`read ${code ?? (e as Error).message}`) as NodeJS.ErrnoException;
     if (code !== undefined) err.code = code;
     return { kind: 'error', error: err };
-  } finally {
-    Error.stackTraceLimit = limit;
   }
 }

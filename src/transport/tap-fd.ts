@@ -18,7 +18,7 @@
  * the guest's namespace does not delete it: the open TAP keeps the namespace
  * alive, so whoever tears the guest down stops Moat too (SIGTERM).
  */
-import { fstatSync, readFileSync, readSync, writeSync, writevSync } from 'node:fs';
+import { fstatSync, readFileSync, writeSync, writevSync } from 'node:fs';
 import { Socket } from 'node:net';
 import type { OutputBatch } from '../../netstack/api.js';
 import type { Logger } from '../log.js';
@@ -27,6 +27,7 @@ import { wholeFrame } from '../../netstack/frame-arena.js';
 import { newLinkStats, type FrameTap, type GuestSink, type LinkStats } from './qemu-stream.js';
 import { readVnetHeader, VNET_HDR_BYTES } from './vnet-header.js';
 import { TapDrainPolicy } from './tap-drain.js';
+import { readNonBlocking } from '../read-nonblocking.js';
 
 /** Largest read from a TAP: a virtio-net header, MTU 65535 and the Ethernet header (as the frame decoder's bound). */
 const READ_BUFFER_BYTES = 10 + 65535 + 14;
@@ -199,25 +200,16 @@ export class TapFdLink {
       return true;
     }
     let used = 0;
-    const limit = Error.stackTraceLimit;
-    // The read that finds the TAP empty throws EAGAIN: skip building a stack trace for it.
-    Error.stackTraceLimit = 0;
     try {
       while (frames.length < MAX_BATCH_FRAMES && used + READ_BUFFER_BYTES <= this.batch.length) {
-        const got = readSync(this.fd, this.batch, used, READ_BUFFER_BYTES, null);
-        if (got <= 0) break;
+        const got = readNonBlocking(this.fd, this.batch, used, READ_BUFFER_BYTES);
+        if (got <= 0) break; // WOULD_BLOCK: the TAP is empty
         this.accept(frames, this.batch, used, used + got);
         used += got;
       }
     } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code !== 'EAGAIN' && code !== 'EWOULDBLOCK') {
-        Error.stackTraceLimit = limit;
-        this.lost(`read failed: ${describeReadError(e as NodeJS.ErrnoException)}`);
-        return false;
-      }
-    } finally {
-      Error.stackTraceLimit = limit;
+      this.lost(`read failed: ${describeReadError(e as NodeJS.ErrnoException)}`);
+      return false;
     }
     this.drain.drained(used);
     if (frames.length > 0) this.deliver(frames);
